@@ -1,0 +1,270 @@
+"""qc IR -> ONNX ``ModelProto``.
+
+The writer is deterministic: the same module gives byte-identical output. Tensors still in
+their original (undecoded) form are passed through untouched. ``save_onnx`` writes large
+weights as external data, streaming them one at a time, so models over 2 GB work.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
+
+from qc.errors import QCError
+from qc.ir.core import Attr, Function, Graph, Module, Value
+from qc.ir.naming import assign_unique_names
+from qc.ir.tensor import SparseTensor, Tensor
+from qc.ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+
+_ATTR_TYPE = {
+    "int": AttributeProto.INT, "float": AttributeProto.FLOAT, "string": AttributeProto.STRING,
+    "tensor": AttributeProto.TENSOR, "graph": AttributeProto.GRAPH, "sparse": AttributeProto.SPARSE_TENSOR,
+    "type": AttributeProto.TYPE_PROTO, "ints": AttributeProto.INTS, "floats": AttributeProto.FLOATS,
+    "strings": AttributeProto.STRINGS, "tensors": AttributeProto.TENSORS, "graphs": AttributeProto.GRAPHS,
+    "sparses": AttributeProto.SPARSE_TENSORS, "types": AttributeProto.TYPE_PROTOS,
+}
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def export_onnx(module: Module) -> ModelProto:
+    """The module as a ModelProto with every tensor inline (see ``save_onnx`` for > 2 GB)."""
+    return _Writer(external=None).model(module)
+
+
+def save_onnx(module: Module, path: str, *, external: bool | None = None,
+              external_min_bytes: int = 1024) -> None:
+    """Write ``module`` to ``path`` atomically.
+
+    ``external=None`` puts weights in ``<path>.data`` only when the model would exceed the
+    2 GB protobuf limit; ``True`` always does (for tensors of ``external_min_bytes`` or more).
+    """
+    path = os.fspath(path)
+    total = sum(_const_bytes(v) for v in _all_consts(module))
+    if external is None:
+        external = total > PROTOBUF_LIMIT - (64 << 20)
+    directory = os.path.dirname(os.path.abspath(path))
+    data_name = os.path.basename(path) + ".data"
+    tmp_model = tempfile.NamedTemporaryFile(dir=directory, prefix=".qc-", suffix=".onnx", delete=False)
+    tmp_data = None
+    try:
+        sink = None
+        if external:
+            tmp_data = tempfile.NamedTemporaryFile(dir=directory, prefix=".qc-", suffix=".data", delete=False)
+            sink = _ExternalSink(tmp_data, data_name, external_min_bytes)
+        proto = _Writer(external=sink).model(module)
+        blob = proto.SerializeToString(deterministic=True)
+        tmp_model.write(blob)
+        tmp_model.close()
+        if tmp_data is not None:
+            tmp_data.close()
+            os.replace(tmp_data.name, os.path.join(directory, data_name))
+        os.replace(tmp_model.name, path)
+    except BaseException:
+        for t in (tmp_model, tmp_data):
+            if t is not None:
+                t.close()
+                if os.path.exists(t.name):
+                    os.unlink(t.name)
+        raise
+
+
+def serialize(proto: ModelProto) -> bytes:
+    return proto.SerializeToString(deterministic=True)
+
+
+def _all_consts(module: Module):
+    for op in module.walk():
+        for a in op.attrs.values():
+            if a.kind == "tensor" and a.value is not None:
+                yield a.value
+    stack = [module.graph]
+    while stack:
+        g = stack.pop()
+        yield from (v.const for v in g.consts.values())
+        for op in g:
+            stack.extend(op.subgraphs())
+
+
+def _const_bytes(t) -> int:
+    if isinstance(t, SparseTensor):
+        return t.values.nbytes + t.indices.nbytes
+    return t.nbytes if t.dtype.bits else 0
+
+
+class _ExternalSink:
+    """Appends tensor bytes to one data file, 64-byte aligned, and returns the reference."""
+
+    ALIGN = 64
+
+    def __init__(self, file, location: str, min_bytes: int):
+        self.file, self.location, self.min_bytes = file, location, min_bytes
+        self.offset = 0
+
+    def place(self, tensor: Tensor, name: str) -> TensorProto | None:
+        if tensor.dtype.bits == 0 or tensor.nbytes < self.min_bytes:
+            return None
+        pad = -self.offset % self.ALIGN
+        if pad:
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        raw = tensor.raw_bytes()
+        self.file.write(raw)
+        p = TensorProto(name=name, data_type=int(tensor.dtype), dims=list(tensor.shape),
+                        data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", self.location), ("offset", str(self.offset)), ("length", str(len(raw)))):
+            e = p.external_data.add()
+            e.key, e.value = k, v
+        self.offset += len(raw)
+        return p
+
+
+class _Writer:
+    def __init__(self, external: _ExternalSink | None):
+        self.external = external
+
+    def model(self, m: Module) -> ModelProto:
+        assign_unique_names(m)
+        proto = ModelProto(ir_version=m.ir_version, producer_name=m.producer_name,
+                           producer_version=m.producer_version, domain=m.domain,
+                           model_version=m.model_version, doc_string=m.doc)
+        for domain, version in m.opset_imports.items():
+            proto.opset_import.add(domain=domain, version=version)
+        for k, v in m.metadata:
+            proto.metadata_props.add(key=k, value=v)
+        proto.graph.CopyFrom(self.graph(m.graph, top=True))
+        for f in m.functions:
+            proto.functions.append(self.function(f))
+        return proto
+
+    def tensor(self, t: Tensor, name: str) -> TensorProto:
+        if self.external is not None:
+            placed = self.external.place(t, name)
+            if placed is not None:
+                return placed
+        return t.to_proto(name)
+
+    def sparse(self, s: SparseTensor, name: str = "") -> onnx.SparseTensorProto:
+        return onnx.SparseTensorProto(values=self.tensor(s.values, name),
+                                      indices=self.tensor(s.indices, ""), dims=list(s.shape))
+
+    def graph(self, g: Graph, top: bool = False) -> GraphProto:
+        gp = GraphProto(name=g.name, doc_string=g.doc)
+        for v in g.consts.values():
+            if isinstance(v.const, SparseTensor):
+                gp.sparse_initializer.append(self.sparse(v.const, v.name))
+            else:
+                gp.initializer.append(self.tensor(v.const, v.name))
+        for v in g.inputs:
+            gp.input.append(value_info(v))
+        described = {v.name for v in g.inputs} | {v.name for v in g.outputs}
+        for op in g:
+            node = gp.node.add(op_type=op.op_type, domain=op.domain, name=op.name, doc_string=op.doc)
+            if op.overload:
+                node.overload = op.overload
+            node.input.extend(v.name if v is not None else "" for v in op.operands)
+            node.output.extend(v.name if v is not None else "" for v in op.results)
+            for name, a in op.attrs.items():
+                node.attribute.append(self.attr(name, a))
+            for r in op.results:
+                if r is not None and r.type is not None and r.name not in described:
+                    gp.value_info.append(value_info(r))
+        for v in g.outputs:
+            gp.output.append(value_info(v))
+        return gp
+
+    def function(self, f: Function) -> onnx.FunctionProto:
+        body = f.body
+        fp = onnx.FunctionProto(domain=f.domain, name=f.name, doc_string=f.doc,
+                                input=[v.name for v in body.inputs], output=[v.name for v in body.outputs])
+        if f.overload:
+            fp.overload = f.overload
+        fp.attribute.extend(p for p in f.attr_params if p not in f.attr_defaults)
+        for name, a in f.attr_defaults.items():
+            fp.attribute_proto.append(self.attr(name, a))
+        for domain, version in f.opset_imports.items():
+            fp.opset_import.add(domain=domain, version=version)
+        for k, v in f.metadata:
+            fp.metadata_props.add(key=k, value=v)
+        g = self.graph(body)
+        fp.node.extend(g.node)
+        typed = [vi for vi in list(g.input) + list(g.value_info) + list(g.output) if vi.type.WhichOneof("value")]
+        if typed:
+            fp.value_info.extend(typed)
+        return fp
+
+    def attr(self, name: str, a: Attr) -> AttributeProto:
+        ap = AttributeProto(name=name, type=_ATTR_TYPE[a.kind], doc_string=a.doc)
+        if a.ref is not None:
+            ap.ref_attr_name = a.ref
+            return ap
+        k, v = a.kind, a.value
+        if k == "int":
+            ap.i = v
+        elif k == "float":
+            ap.f = v
+        elif k == "string":
+            ap.s = v
+        elif k == "tensor":
+            ap.t.CopyFrom(v.to_proto())
+        elif k == "graph":
+            ap.g.CopyFrom(self.graph(v))
+        elif k == "sparse":
+            ap.sparse_tensor.CopyFrom(self.sparse(v))
+        elif k == "type":
+            ap.tp.CopyFrom(type_proto(v))
+        elif k == "ints":
+            ap.ints.extend(v)
+        elif k == "floats":
+            ap.floats.extend(v)
+        elif k == "strings":
+            ap.strings.extend(v)
+        elif k == "tensors":
+            ap.tensors.extend(t.to_proto() for t in v)
+        elif k == "graphs":
+            ap.graphs.extend(self.graph(g) for g in v)
+        elif k == "sparses":
+            ap.sparse_tensors.extend(self.sparse(s) for s in v)
+        elif k == "types":
+            ap.type_protos.extend(type_proto(t) for t in v)
+        return ap
+
+
+def value_info(v: Value) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto(name=v.name, doc_string=v.doc)
+    if v.type is not None:
+        vi.type.CopyFrom(type_proto(v.type))
+    return vi
+
+
+def type_proto(t: Type) -> TypeProto:
+    tp = TypeProto()
+    if isinstance(t, (TensorType, SparseTensorType)):
+        inner = tp.tensor_type if isinstance(t, TensorType) else tp.sparse_tensor_type
+        inner.elem_type = int(t.dtype) if t.dtype is not None else 0
+        if t.shape is not None:
+            inner.shape.SetInParent()
+            for d in t.shape:
+                dim = inner.shape.dim.add()
+                if isinstance(d, int):
+                    dim.dim_value = d
+                elif isinstance(d, str):
+                    dim.dim_param = d
+    elif isinstance(t, SequenceType):
+        tp.sequence_type.elem_type.CopyFrom(type_proto(t.elem))
+    elif isinstance(t, OptionalType):
+        tp.optional_type.elem_type.CopyFrom(type_proto(t.elem))
+    elif isinstance(t, MapType):
+        tp.map_type.key_type = int(t.key)
+        tp.map_type.value_type.CopyFrom(type_proto(t.value))
+    return tp
+
+
+def check(proto: ModelProto, where: str = "<model>") -> None:
+    """onnx.checker full check, as a QCError naming what failed."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise QCError(f"the exported model fails onnx.checker: {e}", where=where) from None

@@ -1,0 +1,332 @@
+"""ONNX -> qc IR.
+
+Reads any valid ``ModelProto``: every opset and domain, local functions, subgraphs, sparse
+initializers and external data (left on disk until a pass reads it). Models whose opset is
+older than requested can be upgraded with ``onnx.version_converter``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, TypeProto
+
+from ..errors import QCError
+from ..ir.core import Attr, Function, Graph, Module, Op, Value
+from ..ir.dtypes import DType
+from ..ir.tensor import SparseTensor, Tensor
+from ..ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+
+_ATTR_KIND = {
+    AttributeProto.INT: "int", AttributeProto.FLOAT: "float", AttributeProto.STRING: "string",
+    AttributeProto.TENSOR: "tensor", AttributeProto.GRAPH: "graph", AttributeProto.SPARSE_TENSOR: "sparse",
+    AttributeProto.TYPE_PROTO: "type", AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats",
+    AttributeProto.STRINGS: "strings", AttributeProto.TENSORS: "tensors", AttributeProto.GRAPHS: "graphs",
+    AttributeProto.SPARSE_TENSORS: "sparses", AttributeProto.TYPE_PROTOS: "types",
+}
+
+
+def load_model_proto(path: str) -> ModelProto:
+    """Read a ModelProto from disk without loading external data; bad files raise QCError."""
+    if not os.path.exists(path):
+        raise QCError("no such file", where=path)
+    if os.path.isdir(path):
+        raise QCError("is a directory, expected an .onnx file", where=path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise QCError(f"cannot read: {e.strerror}", where=path) from None
+    model = ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise QCError(f"not a valid ONNX model: the protobuf does not decode ({e})", where=path,
+                      hint="is the file truncated, or not an .onnx file?") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise QCError("not an ONNX model: it has no ir_version or no graph", where=path,
+                      hint="pass an .onnx file (or a .qir text IR file)")
+    return model
+
+
+def import_onnx(model: str | os.PathLike | ModelProto, *, upgrade_opset: int | None = None,
+                infer_shapes: bool = True, base_dir: str | None = None) -> Module:
+    """Lower an ONNX model (path or ModelProto) into a qc :class:`Module`."""
+    where = "<model>"
+    if isinstance(model, (str, os.PathLike)):
+        where = os.fspath(model)
+        base_dir = os.path.dirname(os.path.abspath(where)) if base_dir is None else base_dir
+        model = load_model_proto(where)
+    elif not isinstance(model, ModelProto):
+        raise TypeError(f"import_onnx expects a path or a ModelProto, got {type(model).__name__}")
+    if upgrade_opset is not None:
+        model = _upgrade(model, upgrade_opset, where)
+    if infer_shapes:
+        model = _with_inferred_shapes(model)
+    return _Importer(where, base_dir).module(model)
+
+
+def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= target:
+        return model
+    try:
+        return version_converter.convert_version(model, target)
+    except Exception as e:  # the converter raises bare RuntimeErrors
+        raise QCError(f"cannot upgrade opset {current} -> {target}: {e}", where=where) from None
+
+
+def _with_inferred_shapes(model: ModelProto) -> ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        return model  # types stay as declared; `propagate-shapes` reports the reason
+
+
+def convert_type(tp: TypeProto) -> Type:
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        t = tp.tensor_type
+        return TensorType(_dtype(t.elem_type), _shape(t) if t.HasField("shape") else None)
+    if which == "sparse_tensor_type":
+        t = tp.sparse_tensor_type
+        return SparseTensorType(_dtype(t.elem_type), _shape(t) if t.HasField("shape") else None)
+    if which == "sequence_type":
+        return SequenceType(convert_type(tp.sequence_type.elem_type))
+    if which == "optional_type":
+        return OptionalType(convert_type(tp.optional_type.elem_type))
+    if which == "map_type":
+        return MapType(DType(tp.map_type.key_type), convert_type(tp.map_type.value_type))
+    return None
+
+
+def _dtype(code: int) -> DType | None:
+    return DType(code) if code else None
+
+
+def _shape(t) -> tuple:
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+class _Scope:
+    """Name -> Value lookup through enclosing graphs."""
+
+    def __init__(self, parent: "_Scope | None" = None):
+        self.parent = parent
+        self.names: dict[str, Value] = {}
+
+    def get(self, name: str) -> Value | None:
+        s = self
+        while s is not None:
+            v = s.names.get(name)
+            if v is not None:
+                return v
+            s = s.parent
+        return None
+
+
+class _Importer:
+    def __init__(self, where: str, base_dir: str | None):
+        self.where = where
+        self.base_dir = base_dir
+
+    def module(self, model: ModelProto) -> Module:
+        opsets = {o.domain: o.version for o in model.opset_import}
+        functions = [self.function(f) for f in model.functions]
+        graph = self.graph(model.graph, _Scope(), path="graph")
+        return Module(
+            graph=graph, opset_imports=opsets, functions=functions, ir_version=model.ir_version,
+            producer_name=model.producer_name, producer_version=model.producer_version,
+            domain=model.domain, model_version=model.model_version, doc=model.doc_string,
+            metadata=[(p.key, p.value) for p in model.metadata_props],
+        )
+
+    def function(self, f: onnx.FunctionProto) -> Function:
+        scope = _Scope()
+        types = {vi.name: convert_type(vi.type) for vi in f.value_info}
+        body = Graph(f.name)
+        for name in f.input:
+            v = Value(name, types.get(name))
+            scope.names[name] = v
+            body.inputs.append(v)
+        self.fill(body, f.node, f.output, scope, types, f"function {f.domain}.{f.name}")
+        defaults = {a.name: self.attr(a, scope, "") for a in f.attribute_proto}
+        params = list(f.attribute) + [a.name for a in f.attribute_proto]
+        return Function(domain=f.domain, name=f.name, body=body, attr_params=params,
+                        attr_defaults=defaults, opset_imports={o.domain: o.version for o in f.opset_import},
+                        overload=f.overload, doc=f.doc_string,
+                        metadata=[(p.key, p.value) for p in f.metadata_props])
+
+    def graph(self, g: GraphProto, outer: _Scope, path: str) -> Graph:
+        scope = _Scope(outer)
+        types: dict[str, Type] = {}
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            t = convert_type(vi.type)
+            if t is not None or vi.name not in types:
+                types[vi.name] = t
+        graph = Graph(g.name)
+        graph.doc = g.doc_string
+        for init in g.initializer:
+            self.define(scope, init.name, path)
+            v = Value(init.name, types.get(init.name) or TensorType(DType(init.data_type), tuple(init.dims)),
+                      const=Tensor.from_proto(init, self.base_dir))
+            graph.consts[init.name] = scope.names[init.name] = v
+        for sp in g.sparse_initializer:
+            name = sp.values.name
+            self.define(scope, name, path)
+            data = SparseTensor(Tensor.from_proto(sp.values, self.base_dir),
+                                Tensor.from_proto(sp.indices, self.base_dir), tuple(sp.dims))
+            v = Value(name, SparseTensorType(data.dtype, data.shape), const=data)
+            graph.consts[name] = scope.names[name] = v
+        for vi in g.input:
+            v = scope.names.get(vi.name)
+            if v is None or v.const is None:
+                self.define(scope, vi.name, path)
+                v = scope.names[vi.name] = Value(vi.name, types.get(vi.name))
+            graph.inputs.append(v)
+        self.fill(graph, g.node, [o.name for o in g.output], scope, types, path)
+        return graph
+
+    def define(self, scope: _Scope, name: str, path: str) -> None:
+        if name in scope.names:
+            raise QCError(f"value '{name}' is defined twice in {path}", where=self.where,
+                          hint="ONNX graphs must be in SSA form: every name is assigned once")
+
+    def fill(self, graph: Graph, nodes: Iterable[onnx.NodeProto], outputs: Iterable[str],
+             scope: _Scope, types: dict[str, Type], path: str) -> None:
+        for node in _topological(list(nodes), scope, self.where, path):
+            operands = [self.lookup(scope, name, node, path) if name else None for name in node.input]
+            op = Op(node.op_type, operands, domain=node.domain, results=0, name=node.name,
+                    overload=node.overload)
+            op.doc = node.doc_string
+            for a in node.attribute:
+                op.attrs[a.name] = self.attr(a, scope, f"{path}/{node.name or node.op_type}")
+            for name in node.output:
+                if not name:
+                    op.add_result(None)
+                    continue
+                self.define(scope, name, path)
+                scope.names[name] = op.add_result(Value(name, types.get(name)))
+            graph.append(op)
+        for name in outputs:
+            v = scope.get(name)
+            if v is None:
+                raise QCError(f"graph output '{name}' of {path} is not produced by any node, input or initializer",
+                              where=self.where, hint="fix the output name or add the node that computes it")
+            graph.add_output(v)
+
+    def lookup(self, scope: _Scope, name: str, node: onnx.NodeProto, path: str) -> Value:
+        v = scope.get(name)
+        if v is None:
+            raise QCError(f"node '{node.name or '?'}' ({node.op_type}) in {path} reads '{name}', which no node, "
+                          "graph input or initializer defines", where=self.where,
+                          hint="the model is incomplete: fix the input name or add its producer")
+        return v
+
+    def attr(self, a: AttributeProto, scope: _Scope, path: str) -> Attr:
+        kind = _ATTR_KIND.get(a.type)
+        if kind is None:
+            raise QCError(f"attribute '{a.name}' in {path} has no type", where=self.where)
+        if a.ref_attr_name:
+            return Attr(kind, None, ref=a.ref_attr_name, doc=a.doc_string)
+        base = self.base_dir
+        value = {
+            "int": lambda: int(a.i), "float": lambda: float(a.f), "string": lambda: bytes(a.s),
+            "tensor": lambda: Tensor.from_proto(a.t, base),
+            "graph": lambda: self.graph(a.g, scope, f"{path}.{a.name}"),
+            "sparse": lambda: self.sparse(a.sparse_tensor), "type": lambda: convert_type(a.tp),
+            "ints": lambda: [int(i) for i in a.ints], "floats": lambda: [float(f) for f in a.floats],
+            "strings": lambda: [bytes(s) for s in a.strings],
+            "tensors": lambda: [Tensor.from_proto(t, base) for t in a.tensors],
+            "graphs": lambda: [self.graph(g, scope, f"{path}.{a.name}[{i}]") for i, g in enumerate(a.graphs)],
+            "sparses": lambda: [self.sparse(s) for s in a.sparse_tensors],
+            "types": lambda: [convert_type(t) for t in a.type_protos],
+        }[kind]()
+        return Attr(kind, value, doc=a.doc_string)
+
+    def sparse(self, sp: onnx.SparseTensorProto) -> SparseTensor:
+        return SparseTensor(Tensor.from_proto(sp.values, self.base_dir),
+                            Tensor.from_proto(sp.indices, self.base_dir), tuple(sp.dims))
+
+
+def _topological(nodes: list[onnx.NodeProto], scope: _Scope, where: str, path: str) -> list[onnx.NodeProto]:
+    """Nodes in an order where producers come first; a cycle is an error naming its nodes."""
+    produced: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                produced[o] = i
+    in_order = True
+    seen: set[str] = set()
+    for n in nodes:
+        for name in _reads(n):
+            if name in produced and name not in seen:
+                in_order = False
+                break
+        if not in_order:
+            break
+        seen.update(o for o in n.output if o)
+    if in_order:
+        return nodes
+    # Kahn's algorithm, stable with respect to the original order.
+    import heapq
+
+    deps = [set() for _ in nodes]
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        for name in _reads(n):
+            j = produced.get(name)
+            if j is not None and j != i and j not in deps[i]:
+                deps[i].add(j)
+                users[j].append(i)
+            elif j == i:
+                raise QCError(f"node '{n.name or n.op_type}' in {path} reads its own output '{name}' (a cycle)",
+                              where=where, hint="ONNX graphs must be acyclic")
+    ready = [i for i in range(len(nodes)) if not deps[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users[i]:
+            deps[u].discard(i)
+            if not deps[u]:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if deps[i]]
+        raise QCError(f"the graph {path} has a cycle through nodes {', '.join(repr(s) for s in stuck[:6])}",
+                      where=where, hint="ONNX graphs must be acyclic")
+    return order
+
+
+def _reads(node: onnx.NodeProto) -> Iterable[str]:
+    """Names a node reads: its inputs and the outer names its subgraphs use."""
+    yield from (i for i in node.input if i)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+            yield from _graph_free_names(g)
+
+
+def _graph_free_names(g: GraphProto) -> set[str]:
+    local = {i.name for i in g.input} | {i.name for i in g.initializer}
+    local |= {s.values.name for s in g.sparse_initializer}
+    free: set[str] = set()
+    for n in g.node:
+        for name in _reads(n):
+            if name not in local:
+                free.add(name)
+        local.update(n.output)
+    free.update(o.name for o in g.output if o.name not in local)
+    return free
