@@ -1,0 +1,1 @@
+"""Built-in passes (imported as qc.passes)."""
