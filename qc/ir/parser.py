@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from lark import Lark, Token, Transformer, v_args
+
+try:
+    import lark_cython
+except ImportError:  # optional accelerator: same grammar, same results, about 3x faster
+    lark_cython = None
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..errors import ParseError, QCError
@@ -49,7 +55,8 @@ def parse_ir(text: str, weights: str | Mapping[str, np.ndarray] | None = None, *
 def _lark() -> Lark:
     with open(_GRAMMAR) as f:
         grammar = f.read()
-    return Lark(grammar, parser="lalr", transformer=_ToSyntax(), maybe_placeholders=True, cache=False)
+    plugins = {"_plugins": lark_cython.plugins} if lark_cython is not None else {}
+    return Lark(grammar, parser="lalr", transformer=_ToSyntax(), maybe_placeholders=True, **plugins)
 
 
 def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> ParseError:
@@ -83,9 +90,9 @@ def _expected(names) -> str:
     return ", expected " + (shown[0] if len(shown) == 1 else "one of " + ", ".join(shown[:12]))
 
 
-def unquote(token: str) -> bytes:
+def unquote(token) -> bytes:
     """The bytes of a double-quoted literal (escapes: \\\\ \\" \\n \\t \\r \\xNN)."""
-    body = token[1:-1]
+    body = getattr(token, "value", token)[1:-1]
     if "\\" not in body:
         return body.encode()
     out = bytearray()
@@ -106,8 +113,8 @@ def unquote(token: str) -> bytes:
     return bytes(out)
 
 
-def _name(token: str) -> str:
-    body = token[1:]
+def _name(token) -> str:
+    body = getattr(token, "value", token)[1:]
     return unquote(body).decode("utf-8", "surrogateescape") if body.startswith('"') else body
 
 
@@ -185,37 +192,22 @@ class _ToSyntax(Transformer):
     def op(self, results, opname, operands, attrs, device, types, overload, loc):
         domain, op_type, tok = opname
         return _OpSyntax(results or [], domain, op_type, operands, attrs[1] if attrs else None,
-                         str(device) if device is not None else None, types,
+                         device.value if device is not None else None, types,
                          unquote(overload).decode() if overload else "",
-                         unquote(loc).decode("utf-8", "surrogateescape") if loc else "", tok)
+                         unquote(loc.value[4:-1]).decode("utf-8", "surrogateescape") if loc else "", tok)
 
     def dotted_opname(self, tok):
-        domain, _, op_type = str(tok).rpartition(".")
+        domain, _, op_type = tok.value.rpartition(".")
         return ("" if domain == "onnx" else domain), op_type, tok
 
     def quoted_opname(self, domain, op_type):
         return unquote(domain).decode(), unquote(op_type).decode(), domain
 
     def results(self, *items):
-        return list(items)
-
-    def present(self, tok):
-        return tok
-
-    def absent(self):
-        return None
+        return [None if t.type == "ABSENT" else t for t in items]
 
     def operands(self, *items):
-        return list(items)
-
-    def value_ref(self, tok):
-        return tok
-
-    def const_ref(self, tok):
-        return tok
-
-    def no_value(self):
-        return None
+        return [None if t.type == "NONE" else t for t in items]
 
     def one_type(self, t):
         return [t]
@@ -231,10 +223,10 @@ class _ToSyntax(Transformer):
         return key, value
 
     def key(self, tok):
-        return unquote(tok).decode() if tok.type == "STRING" else str(tok)
+        return unquote(tok).decode() if tok.type == "STRING" else tok.value
 
     def int_value(self, tok):
-        return ("int", int(tok))
+        return ("int", int(tok.value))
 
     def float_value(self, x):
         return ("float", x)
@@ -261,7 +253,7 @@ class _ToSyntax(Transformer):
         return ("list", [v for _, v in items])
 
     def empty_list(self, kind):
-        return (str(kind), [])
+        return (kind.value, [])
 
     def tensor_lit(self, ttype, payload):
         return ("tensor", _TensorLit(ttype, payload, None))
@@ -273,27 +265,27 @@ class _ToSyntax(Transformer):
         return ("type", t)
 
     def ref_value(self, kind, name):
-        return ("ref", (str(kind), unquote(name).decode()))
+        return ("ref", (kind.value, unquote(name).decode()))
 
     def float(self, tok):
-        return float(str(tok))
+        return float(tok.value)
 
     # payloads
     def dense(self, *elems):
         return ("dense", list(elems))
 
     def hex(self, tok):
-        return ("hex", bytes.fromhex(str(tok)[4:-1]))
+        return ("hex", bytes.fromhex(tok.value[4:-1]))
 
     def blob(self, key, *kv):
-        fields = {str(kv[i]): int(kv[i + 1]) for i in range(0, len(kv), 2)}
+        fields = {kv[i].value: int(kv[i + 1].value) for i in range(0, len(kv), 2)}
         return ("blob", unquote(key).decode(), fields, key)
 
     def sparse_payload(self, values, indices):
         return ("sparse", values[1], indices[1])
 
     def int_elem(self, tok):
-        return int(tok)
+        return int(tok.value)
 
     def float_elem(self, x):
         return x
@@ -326,29 +318,9 @@ class _ToSyntax(Transformer):
     def sparse_type(self, t):
         return SparseTensorType(t.dtype, t.shape)
 
-    def tensor_type(self, dtype, dims, quant):
-        return TensorType(dtype, dims, quant)
-
-    def known_dtype(self, tok):
-        return _dtype(tok)
-
-    def unknown_dtype(self):
-        return None
-
-    def unranked(self):
-        return None
-
-    def ranked(self, *dims):
-        return tuple(dims)
-
-    def int_dim(self, tok):
-        return int(tok)
-
-    def sym_dim(self, tok):
-        return unquote(tok).decode() if tok.type == "STRING" else str(tok)
-
-    def unknown_dim(self):
-        return None
+    def tensor_type(self, tok, quant):
+        dtype, shape = _tensor_type_token(tok)
+        return TensorType(dtype, shape, quant)
 
     def quant(self, *entries):
         fields = dict(entries)
@@ -359,15 +331,53 @@ class _ToSyntax(Transformer):
             raise _token_error(entries[0][2] if entries else None, "q(...) needs a scale") from None
 
     def qentry(self, key, value):
-        v: Any = _name(value) if value.type == "SYMBOL" else float(value) if value.type == "FLOAT" else int(value)
-        if str(key) == "scale" and isinstance(v, int):
+        text = value.value
+        v: Any = _name(value) if value.type == "SYMBOL" else float(text) if value.type == "FLOAT" else int(text)
+        if key.value == "scale" and isinstance(v, int):
             v = float(v)
-        return str(key), v
+        return key.value, v
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_tensor_type(text: str) -> tuple[DType | None, tuple | None]:
+    head, _, rest = text.partition("[")
+    dtype = None if head == "?" else DType.parse(head)
+    body = rest[:-1].strip()
+    if body == "*":
+        return dtype, None
+    if not body:
+        return dtype, ()
+    dims: list = []
+    for item in _DIM_ITEM.findall(body):
+        item = item.strip()
+        if item == "?":
+            dims.append(None)
+        elif item.startswith('"'):
+            dims.append(unquote(item).decode())
+        elif item.lstrip("-").isdigit():
+            dims.append(int(item))
+        elif _IDENT.match(item):
+            dims.append(item)
+        else:
+            raise ValueError(item)
+    return dtype, tuple(dims)
+
+
+_DIM_ITEM = re.compile(r'\s*("(?:\\.|[^"\\])*"|[^,]+)\s*(?:,|$)')
+_IDENT = re.compile(r"[A-Za-z_]\w*\Z")
+
+
+def _tensor_type_token(tok) -> tuple[DType | None, tuple | None]:
+    try:
+        return _parse_tensor_type(tok.value)
+    except ValueError as e:
+        raise _token_error(tok, f"bad dimension '{e}' in type {tok.value}",
+                           hint="a dimension is a number, a name, a quoted name, or ?") from None
 
 
 def _dtype(tok: Token) -> DType:
     try:
-        return DType.parse(str(tok))
+        return DType.parse(getattr(tok, "value", tok))
     except ValueError:
         raise _token_error(tok, f"unknown element type '{tok}'", hint="known: " + ", ".join(d.name for d in DType)) from None
 
@@ -458,7 +468,7 @@ class _Builder:
 
     def define(self, scope: _Scope, tok, value: Value) -> Value:
         if value.name in scope.names:
-            raise self.err(tok, f"'{tok}' is defined twice")
+            raise self.err(tok, f"'{tok.value}' is defined twice")
         scope.names[value.name] = value
         return value
 
@@ -474,7 +484,7 @@ class _Builder:
             if kind == "const":
                 v = scope.names.get(_name(tok))
                 if v is None or v.const is None:
-                    raise self.err(tok, f"input {tok} names no const of this graph", hint="declare it with `const` first")
+                    raise self.err(tok, f"input {tok.value} names no const of this graph", hint="declare it with `const` first")
                 graph.inputs.append(v)
             else:
                 graph.inputs.append(self.define(scope, tok, Value(_name(tok), type_)))
@@ -484,7 +494,7 @@ class _Builder:
             else:
                 graph.append(self.op(item, scope))
         if len(syntax.ret) != len(syntax.types):
-            raise self.err(syntax.name, f"{syntax.name} declares {len(syntax.types)} results but returns {len(syntax.ret)}")
+            raise self.err(syntax.name, f"{syntax.name.value} declares {len(syntax.types)} results but returns {len(syntax.ret)}")
         for tok, type_ in zip(syntax.ret, syntax.types):
             v = self.lookup(scope, tok)
             if v.type is None and type_ is not None:
@@ -495,8 +505,8 @@ class _Builder:
     def lookup(self, scope: _Scope, tok) -> Value:
         v = scope.get(_name(tok))
         if v is None:
-            kind = "const" if str(tok).startswith("@") else "value"
-            raise self.err(tok, f"use of undefined {kind} {tok}", hint="values must be defined before they are used")
+            kind = "const" if tok.value.startswith("@") else "value"
+            raise self.err(tok, f"use of undefined {kind} {tok.value}", hint="values must be defined before they are used")
         return v
 
     def op(self, s: _OpSyntax, scope: _Scope) -> Op:

@@ -33,7 +33,6 @@ _ORT_NUMPY_TYPES = {
     "float", "double", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32",
     "int64", "uint64", "bool", "string",
 }
-_PLAIN_NUMPY_KINDS = "biufcOSU"  # ml_dtypes (bf16, float8, int4, ...) are kind "V"
 
 
 @dataclass
@@ -99,7 +98,7 @@ def _to_ort(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_ort(v) for v in value]
     array = np.asarray(value)
-    if array.dtype.kind in _PLAIN_NUMPY_KINDS:
+    if array.dtype.type.__module__ == "numpy":  # not an ml_dtypes type (bf16, float8, int4, ...)
         return array
     return _exotic_ortvalue(array)
 
