@@ -1,1 +1,17 @@
-"""Built-in passes (imported as qc.passes)."""
+"""Built-in passes, one module per pass, named after it (``fold_constants.py`` <-> ``fold-constants``).
+
+Writing a pass: see docs/writing-passes.md. Import the pieces from here::
+
+    from qc.passes import Pass, PassContext, register_pass
+"""
+from qc.pm import Pass, PassContext, register_pass, register_pipeline
+
+from . import cse, dce, fold_batchnorm, fold_constants, propagate_shapes, remove_identity  # noqa: F401
+
+register_pipeline(
+    "default",
+    "propagate-shapes,remove-identity,fold-constants,fold-batchnorm,cse,dce",
+    "the optimization pipeline `qc compile` runs before the backend",
+)
+
+__all__ = ["Pass", "PassContext", "register_pass", "register_pipeline"]
