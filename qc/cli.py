@@ -1,0 +1,345 @@
+"""The ``qc`` command line: show, opt, passes, compile, targets.
+
+User errors print one line ``qc: error: ...`` and exit with code 2; ``--debug`` shows the
+traceback instead. Outputs are written atomically; inputs are never modified.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from typing import Sequence
+
+from . import __version__
+from .errors import QCError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return args.func(args) or 0
+    except QCError as e:
+        if args.debug:
+            raise
+        if getattr(e, "internal", False):
+            _error(f"internal error: {e}")
+            return EXIT_INTERNAL_ERROR
+        _error(str(e))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted; no output was written")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in qc: say so, briefly
+        if args.debug:
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        return EXIT_INTERNAL_ERROR
+
+
+def _error(message: str) -> None:
+    sys.stderr.write("qc: error: " + " ".join(message.split("\n")) + "\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage errors: one line, exit 2
+        self.exit(EXIT_USER_ERROR, f"qc: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    p = _Parser(prog="qc", description="qc: a quantizing compiler for ONNX models aimed at Arm edge devices",
+                parents=[common])
+    p.add_argument("--version", action="version", version=f"qc {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    show = sub.add_parser("show", parents=[common], help="print a model as text IR")
+    show.add_argument("model", help=".onnx or .qir file")
+    show.add_argument("-o", "--output", help="write text IR to this .qir file (weights to FILE.weights)")
+    _add_print_options(show)
+    _add_import_options(show)
+    show.add_argument("--summary", action="store_true", help="print op counts and sizes instead of the IR")
+    show.set_defaults(func=cmd_show)
+
+    opt = sub.add_parser("opt", parents=[common], help="run a pass pipeline")
+    opt.add_argument("input", help=".onnx or .qir file")
+    opt.add_argument("-p", "--passes", dest="pipeline", default=None,
+                     help="pipeline, e.g. 'fold-constants,cse,dce' ('' runs no pass)")
+    opt.add_argument("--pipeline", dest="named_pipeline", help="a named pipeline (see `qc passes`)")
+    opt.add_argument("-o", "--output", help="output .onnx or .qir (default: text IR on stdout)")
+    _add_pm_options(opt)
+    _add_print_options(opt)
+    _add_import_options(opt)
+    opt.set_defaults(func=cmd_opt)
+
+    passes = sub.add_parser("passes", parents=[common], help="list passes with their options")
+    passes.add_argument("name", nargs="?", help="show one pass")
+    passes.add_argument("--load-pass", action="append", default=[], metavar="FILE.py")
+    passes.set_defaults(func=cmd_passes)
+
+    comp = sub.add_parser("compile", parents=[common], help="optimize a model for a target and emit it")
+    comp.add_argument("model", help=".onnx or .qir file")
+    comp.add_argument("--target", required=True, help="target name (see `qc targets`) or a .toml file")
+    comp.add_argument("-o", "--output", required=True, help="output .onnx file")
+    comp.add_argument("--pipeline", dest="named_pipeline", default="default",
+                      help="named pipeline to run (default: %(default)s)")
+    comp.add_argument("-p", "--passes", dest="pipeline", default=None, help="explicit pipeline instead")
+    comp.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
+                      help="write weights to OUTPUT.data (auto: only when over 2 GB)")
+    _add_pm_options(comp)
+    _add_import_options(comp)
+    comp.add_argument("--quiet", action="store_true", help="print no summary")
+    comp.set_defaults(func=cmd_compile)
+
+    targets = sub.add_parser("targets", parents=[common], help="list targets")
+    targets.add_argument("name", nargs="?")
+    targets.set_defaults(func=cmd_targets)
+    return p
+
+
+def _add_print_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--elide-above", type=int, default=16, metavar="N",
+                   help="print tensors of more than N elements as blob references (default %(default)s)")
+    p.add_argument("--full", action="store_true", help="print every tensor in full")
+
+
+def _add_import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--upgrade-opset", type=int, metavar="N", help="convert an older model to opset N first")
+    p.add_argument("--no-infer-shapes", action="store_true", help="do not run ONNX shape inference on import")
+
+
+def _add_pm_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--load-pass", action="append", default=[], metavar="FILE.py",
+                   help="import passes from a Python file (repeatable)")
+    p.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
+                   help="print the IR before these passes (comma list, repeatable)")
+    p.add_argument("--print-ir-after", action="append", default=[], metavar="PASS")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR before and after every pass into DIR")
+    p.add_argument("--timing", action="store_true", help="print time per pass")
+    p.add_argument("--no-verify-each", action="store_true", help="do not run the verifier after each pass")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def load_module(path: str, args: argparse.Namespace):
+    """An .onnx or .qir file -> Module."""
+    from .frontend.onnx import import_onnx
+    from .ir.parser import parse_ir
+
+    if path.endswith(".qir"):
+        if not os.path.isfile(path):
+            raise QCError("no such file", where=path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise QCError("not a text IR file (it is not UTF-8 text)", where=path) from None
+        return parse_ir(text, filename=path)
+    return import_onnx(path, upgrade_opset=getattr(args, "upgrade_opset", None),
+                       infer_shapes=not getattr(args, "no_infer_shapes", False))
+
+
+def _elide(args) -> int | None:
+    return None if getattr(args, "full", False) else args.elide_above
+
+
+def write_module(module, path: str, args: argparse.Namespace, inputs: Sequence[str], **save_kwargs) -> None:
+    """Write by extension (.onnx or .qir), atomically, refusing to overwrite an input."""
+    _refuse_overwrite(path, inputs)
+    if path.endswith(".qir"):
+        write_qir(module, path, _elide(args) if hasattr(args, "elide_above") else 16)
+    elif path.endswith(".onnx"):
+        from .backends.onnx import save_onnx
+
+        save_onnx(module, path, **save_kwargs)
+    else:
+        raise QCError("unknown output kind", where=path, hint="use a .onnx or .qir file name")
+
+
+def write_qir(module, path: str, elide_above: int | None) -> None:
+    from .fileio import atomic_write
+    from .ir.printer import print_ir
+    from .ir.weights import SidecarWriter
+
+    sidecar = SidecarWriter(os.path.basename(path) + ".weights")
+    text = print_ir(module, elide_above=elide_above, sidecar=sidecar)
+    if sidecar.chunks:
+        sidecar.write(path + ".weights")
+    else:
+        text = text.replace(f'weights "{sidecar.reference}"\n', "", 1)
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def _refuse_overwrite(out: str, inputs: Sequence[str]) -> None:
+    out_real = os.path.realpath(out)
+    for i in inputs:
+        if os.path.realpath(i) == out_real:
+            raise QCError("the output would overwrite the input", where=out, hint="choose another -o path")
+
+
+def _pipeline_spec(args) -> str:
+    if args.pipeline is not None:
+        return args.pipeline
+    if getattr(args, "named_pipeline", None):
+        from .pm import named_pipelines
+
+        pipelines = named_pipelines()
+        if args.named_pipeline not in pipelines:
+            raise QCError(f"unknown pipeline '{args.named_pipeline}'", hint="known: " + ", ".join(pipelines))
+        return pipelines[args.named_pipeline][0]
+    raise QCError("no pipeline given", hint="use -p 'pass1,pass2' (or -p '' for none) or --pipeline NAME")
+
+
+def _names(values: list[str]) -> frozenset[str]:
+    return frozenset(n.strip() for v in values for n in v.split(",") if n.strip())
+
+
+def build_pass_manager(spec: str, args, ctx=None):
+    from .pm import DumpIR, PassManager, PrintIR, Timing, load_pass_file
+
+    for path in args.load_pass:
+        load_pass_file(path)
+    instruments = []
+    if args.print_ir_before or args.print_ir_after or args.print_ir_after_all:
+        instruments.append(PrintIR(before=_names(args.print_ir_before), after=_names(args.print_ir_after),
+                                   after_all=args.print_ir_after_all, stream=sys.stderr))
+    if args.dump_ir_dir:
+        instruments.append(DumpIR(args.dump_ir_dir))
+    timing = Timing(stream=sys.stderr) if args.timing else None
+    if timing:
+        instruments.append(timing)
+    pm = PassManager.parse(spec, instruments=instruments, verify_each=not args.no_verify_each, ctx=ctx)
+    return pm, timing
+
+
+# -- commands --------------------------------------------------------------------------------
+def cmd_show(args) -> int:
+    module = load_module(args.model, args)
+    if args.summary:
+        sys.stdout.write(summarize(module))
+        return 0
+    if args.output:
+        write_module(module, args.output, args, [args.model])
+        return 0
+    from .ir.printer import print_ir
+
+    sys.stdout.write(print_ir(module, elide_above=_elide(args)))
+    return 0
+
+
+def cmd_opt(args) -> int:
+    spec = _pipeline_spec(args)
+    pm, _ = build_pass_manager(spec, args)
+    module = load_module(args.input, args)
+    pm.run(module)
+    if args.output:
+        write_module(module, args.output, args, [args.input])
+    else:
+        from .ir.printer import print_ir
+
+        sys.stdout.write(print_ir(module, elide_above=_elide(args)))
+    return 0
+
+
+def cmd_passes(args) -> int:
+    import dataclasses
+    import inspect
+    import typing
+
+    from .pm import all_passes, get_pass, load_pass_file, named_pipelines
+
+    for path in args.load_pass:
+        load_pass_file(path)
+    selected = {args.name: get_pass(args.name)} if args.name else all_passes()
+    out = []
+    for name, cls in selected.items():
+        hints = typing.get_type_hints(cls)
+        out.append(name)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            tname = getattr(hints.get(f.name), "__name__", None) or str(hints.get(f.name)).replace("typing.", "")
+            out.append(f"  {f.name.replace('_', '-')}: {tname} = {default!r}")
+        doc = inspect.getdoc(cls) or "(no description)"
+        out.extend("    " + line if line else "" for line in doc.splitlines())
+        out.append("")
+    if not args.name:
+        out.append("named pipelines:")
+        for name, (spec, description) in named_pipelines().items():
+            out.append(f"  {name}: {spec}" + (f"  ({description})" if description else ""))
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .pm import PassContext
+    from .targets import load_target
+
+    target = load_target(args.target)
+    if target.backend != "onnx":
+        raise QCError(f"target '{target.name}' needs the '{target.backend}' backend, which is not built yet")
+    spec = _pipeline_spec(args)
+    ctx = PassContext(target=target.name)
+    pm, timing = build_pass_manager(spec, args, ctx)
+    start = time.perf_counter()
+    module = load_module(args.model, args)
+    loaded = time.perf_counter()
+    if timing:
+        timing.add("(import)", loaded - start)
+    before = summarize(module)
+    pm.run(module)
+    external = {"auto": None, "always": True, "never": False}[args.external_data]
+    t0 = time.perf_counter()
+    write_module(module, args.output, args, [args.model], external=external)
+    if not args.quiet:
+        sys.stdout.write(f"qc compile: {args.model} -> {args.output} (target {target.name})\n")
+        sys.stdout.write(f"pipeline: {pm}\n")
+        sys.stdout.write("before:\n" + _indent(before) + "after:\n" + _indent(summarize(module)))
+        sys.stdout.write(f"export: {1e3 * (time.perf_counter() - t0):.1f} ms\n")
+        for remark in pm.ctx.remarks:
+            sys.stdout.write(f"remark: {remark}\n")
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "".join("  " + line + "\n" for line in text.splitlines())
+
+
+def cmd_targets(args) -> int:
+    from .targets import builtin_targets, load_target
+
+    names = [args.name] if args.name else builtin_targets()
+    for name in names:
+        t = load_target(name)
+        sys.stdout.write(f"{t.name}: {t.description}\n")
+        if args.name:
+            sys.stdout.write(f"  features: {', '.join(t.features) or '-'}\n  devices: {', '.join(t.devices)}\n"
+                             f"  backend: {t.backend}\n")
+    return 0
+
+
+def summarize(module) -> str:
+    """Op counts by type, constants and their bytes: a few lines for a terminal."""
+    counts = collections.Counter(op.qualified_type for op in module.walk())
+    consts = list(module.graph.consts.values())
+    nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
+    lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
+             f"inputs: {len([v for v in module.graph.inputs if v.const is None])}, outputs: {len(module.graph.outputs)}"]
+    top = counts.most_common()
+    lines.append("  " + ", ".join(f"{k} x{n}" for k, n in top[:12]) + (", ..." if len(top) > 12 else ""))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
