@@ -440,7 +440,7 @@ class _Builder:
             if isinstance(item, tuple) and item[0] == "const":
                 self.const(graph, scope, item)
         self.graph_into(graph, main, scope)
-        graph.name = _name(sym) if _name(sym) else graph.name
+        graph.name = _name(sym)
         if main.attrs and "doc" in main.attrs:
             graph.doc = unquote_str(main.attrs["doc"])
         module = Module(graph=graph, opset_imports={str(k): int(v) for k, v in plain.get("opset_import", {}).items()},

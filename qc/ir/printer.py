@@ -156,7 +156,7 @@ class _Printer:
             attrs["metadata"] = dict(m.metadata)
         self.lines.append(f"module {name_token('@', m.graph.name)} {self.plain_dict(attrs)} {{")
         self.consts(m.graph, "  ")
-        self.func(m.graph, "  ", {"doc": m.graph.doc} if m.graph.doc else {})
+        self.func(m.graph, "  ", {"doc": m.graph.doc} if m.graph.doc else {}, name="main")
         for f in m.functions:
             self.func(f.body, "  ", self.function_attrs(f))
         self.lines.append("}")
@@ -183,7 +183,7 @@ class _Printer:
             self.lines.append(f"{indent}const {name_token('@', v.name)} : {format_type(v.type)} = "
                               f"{self.payload(v.const, v.name, indent)}")
 
-    def signature(self, keyword: str, g: Graph, indent: str) -> str:
+    def signature(self, keyword: str, g: Graph, indent: str, name: str | None = None) -> str:
         args = []
         for v in g.inputs:
             if v.const is not None:
@@ -193,10 +193,10 @@ class _Printer:
             else:
                 args.append(f"{name_token('%', v.name)}: {format_type(v.type)}")
         results = ", ".join(format_type(v.type) for v in g.outputs)
-        return f"{keyword} {name_token('@', g.name)}({', '.join(args)}) -> ({results})"
+        return f"{keyword} {name_token('@', g.name if name is None else name)}({', '.join(args)}) -> ({results})"
 
-    def func(self, g: Graph, indent: str, attrs: dict) -> None:
-        head = self.signature("func", g, indent)
+    def func(self, g: Graph, indent: str, attrs: dict, name: str | None = None) -> None:
+        head = self.signature("func", g, indent, name)
         if attrs:
             head += f" attributes {self.plain_dict(attrs)}"
         self.lines.append(f"{indent}{head} {{")

@@ -1,0 +1,47 @@
+"""Shared fixtures: the qc CLI as a subprocess, the onnx package's light models, small models."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+def run_qc(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``qc ARGS`` in a fresh interpreter; returns the completed process (text output)."""
+    return subprocess.run([sys.executable, "-m", "qc.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=600)
+
+
+@pytest.fixture
+def qc_cli():
+    return run_qc
+
+
+@pytest.fixture
+def light_model_path():
+    return os.path.join(LIGHT_DIR, "light_squeezenet.onnx")
+
+
+def small_mlp(path: str | None = None) -> onnx.ModelProto:
+    """x[2,4] -> MatMul(W 4x3) -> Add(b) -> Relu -> y[2,3], with a 12-element weight."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], rng.standard_normal(12).astype("float32").tolist())
+    b = helper.make_tensor("b", TensorProto.FLOAT, [3], [0.5, -0.25, 1.0])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["z"], name="add"),
+             helper.make_node("Relu", ["z"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if path:
+        onnx.save(model, path)
+    return model
