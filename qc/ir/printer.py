@@ -122,7 +122,8 @@ def format_dense(t: Tensor) -> str:
     if d is DType.bool:
         return "dense[" + ", ".join("true" if x else "false" for x in a) + "]"
     if d.is_integer:
-        return "dense[" + ", ".join(str(int(x)) for x in a.astype(np.int64)) + "]"
+        ints = a.tolist() if a.dtype.kind in "iu" else a.astype(np.int64).tolist()
+        return "dense[" + ", ".join(map(str, ints)) + "]"
     if d.is_float:
         scalar = _FLOAT_FORMAT.get(d)
         items = [str(scalar(x)) for x in a] if scalar else [repr(float(x)) for x in a]
