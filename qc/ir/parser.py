@@ -23,6 +23,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..errors import ParseError, QCError
 from .core import Attr, Function, Graph, Module, Op, Value
+from ._gc import without_gc
 from .dtypes import DType
 from .tensor import SparseTensor, Tensor
 from .types import MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
@@ -31,6 +32,7 @@ from .weights import SidecarReader
 _GRAMMAR = os.path.join(os.path.dirname(__file__), "grammar.lark")
 
 
+@without_gc
 def parse_ir(text: str, weights: str | Mapping[str, np.ndarray] | None = None, *,
              filename: str = "<input>") -> Module:
     """Parse text IR into a Module.

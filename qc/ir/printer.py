@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from ._gc import without_gc
 from .core import Attr, Function, Graph, Module, Op, Value
 from .dtypes import DType
 from .naming import assign_unique_names
@@ -27,6 +28,7 @@ _IDENT = re.compile(r"[A-Za-z_]\w*\Z", re.ASCII)
 _LIST_KINDS = {"ints", "floats", "strings", "tensors", "graphs", "sparses", "types"}
 
 
+@without_gc
 def print_ir(module: Module, elide_above: int | None = 16, *, sidecar: SidecarWriter | None = None,
              header: str | None = None) -> str:
     """The module as text. ``elide_above=None`` prints every tensor in full."""
