@@ -123,3 +123,17 @@ def test_instruments_print_and_time():
     assert dumps.count("// -----// IR Dump After test-options //----- //") == 1
     assert [row[0] for row in timing.rows] == ["test-options{count=2}", "test-options"]
     assert "total" in timing.stream.getvalue()
+
+
+def test_verifier_checks_quantization_parameters():
+    from qc.ir.verify import verify
+
+    base = ('module @m {ir_version = 10, opset_import = {"" = 21}} {\n  func @main(%x: i8[4, 8]) -> (i8[4, 8]) {\n'
+            '    %y = onnx.Identity(%x) : i8[4, 8] q(QUANT)\n    return %y\n  }\n}\n')
+    verify(qc.parse_ir(base.replace("QUANT", "scale = 0.5, zp = -3, axis = 1")))
+    for quant, message in [("scale = 0.5, zp = 200", "zero point 200, outside i8's range -128..127"),
+                           ("scale = 0.5, zp = 0, axis = 2", "quantized along axis 2, but its rank is 2"),
+                           ("scale = 0.0, zp = 0", "scales must be positive"),
+                           ("scale = 0.5, zp = 0, block = 32", "blocks need a positive size and an axis")]:
+        with pytest.raises(qc.VerifyError, match=message):
+            verify(qc.parse_ir(base.replace("QUANT", quant)))

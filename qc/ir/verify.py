@@ -88,6 +88,7 @@ def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: froze
             if id(r) in defined:
                 raise VerifyError(f"{where}: %{r.name} is defined twice")
             defined.add(id(r))
+            _check_quant(r, where)
             for user, index in r._uses:
                 _check_use(r, user, index, where)
         _check_schema(op, opsets, functions, where, check_types)
@@ -96,6 +97,27 @@ def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: froze
     for i, v in enumerate(g.outputs):
         if id(v) not in defined:
             raise VerifyError(f"{where}: output {i} (%{v.name}) is not defined in the graph or an enclosing one")
+
+
+def _check_quant(v: Value, where: str) -> None:
+    """Quantization legality: axis in range, positive scale, zero point inside the storage range."""
+    t = v.type
+    q = t.quant if isinstance(t, TensorType) else None
+    if q is None:
+        return
+    if t.dtype is None or not t.dtype.is_integer:
+        raise VerifyError(f"{where}: %{v.name} has quantization parameters but is {t.dtype}, not an integer type")
+    if q.axis is not None and t.rank is not None and not -t.rank <= q.axis < t.rank:
+        raise VerifyError(f"{where}: %{v.name} is quantized along axis {q.axis}, but its rank is {t.rank}")
+    if isinstance(q.scale, float) and not q.scale > 0:
+        raise VerifyError(f"{where}: %{v.name} has scale {q.scale}; scales must be positive")
+    if isinstance(q.zero_point, int):
+        bits, signed = t.dtype.bits, t.dtype.name.startswith("i")
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        if not low <= q.zero_point <= high:
+            raise VerifyError(f"{where}: %{v.name} has zero point {q.zero_point}, outside {t.dtype}'s range {low}..{high}")
+    if q.block_size is not None and (q.block_size <= 0 or q.axis is None):
+        raise VerifyError(f"{where}: %{v.name} has block size {q.block_size}; blocks need a positive size and an axis")
 
 
 def _check_use(v: Value, user, index: int, where: str) -> None:
