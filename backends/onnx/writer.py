@@ -127,9 +127,9 @@ class _Writer:
 
     def model(self, m: Module) -> ModelProto:
         assign_unique_names(m)
-        proto = ModelProto(ir_version=m.ir_version, producer_name=m.producer_name,
-                           producer_version=m.producer_version, domain=m.domain,
-                           model_version=m.model_version, doc_string=m.doc)
+        proto = ModelProto(**_present(ir_version=m.ir_version, producer_name=m.producer_name,
+                                      producer_version=m.producer_version, domain=m.domain,
+                                      model_version=m.model_version, doc_string=m.doc))
         for domain, version in m.opset_imports.items():
             proto.opset_import.add(domain=domain, version=version)
         for k, v in m.metadata:
@@ -151,7 +151,7 @@ class _Writer:
                                       indices=self.tensor(s.indices, ""), dims=list(s.shape))
 
     def graph(self, g: Graph, top: bool = False) -> GraphProto:
-        gp = GraphProto(name=g.name, doc_string=g.doc)
+        gp = GraphProto(**_present(name=g.name, doc_string=g.doc))
         for v in g.consts.values():
             if isinstance(v.const, SparseTensor):
                 gp.sparse_initializer.append(self.sparse(v.const, v.name))
@@ -161,9 +161,8 @@ class _Writer:
             gp.input.append(value_info(v))
         described = {v.name for v in g.inputs} | {v.name for v in g.outputs}
         for op in g:
-            node = gp.node.add(op_type=op.op_type, domain=op.domain, name=op.name, doc_string=op.doc)
-            if op.overload:
-                node.overload = op.overload
+            node = gp.node.add(op_type=op.op_type, **_present(domain=op.domain, name=op.name, doc_string=op.doc,
+                                                              overload=op.overload))
             node.input.extend(v.name if v is not None else "" for v in op.operands)
             node.output.extend(v.name if v is not None else "" for v in op.results)
             for name, a in op.attrs.items():
@@ -177,10 +176,8 @@ class _Writer:
 
     def function(self, f: Function) -> onnx.FunctionProto:
         body = f.body
-        fp = onnx.FunctionProto(domain=f.domain, name=f.name, doc_string=f.doc,
+        fp = onnx.FunctionProto(domain=f.domain, name=f.name, **_present(doc_string=f.doc, overload=f.overload),
                                 input=[v.name for v in body.inputs], output=[v.name for v in body.outputs])
-        if f.overload:
-            fp.overload = f.overload
         fp.attribute.extend(p for p in f.attr_params if p not in f.attr_defaults)
         for name, a in f.attr_defaults.items():
             fp.attribute_proto.append(self.attr(name, a))
@@ -196,7 +193,7 @@ class _Writer:
         return fp
 
     def attr(self, name: str, a: Attr) -> AttributeProto:
-        ap = AttributeProto(name=name, type=_ATTR_TYPE[a.kind], doc_string=a.doc)
+        ap = AttributeProto(name=name, type=_ATTR_TYPE[a.kind], **_present(doc_string=a.doc))
         if a.ref is not None:
             ap.ref_attr_name = a.ref
             return ap
@@ -233,10 +230,15 @@ class _Writer:
 
 
 def value_info(v: Value) -> onnx.ValueInfoProto:
-    vi = onnx.ValueInfoProto(name=v.name, doc_string=v.doc)
+    vi = onnx.ValueInfoProto(name=v.name, **_present(doc_string=v.doc))
     if v.type is not None:
         vi.type.CopyFrom(type_proto(v.type))
     return vi
+
+
+def _present(**fields) -> dict:
+    """The fields that are set: protobuf (proto2) records an explicit "" or 0 as present."""
+    return {k: v for k, v in fields.items() if v}
 
 
 def type_proto(t: Type) -> TypeProto:
