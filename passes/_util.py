@@ -189,3 +189,22 @@ def attr_key(a: Attr) -> tuple | None:
     if k in ("type", "types"):
         return (k, v if k == "type" else tuple(v))
     return None
+
+
+# -- creating consts -------------------------------------------------------------------------
+def can_hold_consts(module: Module, g: Graph, fn: Function | None) -> bool:
+    """Whether a pass may add consts (ONNX initializers) to ``g``.
+
+    Not in function bodies (FunctionProto has no initializers) and, before IR version 4
+    (where every initializer must also be a graph input), not in subgraphs, whose inputs
+    are positional.
+    """
+    return fn is None and (module.ir_version >= 4 or g is module.graph)
+
+
+def add_const(module: Module, g: Graph, name: str, data: Tensor, type=None) -> Value:
+    """``g.add_const``, also listing the const as a graph input when the IR version needs it (< 4)."""
+    v = g.add_const(name, data, type)
+    if module.ir_version < 4 and g is module.graph:
+        g.inputs.append(v)
+    return v

@@ -10,6 +10,8 @@ Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
 
     const @w = ...              // no use, not a graph input   ->  (gone)
     const @w = ...              // no use, but a graph input   ->  kept (it is part of the interface)
+                                // ... unless the IR version is < 4: then every initializer must be
+                                // an input, none can be overridden, and both entries go
 
 An op is dead when none of its results is used by an op, a graph output or an op inside a
 subgraph (uses from subgraphs are ordinary uses in the IR). One reverse sweep per graph reaches
@@ -38,12 +40,12 @@ class DCE(Pass):
     """also remove unused consts that are not graph inputs"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        changed = self._sweep(module.graph)
+        changed = self._sweep(module.graph, module.ir_version < 4)
         for f in module.functions:
-            changed |= self._sweep(f.body)
+            changed |= self._sweep(f.body, False)
         return changed
 
-    def _sweep(self, g: Graph) -> bool:
+    def _sweep(self, g: Graph, drop_const_inputs: bool = False) -> bool:
         changed = False
         for op in reversed(g.ops):
             if results_unused(op):
@@ -55,7 +57,12 @@ class DCE(Pass):
         if self.remove_consts:
             inputs = {id(v) for v in g.inputs}
             for v in list(g.consts.values()):
-                if not v._uses and id(v) not in inputs:
-                    g.remove_const(v)
-                    changed = True
+                if v._uses:
+                    continue
+                if id(v) in inputs:
+                    if not drop_const_inputs:
+                        continue
+                    g.inputs.remove(v)
+                g.remove_const(v)
+                changed = True
         return changed

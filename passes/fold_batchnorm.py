@@ -24,7 +24,9 @@ Left alone: BatchNormalization in training mode (``training_mode = 1``, more tha
 result, or ``is_test = 0`` / ``spatial = 0`` in old opsets); a Conv/Gemm/MatMul whose result has
 another use or is a graph output; weights, biases or BN parameters that are not consts (or are
 overridable graph-input consts); non-float weights; function bodies (ONNX functions have no
-initializers to hold the new weights).
+initializers to hold the new weights) and subgraphs of IR version < 4 models (initializers
+must be graph inputs there). In IR version < 4 models the new consts are also listed as main
+graph inputs, as that IR version requires.
 
 New weights are new consts (the old ones may be shared; ``dce`` removes them when unused).
 The arithmetic changes, so the results differ from the unfolded model by rounding only: one
@@ -42,7 +44,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
+from ._util import add_const, can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
 
 
 @register_pass("fold-batchnorm")
@@ -59,10 +61,10 @@ class FoldBatchNorm(Pass):
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         kinds = {k for k, on in (("Conv", self.conv), ("Gemm", self.gemm), ("MatMul", self.matmul)) if on}
-        folder = _Folder(constant_consts(module), kinds)
+        folder = _Folder(module, constant_consts(module), kinds)
         changed = False
         for g, fn in list(graphs(module)):
-            if fn is not None:
+            if not can_hold_consts(module, g, fn):
                 continue
             opset = opsets_for(module, None).get("", 0)
             for op in g.ops:
@@ -76,7 +78,8 @@ class FoldBatchNorm(Pass):
 class _Folder:
     """The rewrites, with the set of consts that may be treated as fixed."""
 
-    def __init__(self, constants: set[int], kinds: set[str]):
+    def __init__(self, module: Module, constants: set[int], kinds: set[str]):
+        self.module = module
         self._constants = constants
         self.kinds = kinds
 
@@ -137,10 +140,9 @@ class _Folder:
             return None
         return w
 
-    @staticmethod
-    def _new_const(g: Graph, base: Value | str, data: np.ndarray, dtype) -> Value:
+    def _new_const(self, g: Graph, base: Value | str, data: np.ndarray, dtype) -> Value:
         name = (base.name if isinstance(base, Value) else base) + "_bnfold"
-        return g.add_const(name, Tensor.from_array(data.astype(dtype.numpy), dtype))
+        return add_const(self.module, g, name, Tensor.from_array(data.astype(dtype.numpy), dtype))
 
     # -- rewrites ------------------------------------------------------------------------------
     def _conv(self, g: Graph, conv: Op, bn: Op, s, bias, mean) -> Value | None:

@@ -13,7 +13,8 @@ Rewrites::
 
     %s = onnx.ConstantOfShape(@shape)   (result over max-size elements)   ->  unchanged
 
-    in a function body (ONNX functions have no initializers):
+    in a function body (ONNX functions have no initializers), and in subgraphs of models
+    of IR version < 4 (where every initializer must be a graph input):
     %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
         ->  %t = onnx.Constant() {value = ...}
 
@@ -32,7 +33,8 @@ optimizations disabled. The results are therefore bit-identical to what onnxrunt
 for the unfolded model. Ops onnxruntime cannot load or run are moved, with the ops that depend
 on them, to a second model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there
 too stay unfolded. Folded ops whose results become unused are removed; the consts they read are
-left for ``dce``.
+left for ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
+inputs, as that IR version requires.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import NONDETERMINISTIC, constant_consts, erase_op, graphs, opsets_for
+from ._util import NONDETERMINISTIC, add_const, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
 
 _DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _NODE_NAME = re.compile(r"node with name '(__qcfold\d+)'|Node \((__qcfold\d+)\)|Name:'(__qcfold\d+)'")
@@ -64,7 +66,7 @@ class FoldConstants(Pass):
     max_size: int = 1 << 20
     """largest folded result, in elements (bigger results, e.g. of ConstantOfShape/Expand/Tile, stay ops)"""
     fold_constant_ops: bool = True
-    """turn onnx.Constant ops into consts (outside function bodies)"""
+    """turn onnx.Constant ops into consts (where the graph can hold consts, see below)"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         constants = constant_consts(module)
@@ -144,11 +146,12 @@ class FoldConstants(Pass):
     # -- evaluation and rewriting ----------------------------------------------------------------
     def _fold_group(self, module: Module, fn, ops: list[Op], constants: set[int],
                     sources: dict[int, Tensor], ctx: PassContext) -> bool:
-        in_function = fn is not None
-        keep_constant_ops = in_function or not self.fold_constant_ops
+        def keep_constant_op(op: Op) -> bool:
+            return not self.fold_constant_ops or not can_hold_consts(module, op.graph, fn)
+
         to_eval = [op for op in ops if not (op.results and op.results[0] is not None
                                             and id(op.results[0]) in sources and _is_constant_op(op))]
-        if not to_eval and keep_constant_ops:
+        if not to_eval and all(keep_constant_op(op) for op in ops):
             return False
         opsets = opsets_for(module, fn)
         values = _evaluate(to_eval, opsets, sources, ctx) if to_eval else {}
@@ -161,7 +164,7 @@ class FoldConstants(Pass):
             needed = [r for r in op.results if r is not None and _needed(r, fold_set, kept)]
             if not needed:
                 continue
-            if _is_constant_op(op) and keep_constant_ops:
+            if _is_constant_op(op) and keep_constant_op(op):
                 kept.add(id(op))
                 continue
             if all(self._materializable(r, values.get(id(r))) for r in needed):
@@ -173,12 +176,12 @@ class FoldConstants(Pass):
             for r in needed:
                 data = values[id(r)]
                 t = TensorType(data.dtype, data.shape, r.type.quant if isinstance(r.type, TensorType) else None)
-                if in_function:
+                if not can_hold_consts(module, op.graph, fn):
                     new_op = Op("Constant", [], results=0, attrs={"value": data}, name=op.name)
                     op.graph.insert_before(op, new_op)
                     new = new_op.add_result(Value(r.name, t))
                 else:
-                    new = op.graph.add_const(r.name or "folded", data, t)
+                    new = add_const(module, op.graph, r.name or "folded", data, t)
                 r.replace_all_uses_with(new)
                 changed = True
         for op in reversed(ops):
