@@ -55,7 +55,7 @@ from qc.pm import Pass, PassContext, register_pass
 from ._util import NONDETERMINISTIC, add_const, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
 
 _DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
-_NODE_NAME = re.compile(r"node with name '(__qcfold\d+)'|Node \((__qcfold\d+)\)|Name:'(__qcfold\d+)'")
+_NODE_NAME = re.compile(r"__qcfold(\d+)(?![\d_])")  # our node names; result names are __qcfold<i>_<j>
 
 
 @register_pass("fold-constants")
@@ -366,10 +366,8 @@ def _run_ort(proto, index_of: dict[str, int], n_outputs: int) -> list[Tensor | N
         values = sess.run_with_ort_values(None, {})
     except Exception as e:
         m = _NODE_NAME.search(str(e))
-        if m:
-            name = next(g for g in m.groups() if g)
-            if name in index_of:
-                raise _NodeFailed(index_of[name], str(e)) from None
+        if m and f"__qcfold{m.group(1)}" in index_of:
+            raise _NodeFailed(index_of[f"__qcfold{m.group(1)}"], str(e)) from None
         raise
     return [_ort_to_tensor(v) for v in values]
 
