@@ -167,7 +167,9 @@ class FoldConstants(Pass):
             if _is_constant_op(op) and keep_constant_op(op):
                 kept.add(id(op))
                 continue
-            if all(self._materializable(r, values.get(id(r))) for r in needed):
+            # a Constant op's own tensor is already in the model: no size limit for it
+            limit = None if id(op.results[0]) in sources else self.max_size
+            if all(self._materializable(r, values.get(id(r)), limit) for r in needed):
                 plan.append((op, needed))
             else:
                 kept.add(id(op))
@@ -191,8 +193,9 @@ class FoldConstants(Pass):
                 changed = True
         return changed
 
-    def _materializable(self, r: Value, data: Tensor | None) -> bool:
-        if data is None or data.size > self.max_size:
+    @staticmethod
+    def _materializable(r: Value, data: Tensor | None, limit: int | None) -> bool:
+        if data is None or (limit is not None and data.size > limit):
             return False
         t = r.type
         if isinstance(t, TensorType):

@@ -17,7 +17,8 @@ inputs of subgraphs are refined like op results. Function bodies are left alone:
 inference does not record types inside functions.
 
 With ``strict=true`` a shape inference error is raised as a QCError; otherwise it is noted as
-a remark and the IR is left unchanged.
+a remark and the IR is left unchanged (also when the module cannot be exported, e.g. text IR
+whose weights were elided without a sidecar).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import onnx
 from onnx import AttributeProto, GraphProto
 
 from qc.errors import QCError
-from qc.ir.core import Graph, Module, Value
+from qc.ir.core import Graph, Module
 from qc.ir.types import OptionalType, SequenceType, SparseTensorType, TensorType, Type
 from qc.pm import Pass, PassContext, register_pass
 
@@ -44,7 +45,13 @@ class PropagateShapes(Pass):
         from qc import export_onnx
         from qc.frontend.onnx import convert_type
 
-        proto = export_onnx(module)
+        try:
+            proto = export_onnx(module)
+        except QCError as e:  # e.g. text IR whose weights were elided and have no sidecar
+            if self.strict:
+                raise
+            ctx.remark(None, f"cannot export the module for shape inference, types unchanged: {e}")
+            return False
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, check_type=self.strict, strict_mode=self.strict,
                                                          data_prop=True)
