@@ -1,33 +1,4 @@
-"""cse: common subexpression elimination.
-
-Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
-
-    %a = onnx.Relu(%x)
-    %b = onnx.Relu(%x)
-    %c = onnx.Add(%a, %b)            ->  %a = onnx.Relu(%x)  %c = onnx.Add(%a, %a)
-
-    %a = onnx.Cast(%x) {to = 1}
-    %b = onnx.Cast(%x) {to = 10}     ->  unchanged (attributes differ)
-
-    const @k1 : i64[2] = dense[1, 2]
-    const @k2 : i64[2] = dense[1, 2]
-    %y = onnx.Reshape(%x, @k2)       ->  %y = onnx.Reshape(%x, @k1)     (merge-consts)
-
-Two ops are the same when they have the same domain, op type, overload, operands (the same
-values, in order), result count (and the same absent results) and attributes: same names,
-kinds and values, floats compared by their float32 bits, tensors by dtype, shape and bytes.
-An op in a subgraph may be replaced by an identical op of an enclosing graph that comes before
-the subgraph's op. Never merged: ops with subgraphs, non-deterministic ops (RandomNormal*,
-RandomUniform*, Multinomial, Bernoulli) and ops of non-standard domains (their semantics,
-e.g. state, are unknown).
-
-Consts are merged when they have the same dtype, shape and bytes and at most ``max-const-size``
-elements, within one graph; consts that are graph inputs are never merged (a caller may
-override them). Consts are merged first, so ops reading equal consts merge in the same run.
-
-Graph outputs keep their names: when a duplicate's result is a graph output, the surviving
-result takes its name; when that is impossible (both are outputs), the duplicate stays.
-"""
+"""The ``cse`` pass; its docstring (``qc passes cse``) lists every rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +14,36 @@ _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 @register_pass("cse")
 @dataclass(frozen=True)
 class CSE(Pass):
-    """Merge identical ops and identical small consts (see module docstring)."""
+    """cse: common subexpression elimination.
+
+    Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
+
+        %a = onnx.Relu(%x)
+        %b = onnx.Relu(%x)
+        %c = onnx.Add(%a, %b)            ->  %a = onnx.Relu(%x)  %c = onnx.Add(%a, %a)
+
+        %a = onnx.Cast(%x) {to = 1}
+        %b = onnx.Cast(%x) {to = 10}     ->  unchanged (attributes differ)
+
+        const @k1 : i64[2] = dense[1, 2]
+        const @k2 : i64[2] = dense[1, 2]
+        %y = onnx.Reshape(%x, @k2)       ->  %y = onnx.Reshape(%x, @k1)     (merge-consts)
+
+    Two ops are the same when they have the same domain, op type, overload, operands (the same
+    values, in order), result count (and the same absent results) and attributes: same names,
+    kinds and values, floats compared by their float32 bits, tensors by dtype, shape and bytes.
+    An op in a subgraph may be replaced by an identical op of an enclosing graph that comes before
+    the subgraph's op. Never merged: ops with subgraphs, non-deterministic ops (RandomNormal*,
+    RandomUniform*, Multinomial, Bernoulli) and ops of non-standard domains (their semantics,
+    e.g. state, are unknown).
+
+    Consts are merged when they have the same dtype, shape and bytes and at most ``max-const-size``
+    elements, within one graph; consts that are graph inputs are never merged (a caller may
+    override them). Consts are merged first, so ops reading equal consts merge in the same run.
+
+    Graph outputs keep their names: when a duplicate's result is a graph output, the surviving
+    result takes its name; when that is impossible (both are outputs), the duplicate stays.
+    """
 
     merge_consts: bool = True
     """also merge consts with the same dtype, shape and bytes"""

@@ -1,26 +1,4 @@
-"""dce: dead code elimination.
-
-Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
-
-    %t = onnx.Relu(%x)          // %t has no use
-    return %y                   ->  (the Relu is gone)
-
-    %a, %b = onnx.Split(%x)     // neither result used    ->  (gone)
-    %a, %b = onnx.Split(%x)     // only %a used           ->  kept as is
-
-    const @w = ...              // no use, not a graph input   ->  (gone)
-    const @w = ...              // no use, but a graph input   ->  kept (it is part of the interface)
-                                // ... unless the IR version is < 4: then every initializer must be
-                                // an input, none can be overridden, and both entries go
-
-An op is dead when none of its results is used by an op, a graph output or an op inside a
-subgraph (uses from subgraphs are ordinary uses in the IR). One reverse sweep per graph reaches
-the fixpoint: removing an op releases its operands, whose producers come earlier and are
-visited afterwards. A live op's subgraphs are swept before the ops that come before it, so
-outer values used only by dead ops inside a branch die in the same sweep. Removing an op
-with subgraphs releases every use its subgraphs hold. ONNX ops have no side effects, so no op
-is kept for that reason.
-"""
+"""The ``dce`` pass; its docstring (``qc passes dce``) lists every rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,7 +12,29 @@ from ._util import erase_op, results_unused
 @register_pass("dce")
 @dataclass(frozen=True)
 class DCE(Pass):
-    """Remove ops whose results are all unused and consts nobody reads (see module docstring)."""
+    """dce: dead code elimination.
+
+    Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
+
+        %t = onnx.Relu(%x)          // %t has no use
+        return %y                   ->  (the Relu is gone)
+
+        %a, %b = onnx.Split(%x)     // neither result used    ->  (gone)
+        %a, %b = onnx.Split(%x)     // only %a used           ->  kept as is
+
+        const @w = ...              // no use, not a graph input   ->  (gone)
+        const @w = ...              // no use, but a graph input   ->  kept (it is part of the interface)
+                                    // ... unless the IR version is < 4: then every initializer must be
+                                    // an input, none can be overridden, and both entries go
+
+    An op is dead when none of its results is used by an op, a graph output or an op inside a
+    subgraph (uses from subgraphs are ordinary uses in the IR). One reverse sweep per graph reaches
+    the fixpoint: removing an op releases its operands, whose producers come earlier and are
+    visited afterwards. A live op's subgraphs are swept before the ops that come before it, so
+    outer values used only by dead ops inside a branch die in the same sweep. Removing an op
+    with subgraphs releases every use its subgraphs hold. ONNX ops have no side effects, so no op
+    is kept for that reason.
+    """
 
     remove_consts: bool = True
     """also remove unused consts that are not graph inputs"""

@@ -1,38 +1,4 @@
-"""fold-batchnorm: fold inference-mode BatchNormalization into the preceding Conv, Gemm or MatMul.
-
-With ``s = scale / sqrt(var + epsilon)`` (per channel, computed in float64 and cast back to the
-weight's dtype)::
-
-    %c = onnx.Conv(%x, @W, @B) {...}
-    %y = onnx.BatchNormalization(%c, @scale, @bias, @mean, @var) {epsilon = e}
-        ->  %y = onnx.Conv(%x, @W', @B') {...}
-            W' = W * s[:, None, None, ...]     (output channels are W's axis 0, any group)
-            B' = (B - mean) * s + bias          (B = 0 when the Conv has no bias)
-
-    %g = onnx.Gemm(%a, @B, @C) {alpha, beta, transB}
-    %y = onnx.BatchNormalization(%g, ...)
-        ->  %y = onnx.Gemm(%a, @B', @C') {alpha, beta = 1.0, transB}
-            B' = B * s[None, :]  (transB = 0)  or  B * s[:, None]  (transB = 1)
-            C' = beta * C * s + (bias - mean * s)   (C = 0 when absent)
-
-    %m = onnx.MatMul(%a, @W)            (%a of rank 2, @W of rank 2: BN's channel axis 1 is the last)
-    %y = onnx.BatchNormalization(%m, ...)
-        ->  %m = onnx.MatMul(%a, @W')   W' = W * s[None, :]
-            %y = onnx.Add(%m, @b')       b' = bias - mean * s
-
-Left alone: BatchNormalization in training mode (``training_mode = 1``, more than one used
-result, or ``is_test = 0`` / ``spatial = 0`` in old opsets); a Conv/Gemm/MatMul whose result has
-another use or is a graph output; weights, biases or BN parameters that are not consts (or are
-overridable graph-input consts); non-float weights; function bodies (ONNX functions have no
-initializers to hold the new weights) and subgraphs of IR version < 4 models (initializers
-must be graph inputs there). In IR version < 4 models the new consts are also listed as main
-graph inputs, as that IR version requires.
-
-New weights are new consts (the old ones may be shared; ``dce`` removes them when unused).
-The arithmetic changes, so the results differ from the unfolded model by rounding only: one
-float32 rounding of each folded weight (relative error <= 2**-24) plus the accumulation
-order of the convolution, i.e. a few ulps of the largest partial sums.
-"""
+"""The ``fold-batchnorm`` pass; its docstring (``qc passes fold-batchnorm``) lists every rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +16,41 @@ from ._util import add_const, can_hold_consts, const_array, constant_consts, era
 @register_pass("fold-batchnorm")
 @dataclass(frozen=True)
 class FoldBatchNorm(Pass):
-    """Conv/Gemm/MatMul -> BatchNormalization (inference) folded into the weights (see module docstring)."""
+    """fold-batchnorm: fold inference-mode BatchNormalization into the preceding Conv, Gemm or MatMul.
+
+    With ``s = scale / sqrt(var + epsilon)`` (per channel, computed in float64 and cast back to the
+    weight's dtype)::
+
+        %c = onnx.Conv(%x, @W, @B) {...}
+        %y = onnx.BatchNormalization(%c, @scale, @bias, @mean, @var) {epsilon = e}
+            ->  %y = onnx.Conv(%x, @W', @B') {...}
+                W' = W * s[:, None, None, ...]     (output channels are W's axis 0, any group)
+                B' = (B - mean) * s + bias          (B = 0 when the Conv has no bias)
+
+        %g = onnx.Gemm(%a, @B, @C) {alpha, beta, transB}
+        %y = onnx.BatchNormalization(%g, ...)
+            ->  %y = onnx.Gemm(%a, @B', @C') {alpha, beta = 1.0, transB}
+                B' = B * s[None, :]  (transB = 0)  or  B * s[:, None]  (transB = 1)
+                C' = beta * C * s + (bias - mean * s)   (C = 0 when absent)
+
+        %m = onnx.MatMul(%a, @W)            (%a of rank 2, @W of rank 2: BN's channel axis 1 is the last)
+        %y = onnx.BatchNormalization(%m, ...)
+            ->  %m = onnx.MatMul(%a, @W')   W' = W * s[None, :]
+                %y = onnx.Add(%m, @b')       b' = bias - mean * s
+
+    Left alone: BatchNormalization in training mode (``training_mode = 1``, more than one used
+    result, or ``is_test = 0`` / ``spatial = 0`` in old opsets); a Conv/Gemm/MatMul whose result has
+    another use or is a graph output; weights, biases or BN parameters that are not consts (or are
+    overridable graph-input consts); non-float weights; function bodies (ONNX functions have no
+    initializers to hold the new weights) and subgraphs of IR version < 4 models (initializers
+    must be graph inputs there). In IR version < 4 models the new consts are also listed as main
+    graph inputs, as that IR version requires.
+
+    New weights are new consts (the old ones may be shared; ``dce`` removes them when unused).
+    The arithmetic changes, so the results differ from the unfolded model by rounding only: one
+    float32 rounding of each folded weight (relative error <= 2**-24) plus the accumulation
+    order of the convolution, i.e. a few ulps of the largest partial sums.
+    """
 
     conv: bool = True
     """fold into Conv"""

@@ -1,41 +1,4 @@
-"""fold-constants: evaluate ops whose inputs are all constants and replace their results by consts.
-
-Rewrites::
-
-    const @a : f32[2] = dense[1.0, 2.0]
-    %c = onnx.Constant() {value = f32[] dense[2.0]}
-    %t = onnx.Mul(@a, %c)
-    %y = onnx.Add(%x, %t)
-        ->  const @t : f32[2] = dense[2.0, 4.0]
-            %y = onnx.Add(%x, @t)
-
-    %k = onnx.Constant() {value_ints = [1, -1]}   ->  const @k : i64[2] = dense[1, -1]   (fold-constant-ops)
-
-    %s = onnx.ConstantOfShape(@shape)   (result over max-size elements)   ->  unchanged
-
-    in a function body (ONNX functions have no initializers), and in subgraphs of models
-    of IR version < 4 (where every initializer must be a graph input):
-    %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
-        ->  %t = onnx.Constant() {value = ...}
-
-Never folded: ops with subgraphs (If/Loop/Scan; ops *inside* subgraphs are folded, their
-results become consts of that subgraph), non-deterministic ops (RandomNormal*,
-RandomUniform*, Multinomial, Bernoulli), ops of domains other than ai.onnx, ai.onnx.ml and
-com.microsoft, calls of local functions, ops with attribute references, ops with a result
-that is not a tensor (sequences, optionals), results over ``max-size`` elements, and results
-whose dtype or static shape disagrees with the type the IR declares. A const that is also a
-graph input (an ONNX initializer a caller may override, IR version >= 4) is not a constant.
-
-Evaluation is onnxruntime's, never re-implemented: every foldable op of one opset context
-(the main graph and its subgraphs; each function body) goes into one small ONNX model, with
-the constant inputs as initializers and the results as outputs, run once with graph
-optimizations disabled. The results are therefore bit-identical to what onnxruntime computes
-for the unfolded model. Ops onnxruntime cannot load or run are moved, with the ops that depend
-on them, to a second model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there
-too stay unfolded. Folded ops whose results become unused are removed; the consts they read are
-left for ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
-inputs, as that IR version requires.
-"""
+"""The ``fold-constants`` pass; its docstring (``qc passes fold-constants``) lists every rewrite."""
 from __future__ import annotations
 
 import ctypes
@@ -61,12 +24,52 @@ _NODE_NAME = re.compile(r"__qcfold(\d+)(?![\d_])")  # our node names; result nam
 @register_pass("fold-constants")
 @dataclass(frozen=True)
 class FoldConstants(Pass):
-    """Evaluate constant subexpressions with onnxruntime (see module docstring)."""
+    """fold-constants: evaluate ops whose inputs are all constants and replace their results by consts.
+
+    Rewrites::
+
+        const @a : f32[2] = dense[1.0, 2.0]
+        %c = onnx.Constant() {value = f32[] dense[2.0]}
+        %t = onnx.Mul(@a, %c)
+        %y = onnx.Add(%x, %t)
+            ->  const @t : f32[2] = dense[2.0, 4.0]
+                %y = onnx.Add(%x, @t)
+
+        %k = onnx.Constant() {value_ints = [1, -1]}   ->  const @k : i64[2] = dense[1, -1]   (fold-constant-ops)
+
+        %s = onnx.ConstantOfShape(@shape)   (result over max-size elements)   ->  unchanged
+
+        in a function body (ONNX functions have no initializers), and in subgraphs of models
+        of IR version < 4 (where every initializer must be a graph input):
+        %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
+            ->  %t = onnx.Constant() {value = ...}
+
+    Never folded: ops with subgraphs (If/Loop/Scan; ops *inside* subgraphs are folded, their
+    results become consts of that subgraph), non-deterministic ops (RandomNormal*,
+    RandomUniform*, Multinomial, Bernoulli), ops of domains other than ai.onnx, ai.onnx.ml and
+    com.microsoft, calls of local functions, ops with attribute references, ops with a result
+    that is not a tensor (sequences, optionals), results over ``max-size`` elements, and results
+    whose dtype or static shape disagrees with the type the IR declares, float16 ops that
+    onnxruntime's CPU provider has no float16 kernel for (it computes them in float32 without
+    rounding between such ops, which a float16 const could not reproduce) and the ops computed
+    from them. A const that is also a
+    graph input (an ONNX initializer a caller may override, IR version >= 4) is not a constant.
+
+    Evaluation is onnxruntime's, never re-implemented: every foldable op of one opset context
+    (the main graph and its subgraphs; each function body) goes into one small ONNX model, with
+    the constant inputs as initializers and the results as outputs, run once with graph
+    optimizations disabled. The results are therefore bit-identical to what onnxruntime computes
+    for the unfolded model. Ops onnxruntime cannot load or run are moved, with the ops that depend
+    on them, to a second model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there
+    too stay unfolded. Folded ops whose results become unused are removed; the consts they read are
+    left for ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
+    inputs, as that IR version requires.
+    """
 
     max_size: int = 1 << 20
     """largest folded result, in elements (bigger results, e.g. of ConstantOfShape/Expand/Tile, stay ops)"""
     fold_constant_ops: bool = True
-    """turn onnx.Constant ops into consts (where the graph can hold consts, see below)"""
+    """turn onnx.Constant ops into consts (where the graph can hold consts, see above)"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         constants = constant_consts(module)
@@ -156,6 +159,7 @@ class FoldConstants(Pass):
         opsets = opsets_for(module, fn)
         values = _evaluate(to_eval, opsets, sources, ctx) if to_eval else {}
         values.update(sources)
+        tainted = _float16_islands(to_eval, values, opsets)
         fold_set = {id(op) for op in ops}
         had_uses = {id(op) for op in ops if any(r is not None and r._uses for r in op.results)}
         kept: set[int] = set()
@@ -165,6 +169,9 @@ class FoldConstants(Pass):
             if not needed:
                 continue
             if _is_constant_op(op) and keep_constant_op(op):
+                kept.add(id(op))
+                continue
+            if id(op) in tainted:
                 kept.add(id(op))
                 continue
             # a Constant op's own tensor is already in the model: no size limit for it
@@ -225,6 +232,57 @@ def _size(shape: Iterable) -> int:
     for d in shape:
         n *= max(int(d), 0)
     return n
+
+
+def _float16_islands(ops: list[Op], values: dict[int, Tensor], opsets: dict[str, int]) -> set[int]:
+    """ids of ops whose float16 results onnxruntime would not round like a folded const.
+
+    onnxruntime's CPU provider runs a float16 op without a float16 kernel in float32 (it inserts
+    Casts), and a chain of such ops stays in float32 between them. A folded float16 const is
+    rounded, so folding such an op could change the consumer's result in the last bit. Those
+    ops, and the ops computed from them, are not folded.
+    """
+    tainted: set[int] = set()
+    bad_values: set[int] = set()
+    for op in ops:
+        dtypes = set()
+        for v in op.operands:
+            if v is None:
+                continue
+            if id(v) in bad_values:
+                break
+            t = values.get(id(v), v.const)
+            if t is not None:
+                dtypes.add(t.dtype)
+        else:
+            dtypes.update(values[id(r)].dtype for r in op.results if r is not None and id(r) in values)
+            if DType.f16 not in dtypes or _ort_has_f16_kernel(op.domain, op.op_type, opsets):
+                continue
+        tainted.add(id(op))
+        bad_values.update(id(r) for r in op.results if r is not None)
+    return tainted
+
+
+_F16_KERNELS: dict[tuple[str, str], list[tuple[int, int]]] | None = None
+
+
+def _ort_has_f16_kernel(domain: str, op_type: str, opsets: dict[str, int]) -> bool:
+    global _F16_KERNELS
+    if _F16_KERNELS is None:
+        table: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        try:
+            from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+            for k in C.get_all_opkernel_def():
+                if k.provider == "CPUExecutionProvider" and any(
+                        "tensor(float16)" in types for types in k.type_constraints.values()):
+                    table.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
+        except Exception:  # no kernel registry: treat every float16 op as computed in float32
+            pass
+        _F16_KERNELS = table
+    domain = "" if domain == "ai.onnx" else domain
+    version = opsets.get(domain, 0)
+    return any(lo <= version <= hi for lo, hi in _F16_KERNELS.get((domain, op_type), ()))
 
 
 # -- running ops -------------------------------------------------------------------------------

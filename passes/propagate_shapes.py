@@ -1,25 +1,4 @@
-"""propagate-shapes: fill in value types with ONNX shape inference.
-
-Rewrites (types only; the main graph and its subgraphs)::
-
-    %y = onnx.Relu(%x) : ?                 ->  %y = onnx.Relu(%x) : f32[1, 8]
-    %y = onnx.Reshape(%x, @s) : f32[?, ?]  ->  %y = onnx.Reshape(%x, @s) : f32[2, 4]
-    %y = onnx.Relu(%x) : f32[N, 8]         ->  unchanged (inference says f32[?, 8]: less specific)
-    %y = onnx.Shape(%x) : i64[*]           ->  %y = onnx.Shape(%x) : i64[2]
-
-The module is exported to ONNX and run through ``onnx.shape_inference.infer_shapes`` with
-``data_prop=True`` (``strict_mode`` as the ``strict`` option says); the inferred types are
-merged into the IR one dimension at a time: an unknown dtype, an unknown rank, an unknown
-dimension (``?``) or a symbolic one replaced by a number is taken from inference; nothing
-known is ever overwritten (a conflicting dtype, rank or number keeps the IR's value).
-Quantization parameters stay. Main graph inputs are never changed (they are the interface);
-inputs of subgraphs are refined like op results. Function bodies are left alone: ONNX
-inference does not record types inside functions.
-
-With ``strict=true`` a shape inference error is raised as a QCError; otherwise it is noted as
-a remark and the IR is left unchanged (also when the module cannot be exported, e.g. text IR
-whose weights were elided without a sidecar).
-"""
+"""The ``propagate-shapes`` pass; its docstring (``qc passes propagate-shapes``) lists every rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +15,28 @@ from qc.pm import Pass, PassContext, register_pass
 @register_pass("propagate-shapes")
 @dataclass(frozen=True)
 class PropagateShapes(Pass):
-    """Copy ONNX-inferred types onto values whose type is missing or less specific (see module docstring)."""
+    """propagate-shapes: fill in value types with ONNX shape inference.
+
+    Rewrites (types only; the main graph and its subgraphs)::
+
+        %y = onnx.Relu(%x) : ?                 ->  %y = onnx.Relu(%x) : f32[1, 8]
+        %y = onnx.Reshape(%x, @s) : f32[?, ?]  ->  %y = onnx.Reshape(%x, @s) : f32[2, 4]
+        %y = onnx.Relu(%x) : f32[N, 8]         ->  unchanged (inference says f32[?, 8]: less specific)
+        %y = onnx.Shape(%x) : i64[*]           ->  %y = onnx.Shape(%x) : i64[2]
+
+    The module is exported to ONNX and run through ``onnx.shape_inference.infer_shapes`` with
+    ``data_prop=True`` (``strict_mode`` as the ``strict`` option says); the inferred types are
+    merged into the IR one dimension at a time: an unknown dtype, an unknown rank, an unknown
+    dimension (``?``) or a symbolic one replaced by a number is taken from inference; nothing
+    known is ever overwritten (a conflicting dtype, rank or number keeps the IR's value).
+    Quantization parameters stay. Main graph inputs are never changed (they are the interface);
+    inputs of subgraphs are refined like op results. Function bodies are left alone: ONNX
+    inference does not record types inside functions.
+
+    With ``strict=true`` a shape inference error is raised as a QCError; otherwise it is noted as
+    a remark and the IR is left unchanged (also when the module cannot be exported, e.g. text IR
+    whose weights were elided without a sidecar).
+    """
 
     strict: bool = False
     """raise a QCError when shape inference fails instead of ignoring it"""

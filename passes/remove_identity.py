@@ -1,29 +1,4 @@
-"""remove-identity: drop ops that return their input unchanged.
-
-Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
-
-    %y = onnx.Identity(%x)
-    %z = onnx.Relu(%y)                          ->  %z = onnx.Relu(%x)
-
-    %y = onnx.Dropout(%x)                       ->  %x      (opset 7..11: always inference)
-    %y = onnx.Dropout(%x, %ratio)               ->  %x      (opset >= 12, no training_mode)
-    %y = onnx.Dropout(%x, %r, @false)           ->  %x      (training_mode a const false)
-    %y, %mask = onnx.Dropout(%x)                ->  %x      (when %mask is unused)
-
-Left alone::
-
-    %y, %mask = onnx.Dropout(%x)   with %mask used      (the mask would have to be built)
-    %y = onnx.Dropout(%x, %r, %t)  with %t not a const false (training mode)
-    %y = onnx.Dropout(%x) {is_test = 0}  (opset < 7: training unless is_test = 1)
-
-Graph outputs keep their names: when the removed op's result is a graph output, the
-surviving value ``%x`` is renamed to the output's name. That is only possible when ``%x`` is
-an op result of the same graph and no graph's output already; otherwise (``%x`` a graph
-input, a const, a value of an enclosing graph or an output itself) the op stays::
-
-    func @g(%x) { %y = onnx.Identity(%x)  return %y }        ->  unchanged
-    %t = onnx.Relu(%x)  %y = onnx.Identity(%t)  return %y   ->  %y = onnx.Relu(%x)  return %y
-"""
+"""The ``remove-identity`` pass; its docstring (``qc passes remove-identity``) lists every rewrite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +14,32 @@ from ._util import const_array, constant_consts, erase_op, graphs, opsets_for, i
 @register_pass("remove-identity")
 @dataclass(frozen=True)
 class RemoveIdentity(Pass):
-    """Identity(x) -> x and inference-mode Dropout(x) -> x (see module docstring)."""
+    """remove-identity: drop ops that return their input unchanged.
+
+    Rewrites (every graph: the main graph, function bodies and nested subgraphs)::
+
+        %y = onnx.Identity(%x)
+        %z = onnx.Relu(%y)                          ->  %z = onnx.Relu(%x)
+
+        %y = onnx.Dropout(%x)                       ->  %x      (opset 7..11: always inference)
+        %y = onnx.Dropout(%x, %ratio)               ->  %x      (opset >= 12, no training_mode)
+        %y = onnx.Dropout(%x, %r, @false)           ->  %x      (training_mode a const false)
+        %y, %mask = onnx.Dropout(%x)                ->  %x      (when %mask is unused)
+
+    Left alone::
+
+        %y, %mask = onnx.Dropout(%x)   with %mask used      (the mask would have to be built)
+        %y = onnx.Dropout(%x, %r, %t)  with %t not a const false (training mode)
+        %y = onnx.Dropout(%x) {is_test = 0}  (opset < 7: training unless is_test = 1)
+
+    Graph outputs keep their names: when the removed op's result is a graph output, the
+    surviving value ``%x`` is renamed to the output's name. That is only possible when ``%x`` is
+    an op result of the same graph and no graph's output already; otherwise (``%x`` a graph
+    input, a const, a value of an enclosing graph or an output itself) the op stays::
+
+        func @g(%x) { %y = onnx.Identity(%x)  return %y }        ->  unchanged
+        %t = onnx.Relu(%x)  %y = onnx.Identity(%t)  return %y   ->  %y = onnx.Relu(%x)  return %y
+    """
 
     dropout: bool = True
     """also remove Dropout in inference mode"""

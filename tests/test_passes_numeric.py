@@ -141,6 +141,23 @@ def test_fold_constants_bfloat16_and_int4_results():
     assert op_types(out) == ["Add", "Add"]
 
 
+def test_fold_constants_float16_stays_bit_identical():
+    # onnxruntime's CPU provider computes Mul/Exp/Add on float16 in float32 without rounding
+    # between them: folding Mul -> Exp into a float16 const would change the last bits of y.
+    # Cast and Transpose have float16 kernels: their results are exact float16 and fold.
+    a, b = rand(1000, seed=1).astype(np.float16), rand(1000, seed=2).astype(np.float16)
+    nodes = [helper.make_node("Mul", ["A", "B"], ["ab"]),
+             helper.make_node("Exp", ["ab"], ["e"]),
+             helper.make_node("Add", ["x", "e"], ["y"]),
+             helper.make_node("Cast", ["F"], ["f16"], to=T.FLOAT16),
+             helper.make_node("Transpose", ["f16"], ["f16t"]),
+             helper.make_node("Add", ["y", "f16t"], ["y2"])]
+    model = make_model(nodes, [vi("x", T.FLOAT16, [1000])], [vi("y2", T.FLOAT16, [1000])],
+                       [init("A", a), init("B", b), init("F", rand(1000, seed=5))])
+    _, out = check_exact(model, "fold-constants", [{"x": rand(1000, seed=s).astype(np.float16)} for s in (3, 4)])
+    assert op_types(out) == ["Mul", "Exp", "Add", "Add"]
+
+
 def test_fold_constants_leaves_what_it_must_not_fold():
     k = np.array([2.0, 3.0], np.float32)
     nodes = [
