@@ -39,7 +39,8 @@ class CSE(Pass):
 
     Consts are merged when they have the same dtype, shape and bytes and at most ``max-const-size``
     elements, within one graph; consts that are graph inputs are never merged (a caller may
-    override them). Consts are merged first, so ops reading equal consts merge in the same run.
+    override them), except in models of IR version < 4, where every initializer must be an
+    input and none can be overridden. Consts are merged first, so ops reading equal consts merge in the same run.
 
     Graph outputs keep their names: when a duplicate's result is a graph output, the surviving
     result takes its name; when that is impossible (both are outputs), the duplicate stays.
@@ -51,7 +52,7 @@ class CSE(Pass):
     """largest const (elements) compared byte by byte when merging consts"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        overridable = graph_input_consts(module)
+        overridable = graph_input_consts(module) if module.ir_version >= 4 else set()
         changed = self._graph(module.graph, [], overridable)
         for f in module.functions:
             changed |= self._graph(f.body, [], overridable)
@@ -133,5 +134,7 @@ class CSE(Pass):
                 continue  # a graph output: its name is part of the interface
             v.replace_all_uses_with(first)
             g.remove_const(v)
+            if v in g.inputs:  # IR version < 4: every initializer is listed as an input too
+                g.inputs.remove(v)
             changed = True
         return changed

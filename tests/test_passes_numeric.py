@@ -287,6 +287,17 @@ def test_cse():
     assert [i.name for i in out.graph.initializer] == ["K1"]
 
 
+def test_cse_ir3_merges_initializer_inputs():
+    nodes = [helper.make_node("Add", ["x", "A"], ["a"]), helper.make_node("Add", ["x", "B"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["y"])]
+    one = np.ones(2, np.float32)
+    model = make_model(nodes, [vi("x", T.FLOAT, [2]), vi("A", T.FLOAT, [2]), vi("B", T.FLOAT, [2])],
+                       [vi("y", T.FLOAT, [2])], [init("A", one), init("B", one)], opset=9, ir_version=3)
+    _, out = check_exact(model, "cse", [{"x": rand(2)}])
+    assert op_types(out) == ["Add", "Mul"]
+    assert [i.name for i in out.graph.input] == ["x", "A"] and [i.name for i in out.graph.initializer] == ["A"]
+
+
 # -- remove-identity -------------------------------------------------------------------------
 def test_remove_identity():
     nodes = [helper.make_node("Identity", ["x"], ["i"]),
