@@ -7,11 +7,11 @@ older than requested can be upgraded with ``onnx.version_converter``.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, TypeProto
+from onnx import AttributeProto, GraphProto, ModelProto, TensorShapeProto, TypeProto
 
 from ..errors import QCError
 from ..ir.core import Attr, Function, Graph, Module, Op, Value
@@ -81,10 +81,43 @@ def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
 
 
 def _with_inferred_shapes(model: ModelProto) -> ModelProto:
+    """The model with onnx shape inference's types, minus the dim names it invents."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
         return model  # types stay as declared; `propagate-shapes` reports the reason
+    declared = {d.dim_param for tp in _type_protos(model) for d in _dims(tp) if d.dim_param}
+    for tp in _type_protos(inferred):
+        for d in _dims(tp):
+            if d.dim_param and d.dim_param not in declared:
+                d.ClearField("dim_param")
+    return inferred
+
+
+def _type_protos(model: ModelProto) -> Iterator[TypeProto]:
+    """The types of every value_info, input and output, in all graphs and functions."""
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            yield vi.type
+        for node in g.node:
+            for a in node.attribute:
+                graphs.extend([a.g] if a.type == AttributeProto.GRAPH else a.graphs)
+    for f in model.functions:
+        for vi in f.value_info:
+            yield vi.type
+
+
+def _dims(tp: TypeProto) -> Iterator[TensorShapeProto.Dimension]:
+    """The shape dimensions inside a type, through sequences, optionals and maps."""
+    which = tp.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        yield from getattr(tp, which).shape.dim
+    elif which in ("sequence_type", "optional_type"):
+        yield from _dims(getattr(tp, which).elem_type)
+    elif which == "map_type":
+        yield from _dims(tp.map_type.value_type)
 
 
 def convert_type(tp: TypeProto) -> Type:
