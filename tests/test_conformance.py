@@ -75,3 +75,16 @@ def test_harness_sees_a_changed_output(node_set):
 
     r = cf.check_roundtrip(name, model, feeds, to_neg, ref=ref)
     assert r.status == cf.FAIL and "output 0 'y' differs" in r.reason, r
+
+
+def test_harness_sees_a_changed_interface(node_set):
+    """An output dim name the original did not declare (as onnx shape inference invents) fails."""
+    name, model, feeds, ref = next(c for c in node_set if c[0] == "test_unique_length_1")
+
+    def rename_dim(m):
+        out = cf.via_onnx(m)
+        out.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "unk__0"
+        return out
+
+    r = cf.check_roundtrip(name, model, feeds, rename_dim, ref=ref)
+    assert r.status == cf.FAIL and r.reason == "output 'Y' is tensor(int64) ['unk__0'], expected tensor(int64) [None]", r

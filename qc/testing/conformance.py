@@ -58,6 +58,7 @@ class Reference:
     """What the original model gives: outputs per feed set, or why onnxruntime cannot run it."""
 
     outputs: list[list[Any]] = field(default_factory=list)
+    interface: list[tuple[str, str, str, Any]] = field(default_factory=list)
     ort_error: str | None = None
     checker_ok: bool = True
 
@@ -71,13 +72,27 @@ def run_onnx(model_proto: ModelProto, feeds: Feeds) -> list[Any]:
     of arrays (sequences) or None (an absent optional). Tensor outputs come back as numpy
     arrays, including the types onnxruntime's Python API has no numpy type for.
     """
+    return _run(_session(model_proto), feeds)
+
+
+def _session(model_proto: ModelProto) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model_proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _interface(session: Any) -> list[tuple[str, str, str, Any]]:
+    """Inputs and outputs as onnxruntime reports them: (kind, name, type, shape)."""
+    return ([("input", a.name, a.type, a.shape) for a in session.get_inputs()]
+            + [("output", a.name, a.type, a.shape) for a in session.get_outputs()])
+
+
+def _run(session: Any, feeds: Feeds) -> list[Any]:
+    import onnxruntime as ort
+
     inputs = {k: _to_ort(v) for k, v in feeds.items() if v is not None}
     if all(_numpy_friendly(o.type) for o in session.get_outputs()):
         return list(session.run(None, inputs))
@@ -222,7 +237,9 @@ def reference(model: ModelProto, feeds: Feeds | list[Feeds]) -> Reference:
     """Run the original model once per feed set and full-check it."""
     ref = Reference()
     try:
-        ref.outputs = [run_onnx(model, f) for f in _feed_sets(feeds)]
+        session = _session(model)
+        ref.interface = _interface(session)
+        ref.outputs = [_run(session, f) for f in _feed_sets(feeds)]
     except Exception as e:  # onnxruntime raises several exception types
         ref.ort_error = _first_line(e)
     ref.checker_ok = _checker_error(model) is None
@@ -232,6 +249,9 @@ def reference(model: ModelProto, feeds: Feeds | list[Feeds]) -> Reference:
 def check_roundtrip(name: str, model: ModelProto, feeds: Feeds | list[Feeds], via: Via, *,
                     ref: Reference | None = None, via_name: str = "") -> Result:
     """Round-trip ``model`` through ``via`` and compare onnxruntime's outputs bit for bit.
+
+    The exported model must also show onnxruntime the same inputs and outputs (names, types,
+    shapes including dim names), and pass the full onnx.checker when the original does.
 
     ``feeds`` is one feed dict or a list of them; ``ref`` (from :func:`reference`) saves
     re-running the original when several round trips are checked.
@@ -247,11 +267,18 @@ def check_roundtrip(name: str, model: ModelProto, feeds: Feeds | list[Feeds], vi
         error = _checker_error(exported)
         if error is not None:
             return Result(name, FAIL, f"exported model fails onnx.checker: {error}", via_name)
+    try:
+        session = _session(exported)
+    except Exception as e:
+        return Result(name, FAIL, f"onnxruntime rejects the exported model: {_first_line(e)}", via_name)
+    diff = _diff_interface(ref.interface, _interface(session))
+    if diff is not None:
+        return Result(name, FAIL, diff, via_name)
     for i, (f, expected) in enumerate(zip(_feed_sets(feeds), ref.outputs)):
         try:
-            got = run_onnx(exported, f)
+            got = _run(session, f)
         except Exception as e:
-            return Result(name, FAIL, f"onnxruntime rejects the exported model: {_first_line(e)}", via_name)
+            return Result(name, FAIL, f"onnxruntime fails running the exported model: {_first_line(e)}", via_name)
         diff = _diff_outputs(expected, got, [o.name for o in model.graph.output])
         if diff is not None:
             suffix = f" (data set {i})" if len(ref.outputs) > 1 else ""
@@ -268,6 +295,16 @@ def _checker_error(model: ModelProto) -> str | None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         return _first_line(e)
+    return None
+
+
+def _diff_interface(expected: list[tuple], got: list[tuple]) -> str | None:
+    for a, b in zip(expected, got):
+        if a != b:
+            renamed = f" named '{b[1]}'" if a[1] != b[1] else ""
+            return f"{a[0]} '{a[1]}' is {b[2]} {b[3]}{renamed}, expected {a[2]} {a[3]}"
+    if len(expected) != len(got):
+        return f"{len(got)} inputs and outputs, expected {len(expected)}"
     return None
 
 
