@@ -1,0 +1,61 @@
+# qc: the two commands a new user needs are `make demo` and `make test`.
+#
+#   make setup   create .venv (python3 -m venv) and install qc with its test extras (once;
+#                again only when pyproject.toml changes)
+#   make demo    compile the onnx package's light ResNet-50 for x86-avx2 and show the result
+#   make test    the whole test suite (pytest, which also runs the lit/FileCheck pass tests)
+#   make bench   import/export/print/parse times for 1k, 10k and 100k-node graphs
+#   make clean   remove .venv, out/ and test and build caches
+#
+# Variables: PYTHON (the interpreter that creates the venv, default python3),
+# PYTEST_ARGS (e.g. make test PYTEST_ARGS='-x tests/test_cli.py'), BENCH_ARGS.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qc-installed
+# qc, lit and filecheck are console scripts in the venv: put them first on PATH.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "make: qc needs Python 3.10 or newer as '$(PYTHON)' (set PYTHON=python3.X to choose another)" >&2; exit 1; }
+	@if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+	  rm -rf $(VENV); \
+	  echo "$(PYTHON) -m venv $(VENV)"; \
+	  if ! $(PYTHON) -m venv $(VENV) >/dev/null 2>&1; then \
+	    rm -rf $(VENV); \
+	    echo "make: cannot create .venv with '$(PYTHON) -m venv' (on Debian/Ubuntu it needs python3-venv): run 'sudo apt-get install python3-venv' and rerun" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo '*' > $(VENV)/.gitignore; \
+	fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	@mkdir -p out
+	@LIGHT=$$($(BIN)/python -c 'import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light"))'); \
+	echo "qc compile $$LIGHT/light_resnet50.onnx --target x86-avx2 -o out/resnet50.onnx --timing"; \
+	$(RUN) qc compile "$$LIGHT/light_resnet50.onnx" --target x86-avx2 -o out/resnet50.onnx --timing
+	@echo; echo "qc show out/resnet50.onnx --summary"
+	@$(RUN) qc show out/resnet50.onnx --summary
+	@echo; echo "qc show out/resnet50.onnx | head -n 25"
+	@$(RUN) qc show out/resnet50.onnx | head -n 25
+
+test: $(STAMP)
+	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(RUN) $(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) out build dist .pytest_cache tests/filecheck/Output tests/filecheck/.lit_test_times.txt
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
