@@ -273,8 +273,8 @@ class _ToSyntax(Transformer):
         return float(tok.value)
 
     # payloads
-    def dense(self, *elems):
-        return ("dense", list(elems))
+    def dense(self, tok):
+        return ("dense", tok)
 
     def hex(self, tok):
         return ("hex", bytes.fromhex(tok.value[4:-1]))
@@ -285,21 +285,6 @@ class _ToSyntax(Transformer):
 
     def sparse_payload(self, values, indices):
         return ("sparse", values[1], indices[1])
-
-    def int_elem(self, tok):
-        return int(tok.value)
-
-    def float_elem(self, x):
-        return x
-
-    def string_elem(self, tok):
-        return unquote(tok)
-
-    def true_elem(self):
-        return True
-
-    def false_elem(self):
-        return False
 
     # types
     def type(self, t):
@@ -559,6 +544,12 @@ class _Builder:
         ttype, values, indices = v
         return SparseTensor(self.tensor_lit(values, key), self.tensor_lit(indices, key), ttype.shape)
 
+    def dense(self, tok, dtype: DType, anchor) -> np.ndarray:
+        try:
+            return _dense_array(tok.value[6:-1], dtype)
+        except (ValueError, KeyError, OverflowError) as e:
+            raise self.err(tok, f"bad {dtype} data: {e}") from None
+
     def payload(self, type_: Type, payload: tuple, tok, key: str):
         kind = payload[0]
         if kind == "sparse":
@@ -570,10 +561,10 @@ class _Builder:
         dtype, shape = type_.dtype, type_.shape
         size = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if kind == "dense":
-            items = payload[1]
-            if len(items) != size:
-                raise self.err(tok, f"{key}: {len(items)} values for a tensor of {size} elements")
-            return Tensor.from_array(_dense_array(items, dtype).reshape(shape), dtype)
+            array = self.dense(payload[1], dtype, tok)
+            if array.size != size:
+                raise self.err(tok, f"{key}: {array.size} values for a tensor of {size} elements")
+            return Tensor.from_array(array.reshape(shape), dtype)
         if kind == "hex":
             from onnx import TensorProto, numpy_helper
 
@@ -599,12 +590,27 @@ class _Builder:
         return Tensor.elided(dtype, shape, blob_key)
 
 
-def _dense_array(items: list, dtype: DType) -> np.ndarray:
+_QUOTED = re.compile(r'"(?:\\.|[^"\\])*"')
+_BOOLS = {"true": True, "false": False}
+
+
+def _dense_array(body: str, dtype: DType) -> np.ndarray:
+    """The elements of ``dense[...]`` (body without the brackets) as an array of ``dtype``."""
     if dtype is DType.str:
-        return np.array(items, dtype=object)
+        items = _QUOTED.findall(body)
+        if _QUOTED.sub("", body).replace(",", "").strip():
+            raise ValueError("string tensors hold only quoted strings")
+        return np.array([unquote(s) for s in items], dtype=object)
+    items = [s.strip() for s in body.split(",")] if body.strip() else []
+    if dtype is DType.bool:
+        return np.array([_BOOLS[s] for s in items], dtype=np.bool_)
     if dtype.is_float:
-        return np.array(items, dtype=np.float64).astype(dtype.numpy)
-    return np.array(items, dtype=np.int64 if dtype is not DType.u64 else np.uint64).astype(dtype.numpy)
+        return np.array([float(s) for s in items], dtype=np.float64).astype(dtype.numpy)
+    if dtype.is_integer:
+        if any("." in s or "e" in s.lower() for s in items):
+            raise ValueError(f"{dtype} elements must be integers")
+        return np.array([int(s) for s in items], dtype=np.uint64 if dtype is DType.u64 else np.int64).astype(dtype.numpy)
+    raise ValueError(f"{dtype} data must be written as hex\"...\"")
 
 
 def unquote_str(tagged) -> str:
