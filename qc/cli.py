@@ -22,6 +22,7 @@ EXIT_INTERNAL_ERROR = 1
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
@@ -57,8 +58,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command; SUPPRESS keeps a subcommand from resetting it
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show Python tracebacks for errors")
     p = _Parser(prog="qc", description="qc: a quantizing compiler for ONNX models aimed at Arm edge devices",
                 parents=[common])
     p.add_argument("--version", action="version", version=f"qc {__version__}")

@@ -53,7 +53,7 @@ def _bad_inputs(tmp):
          "node 'adder' (Add) in graph reads 'nowhere', which no node, graph input or initializer defines"),
         ("unknown pass", ["opt", mlp, "-p", "dce,no-such-pass"], "qc: error: unknown pass 'no-such-pass'; known passes: "),
         ("bad pass option", ["opt", mlp, "-p", "dce{frobnicate=1}"], "qc: error: pass 'dce' has no option 'frobnicate'"),
-        ("text IR syntax error", ["show", str(tmp / "syntax.qir")], f"qc: error: {tmp / 'syntax.qir'}:3:32: unexpected '}}'"),
+        ("text IR syntax error", ["show", str(tmp / "syntax.qir")], f"qc: error: {tmp / 'syntax.qir'}:3:33: unexpected '}}'"),
         ("missing sidecar", ["show", str(tmp / "nosidecar.qir")],
          f"qc: error: {tmp / 'nosidecar.qir'}: the weights sidecar 'nosidecar.qir.weights' named on its first line is missing"),
         ("unknown target", ["compile", mlp, "--target", "pdp-11", "-o", str(tmp / "o.onnx")],
