@@ -43,12 +43,6 @@ def opsets_for(module: Module, fn: Function | None) -> dict[str, int]:
     return opsets
 
 
-def opsets_for(module: Module, in_function_of=None) -> dict[str, int]:
-    if in_function_of is None:
-        return dict(module.opset_imports)
-    return {**module.opset_imports, **in_function_of.opset_imports}
-
-
 def is_default_domain(op: Op) -> bool:
     return op.domain in ("", "ai.onnx")
 
@@ -126,17 +120,7 @@ def replace_value(old: Value, new: Value) -> bool:
 
 def erase_op(op: Op) -> None:
     """Remove ``op`` from its graph, releasing every use it holds, including in its subgraphs."""
-    for sub in op.subgraphs():
-        _release_graph(sub)
     op.graph.remove(op)
-
-
-def _release_graph(g: Graph) -> None:
-    for op in list(g):
-        for sub in op.subgraphs():
-            _release_graph(sub)
-        op.drop_operands()
-    g.set_outputs([])
 
 
 def results_unused(op: Op) -> bool:
@@ -202,9 +186,3 @@ def can_hold_consts(module: Module, g: Graph, fn: Function | None) -> bool:
     return fn is None and (module.ir_version >= 4 or g is module.graph)
 
 
-def add_const(module: Module, g: Graph, name: str, data: Tensor, type=None) -> Value:
-    """``g.add_const``, also listing the const as a graph input when the IR version needs it (< 4)."""
-    v = g.add_const(name, data, type)
-    if module.ir_version < 4 and g is module.graph:
-        g.inputs.append(v)
-    return v

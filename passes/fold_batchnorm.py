@@ -10,7 +10,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import add_const, can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
+from ._util import can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
 
 
 @register_pass("fold-batchnorm")
@@ -142,7 +142,7 @@ class _Folder:
 
     def _new_const(self, g: Graph, base: Value | str, data: np.ndarray, dtype) -> Value:
         name = (base.name if isinstance(base, Value) else base) + "_bnfold"
-        return add_const(self.module, g, name, Tensor.from_array(data.astype(dtype.numpy), dtype))
+        return g.add_const(name, Tensor.from_array(data.astype(dtype.numpy), dtype))
 
     # -- rewrites ------------------------------------------------------------------------------
     def _conv(self, g: Graph, conv: Op, bn: Op, s, bias, mean) -> Value | None:

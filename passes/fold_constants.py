@@ -15,7 +15,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import NONDETERMINISTIC, add_const, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
+from ._util import NONDETERMINISTIC, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
 
 _DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _NODE_NAME = re.compile(r"__qcfold(\d+)(?![\d_])")  # our node names; result names are __qcfold<i>_<j>
@@ -190,7 +190,7 @@ class FoldConstants(Pass):
                     op.graph.insert_before(op, new_op)
                     new = new_op.add_result(Value(r.name, t))
                 else:
-                    new = add_const(module, op.graph, r.name or "folded", data, t)
+                    new = op.graph.add_const(r.name or "folded", data, t)
                 r.replace_all_uses_with(new)
                 changed = True
         for op in reversed(ops):

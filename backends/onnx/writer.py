@@ -134,7 +134,7 @@ class _Writer:
             proto.opset_import.add(domain=domain, version=version)
         for k, v in m.metadata:
             proto.metadata_props.add(key=k, value=v)
-        proto.graph.CopyFrom(self.graph(m.graph, top=True))
+        proto.graph.CopyFrom(self.graph(m.graph, consts_are_inputs=m.ir_version < 4))
         for f in m.functions:
             proto.functions.append(self.function(f))
         return proto
@@ -150,7 +150,8 @@ class _Writer:
         return onnx.SparseTensorProto(values=self.tensor(s.values, name),
                                       indices=self.tensor(s.indices, ""), dims=list(s.shape))
 
-    def graph(self, g: Graph, top: bool = False) -> GraphProto:
+    def graph(self, g: Graph, consts_are_inputs: bool = False) -> GraphProto:
+        """``consts_are_inputs``: list every initializer as an input too (required before IR version 4)."""
         gp = GraphProto(**_present(name=g.name, doc_string=g.doc))
         for v in g.consts.values():
             if isinstance(v.const, SparseTensor):
@@ -159,6 +160,9 @@ class _Writer:
                 gp.initializer.append(self.tensor(v.const, v.name))
         for v in g.inputs:
             gp.input.append(value_info(v))
+        if consts_are_inputs:
+            listed = {id(v) for v in g.inputs}
+            gp.input.extend(value_info(v) for v in g.consts.values() if id(v) not in listed)
         described = {v.name for v in g.inputs} | {v.name for v in g.outputs}
         for op in g:
             node = gp.node.add(op_type=op.op_type, **_present(domain=op.domain, name=op.name, doc_string=op.doc,
@@ -186,6 +190,13 @@ class _Writer:
         for k, v in f.metadata:
             fp.metadata_props.add(key=k, value=v)
         g = self.graph(body)
+        # FunctionProto has no initializers: a const of a function body becomes a Constant node
+        for init in g.initializer:
+            fp.node.add(op_type="Constant", output=[init.name]).attribute.add(
+                name="value", type=AttributeProto.TENSOR).t.CopyFrom(init)
+        for sp in g.sparse_initializer:
+            fp.node.add(op_type="Constant", output=[sp.values.name]).attribute.add(
+                name="sparse_value", type=AttributeProto.SPARSE_TENSOR).sparse_tensor.CopyFrom(sp)
         fp.node.extend(g.node)
         typed = [vi for vi in list(g.input) + list(g.value_info) + list(g.output) if vi.type.WhichOneof("value")]
         if typed:

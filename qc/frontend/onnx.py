@@ -14,6 +14,8 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorShapeProto, TypeProto
 
 from ..errors import QCError
+from ..ir._gc import without_gc
+from ..ir.scope import Scope
 from ..ir.core import Attr, Function, Graph, Module, Op, Value
 from ..ir.dtypes import DType
 from ..ir.tensor import SparseTensor, Tensor
@@ -51,6 +53,7 @@ def load_model_proto(path: str) -> ModelProto:
     return model
 
 
+@without_gc
 def import_onnx(model: str | os.PathLike | ModelProto, *, upgrade_opset: int | None = None,
                 infer_shapes: bool = True, base_dir: str | None = None) -> Module:
     """Lower an ONNX model (path or ModelProto) into a qc :class:`Module`."""
@@ -153,23 +156,6 @@ def _shape(t) -> tuple:
     return tuple(dims)
 
 
-class _Scope:
-    """Name -> Value lookup through enclosing graphs."""
-
-    def __init__(self, parent: "_Scope | None" = None):
-        self.parent = parent
-        self.names: dict[str, Value] = {}
-
-    def get(self, name: str) -> Value | None:
-        s = self
-        while s is not None:
-            v = s.names.get(name)
-            if v is not None:
-                return v
-            s = s.parent
-        return None
-
-
 class _Importer:
     def __init__(self, where: str, base_dir: str | None):
         self.where = where
@@ -178,7 +164,7 @@ class _Importer:
     def module(self, model: ModelProto) -> Module:
         opsets = {o.domain: o.version for o in model.opset_import}
         functions = [self.function(f) for f in model.functions]
-        graph = self.graph(model.graph, _Scope(), path="graph")
+        graph = self.graph(model.graph, Scope(), path="graph")
         return Module(
             graph=graph, opset_imports=opsets, functions=functions, ir_version=model.ir_version,
             producer_name=model.producer_name, producer_version=model.producer_version,
@@ -187,7 +173,7 @@ class _Importer:
         )
 
     def function(self, f: onnx.FunctionProto) -> Function:
-        scope = _Scope()
+        scope = Scope()
         types = {vi.name: convert_type(vi.type) for vi in f.value_info}
         body = Graph(f.name)
         for name in f.input:
@@ -202,8 +188,8 @@ class _Importer:
                         overload=f.overload, doc=f.doc_string,
                         metadata=[(p.key, p.value) for p in f.metadata_props])
 
-    def graph(self, g: GraphProto, outer: _Scope, path: str) -> Graph:
-        scope = _Scope(outer)
+    def graph(self, g: GraphProto, outer: Scope, path: str) -> Graph:
+        scope = Scope(outer)
         types: dict[str, Type] = {}
         for vi in list(g.value_info) + list(g.input) + list(g.output):
             t = convert_type(vi.type)
@@ -232,13 +218,13 @@ class _Importer:
         self.fill(graph, g.node, [o.name for o in g.output], scope, types, path)
         return graph
 
-    def define(self, scope: _Scope, name: str, path: str) -> None:
+    def define(self, scope: Scope, name: str, path: str) -> None:
         if name in scope.names:
             raise QCError(f"value '{name}' is defined twice in {path}", where=self.where,
                           hint="ONNX graphs must be in SSA form: every name is assigned once")
 
     def fill(self, graph: Graph, nodes: Iterable[onnx.NodeProto], outputs: Iterable[str],
-             scope: _Scope, types: dict[str, Type], path: str) -> None:
+             scope: Scope, types: dict[str, Type], path: str) -> None:
         for node in _topological(list(nodes), scope, self.where, path):
             operands = [self.lookup(scope, name, node, path) if name else None for name in node.input]
             op = Op(node.op_type, operands, domain=node.domain, results=0, name=node.name,
@@ -260,7 +246,7 @@ class _Importer:
                               where=self.where, hint="fix the output name or add the node that computes it")
             graph.add_output(v)
 
-    def lookup(self, scope: _Scope, name: str, node: onnx.NodeProto, path: str) -> Value:
+    def lookup(self, scope: Scope, name: str, node: onnx.NodeProto, path: str) -> Value:
         v = scope.get(name)
         if v is None:
             raise QCError(f"node '{node.name or '?'}' ({node.op_type}) in {path} reads '{name}', which no node, "
@@ -268,7 +254,7 @@ class _Importer:
                           hint="the model is incomplete: fix the input name or add its producer")
         return v
 
-    def attr(self, a: AttributeProto, scope: _Scope, path: str) -> Attr:
+    def attr(self, a: AttributeProto, scope: Scope, path: str) -> Attr:
         kind = _ATTR_KIND.get(a.type)
         if kind is None:
             raise QCError(f"attribute '{a.name}' in {path} has no type", where=self.where)
@@ -294,7 +280,7 @@ class _Importer:
                             Tensor.from_proto(sp.indices, self.base_dir), tuple(sp.dims))
 
 
-def _topological(nodes: list[onnx.NodeProto], scope: _Scope, where: str, path: str) -> list[onnx.NodeProto]:
+def _topological(nodes: list[onnx.NodeProto], scope: Scope, where: str, path: str) -> list[onnx.NodeProto]:
     """Nodes in an order where producers come first; a cycle is an error naming its nodes."""
     produced: dict[str, int] = {}
     for i, n in enumerate(nodes):

@@ -295,7 +295,7 @@ class Graph:
         return self._link(op, anchor, anchor._next)
 
     def remove(self, op: Op, *, drop_uses: bool = True) -> None:
-        """Unlink ``op``; with ``drop_uses`` its operand uses are released too."""
+        """Unlink ``op``; with ``drop_uses`` the uses it holds (its subgraphs' too) are released."""
         if op.graph is not self:
             raise ValueError(f"{op!r} is not in this graph")
         if op._prev is None:
@@ -310,6 +310,16 @@ class Graph:
         self._count -= 1
         if drop_uses:
             op.drop_operands()
+            for sub in op.subgraphs():
+                sub.release()
+
+    def release(self) -> None:
+        """Drop every use this graph's ops and outputs hold (before discarding the graph)."""
+        for op in self:
+            op.drop_operands()
+            for sub in op.subgraphs():
+                sub.release()
+        self.set_outputs([])
 
     def reorder(self, ops: list[Op]) -> None:
         """Replace the op order by ``ops`` (a permutation of the current ops)."""

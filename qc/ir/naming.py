@@ -8,8 +8,9 @@ def assign_unique_names(module: Module) -> None:
     """Rename values in place so that names are unique per scope.
 
     The main graph and its nested subgraphs share one namespace (ONNX forbids shadowing);
-    each function body has its own. Earlier definitions keep their names; a later duplicate
-    or an empty name gets the first free ``base_N``. The result depends only on the IR.
+    each function body has its own. The graph's inputs and outputs claim their names first,
+    then consts and op results in order; a later duplicate or an empty name gets the first
+    free ``base_N``. The result depends only on the IR.
     """
     _name_scope([module.graph])
     for f in module.functions:
@@ -19,8 +20,12 @@ def assign_unique_names(module: Module) -> None:
 def _name_scope(roots: list[Graph]) -> None:
     taken: set[str] = set()
     counters: dict[str, int] = {}
+    claimed: set[int] = set()
 
     def claim(v) -> None:
+        if id(v) in claimed:
+            return
+        claimed.add(id(v))
         name = v.name
         if name and name not in taken:
             taken.add(name)
@@ -51,5 +56,10 @@ def _name_scope(roots: list[Graph]) -> None:
                 if r is not None:
                     claim(r)
 
+    for g in roots:  # the interface first: input and output names are what users feed and fetch
+        for v in g.inputs:
+            claim(v)
+        for v in g.outputs:
+            claim(v)
     for g in roots:
         visit(g)

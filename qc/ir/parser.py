@@ -22,6 +22,7 @@ except ImportError:  # optional accelerator: same grammar, same results, about 3
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..errors import ParseError, QCError
+from .scope import Scope
 from .core import Attr, Function, Graph, Module, Op, Value
 from ._gc import without_gc
 from .dtypes import DType
@@ -378,21 +379,6 @@ _CURRENT_FILE = ["<input>"]
 
 
 # -- phase 2: names, scopes, IR -------------------------------------------------------------------
-class _Scope:
-    def __init__(self, parent: "_Scope | None" = None):
-        self.parent = parent
-        self.names: dict[str, Value] = {}
-
-    def get(self, name: str) -> Value | None:
-        s = self
-        while s is not None:
-            v = s.names.get(name)
-            if v is not None:
-                return v
-            s = s.parent
-        return None
-
-
 class _Builder:
     def __init__(self, filename: str, weights):
         self.filename = filename
@@ -421,7 +407,7 @@ class _Builder:
         if len(mains) != 1:
             raise self.err(sym, f"a module needs exactly one main func (one without a domain), found {len(mains)}")
         main = mains[0]
-        scope = _Scope()
+        scope = Scope()
         graph = Graph(_name(main.name))
         for item in items:
             if isinstance(item, tuple) and item[0] == "const":
@@ -443,7 +429,7 @@ class _Builder:
     def function(self, f: _GraphSyntax) -> Function:
         fattrs = f.attrs or {}
         body = Graph(_name(f.name))
-        self.graph_into(body, f, _Scope())
+        self.graph_into(body, f, Scope())
         defaults = {k: self.attr(v, None, k) for k, v in fattrs.get("attribute_defaults", ("dict", {}))[1].items()}
         params = [s.decode() for s in _plain(fattrs.get("attributes", ("strings", []))) ] + list(defaults)
         return Function(domain=unquote_str(fattrs["domain"]), name=body.name, body=body, attr_params=params,
@@ -453,20 +439,20 @@ class _Builder:
                         doc=unquote_str(fattrs.get("doc", ("string", b""))),
                         metadata=list(_plain(fattrs.get("metadata", ("dict", {}))).items()))
 
-    def define(self, scope: _Scope, tok, value: Value) -> Value:
+    def define(self, scope: Scope, tok, value: Value) -> Value:
         if value.name in scope.names:
             raise self.err(tok, f"'{tok.value}' is defined twice")
         scope.names[value.name] = value
         return value
 
-    def const(self, graph: Graph, scope: _Scope, item) -> Value:
+    def const(self, graph: Graph, scope: Scope, item) -> Value:
         _, sym, type_, payload = item
         data = self.payload(type_, payload, sym, _name(sym))
         v = self.define(scope, sym, Value(_name(sym), type_, const=data))
         graph.consts[v.name] = v
         return v
 
-    def graph_into(self, graph: Graph, syntax: _GraphSyntax, scope: _Scope) -> Graph:
+    def graph_into(self, graph: Graph, syntax: _GraphSyntax, scope: Scope) -> Graph:
         for kind, tok, type_ in syntax.args:
             if kind == "const":
                 v = scope.names.get(_name(tok))
@@ -489,14 +475,14 @@ class _Builder:
             graph.add_output(v)
         return graph
 
-    def lookup(self, scope: _Scope, tok) -> Value:
+    def lookup(self, scope: Scope, tok) -> Value:
         v = scope.get(_name(tok))
         if v is None:
             kind = "const" if tok.value.startswith("@") else "value"
             raise self.err(tok, f"use of undefined {kind} {tok.value}", hint="values must be defined before they are used")
         return v
 
-    def op(self, s: _OpSyntax, scope: _Scope) -> Op:
+    def op(self, s: _OpSyntax, scope: Scope) -> Op:
         operands = [self.lookup(scope, t) if t is not None else None for t in s.operands]
         op = Op(s.op_type, operands, domain=s.domain, results=0, name=s.loc, overload=s.overload)
         op.device = s.device
@@ -511,7 +497,7 @@ class _Builder:
             op.add_result(None if tok is None else self.define(scope, tok, Value(_name(tok), next(it))))
         return op
 
-    def attr(self, tagged, scope: _Scope | None, key: str, tok=None) -> Attr:
+    def attr(self, tagged, scope: Scope | None, key: str, tok=None) -> Attr:
         kind, v = tagged
         if kind == "ref":
             return Attr(v[0], None, ref=v[1])
@@ -533,9 +519,9 @@ class _Builder:
             return Attr(kind, v)
         raise self.err(tok, f"attribute '{key}' has a value of kind {kind}, which no ONNX attribute can hold")
 
-    def subgraph(self, g: _GraphSyntax, scope: _Scope | None) -> Graph:
+    def subgraph(self, g: _GraphSyntax, scope: Scope | None) -> Graph:
         graph = Graph(_name(g.name))
-        return self.graph_into(graph, g, _Scope(scope))
+        return self.graph_into(graph, g, Scope(scope))
 
     def tensor_lit(self, lit: _TensorLit, key: str) -> Tensor:
         return self.payload(lit.type, lit.payload, None, key)
