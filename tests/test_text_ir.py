@@ -161,3 +161,14 @@ def test_names_that_need_quotes_round_trip():
     assert '%"in put"' in text and "%out:0" in text and '%"x,y"' in text
     proto = qc.export_onnx(qc.parse_ir(text))
     assert [i.name for i in proto.graph.input] == ["in put"] and [o.name for o in proto.graph.output] == ["x,y"]
+
+
+FILECHECK_DIR = os.path.join(os.path.dirname(__file__), "filecheck")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(FILECHECK_DIR) if f.endswith(".qir")))
+def test_every_text_test_file_round_trips(name):
+    path = os.path.join(FILECHECK_DIR, name)
+    with open(path) as f:
+        printed = qc.print_ir(qc.parse_ir(f.read(), filename=path), elide_above=None)
+    assert qc.print_ir(qc.parse_ir(printed), elide_above=None) == printed
