@@ -58,8 +58,9 @@ class FoldConstants(Pass):
     Evaluation is onnxruntime's, never re-implemented: every foldable op of one opset context
     (the main graph and its subgraphs; each function body) goes into one small ONNX model, with
     the constant inputs as initializers and the results as outputs, run once with graph
-    optimizations disabled. The results are therefore bit-identical to what onnxruntime computes
-    for the unfolded model. Ops onnxruntime cannot load or run are moved, with the ops that depend
+    optimizations disabled. The folded values are therefore bit-identical to what onnxruntime
+    computes for the unfolded model. (Ops downstream may still round differently: onnxruntime
+    pre-packs a MatMul/Gemm weight that is an initializer, which changes its summation order.) Ops onnxruntime cannot load or run are moved, with the ops that depend
     on them, to a second model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there
     too stay unfolded. Folded ops whose results become unused are removed; the consts they read are
     left for ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
@@ -68,6 +69,9 @@ class FoldConstants(Pass):
 
     max_size: int = 1 << 20
     """largest folded result, in elements (bigger results, e.g. of ConstantOfShape/Expand/Tile, stay ops)"""
+    max_growth: int = 1 << 16
+    """largest result, in elements, that may exceed the op's constant inputs by 4x or more:
+    folding ConstantOfShape/Expand/Tile/Range into stored tensors grows the model file"""
     fold_constant_ops: bool = True
     """turn onnx.Constant ops into consts (where the graph can hold consts, see above)"""
 
@@ -146,6 +150,16 @@ class FoldConstants(Pass):
                 return False
         return True
 
+    def _grows_model(self, op: Op, needed: list[Value], values: dict) -> bool:
+        out = sum(values[id(r)].size for r in needed if values.get(id(r)) is not None)
+        if out <= self.max_growth:
+            return False
+        inputs = 0
+        for v in op.operands:
+            t = None if v is None else values.get(id(v), v.const)
+            inputs += t.size if isinstance(t, Tensor) else 0
+        return out >= 4 * inputs
+
     # -- evaluation and rewriting ----------------------------------------------------------------
     def _fold_group(self, module: Module, fn, ops: list[Op], constants: set[int],
                     sources: dict[int, Tensor], ctx: PassContext) -> bool:
@@ -176,6 +190,11 @@ class FoldConstants(Pass):
                 continue
             # a Constant op's own tensor is already in the model: no size limit for it
             limit = None if id(op.results[0]) in sources else self.max_size
+            if limit is not None and self._grows_model(op, needed, values):
+                ctx.remark(op, f"not folded: its result is over {self.max_growth} elements and 4x its inputs "
+                               "(raise max-growth to fold it)")
+                kept.add(id(op))
+                continue
             if all(self._materializable(r, values.get(id(r)), limit) for r in needed):
                 plan.append((op, needed))
             else:

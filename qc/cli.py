@@ -103,6 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_pm_options(comp)
     _add_import_options(comp)
     comp.add_argument("--quiet", action="store_true", help="print no summary")
+    comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
     comp.set_defaults(func=cmd_compile)
 
     targets = sub.add_parser("targets", parents=[common], help="list targets")
@@ -310,8 +311,12 @@ def cmd_compile(args) -> int:
         sys.stdout.write(f"pipeline: {pm}\n")
         sys.stdout.write("before:\n" + _indent(before) + "after:\n" + _indent(summarize(module)))
         sys.stdout.write(f"export: {1e3 * (time.perf_counter() - t0):.1f} ms\n")
-        for remark in pm.ctx.remarks:
-            sys.stdout.write(f"remark: {remark}\n")
+        if args.remarks:
+            sys.stdout.writelines(f"remark: {remark}\n" for remark in pm.ctx.remarks)
+        elif pm.ctx.remarks:
+            per_pass = collections.Counter(r[1:r.index("]")] for r in pm.ctx.remarks)
+            sys.stdout.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items())
+                             + " (--remarks lists them)\n")
     return 0
 
 

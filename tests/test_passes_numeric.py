@@ -440,3 +440,15 @@ def test_default_pipeline_on_light_models(path):
 
 def test_light_models_found():
     assert len(LIGHT) == 9
+
+
+def test_fold_constants_does_not_grow_the_model():
+    """A big ConstantOfShape result stays an op unless max-growth allows storing it."""
+    nodes = [helper.make_node("ConstantOfShape", ["S"], ["w"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+             helper.make_node("Add", ["x", "w"], ["y"])]
+    model = make_model(nodes, [vi("x", T.FLOAT, [1, 256])], [vi("y", T.FLOAT, [512, 256])],
+                       [init("S", np.array([512, 256], np.int64))])
+    _, out = check_exact(model, "fold-constants", [{"x": rand(1, 256)}])
+    assert "ConstantOfShape" in op_types(out) and out.ByteSize() < 2000
+    _, out = check_exact(model, "fold-constants{max-growth=200000}", [{"x": rand(1, 256)}])
+    assert "ConstantOfShape" not in op_types(out) and out.ByteSize() > 512 * 256 * 4

@@ -172,3 +172,17 @@ def test_every_text_test_file_round_trips(name):
     with open(path) as f:
         printed = qc.print_ir(qc.parse_ir(f.read(), filename=path), elide_above=None)
     assert qc.print_ir(qc.parse_ir(printed), elide_above=None) == printed
+
+
+def test_consts_in_a_function_body_print_parse_and_export_as_constant_nodes():
+    text = ('module @m {ir_version = 10, opset_import = {"" = 21, local = 1}} {\n'
+            '  func @main(%x: f32[2]) -> (f32[2]) {\n    %y = local.AddK(%x) : f32[2]\n    return %y\n  }\n'
+            '  func @AddK(%a) -> (?) attributes {domain = "local", opset_import = {"" = 21}} {\n'
+            '    const @k : f32[2] = dense[1.0, 2.0]\n    %b = onnx.Add(%a, @k) : ?\n    return %b\n  }\n}\n')
+    m = qc.parse_ir(text)
+    assert qc.print_ir(m) == text
+    proto = qc.export_onnx(m)
+    assert [n.op_type for n in proto.functions[0].node] == ["Constant", "Add"]
+    onnx.checker.check_model(proto, full_check=True)
+    y, = run_onnx(proto, {"x": np.array([10.0, 20.0], np.float32)})
+    np.testing.assert_array_equal(y, [11.0, 22.0])

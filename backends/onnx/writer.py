@@ -7,12 +7,13 @@ weights as external data, streaming them one at a time, so models over 2 GB work
 from __future__ import annotations
 
 import os
-import tempfile
+import contextlib
 
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
 
 from qc.errors import QCError
+from qc.fileio import atomic_write
 from qc.ir.core import Attr, Function, Graph, Module, Value
 from qc.ir.naming import assign_unique_names
 from qc.ir.tensor import SparseTensor, Tensor
@@ -45,30 +46,15 @@ def save_onnx(module: Module, path: str, *, external: bool | None = None,
     total = sum(_const_bytes(v) for v in _all_consts(module))
     if external is None:
         external = total > PROTOBUF_LIMIT - (64 << 20)
-    directory = os.path.dirname(os.path.abspath(path))
     data_name = os.path.basename(path) + ".data"
-    tmp_model = tempfile.NamedTemporaryFile(dir=directory, prefix=".qc-", suffix=".onnx", delete=False)
-    tmp_data = None
-    try:
+    with contextlib.ExitStack() as stack:  # the data file lands first, then the model that points into it
         sink = None
         if external:
-            tmp_data = tempfile.NamedTemporaryFile(dir=directory, prefix=".qc-", suffix=".data", delete=False)
-            sink = _ExternalSink(tmp_data, data_name, external_min_bytes)
-        proto = _Writer(external=sink).model(module)
-        blob = proto.SerializeToString(deterministic=True)
-        tmp_model.write(blob)
-        tmp_model.close()
-        if tmp_data is not None:
-            tmp_data.close()
-            os.replace(tmp_data.name, os.path.join(directory, data_name))
-        os.replace(tmp_model.name, path)
-    except BaseException:
-        for t in (tmp_model, tmp_data):
-            if t is not None:
-                t.close()
-                if os.path.exists(t.name):
-                    os.unlink(t.name)
-        raise
+            data_file = stack.enter_context(atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), data_name)))
+            sink = _ExternalSink(data_file, data_name, external_min_bytes)
+        blob = _Writer(external=sink).model(module).SerializeToString(deterministic=True)
+    with atomic_write(path) as f:
+        f.write(blob)
 
 
 def serialize(proto: ModelProto) -> bytes:

@@ -203,6 +203,8 @@ class _Printer:
         if attrs:
             head += f" attributes {self.plain_dict(attrs)}"
         self.lines.append(f"{indent}{head} {{")
+        if name is None:  # a local function: its consts live in its body (the main graph's print at module level)
+            self.consts(g, indent + "  ")
         self.body(g, indent + "  ")
         self.lines.append(f"{indent}}}")
 
