@@ -9,6 +9,7 @@ from typing import Iterable
 import numpy as np
 from onnx import TensorProto
 
+from qc.runtime import ort_session
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
@@ -436,13 +437,8 @@ def _run_batch(ops: list[Op], opsets: dict[str, int], sources: dict[int, Tensor]
 
 
 def _run_ort(proto, index_of: dict[str, int], n_outputs: int) -> list[Tensor | None]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4
     try:
-        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(proto, log_level=4)
         values = sess.run_with_ort_values(None, {})
     except Exception as e:
         m = _NODE_NAME.search(str(e))

@@ -12,13 +12,13 @@ import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import qc
 import qc.pm
+from qc.runtime import ort_session
 
 RNG_SEED = 1234
 
@@ -41,11 +41,7 @@ def init(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def session(model):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+session = ort_session
 
 
 def run(model, feeds):

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
+from qc.runtime import ort_session
+
 Feeds = dict[str, Any]
 Via = Callable[[ModelProto], ModelProto]
 
@@ -76,12 +78,7 @@ def run_onnx(model_proto: ModelProto, feeds: Feeds) -> list[Any]:
 
 
 def _session(model_proto: ModelProto) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort_session(model_proto)
 
 
 def _interface(session: Any) -> list[tuple[str, str, str, Any]]:
