@@ -193,7 +193,7 @@ class _ToSyntax(Transformer):
         return list(items)
 
     def op(self, results, opname, operands, attrs, device, types, overload, loc):
-        domain, op_type, tok = opname
+        domain, op_type, tok = opname if isinstance(opname, tuple) else self.dotted_opname(opname)
         return _OpSyntax(results or [], domain, op_type, operands, attrs[1] if attrs else None,
                          device.value if device is not None else None, types,
                          unquote(overload).decode() if overload else "",
@@ -288,9 +288,6 @@ class _ToSyntax(Transformer):
         return ("sparse", values[1], indices[1])
 
     # types
-    def type(self, t):
-        return t
-
     def unknown_type(self):
         return None
 
