@@ -89,9 +89,9 @@ def load_config() -> Config:
     _require(cfg.get("position_embedding_type", "absolute") == "absolute",
              f"position_embedding_type {cfg.get('position_embedding_type')!r}, expected 'absolute'")
     _require(cfg["hidden_size"] % cfg["num_attention_heads"] == 0, "hidden_size is not a multiple of the head count")
-    modules = [m["type"].rsplit(".", 1)[-1] for m in _read_json("modules.json")]
-    pooling_path = next(m["path"] for m in _read_json("modules.json") if m["type"].endswith(".Pooling"))
-    pooling = _read_json(os.path.join(pooling_path, "config.json"))
+    modules = {m["type"].rsplit(".", 1)[-1]: m["path"] for m in _read_json("modules.json")}
+    _require("Pooling" in modules, "modules.json lists no Pooling module")
+    pooling = _read_json(os.path.join(modules["Pooling"], "config.json"))
     modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
     _require(modes == ["pooling_mode_mean_tokens"], f"pooling modes {modes}, expected mean tokens only")
     return Config(
@@ -113,6 +113,16 @@ def load_weights() -> Weights:
     from safetensors.numpy import load_file
 
     return load_file(os.path.join(model_dir(), "model.safetensors"))
+
+
+def _check_embeddings(weights: Weights, config: Config) -> None:
+    """The embedding tables must have the shapes config.json promises."""
+    expected = {"word_embeddings": config.vocab, "position_embeddings": config.max_positions,
+                "token_type_embeddings": config.type_vocab}
+    for name, rows in expected.items():
+        shape = weights[f"embeddings.{name}.weight"].shape
+        _require(shape == (rows, config.hidden),
+                 f"embeddings.{name}.weight is {shape}, config.json says {(rows, config.hidden)}")
 
 
 def _layer_count(config: Config, layers: int | None) -> int:
@@ -249,9 +259,8 @@ def _self_attention(g: _GraphBuilder, x: str, mask_bias: str, prefix: str, weigh
 def _gelu(g: _GraphBuilder, x: str, p: str) -> str:
     """Exact GELU: x * 0.5 * (1 + erf(x / sqrt 2))."""
     erf = g.op("Erf", [g.op("Div", [x, g.const("const.sqrt_two", math.sqrt(2.0))], f"{p}/Div")], f"{p}/Erf")
-    half = g.op("Mul", [g.op("Mul", [x, g.op("Add", [erf, g.const("const.one", 1.0)], f"{p}/Add")], f"{p}/Mul"),
-                        g.const("const.half", 0.5)], f"{p}/Mul_1")
-    return half
+    scaled = g.op("Mul", [x, g.op("Add", [erf, g.const("const.one", 1.0)], f"{p}/Add")], f"{p}/Mul")
+    return g.op("Mul", [scaled, g.const("const.half", 0.5)], f"{p}/Mul_1")
 
 
 def _encoder_layer(g: _GraphBuilder, x: str, mask_bias: str, index: int, weights: Weights, config: Config) -> str:
@@ -289,6 +298,7 @@ def build_model(*, layers: int | None = None, weights: Weights | None = None) ->
     config = load_config()
     count = _layer_count(config, layers)
     weights = load_weights() if weights is None else weights
+    _check_embeddings(weights, config)
     g = _GraphBuilder()
     mask_bias = _attention_mask_bias(g)
     hidden = _embeddings(g, weights, config)
@@ -317,7 +327,8 @@ def build_onnx(path: str, *, layers: int | None = None) -> None:
 
     Inputs ``input_ids`` and ``attention_mask`` (int64 [batch, seq]); outputs
     ``last_hidden_state`` (float32 [batch, seq, hidden]) and ``sentence_embedding``
-    (float32 [batch, hidden]). The weights are stored inline (about 91 MB for all layers).
+    (float32 [batch, hidden]). ``seq`` may not exceed ``max_position_embeddings`` (512).
+    The weights are stored inline (about 90 MB for all six layers).
     """
     model = build_model(layers=layers)
     with atomic_write(path) as f:
@@ -373,11 +384,12 @@ def reference_forward(weights: Weights, input_ids: np.ndarray, attention_mask: n
     """
     config = load_config()
     count = _layer_count(config, layers)
-    w = {k: v.astype(dtype) for k, v in weights.items() if v.dtype.kind == "f"}
+    words = "embeddings.word_embeddings.weight"  # gathered before the cast: 30k rows
+    w = {k: v.astype(dtype) for k, v in weights.items() if v.dtype.kind == "f" and k != words}
     ids = np.asarray(input_ids, dtype=np.int64)
     mask = np.asarray(attention_mask, dtype=np.int64)
     positions = np.arange(ids.shape[1])
-    x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][positions]
+    x = (weights[words][ids].astype(dtype) + w["embeddings.position_embeddings.weight"][positions]
          + w["embeddings.token_type_embeddings.weight"][0])
     x = _np_layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], config.eps)
     for i in range(count):
