@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from ..errors import QCError
 from ..fileio import atomic_write
@@ -144,7 +145,7 @@ def _dequantize(tensor: Any) -> np.ndarray:
 
     shape = tuple(int(n) for n in reversed(tensor.shape))
     if tensor.tensor_type == GGMLQuantizationType.F32:
-        array = np.asarray(tensor.data, dtype=np.float32)
+        array = np.array(tensor.data, dtype=np.float32)  # a copy, not a view of the memory map
     else:
         array = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
     return np.ascontiguousarray(array.reshape(shape))
@@ -251,14 +252,10 @@ class _Graph:
     """Collects nodes and initializers; names values after their node (``/path/Op_output_0``)."""
 
     def __init__(self) -> None:
-        from onnx import NodeProto, TensorProto
-
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
 
     def const(self, name: str, value: np.ndarray | Sequence[int] | float) -> str:
-        from onnx import numpy_helper
-
         array = np.asarray(value)
         if array.dtype == np.float64:
             array = array.astype(np.float32)
@@ -267,8 +264,6 @@ class _Graph:
 
     def op(self, op_type: str, inputs: Iterable[str], name: str, outputs: int = 1, **attrs: Any) -> Any:
         """Add a node ``name`` (a ``/``-path); returns its output name (or names when outputs > 1)."""
-        from onnx import helper
-
         results = [f"{name}_output_{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), results, name=name, **attrs))
         return results[0] if outputs == 1 else results
@@ -393,10 +388,8 @@ def _constants(g: _Graph, config: LlamaConfig) -> None:
         g.const(name, np.float32(value))
 
 
-def make_model(weights: Weights, layers: int | None = None) -> Any:
+def make_model(weights: Weights, layers: int | None = None) -> ModelProto:
     """The ONNX ``ModelProto``: ``input_ids`` int64 [batch, seq] -> ``logits`` float32 [batch, seq, vocab]."""
-    from onnx import TensorProto, helper
-
     config = load_config()
     count = _layer_count(layers)
     g = _Graph()
@@ -418,8 +411,7 @@ def make_model(weights: Weights, layers: int | None = None) -> Any:
         h = _rmsnorm(g, x, f"model.layers.{i}.post_attention_layernorm.weight", f"{path}/post_attention_layernorm")
         x = g.op("Add", [x, _mlp(g, h, i)], f"{path}/mlp_residual/Add")
     x = _rmsnorm(g, x, "model.norm.weight", "/model/norm")
-    logits = g.op("MatMul", [x, "lm_head.weight"], "/lm_head/MatMul")
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/logits/Identity"))
+    g.nodes.append(helper.make_node("MatMul", [x, "lm_head.weight"], ["logits"], name="/lm_head/MatMul"))
 
     graph = helper.make_graph(
         g.nodes, "smollm2",
