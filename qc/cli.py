@@ -1,4 +1,4 @@
-"""The ``qc`` command line: show, opt, passes, compile, targets.
+"""The ``qc`` command line: show, opt, passes, compile, targets, eval, models.
 
 User errors print one line ``qc: error: ...`` and exit with code 2; ``--debug`` shows the
 traceback instead. Outputs are written atomically; inputs are never modified.
@@ -109,6 +109,31 @@ def _build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", parents=[common], help="list targets")
     targets.add_argument("name", nargs="?")
     targets.set_defaults(func=cmd_targets)
+
+    ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
+    ev.add_argument("model", help=".onnx model: a language model (input_ids -> logits) or a sentence encoder "
+                                  "(input_ids, attention_mask -> sentence_embedding)")
+    ev.add_argument("--ref", metavar="FP32.onnx", help="reference model to compare against (SQNR per output; "
+                                                       "cosine of sentence embeddings for an encoder)")
+    ev.add_argument("--text", metavar="FILE", help="evaluation text: a file, or a built-in source "
+                                                   "(python-reference, the default; licenses is the calibration text)")
+    ev.add_argument("--tokenizer", metavar="NAME|tokenizer.json",
+                    help="a model name from `qc models` or a tokenizer.json (default: from the model's producer)")
+    ev.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per window (default %(default)s)")
+    ev.add_argument("--samples", type=int, default=64, metavar="N",
+                    help="windows (language model) or sentences (encoder), spread over the text (default %(default)s)")
+    ev.add_argument("--sentences", metavar="FILE", help="encoder: one sentence per line instead of sentences "
+                                                        "taken from the text")
+    ev.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per run (default %(default)s)")
+    ev.set_defaults(func=cmd_eval)
+
+    models = sub.add_parser("models", parents=[common], help="list the real models qc can build, or build one")
+    models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
+    build = models_sub.add_parser("build", parents=[common], help="write a model as ONNX from its installed package")
+    build.add_argument("name", help="model name (see `qc models`)")
+    build.add_argument("-o", "--output", required=True, help="output .onnx file")
+    build.add_argument("--layers", type=int, metavar="N", help="keep only the first N transformer layers")
+    models.set_defaults(func=cmd_models)
     return p
 
 
@@ -334,6 +359,158 @@ def cmd_targets(args) -> int:
         if args.name:
             sys.stdout.write(f"  features: {', '.join(t.features) or '-'}\n  devices: {', '.join(t.devices)}\n"
                              f"  backend: {t.backend}\n")
+    return 0
+
+
+def _existing_onnx(path: str) -> str:
+    if not os.path.isfile(path):
+        raise QCError("no such file", where=path)
+    return path
+
+
+def _producer_model(path: str) -> str | None:
+    """The `qc models` name of a model built by qc.models (from its producer_name), else None."""
+    import onnx
+
+    from .models import MODELS
+
+    try:
+        producer = onnx.load(path, load_external_data=False).producer_name
+    except Exception:
+        return None
+    for name, (module, _) in MODELS.items():
+        if producer == f"qc.models.{module}":
+            return name
+    return None
+
+
+def _eval_tokenizer(args, *, encoder: bool):
+    """(tokenizer object or encode callable, description) for --tokenizer or the models' producer."""
+    from .data.text import load_tokenizer
+    from .models import MODELS, model_module
+
+    spec = args.tokenizer
+    built_as = _producer_model(args.model) or (_producer_model(args.ref) if args.ref else None)
+    if spec is not None and spec in MODELS and built_as is not None and spec != built_as:
+        raise QCError(f"the model was built as {built_as} but --tokenizer names {spec}", where=args.model,
+                      hint=f"use --tokenizer {built_as}")
+    if spec is None:
+        spec = built_as
+        if spec is None:
+            raise QCError("which tokenizer does the model use? give --tokenizer",
+                          where=args.model, hint="a model name (" + ", ".join(MODELS) + ") or a tokenizer.json file")
+    if encoder and spec in MODELS and hasattr(model_module(spec), "encode_batch"):
+        return model_module(spec).encode_batch, spec
+    return load_tokenizer(spec), spec
+
+
+def _fmt_db(value: float) -> str:
+    return "inf (identical)" if value == float("inf") else f"{value:.2f} dB"
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from . import metrics
+    from .data import text as textdata
+
+    _existing_onnx(args.model)
+    if args.ref:
+        _existing_onnx(args.ref)
+        _refuse_same(args.model, args.ref)
+    if args.seq_len < 2:
+        raise QCError(f"--seq-len must be at least 2 (got {args.seq_len})")
+    if args.samples < 1:
+        raise QCError(f"--samples must be at least 1 (got {args.samples})")
+    if args.batch_size < 1:
+        raise QCError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    sess = metrics.session(args.model)
+    ref = metrics.session(args.ref) if args.ref else None
+    out = sys.stdout
+    if metrics.is_language_model(sess):
+        if ref is not None and not metrics.is_language_model(ref):
+            raise QCError("the reference is not a language model (no input_ids -> logits)", where=args.ref)
+        tok, tok_name = _eval_tokenizer(args, encoder=False)
+        path = textdata.resolve_text(args.text)
+        windows = textdata.token_windows(path, tok, args.seq_len, samples=args.samples)
+        out.write(f"qc eval: {args.model} (language model), tokenizer {tok_name}\n"
+                  f"text: {path}: {len(windows)} windows x {args.seq_len} tokens\n")
+        ppl = metrics.perplexity(sess, windows, batch_size=args.batch_size)
+        if ref is not None:
+            ref_ppl = metrics.perplexity(ref, windows, batch_size=args.batch_size)
+            out.write(f"perplexity: {ppl:.3f} (ref {ref_ppl:.3f}, {100 * (ppl / ref_ppl - 1):+.2f}%)\n")
+            count = min(len(windows), 16)
+            feeds = [metrics.token_feeds(sess, windows[i:i + 1], where=args.model) for i in range(count)]
+            _write_sqnr(out, metrics.compare_outputs(sess, ref, feeds, progress=True), f"{count} windows")
+        else:
+            out.write(f"perplexity: {ppl:.3f}\n")
+        return 0
+    if metrics.is_encoder(sess):
+        if ref is None:
+            raise QCError("an encoder is measured against a reference; give --ref FP32.onnx", where=args.model)
+        if not metrics.is_encoder(ref):
+            raise QCError("the reference is not a sentence encoder (no input_ids -> sentence_embedding)",
+                          where=args.ref)
+        encode, tok_name = _eval_tokenizer(args, encoder=True)
+        if args.sentences:
+            texts = textdata.read_sentences(args.sentences)[:args.samples]
+            source = args.sentences
+        else:
+            source = textdata.resolve_text(args.text)
+            texts = textdata.sentences(source, min(args.samples, len(textdata.sentences(source))))
+        out.write(f"qc eval: {args.model} (sentence encoder), tokenizer {tok_name}\n"
+                  f"sentences: {len(texts)} from {source}\n")
+        got = metrics.sentence_embeddings(sess, texts, encode, max_length=args.seq_len)
+        want = metrics.sentence_embeddings(ref, texts, encode, max_length=args.seq_len)
+        mean, low = metrics.cosine_stats(got, want)
+        out.write(f"cosine vs ref: mean {mean:.6f}, min {low:.6f}\n")
+        feeds = []
+        for start in range(0, len(texts), 16):
+            batch = texts[start:start + 16]
+            if callable(encode) and not hasattr(encode, "encode"):
+                ids, mask = encode(batch, max_length=args.seq_len)
+            else:
+                ids, mask = textdata.pad_batch(encode, batch, args.seq_len)
+            feeds.append(metrics.token_feeds(sess, np.asarray(ids), np.asarray(mask), where=args.model))
+        _write_sqnr(out, metrics.compare_outputs(sess, ref, feeds, progress=True), f"{len(texts)} sentences")
+        return 0
+    names_in = ", ".join(i.name for i in sess.get_inputs())
+    names_out = ", ".join(o.name for o in sess.get_outputs())
+    raise QCError("qc eval needs a language model (input_ids -> logits) or a sentence encoder "
+                  "(input_ids -> sentence_embedding)", where=args.model,
+                  hint=f"this model has inputs {names_in} and outputs {names_out}")
+
+
+def _write_sqnr(out, values: dict, over: str) -> None:
+    out.write(f"sqnr vs ref ({over}): " + ", ".join(f"{k} {_fmt_db(v)}" for k, v in values.items()) + "\n")
+
+
+def _refuse_same(model: str, ref: str) -> None:
+    if os.path.realpath(model) == os.path.realpath(ref):
+        raise QCError("--ref is the model itself", where=ref, hint="give the float32 model the quantized one came from")
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS, build, model_module
+
+    if getattr(args, "models_command", None) == "build":
+        if args.name not in MODELS:
+            raise QCError(f"unknown model '{args.name}'", hint="known models: " + ", ".join(MODELS))
+        if args.layers is not None and args.layers < 1:
+            raise QCError(f"--layers must be at least 1 (got {args.layers})")
+        if not args.output.endswith(".onnx"):
+            raise QCError("unknown output kind", where=args.output, hint="use a .onnx file name")
+        model_module(args.name)
+        t0 = time.perf_counter()
+        build(args.name, args.output, layers=args.layers)
+        size = os.path.getsize(args.output)
+        layers = f", {args.layers} layers" if args.layers else ""
+        sys.stdout.write(f"qc models build: {args.name}{layers} -> {args.output} "
+                         f"({size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)\n")
+        return 0
+    width = max(map(len, MODELS))
+    for name, (_, description) in MODELS.items():
+        sys.stdout.write(f"{name:<{width}}  {description}\n")
     return 0
 
 

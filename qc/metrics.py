@@ -33,8 +33,10 @@ def _where(model: Any) -> str | None:
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
 
 
-def session(model: Any, *, optimize: bool = False, threads: int | None = None):
-    """An onnxruntime CPU session for a path, a ``ModelProto`` or an existing session (returned as is)."""
+def session(model: Any, *, optimize: bool = False, threads: int | None = None,
+            disabled_optimizers: Sequence[str] | None = None):
+    """An onnxruntime CPU session for a path, a ``ModelProto`` or an existing session (returned as is).
+    ``disabled_optimizers`` names onnxruntime graph transformers to skip when ``optimize`` is on."""
     import onnxruntime as ort
 
     if isinstance(model, ort.InferenceSession):
@@ -55,10 +57,21 @@ def session(model: Any, *, optimize: bool = False, threads: int | None = None):
     else:
         raise TypeError(f"expected a model path, ModelProto or InferenceSession, got {type(model).__name__}")
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers and optimize else {}
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], **extra)
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QCError(f"onnxruntime cannot load the model: {first}", where=_where(model)) from None
+
+
+def run(sess, names: Sequence[str] | None, feeds: Feeds, where: str | None = None) -> list[np.ndarray]:
+    """``sess.run`` with onnxruntime's failures turned into a one-line QCError."""
+    try:
+        return sess.run(None if names is None else list(names), dict(feeds))
+    except Exception as e:  # onnxruntime's own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "is the tokenizer the model's own?" if "out of data bounds" in first or "indices" in first else None
+        raise QCError(f"onnxruntime failed running the model: {first}", where=where, hint=hint) from None
 
 
 def _progress(iterable: Iterable, *, total: int, desc: str, unit: str, enabled: bool):
@@ -125,7 +138,7 @@ def nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 1, progress: bool = True, *,
-               optimize: bool = False) -> float:
+               optimize: bool = False, disabled_optimizers: Sequence[str] | None = None) -> float:
     """Perplexity of an ONNX language model over token windows int64 ``[n, seq_len]``.
 
     Each window is run as one sequence; the logits at positions ``0 .. seq_len-2`` predict the
@@ -136,7 +149,7 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
     windows = np.asarray(windows)
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise QCError(f"perplexity needs token windows [n >= 1, seq_len >= 2], got shape {list(windows.shape)}")
-    sess = session(model_path_or_proto, optimize=optimize)
+    sess = session(model_path_or_proto, optimize=optimize, disabled_optimizers=disabled_optimizers)
     if not is_language_model(sess):
         raise QCError("not a language model: perplexity needs an 'input_ids' input and a 'logits' output",
                       where=where, hint=f"inputs: {', '.join(_input_names(sess))}; "
@@ -145,7 +158,7 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
     batches = range(0, len(windows), batch_size)
     for start in _progress(batches, total=len(batches), desc="perplexity", unit="batch", enabled=progress):
         batch = windows[start:start + batch_size]
-        (logits,) = sess.run([_LOGITS], token_feeds(sess, batch, where=where))
+        (logits,) = run(sess, [_LOGITS], token_feeds(sess, batch, where=where), where)
         if logits.ndim != 3 or logits.shape[:2] != batch.shape:
             raise QCError(f"'logits' has shape {list(logits.shape)}; expected [batch, seq, vocab] for input "
                           f"{list(batch.shape)}", where=where)
@@ -174,7 +187,8 @@ def _encode(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.n
 
 
 def sentence_embeddings(model_path: Any, texts: Sequence[str], tokenizer: Any = None, *, max_length: int = 128,
-                        batch_size: int = 16, progress: bool = True, optimize: bool = False) -> np.ndarray:
+                        batch_size: int = 16, progress: bool = True, optimize: bool = False,
+                        disabled_optimizers: Sequence[str] | None = None) -> np.ndarray:
     """The ``sentence_embedding`` output of an encoder for each text: float32 ``[len(texts), dim]``.
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` (sentences get its special tokens and are padded per
@@ -184,7 +198,7 @@ def sentence_embeddings(model_path: Any, texts: Sequence[str], tokenizer: Any = 
     where = _where(model_path)
     if not texts:
         raise QCError("no sentences to embed")
-    sess = session(model_path, optimize=optimize)
+    sess = session(model_path, optimize=optimize, disabled_optimizers=disabled_optimizers)
     if not is_encoder(sess):
         raise QCError("not a sentence encoder: it needs an 'input_ids' input and a 'sentence_embedding' output",
                       where=where, hint=f"inputs: {', '.join(_input_names(sess))}; "
@@ -193,7 +207,7 @@ def sentence_embeddings(model_path: Any, texts: Sequence[str], tokenizer: Any = 
     batches = range(0, len(texts), batch_size)
     for start in _progress(batches, total=len(batches), desc="embeddings", unit="batch", enabled=progress):
         ids, mask = _encode(texts[start:start + batch_size], tokenizer, max_length)
-        (emb,) = sess.run([_EMBEDDING], token_feeds(sess, ids, mask, where=where))
+        (emb,) = run(sess, [_EMBEDDING], token_feeds(sess, ids, mask, where=where), where)
         out.append(np.asarray(emb, dtype=np.float32).reshape(len(ids), -1))
     return np.concatenate(out)
 
@@ -253,8 +267,8 @@ def compare_outputs(model: Any, ref_model: Any, feeds: Feeds | Iterable[Feeds], 
         raise QCError("no inputs to compare the models on")
     energy = {n: [0.0, 0.0] for n in names}
     for f in _progress(feed_list, total=len(feed_list), desc="sqnr", unit="input", enabled=progress):
-        got = dict(zip(names, sess.run(names, dict(f))))
-        want = dict(zip(names, ref.run(names, dict(f))))
+        got = dict(zip(names, run(sess, names, f, _where(model))))
+        want = dict(zip(names, run(ref, names, f, _where(ref_model))))
         for n in names:
             s, e = _energies(want[n], got[n])
             energy[n][0] += s
@@ -264,10 +278,10 @@ def compare_outputs(model: Any, ref_model: Any, feeds: Feeds | Iterable[Feeds], 
 
 # -- latency --------------------------------------------------------------------------------------
 def latency_ms(model: Any, feeds: Feeds, *, runs: int = 10, warmup: int = 2, optimize: bool = True,
-               threads: int | None = None) -> float:
+               threads: int | None = None, disabled_optimizers: Sequence[str] | None = None) -> float:
     """Median wall time in ms of ``runs`` calls of ``session.run`` after ``warmup`` calls.
     Optimizations are on by default here: latency is measured as a deployment would run."""
-    sess = session(model, optimize=optimize, threads=threads)
+    sess = session(model, optimize=optimize, threads=threads, disabled_optimizers=disabled_optimizers)
     for _ in range(warmup):
         sess.run(None, dict(feeds))
     times = []
