@@ -7,7 +7,7 @@ Steps:
 1. Build the float32 ONNX model with ``qc.models.build`` (cached as out/bench/MODEL-fp32.onnx).
 2. Calibration data: token windows of ``--seq-len`` tokens from the default *calibration* text
    (licence texts; ``qc.data.text.default_calibration_text``), ``--samples`` of them, written to
-   out/bench/MODEL-calib.npz (the ``--calib`` layout: arrays named after the model inputs, leading
+   out/bench/MODEL-calib-SAMPLESxSEQ.npz (the ``--calib`` layout: arrays named after the model inputs, leading
    sample axis). For the encoder each window is ``[CLS] ... [SEP]`` and ``attention_mask`` is fed too.
 3. Each quantization method runs in a fresh subprocess (this script with ``--worker``), so the wall
    time and the peak RSS (``os.wait4`` rusage of that child: the whole process, including Python
@@ -18,15 +18,20 @@ Steps:
    onnxruntime's graph optimizations off (the model's arithmetic as written; qc.metrics' default)
    and on (what a deployment runs, with onnxruntime's fused integer kernels).
 5. Latency: ORT CPU (all graph optimizations, default threads) on one 128-token input, median of
-   ``--runs`` runs after 3 warm-up runs.
+   ``--runs`` runs (default 20) after 3 warm-up runs.
 
 Methods (onnxruntime.quantization; only MatMul ops are quantized: quantizing the rest of a
-transformer, e.g. the attention-mask arithmetic, breaks it, see shared notes):
-  ort-dynamic        quantize_dynamic, int8 weights per tensor (MatMulInteger)
-  ort-static-tensor  quantize_static QDQ, MinMax, uint8 activations, int8 weights per tensor
-  ort-static-channel quantize_static QDQ, MinMax, uint8 activations, int8 weights per channel
-  ort-int4-b32       MatMulNBitsQuantizer, int4 symmetric, block 32 (RTN)
-  ort-int4-b128      MatMulNBitsQuantizer, int4 symmetric, block 128 (RTN)
+transformer, e.g. the additive attention mask, breaks it; MinMax calibration):
+  ort-dynamic             quantize_dynamic, int8 weights per tensor (MatMulInteger)
+  ort-dynamic-channel     quantize_dynamic, int8 weights per channel
+  ort-dynamic-channel-rr  the same with reduce_range (7-bit weights: onnxruntime's advice for CPUs
+                          without VNNI, whose u8 x s8 kernels saturate int16 pair sums)
+  ort-static-tensor       quantize_static QDQ, uint8 activations, int8 weights per tensor
+  ort-static-channel      quantize_static QDQ, uint8 activations, int8 weights per channel
+  ort-static-channel-rr   the same with reduce_range
+  ort-static-s8s8         quantize_static QDQ, int8 activations, int8 weights per channel (not default)
+  ort-int4-b32            MatMulNBitsQuantizer, int4 symmetric, block 32 (RTN, default accuracy level)
+  ort-int4-b128           MatMulNBitsQuantizer, int4 symmetric, block 128
 qc's rows print "not yet" until qc's quantization lands.
 
 The int4 quantizer imports ``onnx_ir``, which onnxruntime does not declare: ``pip install onnx-ir``.
@@ -52,6 +57,8 @@ MODELS = ("smollm2-135m", "minilm-l6")
 METHODS = {
     "ort-dynamic": ("quantize_dynamic int8 (per-tensor weights)", {"kind": "dynamic", "per_channel": False}),
     "ort-dynamic-channel": ("quantize_dynamic int8 (per-channel weights)", {"kind": "dynamic", "per_channel": True}),
+    "ort-dynamic-channel-rr": ("quantize_dynamic int8 (per-channel weights, reduce_range)",
+                               {"kind": "dynamic", "per_channel": True, "reduce_range": True}),
     "ort-static-tensor": ("quantize_static QDQ u8/s8 per-tensor", {"kind": "static", "per_channel": False}),
     "ort-static-channel": ("quantize_static QDQ u8/s8 per-channel", {"kind": "static", "per_channel": True}),
     "ort-static-channel-rr": ("quantize_static QDQ u8/s8 per-channel reduce_range",
@@ -61,8 +68,8 @@ METHODS = {
     "ort-int4-b32": ("MatMulNBits int4 sym block 32 (RTN)", {"kind": "int4", "block_size": 32}),
     "ort-int4-b128": ("MatMulNBits int4 sym block 128 (RTN)", {"kind": "int4", "block_size": 128}),
 }
-DEFAULT_METHODS = ("ort-dynamic", "ort-dynamic-channel", "ort-static-tensor", "ort-static-channel", "ort-int4-b32",
-                   "ort-int4-b128")
+DEFAULT_METHODS = ("ort-dynamic", "ort-dynamic-channel", "ort-dynamic-channel-rr", "ort-static-tensor",
+                   "ort-static-channel", "ort-static-channel-rr", "ort-int4-b32", "ort-int4-b128")
 QC_ROWS = ("qc w8a8", "qc dyn8", "qc w4 (block 32)")
 # onnxruntime's GatherToSliceFusion turns the encoder's Gather(position_embeddings, Range(0, seq, 1))
 # into a Slice that fails at run time ("Starts must be a 1-D array") because the builder's Range
@@ -222,7 +229,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per window and latency input (default %(default)s)")
     p.add_argument("--eval-windows", type=int, default=32, help="decoder: evaluation windows (default %(default)s)")
     p.add_argument("--sentences", type=int, default=128, help="encoder: evaluation sentences (default %(default)s)")
-    p.add_argument("--runs", type=int, default=10, help="latency runs, median (default %(default)s; >= 10)")
+    p.add_argument("--runs", type=int, default=20, help="latency runs, median (default %(default)s; >= 10)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma list from: " + ", ".join(METHODS) + " (default %(default)s)")
     p.add_argument("--out", default=os.path.join(REPO, "out", "bench"), help="work directory (default out/bench)")
@@ -305,7 +312,9 @@ def main(argv=None) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
-    print(f"(description of each method: see benchmarks/vs_ort.py; total {time.perf_counter() - started:.0f} s)")
+    for name in methods:
+        print(f"  {name}: {METHODS[name][0]}")
+    print(f"  qc rows: qc's quantization is not built yet. Total {time.perf_counter() - started:.0f} s.")
     return 0
 
 
