@@ -74,7 +74,8 @@ def run(sess, names: Sequence[str] | None, feeds: Feeds, where: str | None = Non
         raise QCError(f"onnxruntime failed running the model: {first}", where=where, hint=hint) from None
 
 
-def _progress(iterable: Iterable, *, total: int, desc: str, unit: str, enabled: bool):
+def _progress(iterable: Iterable | None, *, total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar on stderr, shown only when ``enabled`` and stderr is a terminal."""
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False,
@@ -155,8 +156,8 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
                       where=where, hint=f"inputs: {', '.join(_input_names(sess))}; "
                                         f"outputs: {', '.join(_output_names(sess))}")
     total, count = 0.0, 0
-    batches = range(0, len(windows), batch_size)
-    for start in _progress(batches, total=len(batches), desc="perplexity", unit="batch", enabled=progress):
+    bar = _progress(None, total=len(windows), desc="perplexity", unit="window", enabled=progress)
+    for start in range(0, len(windows), batch_size):
         batch = windows[start:start + batch_size]
         (logits,) = run(sess, [_LOGITS], token_feeds(sess, batch, where=where), where)
         if logits.ndim != 3 or logits.shape[:2] != batch.shape:
@@ -168,6 +169,8 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
         values = nll(logits[:, :-1], batch[:, 1:])
         total += float(values.sum())
         count += values.size
+        bar.update(len(batch))
+    bar.close()
     return math.exp(total / count)
 
 
@@ -204,11 +207,13 @@ def sentence_embeddings(model_path: Any, texts: Sequence[str], tokenizer: Any = 
                       where=where, hint=f"inputs: {', '.join(_input_names(sess))}; "
                                         f"outputs: {', '.join(_output_names(sess))}")
     out = []
-    batches = range(0, len(texts), batch_size)
-    for start in _progress(batches, total=len(batches), desc="embeddings", unit="batch", enabled=progress):
+    bar = _progress(None, total=len(texts), desc="embeddings", unit="sentence", enabled=progress)
+    for start in range(0, len(texts), batch_size):
         ids, mask = _encode(texts[start:start + batch_size], tokenizer, max_length)
         (emb,) = run(sess, [_EMBEDDING], token_feeds(sess, ids, mask, where=where), where)
         out.append(np.asarray(emb, dtype=np.float32).reshape(len(ids), -1))
+        bar.update(len(ids))
+    bar.close()
     return np.concatenate(out)
 
 
