@@ -171,7 +171,8 @@ class _GraphBuilder:
         self._names: set[str] = set()
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.array keeps 0-d scalars (Range needs them); np.ascontiguousarray would make them 1-d
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def const(self, name: str, value: np.ndarray | float | int | list, dtype=np.float32) -> str:
