@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import QCError
+from .runtime import ort_session
 
 Feeds = Mapping[str, np.ndarray]
 _LOGITS, _IDS, _EMBEDDING = "logits", "input_ids", "sentence_embedding"
@@ -37,28 +38,12 @@ def session(model: Any, *, optimize: bool = False, threads: int | None = None,
             disabled_optimizers: Sequence[str] | None = None):
     """An onnxruntime CPU session for a path, a ``ModelProto`` or an existing session (returned as is).
     ``disabled_optimizers`` names onnxruntime graph transformers to skip when ``optimize`` is on."""
-    import onnxruntime as ort
-
-    if isinstance(model, ort.InferenceSession):
-        return model
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise QCError("no such file", where=path)
-        source: Any = path
-    elif hasattr(model, "SerializeToString"):
-        source = model.SerializeToString()
-    else:
-        raise TypeError(f"expected a model path, ModelProto or InferenceSession, got {type(model).__name__}")
+    if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
+        raise QCError("no such file", where=os.fspath(model))
     try:
-        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers and optimize else {}
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], **extra)
+        return ort_session(model, optimize=optimize, threads=threads, disabled_optimizers=disabled_optimizers)
+    except TypeError:
+        raise
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QCError(f"onnxruntime cannot load the model: {first}", where=_where(model)) from None
