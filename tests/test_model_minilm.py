@@ -50,12 +50,10 @@ def model(model_path) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def session(model_path):
-    """One onnxruntime session (CPU, graph optimizations off, as qc.testing.conformance.run_onnx)."""
-    import onnxruntime as ort
+    """One onnxruntime session (CPU, graph optimizations off) for the whole module."""
+    from qc.runtime import ort_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    return ort_session(model_path)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from gguf import GGUFReader
 
 import qc.models
 from qc.errors import QCError
 from qc.models import smollm2
+from qc.runtime import ort_session
 
 LAYERS = 2
 PROMPT = "What is the capital of France?"
@@ -35,9 +35,7 @@ def model(model_path) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def run(model_path):
     """Run the model in onnxruntime (CPU, graph optimizations off, as qc's run_onnx), one session."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    session = ort_session(model_path)
     return lambda ids: session.run(["logits"], {"input_ids": ids})[0]
 
 
