@@ -145,6 +145,18 @@ class _Folder:
         return g.add_const(name, Tensor.from_array(data.astype(dtype.numpy), dtype))
 
     # -- rewrites ------------------------------------------------------------------------------
+    def _replace_weight_and_bias(self, g: Graph, op: Op, w64: np.ndarray, b64: np.ndarray, *, has_bias: bool) -> None:
+        """Operand 1 (weight) and operand 2 (bias, created when absent) of a Conv/Gemm get new consts."""
+        ops = op.operands
+        dtype = ops[1].const.dtype
+        op.set_operand(1, self._new_const(g, ops[1], w64, dtype))
+        new_b = self._new_const(g, ops[2] if has_bias else ops[1].name + "_bias", b64,
+                                ops[2].const.dtype if has_bias else dtype)
+        if len(ops) >= 3:
+            op.set_operand(2, new_b)
+        else:
+            op.set_operands([ops[0], op.operands[1], new_b])
+
     def _conv(self, g: Graph, conv: Op, bn: Op, s, bias, mean) -> Value | None:
         ops = conv.operands
         if len(ops) < 2:
@@ -157,16 +169,9 @@ class _Folder:
             b = const_array(ops[2], self._constants)
             if b is None or b.size != s.size:
                 return None
-        dtype = ops[1].const.dtype
         w64 = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
         b64 = ((b.astype(np.float64).reshape(-1) if b is not None else 0.0) - mean) * s + bias
-        bdtype = ops[2].const.dtype if b is not None else dtype
-        conv.set_operand(1, self._new_const(g, ops[1], w64, dtype))
-        new_b = self._new_const(g, ops[2] if b is not None else ops[1].name + "_bias", b64, bdtype)
-        if len(ops) >= 3:
-            conv.set_operand(2, new_b)
-        else:
-            conv.set_operands([ops[0], conv.operands[1], new_b])
+        self._replace_weight_and_bias(g, conv, w64, b64, has_bias=b is not None)
         return conv.results[0]
 
     def _gemm(self, g: Graph, gemm: Op, bn: Op, s, bias, mean) -> Value | None:
@@ -186,19 +191,12 @@ class _Folder:
             if c is None or c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, n)):
                 return None
         beta = float(gemm.attr("beta", 1.0))
-        dtype = ops[1].const.dtype
         w64 = w.astype(np.float64) * (s[:, None] if trans_b else s[None, :])
         c64 = (beta * c.astype(np.float64) * s if c is not None else 0.0) + (bias - mean * s)
         c64 = np.asarray(c64)
         if c64.ndim == 0:
             c64 = np.broadcast_to(c64, (n,))
-        cdtype = ops[2].const.dtype if c is not None else dtype
-        gemm.set_operand(1, self._new_const(g, ops[1], w64, dtype))
-        new_c = self._new_const(g, ops[2] if c is not None else ops[1].name + "_bias", c64, cdtype)
-        if len(ops) >= 3:
-            gemm.set_operand(2, new_c)
-        else:
-            gemm.set_operands([ops[0], gemm.operands[1], new_c])
+        self._replace_weight_and_bias(g, gemm, w64, c64, has_bias=c is not None)
         if "beta" in gemm.attrs:
             del gemm.attrs["beta"]
         return gemm.results[0]
