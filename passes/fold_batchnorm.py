@@ -61,12 +61,12 @@ class FoldBatchNorm(Pass):
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         kinds = {k for k, on in (("Conv", self.conv), ("Gemm", self.gemm), ("MatMul", self.matmul)) if on}
-        folder = _Folder(module, constant_consts(module), kinds)
+        folder = _Folder(constant_consts(module), kinds)
+        opset = opsets_for(module, None).get("", 0)  # consts exist only outside functions
         changed = False
         for g, fn in list(graphs(module)):
             if not can_hold_consts(module, g, fn):
                 continue
-            opset = opsets_for(module, None).get("", 0)
             for op in g.ops:
                 if op.graph is g and is_default_domain(op) and op.op_type == "BatchNormalization":
                     if folder.fold(g, op, opset, ctx):
@@ -74,12 +74,10 @@ class FoldBatchNorm(Pass):
         return changed
 
 
-
 class _Folder:
     """The rewrites, with the set of consts that may be treated as fixed."""
 
-    def __init__(self, module: Module, constants: set[int], kinds: set[str]):
-        self.module = module
+    def __init__(self, constants: set[int], kinds: set[str]):
         self._constants = constants
         self.kinds = kinds
 
