@@ -104,6 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_import_options(comp)
     comp.add_argument("--quiet", action="store_true", help="print no summary")
     comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
+    comp.add_argument("--report-json", metavar="FILE", help="write the compile report as JSON")
+    _add_quant_options(comp)
     comp.set_defaults(func=cmd_compile)
 
     targets = sub.add_parser("targets", parents=[common], help="list targets")
@@ -146,6 +148,43 @@ def _add_print_options(p: argparse.ArgumentParser) -> None:
 def _add_import_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upgrade-opset", type=int, metavar="N", help="convert an older model to opset N first")
     p.add_argument("--no-infer-shapes", action="store_true", help="do not run ONNX shape inference on import")
+
+
+def _add_quant_options(p: argparse.ArgumentParser) -> None:
+    from .quant.schemes import SCHEMES
+
+    q = p.add_argument_group("quantization (see docs/quantization.md)")
+    q.add_argument("--quant", metavar="SCHEME", choices=list(SCHEMES),
+                   help="quantize: " + ", ".join(SCHEMES) + " (runs the scheme's pipeline instead of --pipeline)")
+    q.add_argument("--weights", choices=("tensor", "channel", "block"), help="weight granularity (scheme default)")
+    q.add_argument("--block-size", type=int, metavar="N", help="weights per block for --weights block (default 32)")
+    q.add_argument("--weight-algo", choices=("rtn", "gptq", "awq"), help="weight rounding: round-to-nearest (default), "
+                   "GPTQ (Hessian error compensation) or AWQ (activation-aware scales); gptq/awq calibrate")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="weight_symmetric", action="store_const", const=True,
+                     help="symmetric weights (zero point 0; default for 8-bit)")
+    sym.add_argument("--asymmetric", dest="weight_symmetric", action="store_const", const=False,
+                     help="asymmetric weights (a zero point per channel / block; default for 4-bit)")
+    q.add_argument("--activations", choices=("int8", "uint8", "int16", "uint16", "int4", "uint4"),
+                   help="activation type of static schemes (default: the target's preferred 8-bit type)")
+    q.add_argument("--calib-method", choices=("minmax", "percentile", "entropy", "mse"),
+                   help="how calibrated ranges are chosen (default minmax)")
+    q.add_argument("--quant-ops", metavar="OPS", help="op types to quantize (default MatMul,Gemm)")
+    q.add_argument("--exclude", metavar="REGEX", default="", help="ops whose name matches stay float")
+    q.add_argument("--format", choices=("qdq", "qop"), default="qdq",
+                   help="QDQ pairs (default) or onnxruntime's QOperator / contrib ops")
+    q.add_argument("--calib", metavar="DATA", help="calibration data: an .npz with one array per model input "
+                   "(leading sample axis) or a directory of .npz files, one sample each")
+    q.add_argument("--calib-text", metavar="FILE", help="calibration text, tokenized into --samples windows of "
+                   "--seq-len tokens (a file, or a built-in source: licenses)")
+    q.add_argument("--tokenizer", metavar="NAME|tokenizer.json", help="tokenizer for --calib-text (a `qc models` "
+                   "name or a tokenizer.json; default: the model's own when qc built it)")
+    q.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per calibration window (default %(default)s)")
+    q.add_argument("--samples", type=int, default=32, metavar="N", help="calibration windows (default %(default)s)")
+    q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration statistics from FILE when they match "
+                   "the model and data (written after calibrating)")
+    q.add_argument("--holdout", type=int, metavar="N", help="calibration samples kept aside for the report's "
+                   "output SQNR (default: 1/8 of them, 1 to 4; none under 8 samples)")
 
 
 def _add_pm_options(p: argparse.ArgumentParser) -> None:
@@ -318,24 +357,65 @@ def cmd_compile(args) -> int:
     target = load_target(args.target)
     if target.backend != "onnx":
         raise QCError(f"target '{target.name}' needs the '{target.backend}' backend, which is not built yet")
-    spec = _pipeline_spec(args)
+    quant = _quant_options(args, target) if args.quant else None
+    if quant is None and (args.calib or args.calib_text):
+        raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    if quant is not None:
+        from .quant import schemes
+
+        if args.pipeline is not None:
+            raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
+                          "`qc passes` shows it, and -p runs an edited copy")
+        spec = schemes.pipeline(quant)
+        args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
+    else:
+        spec = _pipeline_spec(args)
     ctx = PassContext(target=target.name)
     pm, timing = build_pass_manager(spec, args, ctx)
-    start = time.perf_counter()
     module = load_module(args.model, args)
     loaded = time.perf_counter()
+    seconds["import"] = loaded - start
     if timing:
         timing.add("(import)", loaded - start)
     before = summarize(module)
+    holdout: list = []
+    if quant is not None:
+        from .quant import compile as qcompile
+        from .quant import schemes
+
+        data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
+        if data is None and schemes.needs_calibration(quant):
+            raise QCError(f"--quant {quant.scheme}" + (f" with --weight-algo {quant.weight_algo}" if quant.weight_algo else "")
+                          + " needs calibration data", where=args.model,
+                          hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
+        if data is not None:
+            data, holdout = qcompile.split_holdout(data, args.holdout)
+            ctx.options["calibration_data"] = data
+            ctx.options["calibration_cache"] = args.calib_cache
+            ctx.options["quiet"] = args.quiet
+    t0 = time.perf_counter()
     pm.run(module)
+    seconds["passes"] = time.perf_counter() - t0
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     t0 = time.perf_counter()
     write_module(module, args.output, args, [args.model], external=external)
+    seconds["export"] = time.perf_counter() - t0
+    report = None
+    if quant is not None:
+        report = _quant_report(args, quant, pm, module, holdout, seconds)
+    elif args.report_json:
+        raise QCError("--report-json describes a quantized model", hint="add --quant SCHEME")
     if not args.quiet:
         sys.stdout.write(f"qc compile: {args.model} -> {args.output} (target {target.name})\n")
         sys.stdout.write(f"pipeline: {pm}\n")
         sys.stdout.write("before:\n" + _indent(before) + "after:\n" + _indent(summarize(module)))
-        sys.stdout.write(f"export: {1e3 * (time.perf_counter() - t0):.1f} ms\n")
+        sys.stdout.write(f"export: {1e3 * seconds['export']:.1f} ms\n")
+        if report is not None:
+            from .quant.report import format_report
+
+            sys.stdout.write(format_report(report))
         if args.remarks:
             sys.stdout.writelines(f"remark: {remark}\n" for remark in pm.ctx.remarks)
         elif pm.ctx.remarks:
@@ -343,6 +423,47 @@ def cmd_compile(args) -> int:
             sys.stdout.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items())
                              + " (--remarks lists them)\n")
     return 0
+
+
+def _quant_options(args, target):
+    from .quant.schemes import QuantOptions
+
+    if args.block_size is not None and (args.block_size < 16 or args.block_size & (args.block_size - 1)):
+        raise QCError(f"--block-size must be a power of two, at least 16 (got {args.block_size})")
+    if args.samples < 1 or args.seq_len < 2:
+        raise QCError(f"--samples must be >= 1 and --seq-len >= 2 (got {args.samples} and {args.seq_len})")
+    return QuantOptions(scheme=args.quant, weights=args.weights, weight_symmetric=args.weight_symmetric,
+                        weight_algo=args.weight_algo, block_size=args.block_size, activations=args.activations,
+                        calib_method=args.calib_method, ops=args.quant_ops, exclude=args.exclude,
+                        form=args.format, target_features=tuple(target.features))
+
+
+def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
+    import json
+
+    from .fileio import atomic_write
+    from .quant import compile as qcompile
+    from .quant.report import build_report
+
+    calib = pm.ctx.cache.get("calibration")
+    calibration = None
+    if calib is not None:
+        calibration = {"method": quant.calib_method or "minmax", "samples": int(calib.samples),
+                       "tensors": len(calib.tensors), "cache": args.calib_cache,
+                       "cached": bool(pm.ctx.cache.get("calibration_from_cache"))}
+    accuracy = None
+    if holdout:
+        t0 = time.perf_counter()
+        accuracy = qcompile.output_sqnr(args.output, args.model, holdout)
+        seconds["sqnr check"] = time.perf_counter() - t0
+    report = build_report(scheme=quant.scheme, pipeline=str(pm), input_path=args.model, output_path=args.output,
+                          module=module, calibration=calibration, accuracy=accuracy, seconds=seconds)
+    if args.report_json:
+        _refuse_overwrite(args.report_json, [args.model, args.output])
+        with atomic_write(args.report_json, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+            f.write("\n")
+    return report
 
 
 def _indent(text: str) -> str:
@@ -390,7 +511,8 @@ def _eval_tokenizer(args, *, encoder: bool):
     from .models import MODELS, model_module
 
     spec = args.tokenizer
-    built_as = _producer_model(args.model) or (_producer_model(args.ref) if args.ref else None)
+    ref = getattr(args, "ref", None)
+    built_as = _producer_model(args.model) or (_producer_model(ref) if ref else None)
     if spec is not None and spec in MODELS and built_as is not None and spec != built_as:
         raise QCError(f"the model was built as {built_as} but --tokenizer names {spec}", where=args.model,
                       hint=f"use --tokenizer {built_as}")

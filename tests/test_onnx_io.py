@@ -3,6 +3,7 @@ import hashlib
 import os
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -96,3 +97,17 @@ def test_networkx_view_matches_the_graph():
     assert g.number_of_nodes() == len(module.graph) and nx.is_directed_acyclic_graph(g)
     order = list(nx.topological_sort(g))
     assert len(order) == len(module.graph)
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet.onnx", "light_resnet50.onnx", "light_inception_v2.onnx"])
+def test_opset_upgrade_to_21_keeps_outputs_and_weights(name):
+    # The converter runs with the weights detached (frontend._convert_without_weights) and
+    # reattaches them; the model must compute the same and hold the same initializers.
+    path = os.path.join(LIGHT_DIR, name)
+    original = onnx.load(path)
+    proto = qc.export_onnx(qc.import_onnx(path, upgrade_opset=21))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 21
+    assert sorted(t.name for t in proto.graph.initializer) == sorted(t.name for t in original.graph.initializer)
+    onnx.checker.check_model(proto, full_check=True)
+    feeds = random_feeds(original)
+    np.testing.assert_allclose(run_onnx(original, feeds)[0], run_onnx(proto, feeds)[0], rtol=1e-5, atol=1e-5)

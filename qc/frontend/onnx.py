@@ -78,9 +78,53 @@ def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
     if current is None or current >= target:
         return model
     try:
+        return _convert_without_weights(model, target)
+    except Exception:
+        pass  # an adapter needed a weight's value: convert the whole model
+    try:
         return version_converter.convert_version(model, target)
     except Exception as e:  # the converter raises bare RuntimeErrors
         raise QCError(f"cannot upgrade opset {current} -> {target}: {e}", where=where) from None
+
+
+def _convert_without_weights(model: ModelProto, target: int) -> ModelProto:
+    """Convert the graph with its large initializers detached, then reattach them.
+
+    The converter copies the whole model, weights included (seconds for a few hundred MB);
+    the adapters only rewrite nodes. Initializers over 1 KB become typed graph inputs during
+    the conversion; the result must still list each of them once, unchanged, or this fails.
+    """
+    from onnx import helper, version_converter
+
+    big = [t for t in model.graph.initializer if len(t.raw_data) > 1024 or t.data_location == onnx.TensorProto.EXTERNAL]
+    if not big:
+        return version_converter.convert_version(model, target)
+    names = {t.name for t in big}
+    stripped = ModelProto()
+    graph = model.graph
+    kept = [t for t in graph.initializer if t.name not in names]
+    light = helper.make_graph(list(graph.node), graph.name, list(graph.input) + [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
+        if t.name not in {i.name for i in graph.input}], list(graph.output), kept,
+        value_info=list(graph.value_info))
+    light.sparse_initializer.extend(graph.sparse_initializer)
+    stripped.ir_version = model.ir_version
+    stripped.opset_import.extend(model.opset_import)
+    stripped.functions.extend(model.functions)
+    stripped.graph.CopyFrom(light)
+    converted = version_converter.convert_version(stripped, target)
+    original_inputs = {i.name for i in graph.input}
+    inputs = [i for i in converted.graph.input if i.name not in names or i.name in original_inputs]
+    if sum(1 for i in converted.graph.input if i.name in names) != len(names):
+        raise ValueError("the converter changed the detached initializers")
+    del converted.graph.input[:]
+    converted.graph.input.extend(inputs)
+    converted.graph.initializer.extend(big)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(converted, field, getattr(model, field))
+    del converted.metadata_props[:]
+    converted.metadata_props.extend(model.metadata_props)
+    return converted
 
 
 def _with_inferred_shapes(model: ModelProto) -> ModelProto:

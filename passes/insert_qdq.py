@@ -1,0 +1,194 @@
+"""The ``insert-qdq`` pass: quantize the activation inputs of compute ops (QDQ form)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from qc.errors import QCError
+from qc.ir.core import Graph, Module, Op, Value
+from qc.ir.dtypes import DType
+from qc.ir.tensor import Tensor
+from qc.ir.types import QuantParams, TensorType
+from qc.pm import Pass, PassContext, register_pass
+
+from ._util import opsets_for
+
+ACTIVATION_DTYPES = ("u8", "i8", "u16", "i16", "u4", "i4")
+
+# Operand positions that carry data to be multiplied (never Gemm's bias or Conv's bias).
+_DATA_OPERANDS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "ConvTranspose": (0, 1)}
+
+
+def storage_range(dtype: DType, symmetric: bool) -> tuple[int, int]:
+    """The integer range a quantized tensor uses: the full storage range, or for signed
+    symmetric quantization the balanced range (-127..127 for i8) so that zero point 0 sits in
+    the middle and +x and -x round to opposite integers."""
+    bits, signed = dtype.bits, dtype.name.startswith("i")
+    if not signed:
+        return 0, (1 << bits) - 1
+    high = (1 << (bits - 1)) - 1
+    return (-high if symmetric else -high - 1), high
+
+
+def is_quantized(v: Value) -> bool:
+    """True when ``v`` already comes out of a DequantizeLinear (a quantized weight, an
+    activation quantized by an earlier pass, or a QAT model's fake-quant pair)."""
+    p = v.producer
+    return p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx")
+
+
+def is_weight(v: Value) -> bool:
+    """A constant, or a DequantizeLinear of a constant (a weight quantize-weights stored)."""
+    if v.const is not None:
+        return True
+    return is_quantized(v) and v.producer.operands[0] is not None and v.producer.operands[0].const is not None
+
+
+@register_pass("insert-qdq")
+@dataclass(frozen=True)
+class InsertQDQ(Pass):
+    """insert-qdq: put a QuantizeLinear -> DequantizeLinear pair on every activation input of
+    the chosen ops, with scales from calibration (static) or computed at run time (dynamic).
+
+    Static (scale and zero point chosen from ``calibrate``'s statistics by ``method``)::
+
+        %y = onnx.MatMul(%x, %w.dq)         ->  %x.q = onnx.QuantizeLinear(%x, @x.scale, @x.zp)
+                                                     : u8[1, 128, 576] q(scale = 0.021, zp = 131)
+                                                %x.dq = onnx.DequantizeLinear(%x.q, @x.scale, @x.zp)
+                                                %y = onnx.MatMul(%x.dq, %w.dq)
+
+    Dynamic (``dynamic = true``; u8, one scale per tensor and run)::
+
+        %y = onnx.MatMul(%x, %w.dq)         ->  %x.q, %x.scale, %x.zp = onnx.DynamicQuantizeLinear(%x)
+                                                %x.dq = onnx.DequantizeLinear(%x.q, %x.scale, %x.zp)
+                                                %y = onnx.MatMul(%x.dq, %w.dq)
+
+    One pair per activation, shared by all the ops it feeds (q, k and v projections read one
+    quantized input). Left alone: constant operands (weights are ``quantize-weights``' job),
+    operands that already come out of a DequantizeLinear (quantized earlier, or a QAT model's
+    learned pair), non-float operands, biases, ops whose name matches ``exclude``, and with
+    ``activation-pairs = false`` MatMuls of two activations (attention's QK^T and PV).
+    Only the inputs of compute ops are quantized, never the pieces of a decomposed
+    LayerNorm / RMSNorm or an attention mask.
+    """
+
+    ops: str = "MatMul,Gemm,Conv"
+    """op types whose activation inputs are quantized"""
+    dtype: str = "u8"
+    """activation storage type: u8, i8, u16, i16, u4 or i4"""
+    symmetric: bool = False
+    """zero point 0 (signed) or the middle of the range (unsigned) instead of fitted"""
+    method: str = ""
+    """range method: minmax, percentile, entropy or mse; empty = the calibrate pass's"""
+    percentile: float = 99.99
+    """the percentile for method = percentile"""
+    dynamic: bool = False
+    """DynamicQuantizeLinear at run time instead of calibrated scales (u8 only)"""
+    exclude: str = ""
+    """regex: ops whose name matches keep float inputs"""
+    activation_pairs: bool = True
+    """also quantize MatMuls whose both operands are activations"""
+
+    def run(self, module: Module, ctx: PassContext) -> bool:
+        dtype = self._dtype()
+        op_types = {t.strip() for t in self.ops.split(",") if t.strip()}
+        exclude = re.compile(self.exclude) if self.exclude else None
+        calib = None if self.dynamic else ctx.cache.get("calibration")
+        if not self.dynamic and calib is None:
+            raise QCError("insert-qdq needs calibration statistics for static quantization: run calibrate first",
+                          hint="qc compile --quant adds it; give --calib FILE.npz or --calib-text FILE --tokenizer T, "
+                               "or use insert-qdq{dynamic=true}")
+        method = self.method or getattr(calib, "method", "") or "minmax"
+        self._check_opset(module, dtype)
+        graph = module.graph
+        pairs: dict[int, Value] = {}
+        changed = False
+        for op in graph.ops:
+            if op.op_type not in op_types or op.domain not in ("", "ai.onnx"):
+                continue
+            if exclude is not None and exclude.search(op.name or ""):
+                ctx.remark(op, f"excluded by '{self.exclude}'")
+                continue
+            positions = [i for i in _DATA_OPERANDS.get(op.op_type, (0,)) if i < len(op.operands)]
+            if not self.activation_pairs and op.op_type == "MatMul" and not any(is_weight(op.operands[i]) for i in positions):
+                ctx.remark(op, "both operands are activations; left float (activation-pairs = false)")
+                continue
+            for i in positions:
+                x = op.operands[i]
+                if x is None or is_weight(x) or is_quantized(x) or not _is_float(x):
+                    continue
+                dq = pairs.get(id(x))
+                if dq is None:
+                    dq = self._insert_pair(graph, x, dtype, calib, method, ctx, op)
+                    if dq is None:
+                        continue
+                    pairs[id(x)] = dq
+                op.set_operand(i, dq)
+                op.meta["qc.quant"] = (op.meta.get("qc.quant", "") + f" a{i}:{dtype}{'-dyn' if self.dynamic else ''}").strip()
+                changed = True
+        return changed
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _dtype(self) -> DType:
+        if self.dtype not in ACTIVATION_DTYPES:
+            raise QCError(f"insert-qdq: dtype '{self.dtype}' is not an activation type",
+                          hint="one of " + ", ".join(ACTIVATION_DTYPES))
+        if self.dynamic and self.dtype != "u8":
+            raise QCError(f"insert-qdq: dynamic quantization produces u8 (DynamicQuantizeLinear), not {self.dtype}",
+                          hint="use dtype=u8 with dynamic=true")
+        return DType.parse(self.dtype)
+
+    def _check_opset(self, module: Module, dtype: DType) -> None:
+        opset = opsets_for(module, None).get("", 0)
+        need = 21 if dtype.bits in (4, 16) else 11 if self.dynamic else 10
+        if opset < need:
+            raise QCError(f"insert-qdq: {dtype} activations need opset {need}, the model has opset {opset}",
+                          hint=f"recompile with --upgrade-opset {max(need, 21 if need > 13 else 13)}")
+
+    def _insert_pair(self, graph: Graph, x: Value, dtype: DType, calib, method: str,
+                     ctx: PassContext, consumer: Op) -> Value | None:
+        float_dtype = x.type.dtype
+        shape = x.type.shape if isinstance(x.type, TensorType) else None
+        if self.dynamic:
+            q = Value(f"{x.name}.q", TensorType(DType.u8, shape))
+            scale = Value(f"{x.name}.scale", TensorType(DType.f32, ()))
+            zp = Value(f"{x.name}.zp", TensorType(DType.u8, ()))
+            quant = Op("DynamicQuantizeLinear", [x], results=[q, scale, zp], name=f"{x.name}.quantize")
+            q.type = TensorType(DType.u8, shape, QuantParams(scale=scale.name, zero_point=zp.name))
+        else:
+            stats = calib.tensors.get(x.name)
+            if stats is None:
+                ctx.remark(consumer, f"no calibration statistics for %{x.name}; input left float")
+                return None
+            from qc.quant.stats import choose_range, scale_zero_point
+
+            qmin, qmax = storage_range(dtype, self.symmetric)
+            lo, hi = choose_range(stats, method, qmin=qmin, qmax=qmax, symmetric=self.symmetric,
+                                  percentile=self.percentile)
+            s, z = scale_zero_point(lo, hi, qmin=qmin, qmax=qmax, symmetric=self.symmetric)
+            scale = graph.add_const(f"{x.name}.scale", Tensor.from_array(np.asarray(s, dtype=float_dtype.numpy)))
+            zp = graph.add_const(f"{x.name}.zp", Tensor.from_array(np.asarray(z, dtype=dtype.numpy), dtype))
+            q = Value(f"{x.name}.q", TensorType(dtype, shape, QuantParams(scale=float(s), zero_point=int(z))))
+            quant = Op("QuantizeLinear", [x, scale, zp], results=[q], name=f"{x.name}.quantize")
+            ctx.remark(consumer, f"%{x.name}: {dtype} scale {float(s):.6g} zp {int(z)} from {method} range "
+                                 f"[{lo:.6g}, {hi:.6g}] (observed [{stats.min:.6g}, {stats.max:.6g}])")
+        dq_value = Value(f"{x.name}.dq", TensorType(float_dtype, shape))
+        dequant = Op("DequantizeLinear", [q, scale, zp], results=[dq_value], name=f"{x.name}.dequantize")
+        anchor = x.producer
+        if anchor is not None and anchor.graph is graph:
+            graph.insert_after(anchor, quant)
+        else:
+            first = next(iter(graph), None)
+            if first is None:
+                graph.append(quant)
+            else:
+                graph.insert_before(first, quant)
+        graph.insert_after(quant, dequant)
+        return dq_value
+
+
+def _is_float(v: Value) -> bool:
+    t = v.type
+    return isinstance(t, TensorType) and t.dtype in (DType.f32, DType.f16, DType.bf16)

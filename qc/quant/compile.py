@@ -1,0 +1,78 @@
+"""``qc compile --quant``: calibration data, held-aside samples and the accuracy check.
+
+The CLI builds :class:`~qc.quant.schemes.QuantOptions` from its flags; this module loads the
+calibration data (``--calib`` / ``--calib-text``), keeps a few samples aside for the report's
+end-to-end SQNR, and measures it after the model is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Iterator
+
+import numpy as np
+
+from qc.errors import QCError
+
+
+class FeedList:
+    """Calibration samples held in memory (token ids are small): iterable, sized, keyed."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], key: str, description: str = ""):
+        self.feeds = feeds
+        self.key = key
+        self.description = description
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def holdout_count(samples: int, requested: int | None) -> int:
+    """Samples kept aside for the SQNR check: ``requested``, else 1/8 of the set (1..4), none under 8."""
+    if requested is not None:
+        if requested < 0 or requested >= samples:
+            raise QCError(f"--holdout {requested} leaves no calibration samples (the data has {samples})",
+                          hint=f"use --holdout between 0 and {samples - 1}")
+        return requested
+    return 0 if samples < 8 else min(4, max(1, samples // 8))
+
+
+def split_holdout(data: Any, requested: int | None) -> tuple[FeedList, list[dict[str, np.ndarray]]]:
+    """(calibration samples, held-aside samples): the last samples are held aside."""
+    feeds = list(data)
+    n_hold = holdout_count(len(feeds), requested)
+    calib = feeds[:len(feeds) - n_hold]
+    key = hashlib.sha256(f"{getattr(data, 'key', '')}|holdout={n_hold}".encode()).hexdigest()[:16]
+    return FeedList(calib, key, getattr(data, "description", "")), feeds[len(feeds) - n_hold:]
+
+
+def load_calibration(args: Any, module: Any, tokenizer_for) -> Any:
+    """The calibration set the flags name (checked against the module's inputs), or None."""
+    from . import calib_data
+
+    if args.calib and args.calib_text:
+        raise QCError("give either --calib or --calib-text, not both")
+    if args.calib:
+        data = calib_data.from_npz(args.calib)
+    elif args.calib_text:
+        from qc.data import text as textdata
+
+        tokenizer, _ = tokenizer_for(args)
+        names = [v.name for v in module.graph.inputs if v.const is None]
+        data = calib_data.from_text(textdata.resolve_text(args.calib_text), tokenizer, seq_len=args.seq_len,
+                                    samples=args.samples, input_names=names)
+    else:
+        return None
+    calib_data.check_against(data, module)
+    return data
+
+
+def output_sqnr(output_path: str, input_path: str, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """End-to-end SQNR (dB) of each output of the compiled model against the input model."""
+    from qc import metrics
+
+    values = metrics.compare_outputs(output_path, input_path, feeds)
+    return {"samples": len(feeds), "sqnr_db": {k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
