@@ -43,7 +43,7 @@ class PropagateShapes(Pass):
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         from qc import export_onnx
-        from qc.frontend.onnx import convert_type
+        from qc.frontend.onnx import convert_type, detach_weights
 
         try:
             proto = export_onnx(module)
@@ -53,7 +53,8 @@ class PropagateShapes(Pass):
             ctx.remark(None, f"cannot export the module for shape inference, types unchanged: {e}")
             return False
         try:
-            inferred = onnx.shape_inference.infer_shapes(proto, check_type=self.strict, strict_mode=self.strict,
+            light, _ = detach_weights(proto)  # inference copies its input: leave the weights out
+            inferred = onnx.shape_inference.infer_shapes(light, check_type=self.strict, strict_mode=self.strict,
                                                          data_prop=True)
         except Exception as e:  # onnx raises InferenceError / ValidationError / RuntimeError
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -391,7 +391,7 @@ def cmd_compile(args) -> int:
                           + " needs calibration data", where=args.model,
                           hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
         if data is not None:
-            data, holdout = qcompile.split_holdout(data, args.holdout)
+            data, holdout = qcompile.split_holdout(data, args.holdout, module)
             ctx.options["calibration_data"] = data
             ctx.options["calibration_cache"] = args.calib_cache
             ctx.options["quiet"] = args.quiet

@@ -7,7 +7,7 @@ older than requested can be upgraded with ``onnx.version_converter``.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -88,49 +88,61 @@ def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
 
 
 def _convert_without_weights(model: ModelProto, target: int) -> ModelProto:
-    """Convert the graph with its large initializers detached, then reattach them.
+    """Convert the graph with its large initializers detached (see :func:`detach_weights`):
+    the converter copies the whole model, weights included, but its adapters only rewrite nodes."""
+    from onnx import version_converter
 
-    The converter copies the whole model, weights included (seconds for a few hundred MB);
-    the adapters only rewrite nodes. Initializers over 1 KB become typed graph inputs during
-    the conversion; the result must still list each of them once, unchanged, or this fails.
+    light, reattach = detach_weights(model)
+    return reattach(version_converter.convert_version(light, target))
+
+
+def detach_weights(model: ModelProto, min_bytes: int = 1024) -> tuple[ModelProto, Callable[[ModelProto], ModelProto]]:
+    """``(light, reattach)``: the model with every initializer of ``min_bytes`` or more turned
+    into a typed graph input, and a function that puts them back into a model derived from
+    ``light`` (by onnx's shape inference or version converter, which copy whatever they are
+    given: seconds for a model of a few hundred MB). ``reattach`` raises ValueError when the
+    derived model no longer lists each detached initializer as an input.
     """
-    from onnx import helper, version_converter
+    from onnx import helper
 
-    big = [t for t in model.graph.initializer if len(t.raw_data) > 1024 or t.data_location == onnx.TensorProto.EXTERNAL]
-    if not big:
-        return version_converter.convert_version(model, target)
-    names = {t.name for t in big}
-    stripped = ModelProto()
     graph = model.graph
-    kept = [t for t in graph.initializer if t.name not in names]
-    light = helper.make_graph(list(graph.node), graph.name, list(graph.input) + [
-        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
-        if t.name not in {i.name for i in graph.input}], list(graph.output), kept,
-        value_info=list(graph.value_info))
-    light.sparse_initializer.extend(graph.sparse_initializer)
-    stripped.ir_version = model.ir_version
-    stripped.opset_import.extend(model.opset_import)
-    stripped.functions.extend(model.functions)
-    stripped.graph.CopyFrom(light)
-    converted = version_converter.convert_version(stripped, target)
+    big = [t for t in graph.initializer
+           if len(t.raw_data) >= min_bytes or t.data_location == onnx.TensorProto.EXTERNAL]
+    names = {t.name for t in big}
     original_inputs = {i.name for i in graph.input}
-    inputs = [i for i in converted.graph.input if i.name not in names or i.name in original_inputs]
-    if sum(1 for i in converted.graph.input if i.name in names) != len(names):
-        raise ValueError("the converter changed the detached initializers")
-    del converted.graph.input[:]
-    converted.graph.input.extend(inputs)
-    converted.graph.initializer.extend(big)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(converted, field, getattr(model, field))
-    del converted.metadata_props[:]
-    converted.metadata_props.extend(model.metadata_props)
-    return converted
+    light = ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.metadata_props.extend(model.metadata_props)
+    light.functions.extend(model.functions)
+    light.graph.CopyFrom(helper.make_graph(
+        list(graph.node), graph.name,
+        list(graph.input) + [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in big if t.name not in original_inputs],
+        list(graph.output), [t for t in graph.initializer if t.name not in names],
+        value_info=list(graph.value_info), doc_string=graph.doc_string))
+    light.graph.sparse_initializer.extend(graph.sparse_initializer)
+
+    def reattach(derived: ModelProto) -> ModelProto:
+        if not big:
+            return derived
+        if sum(1 for i in derived.graph.input if i.name in names) != len(names):
+            raise ValueError("the detached initializers are no longer inputs")
+        inputs = [i for i in derived.graph.input if i.name not in names or i.name in original_inputs]
+        del derived.graph.input[:]
+        derived.graph.input.extend(inputs)
+        derived.graph.initializer.extend(big)
+        return derived
+
+    return light, reattach
 
 
 def _with_inferred_shapes(model: ModelProto) -> ModelProto:
     """The model with onnx shape inference's types, minus the dim names it invents."""
+    light, reattach = detach_weights(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = reattach(onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True))
     except Exception:
         return model  # types stay as declared; `propagate-shapes` reports the reason
     declared = {d.dim_param for tp in _type_protos(model) for d in _dims(tp) if d.dim_param}

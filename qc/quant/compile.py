@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from qc.errors import QCError
-
-
-class FeedList:
-    """Calibration samples held in memory (token ids are small): iterable, sized, keyed."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]], key: str, description: str = ""):
-        self.feeds = feeds
-        self.key = key
-        self.description = description
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self.feeds)
-
-    def __len__(self) -> int:
-        return len(self.feeds)
 
 
 def holdout_count(samples: int, requested: int | None) -> int:
@@ -40,13 +25,17 @@ def holdout_count(samples: int, requested: int | None) -> int:
     return 0 if samples < 8 else min(4, max(1, samples // 8))
 
 
-def split_holdout(data: Any, requested: int | None) -> tuple[FeedList, list[dict[str, np.ndarray]]]:
-    """(calibration samples, held-aside samples): the last samples are held aside."""
-    feeds = list(data)
-    n_hold = holdout_count(len(feeds), requested)
-    calib = feeds[:len(feeds) - n_hold]
-    key = hashlib.sha256(f"{getattr(data, 'key', '')}|holdout={n_hold}".encode()).hexdigest()[:16]
-    return FeedList(calib, key, getattr(data, "description", "")), feeds[len(feeds) - n_hold:]
+def split_holdout(data: Any, requested: int | None, module: Any) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    """(calibration samples, held-aside feeds shaped for ``module``): the last samples are held aside."""
+    from .calib_data import CalibrationData, conform
+
+    n_hold = holdout_count(len(data), requested)
+    n_calib = len(data) - n_hold
+    key = hashlib.sha256(f"{data.key}|first {n_calib}".encode()).hexdigest()[:16]
+    calib = CalibrationData(n_calib, data.sample, key=key, source=data.source, where=data.where,
+                            description=data.description)
+    inputs = {v.name: v for v in module.graph.inputs}
+    return calib, [conform(data.sample(i), inputs) for i in range(n_calib, len(data))]
 
 
 def load_calibration(args: Any, module: Any, tokenizer_for) -> Any:

@@ -126,8 +126,11 @@ def needs_opset(opts: QuantOptions) -> int:
 
 def pipeline(opts: QuantOptions) -> str:
     """The pipeline string for ``opts`` (the default optimization pipeline first)."""
+    from qc.pm import load_builtin_passes, named_pipelines
+
     s = scheme(opts.scheme)
-    passes = ["default"]
+    load_builtin_passes()
+    passes = [named_pipelines()["default"][0]]
     if s.name == "fp16":
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS
