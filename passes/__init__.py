@@ -6,7 +6,7 @@ Writing a pass: see docs/writing-passes.md. Import the pieces from here::
 """
 from qc.pm import Pass, PassContext, register_pass, register_pipeline
 
-from . import cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, propagate_shapes, remove_identity  # noqa: F401
+from . import cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, propagate_shapes, quantize_weights, remove_identity  # noqa: F401
 
 register_pipeline(
     "default",
