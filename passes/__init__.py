@@ -6,7 +6,10 @@ Writing a pass: see docs/writing-passes.md. Import the pieces from here::
 """
 from qc.pm import Pass, PassContext, register_pass, register_pipeline
 
-from . import cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, propagate_shapes, quantize_weights, remove_identity  # noqa: F401
+from . import (  # noqa: F401
+    calibrate, cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, lower_qop, propagate_shapes,
+    quantize_weights, remove_identity, to_fp16,
+)
 
 register_pipeline(
     "default",
@@ -15,3 +18,14 @@ register_pipeline(
 )
 
 __all__ = ["Pass", "PassContext", "register_pass", "register_pipeline"]
+
+
+def _register_schemes() -> None:
+    """``qc passes`` lists each ``--quant`` scheme's pipeline (target-neutral defaults)."""
+    from qc.quant.schemes import SCHEMES, QuantOptions, pipeline
+
+    for name, s in SCHEMES.items():
+        register_pipeline(name, pipeline(QuantOptions(name)), f"--quant {name}: {s.description}")
+
+
+_register_schemes()

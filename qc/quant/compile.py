@@ -50,9 +50,8 @@ def load_calibration(args: Any, module: Any, tokenizer_for) -> Any:
         from qc.data import text as textdata
 
         tokenizer, _ = tokenizer_for(args)
-        names = [v.name for v in module.graph.inputs if v.const is None]
         data = calib_data.from_text(textdata.resolve_text(args.calib_text), tokenizer, seq_len=args.seq_len,
-                                    samples=args.samples, input_names=names)
+                                    samples=args.samples, input_names=calib_data.text_input_names(module))
     else:
         return None
     calib_data.check_against(data, module)
