@@ -46,7 +46,9 @@ def test_rtn_round_trip_within_half_a_step(bits, granularity, symmetric, signed)
     assert q.min() >= grid.storage_min and q.max() <= grid.storage_max
     if symmetric:
         assert np.all(zp == (0 if signed else 1 << (bits - 1)))
-        assert np.all(np.abs(q.astype(int) - zp.astype(int).reshape(np.shape(zp)).mean()) <= grid.half_range)
+        codes = q.astype(int) - zp.astype(int).reshape(np.shape(zp)).mean()
+        # 8-bit: -127..127 (the -128 code unused); 4-bit: the whole -8..7 (the scale is max(-min/8, max/7))
+        assert codes.max() <= grid.half_range and codes.min() >= -grid.half_range - (bits <= 4)
     err = np.abs(dq(q, scale, zp, granularity).astype(np.float64) - w)
     ulp = np.spacing(np.abs(w)).astype(np.float64) * 4   # float32 (q - zp) * scale rounding
     assert np.all(err <= expanded(scale, granularity, w.shape) / 2 + ulp)
@@ -83,7 +85,7 @@ def test_block_shapes_when_k_is_not_a_multiple(k, block, blocks):
     assert np.all(err <= expanded(scale, "block", w.shape, block) / 2 + 1e-6)
     # the last (partial) block's scale comes from its own rows only
     last = w[(blocks - 1) * block:]
-    assert np.allclose(scale[-1], np.abs(last).max(axis=0) / 7, rtol=1e-6)
+    assert np.allclose(scale[-1], np.maximum(-last.min(axis=0) / 8, last.max(axis=0) / 7), rtol=1e-6)
     h = np.eye(k)
     q2, scale2, zp2 = gptq(w, h, 4, "block", block, True, True)
     assert q2.shape == (k, 7) and scale2.shape == (blocks, 7) and zp2.shape == (blocks, 7)

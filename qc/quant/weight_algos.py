@@ -14,9 +14,12 @@ granularity     scale / zero point      DequantizeLinear attributes
 
 Storage ranges (``signed`` picks the int type, ``bits`` its width):
 
-- symmetric, signed: ``q`` in ``-(2^(b-1) - 1) .. 2^(b-1) - 1`` (i8: -127..127, i4: -7..7) and
-  ``zp = 0``. The most negative code (-128 / -8) is left unused so that the grid is symmetric
+- symmetric, signed, 8 bits and more: ``q`` in ``-(2^(b-1) - 1) .. 2^(b-1) - 1`` (i8: -127..127)
+  and ``zp = 0``. The most negative code (-128) is left unused so that the grid is symmetric
   around 0: ``+max`` and ``-max`` are both exact, and integer kernels may negate codes freely.
+- symmetric, 4 bits and fewer: ``zp = 0`` and the whole range ``-8 .. 7``; the scale is
+  ``max(-min / 8, max / 7)``, so a negative extreme uses the code -8 (as llama.cpp's Q4_0 and
+  onnxruntime's int4 quantizer do). Out of 16 codes, leaving one unused costs too much.
 - symmetric, unsigned: the same grid shifted by ``zp = 2^(b-1)`` (u8: 1..255 around 128).
 - asymmetric: ``[min(w, 0), max(w, 0)]`` over the full storage range; the real range always
   contains 0 (so 0 is exactly representable) and ``zp`` is an integer inside the storage range.
@@ -85,7 +88,10 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, grid: IntGrid) -> tuple[np
     """Scale (float32, > 0) and zero point (int64) per element of the ranges ``lo <= 0 <= hi``."""
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
-    if grid.symmetric:
+    if grid.symmetric and grid.bits <= 4:
+        exact = np.maximum(-lo / (grid.half_range + 1), hi / grid.half_range)
+        zp = np.full(exact.shape, grid.symmetric_zero_point, dtype=np.int64)
+    elif grid.symmetric:
         exact = np.maximum(-lo, hi) / grid.half_range
         zp = np.full(exact.shape, grid.symmetric_zero_point, dtype=np.int64)
     else:
