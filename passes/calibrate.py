@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -16,6 +15,7 @@ from qc.ir.core import Module, Op, Value
 from qc.ir.tensor import SparseTensor, Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
+from qc.runtime import trim_heap
 from qc.quant.calib_data import CalibrationData, check_against, from_npz
 from qc.quant.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
 
@@ -85,6 +85,8 @@ class Calibrate(Pass):
     """samples per onnxruntime run (concatenated on axis 0; only with a symbolic batch dimension)"""
     outputs: bool = False
     """also observe the results of the ops (min/max/histogram only)"""
+    activation_pairs: bool = True
+    """also observe MatMuls of two activations (attention); insert-qdq's option of the same name"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         self._validate()
@@ -152,6 +154,9 @@ class Calibrate(Pass):
         for op in module.graph:
             if op.op_type not in types or not is_default_domain(op):
                 continue
+            if (not self.activation_pairs and op.op_type == "MatMul"
+                    and not any(v is not None and id(v) in constant for v in op.operands[:2])):
+                continue
             for v, axis, feeds_weight, per_feature in _operand_roles(op, constant):
                 add(v, axis, feeds_weight, per_feature)
         if self.outputs:
@@ -167,7 +172,8 @@ class Calibrate(Pass):
                            max_rows=self.rows if o.feeds_weight else 0, axis=o.axis)
 
     def _collection_options(self) -> dict:
-        return {"ops": sorted(self.op_types()), "histogram": self.histogram, "channels": self.channels,
+        return {"ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
+                "histogram": self.histogram, "channels": self.channels,
                 "hessian": self.hessian, "rows": self.rows, "outputs": self.outputs, "bins": DEFAULT_BINS,
                 "format": FORMAT_VERSION}
 
@@ -192,26 +198,27 @@ class Calibrate(Pass):
                              "sample at a time")
             batch = 1
         skipped: set[str] = set()
-        with tempfile.TemporaryDirectory(prefix="qc-calibrate-") as tmp:
-            session = _session(module, [observed[n].value for n in fetched], tmp)
-            bar = _progress(len(data), ctx)
-            try:
-                for feed, indices in _batches(data.feeds(module), batch):
-                    try:
-                        results = session.run(fetched, feed) if fetched else []
-                    except Exception as e:  # onnxruntime raises its own exception types
-                        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                        raise QCError(f"onnxruntime failed on calibration sample {indices[0]}: {detail}",
-                                      where=data.where(indices[0]),
-                                      hint="check that the sample is a valid input of the model") from None
-                    for name, array in zip(fetched, results):
-                        self._update(stats, name, array, skipped)
-                    for name in from_feed:
-                        self._update(stats, name, feed[name], skipped)
-                    del results
-                    bar.update(len(indices))
-            finally:
-                bar.close()
+        session = _session(module, [observed[n].value for n in fetched])
+        bar = _progress(len(data), ctx)
+        try:
+            for feed, indices in _batches(data.feeds(module), batch):
+                try:
+                    results = session.run(fetched, feed) if fetched else []
+                except Exception as e:  # onnxruntime raises its own exception types
+                    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise QCError(f"onnxruntime failed on calibration sample {indices[0]}: {detail}",
+                                  where=data.where(indices[0]),
+                                  hint="check that the sample is a valid input of the model") from None
+                for name, array in zip(fetched, results):
+                    self._update(stats, name, array, skipped)
+                for name in from_feed:
+                    self._update(stats, name, feed[name], skipped)
+                del results
+                bar.update(len(indices))
+        finally:
+            bar.close()
+            del session
+            trim_heap()
         for name in skipped:
             ctx.remark(None, f"'{name}' is not a float tensor; not observed")
         return {name: s for name, s in stats.items() if name not in skipped}
@@ -323,46 +330,13 @@ def _batches(feeds: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[tupl
         yield flush()
 
 
-def _session(module: Module, values: list[Value], tmp: str):
-    """An onnxruntime session of the module with ``values`` as extra outputs; models over the
-    protobuf limit go through ``tmp`` with external data."""
-    import onnx
+def _session(module: Module, values: list[Value]):
+    """An onnxruntime session of the module with ``values`` as extra outputs, reading the IR's
+    weights in place (no proto or serialized copy of them; no limit at 2 GB)."""
+    from qc.runtime import module_session
 
-    from qc.backends.onnx.writer import PROTOBUF_LIMIT, export_onnx, save_onnx, value_info
-    from qc.runtime import ort_session
-
-    large = _const_bytes(module) > PROTOBUF_LIMIT - (64 << 20)
-    if large:
-        path = os.path.join(tmp, "model.onnx")
-        save_onnx(module, path, external=True)
-        proto = onnx.load(path, load_external_data=False)
-    else:
-        proto = export_onnx(module)
-    existing = {o.name for o in proto.graph.output}
-    for v in values:
-        if v.name in existing:
-            continue
-        if isinstance(v.type, TensorType) and v.type.dtype is not None:
-            proto.graph.output.append(value_info(v))
-        else:  # onnxruntime infers the type of an untyped output
-            proto.graph.output.append(onnx.ValueInfoProto(name=v.name))
-    if large:
-        with open(path, "wb") as f:
-            f.write(proto.SerializeToString())
-        return ort_session(path, optimize=True)
-    return ort_session(proto, optimize=True)
-
-
-def _const_bytes(module: Module) -> int:
-    total = 0
-    for g, _ in graphs(module):
-        for v in g.consts.values():
-            t = v.const
-            if isinstance(t, SparseTensor):
-                total += t.values.nbytes + t.indices.nbytes
-            elif isinstance(t, Tensor) and t.dtype.bits:
-                total += t.nbytes
-    return total
+    typed = [v if isinstance(v.type, TensorType) and v.type.dtype is not None else Value(v.name) for v in values]
+    return module_session(module, extra_outputs=typed, optimize=True)
 
 
 def _progress(total: int, ctx: PassContext):

@@ -42,19 +42,18 @@ class PropagateShapes(Pass):
     """raise a QCError when shape inference fails instead of ignoring it"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc import export_onnx
-        from qc.frontend.onnx import convert_type, detach_weights
+        from qc.backends.onnx.writer import export_onnx_sharing_weights
+        from qc.frontend.onnx import convert_type
 
         try:
-            proto = export_onnx(module)
+            proto, _ = export_onnx_sharing_weights(module)  # types only: no copy of the weights
         except QCError as e:  # e.g. text IR whose weights were elided and have no sidecar
             if self.strict:
                 raise
             ctx.remark(None, f"cannot export the module for shape inference, types unchanged: {e}")
             return False
         try:
-            light, _ = detach_weights(proto)  # inference copies its input: leave the weights out
-            inferred = onnx.shape_inference.infer_shapes(light, check_type=self.strict, strict_mode=self.strict,
+            inferred = onnx.shape_inference.infer_shapes(proto, check_type=self.strict, strict_mode=self.strict,
                                                          data_prop=True)
         except Exception as e:  # onnx raises InferenceError / ValidationError / RuntimeError
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

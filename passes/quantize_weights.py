@@ -175,10 +175,14 @@ class QuantizeWeights(Pass):
                           hint="one of auto, " + ", ".join(WEIGHT_DTYPES))
         dtype = DType.parse(self.dtype)
         explicit_bits = self.bits != 8 or any(k == "bits" for k, _ in getattr(self, "_raw_options", None) or ())
-        if explicit_bits and self.bits != dtype.bits:
-            raise QCError(f"quantize-weights: bits={self.bits} contradicts dtype={self.dtype}",
-                          hint="give one of them")
+        if explicit_bits and not 2 <= self.bits <= dtype.bits:
+            raise QCError(f"quantize-weights: bits={self.bits} does not fit dtype={self.dtype}",
+                          hint=f"codes of 2 to {dtype.bits} bits fit {self.dtype} (bits=7 with i8: onnxruntime's reduce_range)")
         return dtype
+
+    def _code_bits(self, storage: DType) -> int:
+        """Bits of the codes: the storage's, or fewer when both bits and dtype are given (7 in i8)."""
+        return min(self.bits, storage.bits) if self.dtype != "auto" else storage.bits
 
     def _exclude_pattern(self) -> re.Pattern | None:
         if not self.exclude:
@@ -278,7 +282,7 @@ class QuantizeWeights(Pass):
             if abs_mean.shape != (k,) or (sample is not None and sample.shape[-1] != k):
                 raise QCError(f"calibration statistics of %{x.name} have {abs_mean.shape[0]} features, the weights {k}",
                               hint="recalibrate: the statistics belong to another model")
-            s = algos.awq_scales(weights, sample, abs_mean, storage.bits, self.granularity, self.block_size,
+            s = algos.awq_scales(weights, sample, abs_mean, self._code_bits(storage), self.granularity, self.block_size,
                                  self.symmetric, storage.name.startswith("i"), grid=self.awq_grid,
                                  hessian=None if sample is not None else stats.hessian)
             consumers = [use.op for job in group for use in job.uses]
@@ -319,7 +323,7 @@ class QuantizeWeights(Pass):
         hessian = self._hessian(job, calib, k)
         use_gptq = "gptq" in self.algo and hessian is not None   # None: a transA Gemm, no statistics apply
         algo = "+".join(a for a, on in (("awq", job.awq_scale is not None), ("gptq", use_gptq)) if on) or "rtn"
-        bits, signed = storage.bits, storage.name.startswith("i")
+        bits, signed = self._code_bits(storage), storage.name.startswith("i")
         if use_gptq:
             h = hessian if job.awq_scale is None else hessian / np.outer(job.awq_scale, job.awq_scale)
             try:

@@ -171,6 +171,10 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="how calibrated ranges are chosen (default minmax)")
     q.add_argument("--quant-ops", metavar="OPS", help="op types to quantize (default MatMul,Gemm)")
     q.add_argument("--exclude", metavar="REGEX", default="", help="ops whose name matches stay float")
+    q.add_argument("--activation-pairs", action="store_true", help="also quantize MatMuls of two activations "
+                   "(attention scores and context); by default they stay float")
+    q.add_argument("--reduce-range", action="store_true", help="8-bit weights with 7-bit codes (faster u8 x s8 "
+                   "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
     q.add_argument("--format", choices=("qdq", "qop"), default="qdq",
                    help="QDQ pairs (default) or onnxruntime's QOperator / contrib ops")
     q.add_argument("--calib", metavar="DATA", help="calibration data: an .npz with one array per model input "
@@ -435,7 +439,8 @@ def _quant_options(args, target):
     return QuantOptions(scheme=args.quant, weights=args.weights, weight_symmetric=args.weight_symmetric,
                         weight_algo=args.weight_algo, block_size=args.block_size, activations=args.activations,
                         calib_method=args.calib_method, ops=args.quant_ops, exclude=args.exclude,
-                        form=args.format, target_features=tuple(target.features))
+                        form=args.format, activation_pairs=args.activation_pairs,
+                        reduce_range=args.reduce_range, target_features=tuple(target.features))
 
 
 def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:

@@ -34,3 +34,51 @@ def ort_session(model: ModelProto | bytes | str | os.PathLike | Any, *, optimize
         raise TypeError(f"expected a model path, ModelProto, bytes or InferenceSession, got {type(model).__name__}")
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers and optimize else {}
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], **extra)
+
+
+def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: bool = False,
+                   log_level: int = 3, threads: int | None = None, prepack: bool = True) -> Any:
+    """An onnxruntime CPU session of a qc Module that reads the IR's weight buffers in place
+    (``add_external_initializers``): no ModelProto or serialized copy of the weights is made,
+    and models over protobuf's 2 GB limit need no temporary files. ``extra_outputs`` are IR
+    values to fetch besides the graph outputs. ``prepack=False`` stops onnxruntime from keeping
+    a repacked copy of every MatMul weight (less memory, somewhat slower runs)."""
+    import onnxruntime as ort
+
+    from .backends.onnx.writer import export_onnx_sharing_weights, value_info
+
+    proto, arrays = export_onnx_sharing_weights(module)
+    existing = {o.name for o in proto.graph.output}
+    for v in extra_outputs:
+        if v.name not in existing:
+            existing.add(v.name)
+            proto.graph.output.append(value_info(v))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.log_severity_level = log_level
+    if threads:
+        options.intra_op_num_threads = threads
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+    if arrays:
+        options.add_external_initializers(list(arrays), values)
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session._qc_keep_alive = (arrays, values)  # onnxruntime reads these buffers for the session's lifetime
+    return session
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), e.g. after a large
+    onnxruntime session is gone, so that later phases do not stack on its high-water mark."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass

@@ -478,11 +478,12 @@ def test_calibrate_conv_channels_and_gemm_transposes():
     np.testing.assert_allclose(stats["f"].channel_absmax, np.abs(f).max(axis=0), rtol=1e-5)
 
 
-def test_calibrate_large_model_path_uses_external_data(monkeypatch):
-    """Models over the protobuf limit are written with external data to a temporary directory."""
-    from qc.backends.onnx import writer
+def test_calibrate_reads_the_weights_in_place():
+    """The session gets the IR's weight buffers (add_external_initializers): the proto it is
+    built from holds no weight bytes, so no copy is made and the 2 GB protobuf limit never applies."""
+    from qc.backends.onnx.writer import export_onnx_sharing_weights
 
-    w = RNG.standard_normal((32, 64)).astype(np.float32)             # 8 KiB: placed in the external file
+    w = RNG.standard_normal((32, 64)).astype(np.float32)             # 8 KiB: handed over as an array
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
                                helper.make_node("MatMul", ["t", "w2"], ["y"])], "big",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
@@ -490,7 +491,8 @@ def test_calibrate_large_model_path_uses_external_data(monkeypatch):
                               [numpy_helper.from_array(w, "w"),
                                numpy_helper.from_array(np.ones((64, 2), np.float32), "w2")])
     module = qc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 64 << 20)           # every model counts as large
+    proto, arrays = export_onnx_sharing_weights(module)
+    assert sorted(arrays) == ["w"] and proto.ByteSize() < 1024     # w2 (512 bytes) stays inline
     x = RNG.standard_normal((3, 1, 32)).astype(np.float32)
     stats = _run(module, from_arrays({"x": x[:, 0]})).cache["calibration"]
     t = np.tanh(x[:, 0].astype(np.float64) @ w)

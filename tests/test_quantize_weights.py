@@ -230,7 +230,8 @@ def test_old_opset_without_candidates_is_not_an_error():
     ("quantize-weights{algo=awq}", "algo=awq needs calibration statistics with row samples"),
     ("quantize-weights{algo=magic}", "unknown algo 'magic'"),
     ("quantize-weights{bits=3}", "bits must be 8 or 4"),
-    ("quantize-weights{bits=4,dtype=i8}", "bits=4 contradicts dtype=i8"),
+    ("quantize-weights{bits=9,dtype=i8}", "bits=9 does not fit dtype=i8"),
+    ("quantize-weights{bits=8,dtype=u4}", "bits=8 does not fit dtype=u4"),
     ("quantize-weights{granularity=row}", "unknown granularity 'row'"),
     ('quantize-weights{exclude="("}', "not a valid regex"),
 ])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import contextlib
 
+import numpy as np
+
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
 
@@ -33,6 +35,15 @@ PROTOBUF_LIMIT = 2**31 - 1
 def export_onnx(module: Module) -> ModelProto:
     """The module as a ModelProto with every tensor inline (see ``save_onnx`` for > 2 GB)."""
     return _Writer(external=None).model(module)
+
+
+def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """``(proto, arrays)``: the module with every tensor of ``min_bytes`` or more left out of the
+    proto (marked as external data at a location that does not exist) and handed over as numpy
+    arrays instead, for ``SessionOptions.add_external_initializers``: onnxruntime then reads the
+    IR's own buffers, and the weights are not copied into a proto and serialized bytes first."""
+    sink = _MemorySink(min_bytes)
+    return _Writer(external=sink).model(module), sink.arrays
 
 
 def save_onnx(module: Module, path: str, *, external: bool | None = None,
@@ -104,6 +115,28 @@ class _ExternalSink:
             e = p.external_data.add()
             e.key, e.value = k, v
         self.offset += len(raw)
+        return p
+
+
+class _MemorySink:
+    """Keeps large tensors as arrays and references them as external data (see export_onnx_sharing_weights)."""
+
+    LOCATION = "qc-in-memory-weights"
+
+    def __init__(self, min_bytes: int):
+        self.min_bytes = min_bytes
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def place(self, tensor: Tensor, name: str) -> TensorProto | None:
+        if tensor.dtype.bits < 8 or tensor.nbytes < self.min_bytes or tensor.dtype.numpy.kind not in "fiub":
+            return None
+        array = np.ascontiguousarray(tensor.numpy())
+        self.arrays[name] = array
+        p = TensorProto(name=name, data_type=int(tensor.dtype), dims=list(tensor.shape),
+                        data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", self.LOCATION), ("offset", "0"), ("length", str(array.nbytes))):
+            e = p.external_data.add()
+            e.key, e.value = k, v
         return p
 
 

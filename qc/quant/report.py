@@ -45,10 +45,10 @@ def _weight_form(dq: Op) -> str:
 
 def _operand_form(v) -> str:
     p = v.producer if v is not None else None
-    if v is not None and v.const is not None:
-        return "float"
-    if p is None or p.op_type != "DequantizeLinear":
-        return "float"
+    if v is None:
+        return "-"
+    if v.const is not None or p is None or p.op_type != "DequantizeLinear":
+        return str(v.type.dtype) if isinstance(v.type, TensorType) and v.type.dtype is not None else "float"
     src = p.operands[0]
     if src.const is not None:
         return _weight_form(p)

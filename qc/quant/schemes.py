@@ -26,6 +26,8 @@ class QuantOptions:
     ops: str | None = None              # op types to quantize, e.g. "MatMul,Gemm"
     exclude: str = ""                   # regex on op names
     form: str = "qdq"                   # qdq | qop
+    activation_pairs: bool = False      # also quantize activation x activation MatMuls (attention)
+    reduce_range: bool = False          # 7-bit codes in 8-bit weights (onnxruntime's x86 advice)
     target_features: tuple[str, ...] = ()
 
 
@@ -72,11 +74,13 @@ def weight_dtype(opts: QuantOptions, s: Scheme) -> str:
 
     8-bit weights next to u8 activations are stored u8 (zero point 128 when symmetric) on x86
     CPUs without VNNI: onnxruntime's u8 x s8 kernels add pairs of products in int16 there and
-    saturate on full-range int8 weights, while its u8 x u8 kernels do not.
+    saturate on full-range int8 weights, while its u8 x u8 kernels do not. ``reduce_range``
+    picks onnxruntime's own remedy instead: int8 weights with 7-bit codes (-63..63), which its
+    faster u8 x s8 kernels take without saturating.
     """
     bits = s.weight_bits
     symmetric = _weight_symmetric(opts, s)
-    if bits == 8 and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8":
+    if bits == 8 and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8" and not opts.reduce_range:
         return "u8"
     if bits == 4:
         return "i4" if symmetric else "u4"
@@ -149,8 +153,11 @@ def pipeline(opts: QuantOptions) -> str:
             collect.append("hessian=true")
         if algo == "awq":
             collect.append("rows=512")
+        if s.calibrated and not opts.activation_pairs:
+            collect.append("activation-pairs=false")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
-    qw = [f"bits={s.weight_bits}", f"granularity={granularity}", f"symmetric={str(_weight_symmetric(opts, s)).lower()}",
+    bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
+    qw = [f"bits={bits}", f"granularity={granularity}", f"symmetric={str(_weight_symmetric(opts, s)).lower()}",
           f"dtype={weight_dtype(opts, s)}", f"algo={algo}", f"ops={ops}"]
     if granularity == "block":
         qw.append(f"block-size={block}")
@@ -163,6 +170,8 @@ def pipeline(opts: QuantOptions) -> str:
             qa.append("dynamic=true")
         else:
             qa.append(f"method={method}")
+        if not opts.activation_pairs:
+            qa.append("activation-pairs=false")
         if opts.exclude:
             qa.append(f"exclude={opts.exclude}")
         passes.append("insert-qdq{" + ",".join(qa) + "}")
