@@ -105,6 +105,7 @@ class Calibrate(Pass):
                 if cached.key == key:
                     cached.method = self.method
                     ctx.cache["calibration"] = cached
+                    ctx.cache["calibration_from_cache"] = cache_path
                     ctx.remark(None, f"{cached.samples} samples, {len(cached.tensors)} tensors, "
                                      f"loaded from {cache_path}")
                     return False

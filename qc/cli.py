@@ -453,7 +453,8 @@ def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
     calib = pm.ctx.cache.get("calibration")
     calibration = None
     if calib is not None:
-        calibration = {"method": quant.calib_method or "minmax", "samples": int(calib.samples),
+        calibration = {"method": getattr(calib, "method", None) or quant.calib_method or "minmax",
+                       "samples": int(calib.samples),
                        "tensors": len(calib.tensors), "cache": args.calib_cache,
                        "cached": bool(pm.ctx.cache.get("calibration_from_cache"))}
     accuracy = None
