@@ -71,7 +71,11 @@ METHODS = {
     "qc-w8a8": ("qc compile --quant w8a8 (static, per-channel weights)", {"kind": "qc", "args": ["--quant", "w8a8"]}),
     "qc-w8a8-mse": ("qc --quant w8a8 --calib-method mse", {"kind": "qc", "args": ["--quant", "w8a8",
                                                                                   "--calib-method", "mse"]}),
+    "qc-w8a8-rr": ("qc --quant w8a8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
+        "--quant", "w8a8", "--reduce-range"]}),
     "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "args": ["--quant", "dyn8"]}),
+    "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
+        "--quant", "dyn8", "--reduce-range"]}),
     "qc-w4-rtn-sym": ("qc --quant w4 --symmetric (block 32, RTN: onnxruntime's int4 configuration)",
                       {"kind": "qc", "args": ["--quant", "w4", "--symmetric"]}),
     "qc-w4-rtn": ("qc --quant w4 (block 32, asymmetric, RTN)", {"kind": "qc", "args": ["--quant", "w4"]}),
@@ -82,7 +86,8 @@ METHODS = {
 }
 DEFAULT_METHODS = ("ort-dynamic", "ort-dynamic-channel", "ort-dynamic-channel-rr", "ort-static-tensor",
                    "ort-static-channel", "ort-static-channel-rr", "ort-int4-b32", "ort-int4-b128",
-                   "qc-w8a8", "qc-w8a8-mse", "qc-dyn8", "qc-w4-rtn-sym", "qc-w4-rtn", "qc-w4-gptq", "qc-w4-awq")
+                   "qc-w8a8", "qc-w8a8-mse", "qc-w8a8-rr", "qc-dyn8", "qc-dyn8-rr", "qc-w4-rtn-sym", "qc-w4-rtn",
+                   "qc-w4-gptq", "qc-w4-awq")
 # onnxruntime graph rewrites to switch off per model (none now: the tables in benchmarks/README.md
 # were measured with GatherToSliceFusion off for MiniLM, before its builder emitted scalar Range bounds)
 DISABLED: dict[str, list[str]] = {}
