@@ -18,12 +18,7 @@ def ort_session(model: ModelProto | bytes | str | os.PathLike | Any, *, optimize
 
     if isinstance(model, ort.InferenceSession):
         return model
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.log_severity_level = log_level
-    if threads:
-        options.intra_op_num_threads = threads
+    options = _options(optimize, log_level, threads)
     if isinstance(model, ModelProto):
         source: Any = model.SerializeToString()
     elif isinstance(model, (str, os.PathLike)):
@@ -34,6 +29,18 @@ def ort_session(model: ModelProto | bytes | str | os.PathLike | Any, *, optimize
         raise TypeError(f"expected a model path, ModelProto, bytes or InferenceSession, got {type(model).__name__}")
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers and optimize else {}
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], **extra)
+
+
+def _options(optimize: bool, log_level: int, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.log_severity_level = log_level
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
 def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: bool = False,
@@ -53,12 +60,7 @@ def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: 
         if v.name not in existing:
             existing.add(v.name)
             proto.graph.output.append(value_info(v))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    options.log_severity_level = log_level
-    if threads:
-        options.intra_op_num_threads = threads
+    options = _options(optimize, log_level, threads)
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]

@@ -45,3 +45,10 @@ def small_mlp(path: str | None = None) -> onnx.ModelProto:
     if path:
         onnx.save(model, path)
     return model
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the main graph of ``model`` has."""
+    import collections
+
+    return dict(collections.Counter(n.op_type for n in model.graph.node))

@@ -6,7 +6,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
-import qc.passes.calibrate  # noqa: F401  (registers the pass until passes/__init__.py imports it)
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
 from qc.quant.calib_data import check_against, from_arrays, from_npz, from_samples, from_text

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qc import metrics
 from qc.runtime import ort_session
-from tests.conftest import run_qc
+from conftest import run_qc
 
 RNG = np.random.default_rng(3)
 

@@ -23,7 +23,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import qc
-import qc.passes.lower_qop  # noqa: F401  (registers the pass until qc.passes imports it)
+from conftest import op_counts
 from qc.errors import QCError
 from qc.pm import PassContext
 from qc.runtime import ort_session
@@ -97,13 +97,6 @@ def lower(m, spec="lower-qop"):
     return out, ctx.remarks
 
 
-def counts(m):
-    c: dict[str, int] = {}
-    for n in m.graph.node:
-        c[n.op_type] = c.get(n.op_type, 0) + 1
-    return c
-
-
 def run(m, feeds):
     return ort_session(m).run(None, feeds)
 
@@ -128,7 +121,7 @@ def test_static_matmul_with_q_becomes_qlinearmatmul(xdt, wdt, ydt, per_channel):
     inits = act_inits + winits + [init("y.scale", np.float32(0.08)), init("y.zp", np.array(3), ydt)]
     m = model(nodes, [vi("x", T.FLOAT, [2, 5, K])], [vi("y.q", ydt, [2, 5, N])], inits)
     out, remarks = lower(m)
-    assert counts(out) == {"QuantizeLinear": 1, "QLinearMatMul": 1}
+    assert op_counts(out) == {"QuantizeLinear": 1, "QLinearMatMul": 1}
     assert any("lowered to QLinearMatMul" in r for r in remarks)
     x = RNG.standard_normal((2, 5, K)).astype(np.float32) * 2
     ref, got = run(m, {"x": x})[0], run(out, {"x": x})[0]
@@ -146,7 +139,7 @@ def test_static_matmul_without_q_becomes_matmulinteger(xdt, wdt, per_channel):
     nodes = act_nodes + [wnode, helper.make_node("MatMul", ["x.dq", "W.dq"], ["y"])]
     m = model(nodes, [vi("x", T.FLOAT, [3, K])], [vi("y", T.FLOAT, [3, N])], act_inits + winits)
     out, _ = lower(m)
-    assert counts(out) == {"QuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 1}
+    assert op_counts(out) == {"QuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 1}
     muls = [i for i in out.graph.initializer if i.name.endswith(".xw")]
     assert len(muls) == 1 and list(muls[0].dims) == ([N] if per_channel else [])  # xs * ws folded into one const
     x = RNG.standard_normal((3, K)).astype(np.float32)
@@ -169,7 +162,7 @@ def test_static_combination_without_qlinearmatmul_kernel_keeps_q():
     inits = act_inits + winits + [init("y.scale", np.float32(0.05)), init("y.zp", np.array(0), T.INT8)]
     m = model(nodes, [vi("x", T.FLOAT, [2, K])], [vi("y.q", T.INT8, [2, N])], inits)
     out, remarks = lower(m)
-    assert counts(out) == {"QuantizeLinear": 2, "MatMulInteger": 1, "Cast": 1, "Mul": 1}
+    assert op_counts(out) == {"QuantizeLinear": 2, "MatMulInteger": 1, "Cast": 1, "Mul": 1}
     assert any("no QLinearMatMul for (u8, i8, i8)" in r for r in remarks)
     x = RNG.standard_normal((2, K)).astype(np.float32)
     assert np.abs(run(out, {"x": x})[0].astype(int) - run(m, {"x": x})[0].astype(int)).max() <= 1
@@ -186,7 +179,7 @@ def test_quantized_graph_input_and_output_name_kept():
                       init("ys", np.float32(0.2)), init("yz", np.array(100), T.UINT8)]
     m = model(nodes, [vi("xq", T.UINT8, [4, K])], [vi("out", T.UINT8, [4, N])], inits)
     out, _ = lower(m)
-    assert counts(out) == {"QLinearMatMul": 1}
+    assert op_counts(out) == {"QLinearMatMul": 1}
     assert [o.name for o in out.graph.output] == ["out"]
     xq = RNG.integers(0, 256, (4, K)).astype(np.uint8)
     assert np.abs(run(out, {"xq": xq})[0].astype(int) - run(m, {"xq": xq})[0].astype(int)).max() <= 1
@@ -203,7 +196,7 @@ def test_shared_activation_dq_lowers_every_matmul_and_stays_for_other_users():
     m = model(nodes, [vi("x", T.FLOAT, [2, K])], [vi("y1", T.FLOAT, [2, N]), vi("y2", T.FLOAT, [2, N]),
                                                  vi("r", T.FLOAT, [2, K])], act_inits + i1 + i2)
     out, _ = lower(m)
-    c = counts(out)
+    c = op_counts(out)
     assert c["MatMulInteger"] == 2 and c["DequantizeLinear"] == 1 and "MatMul" not in c
     x = RNG.standard_normal((2, K)).astype(np.float32)
     for got, ref in zip(run(out, {"x": x}), run(m, {"x": x})):
@@ -232,7 +225,7 @@ def test_dynamic_matmul_contrib_form(wdt, per_channel):
     K, N = 64, 7
     m, w = dynamic_model(K, N, wdt, per_channel)
     out, remarks = lower(m)
-    assert counts(out) == {"DynamicQuantizeMatMul": 1}
+    assert op_counts(out) == {"DynamicQuantizeMatMul": 1}
     assert any(o.domain == "com.microsoft" and o.version == 1 for o in out.opset_import)
     assert any("DynamicQuantizeMatMul" in r for r in remarks)
     x = RNG.standard_normal((2, 3, K)).astype(np.float32)
@@ -245,7 +238,7 @@ def test_dynamic_matmul_standard_form(per_channel):
     K, N = 40, 5
     m, w = dynamic_model(K, N, T.INT8, per_channel)
     out, _ = lower(m, "lower-qop{form=standard}")
-    assert counts(out) == {"DynamicQuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 2}
+    assert op_counts(out) == {"DynamicQuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 2}
     assert not any(o.domain == "com.microsoft" for o in out.opset_import)
     x = RNG.standard_normal((2, 3, K)).astype(np.float32)
     ref, got = run(m, {"x": x})[0], run(out, {"x": x})[0]
@@ -263,7 +256,7 @@ def test_dynamic_gemm_with_bias_and_transposed_weight(form):
     inits = [init("W.q", q, T.INT8), init("W.scale", ws), init("W.zp", np.zeros(N), T.INT8), init("C", bias)]
     m = model(nodes, [vi("x", T.FLOAT, [4, K])], [vi("y", T.FLOAT, [4, N])], inits)
     out, _ = lower(m, f"lower-qop{{form={form}}}")
-    c = counts(out)
+    c = op_counts(out)
     assert "Gemm" not in c and "DequantizeLinear" not in c
     assert c.get("DynamicQuantizeMatMul" if form == "contrib" else "MatMulInteger") == 1
     x = RNG.standard_normal((4, K)).astype(np.float32)
@@ -280,7 +273,7 @@ def test_static_gemm_with_bias():
     m = model(nodes, [vi("x", T.FLOAT, [3, K])], [vi("y", T.FLOAT, [3, N])],
               act_inits + winits + [init("C", RNG.standard_normal(N).astype(np.float32))])
     out, _ = lower(m)
-    assert counts(out) == {"QuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 1, "Add": 1}
+    assert op_counts(out) == {"QuantizeLinear": 1, "MatMulInteger": 1, "Cast": 1, "Mul": 1, "Add": 1}
     x = RNG.standard_normal((3, K)).astype(np.float32)
     np.testing.assert_allclose(run(out, {"x": x})[0], run(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
@@ -309,7 +302,7 @@ def test_blockwise_weight_becomes_matmulnbits(dtype, K, bs, symmetric):
     m = model([node, helper.make_node("MatMul", ["x", "W.dq"], ["y"])], [vi("x", T.FLOAT, [2, 3, K])],
               [vi("y", T.FLOAT, [2, 3, N])], inits, opset=25 if dtype == T.UINT2 else 21)
     out, remarks = lower(m)
-    assert counts(out) == {"MatMulNBits": 1}
+    assert op_counts(out) == {"MatMulNBits": 1}
     (nb,) = out.graph.node
     attrs = {a.name: helper.get_attribute_value(a) for a in nb.attribute}
     bits = {T.UINT4: 4, T.INT4: 4, T.UINT8: 8, T.INT8: 8, T.UINT2: 2}[dtype]
@@ -343,7 +336,7 @@ def test_matmulnbits_accuracy_level_4_and_w4a8():
     bound = (np.repeat(step, bs, 1) / 2) @ np.abs(w) * 1.01 + fp_bound(K, np.abs(x), np.abs(w))
     for m, spec in ((plain, "lower-qop{accuracy-level=4}"), (w4a8, "lower-qop")):
         out, remarks = lower(m, spec)
-        assert counts(out) == {"MatMulNBits": 1}
+        assert op_counts(out) == {"MatMulNBits": 1}
         attrs = {a.name: helper.get_attribute_value(a) for a in out.graph.node[0].attribute}
         assert attrs["accuracy_level"] == 4
         assert np.all(np.abs(run(out, {"x": x})[0] - exact) <= bound)
@@ -357,7 +350,7 @@ def test_gemm_blockwise_with_bias_uses_matmulnbits_bias():
     m = model([node, helper.make_node("Gemm", ["x", "W.dq", "C"], ["y"])], [vi("x", T.FLOAT, [3, K])],
               [vi("y", T.FLOAT, [3, N])], inits + [init("C", bias)])
     out, _ = lower(m)
-    assert counts(out) == {"MatMulNBits": 1} and len(out.graph.node[0].input) == 6
+    assert op_counts(out) == {"MatMulNBits": 1} and len(out.graph.node[0].input) == 6
     x = RNG.standard_normal((3, K)).astype(np.float32)
     bound = fp_bound(K, np.abs(x), np.abs(w)) + 2.0**-22 * np.abs(bias)
     assert np.all(np.abs(run(out, {"x": x})[0].astype(np.float64) - run(m, {"x": x})[0]) <= bound)
@@ -383,7 +376,7 @@ def test_conv_with_q_becomes_qlinearconv(xdt, wdt, per_channel):
                          init("ys", np.float32(0.05)), init("yz", np.array(10), xdt)]
     m = model(nodes, [vi("x", T.FLOAT, [1, C, 6, 6])], [vi("y.q", xdt, [1, O, 6, 6])], inits)
     out, remarks = lower(m)
-    assert counts(out) == {"QuantizeLinear": 1, "QLinearConv": 1}
+    assert op_counts(out) == {"QuantizeLinear": 1, "QLinearConv": 1}
     bq = [i for i in out.graph.initializer if i.name == "B.q"]
     assert bq and bq[0].data_type == T.INT32
     x = RNG.standard_normal((1, C, 6, 6)).astype(np.float32)
@@ -398,7 +391,7 @@ def test_weight_not_constant_stays_qdq_with_remark():
     m = model(nodes, [vi("x", T.FLOAT, [2, K]), vi("wq", T.INT8, [K, N])], [vi("y", T.FLOAT, [2, N])],
               [init("ws", np.float32(0.1)), init("wz", np.array(0), T.INT8)])
     out, remarks = lower(m)
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     assert any("'mm'" in r and "not a constant" in r for r in remarks)
 
 
@@ -411,7 +404,7 @@ def test_per_row_weight_zero_point_stays_qdq():
              init("W.zp", np.arange(K) % 3, T.INT8)]
     m = model(nodes, [vi("x", T.FLOAT, [2, K])], [vi("y", T.FLOAT, [2, N])], inits)
     out, remarks = lower(m)
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     assert any("per channel along K" in r for r in remarks)
 
 
@@ -420,7 +413,7 @@ def test_block_size_not_power_of_two_stays_qdq():
     m = model([node, helper.make_node("MatMul", ["x", "W.dq"], ["y"], name="mm")], [vi("x", T.FLOAT, [2, 48])],
               [vi("y", T.FLOAT, [2, 4])], inits)
     out, remarks = lower(m)
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     assert any("power of two >= 16, not 24" in r for r in remarks)
 
 
@@ -430,7 +423,7 @@ def test_unknown_input_rank_stays_qdq():
              helper.make_node("MatMul", ["r", "W.dq"], ["y"], name="mm")]
     m = model(nodes, [vi("x", T.FLOAT, [2, 32]), vi("shape", T.INT64, [None])], [vi("y", T.FLOAT, [None, None])], inits)
     out, remarks = lower(m)
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     assert any("known rank" in r for r in remarks)
 
 
@@ -444,7 +437,7 @@ def test_dq_in_subgraph_is_left_alone():
     nodes = [wnode, helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other)]
     m = model(nodes, [vi("x", T.FLOAT, [2, K]), vi("c", T.BOOL, [])], [vi("y", T.FLOAT, [2, N])], winits)
     out, _ = lower(m)
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     then = next(a.g for a in out.graph.node[-1].attribute if a.name == "then_branch")
     assert [n.op_type for n in then.node] == ["DynamicQuantizeLinear", "DequantizeLinear", "MatMul"]
 
@@ -452,7 +445,7 @@ def test_dq_in_subgraph_is_left_alone():
 def test_ops_option_selects_rewrites_and_bad_options_are_errors():
     m, _ = dynamic_model(16, 4, T.INT8, True)
     out, _ = lower(m, "lower-qop{ops=nbits,conv}")
-    assert counts(out) == counts(m)
+    assert op_counts(out) == op_counts(m)
     with pytest.raises(QCError, match="unknown rewrite 'mystery'"):
         lower(m, "lower-qop{ops=mystery}")
     with pytest.raises(QCError, match="accuracy-level must be 0..4"):
@@ -489,5 +482,5 @@ def test_u8_i8_saturation_is_flagged():
     m = model(nodes, [vi("x", T.FLOAT, [2, K])], [vi("y", T.FLOAT, [2, N])],
               [init("W.q", q, T.INT8), init("W.scale", np.float32(0.01))])
     out, remarks = lower(m)
-    assert counts(out) == {"DynamicQuantizeMatMul": 1}
+    assert op_counts(out) == {"DynamicQuantizeMatMul": 1}
     assert any("can saturate" in r for r in remarks)

@@ -9,7 +9,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
-import qc.passes.quantize_weights  # noqa: F401  (registers the pass until passes/__init__ imports it)
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
 from qc.quant.stats import CalibrationStats, TensorStats

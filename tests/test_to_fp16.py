@@ -18,8 +18,7 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import qc
-import qc.passes.to_fp16  # noqa: F401  (registers the pass until qc.passes imports it)
-from conftest import LIGHT_DIR, small_mlp
+from conftest import LIGHT_DIR, op_counts, small_mlp
 from qc.errors import QCError
 from qc.ir.tensor import Tensor
 from qc.pm import PassContext
@@ -61,13 +60,6 @@ def elem_types(m):
     return {v.name: v.type.tensor_type.elem_type for v in list(m.graph.input) + list(m.graph.output)}
 
 
-def counts(m):
-    c: dict[str, int] = {}
-    for n in m.graph.node:
-        c[n.op_type] = c.get(n.op_type, 0) + 1
-    return c
-
-
 def float_bytes(m, dtype):
     return sum(len(numpy_helper.to_array(i).tobytes()) for i in m.graph.initializer if i.data_type == dtype)
 
@@ -91,7 +83,7 @@ def test_weights_only_halves_weight_bytes_and_stays_close():
     weight_bytes = w1.nbytes + w2.nbytes
     assert float_bytes(out, T.FLOAT16) == weight_bytes // 2
     assert float_bytes(out, T.FLOAT) == float_bytes(m, T.FLOAT) - weight_bytes  # biases stay float32
-    assert counts(out) == {"Cast": 2, "MatMul": 1, "Add": 1, "Relu": 1, "Gemm": 1}
+    assert op_counts(out) == {"Cast": 2, "MatMul": 1, "Add": 1, "Relu": 1, "Gemm": 1}
     assert elem_types(out) == {"x": T.FLOAT, "y": T.FLOAT}
     assert any(f"{weight_bytes // 2} bytes saved" in r for r in remarks)
     x = RNG.standard_normal((4, 64)).astype(np.float32)
@@ -129,7 +121,7 @@ def test_full_fp16_mlp_keeps_io_float32():
     assert elem_types(out) == {"x": T.FLOAT, "y": T.FLOAT}
     assert [o.name for o in out.graph.output] == ["y"]
     assert float_bytes(out, T.FLOAT) == 0  # every constant is float16
-    assert counts(out)["Cast"] == 2  # in and out
+    assert op_counts(out)["Cast"] == 2  # in and out
     assert any("4 ops run in float16" in r for r in remarks)
     x = RNG.standard_normal((4, 64)).astype(np.float32)
     ref, got = run(m, {"x": x})[0], run(out, {"x": x})[0]
@@ -140,7 +132,7 @@ def test_full_fp16_without_keep_io():
     m = small_mlp()
     out, _ = convert(m, "to-fp16{keep-io=false}")
     assert elem_types(out) == {"x": T.FLOAT16, "y": T.FLOAT16}
-    assert "Cast" not in counts(out)
+    assert "Cast" not in op_counts(out)
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     ref, got = run(m, {"x": x})[0], run(out, {"x": x.astype(np.float16)})[0]
     assert got.dtype == np.float16
@@ -165,7 +157,7 @@ def test_blocklisted_and_schema_fixed_inputs_stay_float32():
     assert types["scales"] == T.FLOAT and types["start"] == T.FLOAT
     casts = {n.output[0]: n for n in out.graph.node if n.op_type == "Cast"}
     assert topk.input[0] in casts and helper.get_attribute_value(casts[topk.input[0]].attribute[0]) == T.FLOAT
-    assert resize.input[0] == "r" and "Range" in counts(out)
+    assert resize.input[0] == "r" and "Range" in op_counts(out)
     x = RNG.standard_normal((1, 1, 3, 4)).astype(np.float32)
     for got, ref in zip(run(out, {"x": x}), run(m, {"x": x})):
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
