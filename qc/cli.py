@@ -81,6 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="pipeline, e.g. 'fold-constants,cse,dce' ('' runs no pass)")
     opt.add_argument("--pipeline", dest="named_pipeline", help="a named pipeline (see `qc passes`)")
     opt.add_argument("-o", "--output", help="output .onnx or .qir (default: text IR on stdout)")
+    _add_calib_options(opt.add_argument_group("calibration data, for the calibrate pass (see docs/quantization.md)"))
     _add_pm_options(opt)
     _add_print_options(opt)
     _add_import_options(opt)
@@ -177,6 +178,12 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
     q.add_argument("--format", choices=("qdq", "qop"), default="qdq",
                    help="QDQ pairs (default) or onnxruntime's QOperator / contrib ops")
+    _add_calib_options(q)
+    q.add_argument("--holdout", type=int, metavar="N", help="calibration samples kept aside for the report's "
+                   "output SQNR (default: 1/8 of them, 1 to 4; none under 8 samples)")
+
+
+def _add_calib_options(q) -> None:
     q.add_argument("--calib", metavar="DATA", help="calibration data: an .npz with one array per model input "
                    "(leading sample axis) or a directory of .npz files, one sample each")
     q.add_argument("--calib-text", metavar="FILE", help="calibration text, tokenized into --samples windows of "
@@ -187,8 +194,6 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--samples", type=int, default=32, metavar="N", help="calibration windows (default %(default)s)")
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration statistics from FILE when they match "
                    "the model and data (written after calibrating)")
-    q.add_argument("--holdout", type=int, metavar="N", help="calibration samples kept aside for the report's "
-                   "output SQNR (default: 1/8 of them, 1 to 4; none under 8 samples)")
 
 
 def _add_pm_options(p: argparse.ArgumentParser) -> None:
@@ -312,9 +317,20 @@ def cmd_show(args) -> int:
 
 
 def cmd_opt(args) -> int:
+    from .pm import PassContext
+
     spec = _pipeline_spec(args)
-    pm, _ = build_pass_manager(spec, args)
+    ctx = PassContext()
+    pm, _ = build_pass_manager(spec, args, ctx)
     module = load_module(args.input, args)
+    args.model = args.input
+    if args.samples < 1 or args.seq_len < 2:
+        raise QCError(f"--samples must be >= 1 and --seq-len >= 2 (got {args.samples} and {args.seq_len})")
+    from .quant import compile as qcompile
+
+    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
+    if data is not None:
+        ctx.options.update(calibration_data=data, calibration_cache=args.calib_cache, quiet=True)
     pm.run(module)
     if args.output:
         write_module(module, args.output, args, [args.input])

@@ -40,12 +40,14 @@ def model_and_data(tmp_path_factory):
 @pytest.mark.parametrize("scheme,ops", [
     ("w8a8", {"QuantizeLinear", "DequantizeLinear"}), ("w8a16", {"QuantizeLinear"}),
     ("dyn8", {"DynamicQuantizeMatMul"}), ("w8", {"DequantizeLinear"}), ("w4", {"MatMulNBits"}),
-    ("w4a8", {"MatMulNBits"}), ("w4a4", {"QuantizeLinear"}), ("fp16", {"Cast"})])
+    ("w4a8", {"MatMulNBits"}), ("w4a4", {"QuantizeLinear"}), ("fp16", {"Cast"}),
+    ("w8a8 --format qop", {"MatMulInteger"})])
 def test_every_scheme_compiles_checks_and_runs(model_and_data, scheme, ops):
     model, calib, d = model_and_data
-    out = str(d / f"{scheme}.onnx")
+    scheme, *extra = scheme.split()
+    out = str(d / f"{scheme}{len(extra)}.onnx")
     r = run_qc("compile", model, "--target", "x86-avx2", "--quant", scheme, "--calib", calib, "-o", out,
-               "--report-json", str(d / f"{scheme}.json"))
+               "--report-json", str(d / f"{scheme}.json"), *extra)
     assert r.returncode == 0, r.stderr
     assert f"quantization: {scheme}" in r.stdout
     proto = onnx.load(out)

@@ -19,3 +19,6 @@ for tool in ("qc", "filecheck"):
         lit_config.fatal(f"'{tool}' is not on PATH; install the package with its test extras")  # noqa: F821
     # a command word only: not the "filecheck" directory inside the expanded %s path
     config.substitutions.append((rf"(?<![\w/.\-]){tool}(?![\w/.\-])", path))
+import sys  # noqa: E402
+
+config.substitutions.append(("%python", sys.executable))  # noqa: F821
