@@ -1,0 +1,63 @@
+"""Schemes -> pipelines: the defaults per target, and each option's effect on the pipeline."""
+import pytest
+
+from qc.errors import QCError
+from qc.pm import PassManager
+from qc.quant.schemes import SCHEMES, QuantOptions, needs_calibration, needs_opset, pipeline
+
+X86 = ("avx2", "fma", "f16c")
+ARM = ("neon", "dotprod")
+
+
+def passes(opts: QuantOptions) -> dict[str, str]:
+    """pass name -> its spec, for the passes after the default pipeline."""
+    return {p.name: p.spec() for p in PassManager.parse(pipeline(opts)).passes[6:]}
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+def test_every_scheme_parses_into_registered_passes(name):
+    spec = pipeline(QuantOptions(name, target_features=X86))
+    assert spec.startswith("propagate-shapes,remove-identity,fold-constants,fold-batchnorm,cse,dce,")
+    PassManager.parse(spec)
+
+
+def test_x86_without_vnni_keeps_uint8_on_both_sides():
+    p = passes(QuantOptions("w8a8", target_features=X86))
+    assert "dtype=u8" in p["quantize-weights"] and "dtype=u8" in p["insert-qdq"]
+    rr = passes(QuantOptions("w8a8", reduce_range=True, target_features=X86))
+    assert "bits=7" in rr["quantize-weights"] and "dtype=i8" in rr["quantize-weights"]
+
+
+def test_arm_uses_int8_on_both_sides():
+    p = passes(QuantOptions("w8a8", target_features=ARM))
+    assert "dtype=i8" in p["quantize-weights"] and "dtype=i8" in p["insert-qdq"]
+
+
+def test_static_schemes_calibrate_what_they_quantize():
+    p = passes(QuantOptions("w8a8", ops="MatMul", calib_method="mse", target_features=ARM))
+    assert p["calibrate"] == "calibrate{method=mse,ops=MatMul,activation-pairs=false}"
+    assert "method=mse" in p["insert-qdq"] and "activation-pairs=false" in p["insert-qdq"]
+    pairs = passes(QuantOptions("w8a8", activation_pairs=True, target_features=ARM))
+    assert "activation-pairs" not in pairs["calibrate"] and "activation-pairs" not in pairs["insert-qdq"]
+
+
+def test_weight_algorithms_collect_what_they_need():
+    assert "hessian=true" in passes(QuantOptions("w4", weight_algo="gptq"))["calibrate"]
+    assert "rows=512" in passes(QuantOptions("w4", weight_algo="awq"))["calibrate"]
+    assert "calibrate" not in passes(QuantOptions("w4"))
+    assert needs_calibration(QuantOptions("w4", weight_algo="gptq")) and not needs_calibration(QuantOptions("dyn8"))
+
+
+def test_lowering_and_opsets():
+    assert "lower-qop" in passes(QuantOptions("dyn8")) and "lower-qop" in passes(QuantOptions("w4"))
+    assert passes(QuantOptions("w4a8"))["lower-qop"] == "lower-qop{accuracy-level=4}"
+    assert "lower-qop" not in passes(QuantOptions("w8a8")) and "lower-qop" in passes(QuantOptions("w8a8", form="qop"))
+    assert needs_opset(QuantOptions("w4")) == 21 and needs_opset(QuantOptions("w8a16")) == 21
+    assert needs_opset(QuantOptions("w8a8")) == 13
+
+
+def test_unknown_choices_are_errors():
+    with pytest.raises(QCError, match="unknown quantization scheme 'w3'"):
+        pipeline(QuantOptions("w3"))
+    with pytest.raises(QCError, match="unknown weight algorithm 'hqq'"):
+        pipeline(QuantOptions("w4", weight_algo="hqq"))
