@@ -38,6 +38,10 @@ class Observed:
     is_result: bool = False
 
 
+STATS_FORMAT = 2
+"""Bumped when TensorStats gains fields, so that older --calib-cache files are recomputed."""
+
+
 @register_pass("calibrate")
 @dataclass(frozen=True)
 class Calibrate(Pass):
@@ -173,7 +177,7 @@ class Calibrate(Pass):
                            max_rows=self.rows if o.feeds_weight else 0, axis=o.axis)
 
     def _collection_options(self) -> dict:
-        return {"ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
+        return {"format": STATS_FORMAT, "ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
                 "histogram": self.histogram, "channels": self.channels,
                 "hessian": self.hessian, "rows": self.rows, "outputs": self.outputs, "bins": DEFAULT_BINS,
                 "format": FORMAT_VERSION}

@@ -66,6 +66,8 @@ def test_streaming_stats_equal_stats_of_the_concatenation():
         assert (s.min, s.max, s.count, s.rows) == (one.min, one.max, one.count, one.rows)
         assert s.min == rows.min() and s.max == rows.max() and s.count == rows.size and s.rows == len(rows)
         np.testing.assert_array_equal(s.channel_absmax, np.abs(rows).max(axis=0).astype(np.float32))
+        np.testing.assert_array_equal(s.channel_min, rows.min(axis=0).astype(np.float32))
+        np.testing.assert_array_equal(s.channel_max, rows.max(axis=0).astype(np.float32))
         np.testing.assert_allclose(s.channel_abssum, np.abs(rows).sum(axis=0), rtol=1e-12)
         np.testing.assert_allclose(s.hessian, rows.T @ rows, rtol=1e-12)
         np.testing.assert_array_equal(s.hist.counts, one.hist.counts)
@@ -187,7 +189,8 @@ def test_calibration_stats_round_trip(tmp_path):
     assert list(back.tensors) == list(stats.tensors)
     got = back.tensors["x/with odd:name"]
     assert (got.min, got.max, got.count, got.rows, got.axis) == (a.min, a.max, a.count, a.rows, a.axis)
-    for field in ("channel_absmax", "channel_abssum", "hessian", "row_sample", "row_priority"):
+    for field in ("channel_absmax", "channel_abssum", "channel_min", "channel_max", "hessian", "row_sample",
+                  "row_priority"):
         np.testing.assert_array_equal(getattr(got, field), getattr(a, field))
     np.testing.assert_array_equal(got.hist.counts, a.hist.counts)
     assert got.hist.exponent == a.hist.exponent

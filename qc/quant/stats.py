@@ -174,6 +174,8 @@ class TensorStats:
     rows: int = 0
     channel_absmax: np.ndarray | None = None
     channel_abssum: np.ndarray | None = None
+    channel_min: np.ndarray | None = None      # per feature, float32 [K] (the range of any subset of columns)
+    channel_max: np.ndarray | None = None
     hist: Histogram | None = None
     hessian: np.ndarray | None = None
     row_sample: np.ndarray | None = None
@@ -253,14 +255,18 @@ class TensorStats:
         rows = x.reshape(-1, k)
         self.rows += rows.shape[0]
         if self.channels:
-            a = np.abs(rows)
-            absmax = a.max(axis=0).astype(np.float32)
-            abssum = a.sum(axis=0, dtype=np.float64)
+            cmin = rows.min(axis=0).astype(np.float32)
+            cmax = rows.max(axis=0).astype(np.float32)
+            absmax = np.maximum(-cmin, cmax)
+            abssum = np.abs(rows).sum(axis=0, dtype=np.float64)
             if self.channel_absmax is None:
                 self.channel_absmax, self.channel_abssum = absmax, abssum
+                self.channel_min, self.channel_max = cmin, cmax
             else:
                 np.maximum(self.channel_absmax, absmax, out=self.channel_absmax)
                 self.channel_abssum += abssum
+                np.minimum(self.channel_min, cmin, out=self.channel_min)
+                np.maximum(self.channel_max, cmax, out=self.channel_max)
         if self.hessian_enabled:
             r64 = rows.astype(np.float64)
             h = r64.T @ r64
@@ -302,9 +308,13 @@ class TensorStats:
             if self.channel_absmax is None:
                 self.channel_absmax = other.channel_absmax.copy()
                 self.channel_abssum = other.channel_abssum.copy()
+                self.channel_min = other.channel_min.copy()
+                self.channel_max = other.channel_max.copy()
             else:
                 np.maximum(self.channel_absmax, other.channel_absmax, out=self.channel_absmax)
                 self.channel_abssum += other.channel_abssum
+                np.minimum(self.channel_min, other.channel_min, out=self.channel_min)
+                np.maximum(self.channel_max, other.channel_max, out=self.channel_max)
         if other.hessian is not None:
             self.hessian = other.hessian.copy() if self.hessian is None else self.hessian + other.hessian
         if other.row_sample is not None:
@@ -313,7 +323,8 @@ class TensorStats:
     # -- (de)serialization helpers --------------------------------------------------------
     _SCALARS = ("channels", "histogram", "hessian_enabled", "max_rows", "axis", "bins",
                 "min", "max", "count", "nonfinite", "zeros", "rows")
-    _ARRAYS = ("channel_absmax", "channel_abssum", "hessian", "row_sample", "row_priority")
+    _ARRAYS = ("channel_absmax", "channel_abssum", "channel_min", "channel_max", "hessian", "row_sample",
+               "row_priority")
 
     def _meta(self) -> dict:
         meta = {k: getattr(self, k) for k in self._SCALARS}
