@@ -69,7 +69,8 @@ class InsertQDQ(Pass):
     quantized input). Left alone: constant operands (weights are ``quantize-weights``' job),
     operands that already come out of a DequantizeLinear (quantized earlier, or a QAT model's
     learned pair), non-float operands, biases, ops whose name matches ``exclude``, and with
-    ``activation-pairs = false`` MatMuls of two activations (attention's QK^T and PV).
+    ``activation-pairs = false`` MatMuls of two activations (attention's QK^T and PV), and
+    MatMuls with a float16 weight (the float16 part that ``split-outliers`` made).
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """
@@ -112,6 +113,9 @@ class InsertQDQ(Pass):
                 ctx.remark(op, f"excluded by '{self.exclude}'")
                 continue
             positions = [i for i in _DATA_OPERANDS.get(op.op_type, (0,)) if i < len(op.operands)]
+            if any(op.operands[i] is not None and op.operands[i].const is not None
+                   and op.operands[i].const.dtype is DType.f16 for i in positions):
+                continue  # a float16 weight: the float16 part of split-outliers stays float16
             if not self.activation_pairs and op.op_type == "MatMul" and not any(is_weight(op.operands[i]) for i in positions):
                 ctx.remark(op, "both operands are activations; left float (activation-pairs = false)")
                 continue
@@ -165,6 +169,10 @@ class InsertQDQ(Pass):
             from qc.quant.stats import choose_range, scale_zero_point
 
             qmin, qmax = storage_range(dtype, self.symmetric)
+            if method != "minmax" and stats.hist is None:
+                ctx.remark(consumer, f"%{x.name} has no histogram (statistics derived by an earlier pass); "
+                                     f"minmax range instead of {method}")
+                method = "minmax"
             lo, hi = choose_range(stats, method, qmin=qmin, qmax=qmax, symmetric=self.symmetric,
                                   percentile=self.percentile)
             s, z = scale_zero_point(lo, hi, qmin=qmin, qmax=qmax, symmetric=self.symmetric)

@@ -1,0 +1,106 @@
+"""split-outliers: columns chosen per mode, the rewrite's numerics in onnxruntime, the error
+bound of the int8 part, and models without outliers left alone."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qc
+from qc.errors import QCError
+from qc.pm import PassContext, PassManager
+from qc.quant.stats import CalibrationStats, TensorStats
+from qc.runtime import ort_session
+
+K, N, T = 64, 16, 32
+OUTLIERS = (5, 40)
+RNG = np.random.default_rng(11)
+W = (RNG.standard_normal((K, N)) / 8).astype(np.float32)
+
+
+def activations(count: int, scale: float = 100.0) -> list[np.ndarray]:
+    xs = []
+    for _ in range(count):
+        x = RNG.standard_normal((1, T, K)).astype(np.float32)
+        x[..., list(OUTLIERS)] *= scale
+        xs.append(x)
+    return xs
+
+
+def model() -> onnx.ModelProto:
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "proj", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, T, N])],
+                              [numpy_helper.from_array(W, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def compile_with(spec: str, samples: list[np.ndarray]):
+    stats = TensorStats(histogram=False)
+    for s in samples:
+        stats.update(s)
+    ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": stats}, samples=len(samples))})
+    module = qc.import_onnx(model())
+    PassManager.parse(spec, ctx=ctx).run(module)
+    return module, ctx
+
+
+def test_budget_mode_moves_the_planted_columns_to_float16():
+    module, ctx = compile_with("split-outliers{mode=budget,max-fraction=0.04}", activations(4))
+    (split,) = ctx.cache["outlier_splits"]
+    assert split.columns == list(OUTLIERS) and split.features == K
+    consts = {n: v.const.numpy() for n, v in module.graph.consts.items()}
+    np.testing.assert_array_equal(consts["x.outlier_cols"], OUTLIERS)
+    assert consts["w.outliers"].dtype == np.float16 and consts["w.rest"].shape == (K - 2, N)
+    assert "w" not in consts
+    proto = qc.export_onnx(module)
+    onnx.checker.check_model(proto, full_check=True)
+    x = activations(1)[0]
+    (y,) = ort_session(proto).run(None, {"x": x})
+    # only the float16 rounding of the outlier part differs from the float model
+    bound = 2.0 ** -9 * (np.abs(x[..., list(OUTLIERS)]) @ np.abs(W[list(OUTLIERS)])) + 1e-5
+    assert np.all(np.abs(y - x @ W) <= bound)
+
+
+def test_error_of_the_split_int8_model_is_bounded_by_the_int8_scales():
+    calib = activations(8)
+    pipeline = "split-outliers{mode=budget,max-fraction=0.04},quantize-weights,insert-qdq{dtype=u8}"
+    module, _ = compile_with(pipeline, calib)
+    consts = {n: v.const.numpy() for n, v in module.graph.consts.items()}
+    s_x, w_q, s_w = float(consts["x.rest.scale"]), consts["w.rest.q"].astype(np.float64), consts["w.rest.scale"]
+    x = calib[0]
+    (y,) = ort_session(qc.export_onnx(module)).run(None, {"x": x})
+    rest = np.setdiff1d(np.arange(K), OUTLIERS)
+    xr, wr = np.abs(x[..., rest].astype(np.float64)), np.abs(W[rest].astype(np.float64))
+    int8_bound = (s_x / 2) * wr.sum(axis=0) + xr @ (np.broadcast_to(s_w / 2, wr.shape)) + (s_x / 2) * (s_w / 2) * len(rest)
+    fp16_bound = 2.0 ** -9 * (np.abs(x[..., list(OUTLIERS)]) @ np.abs(W[list(OUTLIERS)]))
+    assert np.all(np.abs(y - x @ W) <= int8_bound + fp16_bound + 1e-4)
+    # without the split the activation step covers the outliers: far worse
+    plain, _ = compile_with("quantize-weights,insert-qdq{dtype=u8}", calib)
+    (y_plain,) = ort_session(qc.export_onnx(plain)).run(None, {"x": x})
+    assert np.abs(y_plain - x @ W).mean() > 10 * np.abs(y - x @ W).mean()
+    assert s_x < float({n: v.const.numpy() for n, v in plain.graph.consts.items()}["x.scale"]) / 20
+
+
+def test_threshold_and_error_modes():
+    samples = activations(4, scale=10.0)
+    _, ctx = compile_with("split-outliers{mode=threshold,threshold=6}", samples)
+    (split,) = ctx.cache["outlier_splits"]
+    assert set(OUTLIERS) <= set(split.columns)            # Gaussian columns rarely pass 6.0 over 128 rows
+    _, ctx = compile_with("split-outliers{mode=error,max-fraction=0.25}", samples)
+    (split,) = ctx.cache["outlier_splits"]
+    assert split.columns[:2] == sorted(OUTLIERS) or set(OUTLIERS) <= set(split.columns)
+    assert len(split.columns) < K // 4                      # stops once the gain is used up
+
+
+def test_a_model_without_outliers_is_left_unchanged():
+    samples = activations(4, scale=1.0)
+    for s in samples:
+        np.clip(s, -5.0, 5.0, out=s)
+    module, ctx = compile_with("split-outliers{mode=threshold}", samples)
+    assert [op.op_type for op in module.graph] == ["MatMul"] and not ctx.cache["outlier_splits"]
+    assert any("not split" in r for r in ctx.remarks)
+
+
+def test_needs_calibration():
+    with pytest.raises(QCError, match="split-outliers needs calibration statistics"):
+        PassManager.parse("split-outliers").run(qc.import_onnx(model()))
