@@ -14,6 +14,7 @@ from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
 from qc.quant import weight_algos as algos
 
+from ._scaling import NameTable, describe, divide_input, first_op
 from ._util import const_array, constant_consts, is_default_domain, opsets_for
 
 WEIGHT_DTYPES = ("i8", "u8", "i4", "u4")
@@ -149,7 +150,7 @@ class QuantizeWeights(Pass):
         self._check_opset(module, storage)
         calib = self._calibration(ctx)
         jobs = self._plan_jobs(uses)
-        names = _NameTable(graph)
+        names = NameTable(graph)
         if "awq" in self.algo:
             self._apply_awq(graph, jobs, calib, storage, constant_consts(module), names, ctx)
         order = {id(op): i for i, op in enumerate(graph)}
@@ -264,7 +265,7 @@ class QuantizeWeights(Pass):
 
     # -- AWQ -----------------------------------------------------------------------------------
     def _apply_awq(self, graph: Graph, jobs: list[_WeightJob], calib, storage: DType, constants: set[int],
-                   names: "_NameTable", ctx: PassContext) -> None:
+                   names: NameTable, ctx: PassContext) -> None:
         by_input: dict[int, list[_WeightJob]] = {}
         for job in jobs:
             x = job.uses[0].x
@@ -276,7 +277,7 @@ class QuantizeWeights(Pass):
             sample, abs_mean = _awq_inputs(stats)
             if abs_mean is None or (sample is None and getattr(stats, "hessian", None) is None):
                 raise QCError(AWQ_NEEDS.format(algo=self.algo),
-                              where=f"%{x.name} (read by {_describe(group[0].uses[0].op)})")
+                              where=f"%{x.name} (read by {describe(group[0].uses[0].op)})")
             weights = [_kn(job) for job in group]
             k = weights[0].shape[0]
             if abs_mean.shape != (k,) or (sample is not None and sample.shape[-1] != k):
@@ -292,30 +293,13 @@ class QuantizeWeights(Pass):
                 continue
             for job in group:
                 job.awq_scale = s
-            how = self._divide_input(graph, x, s, consumers, constants, names)
+            how = divide_input(graph, x, s, consumers, constants, names, suffix="awq")
             ratio = float(s.max() / s.min())
             for op in consumers:
                 ctx.remark(op, f"awq: %{x.name} / s ({how}; s spans {ratio:.3g}x over {k} inputs)")
 
-    @staticmethod
-    def _divide_input(graph: Graph, x: Value, s: np.ndarray, consumers: list[Op], constants: set[int],
-                      names: "_NameTable") -> str:
-        """Make the consumers read ``x / s``: fold into x's producer when possible, else insert a Mul."""
-        inv_s = (np.float32(1.0) / s).astype(np.float32)
-        if _fold_into_producer(graph, x, inv_s, consumers, constants, names):
-            return f"folded into {_describe(x.producer)}"
-        inv = graph.add_const(names.fresh(f"{x.name}.awq_inv_scale"), Tensor.from_array(inv_s))
-        scaled = Value(names.fresh(f"{x.name}.s"), x.type)
-        mul = Op("Mul", [x, inv], results=[scaled], name=f"{x.name}.awq_scale")
-        graph.insert_before(_first(graph, consumers), mul)
-        for op in consumers:
-            for i, v in enumerate(op.operands):
-                if v is x and i == 0:
-                    op.set_operand(i, scaled)
-        return f"new Mul by @{inv.name}"
-
     # -- quantizing one weight -----------------------------------------------------------------
-    def _quantize_job(self, graph: Graph, job: _WeightJob, storage: DType, calib, names: "_NameTable",
+    def _quantize_job(self, graph: Graph, job: _WeightJob, storage: DType, calib, names: NameTable,
                       order: dict[int, int], ctx: PassContext) -> None:
         w = _kn(job)
         k, n = w.shape
@@ -331,7 +315,7 @@ class QuantizeWeights(Pass):
                                           damp=self.damp, act_order=self.act_order)
             except np.linalg.LinAlgError as e:
                 raise QCError(f"GPTQ cannot invert the Hessian of the input of @{job.weight.name}: {e}",
-                              where=_describe(job.uses[0].op), hint="raise damp, or use algo=rtn for this op") from None
+                              where=describe(job.uses[0].op), hint="raise damp, or use algo=rtn for this op") from None
         else:
             q, scale, zp = algos.quantize_rtn(target, bits, self.granularity, self.block_size, self.symmetric, signed)
         dq = _dequantize_kn(q, scale, zp, self.granularity, self.block_size)
@@ -364,7 +348,7 @@ class QuantizeWeights(Pass):
             if h is None:
                 if "gptq" not in self.algo:
                     return None
-                raise QCError(GPTQ_NEEDS.format(algo=self.algo), where=f"%{use.x.name} (read by {_describe(use.op)})")
+                raise QCError(GPTQ_NEEDS.format(algo=self.algo), where=f"%{use.x.name} (read by {describe(use.op)})")
             if h.shape != (k, k):
                 raise QCError(f"the Hessian of %{use.x.name} is {list(h.shape)}, "
                               f"the weight @{job.weight.name} needs [{k}, {k}]",
@@ -373,7 +357,7 @@ class QuantizeWeights(Pass):
         return total
 
     def _emit(self, graph: Graph, job: _WeightJob, storage: DType, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
-              names: "_NameTable", order: dict[int, int]) -> Value:
+              names: NameTable, order: dict[int, int]) -> Value:
         """Consts W.q / W.scale / W.zp (stored in W's own orientation) and the DequantizeLinear."""
         base = job.weight.name
         if job.transposed:
@@ -400,7 +384,7 @@ class QuantizeWeights(Pass):
         dq_value = Value(names.fresh(f"{base}.dq{suffix}"), TensorType(DType.f32, tuple(q.shape)))
         dequant = Op("DequantizeLinear", [q_const, scale_const, zp_const], results=[dq_value],
                      attrs=attrs, name=f"{base}.dequantize{suffix}")
-        graph.insert_before(_first(graph, [use.op for use in job.uses], order), dequant)
+        graph.insert_before(first_op(graph, [use.op for use in job.uses], order), dequant)
         return dq_value
 
     # -- reporting -----------------------------------------------------------------------------
@@ -425,24 +409,6 @@ class QuantizeWeights(Pass):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-class _NameTable:
-    """Names taken in the main graph (inputs, consts, op results), to keep new names unique."""
-
-    def __init__(self, graph: Graph):
-        self.taken = {v.name for v in graph.inputs} | set(graph.consts)
-        for op in graph.walk():
-            self.taken.update(r.name for r in op.results if r is not None)
-
-    def fresh(self, base: str) -> str:
-        """``base`` or ``base_N``, not taken before, and taken from now on."""
-        name, n = base, 0
-        while name in self.taken:
-            n += 1
-            name = f"{base}_{n}"
-        self.taken.add(name)
-        return name
-
-
 def _kn(job: _WeightJob) -> np.ndarray:
     data = np.asarray(job.weight.const.numpy(), np.float32)
     return np.ascontiguousarray(data.T) if job.transposed else data
@@ -471,72 +437,3 @@ def _awq_inputs(stats) -> tuple[np.ndarray | None, np.ndarray | None]:
     if sample is not None:
         sample = np.asarray(sample, np.float32).reshape(-1, sums.size) if sample.size else None
     return sample, sums / max(1, rows)
-
-
-def _fold_into_producer(graph: Graph, x: Value, inv_s: np.ndarray, consumers: list[Op], constants: set[int],
-                        names: "_NameTable") -> bool:
-    """Multiply the per-feature constant of x's producer by 1/s when only the consumers read x.
-
-    ``Mul(%h, @g)`` / ``Mul(@g, %h)`` with ``@g`` of shape [K] or [1, ..., K]; or
-    ``LayerNormalization(%h, @scale, @bias)`` over the last axis (scale and bias both divided).
-    """
-    producer = x.producer
-    if producer is None or producer.graph is not graph or not is_default_domain(producer):
-        return False
-    consumer_ids = {id(op) for op in consumers}
-    if any(not isinstance(user, Op) or id(user) not in consumer_ids or index != 0 for user, index in x.uses()):
-        return False
-    k = inv_s.size
-    if producer.op_type == "Mul" and len(producer.operands) == 2:
-        for i, operand in enumerate(producer.operands):
-            other = producer.operands[1 - i]
-            if _per_feature_const(operand, k, constants) and not _per_feature_const(other, k, constants):
-                _scale_operand(graph, producer, i, inv_s, names)
-                return True
-        return False
-    if producer.op_type == "LayerNormalization" and producer.results[0] is x:
-        rank = x.type.rank if isinstance(x.type, TensorType) else None
-        axis = producer.attr("axis", -1)
-        if not (axis == -1 or (rank is not None and axis == rank - 1)):
-            return False
-        if any(r is not None and r._uses for r in producer.results[1:]):
-            return False
-        params = [i for i in (1, 2) if i < len(producer.operands) and producer.operands[i] is not None]
-        if not all(_per_feature_const(producer.operands[i], k, constants, exact=True) for i in params):
-            return False
-        for i in params:
-            _scale_operand(graph, producer, i, inv_s, names)
-        return True
-    return False
-
-
-def _per_feature_const(v: Value | None, k: int, constants: set[int], exact: bool = False) -> bool:
-    """A fixed float32 const with one value per feature: shape [K] (``exact``) or [1, ..., K]."""
-    if const_array(v, constants) is None or v.const.dtype is not DType.f32:
-        return False
-    shape = v.const.shape
-    if exact:
-        return shape == (k,)
-    return len(shape) >= 1 and shape[-1] == k and all(d == 1 for d in shape[:-1])
-
-
-def _scale_operand(graph: Graph, op: Op, index: int, inv_s: np.ndarray, names: "_NameTable") -> None:
-    old = op.operands[index]
-    data = np.asarray(old.const.numpy(), np.float32)
-    scaled = (data * inv_s.reshape(data.shape)).astype(np.float32)
-    new = graph.add_const(names.fresh(f"{old.name}.awq"), Tensor.from_array(scaled))
-    op.set_operand(index, new)
-    if not old._uses and graph.consts.get(old.name) is old:
-        graph.remove_const(old)
-
-
-def _first(graph: Graph, ops: list[Op], order: dict[int, int] | None = None) -> Op:
-    """The op of ``ops`` that comes first in ``graph``."""
-    if order is not None and all(id(op) in order for op in ops):
-        return min(ops, key=lambda op: order[id(op)])
-    wanted = {id(op) for op in ops}
-    return next(op for op in graph if id(op) in wanted)
-
-
-def _describe(op: Op) -> str:
-    return f"{op.qualified_type} '{op.name or (op.results[0].name if op.results and op.results[0] else '?')}'"
