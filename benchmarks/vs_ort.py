@@ -142,8 +142,9 @@ def worker(spec: dict) -> None:
     elif kind == "qc":
         from qc.cli import main as qc_main
 
+        report = ["--report-json", spec["report"]] if spec.get("report") else []
         code = qc_main(["compile", src, "--target", "x86-avx2", "-o", dst, "--calib", spec["calib"],
-                        "--holdout", "0", "--quiet", *spec["args"]])
+                        "--holdout", "0", "--quiet", *report, *spec["args"]])
         if code:
             raise SystemExit(code)
     else:

@@ -35,6 +35,18 @@ class Split:
     rest_absmax: float
 
 
+@dataclass
+class Plan:
+    """The columns chosen for one activation and the MatMuls that read it."""
+
+    x: Value
+    ops: list[Op]
+    stats: object
+    columns: np.ndarray
+    rest: np.ndarray
+    reason: str
+
+
 @register_pass("split-outliers")
 @dataclass(frozen=True)
 class SplitOutliers(Pass):
@@ -88,50 +100,59 @@ class SplitOutliers(Pass):
         if calib is None:
             raise QCError("split-outliers needs calibration statistics: run calibrate first",
                           hint="qc compile --quant w8a8 --outliers split adds it; give --calib or --calib-text")
+        splits: list[Split] = ctx.cache.setdefault("outlier_splits", [])
+        changed = False
+        for plan in self.plan(module, calib, ctx):
+            x, ops, stats, columns, rest = plan.x, plan.ops, plan.stats, plan.columns, plan.rest
+            self._rewrite(module, x, ops, columns, rest, stats, calib)
+            absmax = stats.channel_absmax
+            split = Split(x.name, [op.name or op.results[0].name for op in ops], [int(c) for c in columns],
+                          int(stats.features), self.mode, plan.reason, float(absmax[columns].min()),
+                          float(absmax[rest].max()))
+            splits.append(split)
+            ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to float16 ({plan.reason}); "
+                               f"int8 part now spans max |x| {split.rest_absmax:.4g} instead of {float(absmax.max()):.4g}")
+            changed = True
+        return changed
+
+    def plan(self, module: Module, calib, ctx: PassContext | None = None, *, keep_empty: bool = False) -> list["Plan"]:
+        """The decision for every activation read by MatMuls with constant weights, without
+        rewriting anything (``qc report`` draws these); ``keep_empty`` also returns the
+        activations where no column qualifies."""
         exclude = re.compile(self.exclude) if self.exclude else None
         constants = constant_consts(module)
-        graph = module.graph
         groups: dict[int, list[Op]] = {}
-        for op in graph:
+        for op in module.graph:
             if op.op_type != "MatMul" or op.domain not in ("", "ai.onnx") or len(op.operands) != 2:
                 continue
             if exclude is not None and exclude.search(op.name or ""):
                 continue
             x, w = op.operands
-            if x is None or x.const is not None or const_array(w, constants) is None or w.const.numpy().ndim != 2:
-                continue
-            if w.const.dtype is not DType.f32:
+            data = const_array(w, constants)
+            if x is None or x.const is not None or data is None or data.ndim != 2 or w.const.dtype is not DType.f32:
                 continue
             groups.setdefault(id(x), []).append(op)
-        splits: list[Split] = ctx.cache.setdefault("outlier_splits", [])
-        changed = False
+        plans = []
         for ops in groups.values():
             x = ops[0].operands[0]
             stats = calib.tensors.get(x.name)
             if stats is None or stats.channel_min is None:
-                ctx.remark(ops[0], f"%{x.name} has no per-feature statistics; not split")
+                if ctx is not None:
+                    ctx.remark(ops[0], f"%{x.name} has no per-feature statistics; not split")
                 continue
             weights = [op.operands[1].const.numpy() for op in ops]
             if any(wt.shape[0] != stats.features for wt in weights):
                 continue
             columns, reason = self._choose(stats, weights)
-            if not columns:
-                ctx.remark(ops[0], f"%{x.name}: {reason}; not split")
-                continue
             rest = np.setdiff1d(np.arange(stats.features), columns)
-            if rest.size == 0:
-                ctx.remark(ops[0], f"%{x.name}: every column is an outlier ({reason}); not split")
+            if columns and rest.size == 0:
+                reason = f"every column is an outlier ({reason})"
+            if (not columns or rest.size == 0) and not keep_empty:
+                if ctx is not None:
+                    ctx.remark(ops[0], f"%{x.name}: {reason}; not split")
                 continue
-            self._rewrite(module, x, ops, np.asarray(columns), rest, stats, calib)
-            absmax = stats.channel_absmax
-            split = Split(x.name, [op.name or op.results[0].name for op in ops], [int(c) for c in columns],
-                          int(stats.features), self.mode, reason, float(absmax[columns].min()),
-                          float(absmax[rest].max()))
-            splits.append(split)
-            ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to float16 ({reason}); "
-                               f"int8 part now spans max |x| {split.rest_absmax:.4g} instead of {float(absmax.max()):.4g}")
-            changed = True
-        return changed
+            plans.append(Plan(x, ops, stats, np.asarray(columns, dtype=np.int64), rest, reason))
+        return plans
 
     # -- choosing columns ----------------------------------------------------------------------
     def _choose(self, stats, weights: list[np.ndarray]) -> tuple[list[int], str]:

@@ -106,8 +106,23 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quiet", action="store_true", help="print no summary")
     comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
     comp.add_argument("--report-json", metavar="FILE", help="write the compile report as JSON")
+    comp.add_argument("--report", action="store_true", help="with --quant: list per layer what was done "
+                      "(e.g. how many columns went to float16 and why)")
     _add_quant_options(comp)
     comp.set_defaults(func=cmd_compile)
+
+    rep = sub.add_parser("report", parents=[common], help="where the activation outliers are: per-feature "
+                         "ranges from calibration and the columns split-outliers would keep in float16")
+    rep.add_argument("model", help=".onnx or .qir file")
+    rep.add_argument("--html", metavar="FILE", help="write one chart per activation to this HTML file")
+    rep.add_argument("--outlier-mode", choices=("threshold", "budget", "error"), default="budget")
+    rep.add_argument("--outlier-threshold", type=float, default=6.0, metavar="X")
+    rep.add_argument("--outlier-fraction", type=float, default=0.01, metavar="F")
+    rep.add_argument("--top", type=int, default=10, metavar="N", help="activations listed on the terminal "
+                     "(largest max |x| first; default %(default)s)")
+    _add_calib_options(rep.add_argument_group("calibration data (see docs/quantization.md)"))
+    _add_import_options(rep)
+    rep.set_defaults(func=cmd_report)
 
     targets = sub.add_parser("targets", parents=[common], help="list targets")
     targets.add_argument("name", nargs="?")
@@ -174,6 +189,16 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--exclude", metavar="REGEX", default="", help="ops whose name matches stay float")
     q.add_argument("--activation-pairs", action="store_true", help="also quantize MatMuls of two activations "
                    "(attention scores and context); by default they stay float")
+    q.add_argument("--outliers", choices=("none", "split", "smooth", "both"),
+                   help="static schemes: float16 outlier columns (split-outliers), SmoothQuant, or both")
+    q.add_argument("--outlier-mode", choices=("threshold", "budget", "error"), default="budget",
+                   help="how split-outliers picks columns (default %(default)s)")
+    q.add_argument("--outlier-threshold", type=float, default=6.0, metavar="X",
+                   help="threshold mode: columns whose max |x| reaches X (default %(default)s, LLM.int8's)")
+    q.add_argument("--outlier-fraction", type=float, default=0.01, metavar="F",
+                   help="budget / error modes: at most this fraction of columns in float16 (default %(default)s)")
+    q.add_argument("--smooth-alpha", type=float, default=0.5, metavar="A",
+                   help="SmoothQuant migration strength (default %(default)s)")
     q.add_argument("--reduce-range", action="store_true", help="8-bit weights with 7-bit codes (faster u8 x s8 "
                    "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
     q.add_argument("--format", choices=("qdq", "qop"), default="qdq",
@@ -380,6 +405,8 @@ def cmd_compile(args) -> int:
     quant = _quant_options(args, target) if args.quant else None
     if quant is None and (args.calib or args.calib_text):
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
+    if quant is None and (args.report_json or args.report):
+        raise QCError("--report and --report-json describe a quantized model", hint="add --quant SCHEME")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if quant is not None:
@@ -425,8 +452,6 @@ def cmd_compile(args) -> int:
     report = None
     if quant is not None:
         report = _quant_report(args, quant, pm, module, holdout, seconds)
-    elif args.report_json:
-        raise QCError("--report-json describes a quantized model", hint="add --quant SCHEME")
     if not args.quiet:
         sys.stdout.write(f"qc compile: {args.model} -> {args.output} (target {target.name})\n")
         sys.stdout.write(f"pipeline: {pm}\n")
@@ -435,7 +460,7 @@ def cmd_compile(args) -> int:
         if report is not None:
             from .quant.report import format_report
 
-            sys.stdout.write(format_report(report))
+            sys.stdout.write(format_report(report, per_layer=args.report))
         if args.remarks:
             sys.stdout.writelines(f"remark: {remark}\n" for remark in pm.ctx.remarks)
         elif pm.ctx.remarks:
@@ -456,7 +481,9 @@ def _quant_options(args, target):
                         weight_algo=args.weight_algo, block_size=args.block_size, activations=args.activations,
                         calib_method=args.calib_method, ops=args.quant_ops, exclude=args.exclude,
                         form=args.format, activation_pairs=args.activation_pairs,
-                        reduce_range=args.reduce_range, target_features=tuple(target.features))
+                        reduce_range=args.reduce_range, outliers=args.outliers, outlier_mode=args.outlier_mode,
+                        outlier_threshold=args.outlier_threshold, outlier_fraction=args.outlier_fraction,
+                        smooth_alpha=args.smooth_alpha, target_features=tuple(target.features))
 
 
 def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
@@ -464,7 +491,7 @@ def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
 
     from .fileio import atomic_write
     from .quant import compile as qcompile
-    from .quant.report import build_report
+    from .quant.report import build_report, outlier_report
 
     calib = pm.ctx.cache.get("calibration")
     calibration = None
@@ -479,13 +506,57 @@ def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
         accuracy = qcompile.output_sqnr(args.output, args.model, holdout)
         seconds["sqnr check"] = time.perf_counter() - t0
     report = build_report(scheme=quant.scheme, pipeline=str(pm), input_path=args.model, output_path=args.output,
-                          module=module, calibration=calibration, accuracy=accuracy, seconds=seconds)
+                          module=module, calibration=calibration, accuracy=accuracy, seconds=seconds,
+                          outliers=outlier_report(pm.ctx.cache.get("outlier_splits", [])))
     if args.report_json:
         _refuse_overwrite(args.report_json, [args.model, args.output])
         with atomic_write(args.report_json, "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
             f.write("\n")
     return report
+
+
+def cmd_report(args) -> int:
+    from .passes.split_outliers import SplitOutliers
+    from .pm import PassContext, PassManager, load_builtin_passes, named_pipelines
+    from .quant import compile as qcompile
+    from .quant.plot import Chart, outlier_html
+
+    if args.html:
+        _refuse_overwrite(args.html, [args.model])
+    module = load_module(args.model, args)
+    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
+    if data is None:
+        raise QCError("qc report needs calibration data", where=args.model,
+                      hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
+    ctx = PassContext(options={"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True})
+    load_builtin_passes()
+    PassManager.parse(named_pipelines()["default"][0] + ",calibrate{ops=MatMul,activation-pairs=false}",
+                      ctx=ctx).run(module)
+    splitter = SplitOutliers(mode=args.outlier_mode, threshold=args.outlier_threshold,
+                             max_fraction=args.outlier_fraction)
+    plans = splitter.plan(module, ctx.cache["calibration"], keep_empty=True)
+    charts = [Chart(p.x.name, [op.name or op.results[0].name for op in p.ops], p.stats.channel_absmax,
+                    [int(c) for c in p.columns], p.reason) for p in plans]
+    kept, total = sum(len(c.columns) for c in charts), sum(c.absmax.size for c in charts)
+    summary = (f"{len(charts)} activations read by MatMuls with constant weights; split-outliers "
+               f"(mode {args.outlier_mode}) keeps {kept} of {total} columns in float16 "
+               f"({100 * kept / max(total, 1):.2f}%); calibration: {len(data)} samples")
+    out = sys.stdout
+    out.write(f"qc report: {args.model}\n{summary}\n")
+    width = max([len(c.activation) for c in charts] + [10])
+    out.write(f"{'activation':<{width}}  {'max |x|':>10}  {'>= ' + format(args.outlier_threshold, 'g'):>8}  float16\n")
+    for c in sorted(charts, key=lambda c: -float(c.absmax.max()))[:args.top]:
+        over = int((c.absmax >= args.outlier_threshold).sum())
+        out.write(f"{c.activation:<{width}}  {float(c.absmax.max()):>10.4g}  {over:>8}  "
+                  f"{len(c.columns)} of {c.absmax.size}\n")
+    if args.html:
+        from .fileio import atomic_write
+
+        with atomic_write(args.html, "w") as f:
+            f.write(outlier_html(f"qc report: {os.path.basename(args.model)}", charts, args.outlier_threshold, summary))
+        out.write(f"charts: {args.html}\n")
+    return 0
 
 
 def _indent(text: str) -> str:

@@ -78,21 +78,34 @@ def quantized_ops(module: Module) -> dict[str, int]:
     return dict(sorted(forms.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def outlier_report(splits: list) -> dict[str, Any] | None:
+    """Per activation: how many columns went to float16 and why (from split-outliers)."""
+    if not splits:
+        return None
+    layers = [{"activation": sp.activation, "ops": sp.ops, "float16_columns": len(sp.columns), "features": sp.features,
+               "columns": sp.columns, "mode": sp.mode, "reason": sp.reason,
+               "smallest_outlier_absmax": sp.outlier_absmax, "rest_absmax": sp.rest_absmax} for sp in splits]
+    kept = sum(len(sp.columns) for sp in splits)
+    total = sum(sp.features for sp in splits)
+    return {"float16_columns": kept, "columns": total, "fraction": kept / total if total else 0.0, "layers": layers}
+
+
 def build_report(*, scheme: str, pipeline: str, input_path: str, output_path: str, module: Module,
                  calibration: dict[str, Any] | None, accuracy: dict[str, Any] | None,
-                 seconds: dict[str, float]) -> dict[str, Any]:
+                 seconds: dict[str, float], outliers: dict[str, Any] | None = None) -> dict[str, Any]:
     before, after = model_bytes(input_path), model_bytes(output_path)
     return {
         "input": input_path, "output": output_path, "scheme": scheme, "pipeline": pipeline,
         "size_bytes": {"before": before, "after": after, "ratio": round(after / before, 4) if before else None},
         "ops": quantized_ops(module),
         "calibration": calibration,
+        "outliers": outliers,
         "accuracy": accuracy,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
 
 
-def format_report(r: dict[str, Any]) -> str:
+def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
     size = r["size_bytes"]
     lines = [f"quantization: {r['scheme']}",
              f"  size: {size['before'] / 1e6:.1f} MB -> {size['after'] / 1e6:.1f} MB"
@@ -104,6 +117,15 @@ def format_report(r: dict[str, Any]) -> str:
     if c:
         lines.append(f"  calibration: {c['method']} over {c['samples']} samples, {c['tensors']} tensors"
                      + (f" (from cache {c['cache']})" if c.get("cached") else ""))
+    o = r.get("outliers")
+    if o:
+        lines.append(f"  outliers: {o['float16_columns']} of {o['columns']} activation columns in float16 "
+                     f"({100 * o['fraction']:.2f}%) over {len(o['layers'])} activations"
+                     + ("" if per_layer else " (--report lists them)"))
+        if per_layer:
+            for layer in o["layers"]:
+                lines.append(f"    %{layer['activation']} -> {', '.join(layer['ops'])}: {layer['float16_columns']} of "
+                             f"{layer['features']} ({layer['reason']}); int8 part max |x| {layer['rest_absmax']:.4g}")
     a = r.get("accuracy")
     if a:
         per_output = ", ".join(f"{name} {float(db):.2f} dB" for name, db in a["sqnr_db"].items())

@@ -28,6 +28,11 @@ class QuantOptions:
     form: str = "qdq"                   # qdq | qop
     activation_pairs: bool = False      # also quantize activation x activation MatMuls (attention)
     reduce_range: bool = False          # 7-bit codes in 8-bit weights (onnxruntime's x86 advice)
+    outliers: str | None = None         # none | split | smooth | both (static schemes)
+    outlier_mode: str = "budget"        # split-outliers mode: threshold | budget | error
+    outlier_threshold: float = 6.0      # threshold mode
+    outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
+    smooth_alpha: float = 0.5
     target_features: tuple[str, ...] = ()
 
 
@@ -157,6 +162,7 @@ def pipeline(opts: QuantOptions) -> str:
             collect.append("activation-pairs=false")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
     bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
+    passes.extend(outlier_passes(opts, s))
     qw = [f"bits={bits}", f"granularity={granularity}", f"symmetric={str(_weight_symmetric(opts, s)).lower()}",
           f"dtype={weight_dtype(opts, s)}", f"algo={algo}", f"ops={ops}"]
     if granularity == "block":
@@ -182,3 +188,26 @@ def pipeline(opts: QuantOptions) -> str:
     passes.append("dce")
     return ",".join(passes)
 
+
+
+OUTLIER_CHOICES = ("none", "split", "smooth", "both")
+DEFAULT_OUTLIERS = "none"
+
+
+def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
+    """smooth-quant and / or split-outliers for static schemes, after calibrate."""
+    choice = opts.outliers or (DEFAULT_OUTLIERS if s.calibrated else "none")
+    if choice not in OUTLIER_CHOICES:
+        raise QCError(f"unknown --outliers '{choice}'", hint="one of " + ", ".join(OUTLIER_CHOICES))
+    if choice != "none" and not s.calibrated:
+        raise QCError(f"--outliers {choice} applies to static schemes (w8a8, w8a16, w4a4), not {s.name}",
+                      hint="its activations are not calibrated")
+    out = []
+    if choice in ("smooth", "both"):
+        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}}}")
+    if choice in ("split", "both"):
+        split = [f"mode={opts.outlier_mode}"]
+        split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
+                     else f"max-fraction={opts.outlier_fraction:g}")
+        out.append("split-outliers{" + ",".join(split) + "}")
+    return out
