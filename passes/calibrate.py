@@ -341,7 +341,7 @@ def _session(module: Module, values: list[Value]):
     from qc.runtime import module_session
 
     typed = [v if isinstance(v.type, TensorType) and v.type.dtype is not None else Value(v.name) for v in values]
-    return module_session(module, extra_outputs=typed, optimize=True)
+    return module_session(module, extra_outputs=typed, optimize=True, prepack=False)
 
 
 def _progress(total: int, ctx: PassContext):

@@ -111,3 +111,14 @@ def test_opset_upgrade_to_21_keeps_outputs_and_weights(name):
     onnx.checker.check_model(proto, full_check=True)
     feeds = random_feeds(original)
     np.testing.assert_allclose(run_onnx(original, feeds)[0], run_onnx(proto, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_saved_file_parses_to_the_exported_proto(tmp_path):
+    # save_onnx streams the initializers one at a time (see writer.save_onnx); parsed back, the
+    # file must be the very ModelProto that export_onnx builds in memory, initializer order included.
+    module = qc.import_onnx(os.path.join(LIGHT_DIR, "light_resnet50.onnx"))
+    path = str(tmp_path / "m.onnx")
+    qc.save_onnx(module, path)
+    loaded = onnx.load(path)
+    assert loaded == qc.export_onnx(module)
+    assert [t.name for t in loaded.graph.initializer] == list(module.graph.consts)

@@ -63,9 +63,20 @@ def save_onnx(module: Module, path: str, *, external: bool | None = None,
         if external:
             data_file = stack.enter_context(atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), data_name)))
             sink = _ExternalSink(data_file, data_name, external_min_bytes)
-        blob = _Writer(external=sink).model(module).SerializeToString(deterministic=True)
+        writer = _Writer(external=sink, defer_initializers=not external)
+        blob = writer.model(module).SerializeToString(deterministic=True)
     with atomic_write(path) as f:
         f.write(blob)
+        # The main graph's initializers follow one at a time, each as a ModelProto holding only
+        # that initializer: a protobuf parser merges repeated messages (onnx.load and onnxruntime
+        # see one graph, initializers in order), and no copy of all weights is ever held at once.
+        for v in writer.deferred:
+            chunk = ModelProto()
+            if isinstance(v.const, SparseTensor):
+                chunk.graph.sparse_initializer.append(writer.sparse(v.const, v.name))
+            else:
+                chunk.graph.initializer.append(writer.tensor(v.const, v.name))
+            f.write(chunk.SerializeToString(deterministic=True))
 
 
 def serialize(proto: ModelProto) -> bytes:
@@ -141,8 +152,10 @@ class _MemorySink:
 
 
 class _Writer:
-    def __init__(self, external: _ExternalSink | None):
+    def __init__(self, external: "_ExternalSink | _MemorySink | None", defer_initializers: bool = False):
         self.external = external
+        self.defer_initializers = defer_initializers
+        self.deferred: list[Value] = []
 
     def model(self, m: Module) -> ModelProto:
         assign_unique_names(m)
@@ -153,7 +166,7 @@ class _Writer:
             proto.opset_import.add(domain=domain, version=version)
         for k, v in m.metadata:
             proto.metadata_props.add(key=k, value=v)
-        proto.graph.CopyFrom(self.graph(m.graph, consts_are_inputs=m.ir_version < 4))
+        proto.graph.CopyFrom(self.graph(m.graph, consts_are_inputs=m.ir_version < 4, top=True))
         for f in m.functions:
             proto.functions.append(self.function(f))
         return proto
@@ -169,11 +182,14 @@ class _Writer:
         return onnx.SparseTensorProto(values=self.tensor(s.values, name),
                                       indices=self.tensor(s.indices, ""), dims=list(s.shape))
 
-    def graph(self, g: Graph, consts_are_inputs: bool = False) -> GraphProto:
-        """``consts_are_inputs``: list every initializer as an input too (required before IR version 4)."""
+    def graph(self, g: Graph, consts_are_inputs: bool = False, top: bool = False) -> GraphProto:
+        """``consts_are_inputs``: list every initializer as an input too (required before IR version 4);
+        ``top`` with ``defer_initializers``: leave the initializers out, listed in ``deferred``."""
         gp = GraphProto(**_present(name=g.name, doc_string=g.doc))
         for v in g.consts.values():
-            if isinstance(v.const, SparseTensor):
+            if top and self.defer_initializers:
+                self.deferred.append(v)
+            elif isinstance(v.const, SparseTensor):
                 gp.sparse_initializer.append(self.sparse(v.const, v.name))
             else:
                 gp.initializer.append(self.tensor(v.const, v.name))
