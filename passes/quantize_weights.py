@@ -145,9 +145,16 @@ class QuantizeWeights(Pass):
         exclude = self._exclude_pattern()
         graph = module.graph
         uses = self._collect_uses(module, graph, exclude, ctx)
-        if not uses:
+        convs = self._collect_convs(module, graph, exclude, ctx)
+        if not uses and not convs:
             return False
         self._check_opset(module, storage)
+        if convs:
+            names = NameTable(graph)
+            for op in convs:
+                self._quantize_conv(graph, op, storage, names, ctx)
+        if not uses:
+            return True
         calib = self._calibration(ctx)
         jobs = self._plan_jobs(uses)
         names = NameTable(graph)
@@ -218,10 +225,12 @@ class QuantizeWeights(Pass):
     # -- matching ------------------------------------------------------------------------------
     def _collect_uses(self, module: Module, graph: Graph, exclude: re.Pattern | None, ctx: PassContext) -> list[_Use]:
         op_types = {t.strip() for t in self.ops.split(",") if t.strip()}
-        unknown = op_types - {"MatMul", "Gemm"}
-        if unknown:   # a scheme's op list may name Conv for its activations: not an error here
-            ctx.remark(None, f"only MatMul and Gemm weights are quantized; {', '.join(sorted(unknown))} weights stay float")
+        unknown = op_types - {"MatMul", "Gemm", "Conv"}
+        if unknown:   # a scheme's op list may name ops for their activations only: not an error here
+            ctx.remark(None, f"only MatMul, Gemm and Conv weights are quantized; {', '.join(sorted(unknown))} "
+                             "weights stay float")
             op_types -= unknown
+        op_types.discard("Conv")
         constants = constant_consts(module)
         uses: list[_Use] = []
         for op in graph:
@@ -251,6 +260,58 @@ class QuantizeWeights(Pass):
                                    "round to nearest")
             uses.append(_Use(op, x, weight, bool(gemm and op.attr("transB", 0))))
         return uses
+
+    def _collect_convs(self, module: Module, graph: Graph, exclude: re.Pattern | None, ctx: PassContext) -> list[Op]:
+        """Convs (when ``ops`` names Conv) with a constant float32 weight [M, C/group, *kernel]."""
+        if "Conv" not in {t.strip() for t in self.ops.split(",")}:
+            return []
+        constants = constant_consts(module)
+        out = []
+        for op in graph:
+            if op.op_type != "Conv" or not is_default_domain(op) or len(op.operands) < 2:
+                continue
+            weight = op.operands[1]
+            data = const_array(weight, constants)
+            if data is None or weight.const.dtype is not DType.f32 or data.ndim < 3:
+                continue
+            label = op.name or op.results[0].name
+            if exclude is not None and exclude.search(label):
+                ctx.remark(op, f"excluded by '{self.exclude}': weight @{weight.name} stays float")
+            elif self.granularity == "block" or self.algo != "rtn":
+                ctx.remark(op, f"Conv weights are quantized per channel or per tensor with rtn; "
+                               f"@{weight.name} stays float under granularity={self.granularity}, algo={self.algo}")
+            elif not np.all(np.isfinite(data)) or data.size < self.min_size:
+                ctx.remark(op, f"weight @{weight.name} holds NaN/Inf or is under min-size; stays float")
+            else:
+                out.append(op)
+        return out
+
+    def _quantize_conv(self, graph: Graph, op: Op, storage: DType, names: NameTable, ctx: PassContext) -> None:
+        """W [M, C/g, *k] -> DequantizeLinear(W.q, scale[M], zp[M]) {axis = 0} (per output channel)."""
+        weight = op.operands[1]
+        w = np.asarray(weight.const.numpy(), np.float32)
+        kn = np.ascontiguousarray(w.reshape(w.shape[0], -1).T)          # [C/g * k, M]: outputs are columns
+        bits, signed = self._code_bits(storage), storage.name.startswith("i")
+        q, scale, zp = algos.quantize_rtn(kn, bits, self.granularity, self.block_size, self.symmetric, signed)
+        q = q.T.reshape(w.shape)
+        base = weight.name
+        scale_const = graph.add_const(names.fresh(f"{base}.scale"), Tensor.from_array(np.array(scale, np.float32)))
+        zp_const = graph.add_const(names.fresh(f"{base}.zp"), Tensor.from_array(np.array(zp).astype(storage.numpy), storage))
+        per_channel = self.granularity == "channel"
+        params = (QuantParams(scale=scale_const.name, zero_point=zp_const.name, axis=0) if per_channel
+                  else QuantParams(scale=float(scale), zero_point=int(zp)))
+        q_const = graph.add_const(names.fresh(f"{base}.q"), Tensor.from_array(q.astype(storage.numpy), storage),
+                                  TensorType(storage, tuple(q.shape), params))
+        dq_value = Value(names.fresh(f"{base}.dq"), TensorType(DType.f32, tuple(q.shape)))
+        graph.insert_before(op, Op("DequantizeLinear", [q_const, scale_const, zp_const], results=[dq_value],
+                                   attrs={"axis": 0} if per_channel else {}, name=f"{base}.dequantize"))
+        op.set_operand(1, dq_value)
+        summary = self._summary(storage, "rtn")
+        op.meta["qc.quant"] = summary
+        err = float(np.max(np.abs(algos.dequantize(q, scale, zp, 0 if per_channel else None) - w)))
+        ctx.remark(op, f"weight @{base} {list(w.shape)} -> {summary[2:]}: max |W - dq(Wq)| = {err:.3g}")
+        if not weight._uses and graph.consts.get(base) is weight:
+            graph.remove_const(weight)
 
     def _plan_jobs(self, uses: list[_Use]) -> list[_WeightJob]:
         """One job per stored weight and orientation; with AWQ also per activation (each has its own s)."""

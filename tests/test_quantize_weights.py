@@ -425,6 +425,32 @@ def test_quantized_module_prints_and_parses_back():
 
 
 def test_other_op_types_in_ops_are_skipped_with_a_remark():
-    _, out, ctx = run_pass(matmul_model(16, 4), "quantize-weights{ops=MatMul,Conv}")
+    _, out, ctx = run_pass(matmul_model(16, 4), "quantize-weights{ops=MatMul,Softmax}")
     assert "W.q" in initializers(out)
-    assert any("Conv weights stay float" in r for r in ctx.remarks)
+    assert any("Softmax weights stay float" in r for r in ctx.remarks)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_conv_weights_per_output_channel(granularity):
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((6, 3, 3, 3)) * rng.uniform(0.05, 1.0, (6, 1, 1, 1))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    module = qc.import_onnx(model)
+    PassManager.parse(f"quantize-weights{{ops=Conv,granularity={granularity}}}").run(module)
+    out = qc.export_onnx(module)
+    onnx.checker.check_model(out, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    scale = inits["w.scale"]
+    assert inits["w.q"].dtype == np.int8 and inits["w.q"].shape == w.shape and "w" not in inits
+    assert scale.shape == ((6,) if granularity == "channel" else ())
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    got = ort_session(out).run(None, {"x": x})[0]
+    want = ort_session(model).run(None, {"x": x})[0]
+    # each output sums 27 products; each weight is off by at most half its channel's step
+    per_channel = np.broadcast_to(scale, (6,)).reshape(1, 6, 1, 1)
+    bound = per_channel / 2 * 27 * np.abs(x).max() + 1e-5
+    assert np.all(np.abs(got - want) <= bound)

@@ -65,7 +65,7 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
 )}
 
 _ACT_DTYPES = {"int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int4": "i4", "uint4": "u4"}
-DEFAULT_OPS = "MatMul,Gemm"
+DEFAULT_OPS = "MatMul,Gemm,Conv"
 
 
 def scheme(name: str) -> Scheme:
