@@ -185,7 +185,7 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="activation type of static schemes (default: the target's preferred 8-bit type)")
     q.add_argument("--calib-method", choices=("minmax", "percentile", "entropy", "mse"),
                    help="how calibrated ranges are chosen (default minmax)")
-    q.add_argument("--quant-ops", metavar="OPS", help="op types to quantize (default MatMul,Gemm)")
+    q.add_argument("--quant-ops", metavar="OPS", help="op types to quantize (default MatMul,Gemm,Conv)")
     q.add_argument("--exclude", metavar="REGEX", default="", help="ops whose name matches stay float")
     q.add_argument("--activation-pairs", action="store_true", help="also quantize MatMuls of two activations "
                    "(attention scores and context); by default they stay float")
