@@ -29,7 +29,7 @@ ROWS = {
     "qc w8a8 plain": ["--outliers", "none"],
     "qc + split (threshold 6.0)": ["--outliers", "split", "--outlier-mode", "threshold"],
     "qc + split (budget 1%)": ["--outliers", "split", "--outlier-mode", "budget", "--outlier-fraction", "0.01"],
-    "qc + split (error, <= 1%)": ["--outliers", "split", "--outlier-mode", "error", "--outlier-fraction", "0.01"],
+    "qc + split (error <= 1%)": ["--outliers", "split", "--outlier-mode", "error", "--outlier-fraction", "0.01"],
     "qc + smooth-quant (0.5)": ["--outliers", "smooth"],
     "qc + both": ["--outliers", "both"],
 }

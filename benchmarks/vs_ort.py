@@ -68,11 +68,12 @@ METHODS = {
                                                                   "activation": "int8"}),
     "ort-int4-b32": ("MatMulNBits int4 sym block 32 (RTN)", {"kind": "int4", "block_size": 32}),
     "ort-int4-b128": ("MatMulNBits int4 sym block 128 (RTN)", {"kind": "int4", "block_size": 128}),
-    "qc-w8a8": ("qc compile --quant w8a8 (static, per-channel weights)", {"kind": "qc", "args": ["--quant", "w8a8"]}),
-    "qc-w8a8-mse": ("qc --quant w8a8 --calib-method mse", {"kind": "qc", "args": ["--quant", "w8a8",
-                                                                                  "--calib-method", "mse"]}),
-    "qc-w8a8-rr": ("qc --quant w8a8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
-        "--quant", "w8a8", "--reduce-range"]}),
+    "qc-w8a8": ("qc compile --quant w8a8 --outliers none (static, per-channel weights)",
+                {"kind": "qc", "args": ["--quant", "w8a8", "--outliers", "none"]}),
+    "qc-w8a8-mse": ("qc --quant w8a8 --outliers none --calib-method mse",
+                    {"kind": "qc", "args": ["--quant", "w8a8", "--outliers", "none", "--calib-method", "mse"]}),
+    "qc-w8a8-rr": ("qc --quant w8a8 --outliers none --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
+        "--quant", "w8a8", "--outliers", "none", "--reduce-range"]}),
     "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "args": ["--quant", "dyn8"]}),
     "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
         "--quant", "dyn8", "--reduce-range"]}),

@@ -72,9 +72,11 @@ class SplitOutliers(Pass):
 
     - ``threshold``: every column reaching ``threshold`` (LLM.int8()'s 6.0), however many;
     - ``budget``: the ``max-fraction`` of columns with the largest |x| (at least one);
-    - ``error``: within that budget, the fewest largest columns that give all but
-      ``tolerance`` of the achievable cut in the int8 part's expected output error
-      ``step^2 / 12 * sum of |W_j|^2 over the rest rows`` (``step``: the activation's 8-bit step).
+    - ``error``: ``max-fraction`` of all columns of all activations together, shared out
+      greedily to where the int8 part's expected output error, relative to the output's
+      energy, drops most per column: ``step^2 / 12 * sum of |W_j|^2 over the rest rows``
+      (``step``: the activation's 8-bit step), over ``sum of mean|x_j|^2 |W_j|^2``. Layers
+      with wide activations (SmolLM2's MLP down-projections) get more columns than others.
 
     Left alone: MatMuls without a constant 2-D float weight, activations without per-feature
     statistics, ops matching ``exclude``, and activations where no column qualifies.
@@ -86,8 +88,6 @@ class SplitOutliers(Pass):
     """threshold mode: columns whose max |x| reaches this are outliers"""
     max_fraction: float = 0.01
     """budget and error modes: at most this fraction of each activation's columns in float16"""
-    tolerance: float = 0.05
-    """error mode: stop when the columns left would cut the error by less than this fraction"""
     exclude: str = ""
     """regex: MatMuls whose name matches are not split"""
 
@@ -132,7 +132,7 @@ class SplitOutliers(Pass):
             if x is None or x.const is not None or data is None or data.ndim != 2 or w.const.dtype is not DType.f32:
                 continue
             groups.setdefault(id(x), []).append(op)
-        plans = []
+        candidates = []
         for ops in groups.values():
             x = ops[0].operands[0]
             stats = calib.tensors.get(x.name)
@@ -143,7 +143,11 @@ class SplitOutliers(Pass):
             weights = [op.operands[1].const.numpy() for op in ops]
             if any(wt.shape[0] != stats.features for wt in weights):
                 continue
-            columns, reason = self._choose(stats, weights)
+            candidates.append((x, ops, stats, weights))
+        chosen = (self._allocate([(st, ws) for _, _, st, ws in candidates]) if self.mode == "error"
+                  else [self._choose(st, ws) for _, _, st, ws in candidates])
+        plans = []
+        for (x, ops, stats, weights), (columns, reason) in zip(candidates, chosen):
             rest = np.setdiff1d(np.arange(stats.features), columns)
             if columns and rest.size == 0:
                 reason = f"every column is an outlier ({reason})"
@@ -163,16 +167,48 @@ class SplitOutliers(Pass):
             return sorted(cols.tolist()), f"max |x| >= {self.threshold:g}"
         budget = max(1, int(math.floor(self.max_fraction * k)))
         order = np.argsort(-absmax, kind="stable")
-        if self.mode == "budget":
-            return sorted(order[:budget].tolist()), f"the {budget} largest of {k} (max-fraction {self.max_fraction:g})"
-        errors = self._expected_errors(stats, weights, order[:budget + 1])
-        best = errors.min()
-        achievable = errors[0] - best
-        if achievable <= 0:
-            return [], "no column split lowers the int8 error"
-        count = int(np.flatnonzero(errors - best <= self.tolerance * achievable)[0])
-        cut = 100 * (errors[0] - errors[count]) / errors[0]
-        return sorted(order[:count].tolist()), f"cuts the int8 part's expected error by {cut:.0f}%"
+        return sorted(order[:budget].tolist()), f"the {budget} largest of {k} (max-fraction {self.max_fraction:g})"
+
+    def _allocate(self, candidates: list) -> list[tuple[list[int], str]]:
+        """Error mode: share one budget (``max-fraction`` of all columns of all activations)
+        greedily, each step giving the next columns to the activation whose relative int8
+        error (expected error / output energy) drops most per column."""
+        curves, orders = [], []
+        for stats, weights in candidates:
+            absmax = stats.channel_absmax.astype(np.float64)
+            order = np.argsort(-absmax, kind="stable")
+            cap = max(1, min(absmax.size - 1, absmax.size // 4))     # at most a quarter of one activation
+            mean_abs = stats.channel_abssum / max(stats.rows, 1)
+            signal = float(np.sum(mean_abs ** 2 * sum(np.square(w.astype(np.float64)).sum(axis=1) for w in weights)))
+            curves.append(self._expected_errors(stats, weights, order[:cap + 1]) / max(signal, 1e-30))
+            orders.append(order)
+        remaining = int(math.floor(self.max_fraction * sum(s.features for s, _ in candidates)))
+        taken = [0] * len(curves)
+        while remaining > 0:
+            best = (0.0, -1, 0)
+            for i, r in enumerate(curves):
+                k0 = taken[i]
+                span = min(64, len(r) - 1 - k0, remaining)
+                if span <= 0:
+                    continue
+                gains = (r[k0] - r[k0 + 1:k0 + span + 1]) / np.arange(1, span + 1)
+                j = int(np.argmax(gains))
+                if gains[j] > best[0]:
+                    best = (float(gains[j]), i, j + 1)
+            if best[1] < 0:
+                break
+            taken[best[1]] += best[2]
+            remaining -= best[2]
+        out = []
+        for r, order, count in zip(curves, orders, taken):
+            if count == 0:
+                out.append(([], "no share of the budget: other activations gain more"))
+                continue
+            cut = 100 * (r[0] - r[count]) / r[0] if r[0] > 0 else 0.0
+            out.append((sorted(order[:count].tolist()),
+                        f"error-driven share of {100 * self.max_fraction:g}% of all columns; "
+                        f"cuts this activation's int8 error by {cut:.0f}%"))
+        return out
 
     @staticmethod
     def _expected_errors(stats, weights: list[np.ndarray], order: np.ndarray) -> np.ndarray:

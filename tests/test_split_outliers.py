@@ -88,8 +88,25 @@ def test_threshold_and_error_modes():
     assert set(OUTLIERS) <= set(split.columns)            # Gaussian columns rarely pass 6.0 over 128 rows
     _, ctx = compile_with("split-outliers{mode=error,max-fraction=0.25}", samples)
     (split,) = ctx.cache["outlier_splits"]
-    assert split.columns[:2] == sorted(OUTLIERS) or set(OUTLIERS) <= set(split.columns)
-    assert len(split.columns) < K // 4                      # stops once the gain is used up
+    assert set(OUTLIERS) <= set(split.columns) and len(split.columns) <= K // 4
+
+
+def test_error_mode_shares_one_budget_where_the_error_is():
+    """Two activations, outliers in one only: the error mode spends the shared budget there."""
+    w2 = (RNG.standard_normal((K, N)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="a"), helper.make_node("MatMul", ["z", "w2"], ["v"], name="b")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, T, K]) for n in "xz"],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, T, N]) for n in "yv"],
+                              [numpy_helper.from_array(W, "w"), numpy_helper.from_array(w2, "w2")])
+    module = qc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    sx, sz = TensorStats(histogram=False), TensorStats(histogram=False)
+    for x in activations(4):
+        sx.update(x)
+        sz.update(RNG.standard_normal((1, T, K)).astype(np.float32))
+    ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": sx, "z": sz}, samples=4)})
+    PassManager.parse("split-outliers{mode=error,max-fraction=0.016}", ctx=ctx).run(module)   # 2 of 128 columns
+    splits = {sp.activation: sp for sp in ctx.cache["outlier_splits"]}
+    assert set(splits) == {"x"} and splits["x"].columns == list(OUTLIERS)
 
 
 def test_a_model_without_outliers_is_left_unchanged():

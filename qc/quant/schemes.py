@@ -191,7 +191,7 @@ def pipeline(opts: QuantOptions) -> str:
 
 
 OUTLIER_CHOICES = ("none", "split", "smooth", "both")
-DEFAULT_OUTLIERS = "none"
+DEFAULT_OUTLIERS = "both"
 
 
 def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
