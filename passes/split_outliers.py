@@ -102,8 +102,14 @@ class SplitOutliers(Pass):
                           hint="qc compile --quant w8a8 --outliers split adds it; give --calib or --calib-text")
         splits: list[Split] = ctx.cache.setdefault("outlier_splits", [])
         changed = False
-        for plan in self.plan(module, calib, ctx):
+        plans = self.plan(module, calib, ctx, keep_empty=True)
+        ctx.cache["outlier_candidate_columns"] = (ctx.cache.get("outlier_candidate_columns", 0)
+                                                  + sum(int(p.stats.features) for p in plans))
+        for plan in plans:
             x, ops, stats, columns, rest = plan.x, plan.ops, plan.stats, plan.columns, plan.rest
+            if columns.size == 0 or rest.size == 0:
+                ctx.remark(ops[0], f"%{x.name}: {plan.reason}; not split")
+                continue
             self._rewrite(module, x, ops, columns, rest, stats, calib)
             absmax = stats.channel_absmax
             split = Split(x.name, [op.name or op.results[0].name for op in ops], [int(c) for c in columns],

@@ -507,7 +507,8 @@ def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
         seconds["sqnr check"] = time.perf_counter() - t0
     report = build_report(scheme=quant.scheme, pipeline=str(pm), input_path=args.model, output_path=args.output,
                           module=module, calibration=calibration, accuracy=accuracy, seconds=seconds,
-                          outliers=outlier_report(pm.ctx.cache.get("outlier_splits", [])))
+                          outliers=outlier_report(pm.ctx.cache.get("outlier_splits", []),
+                                                  pm.ctx.cache.get("outlier_candidate_columns", 0)))
     if args.report_json:
         _refuse_overwrite(args.report_json, [args.model, args.output])
         with atomic_write(args.report_json, "w") as f:

@@ -78,15 +78,16 @@ def quantized_ops(module: Module) -> dict[str, int]:
     return dict(sorted(forms.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def outlier_report(splits: list) -> dict[str, Any] | None:
-    """Per activation: how many columns went to float16 and why (from split-outliers)."""
+def outlier_report(splits: list, candidate_columns: int = 0) -> dict[str, Any] | None:
+    """Per activation: how many columns went to float16 and why (from split-outliers);
+    ``candidate_columns``: all columns of the activations split-outliers looked at."""
     if not splits:
         return None
     layers = [{"activation": sp.activation, "ops": sp.ops, "float16_columns": len(sp.columns), "features": sp.features,
                "columns": sp.columns, "mode": sp.mode, "reason": sp.reason,
                "smallest_outlier_absmax": sp.outlier_absmax, "rest_absmax": sp.rest_absmax} for sp in splits]
     kept = sum(len(sp.columns) for sp in splits)
-    total = sum(sp.features for sp in splits)
+    total = max(candidate_columns, sum(sp.features for sp in splits))
     return {"float16_columns": kept, "columns": total, "fraction": kept / total if total else 0.0, "layers": layers}
 
 
@@ -120,7 +121,7 @@ def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
     o = r.get("outliers")
     if o:
         lines.append(f"  outliers: {o['float16_columns']} of {o['columns']} activation columns in float16 "
-                     f"({100 * o['fraction']:.2f}%) over {len(o['layers'])} activations"
+                     f"({100 * o['fraction']:.2f}%), in {len(o['layers'])} activations"
                      + ("" if per_layer else " (--report lists them)"))
         if per_layer:
             for layer in o["layers"]:
