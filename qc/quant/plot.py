@@ -2,7 +2,7 @@
 
 One chart per activation that feeds MatMuls with constant weights: the per-feature max |x| seen
 in calibration on a log scale, the columns ``split-outliers`` would keep in float16 marked in
-red, and the threshold of LLM.int8() (6.0) as a dashed line.
+red, and the threshold of LLM.int8() (6.0) as a dashed orange line.
 """
 from __future__ import annotations
 
@@ -38,16 +38,16 @@ def chart_svg(c: Chart, threshold: float) -> str:
     x_of = (lambda j: LEFT + plot_w * (j + 0.5) / k) if k else (lambda j: LEFT)
     base = HEIGHT - BOTTOM
     bars = "".join(f"M{x_of(j):.1f} {base}V{_y(float(v), lo, hi):.1f}" for j, v in enumerate(c.absmax))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">',
-             f'<path d="{bars}" stroke="#4a6fa5" stroke-width="{max(plot_w / max(k, 1), 0.6):.2f}"/>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img">']
     for e in range(lo, hi + 1):
         y = _y(10.0 ** e, lo, hi)
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
                      f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">1e{e}</text>')
+    parts.append(f'<path d="{bars}" stroke="#4a6fa5" stroke-width="{max(plot_w / max(k, 1), 0.6):.2f}"/>')
     ty = _y(threshold, lo, hi)
-    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - 8}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#888" '
-                 f'stroke-dasharray="4 3"/><text x="{WIDTH - 10}" y="{ty - 3:.1f}" text-anchor="end" '
-                 f'font-size="10" fill="#666">{threshold:g}</text>')
+    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - 8}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e08214" '
+                 f'stroke-width="1.5" stroke-dasharray="5 3"/><text x="{WIDTH - 10}" y="{ty - 3:.1f}" '
+                 f'text-anchor="end" font-size="10" fill="#e08214">|x| = {threshold:g}</text>')
     for j in c.columns:
         parts.append(f'<circle cx="{x_of(j):.1f}" cy="{_y(float(c.absmax[j]), lo, hi):.1f}" r="3" fill="#d62728">'
                      f'<title>column {j}: max |x| {float(c.absmax[j]):.4g}</title></circle>')
@@ -67,5 +67,5 @@ def outlier_html(title: str, charts: list[Chart], threshold: float, summary: str
             "<style>body{font-family:sans-serif;margin:1.5em}h3{font-size:13px;font-weight:normal;margin:1em 0 0}"
             "</style></head><body><h1>" + html.escape(title) + "</h1><p>" + html.escape(summary) +
             "</p><p>Per feature (column) of each activation: the largest |x| seen in calibration (log scale). "
-            "Red: the columns split-outliers keeps in float16. Dashed: the threshold.</p>"
+            "Red: the columns split-outliers keeps in float16. Dashed orange: the threshold.</p>"
             + "".join(rows) + "</body></html>\n")
