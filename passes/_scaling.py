@@ -2,14 +2,16 @@
 op that makes ``x`` when that op multiplies by a per-feature constant, else an explicit Mul."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from qc.ir.core import Graph, Op, Value
+from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 
-from ._util import const_array, is_default_domain
+from ._util import const_array, constant_consts, is_default_domain
 
 
 class NameTable:
@@ -115,3 +117,21 @@ def first_op(graph: Graph, ops: list[Op], order: dict[int, int] | None = None) -
 
 def describe(op: Op) -> str:
     return f"{op.qualified_type} '{op.name or (op.results[0].name if op.results and op.results[0] else '?')}'"
+
+
+def matmuls_by_input(module: Module, exclude: "re.Pattern | None" = None) -> list[list[Op]]:
+    """The main graph's MatMuls with a constant 2-D float32 weight, grouped by their activation
+    input (q, k and v read one), in graph order; ops whose name matches ``exclude`` left out."""
+    constants = constant_consts(module)
+    groups: dict[int, list[Op]] = {}
+    for op in module.graph:
+        if op.op_type != "MatMul" or not is_default_domain(op) or len(op.operands) != 2:
+            continue
+        if exclude is not None and exclude.search(op.name or ""):
+            continue
+        x, w = op.operands
+        data = const_array(w, constants)
+        if x is None or x.const is not None or data is None or data.ndim != 2 or w.const.dtype is not DType.f32:
+            continue
+        groups.setdefault(id(x), []).append(op)
+    return list(groups.values())

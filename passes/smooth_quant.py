@@ -7,13 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from qc.errors import QCError
-from qc.ir.core import Module, Op
-from qc.ir.dtypes import DType
+from qc.ir.core import Module
 from qc.ir.tensor import Tensor
 from qc.pm import Pass, PassContext, register_pass
 
-from ._scaling import NameTable, divide_input
-from ._util import const_array, constant_consts
+from ._scaling import NameTable, divide_input, matmuls_by_input
+from ._util import constant_consts
 
 
 @register_pass("smooth-quant")
@@ -59,18 +58,9 @@ class SmoothQuant(Pass):
         exclude = re.compile(self.exclude) if self.exclude else None
         constants = constant_consts(module)
         graph = module.graph
-        groups: dict[int, list[Op]] = {}
-        for op in graph:
-            if op.op_type != "MatMul" or op.domain not in ("", "ai.onnx") or len(op.operands) != 2:
-                continue
-            x, w = op.operands
-            data = const_array(w, constants)
-            if x is None or x.const is not None or data is None or data.ndim != 2 or w.const.dtype is not DType.f32:
-                continue
-            groups.setdefault(id(x), []).append(op)
         names = NameTable(graph)
         changed = False
-        for ops in groups.values():
+        for ops in matmuls_by_input(module):
             x = ops[0].operands[0]
             if exclude is not None and any(exclude.search(op.name or "") for op in ops):
                 continue

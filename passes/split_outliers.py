@@ -14,7 +14,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import const_array, constant_consts
+from ._scaling import matmuls_by_input
 
 MODES = ("threshold", "budget", "error")
 _FLOAT16 = 10
@@ -126,20 +126,8 @@ class SplitOutliers(Pass):
         rewriting anything (``qc report`` draws these); ``keep_empty`` also returns the
         activations where no column qualifies."""
         exclude = re.compile(self.exclude) if self.exclude else None
-        constants = constant_consts(module)
-        groups: dict[int, list[Op]] = {}
-        for op in module.graph:
-            if op.op_type != "MatMul" or op.domain not in ("", "ai.onnx") or len(op.operands) != 2:
-                continue
-            if exclude is not None and exclude.search(op.name or ""):
-                continue
-            x, w = op.operands
-            data = const_array(w, constants)
-            if x is None or x.const is not None or data is None or data.ndim != 2 or w.const.dtype is not DType.f32:
-                continue
-            groups.setdefault(id(x), []).append(op)
         candidates = []
-        for ops in groups.values():
+        for ops in matmuls_by_input(module, exclude):
             x = ops[0].operands[0]
             stats = calib.tensors.get(x.name)
             if stats is None or stats.channel_min is None:

@@ -52,3 +52,16 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     import collections
 
     return dict(collections.Counter(n.op_type for n in model.graph.node))
+
+
+def run_and_check(model: onnx.ModelProto, spec: str) -> tuple[onnx.ModelProto, list[str]]:
+    """Import ``model``, run the pipeline ``spec``, export: the checked ONNX model and the remarks."""
+    import qc
+    from qc.pm import PassContext
+
+    module = qc.import_onnx(model)
+    ctx = PassContext()
+    qc.run_pipeline(module, spec, ctx=ctx)
+    out = qc.export_onnx(module)
+    onnx.checker.check_model(out, full_check=True)
+    return out, ctx.remarks

@@ -23,9 +23,8 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import qc
-from conftest import op_counts
+from conftest import op_counts, run_and_check
 from qc.errors import QCError
-from qc.pm import PassContext
 from qc.runtime import ort_session
 
 RNG = np.random.default_rng(7)
@@ -89,12 +88,7 @@ def dynamic_act():
 
 
 def lower(m, spec="lower-qop"):
-    module = qc.import_onnx(m)
-    ctx = PassContext()
-    qc.run_pipeline(module, spec, ctx=ctx)
-    out = qc.export_onnx(module)
-    onnx.checker.check_model(out, full_check=True)
-    return out, ctx.remarks
+    return run_and_check(m, spec)
 
 
 def run(m, feeds):

@@ -18,10 +18,9 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 import qc
-from conftest import LIGHT_DIR, op_counts, small_mlp
+from conftest import LIGHT_DIR, op_counts, run_and_check, small_mlp
 from qc.errors import QCError
 from qc.ir.tensor import Tensor
-from qc.pm import PassContext
 from qc.runtime import ort_session
 from qc.testing.conformance import random_feeds
 
@@ -44,12 +43,7 @@ def model(nodes, inputs, outputs, inits=(), opset=17):
 
 
 def convert(m, spec="to-fp16"):
-    module = qc.import_onnx(m)
-    ctx = PassContext()
-    qc.run_pipeline(module, spec, ctx=ctx)
-    out = qc.export_onnx(module)
-    onnx.checker.check_model(out, full_check=True)
-    return out, ctx.remarks
+    return run_and_check(m, spec)
 
 
 def run(m, feeds):
