@@ -104,18 +104,13 @@ def main(argv=None) -> int:
 
     header = ("method", "quantize s", "peak RSS MB", "float16 cols", "size MB", "quality (ORT opt off)",
               "quality (ORT opt on)", f"latency ms ({args.seq_len} tok)")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     what = ("perplexity over {} windows x {} tokens".format(args.eval_windows, args.seq_len)
             if args.model == "smollm2-135m" else f"mean / min cosine vs FP32 over {args.sentences} sentences")
     print(f"outliers: {args.model}, {datetime.date.today().isoformat()}, onnxruntime {onnxruntime.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs")
     print(f"static W8A8 (per-tensor activations, per-channel weights); calibration: {args.samples} windows of the "
           f"licence texts; quality: {what} of the Python Language Reference")
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
+    vs_ort.print_table(header, rows)
     for name, flags in ROWS.items():
         print(f"  {name}: qc compile --quant w8a8 {' '.join(flags)}")
     print(f"Total {time.perf_counter() - started:.0f} s.")

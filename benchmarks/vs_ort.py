@@ -246,6 +246,16 @@ def latency(model: str, path: str, feeds: dict, runs: int) -> float:
     return metrics.latency_ms(path, feeds, runs=runs, warmup=3, optimize=True, disabled_optimizers=DISABLED.get(model))
 
 
+def print_table(header: tuple, rows: list[tuple]) -> None:
+    """A Markdown table with columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for cells in [header, None, *rows]:
+        if cells is None:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        else:
+            print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |")
+
+
 # -- main -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -325,16 +335,11 @@ def main(argv=None) -> int:
 
     header = ("method", "quantize s", "peak RSS MB", "size MB", "quality (ORT opt off)", "quality (ORT opt on)",
               f"latency ms ({args.seq_len} tok)")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(f"vs_ort: {args.model}, {datetime.date.today().isoformat()}, onnxruntime {onnxruntime.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"calibration: {args.samples} windows x {args.seq_len} tokens of the licence texts; "
           f"quality: {what} of the Python Language Reference")
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
+    print_table(header, rows)
     for name in methods:
         print(f"  {name}: {METHODS[name][0]}")
     print(f"Total {time.perf_counter() - started:.0f} s.")
