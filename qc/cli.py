@@ -124,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_import_options(rep)
     rep.set_defaults(func=cmd_report)
 
-    targets = sub.add_parser("targets", parents=[common], help="list targets")
+    targets = sub.add_parser("targets", parents=[common], help="list targets, or show one target's kernel table")
     targets.add_argument("name", nargs="?")
     targets.set_defaults(func=cmd_targets)
 
@@ -567,13 +567,30 @@ def _indent(text: str) -> str:
 def cmd_targets(args) -> int:
     from .targets import builtin_targets, load_target
 
-    names = [args.name] if args.name else builtin_targets()
-    for name in names:
-        t = load_target(name)
-        sys.stdout.write(f"{t.name}: {t.description}\n")
-        if args.name:
-            sys.stdout.write(f"  features: {', '.join(t.features) or '-'}\n  devices: {', '.join(t.devices)}\n"
-                             f"  backend: {t.backend}\n")
+    if not args.name:
+        rows = [load_target(name) for name in builtin_targets()]
+        w = max(len(t.name) for t in rows)
+        for t in rows:
+            devices = ",".join(d + ("*" if d == t.preferred_device and len(t.devices) > 1 else "")
+                               for d in t.devices)
+            sys.stdout.write(f"{t.name:<{w}}  {t.backend:<4}  {devices:<12}  {t.description}\n")
+        sys.stdout.write("(* = preferred device; `qc targets NAME` shows a target's kernel table)\n")
+        return 0
+    t = load_target(args.name)
+    sys.stdout.write(f"{t.name}: {t.description}\n")
+    sys.stdout.write(f"  features: {', '.join(t.features) or '-'}\n"
+                     f"  devices: {', '.join(t.devices)} (preferred: {t.preferred_device})\n"
+                     f"  backend: {t.backend}\n")
+    if t.cc:
+        sys.stdout.write(f"  compiler: {t.cc} {' '.join(t.cflags)}\n")
+    if t.qemu:
+        note = f"  ({t.qemu_note})" if t.qemu_note else ""
+        sys.stdout.write(f"  qemu: {' '.join(t.qemu)}{note}\n")
+    for dev in t.devices:
+        table = t.kernels.get(dev, [])
+        sys.stdout.write(f"  kernels on {dev} ({len(table)}):\n")
+        for k in table:
+            sys.stdout.write(f"    {k.describe()}  -- {k.source}\n")
     return 0
 
 
