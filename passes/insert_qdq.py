@@ -149,7 +149,7 @@ class InsertQDQ(Pass):
         need = 21 if dtype.bits in (4, 16) else 11 if self.dynamic else 10
         if opset < need:
             raise QCError(f"insert-qdq: {dtype} activations need opset {need}, the model has opset {opset}",
-                          hint=f"recompile with --upgrade-opset {max(need, 21 if need > 13 else 13)}")
+                          hint=f"recompile with --upgrade-opset {max(need, 13)}")
 
     def _insert_pair(self, graph: Graph, x: Value, dtype: DType, calib, method: str,
                      ctx: PassContext, consumer: Op) -> Value | None:

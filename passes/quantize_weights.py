@@ -295,16 +295,9 @@ class QuantizeWeights(Pass):
         q, scale, zp = algos.quantize_rtn(kn, bits, self.granularity, self.block_size, self.symmetric, signed)
         q = q.T.reshape(w.shape)
         base = weight.name
-        scale_const = graph.add_const(names.fresh(f"{base}.scale"), Tensor.from_array(np.array(scale, np.float32)))
-        zp_const = graph.add_const(names.fresh(f"{base}.zp"), Tensor.from_array(np.array(zp).astype(storage.numpy), storage))
         per_channel = self.granularity == "channel"
-        params = (QuantParams(scale=scale_const.name, zero_point=zp_const.name, axis=0) if per_channel
-                  else QuantParams(scale=float(scale), zero_point=int(zp)))
-        q_const = graph.add_const(names.fresh(f"{base}.q"), Tensor.from_array(q.astype(storage.numpy), storage),
-                                  TensorType(storage, tuple(q.shape), params))
-        dq_value = Value(names.fresh(f"{base}.dq"), TensorType(DType.f32, tuple(q.shape)))
-        graph.insert_before(op, Op("DequantizeLinear", [q_const, scale_const, zp_const], results=[dq_value],
-                                   attrs={"axis": 0} if per_channel else {}, name=f"{base}.dequantize"))
+        dq_value = self._emit_dequantize(graph, base, storage, q, scale, zp, {"axis": 0} if per_channel else {},
+                                         names, op)
         op.set_operand(1, dq_value)
         summary = self._summary(storage, "rtn")
         op.meta["qc.quant"] = summary
@@ -429,13 +422,19 @@ class QuantizeWeights(Pass):
             attrs = {"axis": out_axis}
         elif self.granularity == "block":
             attrs = {"axis": in_axis, "block_size": self.block_size}
+        anchor = first_op(graph, [use.op for use in job.uses], order)
+        return self._emit_dequantize(graph, base, storage, q, scale, zp, attrs, names, anchor)
+
+    def _emit_dequantize(self, graph: Graph, base: str, storage: DType, q: np.ndarray, scale: np.ndarray,
+                         zp: np.ndarray, attrs: dict[str, int], names: NameTable, anchor: Op) -> Value:
+        """Consts ``base.q`` / ``.scale`` / ``.zp`` and a DequantizeLinear with ``attrs`` before ``anchor``."""
         q_name = names.fresh(f"{base}.q")
         suffix = q_name[len(base) + 2:]          # "_1" when the weight is stored twice (AWQ, two orientations)
         scale_const = graph.add_const(names.fresh(f"{base}.scale{suffix}"),
                                       Tensor.from_array(np.array(scale, np.float32)))
         zp_const = graph.add_const(names.fresh(f"{base}.zp{suffix}"),
                                    Tensor.from_array(np.array(zp).astype(storage.numpy), storage))
-        if self.granularity == "tensor":
+        if "axis" not in attrs:
             params = QuantParams(scale=float(scale), zero_point=int(zp))
         else:
             params = QuantParams(scale=scale_const.name, zero_point=zp_const.name, axis=attrs["axis"],
@@ -443,9 +442,8 @@ class QuantizeWeights(Pass):
         q_const = graph.add_const(q_name, Tensor.from_array(np.ascontiguousarray(q).astype(storage.numpy), storage),
                                   TensorType(storage, tuple(q.shape), params))
         dq_value = Value(names.fresh(f"{base}.dq{suffix}"), TensorType(DType.f32, tuple(q.shape)))
-        dequant = Op("DequantizeLinear", [q_const, scale_const, zp_const], results=[dq_value],
-                     attrs=attrs, name=f"{base}.dequantize{suffix}")
-        graph.insert_before(first_op(graph, [use.op for use in job.uses], order), dequant)
+        graph.insert_before(anchor, Op("DequantizeLinear", [q_const, scale_const, zp_const], results=[dq_value],
+                                       attrs=attrs, name=f"{base}.dequantize{suffix}"))
         return dq_value
 
     # -- reporting -----------------------------------------------------------------------------

@@ -354,12 +354,11 @@ def cmd_opt(args) -> int:
     ctx = PassContext()
     pm, _ = build_pass_manager(spec, args, ctx)
     module = load_module(args.input, args)
-    args.model = args.input
     if args.samples < 1 or args.seq_len < 2:
         raise QCError(f"--samples must be >= 1 and --seq-len >= 2 (got {args.samples} and {args.seq_len})")
     from .quant import compile as qcompile
 
-    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
+    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False, model=args.input))
     if data is not None:
         ctx.options.update(calibration_data=data, calibration_cache=args.calib_cache, quiet=True)
     pm.run(module)
@@ -653,22 +652,24 @@ def _producer_model(path: str) -> str | None:
     return None
 
 
-def _eval_tokenizer(args, *, encoder: bool):
-    """(tokenizer object or encode callable, description) for --tokenizer or the models' producer."""
+def _eval_tokenizer(args, *, encoder: bool, model: str | None = None):
+    """(tokenizer object or encode callable, description) for --tokenizer or the producer of the
+    model (``model``, else ``args.model``) or of ``args.ref``."""
     from .data.text import load_tokenizer
     from .models import MODELS, model_module
 
     spec = args.tokenizer
     ref = getattr(args, "ref", None)
-    built_as = _producer_model(args.model) or (_producer_model(ref) if ref else None)
+    model = model or args.model
+    built_as = _producer_model(model) or (_producer_model(ref) if ref else None)
     if spec is not None and spec in MODELS and built_as is not None and spec != built_as:
-        raise QCError(f"the model was built as {built_as} but --tokenizer names {spec}", where=args.model,
+        raise QCError(f"the model was built as {built_as} but --tokenizer names {spec}", where=model,
                       hint=f"use --tokenizer {built_as}")
     if spec is None:
         spec = built_as
         if spec is None:
             raise QCError("which tokenizer does the model use? give --tokenizer",
-                          where=args.model, hint="a model name (" + ", ".join(MODELS) + ") or a tokenizer.json file")
+                          where=model, hint="a model name (" + ", ".join(MODELS) + ") or a tokenizer.json file")
     if encoder and spec in MODELS and hasattr(model_module(spec), "encode_batch"):
         return model_module(spec).encode_batch, spec
     return load_tokenizer(spec), spec
