@@ -1,0 +1,139 @@
+/* Requantization, accumulator dequantization and elementwise (de)quantization (portable C99;
+   shared by every kernel variant, so every variant is bit-exact here by construction). */
+#include "qc_kernels.h"
+
+/* TFLite / gemmlowp SaturatingRoundingDoublingHighMul. */
+static int32_t qc_srdhm(int32_t a, int32_t b)
+{
+    int64_t ab, nudge, q;
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    ab = (int64_t)a * (int64_t)b;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    q = (ab + nudge) / ((int64_t)1 << 31);   /* C division truncates toward zero, as TFLite */
+    return (int32_t)q;
+}
+
+/* gemmlowp RoundingDivideByPOT: round to nearest, ties away from zero. */
+static int32_t qc_rdbpot(int32_t x, int exponent)
+{
+    int32_t mask, remainder, threshold;
+    if (exponent <= 0) {
+        return x;
+    }
+    if (exponent > 31) {
+        exponent = 31;
+    }
+    mask = (int32_t)(((uint32_t)1 << exponent) - 1u);
+    remainder = x & mask;
+    threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> exponent) + (remainder > threshold ? 1 : 0);
+}
+
+int32_t qc_multiply_by_quantized_multiplier(int32_t x, int32_t mult, int32_t shift)
+{
+    int left = shift > 0 ? shift : 0;
+    int right = shift > 0 ? 0 : -shift;
+    if (left > 31) {
+        left = 31;
+    }
+    x = (int32_t)((uint32_t)x << left);   /* wraps like TFLite's x * (1 << left_shift) */
+    return qc_rdbpot(qc_srdhm(x, mult), right);
+}
+
+void qc_requant_s8(int M, int N, const int32_t *C, const int32_t *bias, const int32_t *mult,
+                   const int32_t *shift, int per_channel, int32_t out_zp, int32_t qmin,
+                   int32_t qmax, int8_t *out)
+{
+    int m, n;
+    for (m = 0; m < M; ++m) {
+        for (n = 0; n < N; ++n) {
+            int c = per_channel ? n : 0;
+            int32_t acc = C[(size_t)m * N + n];
+            int32_t v;
+            if (bias) {
+                acc = (int32_t)((uint32_t)acc + (uint32_t)bias[n]);   /* wraps */
+            }
+            v = qc_multiply_by_quantized_multiplier(acc, mult[c], shift[c]);
+            v = (int32_t)((uint32_t)v + (uint32_t)out_zp);
+            v = v < qmin ? qmin : v;
+            v = v > qmax ? qmax : v;
+            out[(size_t)m * N + n] = (int8_t)v;
+        }
+    }
+}
+
+void qc_dequant_acc_f32(int M, int N, const int32_t *C, const int32_t *bias, const float *scale,
+                        int per_channel, const float *fbias, float *out)
+{
+    int m, n;
+    for (m = 0; m < M; ++m) {
+        for (n = 0; n < N; ++n) {
+            int32_t acc = C[(size_t)m * N + n];
+            float v;
+            if (bias) {
+                acc = (int32_t)((uint32_t)acc + (uint32_t)bias[n]);
+            }
+            v = (float)acc * scale[per_channel ? n : 0];
+            if (fbias) {
+                v += fbias[n];
+            }
+            out[(size_t)m * N + n] = v;
+        }
+    }
+}
+
+/* Round to nearest, ties to even, for |v| <= 2^22 (callers clamp first): adding and
+   subtracting 1.5 * 2^23 leaves the integer part in the mantissa under the default
+   rounding mode. Needs IEEE float evaluation (no -ffast-math). */
+static float qc_round_half_even(float v)
+{
+    volatile float t = v + 12582912.0f;
+    return t - 12582912.0f;
+}
+
+static int32_t qc_quantize_one(float x, float scale, int32_t zp, int32_t lo, int32_t hi)
+{
+    float v = x / scale;
+    float flo = (float)(lo - zp), fhi = (float)(hi - zp);
+    if (!(v >= flo)) {      /* also catches NaN, mapped to the low end */
+        v = flo;
+    }
+    if (v > fhi) {
+        v = fhi;
+    }
+    return (int32_t)qc_round_half_even(v) + zp;
+}
+
+void qc_quantize_s8(size_t n, const float *x, float scale, int32_t zp, int8_t *y)
+{
+    size_t i;
+    for (i = 0; i < n; ++i) {
+        y[i] = (int8_t)qc_quantize_one(x[i], scale, zp, -128, 127);
+    }
+}
+
+void qc_quantize_u8(size_t n, const float *x, float scale, int32_t zp, uint8_t *y)
+{
+    size_t i;
+    for (i = 0; i < n; ++i) {
+        y[i] = (uint8_t)qc_quantize_one(x[i], scale, zp, 0, 255);
+    }
+}
+
+void qc_dequantize_s8(size_t n, const int8_t *x, float scale, int32_t zp, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; ++i) {
+        y[i] = (float)((int32_t)x[i] - zp) * scale;
+    }
+}
+
+void qc_dequantize_u8(size_t n, const uint8_t *x, float scale, int32_t zp, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; ++i) {
+        y[i] = (float)((int32_t)x[i] - zp) * scale;
+    }
+}
