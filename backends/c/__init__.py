@@ -1,1 +1,52 @@
-"""The C backend: dependency-free C99 for Arm Cortex-A and Cortex-M (see docs/c-backend.md)."""
+"""The C backend: dependency-free C99 for Arm Cortex-A and Cortex-M (see docs/c-backend.md).
+
+``emit_c(module, out_dir, target, shapes=..., harness=...)`` fixes the input shapes, folds the
+shape arithmetic, lowers every op (or quantized node unit) to a kernel call, plans the arena
+and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a CMake
+snippet. It returns the compile report (arena and weight bytes, kernels per node).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from qc.ir import Module
+
+from .prepare import prepare
+
+
+def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, Sequence[int]] | None = None,
+           harness: bool = False, prefix: str = "model", incbin: bool | None = None) -> dict:
+    """Compile *module* (changed in place: static shapes, folded) to C in *out_dir*; return the report."""
+    from . import emit as E
+    from .harness import harness_c
+    from .lower import Lowering
+    from .memplan import plan
+
+    features = tuple(getattr(target, "features", ()) or ())
+    prepare(module, dict(shapes or {}))
+    lw = Lowering(module, features)
+    low = lw.run()
+    arena = plan(low.calls, low.arena_buffers)
+    out = Path(out_dir)
+    info = E.emit(low, out, prefix, arena, incbin=incbin)
+    files = list(info["files"])
+    if harness:
+        E.write_text(out / "harness.c", harness_c(low, prefix))
+        files.append("harness.c")
+    cc = getattr(target, "cc", None) or "cc"
+    flags = list(getattr(target, "cflags", ()) or ("-O2",))
+    macros = []
+    if info["uses_kernels"]:
+        from .packing import variant_macros
+
+        macros = variant_macros(lw.variant)
+    sources = E.source_files(files)
+    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness))
+    E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros))
+    files += ["Makefile", f"{prefix}.cmake"]
+    return {"out_dir": str(out), "prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
+            "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
+            "inputs": [(b.name, str(b.dtype), b.shape) for b in low.inputs],
+            "outputs": [(b.name, str(b.dtype), b.shape) for b in low.outputs],
+            "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
