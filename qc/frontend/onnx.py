@@ -6,19 +6,22 @@ older than requested can be upgraded with ``onnx.version_converter``.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterable, Iterator
 
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorShapeProto, TypeProto
 
 from ..errors import QCError
 from ..ir._gc import without_gc
+from ..ir.printer import format_type
 from ..ir.scope import Scope
 from ..ir.core import Attr, Function, Graph, Module, Op, Value
 from ..ir.dtypes import DType
-from ..ir.tensor import SparseTensor, Tensor
+from ..ir.tensor import SparseTensor, Tensor, check_proto
 from ..ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 _ATTR_KIND = {
@@ -64,11 +67,46 @@ def import_onnx(model: str | os.PathLike | ModelProto, *, upgrade_opset: int | N
         model = load_model_proto(where)
     elif not isinstance(model, ModelProto):
         raise TypeError(f"import_onnx expects a path or a ModelProto, got {type(model).__name__}")
+    _check_text_fields(model, where)
     if upgrade_opset is not None:
         model = _upgrade(model, upgrade_opset, where)
     if infer_shapes:
         model = _with_inferred_shapes(model)
-    return _Importer(where, base_dir).module(model)
+    try:
+        return _Importer(where, base_dir).module(model)
+    except QCError as e:
+        if e.where is None:
+            raise QCError(e.bare_message, where=where, hint=e.hint) from None
+        raise
+    except RecursionError:
+        raise QCError("the model nests subgraphs too deeply to import", where=where,
+                      hint="a real model nests If/Loop/Scan bodies a few levels deep, not hundreds") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _text_layout(descriptor) -> tuple[tuple[str, bool], ...]:
+    """The string and message fields of a message type: (name, is_message), repeated or not."""
+    return tuple((f.name, f.type == FieldDescriptor.TYPE_MESSAGE) for f in descriptor.fields
+                 if f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
+
+
+def _check_text_fields(model: ModelProto, where: str) -> None:
+    """Refuse a model with a string field (a name, op type, domain...) that is not UTF-8: protobuf
+    hands such fields over as bytes. Only string and message fields are read, never tensor data."""
+    stack: list = [model]
+    while stack:
+        msg = stack.pop()
+        for name, is_message in _text_layout(msg.DESCRIPTOR):
+            value = getattr(msg, name)
+            if is_message:
+                if hasattr(value, "DESCRIPTOR"):
+                    if msg.HasField(name):
+                        stack.append(value)
+                else:
+                    stack.extend(value)
+            elif isinstance(value, bytes) or (not isinstance(value, str) and any(isinstance(v, bytes) for v in value)):
+                raise QCError(f"{msg.DESCRIPTOR.name}.{name} is not valid UTF-8 text ({value!r:.80})", where=where,
+                              hint="the model is corrupt (names, op types and domains are UTF-8 strings)")
 
 
 def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
@@ -192,12 +230,21 @@ def convert_type(tp: TypeProto) -> Type:
     if which == "optional_type":
         return OptionalType(convert_type(tp.optional_type.elem_type))
     if which == "map_type":
-        return MapType(DType(tp.map_type.key_type), convert_type(tp.map_type.value_type))
+        key = _dtype(tp.map_type.key_type)
+        if key is None:
+            raise QCError("a map type has no key type", hint="the model is corrupt")
+        return MapType(key, convert_type(tp.map_type.value_type))
     return None
 
 
 def _dtype(code: int) -> DType | None:
-    return DType(code) if code else None
+    if not code:
+        return None
+    try:
+        return DType(code)
+    except ValueError:
+        raise QCError(f"unknown tensor element type code {code}",
+                      hint="the model is corrupt, or needs a newer onnx than this qc knows") from None
 
 
 def _shape(t) -> tuple:
@@ -255,14 +302,20 @@ class _Importer:
         graph.doc = g.doc_string
         for init in g.initializer:
             self.define(scope, init.name, path)
-            v = Value(init.name, types.get(init.name) or TensorType(DType(init.data_type), tuple(init.dims)),
-                      const=Tensor.from_proto(init, self.base_dir))
+            data = self.tensor(init, path)
+            declared = types.get(init.name)
+            if isinstance(declared, TensorType) and (
+                    (declared.dtype is not None and declared.dtype != data.dtype)
+                    or (declared.shape is not None and declared.is_static and declared.shape != data.shape)):
+                raise QCError(f"initializer '{init.name}' in {path} holds {data.dtype}{list(data.shape)}, but the "
+                              f"graph declares it as {format_type(declared)}", where=self.where,
+                              hint="the value_info or input type of the initializer contradicts its data")
+            v = Value(init.name, declared or TensorType(data.dtype, data.shape), const=data)
             graph.consts[init.name] = scope.names[init.name] = v
         for sp in g.sparse_initializer:
             name = sp.values.name
             self.define(scope, name, path)
-            data = SparseTensor(Tensor.from_proto(sp.values, self.base_dir),
-                                Tensor.from_proto(sp.indices, self.base_dir), tuple(sp.dims))
+            data = self.sparse(sp, path)
             v = Value(name, SparseTensorType(data.dtype, data.shape), const=data)
             graph.consts[name] = scope.names[name] = v
         for vi in g.input:
@@ -316,24 +369,38 @@ class _Importer:
             raise QCError(f"attribute '{a.name}' in {path} has no type", where=self.where)
         if a.ref_attr_name:
             return Attr(kind, None, ref=a.ref_attr_name, doc=a.doc_string)
-        base = self.base_dir
         value = {
             "int": lambda: int(a.i), "float": lambda: float(a.f), "string": lambda: bytes(a.s),
-            "tensor": lambda: Tensor.from_proto(a.t, base),
+            "tensor": lambda: self.tensor(a.t, path),
             "graph": lambda: self.graph(a.g, scope, f"{path}.{a.name}"),
-            "sparse": lambda: self.sparse(a.sparse_tensor), "type": lambda: convert_type(a.tp),
+            "sparse": lambda: self.sparse(a.sparse_tensor, path), "type": lambda: convert_type(a.tp),
             "ints": lambda: [int(i) for i in a.ints], "floats": lambda: [float(f) for f in a.floats],
             "strings": lambda: [bytes(s) for s in a.strings],
-            "tensors": lambda: [Tensor.from_proto(t, base) for t in a.tensors],
+            "tensors": lambda: [self.tensor(t, path) for t in a.tensors],
             "graphs": lambda: [self.graph(g, scope, f"{path}.{a.name}[{i}]") for i, g in enumerate(a.graphs)],
-            "sparses": lambda: [self.sparse(s) for s in a.sparse_tensors],
+            "sparses": lambda: [self.sparse(s, path) for s in a.sparse_tensors],
             "types": lambda: [convert_type(t) for t in a.type_protos],
         }[kind]()
         return Attr(kind, value, doc=a.doc_string)
 
-    def sparse(self, sp: onnx.SparseTensorProto) -> SparseTensor:
-        return SparseTensor(Tensor.from_proto(sp.values, self.base_dir),
-                            Tensor.from_proto(sp.indices, self.base_dir), tuple(sp.dims))
+    def tensor(self, proto: onnx.TensorProto, path: str) -> Tensor:
+        """The tensor, undecoded, after :func:`check_proto` found its header and data consistent."""
+        try:
+            check_proto(proto, self.base_dir)
+        except QCError as e:
+            raise QCError(f"{e.bare_message} (in {path})", where=self.where, hint=e.hint) from None
+        return Tensor.from_proto(proto, self.base_dir)
+
+    def sparse(self, sp: onnx.SparseTensorProto, path: str) -> SparseTensor:
+        values, indices = self.tensor(sp.values, path), self.tensor(sp.indices, path)
+        name = sp.values.name or "a sparse tensor"
+        nnz, rank = values.size, len(sp.dims)
+        if any(d < 0 for d in sp.dims) or len(values.shape) != 1 or indices.dtype is not DType.i64 \
+                or indices.shape not in ((nnz,), (nnz, rank)):
+            raise QCError(f"sparse tensor '{name}' in {path} is malformed: values {list(values.shape)}, indices "
+                          f"{indices.dtype}{list(indices.shape)}, dense shape {list(sp.dims)}", where=self.where,
+                          hint="values must be [NNZ] and indices int64 [NNZ] or [NNZ, rank]")
+        return SparseTensor(values, indices, tuple(sp.dims))
 
 
 def _topological(nodes: list[onnx.NodeProto], scope: Scope, where: str, path: str) -> list[onnx.NodeProto]:

@@ -340,6 +340,8 @@ def _parse_tensor_type(text: str) -> tuple[DType | None, tuple | None]:
         elif item.startswith('"'):
             dims.append(unquote(item).decode())
         elif item.lstrip("-").isdigit():
+            if not -_INT64 <= int(item) < _INT64:
+                raise ValueError(f"{item} (beyond 64 bits)")
             dims.append(int(item))
         elif _IDENT.match(item):
             dims.append(item)
@@ -348,6 +350,7 @@ def _parse_tensor_type(text: str) -> tuple[DType | None, tuple | None]:
     return dtype, tuple(dims)
 
 
+_INT64 = 1 << 63
 _DIM_ITEM = re.compile(r'\s*("(?:\\.|[^"\\])*"|[^,]+)\s*(?:,|$)')
 _IDENT = re.compile(r"[A-Za-z_]\w*\Z")
 
@@ -413,11 +416,12 @@ class _Builder:
         graph.name = _name(sym)
         if main.attrs and "doc" in main.attrs:
             graph.doc = unquote_str(main.attrs["doc"])
-        module = Module(graph=graph, opset_imports={str(k): int(v) for k, v in plain.get("opset_import", {}).items()},
-                        ir_version=int(plain.get("ir_version", 10)),
-                        producer_name=plain.get("producer_name", ""), producer_version=plain.get("producer_version", ""),
-                        domain=plain.get("domain", ""), model_version=int(plain.get("model_version", 0)),
-                        doc=plain.get("doc", ""), metadata=list(plain.get("metadata", {}).items()))
+        header = _Header(self, sym, plain)
+        module = Module(graph=graph, opset_imports=header.opsets("opset_import"),
+                        ir_version=header.int64("ir_version", 10),
+                        producer_name=header.text("producer_name"), producer_version=header.text("producer_version"),
+                        domain=header.text("domain"), model_version=header.int64("model_version", 0),
+                        doc=header.text("doc"), metadata=header.metadata("metadata"))
         for f in funcs:
             if f is not main:
                 module.functions.append(self.function(f))
@@ -429,12 +433,11 @@ class _Builder:
         self.graph_into(body, f, Scope())
         defaults = {k: self.attr(v, None, k) for k, v in fattrs.get("attribute_defaults", ("dict", {}))[1].items()}
         params = [s.decode() for s in _plain(fattrs.get("attributes", ("strings", []))) ] + list(defaults)
-        return Function(domain=unquote_str(fattrs["domain"]), name=body.name, body=body, attr_params=params,
-                        attr_defaults=defaults,
-                        opset_imports={str(k): int(v) for k, v in _plain(fattrs.get("opset_import", ("dict", {}))).items()},
-                        overload=unquote_str(fattrs.get("overload", ("string", b""))),
-                        doc=unquote_str(fattrs.get("doc", ("string", b""))),
-                        metadata=list(_plain(fattrs.get("metadata", ("dict", {}))).items()))
+        header = _Header(self, f.name, {k: _plain(v) for k, v in fattrs.items()})
+        return Function(domain=header.text("domain"), name=body.name, body=body, attr_params=params,
+                        attr_defaults=defaults, opset_imports=header.opsets("opset_import"),
+                        overload=header.text("overload"), doc=header.text("doc"),
+                        metadata=header.metadata("metadata"))
 
     def define(self, scope: Scope, tok, value: Value) -> Value:
         if value.name in scope.names:
@@ -512,6 +515,8 @@ class _Builder:
             return Attr("graphs", [self.subgraph(g, scope) for g in v])
         if kind == "float":
             return Attr("float", float(np.float32(v)))
+        if kind in ("int", "ints") and not all(-_INT64 <= x < _INT64 for x in (v if kind == "ints" else [v])):
+            raise self.err(tok, f"attribute '{key}' has an integer beyond 64 bits")
         if kind in ("int", "string", "ints", "floats", "strings", "type", "types"):
             return Attr(kind, v)
         raise self.err(tok, f"attribute '{key}' has a value of kind {kind}, which no ONNX attribute can hold")
@@ -571,6 +576,44 @@ class _Builder:
             except QCError as e:
                 raise self.err(btok, e.bare_message) from None
         return Tensor.elided(dtype, shape, blob_key)
+
+
+class _Header:
+    """Typed reads of a module's or function's header attributes, each an error at ``tok`` if
+    it has the wrong kind or does not fit the ONNX field (int64)."""
+
+    def __init__(self, builder: "_Builder", tok, plain: dict):
+        self.builder, self.tok, self.plain = builder, tok, plain
+
+    def fail(self, key: str, expected: str) -> ParseError:
+        return self.builder.err(self.tok, f"header attribute '{key}' must be {expected}, got {self.plain[key]!r:.60}")
+
+    def int64(self, key: str, default: int) -> int:
+        v = self.plain.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or not -_INT64 <= v < _INT64:
+            raise self.fail(key, "a 64-bit integer")
+        return v
+
+    def text(self, key: str) -> str:
+        v = self.plain.get(key, "")
+        if isinstance(v, bytes):
+            return v.decode("utf-8", "surrogateescape")
+        if not isinstance(v, str):
+            raise self.fail(key, "a string")
+        return v
+
+    def opsets(self, key: str) -> dict[str, int]:
+        v = self.plain.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                              and -_INT64 <= n < _INT64 for n in v.values()):
+            raise self.fail(key, 'a dict of domain = version, e.g. {"" = 17}')
+        return {str(k): n for k, n in v.items()}
+
+    def metadata(self, key: str) -> list[tuple[str, str]]:
+        v = self.plain.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+            raise self.fail(key, 'a dict of key = "value" strings')
+        return list(v.items())
 
 
 _QUOTED = re.compile(r'"(?:\\.|[^"\\])*"')

@@ -7,6 +7,7 @@ A :class:`Tensor` holds one of: a numpy array, an ONNX ``TensorProto`` not yet d
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Callable
 
 import numpy as np
@@ -100,7 +101,10 @@ class Tensor:
                 array = self._loader()
             else:
                 assert self._proto is not None
-                array = numpy_helper.to_array(self._proto, self._base_dir or "")
+                if self._proto.data_location == TensorProto.EXTERNAL:
+                    array = read_external(self._proto, self._base_dir)
+                else:
+                    array = numpy_helper.to_array(self._proto)
             self._array = np.asarray(array).reshape(self.shape)
             self._proto = None
             self._loader = None
@@ -135,6 +139,97 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor({self.dtype}{list(self.shape)})"
+
+
+def check_proto(proto: TensorProto, base_dir: str | None) -> None:
+    """Refuse a TensorProto whose data cannot be what its header says, without decoding
+    large data: an unknown element type, negative dimensions, inline data of the wrong size,
+    or external data that is missing, too short, or outside ``base_dir``."""
+    name = f"tensor '{proto.name}'" if proto.name else "a tensor"
+    try:
+        dtype = DType(proto.data_type)
+    except ValueError:
+        raise QCError(f"{name} has unknown element type code {proto.data_type}",
+                      hint="the model is corrupt, or needs a newer onnx than this qc knows") from None
+    if any(d < 0 for d in proto.dims):
+        raise QCError(f"{name} has a negative dimension {list(proto.dims)}")
+    size = 1
+    for d in proto.dims:
+        size *= d
+    nbytes = (size * dtype.bits + 7) // 8
+    if proto.data_location == TensorProto.EXTERNAL:
+        if dtype is DType.str:
+            raise QCError(f"{name} is a string tensor stored as external data, which ONNX does not allow")
+        external_file(proto, base_dir, nbytes)
+    elif proto.HasField("raw_data"):
+        if dtype is DType.str:
+            raise QCError(f"{name} is a string tensor with raw_data, which ONNX does not allow")
+        if len(proto.raw_data) != nbytes:
+            raise QCError(f"{name} is {dtype}{list(proto.dims)} = {nbytes} bytes, but its raw_data has "
+                          f"{len(proto.raw_data)}", hint="the model is corrupt (truncated or edited)")
+    else:
+        try:
+            decoded = numpy_helper.to_array(proto)
+        except Exception:  # numpy_helper raises ValueError, TypeError or KeyError on bad field contents
+            decoded = None
+        if decoded is None or decoded.size != size:
+            raise QCError(f"{name} is {dtype}{list(proto.dims)} ({size} elements), but its data fields do not "
+                          "hold that many values of that type", hint="the model is corrupt (truncated or edited)")
+
+
+def external_file(proto: TensorProto, base_dir: str | None, nbytes: int) -> tuple[str, int]:
+    """``(path, offset)`` of a tensor's external data, checked: the location is a relative path
+    that stays inside ``base_dir`` (the model's directory) after resolving ``..`` and symlinks,
+    names a regular file, and the file holds ``nbytes`` bytes from the offset."""
+    name = f"tensor '{proto.name}'" if proto.name else "a tensor"
+    info = {e.key: e.value for e in proto.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise QCError(f"{name} is marked as external data but names no file (no 'location' key)")
+    base = os.path.realpath(base_dir if base_dir else os.getcwd())
+    if "\0" in location or os.path.isabs(location) or location.startswith(("\\", "/")):
+        raise QCError(f"{name} points to external data at the absolute path '{location}', which qc refuses",
+                      hint="external data must be a relative path inside the model's directory")
+    path = os.path.realpath(os.path.join(base, location))
+    if os.path.commonpath([base, path]) != base:
+        raise QCError(f"{name} points to external data '{location}' outside the model's directory, which qc refuses",
+                      hint="external data must be a relative path inside the model's directory (no '..', no "
+                           "symlink leading out)")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise QCError(f"{name} has a non-numeric external data offset or length "
+                      f"({info.get('offset')!r}, {info.get('length')!r})") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise QCError(f"{name} has a negative external data offset or length ({offset}, {length})")
+    if not os.path.exists(path):
+        raise QCError(f"{name} keeps its data in '{location}', which does not exist beside the model",
+                      hint="copy the external data file next to the .onnx file")
+    if not os.path.isfile(path):
+        raise QCError(f"{name} keeps its data in '{location}', which is not a regular file")
+    if length is not None and length != nbytes:
+        raise QCError(f"{name} is {nbytes} bytes, but its external data length says {length}",
+                      hint="the model is corrupt, or its data file belongs to another model")
+    size = os.path.getsize(path)
+    if offset + nbytes > size:
+        raise QCError(f"{name} needs bytes {offset}..{offset + nbytes} of '{location}', which has only {size}",
+                      hint="the external data file is truncated or belongs to another model")
+    return path, offset
+
+
+def read_external(proto: TensorProto, base_dir: str | None) -> np.ndarray:
+    """A tensor's external data, checked as :func:`external_file` does and read with one copy."""
+    dtype = DType(proto.data_type)
+    shape = tuple(int(d) for d in proto.dims)
+    nbytes = (int(np.prod(shape, dtype=object)) * dtype.bits + 7) // 8 if shape else (dtype.bits + 7) // 8
+    path, offset = external_file(proto, base_dir, nbytes)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = np.fromfile(f, dtype=np.uint8, count=nbytes)
+    if dtype.bits % 8 == 0 and dtype.numpy.kind in "fiubc" and dtype.numpy.itemsize * 8 == dtype.bits:
+        return raw.view(dtype.numpy.newbyteorder("<")).astype(dtype.numpy, copy=False).reshape(shape)
+    return numpy_helper.to_array(TensorProto(data_type=int(dtype), dims=list(shape), raw_data=raw.tobytes()))
 
 
 class SparseTensor:

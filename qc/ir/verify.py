@@ -133,7 +133,7 @@ def _check_use(v: Value, user, index: int, where: str) -> None:
 def _schema(domain: str, op_type: str, version: int):
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
-    except onnx.defs.SchemaError:
+    except (onnx.defs.SchemaError, TypeError):  # TypeError: a version beyond a C int
         return None
 
 
