@@ -47,6 +47,6 @@ def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, 
     files += ["Makefile", f"{prefix}.cmake"]
     return {"out_dir": str(out), "prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
             "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
-            "inputs": [(b.name, str(b.dtype), b.shape) for b in low.inputs],
-            "outputs": [(b.name, str(b.dtype), b.shape) for b in low.outputs],
+            "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
+            "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
             "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}

@@ -107,6 +107,8 @@ class Lowered:
     weights: list[Buffer]
     arena_buffers: list[Buffer]
     kernels: dict[str, int] = field(default_factory=dict)  # kernel description -> count
+    input_names: list[str] = field(default_factory=list)  # the model's names of inputs / outputs
+    output_names: list[str] = field(default_factory=list)
 
 
 def node_name(op: Op) -> str:
@@ -316,4 +318,5 @@ class Lowering:
                 src = self.buf(v) if v.const is not None else self.bufs[id(v)]
                 if src is not b:
                     self.calls.append(Call("qc_copy", [b.nbytes, Ptr(src), Ptr(b, const=False)], f"output {v.name}", "copy"))
-        return Lowered(inputs, [b for _, b, _ in outputs], self.calls, self.weights, self.arena, self.kernels)
+        return Lowered(inputs, [b for _, b, _ in outputs], self.calls, self.weights, self.arena, self.kernels,
+                       [v.name for v in g.inputs if v.const is None], [v.name for v, _, _ in outputs])

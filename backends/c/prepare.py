@@ -11,7 +11,7 @@ from qc.ir import Module, Tensor, TensorType
 
 # fold-constants would also turn DequantizeLinear(int8 weight) into a float weight; the bound
 # keeps weights quantized while the (small) shape arithmetic still folds.
-_FOLD = "propagate-shapes,fold-constants{max-size=4096},dce"
+_FOLD = "propagate-shapes,fold-constants{max-size=4096},dce,propagate-shapes"
 
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
