@@ -1,4 +1,4 @@
-"""The ``check-kernels`` pass; its docstring (``qc passes check-kernels``) says what it recognises."""
+"""The ``check-kernels`` pass; its docstring (``qc passes check-kernels``) says what it does."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,124 +6,144 @@ from dataclasses import dataclass
 import numpy as np
 
 from qc.errors import QCError
-from qc.ir.core import Module, Op, Value
+from qc.ir.core import Graph, Module, Op, Value
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import const_array, graphs
+from ._units import FLOATS, Unit, dtype_name, macs, node_unit
+from ._util import graphs
 
-# ONNX TensorProto element type -> the dtype names of the target kernel tables.
-_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 5: "int16",
-                4: "uint16", 3: "int8", 2: "uint8", 22: "int4", 21: "uint4"}
-_FLOATS = ("float32", "float16", "bfloat16", "float64")
-_ANCHORS = ("MatMul", "Gemm", "Conv")
+_HOST = "cpu"  # graph inputs and outputs live in host memory
 
 
-def _dtype(v: Value | None) -> str | None:
-    if v is None:
-        return None
-    t = v.const.dtype if v.const is not None else getattr(v.type, "dtype", None)
-    return None if t is None else _DTYPE_NAMES.get(int(t), str(t))
+def unit_kinds(u: Unit) -> tuple[str, ...]:
+    """Table ops a unit may use: a weight-only MatMul (float x int4/int8 weights) also runs as
+    MatMulNBits (onnxruntime fuses it)."""
+    if u.kind == "MatMul" and u.weight in ("int4", "uint4", "int8", "uint8") and u.act in FLOATS:
+        return (u.kind, "MatMulNBits")
+    return (u.kind,)
 
 
-def _producer(v: Value | None, op_type: str) -> Op | None:
-    p = v.producer if v is not None else None
-    return p if p is not None and p.domain in ("", "ai.onnx") and p.op_type == op_type else None
+def device_kernels(target, u: Unit) -> dict:
+    """The cheapest kernel per device that has one for the unit."""
+    best: dict = {}
+    for kind in unit_kinds(u):
+        for out in u.outs:
+            for dev, k in target.kernel_for(kind, u.act, u.weight, out, u.granularity, u.zero_point, u.const_weight):
+                if dev not in best or k.cost < best[dev].cost:
+                    best[dev] = k
+    return best
 
 
-def _size(v: Value | None) -> int | None:
-    if v is None:
-        return None
-    if v.const is not None:
-        return int(np.prod(v.const.shape)) if v.const.shape else 1
-    shape = getattr(v.type, "shape", None)
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return None
-    return int(np.prod(shape)) if shape else 1
+def device_costs(target, u: Unit) -> dict[str, float]:
+    """The cheapest kernel cost per device that has a kernel for the unit."""
+    return {dev: k.cost for dev, k in device_kernels(target, u).items()}
 
 
-def _zero_point(zp: Value | None) -> str:
-    if zp is None:
-        return "symmetric"
-    a = const_array(zp)
-    if a is None:
-        return "any"
-    return "symmetric" if not np.any(np.asarray(a).astype(np.int64)) else "asymmetric"
+def float_cost(target, device: str, op: str) -> float:
+    """Cost of the dequantize + float route on ``device`` (its float32 kernel, else 1.0)."""
+    hits = [k.cost for k in target.kernels.get(device, ()) if k.op == op and k.act == "float32" and k.weight == "float32"]
+    return min(hits) if hits else 1.0
 
 
-def _granularity(scale: Value | None, block_size: int) -> str:
-    if block_size:
-        return "block"
-    n = _size(scale)
-    return "any" if n is None else ("tensor" if n == 1 else "channel")
+def place_unit(target, u: Unit) -> dict:
+    """Where one unit runs and why: the cheapest device with a kernel (ties go to the preferred one)."""
+    pref = target.preferred_device
+    kernels = device_kernels(target, u)
+    best = {dev: k.cost for dev, k in kernels.items()}
+    if best:
+        low = min(best.values())
+        to = pref if best.get(pref) == low else min((d for d in target.devices if best.get(d) == low),
+                                                     key=target.devices.index)
+    else:
+        to = "cpu" if "cpu" in target.devices else pref
+    desc = u.describe()
+    if pref not in best:
+        extra = "" if best else (f" (no kernel on any device: dequantize + float on {to})"
+                                 if to == pref else f" (no kernel on {to} either: dequantize + float)")
+        reason = f"{desc}: no kernel on {pref} -> {to}{extra}"
+    elif to != pref:
+        reason = f"{desc}: cheaper on {to} (cost {best[to]:g} vs {best[pref]:g} on {pref}) -> {to}"
+    else:
+        reason = ""
+    op = u.op
+    n = macs(u)
+    unit_cost = best.get(to, float_cost(target, to, "MatMul" if u.kind == "MatMulNBits" else u.kind))
+    return {
+        "node": op.name or (op.results[0].name if op.results and op.results[0] else "?"),
+        "op": op.qualified_type, "unit": u.kind, "dtypes": [u.act, u.weight, *u.outs[:1]],
+        "granularity": u.granularity, "from": pref, "to": to, "reason": reason, "fallback": bool(reason),
+        "kernel": to in best, "cost": best.get(to), "macs": n,
+        "status": kernels[to].status if to in kernels else "dequantize + float",
+        "estimate": None if n is None else n * unit_cost}
 
 
-@dataclass
-class Unit:
-    op: Op
-    kind: str       # table op: MatMul, Gemm, Conv, MatMulNBits
-    act: str
-    weight: str
-    outs: tuple[str, ...]
-    granularity: str = "any"
-    zero_point: str = "any"
-    const_weight: bool = True
-    block: int = 0
-
-    def describe(self) -> str:
-        g = ""
-        if self.weight not in _FLOATS:
-            g = f" (block {self.block})" if self.granularity == "block" and self.block else (
-                f" ({self.granularity})" if self.granularity != "any" else "")
-        return f"{self.kind} {self.act} x {self.weight}{g}"
-
-
-def _unit(op: Op) -> Unit | None:
-    dom, t = op.domain, op.op_type
-    ops = op.operands
-    res = op.results[0] if op.results else None
-    if dom in ("", "ai.onnx") and t in _ANCHORS:
-        if len(ops) < 2 or ops[0] is None or ops[1] is None:
-            return None
-        a, w = ops[0], ops[1]
-        adq, wdq = _producer(a, "DequantizeLinear"), _producer(w, "DequantizeLinear")
-        act = _dtype(adq.operands[0]) if adq is not None else _dtype(a)
-        if wdq is not None:
-            wq = wdq.operands[0]
-            block = int(wdq.attr("block_size", 0) or 0)
-            weight, gran = _dtype(wq), _granularity(wdq.operands[1] if len(wdq.operands) > 1 else None, block)
-            zp = _zero_point(wdq.operands[2] if len(wdq.operands) > 2 else None)
-            const_w = wq is not None and wq.const is not None
-        else:
-            weight, gran, zp, const_w, block = _dtype(w), "any", "any", w.const is not None, 0
-        if act is None or weight is None:
-            return None
-        users = res.users() if res is not None else []
-        q = users[0] if len(users) == 1 and users[0].op_type == "QuantizeLinear" and users[0].domain in ("", "ai.onnx") else None
-        out_float = _dtype(res) or "float32"
-        if q is not None and q.results and _dtype(q.results[0]):
-            outs = (_dtype(q.results[0]),)
-        elif act in _FLOATS:
-            outs = (out_float,)
-        else:
-            outs = (out_float, "int32")
-        return Unit(op, t, act, weight, outs, gran, zp, const_w, block)
-    if dom in ("", "ai.onnx") and t in ("QLinearMatMul", "QLinearConv") and len(ops) >= 8:
-        return Unit(op, t[len("QLinear"):], _dtype(ops[0]) or "?", _dtype(ops[3]) or "?",
-                    (_dtype(res) or "?",), _granularity(ops[4], 0), _zero_point(ops[5]), ops[3].const is not None)
-    if dom in ("", "ai.onnx") and t == "MatMulInteger" and len(ops) >= 2:
-        return Unit(op, "MatMul", _dtype(ops[0]) or "?", _dtype(ops[1]) or "?", ("int32",), "tensor",
-                    _zero_point(ops[3] if len(ops) > 3 else None), ops[1].const is not None)
-    if dom == "com.microsoft" and t == "MatMulNBits" and len(ops) >= 3:
-        bits, block = int(op.attr("bits", 4) or 4), int(op.attr("block_size", 0) or 0)
-        act = _dtype(ops[0]) or "float32"
-        return Unit(op, "MatMulNBits", act, "int4" if bits == 4 else f"int{bits}", (act,), "block",
-                    "asymmetric" if len(ops) > 3 and ops[3] is not None else "symmetric",
-                    ops[1].const is not None, block)
-    if dom == "com.microsoft" and t == "DynamicQuantizeMatMul" and len(ops) >= 3:
-        act = _dtype(ops[0]) or "float32"
-        return Unit(op, "MatMul", "uint8", _dtype(ops[1]) or "?", (act, "int32"), _granularity(ops[2], 0),
-                    _zero_point(ops[3] if len(ops) > 3 else None), ops[1].const is not None)
+def _value_dtype(op: Op) -> str | None:
+    for v in (*op.results, *op.operands):
+        if v is not None:
+            d = dtype_name(v)
+            if d is not None:
+                return d
     return None
+
+
+def _other_device(target, op: Op, device_of: dict[int, str]) -> str:
+    """Device for an op outside every unit: the preferred device if it runs the op's dtype (the
+    preferred provider claims what it can, as in onnxruntime's partitioner); else where its data
+    is, if that device runs it; else the first device that does (the CPU runs everything)."""
+    dtype = _value_dtype(op)
+    if target.runs_other_op(target.preferred_device, dtype):
+        return target.preferred_device
+    for v in op.operands:
+        if v is not None and v.const is None and id(v) in device_of:
+            if target.runs_other_op(device_of[id(v)], dtype):
+                return device_of[id(v)]
+            break
+    for dev in target.devices:
+        if target.runs_other_op(dev, dtype):
+            return dev
+    return "cpu" if "cpu" in target.devices else target.preferred_device
+
+
+def _nbytes(v: Value) -> int | None:
+    """Bytes of a tensor (symbolic dimensions count as 1), None if its type is unknown."""
+    shape, dt = getattr(v.type, "shape", None), getattr(v.type, "dtype", None)
+    if shape is None or dt is None or not dt.bits:
+        return None
+    return (int(np.prod([d if isinstance(d, int) else 1 for d in shape])) * dt.bits + 7) // 8
+
+
+def _traffic(target, g: Graph, device_of_op: dict[int, str]) -> dict:
+    """Copies between devices (one per tensor and destination), their bytes, and the device switches
+    along the schedule."""
+    device_of: dict[int, str] = {id(v): _HOST for v in g.inputs if v.const is None}
+    copies: list[dict] = []
+    seen: set[tuple[int, str]] = set()
+    transitions, last = 0, None
+
+    def need(v: Value, dev: str, consumer: str) -> None:
+        src = device_of.get(id(v))
+        if src is None or src == dev or (id(v), dev) in seen:
+            return
+        seen.add((id(v), dev))
+        copies.append({"value": v.name, "from": src, "to": dev, "bytes": _nbytes(v), "consumer": consumer})
+
+    for op in g.ops:
+        if op.graph is not g:
+            continue
+        dev = device_of_op[id(op)]
+        if last is not None and dev != last:
+            transitions += 1
+        last = dev
+        for v in op.operands:
+            if v is not None and v.const is None:
+                need(v, dev, op.name or op.op_type)
+        for r in op.results:
+            if r is not None:
+                device_of[id(r)] = dev
+    for v in g.outputs:
+        if v is not None and v.const is None:
+            need(v, _HOST, "(graph output)")
+    return {"copies": copies, "transitions": transitions}
 
 
 @register_pass("check-kernels")
@@ -141,11 +161,17 @@ class CheckKernels(Pass):
         QLinearMatMul, QLinearConv, MatMulInteger,
         com.microsoft.MatMulNBits / DynamicQuantizeMatMul          -> looked up directly
 
-    Annotates only the anchor op of each unit (``%y = onnx.MatMul(...) on cpu``), never
-    rewrites; returns True only if a device annotation changed. ``ctx.cache["placement"]``
-    gets one dict per unit (node, op, dtypes, granularity, from, to, reason) and
-    ``ctx.cache["fallbacks"]`` the units that leave the target's preferred device, e.g.
-    ``MatMul float32 x int4 (block 32): no kernel on gpu -> cpu``. Ties go to the preferred device.
+    Every other op runs on the preferred device if that runs ops of its dtype (the target's
+    ``other_ops`` table), else where its data is if that device does, else on the CPU; a unit's
+    Q/DQ nodes run with it. Never rewrites; annotates every op of the main graph with its device
+    (``%y = onnx.MatMul(...) on gpu``) and returns True only if an annotation changed.
+
+    Results in ``ctx.cache``: ``placement`` (one dict per unit: node, op, dtypes, granularity, from,
+    to, reason, kernel, cost, macs, estimate), ``fallbacks`` (the units that leave the preferred
+    device or have no kernel there, e.g. ``MatMul float32 x int4 (block 32): no kernel on gpu ->
+    cpu``), ``traffic`` (copies between devices with bytes, device transitions along the
+    schedule) and ``cost`` (MACs x relative kernel cost, plus copied bytes x the target's
+    ``copy_cost``; symbolic dimensions count as 1). Ties go to the preferred device.
     """
 
     target: str = ""
@@ -158,46 +184,46 @@ class CheckKernels(Pass):
         if not name:
             raise QCError("check-kernels needs a target", hint="check-kernels{target=x86-avx2} or --target NAME")
         tgt = load_target(name)
-        pref = tgt.preferred_device
-        placement, changed = [], False
+        placement: list[dict] = []
+        device_of_op: dict[int, str] = {}
         for g, _fn in list(graphs(module)):
             for op in g.ops:
-                if op.graph is not g:
+                if op.graph is not g or id(op) in device_of_op:
                     continue
-                u = _unit(op)
+                u = node_unit(op, ort_fusions=tgt.backend == "onnx")
                 if u is None:
                     continue
-                kinds = (u.kind, "MatMulNBits") if (u.kind == "MatMul" and u.weight in ("int4", "uint4")
-                                                    and u.act in _FLOATS) else (u.kind,)
-                hits = [dk for k in kinds for out in u.outs
-                        for dk in tgt.kernel_for(k, u.act, u.weight, out, u.granularity, u.zero_point,
-                                                 u.const_weight)]
-                best: dict[str, float] = {}
-                for dev, k in hits:
-                    best[dev] = min(best.get(dev, k.cost), k.cost)
-                if best:
-                    low = min(best.values())
-                    to = pref if best.get(pref) == low else min(
-                        (d for d in tgt.devices if best.get(d) == low), key=tgt.devices.index)
-                else:
-                    to = "cpu" if "cpu" in tgt.devices else pref
-                desc = u.describe()
-                if pref not in best:
-                    extra = "" if best else (f" (no kernel on any device: dequantize + float on {to})"
-                                             if to == pref else f" (no kernel on {to} either: dequantize + float)")
-                    reason = f"{desc}: no kernel on {pref} -> {to}{extra}"
-                elif to != pref:
-                    reason = f"{desc}: cheaper on {to} (cost {best[to]:g} vs {best[pref]:g} on {pref}) -> {to}"
-                else:
-                    reason = ""
-                placement.append({
-                    "node": op.name or (op.results[0].name if op.results and op.results[0] else "?"),
-                    "op": op.qualified_type, "unit": u.kind, "dtypes": [u.act, u.weight, *u.outs[:1]],
-                    "granularity": u.granularity, "from": pref, "to": to, "reason": reason,
-                    "fallback": bool(reason), "cost": best.get(to)})
-                if op.device != to:
-                    op.device = to
+                p = place_unit(tgt, u)
+                placement.append(p)
+                for member in u.members():
+                    device_of_op.setdefault(id(member), p["to"])
+                device_of_op[id(op)] = p["to"]
+        g = module.graph
+        device_of_value: dict[int, str] = {id(v): _HOST for v in g.inputs if v.const is None}
+        for op in g.ops:
+            if op.graph is not g:
+                continue
+            if id(op) not in device_of_op:
+                device_of_op[id(op)] = _other_device(tgt, op, device_of_value)
+            for r in op.results:
+                if r is not None:
+                    device_of_value[id(r)] = device_of_op[id(op)]
+        traffic = _traffic(tgt, g, device_of_op)
+        compute = sum(p["estimate"] or 0.0 for p in placement)
+        copied = sum(c["bytes"] or 0 for c in traffic["copies"])
+        changed = False
+        for g2, _fn in graphs(module):
+            for op in g2.ops:
+                dev = device_of_op.get(id(op))
+                if dev is not None and op.device != dev:
+                    op.device = dev
                     changed = True
         ctx.cache["placement"] = placement
         ctx.cache["fallbacks"] = [p for p in placement if p["fallback"]]
+        ctx.cache["traffic"] = traffic
+        ctx.cache["cost"] = {"compute": compute, "copy_bytes": copied, "copy": copied * tgt.copy_cost,
+                             "total": compute + copied * tgt.copy_cost,
+                             "unknown_macs": sum(1 for p in placement if p["macs"] is None)}
+        ctx.cache["ops_per_device"] = {d: sum(1 for op in g.ops if device_of_op.get(id(op)) == d)
+                                       for d in tgt.devices}
         return changed

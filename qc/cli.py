@@ -131,7 +131,10 @@ def _build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", parents=[common], help="which device each node unit runs on for a target, and the CPU fallbacks")
     chk.add_argument("model")
     chk.add_argument("--target", required=True, help="built-in target name or a .toml file")
-    chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
+                     "copies, cost)")
+    chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
+    chk.add_argument("--brief", action="store_true", help="per device only the unit counts, not every unit")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -604,29 +607,24 @@ def cmd_check(args) -> int:
 
     from .pm import PassContext, PassManager, parse_pass
     from .targets import load_target
+    from .targets.report import format_placement, placement_report
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
     module = load_module(args.model, args)
     ctx = PassContext(target=args.target)
     PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
-    placement, fallbacks = ctx.cache["placement"], ctx.cache["fallbacks"]
+    report = placement_report(target, ctx.cache)
+    if args.report_json:
+        from .fileio import atomic_write
+
+        with atomic_write(args.report_json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
     if args.json:
-        keys = ("node", "op", "dtypes", "granularity", "from", "to", "reason")
-        json.dump({"target": target.name, "units": len(placement),
-                   "fallbacks": [{k: p[k] for k in keys} for p in fallbacks]}, sys.stdout, indent=2)
+        json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
-    sys.stdout.write(f"{target.name}: {len(placement)} node units, preferred device {target.preferred_device}\n")
-    for dev in target.devices:
-        units = [p for p in placement if p["to"] == dev]
-        sys.stdout.write(f"  on {dev} ({len(units)}):\n")
-        for p in units:
-            cost = "-" if p["cost"] is None else f"{p['cost']:g}"
-            sys.stdout.write(f"    {p['node']:<24} {p['op']:<28} {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]}"
-                             f"  [{p['granularity']}]  cost {cost}\n")
-    sys.stdout.write(f"fallbacks ({len(fallbacks)}):\n")
-    for p in fallbacks:
-        sys.stdout.write(f"  {p['node']}: {p['reason']}\n")
+    else:
+        sys.stdout.write(format_placement(report, units=not args.brief))
     return 0
 
 

@@ -47,10 +47,14 @@ def test_x86_int8_matmul_u8s8_and_no_s8u8():
     assert t.features == ("avx2", "fma", "f16c")  # qc.quant.schemes reads these
     hits = t.kernel_for("MatMul", "uint8", "int8", "uint8", "tensor", "asymmetric", True)
     assert [dev for dev, _ in hits] == ["cpu"] and "QLinearMatMul" in hits[0][1].source
-    # QLinearMatMul / QLinearConv int8 x uint8: NOT_IMPLEMENTED in ORT 1.32.0 (notes §1.3)
-    assert t.kernel_for("MatMul", "int8", "uint8", "int8") == []
-    assert t.kernel_for("Conv", "int8", "uint8", "int8", "channel") == []
+    # QDQ units with int8 activations x uint8 weights: onnxruntime moves the activations to uint8
+    # first, then fuses (tests/test_check_kernels.py::test_x86_table_agrees_with_onnxruntime)
+    assert "QLinearMatMul" in t.kernel_for("MatMul", "int8", "uint8", "int8")[0][1].source
+    assert "QLinearConv" in t.kernel_for("Conv", "int8", "uint8", "int8", "channel")[0][1].source
+    # a Conv whose output is not quantized is not fused: dequantize + float Conv
+    assert t.kernel_for("Conv", "uint8", "int8", "float32", "channel") == []
     assert t.kernel_for("MatMulNBits", "float32", "int4", "float32", "block")
+    assert t.kernel_for("MatMulNBits", "float32", "int8", "float32", "channel")
 
 
 def test_cuda_table():
@@ -172,7 +176,7 @@ def test_qc_targets_lists_and_shows_the_table():
     assert "kernels on cpu (" in r.stdout
     assert "MatMul float32 x float32 -> float32 cost 1 native  -- " in r.stdout
     r = run_qc("targets", "x86-avx2")
-    assert "MatMul uint8 x int8 -> uint8 [tensor] cost 0.35 native  -- QLinearMatMul" in r.stdout
+    assert "MatMul uint8 x int8 -> uint8 cost 0.35 native  -- onnxruntime 1.32.0 CPU EP fuses this QDQ unit into QLinearMatMul" in r.stdout
 
 
 def test_qc_targets_user_file_error_exits_2(tmp_path):

@@ -74,6 +74,8 @@ class Target:
     qemu: tuple[str, ...] = ()
     qemu_note: str | None = None
     kernels: dict = field(default_factory=dict, compare=False)
+    other_ops: dict = field(default_factory=dict, compare=False)
+    copy_cost: float = 0.0
     data: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kernel_for(self, op: str, act_dtype: str, weight_dtype: str, out_dtype: str,
@@ -83,6 +85,14 @@ class Target:
         hits = [(dev, k) for dev in self.devices for k in self.kernels.get(dev, ())
                 if k.matches(op, act_dtype, weight_dtype, out_dtype, granularity, zero_point, const_weight)]
         return sorted(hits, key=lambda dk: dk[1].cost)
+
+    def runs_other_op(self, device: str, dtype: str | None) -> bool:
+        """Does ``device`` run ops outside the kernel table (elementwise, norms, data movement) on
+        ``dtype``? Without an ``other_ops`` table, only the preferred device does, on every dtype."""
+        if not self.other_ops:
+            return device == self.preferred_device
+        allowed = self.other_ops.get(device, ())
+        return "*" in allowed or (dtype is not None and dtype in allowed)
 
 
 def builtin_targets() -> list[str]:
@@ -112,7 +122,8 @@ def load_target(name_or_path: str) -> Target:
 # --- validation ------------------------------------------------------------------------------
 
 _TOP = {"name": str, "description": str, "features": list, "devices": list, "preferred_device": str,
-        "backend": str, "compiler": dict, "qemu": dict, "kernels": dict}
+        "backend": str, "compiler": dict, "qemu": dict, "kernels": dict, "other_ops": dict,
+        "copy_cost": (int, float)}
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
@@ -234,6 +245,21 @@ def _validate(data: dict, text: str, path: str) -> Target:
                                 const_weight=e.get("const_weight", False), cost=float(e["cost"]),
                                 status=e.get("status", "native"), source=e["source"]))
         kernels[dev] = table
+    other_ops: dict[str, tuple[str, ...]] = {}
+    for dev, dtypes in data.get("other_ops", {}).items():
+        key = f"other_ops.{dev}"
+        if dev not in devices:
+            fail(key, f"'{dev}' is not one of the target's devices ({', '.join(devices)})")
+        if not isinstance(dtypes, list):
+            fail(key, f"expected an array of dtypes (or [\"*\"]), got {type(dtypes).__name__} {dtypes!r}")
+        for d in strings(key, dtypes):
+            if d != "*":
+                check_enum(key, d, DTYPES + ("int64", "bool"), "dtype")
+        other_ops[dev] = tuple(dtypes)
+    copy_cost = float(data.get("copy_cost", 0.0))
+    if copy_cost < 0:
+        fail("copy_cost", f"must not be negative, got {copy_cost}")
     return Target(name=data["name"], description=data.get("description", ""), features=features,
                   devices=devices, backend=backend, preferred_device=preferred, cc=compiler.get("cc"),
-                  cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels, data=data)
+                  cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels,
+                  other_ops=other_ops, copy_cost=copy_cost, data=data)

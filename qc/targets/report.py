@@ -1,0 +1,64 @@
+"""The placement report of ``qc check`` / ``qc compile --target``: built from what check-kernels
+(and legalize) left in the pass context's cache, printed as a table or written as JSON."""
+from __future__ import annotations
+
+from typing import Any
+
+_FALLBACK_KEYS = ("node", "op", "dtypes", "granularity", "from", "to", "reason")
+
+
+def placement_report(target, cache: dict) -> dict[str, Any]:
+    """A JSON-ready report: units per device, fallbacks, copies, transitions, estimated cost, and the
+    rewrites of legalize when it ran."""
+    placement, traffic, cost = cache["placement"], cache["traffic"], cache["cost"]
+    report: dict[str, Any] = {
+        "target": target.name,
+        "preferred_device": target.preferred_device,
+        "units": len(placement),
+        "units_per_device": {d: sum(1 for p in placement if p["to"] == d) for d in target.devices},
+        "ops_per_device": cache.get("ops_per_device", {}),
+        "fallbacks": [{k: p[k] for k in _FALLBACK_KEYS} for p in cache["fallbacks"]],
+        "transitions": traffic["transitions"],
+        "copies": len(traffic["copies"]),
+        "copy_bytes": cost["copy_bytes"],
+        "cost": {"compute": round(cost["compute"], 3), "copy": round(cost["copy"], 3),
+                 "total": round(cost["total"], 3), "units_without_shapes": cost["unknown_macs"]},
+        "placement": [{k: p[k] for k in (*_FALLBACK_KEYS, "kernel", "cost", "macs")} for p in placement],
+    }
+    if "legalized" in cache:
+        report["legalized"] = cache["legalized"]
+    return report
+
+
+def _fmt_num(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
+    """The terminal table: per device its units (``units=False``: only the counts), then fallbacks,
+    copies and the cost estimate."""
+    out = [f"{report['target']}: {report['units']} node units, preferred device {report['preferred_device']}"]
+    for dev, n in report["units_per_device"].items():
+        ops = report["ops_per_device"].get(dev)
+        out.append(f"  on {dev}: {n} units" + (f", {ops} ops in all" if ops is not None else ""))
+        if units:
+            for p in report["placement"]:
+                if p["to"] != dev:
+                    continue
+                cost = "no kernel: dequantize + float" if not p["kernel"] else f"cost {p['cost']:g}"
+                out.append(f"    {p['node']:<40} {p['op']:<26} {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]}"
+                           f"  [{p['granularity']}]  {cost}")
+    out.append(f"fallbacks ({len(report['fallbacks'])}):")
+    out.extend(f"  {f['node']}: {f['reason']}" for f in report["fallbacks"])
+    c = report["cost"]
+    out.append(f"copies between devices: {report['copies']} ({_fmt_num(report['copy_bytes'])}B), "
+               f"device transitions: {report['transitions']}")
+    note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
+    out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
+               f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
+    for r in report.get("legalized", []):
+        out.append(f"legalized {r['node']}: {r['change']}")
+    return "\n".join(out) + "\n"
