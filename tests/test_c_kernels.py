@@ -29,8 +29,9 @@ OP_GEMM, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8, 
     OP_MBQM, OP_CVT_F16 = range(1, 12)
 
 # Shapes with M, N, K off every SIMD width (1, 3, 17, 33, 65) so the tails run.
+# K % 16 in 9..15 reaches the second packed k-block of the i8mm tail.
 GEMM_SHAPES = [(1, 1, 1), (3, 17, 33), (17, 3, 65), (1, 33, 17), (5, 65, 128), (33, 1, 3),
-               (2, 16, 16), (4, 8, 64), (3, 5, 7)]
+               (2, 16, 16), (4, 8, 64), (3, 5, 7), (7, 9, 29), (6, 13, 45), (4, 24, 11)]
 
 # (kind, cpu the binary is compiled for, variant, qemu cpus it must run on)
 CONFIGS = [

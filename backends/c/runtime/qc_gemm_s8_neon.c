@@ -1,6 +1,6 @@
 /* qc_gemm_s8 for aarch64 NEON (QC_KERNEL_NEON, Armv8.0) and dot-product (QC_KERNEL_DOTPROD,
    SDOT, Armv8.2-A+dotprod). Packing: W transposed, N rows of Kp = K rounded up to 16 bytes,
-   zero-padded. Tiles of 2 rows x 4 columns; at the edges the tile repeats the last valid row
+   zero-padded. Tiles of 4 rows x 4 columns; at the edges the tile repeats the last valid row
    or column (never reads out of bounds) and stores only the valid results.
    NEON: SMULL/SMULL2 (int8 x int8 -> int16, exact) then SADALP (pairwise add into int32): no
    int16 accumulation, so -128 * -128 sums cannot overflow. DOTPROD: SDOT (4 products into each
@@ -28,51 +28,69 @@ static inline int32x4_t qc_mac16(int32x4_t acc, int8x16_t a, int8x16_t w)
 #define QC_MAC(acc, a, w) qc_mac16((acc), (a), (w))
 #endif
 
-#define QC_STEP(a0, a1, koff)                                              \
-    do {                                                                   \
+#define QC_ROW(c0, c1, c2, c3, a)                                        \
+    do {                                                                 \
+        c0 = QC_MAC(c0, a, w0); c1 = QC_MAC(c1, a, w1);                  \
+        c2 = QC_MAC(c2, a, w2); c3 = QC_MAC(c3, a, w3);                  \
+    } while (0)
+
+#define QC_STEP(p0, p1, p2, p3, koff)                                    \
+    do {                                                                 \
         int8x16_t w0 = vld1q_s8(w[0] + (koff)), w1 = vld1q_s8(w[1] + (koff)); \
         int8x16_t w2 = vld1q_s8(w[2] + (koff)), w3 = vld1q_s8(w[3] + (koff)); \
-        c00 = QC_MAC(c00, a0, w0); c01 = QC_MAC(c01, a0, w1);             \
-        c02 = QC_MAC(c02, a0, w2); c03 = QC_MAC(c03, a0, w3);             \
-        c10 = QC_MAC(c10, a1, w0); c11 = QC_MAC(c11, a1, w1);             \
-        c12 = QC_MAC(c12, a1, w2); c13 = QC_MAC(c13, a1, w3);             \
+        int8x16_t x0 = vld1q_s8(p0), x1 = vld1q_s8(p1);                  \
+        int8x16_t x2 = vld1q_s8(p2), x3 = vld1q_s8(p3);                  \
+        QC_ROW(c00, c01, c02, c03, x0);                                  \
+        QC_ROW(c10, c11, c12, c13, x1);                                  \
+        QC_ROW(c20, c21, c22, c23, x2);                                  \
+        QC_ROW(c30, c31, c32, c33, x3);                                  \
+    } while (0)
+
+#define QC_SUMS(r, c0, c1, c2, c3)                                       \
+    do {                                                                 \
+        out[r][0] = vaddvq_s32(c0); out[r][1] = vaddvq_s32(c1);          \
+        out[r][2] = vaddvq_s32(c2); out[r][3] = vaddvq_s32(c3);          \
     } while (0)
 
 void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
 {
     const int Kp = (K + 15) & ~15, full = K & ~15, rem = K - full;
-    int m, n, j, k;
-    for (m = 0; m < M; m += 2) {
-        const int rows = M - m < 2 ? M - m : 2;
-        const int8_t *a0p = A + (size_t)m * K, *a1p = A + (size_t)(m + rows - 1) * K;
-        int8_t t0[16] = {0}, t1[16] = {0};
-        if (rem) {
-            memcpy(t0, a0p + full, (size_t)rem);
-            memcpy(t1, a1p + full, (size_t)rem);
+    int m, n, r, j, k;
+    for (m = 0; m < M; m += 4) {
+        const int rows = M - m < 4 ? M - m : 4;
+        const int8_t *a[4];
+        int8_t t[4][16];
+        for (r = 0; r < 4; ++r) {
+            a[r] = A + (size_t)(m + (r < rows ? r : rows - 1)) * K;
+            memset(t[r], 0, sizeof t[r]);
+            if (rem) {
+                memcpy(t[r], a[r] + full, (size_t)rem);
+            }
         }
         for (n = 0; n < N; n += 4) {
             const int cols = N - n < 4 ? N - n : 4;
             const int8_t *w[4];
             int32x4_t c00 = vdupq_n_s32(0), c01 = c00, c02 = c00, c03 = c00;
             int32x4_t c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-            int32_t r[2][4];
+            int32x4_t c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+            int32x4_t c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+            int32_t out[4][4];
             for (j = 0; j < 4; ++j) {
                 w[j] = Wp + (size_t)(n + (j < cols ? j : cols - 1)) * Kp;
             }
             for (k = 0; k < full; k += 16) {
-                QC_STEP(vld1q_s8(a0p + k), vld1q_s8(a1p + k), k);
+                QC_STEP(a[0] + k, a[1] + k, a[2] + k, a[3] + k, k);
             }
             if (rem) {
-                QC_STEP(vld1q_s8(t0), vld1q_s8(t1), full);
+                QC_STEP(t[0], t[1], t[2], t[3], full);
             }
-            r[0][0] = vaddvq_s32(c00); r[0][1] = vaddvq_s32(c01);
-            r[0][2] = vaddvq_s32(c02); r[0][3] = vaddvq_s32(c03);
-            r[1][0] = vaddvq_s32(c10); r[1][1] = vaddvq_s32(c11);
-            r[1][2] = vaddvq_s32(c12); r[1][3] = vaddvq_s32(c13);
-            for (j = 0; j < cols; ++j) {
-                C[(size_t)m * N + n + j] = r[0][j];
-                if (rows == 2) {
-                    C[(size_t)(m + 1) * N + n + j] = r[1][j];
+            QC_SUMS(0, c00, c01, c02, c03);
+            QC_SUMS(1, c10, c11, c12, c13);
+            QC_SUMS(2, c20, c21, c22, c23);
+            QC_SUMS(3, c30, c31, c32, c33);
+            for (r = 0; r < rows; ++r) {
+                for (j = 0; j < cols; ++j) {
+                    C[(size_t)(m + r) * N + n + j] = out[r][j];
                 }
             }
         }
