@@ -6,8 +6,9 @@ weights as external data, streaming them one at a time, so models over 2 GB work
 """
 from __future__ import annotations
 
-import os
 import contextlib
+import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -37,11 +38,12 @@ def export_onnx(module: Module) -> ModelProto:
     return _Writer(external=None).model(module)
 
 
-def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[ModelProto, dict[str, np.ndarray]]:
+def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[ModelProto, Mapping[str, np.ndarray]]:
     """``(proto, arrays)``: the module with every tensor of ``min_bytes`` or more left out of the
     proto (marked as external data at a location that does not exist) and handed over as numpy
     arrays instead, for ``SessionOptions.add_external_initializers``: onnxruntime then reads the
-    IR's own buffers, and the weights are not copied into a proto and serialized bytes first."""
+    IR's own buffers, and the weights are not copied into a proto and serialized bytes first.
+    ``arrays`` reads each tensor when it is looked up, so weights on disk stay there until then."""
     sink = _MemorySink(min_bytes)
     return _Writer(external=sink).model(module), sink.arrays
 
@@ -129,6 +131,23 @@ class _ExternalSink:
         return p
 
 
+class _LazyArrays(Mapping):
+    """Tensor name -> contiguous array, each read only when asked for: a caller that only
+    needs the proto (shape inference) never loads weights still on disk."""
+
+    def __init__(self):
+        self.tensors: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.ascontiguousarray(self.tensors[name].numpy())
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
 class _MemorySink:
     """Keeps large tensors as arrays and references them as external data (see export_onnx_sharing_weights)."""
 
@@ -136,16 +155,15 @@ class _MemorySink:
 
     def __init__(self, min_bytes: int):
         self.min_bytes = min_bytes
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays = _LazyArrays()
 
     def place(self, tensor: Tensor, name: str) -> TensorProto | None:
         if tensor.dtype.bits < 8 or tensor.nbytes < self.min_bytes or tensor.dtype.numpy.kind not in "fiub":
             return None
-        array = np.ascontiguousarray(tensor.numpy())
-        self.arrays[name] = array
+        self.arrays.tensors[name] = tensor
         p = TensorProto(name=name, data_type=int(tensor.dtype), dims=list(tensor.shape),
                         data_location=TensorProto.EXTERNAL)
-        for k, v in (("location", self.LOCATION), ("offset", "0"), ("length", str(array.nbytes))):
+        for k, v in (("location", self.LOCATION), ("offset", "0"), ("length", str(tensor.nbytes))):
             e = p.external_data.add()
             e.key, e.value = k, v
         return p

@@ -80,6 +80,7 @@ class Tensor:
 
     @property
     def is_loaded(self) -> bool:
+        """True when the data is in memory (file-backed data never is: it is read per use)."""
         return self._array is not None
 
     @property
@@ -90,7 +91,11 @@ class Tensor:
         return None
 
     def numpy(self) -> np.ndarray:
-        """The data as an array (bf16/float8/int4 via ml_dtypes); loads it on first use."""
+        """The data as an array (bf16/float8/int4 via ml_dtypes).
+
+        Inline data is decoded on first use and kept. Data in a file (ONNX external data, a
+        ``.qir`` weights sidecar) is read on every call and not kept, so that a pass walking
+        over all weights holds one at a time, not all of them (models over 2 GB)."""
         if self._array is None:
             if self._elided_key is not None:
                 raise QCError(
@@ -98,16 +103,12 @@ class Tensor:
                     hint="reload the .qir with its weights sidecar beside it, or print with elide_above=None",
                 )
             if self._loader is not None:
-                array = self._loader()
-            else:
-                assert self._proto is not None
-                if self._proto.data_location == TensorProto.EXTERNAL:
-                    array = read_external(self._proto, self._base_dir)
-                else:
-                    array = numpy_helper.to_array(self._proto)
-            self._array = np.asarray(array).reshape(self.shape)
+                return np.asarray(self._loader()).reshape(self.shape)
+            assert self._proto is not None
+            if self._proto.data_location == TensorProto.EXTERNAL:
+                return read_external(self._proto, self._base_dir).reshape(self.shape)
+            self._array = np.asarray(numpy_helper.to_array(self._proto)).reshape(self.shape)
             self._proto = None
-            self._loader = None
         return self._array
 
     def raw_bytes(self) -> bytes:

@@ -139,9 +139,12 @@ def _schema(domain: str, op_type: str, version: int):
 
 def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, check_types: bool) -> None:
     domain = "" if op.domain == "ai.onnx" else op.domain
+    version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
+    if version is None and (op.domain, op.op_type) not in functions:
+        raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', which the model does not import",
+                          hint="add the domain to opset_import")
     if (op.domain, op.op_type) in functions or domain not in SCHEMA_DOMAINS:
         return
-    version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
     if version is None:
         raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', which the model does not import",
                           hint="add the domain to opset_import")
