@@ -26,7 +26,7 @@ KERNEL_SOURCES = sorted(toolchain.RUNTIME.glob("qc_gemm*.c")) + sorted(
     toolchain.RUNTIME.glob("qc_quant*.c")) + sorted(toolchain.RUNTIME.glob("qc_f16*.c"))
 
 OP_GEMM, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8, OP_DQ_U8, \
-    OP_MBQM, OP_CVT_F16 = range(1, 12)
+    OP_MBQM, OP_CVT_F16, OP_IM2COL = range(1, 13)
 
 # Shapes with M, N, K off every SIMD width (1, 3, 17, 33, 65) so the tails run.
 # K % 16 in 9..15 reaches the second packed k-block of the i8mm tail.
@@ -303,6 +303,51 @@ def _mbqm_cases(s: Stream) -> None:
           x.size * 4, check)
 
 
+def _direct_conv(x, w, stride, pads, dil, pad_value):
+    """int64 convolution of one image (C x H x W) with weights (OC x C x KH x KW), padding with
+    pad_value, by explicit loops over the output: the reference for im2col + GEMM."""
+    C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = stride, pads, dil
+    xp = np.full((C, H + pt + pb, W + pl + pr), pad_value, np.int64)
+    xp[:, pt:pt + H, pl:pl + W] = x
+    OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+    out = np.zeros((OC, OH, OW), np.int64)
+    for oh in range(OH):
+        for ow in range(OW):
+            patch = xp[:, oh * sh:oh * sh + dh * (KH - 1) + 1:dh, ow * sw:ow * sw + dw * (KW - 1) + 1:dw]
+            out[:, oh, ow] = np.tensordot(w.astype(np.int64), patch, axes=3)
+    return out
+
+
+IM2COL_CASES = [  # C, H, W, KH, KW, stride, pads (t, l, b, r), dilation, group (c0, cg)
+    (3, 7, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), (0, 3)),
+    (4, 9, 8, 3, 2, (2, 1), (2, 0, 1, 1), (2, 1), (2, 2)),
+    (1, 1, 5, 1, 3, (1, 2), (0, 1, 0, 2), (1, 1), (0, 1)),
+    (5, 4, 4, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), (1, 3)),
+]
+
+
+def _im2col_cases(s: Stream, rng: np.random.Generator) -> None:
+    for C, H, W, KH, KW, (sh, sw), (pt, pl, pb, pr), (dh, dw), (c0, cg) in IM2COL_CASES:
+        x = rng.integers(-128, 128, (C, H, W), dtype=np.int8)
+        pad = int(rng.integers(-128, 128))
+        OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+        OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+        wts = rng.integers(-128, 128, (6, cg, KH, KW), dtype=np.int8)
+        want = _direct_conv(x[c0:c0 + cg], wts, (sh, sw), (pt, pl, pb, pr), (dh, dw), pad)
+
+        def check(raw, where, want=want, wts=wts, shape=(OH * OW, cg * KH * KW)):
+            cols = np.frombuffer(raw, np.int8).reshape(shape).astype(np.int64)
+            # the contract: cols x (ONNX weights reshaped OC x K, transposed) = the convolution
+            got = cols @ wts.reshape(wts.shape[0], -1).T.astype(np.int64)
+            np.testing.assert_array_equal(got.T.reshape(want.shape), want,
+                                          err_msg=f"{where}: qc_im2col_s8 {shape}")
+        s.add(OP_IM2COL, [C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, c0, cg, pad], [x],
+              OH * OW * cg * KH * KW, check)
+
+
 _ORT_CACHE: dict = {}
 
 
@@ -316,6 +361,7 @@ def _stream(variant: str) -> Stream:
     _f16_cases(s, rng)
     _qdq_cases(s, rng, _ORT_CACHE)
     _mbqm_cases(s)
+    _im2col_cases(s, rng)
     return s
 
 

@@ -8,7 +8,7 @@
 #include "qc_kernels.h"
 
 enum { OP_GEMM = 1, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8,
-       OP_DQ_U8, OP_MBQM, OP_CVT_F16 };
+       OP_DQ_U8, OP_MBQM, OP_CVT_F16, OP_IM2COL };
 
 static FILE *fin, *fout;
 
@@ -145,6 +145,22 @@ static void one(int32_t op)
         emit(h, n * 2);
         emit(back, n * 4);
         free(x); free(h); free(back);
+    } else if (op == OP_IM2COL) {
+        int h[16], i;
+        size_t rows, K;
+        int8_t *x, *cols;
+        for (i = 0; i < 16; ++i) {
+            h[i] = word();
+        }
+        /* C H W KH KW sh sw pt pl dh dw OH OW c0 cg pad */
+        rows = (size_t)h[11] * h[12];
+        K = (size_t)h[14] * h[3] * h[4];
+        x = take((size_t)h[0] * h[1] * h[2]);
+        cols = malloc(rows * K + 1);
+        qc_im2col_s8(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11],
+                     h[12], h[13], h[14], x, (int8_t)h[15], cols);
+        emit(cols, rows * K);
+        free(x); free(cols);
     } else {
         fprintf(stderr, "unknown op %d\n", (int)op);
         exit(5);

@@ -74,6 +74,19 @@ const char *qc_kernel_variant(void);
    TFLite MultiplyByQuantizedMultiplier. int32 arithmetic wraps (x << shift for shift > 0). */
 int32_t qc_multiply_by_quantized_multiplier(int32_t x, int32_t mult, int32_t shift);
 
+/* int8 convolution helper (qc_gemm_im2col.c). For one image x (NCHW: C x H x W) and the input
+   channels c0 .. c0+cg-1 of one group, writes the (OH*OW) x K matrix, K = cg*KH*KW, with
+   row oh*OW + ow and column (c - c0)*KH*KW + kh*KW + kw holding
+   x[c][oh*stride_h - pad_top + kh*dil_h][ow*stride_w - pad_left + kw*dil_w], or pad_value
+   (the input zero point, so padding means a real 0) outside the image. This column order is
+   ONNX's weight layout: the group's weights OCg x cg x KH x KW reshaped to OCg x K and
+   transposed are the K x N matrix for pack_s8, and qc_gemm_s8(OH*OW, OCg, K, cols, Wp, C)
+   gives the output as (OH*OW) x OCg (pixels x channels: NHWC order for that group).
+   With a zero point zx != 0 fold -zx * sum_k W[k][n] into the bias, as for MatMul. */
+void qc_im2col_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *cols);
+
 #ifdef __cplusplus
 }
 #endif
