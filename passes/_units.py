@@ -87,7 +87,7 @@ class Unit:
             if dq is None:
                 continue
             ops.append(dq)
-            q = producer(dq.operands[0], "QuantizeLinear")
+            q = producer(dq.operands[0], "QuantizeLinear") or producer(dq.operands[0], "DynamicQuantizeLinear")
             if q is not None and all(u is dq for u in dq.operands[0].users()):
                 ops.append(q)
         if self.out_q is not None:
@@ -175,7 +175,7 @@ def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
             weight, gran, zp, const_w, block = dtype_name(w), "any", "any", w.const is not None, 0
         if act is None or weight is None:
             return None
-        q = output_quantize(res)
+        q = output_quantize(res) if act not in FLOATS else None
         out_float = dtype_name(res) or "float32"
         if q is not None and q.results and dtype_name(q.results[0]):
             outs = (dtype_name(q.results[0]),)

@@ -45,35 +45,77 @@ def float_cost(target, device: str, op: str) -> float:
     return min(hits) if hits else 1.0
 
 
+def _member_dtype(op: Op) -> str | None:
+    """The quantized side of a Q/DQ member (DQ: its input; Q: its output), else the op's own dtype."""
+    if op.op_type == "DequantizeLinear":
+        return dtype_name(op.operands[0])
+    if op.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+        return dtype_name(op.results[0])
+    return _value_dtype(op)
+
+
+def emulation_costs(target, u: Unit) -> dict[str, float]:
+    """Devices that can run a QDQ unit as dequantize + float (its Q/DQ ops there, and a float kernel
+    for the anchor), with the float kernel's cost: no integer speed-up, but no device change."""
+    if u.act_dq is None and u.weight_dq is None:
+        return {}
+    out = {}
+    for dev in target.devices:
+        floats = [k.cost for k in target.kernels.get(dev, ())
+                  if k.op == u.kind and k.act == "float32" and k.weight == "float32"]
+        if floats and all(target.runs_op(dev, m.op_type, _member_dtype(m)) for m in u.members() if m is not u.op):
+            out[dev] = min(floats)
+    return out
+
+
+def _copy_overhead(target, u: Unit, n: int | None) -> float:
+    """Per-MAC cost of moving the unit's activation in and result out of a non-preferred device."""
+    if not n or not target.copy_cost:
+        return 0.0
+    moved = [v for v in (u.op.operands[0] if u.op.operands else None, u.op.results[0] if u.op.results else None)
+             if v is not None]
+    return target.copy_cost * sum(nbytes(v) or 0 for v in moved) / n
+
+
 def place_unit(target, u: Unit) -> dict:
-    """Where one unit runs and why: the cheapest device with a kernel (ties go to the preferred one)."""
+    """Where one unit runs and why: the cheapest device with a kernel, or running it as dequantize +
+    float, counting the copies a non-preferred device costs (ties go to the preferred device)."""
     pref = target.preferred_device
     kernels = device_kernels(target, u)
     best = {dev: k.cost for dev, k in kernels.items()}
-    if best:
-        low = min(best.values())
-        to = pref if best.get(pref) == low else min((d for d in target.devices if best.get(d) == low),
-                                                     key=target.devices.index)
+    emulated = {d: c for d, c in emulation_costs(target, u).items() if d not in best or c < best[d]}
+    options = {**best, **emulated}
+    n = macs(u)
+    if options:
+        overhead = _copy_overhead(target, u, n)
+        total = {d: c + (0.0 if d == pref else overhead) for d, c in options.items()}
+        low = min(total.values())
+        to = pref if total.get(pref) == low else min((d for d in target.devices if total.get(d) == low),
+                                                       key=target.devices.index)
     else:
         to = "cpu" if "cpu" in target.devices else pref
     desc = u.describe()
-    if pref not in best:
-        extra = "" if best else (f" (no kernel on any device: dequantize + float on {to})"
-                                 if to == pref else f" (no kernel on {to} either: dequantize + float)")
+    if pref not in options:
+        extra = "" if options else (f" (no kernel on any device: dequantize + float on {to})"
+                                    if to == pref else f" (no kernel on {to} either: dequantize + float)")
         reason = f"{desc}: no kernel on {pref} -> {to}{extra}"
     elif to != pref:
-        reason = f"{desc}: cheaper on {to} (cost {best[to]:g} vs {best[pref]:g} on {pref}) -> {to}"
+        reason = f"{desc}: cheaper on {to} (cost {options[to]:g} vs {options[pref]:g} on {pref}) -> {to}"
     else:
         reason = ""
+    if to in emulated:
+        status = "emulated: dequantize + float"
+    elif to in kernels:
+        status = kernels[to].status
+    else:
+        status = "dequantize + float"
     op = u.op
-    n = macs(u)
-    unit_cost = best.get(to, float_cost(target, to, "MatMul" if u.kind == "MatMulNBits" else u.kind))
+    unit_cost = options.get(to, float_cost(target, to, "MatMul" if u.kind == "MatMulNBits" else u.kind))
     return {
         "node": op.name or (op.results[0].name if op.results and op.results[0] else "?"),
         "op": op.qualified_type, "unit": u.kind, "dtypes": [u.act, u.weight, *u.outs[:1]],
-        "granularity": u.granularity, "from": pref, "to": to, "reason": reason, "fallback": bool(reason),
-        "kernel": to in best, "cost": best.get(to), "macs": n,
-        "status": kernels[to].status if to in kernels else "dequantize + float",
+        "granularity": u.granularity, "from": pref, "to": to, "reason": reason, "fallback": to != pref,
+        "kernel": to in kernels and to not in emulated, "cost": options.get(to), "macs": n, "status": status,
         "estimate": None if n is None else n * unit_cost}
 
 
@@ -104,7 +146,7 @@ def _other_device(target, op: Op, device_of: dict[int, str]) -> str:
     return "cpu" if "cpu" in target.devices else target.preferred_device
 
 
-def _nbytes(v: Value) -> int | None:
+def nbytes(v: Value) -> int | None:
     """Bytes of a tensor (symbolic dimensions count as 1), None if its type is unknown."""
     shape, dt = getattr(v.type, "shape", None), getattr(v.type, "dtype", None)
     if shape is None or dt is None or not dt.bits:
@@ -125,7 +167,7 @@ def _traffic(target, g: Graph, device_of_op: dict[int, str]) -> dict:
         if src is None or src == dev or (id(v), dev) in seen:
             return
         seen.add((id(v), dev))
-        copies.append({"value": v.name, "from": src, "to": dev, "bytes": _nbytes(v), "consumer": consumer})
+        copies.append({"value": v.name, "from": src, "to": dev, "bytes": nbytes(v), "consumer": consumer})
 
     for op in g.ops:
         if op.graph is not g:

@@ -45,7 +45,9 @@ class FoldConstants(Pass):
         %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
             ->  %t = onnx.Constant() {value = ...}
 
-    Never folded: ops with subgraphs (If/Loop/Scan; ops *inside* subgraphs are folded, their
+    Never folded: DequantizeLinear (a quantized weight stays quantized: folding it would store the
+    weights dequantized, 2-8x larger, and lose the quantization for the backends), ops with
+    subgraphs (If/Loop/Scan; ops *inside* subgraphs are folded, their
     results become consts of that subgraph), non-deterministic ops (RandomNormal*,
     RandomUniform*, Multinomial, Bernoulli), ops of domains other than ai.onnx, ai.onnx.ml and
     com.microsoft, calls of local functions, ops with attribute references, ops with a result
@@ -116,6 +118,8 @@ class FoldConstants(Pass):
             return False
         default = op.domain in ("", "ai.onnx")
         if default and op.op_type in NONDETERMINISTIC:
+            return False
+        if op.op_type == "DequantizeLinear":  # the quantized weights are the point: keep them small
             return False
         if not any(r is not None for r in op.results):
             return False

@@ -18,7 +18,7 @@ from qc.quant.weight_algos import dequantize, quantize_rtn
 from ._scaling import NameTable
 from ._units import FLOATS, Unit, dtype_name, macs, node_unit
 from ._util import const_array
-from .check_kernels import CheckKernels, device_costs, float_cost
+from .check_kernels import CheckKernels, device_costs, float_cost, nbytes, place_unit
 
 _UNSIGNED = {"uint8": "int8"}
 
@@ -35,8 +35,9 @@ class _Candidate:
 @register_pass("legalize")
 @dataclass(frozen=True)
 class Legalize(Pass):
-    """legalize: rewrite node units that have no kernel on the target's preferred device into
-    forms that do, when that is cheaper than falling back; then check again.
+    """legalize: rewrite node units that would leave the target's preferred device into forms that
+    have a kernel there, when that is cheaper than falling back; then check again. Units that stay
+    on the preferred device (with a kernel, or as dequantize + float there) are left as they are.
 
     Rewrites, tried per fallback unit (main graph); the cheapest with a kernel on the preferred
     device wins, exact ones first at equal cost::
@@ -78,9 +79,9 @@ class Legalize(Pass):
         for op in list(g.ops):
             if op.graph is not g:
                 continue
-            u = node_unit(op)
-            if u is None or tgt.preferred_device in device_costs(tgt, u):
-                continue
+            u = node_unit(op, ort_fusions=tgt.backend == "onnx")
+            if u is None or place_unit(tgt, u)["to"] == tgt.preferred_device:
+                continue  # runs on the preferred device (with a kernel, or as dequantize + float there)
             rewrite = _Rewriter(g, u, names)
             options = []
             for cand in rewrite.candidates():
@@ -90,12 +91,15 @@ class Legalize(Pass):
             if not options:
                 continue
             cost, _, _, best = min(options, key=lambda o: o[:3])
-            before = _estimate_fallback(tgt, u)
+            before = _fallback_cost(tgt, u)
+            if cost >= before:
+                continue  # falling back is no worse (e.g. the same float kernel on a single-device target)
             n = macs(u)
             best.apply()
             rewrites += 1
             done.append({"node": op.name, "change": best.name + f" -> {tgt.preferred_device}",
-                         "cost_before": before, "cost_after": None if n is None else round(n * cost, 3)})
+                         "cost_before": None if n is None else round(n * before, 3),
+                         "cost_after": None if n is None else round(n * cost, 3)})
         ctx.cache["legalized"] = done
         check = CheckKernels(target=name)
         check.run(module, ctx)
@@ -109,18 +113,22 @@ class Legalize(Pass):
                                "kernels for (`qc targets " + tgt.name + "`)")
         if self.fallback == "warn":
             for p in left:
-                ctx.remark(p["node"], f"fallback: {p['reason']}")
+                ctx.remark(None, f"{p['node']}: fallback: {p['reason']}")
         return rewrites > 0
 
 
-def _estimate_fallback(tgt, u: Unit) -> float | None:
-    n = macs(u)
-    if n is None:
-        return None
+def _fallback_cost(tgt, u: Unit) -> float:
+    """Estimated cost per MAC of leaving the unit as it is: the cost where it lands (its kernel
+    there, or dequantize + float), plus copying its activation in and its result back when that
+    is not the preferred device (when shapes are known)."""
     costs = device_costs(tgt, u)
     dev = min(costs, key=costs.get) if costs else ("cpu" if "cpu" in tgt.devices else tgt.preferred_device)
     cost = costs.get(dev, float_cost(tgt, dev, "MatMul" if u.kind == "MatMulNBits" else u.kind))
-    return round(n * cost, 3)
+    n = macs(u)
+    if dev != tgt.preferred_device and n:
+        moved = [u.op.operands[0], u.op.results[0]]
+        cost += tgt.copy_cost * sum(nbytes(v) or 0 for v in moved if v is not None) / n
+    return cost
 
 
 class _Rewriter:
@@ -171,6 +179,13 @@ class _Rewriter:
         return None
 
     def _activation(self) -> Value:
+        """The float activation: before its Q/DQ pair when it has one (the float forms need no
+        activation quantization), else the anchor's first operand."""
+        dq = self.u.act_dq
+        if dq is not None:
+            q = dq.operands[0].producer
+            if q is not None and q.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
+                return q.operands[0]
         return self.u.op.operands[0]
 
     # -- candidates -----------------------------------------------------------------------------
@@ -288,7 +303,8 @@ class _Rewriter:
         y.replace_all_uses_with(last)
         consts = [v for v in op.operands if v is not None and v.const is not None]
         g.remove(op)
-        _drop_dead(g, [d for d in (u.weight_dq,) if d is not None])
+        act_q = u.act_dq.operands[0].producer if u.act_dq is not None else None
+        _drop_dead(g, [d for d in (u.weight_dq, u.act_dq, act_q) if d is not None])
         _drop_consts(g, consts)
 
     def _bias(self) -> np.ndarray | None:
@@ -322,13 +338,19 @@ class _Rewriter:
         wq = dq.operands[0]
         q = const_array(wq).astype(np.int16) + shift
         zp_v = dq.operands[2] if len(dq.operands) > 2 else None
-        zp = (const_array(zp_v).astype(np.int16) if zp_v is not None else np.zeros((), np.int16)) + shift
         base = wq.name
-        new_zp = self.g.add_const(self.names.fresh(f"{base}.zp_s8"), Tensor.from_array(zp.astype(np.int8)))
+        new_zp = None
+        if zp_v is not None or shift:
+            if zp_v is not None:
+                zp = const_array(zp_v).astype(np.int16) + shift
+            else:  # the default zero point 0, moved: shaped like the scales (blocked DQ wants that)
+                zp = np.full(np.shape(const_array(dq.operands[1])), shift, np.int16)
+            new_zp = self.g.add_const(self.names.fresh(f"{base}.zp_s8"), Tensor.from_array(zp.astype(np.int8)))
         new_q = self.g.add_const(self.names.fresh(f"{base}.s8"), Tensor.from_array(q.astype(np.int8)),
                                  _retyped(wq.type, dtype, new_zp, shift))
         dq.set_operand(0, new_q)
-        _set_zero_point(dq, new_zp)
+        if new_zp is not None:
+            _set_zero_point(dq, new_zp)
         for v in (wq, zp_v):
             if v is not None and not v.uses():
                 self.g.remove_const(v)
@@ -352,11 +374,11 @@ def _set_zero_point(op: Op, zp: Value) -> None:
         op.set_operands([*op.operands, zp])
 
 
-def _retyped(t, dtype: DType, zp: Value, shift: int):
+def _retyped(t, dtype: DType, zp: Value | None, shift: int):
     if not isinstance(t, TensorType):
         return TensorType(dtype, None)
     quant = t.quant
-    if quant is not None:
+    if quant is not None and zp is not None:
         new_zp = quant.zero_point + shift if isinstance(quant.zero_point, int) else zp.name
         quant = dataclasses.replace(quant, zero_point=new_zp)
     return TensorType(dtype, t.shape, quant)

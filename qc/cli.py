@@ -103,6 +103,10 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="write weights to OUTPUT.data (auto: only when over 2 GB)")
     _add_pm_options(comp)
     _add_import_options(comp)
+    comp.add_argument("--fallback", choices=("allow", "warn", "error"), default="warn",
+                      help="node units that still have no kernel on the target's preferred device after "
+                           "legalize: keep them (allow), keep them with a remark each (warn, the default), "
+                           "or stop with the list (error)")
     comp.add_argument("--quiet", action="store_true", help="print no summary")
     comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
     comp.add_argument("--report-json", metavar="FILE", help="write the compile report as JSON")
@@ -413,8 +417,8 @@ def cmd_compile(args) -> int:
     quant = _quant_options(args, target) if args.quant else None
     if quant is None and (args.calib or args.calib_text):
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
-    if quant is None and (args.report_json or args.report):
-        raise QCError("--report and --report-json describe a quantized model", hint="add --quant SCHEME")
+    if quant is None and args.report:
+        raise QCError("--report describes a quantized model", hint="add --quant SCHEME")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if quant is not None:
@@ -427,7 +431,7 @@ def cmd_compile(args) -> int:
         args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
     else:
         spec = _pipeline_spec(args)
-    ctx = PassContext(target=target.name)
+    ctx = PassContext(target=args.target)  # the name, or the .toml path of a user target
     pm, timing = build_pass_manager(spec, args, ctx)
     module = load_module(args.model, args)
     loaded = time.perf_counter()
@@ -453,13 +457,16 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     pm.run(module)
     seconds["passes"] = time.perf_counter() - t0
+    placement = _legalize_for_target(module, target, args.fallback, ctx)
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     t0 = time.perf_counter()
     write_module(module, args.output, args, [args.model], external=external)
     seconds["export"] = time.perf_counter() - t0
     report = None
     if quant is not None:
-        report = _quant_report(args, quant, pm, module, holdout, seconds)
+        report = _quant_report(args, quant, pm, module, holdout, seconds, placement)
+    elif args.report_json:
+        _write_json(args.report_json, {"placement": placement}, [args.model, args.output])
     if not args.quiet:
         sys.stdout.write(f"qc compile: {args.model} -> {args.output} (target {target.name})\n")
         sys.stdout.write(f"pipeline: {pm}\n")
@@ -469,6 +476,9 @@ def cmd_compile(args) -> int:
             from .quant.report import format_report
 
             sys.stdout.write(format_report(report, per_layer=args.report))
+        from .targets.report import format_placement
+
+        sys.stdout.write("placement: " + format_placement(placement, units=False))
         if args.remarks:
             sys.stdout.writelines(f"remark: {remark}\n" for remark in pm.ctx.remarks)
         elif pm.ctx.remarks:
@@ -476,6 +486,27 @@ def cmd_compile(args) -> int:
             sys.stdout.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items())
                              + " (--remarks lists them)\n")
     return 0
+
+
+def _legalize_for_target(module, target, fallback: str, ctx) -> dict:
+    """check-kernels + legalize for the target (the last step before emitting); the placement report.
+    Under ``fallback=error`` a unit that still leaves the preferred device stops the compile here."""
+    from .pm import PassManager, parse_pass
+    from .targets.report import placement_report
+
+    PassManager([parse_pass(f"legalize{{fallback={fallback}}}")], ctx=ctx).run(module)
+    return placement_report(target, ctx.cache)
+
+
+def _write_json(path: str, data: dict, inputs: list[str]) -> None:
+    import json
+
+    from .fileio import atomic_write
+
+    _refuse_overwrite(path, inputs)
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def _quant_options(args, target):
@@ -494,10 +525,7 @@ def _quant_options(args, target):
                         smooth_alpha=args.smooth_alpha, target_features=tuple(target.features))
 
 
-def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
-    import json
-
-    from .fileio import atomic_write
+def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict) -> dict:
     from .quant import compile as qcompile
     from .quant.report import build_report, outlier_report
 
@@ -517,11 +545,9 @@ def _quant_report(args, quant, pm, module, holdout, seconds) -> dict:
                           module=module, calibration=calibration, accuracy=accuracy, seconds=seconds,
                           outliers=outlier_report(pm.ctx.cache.get("outlier_splits", []),
                                                   pm.ctx.cache.get("outlier_candidate_columns", 0)))
+    report["placement"] = placement
     if args.report_json:
-        _refuse_overwrite(args.report_json, [args.model, args.output])
-        with atomic_write(args.report_json, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True)
-            f.write("\n")
+        _write_json(args.report_json, report, [args.model, args.output])
     return report
 
 

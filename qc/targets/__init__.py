@@ -75,6 +75,7 @@ class Target:
     qemu_note: str | None = None
     kernels: dict = field(default_factory=dict, compare=False)
     other_ops: dict = field(default_factory=dict, compare=False)
+    unsupported_ops: dict = field(default_factory=dict, compare=False)
     copy_cost: float = 0.0
     data: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -93,6 +94,10 @@ class Target:
             return device == self.preferred_device
         allowed = self.other_ops.get(device, ())
         return "*" in allowed or (dtype is not None and dtype in allowed)
+
+    def runs_op(self, device: str, op_type: str, dtype: str | None) -> bool:
+        """``runs_other_op``, minus the op types the target lists as missing on ``device``."""
+        return op_type not in self.unsupported_ops.get(device, ()) and self.runs_other_op(device, dtype)
 
 
 def builtin_targets() -> list[str]:
@@ -123,7 +128,7 @@ def load_target(name_or_path: str) -> Target:
 
 _TOP = {"name": str, "description": str, "features": list, "devices": list, "preferred_device": str,
         "backend": str, "compiler": dict, "qemu": dict, "kernels": dict, "other_ops": dict,
-        "copy_cost": (int, float)}
+        "unsupported_ops": dict, "copy_cost": (int, float)}
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
@@ -256,10 +261,18 @@ def _validate(data: dict, text: str, path: str) -> Target:
             if d != "*":
                 check_enum(key, d, DTYPES + ("int64", "bool"), "dtype")
         other_ops[dev] = tuple(dtypes)
+    unsupported: dict[str, tuple[str, ...]] = {}
+    for dev, op_types in data.get("unsupported_ops", {}).items():
+        key = f"unsupported_ops.{dev}"
+        if dev not in devices:
+            fail(key, f"'{dev}' is not one of the target's devices ({', '.join(devices)})")
+        if not isinstance(op_types, list):
+            fail(key, f"expected an array of op types, got {type(op_types).__name__} {op_types!r}")
+        unsupported[dev] = strings(key, op_types)
     copy_cost = float(data.get("copy_cost", 0.0))
     if copy_cost < 0:
         fail("copy_cost", f"must not be negative, got {copy_cost}")
     return Target(name=data["name"], description=data.get("description", ""), features=features,
                   devices=devices, backend=backend, preferred_device=preferred, cc=compiler.get("cc"),
                   cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels,
-                  other_ops=other_ops, copy_cost=copy_cost, data=data)
+                  other_ops=other_ops, unsupported_ops=unsupported, copy_cost=copy_cost, data=data)

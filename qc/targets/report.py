@@ -18,6 +18,9 @@ def placement_report(target, cache: dict) -> dict[str, Any]:
         "units_per_device": {d: sum(1 for p in placement if p["to"] == d) for d in target.devices},
         "ops_per_device": cache.get("ops_per_device", {}),
         "fallbacks": [{k: p[k] for k in _FALLBACK_KEYS} for p in cache["fallbacks"]],
+        "emulated": [{"node": p["node"], "op": p["op"], "dtypes": p["dtypes"], "on": p["to"], "reason": p["reason"]
+                      or f"no integer kernel for {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]} on {p['to']}"}
+                     for p in placement if p["to"] == target.preferred_device and not p["kernel"]],
         "transitions": traffic["transitions"],
         "copies": len(traffic["copies"]),
         "copy_bytes": cost["copy_bytes"],
@@ -53,6 +56,11 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
                            f"  [{p['granularity']}]  {cost}")
     out.append(f"fallbacks ({len(report['fallbacks'])}):")
     out.extend(f"  {f['node']}: {f['reason']}" for f in report["fallbacks"])
+    if report["emulated"]:
+        out.append(f"run as dequantize + float on {report['preferred_device']} (no integer kernel there, no "
+                   f"speed-up from quantizing): {len(report['emulated'])} units")
+        if units:
+            out.extend(f"  {e['node']}: {' x '.join(e['dtypes'][:2])} -> {e['dtypes'][2]}" for e in report["emulated"])
     c = report["cost"]
     out.append(f"copies between devices: {report['copies']} ({_fmt_num(report['copy_bytes'])}B), "
                f"device transitions: {report['transitions']}")
