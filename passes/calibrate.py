@@ -177,7 +177,7 @@ class Calibrate(Pass):
                            max_rows=self.rows if o.feeds_weight else 0, axis=o.axis)
 
     def _collection_options(self) -> dict:
-        return {"format": STATS_FORMAT, "ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
+        return {"stats_format": STATS_FORMAT, "ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
                 "histogram": self.histogram, "channels": self.channels,
                 "hessian": self.hessian, "rows": self.rows, "outputs": self.outputs, "bins": DEFAULT_BINS,
                 "format": FORMAT_VERSION}
