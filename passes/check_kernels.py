@@ -96,8 +96,7 @@ def place_unit(target, u: Unit) -> dict:
         to = "cpu" if "cpu" in target.devices else pref
     desc = u.describe()
     if pref not in options:
-        extra = "" if options else (f" (no kernel on any device: dequantize + float on {to})"
-                                    if to == pref else f" (no kernel on {to} either: dequantize + float)")
+        extra = "" if to in kernels else " (dequantize + float there)"
         reason = f"{desc}: no kernel on {pref} -> {to}{extra}"
     elif to != pref:
         reason = f"{desc}: cheaper on {to} (cost {options[to]:g} vs {options[pref]:g} on {pref}) -> {to}"
