@@ -301,6 +301,9 @@ class _Rewriter:
             g.insert_before(op, Op("Add", [last, b], results=[with_bias], name=f"{base}.legal.bias_add"))
             last = with_bias
         y.replace_all_uses_with(last)
+        name = y.name  # the result keeps its name (it may be a graph output)
+        y.name = self.names.fresh(f"{name}.replaced")
+        last.name = name
         consts = [v for v in op.operands if v is not None and v.const is not None]
         g.remove(op)
         act_q = u.act_dq.operands[0].producer if u.act_dq is not None else None

@@ -145,8 +145,10 @@ def test_lowered_units_become_float16_on_the_gpu(tmp_path, scheme):
     assert ctx.cache["fallbacks"] == []
     ops = _ops(module)
     assert ops["MatMul"] == 1 and ops["Cast"] == 2 and "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops
+    out = export_onnx(module)
+    assert [o.name for o in out.graph.output] == ["y"]  # the graph output keeps its name
     x = _x()
-    ref_float, ref_quant, got = _run(src, x), _run(q, x), _run(export_onnx(module), x)
+    ref_float, ref_quant, got = _run(src, x), _run(q, x), _run(out, x)
     scale = np.max(np.abs(ref_float))
     if scheme == "w4":  # same weights (4-bit values held exactly in float16), float16 arithmetic
         assert np.max(np.abs(got - ref_quant)) < 2e-3 * scale
