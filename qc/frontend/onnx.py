@@ -24,6 +24,7 @@ from ..ir.dtypes import DType
 from ..ir.tensor import SparseTensor, Tensor, check_proto
 from ..ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
+PROTOBUF_LIMIT = 2**31 - 1
 _ATTR_KIND = {
     AttributeProto.INT: "int", AttributeProto.FLOAT: "float", AttributeProto.STRING: "string",
     AttributeProto.TENSOR: "tensor", AttributeProto.GRAPH: "graph", AttributeProto.SPARSE_TENSOR: "sparse",
@@ -39,6 +40,13 @@ def load_model_proto(path: str) -> ModelProto:
         raise QCError("no such file", where=path)
     if os.path.isdir(path):
         raise QCError("is a directory, expected an .onnx file", where=path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise QCError("the file is empty", where=path, hint="pass an .onnx file (or a .qir text IR file)")
+    if size > PROTOBUF_LIMIT:
+        raise QCError(f"the file is {size} bytes, over protobuf's 2 GB limit for one message, so no ONNX "
+                      "reader can decode it", where=path,
+                      hint="store the large weights as external data (onnx.save_model(..., save_as_external_data=True))")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -48,6 +56,10 @@ def load_model_proto(path: str) -> ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
+        if "MaxDepth" in str(e):
+            raise QCError("the model nests messages (subgraphs in subgraphs) deeper than protobuf's decoding "
+                          "limit of 100 levels", where=path,
+                          hint="a real model nests If/Loop/Scan bodies a few levels deep; is the file hostile?") from None
         raise QCError(f"not a valid ONNX model: the protobuf does not decode ({e})", where=path,
                       hint="is the file truncated, or not an .onnx file?") from None
     if model.ir_version <= 0 or not model.HasField("graph"):

@@ -7,6 +7,7 @@ and builds the IR. Every error is a :class:`~qc.errors.ParseError` reading ``fil
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -547,7 +548,7 @@ class _Builder:
         if not isinstance(type_, TensorType) or type_.dtype is None or not type_.is_static:
             raise self.err(tok, f"a constant needs a tensor type with a known dtype and static shape")
         dtype, shape = type_.dtype, type_.shape
-        size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        size = math.prod(shape)  # a Python int: no overflow for absurd shapes
         if kind == "dense":
             array = self.dense(payload[1], dtype, tok)
             if array.size != size:

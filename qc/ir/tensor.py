@@ -7,6 +7,7 @@ A :class:`Tensor` holds one of: a numpy array, an ONNX ``TensorProto`` not yet d
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from typing import Callable
 
@@ -68,7 +69,7 @@ class Tensor:
     # -- queries -----------------------------------------------------------------------
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -154,9 +155,7 @@ def check_proto(proto: TensorProto, base_dir: str | None) -> None:
                       hint="the model is corrupt, or needs a newer onnx than this qc knows") from None
     if any(d < 0 for d in proto.dims):
         raise QCError(f"{name} has a negative dimension {list(proto.dims)}")
-    size = 1
-    for d in proto.dims:
-        size *= d
+    size = math.prod(proto.dims)
     nbytes = (size * dtype.bits + 7) // 8
     if proto.data_location == TensorProto.EXTERNAL:
         if dtype is DType.str:
@@ -223,7 +222,7 @@ def read_external(proto: TensorProto, base_dir: str | None) -> np.ndarray:
     """A tensor's external data, checked as :func:`external_file` does and read with one copy."""
     dtype = DType(proto.data_type)
     shape = tuple(int(d) for d in proto.dims)
-    nbytes = (int(np.prod(shape, dtype=object)) * dtype.bits + 7) // 8 if shape else (dtype.bits + 7) // 8
+    nbytes = (math.prod(shape) * dtype.bits + 7) // 8
     path, offset = external_file(proto, base_dir, nbytes)
     with open(path, "rb") as f:
         f.seek(offset)
