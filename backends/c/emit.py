@@ -64,9 +64,9 @@ def render_arg(a) -> str:
         ct = a.ctype or a.buf.ctype
         q = "const " if a.const else ""
         if root.kind == "arena":
-            base = f"({q}{ct} *)(A + {root.offset})"
+            base = f"({q}{ct} *)(qc_a + {root.offset})"
         elif root.kind == "weight":
-            base = f"(const {ct} *)(W + {root.offset})"
+            base = f"(const {ct} *)(qc_w + {root.offset})"
         else:
             base = f"({q}{ct} *){root.name}"
         return f"({base} + {a.elems})" if a.elems else base
@@ -108,9 +108,10 @@ def model_c(low: Lowered, prefix: str, headers: list[str]) -> str:
     out += ["#include <math.h>", "#include <stddef.h>", "",
             f"extern const uint64_t {prefix}_weights[];", "",
             signature(low, prefix), "{",
-            "    unsigned char *A = (unsigned char *)arena;",
-            f"    const unsigned char *W = (const unsigned char *){prefix}_weights;",
-            "    (void)A;", "    (void)W;"]
+            "    unsigned char *qc_a = (unsigned char *)arena;",
+            f"    const unsigned char *qc_w = (const unsigned char *){prefix}_weights;",
+            "    (void)qc_a;", "    (void)qc_w;"]
+    out += [f"    (void){b.name};" for b in low.inputs + low.outputs]
     body = "".join(render_call(c) for c in low.calls)
     return "\n".join(out) + "\n" + body + "    return 0;\n}\n"
 

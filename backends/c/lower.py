@@ -21,6 +21,11 @@ CTYPE = {DType.f32: "float", DType.f16: "uint16_t", DType.f64: "double", DType.i
          DType.u8: "uint8_t", DType.i16: "int16_t", DType.u16: "uint16_t", DType.i32: "int32_t",
          DType.u32: "uint32_t", DType.i64: "int64_t", DType.u64: "uint64_t", DType.bool: "uint8_t"}
 ALIGN = 16
+# names a model input / output must not take in the generated run() function
+RESERVED = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "arena qc_a qc_w main".split())
 
 
 @dataclass(eq=False)
@@ -168,7 +173,7 @@ class Lowering:
         self.weights: list[Buffer] = []
         self.arena: list[Buffer] = []
         self.kernels: dict[str, int] = {}
-        self._names: set[str] = set()
+        self._names: set[str] = set(RESERVED)
         self._counter = 0
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
         self.variant = "portable"
@@ -241,12 +246,15 @@ class Lowering:
             return
         self.bufs[id(v)] = Buffer(self.fresh("a"), dt, shape, "alias", base=sb)
 
-    def type_of(self, op: Op, v: Value) -> tuple[DType, tuple[int, ...]]:
+    def type_of(self, op: Op | None, v: Value) -> tuple[DType, tuple[int, ...]]:
         t = v.type
+        where = f"node '{node_name(op)}'" if op is not None else f"model input/output '{v.name}'"
         if not isinstance(t, TensorType) or t.dtype is None or not t.is_static:
-            raise QCError(f"result '{v.name}' has no static shape ({t})", where=f"node '{node_name(op)}'",
+            raise QCError(f"'{v.name}' has no static shape ({t})", where=where,
                           hint="give every model input a static shape with --shape NAME=AxB")
         if t.dtype not in CTYPE:
+            if op is None:
+                raise QCError(f"dtype {t.dtype} is not supported by the C backend", where=where)
             raise unsupported(op, f"dtype {t.dtype}")
         return t.dtype, tuple(int(d) for d in t.shape)
 
@@ -278,14 +286,16 @@ class Lowering:
     # -- the walk ------------------------------------------------------------------------------
     def run(self) -> Lowered:
         from .lower_ops import HANDLERS
-        from .lower_quant import match_unit
+        from .lower_quant import match_unit, plan_units
+        from .packing import variant_for
 
+        self.variant = variant_for(self.features)
         g = self.module.graph
         inputs = []
         for v in g.inputs:
             if v.const is not None:
                 continue
-            dt, shape = self.type_of(Op("input"), v)
+            dt, shape = self.type_of(None, v)
             b = Buffer(self.c_ident(v.name), dt, shape, "input")
             self.bufs[id(v)] = b
             inputs.append(b)
@@ -296,10 +306,11 @@ class Lowering:
                 b = Buffer(self.c_ident(v.name), dt, self.shape(v), "output")
                 outputs.append((v, b, True))
             else:
-                dt, shape = self.type_of(Op("output"), v)
+                dt, shape = self.type_of(None, v)
                 b = Buffer(self.c_ident(v.name), dt, shape, "output")
                 self.bufs[id(v)] = b
                 outputs.append((v, b, False))
+        plan_units(self)
         for op in g:
             if id(op) in self.consumed:
                 continue

@@ -58,6 +58,11 @@ def _f32(op: Op, lw: Lowering, i: int) -> None:
         raise unsupported(op, f"input {i} of dtype {lw.dtype(op.operands[i])}; only float32")
 
 
+def str_attr(op: Op, name: str, default: str) -> str:
+    v = op.attr(name, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def _used(op: Op, i: int) -> bool:
     return i < len(op.results) and op.results[i] is not None and bool(op.results[i].uses())
 
@@ -110,7 +115,7 @@ def _unary(lw: Lowering, op: Op) -> None:
             return
         enum, p = "QC_CLIP", [float(lo), float(hi)]
     elif op.op_type == "Gelu":
-        enum, p = ("QC_GELU_TANH" if op.attr("approximate", "none") == "tanh" else "QC_GELU"), [0.0, 0.0]
+        enum, p = ("QC_GELU_TANH" if str_attr(op, "approximate", "none") == "tanh" else "QC_GELU"), [0.0, 0.0]
     else:
         spec = _UNARY[op.op_type]
         enum = spec[0]
@@ -157,8 +162,12 @@ def _cast(lw: Lowering, op: Op) -> None:
 # -- shapes and data movement ----------------------------------------------------------------------
 @handler(*_ALIASES)
 def _alias(lw: Lowering, op: Op) -> None:
-    if op.op_type == "Dropout" and _used(op, 1):
-        raise unsupported(op, "the mask output")
+    if op.op_type == "Dropout":
+        if _used(op, 1):
+            raise unsupported(op, "the mask output")
+        training = lw.const(op, 2, "training_mode")
+        if training is not None and bool(training.reshape(-1)[0]):
+            raise unsupported(op, "training mode")
     lw.alias(op, op.operands[0])
 
 
@@ -286,8 +295,8 @@ def _pad(lw: Lowering, op: Op) -> None:
     x = op.operands[0]
     shape = lw.shape(x)
     rank = len(shape)
-    if op.attr("mode", "constant") != "constant":
-        raise unsupported(op, f"mode {op.attr('mode')}")
+    if str_attr(op, "mode", "constant") != "constant":
+        raise unsupported(op, f"mode {str_attr(op, 'mode', '')}")
     if lw.opset < 11:
         pads, value = op.attr("pads"), op.attr("value", 0.0)
         axes = list(range(rank))
@@ -392,9 +401,7 @@ def conv_geometry(lw: Lowering, op: Op, xshape, kshape, yshape):
     strides = list(op.attr("strides") or [1] * nd)
     dil = list(op.attr("dilations") or [1] * nd)
     pads = list(op.attr("pads") or [0] * (2 * nd))
-    auto = op.attr("auto_pad", "NOTSET")
-    if isinstance(auto, bytes):
-        auto = auto.decode()
+    auto = str_attr(op, "auto_pad", "NOTSET")
     spatial_in, spatial_out = list(xshape[2:]), list(yshape[2:])
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         pads = [0] * (2 * nd)
@@ -503,8 +510,6 @@ def _layernorm(lw: Lowering, op: Op) -> None:
     x, scale = op.operands[:2]
     bias = op.operands[2] if len(op.operands) > 2 else None
     _f32(op, lw, 0)
-    if any(_used(op, i) for i in range(1, len(op.results))):
-        raise unsupported(op, "the Mean / InvStdDev outputs")
     shape = lw.shape(x)
     axis = _axis(op.attr("axis", -1), len(shape))
     n = math.prod(shape[axis:])
@@ -519,8 +524,10 @@ def _layernorm(lw: Lowering, op: Op) -> None:
         return Ptr(lw.weight(np.broadcast_to(arr, norm).astype(np.float32)))
 
     y = lw.out(op)
+    stats = [Ptr(lw.out(op, i), const=False) if i < len(op.results) and op.results[i] is not None else Raw("NULL")
+             for i in (1, 2)]
     lw.call(op, "qc_layernorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)),
-                                     Ptr(lw.buf(x)), full(scale), full(bias), Ptr(y, const=False)],
+                                     Ptr(lw.buf(x)), full(scale), full(bias), Ptr(y, const=False)] + stats,
             "layernorm f32")
 
 

@@ -1,9 +1,235 @@
-"""Quantized node units -> integer kernel calls (qc_kernels.h)."""
+"""Quantized node units and Q/DQ ops -> integer kernel calls (runtime/qc_kernels.h).
+
+Units (recognized on the graph before the walk, like onnxruntime's QDQ node units):
+
+    DQ(x int8, per-tensor) -> MatMul <- DQ(w int8 const, per-tensor or per output column, zp 0)
+        qc_gemm_s8 on the int8 activation and the packed weight, then qc_dequant_acc_f32 with
+        bias[n] = -zp_x * sum_k w[k][n] (the activation zero point folded into an int32 bias)
+        and scale[n] = s_x * s_w[n]. The DQ ops are not computed when nothing else reads them.
+    MatMul(x f16, w f16 const) -> qc_matmul_f16 (the outlier half of split-outliers).
+
+Standalone QuantizeLinear / DequantizeLinear: per tensor through qc_quantize_* / qc_dequantize_*;
+DequantizeLinear of a constant is evaluated here (as onnxruntime does it: (q - zp) * scale in
+float32); per-axis ones on activations become Cast / Sub / Mul (exact, the same arithmetic).
+"""
 from __future__ import annotations
 
-from qc.ir import Op
+import math
+
+import numpy as np
+
+from qc.ir import DType, Op, Value
+
+from .lower import Ints, Lowering, Ptr, Raw, unsupported
+from .lower_ops import batch_offsets, binary, handler
+
+_INT8 = (DType.i8, DType.u8)
 
 
-def match_unit(lw, op: Op) -> bool:
-    """Lower the quantized unit rooted at *op* and return True, or return False to lower op alone."""
+def _producer(v: Value | None, op_type: str) -> Op | None:
+    if v is None or v.const is not None:
+        return None
+    p = v.producer
+    return p if p is not None and p.domain in ("", "ai.onnx") and p.op_type == op_type else None
+
+
+def _const(v: Value | None) -> np.ndarray | None:
+    return None if v is None or v.const is None else v.const.numpy()
+
+
+def _qparams(dq: Op):
+    """(scale array, zero point array or None, axis) of a Q/DQ op with constant parameters, or None."""
+    scale = _const(dq.operands[1])
+    zp_v = dq.operands[2] if len(dq.operands) > 2 else None
+    zp = _const(zp_v)
+    if scale is None or (zp_v is not None and zp is None) or dq.attr("block_size", 0):
+        return None
+    return scale.astype(np.float32), zp, dq.attr("axis", 1)
+
+
+def _matmul_unit(lw: Lowering, op: Op):
+    """The int8 MatMul unit rooted at op, as (dq_x, dq_w, x_scale, x_zp, w int8 K x N, w scales), or None."""
+    if op.op_type != "MatMul":
+        return None
+    a, b = op.operands
+    dqa, dqb = _producer(a, "DequantizeLinear"), _producer(b, "DequantizeLinear")
+    if dqa is None or dqb is None or dqb.operands[0].const is None:
+        return None
+    if lw.dtype(dqa.operands[0]) != DType.i8 or dqb.operands[0].const.dtype != DType.i8:
+        return None
+    pa, pb = _qparams(dqa), _qparams(dqb)
+    if pa is None or pb is None or pa[0].size != 1:
+        return None
+    w = dqb.operands[0].const.numpy()
+    if w.ndim != 2 or len(lw.shape(a)) < 2:
+        return None
+    K, N = w.shape
+    ws, wzp, axis = pb
+    if wzp is not None and np.any(wzp != 0):
+        return None  # an asymmetric weight needs the activation row sums: left to the float path
+    if ws.size not in (1, N) or (ws.size == N and N > 1 and axis not in (1, -1)):
+        return None
+    x_zp = 0 if pa[1] is None else int(pa[1].reshape(-1)[0])
+    return dqa, dqb, float(pa[0].reshape(-1)[0]), x_zp, w.astype(np.int8), ws.reshape(-1)
+
+
+def plan_units(lw: Lowering) -> None:
+    """Find the units of the main graph; DQ ops read only by units are marked consumed."""
+    lw.units = {}
+    readers: dict[int, set[int]] = {}
+    for op in lw.module.graph:
+        unit = _matmul_unit(lw, op) if op.domain in ("", "ai.onnx") else None
+        if unit is not None:
+            lw.units[id(op)] = unit
+            for dq in unit[:2]:
+                readers.setdefault(id(dq), set()).add(id(op))
+    outputs = {id(v) for v in lw.module.graph.outputs}
+    for op in lw.module.graph:
+        if id(op) in readers:
+            r = op.results[0]
+            users = {id(u) for u in r.users()}
+            if users <= readers[id(op)] and id(r) not in outputs:
+                lw.consumed.add(id(op))
+
+
+def match_unit(lw: Lowering, op: Op) -> bool:
+    unit = getattr(lw, "units", {}).get(id(op))
+    if unit is not None:
+        _lower_matmul_s8(lw, op, *unit)
+        return True
+    if op.op_type == "MatMul" and op.domain in ("", "ai.onnx") and lw.dtype(op.operands[0]) == DType.f16:
+        return _lower_matmul_f16(lw, op)
     return False
+
+
+def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
+                     ws: np.ndarray) -> None:
+    from .packing import pack_s8
+
+    xq = dqa.operands[0]
+    ashape = lw.shape(xq)
+    K, N = w.shape
+    M = math.prod(ashape[:-1])
+    y = lw.out(op)
+    packed = lw.weight(np.frombuffer(pack_s8(w, lw.variant), np.int8))
+    acc = lw.scratch(DType.i32, M * N)
+    bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
+    scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
+    per_channel = int(scale.size > 1)
+    lw.call(op, "qc_gemm_s8", [M, N, K, Ptr(lw.buf(xq)), Ptr(packed), Ptr(acc, const=False)],
+            f"gemm s8 ({lw.variant})")
+    lw.call(op, "qc_dequant_acc_f32", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(scale)), per_channel,
+                                       Raw("NULL"), Ptr(y, const=False)],
+            "dequant acc f32" + (" per-channel" if per_channel else ""))
+
+
+def _lower_matmul_f16(lw: Lowering, op: Op) -> bool:
+    a, b = op.operands
+    if lw.dtype(b) != DType.f16:
+        raise unsupported(op, "float16 activations times a non-float16 weight")
+    batch, M, K, N, aoff, boff = batch_offsets(list(lw.shape(a)), list(lw.shape(b)))
+    y = lw.out(op)
+    if len(lw.shape(b)) <= 2:  # a shared 2-D weight: fold the batch into M
+        lw.call(op, "qc_matmul_f16", [M * batch, N, K, Ptr(lw.buf(a), ctype="qc_f16"), Ptr(lw.buf(b), ctype="qc_f16"),
+                                      Ptr(y, ctype="qc_f16", const=False)], "matmul f16")
+        return True
+    for i, (ao, bo) in enumerate(zip(aoff, boff)):
+        lw.call(op, "qc_matmul_f16", [M, N, K, Ptr(lw.buf(a), ao, ctype="qc_f16"), Ptr(lw.buf(b), bo, ctype="qc_f16"),
+                                      Ptr(y, i * M * N, ctype="qc_f16", const=False)], "matmul f16")
+    return True
+
+
+# -- standalone QuantizeLinear / DequantizeLinear -------------------------------------------------
+@handler("QuantizeLinear")
+def _quantize(lw: Lowering, op: Op) -> None:
+    x = op.operands[0]
+    if lw.dtype(x) != DType.f32:
+        raise unsupported(op, f"input of dtype {lw.dtype(x)}")
+    y = lw.out(op)
+    q = _qparams(op)
+    if y.dtype not in _INT8 or q is None:
+        raise unsupported(op, f"output {y.dtype}" if q is not None else "blocked or non-constant parameters")
+    scale, zp, axis = q
+    if scale.size == 1:
+        fn = "qc_quantize_s8" if y.dtype == DType.i8 else "qc_quantize_u8"
+        z = 0 if zp is None else int(zp.reshape(-1)[0])
+        lw.call(op, fn, [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)],
+                f"quantize {y.dtype}")
+        return
+    # per axis: saturate(round_half_even(x / scale) + zp), as float steps, then an exact Cast
+    shape = y.shape
+    axis = axis + len(shape) if axis < 0 else axis
+    bshape = tuple(n if d == axis else 1 for d, n in enumerate(shape))
+    t = lw.scratch(DType.f32, y.size)
+    t.shape = shape
+    binary(lw, op, "QC_DIV", lw.buf(x), lw.weight(scale.reshape(bshape)), t, DType.f32)
+    lw.call(op, "qc_unary_f32", [Raw("QC_ROUND"), y.size, Ptr(t), 0.0, 0.0, Ptr(t, const=False)], "round")
+    zf = np.zeros(bshape, np.float32) if zp is None else zp.astype(np.float32).reshape(bshape)
+    binary(lw, op, "QC_ADD", t, lw.weight(zf), t, DType.f32)
+    info = np.iinfo(y.dtype.numpy)
+    lw.call(op, "qc_unary_f32", [Raw("QC_CLIP"), y.size, Ptr(t), float(info.min), float(info.max),
+                                 Ptr(t, const=False)], "clip")
+    lw.call(op, "qc_cast", [y.size, int(DType.f32), Ptr(t), int(y.dtype), Ptr(y, const=False)], "quantize per-axis")
+
+
+@handler("DequantizeLinear")
+def _dequantize(lw: Lowering, op: Op) -> None:
+    x = op.operands[0]
+    q = _qparams(op)
+    xdt = lw.dtype(x)
+    if xdt not in (DType.i8, DType.u8, DType.i32):
+        raise unsupported(op, f"input of dtype {xdt}")
+    out_t = op.results[0].type
+    if getattr(out_t, "dtype", DType.f32) != DType.f32:
+        raise unsupported(op, f"output of dtype {out_t.dtype}")
+    if x.const is not None:  # a constant: evaluate it here, as onnxruntime does
+        _dequantize_const(lw, op)
+        return
+    if q is None:
+        raise unsupported(op, "blocked or non-constant parameters")
+    scale, zp, axis = q
+    y = lw.out(op)
+    if scale.size == 1 and xdt in _INT8:
+        fn = "qc_dequantize_s8" if xdt == DType.i8 else "qc_dequantize_u8"
+        z = 0 if zp is None else int(zp.reshape(-1)[0])
+        lw.call(op, fn, [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)],
+                f"dequantize {xdt}")
+        return
+    shape = y.shape
+    axis = axis + len(shape) if axis < 0 else axis
+    bshape = tuple(n if d == axis else 1 for d, n in enumerate(shape)) if scale.size > 1 else ()
+    lw.call(op, "qc_cast", [y.size, int(xdt), Ptr(lw.buf(x)), int(DType.f32), Ptr(y, const=False)], "cast")
+    if zp is not None and np.any(zp != 0):
+        binary(lw, op, "QC_SUB", y, lw.weight(zp.astype(np.float32).reshape(bshape)), y, DType.f32)
+    binary(lw, op, "QC_MUL", y, lw.weight(scale.reshape(bshape)), y, DType.f32)
+
+
+def _dequantize_const(lw: Lowering, op: Op) -> None:
+    x, s = op.operands[0], op.operands[1]
+    q = x.const.numpy().astype(np.int64)
+    scale = s.const.numpy().astype(np.float32) if s.const is not None else None
+    zp_v = op.operands[2] if len(op.operands) > 2 else None
+    if scale is None or (zp_v is not None and zp_v.const is None):
+        raise unsupported(op, "non-constant parameters")
+    zp = np.zeros_like(scale, dtype=np.int64) if zp_v is None else zp_v.const.numpy().astype(np.int64)
+    axis = op.attr("axis", 1)
+    block = op.attr("block_size", 0)
+    if scale.size > 1:
+        axis = axis + q.ndim if axis < 0 else axis
+        if block:
+            scale, zp = np.repeat(scale, block, axis=axis), np.repeat(zp, block, axis=axis)
+            idx = [slice(None)] * q.ndim
+            idx[axis] = slice(0, q.shape[axis])
+            scale, zp = scale[tuple(idx)], zp[tuple(idx)]
+        else:
+            bshape = [1] * q.ndim
+            bshape[axis] = q.shape[axis]
+            scale, zp = scale.reshape(bshape), zp.reshape(bshape)
+    value = ((q - zp).astype(np.float32) * scale).astype(np.float32)
+    w = lw.weight(value)
+    r = op.results[0]
+    existing = lw.bufs.get(id(r))
+    if existing is not None and existing.kind == "output":
+        lw.call(op, "qc_copy", [existing.nbytes, Ptr(w), Ptr(existing, const=False)], "copy")
+    else:
+        lw.bufs[id(r)] = w

@@ -1,8 +1,9 @@
 /* qc_gemm_s8 for Cortex-M4 DSP (QC_KERNEL_DSP, Armv7E-M). Portable packing (W transposed,
    N rows of K bytes). Four k at a time: SXTB16 (and SXTB16 of the word rotated by 8) sign-extend
    bytes 0,2 and 1,3 of A and W into halfword pairs, SMLAD multiplies both pairs and adds them to
-   the int32 accumulator (the same modular int32 sum as the portable kernel). One row of A against
-   2 columns per step; scalar K tail. */
+   the int32 accumulator (the same modular int32 sum as the portable kernel). Tiles of 2 rows x 2
+   columns (at the edges the last row or column repeats, only valid results are stored); scalar
+   K tail. */
 #include "qc_kernels.h"
 
 #if defined(QC_KERNEL_DSP)
@@ -26,33 +27,54 @@ static inline uint32_t qc_ror8(uint32_t x)
 
 void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
 {
-    const int full = K & ~3;
     int m, n, k;
-    for (m = 0; m < M; ++m) {
-        const int8_t *a = A + (size_t)m * K;
+    for (m = 0; m < M; m += 2) {
+        const int8_t *a0 = A + (size_t)m * K;
+        const int8_t *a1 = A + (size_t)(m + 1 < M ? m + 1 : m) * K;
         for (n = 0; n < N; n += 2) {
-            const int8_t *w0 = Wp + (size_t)n * K;
-            const int8_t *w1 = Wp + (size_t)(n + 1 < N ? n + 1 : n) * K;
-            int32_t c0 = 0, c1 = 0;
-            for (k = 0; k < full; k += 4) {
-                uint32_t av = qc_ld32(a + k), x0 = qc_ld32(w0 + k), x1 = qc_ld32(w1 + k);
-                int16x2_t a02 = __sxtb16(av), a13 = __sxtb16(qc_ror8(av));
-                c0 = __smlad(a02, __sxtb16(x0), c0);
-                c0 = __smlad(a13, __sxtb16(qc_ror8(x0)), c0);
-                c1 = __smlad(a02, __sxtb16(x1), c1);
-                c1 = __smlad(a13, __sxtb16(qc_ror8(x1)), c1);
+            const int8_t *pa0 = a0, *pa1 = a1;
+            const int8_t *pw0 = Wp + (size_t)n * K;
+            const int8_t *pw1 = Wp + (size_t)(n + 1 < N ? n + 1 : n) * K;
+            int32_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
+            for (k = K >> 2; k > 0; --k) {
+                const uint32_t u0 = qc_ld32(pa0), u1 = qc_ld32(pa1);
+                const int16x2_t a0e = __sxtb16(u0), a0o = __sxtb16(qc_ror8(u0));
+                const int16x2_t a1e = __sxtb16(u1), a1o = __sxtb16(qc_ror8(u1));
+                uint32_t x = qc_ld32(pw0);
+                int16x2_t xe = __sxtb16(x), xo = __sxtb16(qc_ror8(x));
+                c00 = __smlad(a0e, xe, c00);
+                c00 = __smlad(a0o, xo, c00);
+                c10 = __smlad(a1e, xe, c10);
+                c10 = __smlad(a1o, xo, c10);
+                x = qc_ld32(pw1);
+                xe = __sxtb16(x);
+                xo = __sxtb16(qc_ror8(x));
+                c01 = __smlad(a0e, xe, c01);
+                c01 = __smlad(a0o, xo, c01);
+                c11 = __smlad(a1e, xe, c11);
+                c11 = __smlad(a1o, xo, c11);
+                pa0 += 4; pa1 += 4; pw0 += 4; pw1 += 4;
             }
-            for (; k < K; ++k) {
-                c0 += (int32_t)a[k] * w0[k];
-                c1 += (int32_t)a[k] * w1[k];
+            for (k = K & 3; k > 0; --k) {
+                c00 += (int32_t)*pa0 * *pw0;
+                c01 += (int32_t)*pa0++ * *pw1;
+                c10 += (int32_t)*pa1 * *pw0++;
+                c11 += (int32_t)*pa1++ * *pw1++;
             }
-            C[(size_t)m * N + n] = c0;
+            C[(size_t)m * N + n] = c00;
             if (n + 1 < N) {
-                C[(size_t)m * N + n + 1] = c1;
+                C[(size_t)m * N + n + 1] = c01;
+            }
+            if (m + 1 < M) {
+                C[(size_t)(m + 1) * N + n] = c10;
+                if (n + 1 < N) {
+                    C[(size_t)(m + 1) * N + n + 1] = c11;
+                }
             }
         }
     }
 }
+
 #else
 typedef int qc_gemm_s8_dsp_not_compiled; /* ISO C: no empty translation unit */
 #endif

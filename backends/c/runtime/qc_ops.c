@@ -354,12 +354,14 @@ static void qc_binary_row(int op, int dt, int n, const void *a, int sa, const vo
     case 2:
         switch (op) {
         QC_INT_CASES(uint8_t)
+        case QC_MOD: case QC_FMOD: QC_ROW(uint8_t, uint8_t, v ? u % v : 0)
         default: break;
         }
         break;
     case 3:
         switch (op) {
         QC_INT_CASES(int8_t)
+        QC_SIGNED_CASES(int8_t)
         default: break;
         }
         break;
@@ -426,6 +428,13 @@ static float qc_softplusf(float v)
     return v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
 }
 
+/* min > max gives max, as ONNX says; NaN stays NaN */
+static float qc_clipf(float v, float lo, float hi)
+{
+    const float w = v < lo ? lo : v;
+    return w > hi ? hi : w;
+}
+
 static float qc_roundf_even(float v)
 {
     float r = floorf(v), d = v - r;
@@ -464,15 +473,16 @@ void qc_unary_f32(int op, size_t n, const float *x, float p0, float p1, float *y
     case QC_SOFTPLUS: QC_MAP(qc_softplusf(v))
     case QC_SOFTSIGN: QC_MAP(v / (1.0f + fabsf(v)))
     case QC_SIGN: QC_MAP(v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f))
-    case QC_GELU: QC_MAP(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)))
-    case QC_GELU_TANH: QC_MAP(0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v))))
+    case QC_GELU: QC_MAP(0.5f * v * erfcf(-v * 0.70710678118654752f))
+    /* 0.5 (1 + tanh z) = sigmoid(2z): no cancellation for negative v */
+    case QC_GELU_TANH: QC_MAP(v * qc_sigmoidf(1.5957691216057307f * (v + 0.044715f * v * v * v)))
     case QC_LEAKYRELU: QC_MAP(v < 0.0f ? v * p0 : v)
     case QC_ELU: QC_MAP(v < 0.0f ? p0 * (expf(v) - 1.0f) : v)
     case QC_CELU: QC_MAP((v > 0.0f ? v : 0.0f) + fminf(0.0f, p0 * (expf(v / p0) - 1.0f)))
     case QC_SELU: QC_MAP(v <= 0.0f ? p1 * (p0 * expf(v) - p0) : p1 * v)
     case QC_HARDSIGMOID: QC_MAP(fmaxf(0.0f, fminf(1.0f, p0 * v + p1)))
     case QC_HARDSWISH: QC_MAP(v * fmaxf(0.0f, fminf(1.0f, v / 6.0f + 0.5f)))
-    case QC_CLIP: QC_MAP(v < p0 ? p0 : (v > p1 ? p1 : v))
+    case QC_CLIP: QC_MAP(qc_clipf(v, p0, p1))
     case QC_THRESHOLDEDRELU: QC_MAP(v > p0 ? v : 0.0f)
     case QC_MISH: QC_MAP(v * tanhf(qc_softplusf(v)))
     case QC_NOT: {
@@ -503,7 +513,7 @@ void qc_unary_f32(int op, size_t n, const float *x, float p0, float p1, float *y
     case QC_ABS: QC_IMAP(T, v < 0 ? -v : v)                                                   \
     case QC_RELU: QC_IMAP(T, v > 0 ? v : 0)                                                   \
     case QC_SIGN: QC_IMAP(T, v > 0 ? 1 : (v < 0 ? -1 : 0))                                    \
-    case QC_CLIP: QC_IMAP(T, v < p0 ? p0 : (v > p1 ? p1 : v))                                 \
+    case QC_CLIP: QC_IMAP(T, (v < p0 ? p0 : v) > p1 ? p1 : (v < p0 ? p0 : v))                 \
     default: return;                                                                          \
     }
 

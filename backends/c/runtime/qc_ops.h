@@ -82,10 +82,10 @@ void qc_lrn_f32(int N, int C, int HW, int size, float alpha, float beta, float b
 /* -- normalization and reductions -------------------------------------------------------------- */
 /* softmax over the middle axis of (outer, n, inner); log = 1 for LogSoftmax */
 void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float *y);
-/* LayerNormalization over the last `n` elements of each of `outer` rows; bias may be NULL;
- * scale/bias have n elements */
+/* LayerNormalization over the last `n` elements of each of `outer` rows; scale/bias have n
+ * elements (bias may be NULL); mean_out / invstd_out (outer elements each) may be NULL */
 void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
-                      const float *bias, float *y);
+                      const float *bias, float *y, float *mean_out, float *invstd_out);
 
 enum qc_reduce {
     QC_RSUM, QC_RMEAN, QC_RMAX, QC_RMIN, QC_RPROD, QC_RL1, QC_RL2, QC_RSUMSQ, QC_RLOGSUM,

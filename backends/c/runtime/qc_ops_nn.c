@@ -124,27 +124,29 @@ void qc_maxpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const 
 
 void qc_avgpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
 {
-    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5];
+    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
     const int include_pad = p[8], pb = p[9], pr = p[10];
     int c, oh, ow, i, j;
     for (c = 0; c < NC; ++c) {
         const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
         for (oh = 0; oh < OH; ++oh) {
-            int hs = oh * sh - pt, he = hs + kh;
-            if (he > H + pb) he = H + pb;
             for (ow = 0; ow < OW; ++ow) {
-                int ws = ow * sw - pl, we = ws + kw, count, h0, h1, w0, w1;
                 float acc = 0.0f;
-                if (we > W + pr) we = W + pr;
-                count = (he - hs) * (we - ws);
-                h0 = hs < 0 ? 0 : hs;
-                w0 = ws < 0 ? 0 : ws;
-                h1 = he > H ? H : he;
-                w1 = we > W ? W : we;
-                if (!include_pad) count = (h1 - h0) * (w1 - w0);
-                for (i = h0; i < h1; ++i)
-                    for (j = w0; j < w1; ++j) acc += xp[(size_t)i * (size_t)W + (size_t)j];
-                *y++ = count > 0 ? acc / (float)count : 0.0f;
+                int valid = 0, padded = 0;
+                for (i = 0; i < kh; ++i) {
+                    const int ih = oh * sh - pt + i * dh;
+                    if (ih < -pt || ih >= H + pb) continue; /* beyond the padding (ceil_mode) */
+                    for (j = 0; j < kw; ++j) {
+                        const int iw = ow * sw - pl + j * dw;
+                        if (iw < -pl || iw >= W + pr) continue;
+                        padded++;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        acc += xp[(size_t)ih * (size_t)W + (size_t)iw];
+                        valid++;
+                    }
+                }
+                if (include_pad) valid = padded;
+                *y++ = valid > 0 ? acc / (float)valid : 0.0f;
             }
         }
     }
@@ -213,7 +215,7 @@ void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float 
 }
 
 void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
-                      const float *bias, float *y)
+                      const float *bias, float *y, float *mean_out, float *invstd_out)
 {
     int o, i;
     for (o = 0; o < outer; ++o) {
@@ -225,6 +227,8 @@ void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *
         for (i = 0; i < n; ++i) var += (xp[i] - mean) * (xp[i] - mean);
         var /= (float)n;
         inv = 1.0f / sqrtf(var + eps);
+        if (mean_out) mean_out[o] = mean;
+        if (invstd_out) invstd_out[o] = inv;
         for (i = 0; i < n; ++i) {
             float v = (xp[i] - mean) * inv * scale[i];
             yp[i] = bias ? v + bias[i] : v;
