@@ -30,9 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 from qc.backends.c import packing, toolchain  # noqa: E402
 
-# variant -> (cpu the binary is compiled for, qemu -cpu it runs on)
-VARIANTS = {"portable": ("cortex-a53", "cortex-a53"), "neon": ("cortex-a53", "cortex-a53"),
-            "dotprod": ("cortex-a76", "cortex-a76"), "i8mm": ("max", "max")}
+# row name -> (toolchain kind, kernel variant, cpu the binary is compiled for and runs on)
+VARIANTS = {"portable": ("aarch64", "portable", "cortex-a53"),
+            "neon": ("aarch64", "neon", "cortex-a53"),
+            "dotprod": ("aarch64", "dotprod", "cortex-a76"),
+            "i8mm": ("aarch64", "i8mm", "max"),
+            "m4-portable": ("cortex-m", "portable", "cortex-m4"),
+            "m4-dsp": ("cortex-m", "dsp", "cortex-m4"),
+            "m55-portable": ("cortex-m", "portable", "cortex-m55"),
+            "m55-mve": ("cortex-m", "mve", "cortex-m55")}
 
 PROGRAM = r"""
 #include <stdlib.h>
@@ -60,24 +66,26 @@ int main(int argc, char **argv)
 }
 """
 
-_IN = re.compile(r"^0x([0-9a-f]+):\s+[0-9a-f]{8}\s")
+_IN = re.compile(r"^0x([0-9a-f]+):\s+[0-9a-f]{4}")
 _TRACE = re.compile(r"^Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/[0-9a-f]+/[0-9a-f]+\] (\S*)")
 
 
-def build(variant: str, workdir: Path) -> Path:
+def build(row: str, workdir: Path) -> Path:
+    kind, variant, cpu = VARIANTS[row]
     src = workdir / "bench_gemm.c"
     src.write_text(PROGRAM)
     sources = [src, *sorted(toolchain.RUNTIME.glob("qc_gemm_s8*.c"))]
-    return toolchain.build(sources, workdir / f"bench-{variant}", "aarch64", VARIANTS[variant][0],
+    return toolchain.build(sources, workdir / f"bench-{row}", kind, cpu,
                            extra_flags=packing.variant_macros(variant))
 
 
-def count(exe: Path, variant: str, M: int, N: int, K: int, single_step: bool = False) -> int:
+def count(exe: Path, row: str, M: int, N: int, K: int, single_step: bool = False) -> int:
     """Executed instructions inside qc_gemm_s8 for one M x N x K call."""
-    cpu = VARIANTS[variant][1]
+    kind, variant, cpu = VARIANTS[row]
     args = [str(M), str(N), str(K), str(packing.packed_size_s8(K, N, variant))]
     flags = ["-singlestep", "-d", "exec,nochain"] if single_step else ["-d", "in_asm,exec,nochain"]
-    cmd = ["qemu-aarch64", "-cpu", cpu, *flags, str(exe), *args]
+    base = toolchain.run_command(exe, kind, cpu, args)
+    cmd = [base[0], *flags, *base[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sizes: dict[int, int] = {}
     execs: Counter = Counter()
@@ -109,7 +117,9 @@ def count(exe: Path, variant: str, M: int, N: int, K: int, single_step: bool = F
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="128x576x1536", help="MxKxN (default 128x576x1536)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"rows, from {','.join(VARIANTS)}")
+    ap.add_argument("--mcu-rows", type=int, default=4,
+                    help="M used for the Cortex-M rows (their tiles are 1 or 4 rows high); 0 = the full M")
     ap.add_argument("--portable-rows", type=int, default=8,
                     help="M used for the portable variant (its cost per row is the same for every "
                          "row, and a full-size run logs ~10^8 blocks); 0 = the full M")
@@ -117,26 +127,34 @@ def main(argv: list[str] | None = None) -> int:
                     help="cross-check the block count against -singlestep on 8x64x32")
     args = ap.parse_args(argv)
     M, K, N = (int(x) for x in args.shape.lower().split("x"))
-    if toolchain.find_tools("aarch64") is None:
-        print(toolchain.missing_reason("aarch64"), file=sys.stderr)
-        return 2
+    rows_wanted = args.variants.split(",")
+    for kind in sorted({VARIANTS[r][0] for r in rows_wanted}):
+        if toolchain.find_tools(kind) is None:
+            print(toolchain.missing_reason(kind), file=sys.stderr)
+            return 2
     macs = M * N * K
-    print(f"qc_gemm_s8, M={M} K={K} N={N} ({macs:,} MACs), instructions counted under qemu-aarch64")
-    print("| variant | built for | qemu -cpu | instructions | instructions / MAC | MACs / instruction |")
+    print(f"qc_gemm_s8, M={M} K={K} N={N} ({macs:,} MACs), instructions counted under qemu")
+    print("| row | variant | runs on | instructions | instructions / MAC | MACs / instruction |")
     print("|---|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants.split(","):
-            exe = build(variant, Path(tmp))
-            if args.check:
-                a, b = count(exe, variant, 8, 32, 64), count(exe, variant, 8, 32, 64, single_step=True)
-                assert a == b, f"{variant}: block count {a} != single-step count {b}"
-            rows = args.portable_rows if variant == "portable" and args.portable_rows else M
-            n = count(exe, variant, rows, N, K)
+        for row in rows_wanted:
+            kind, variant, cpu = VARIANTS[row]
+            exe = build(row, Path(tmp))
+            single = kind == "cortex-m"
+            if args.check and not single:
+                a, b = count(exe, row, 8, 32, 64), count(exe, row, 8, 32, 64, single_step=True)
+                assert a == b, f"{row}: block count {a} != single-step count {b}"
+            rows = M
+            if kind == "cortex-m" and args.mcu_rows:
+                rows = args.mcu_rows
+            elif row == "portable" and args.portable_rows:
+                rows = args.portable_rows
+            n = count(exe, row, rows, N, K, single_step=single)
             per_mac = n / (rows * N * K)
-            built, cpu = VARIANTS[variant]
             note = f" (measured at M={rows})" if rows != M else ""
-            print(f"| {variant}{note} | {built} | {cpu} | {round(per_mac * macs):,} | {per_mac:.4f} "
-                  f"| {1 / per_mac:.1f} |", flush=True)
+            where = "qemu-aarch64 -cpu" if kind == "aarch64" else "qemu-system-arm, cpu"
+            print(f"| {row}{note} | {variant} | {where} {cpu} | {round(per_mac * macs):,} "
+                  f"| {per_mac:.4f} | {1 / per_mac:.1f} |", flush=True)
     return 0
 
 
