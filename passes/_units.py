@@ -178,7 +178,7 @@ def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
         q = output_quantize(res) if act not in FLOATS else None
         out_float = dtype_name(res) or "float32"
         if q is not None and q.results and dtype_name(q.results[0]):
-            outs = (dtype_name(q.results[0]),)
+            outs = (dtype_name(q.results[0]), "int32")  # or an int32 kernel and a requantize
         elif act in FLOATS:
             outs = (out_float,)
         else:

@@ -102,12 +102,7 @@ def place_unit(target, u: Unit) -> dict:
         reason = f"{desc}: cheaper on {to} (cost {options[to]:g} vs {options[pref]:g} on {pref}) -> {to}"
     else:
         reason = ""
-    if to in emulated:
-        status = "emulated: dequantize + float"
-    elif to in kernels:
-        status = kernels[to].status
-    else:
-        status = "dequantize + float"
+    status = kernels[to].status if to in kernels and to not in emulated else "dequantize + float"
     op = u.op
     unit_cost = options.get(to, float_cost(target, to, "MatMul" if u.kind == "MatMulNBits" else u.kind))
     return {

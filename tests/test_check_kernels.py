@@ -223,3 +223,34 @@ def test_x86_agrees_with_onnxruntime_on_qc_models(tmp_path):
         bad = [r for r in rows if r[1] != r[2]]
         assert not bad, f"{scheme} {os.path.basename(model)}: check vs onnxruntime disagree on {bad[:5]}"
     assert total >= 20
+
+
+# --- what each built-in target claims for the three kinds of unit -------------------------------
+# int8 x int8 per-channel MatMul with an int8 output; int4 block weight-only MatMul; float MatMul.
+_CLAIMS = {
+    "x86-avx2": (("cpu", "native"), ("cpu", "native"), ("cpu", "native")),
+    "cuda": (("gpu", "dequantize + float"), ("gpu", "native"), ("gpu", "native")),
+    "cortex-a53": (("cpu", "emulated"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "cortex-a76": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "armv8.6-i8mm": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "cortex-m4": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "cortex-m55": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "ethos-u55": (("npu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "mali-gpu": (("gpu", "native"), ("cpu", "dequantize + float"), ("gpu", "native")),
+}
+
+
+@pytest.mark.parametrize("target", sorted(_CLAIMS))
+def test_builtin_target_places_the_three_kinds_of_unit(tmp_path, target):
+    from qc.targets import builtin_targets
+
+    assert sorted(builtin_targets()) == sorted(_CLAIMS)
+    makers = [lambda: _qdq_unit(str(tmp_path / "q.onnx"), "MatMul", "s8", "s8", "channel", True),
+              lambda: int4_block(tmp_path), lambda: float_mm(tmp_path)]
+    got = []
+    for make in makers:
+        (p,) = _check(make(), target)[1]
+        got.append((p["to"], p["status"]))
+        if p["to"] != p["from"]:
+            assert p["fallback"] and f"-> {p['to']}" in p["reason"]
+    assert tuple(got) == _CLAIMS[target]
