@@ -34,9 +34,8 @@ ALLOWED = re.compile(
     r"|dtype \w+ is not supported by the C backend|is not a tensor")
 
 
-def _ort(model_path, inputs):
-    sess = ort_session(str(model_path))
-    return sess.run(None, inputs)
+def _ort(model, inputs):
+    return ort_session(model if isinstance(model, onnx.ModelProto) else str(model)).run(None, inputs)
 
 
 def _compile_run(model, tmp_path, shapes, inputs, target=A76, **kw):
@@ -159,3 +158,57 @@ def test_minilm_float_matches_onnxruntime(tmp_path):
     for got, ref in zip(outs, _ort(path, inputs)):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-5)
 
+
+
+# -- quantized units ----------------------------------------------------------------------------------
+def _qdq_model(kind: str, rng, per_channel: bool, out_q: bool):
+    """x -> Q -> DQ -> MatMul/Conv(DQ(int8 weight)) [-> Q -> DQ] -> y, the shape of qc's QDQ output."""
+    if kind == "matmul":
+        xshape, wshape, axis = [2, 5, 48], [48, 24], 1
+        w = rng.randint(-127, 128, wshape).astype(np.int8)
+        nch = wshape[1]
+    else:
+        xshape, wshape, axis = [1, 4, 9, 9], [6, 2, 3, 3], 0
+        w = rng.randint(-127, 128, wshape).astype(np.int8)
+        nch = wshape[0]
+    ws = (rng.rand(nch) * 0.02 + 0.005).astype(np.float32) if per_channel else np.array(0.01, np.float32)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "sx"), numpy_helper.from_array(np.array(3, np.int8), "zx"),
+             numpy_helper.from_array(w, "wq"), numpy_helper.from_array(ws, "sw"),
+             numpy_helper.from_array(np.zeros(ws.shape, np.int8), "zw"),
+             numpy_helper.from_array(np.array(0.2, np.float32), "sy"), numpy_helper.from_array(np.array(-5, np.int8), "zy")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=axis)]
+    if kind == "matmul":
+        nodes.append(helper.make_node("MatMul", ["xd", "wd"], ["h"]))
+    else:
+        inits.append(numpy_helper.from_array(rng.randn(6).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Conv", ["xd", "wd", "b"], ["h"], pads=[1, 0, 1, 2], strides=[2, 1], group=2))
+    outputs = [helper.make_tensor_value_info("h", TP.FLOAT, None)]
+    if out_q:
+        nodes.append(helper.make_node("QuantizeLinear", ["h", "sy", "zy"], ["hq"]))
+        outputs = [helper.make_tensor_value_info("hq", TP.INT8, None)]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TP.FLOAT, xshape)], outputs, inits, opset=21)
+    return m, rng.randn(*xshape).astype(np.float32) * 2
+
+
+@pytest.mark.parametrize("kind,per_channel,out_q", [("matmul", True, True), ("matmul", False, True),
+                                                    ("matmul", True, False), ("conv", True, False),
+                                                    ("conv", False, False)])
+def test_int8_units_match_onnxruntime(tmp_path, kind, per_channel, out_q):
+    """int8 units: the kernels chosen, and the numbers: float outputs within float rounding of
+    onnxruntime's DQ -> float op path; int8 outputs (TFLite requantization) at most 1 LSB off
+    its float rounding, and equal for nearly all elements."""
+    toolchain.require_tools("host")
+    m, x = _qdq_model(kind, np.random.RandomState(7), per_channel, out_q)
+    report, (y,) = _compile_run(m, tmp_path, {}, {"x": x}, variant="portable")
+    kernels = [k for _, k in report["calls"]]
+    assert "gemm s8 (portable)" in kernels and "quantize i8" in kernels
+    assert ("requant s8" + (" per-channel" if per_channel else "")) in kernels if out_q else True
+    assert not any(k.startswith(("matmul f32", "conv2d f32", "dequantize")) for k in kernels), kernels
+    ref = _ort(m, {"x": x})[0]
+    if out_q:
+        diff = np.abs(y.astype(int) - ref.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (diff.max(), (diff > 0).mean())
+    else:
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())

@@ -16,8 +16,13 @@ from .prepare import prepare
 
 
 def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, Sequence[int]] | None = None,
-           harness: bool = False, prefix: str = "model", incbin: bool | None = None) -> dict:
-    """Compile *module* (changed in place: static shapes, folded) to C in *out_dir*; return the report."""
+           harness: bool = False, prefix: str = "model", incbin: bool | None = None,
+           variant: str | None = None) -> dict:
+    """Compile *module* (changed in place: static shapes, folded) to C in *out_dir*; return the report.
+
+    *variant* overrides the kernel variant the target's features choose (packing.variant_for),
+    e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
+    (False) pulling the weights in with .incbin (default: above 8 MB)."""
     from . import emit as E
     from .harness import harness_c
     from .lower import Lowering
@@ -25,7 +30,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, 
 
     features = tuple(getattr(target, "features", ()) or ())
     prepare(module, dict(shapes or {}))
-    lw = Lowering(module, features)
+    lw = Lowering(module, features, variant)
     low = lw.run()
     arena = plan(low.calls, low.arena_buffers)
     out = Path(out_dir)

@@ -164,7 +164,7 @@ def coalesce(shape: tuple[int, ...], *strides: tuple[int, ...]) -> tuple[tuple[i
 class Lowering:
     """Walks the main graph once, in order, and produces the kernel calls."""
 
-    def __init__(self, module: Module, features: tuple[str, ...] = ()):
+    def __init__(self, module: Module, features: tuple[str, ...] = (), variant: str | None = None):
         self.module = module
         self.features = features
         self.opset = module.opset("") or 13
@@ -176,7 +176,7 @@ class Lowering:
         self._names: set[str] = set(RESERVED)
         self._counter = 0
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
-        self.variant = "portable"
+        self.variant = variant
 
     # -- buffers -------------------------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
@@ -289,7 +289,7 @@ class Lowering:
         from .lower_quant import match_unit, plan_units
         from .packing import variant_for
 
-        self.variant = variant_for(self.features)
+        self.variant = self.variant or variant_for(self.features)
         g = self.module.graph
         inputs = []
         for v in g.inputs:

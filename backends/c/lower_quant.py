@@ -47,11 +47,10 @@ def _qparams(dq: Op):
     return scale.astype(np.float32), zp, dq.attr("axis", 1)
 
 
-def _matmul_unit(lw: Lowering, op: Op):
-    """The int8 MatMul unit rooted at op, as (dq_x, dq_w, x_scale, x_zp, w int8 K x N, w scales), or None."""
-    if op.op_type != "MatMul":
-        return None
-    a, b = op.operands
+def _weight_unit(lw: Lowering, op: Op, w_index: int, channel_axis: int):
+    """(dq_x, dq_w, s_x, zp_x, int8 weight, weight scales) when op reads DQ(int8 activation,
+    per tensor) and DQ(int8 constant, zero point 0, per tensor or per output channel)."""
+    a, b = op.operands[0], op.operands[w_index]
     dqa, dqb = _producer(a, "DequantizeLinear"), _producer(b, "DequantizeLinear")
     if dqa is None or dqb is None or dqb.operands[0].const is None:
         return None
@@ -61,28 +60,63 @@ def _matmul_unit(lw: Lowering, op: Op):
     if pa is None or pb is None or pa[0].size != 1:
         return None
     w = dqb.operands[0].const.numpy()
-    if w.ndim != 2 or len(lw.shape(a)) < 2:
-        return None
-    K, N = w.shape
     ws, wzp, axis = pb
     if wzp is not None and np.any(wzp != 0):
         return None  # an asymmetric weight needs the activation row sums: left to the float path
-    if ws.size not in (1, N) or (ws.size == N and N > 1 and axis not in (1, -1)):
+    nch = w.shape[channel_axis]
+    if ws.size not in (1, nch) or (ws.size == nch and nch > 1 and axis % w.ndim != channel_axis % w.ndim):
         return None
     x_zp = 0 if pa[1] is None else int(pa[1].reshape(-1)[0])
     return dqa, dqb, float(pa[0].reshape(-1)[0]), x_zp, w.astype(np.int8), ws.reshape(-1)
 
 
+def _output_q(lw: Lowering, op: Op) -> Op | None:
+    """The QuantizeLinear (int8, per tensor) that is the only reader of op's result, if any."""
+    r = op.results[0]
+    users = r.users()
+    if len(users) != 1 or any(v is r for v in lw.module.graph.outputs):
+        return None
+    q = users[0]
+    if q.domain not in ("", "ai.onnx") or q.op_type != "QuantizeLinear" or q.operands[0] is not r:
+        return None
+    p = _qparams(q)
+    if p is None or p[0].size != 1 or getattr(q.results[0].type, "dtype", None) != DType.i8:
+        return None
+    return q
+
+
+def _find_unit(lw: Lowering, op: Op):
+    if op.domain not in ("", "ai.onnx"):
+        return None
+    if op.op_type == "MatMul":
+        unit = _weight_unit(lw, op, 1, 1)
+        if unit is None or unit[4].ndim != 2 or len(lw.shape(op.operands[0])) < 2:
+            return None
+        return ("matmul",) + unit + (_output_q(lw, op),)
+    if op.op_type == "Conv" and len(lw.shape(op.operands[0])) in (3, 4):
+        unit = _weight_unit(lw, op, 1, 0)
+        if unit is None:
+            return None
+        bias = op.operands[2] if len(op.operands) > 2 else None
+        if bias is not None and bias.const is None and _producer(bias, "DequantizeLinear") is None:
+            return None
+        return ("conv",) + unit + (None,)
+    return None
+
+
 def plan_units(lw: Lowering) -> None:
-    """Find the units of the main graph; DQ ops read only by units are marked consumed."""
+    """Find the units of the main graph; DQ ops read only by units, and a unit's output Q, are consumed."""
     lw.units = {}
     readers: dict[int, set[int]] = {}
     for op in lw.module.graph:
-        unit = _matmul_unit(lw, op) if op.domain in ("", "ai.onnx") else None
-        if unit is not None:
-            lw.units[id(op)] = unit
-            for dq in unit[:2]:
-                readers.setdefault(id(dq), set()).add(id(op))
+        unit = _find_unit(lw, op)
+        if unit is None:
+            continue
+        lw.units[id(op)] = unit
+        for dq in unit[1:3]:
+            readers.setdefault(id(dq), set()).add(id(op))
+        if unit[-1] is not None:
+            lw.consumed.add(id(unit[-1]))
     outputs = {id(v) for v in lw.module.graph.outputs}
     for op in lw.module.graph:
         if id(op) in readers:
@@ -95,32 +129,102 @@ def plan_units(lw: Lowering) -> None:
 def match_unit(lw: Lowering, op: Op) -> bool:
     unit = getattr(lw, "units", {}).get(id(op))
     if unit is not None:
-        _lower_matmul_s8(lw, op, *unit)
+        (_lower_matmul_s8 if unit[0] == "matmul" else _lower_conv_s8)(lw, op, *unit[1:])
         return True
     if op.op_type == "MatMul" and op.domain in ("", "ai.onnx") and lw.dtype(op.operands[0]) == DType.f16:
         return _lower_matmul_f16(lw, op)
     return False
 
 
+def _epilogue(lw: Lowering, op: Op, M: int, N: int, acc, bias: np.ndarray, scale: np.ndarray, q: Op | None,
+              out, out_elems: int = 0, fbias=None) -> None:
+    """int32 accumulators -> float (qc_dequant_acc_f32) or, with an output Q, int8 (qc_requant_s8)."""
+    per_channel = int(scale.size > 1)
+    if q is None:
+        lw.call(op, "qc_dequant_acc_f32", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(scale)), per_channel,
+                                           Ptr(fbias) if fbias is not None else Raw("NULL"),
+                                           Ptr(out, out_elems, const=False)],
+                "dequant acc f32" + (" per-channel" if per_channel else ""))
+        return
+    from .packing import quantize_multiplier
+
+    sy, zy, _ = _qparams(q)
+    real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
+    ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
+    mult = np.array([m for m, _ in ms], np.int32)
+    shift = np.array([s for _, s in ms], np.int32)
+    z = 0 if zy is None else int(zy.reshape(-1)[0])
+    lw.call(op, "qc_requant_s8", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(mult)), Ptr(lw.weight(shift)),
+                                  per_channel, z, -128, 127, Ptr(out, out_elems, const=False)],
+            "requant s8" + (" per-channel" if per_channel else ""))
+
+
 def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
-                     ws: np.ndarray) -> None:
+                     ws: np.ndarray, q: Op | None) -> None:
     from .packing import pack_s8
 
     xq = dqa.operands[0]
-    ashape = lw.shape(xq)
     K, N = w.shape
-    M = math.prod(ashape[:-1])
-    y = lw.out(op)
+    M = math.prod(lw.shape(xq)[:-1])
+    y = lw.out(q if q is not None else op)
     packed = lw.weight(np.frombuffer(pack_s8(w, lw.variant), np.int8))
     acc = lw.scratch(DType.i32, M * N)
     bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
-    per_channel = int(scale.size > 1)
     lw.call(op, "qc_gemm_s8", [M, N, K, Ptr(lw.buf(xq)), Ptr(packed), Ptr(acc, const=False)],
             f"gemm s8 ({lw.variant})")
-    lw.call(op, "qc_dequant_acc_f32", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(scale)), per_channel,
-                                       Raw("NULL"), Ptr(y, const=False)],
-            "dequant acc f32" + (" per-channel" if per_channel else ""))
+    _epilogue(lw, op, M, N, acc, bias, scale, q, y)
+
+
+def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
+                   ws: np.ndarray, q: Op | None) -> None:
+    """Per image and group: im2col (padding with the zero point), qc_gemm_s8, dequantize into a
+    pixels x channels scratch, then a transpose into the NCHW output."""
+    from .lower_ops import conv_geometry, copy_nd
+    from .packing import pack_s8
+
+    xq = dqa.operands[0]
+    y = lw.out(op)
+    xshape = lw.shape(xq)
+    OC = w.shape[0]
+    N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, xshape, w.shape[2:], y.shape)
+    group = op.attr("group", 1)
+    icg, ocg = C // group, OC // group
+    K, M = icg * KH * KW, OH * OW
+    w2 = w.reshape(OC, K)
+    scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
+    scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
+    bias_v = op.operands[2] if len(op.operands) > 2 else None
+    fb = None
+    if bias_v is not None:
+        fb = bias_v.const.numpy() if bias_v.const is not None else _dequantized(lw, _producer(bias_v, "DequantizeLinear"))
+    cols = lw.scratch(DType.i8, M * K)
+    acc = lw.scratch(DType.i32, M * ocg)
+    tmp = lw.scratch(DType.f32, M * ocg)
+    for g in range(group):
+        wg = np.ascontiguousarray(w2[g * ocg:(g + 1) * ocg].T)  # K x ocg
+        packed = lw.weight(np.frombuffer(pack_s8(wg, lw.variant), np.int8))
+        bias = (-zx * wg.astype(np.int64).sum(axis=0)).astype(np.int32)
+        sg = scale[g * ocg:(g + 1) * ocg] if scale.size > 1 else scale
+        fbg = lw.weight(np.ascontiguousarray(fb.reshape(-1)[g * ocg:(g + 1) * ocg]).astype(np.float32)) \
+            if fb is not None else None
+        for n in range(N):
+            lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, s[0], s[1], p[0], p[1], d[0], d[1], OH, OW, g * icg, icg,
+                                         Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)], "im2col s8")
+            lw.call(op, "qc_gemm_s8", [M, ocg, K, Ptr(cols), Ptr(packed), Ptr(acc, const=False)],
+                    f"gemm s8 ({lw.variant})")
+            _epilogue(lw, op, M, ocg, acc, bias, sg, None, tmp, fbias=fbg)
+            tmp.shape = (M, ocg)
+            copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
+
+
+def _dequantized(lw: Lowering, dq: Op | None) -> np.ndarray:
+    """The float value of DQ(constant), as _dequantize_const computes it."""
+    if dq is None or dq.operands[0].const is None:
+        raise unsupported(dq, "a non-constant bias")
+    if id(dq.results[0]) not in lw.bufs:
+        _dequantize_const(lw, dq)
+    return np.frombuffer(lw.bufs[id(dq.results[0])].data, np.float32)
 
 
 def _lower_matmul_f16(lw: Lowering, op: Op) -> bool:
