@@ -93,6 +93,14 @@ def _find_unit(lw: Lowering, op: Op):
         if unit is None or unit[4].ndim != 2 or len(lw.shape(op.operands[0])) < 2:
             return None
         return ("matmul",) + unit + (_output_q(lw, op),)
+    if op.op_type == "Gemm" and not op.attr("transA", 0) and op.attr("alpha", 1.0) == 1.0 \
+            and op.attr("beta", 1.0) == 1.0:
+        tb = op.attr("transB", 0)
+        unit = _weight_unit(lw, op, 1, 0 if tb else 1)
+        if unit is None or not _const_bias(op, lw, unit[4].shape[0 if tb else 1]):
+            return None
+        unit = unit[:4] + ((unit[4].T if tb else unit[4]),) + unit[5:]
+        return ("matmul",) + unit + (_output_q(lw, op),)
     if op.op_type == "Conv" and len(lw.shape(op.operands[0])) in (3, 4):
         unit = _weight_unit(lw, op, 1, 0)
         if unit is None:
@@ -102,6 +110,24 @@ def _find_unit(lw: Lowering, op: Op):
             return None
         return ("conv",) + unit + (None,)
     return None
+
+
+def _const_bias(op: Op, lw: Lowering, n: int) -> bool:
+    """Gemm's C: absent, or a constant (or DQ of one) with n elements (one per output column)."""
+    c = op.operands[2] if len(op.operands) > 2 else None
+    if c is None:
+        return True
+    if c.const is None and (_producer(c, "DequantizeLinear") is None
+                            or _producer(c, "DequantizeLinear").operands[0].const is None):
+        return False
+    return math.prod(lw.shape(c)) == n
+
+
+def _bias_value(lw: Lowering, op: Op, index: int) -> np.ndarray | None:
+    v = op.operands[index] if len(op.operands) > index else None
+    if v is None:
+        return None
+    return v.const.numpy() if v.const is not None else _dequantized(lw, _producer(v, "DequantizeLinear"))
 
 
 def plan_units(lw: Lowering) -> None:
@@ -167,13 +193,17 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
     K, N = w.shape
     M = math.prod(lw.shape(xq)[:-1])
     y = lw.out(q if q is not None else op)
-    packed = lw.weight(np.frombuffer(pack_s8(w, lw.variant), np.int8))
+    packed = lw.weight(np.frombuffer(pack_s8(np.ascontiguousarray(w), lw.variant), np.int8))
     acc = lw.scratch(DType.i32, M * N)
     bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
+    fb = _bias_value(lw, op, 2) if op.op_type == "Gemm" else None
+    if fb is not None and q is not None:
+        raise unsupported(op, "a Gemm bias before an output QuantizeLinear")
     lw.call(op, "qc_gemm_s8", [M, N, K, Ptr(lw.buf(xq)), Ptr(packed), Ptr(acc, const=False)],
             f"gemm s8 ({lw.variant})")
-    _epilogue(lw, op, M, N, acc, bias, scale, q, y)
+    _epilogue(lw, op, M, N, acc, bias, scale, q, y,
+              fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
 
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
@@ -194,10 +224,7 @@ def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w
     w2 = w.reshape(OC, K)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
-    bias_v = op.operands[2] if len(op.operands) > 2 else None
-    fb = None
-    if bias_v is not None:
-        fb = bias_v.const.numpy() if bias_v.const is not None else _dequantized(lw, _producer(bias_v, "DequantizeLinear"))
+    fb = _bias_value(lw, op, 2)
     cols = lw.scratch(DType.i8, M * K)
     acc = lw.scratch(DType.i32, M * ocg)
     tmp = lw.scratch(DType.f32, M * ocg)
