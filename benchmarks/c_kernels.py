@@ -1,6 +1,6 @@
-"""Instructions per multiply-accumulate of qc_gemm_s8 (backends/c/runtime) under qemu-aarch64.
+"""Instructions per multiply-accumulate of qc_gemm_s8 (backends/c/runtime) under qemu.
 
-    python benchmarks/c_kernels.py                       # 128x576x1536, all four variants
+    python benchmarks/c_kernels.py --check               # 128x576x1536, all rows (~5 min)
     python benchmarks/c_kernels.py --shape 32x576x384 --variants portable,neon --check
 
 Method: Debian's qemu has no TCG plugins, so the count comes from QEMU's own logs. A small
@@ -14,6 +14,11 @@ repeats the count with `-singlestep` (one instruction per block, so the count is
 number of lines) on a small shape and asserts both methods agree. The portable kernel does the
 same work for every row of A, so it is counted at M=8 (--portable-rows) and scaled to the full
 M: a full-size run would log about 10^8 blocks.
+
+The Cortex-M rows (M4: portable, DSP; M55: portable, Helium) run under qemu-system-arm with
+semihosting, at M=4 (--mcu-rows), and are always counted with -singlestep: there, block
+counting disagreed with single-stepping (QEMU retranslates some M-profile blocks with other
+flags: low-overhead loops, tail predication), so block lengths are not unique per address.
 """
 from __future__ import annotations
 
