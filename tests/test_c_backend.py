@@ -212,3 +212,24 @@ def test_int8_units_match_onnxruntime(tmp_path, kind, per_channel, out_q):
         assert diff.max() <= 1 and (diff > 0).mean() < 0.02, (diff.max(), (diff > 0).mean())
     else:
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+
+
+# -- cross builds under qemu ----------------------------------------------------------------------------
+@pytest.mark.parametrize("target,kind,cpu", [("cortex-m4", "cortex-m", "cortex-m4"),
+                                             ("cortex-m55", "cortex-m", "cortex-m55"),
+                                             ("cortex-a53", "aarch64", "cortex-a53"),
+                                             ("armv8.6-i8mm", "aarch64", "max")])
+def test_int8_units_under_qemu(tmp_path, target, kind, cpu):
+    """The int8 MatMul -> Q and Conv units built with the target's kernel variant and run under
+    qemu give the same bytes as the portable build on the host."""
+    toolchain.require_tools("host")
+    toolchain.require_tools(kind)
+    t = load_target(target)
+    for name, kind_, out_q in (("matmul", "matmul", True), ("conv", "conv", False)):
+        m, x = _qdq_model(kind_, np.random.RandomState(3), True, out_q)
+        host_report, (host,) = _compile_run(m, tmp_path / f"host-{name}", {}, {"x": x}, variant="portable")
+        report = emit_c(import_onnx(m), tmp_path / f"{name}-{target}", t, harness=True)
+        assert report["variant"] != "portable"
+        exe = build_model(report, kind, cpu)
+        (y,) = run_model(exe, report, {"x": x}, kind, cpu, timeout=120)
+        assert y.tobytes() == host.tobytes(), (target, name)
