@@ -396,6 +396,35 @@ def test_kernels_match_reference(kind, build_cpu, variant, run_cpus, tmp_path):
         s.verify(out, f"{variant} built for {build_cpu}, run on {cpu or 'host'}")
 
 
+def _c_targets() -> list[str]:
+    from qc.targets import builtin_targets, load_target
+
+    return [n for n in builtin_targets() if load_target(n).backend == "c"]
+
+
+@pytest.mark.parametrize("name", _c_targets())
+def test_kernels_with_each_targets_own_flags_and_qemu(name, tmp_path):
+    """Each C target's TOML (features, compiler flags, qemu command) as the code generator uses
+    it: variant_for(features) compiles with the target's own flags and runs bit-exact on the
+    target's qemu; 'fp16' in the features of an aarch64 target means native __fp16."""
+    from qc.targets import load_target
+
+    t = load_target(name)
+    kind = "cortex-m" if t.cc == "arm-none-eabi-gcc" else "aarch64"
+    toolchain.require_tools(kind)
+    qemu = list(t.qemu)
+    cpu = qemu[qemu.index("-M" if kind == "cortex-m" else "-cpu") + 1]
+    variant = packing.variant_for(t.features)
+    exe = toolchain.build([DRIVER, *KERNEL_SOURCES], tmp_path / f"driver-{name}", kind,
+                          cpu if kind == "cortex-m" else None,
+                          extra_flags=[*t.cflags, *packing.variant_macros(variant)])
+    s = _stream(variant)
+    stdout, out = _run_stream(exe, kind, cpu, s, tmp_path)
+    want_fp16 = int(kind == "aarch64" and "fp16" in t.features)
+    assert f"variant={variant} fp16={want_fp16}" in stdout, stdout
+    s.verify(out, f"target {name} ({variant}, {' '.join(t.cflags)}, {cpu})")
+
+
 @pytest.mark.parametrize("variant,build_cpu,weaker_cpu", [("dotprod", "cortex-a76", "cortex-a53"),
                                                           ("i8mm", "max", "cortex-a76")])
 def test_variant_traps_on_a_cpu_without_the_feature(variant, build_cpu, weaker_cpu, tmp_path):
@@ -500,3 +529,22 @@ def test_toolchain_errors(tmp_path):
     toolchain.require_tools("host")
     with pytest.raises(QCError, match="C compilation failed"):
         toolchain.build([DRIVER], tmp_path / "x", "host", extra_flags=["-DQC_KERNEL_NEON"])
+
+
+def test_benchmark_instruction_counts(tmp_path):
+    """benchmarks/c_kernels.py: block counting equals single-step counting, and the variants
+    rank as their instructions promise (i8mm < dotprod < NEON < portable per MAC)."""
+    import importlib.util
+
+    toolchain.require_tools("aarch64")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "c_kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_c_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    counts = {}
+    for row in ("portable", "neon", "dotprod", "i8mm"):
+        exe = bench.build(row, tmp_path)
+        counts[row] = bench.count(exe, row, 8, 32, 64)
+        assert counts[row] == bench.count(exe, row, 8, 32, 64, single_step=True), row
+    assert counts["i8mm"] < counts["dotprod"] < counts["neon"] < counts["portable"], counts
+    assert counts["neon"] < 0.75 * 8 * 32 * 64, counts   # NEON: well under one instruction per MAC

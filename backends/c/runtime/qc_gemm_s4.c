@@ -16,15 +16,19 @@ void qc_matmul_f32_s4(int M, int N, int K, const float *A, const uint8_t *Wp, co
 {
     int m, n, k;
     for (m = 0; m < M; ++m) {
+        float *o = out + (size_t)m * N;
         for (n = 0; n < N; ++n) {
-            float acc = 0.0f;
-            for (k = 0; k < K; ++k) {
-                size_t g = (size_t)(k / block) * N + n;
-                int zp = zps ? qc_nibble(zps, g) : 8;
-                float w = (float)(qc_nibble(Wp, (size_t)k * N + n) - zp) * scale[g];
-                acc += A[(size_t)m * K + k] * w;
+            o[n] = 0.0f;
+        }
+        /* k outer, n inner: the output row accumulates in k order, as a dot product would */
+        for (k = 0; k < K; ++k) {
+            const float a = A[(size_t)m * K + k];
+            const size_t g = (size_t)(k / block) * N, row = (size_t)k * N;
+            const float *s = scale + g;
+            for (n = 0; n < N; ++n) {
+                int zp = zps ? qc_nibble(zps, g + n) : 8;
+                o[n] += a * ((float)(qc_nibble(Wp, row + n) - zp) * s[n]);
             }
-            out[(size_t)m * N + n] = acc;
         }
     }
 }

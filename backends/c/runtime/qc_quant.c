@@ -11,7 +11,10 @@ static int32_t qc_srdhm(int32_t a, int32_t b)
     }
     ab = (int64_t)a * (int64_t)b;
     nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    q = (ab + nudge) / ((int64_t)1 << 31);   /* C division truncates toward zero, as TFLite */
+    /* (ab + nudge) / 2^31 truncating toward zero, as TFLite, without a 64-bit division
+       (a library call on 32-bit cores); |ab + nudge| < 2^62 so the negation is safe. */
+    q = ab + nudge;
+    q = q >= 0 ? (q >> 31) : -((-q) >> 31);
     return (int32_t)q;
 }
 
