@@ -2,11 +2,15 @@
 #include <string.h>
 #include "qc_kernels.h"
 
-#if defined(QC_HAVE_FP16) && defined(__ARM_NEON)
+#if defined(__aarch64__) && defined(__ARM_NEON)
+/* Every Armv8-A FPU converts between binary16 and float32 (FCVT, FCVTL, FCVTN), round to
+   nearest even; FEAT_FP16 (QC_HAVE_FP16) only adds binary16 arithmetic. So aarch64 uses the
+   hardware conversions either way, and the bit-level code below serves the other targets. */
+#define QC_F16_NEON 1
 #include <arm_neon.h>
 #endif
 
-#if !defined(QC_HAVE_FP16)
+#if !defined(QC_HAVE_FP16) && !defined(QC_F16_NEON)
 static uint32_t qc_f32_bits(float f)
 {
     uint32_t u;
@@ -75,6 +79,22 @@ static float qc_f16_bits_to_f32(uint16_t h)
 
 float qc_f16_to_f32(qc_f16 h) { return qc_f16_bits_to_f32(h); }
 qc_f16 qc_f32_to_f16(float f) { return qc_f32_to_f16_bits(f); }
+#elif !defined(QC_HAVE_FP16)
+/* aarch64 without FEAT_FP16: qc_f16 is uint16_t, __fp16 is a storage type with FCVT */
+float qc_f16_to_f32(qc_f16 h)
+{
+    __fp16 t;
+    memcpy(&t, &h, sizeof t);
+    return (float)t;
+}
+
+qc_f16 qc_f32_to_f16(float f)
+{
+    __fp16 t = (__fp16)f;
+    qc_f16 h;
+    memcpy(&h, &t, sizeof h);
+    return h;
+}
 #else
 float qc_f16_to_f32(qc_f16 h) { return (float)h; }
 qc_f16 qc_f32_to_f16(float f) { return (qc_f16)f; }
@@ -89,17 +109,26 @@ void qc_matmul_f16(int M, int N, int K, const qc_f16 *A, const qc_f16 *W, qc_f16
     for (m = 0; m < M; ++m) {
         const qc_f16 *a = A + (size_t)m * K;
         n = 0;
-#if defined(QC_HAVE_FP16) && defined(__ARM_NEON)
+#if defined(QC_F16_NEON)
         for (; n + 8 <= N; n += 8) {
             float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+            float16x8_t r;
             for (k = 0; k < K; ++k) {
+#if defined(QC_HAVE_FP16)
                 float16x8_t w = vld1q_f16(W + (size_t)k * N + n);
-                float32x4_t av = vdupq_n_f32((float)a[k]);
+#else
+                float16x8_t w = vreinterpretq_f16_u16(vld1q_u16(W + (size_t)k * N + n));
+#endif
+                float32x4_t av = vdupq_n_f32(qc_f16_to_f32(a[k]));
                 acc0 = vfmaq_f32(acc0, av, vcvt_f32_f16(vget_low_f16(w)));
                 acc1 = vfmaq_f32(acc1, av, vcvt_high_f32_f16(w));
             }
-            vst1q_f16(out + (size_t)m * N + n,
-                      vcombine_f16(vcvt_f16_f32(acc0), vcvt_f16_f32(acc1)));
+            r = vcombine_f16(vcvt_f16_f32(acc0), vcvt_f16_f32(acc1));
+#if defined(QC_HAVE_FP16)
+            vst1q_f16(out + (size_t)m * N + n, r);
+#else
+            vst1q_u16(out + (size_t)m * N + n, vreinterpretq_u16_f16(r));
+#endif
         }
 #endif
         for (; n < N; ++n) {
