@@ -20,6 +20,7 @@ from qc.quant.calib_data import CalibrationData, check_against, from_npz
 from qc.quant.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
 
 from ._util import graphs, is_default_domain
+from .insert_qdq import learned_dequantize
 
 DATA_HINT = "give calibration data: --calib FILE.npz or --calib-text FILE --tokenizer ..."
 FLOAT_DTYPES = ("f32", "f16", "f64", "bf16")
@@ -58,7 +59,9 @@ class Calibrate(Pass):
     Conv X (channels: axis 1) -- and, with ``outputs=true``, their results. Per-feature
     statistics (``channels``) are kept for operands multiplying a constant weight and for Conv
     inputs. Operands computed
-    from constants only (Cast or DequantizeLinear of a weight) count as constants. A graph
+    from constants only (Cast or DequantizeLinear of a weight) count as constants. Operands
+    already quantized (out of a DequantizeLinear of an activation, directly or through
+    shape-only ops: a QAT model's learned pairs) are not observed: their scales are kept. A graph
     input is observed from the feeds; every other value becomes an extra output of an ONNX
     export of the module run by onnxruntime, one sample (or ``batch-size`` samples when the
     batch dimension is symbolic) at a time, so memory holds one batch's activations.
@@ -100,6 +103,10 @@ class Calibrate(Pass):
 
         assign_unique_names(module)
         observed = self.observed_values(module)
+        kept = _already_quantized(module, self.op_types())
+        if kept:
+            ctx.remark(None, f"{len(kept)} operands already quantized (QAT or an earlier pass) keep their scales; "
+                             f"not observed: {', '.join('%' + n for n in kept[:5])}" + (" ..." if len(kept) > 5 else ""))
         key = self._key(module, observed, data)
         cache_path = ctx.options.get("calibration_cache")
         if cache_path:
@@ -154,6 +161,8 @@ class Calibrate(Pass):
         def add(v: Value | None, axis: int, feeds_weight: bool, per_feature: bool, is_result: bool = False) -> None:
             if v is None or id(v) in constant or v.name in out or not _maybe_float(v):
                 return
+            if not is_result and learned_dequantize(v) is not None:
+                return      # already quantized (a QAT model's pair): its scale is kept, nothing to calibrate
             out[v.name] = Observed(v, axis, feeds_weight, per_feature, is_result)
 
         for op in module.graph:
@@ -257,6 +266,18 @@ def _maybe_float(v: Value) -> bool:
     if isinstance(t, TensorType):
         return t.dtype is None or t.dtype.name in FLOAT_DTYPES
     return t is None
+
+
+def _already_quantized(module: Module, types: frozenset[str]) -> list[str]:
+    """Names of compute-op activation operands that come out of a DequantizeLinear (directly or
+    through shape-only ops): calibrate leaves them out, insert-qdq keeps their parameters."""
+    names: list[str] = []
+    for op in module.graph:
+        if op.op_type in types and is_default_domain(op):
+            for v in op.operands[:2]:
+                if v is not None and v.name not in names and learned_dequantize(v) is not None:
+                    names.append(v.name)
+    return names
 
 
 def _operand_roles(op: Op, constant: set[int]) -> Iterator[tuple[Value | None, int, bool, bool]]:

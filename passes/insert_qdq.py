@@ -39,6 +39,25 @@ def is_quantized(v: Value) -> bool:
     return p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx")
 
 
+def learned_dequantize(v: Value) -> Op | None:
+    """The DequantizeLinear of an activation whose per-tensor scale and zero point reach ``v``
+    unchanged: ``v`` itself, or ``v`` reached through shape-only ops (Reshape, Flatten, ...,
+    which move values without changing them) -- a QAT model's learned pair, or one an earlier
+    pass inserted. None for weights (a DequantizeLinear of a constant) and anything else."""
+    from .fold_qdq import SHAPE_ONLY
+
+    while (v.producer is not None and v.producer.op_type in SHAPE_ONLY and v.producer.domain in ("", "ai.onnx")
+           and v.producer.operands and v.producer.operands[0] is not None):
+        v = v.producer.operands[0]
+    if not is_quantized(v) or is_weight(v):
+        return None
+    dq = v.producer
+    scale = dq.operands[1] if len(dq.operands) > 1 else None
+    per_tensor = (scale is not None and isinstance(scale.type, TensorType) and scale.type.shape in ((), (1,))
+                  and not dq.attr("block_size", 0))
+    return dq if per_tensor else None
+
+
 def is_weight(v: Value) -> bool:
     """A constant, or a DequantizeLinear of a constant (a weight quantize-weights stored)."""
     if v.const is not None:
@@ -66,9 +85,19 @@ class InsertQDQ(Pass):
                                                 %y = onnx.MatMul(%x.dq, %w.dq)
 
     One pair per activation, shared by all the ops it feeds (q, k and v projections read one
-    quantized input). Left alone: constant operands (weights are ``quantize-weights``' job),
-    operands that already come out of a DequantizeLinear (quantized earlier, or a QAT model's
-    learned pair), non-float operands, biases, ops whose name matches ``exclude``, and with
+    quantized input). Already quantized activations keep their scale and zero point (a QAT
+    model's learned ones): an operand that comes out of a DequantizeLinear is left alone, and one
+    that comes out of it through shape-only ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze)
+    gets a pair with that DequantizeLinear's own per-tensor parameters (exact; ``fold-qdq``
+    then moves the shape op onto the integers)::
+
+        %f = onnx.DequantizeLinear(%r.q, @s, @z)    ->  %f = onnx.DequantizeLinear(%r.q, @s, @z)
+        %x = onnx.Flatten(%f)                           %x = onnx.Flatten(%f)
+        %y = onnx.MatMul(%x, %w.dq)                     %x.q = onnx.QuantizeLinear(%x, @s, @z)
+                                                        %x.dq = onnx.DequantizeLinear(%x.q, @s, @z)
+                                                        %y = onnx.MatMul(%x.dq, %w.dq)
+
+    Left alone: constant operands (weights are ``quantize-weights``' job), non-float operands, biases, ops whose name matches ``exclude``, and with
     ``activation-pairs = false`` MatMuls of two activations (attention's QK^T and PV), and
     MatMuls with a float16 weight (the float16 part that ``split-outliers`` made).
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
@@ -121,10 +150,20 @@ class InsertQDQ(Pass):
                 continue
             for i in positions:
                 x = op.operands[i]
-                if x is None or is_weight(x) or is_quantized(x) or not _is_float(x):
+                if x is None or is_weight(x) or not _is_float(x):
+                    continue
+                if is_quantized(x):
+                    ctx.remark(op, f"%{x.name} is already quantized (by '{x.producer.name}'); its scale and zero "
+                                   "point are kept")
                     continue
                 dq = pairs.get(id(x))
-                if dq is None:
+                learned = learned_dequantize(x) if dq is None else None
+                if learned is not None:
+                    dq = _repeat_pair(graph, x, learned)
+                    pairs[id(x)] = dq
+                    ctx.remark(op, f"%{x.name} comes from the quantized %{learned.results[0].name} through "
+                                   f"shape-only ops: requantized with its scale and zero point (kept, not calibrated)")
+                elif dq is None:
                     dq = self._insert_pair(graph, x, dtype, calib, method, ctx, op)
                     if dq is None:
                         continue
@@ -195,6 +234,26 @@ class InsertQDQ(Pass):
                 graph.insert_before(first, quant)
         graph.insert_after(quant, dequant)
         return dq_value
+
+
+def _repeat_pair(graph: Graph, x: Value, learned: Op) -> Value:
+    """``DequantizeLinear(QuantizeLinear(x))`` with ``learned``'s own scale and zero point values:
+    exact on ``x`` (its values are ``learned``'s), and ``fold-qdq`` moves the shape-only ops
+    between the two onto the integers."""
+    q_in = learned.operands[0]
+    scale = learned.operands[1]
+    zp = learned.operands[2] if len(learned.operands) > 2 else None
+    shape = x.type.shape if isinstance(x.type, TensorType) else None
+    dtype = q_in.type.dtype if isinstance(q_in.type, TensorType) else DType.u8
+    params = q_in.type.quant if isinstance(q_in.type, TensorType) else None
+    q = Value(f"{x.name}.q", TensorType(dtype, shape, params))
+    operands = [x, scale] + ([zp] if zp is not None else [])
+    quant = Op("QuantizeLinear", operands, results=[q], name=f"{x.name}.quantize")
+    dq_value = Value(f"{x.name}.dq", TensorType(x.type.dtype, shape))
+    dequant = Op("DequantizeLinear", [q] + operands[1:], results=[dq_value], name=f"{x.name}.dequantize")
+    graph.insert_after(x.producer, quant)
+    graph.insert_after(quant, dequant)
+    return dq_value
 
 
 def _is_float(v: Value) -> bool:

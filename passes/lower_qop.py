@@ -75,7 +75,9 @@ class LowerQOp(Pass):
             quantization is dropped and %a feeds MatMulNBits with accuracy_level = 4, which
             quantizes %a to int8 per block inside the kernel (finer than the per-tensor original).
 
-    conv (weights per-tensor or per-channel along axis 0)::
+    conv (weights per-tensor or per-channel along axis 0; a Relu between the Conv and the
+    QuantizeLinear is folded in when ``@yz`` is the bottom of the range, 0 for u8 or -128 for i8,
+    where the QuantizeLinear's clamp does the Relu's work exactly)::
 
         %y = onnx.Conv(%x.dq, %W.dq, @B) {...}
         %y.q = onnx.QuantizeLinear(%y, @ys, @yz)
@@ -319,6 +321,23 @@ class _Lowerer:
             return None
         return q
 
+    def _relu_then_q(self, g: Graph, op: Op) -> tuple[Op | None, Op | None]:
+        """(QuantizeLinear, Relu) for ``Relu(op) -> QuantizeLinear`` whose zero point is the bottom
+        of its range (0 for u8, -128 for i8): the QuantizeLinear's clamp then does the Relu's work,
+        exactly (as a QAT export of a fused Conv + ReLU has it)."""
+        users = op.results[0].users()
+        relu = users[0] if len(users) == 1 and len(op.results[0].uses()) == 1 else None
+        if relu is None or relu.graph is not g or not is_default_domain(relu) or relu.op_type != "Relu":
+            return None, None
+        quant = self._following_q(g, relu)
+        if quant is None:
+            return None, None
+        zp = const_array(quant.operands[2], self.constants)
+        bottom = {DType.u8: 0, DType.i8: -128}[_dtype(quant.results[0])]
+        if zp is None or int(np.asarray(zp).reshape(-1)[0]) != bottom:
+            return None, None
+        return quant, relu
+
     def _qlinear_matmul(self, g: Graph, op: Op, act: _Act, w: _Weight, quant: Op) -> bool:
         wq, ws, wz = self._weight_consts(g, w)
         xz = act.zero_point or self._zero(g, act.q)
@@ -432,7 +451,9 @@ class _Lowerer:
             return self._skip(op, act)
         if act.dynamic is not None:
             return self._skip(op, "a dynamically quantized Conv input has no QLinearConv form")
-        quant = self._following_q(g, op)
+        quant, relu = self._following_q(g, op), None
+        if quant is None:
+            quant, relu = self._relu_then_q(g, op)
         if quant is None:
             return self._skip(op, "no QuantizeLinear after the Conv (QLinearConv needs an output scale)")
         wq, ws = wdq.operands[0], wdq.operands[1]
@@ -463,8 +484,10 @@ class _Lowerer:
         if bias_q is not None:
             operands.append(bias_q)
         new = Op("QLinearConv", operands, results=0, name=op.name, attrs=dict(op.attrs))
-        if not self._replace(g, quant, new, quant.results[0], "QLinearConv"):
+        if not self._replace(g, quant, new, quant.results[0], "QLinearConv" + (" (the Relu folded in)" if relu else "")):
             return False
+        if relu is not None and op.graph is g and not op.results[0]._uses:
+            erase_op(op)
         self._saturation_remark(new, xdt, None, codes if wdt is DType.i8 else None)
         bias_dq = ops[2].producer if len(ops) > 2 and ops[2] is not None else None
         self._cleanup(g, [adq, wdq, bias_dq], [wq, ws, wz])

@@ -16,6 +16,7 @@ from qc.quant import weight_algos as algos
 
 from ._scaling import NameTable, describe, divide_input, first_op
 from ._util import const_array, constant_consts, is_default_domain, opsets_for
+from .insert_qdq import learned_dequantize
 
 WEIGHT_DTYPES = ("i8", "u8", "i4", "u4")
 ALGOS = ("rtn", "gptq", "awq", "awq+gptq")
@@ -102,7 +103,10 @@ class QuantizeWeights(Pass):
     ``exclude`` (an op without a name is matched by its first result's name), weights that are not
     float32 2-D consts or are overridable graph inputs or hold NaN / Inf, weights with fewer
     than ``min_size`` elements. A Gemm with ``transA = 1`` reads its activation transposed, so calibration
-    statistics (gathered over the last axis) do not apply: it gets round-to-nearest.
+    statistics (gathered over the last axis) do not apply: it gets round-to-nearest; so does a
+    float weight whose activation is already quantized (a QAT model's learned pair: ``calibrate``
+    does not observe it, and AWQ's rescaling would change its learned scale). Weights that are
+    already a DequantizeLinear of integers (QAT exports) are not constants and stay as they are.
 
     Storage (``dtype = auto``): i8 / i4 for symmetric (codes -127..127 / -7..7, zp 0), u8 / u4
     for asymmetric. An explicit ``dtype`` sets the width; u8 / u4 with ``symmetric = true`` uses
@@ -253,7 +257,11 @@ class QuantizeWeights(Pass):
                 continue
             gemm = op.op_type == "Gemm"
             x = op.operands[0]
-            if gemm and op.attr("transA", 0):
+            if self.algo != "rtn" and x is not None and learned_dequantize(x) is not None:
+                x = None
+                ctx.remark(op, f"%{op.operands[0].name} is already quantized (QAT): no calibration statistics "
+                               f"for {self.algo}; round to nearest")
+            elif gemm and op.attr("transA", 0):
                 x = None
                 if self.algo != "rtn":
                     ctx.remark(op, "transA = 1: calibration statistics (over the last axis) do not apply; "

@@ -13,6 +13,7 @@ from qc.pm import Pass, PassContext, register_pass
 
 from ._scaling import NameTable, divide_input, matmuls_by_input
 from ._util import constant_consts
+from .insert_qdq import learned_dequantize
 
 
 @register_pass("smooth-quant")
@@ -40,7 +41,9 @@ class SmoothQuant(Pass):
     ranges divided by s; the histogram dropped, so later ranges are minmax), so that
     ``split-outliers`` and ``insert-qdq`` after this pass see the smoothed activation.
     Left alone: MatMuls without a constant 2-D float32 weight, activations without
-    per-feature statistics, and ops matching ``exclude``.
+    per-feature statistics, activations already quantized (a DequantizeLinear's result, directly
+    or through shape-only ops: a QAT model's learned pair keeps its scale), and ops matching
+    ``exclude``.
     """
 
     alpha: float = 0.5
@@ -63,6 +66,10 @@ class SmoothQuant(Pass):
         for ops in matmuls_by_input(module):
             x = ops[0].operands[0]
             if exclude is not None and any(exclude.search(op.name or "") for op in ops):
+                continue
+            if learned_dequantize(x) is not None:
+                ctx.remark(ops[0], f"%{x.name} is already quantized (QAT or an earlier pass); not smoothed, "
+                                   "its scale is kept")
                 continue
             stats = calib.tensors.get(x.name)
             if stats is None or stats.channel_absmax is None or stats.features != ops[0].operands[1].const.shape[0]:

@@ -15,6 +15,7 @@ from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
 from ._scaling import matmuls_by_input
+from .insert_qdq import learned_dequantize
 
 MODES = ("threshold", "budget", "error")
 _FLOAT16 = 10
@@ -79,7 +80,9 @@ class SplitOutliers(Pass):
       with wide activations (SmolLM2's MLP down-projections) get more columns than others.
 
     Left alone: MatMuls without a constant 2-D float weight, activations without per-feature
-    statistics, ops matching ``exclude``, and activations where no column qualifies.
+    statistics, activations already quantized (a DequantizeLinear's result, directly or through
+    shape-only ops: a QAT model's learned pair keeps its scale), ops matching ``exclude``, and
+    activations where no column qualifies.
     """
 
     mode: str = "budget"
@@ -129,6 +132,11 @@ class SplitOutliers(Pass):
         candidates = []
         for ops in matmuls_by_input(module, exclude):
             x = ops[0].operands[0]
+            if learned_dequantize(x) is not None:
+                if ctx is not None:
+                    ctx.remark(ops[0], f"%{x.name} is already quantized (QAT or an earlier pass); not split, "
+                                       "its scale is kept")
+                continue
             stats = calib.tensors.get(x.name)
             if stats is None or stats.channel_min is None:
                 if ctx is not None:
@@ -271,7 +279,8 @@ class SplitOutliers(Pass):
 
 
 def _rest_stats(stats, rest: np.ndarray):
-    """Statistics of the rest columns, from the per-feature ones (no histogram: ranges are minmax)."""
+    """Statistics of the rest columns, from the per-feature ones (no histogram: ranges are minmax),
+    with the Hessian and row sample restricted to them (GPTQ / AWQ on the int8 part)."""
     from qc.quant.stats import TensorStats
 
     out = TensorStats(channels=True, histogram=False, axis=-1)
@@ -282,4 +291,8 @@ def _rest_stats(stats, rest: np.ndarray):
     out.min, out.max = float(out.channel_min.min()), float(out.channel_max.max())
     out.rows = stats.rows
     out.count = stats.rows * int(rest.size)
+    if getattr(stats, "hessian", None) is not None:      # GPTQ on the int8 part: X_R^T X_R
+        out.hessian_enabled, out.hessian = True, stats.hessian[np.ix_(rest, rest)].copy()
+    if getattr(stats, "row_sample", None) is not None:   # AWQ
+        out.max_rows, out.row_sample, out.row_priority = stats.max_rows, stats.row_sample[:, rest].copy(), stats.row_priority
     return out
