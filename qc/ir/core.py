@@ -63,7 +63,9 @@ class Value:
         self.producer: Op | None = None
         self.index = 0
         self.const = const
-        self._uses: list[tuple[Op | Graph, int]] = []
+        # (user, operand index) -> None: an insertion-ordered set, so that adding, removing and
+        # finding a use stay O(1) for a value read by thousands of ops (a shared const)
+        self._uses: dict[tuple[Op | Graph, int], None] = {}
         self.meta: dict[str, Any] = {}
         self.doc = ""
 
@@ -134,17 +136,17 @@ class Op:
     def _append_operand(self, v: Value | None) -> None:
         self._operands.append(v)
         if v is not None:
-            v._uses.append((self, len(self._operands) - 1))
+            v._uses[(self, len(self._operands) - 1)] = None
 
     def set_operand(self, index: int, v: Value | None) -> None:
         old = self._operands[index]
         if old is v:
             return
         if old is not None:
-            old._uses.remove((self, index))
+            del old._uses[(self, index)]
         self._operands[index] = v
         if v is not None:
-            v._uses.append((self, index))
+            v._uses[(self, index)] = None
 
     def set_operands(self, values: Iterable[Value | None]) -> None:
         self.drop_operands()
@@ -154,7 +156,7 @@ class Op:
     def drop_operands(self) -> None:
         for i, v in enumerate(self._operands):
             if v is not None:
-                v._uses.remove((self, i))
+                del v._uses[(self, i)]
         self._operands = []
 
     # -- results -----------------------------------------------------------------------
@@ -222,17 +224,17 @@ class Graph:
 
     def add_output(self, v: Value) -> None:
         self._outputs.append(v)
-        v._uses.append((self, len(self._outputs) - 1))
+        v._uses[(self, len(self._outputs) - 1)] = None
 
     def set_output(self, index: int, v: Value) -> None:
         old = self._outputs[index]
-        old._uses.remove((self, index))
+        del old._uses[(self, index)]
         self._outputs[index] = v
-        v._uses.append((self, index))
+        v._uses[(self, index)] = None
 
     def set_outputs(self, values: Iterable[Value]) -> None:
         for i, v in enumerate(self._outputs):
-            v._uses.remove((self, i))
+            del v._uses[(self, i)]
         self._outputs = []
         for v in values:
             self.add_output(v)
