@@ -113,6 +113,9 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--report", action="store_true", help="with --quant: list per layer what was done "
                       "(e.g. how many columns went to float16 and why)")
     _add_quant_options(comp)
+    from .cli_accuracy import add_accuracy_options, add_analyze_parser
+
+    add_accuracy_options(comp)
     comp.set_defaults(func=cmd_compile)
 
     rep = sub.add_parser("report", parents=[common], help="where the activation outliers are: per-feature "
@@ -127,6 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_calib_options(rep.add_argument_group("calibration data (see docs/quantization.md)"))
     _add_import_options(rep)
     rep.set_defaults(func=cmd_report)
+
+    add_analyze_parser(sub, common, _add_quant_options, lambda an: (_add_import_options(an), _add_pm_options(an)))
 
     targets = sub.add_parser("targets", parents=[common], help="list targets, or show one target's kernel table")
     targets.add_argument("name", nargs="?")
@@ -455,7 +460,16 @@ def cmd_compile(args) -> int:
             ctx.options["calibration_cache"] = args.calib_cache
             ctx.options["quiet"] = args.quiet
     t0 = time.perf_counter()
-    pm.run(module)
+    accuracy = None
+    if args.accuracy:
+        from .cli_accuracy import run_accuracy
+
+        if quant is None:
+            raise QCError("--accuracy needs --quant SCHEME")
+        pm, accuracy = run_accuracy(args, spec, module, ctx, build_pass_manager, holdout,
+                                    lambda a: _eval_tokenizer(a, encoder=False))
+    else:
+        pm.run(module)
     seconds["passes"] = time.perf_counter() - t0
     placement = _legalize_for_target(module, target, args.fallback, ctx)
     external = {"auto": None, "always": True, "never": False}[args.external_data]
@@ -464,7 +478,7 @@ def cmd_compile(args) -> int:
     seconds["export"] = time.perf_counter() - t0
     report = None
     if quant is not None:
-        report = _quant_report(args, quant, pm, module, holdout, seconds, placement)
+        report = _quant_report(args, quant, pm, module, holdout, seconds, placement, accuracy)
     elif args.report_json:
         _write_json(args.report_json, {"placement": placement}, [args.model, args.output])
     if not args.quiet:
@@ -476,6 +490,10 @@ def cmd_compile(args) -> int:
             from .quant.report import format_report
 
             sys.stdout.write(format_report(report, per_layer=args.report))
+            if accuracy is not None:
+                from .cli_accuracy import format_accuracy
+
+                sys.stdout.write(format_accuracy(accuracy))
         from .targets.report import format_placement
 
         sys.stdout.write("placement: " + format_placement(placement, units=False))
@@ -525,7 +543,7 @@ def _quant_options(args, target):
                         smooth_alpha=args.smooth_alpha, target_features=tuple(target.features))
 
 
-def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict) -> dict:
+def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict, search: dict | None) -> dict:
     from .quant import compile as qcompile
     from .quant.report import build_report, outlier_report
 
@@ -546,6 +564,8 @@ def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict) ->
                           outliers=outlier_report(pm.ctx.cache.get("outlier_splits", []),
                                                   pm.ctx.cache.get("outlier_candidate_columns", 0)))
     report["placement"] = placement
+    if search is not None:
+        report["accuracy_search"] = search
     if args.report_json:
         _write_json(args.report_json, report, [args.model, args.output])
     return report

@@ -1,0 +1,225 @@
+"""``qc analyze`` and ``qc compile --accuracy``: the command-line side of qc.quant.analyze / mixed."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from .errors import QCError
+
+
+def add_parallel_options(p) -> None:
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="evaluate configurations in N local worker processes (default 1: in this process)")
+    p.add_argument("--ray", metavar="ADDRESS", help="evaluate on a Ray cluster ('auto', 'local' or host:port; "
+                   "needs `pip install qc[ray]`; the workers must see this machine's temp directory)")
+
+
+def add_analyze_parser(sub, common, add_quant_options, add_other_options) -> None:
+    an = sub.add_parser("analyze", parents=[common], help="per-layer quantization sensitivity, ranges and outliers, "
+                        "and how the error splits between weights and activations")
+    an.add_argument("model", help=".onnx or .qir file")
+    an.add_argument("--target", default="x86-avx2", help="target whose defaults the scheme follows (default %(default)s)")
+    an.add_argument("--metric", choices=("sqnr", "cosine", "ppl"), default="sqnr",
+                    help="score of a configuration against the float model: SQNR of the first output (default), "
+                         "mean cosine of its rows (encoders), or perplexity (language models)")
+    an.add_argument("--exact", action="store_true", help="also each layer's weights alone, activations alone, and "
+                    "all layers but it (3 more evaluations per layer)")
+    an.add_argument("--top", type=int, default=20, metavar="N", help="layers listed on the terminal (default %(default)s)")
+    an.add_argument("--html", metavar="FILE", help="write the report with plots to this HTML file")
+    an.add_argument("--json", metavar="FILE", help="write the scores as JSON")
+    add_parallel_options(an)
+    add_quant_options(an)
+    add_other_options(an)
+    an.set_defaults(func=cmd_analyze)
+
+
+def add_accuracy_options(comp) -> None:
+    g = comp.add_argument_group("accuracy-driven mixed precision (docs/quantization.md)")
+    g.add_argument("--accuracy", metavar="CRITERION", help="keep the fewest most sensitive layers in float16 until "
+                   "CRITERION holds: 'cosine>=0.995', 'sqnr>=30' or 'ppl<=+2%%'")
+    g.add_argument("--eval-text", metavar="FILE", help="text for the criterion (token windows; a built-in source "
+                   "or a file); default: the held-aside calibration samples")
+    g.add_argument("--eval-data", metavar="NPZ", help="inputs for the criterion, as for --calib")
+    g.add_argument("--eval-samples", type=int, default=8, metavar="N", help="windows / samples for the criterion "
+                   "(default %(default)s)")
+    add_parallel_options(g)
+
+
+def _feeds_from(data, module) -> list[dict]:
+    from .quant.calib_data import conform
+
+    inputs = {v.name: v for v in module.graph.inputs}
+    return [conform(data.sample(i), inputs) for i in range(len(data))]
+
+
+def _eval_feeds(args, module, holdout: list, tokenizer_for) -> list[dict]:
+    from .quant import calib_data
+
+    if args.eval_text and args.eval_data:
+        raise QCError("give either --eval-text or --eval-data, not both")
+    if args.eval_data:
+        data = calib_data.from_npz(args.eval_data)
+    elif args.eval_text:
+        from .data import text as textdata
+
+        tokenizer, _ = tokenizer_for(args)
+        data = calib_data.from_text(textdata.resolve_text(args.eval_text), tokenizer, seq_len=args.seq_len,
+                                    samples=args.eval_samples, input_names=calib_data.text_input_names(module))
+    else:
+        if not holdout:
+            raise QCError("--accuracy needs evaluation data", hint="give --eval-text / --eval-data, or calibration "
+                          "data with held-aside samples (--holdout N)")
+        return holdout
+    calib_data.check_against(data, module)
+    return _feeds_from(data, module)
+
+
+def quantize_for_analysis(args, spec: str, module, ctx, build_pass_manager) -> tuple[Any, list, dict, str]:
+    """Run the scheme's pipeline up to the QDQ model with the float weights kept, install the
+    switchboard; returns (the pass manager, switches, float consts, the rest of the pipeline)."""
+    from .quant.mixed import quantize_with_switches, split_tail
+
+    head, tail = split_tail(spec)
+    pm, _ = build_pass_manager(head, args, ctx)
+    switches, consts = quantize_with_switches(pm, module)
+    return pm, switches, consts, tail
+
+
+def _runner(args, module, switches, feeds, metric):
+    from .quant.analyze import Runner
+
+    if args.jobs < 1:
+        raise QCError(f"--jobs must be at least 1, not {args.jobs}")
+    return Runner(module, switches, feeds, metric=metric, jobs=args.jobs, ray_address=args.ray,
+                  workdir=os.path.dirname(os.path.abspath(getattr(args, "output", None) or args.model)))
+
+
+def run_accuracy(args, spec: str, module, ctx, build_pass_manager, holdout: list, tokenizer_for) -> tuple[Any, dict]:
+    """``--accuracy``: rank the layers (SQNR on the held-aside samples), search the float16 set on the
+    evaluation data, freeze the switchboard, run the rest of the pipeline. Returns (pm, report)."""
+    from .quant.analyze import analyze
+    from .quant.mixed import Criterion, search
+    from .quant.switchboard import freeze
+
+    criterion = Criterion.parse(args.accuracy)
+    t0 = time.perf_counter()
+    pm, switches, _, tail = quantize_for_analysis(args, spec, module, ctx, build_pass_manager)
+    rank_feeds = holdout[:4] if holdout else None
+    eval_feeds = _eval_feeds(args, module, holdout, tokenizer_for)
+    ranker = _runner(args, module, switches, rank_feeds or eval_feeds[:2], "sqnr")
+    evaluator = _runner(args, module, switches, eval_feeds, criterion.metric)
+    try:
+        ranking = analyze(ranker)
+        order = [r.name for r in ranking.ranking()]
+        result = search(evaluator, order, criterion)
+        reference = evaluator.reference_and_scorer()
+    finally:
+        ranker.close()
+        evaluator.close()
+    freeze(module, switches, set(result.float_units), fp16=True)
+    if tail:
+        tail_pm, _ = build_pass_manager(tail, args, ctx)
+        tail_pm.run(module)
+    final = _final_score(module, reference, eval_feeds, criterion.metric)
+    report = {
+        "criterion": str(criterion), "met": criterion.holds(final, result.float_score), "score": final,
+        "search_score": result.score,
+        "threshold": criterion.threshold(result.float_score), "float_score": result.float_score,
+        "layers": len(switches), "float16_layers": result.float_units,
+        "ranking_evaluations": ranker.evaluations, "search_evaluations": result.evaluations,
+        "tried": [{"float16_layers": k, "score": s} for k, s in result.tried],
+        "seconds": time.perf_counter() - t0,
+    }
+    return pm, report
+
+
+def _final_score(module, reference, feeds: list[dict], metric: str) -> float:
+    """The criterion on the model as written (float16 weights for the kept layers), against the
+    same float reference the search used."""
+    from .quant.analyze import score_of
+    from .runtime import module_session
+
+    sess = module_session(module)
+    name = reference.output
+    outputs = [sess.run([name], f)[0] for f in feeds]
+    return score_of(metric, reference.reference, outputs, reference.input_ids)
+
+
+def format_accuracy(r: dict) -> str:
+    status = "met" if r["met"] else "NOT met (best configuration found written)"
+    lines = [f"accuracy: {r['criterion']} {status}: {r['score']:.6g} for the written model (threshold "
+             f"{r['threshold']:.6g}; float model {r['float_score']:.6g}; in the search {r['search_score']:.6g})",
+             f"  {len(r['float16_layers'])} of {r['layers']} layers kept in float16, the rest quantized; "
+             f"{r['ranking_evaluations']} cheap evaluations to rank the layers + {r['search_evaluations']} "
+             f"evaluations of the criterion ({r['seconds']:.1f} s)"]
+    if r["float16_layers"]:
+        shown = ", ".join(r["float16_layers"][:8]) + (" ..." if len(r["float16_layers"]) > 8 else "")
+        lines.append(f"  float16: {shown}")
+    lines.append("  tried: " + ", ".join(f"{t['float16_layers']} float16 -> {t['score']:.6g}" for t in r["tried"]))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from . import cli
+    from .pm import PassContext
+    from .quant import compile as qcompile
+    from .quant import schemes
+    from .quant.analyze import analyze
+    from .quant.analyze_report import activation_ranges, analysis_html, format_analysis, weight_ranges
+    from .quant.mixed import layer_inputs
+    from .targets import load_target
+
+    for path in (args.html, args.json):
+        if path:
+            cli._refuse_overwrite(path, [args.model])
+    target = load_target(args.target)
+    quant = cli._quant_options(args, target)
+    if not quant.scheme:
+        raise QCError("qc analyze needs --quant SCHEME")
+    spec = schemes.pipeline(quant)
+    args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
+    ctx = PassContext(target=args.target)
+    module = cli.load_module(args.model, args)
+    data = qcompile.load_calibration(args, module, lambda a: cli._eval_tokenizer(a, encoder=False))
+    if data is None:
+        raise QCError("qc analyze needs calibration data", where=args.model,
+                      hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
+    data, holdout = qcompile.split_holdout(data, args.holdout, module)
+    ctx.options.update({"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True})
+    pm, switches, consts, _ = quantize_for_analysis(args, spec, module, ctx, cli.build_pass_manager)
+    runner = _runner(args, module, switches, holdout, args.metric)
+    try:
+        result = analyze(runner, exact=args.exact)
+    finally:
+        runner.close()
+    stats = ctx.cache.get("calibration")
+    inputs = layer_inputs(module, switches, stats)
+    acts = activation_ranges(stats, inputs)
+    weights = weight_ranges(consts, {s.name: s.weight_name for s in switches if s.weight_name})
+    text = format_analysis(result, top=args.top, acts=acts, weights=weights)
+    where = f"ray {args.ray}" if args.ray else f"{args.jobs} jobs"
+    sys.stdout.write(f"qc analyze: {args.model}, --quant {quant.scheme}, {len(switches)} quantized layers ({where})\n")
+    sys.stdout.write(text)
+    if args.json:
+        from .fileio import atomic_write
+
+        with atomic_write(args.json, "w") as f:
+            json.dump({"metric": result.metric, "samples": result.samples,
+                       "all_quantized": result.all_quantized, "weights_only": result.weights_only,
+                       "activations_only": result.activations_only, "evaluations": result.evaluations,
+                       "ranking": [vars(r) for r in result.ranking()], "activations": acts, "weights": weights},
+                      f, indent=2, default=float)
+            f.write("\n")
+    if args.html:
+        from .fileio import atomic_write
+
+        with atomic_write(args.html, "w") as f:
+            f.write(analysis_html(f"qc analyze: {os.path.basename(args.model)} --quant {quant.scheme}",
+                                  result, text, stats, inputs))
+        sys.stdout.write(f"report: {args.html}\n")
+    return 0
