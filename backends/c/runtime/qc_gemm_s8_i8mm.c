@@ -12,7 +12,7 @@
 #error "QC_KERNEL_I8MM needs -march=armv8.6-a (or +i8mm)"
 #endif
 #include <arm_neon.h>
-#include <string.h>
+#include "qc_gemm_s8_tile.h"
 
 /* Two k-blocks of 8 for rows (r0, r1) from two 16-byte row loads: lo = r0[0:8] r1[0:8],
    hi = r0[8:16] r1[8:16] (the 2x8 operands of SMMLA). */
@@ -47,18 +47,11 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
 {
     const int Kb = (K + 7) / 8, full = K & ~15, rem = K - full, pairs = (N + 1) / 2;
     const size_t pair_bytes = (size_t)Kb * 16;
-    int m, n, r, j, k;
+    int m, n, j, k;
     for (m = 0; m < M; m += 4) {
-        const int rows = M - m < 4 ? M - m : 4;
         const int8_t *a[4];
         int8_t t[4][16];
-        for (r = 0; r < 4; ++r) {
-            a[r] = A + (size_t)(m + (r < rows ? r : rows - 1)) * K;
-            memset(t[r], 0, sizeof t[r]);
-            if (rem) {
-                memcpy(t[r], a[r] + full, (size_t)rem);
-            }
-        }
+        const int rows = qc_tile_rows(A, M, K, m, full, a, t);
         for (n = 0; n < N; n += 8) {
             const int cols = N - n < 8 ? N - n : 8;
             const int8_t *w[4];
@@ -99,11 +92,7 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
             }
             QC_TILE(0, 0, c00); QC_TILE(0, 1, c01); QC_TILE(0, 2, c02); QC_TILE(0, 3, c03);
             QC_TILE(1, 0, c10); QC_TILE(1, 1, c11); QC_TILE(1, 2, c12); QC_TILE(1, 3, c13);
-            for (r = 0; r < rows; ++r) {
-                for (j = 0; j < cols; ++j) {
-                    C[(size_t)(m + r) * N + n + j] = out[r][j];
-                }
-            }
+            qc_tile_store(C, N, m, n, rows, cols, &out[0][0], 8);
         }
     }
 }

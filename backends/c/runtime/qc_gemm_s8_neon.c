@@ -15,7 +15,7 @@
 #error "QC_KERNEL_DOTPROD needs -march=armv8.2-a+dotprod (or a -mcpu with dotprod)"
 #endif
 #include <arm_neon.h>
-#include <string.h>
+#include "qc_gemm_s8_tile.h"
 
 #if defined(QC_KERNEL_DOTPROD)
 #define QC_MAC(acc, a, w) vdotq_s32((acc), (a), (w))
@@ -55,18 +55,11 @@ static inline int32x4_t qc_mac16(int32x4_t acc, int8x16_t a, int8x16_t w)
 void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
 {
     const int Kp = (K + 15) & ~15, full = K & ~15, rem = K - full;
-    int m, n, r, j, k;
+    int m, n, j, k;
     for (m = 0; m < M; m += 4) {
-        const int rows = M - m < 4 ? M - m : 4;
         const int8_t *a[4];
         int8_t t[4][16];
-        for (r = 0; r < 4; ++r) {
-            a[r] = A + (size_t)(m + (r < rows ? r : rows - 1)) * K;
-            memset(t[r], 0, sizeof t[r]);
-            if (rem) {
-                memcpy(t[r], a[r] + full, (size_t)rem);
-            }
-        }
+        const int rows = qc_tile_rows(A, M, K, m, full, a, t);
         for (n = 0; n < N; n += 4) {
             const int cols = N - n < 4 ? N - n : 4;
             const int8_t *w[4];
@@ -88,11 +81,7 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
             QC_SUMS(1, c10, c11, c12, c13);
             QC_SUMS(2, c20, c21, c22, c23);
             QC_SUMS(3, c30, c31, c32, c33);
-            for (r = 0; r < rows; ++r) {
-                for (j = 0; j < cols; ++j) {
-                    C[(size_t)(m + r) * N + n + j] = out[r][j];
-                }
-            }
+            qc_tile_store(C, N, m, n, rows, cols, &out[0][0], 4);
         }
     }
 }
