@@ -548,3 +548,28 @@ def test_benchmark_instruction_counts(tmp_path):
         assert counts[row] == bench.count(exe, row, 8, 32, 64, single_step=True), row
     assert counts["i8mm"] < counts["dotprod"] < counts["neon"] < counts["portable"], counts
     assert counts["neon"] < 0.75 * 8 * 32 * 64, counts   # NEON: well under one instruction per MAC
+
+
+def test_cortex_m_command_line(tmp_path):
+    """argv reaches a Cortex-M program through semihosting (long lines, commas), the exit code
+    comes back, and arguments the startup code cannot split are refused up front."""
+    toolchain.require_tools("cortex-m")
+    src = tmp_path / "args.c"
+    src.write_text('#include <stdio.h>\nint main(int argc, char **argv) {\n'
+                   '    printf("argc=%d last=%s\\n", argc, argv[argc - 1]);\n    return argc;\n}\n')
+    exe = toolchain.build([src], tmp_path / "args.elf", "cortex-m", "cortex-m55")
+    args = [f"/tmp/{i:02d}/" + "x" * 60 for i in range(40)] + ["a,b"]
+    proc = toolchain.run(exe, "cortex-m", "mps3-an547", args, timeout=30)
+    assert proc.returncode == 42 and "argc=42 last=a,b" in proc.stdout, (proc.returncode, proc.stdout)
+    with pytest.raises(QCError, match="contains a space"):
+        toolchain.run(exe, "cortex-m", "cortex-m55", ["/tmp/my dir/x"], timeout=30)
+
+
+def test_require_tools_skips_or_fails(monkeypatch):
+    monkeypatch.setattr(toolchain, "find_tools", lambda kind: None)
+    monkeypatch.delenv("QC_REQUIRE_ARM", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="aarch64 toolchain not found"):
+        toolchain.require_tools("aarch64")
+    monkeypatch.setenv("QC_REQUIRE_ARM", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"cortex-m toolchain not found.*QC_REQUIRE_ARM=1"):
+        toolchain.require_tools("cortex-m")

@@ -187,6 +187,11 @@ def run_command(binary: Path, kind: str, cpu: str | None, args: Sequence[str] = 
     if kind == "aarch64":
         return [tools.emulator or "qemu-aarch64", "-cpu", cpu or "max", str(binary), *args]
     m = machine_for(cpu or "")
+    for a in args:
+        if " " in a or not a.isprintable():
+            raise QCError(f"argument {a!r} contains a space or an unprintable character",
+                          hint="Cortex-M programs get their command line through semihosting, "
+                               "split on spaces; use paths without spaces")
     config = ",".join(["enable=on", "target=native",
                        *(f"arg={a.replace(',', ',,')}" for a in [binary.name, *args])])
     return [tools.emulator or "qemu-system-arm", "-M", m.machine, "-nographic", "-monitor", "none",

@@ -3,6 +3,7 @@
    for memory and gets addresses outside the board's RAM), argv from SYS_GET_CMDLINE, and fault
    handlers that exit with 0xF0 | fault number so a crash never hangs the runner. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +13,8 @@ extern void initialise_monitor_handles(void);
 void Reset_Handler(void);
 void qc_fault_handler(void);
 
-#define QC_MAX_ARGS 32
-static char qc_cmdline[1024];
+#define QC_MAX_ARGS 64
+static char qc_cmdline[4096];
 static char *qc_argv[QC_MAX_ARGS + 1];
 
 static int qc_semihost(int op, void *arg)
@@ -30,16 +31,20 @@ static int qc_parse_cmdline(void)
     int argc = 0;
     char *p = qc_cmdline;
     if (qc_semihost(0x15 /* SYS_GET_CMDLINE */, &block) != 0) {
-        qc_argv[0] = NULL;
-        return 0;
+        fputs("qc startup: no command line (longer than 4095 bytes?)\n", stderr);
+        exit(0xEE);
     }
     qc_cmdline[block.len] = '\0';
-    while (*p && argc < QC_MAX_ARGS) {
+    while (*p) {
         while (*p == ' ') {
             *p++ = '\0';
         }
         if (!*p) {
             break;
+        }
+        if (argc == QC_MAX_ARGS) {
+            fputs("qc startup: more than 64 arguments\n", stderr);
+            exit(0xEE);
         }
         qc_argv[argc++] = p;
         while (*p && *p != ' ') {
