@@ -370,3 +370,16 @@ def test_text_ir_strings_are_data_not_code(tmp_path):
     proc = run_qc("show", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "__import__" in proc.stdout and not marker.exists()
+
+
+@pytest.mark.parametrize("reference", ["../outside.weights", "/etc/passwd", "link.weights"])
+def test_text_ir_sidecar_outside_the_directory(tmp_path, reference):
+    (tmp_path / "outside.weights").write_bytes(bytes(64))
+    directory = tmp_path / "ir"
+    directory.mkdir()
+    os.symlink(tmp_path / "outside.weights", directory / "link.weights")
+    path = directory / "m.qir"
+    path.write_text(f'weights "{reference}"\n' + _QIR.format(
+        consts='  const @w : f32[4] = blob("w", offset = 0, bytes = 16)\n', t="f32[2]"))
+    refused(run_qc("show", str(path)), str(path), f"the weights sidecar '{reference}' named on its first line is "
+            "outside the .qir file's directory", "must be a relative path inside the .qir file's directory")

@@ -395,8 +395,13 @@ class _Builder:
         if isinstance(self.weights, (str, os.PathLike)):
             self.sidecar = SidecarReader(os.fspath(self.weights))
         elif self.weights is None and weights_ref is not None:
-            base = os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else "."
-            path = os.path.join(base, weights_ref)
+            base = os.path.realpath(os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else ".")
+            path = os.path.realpath(os.path.join(base, weights_ref))
+            if os.path.isabs(weights_ref) or os.path.commonpath([base, path]) != base:
+                raise QCError(f"the weights sidecar '{weights_ref}' named on its first line is outside the .qir "
+                              "file's directory, which qc refuses", where=self.filename,
+                              hint="the sidecar must be a relative path inside the .qir file's directory "
+                                   "(no absolute path, no '..', no symlink leading out)")
             if not os.path.exists(path):
                 raise QCError(f"the weights sidecar '{weights_ref}' named on its first line is missing",
                               where=self.filename,
