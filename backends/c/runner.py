@@ -1,6 +1,7 @@
 """Build an emitted model with its harness and run it (host, qemu-aarch64 or qemu-system-arm)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -24,8 +25,10 @@ def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe
 
 
 def run_model(exe: Path, report: dict, inputs: Mapping[str, np.ndarray], kind: str = "host",
-              cpu: str | None = None, timeout: float = 300.0) -> list[np.ndarray]:
-    """Write the inputs as raw files, run the harness, read the outputs back (dtype and shape from report)."""
+              cpu: str | None = None, timeout: float = 300.0, runs: int = 1) -> list[np.ndarray]:
+    """Write the inputs as raw files, run the harness, read the outputs back (dtype and shape
+    from report). With runs > 1 the harness repeats the model and the last call's CPU seconds
+    per run are in ``run_model.seconds``."""
     work = Path(report["out_dir"]).resolve() / "io"
     work.mkdir(exist_ok=True)
     args = []
@@ -37,8 +40,12 @@ def run_model(exe: Path, report: dict, inputs: Mapping[str, np.ndarray], kind: s
     outs = [work / f"out{i}.bin" for i in range(len(report["outputs"]))]
     for p in outs:
         p.unlink(missing_ok=True)
-    proc = toolchain.run(exe, kind, cpu, args + [str(p) for p in outs], timeout=timeout)
+    repeat = ["-r", str(runs)] if runs > 1 else []
+    proc = toolchain.run(exe, kind, cpu, repeat + args + [str(p) for p in outs], timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{exe} exited with {proc.returncode}: {proc.stdout}{proc.stderr}")
+    if runs > 1:
+        m = re.search(r"(\d+) runs ([0-9.]+) s", proc.stderr)
+        run_model.seconds = float(m.group(2)) / runs if m else float("nan")
     return [np.frombuffer(p.read_bytes(), DType.parse(dt).numpy).reshape(shape)
             for p, (_, dt, shape) in zip(outs, report["outputs"])]
