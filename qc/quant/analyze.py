@@ -1,7 +1,8 @@
 """Per-layer sensitivity and accuracy-driven mixed precision over a switchboard model.
 
 Configurations (which units run quantized) are scored against the all-float run of the same
-model, on a few samples: SQNR of the first output (default), mean cosine of its rows (sentence
+model, on a few samples, on its ``sentence_embedding`` or ``logits`` output if it has one, else its
+first: SQNR (default), mean cosine of its rows (sentence
 encoders) or perplexity (language models: logits + input_ids). Scoring runs in this process, in
 ``jobs`` local worker processes, or on a Ray cluster; every worker loads the same model file and
 computes the same reference, so the scores do not depend on where they ran.
@@ -61,7 +62,8 @@ class Scorer:
 
         self.sess = ort_session(model) if isinstance(model, (str, os.PathLike)) else module_session(model)
         self.switches, self.feeds, self.metric = switches, feeds, metric
-        self.output = self.sess.get_outputs()[0].name
+        names = [o.name for o in self.sess.get_outputs()]
+        self.output = next((n for n in ("sentence_embedding", "logits") if n in names), names[0])
         self.input_ids = [f["input_ids"] for f in feeds] if metric == "ppl" else None
         self.reference = self.outputs(Config(frozenset(), frozenset()))
 
