@@ -95,30 +95,41 @@ def import_onnx(model: str | os.PathLike | ModelProto, *, upgrade_opset: int | N
                       hint="a real model nests If/Loop/Scan bodies a few levels deep, not hundreds") from None
 
 
-@functools.lru_cache(maxsize=None)
-def _text_layout(descriptor) -> tuple[tuple[str, bool], ...]:
-    """The string and message fields of a message type: (name, is_message), repeated or not."""
-    return tuple((f.name, f.type == FieldDescriptor.TYPE_MESSAGE) for f in descriptor.fields
-                 if f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
+_STRING, _MESSAGE = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE
 
 
 def _check_text_fields(model: ModelProto, where: str) -> None:
     """Refuse a model with a string field (a name, op type, domain...) that is not UTF-8: protobuf
-    hands such fields over as bytes. Only string and message fields are read, never tensor data."""
+    hands such fields over as bytes. Only fields that are set are visited (``ListFields``), and
+    of a tensor only its name and external data keys: its data is never read."""
     stack: list = [model]
+    pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
-        msg = stack.pop()
-        for name, is_message in _text_layout(msg.DESCRIPTOR):
-            value = getattr(msg, name)
-            if is_message:
-                if hasattr(value, "DESCRIPTOR"):
-                    if msg.HasField(name):
-                        stack.append(value)
+        msg = pop()
+        if type(msg) is onnx.TensorProto:
+            if type(msg.name) is bytes:
+                _not_utf8(msg, "name", msg.name, where)
+            extend(msg.external_data)
+            continue
+        for fd, value in msg.ListFields():
+            kind = fd.type
+            if kind == _MESSAGE:
+                if fd.is_repeated:
+                    extend(value)
                 else:
-                    stack.extend(value)
-            elif isinstance(value, bytes) or (not isinstance(value, str) and any(isinstance(v, bytes) for v in value)):
-                raise QCError(f"{msg.DESCRIPTOR.name}.{name} is not valid UTF-8 text ({value!r:.80})", where=where,
-                              hint="the model is corrupt (names, op types and domains are UTF-8 strings)")
+                    push(value)
+            elif kind == _STRING:
+                if fd.is_repeated:
+                    for v in value:
+                        if type(v) is bytes:
+                            _not_utf8(msg, fd.name, v, where)
+                elif type(value) is bytes:
+                    _not_utf8(msg, fd.name, value, where)
+
+
+def _not_utf8(msg, field: str, value: bytes, where: str) -> None:
+    raise QCError(f"{msg.DESCRIPTOR.name}.{field} is not valid UTF-8 text ({value!r:.80})", where=where,
+                  hint="the model is corrupt (names, op types and domains are UTF-8 strings)")
 
 
 def _upgrade(model: ModelProto, target: int, where: str) -> ModelProto:
