@@ -113,6 +113,24 @@ def _requant_cases(s: Stream, rng: np.random.Generator) -> None:
         s.add(OP_REQUANT, [M, N, per_channel, zp, lo, hi, has_bias], arrays, M * N, check)
 
 
+    # Ties, signs and shifts of both signs with results inside int8 (rows: accumulators,
+    # columns: (multiplier, shift)), so the clamp hides none of the rounding.
+    xs = np.array([v for v in range(-300, 301, 7)] + [1, -1, 3, -3, 5, -5, 127, -129], np.int32)
+    cols = [(2**30, 0), (2**30, -1), (2**31 - 1, -1), (2**31 - 1, -2), (2**31 - 1, 0),
+            (1518500250, -3), (2**30 + 1, -2), (2**30, 1), (3 << 28, -4), (2**31 - 2, -31),
+            (1, 0), (0, 0), (2**30, -30), (1431655765, -1)]
+    mult = np.array([c[0] for c in cols], np.int32)
+    shift = np.array([c[1] for c in cols], np.int32)
+    acc = np.repeat(xs[:, None], len(cols), 1).astype(np.int32)
+    want = packing.requantize_ref(acc.astype(np.int64), mult, shift, 0)
+
+    def check_ties(raw, where, want=want):
+        got = np.frombuffer(raw, np.int8).reshape(want.shape)
+        np.testing.assert_array_equal(got, want, err_msg=f"{where}: qc_requant_s8 ties and shifts")
+    s.add(OP_REQUANT, [acc.shape[0], acc.shape[1], 1, 0, -128, 127, 0], [acc, mult, shift],
+          acc.size, check_ties)
+
+
 def _dequant_acc_cases(s: Stream, rng: np.random.Generator) -> None:
     for M, N, per_channel, has_bias, has_fbias in [(3, 17, 1, 1, 1), (2, 5, 0, 0, 0),
                                                    (1, 33, 0, 1, 1)]:
