@@ -95,7 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", parents=[common], help="optimize a model for a target and emit it")
     comp.add_argument("model", help=".onnx or .qir file")
     comp.add_argument("--target", required=True, help="target name (see `qc targets`) or a .toml file")
-    comp.add_argument("-o", "--output", required=True, help="output .onnx file")
+    comp.add_argument("-o", "--output", required=True, help="output .onnx file, or a directory with --emit c")
+    comp.add_argument("--emit", choices=("c", "onnx"), default=None,
+                      help="write C sources (docs/c-backend.md) or ONNX (default: the target's backend)")
+    comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
+                      help="--emit c: static shapes of the model inputs that have symbolic dimensions")
+    comp.add_argument("--emit-harness", action="store_true",
+                      help="--emit c: also write harness.c, a main() that reads inputs from files and writes outputs")
     comp.add_argument("--pipeline", dest="named_pipeline", default="default",
                       help="named pipeline to run (default: %(default)s)")
     comp.add_argument("-p", "--passes", dest="pipeline", default=None, help="explicit pipeline instead")
@@ -417,8 +423,9 @@ def cmd_compile(args) -> int:
     from .targets import load_target
 
     target = load_target(args.target)
-    if target.backend != "onnx":
-        raise QCError(f"target '{target.name}' needs the '{target.backend}' backend, which is not built yet")
+    emit = args.emit or target.backend
+    if emit != "c" and (args.shape or args.emit_harness):
+        raise QCError("--shape and --emit-harness describe C output", hint="add --emit c")
     quant = _quant_options(args, target) if args.quant else None
     if quant is None and (args.calib or args.calib_text):
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
@@ -474,7 +481,11 @@ def cmd_compile(args) -> int:
     placement = _legalize_for_target(module, target, args.fallback, ctx)
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     t0 = time.perf_counter()
-    write_module(module, args.output, args, [args.model], external=external)
+    c_report = None
+    if emit == "c":
+        c_report, args = _emit_c(args, module, target, external)
+    else:
+        write_module(module, args.output, args, [args.model], external=external)
     seconds["export"] = time.perf_counter() - t0
     report = None
     if quant is not None:
@@ -486,6 +497,10 @@ def cmd_compile(args) -> int:
         sys.stdout.write(f"pipeline: {pm}\n")
         sys.stdout.write("before:\n" + _indent(before) + "after:\n" + _indent(summarize(module)))
         sys.stdout.write(f"export: {1e3 * seconds['export']:.1f} ms\n")
+        if c_report is not None:
+            from .backends.c import format_report as format_c_report
+
+            sys.stdout.write(format_c_report(c_report))
         if report is not None:
             from .quant.report import format_report
 
@@ -525,6 +540,22 @@ def _write_json(path: str, data: dict, inputs: list[str]) -> None:
     with atomic_write(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def _emit_c(args, module, target, external):
+    """--emit c: DIR/model.onnx (the same model as ONNX, for onnxruntime), then the C sources.
+    Returns the C report and args with output = DIR/model.onnx for the quantization report."""
+    from .backends.c import emit_c
+    from .backends.c.prepare import parse_shapes
+
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise QCError("--emit c writes a directory, and this is a file", where=args.output)
+    shapes = parse_shapes(args.shape)
+    os.makedirs(args.output, exist_ok=True)
+    onnx_path = os.path.join(args.output, "model.onnx")
+    write_module(module, onnx_path, args, [args.model], external=external)
+    report = emit_c(module, args.output, target, shapes=shapes, harness=args.emit_harness)
+    return report, argparse.Namespace(**{**vars(args), "output": onnx_path})
 
 
 def _quant_options(args, target):

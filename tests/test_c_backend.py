@@ -14,7 +14,7 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 from qc.backends.c import emit_c, toolchain
-from qc.backends.c.runner import build_model, run_model
+from qc.backends.c.runner import build_model, load_report, run_model
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
 from qc.ir import DType
@@ -233,3 +233,88 @@ def test_int8_units_under_qemu(tmp_path, target, kind, cpu):
         exe = build_model(report, kind, cpu)
         (y,) = run_model(exe, report, {"x": x}, kind, cpu, timeout=120)
         assert y.tobytes() == host.tobytes(), (target, name)
+
+
+# -- end to end: qc compile --emit c, run under qemu, compare with onnxruntime ----------------------------
+def _qc(*argv):
+    from qc.cli import main
+
+    assert main([str(a) for a in argv]) == 0
+
+
+def _emit_portable(onnx_path: Path, out: Path, shapes) -> tuple[dict, Path]:
+    """The same quantized ONNX emitted with the portable kernels and built for the host."""
+    report = emit_c(import_onnx(str(onnx_path)), out, A76, shapes=shapes, harness=True, variant="portable")
+    return report, build_model(report, "host")
+
+
+def _a76_run(out_dir: Path, inputs: dict, timeout: float = 300.0) -> list[np.ndarray]:
+    """Build DIR (emitted by qc compile --emit c --emit-harness for cortex-a76) and run it under qemu."""
+    report = load_report(out_dir)
+    exe = build_model(report, "aarch64", "cortex-a76")
+    return run_model(exe, report, inputs, "aarch64", "cortex-a76", timeout=timeout)
+
+
+def test_minilm_w8a8_cortex_a76_under_qemu(tmp_path):
+    """MiniLM-L6 w8a8 for cortex-a76 (dot-product kernels, native float16) under qemu: the same
+    bytes as the portable host build, and within the stated bounds of onnxruntime on the same ONNX."""
+    toolchain.require_tools("aarch64")
+    src = ROOT / "out" / "bench" / "minilm-l6-fp32.onnx"
+    if not src.exists():
+        pytest.skip(f"{src} missing (qc models build minilm-l6 -o {src})")
+    out = tmp_path / "c"
+    _qc("compile", src, "--target", "cortex-a76", "--quant", "w8a8", "--calib-text", "licenses", "--samples", 8,
+        "--emit", "c", "--shape", "input_ids=1x16,attention_mask=1x16", "--emit-harness", "-o", out, "--quiet")
+    rng = np.random.RandomState(0)
+    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
+    got = _a76_run(out, inputs)
+    report, exe = _emit_portable(out / "model.onnx", tmp_path / "host", {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    host = run_model(exe, report, inputs)
+    assert [g.tobytes() for g in got] == [h.tobytes() for h in host]
+    hidden, emb = _ort(out / "model.onnx", inputs)
+    assert np.abs(got[0] - hidden).max() < 0.25
+    cos = float(np.dot(got[1].ravel(), emb.ravel()) / np.linalg.norm(got[1]) / np.linalg.norm(emb))
+    assert cos > 0.999, cos
+
+
+def test_light_cnn_w8a8_cortex_a76_under_qemu(tmp_path):
+    """onnx's light SqueezeNet (random weights) w8a8: int8 Conv units, MaxPool, Concat,
+    GlobalAveragePool, Softmax, under qemu -cpu cortex-a76, against onnxruntime."""
+    import sys
+
+    toolchain.require_tools("aarch64")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from c_backend.models import image_calibration, light_cnn
+
+    model = light_cnn("squeezenet", tmp_path / "squeezenet.onnx")
+    calib = image_calibration(tmp_path / "calib.npz", "data_0", (1, 3, 224, 224))
+    out = tmp_path / "c"
+    _qc("compile", model, "--target", "cortex-a76", "--quant", "w8a8", "--calib", calib, "--emit", "c",
+        "--emit-harness", "-o", out, "--quiet")
+    x = np.random.RandomState(5).rand(1, 3, 224, 224).astype(np.float32)
+    (got,) = _a76_run(out, {"data_0": x})
+    ref = _ort(out / "model.onnx", {"data_0": x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    assert got.argmax() == ref.argmax()
+    kernels = (out / "model.c").read_text()
+    assert kernels.count("qc_gemm_s8(") == 26 and "qc_conv2d_f32" not in kernels
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("QC_SLOW"), reason="SmolLM2 end to end: set QC_SLOW=1 (~3 min)")
+def test_smollm2_w8a8_next_token_under_qemu(tmp_path):
+    """SmolLM2-135M w8a8 with split outliers (float16 columns) for cortex-a76, a 15-token prompt:
+    the same next-token argmax as onnxruntime on the same ONNX."""
+    from qc.models import tokenizer
+
+    toolchain.require_tools("aarch64")
+    src = ROOT / "out" / "bench" / "smollm2-135m-fp32.onnx"
+    if not src.exists():
+        pytest.skip(f"{src} missing (qc models build smollm2-135m -o {src})")
+    ids = np.array([tokenizer("smollm2-135m").encode(
+        "The quick brown fox jumps over the lazy dog. The capital of France is").ids], np.int64)
+    out = tmp_path / "c"
+    _qc("compile", src, "--target", "cortex-a76", "--quant", "w8a8", "--calib-text", "licenses", "--samples", 8,
+        "--emit", "c", "--shape", f"input_ids=1x{ids.shape[1]}", "--emit-harness", "-o", out, "--quiet")
+    (logits,) = _a76_run(out, {"input_ids": ids}, timeout=900)
+    ref = _ort(out / "model.onnx", {"input_ids": ids})[0]
+    assert logits[0, -1].argmax() == ref[0, -1].argmax()

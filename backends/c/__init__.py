@@ -7,6 +7,7 @@ snippet. It returns the compile report (arena and weight bytes, kernels per node
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -49,9 +50,22 @@ def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, 
     sources = E.source_files(files)
     E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness))
     E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros))
-    files += ["Makefile", f"{prefix}.cmake"]
-    return {"out_dir": str(out), "prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
+    files += ["Makefile", f"{prefix}.cmake", "report.json"]
+    report = {"prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
             "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
             "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
             "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
             "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
+    E.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    return {"out_dir": str(out), **report}
+
+
+def format_report(report: dict) -> str:
+    """The C part of qc compile's summary: memory, variant, kernels."""
+    lines = [f"C: {report['out_dir']} (kernels: {report['variant']}"
+             + (f", {' '.join(report['macros'])}" if report["macros"] else "") + ")",
+             f"  arena (RAM): {report['arena_bytes']} bytes, weights (flash): {report['weight_bytes']} bytes"
+             + (" (.incbin model_weights.bin)" if report["incbin"] else ""),
+             f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
+             "  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
+    return "\n".join(lines) + "\n"

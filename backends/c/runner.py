@@ -12,6 +12,14 @@ from qc.ir import DType
 from . import toolchain
 
 
+def load_report(out_dir: str | Path) -> dict:
+    """The report emit_c wrote to OUT_DIR/report.json (shapes as lists), with out_dir set."""
+    import json
+
+    report = json.loads((Path(out_dir) / "report.json").read_text())
+    return {"out_dir": str(out_dir), **report}
+
+
 def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe: str | Path | None = None,
                 extra_flags: Sequence[str] = ()) -> Path:
     """Compile the emitted sources plus harness.c (emit_c(..., harness=True)) into an executable."""

@@ -31,6 +31,12 @@ def light_cnn(name: str, out: Path, seed: int = 0) -> Path:
         if a.ndim == 1:
             r = (rng.rand(*a.shape).astype(np.float32) - 0.5) * 0.2
         model.graph.initializer[i].CopyFrom(numpy_helper.from_array(r, t.name))
+    # IR version 3 lists every initializer as a graph input; the weights are constants here
+    names = {t.name for t in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.ir_version = max(model.ir_version, 7)
     onnx.save(model, str(out))
     tmp.unlink()
     return out
