@@ -67,6 +67,17 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
     note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
     out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
                f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
-    for r in report.get("legalized", []):
-        out.append(f"legalized {r['node']}: {r['change']}")
+    legal = report.get("legalized", [])
+    if legal:
+        import collections
+
+        kinds = collections.Counter(r["change"] for r in legal)
+        before = [r["cost_before"] for r in legal if r["cost_before"] is not None]
+        after = [r["cost_after"] for r in legal if r["cost_after"] is not None]
+        cost = f"; their estimated cost {_fmt_num(sum(before))} -> {_fmt_num(sum(after))}" if before and after else ""
+        out.append(f"legalized {len(legal)} units{cost}:")
+        out.extend(f"  {n} x {change}" for change, n in kinds.items())
+        if units:
+            out.extend(f"  {r['node']}: {r['change']}" + (f" (cost {_fmt_num(r['cost_before'])} -> "
+                       f"{_fmt_num(r['cost_after'])})" if r["cost_before"] is not None else "") for r in legal)
     return "\n".join(out) + "\n"
