@@ -148,6 +148,23 @@ def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, ch
     if version is None:
         raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', which the model does not import",
                           hint="add the domain to opset_import")
+    # Whether an op passes depends only on this key: ops of one kind with the same attribute
+    # names and operand / result type strings are checked once (a model repeats its layers).
+    key = (domain, op.op_type, version, tuple(op.attrs), check_types,
+           tuple(type_string(v.type) if v is not None else 0 for v in op.operands),
+           tuple(type_string(v.type) if v is not None else 0 for v in op.results))
+    if key in _PASSED:
+        return
+    _check_against_schema(op, domain, version, where, check_types)
+    if len(_PASSED) > 100_000:
+        _PASSED.clear()
+    _PASSED.add(key)
+
+
+_PASSED: set[tuple] = set()
+
+
+def _check_against_schema(op: Op, domain: str, version: int, where: str, check_types: bool) -> None:
     schema = _schema(domain, op.op_type, version)
     if schema is None:
         raise VerifyError(f"{where}: {_describe(op)}: no such operator in '{domain or 'ai.onnx'}' at opset {version}")
