@@ -94,6 +94,9 @@ class Calibrate(Pass):
     """also observe the results of the ops (min/max/histogram only)"""
     activation_pairs: bool = True
     """also observe MatMuls of two activations (attention); insert-qdq's option of the same name"""
+    jobs: int = 0
+    """worker processes, each running a contiguous share of the samples; their statistics merge
+    (0: ctx.options["jobs"], else 1)"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         self._validate()
@@ -211,6 +214,9 @@ class Calibrate(Pass):
             ctx.remark(None, f"batch-size {batch} ignored: the model's batch dimension is static; running one "
                              "sample at a time")
             batch = 1
+        jobs = self.jobs or int(ctx.options.get("jobs", 1) or 1)
+        if jobs > 1 and len(data) > 1:
+            return self._collect_in_workers(module, observed, fetched, from_feed, stats, data, batch, jobs, ctx)
         skipped: set[str] = set()
         session = _session(module, [observed[n].value for n in fetched])
         bar = _progress(len(data), ctx)
@@ -237,6 +243,45 @@ class Calibrate(Pass):
             ctx.remark(None, f"'{name}' is not a float tensor; not observed")
         return {name: s for name, s in stats.items() if name not in skipped}
 
+    def _collect_in_workers(self, module: Module, observed: dict[str, Observed], fetched: list[str],
+                            from_feed: list[str], stats: dict[str, TensorStats], data: CalibrationData,
+                            batch: int, jobs: int, ctx: PassContext) -> dict[str, TensorStats]:
+        """The samples split into ``jobs`` contiguous shares, each run by a worker process on the
+        model written once to a temporary file; the shares' statistics merge in sample order
+        (min/max/histograms/row samples exactly as one process would get them; sums in float64)."""
+        import multiprocessing
+        import shutil
+        import tempfile
+
+        import onnx
+
+        from qc.backends.onnx.writer import export_onnx, value_info
+
+        tmp = tempfile.mkdtemp(prefix="qc-calibrate-")
+        try:
+            proto = export_onnx(module)
+            have = {o.name for o in proto.graph.output}
+            proto.graph.output.extend(value_info(observed[n].value) for n in fetched if n not in have)
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
+            del proto
+            feeds = list(data.feeds(module))
+            cut = [round(i * len(feeds) / jobs) for i in range(jobs + 1)]
+            shares = [(path, fetched, from_feed, stats, feeds[a:b], batch) for a, b in zip(cut, cut[1:]) if b > a]
+            with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:
+                parts = pool.map(_collect_share, shares)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        merged, skipped = parts[0]
+        for part, part_skipped in parts[1:]:
+            skipped |= part_skipped
+            for name, s in part.items():
+                merged[name].merge(s)
+        ctx.remark(None, f"calibrated in {len(shares)} worker processes, statistics merged")
+        for name in skipped:
+            ctx.remark(None, f"'{name}' is not a float tensor; not observed")
+        return {name: s for name, s in merged.items() if name not in skipped}
+
     @staticmethod
     def _update(stats: dict[str, TensorStats], name: str, array: np.ndarray, skipped: set[str]) -> None:
         if name in skipped:
@@ -249,6 +294,22 @@ class Calibrate(Pass):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
+    """A worker's share of the samples: fresh statistics (copies of the empty templates it was sent)."""
+    from qc.runtime import ort_session
+
+    path, fetched, from_feed, stats, feeds, batch = job
+    session = ort_session(path, optimize=True)
+    skipped: set[str] = set()
+    for feed, _ in _batches(feeds, batch):
+        results = session.run(fetched, feed) if fetched else []
+        for name, array in zip(fetched, results):
+            Calibrate._update(stats, name, array, skipped)
+        for name in from_feed:
+            Calibrate._update(stats, name, feed[name], skipped)
+    return stats, skipped
+
+
 def _calibration_data(ctx: PassContext) -> CalibrationData:
     data = ctx.options.get("calibration_data")
     if data is None:

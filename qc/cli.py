@@ -465,6 +465,7 @@ def cmd_compile(args) -> int:
             data, holdout = qcompile.split_holdout(data, args.holdout, module)
             ctx.options["calibration_data"] = data
             ctx.options["calibration_cache"] = args.calib_cache
+            ctx.options["jobs"] = args.jobs
             ctx.options["quiet"] = args.quiet
     t0 = time.perf_counter()
     accuracy = None

@@ -190,7 +190,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise QCError("qc analyze needs calibration data", where=args.model,
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
     data, holdout = qcompile.split_holdout(data, args.holdout, module)
-    ctx.options.update({"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True})
+    ctx.options.update({"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True,
+                        "jobs": args.jobs})
     pm, switches, consts, _ = quantize_for_analysis(args, spec, module, ctx, cli.build_pass_manager)
     runner = _runner(args, module, switches, holdout, args.metric)
     try:

@@ -146,3 +146,27 @@ def test_criterion_thresholds():
     assert c.relative and c.threshold(20.0) == pytest.approx(20.4)
     assert c.holds(20.3, 20.0) and not c.holds(20.5, 20.0)
     assert Criterion.parse("cosine>=0.995").holds(0.996, 1.0)
+
+
+def test_calibration_in_two_workers_merges_to_the_serial_statistics(chain_model):
+    from qc.frontend.onnx import import_onnx
+    from qc.pm import PassContext, PassManager, parse_pass
+    from qc.quant.calib_data import from_npz
+
+    model, calib, _ = chain_model
+    got = {}
+    for jobs in (1, 2):
+        module = import_onnx(onnx.load(model))
+        ctx = PassContext(options={"calibration_data": from_npz(calib), "quiet": True})
+        PassManager([parse_pass(f"calibrate{{jobs={jobs},rows=16}}")], ctx=ctx).run(module)
+        got[jobs] = ctx.cache["calibration"]
+    one, two = got[1], got[2]
+    assert one.samples == two.samples == 16 and one.tensors.keys() == two.tensors.keys()
+    for name, s in one.tensors.items():
+        t = two.tensors[name]
+        assert (s.min, s.max, s.count) == (t.min, t.max, t.count)
+        np.testing.assert_array_equal(s.hist.counts, t.hist.counts)
+        np.testing.assert_array_equal(s.channel_absmax, t.channel_absmax)
+        np.testing.assert_allclose(s.channel_abssum, t.channel_abssum, rtol=1e-12)
+        if s.row_sample is not None:
+            np.testing.assert_array_equal(s.row_sample, t.row_sample)
