@@ -318,3 +318,20 @@ def test_smollm2_w8a8_next_token_under_qemu(tmp_path):
     (logits,) = _a76_run(out, {"input_ids": ids}, timeout=900)
     ref = _ort(out / "model.onnx", {"input_ids": ids})[0]
     assert logits[0, -1].argmax() == ref[0, -1].argmax()
+
+
+def test_minilm_w4_matmulnbits(tmp_path):
+    """w4 (int4 blocks of 32, asymmetric): com.microsoft.MatMulNBits lowered to qc_matmul_f32_s4;
+    shapes inferred through the contrib op; against onnxruntime's MatMulNBits."""
+    toolchain.require_tools("host")
+    src = ROOT / "out" / "bench" / "minilm-l6-fp32.onnx"
+    if not src.exists():
+        pytest.skip(f"{src} missing (qc models build minilm-l6 -o {src})")
+    q = tmp_path / "w4.onnx"
+    _qc("compile", src, "--target", "cortex-a76", "--quant", "w4", "--emit", "onnx", "-o", q, "--quiet")
+    report, exe = _emit_portable(q, tmp_path / "c", {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    assert report["kernels"]["matmul f32 x s4"] == 36
+    rng = np.random.RandomState(2)
+    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
+    for got, ref in zip(run_model(exe, report, inputs), _ort(q, inputs)):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=5e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from .lower import ALIGN, Buffer, Call, Ints, Lowered, Ptr, Raw
 RUNTIME = Path(__file__).parent / "runtime"
 OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c")
 INCBIN_THRESHOLD = 8 << 20  # weight blobs above this go through .incbin (see docs/c-backend.md)
+
+
+def ops_functions() -> set[str]:
+    """The functions qc_ops.h declares (everything else comes from qc_kernels.h)."""
+    return set(re.findall(r"^\w[\w ]*?\b(qc_\w+)\(", (RUNTIME / "qc_ops.h").read_text(), re.M))
 
 
 def layout_weights(weights: list[Buffer]) -> bytes:
@@ -151,11 +157,7 @@ def emit(low: Lowered, out_dir: Path, prefix: str, arena: int, *, incbin: bool |
     blob = layout_weights(low.weights)
     if incbin is None:
         incbin = len(blob) > INCBIN_THRESHOLD
-    uses_kernels = any(not c.fn.startswith(("qc_binary", "qc_unary", "qc_copy", "qc_place", "qc_fill", "qc_gather",
-                                             "qc_where", "qc_cast", "qc_gemm_f32", "qc_matmul_f32", "qc_conv2d_f32",
-                                             "qc_maxpool", "qc_avgpool", "qc_channel", "qc_lrn", "qc_softmax",
-                                             "qc_layernorm", "qc_reduce", "qc_argmax"))
-                       for c in low.calls)
+    uses_kernels = any(c.fn not in ops_functions() for c in low.calls)
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if uses_kernels else [])
     files = {f"{prefix}.h": model_h(low, prefix, arena, len(blob)),
              f"{prefix}.c": model_c(low, prefix, headers),

@@ -314,12 +314,12 @@ class Lowering:
         for op in g:
             if id(op) in self.consumed:
                 continue
-            if op.domain not in ("", "ai.onnx"):
-                raise unsupported(op, f"domain '{op.domain}'")
             if any(s for s in op.subgraphs()):
                 raise unsupported(op, "ops with subgraphs")
             if match_unit(self, op):
                 continue
+            if op.domain not in ("", "ai.onnx"):
+                raise unsupported(op, f"domain '{op.domain}'")
             handler: Callable | None = HANDLERS.get(op.op_type)
             if handler is None:
                 raise unsupported(op)

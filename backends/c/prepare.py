@@ -59,6 +59,8 @@ def prepare(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:
                           hint=f"give it one with --shape {v.name}={dims or 'AxB'}")
     for _ in range(16):
         PassManager.parse(_FOLD).run(module)
+        if _has_contrib_matmul(module):
+            _infer_through_contrib(module)
         if not _fold_shape_ops(module):
             break
 
@@ -92,3 +94,45 @@ def _fold_shape_ops(module: Module) -> bool:
         g.remove(op)
         changed = True
     return changed
+
+
+
+def _has_contrib_matmul(module: Module) -> bool:
+    return any(op.domain == "com.microsoft" and op.op_type == "MatMulNBits" for op in module.graph)
+
+
+def _infer_through_contrib(module: Module) -> None:
+    """ONNX shape inference knows no com.microsoft op, so everything after a MatMulNBits stays
+    symbolic. Infer on a copy where each MatMulNBits is MatMul(A, ConstantOfShape([K, N])) (the
+    same result shape) and merge the result types into the IR, as propagate-shapes does."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qc.backends.onnx.writer import export_onnx_sharing_weights
+    from qc.frontend.onnx import convert_type
+    from qc.passes.propagate_shapes import _collect, _values, merge_types
+
+    proto, _ = export_onnx_sharing_weights(module)
+    nodes = []
+    for n in proto.graph.node:
+        if n.domain == "com.microsoft" and n.op_type == "MatMulNBits":
+            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            shape, zeros = n.output[0] + ".qc_kn", n.output[0] + ".qc_w"
+            nodes += [helper.make_node("Constant", [], [shape], value=helper.make_tensor(
+                          shape, TensorProto.INT64, [2], [a["K"], a["N"]])),
+                      helper.make_node("ConstantOfShape", [shape], [zeros]),
+                      helper.make_node("MatMul", [n.input[0], zeros], [n.output[0]])]
+        else:
+            nodes.append(n)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 - as propagate-shapes: leave the types as they are
+        return
+    types: dict = {}
+    _collect(inferred.graph, types)
+    for v in _values(module.graph, top=True):
+        tp = types.get(v.name)
+        if tp is not None:
+            v.type = merge_types(v.type, convert_type(tp))
