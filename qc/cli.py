@@ -591,10 +591,15 @@ def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict, se
         t0 = time.perf_counter()
         accuracy = qcompile.output_sqnr(args.output, args.model, holdout)
         seconds["sqnr check"] = time.perf_counter() - t0
+    from .quant import guardrails
+    from .targets import load_target
+
+    warnings = [w.as_dict() for w in guardrails.check(module, quant, pm.ctx.cache, load_target(args.target))]
     report = build_report(scheme=quant.scheme, pipeline=str(pm), input_path=args.model, output_path=args.output,
                           module=module, calibration=calibration, accuracy=accuracy, seconds=seconds,
                           outliers=outlier_report(pm.ctx.cache.get("outlier_splits", []),
-                                                  pm.ctx.cache.get("outlier_candidate_columns", 0)))
+                                                  pm.ctx.cache.get("outlier_candidate_columns", 0)),
+                          warnings=warnings)
     report["placement"] = placement
     if search is not None:
         report["accuracy_search"] = search

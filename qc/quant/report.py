@@ -93,7 +93,8 @@ def outlier_report(splits: list, candidate_columns: int = 0) -> dict[str, Any] |
 
 def build_report(*, scheme: str, pipeline: str, input_path: str, output_path: str, module: Module,
                  calibration: dict[str, Any] | None, accuracy: dict[str, Any] | None,
-                 seconds: dict[str, float], outliers: dict[str, Any] | None = None) -> dict[str, Any]:
+                 seconds: dict[str, float], outliers: dict[str, Any] | None = None,
+                 warnings: list[dict[str, str]] | None = None) -> dict[str, Any]:
     before, after = model_bytes(input_path), model_bytes(output_path)
     return {
         "input": input_path, "output": output_path, "scheme": scheme, "pipeline": pipeline,
@@ -102,6 +103,7 @@ def build_report(*, scheme: str, pipeline: str, input_path: str, output_path: st
         "calibration": calibration,
         "outliers": outliers,
         "accuracy": accuracy,
+        "warnings": warnings or [],     # qc.quant.guardrails
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
 
@@ -133,6 +135,9 @@ def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
         lines.append(f"  output SQNR vs the float model on {a['samples']} held-aside samples: {per_output}")
     elif c is None:
         lines.append("  output SQNR: not measured (no calibration data given; --calib or --calib-text adds it)")
+    from .guardrails import format_warnings
+
+    lines.extend(format_warnings(r.get("warnings") or [], per_layer))
     if r.get("seconds"):
         lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["seconds"].items()))
     return "\n".join(lines) + "\n"
