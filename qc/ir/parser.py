@@ -536,7 +536,20 @@ class _Builder:
 
     def sparse_lit(self, v, key: str) -> SparseTensor:
         ttype, values, indices = v
-        return SparseTensor(self.tensor_lit(values, key), self.tensor_lit(indices, key), ttype.shape)
+        return self.sparse(None, key, ttype.dtype, ttype.shape, values, indices)
+
+    def sparse(self, tok, key: str, dtype: DType | None, shape, values: _TensorLit, indices: _TensorLit) -> SparseTensor:
+        """A sparse constant, its values [NNZ] and indices i64 [NNZ] or [NNZ, rank] checked against its type."""
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise self.err(tok, f"{key}: a sparse constant needs a static dense shape")
+        values, indices = self.tensor_lit(values, key), self.tensor_lit(indices, key)
+        nnz = values.size
+        if (dtype is not None and values.dtype != dtype) or len(values.shape) != 1 \
+                or indices.dtype is not DType.i64 or indices.shape not in ((nnz,), (nnz, len(shape))):
+            raise self.err(tok, f"{key}: sparse values {values.dtype}{list(values.shape)} and indices "
+                                f"{indices.dtype}{list(indices.shape)} do not fit sparse<{dtype}{list(shape)}>",
+                           hint="values are [NNZ] of the declared type, indices i64 [NNZ] or [NNZ, rank]")
+        return SparseTensor(values, indices, shape)
 
     def dense(self, tok, dtype: DType, anchor) -> np.ndarray:
         try:
@@ -549,7 +562,7 @@ class _Builder:
         if kind == "sparse":
             if not isinstance(type_, SparseTensorType):
                 raise self.err(tok, f"sparse data needs a sparse<...> type, got {type_}")
-            return SparseTensor(self.tensor_lit(payload[1], key), self.tensor_lit(payload[2], key), type_.shape)
+            return self.sparse(tok, key, type_.dtype, type_.shape, payload[1], payload[2])
         if not isinstance(type_, TensorType) or type_.dtype is None or not type_.is_static:
             raise self.err(tok, f"a constant needs a tensor type with a known dtype and static shape")
         dtype, shape = type_.dtype, type_.shape
