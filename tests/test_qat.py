@@ -189,3 +189,33 @@ def test_gptq_on_a_mixed_model_rounds_the_qat_activation_layer_to_nearest(files)
     assert "%down.relu.qat_dq is already quantized (QAT): no calibration statistics for gptq; round to nearest" in r.stdout
     assert "'head.rest': weight @head.weight.smooth.rest [63, 32] -> u8 per-channel sym gptq" in r.stdout
     assert_learned_kept(paths["mixed"], out)
+
+
+# -- the C backend ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,quant", [("cnn-i8-fakequant", True), ("cnn-u8", False)])
+def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
+    """qc compile --target cortex-a76 --emit c on a QAT model, built for aarch64 and run under
+    qemu -cpu cortex-a76, against onnxruntime on the input model. int8 activations become the
+    backend's int8 units (im2col + qc_gemm_s8 with the learned scales); uint8 ones (PyTorch's
+    default) run as dequantize + float there (no integer kernel for u8 x s8 on this target)."""
+    from qc.backends.c import toolchain
+    from qc.backends.c.runner import build_model, load_report, run_model
+
+    toolchain.require_tools("aarch64")
+    d, paths = files
+    out = d / f"{name}.c{int(quant)}"
+    args = ["--quant", "w8a8", "--calib", calib_for(d, name)] if quant else []
+    r = run_qc("compile", paths[name], "--target", "cortex-a76", *args, "--emit", "c", "--emit-harness",
+               "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    schedule = (out / "model.c").read_text()
+    if name == "cnn-i8-fakequant":
+        assert schedule.count("qc_gemm_s8(") == 2 and "qc_im2col_s8(" in schedule and "qc_conv2d_f32" not in schedule
+    else:
+        assert "qc_gemm_s8(" not in schedule and "qc_conv2d_f32(" in schedule
+    report = load_report(out)
+    exe = build_model(report, "aarch64", "cortex-a76")
+    x = sample(name)
+    (got,) = run_model(exe, report, {"x": x}, "aarch64", "cortex-a76", timeout=120)
+    want = outputs(paths[name], x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
