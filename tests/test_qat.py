@@ -219,3 +219,23 @@ def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
     (got,) = run_model(exe, report, {"x": x}, "aarch64", "cortex-a76", timeout=120)
     want = outputs(paths[name], x)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_relu_is_not_folded_when_the_zero_point_is_inside_the_range(files):
+    """Conv -> Relu -> Q with a u8 zero point of 3: Q's clamp does not do the Relu's work, so
+    lower-qop leaves the Conv in QDQ form (and the model still computes the same)."""
+    d, _ = files
+    model = qat_cnn(np.uint8, weight_max=63)
+    for init in model.graph.initializer:
+        if init.name == "relu.qat_zp":
+            init.CopyFrom(numpy_helper.from_array(np.array(3, np.uint8), init.name))
+    src, out = str(d / "relu-zp3.onnx"), str(d / "relu-zp3.qop.onnx")
+    onnx.save(model, src)
+    r = run_qc("compile", src, "--target", "x86-avx2", "--quant", "w8a8", "--format", "qop",
+               "--calib", calib_for(d, "cnn"), "-o", out, "--remarks")
+    assert r.returncode == 0, r.stderr
+    assert "'conv': left in QDQ form: no QuantizeLinear after the Conv" in r.stdout
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert "Relu" in ops and "Conv" in ops and "QLinearConv" not in ops
+    x = sample("cnn")
+    assert metrics.sqnr_db(outputs(src, x), outputs(out, x)) > 60.0
