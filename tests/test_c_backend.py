@@ -215,19 +215,28 @@ def test_int8_units_match_onnxruntime(tmp_path, kind, per_channel, out_q):
 
 
 # -- cross builds under qemu ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def portable_units(tmp_path_factory):
+    """{name: (model, input, output of the portable host build)} for an int8 MatMul -> Q and a Conv unit."""
+    toolchain.require_tools("host")
+    out = {}
+    for name, out_q in (("matmul", True), ("conv", False)):
+        m, x = _qdq_model(name, np.random.RandomState(3), True, out_q)
+        _, (host,) = _compile_run(m, tmp_path_factory.mktemp(name), {}, {"x": x}, variant="portable")
+        out[name] = (m, x, host)
+    return out
+
+
 @pytest.mark.parametrize("target,kind,cpu", [("cortex-m4", "cortex-m", "cortex-m4"),
                                              ("cortex-m55", "cortex-m", "cortex-m55"),
                                              ("cortex-a53", "aarch64", "cortex-a53"),
                                              ("armv8.6-i8mm", "aarch64", "max")])
-def test_int8_units_under_qemu(tmp_path, target, kind, cpu):
+def test_int8_units_under_qemu(tmp_path, portable_units, target, kind, cpu):
     """The int8 MatMul -> Q and Conv units built with the target's kernel variant and run under
     qemu give the same bytes as the portable build on the host."""
-    toolchain.require_tools("host")
     toolchain.require_tools(kind)
     t = load_target(target)
-    for name, kind_, out_q in (("matmul", "matmul", True), ("conv", "conv", False)):
-        m, x = _qdq_model(kind_, np.random.RandomState(3), True, out_q)
-        host_report, (host,) = _compile_run(m, tmp_path / f"host-{name}", {}, {"x": x}, variant="portable")
+    for name, (m, x, host) in portable_units.items():
         report = emit_c(import_onnx(m), tmp_path / f"{name}-{target}", t, harness=True)
         assert report["variant"] != "portable"
         exe = build_model(report, kind, cpu)
@@ -335,3 +344,23 @@ def test_minilm_w4_matmulnbits(tmp_path):
     inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
     for got, ref in zip(run_model(exe, report, inputs), _ort(q, inputs)):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=5e-5)
+
+
+def test_cli_emit_c_errors(tmp_path, capsys):
+    from qc.cli import main
+
+    m = _model([helper.make_node("Einsum", ["x", "x"], ["y"], equation="ij,ij->ij", name="my_einsum")],
+               [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 2])],
+               [helper.make_tensor_value_info("y", TP.FLOAT, None)])
+    onnx.save(m, tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cortex-a76", "-o", str(tmp_path / "c"),
+                 "--shape", "x=3x2"]) == 2
+    assert "node 'my_einsum': Einsum is not supported by the C backend" in capsys.readouterr().err
+    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cortex-a76", "-o", str(tmp_path / "c2")]) == 2
+    assert "input 'x' has no static shape; give it one with --shape x=Nx2" in capsys.readouterr().err
+    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "x86-avx2", "-o", str(tmp_path / "m2.onnx"),
+                 "--shape", "x=3x2"]) == 2
+    assert "--shape and --emit-harness describe C output; add --emit c" in capsys.readouterr().err
+    assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cortex-a76", "-o", str(tmp_path / "c3"),
+                 "--shape", "x=3by2"]) == 2
+    assert "--shape: cannot read 'x=3by2'; write NAME=AxB" in capsys.readouterr().err

@@ -311,6 +311,13 @@ def _lower_matmul_f16(lw: Lowering, op: Op) -> bool:
 
 
 # -- standalone QuantizeLinear / DequantizeLinear -------------------------------------------------
+def _per_tensor(lw: Lowering, op: Op, what: str, int_dt: DType, x: Value, y, scale, zp) -> None:
+    """qc_quantize_s8/u8 or qc_dequantize_s8/u8 with a per-tensor scale and zero point."""
+    z = 0 if zp is None else int(zp.reshape(-1)[0])
+    lw.call(op, f"qc_{what}_{'s8' if int_dt == DType.i8 else 'u8'}",
+            [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)], f"{what} {int_dt}")
+
+
 @handler("QuantizeLinear")
 def _quantize(lw: Lowering, op: Op) -> None:
     x = op.operands[0]
@@ -322,10 +329,7 @@ def _quantize(lw: Lowering, op: Op) -> None:
         raise unsupported(op, f"output {y.dtype}" if q is not None else "blocked or non-constant parameters")
     scale, zp, axis = q
     if scale.size == 1:
-        fn = "qc_quantize_s8" if y.dtype == DType.i8 else "qc_quantize_u8"
-        z = 0 if zp is None else int(zp.reshape(-1)[0])
-        lw.call(op, fn, [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)],
-                f"quantize {y.dtype}")
+        _per_tensor(lw, op, "quantize", y.dtype, x, y, scale, zp)
         return
     # per axis: saturate(round_half_even(x / scale) + zp), as float steps, then an exact Cast
     shape = y.shape
@@ -361,10 +365,7 @@ def _dequantize(lw: Lowering, op: Op) -> None:
     scale, zp, axis = q
     y = lw.out(op)
     if scale.size == 1 and xdt in _INT8:
-        fn = "qc_dequantize_s8" if xdt == DType.i8 else "qc_dequantize_u8"
-        z = 0 if zp is None else int(zp.reshape(-1)[0])
-        lw.call(op, fn, [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)],
-                f"dequantize {xdt}")
+        _per_tensor(lw, op, "dequantize", xdt, x, y, scale, zp)
         return
     shape = y.shape
     axis = axis + len(shape) if axis < 0 else axis

@@ -8,8 +8,28 @@
 void qc_gemm_f32(int M, int N, int K, const float *A, int ars, int acs, const float *B, int brs,
                  int bcs, float alpha, const float *C, int crs, int ccs, float beta, float *Y)
 {
-    int m, n, k;
-    for (m = 0; m < M; ++m) {
+    int m = 0, n, k;
+    if (bcs == 1) { /* four rows of Y at a time share each row of B */
+        for (; m + 4 <= M; m += 4) {
+            float *restrict y0 = Y + (size_t)m * (size_t)N, *restrict y1 = y0 + N, *restrict y2 = y1 + N,
+                  *restrict y3 = y2 + N;
+            const float *a = A + (ptrdiff_t)m * ars;
+            for (n = 0; n < N; ++n) y0[n] = y1[n] = y2[n] = y3[n] = 0.0f;
+            for (k = 0; k < K; ++k) {
+                const float a0 = a[(ptrdiff_t)k * acs], a1 = a[ars + (ptrdiff_t)k * acs],
+                            a2 = a[2 * (ptrdiff_t)ars + (ptrdiff_t)k * acs], a3 = a[3 * (ptrdiff_t)ars + (ptrdiff_t)k * acs];
+                const float *restrict b = B + (ptrdiff_t)k * brs;
+                for (n = 0; n < N; ++n) {
+                    const float bv = b[n];
+                    y0[n] += a0 * bv;
+                    y1[n] += a1 * bv;
+                    y2[n] += a2 * bv;
+                    y3[n] += a3 * bv;
+                }
+            }
+        }
+    }
+    for (; m < M; ++m) {
         float *y = Y + (size_t)m * (size_t)N;
         const float *a = A + (ptrdiff_t)m * ars;
         if (bcs == 1) { /* rows of B are contiguous: accumulate whole rows of Y */
@@ -27,6 +47,10 @@ void qc_gemm_f32(int M, int N, int K, const float *A, int ars, int acs, const fl
                 y[n] = acc;
             }
         }
+    }
+    if (alpha == 1.0f && C == NULL) return;
+    for (m = 0; m < M; ++m) {
+        float *y = Y + (size_t)m * (size_t)N;
         for (n = 0; n < N; ++n) {
             float v = alpha == 1.0f ? y[n] : alpha * y[n];
             if (C != NULL) v += beta * C[(ptrdiff_t)m * crs + (ptrdiff_t)n * ccs];
