@@ -364,3 +364,30 @@ def test_cli_emit_c_errors(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cortex-a76", "-o", str(tmp_path / "c3"),
                  "--shape", "x=3by2"]) == 2
     assert "--shape: cannot read 'x=3by2'; write NAME=AxB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_tiny_cnn_w8a8_cortex_m_under_qemu(tmp_path, target):
+    """A whole small CNN (int8 Conv and Gemm units, MaxPool, GlobalAveragePool, Softmax) compiled
+    with qc compile for a Cortex-M target (the default --emit c) runs under qemu-system-arm with
+    semihosting and matches onnxruntime on the same ONNX."""
+    import sys
+
+    toolchain.require_tools("cortex-m")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from c_backend.models import image_calibration
+    from c_backend.tiny_cnn import tiny_cnn
+
+    model = tiny_cnn(tmp_path / "tiny.onnx")
+    calib = image_calibration(tmp_path / "calib.npz", "x", (1, 1, 28, 28), samples=8)
+    out = tmp_path / "c"
+    _qc("compile", model, "--target", target, "--quant", "w8a8", "--calib", calib, "--emit-harness", "-o", out,
+        "--quiet")
+    report = load_report(out)
+    assert report["kernels"]["gemm s8 (" + ("dsp" if target == "cortex-m4" else "mve") + ")"] == 3
+    assert report["arena_bytes"] <= 64 * 1024
+    x = np.random.RandomState(1).rand(1, 1, 28, 28).astype(np.float32)
+    exe = build_model(report, "cortex-m", target)
+    (got,) = run_model(exe, report, {"x": x}, "cortex-m", target, timeout=120)
+    ref = _ort(out / "model.onnx", {"x": x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
