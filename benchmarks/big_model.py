@@ -135,8 +135,9 @@ def check_output(path: str, reference: str, vocab: int) -> str:
     got = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
     ref = ort.InferenceSession(reference, opts, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
     rel = float(np.abs(got - ref).max() / np.abs(ref).max())
-    sqnr = 10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2) / np.mean((got - ref).astype(np.float64) ** 2)))
-    return f"checker ok; onnxruntime logits {list(got.shape)}, max |diff| / max |ref| = {rel:.4f}, SQNR {sqnr:.1f} dB"
+    noise = float(np.mean((got - ref).astype(np.float64) ** 2))
+    sqnr = "exact" if noise == 0 else f"SQNR {10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / noise):.1f} dB"
+    return f"checker ok; onnxruntime logits {list(got.shape)}, max |diff| / max |ref| = {rel:.4f}, {sqnr}"
 
 
 def main(argv: list[str] | None = None) -> int:
