@@ -48,7 +48,10 @@ def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, 
 
         macros = variant_macros(lw.variant)
     sources = E.source_files(files)
-    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness))
+    ldflags, extra = _cortex_m_harness(target, out) if harness else ([], [])
+    files += extra
+    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness, ldflags,
+                                              [f for f in extra if f.endswith(".c")]))
     E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros))
     files += ["Makefile", f"{prefix}.cmake", "report.json"]
     report = {"prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
@@ -69,3 +72,19 @@ def format_report(report: dict) -> str:
              f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
              "  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines) + "\n"
+
+
+def _cortex_m_harness(target, out: Path) -> tuple[list[str], list[str]]:
+    """For a Cortex-M target: the startup and linker script that boot the harness on its qemu
+    machine with semihosting (copied next to it), and the link flags. Else nothing."""
+    import shutil
+
+    from .toolchain import CORTEX_M, CORTEX_M_CPUS
+
+    m = CORTEX_M_CPUS.get(getattr(target, "name", ""))
+    if m is None:
+        return [], []
+    for name in ("startup.c", m.linker_script):
+        shutil.copyfile(CORTEX_M / name, out / name)
+    return (["--specs=nano.specs", "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
+             "-Wl,--no-warn-rwx-segments", "-T", m.linker_script], ["startup.c", m.linker_script])
