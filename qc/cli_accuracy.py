@@ -106,9 +106,9 @@ def run_accuracy(args, spec: str, module, ctx, build_pass_manager, holdout: list
 
     criterion = Criterion.parse(args.accuracy)
     t0 = time.perf_counter()
+    eval_feeds = _eval_feeds(args, module, holdout, tokenizer_for)  # read against the model's own inputs
     pm, switches, _, tail = quantize_for_analysis(args, spec, module, ctx, build_pass_manager)
     rank_feeds = holdout[:4] if holdout else None
-    eval_feeds = _eval_feeds(args, module, holdout, tokenizer_for)
     ranker = _runner(args, module, switches, rank_feeds or eval_feeds[:2], "sqnr")
     evaluator = _runner(args, module, switches, eval_feeds, criterion.metric)
     try:

@@ -137,6 +137,12 @@ class Runner:
         self.seconds += time.perf_counter() - t0
         return out
 
+    def _portable_switches(self) -> list[Switch]:
+        """The switches without their graph ops (workers need only the input names)."""
+        import dataclasses
+
+        return [dataclasses.replace(s, wheres=[]) for s in self.switches]
+
     def _score_pool(self, configs: list[Config]) -> list[float]:
         if self._pool is None:
             import multiprocessing
@@ -144,7 +150,7 @@ class Runner:
             path = self._model_file()
             ctx = multiprocessing.get_context("spawn")
             self._pool = ctx.Pool(self.jobs, initializer=_init_worker,
-                                  initargs=(path, self.switches, self.feeds, self.metric))
+                                  initargs=(path, self._portable_switches(), self.feeds, self.metric))
         return self._pool.map(_score_in_worker, configs, chunksize=1)
 
     def _score_ray(self, configs: list[Config]) -> list[float]:
@@ -160,7 +166,8 @@ class Runner:
             path = self._model_file()
             actor = ray.remote(_RayScorer)
             n = max(1, self.jobs)
-            self._actors = [actor.remote(path, self.switches, self.feeds, self.metric) for _ in range(n)]
+            switches = self._portable_switches()
+            self._actors = [actor.remote(path, switches, self.feeds, self.metric) for _ in range(n)]
         futures = [self._actors[i % len(self._actors)].score.remote(c) for i, c in enumerate(configs)]
         return list(ray.get(futures))
 
