@@ -248,10 +248,8 @@ class QuantizeWeights(Pass):
             if exclude is not None and exclude.search(label):
                 ctx.remark(op, f"excluded by '{self.exclude}': weight @{weight.name} stays float")
                 continue
-            if not np.all(np.isfinite(data)):
-                ctx.remark(op, f"weight @{weight.name} holds NaN or Inf; stays float")
-                continue
-            if data.size < self.min_size:
+            _refuse_nonfinite(op, weight.name, data)
+            if data.size == 0 or data.size < self.min_size:
                 ctx.remark(op, f"weight @{weight.name} has {data.size} elements (< min-size {self.min_size}); "
                                "stays float")
                 continue
@@ -288,8 +286,8 @@ class QuantizeWeights(Pass):
             elif self.granularity == "block" or self.algo != "rtn":
                 ctx.remark(op, f"Conv weights are quantized per channel or per tensor with rtn; "
                                f"@{weight.name} stays float under granularity={self.granularity}, algo={self.algo}")
-            elif not np.all(np.isfinite(data)) or data.size < self.min_size:
-                ctx.remark(op, f"weight @{weight.name} holds NaN/Inf or is under min-size; stays float")
+            elif _refuse_nonfinite(op, weight.name, data) or data.size == 0 or data.size < self.min_size:
+                ctx.remark(op, f"weight @{weight.name} is empty or under min-size; stays float")
             else:
                 out.append(op)
         return out
@@ -329,6 +327,7 @@ class QuantizeWeights(Pass):
     def _apply_awq(self, graph: Graph, jobs: list[_WeightJob], calib, storage: DType, constants: set[int],
                    names: NameTable, ctx: PassContext) -> None:
         by_input: dict[int, list[_WeightJob]] = {}
+        order = {id(op): i for i, op in enumerate(graph)}
         for job in jobs:
             x = job.uses[0].x
             if x is not None:
@@ -355,7 +354,7 @@ class QuantizeWeights(Pass):
                 continue
             for job in group:
                 job.awq_scale = s
-            how = divide_input(graph, x, s, consumers, constants, names, suffix="awq")
+            how = divide_input(graph, x, s, consumers, constants, names, suffix="awq", order=order)
             ratio = float(s.max() / s.min())
             for op in consumers:
                 ctx.remark(op, f"awq: %{x.name} / s ({how}; s spans {ratio:.3g}x over {k} inputs)")
@@ -504,3 +503,13 @@ def _awq_inputs(stats) -> tuple[np.ndarray | None, np.ndarray | None]:
     if sample is not None:
         sample = np.asarray(sample, np.float32).reshape(-1, sums.size) if sample.size else None
     return sample, sums / max(1, rows)
+
+
+def _refuse_nonfinite(op: Op, name: str, data: np.ndarray) -> bool:
+    """NaN / Inf weights would give NaN scales: stop with the weight's name (returns False otherwise)."""
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise QCError(f"weight '{name}' of {op.qualified_type} '{op.name}' holds {bad} NaN/Inf values; "
+                      "it cannot be quantized", hint="fix the weights in the model, or keep this op float "
+                      "with --exclude")
+    return False

@@ -63,6 +63,7 @@ class SmoothQuant(Pass):
         graph = module.graph
         names = NameTable(graph)
         changed = False
+        order = {id(op): i for i, op in enumerate(graph)}
         for ops in matmuls_by_input(module):
             x = ops[0].operands[0]
             if exclude is not None and any(exclude.search(op.name or "") for op in ops):
@@ -76,7 +77,7 @@ class SmoothQuant(Pass):
                 ctx.remark(ops[0], f"%{x.name} has no per-feature statistics; not smoothed")
                 continue
             s = self._scales(stats.channel_absmax, [op.operands[1].const.numpy() for op in ops])
-            how = divide_input(graph, x, s, ops, constants, names, suffix="smooth")
+            how = divide_input(graph, x, s, ops, constants, names, suffix="smooth", order=order)
             for op in ops:
                 w = op.operands[1]
                 scaled = graph.add_const(names.fresh(f"{w.name}.smooth"),

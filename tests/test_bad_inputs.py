@@ -168,8 +168,6 @@ def test_zero_size_tensors_compile(tmp_path):
     np.testing.assert_array_equal(got, x)
 
 
-@pytest.mark.xfail(strict=True, reason="quantize-weights (passes/, another agent's) crashes on a [0, 3] weight: "
-                   "max of an empty array; see docs/robustness.md")
 def test_zero_size_weight_quantizes(tmp_path):
     model = graph_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [vi("x", F, [2, 0])],
                         [vi("y", F, [2, 3])], [numpy_helper.from_array(np.zeros((0, 3), np.float32), "w")])
@@ -251,8 +249,6 @@ def test_nan_and_inf_weights_import(tmp_path):
     assert proc.returncode == 0 and "nan" in proc.stdout and "inf" in proc.stdout, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="needs a finiteness check in passes/quantize_weights.py (another agent's); "
-                   "today NaN/Inf weights give NaN scales silently; see docs/robustness.md")
 def test_nan_weights_refused_by_quantization(tmp_path):
     w = np.ones((4, 3), np.float32)
     w[1, 1] = np.nan
