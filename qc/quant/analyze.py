@@ -54,6 +54,11 @@ def score_of(metric: str, reference: list[np.ndarray], outputs: list[np.ndarray]
     raise QCError(f"unknown metric '{metric}'", hint="one of " + ", ".join(METRICS))
 
 
+def main_output(names: Sequence[str]) -> str:
+    """The output a configuration is scored on: sentence_embedding or logits if present, else the first."""
+    return next((n for n in ("sentence_embedding", "logits") if n in names), names[0])
+
+
 class Scorer:
     """One onnxruntime session of the switchboard model; scores configurations."""
 
@@ -62,8 +67,7 @@ class Scorer:
 
         self.sess = ort_session(model) if isinstance(model, (str, os.PathLike)) else module_session(model)
         self.switches, self.feeds, self.metric = switches, feeds, metric
-        names = [o.name for o in self.sess.get_outputs()]
-        self.output = next((n for n in ("sentence_embedding", "logits") if n in names), names[0])
+        self.output = main_output([o.name for o in self.sess.get_outputs()])
         self.input_ids = [f["input_ids"] for f in feeds] if metric == "ppl" else None
         self.reference = self.outputs(Config(frozenset(), frozenset()))
 
@@ -221,6 +225,7 @@ class Analysis:
     layers: list[LayerResult]
     evaluations: int
     seconds: float
+    output: str = ""
 
     def ranking(self) -> list[LayerResult]:
         """Most sensitive first: the lowest SQNR / cosine alone, or the highest perplexity alone."""
@@ -256,4 +261,5 @@ def analyze(runner: Runner, *, exact: bool = False) -> Analysis:
         for i, layer in enumerate(layers):
             layer.alone_weight, layer.alone_act, layer.all_but = rest[3 * i:3 * i + 3]
     return Analysis(runner.metric, len(runner.feeds), base[0], base[1], base[2], base[3], layers,
-                    runner.evaluations, runner.seconds)
+                    runner.evaluations, runner.seconds,
+                    main_output([v.name for v in runner.module.graph.outputs]))

@@ -56,7 +56,7 @@ def activation_ranges(stats: Any, layer_inputs: dict[str, str]) -> dict[str, dic
 
 def format_analysis(a: Analysis, *, top: int, acts: dict, weights: dict) -> str:
     m = a.metric
-    lines = [f"metric: {m} of the first output against the float model, {a.samples} samples "
+    lines = [f"metric: {m} of output '{a.output}' against the float model, {a.samples} samples "
              f"({a.evaluations} evaluations, {a.seconds:.1f} s)",
              f"  all quantized        {_fmt(m, a.all_quantized)}",
              f"  weights only         {_fmt(m, a.weights_only)}",
@@ -87,15 +87,13 @@ def format_analysis(a: Analysis, *, top: int, acts: dict, weights: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bars_svg(a: Analysis, width: int = 960) -> str:
-    ranked = a.ranking()
+def _bars_svg(a: Analysis, width: int = 960, top: int | None = None) -> str:
+    ranked = a.ranking()[:top]
     bar_h, left = 14, 330
     h = bar_h * len(ranked) + 30
     vals = [r.alone for r in ranked]
-    finite = [v for v in vals if math.isfinite(v)] or [1.0]
-    if a.metric == "sqnr":   # longer bar = more error: plot (max - sqnr)
-        top = max(finite)
-        lengths = [(top - v) if math.isfinite(v) else 0.0 for v in vals]
+    if a.metric == "sqnr":   # bar = the noise power the layer adds, relative to the signal
+        lengths = [10 ** (-v / 10) if math.isfinite(v) else 0.0 for v in vals]
     elif a.metric == "cosine":
         lengths = [1.0 - v for v in vals]
     else:
@@ -109,7 +107,7 @@ def _bars_svg(a: Analysis, width: int = 960) -> str:
                      f'<title>{html.escape(r.name)}: {_fmt(a.metric, r.alone)}</title></rect>'
                      f'<text x="{left + length * scale + 4:.1f}" y="{y + 10}" font-size="10">{_fmt(a.metric, r.alone)}</text>')
     parts.append(f'<text x="{left}" y="12" font-size="11">error when only this layer is quantized '
-                 f'({html.escape(a.metric)}; longer = more sensitive)</text></svg>')
+                 f'({"noise power relative to the signal" if a.metric == "sqnr" else html.escape(a.metric)}; longer = more sensitive)</text></svg>')
     return "".join(parts)
 
 
