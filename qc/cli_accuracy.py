@@ -56,24 +56,15 @@ def _feeds_from(data, module) -> list[dict]:
 
 
 def _eval_feeds(args, module, holdout: list, tokenizer_for) -> list[dict]:
-    from .quant import calib_data
+    from .quant.compile import load_inputs
 
-    if args.eval_text and args.eval_data:
-        raise QCError("give either --eval-text or --eval-data, not both")
-    if args.eval_data:
-        data = calib_data.from_npz(args.eval_data)
-    elif args.eval_text:
-        from .data import text as textdata
-
-        tokenizer, _ = tokenizer_for(args)
-        data = calib_data.from_text(textdata.resolve_text(args.eval_text), tokenizer, seq_len=args.seq_len,
-                                    samples=args.eval_samples, input_names=calib_data.text_input_names(module))
-    else:
+    data = load_inputs(args, module, tokenizer_for, npz=args.eval_data, text=args.eval_text,
+                       samples=args.eval_samples, flags=("--eval-data", "--eval-text"))
+    if data is None:
         if not holdout:
             raise QCError("--accuracy needs evaluation data", hint="give --eval-text / --eval-data, or calibration "
                           "data with held-aside samples (--holdout N)")
         return holdout
-    calib_data.check_against(data, module)
     return _feeds_from(data, module)
 
 

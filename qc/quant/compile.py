@@ -40,18 +40,27 @@ def split_holdout(data: Any, requested: int | None, module: Any) -> tuple[Any, l
 
 def load_calibration(args: Any, module: Any, tokenizer_for) -> Any:
     """The calibration set the flags name (checked against the module's inputs), or None."""
+    return load_inputs(args, module, tokenizer_for, npz=args.calib, text=args.calib_text, samples=args.samples,
+                       flags=("--calib", "--calib-text"))
+
+
+def load_inputs(args: Any, module: Any, tokenizer_for, *, npz: str | None, text: str | None, samples: int | None,
+                flags: tuple[str, str]) -> Any:
+    """Model inputs from an .npz (or a directory of them) or from text cut into token windows
+    (``args.seq_len`` tokens, ``samples`` windows), checked against the module's inputs; None if
+    neither is given. ``flags`` name the two options in the messages."""
     from . import calib_data
 
-    if args.calib and args.calib_text:
-        raise QCError("give either --calib or --calib-text, not both")
-    if args.calib:
-        data = calib_data.from_npz(args.calib)
-    elif args.calib_text:
+    if npz and text:
+        raise QCError(f"give either {flags[0]} or {flags[1]}, not both")
+    if npz:
+        data = calib_data.from_npz(npz)
+    elif text:
         from qc.data import text as textdata
 
         tokenizer, _ = tokenizer_for(args)
-        data = calib_data.from_text(textdata.resolve_text(args.calib_text), tokenizer, seq_len=args.seq_len,
-                                    samples=args.samples, input_names=calib_data.text_input_names(module))
+        data = calib_data.from_text(textdata.resolve_text(text), tokenizer, seq_len=args.seq_len,
+                                    samples=samples, input_names=calib_data.text_input_names(module))
     else:
         return None
     calib_data.check_against(data, module)

@@ -250,25 +250,23 @@ def _validate(data: dict, text: str, path: str) -> Target:
                                 const_weight=e.get("const_weight", False), cost=float(e["cost"]),
                                 status=e.get("status", "native"), source=e["source"]))
         kernels[dev] = table
-    other_ops: dict[str, tuple[str, ...]] = {}
-    for dev, dtypes in data.get("other_ops", {}).items():
-        key = f"other_ops.{dev}"
-        if dev not in devices:
-            fail(key, f"'{dev}' is not one of the target's devices ({', '.join(devices)})")
-        if not isinstance(dtypes, list):
-            fail(key, f"expected an array of dtypes (or [\"*\"]), got {type(dtypes).__name__} {dtypes!r}")
-        for d in strings(key, dtypes):
+    def per_device(table: str, what: str) -> dict[str, tuple[str, ...]]:
+        out = {}
+        for dev, items in data.get(table, {}).items():
+            key = f"{table}.{dev}"
+            if dev not in devices:
+                fail(key, f"'{dev}' is not one of the target's devices ({', '.join(devices)})")
+            if not isinstance(items, list):
+                fail(key, f"expected an array of {what}, got {type(items).__name__} {items!r}")
+            out[dev] = strings(key, items)
+        return out
+
+    other_ops = per_device("other_ops", 'dtypes (or ["*"])')
+    for dev, dtypes in other_ops.items():
+        for d in dtypes:
             if d != "*":
-                check_enum(key, d, DTYPES + ("int64", "bool"), "dtype")
-        other_ops[dev] = tuple(dtypes)
-    unsupported: dict[str, tuple[str, ...]] = {}
-    for dev, op_types in data.get("unsupported_ops", {}).items():
-        key = f"unsupported_ops.{dev}"
-        if dev not in devices:
-            fail(key, f"'{dev}' is not one of the target's devices ({', '.join(devices)})")
-        if not isinstance(op_types, list):
-            fail(key, f"expected an array of op types, got {type(op_types).__name__} {op_types!r}")
-        unsupported[dev] = strings(key, op_types)
+                check_enum(f"other_ops.{dev}", d, DTYPES + ("int64", "bool"), "dtype")
+    unsupported = per_device("unsupported_ops", "op types")
     copy_cost = float(data.get("copy_cost", 0.0))
     if copy_cost < 0:
         fail("copy_cost", f"must not be negative, got {copy_cost}")
