@@ -296,10 +296,14 @@ class Calibrate(Pass):
 # -- helpers ------------------------------------------------------------------------------------
 def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
     """A worker's share of the samples: fresh statistics (copies of the empty templates it was sent)."""
-    from qc.runtime import ort_session
+    import onnx
+
+    from qc.frontend.onnx import import_onnx
 
     path, fetched, from_feed, stats, feeds, batch = job
-    session = ort_session(path, optimize=True)
+    module = import_onnx(onnx.load(path))  # the same session setup as one process, so the same floats
+    outputs = {v.name: v for v in module.graph.outputs}
+    session = _session(module, [outputs[n] for n in fetched])
     skipped: set[str] = set()
     for feed, _ in _batches(feeds, batch):
         results = session.run(fetched, feed) if fetched else []

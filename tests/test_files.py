@@ -166,6 +166,12 @@ def test_interrupted_export_leaves_no_output(tmp_path, large_model, sig):
     assert proc.poll() is None, "the compile ended before its export could be interrupted"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGINT and proc.returncode == 0:
+        # Python saw the signal only after the last write returned (a long C call): then the
+        # output must be whole, and nothing else left behind
+        assert os.listdir(out_dir) == ["o.onnx"]
+        onnx.checker.check_model(out)
+        return
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "interrupted; no output was written" in stderr, stderr
     else:

@@ -63,9 +63,15 @@ class Scorer:
     """One onnxruntime session of the switchboard model; scores configurations."""
 
     def __init__(self, model: Any, switches: list[Switch], feeds: list[dict[str, np.ndarray]], metric: str):
-        from qc.runtime import module_session, ort_session
+        from qc.runtime import module_session
 
-        self.sess = ort_session(model) if isinstance(model, (str, os.PathLike)) else module_session(model)
+        if isinstance(model, (str, os.PathLike)):  # a worker: the same kind of session as in process
+            import onnx
+
+            from qc.frontend.onnx import import_onnx
+
+            model = import_onnx(onnx.load(os.fspath(model)))
+        self.sess = module_session(model)
         self.switches, self.feeds, self.metric = switches, feeds, metric
         self.output = main_output([o.name for o in self.sess.get_outputs()])
         self.input_ids = [f["input_ids"] for f in feeds] if metric == "ppl" else None
