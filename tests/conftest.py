@@ -65,3 +65,13 @@ def run_and_check(model: onnx.ModelProto, spec: str) -> tuple[onnx.ModelProto, l
     out = qc.export_onnx(module)
     onnx.checker.check_model(out, full_check=True)
     return out, ctx.remarks
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32(tmp_path_factory):
+    """all-MiniLM-L6-v2 as float32 ONNX, built once per test session from its installed package."""
+    from qc.models import minilm
+
+    path = tmp_path_factory.mktemp("minilm") / "minilm-l6-fp32.onnx"
+    minilm.build_onnx(str(path))
+    return path

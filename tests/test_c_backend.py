@@ -144,12 +144,10 @@ def test_missing_shape_is_an_error(tmp_path):
         emit_c(import_onnx(m), tmp_path / "c", A76, shapes={"x": (2, 5)})
 
 
-def test_minilm_float_matches_onnxruntime(tmp_path):
+def test_minilm_float_matches_onnxruntime(tmp_path, minilm_fp32):
     """MiniLM-L6 float32 with a static sequence length of 16 (shape arithmetic folded away)."""
     toolchain.require_tools("host")
-    path = ROOT / "out" / "bench" / "minilm-l6-fp32.onnx"
-    if not path.exists():
-        pytest.skip(f"{path} missing (qc models build minilm-l6 -o {path})")
+    path = minilm_fp32
     rng = np.random.RandomState(0)
     inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64),
               "attention_mask": np.ones((1, 16), np.int64)}
@@ -264,13 +262,11 @@ def _a76_run(out_dir: Path, inputs: dict, timeout: float = 300.0) -> list[np.nda
     return run_model(exe, report, inputs, "aarch64", "cortex-a76", timeout=timeout)
 
 
-def test_minilm_w8a8_cortex_a76_under_qemu(tmp_path):
+def test_minilm_w8a8_cortex_a76_under_qemu(tmp_path, minilm_fp32):
     """MiniLM-L6 w8a8 for cortex-a76 (dot-product kernels, native float16) under qemu: the same
     bytes as the portable host build, and within the stated bounds of onnxruntime on the same ONNX."""
     toolchain.require_tools("aarch64")
-    src = ROOT / "out" / "bench" / "minilm-l6-fp32.onnx"
-    if not src.exists():
-        pytest.skip(f"{src} missing (qc models build minilm-l6 -o {src})")
+    src = minilm_fp32
     out = tmp_path / "c"
     _qc("compile", src, "--target", "cortex-a76", "--quant", "w8a8", "--calib-text", "licenses", "--samples", 8,
         "--emit", "c", "--shape", "input_ids=1x16,attention_mask=1x16", "--emit-harness", "-o", out, "--quiet")
@@ -316,9 +312,8 @@ def test_smollm2_w8a8_next_token_under_qemu(tmp_path):
     from qc.models import tokenizer
 
     toolchain.require_tools("aarch64")
-    src = ROOT / "out" / "bench" / "smollm2-135m-fp32.onnx"
-    if not src.exists():
-        pytest.skip(f"{src} missing (qc models build smollm2-135m -o {src})")
+    src = tmp_path / "smollm2-135m.onnx"
+    _qc("models", "build", "smollm2-135m", "-o", src)
     ids = np.array([tokenizer("smollm2-135m").encode(
         "The quick brown fox jumps over the lazy dog. The capital of France is").ids], np.int64)
     out = tmp_path / "c"
@@ -329,13 +324,11 @@ def test_smollm2_w8a8_next_token_under_qemu(tmp_path):
     assert logits[0, -1].argmax() == ref[0, -1].argmax()
 
 
-def test_minilm_w4_matmulnbits(tmp_path):
+def test_minilm_w4_matmulnbits(tmp_path, minilm_fp32):
     """w4 (int4 blocks of 32, asymmetric): com.microsoft.MatMulNBits lowered to qc_matmul_f32_s4;
     shapes inferred through the contrib op; against onnxruntime's MatMulNBits."""
     toolchain.require_tools("host")
-    src = ROOT / "out" / "bench" / "minilm-l6-fp32.onnx"
-    if not src.exists():
-        pytest.skip(f"{src} missing (qc models build minilm-l6 -o {src})")
+    src = minilm_fp32
     q = tmp_path / "w4.onnx"
     _qc("compile", src, "--target", "cortex-a76", "--quant", "w4", "--emit", "onnx", "-o", q, "--quiet")
     report, exe = _emit_portable(q, tmp_path / "c", {"input_ids": (1, 16), "attention_mask": (1, 16)})
