@@ -39,10 +39,16 @@ def device_costs(target, u: Unit) -> dict[str, float]:
     return {dev: k.cost for dev, k in device_kernels(target, u).items()}
 
 
+def float_kernel_cost(target, device: str, op: str) -> float | None:
+    """The cheapest float32 kernel for ``op`` on ``device``, None if it has none."""
+    hits = [k.cost for k in target.kernels.get(device, ()) if k.op == op and k.act == "float32" and k.weight == "float32"]
+    return min(hits) if hits else None
+
+
 def float_cost(target, device: str, op: str) -> float:
     """Cost of the dequantize + float route on ``device`` (its float32 kernel, else 1.0)."""
-    hits = [k.cost for k in target.kernels.get(device, ()) if k.op == op and k.act == "float32" and k.weight == "float32"]
-    return min(hits) if hits else 1.0
+    cost = float_kernel_cost(target, device, op)
+    return 1.0 if cost is None else cost
 
 
 def _member_dtype(op: Op) -> str | None:
@@ -61,10 +67,9 @@ def emulation_costs(target, u: Unit) -> dict[str, float]:
         return {}
     out = {}
     for dev in target.devices:
-        floats = [k.cost for k in target.kernels.get(dev, ())
-                  if k.op == u.kind and k.act == "float32" and k.weight == "float32"]
-        if floats and all(target.runs_op(dev, m.op_type, _member_dtype(m)) for m in u.members() if m is not u.op):
-            out[dev] = min(floats)
+        cost = float_kernel_cost(target, dev, u.kind)
+        if cost is not None and all(target.runs_op(dev, m.op_type, _member_dtype(m)) for m in u.members() if m is not u.op):
+            out[dev] = cost
     return out
 
 
