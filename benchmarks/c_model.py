@@ -25,7 +25,7 @@ from qc.backends.c import emit_c  # noqa: E402
 from qc.backends.c.prepare import parse_shapes  # noqa: E402
 from qc.backends.c.runner import build_model, run_model  # noqa: E402
 from qc.frontend.onnx import import_onnx  # noqa: E402
-from qc.runtime import ort_session  # noqa: E402
+from qc.onnx.evaluator import ort_session  # noqa: E402
 from qc.targets import load_target  # noqa: E402
 
 

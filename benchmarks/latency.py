@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import qc.models
-    from qc import metrics
+    from qc.tools import metrics
     from qc.data.text import default_evaluation_text, token_windows
 
     paths = sorted(glob.glob(os.path.join(args.out, f"{args.model}-*.onnx")))

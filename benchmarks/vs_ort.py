@@ -227,7 +227,7 @@ def model_size_mb(path: str) -> float:
 
 
 def quality(model: str, path: str, ev: dict, optimize: bool, ref_emb=None) -> tuple[str, object]:
-    from qc import metrics
+    from qc.tools import metrics
 
     disabled = DISABLED.get(model)
     if model == "smollm2-135m":
@@ -241,7 +241,7 @@ def quality(model: str, path: str, ev: dict, optimize: bool, ref_emb=None) -> tu
 
 
 def latency(model: str, path: str, feeds: dict, runs: int) -> float:
-    from qc import metrics
+    from qc.tools import metrics
 
     return metrics.latency_ms(path, feeds, runs=runs, warmup=3, optimize=True, disabled_optimizers=DISABLED.get(model))
 

@@ -5,6 +5,7 @@ Writing a pass: see docs/writing-passes.md. Import the pieces from here::
     from qc.passes import Pass, PassContext, register_pass
 """
 from qc.pm import Pass, PassContext, register_pass, register_pipeline
+from qc.quant.schemes import OPTIMIZATION_PIPELINE
 
 from . import (  # noqa: F401
     calibrate, check_kernels, cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, legalize, lower_qop,
@@ -13,7 +14,7 @@ from . import (  # noqa: F401
 
 register_pipeline(
     "default",
-    "propagate-shapes,remove-identity,fold-constants,fold-batchnorm,cse,dce",
+    OPTIMIZATION_PIPELINE,
     "the optimization pipeline `qc compile` runs before the backend",
 )
 

@@ -1,11 +1,13 @@
 """Helpers shared by the built-in passes (not a public API)."""
 from __future__ import annotations
 
+import re
 import struct
 from typing import Iterator
 
 import numpy as np
 
+from qc.errors import QCError
 from qc.ir.core import Attr, Function, Graph, Module, Op, Value
 from qc.ir.tensor import SparseTensor, Tensor
 
@@ -186,3 +188,14 @@ def can_hold_consts(module: Module, g: Graph, fn: Function | None) -> bool:
     return fn is None and (module.ir_version >= 4 or g is module.graph)
 
 
+
+
+def compile_regex(pass_name: str, option: str, pattern: str) -> "re.Pattern[str] | None":
+    """An option's regular expression, or None when empty; a bad one is the user's error."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise QCError(f"{pass_name}: {option} '{pattern}' is not a valid regular expression: {e}",
+                      hint=f"e.g. {option}=lm_head|embed") from None

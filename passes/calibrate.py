@@ -15,9 +15,9 @@ from qc.ir.core import Module, Op, Value
 from qc.ir.tensor import SparseTensor, Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
-from qc.runtime import trim_heap
-from qc.quant.calib_data import CalibrationData, check_against, from_npz
-from qc.quant.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
+from qc.onnx.evaluator import trim_heap
+from qc.calib.data import CalibrationData, check_against, from_npz
+from qc.calib.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
 
 from ._util import graphs, is_default_domain
 from .insert_qdq import learned_dequantize
@@ -50,7 +50,7 @@ class Calibrate(Pass):
 
     The IR is not changed::
 
-        %y = onnx.MatMul(%x, @w)       ->  unchanged;  ctx.cache["calibration"]["x"] = TensorStats(
+        %y = onnx.MatMul(%x, @w)       ->  unchanged;  ctx.calibration["x"] = TensorStats(
                                                            min, max, histogram, per-feature |x| max/sum,
                                                            Hessian X^T X, row sample)
 
@@ -68,8 +68,8 @@ class Calibrate(Pass):
     ``hessian`` (K x K float64 per tensor) and ``rows`` (at most that many rows kept for AWQ)
     apply to operands that multiply a constant weight (MatMul A, Gemm A), not to Conv.
 
-    Data: ``ctx.options["calibration_data"]`` (a CalibrationData or an .npz path), checked
-    against the model inputs first. ``ctx.options["calibration_cache"]`` (a path): loaded
+    Data: ``ctx.calibration_data`` (a CalibrationData or an .npz path), checked
+    against the model inputs first. ``ctx.calibration_cache`` (a path): loaded
     instead of running when its key (model structure and weights fingerprint, observed
     tensors, data, collection options) matches, else written after running. ``method`` is
     recorded in the statistics as the default range method of ``insert-qdq``. Values with
@@ -96,10 +96,9 @@ class Calibrate(Pass):
     """also observe MatMuls of two activations (attention); insert-qdq's option of the same name"""
     jobs: int = 0
     """worker processes, each running a contiguous share of the samples; their statistics merge
-    (0: ctx.options["jobs"], else 1)"""
+    (0: ctx.jobs)"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        self._validate()
         data = _calibration_data(ctx)
         check_against(data, module)
         from qc.ir.naming import assign_unique_names
@@ -111,15 +110,15 @@ class Calibrate(Pass):
             ctx.remark(None, f"{len(kept)} operands already quantized (QAT or an earlier pass) keep their scales; "
                              f"not observed: {', '.join('%' + n for n in kept[:5])}" + (" ..." if len(kept) > 5 else ""))
         key = self._key(module, observed, data)
-        cache_path = ctx.options.get("calibration_cache")
+        cache_path = ctx.calibration_cache
         if cache_path:
             cache_path = os.fspath(cache_path)
             if os.path.exists(cache_path):
                 cached = CalibrationStats.load(cache_path)
                 if cached.key == key:
                     cached.method = self.method
-                    ctx.cache["calibration"] = cached
-                    ctx.cache["calibration_from_cache"] = cache_path
+                    ctx.calibration = cached
+                    ctx.calibration_from_cache = cache_path
                     ctx.remark(None, f"{cached.samples} samples, {len(cached.tensors)} tensors, "
                                      f"loaded from {cache_path}")
                     return False
@@ -135,14 +134,14 @@ class Calibrate(Pass):
             if s.nonfinite:
                 ctx.remark(None, f"'{name}' had {s.nonfinite} NaN/Inf values, left out of its statistics")
         seconds = time.perf_counter() - start
-        ctx.cache["calibration"] = stats
+        ctx.calibration = stats
         ctx.remark(None, f"{stats.samples} samples, {len(stats.tensors)} tensors, {seconds:.2f} s")
         if cache_path:
             stats.save(cache_path)
         return False
 
     # -- what to observe -------------------------------------------------------------------
-    def _validate(self) -> None:
+    def validate(self) -> None:
         if self.method not in METHODS:
             raise QCError(f"calibrate: unknown method '{self.method}'", hint="use one of " + ", ".join(METHODS))
         if not self.op_types():
@@ -214,7 +213,7 @@ class Calibrate(Pass):
             ctx.remark(None, f"batch-size {batch} ignored: the model's batch dimension is static; running one "
                              "sample at a time")
             batch = 1
-        jobs = self.jobs or int(ctx.options.get("jobs", 1) or 1)
+        jobs = self.jobs or int(ctx.jobs or 1)
         if jobs > 1 and len(data) > 1:
             return self._collect_in_workers(module, observed, fetched, from_feed, stats, data, batch, jobs, ctx)
         skipped: set[str] = set()
@@ -255,7 +254,7 @@ class Calibrate(Pass):
 
         import onnx
 
-        from qc.backends.onnx.writer import export_onnx, value_info
+        from qc.onnx.writer import export_onnx, value_info
 
         tmp = tempfile.mkdtemp(prefix="qc-calibrate-")
         try:
@@ -298,10 +297,10 @@ def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
     """A worker's share of the samples: fresh statistics (copies of the empty templates it was sent)."""
     import onnx
 
-    from qc.frontend.onnx import import_onnx
+    from qc.onnx.reader import import_model
 
     path, fetched, from_feed, stats, feeds, batch = job
-    module = import_onnx(onnx.load(path))  # the same session setup as one process, so the same floats
+    module = import_model(onnx.load(path))  # the same session setup as one process, so the same floats
     outputs = {v.name: v for v in module.graph.outputs}
     session = _session(module, [outputs[n] for n in fetched])
     skipped: set[str] = set()
@@ -315,13 +314,13 @@ def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
 
 
 def _calibration_data(ctx: PassContext) -> CalibrationData:
-    data = ctx.options.get("calibration_data")
+    data = ctx.calibration_data
     if data is None:
         raise QCError("calibrate needs calibration data, and none was given", hint=DATA_HINT)
     if isinstance(data, (str, os.PathLike)):
         return from_npz(data)
     if not isinstance(data, CalibrationData):
-        raise TypeError(f"ctx.options['calibration_data'] must be a CalibrationData or a path, "
+        raise TypeError(f"ctx.calibration_data must be a CalibrationData or a path, "
                         f"got {type(data).__name__}")
     return data
 
@@ -424,7 +423,7 @@ def _batches(feeds: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[tupl
 def _session(module: Module, values: list[Value]):
     """An onnxruntime session of the module with ``values`` as extra outputs, reading the IR's
     weights in place (no proto or serialized copy of them; no limit at 2 GB)."""
-    from qc.runtime import module_session
+    from qc.onnx.evaluator import module_session
 
     typed = [v if isinstance(v.type, TensorType) and v.type.dtype is not None else Value(v.name) for v in values]
     return module_session(module, extra_outputs=typed, optimize=True, prepack=False)
@@ -433,7 +432,7 @@ def _session(module: Module, values: list[Value]):
 def _progress(total: int, ctx: PassContext):
     from tqdm import tqdm
 
-    quiet = bool(ctx.options.get("quiet")) or not sys.stderr.isatty()
+    quiet = ctx.quiet or not sys.stderr.isatty()
     return tqdm(total=total, desc="calibrate", unit="sample", file=sys.stderr, disable=quiet, leave=False)
 
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.pm import Pass, PassContext, register_pass
+from qc.targets import load_target
+from qc.targets.placement import Placement
 
 from ._units import FLOATS, Unit, dtype_name, macs, node_unit
 from ._util import graphs
@@ -207,7 +210,10 @@ class CheckKernels(Pass):
     Q/DQ nodes run with it. Never rewrites; annotates every op of the main graph with its device
     (``%y = onnx.MatMul(...) on gpu``) and returns True only if an annotation changed.
 
-    Results in ``ctx.cache``: ``placement`` (one dict per unit: node, op, dtypes, granularity, from,
+    ``fallback``: what to do with units that leave the preferred device: ``allow`` keeps them,
+    ``warn`` adds a remark per unit, ``error`` stops with the list of nodes.
+
+    Result in ``ctx.placement`` (a :class:`~qc.targets.placement.Placement`): ``units`` (one dict per unit: node, op, dtypes, granularity, from,
     to, reason, kernel, cost, macs, estimate), ``fallbacks`` (the units that leave the preferred
     device or have no kernel there, e.g. ``MatMul float32 x int4 (block 32): no kernel on gpu ->
     cpu``), ``traffic`` (copies between devices with bytes, device transitions along the
@@ -217,14 +223,15 @@ class CheckKernels(Pass):
 
     target: str = ""
     """target name or .toml path (default: the pass context's target)"""
+    fallback: Literal["allow", "warn", "error"] = "allow"
+    """allow | warn | error: what to do with units that fall back from the preferred device"""
+
+    def validate(self) -> None:
+        if self.target:
+            load_target(self.target)  # an unknown target fails when the pipeline is parsed
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc.targets import load_target
-
-        name = self.target or ctx.target
-        if not name:
-            raise QCError("check-kernels needs a target", hint="check-kernels{target=x86-avx2} or --target NAME")
-        tgt = load_target(name)
+        tgt = ctx.require_target("check-kernels", self.target)
         placement: list[dict] = []
         device_of_op: dict[int, str] = {}
         for g, _fn in list(graphs(module)):
@@ -259,12 +266,23 @@ class CheckKernels(Pass):
                 if dev is not None and op.device != dev:
                     op.device = dev
                     changed = True
-        ctx.cache["placement"] = placement
-        ctx.cache["fallbacks"] = [p for p in placement if p["fallback"]]
-        ctx.cache["traffic"] = traffic
-        ctx.cache["cost"] = {"compute": compute, "copy_bytes": copied, "copy": copied * tgt.copy_cost,
-                             "total": compute + copied * tgt.copy_cost,
-                             "unknown_macs": sum(1 for p in placement if p["macs"] is None)}
-        ctx.cache["ops_per_device"] = {d: sum(1 for op in g.ops if device_of_op.get(id(op)) == d)
-                                       for d in tgt.devices}
+        ctx.placement = Placement(
+            units=placement, fallbacks=[p for p in placement if p["fallback"]], traffic=traffic,
+            cost={"compute": compute, "copy_bytes": copied, "copy": copied * tgt.copy_cost,
+                  "total": compute + copied * tgt.copy_cost,
+                  "unknown_macs": sum(1 for p in placement if p["macs"] is None)},
+            ops_per_device={d: sum(1 for op in g.ops if device_of_op.get(id(op)) == d) for d in tgt.devices})
+        self._apply_fallback_policy(ctx.placement.fallbacks, tgt, ctx)
         return changed
+
+    def _apply_fallback_policy(self, left: list[dict], tgt, ctx: PassContext) -> None:
+        if left and self.fallback == "error":
+            shown = "; ".join(f"{p['node']} ({p['reason']})" for p in left[:10])
+            more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+            raise QCError(f"{len(left)} node units fall back from {tgt.preferred_device} on target "
+                          f"{tgt.name}: {shown}{more}",
+                          hint="use --fallback=warn to compile anyway, or choose a scheme the target has "
+                               "kernels for (`qc targets " + tgt.name + "`)")
+        if self.fallback == "warn":
+            for p in left:
+                ctx.remark(None, f"{p['node']}: fallback: {p['reason']}")

@@ -9,7 +9,7 @@ from typing import Iterable
 import numpy as np
 from onnx import TensorProto
 
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
@@ -385,7 +385,7 @@ class _NodeFailed(Exception):
 def _run_batch(ops: list[Op], opsets: dict[str, int], sources: dict[int, Tensor],
                computed: dict[int, Tensor], runner: str) -> dict[int, Tensor]:
     """Run ``ops`` as one model; inputs come from consts, ``sources`` and ``computed``."""
-    from qc.backends.onnx import export_onnx
+    from qc.onnx.writer import export_onnx
     from qc.ir.core import Module
 
     tg = Graph("qc_fold")

@@ -13,7 +13,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import opsets_for
+from ._util import compile_regex, opsets_for
 
 ACTIVATION_DTYPES = ("u8", "i8", "u16", "i16", "u4", "i4")
 
@@ -125,7 +125,7 @@ class InsertQDQ(Pass):
         dtype = self._dtype()
         op_types = {t.strip() for t in self.ops.split(",") if t.strip()}
         exclude = re.compile(self.exclude) if self.exclude else None
-        calib = None if self.dynamic else ctx.cache.get("calibration")
+        calib = None if self.dynamic else ctx.calibration
         if not self.dynamic and calib is None:
             raise QCError("insert-qdq needs calibration statistics for static quantization: run calibrate first",
                           hint="qc compile --quant adds it; give --calib FILE.npz or --calib-text FILE --tokenizer T, "
@@ -174,6 +174,10 @@ class InsertQDQ(Pass):
         return changed
 
     # -- pieces ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        self._dtype()
+        compile_regex("insert-qdq", "exclude", self.exclude)
+
     def _dtype(self) -> DType:
         if self.dtype not in ACTIVATION_DTYPES:
             raise QCError(f"insert-qdq: dtype '{self.dtype}' is not an activation type",
@@ -205,7 +209,7 @@ class InsertQDQ(Pass):
             if stats is None:
                 ctx.remark(consumer, f"no calibration statistics for %{x.name}; input left float")
                 return None
-            from qc.quant.stats import choose_range, scale_zero_point
+            from qc.calib.stats import choose_range, scale_zero_point
 
             qmin, qmax = storage_range(dtype, self.symmetric)
             if method != "minmax" and stats.hist is None:

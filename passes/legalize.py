@@ -7,18 +7,18 @@ from typing import Callable
 
 import numpy as np
 
-from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
+from qc.targets import load_target
 from qc.quant.weight_algos import dequantize, quantize_rtn
 
 from ._scaling import NameTable
 from ._units import FLOATS, Unit, dtype_name, macs, node_unit
 from ._util import const_array
-from .check_kernels import CheckKernels, device_costs, float_cost, nbytes, place_unit
+from .check_kernels import device_costs, float_cost, nbytes, place_unit
 
 _UNSIGNED = {"uint8": "int8"}
 
@@ -52,29 +52,23 @@ class Legalize(Pass):
             -> MatMul(x, W:f32)                                           (float32 weights)
         (also for DynamicQuantizeMatMul and QDQ units with constant weights: the float16 / float32 forms)
 
-    ``fallback``: what to do with units that still leave the preferred device afterwards:
-    ``allow`` keeps them, ``warn`` adds a remark per unit, ``error`` stops with the list of nodes.
-    ``ctx.cache["legalized"]`` lists each rewrite with its estimated cost before and after (MACs x
+    What still falls back afterwards is ``check-kernels``' to report (it runs next in a compile,
+    with ``fallback=allow|warn|error``). ``ctx.legalized`` lists each rewrite with its estimated cost before and after (MACs x
     relative kernel cost, plus the copies saved; nominal costs from the target file).
     """
 
     target: str = ""
     """target name or .toml path (default: the pass context's target)"""
-    fallback: str = "allow"
-    """allow | warn | error: what to do with units still falling back afterwards"""
+
+    def validate(self) -> None:
+        if self.target:
+            load_target(self.target)  # an unknown target fails when the pipeline is parsed
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc.targets import load_target
-
-        if self.fallback not in ("allow", "warn", "error"):
-            raise QCError(f"legalize: fallback must be allow, warn or error, not '{self.fallback}'")
-        name = self.target or ctx.target
-        if not name:
-            raise QCError("legalize needs a target", hint="legalize{target=mali-gpu} or --target NAME")
-        tgt = load_target(name)
+        tgt = ctx.require_target("legalize", self.target)
         g = module.graph
         names = NameTable(g)
-        done: list[dict] = list(ctx.cache.get("legalized", []))
+        done: list[dict] = list(ctx.legalized or [])
         rewrites = 0
         for op in list(g.ops):
             if op.graph is not g:
@@ -100,20 +94,7 @@ class Legalize(Pass):
             done.append({"node": op.name, "change": best.name + f" -> {tgt.preferred_device}",
                          "cost_before": None if n is None else round(n * before, 3),
                          "cost_after": None if n is None else round(n * cost, 3)})
-        ctx.cache["legalized"] = done
-        check = CheckKernels(target=name)
-        check.run(module, ctx)
-        left = ctx.cache["fallbacks"]
-        if left and self.fallback == "error":
-            shown = "; ".join(f"{p['node']} ({p['reason']})" for p in left[:10])
-            more = f" and {len(left) - 10} more" if len(left) > 10 else ""
-            raise QCError(f"{len(left)} node units fall back from {tgt.preferred_device} on target "
-                          f"{tgt.name}: {shown}{more}",
-                          hint="use --fallback=warn to compile anyway, or choose a scheme the target has "
-                               "kernels for (`qc targets " + tgt.name + "`)")
-        if self.fallback == "warn":
-            for p in left:
-                ctx.remark(None, f"{p['node']}: fallback: {p['reason']}")
+        ctx.legalized = done
         return rewrites > 0
 
 

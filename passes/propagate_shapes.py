@@ -42,8 +42,8 @@ class PropagateShapes(Pass):
     """raise a QCError when shape inference fails instead of ignoring it"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc.backends.onnx.writer import export_onnx_sharing_weights
-        from qc.frontend.onnx import convert_type
+        from qc.onnx.writer import export_onnx_sharing_weights
+        from qc.onnx.reader import convert_type
 
         try:
             proto, _ = export_onnx_sharing_weights(module)  # types only: no copy of the weights

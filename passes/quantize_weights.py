@@ -170,6 +170,10 @@ class QuantizeWeights(Pass):
         return True
 
     # -- options -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        self._storage_dtype()
+        self._exclude_pattern()
+
     def _storage_dtype(self) -> DType:
         if self.granularity not in algos.GRANULARITIES:
             raise QCError(f"quantize-weights: unknown granularity '{self.granularity}'",
@@ -220,7 +224,7 @@ class QuantizeWeights(Pass):
     def _calibration(self, ctx: PassContext):
         if self.algo == "rtn":
             return None
-        calib = ctx.cache.get("calibration")
+        calib = ctx.calibration
         if calib is None:
             needs = GPTQ_NEEDS if self.algo == "gptq" else AWQ_NEEDS
             raise QCError(needs.format(algo=self.algo), hint="qc compile adds calibrate when given --calib data")

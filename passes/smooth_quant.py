@@ -12,7 +12,7 @@ from qc.ir.tensor import Tensor
 from qc.pm import Pass, PassContext, register_pass
 
 from ._scaling import NameTable, divide_input, matmuls_by_input
-from ._util import constant_consts
+from ._util import compile_regex, constant_consts
 from .insert_qdq import learned_dequantize
 
 
@@ -51,10 +51,13 @@ class SmoothQuant(Pass):
     exclude: str = ""
     """regex: MatMuls whose name matches are not smoothed (nor the others reading the same activation)"""
 
-    def run(self, module: Module, ctx: PassContext) -> bool:
+    def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise QCError(f"smooth-quant: alpha must be in [0, 1], got {self.alpha}")
-        calib = ctx.cache.get("calibration")
+        compile_regex("smooth-quant", "exclude", self.exclude)
+
+    def run(self, module: Module, ctx: PassContext) -> bool:
+        calib = ctx.calibration
         if calib is None:
             raise QCError("smooth-quant needs calibration statistics: run calibrate first",
                           hint="qc compile --quant w8a8 --outliers smooth adds it; give --calib or --calib-text")
@@ -103,7 +106,7 @@ class SmoothQuant(Pass):
 
 def _divided(stats, s: np.ndarray):
     """The statistics of ``x / s`` (per feature), without a histogram."""
-    from qc.quant.stats import TensorStats
+    from qc.calib.stats import TensorStats
 
     out = TensorStats(channels=True, histogram=False, axis=stats.axis)
     out.channel_min = (stats.channel_min / s).astype(np.float32)

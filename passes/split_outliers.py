@@ -14,6 +14,9 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
+from ._util import compile_regex
+from qc.quant.outliers import OutlierSplit
+
 from ._scaling import matmuls_by_input
 from .insert_qdq import learned_dequantize
 
@@ -22,18 +25,7 @@ _FLOAT16 = 10
 _FLOAT = 1
 
 
-@dataclass
-class Split:
-    """What the pass decided for one activation (the report lists these)."""
-
-    activation: str
-    ops: list[str]
-    columns: list[int]
-    features: int
-    mode: str
-    reason: str
-    outlier_absmax: float
-    rest_absmax: float
+Split = OutlierSplit  # the record type, kept under its old name
 
 
 @dataclass
@@ -94,20 +86,22 @@ class SplitOutliers(Pass):
     exclude: str = ""
     """regex: MatMuls whose name matches are not split"""
 
-    def run(self, module: Module, ctx: PassContext) -> bool:
+    def validate(self) -> None:
         if self.mode not in MODES:
             raise QCError(f"split-outliers: unknown mode '{self.mode}'", hint="one of " + ", ".join(MODES))
         if not 0.0 < self.max_fraction <= 1.0:
             raise QCError(f"split-outliers: max-fraction must be in (0, 1], got {self.max_fraction}")
-        calib = ctx.cache.get("calibration")
+        compile_regex("split-outliers", "exclude", self.exclude)
+
+    def run(self, module: Module, ctx: PassContext) -> bool:
+        calib = ctx.calibration
         if calib is None:
             raise QCError("split-outliers needs calibration statistics: run calibrate first",
                           hint="qc compile --quant w8a8 --outliers split adds it; give --calib or --calib-text")
-        splits: list[Split] = ctx.cache.setdefault("outlier_splits", [])
+        splits: list[Split] = ctx.outlier_splits
         changed = False
         plans = self.plan(module, calib, ctx, keep_empty=True)
-        ctx.cache["outlier_candidate_columns"] = (ctx.cache.get("outlier_candidate_columns", 0)
-                                                  + sum(int(p.stats.features) for p in plans))
+        ctx.outlier_candidate_columns += sum(int(p.stats.features) for p in plans)
         for plan in plans:
             x, ops, stats, columns, rest = plan.x, plan.ops, plan.stats, plan.columns, plan.rest
             if columns.size == 0 or rest.size == 0:
@@ -281,7 +275,7 @@ class SplitOutliers(Pass):
 def _rest_stats(stats, rest: np.ndarray):
     """Statistics of the rest columns, from the per-feature ones (no histogram: ranges are minmax),
     with the Hessian and row sample restricted to them (GPTQ / AWQ on the int8 part)."""
-    from qc.quant.stats import TensorStats
+    from qc.calib.stats import TensorStats
 
     out = TensorStats(channels=True, histogram=False, axis=-1)
     out.channel_min = stats.channel_min[rest].copy()

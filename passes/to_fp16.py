@@ -15,7 +15,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import can_hold_consts, const_array, constant_consts, graphs, is_any_output, is_default_domain, opsets_for
+from ._util import compile_regex, can_hold_consts, const_array, constant_consts, graphs, is_any_output, is_default_domain, opsets_for
 
 F16_MAX = 65504.0
 F16_TINY = 2.0**-24  # the smallest positive float16 (subnormal)
@@ -85,11 +85,11 @@ class ToFP16(Pass):
     ort_cpu_kernels: bool = False
     """also keep float32 every op the installed onnxruntime CPU provider has no float16 kernel for"""
 
+    def validate(self) -> None:
+        compile_regex("to-fp16", "exclude", self.exclude)
+
     def run(self, module: Module, ctx: PassContext) -> bool:
-        try:
-            excluded = re.compile(self.exclude) if self.exclude else None
-        except re.error as e:
-            raise QCError(f"to-fp16: exclude is not a valid regular expression: {e}") from None
+        excluded = compile_regex("to-fp16", "exclude", self.exclude)
         if self.weights_only:
             return _WeightsOnly(module, ctx, excluded).run()
         return _FullF16(module, ctx, self, excluded).run()

@@ -1,7 +1,9 @@
 """qc: a quantizing compiler for ONNX models aimed at Arm edge devices.
 
-The public API (guarded by tests/test_public_api.py)::
+The public API (guarded by tests/test_public_api.py; docs/api.md)::
 
+    result = qc.compile("model.onnx", target="cortex-a76", quant="w8a8", calibration="calib.npz")
+    result.write("out/")                            # what the target runs: C sources, or a .onnx file
     module = qc.import_onnx("model.onnx")          # or a ModelProto
     text = qc.print_ir(module, elide_above=16)      # text IR; None prints every tensor
     module = qc.parse_ir(text)                      # and back
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import passes as _passes  # noqa: F401  (registers the built-in passes)
+from .driver import CompileResult, compile
 from .errors import ParseError, QCError, VerifyError
 from .frontend.onnx import import_onnx
 from .ir.parser import parse_ir
@@ -40,6 +44,6 @@ def run_pipeline(module, spec: str, **kwargs):
 
 
 __all__ = [
-    "ParseError", "QCError", "VerifyError", "__version__", "export_onnx", "import_onnx",
+    "CompileResult", "ParseError", "QCError", "VerifyError", "__version__", "compile", "export_onnx", "import_onnx",
     "parse_ir", "print_ir", "run_pipeline", "save_onnx",
 ]

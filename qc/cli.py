@@ -260,20 +260,10 @@ def _add_pm_options(p: argparse.ArgumentParser) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 def load_module(path: str, args: argparse.Namespace):
     """An .onnx or .qir file -> Module."""
-    from .frontend.onnx import import_onnx
-    from .ir.parser import parse_ir
+    from .driver import load_model
 
-    if path.endswith(".qir"):
-        if not os.path.isfile(path):
-            raise QCError("no such file", where=path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError:
-            raise QCError("not a text IR file (it is not UTF-8 text)", where=path) from None
-        return parse_ir(text, filename=path)
-    return import_onnx(path, upgrade_opset=getattr(args, "upgrade_opset", None),
-                       infer_shapes=not getattr(args, "no_infer_shapes", False))
+    return load_model(path, upgrade_opset=getattr(args, "upgrade_opset", None),
+                      infer_shapes=not getattr(args, "no_infer_shapes", False))
 
 
 def _elide(args) -> int | None:
@@ -282,37 +272,22 @@ def _elide(args) -> int | None:
 
 def write_module(module, path: str, args: argparse.Namespace, inputs: Sequence[str], **save_kwargs) -> None:
     """Write by extension (.onnx or .qir), atomically, refusing to overwrite an input."""
-    _refuse_overwrite(path, inputs)
-    if path.endswith(".qir"):
-        write_qir(module, path, _elide(args) if hasattr(args, "elide_above") else 16)
-    elif path.endswith(".onnx"):
-        from .backends.onnx import save_onnx
+    from .driver import save_module
 
-        save_onnx(module, path, **save_kwargs)
-    else:
-        raise QCError("unknown output kind", where=path, hint="use a .onnx or .qir file name")
+    save_module(module, path, elide_above=_elide(args) if hasattr(args, "elide_above") else 16,
+                inputs=inputs, **save_kwargs)
 
 
 def write_qir(module, path: str, elide_above: int | None) -> None:
-    from .fileio import atomic_write
-    from .ir.printer import print_ir
-    from .ir.weights import SidecarWriter
+    from .driver import write_qir as _write_qir
 
-    sidecar = SidecarWriter(os.path.basename(path) + ".weights")
-    text = print_ir(module, elide_above=elide_above, sidecar=sidecar)
-    if sidecar.chunks:
-        sidecar.write(path + ".weights")
-    else:
-        text = text.replace(f'weights "{sidecar.reference}"\n', "", 1)
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    _write_qir(module, path, elide_above)
 
 
 def _refuse_overwrite(out: str, inputs: Sequence[str]) -> None:
-    out_real = os.path.realpath(out)
-    for i in inputs:
-        if os.path.realpath(i) == out_real:
-            raise QCError("the output would overwrite the input", where=out, hint="choose another -o path")
+    from .driver import refuse_overwrite
+
+    refuse_overwrite(out, inputs)
 
 
 def _pipeline_spec(args) -> str:
@@ -332,12 +307,14 @@ def _names(values: list[str]) -> frozenset[str]:
     return frozenset(n.strip() for v in values for n in v.split(",") if n.strip())
 
 
-def build_pass_manager(spec: str, args, ctx=None):
-    from .pm import DumpIR, PassManager, PrintIR, Timing, load_pass_file
+def build_instruments(args) -> tuple[list, object]:
+    """The instruments the flags ask for (--print-ir-*, --dump-ir-dir, --timing), after loading
+    --load-pass files; (instruments, the Timing instrument or None)."""
+    from .pm import DumpIR, PrintIR, Timing, load_pass_file
 
     for path in args.load_pass:
         load_pass_file(path)
-    instruments = []
+    instruments: list = []
     if args.print_ir_before or args.print_ir_after or args.print_ir_after_all:
         instruments.append(PrintIR(before=_names(args.print_ir_before), after=_names(args.print_ir_after),
                                    after_all=args.print_ir_after_all, stream=sys.stderr))
@@ -346,7 +323,15 @@ def build_pass_manager(spec: str, args, ctx=None):
     timing = Timing(stream=sys.stderr) if args.timing else None
     if timing:
         instruments.append(timing)
+    return instruments, timing
+
+
+def build_pass_manager(spec: str, args, ctx=None):
+    from .pm import PassManager
+
+    instruments, timing = build_instruments(args)
     pm = PassManager.parse(spec, instruments=instruments, verify_each=not args.no_verify_each, ctx=ctx)
+    pm.check_instruments()
     return pm, timing
 
 
@@ -374,11 +359,9 @@ def cmd_opt(args) -> int:
     module = load_module(args.input, args)
     if args.samples < 1 or args.seq_len < 2:
         raise QCError(f"--samples must be >= 1 and --seq-len >= 2 (got {args.samples} and {args.seq_len})")
-    from .quant import compile as qcompile
-
-    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False, model=args.input))
+    data = _calibration_from_flags(args, module, model=args.input)
     if data is not None:
-        ctx.options.update(calibration_data=data, calibration_cache=args.calib_cache, quiet=True)
+        ctx.calibration_data, ctx.calibration_cache, ctx.quiet = data, args.calib_cache, True
     pm.run(module)
     if args.output:
         write_module(module, args.output, args, [args.input])
@@ -419,117 +402,98 @@ def cmd_passes(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from .pm import PassContext
+    from . import driver
     from .targets import load_target
 
-    target = load_target(args.target)
-    emit = args.emit or target.backend
-    if emit != "c" and (args.shape or args.emit_harness):
-        raise QCError("--shape and --emit-harness describe C output", hint="add --emit c")
-    quant = _quant_options(args, target) if args.quant else None
-    if quant is None and (args.calib or args.calib_text):
+    target = load_target(args.target)  # an unknown target or a bad option fails before the model is read
+    kind = driver.output_kind(args.output, target, args.emit)
+    driver.check_output_path(args.output, kind)
+    if kind != "c" and (args.shape or args.emit_harness):
+        raise QCError("--shape and --emit-harness describe C output", hint="add --emit c (or -o a directory)")
+    if args.quant is None and (args.calib or args.calib_text):
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
-    if quant is None and args.report:
+    if args.quant is None and args.report:
         raise QCError("--report describes a quantized model", hint="add --quant SCHEME")
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    if quant is not None:
-        from .quant import schemes
-
-        if args.pipeline is not None:
-            raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
-                          "`qc passes` shows it, and -p runs an edited copy")
-        spec = schemes.pipeline(quant)
-        args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
-    else:
-        spec = _pipeline_spec(args)
-    ctx = PassContext(target=args.target)  # the name, or the .toml path of a user target
-    pm, timing = build_pass_manager(spec, args, ctx)
-    module = load_module(args.model, args)
-    loaded = time.perf_counter()
-    seconds["import"] = loaded - start
-    if timing:
-        timing.add("(import)", loaded - start)
-    before = summarize(module)
-    holdout: list = []
-    if quant is not None:
-        from .quant import compile as qcompile
-        from .quant import schemes
-
-        data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
-        if data is None and schemes.needs_calibration(quant):
-            raise QCError(f"--quant {quant.scheme}" + (f" with --weight-algo {quant.weight_algo}" if quant.weight_algo else "")
-                          + " needs calibration data", where=args.model,
-                          hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
-        if data is not None:
-            data, holdout = qcompile.split_holdout(data, args.holdout, module)
-            ctx.options["calibration_data"] = data
-            ctx.options["calibration_cache"] = args.calib_cache
-            ctx.options["jobs"] = args.jobs
-            ctx.options["quiet"] = args.quiet
-    t0 = time.perf_counter()
-    accuracy = None
+    if args.accuracy and args.quant is None:
+        raise QCError("--accuracy needs --quant SCHEME")
+    quant = _quant_options(args, target) if args.quant else None
+    pipeline = None if quant is not None else _pipeline_spec(args)
+    if quant is not None and args.pipeline is not None:
+        raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
+                      "`qc passes` shows it, and -p runs an edited copy")
+    instruments, timing = build_instruments(args)
+    search = None
     if args.accuracy:
         from .cli_accuracy import run_accuracy
 
-        if quant is None:
-            raise QCError("--accuracy needs --quant SCHEME")
-        pm, accuracy = run_accuracy(args, spec, module, ctx, build_pass_manager, holdout,
-                                    lambda a: _eval_tokenizer(a, encoder=False))
-    else:
-        pm.run(module)
-    seconds["passes"] = time.perf_counter() - t0
-    placement = _legalize_for_target(module, target, args.fallback, ctx)
-    external = {"auto": None, "always": True, "never": False}[args.external_data]
-    t0 = time.perf_counter()
-    c_report = None
-    if emit == "c":
-        c_report, args = _emit_c(args, module, target, external)
-    else:
-        write_module(module, args.output, args, [args.model], external=external)
-    seconds["export"] = time.perf_counter() - t0
-    report = None
-    if quant is not None:
-        report = _quant_report(args, quant, pm, module, holdout, seconds, placement, accuracy)
+        def search(make_pm, spec, module, ctx, holdout):
+            return run_accuracy(args, spec, module, ctx, make_pm, holdout, lambda a: _eval_tokenizer(a, encoder=False))
+
+    shapes = None
+    if kind == "c":
+        from .backends.c import parse_shapes
+
+        shapes = parse_shapes(args.shape)
+    result = driver.compile(
+        args.model, target=target, quant=quant, pipeline=pipeline,
+        calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
+        calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
+        fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
+        upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes,
+        external=_EXTERNAL[args.external_data], quiet=args.quiet, search=search)
+    onnx_path = result.write(args.output, external=_EXTERNAL[args.external_data], harness=args.emit_harness)
+    if result.report is not None and args.report_json:
+        _write_json(args.report_json, result.report, [args.model, args.output])
     elif args.report_json:
-        _write_json(args.report_json, {"placement": placement}, [args.model, args.output])
+        _write_json(args.report_json, {"placement": result.placement}, [args.model, args.output])
     if not args.quiet:
-        sys.stdout.write(f"qc compile: {args.model} -> {args.output} (target {target.name})\n")
-        sys.stdout.write(f"pipeline: {pm}\n")
-        sys.stdout.write("before:\n" + _indent(before) + "after:\n" + _indent(summarize(module)))
-        sys.stdout.write(f"export: {1e3 * seconds['export']:.1f} ms\n")
-        if c_report is not None:
-            from .backends.c import format_report as format_c_report
-
-            sys.stdout.write(format_c_report(c_report))
-        if report is not None:
-            from .quant.report import format_report
-
-            sys.stdout.write(format_report(report, per_layer=args.report))
-            if accuracy is not None:
-                from .cli_accuracy import format_accuracy
-
-                sys.stdout.write(format_accuracy(accuracy))
-        from .targets.report import format_placement
-
-        sys.stdout.write("placement: " + format_placement(placement, units=False))
-        if args.remarks:
-            sys.stdout.writelines(f"remark: {remark}\n" for remark in pm.ctx.remarks)
-        elif pm.ctx.remarks:
-            per_pass = collections.Counter(r[1:r.index("]")] for r in pm.ctx.remarks)
-            sys.stdout.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items())
-                             + " (--remarks lists them)\n")
+        _print_compile(args, result, onnx_path)
+    result.close()
     return 0
 
 
-def _legalize_for_target(module, target, fallback: str, ctx) -> dict:
-    """check-kernels + legalize for the target (the last step before emitting); the placement report.
-    Under ``fallback=error`` a unit that still leaves the preferred device stops the compile here."""
-    from .pm import PassManager, parse_pass
-    from .targets.report import placement_report
+_EXTERNAL = {"auto": None, "always": True, "never": False}
 
-    PassManager([parse_pass(f"legalize{{fallback={fallback}}}")], ctx=ctx).run(module)
-    return placement_report(target, ctx.cache)
+
+def _print_compile(args, result, onnx_path: str) -> None:
+    out = sys.stdout
+    out.write(f"qc compile: {args.model} -> {args.output} (target {result.target.name})\n")
+    out.write(f"pipeline: {result.pipeline}\n")
+    out.write("before:\n" + _indent(result.before) + "after:\n" + _indent(result.after))
+    out.write(f"export: {1e3 * result.seconds['export']:.1f} ms\n")
+    if result.c_report is not None:
+        from .backends.c import format_report as format_c_report
+
+        out.write(format_c_report(result.c_report))
+    if result.report is not None:
+        from .tools.report import format_report
+
+        out.write(format_report(result.report, per_layer=args.report))
+        if result.accuracy is not None:
+            from .cli_accuracy import format_accuracy
+
+            out.write(format_accuracy(result.accuracy))
+    from .targets.report import format_placement
+
+    out.write("placement: " + format_placement(result.placement, units=False))
+    _print_remarks(result.remarks, args.remarks, out)
+
+
+def _print_remarks(remarks: list[str], every: bool, out) -> None:
+    if every:
+        out.writelines(f"remark: {remark}\n" for remark in remarks)
+    elif remarks:
+        per_pass = collections.Counter(r[1:r.index("]")] for r in remarks)
+        out.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items()) + " (--remarks lists them)\n")
+
+
+def _calibration_from_flags(args, module, model: str | None = None):
+    """The calibration set --calib / --calib-text name, read against the module's inputs (or None)."""
+    from .calib.data import load_inputs
+
+    return load_inputs(module, lambda: _eval_tokenizer(args, encoder=False, model=model)[0], npz=args.calib,
+                       text=args.calib_text, samples=args.samples, seq_len=args.seq_len,
+                       flags=("--calib", "--calib-text"))
 
 
 def _write_json(path: str, data: dict, inputs: list[str]) -> None:
@@ -541,22 +505,6 @@ def _write_json(path: str, data: dict, inputs: list[str]) -> None:
     with atomic_write(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
-
-
-def _emit_c(args, module, target, external):
-    """--emit c: DIR/model.onnx (the same model as ONNX, for onnxruntime), then the C sources.
-    Returns the C report and args with output = DIR/model.onnx for the quantization report."""
-    from .backends.c import emit_c
-    from .backends.c.prepare import parse_shapes
-
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise QCError("--emit c writes a directory, and this is a file", where=args.output)
-    shapes = parse_shapes(args.shape)
-    os.makedirs(args.output, exist_ok=True)
-    onnx_path = os.path.join(args.output, "model.onnx")
-    write_module(module, onnx_path, args, [args.model], external=external)
-    report = emit_c(module, args.output, target, shapes=shapes, harness=args.emit_harness)
-    return report, argparse.Namespace(**{**vars(args), "output": onnx_path})
 
 
 def _quant_options(args, target):
@@ -575,59 +523,24 @@ def _quant_options(args, target):
                         smooth_alpha=args.smooth_alpha, target_features=tuple(target.features))
 
 
-def _quant_report(args, quant, pm, module, holdout, seconds, placement: dict, search: dict | None) -> dict:
-    from .quant import compile as qcompile
-    from .quant.report import build_report, outlier_report
-
-    calib = pm.ctx.cache.get("calibration")
-    calibration = None
-    if calib is not None:
-        calibration = {"method": getattr(calib, "method", None) or quant.calib_method or "minmax",
-                       "samples": int(calib.samples),
-                       "tensors": len(calib.tensors), "cache": args.calib_cache,
-                       "cached": bool(pm.ctx.cache.get("calibration_from_cache"))}
-    accuracy = None
-    if holdout:
-        t0 = time.perf_counter()
-        accuracy = qcompile.output_sqnr(args.output, args.model, holdout)
-        seconds["sqnr check"] = time.perf_counter() - t0
-    from .quant import guardrails
-    from .targets import load_target
-
-    warnings = [w.as_dict() for w in guardrails.check(module, quant, pm.ctx.cache, load_target(args.target))]
-    report = build_report(scheme=quant.scheme, pipeline=str(pm), input_path=args.model, output_path=args.output,
-                          module=module, calibration=calibration, accuracy=accuracy, seconds=seconds,
-                          outliers=outlier_report(pm.ctx.cache.get("outlier_splits", []),
-                                                  pm.ctx.cache.get("outlier_candidate_columns", 0)),
-                          warnings=warnings)
-    report["placement"] = placement
-    if search is not None:
-        report["accuracy_search"] = search
-    if args.report_json:
-        _write_json(args.report_json, report, [args.model, args.output])
-    return report
-
-
 def cmd_report(args) -> int:
     from .passes.split_outliers import SplitOutliers
-    from .pm import PassContext, PassManager, load_builtin_passes, named_pipelines
-    from .quant import compile as qcompile
-    from .quant.plot import Chart, outlier_html
+    from .pm import PassContext, PassManager, named_pipelines
+    from .tools.plot import Chart, outlier_html
 
     if args.html:
         _refuse_overwrite(args.html, [args.model])
     module = load_module(args.model, args)
-    data = qcompile.load_calibration(args, module, lambda a: _eval_tokenizer(a, encoder=False))
+    data = _calibration_from_flags(args, module)
     if data is None:
         raise QCError("qc report needs calibration data", where=args.model,
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
-    ctx = PassContext(options={"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True})
-    load_builtin_passes()
+    ctx = PassContext(calibration_data=data, calibration_cache=args.calib_cache, quiet=True)
     PassManager.parse(named_pipelines()["default"][0] + ",calibrate{ops=MatMul,activation-pairs=false}",
                       ctx=ctx).run(module)
     splitter = SplitOutliers(mode=args.outlier_mode, threshold=args.outlier_threshold,
                              max_fraction=args.outlier_fraction)
-    plans = splitter.plan(module, ctx.cache["calibration"], keep_empty=True)
+    plans = splitter.plan(module, ctx.calibration, keep_empty=True)
     charts = [Chart(p.x.name, [op.name or op.results[0].name for op in p.ops], p.stats.channel_absmax,
                     [int(c) for c in p.columns], p.reason) for p in plans]
     kept, total = sum(len(c.columns) for c in charts), sum(c.absmax.size for c in charts)
@@ -694,9 +607,10 @@ def cmd_check(args) -> int:
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
     module = load_module(args.model, args)
-    ctx = PassContext(target=args.target)
+    ctx = PassContext(target=target)
     PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
-    report = placement_report(target, ctx.cache)
+    assert ctx.placement is not None
+    report = placement_report(target, ctx.placement)
     if args.report_json:
         from .fileio import atomic_write
 
@@ -763,7 +677,7 @@ def _fmt_db(value: float) -> str:
 def cmd_eval(args) -> int:
     import numpy as np
 
-    from . import metrics
+    from qc.tools import metrics
     from .data import text as textdata
 
     _existing_onnx(args.model)
@@ -867,15 +781,9 @@ def cmd_models(args) -> int:
 
 
 def summarize(module) -> str:
-    """Op counts by type, constants and their bytes: a few lines for a terminal."""
-    counts = collections.Counter(op.qualified_type for op in module.walk())
-    consts = list(module.graph.consts.values())
-    nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
-    lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
-             f"inputs: {len([v for v in module.graph.inputs if v.const is None])}, outputs: {len(module.graph.outputs)}"]
-    top = counts.most_common()
-    lines.append("  " + ", ".join(f"{k} x{n}" for k, n in top[:12]) + (", ..." if len(top) > 12 else ""))
-    return "\n".join(lines) + "\n"
+    from .driver import summarize as _summarize
+
+    return _summarize(module)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``qc analyze`` and ``qc compile --accuracy``: the command-line side of qc.quant.analyze / mixed."""
+"""``qc analyze`` and ``qc compile --accuracy``: the command-line side of qc.tools.analyze / mixed."""
 from __future__ import annotations
 
 import argparse
@@ -49,17 +49,17 @@ def add_accuracy_options(comp) -> None:
 
 
 def _feeds_from(data, module) -> list[dict]:
-    from .quant.calib_data import conform
+    from .calib.data import conform
 
     inputs = {v.name: v for v in module.graph.inputs}
     return [conform(data.sample(i), inputs) for i in range(len(data))]
 
 
 def _eval_feeds(args, module, holdout: list, tokenizer_for) -> list[dict]:
-    from .quant.compile import load_inputs
+    from .calib.data import load_inputs
 
-    data = load_inputs(args, module, tokenizer_for, npz=args.eval_data, text=args.eval_text,
-                       samples=args.eval_samples, flags=("--eval-data", "--eval-text"))
+    data = load_inputs(module, lambda: tokenizer_for(args)[0], npz=args.eval_data, text=args.eval_text,
+                       samples=args.eval_samples, seq_len=args.seq_len, flags=("--eval-data", "--eval-text"))
     if data is None:
         if not holdout:
             raise QCError("--accuracy needs evaluation data", hint="give --eval-text / --eval-data, or calibration "
@@ -68,19 +68,19 @@ def _eval_feeds(args, module, holdout: list, tokenizer_for) -> list[dict]:
     return _feeds_from(data, module)
 
 
-def quantize_for_analysis(args, spec: str, module, ctx, build_pass_manager) -> tuple[Any, list, dict, str]:
+def quantize_for_analysis(spec: str, module, make_pm) -> tuple[Any, list, dict, str]:
     """Run the scheme's pipeline up to the QDQ model with the float weights kept, install the
     switchboard; returns (the pass manager, switches, float consts, the rest of the pipeline)."""
-    from .quant.mixed import quantize_with_switches, split_tail
+    from .tools.mixed import quantize_with_switches, split_tail
 
     head, tail = split_tail(spec)
-    pm, _ = build_pass_manager(head, args, ctx)
+    pm = make_pm(head)
     switches, consts = quantize_with_switches(pm, module)
     return pm, switches, consts, tail
 
 
 def _runner(args, module, switches, feeds, metric):
-    from .quant.analyze import Runner
+    from .tools.analyze import Runner
 
     if args.jobs < 1:
         raise QCError(f"--jobs must be at least 1, not {args.jobs}")
@@ -88,17 +88,17 @@ def _runner(args, module, switches, feeds, metric):
                   workdir=os.path.dirname(os.path.abspath(getattr(args, "output", None) or args.model)))
 
 
-def run_accuracy(args, spec: str, module, ctx, build_pass_manager, holdout: list, tokenizer_for) -> tuple[Any, dict]:
+def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer_for) -> tuple[Any, dict]:
     """``--accuracy``: rank the layers (SQNR on the held-aside samples), search the float16 set on the
     evaluation data, freeze the switchboard, run the rest of the pipeline. Returns (pm, report)."""
-    from .quant.analyze import analyze
-    from .quant.mixed import Criterion, search
-    from .quant.switchboard import freeze
+    from .tools.analyze import analyze
+    from .tools.mixed import Criterion, search
+    from .tools.switchboard import freeze
 
     criterion = Criterion.parse(args.accuracy)
     t0 = time.perf_counter()
     eval_feeds = _eval_feeds(args, module, holdout, tokenizer_for)  # read against the model's own inputs
-    pm, switches, _, tail = quantize_for_analysis(args, spec, module, ctx, build_pass_manager)
+    pm, switches, _, tail = quantize_for_analysis(spec, module, make_pm)
     rank_feeds = holdout[:4] if holdout else None
     ranker = _runner(args, module, switches, rank_feeds or eval_feeds[:2], "sqnr")
     evaluator = _runner(args, module, switches, eval_feeds, criterion.metric)
@@ -112,8 +112,7 @@ def run_accuracy(args, spec: str, module, ctx, build_pass_manager, holdout: list
         evaluator.close()
     freeze(module, switches, set(result.float_units), fp16=True)
     if tail:
-        tail_pm, _ = build_pass_manager(tail, args, ctx)
-        tail_pm.run(module)
+        make_pm(tail).run(module)
     final = _final_score(module, reference, eval_feeds, criterion.metric)
     report = {
         "criterion": str(criterion), "met": criterion.holds(final, result.float_score), "score": final,
@@ -130,8 +129,8 @@ def run_accuracy(args, spec: str, module, ctx, build_pass_manager, holdout: list
 def _final_score(module, reference, feeds: list[dict], metric: str) -> float:
     """The criterion on the model as written (float16 weights for the kept layers), against the
     same float reference the search used."""
-    from .quant.analyze import score_of
-    from .runtime import module_session
+    from .tools.analyze import score_of
+    from .onnx.evaluator import module_session
 
     sess = module_session(module)
     name = reference.output
@@ -158,11 +157,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from . import cli
     from .pm import PassContext
-    from .quant import compile as qcompile
+    from .calib.data import split_holdout
     from .quant import schemes
-    from .quant.analyze import analyze
-    from .quant.analyze_report import activation_ranges, analysis_html, format_analysis, weight_ranges
-    from .quant.mixed import layer_inputs
+    from .tools.analyze import analyze
+    from .tools.analyze_report import activation_ranges, analysis_html, format_analysis, weight_ranges
+    from .tools.mixed import layer_inputs
     from .targets import load_target
 
     for path in (args.html, args.json):
@@ -174,22 +173,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise QCError("qc analyze needs --quant SCHEME")
     spec = schemes.pipeline(quant)
     args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
-    ctx = PassContext(target=args.target)
+    ctx = PassContext(target=target)
     module = cli.load_module(args.model, args)
-    data = qcompile.load_calibration(args, module, lambda a: cli._eval_tokenizer(a, encoder=False))
+    data = cli._calibration_from_flags(args, module)
     if data is None:
         raise QCError("qc analyze needs calibration data", where=args.model,
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
-    data, holdout = qcompile.split_holdout(data, args.holdout, module)
-    ctx.options.update({"calibration_data": data, "calibration_cache": args.calib_cache, "quiet": True,
-                        "jobs": args.jobs})
-    pm, switches, consts, _ = quantize_for_analysis(args, spec, module, ctx, cli.build_pass_manager)
+    data, holdout = split_holdout(data, args.holdout, module)
+    ctx.calibration_data, ctx.calibration_cache, ctx.quiet, ctx.jobs = data, args.calib_cache, True, args.jobs
+    pm, switches, consts, _ = quantize_for_analysis(spec, module, lambda s: cli.build_pass_manager(s, args, ctx)[0])
     runner = _runner(args, module, switches, holdout, args.metric)
     try:
         result = analyze(runner, exact=args.exact)
     finally:
         runner.close()
-    stats = ctx.cache.get("calibration")
+    stats = ctx.calibration
     inputs = layer_inputs(module, switches, stats)
     acts = activation_ranges(stats, inputs)
     weights = weight_ranges(consts, {s.name: s.weight_name for s in switches if s.weight_name})

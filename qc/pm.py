@@ -28,12 +28,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, TextIO
 
-from .errors import QCError
-from .ir.core import Module, Op
+from qc.calib.data import CalibrationData
+from qc.calib.stats import CalibrationStats
+from qc.errors import QCError
+from qc.ir.core import Module, Op
+from qc.targets import Target, load_target
+from qc.quant.outliers import OutlierSplit
+from qc.targets.placement import Placement
 
 _REGISTRY: dict[str, type["Pass"]] = {}
 _NAMED_PIPELINES: dict[str, tuple[str, str]] = {}
-_BUILTINS_LOADED = False
 _ENTRY_POINTS_LOADED = False
 
 
@@ -46,6 +50,13 @@ class Pass:
     """Base class of all passes. Subclasses are frozen dataclasses; fields are options."""
 
     name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the options (ranges, regexes, combinations); raise QCError. Runs when the pass is
+        built, so a bad option fails when the pipeline is parsed, before any model is read."""
 
     def run(self, module: Module, ctx: "PassContext") -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -89,15 +100,7 @@ def register_pipeline(name: str, spec: str, description: str = "") -> None:
 
 
 def named_pipelines() -> dict[str, tuple[str, str]]:
-    load_builtin_passes()
     return dict(_NAMED_PIPELINES)
-
-
-def load_builtin_passes() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from . import passes  # noqa: F401  (qc.passes imports every built-in pass module)
 
 
 def load_entry_point_passes() -> None:
@@ -140,7 +143,6 @@ def load_pass_file(path: str) -> list[str]:
 
 
 def all_passes() -> dict[str, type[Pass]]:
-    load_builtin_passes()
     load_entry_point_passes()
     return dict(sorted(_REGISTRY.items()))
 
@@ -235,8 +237,29 @@ def split_top(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
+@dataclass(frozen=True)
+class Fixpoint(Pass):
+    """``fixpoint(a,b,c)``: run the passes in order, again and again, until a whole round
+    changes nothing (at most ``max_rounds`` rounds). Every inner run is an ordinary pass run:
+    instruments and the verifier see each one."""
+
+    passes: tuple[Pass, ...] = ()
+    max_rounds: int = 16
+
+    name: ClassVar[str] = "fixpoint"
+
+    def spec(self) -> str:
+        rounds = "" if self.max_rounds == 16 else f"{{max-rounds={self.max_rounds}}}"
+        return f"fixpoint{rounds}(" + ",".join(p.spec() for p in self.passes) + ")"
+
+    def run(self, module: Module, ctx: "PassContext") -> bool:  # pragma: no cover - the manager expands it
+        raise PassError("a fixpoint group runs inside a PassManager")
+
+
 def parse_pass(text: str) -> Pass:
     text = text.strip()
+    if text.startswith("fixpoint") and text.endswith(")") and "(" in text:
+        return _parse_fixpoint(text)
     name, brace, rest = text.partition("{")
     name = name.strip()
     if not name:
@@ -271,20 +294,75 @@ def parse_pass(text: str) -> Pass:
     except (TypeError, ValueError) as e:
         raise QCError(f"pass '{name}': {e}") from None
     object.__setattr__(instance, "_raw_options", raw)
+    instance.validate()  # again, now that it knows which options were written out
     return instance
+
+
+def _parse_fixpoint(text: str) -> Fixpoint:
+    head, _, body = text[:-1].partition("(")
+    head = head.strip()
+    rounds = 16
+    if head != "fixpoint":
+        opts = head[len("fixpoint"):].strip()
+        key, eq, value = opts.strip("{}").partition("=")
+        if not (opts.startswith("{") and opts.endswith("}") and key.strip() == "max-rounds" and eq):
+            raise QCError(f"fixpoint group: expected fixpoint(...) or fixpoint{{max-rounds=N}}(...), got '{head}'")
+        rounds = int(convert_option("fixpoint", "max-rounds", value.strip(), int))
+        if rounds < 1:
+            raise QCError(f"fixpoint group: max-rounds must be at least 1, got {rounds}")
+    inner = tuple(parse_pass(item) for item in split_top(body) if item.strip())
+    if not inner:
+        raise QCError(f"fixpoint group '{text}' holds no passes")
+    return Fixpoint(passes=inner, max_rounds=rounds)
+
+
+def pass_names(passes: Iterable[Pass]) -> list[str]:
+    """The names of the passes (fixpoint groups opened), in pipeline order."""
+    names: list[str] = []
+    for p in passes:
+        names.extend(pass_names(p.passes) if isinstance(p, Fixpoint) else [p.name])
+    return names
 
 
 # -- context and instruments -----------------------------------------------------------------
 @dataclass
 class PassContext:
-    """What a pass may read besides the module: target, remarks, analyses cache."""
+    """What a pass may read and record besides the module, loaded once per compile.
 
-    target: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    Inputs: ``target`` (the loaded :class:`~qc.targets.Target`), ``calibration_data`` (model
+    inputs, or an .npz path), ``calibration_cache`` (a statistics file to reuse or write),
+    ``jobs`` (calibration worker processes), ``quiet`` (no progress bars). Results of passes:
+    ``calibration`` (statistics from ``calibrate``), ``placement`` (from ``check-kernels``),
+    ``legalized`` (``legalize``'s rewrites), ``outlier_splits`` and ``outlier_candidate_columns``
+    (``split-outliers``), ``remarks``. ``cache`` is free for third-party passes."""
+
+    target: Target | None = None
+    calibration_data: CalibrationData | str | os.PathLike | None = None
+    calibration_cache: str | os.PathLike | None = None
+    jobs: int = 1
+    quiet: bool = False
+    calibration: CalibrationStats | None = None
+    calibration_from_cache: str | None = None
+    placement: Placement | None = None
+    legalized: list[dict[str, Any]] | None = None
+    outlier_splits: list[OutlierSplit] = field(default_factory=list)
+    outlier_candidate_columns: int = 0
     remarks: list[str] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
     passes_run: list[str] = field(default_factory=list)
     current_pass: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):  # a target name or .toml path: loaded here, once
+            self.target = load_target(self.target)
+
+    def require_target(self, pass_name: str, override: str = "") -> Target:
+        """The target a pass works for: its own ``target`` option if given, else the compile's."""
+        if override:
+            return load_target(override)
+        if self.target is None:
+            raise QCError(f"{pass_name} needs a target", hint=f"{pass_name}{{target=x86-avx2}} or --target NAME")
+        return self.target
 
     def remark(self, op: Op | None, message: str) -> None:
         where = f"{op.qualified_type} '{op.name or (op.results[0].name if op.results and op.results[0] else '?')}'" if op else ""
@@ -304,7 +382,7 @@ class Instrument:
 
 
 def _dump(module: Module, title: str, stream: TextIO, elide_above: int | None) -> None:
-    from .ir.printer import print_ir
+    from qc.ir.printer import print_ir
 
     stream.write(f"// -----// IR Dump {title} //----- //\n")
     stream.write(print_ir(module, elide_above=elide_above))
@@ -347,8 +425,8 @@ class DumpIR(Instrument):
         self._written_input = False
 
     def _write(self, module: Module, name: str, title: str) -> None:
-        from .fileio import atomic_write
-        from .ir.printer import print_ir
+        from qc.ir.fileio import atomic_write
+        from qc.ir.printer import print_ir
 
         with atomic_write(os.path.join(self.directory, name), "w") as f:
             f.write(print_ir(module, elide_above=self.elide_above, header=title))
@@ -409,34 +487,59 @@ class PassManager:
     def __str__(self) -> str:
         return ",".join(p.spec() for p in self.passes)
 
-    def run(self, module: Module) -> Module:
-        from .ir.verify import verify
+    def check_instruments(self) -> None:
+        """``--print-ir-before/after=NAME`` must name a pass of this pipeline (else nothing would print)."""
+        valid = pass_names(self.passes)
+        for inst in self.instruments:
+            if isinstance(inst, PrintIR):
+                for flag, names in (("--print-ir-before", inst.before), ("--print-ir-after", inst.after)):
+                    unknown = sorted(set(names) - set(valid))
+                    if unknown:
+                        raise QCError(f"{flag} names {', '.join(repr(n) for n in unknown)}, which "
+                                      f"{'is' if len(unknown) == 1 else 'are'} in no pass of the pipeline",
+                                      hint="passes in the pipeline: " + ", ".join(dict.fromkeys(valid)))
 
-        ctx = self.ctx
+    def run(self, module: Module) -> Module:
+        from qc.ir.verify import verify
+
         if self.verify_each:
             self._verify(module, None, verify)
-        for index, p in enumerate(self.passes):
-            for inst in self.instruments:
-                inst.before_pass(p, module, index)
-            ctx.current_pass = p.name
-            start = time.perf_counter()
-            try:
-                changed = p.run(module, ctx)
-            except Exception as e:
-                for inst in self.instruments:
-                    inst.after_failure(p, module, e)
-                raise self._failure(p, e) from (None if isinstance(e, QCError) else e)
-            seconds = time.perf_counter() - start
-            if not isinstance(changed, bool):
-                raise PassError(f"pass '{p.name}' returned {type(changed).__name__}, expected bool (changed or not)")
-            ctx.passes_run.append(p.spec())
-            if self.verify_each:
-                self._verify(module, p, verify)
-            for inst in self.instruments:
-                inst.after_pass(p, module, index, changed, seconds)
+        self._index = 0
+        for p in self.passes:
+            self._run_one(p, module, verify)
         for inst in self.instruments:
             inst.finish(module)
         return module
+
+    def _run_one(self, p: Pass, module: Module, verify) -> bool:
+        if isinstance(p, Fixpoint):
+            for _ in range(p.max_rounds):
+                changed = [self._run_one(inner, module, verify) for inner in p.passes]
+                if not any(changed):
+                    return False
+            return True
+        ctx = self.ctx
+        index = self._index
+        self._index += 1
+        for inst in self.instruments:
+            inst.before_pass(p, module, index)
+        ctx.current_pass = p.name
+        start = time.perf_counter()
+        try:
+            changed = p.run(module, ctx)
+        except Exception as e:
+            for inst in self.instruments:
+                inst.after_failure(p, module, e)
+            raise self._failure(p, e) from (None if isinstance(e, QCError) else e)
+        seconds = time.perf_counter() - start
+        if not isinstance(changed, bool):
+            raise PassError(f"pass '{p.name}' returned {type(changed).__name__}, expected bool (changed or not)")
+        ctx.passes_run.append(p.spec())
+        if self.verify_each:
+            self._verify(module, p, verify)
+        for inst in self.instruments:
+            inst.after_pass(p, module, index, changed, seconds)
+        return changed
 
     def _verify(self, module: Module, p: Pass | None, verify) -> None:
         try:

@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_qc
-from qc.quant.mixed import Criterion
-from qc.runtime import ort_session
+from qc.tools.mixed import Criterion
+from qc.onnx.evaluator import ort_session
 
 D = 32
 
@@ -151,15 +151,15 @@ def test_criterion_thresholds():
 def test_calibration_in_two_workers_merges_to_the_serial_statistics(chain_model):
     from qc.frontend.onnx import import_onnx
     from qc.pm import PassContext, PassManager, parse_pass
-    from qc.quant.calib_data import from_npz
+    from qc.calib.data import from_npz
 
     model, calib, _ = chain_model
     got = {}
     for jobs in (1, 2):
         module = import_onnx(onnx.load(model))
-        ctx = PassContext(options={"calibration_data": from_npz(calib), "quiet": True})
+        ctx = PassContext(calibration_data=from_npz(calib), quiet=True)
         PassManager([parse_pass(f"calibrate{{jobs={jobs},rows=16}}")], ctx=ctx).run(module)
-        got[jobs] = ctx.cache["calibration"]
+        got[jobs] = ctx.calibration
     one, two = got[1], got[2]
     assert one.samples == two.samples == 16 and one.tensors.keys() == two.tensors.keys()
     for name, s in one.tensors.items():

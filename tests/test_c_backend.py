@@ -18,7 +18,7 @@ from qc.backends.c.runner import build_model, load_report, run_model
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
 from qc.ir import DType
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 from qc.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent

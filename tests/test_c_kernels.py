@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from qc.backends.c import packing, toolchain
 from qc.errors import QCError
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 DRIVER = Path(__file__).parent / "c_kernels" / "driver.c"
 KERNEL_SOURCES = sorted(toolchain.RUNTIME.glob("qc_gemm*.c")) + sorted(

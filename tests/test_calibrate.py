@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 import qc
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.quant.calib_data import check_against, from_arrays, from_npz, from_samples, from_text
-from qc.quant.stats import (CalibrationStats, Histogram, TensorStats, choose_range, expected_mse,
+from qc.calib.data import check_against, from_arrays, from_npz, from_samples, from_text
+from qc.calib.stats import (CalibrationStats, Histogram, TensorStats, choose_range, expected_mse,
                             scale_zero_point)
 
 from conftest import small_mlp
@@ -340,7 +340,7 @@ def test_symbolic_dims_must_agree_within_a_sample():
     bad = from_samples([{"a": np.zeros((2, 4), np.float32), "b": np.zeros((5, 3), np.float32)}])
     assert "inputs 'a' and 'b' share the dimension 'k', but sample 0 gives 4 and 5" in _error(bad, pair)
     ok = from_samples([{"a": np.ones((2, 4), np.float32), "b": np.full((4, 3), 2, np.float32)}])
-    stats = _run(pair, ok, "calibrate{outputs=true}").cache["calibration"]
+    stats = _run(pair, ok, "calibrate{outputs=true}").calibration
     assert set(stats.tensors) == {"a", "b", "y"} and stats["y"].max == 8.0   # graph inputs observed from feeds
     assert stats["b"].axis == -2 and stats["b"].channel_absmax is None     # activation x activation
 
@@ -370,7 +370,7 @@ def test_from_text_builds_token_feeds(tmp_path):
 
 # -- the pass -----------------------------------------------------------------------------------
 def _run(module, data, spec="calibrate", **options):
-    ctx = PassContext(options={"calibration_data": data, "quiet": True, **options})
+    ctx = PassContext(calibration_data=data, quiet=True, **options)
     PassManager.parse(spec, ctx=ctx).run(module)
     return ctx
 
@@ -382,7 +382,7 @@ def test_calibrate_small_mlp_matches_numpy_activations():
     before = qc.print_ir(module)
     ctx = _run(module, from_arrays({"x": x}), "calibrate{outputs=true,hessian=true,rows=5}")
     assert qc.print_ir(module) == before                       # the IR is not changed
-    stats = ctx.cache["calibration"]
+    stats = ctx.calibration
     assert set(stats.tensors) == {"x", "h"} and stats.samples == 6 and stats.method == "minmax"
     sx, sh = stats["x"], stats["h"]
     assert (sx.min, sx.max) == (float(x.min()), float(x.max()))
@@ -399,8 +399,8 @@ def test_calibrate_observes_fetched_activations_batched_or_not():
     module, w, w2 = _mlp_module()
     x = RNG.standard_normal((7, 3, 4)).astype(np.float32)
     data = from_arrays({"x": x[:, 0]})                         # 7 samples of [1, 4]
-    one = _run(module, data, "calibrate{hessian=true}").cache["calibration"]
-    four = _run(module, data, "calibrate{hessian=true,batch-size=4}").cache["calibration"]
+    one = _run(module, data, "calibrate{hessian=true}").calibration
+    four = _run(module, data, "calibrate{hessian=true,batch-size=4}").calibration
     assert set(one.tensors) == {"x", "r"}                      # w2 = Cast(const) is a weight, not observed
     r = np.maximum(x[:, 0] @ w + np.linspace(-1, 1, 6).astype(np.float32), 0)
     for stats in (one, four):
@@ -420,11 +420,11 @@ def test_calibrate_cache(tmp_path):
     assert os.path.isfile(cache)
     again = _run(module, from_arrays({"x": x}), "calibrate{method=entropy}", calibration_cache=cache)
     assert any("loaded from" in r for r in again.remarks)
-    a, b = first.cache["calibration"], again.cache["calibration"]
+    a, b = first.calibration, again.calibration
     assert a.key == b.key and b.method == "entropy" and b.samples == 4
     np.testing.assert_array_equal(a["r"].hist.counts, b["r"].hist.counts)
     other = _run(module, from_arrays({"x": x[:3]}), "calibrate", calibration_cache=cache)
-    assert any("recomputing" in r for r in other.remarks) and other.cache["calibration"].samples == 3
+    assert any("recomputing" in r for r in other.remarks) and other.calibration.samples == 3
     options = _run(module, from_arrays({"x": x[:3]}), "calibrate{hessian=true}", calibration_cache=cache)
     assert any("recomputing" in r for r in options.remarks)
     changed, _, _ = _mlp_module()
@@ -453,7 +453,7 @@ def test_calibrate_static_batch_ignores_batch_size():
     ctx = _run(module, from_arrays({"x": RNG.standard_normal((3, 2, 4)).astype(np.float32)}),
                "calibrate{batch-size=8}")
     assert any("batch-size 8 ignored" in r for r in ctx.remarks)
-    assert ctx.cache["calibration"].samples == 3
+    assert ctx.calibration.samples == 3
 
 
 def test_calibrate_conv_channels_and_gemm_transposes():
@@ -468,7 +468,7 @@ def test_calibrate_conv_channels_and_gemm_transposes():
                               [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(wg, "wg")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     module = qc.import_onnx(proto)
-    stats = _run(module, from_arrays({"x": x}), "calibrate{hessian=true}").cache["calibration"]
+    stats = _run(module, from_arrays({"x": x}), "calibrate{hessian=true}").calibration
     assert set(stats.tensors) == {"x", "f"}
     np.testing.assert_array_equal(stats["x"].channel_absmax, np.abs(x).max(axis=(0, 2, 3)))
     assert stats["x"].hessian is None                          # no Hessian for Conv
@@ -483,7 +483,7 @@ def test_calibrate_conv_channels_and_gemm_transposes():
 def test_calibrate_reads_the_weights_in_place():
     """The session gets the IR's weight buffers (add_external_initializers): the proto it is
     built from holds no weight bytes, so no copy is made and the 2 GB protobuf limit never applies."""
-    from qc.backends.onnx.writer import export_onnx_sharing_weights
+    from qc.onnx.writer import export_onnx_sharing_weights
 
     w = RNG.standard_normal((32, 64)).astype(np.float32)             # 8 KiB: handed over as an array
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
@@ -496,6 +496,6 @@ def test_calibrate_reads_the_weights_in_place():
     proto, arrays = export_onnx_sharing_weights(module)
     assert sorted(arrays) == ["w"] and proto.ByteSize() < 1024     # w2 (512 bytes) stays inline
     x = RNG.standard_normal((3, 1, 32)).astype(np.float32)
-    stats = _run(module, from_arrays({"x": x[:, 0]})).cache["calibration"]
+    stats = _run(module, from_arrays({"x": x[:, 0]})).calibration
     t = np.tanh(x[:, 0].astype(np.float64) @ w)
     np.testing.assert_allclose([stats["t"].min, stats["t"].max], [t.min(), t.max()], rtol=1e-5)

@@ -63,7 +63,7 @@ def _check(path, target):
     module = import_onnx(onnx.load(path))
     ctx = PassContext(target=target)
     PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
-    return module, ctx.cache["placement"]
+    return module, ctx.placement.units
 
 
 def test_int8_qdq_on_x86_cpu_no_fallback(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_qc, small_mlp
-from qc import metrics
+from qc.tools import metrics
 from qc.data import text as textdata
 from test_metrics import VOCAB, lm_table, tiny_encoder, tiny_lm, word_tokenizer
 

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qc import metrics
-from qc.runtime import ort_session
+from qc.tools import metrics
+from qc.onnx.evaluator import ort_session
 from conftest import run_qc
 
 RNG = np.random.default_rng(3)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_qc
 from qat_models import mlp_inputs, qat_mlp
 from qc.frontend.onnx import import_onnx
-from qc.quant import guardrails
+from qc.tools import guardrails
 
 RNG = np.random.default_rng(5)
 

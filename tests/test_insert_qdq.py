@@ -8,8 +8,8 @@ from onnx import TensorProto, helper
 import qc
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.quant.stats import CalibrationStats, TensorStats
-from qc.runtime import ort_session
+from qc.calib.stats import CalibrationStats, TensorStats
+from qc.onnx.evaluator import ort_session
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((16, 8)).astype(np.float32)
@@ -48,7 +48,7 @@ def test_static_activation_quantization_matches_numpy(dtype, qmin, qmax):
     module, ctx = run_pass(f"insert-qdq{{dtype={dtype}}}", matmul_model(), calibrated(samples))
     c = consts(module)
     scale, zp = c["x.scale"], c["x.zp"]
-    stats = ctx.cache["calibration"].tensors["x"]
+    stats = ctx.calibration.tensors["x"]
     # minmax: the range covers every calibration value to within half a step (the zero point is
     # an integer, so the range moves by up to half a step to make zero exact)
     assert (qmin - int(zp)) * scale <= min(stats.min, 0) + scale / 2 and (qmax - int(zp)) * scale >= stats.max - scale / 2

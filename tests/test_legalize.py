@@ -8,11 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_qc
-from qc.backends.onnx.writer import export_onnx
+from qc.onnx.writer import export_onnx
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
 from qc.pm import PassContext, PassManager, parse_pass
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 K, N = 64, 32
 
@@ -81,7 +81,7 @@ def _target(tmp_path, gpu_kernels: list[tuple[str, str, str, str, str]], name="s
 def _legalize(path, target, fallback="allow"):
     module = import_onnx(onnx.load(path))
     ctx = PassContext(target=target)
-    PassManager([parse_pass(f"legalize{{fallback={fallback}}}")], ctx=ctx).run(module)
+    PassManager([parse_pass("legalize"), parse_pass(f"check-kernels{{fallback={fallback}}}")], ctx=ctx).run(module)
     return module, ctx
 
 
@@ -100,9 +100,9 @@ def _ops(module):
 def test_uint8_unit_becomes_int8_exactly_for_ethos_u55(tmp_path):
     path = _u8_qdq(tmp_path)
     module, ctx = _legalize(path, "ethos-u55")
-    (change,) = ctx.cache["legalized"]
+    (change,) = ctx.legalized
     assert change["node"] == "mm" and change["change"].startswith("uint8 -> int8") and change["change"].endswith("-> npu")
-    assert ctx.cache["fallbacks"] == []
+    assert ctx.placement.fallbacks == []
     out = export_onnx(module)
     zps = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer if "zp_s8" in i.name}
     assert sorted(int(v) for v in zps.values()) == [-8, 3]  # 120 - 128 and 131 - 128
@@ -113,9 +113,9 @@ def test_int4_block_becomes_int8_block_exactly(tmp_path):
     soc = _target(tmp_path, [("MatMul", "float32", "int8", "float32", "block")])
     path = _int4_block(tmp_path)
     module, ctx = _legalize(path, soc)
-    (change,) = ctx.cache["legalized"]
+    (change,) = ctx.legalized
     assert "int4 -> int8 weights (block 32, same scales, exact)" in change["change"]
-    assert ctx.cache["fallbacks"] == []
+    assert ctx.placement.fallbacks == []
     np.testing.assert_array_equal(_run(export_onnx(module), _x()), _run(path, _x()))
 
 
@@ -123,7 +123,7 @@ def test_int4_block_becomes_int8_per_channel(tmp_path):
     soc = _target(tmp_path, [("MatMul", "float32", "int8", "float32", "channel")])
     path = _int4_block(tmp_path)
     module, ctx = _legalize(path, soc)
-    assert "re-rounded to int8 per column" in ctx.cache["legalized"][0]["change"]
+    assert "re-rounded to int8 per column" in ctx.legalized[0]["change"]
     ref, got = _run(path, _x()), _run(export_onnx(module), _x())
     # 8-bit re-rounding of 4-bit values: error far below the 4-bit step
     assert np.max(np.abs(got - ref)) < 0.02 * np.max(np.abs(ref))
@@ -139,10 +139,10 @@ def test_lowered_units_become_float16_on_the_gpu(tmp_path, scheme):
     assert r.returncode == 0, r.stderr
     target = "mali-gpu" if scheme == "w4" else "cuda"
     module, ctx = _legalize(q, target)
-    (change,) = ctx.cache["legalized"]
+    (change,) = ctx.legalized
     assert "weights stored as float16" in change["change"] and change["change"].endswith("-> gpu")
     assert change["cost_after"] < change["cost_before"]
-    assert ctx.cache["fallbacks"] == []
+    assert ctx.placement.fallbacks == []
     ops = _ops(module)
     assert ops["MatMul"] == 1 and ops["Cast"] == 2 and "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops
     out = export_onnx(module)
@@ -162,7 +162,7 @@ def test_float32_when_the_gpu_has_only_float32(tmp_path):
     q = str(tmp_path / "w4.onnx")
     assert run_qc("compile", src, "--target", "x86-avx2", "--quant", "w4", "-o", q, "--quiet").returncode == 0
     module, ctx = _legalize(q, soc)
-    assert "weights stored as float32" in ctx.cache["legalized"][0]["change"]
+    assert "weights stored as float32" in ctx.legalized[0]["change"]
     np.testing.assert_allclose(_run(export_onnx(module), _x()), _run(q, _x()), rtol=1e-4, atol=1e-5)
 
 
@@ -171,7 +171,7 @@ def test_single_device_target_is_not_rewritten(tmp_path):
     path = _int4_block(tmp_path)
     before = onnx.load(path)
     module, ctx = _legalize(path, "cortex-a53")
-    assert ctx.cache["legalized"] == []
+    assert ctx.legalized == []
     assert _ops(module) == collections.Counter(n.op_type for n in before.graph.node)
 
 
@@ -186,7 +186,7 @@ def test_fallback_error_lists_the_nodes(tmp_path):
     module, ctx = _legalize(path, soc2, fallback="warn")
     assert any("fallback: MatMul uint8 x int8 (channel): no kernel on gpu -> cpu" in r for r in ctx.remarks)
     module, ctx = _legalize(path, soc)  # with a float16 kernel it is rewritten
-    assert ctx.cache["fallbacks"] == []
+    assert ctx.placement.fallbacks == []
 
 
 def test_qc_compile_fallback_error_exit_2(tmp_path):

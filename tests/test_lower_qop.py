@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 import qc
 from conftest import op_counts, run_and_check
 from qc.errors import QCError
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 RNG = np.random.default_rng(7)
 NP = {T.UINT8: np.uint8, T.INT8: np.int8, T.UINT4: ml_dtypes.uint4, T.INT4: ml_dtypes.int4,

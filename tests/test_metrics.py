@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qc import metrics
+from qc.tools import metrics
 from qc.errors import QCError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "a", "model", "is", "small", "and", "text", "runs", "fast",

@@ -51,7 +51,7 @@ def model(model_path) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def session(model_path):
     """One onnxruntime session (CPU, graph optimizations off) for the whole module."""
-    from qc.runtime import ort_session
+    from qc.onnx.evaluator import ort_session
 
     return ort_session(model_path)
 

@@ -14,7 +14,7 @@ from gguf import GGUFReader
 import qc.models
 from qc.errors import QCError
 from qc.models import smollm2
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 LAYERS = 2
 PROMPT = "What is the capital of France?"

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 import qc
 import qc.pm
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 RNG_SEED = 1234
 

@@ -6,7 +6,8 @@ import onnx
 import qc
 from conftest import small_mlp
 
-EXPECTED = {"ParseError", "QCError", "VerifyError", "__version__", "export_onnx", "import_onnx",
+EXPECTED = {"CompileResult", "ParseError", "QCError", "VerifyError", "__version__", "compile", "export_onnx",
+            "import_onnx",
             "parse_ir", "print_ir", "run_pipeline", "save_onnx"}
 
 

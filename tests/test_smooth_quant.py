@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 import qc
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.quant.stats import CalibrationStats, TensorStats
-from qc.runtime import ort_session
+from qc.calib.stats import CalibrationStats, TensorStats
+from qc.onnx.evaluator import ort_session
 
 K, N, T = 32, 8, 16
 RNG = np.random.default_rng(5)
@@ -59,7 +59,7 @@ def test_float_function_is_unchanged(residual):
     module, ctx = run("smooth-quant{alpha=0.5}", residual, hs)
     types = [op.op_type for op in module.graph]
     assert types.count("Mul") == (2 if residual else 1)      # folded into the norm's Mul, or a new Mul
-    smoothed = ctx.cache["calibration"].tensors["x.smooth" if residual else "x"]
+    smoothed = ctx.calibration.tensors["x.smooth" if residual else "x"]
     proto = qc.export_onnx(module)
     onnx.checker.check_model(proto, full_check=True)
     got = ort_session(proto).run(None, {"h": hs[0]})

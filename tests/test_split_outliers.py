@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 import qc
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.quant.stats import CalibrationStats, TensorStats
-from qc.runtime import ort_session
+from qc.calib.stats import CalibrationStats, TensorStats
+from qc.onnx.evaluator import ort_session
 
 K, N, T = 64, 16, 32
 OUTLIERS = (5, 40)
@@ -46,7 +46,7 @@ def compile_with(spec: str, samples: list[np.ndarray]):
 
 def test_budget_mode_moves_the_planted_columns_to_float16():
     module, ctx = compile_with("split-outliers{mode=budget,max-fraction=0.04}", activations(4))
-    (split,) = ctx.cache["outlier_splits"]
+    (split,) = ctx.outlier_splits
     assert split.columns == list(OUTLIERS) and split.features == K
     consts = {n: v.const.numpy() for n, v in module.graph.consts.items()}
     np.testing.assert_array_equal(consts["x.outlier_cols"], OUTLIERS)
@@ -84,10 +84,10 @@ def test_error_of_the_split_int8_model_is_bounded_by_the_int8_scales():
 def test_threshold_and_error_modes():
     samples = activations(4, scale=10.0)
     _, ctx = compile_with("split-outliers{mode=threshold,threshold=6}", samples)
-    (split,) = ctx.cache["outlier_splits"]
+    (split,) = ctx.outlier_splits
     assert set(OUTLIERS) <= set(split.columns)            # Gaussian columns rarely pass 6.0 over 128 rows
     _, ctx = compile_with("split-outliers{mode=error,max-fraction=0.25}", samples)
-    (split,) = ctx.cache["outlier_splits"]
+    (split,) = ctx.outlier_splits
     assert set(OUTLIERS) <= set(split.columns) and len(split.columns) <= K // 4
 
 
@@ -105,7 +105,7 @@ def test_error_mode_shares_one_budget_where_the_error_is():
         sz.update(RNG.standard_normal((1, T, K)).astype(np.float32))
     ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": sx, "z": sz}, samples=4)})
     PassManager.parse("split-outliers{mode=error,max-fraction=0.016}", ctx=ctx).run(module)   # 2 of 128 columns
-    splits = {sp.activation: sp for sp in ctx.cache["outlier_splits"]}
+    splits = {sp.activation: sp for sp in ctx.outlier_splits}
     assert set(splits) == {"x"} and splits["x"].columns == list(OUTLIERS)
 
 
@@ -114,7 +114,7 @@ def test_a_model_without_outliers_is_left_unchanged():
     for s in samples:
         np.clip(s, -5.0, 5.0, out=s)
     module, ctx = compile_with("split-outliers{mode=threshold}", samples)
-    assert [op.op_type for op in module.graph] == ["MatMul"] and not ctx.cache["outlier_splits"]
+    assert [op.op_type for op in module.graph] == ["MatMul"] and not ctx.outlier_splits
     assert any("not split" in r for r in ctx.remarks)
 
 

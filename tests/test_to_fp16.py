@@ -21,7 +21,7 @@ import qc
 from conftest import LIGHT_DIR, op_counts, run_and_check, small_mlp
 from qc.errors import QCError
 from qc.ir.tensor import Tensor
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 from qc.testing.conformance import random_feeds
 
 RNG = np.random.default_rng(11)

@@ -108,8 +108,8 @@ def _infer_through_contrib(module: Module) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from qc.backends.onnx.writer import export_onnx_sharing_weights
-    from qc.frontend.onnx import convert_type
+    from qc.onnx.writer import export_onnx_sharing_weights
+    from qc.onnx.reader import convert_type
     from qc.passes.propagate_shapes import _collect, _values, merge_types
 
     proto, _ = export_onnx_sharing_weights(module)

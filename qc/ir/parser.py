@@ -22,7 +22,7 @@ except ImportError:  # optional accelerator: same grammar, same results, about 3
     lark_cython = None
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from ..errors import ParseError, QCError
+from .errors import ParseError, QCError
 from .scope import Scope
 from .core import Attr, Function, Graph, Module, Op, Value
 from ._gc import without_gc

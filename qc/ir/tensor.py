@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from ..errors import QCError
+from .errors import QCError
 from .dtypes import DType
 
 

@@ -11,7 +11,7 @@ import functools
 import onnx.defs
 from onnx import TensorProto
 
-from ..errors import VerifyError
+from .errors import VerifyError
 from .core import Graph, Module, Op, Value
 from .dtypes import DType
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type

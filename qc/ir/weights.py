@@ -11,7 +11,7 @@ import os
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from ..errors import QCError
+from .errors import QCError
 from .dtypes import DType
 from .tensor import Tensor
 
@@ -38,7 +38,7 @@ class SidecarWriter:
         return offset
 
     def write(self, path: str) -> None:
-        from ..fileio import atomic_write
+        from .fileio import atomic_write
 
         with atomic_write(path) as f:
             for chunk in self.chunks:

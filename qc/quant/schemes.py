@@ -123,6 +123,10 @@ def needs_calibration(opts: QuantOptions) -> bool:
     return s.calibrated or (opts.weight_algo or "rtn") in ("gptq", "awq")
 
 
+# The optimization pipeline `qc compile` runs before the backend (registered as `default`).
+OPTIMIZATION_PIPELINE = "propagate-shapes,remove-identity,fold-constants,fold-batchnorm,cse,dce"
+
+
 def needs_opset(opts: QuantOptions) -> int:
     """The default-domain opset the scheme's ops need (int4 / int16 / blocked Q/DQ: 21)."""
     s = scheme(opts.scheme)
@@ -135,11 +139,8 @@ def needs_opset(opts: QuantOptions) -> int:
 
 def pipeline(opts: QuantOptions) -> str:
     """The pipeline string for ``opts`` (the default optimization pipeline first)."""
-    from qc.pm import load_builtin_passes, named_pipelines
-
     s = scheme(opts.scheme)
-    load_builtin_passes()
-    passes = [named_pipelines()["default"][0]]
+    passes = [OPTIMIZATION_PIPELINE]
     if s.name == "fp16":
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS

@@ -1,23 +1,25 @@
 """The placement report of ``qc check`` / ``qc compile --target``: built from what check-kernels
-(and legalize) left in the pass context's cache, printed as a table or written as JSON."""
+(and legalize) left in the pass context, printed as a table or written as JSON."""
 from __future__ import annotations
 
 from typing import Any
 
+from .placement import Placement
+
 _FALLBACK_KEYS = ("node", "op", "dtypes", "granularity", "from", "to", "reason")
 
 
-def placement_report(target, cache: dict) -> dict[str, Any]:
+def placement_report(target, found: Placement, legalized: list[dict] | None = None) -> dict[str, Any]:
     """A JSON-ready report: units per device, fallbacks, copies, transitions, estimated cost, and the
     rewrites of legalize when it ran."""
-    placement, traffic, cost = cache["placement"], cache["traffic"], cache["cost"]
+    placement, traffic, cost = found.units, found.traffic, found.cost
     report: dict[str, Any] = {
         "target": target.name,
         "preferred_device": target.preferred_device,
         "units": len(placement),
         "units_per_device": {d: sum(1 for p in placement if p["to"] == d) for d in target.devices},
-        "ops_per_device": cache.get("ops_per_device", {}),
-        "fallbacks": [{k: p[k] for k in _FALLBACK_KEYS} for p in cache["fallbacks"]],
+        "ops_per_device": found.ops_per_device,
+        "fallbacks": [{k: p[k] for k in _FALLBACK_KEYS} for p in found.fallbacks],
         "emulated": [{"node": p["node"], "op": p["op"], "dtypes": p["dtypes"], "on": p["to"], "reason": p["reason"]
                       or f"no integer kernel for {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]} on {p['to']}"}
                      for p in placement if p["to"] == target.preferred_device and not p["kernel"]],
@@ -28,8 +30,8 @@ def placement_report(target, cache: dict) -> dict[str, Any]:
                  "total": round(cost["total"], 3), "units_without_shapes": cost["unknown_macs"]},
         "placement": [{k: p[k] for k in (*_FALLBACK_KEYS, "kernel", "cost", "macs")} for p in placement],
     }
-    if "legalized" in cache:
-        report["legalized"] = cache["legalized"]
+    if legalized is not None:
+        report["legalized"] = legalized
     return report
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, numpy_helper
 
-from qc.runtime import ort_session
+from qc.onnx.evaluator import ort_session
 
 Feeds = dict[str, Any]
 Via = Callable[[ModelProto], ModelProto]
@@ -203,7 +203,7 @@ def random_feeds(model: ModelProto, seed: int = 0) -> Feeds:
 
 def via_onnx(model: ModelProto) -> ModelProto:
     """ONNX -> qc IR -> ONNX."""
-    from qc.backends.onnx import export_onnx
+    from qc.onnx.writer import export_onnx
     from qc.frontend import import_onnx
 
     return export_onnx(import_onnx(model))
@@ -212,7 +212,7 @@ def via_onnx(model: ModelProto) -> ModelProto:
 def via_text(model: ModelProto) -> ModelProto:
     """ONNX -> qc IR -> text IR (weights inline) -> qc IR -> ONNX."""
     import qc
-    from qc.backends.onnx import export_onnx
+    from qc.onnx.writer import export_onnx
     from qc.frontend import import_onnx
 
     if not text_available():

@@ -2,7 +2,7 @@
 (or onnxruntime's own documentation) says are likely to cost accuracy on this model and target.
 
 :func:`check` looks at the compiled module (what was actually quantized, in QDQ or QOperator
-form), the scheme's options, the calibration statistics in the pass context's cache and the
+form), the scheme's options, the calibration statistics of the pass context and the
 target, and returns :class:`Guardrail` warnings, each with a code, the layer, what was seen,
 why it matters (with its source) and what to do. Nothing is changed; a warning never stops the
 compile.
@@ -60,12 +60,11 @@ class Guardrail:
         return asdict(self)
 
 
-def check(module: Module, opts: Any | None, cache: Mapping[str, Any], target: Any | None = None) -> list[Guardrail]:
-    """Every guardrail warning for the compiled ``module`` (``opts``: the QuantOptions; ``cache``:
-    the pass context's cache, with ``calibration`` when the scheme calibrated; ``target``: a
-    Target, or None to take the features from ``opts.target_features``)."""
+def check(module: Module, opts: Any | None, calib: Any | None, target: Any | None = None) -> list[Guardrail]:
+    """Every guardrail warning for the compiled ``module`` (``opts``: the QuantOptions; ``calib``:
+    the calibration statistics when the scheme calibrated; ``target``: a Target, or None to take
+    the features from ``opts.target_features``)."""
     features = set(getattr(target, "features", None) or getattr(opts, "target_features", ()) or ())
-    calib = cache.get("calibration")
     out: list[Guardrail] = []
     out += _four_bit_activations_on_decoder(module, opts)
     out += _activation_outliers(module, calib)
@@ -142,7 +141,7 @@ def _per_tensor_weights(module: Module) -> list[Guardrail]:
 def _few_samples(opts: Any | None, calib: Any | None) -> list[Guardrail]:
     if calib is None or opts is None:
         return []
-    from .schemes import needs_calibration
+    from qc.quant.schemes import needs_calibration
 
     samples = int(getattr(calib, "samples", 0))
     if not needs_calibration(opts) or not getattr(calib, "tensors", None) or samples >= MIN_CALIBRATION_SAMPLES:

@@ -1,14 +1,13 @@
-"""qc IR -> ONNX ``ModelProto``.
+"""qc IR -> ONNX ``ModelProto``, in memory (the file writer is ``qc.backends.onnx``).
 
 The writer is deterministic: the same module gives byte-identical output. Tensors still in
-their original (undecoded) form are passed through untouched. ``save_onnx`` writes large
-weights as external data, streaming them one at a time, so models over 2 GB work.
+their original (undecoded) form are passed through untouched. Large tensors can be placed by
+a sink (external data in a file, or numpy arrays handed to onnxruntime).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +15,6 @@ import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
 
 from qc.errors import QCError
-from qc.fileio import atomic_write
 from qc.ir.core import Attr, Function, Graph, Module, Value
 from qc.ir.naming import assign_unique_names
 from qc.ir.tensor import SparseTensor, Tensor
@@ -35,7 +33,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 def export_onnx(module: Module) -> ModelProto:
     """The module as a ModelProto with every tensor inline (see ``save_onnx`` for > 2 GB)."""
-    return _Writer(external=None).model(module)
+    return ModelWriter(external=None).model(module)
 
 
 def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[ModelProto, Mapping[str, np.ndarray]]:
@@ -45,47 +43,14 @@ def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[
     IR's own buffers, and the weights are not copied into a proto and serialized bytes first.
     ``arrays`` reads each tensor when it is looked up, so weights on disk stay there until then."""
     sink = _MemorySink(min_bytes)
-    return _Writer(external=sink).model(module), sink.arrays
-
-
-def save_onnx(module: Module, path: str, *, external: bool | None = None,
-              external_min_bytes: int = 1024) -> None:
-    """Write ``module`` to ``path`` atomically.
-
-    ``external=None`` puts weights in ``<path>.data`` only when the model would exceed the
-    2 GB protobuf limit; ``True`` always does (for tensors of ``external_min_bytes`` or more).
-    """
-    path = os.fspath(path)
-    total = sum(_const_bytes(v) for v in _all_consts(module))
-    if external is None:
-        external = total > PROTOBUF_LIMIT - (64 << 20)
-    data_name = os.path.basename(path) + ".data"
-    with contextlib.ExitStack() as stack:  # the data file lands first, then the model that points into it
-        sink = None
-        if external:
-            data_file = stack.enter_context(atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), data_name)))
-            sink = _ExternalSink(data_file, data_name, external_min_bytes)
-        writer = _Writer(external=sink, defer_initializers=not external)
-        blob = writer.model(module).SerializeToString(deterministic=True)
-    with atomic_write(path) as f:
-        f.write(blob)
-        # The main graph's initializers follow one at a time, each as a ModelProto holding only
-        # that initializer: a protobuf parser merges repeated messages (onnx.load and onnxruntime
-        # see one graph, initializers in order), and no copy of all weights is ever held at once.
-        for v in writer.deferred:
-            chunk = ModelProto()
-            if isinstance(v.const, SparseTensor):
-                chunk.graph.sparse_initializer.append(writer.sparse(v.const, v.name))
-            else:
-                chunk.graph.initializer.append(writer.tensor(v.const, v.name))
-            f.write(chunk.SerializeToString(deterministic=True))
+    return ModelWriter(external=sink).model(module), sink.arrays
 
 
 def serialize(proto: ModelProto) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def _all_consts(module: Module):
+def all_consts(module: Module):
     for op in module.walk():
         for a in op.attrs.values():
             if a.kind == "tensor" and a.value is not None:
@@ -98,37 +63,10 @@ def _all_consts(module: Module):
             stack.extend(op.subgraphs())
 
 
-def _const_bytes(t) -> int:
+def const_bytes(t) -> int:
     if isinstance(t, SparseTensor):
         return t.values.nbytes + t.indices.nbytes
     return t.nbytes if t.dtype.bits else 0
-
-
-class _ExternalSink:
-    """Appends tensor bytes to one data file, 64-byte aligned, and returns the reference."""
-
-    ALIGN = 64
-
-    def __init__(self, file, location: str, min_bytes: int):
-        self.file, self.location, self.min_bytes = file, location, min_bytes
-        self.offset = 0
-
-    def place(self, tensor: Tensor, name: str) -> TensorProto | None:
-        if tensor.dtype.bits == 0 or tensor.nbytes < self.min_bytes:
-            return None
-        pad = -self.offset % self.ALIGN
-        if pad:
-            self.file.write(b"\0" * pad)
-            self.offset += pad
-        raw = tensor.raw_bytes()
-        self.file.write(raw)
-        p = TensorProto(name=name, data_type=int(tensor.dtype), dims=list(tensor.shape),
-                        data_location=TensorProto.EXTERNAL)
-        for k, v in (("location", self.location), ("offset", str(self.offset)), ("length", str(len(raw)))):
-            e = p.external_data.add()
-            e.key, e.value = k, v
-        self.offset += len(raw)
-        return p
 
 
 class _LazyArrays(Mapping):
@@ -169,8 +107,12 @@ class _MemorySink:
         return p
 
 
-class _Writer:
-    def __init__(self, external: "_ExternalSink | _MemorySink | None", defer_initializers: bool = False):
+class ModelWriter:
+    """IR -> ModelProto. ``external`` places large tensors elsewhere (a sink with
+    ``place(tensor, name) -> TensorProto | None``); ``defer_initializers`` leaves the main
+    graph's initializers out and lists their values in ``deferred`` for the caller to stream."""
+
+    def __init__(self, external: "Any", defer_initializers: bool = False):
         self.external = external
         self.defer_initializers = defer_initializers
         self.deferred: list[Value] = []

@@ -47,7 +47,7 @@ def score_of(metric: str, reference: list[np.ndarray], outputs: list[np.ndarray]
             cos.extend(np.where(den > 0, np.sum(r2 * o2, axis=1) / np.maximum(den, 1e-300), 1.0))
         return float(np.mean(cos))
     if metric == "ppl":
-        from qc.metrics import nll
+        from qc.tools.metrics import nll
 
         losses = [nll(o[:, :-1], ids[:, 1:]).ravel() for o, ids in zip(outputs, input_ids or [])]
         return float(np.exp(np.mean(np.concatenate(losses))))
@@ -63,7 +63,7 @@ class Scorer:
     """One onnxruntime session of the switchboard model; scores configurations."""
 
     def __init__(self, model: Any, switches: list[Switch], feeds: list[dict[str, np.ndarray]], metric: str):
-        from qc.runtime import module_session
+        from qc.onnx.evaluator import module_session
 
         if isinstance(model, (str, os.PathLike)):  # a worker: the same kind of session as in process
             import onnx
@@ -121,7 +121,7 @@ class Runner:
         if self._path is None:
             import tempfile
 
-            from qc.backends.onnx.writer import save_onnx
+            from qc.backends.onnx import save_onnx
 
             d = tempfile.mkdtemp(prefix="qc-analyze-", dir=self.workdir)
             self._path = os.path.join(d, "switchboard.onnx")
