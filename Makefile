@@ -5,11 +5,14 @@
 #   make demo    build SmolLM2-135M, quantize it for the x86 CPU (w8a8), show size, pass timings
 #                and perplexity before / after
 #   make test    the whole test suite (pytest, which also runs the lit/FileCheck pass tests)
+#   make lint    static checks (.ci/lint): import layering (import-linter, contracts in
+#                pyproject.toml), import cycles, ruff, mypy on qc/ir, qc/pm.py and qc/onnx
 #   make bench   import/export/print/parse times for 1k, 10k and 100k-node graphs
 #   make clean   remove .venv, out/ and test and build caches
 #
 # Variables: PYTHON (the interpreter that creates the venv, default python3),
-# PYTEST_ARGS (e.g. make test PYTEST_ARGS='-x tests/test_cli.py'), BENCH_ARGS.
+# PYTEST_ARGS (e.g. make test PYTEST_ARGS='-x tests/test_cli.py'), BENCH_ARGS, LINT_ARGS (the
+# checks to run, e.g. make lint LINT_ARGS='imports cycles').
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,8 +22,9 @@ STAMP := $(VENV)/.qc-installed
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+LINT_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -59,9 +63,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(STAMP)
+	$(RUN) $(BIN)/python .ci/lint $(LINT_ARGS)
+
 bench: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) out build dist .pytest_cache tests/filecheck/Output tests/filecheck/.lit_test_times.txt
+	rm -rf $(VENV) out build dist .pytest_cache .mypy_cache .ruff_cache tests/filecheck/Output tests/filecheck/.lit_test_times.txt
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
