@@ -155,7 +155,7 @@ def format_accuracy(r: dict) -> str:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
-    from . import cli
+    from . import cli_common
     from .pm import PassContext
     from .calib.data import split_holdout
     from .quant import schemes
@@ -166,22 +166,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     for path in (args.html, args.json):
         if path:
-            cli._refuse_overwrite(path, [args.model])
+            cli_common._refuse_overwrite(path, [args.model])
     target = load_target(args.target)
-    quant = cli._quant_options(args, target)
+    quant = cli_common._quant_options(args, target)
     if not quant.scheme:
         raise QCError("qc analyze needs --quant SCHEME")
     spec = schemes.pipeline(quant)
     args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
     ctx = PassContext(target=target)
-    module = cli.load_module(args.model, args)
-    data = cli._calibration_from_flags(args, module)
+    module = cli_common.load_module(args.model, args)
+    data = cli_common._calibration_from_flags(args, module)
     if data is None:
         raise QCError("qc analyze needs calibration data", where=args.model,
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
     data, holdout = split_holdout(data, args.holdout, module)
     ctx.calibration_data, ctx.calibration_cache, ctx.quiet, ctx.jobs = data, args.calib_cache, True, args.jobs
-    pm, switches, consts, _ = quantize_for_analysis(spec, module, lambda s: cli.build_pass_manager(s, args, ctx)[0])
+    pm, switches, consts, _ = quantize_for_analysis(spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
     runner = _runner(args, module, switches, holdout, args.metric)
     try:
         result = analyze(runner, exact=args.exact)

@@ -203,28 +203,21 @@ def random_feeds(model: ModelProto, seed: int = 0) -> Feeds:
 
 def via_onnx(model: ModelProto) -> ModelProto:
     """ONNX -> qc IR -> ONNX."""
-    from qc.onnx.writer import export_onnx
     from qc.frontend import import_onnx
+    from qc.onnx.writer import export_onnx
 
     return export_onnx(import_onnx(model))
 
 
 def via_text(model: ModelProto) -> ModelProto:
     """ONNX -> qc IR -> text IR (weights inline) -> qc IR -> ONNX."""
-    import qc
-    from qc.onnx.writer import export_onnx
     from qc.frontend import import_onnx
+    from qc.ir.parser import parse_ir
+    from qc.ir.printer import print_ir
+    from qc.onnx.writer import export_onnx
 
-    if not text_available():
-        raise RuntimeError("the text IR round trip needs qc.print_ir and qc.parse_ir, which do not exist yet")
-    text = qc.print_ir(import_onnx(model), elide_above=None)
-    return export_onnx(qc.parse_ir(text))
-
-
-def text_available() -> bool:
-    import qc
-
-    return hasattr(qc, "print_ir") and hasattr(qc, "parse_ir")
+    text = print_ir(import_onnx(model), elide_above=None)
+    return export_onnx(parse_ir(text))
 
 
 VIAS: dict[str, Via] = {"onnx": via_onnx, "text": via_text}
@@ -425,10 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = ["onnx", "text"] if args.via == "both" else [args.via]
-    if "text" in names and not text_available():
-        print("error: --via text needs qc.print_ir and qc.parse_ir (qc/ir/printer.py, qc/ir/parser.py), "
-              "which do not exist yet; use --via onnx", file=sys.stderr)
-        return 2
     vias = {n: VIAS[n] for n in names}
     show = (lambda r: print(f"  [{r.via}] {r}", flush=True)) if args.verbose else None
     start = time.perf_counter()
