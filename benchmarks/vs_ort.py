@@ -69,21 +69,21 @@ METHODS = {
     "ort-int4-b32": ("MatMulNBits int4 sym block 32 (RTN)", {"kind": "int4", "block_size": 32}),
     "ort-int4-b128": ("MatMulNBits int4 sym block 128 (RTN)", {"kind": "int4", "block_size": 128}),
     "qc-w8a8": ("qc compile --quant w8a8 --outliers none (static, per-channel weights)",
-                {"kind": "qc", "args": ["--quant", "w8a8", "--outliers", "none"]}),
+                {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none"}}),
     "qc-w8a8-mse": ("qc --quant w8a8 --outliers none --calib-method mse",
-                    {"kind": "qc", "args": ["--quant", "w8a8", "--outliers", "none", "--calib-method", "mse"]}),
-    "qc-w8a8-rr": ("qc --quant w8a8 --outliers none --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
-        "--quant", "w8a8", "--outliers", "none", "--reduce-range"]}),
-    "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "args": ["--quant", "dyn8"]}),
-    "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "args": [
-        "--quant", "dyn8", "--reduce-range"]}),
+                    {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none", "calib_method": "mse"}}),
+    "qc-w8a8-rr": ("qc --quant w8a8 --outliers none --reduce-range (7-bit int8 weights)", {"kind": "qc", "quant": {
+        "scheme": "w8a8", "outliers": "none", "reduce_range": True}}),
+    "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "quant": {"scheme": "dyn8"}}),
+    "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "quant": {
+        "scheme": "dyn8", "reduce_range": True}}),
     "qc-w4-rtn-sym": ("qc --quant w4 --symmetric (block 32, RTN: onnxruntime's int4 configuration)",
-                      {"kind": "qc", "args": ["--quant", "w4", "--symmetric"]}),
-    "qc-w4-rtn": ("qc --quant w4 (block 32, asymmetric, RTN)", {"kind": "qc", "args": ["--quant", "w4"]}),
+                      {"kind": "qc", "quant": {"scheme": "w4", "weight_symmetric": True}}),
+    "qc-w4-rtn": ("qc --quant w4 (block 32, asymmetric, RTN)", {"kind": "qc", "quant": {"scheme": "w4"}}),
     "qc-w4-gptq": ("qc --quant w4 --weight-algo gptq (block 32, asymmetric)",
-                   {"kind": "qc", "args": ["--quant", "w4", "--weight-algo", "gptq"]}),
+                   {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "gptq"}}),
     "qc-w4-awq": ("qc --quant w4 --weight-algo awq (block 32, asymmetric)",
-                  {"kind": "qc", "args": ["--quant", "w4", "--weight-algo", "awq"]}),
+                  {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq"}}),
 }
 DEFAULT_METHODS = ("ort-dynamic", "ort-dynamic-channel", "ort-dynamic-channel-rr", "ort-static-tensor",
                    "ort-static-channel", "ort-static-channel-rr", "ort-int4-b32", "ort-int4-b128",
@@ -141,13 +141,15 @@ def worker(spec: dict) -> None:
         quantizer.process()
         quantizer.model.save_model_to_file(dst, use_external_data_format=False)
     elif kind == "qc":
-        from qc.cli import main as qc_main
+        import qc
+        from qc.quant import QuantOptions
 
-        report = ["--report-json", spec["report"]] if spec.get("report") else []
-        code = qc_main(["compile", src, "--target", "x86-avx2", "-o", dst, "--calib", spec["calib"],
-                        "--holdout", "0", "--quiet", *report, *spec["args"]])
-        if code:
-            raise SystemExit(code)
+        result = qc.compile(src, target="x86-avx2", quant=QuantOptions(**spec["quant"]), calibration=spec["calib"],
+                            holdout=0)
+        result.write(dst)
+        if spec.get("report"):
+            with open(spec["report"], "w") as f:
+                json.dump(result.report, f, indent=2, sort_keys=True)
     else:
         raise SystemExit(f"unknown method kind {kind}")
     print(json.dumps({"quantize_s": time.perf_counter() - t0}))
