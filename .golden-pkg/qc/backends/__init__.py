@@ -1,0 +1,1 @@
+"""Backends: qc IR -> ONNX (``qc.backends.onnx``); the C backend arrives with its issue."""

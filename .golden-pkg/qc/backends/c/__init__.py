@@ -1,0 +1,90 @@
+"""The C backend: dependency-free C99 for Arm Cortex-A and Cortex-M (see docs/c-backend.md).
+
+``emit_c(module, out_dir, target, shapes=..., harness=...)`` fixes the input shapes, folds the
+shape arithmetic, lowers every op (or quantized node unit) to a kernel call, plans the arena
+and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a CMake
+snippet. It returns the compile report (arena and weight bytes, kernels per node).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from qc.ir import Module
+
+from .prepare import prepare
+
+
+def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, Sequence[int]] | None = None,
+           harness: bool = False, prefix: str = "model", incbin: bool | None = None,
+           variant: str | None = None) -> dict:
+    """Compile *module* (changed in place: static shapes, folded) to C in *out_dir*; return the report.
+
+    *variant* overrides the kernel variant the target's features choose (packing.variant_for),
+    e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
+    (False) pulling the weights in with .incbin (default: above 8 MB)."""
+    from . import emit as E
+    from .harness import harness_c
+    from .lower import Lowering
+    from .memplan import plan
+
+    features = tuple(getattr(target, "features", ()) or ())
+    prepare(module, dict(shapes or {}))
+    lw = Lowering(module, features, variant)
+    low = lw.run()
+    arena = plan(low.calls, low.arena_buffers)
+    out = Path(out_dir)
+    info = E.emit(low, out, prefix, arena, incbin=incbin)
+    files = list(info["files"])
+    if harness:
+        E.write_text(out / "harness.c", harness_c(low, prefix))
+        files.append("harness.c")
+    cc = getattr(target, "cc", None) or "cc"
+    flags = list(getattr(target, "cflags", ()) or ("-O2",))
+    macros = []
+    if info["uses_kernels"]:
+        from .packing import variant_macros
+
+        macros = variant_macros(lw.variant)
+    sources = E.source_files(files)
+    ldflags, extra = _cortex_m_harness(target, out) if harness else ([], [])
+    files += extra
+    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness, ldflags,
+                                              [f for f in extra if f.endswith(".c")]))
+    E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros))
+    files += ["Makefile", f"{prefix}.cmake", "report.json"]
+    report = {"prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
+            "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
+            "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
+            "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
+            "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
+    E.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    return {"out_dir": str(out), **report}
+
+
+def format_report(report: dict) -> str:
+    """The C part of qc compile's summary: memory, variant, kernels."""
+    lines = [f"C: {report['out_dir']} (kernels: {report['variant']}"
+             + (f", {' '.join(report['macros'])}" if report["macros"] else "") + ")",
+             f"  arena (RAM): {report['arena_bytes']} bytes, weights (flash): {report['weight_bytes']} bytes"
+             + (" (.incbin model_weights.bin)" if report["incbin"] else ""),
+             f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
+             "  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
+    return "\n".join(lines) + "\n"
+
+
+def _cortex_m_harness(target, out: Path) -> tuple[list[str], list[str]]:
+    """For a Cortex-M target: the startup and linker script that boot the harness on its qemu
+    machine with semihosting (copied next to it), and the link flags. Else nothing."""
+    import shutil
+
+    from .toolchain import CORTEX_M, CORTEX_M_CPUS
+
+    m = CORTEX_M_CPUS.get(getattr(target, "name", ""))
+    if m is None:
+        return [], []
+    for name in ("startup.c", m.linker_script):
+        shutil.copyfile(CORTEX_M / name, out / name)
+    return (["--specs=nano.specs", "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
+             "-Wl,--no-warn-rwx-segments", "-T", m.linker_script], ["startup.c", m.linker_script])

@@ -1,0 +1,59 @@
+"""Build an emitted model with its harness and run it (host, qemu-aarch64 or qemu-system-arm)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qc.ir import DType
+
+from . import toolchain
+
+
+def load_report(out_dir: str | Path) -> dict:
+    """The report emit_c wrote to OUT_DIR/report.json (shapes as lists), with out_dir set."""
+    import json
+
+    report = json.loads((Path(out_dir) / "report.json").read_text())
+    return {"out_dir": str(out_dir), **report}
+
+
+def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe: str | Path | None = None,
+                extra_flags: Sequence[str] = ()) -> Path:
+    """Compile the emitted sources plus harness.c (emit_c(..., harness=True)) into an executable."""
+    out = Path(report["out_dir"])
+    sources = [out / s for s in report["sources"]] + [out / "harness.c"]
+    flags = list(report["macros"]) + list(extra_flags)
+    if report["incbin"]:
+        flags.append(f"-Wa,-I{out}")
+    name = exe or out / f"harness-{kind}{'-' + cpu if cpu else ''}"
+    return toolchain.build(sources, Path(name), kind, cpu, extra_flags=flags, include_dirs=[out])
+
+
+def run_model(exe: Path, report: dict, inputs: Mapping[str, np.ndarray], kind: str = "host",
+              cpu: str | None = None, timeout: float = 300.0, runs: int = 1) -> list[np.ndarray]:
+    """Write the inputs as raw files, run the harness, read the outputs back (dtype and shape
+    from report). With runs > 1 the harness repeats the model and the last call's CPU seconds
+    per run are in ``run_model.seconds``."""
+    work = Path(report["out_dir"]).resolve() / "io"
+    work.mkdir(exist_ok=True)
+    args = []
+    for i, (name, dt, shape) in enumerate(report["inputs"]):
+        arr = np.ascontiguousarray(np.asarray(inputs[name]).astype(DType.parse(dt).numpy).reshape(shape))
+        path = work / f"in{i}.bin"
+        path.write_bytes(arr.tobytes())
+        args.append(str(path))
+    outs = [work / f"out{i}.bin" for i in range(len(report["outputs"]))]
+    for p in outs:
+        p.unlink(missing_ok=True)
+    repeat = ["-r", str(runs)] if runs > 1 else []
+    proc = toolchain.run(exe, kind, cpu, repeat + args + [str(p) for p in outs], timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{exe} exited with {proc.returncode}: {proc.stdout}{proc.stderr}")
+    if runs > 1:
+        m = re.search(r"(\d+) runs ([0-9.]+) s", proc.stderr)
+        run_model.seconds = float(m.group(2)) / runs if m else float("nan")
+    return [np.frombuffer(p.read_bytes(), DType.parse(dt).numpy).reshape(shape)
+            for p, (_, dt, shape) in zip(outs, report["outputs"])]

@@ -1,0 +1,94 @@
+/* qc_kernels.h -- integer and float16 kernels of qc's C backend (C99, no malloc, no stdio).
+ *
+ * Variant chosen at compile time from macros the generated Makefile passes:
+ * QC_KERNEL_NEON, QC_KERNEL_DOTPROD, QC_KERNEL_I8MM (aarch64), QC_KERNEL_MVE (Cortex-M55
+ * Helium), QC_KERNEL_DSP (Cortex-M4 SMLAD); none -> portable C reference. Every variant is
+ * bit-exact with the portable one. See docs/c-kernels.md for the layouts and the contract.
+ */
+#ifndef QC_KERNELS_H
+#define QC_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* QC_HAVE_FP16 follows the compiler: defined when the target has FEAT_FP16 scalar arithmetic
+   on aarch64 (-march=armv8.2-a+fp16, -mcpu=cortex-a76, ...), unless QC_NO_FP16 is defined. */
+#if !defined(QC_HAVE_FP16) && !defined(QC_NO_FP16) && defined(__aarch64__) && \
+    defined(__ARM_FEATURE_FP16_SCALAR_ARITHMETIC)
+#define QC_HAVE_FP16 1
+#endif
+
+#if defined(QC_HAVE_FP16)
+typedef __fp16 qc_f16;
+#else
+typedef uint16_t qc_f16;
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* int32 C[M][N] = sum_k A[m][k] * W[k][n]. A: int8 row-major M x K. Wp: the K x N int8 weight
+   matrix packed by backends/c/packing.py pack_s8(w, variant) for the variant compiled in
+   (layout is private to K; size = packing.packed_size_s8(K, N, variant) bytes). */
+void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C);
+
+/* out[m][n] = clamp(out_zp + MultiplyByQuantizedMultiplier(C[m][n] + bias[n], mult[n], shift[n]),
+   qmin, qmax), the TFLite / CMSIS-NN contract (Q31 multiplier, shift > 0 = left shift, rounding
+   as TFLite's SaturatingRoundingDoublingHighMul + RoundingDivideByPOT). per_channel = 0: mult
+   and shift are read at index 0; bias (may be NULL) is always indexed per column n. */
+void qc_requant_s8(int M, int N, const int32_t *C, const int32_t *bias, const int32_t *mult,
+                   const int32_t *shift, int per_channel, int32_t out_zp, int32_t qmin,
+                   int32_t qmax, int8_t *out);
+
+/* out[m][n] = (float)(C[m][n] + bias[n]) * scale[per_channel ? n : 0] (+ fbias[n] if fbias) */
+void qc_dequant_acc_f32(int M, int N, const int32_t *C, const int32_t *bias, const float *scale,
+                        int per_channel, const float *fbias, float *out);
+
+/* Weight-only int4: out[M][N] = A (float32 M x K) x dequant(W), W int4 K x N with blocks of
+   `block` rows along K: w_f = (q - zp) * scale[(k / block) * N + n]; zp NULL -> symmetric (0).
+   Wp and zps packed by packing.pack_s4(q, variant) / pack_s4_zero_points(zp): two values per
+   byte. */
+void qc_matmul_f32_s4(int M, int N, int K, const float *A, const uint8_t *Wp, const float *scale,
+                      const uint8_t *zps, int block, float *out);
+
+/* float16 matmul (the outlier part of split-outliers): A M x K, W K x N, out M x N, all binary16.
+   qc_f16 is __fp16 with native arithmetic where the target has FEAT_FP16 (QC_HAVE_FP16), else
+   uint16_t storage with float32 arithmetic. Accumulates in float32 either way, rounds once. */
+void qc_matmul_f16(int M, int N, int K, const qc_f16 *A, const qc_f16 *W, qc_f16 *out);
+float qc_f16_to_f32(qc_f16 h);
+qc_f16 qc_f32_to_f16(float f);   /* round to nearest even */
+
+/* Elementwise quantize / dequantize (QuantizeLinear / DequantizeLinear, round half to even as ONNX) */
+void qc_quantize_s8(size_t n, const float *x, float scale, int32_t zp, int8_t *y);
+void qc_quantize_u8(size_t n, const float *x, float scale, int32_t zp, uint8_t *y);
+void qc_dequantize_s8(size_t n, const int8_t *x, float scale, int32_t zp, float *y);
+void qc_dequantize_u8(size_t n, const uint8_t *x, float scale, int32_t zp, float *y);
+
+/* ---- Additions beyond the fixed contract ---- */
+
+/* The variant compiled in: "portable", "neon", "dotprod", "i8mm", "mve" or "dsp". */
+const char *qc_kernel_variant(void);
+
+/* One requantization step of qc_requant_s8 (before adding out_zp and clamping):
+   TFLite MultiplyByQuantizedMultiplier. int32 arithmetic wraps (x << shift for shift > 0). */
+int32_t qc_multiply_by_quantized_multiplier(int32_t x, int32_t mult, int32_t shift);
+
+/* int8 convolution helper (qc_gemm_im2col.c). For one image x (NCHW: C x H x W) and the input
+   channels c0 .. c0+cg-1 of one group, writes the (OH*OW) x K matrix, K = cg*KH*KW, with
+   row oh*OW + ow and column (c - c0)*KH*KW + kh*KW + kw holding
+   x[c][oh*stride_h - pad_top + kh*dil_h][ow*stride_w - pad_left + kw*dil_w], or pad_value
+   (the input zero point, so padding means a real 0) outside the image. This column order is
+   ONNX's weight layout: the group's weights OCg x cg x KH x KW reshaped to OCg x K and
+   transposed are the K x N matrix for pack_s8, and qc_gemm_s8(OH*OW, OCg, K, cols, Wp, C)
+   gives the output as (OH*OW) x OCg (pixels x channels: NHWC order for that group).
+   With a zero point zx != 0 fold -zx * sum_k W[k][n] into the bias, as for MatMul. */
+void qc_im2col_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *cols);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QC_KERNELS_H */

@@ -1,0 +1,102 @@
+/* qc C backend: float32 reference kernels and dtype-agnostic data movement.
+ * C99, no malloc, no stdio. Generated model code calls these with shapes, strides and offsets
+ * computed at compile time (qc/backends/c/lower.py), so the kernels stay small and general:
+ * strides are in elements, shapes and strides are arrays of `rank` ints. */
+#ifndef QC_OPS_H
+#define QC_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QC_MAX_RANK 8
+
+/* -- data movement (any element size `es` in bytes) ------------------------------------------ */
+/* y[i0..] (contiguous, row-major over `shape`) = x[sum_d i_d * xs[d]] */
+void qc_copy_nd(int rank, const int *shape, const int *xs, size_t es, const void *x, void *y);
+/* y[sum_d i_d * ys[d]] = x[i0..] (contiguous source; used to place a Concat input) */
+void qc_place_nd(int rank, const int *shape, const int *ys, size_t es, const void *x, void *y);
+void qc_copy(size_t bytes, const void *x, void *y);
+/* y = n copies of the `es`-byte value at `value` */
+void qc_fill(size_t n, size_t es, const void *value, void *y);
+/* y[o][j][i] = data[o][idx[j]][i]; negative indices count from the end */
+void qc_gather_i64(size_t outer, int axis_len, size_t inner_bytes, const void *data, size_t nidx,
+                   const int64_t *idx, void *y);
+void qc_gather_i32(size_t outer, int axis_len, size_t inner_bytes, const void *data, size_t nidx,
+                   const int32_t *idx, void *y);
+/* y = cond ? a : b, broadcast over `shape` with strides sc, sa, sb (0 on broadcast dims) */
+void qc_where(int rank, const int *shape, const int *sc, const int *sa, const int *sb, size_t es,
+              const uint8_t *cond, const void *a, const void *b, void *y);
+
+/* -- Cast: element type codes are the ONNX TensorProto codes (1 f32, 2 u8, 3 i8, 5 i16, 6 i32,
+ * 7 i64, 9 bool, 10 f16, 11 f64, 4 u16, 12 u32, 13 u64) -------------------------------------- */
+void qc_cast(size_t n, int from, const void *x, int to, void *y);
+float qc_ops_f16_to_f32(uint16_t h);
+uint16_t qc_ops_f32_to_f16(float f);
+
+/* -- elementwise ------------------------------------------------------------------------------ */
+enum qc_binop {
+    QC_ADD, QC_SUB, QC_MUL, QC_DIV, QC_POW, QC_MAX, QC_MIN, QC_MOD, QC_FMOD, QC_PRELU,
+    QC_EQ, QC_LT, QC_GT, QC_LE, QC_GE, QC_AND, QC_OR, QC_XOR, QC_BITAND, QC_BITOR, QC_BITXOR
+};
+/* y = a OP b with broadcasting (strides 0 on broadcast dims); `dt` is the operands' type code
+ * (f32, i32, i64, u8 or bool); comparisons write bool (uint8) */
+void qc_binary(int op, int dt, int rank, const int *shape, const int *sa, const int *sb,
+               const void *a, const void *b, void *y);
+
+enum qc_unop {
+    QC_NEG, QC_ABS, QC_RELU, QC_EXP, QC_LOG, QC_SQRT, QC_RECIP, QC_SIGMOID, QC_TANH, QC_ERF,
+    QC_FLOOR, QC_CEIL, QC_ROUND, QC_SIN, QC_COS, QC_SOFTPLUS, QC_SOFTSIGN, QC_SIGN, QC_GELU,
+    QC_GELU_TANH, QC_LEAKYRELU, QC_ELU, QC_SELU, QC_HARDSIGMOID, QC_HARDSWISH, QC_CLIP,
+    QC_THRESHOLDEDRELU, QC_CELU, QC_MISH, QC_TAN, QC_ASIN, QC_ACOS, QC_ATAN, QC_SINH, QC_COSH,
+    QC_ASINH, QC_ACOSH, QC_ATANH, QC_NOT
+};
+/* float32 unary ops; p0, p1 are the op's parameters (alpha/beta, clip bounds, ...). QC_NOT is
+ * on bool (uint8) data. */
+void qc_unary_f32(int op, size_t n, const float *x, float p0, float p1, float *y);
+/* integer Neg / Abs / Sign / Relu / Clip on int32 or int64 (dt 6 or 7) */
+void qc_unary_int(int op, int dt, size_t n, const void *x, int64_t p0, int64_t p1, void *y);
+
+/* -- linear algebra --------------------------------------------------------------------------- */
+/* Y[m][n] = alpha * sum_k A[m*ars + k*acs] * B[k*brs + n*bcs] + beta * C[m*crs + n*ccs]
+ * (C may be NULL); Y row-major M x N */
+void qc_gemm_f32(int M, int N, int K, const float *A, int ars, int acs, const float *B, int brs,
+                 int bcs, float alpha, const float *C, int crs, int ccs, float beta, float *Y);
+/* batched MatMul: batch b multiplies A + aoff[b] (M x K) by B + boff[b] (K x N) into Y + b*M*N */
+void qc_matmul_f32(int batch, const int *aoff, const int *boff, int M, int N, int K,
+                   const float *A, const float *B, float *Y);
+
+/* 2-D convolution, NCHW, weights OC x IC/group x KH x KW; bias may be NULL.
+ * p = {stride_h, stride_w, pad_top, pad_left, dil_h, dil_w} */
+void qc_conv2d_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int group,
+                   const int *p, const float *x, const float *w, const float *bias, float *y);
+/* pools, NCHW viewed as (N*C) planes; p = {kh, kw, stride_h, stride_w, pad_top, pad_left,
+ * dil_h, dil_w, count_include_pad, pad_bottom, pad_right} */
+void qc_maxpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y);
+void qc_avgpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y);
+/* y[o][c][i] = x * a[c] + b[c]  (BatchNormalization folded to an affine map) */
+void qc_channel_affine_f32(int outer, int C, int inner, const float *a, const float *b,
+                           const float *x, float *y);
+void qc_lrn_f32(int N, int C, int HW, int size, float alpha, float beta, float bias,
+                const float *x, float *y);
+
+/* -- normalization and reductions -------------------------------------------------------------- */
+/* softmax over the middle axis of (outer, n, inner); log = 1 for LogSoftmax */
+void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float *y);
+/* LayerNormalization over the last `n` elements of each of `outer` rows; scale/bias have n
+ * elements (bias may be NULL); mean_out / invstd_out (outer elements each) may be NULL */
+void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
+                      const float *bias, float *y, float *mean_out, float *invstd_out);
+
+enum qc_reduce {
+    QC_RSUM, QC_RMEAN, QC_RMAX, QC_RMIN, QC_RPROD, QC_RL1, QC_RL2, QC_RSUMSQ, QC_RLOGSUM,
+    QC_RLOGSUMEXP
+};
+/* reduce x (contiguous over `shape`) into y: ys[d] is y's stride along d, 0 on reduced dims;
+ * ny output elements, count = elements per output */
+void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
+                   const float *x, float *y);
+/* ArgMax / ArgMin over the middle axis of (outer, n, inner) */
+void qc_argmax_f32(int outer, int n, int inner, int is_min, int select_last, const float *x,
+                   int64_t *y);
+
+#endif

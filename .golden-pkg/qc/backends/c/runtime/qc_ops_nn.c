@@ -1,0 +1,325 @@
+/* qc C backend: float32 linear algebra, convolution, pooling, normalization and reductions. */
+#include "qc_ops.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+void qc_gemm_f32(int M, int N, int K, const float *A, int ars, int acs, const float *B, int brs,
+                 int bcs, float alpha, const float *C, int crs, int ccs, float beta, float *Y)
+{
+    int m = 0, n, k;
+    if (bcs == 1) { /* four rows of Y at a time share each row of B */
+        for (; m + 4 <= M; m += 4) {
+            float *restrict y0 = Y + (size_t)m * (size_t)N, *restrict y1 = y0 + N, *restrict y2 = y1 + N,
+                  *restrict y3 = y2 + N;
+            const float *a = A + (ptrdiff_t)m * ars;
+            for (n = 0; n < N; ++n) y0[n] = y1[n] = y2[n] = y3[n] = 0.0f;
+            for (k = 0; k < K; ++k) {
+                const float a0 = a[(ptrdiff_t)k * acs], a1 = a[ars + (ptrdiff_t)k * acs],
+                            a2 = a[2 * (ptrdiff_t)ars + (ptrdiff_t)k * acs], a3 = a[3 * (ptrdiff_t)ars + (ptrdiff_t)k * acs];
+                const float *restrict b = B + (ptrdiff_t)k * brs;
+                for (n = 0; n < N; ++n) {
+                    const float bv = b[n];
+                    y0[n] += a0 * bv;
+                    y1[n] += a1 * bv;
+                    y2[n] += a2 * bv;
+                    y3[n] += a3 * bv;
+                }
+            }
+        }
+    }
+    for (; m < M; ++m) {
+        float *y = Y + (size_t)m * (size_t)N;
+        const float *a = A + (ptrdiff_t)m * ars;
+        if (bcs == 1) { /* rows of B are contiguous: accumulate whole rows of Y */
+            for (n = 0; n < N; ++n) y[n] = 0.0f;
+            for (k = 0; k < K; ++k) {
+                const float av = a[(ptrdiff_t)k * acs];
+                const float *b = B + (ptrdiff_t)k * brs;
+                for (n = 0; n < N; ++n) y[n] += av * b[n];
+            }
+        } else {
+            for (n = 0; n < N; ++n) {
+                const float *b = B + (ptrdiff_t)n * bcs;
+                float acc = 0.0f;
+                for (k = 0; k < K; ++k) acc += a[(ptrdiff_t)k * acs] * b[(ptrdiff_t)k * brs];
+                y[n] = acc;
+            }
+        }
+    }
+    if (alpha == 1.0f && C == NULL) return;
+    for (m = 0; m < M; ++m) {
+        float *y = Y + (size_t)m * (size_t)N;
+        for (n = 0; n < N; ++n) {
+            float v = alpha == 1.0f ? y[n] : alpha * y[n];
+            if (C != NULL) v += beta * C[(ptrdiff_t)m * crs + (ptrdiff_t)n * ccs];
+            y[n] = v;
+        }
+    }
+}
+
+void qc_matmul_f32(int batch, const int *aoff, const int *boff, int M, int N, int K,
+                   const float *A, const float *B, float *Y)
+{
+    int b;
+    for (b = 0; b < batch; ++b)
+        qc_gemm_f32(M, N, K, A + aoff[b], K, 1, B + boff[b], N, 1, 1.0f, NULL, 0, 0, 0.0f,
+                    Y + (size_t)b * (size_t)M * (size_t)N);
+}
+
+/* first and last output index o with 0 <= o * s + off < len; returns 0 when there is none */
+static int qc_span(int outlen, int s, int off, int len, int *lo, int *hi)
+{
+    int a = 0, b;
+    if (off < 0) a = (-off + s - 1) / s;
+    if (len - 1 - off < 0) return 0;
+    b = (len - 1 - off) / s;
+    if (b > outlen - 1) b = outlen - 1;
+    *lo = a;
+    *hi = b;
+    return a <= b;
+}
+
+void qc_conv2d_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int group,
+                   const int *p, const float *x, const float *w, const float *bias, float *y)
+{
+    const int sh = p[0], sw = p[1], pt = p[2], pl = p[3], dh = p[4], dw = p[5];
+    const int icg = C / group, ocg = OC / group;
+    int n, oc, ic, kh, kw, oh, ow;
+    for (n = 0; n < N; ++n) {
+        for (oc = 0; oc < OC; ++oc) {
+            float *yp = y + ((size_t)n * (size_t)OC + (size_t)oc) * (size_t)OH * (size_t)OW;
+            const int g = oc / ocg;
+            const float b0 = bias ? bias[oc] : 0.0f;
+            for (oh = 0; oh < OH * OW; ++oh) yp[oh] = b0;
+            for (ic = 0; ic < icg; ++ic) {
+                const float *xp = x + ((size_t)n * (size_t)C + (size_t)(g * icg + ic)) * (size_t)H * (size_t)W;
+                for (kh = 0; kh < KH; ++kh) {
+                    int oh_lo, oh_hi;
+                    if (!qc_span(OH, sh, kh * dh - pt, H, &oh_lo, &oh_hi)) continue;
+                    for (kw = 0; kw < KW; ++kw) {
+                        const float wv = w[(((size_t)oc * (size_t)icg + (size_t)ic) * (size_t)KH + (size_t)kh) * (size_t)KW + (size_t)kw];
+                        int ow_lo, ow_hi;
+                        if (!qc_span(OW, sw, kw * dw - pl, W, &ow_lo, &ow_hi)) continue;
+                        for (oh = oh_lo; oh <= oh_hi; ++oh) {
+                            const float *xr = xp + (size_t)(oh * sh + kh * dh - pt) * (size_t)W + (kw * dw - pl);
+                            float *yr = yp + (size_t)oh * (size_t)OW;
+                            if (sw == 1) {
+                                for (ow = ow_lo; ow <= ow_hi; ++ow) yr[ow] += wv * xr[ow];
+                            } else {
+                                for (ow = ow_lo; ow <= ow_hi; ++ow) yr[ow] += wv * xr[ow * sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void qc_maxpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
+{
+    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
+    int c, oh, ow, i, j;
+    for (c = 0; c < NC; ++c) {
+        const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
+        for (oh = 0; oh < OH; ++oh) {
+            for (ow = 0; ow < OW; ++ow) {
+                float m = -FLT_MAX;
+                int any = 0;
+                for (i = 0; i < kh; ++i) {
+                    const int ih = oh * sh - pt + i * dh;
+                    if (ih < 0 || ih >= H) continue;
+                    for (j = 0; j < kw; ++j) {
+                        const int iw = ow * sw - pl + j * dw;
+                        float v;
+                        if (iw < 0 || iw >= W) continue;
+                        v = xp[(size_t)ih * (size_t)W + (size_t)iw];
+                        if (!any || v > m || v != v) m = v;
+                        any = 1;
+                    }
+                }
+                *y++ = m;
+            }
+        }
+    }
+}
+
+void qc_avgpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
+{
+    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
+    const int include_pad = p[8], pb = p[9], pr = p[10];
+    int c, oh, ow, i, j;
+    for (c = 0; c < NC; ++c) {
+        const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
+        for (oh = 0; oh < OH; ++oh) {
+            for (ow = 0; ow < OW; ++ow) {
+                float acc = 0.0f;
+                int valid = 0, padded = 0;
+                for (i = 0; i < kh; ++i) {
+                    const int ih = oh * sh - pt + i * dh;
+                    if (ih < -pt || ih >= H + pb) continue; /* beyond the padding (ceil_mode) */
+                    for (j = 0; j < kw; ++j) {
+                        const int iw = ow * sw - pl + j * dw;
+                        if (iw < -pl || iw >= W + pr) continue;
+                        padded++;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        acc += xp[(size_t)ih * (size_t)W + (size_t)iw];
+                        valid++;
+                    }
+                }
+                if (include_pad) valid = padded;
+                *y++ = valid > 0 ? acc / (float)valid : 0.0f;
+            }
+        }
+    }
+}
+
+void qc_channel_affine_f32(int outer, int C, int inner, const float *a, const float *b,
+                           const float *x, float *y)
+{
+    int o, c, i;
+    for (o = 0; o < outer; ++o)
+        for (c = 0; c < C; ++c) {
+            const float av = a[c], bv = b[c];
+            for (i = 0; i < inner; ++i) {
+                *y++ = *x++ * av + bv;
+            }
+        }
+}
+
+void qc_lrn_f32(int N, int C, int HW, int size, float alpha, float beta, float bias,
+                const float *x, float *y)
+{
+    const int before = (size - 1) / 2, after = size - 1 - before;
+    int n, c, i, j;
+    for (n = 0; n < N; ++n) {
+        const float *xn = x + (size_t)n * (size_t)C * (size_t)HW;
+        float *yn = y + (size_t)n * (size_t)C * (size_t)HW;
+        for (c = 0; c < C; ++c) {
+            const int c0 = c - before < 0 ? 0 : c - before;
+            const int c1 = c + after > C - 1 ? C - 1 : c + after;
+            for (i = 0; i < HW; ++i) {
+                float sq = 0.0f;
+                for (j = c0; j <= c1; ++j) {
+                    const float v = xn[(size_t)j * (size_t)HW + (size_t)i];
+                    sq += v * v;
+                }
+                yn[(size_t)c * (size_t)HW + (size_t)i] =
+                    xn[(size_t)c * (size_t)HW + (size_t)i] / powf(bias + alpha / (float)size * sq, beta);
+            }
+        }
+    }
+}
+
+void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float *y)
+{
+    int o, i, j;
+    for (o = 0; o < outer; ++o) {
+        for (i = 0; i < inner; ++i) {
+            const float *xp = x + (size_t)o * (size_t)n * (size_t)inner + (size_t)i;
+            float *yp = y + (size_t)o * (size_t)n * (size_t)inner + (size_t)i;
+            float m = -INFINITY, s = 0.0f;
+            for (j = 0; j < n; ++j)
+                if (xp[(size_t)j * (size_t)inner] > m) m = xp[(size_t)j * (size_t)inner];
+            for (j = 0; j < n; ++j) {
+                const float e = expf(xp[(size_t)j * (size_t)inner] - m);
+                s += e;
+                if (!log) yp[(size_t)j * (size_t)inner] = e;
+            }
+            if (log) {
+                const float ls = logf(s);
+                for (j = 0; j < n; ++j) yp[(size_t)j * (size_t)inner] = xp[(size_t)j * (size_t)inner] - m - ls;
+            } else {
+                for (j = 0; j < n; ++j) yp[(size_t)j * (size_t)inner] /= s;
+            }
+        }
+    }
+}
+
+void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
+                      const float *bias, float *y, float *mean_out, float *invstd_out)
+{
+    int o, i;
+    for (o = 0; o < outer; ++o) {
+        const float *xp = x + (size_t)o * (size_t)n;
+        float *yp = y + (size_t)o * (size_t)n;
+        float mean = 0.0f, var = 0.0f, inv;
+        for (i = 0; i < n; ++i) mean += xp[i];
+        mean /= (float)n;
+        for (i = 0; i < n; ++i) var += (xp[i] - mean) * (xp[i] - mean);
+        var /= (float)n;
+        inv = 1.0f / sqrtf(var + eps);
+        if (mean_out) mean_out[o] = mean;
+        if (invstd_out) invstd_out[o] = inv;
+        for (i = 0; i < n; ++i) {
+            float v = (xp[i] - mean) * inv * scale[i];
+            yp[i] = bias ? v + bias[i] : v;
+        }
+    }
+}
+
+void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
+                   const float *x, float *y)
+{
+    int idx[QC_MAX_RANK] = {0}, d;
+    ptrdiff_t off = 0;
+    size_t i, total = 1;
+    float init = 0.0f;
+    if (op == QC_RMAX) init = -INFINITY;
+    if (op == QC_RMIN) init = INFINITY;
+    if (op == QC_RPROD) init = 1.0f;
+    for (i = 0; i < ny; ++i) y[i] = init;
+    for (d = 0; d < rank; ++d) total *= (size_t)shape[d];
+    for (i = 0; i < total; ++i) {
+        const float v = x[i];
+        float *t = y + off;
+        switch (op) {
+        case QC_RMAX: if (v > *t || v != v) *t = v; break;
+        case QC_RMIN: if (v < *t || v != v) *t = v; break;
+        case QC_RPROD: *t *= v; break;
+        case QC_RL1: *t += fabsf(v); break;
+        case QC_RL2: case QC_RSUMSQ: *t += v * v; break;
+        case QC_RLOGSUMEXP: *t += expf(v); break;
+        default: *t += v; break;
+        }
+        for (d = rank - 1; d >= 0; --d) {
+            idx[d]++;
+            off += ys[d];
+            if (idx[d] < shape[d]) break;
+            off -= (ptrdiff_t)ys[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+    for (i = 0; i < ny; ++i) {
+        switch (op) {
+        case QC_RMEAN: y[i] /= (float)count; break;
+        case QC_RL2: y[i] = sqrtf(y[i]); break;
+        case QC_RLOGSUM: case QC_RLOGSUMEXP: y[i] = logf(y[i]); break;
+        default: break;
+        }
+    }
+}
+
+void qc_argmax_f32(int outer, int n, int inner, int is_min, int select_last, const float *x,
+                   int64_t *y)
+{
+    int o, i, j;
+    for (o = 0; o < outer; ++o)
+        for (i = 0; i < inner; ++i) {
+            const float *xp = x + (size_t)o * (size_t)n * (size_t)inner + (size_t)i;
+            float best = xp[0];
+            int at = 0;
+            for (j = 1; j < n; ++j) {
+                const float v = xp[(size_t)j * (size_t)inner];
+                const int better = is_min ? (select_last ? v <= best : v < best)
+                                          : (select_last ? v >= best : v > best);
+                if (better) {
+                    best = v;
+                    at = j;
+                }
+            }
+            y[(size_t)o * (size_t)inner + (size_t)i] = at;
+        }
+}

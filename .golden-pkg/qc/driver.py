@@ -1,0 +1,407 @@
+"""The one compile path: load a model, run one pipeline for a target, write what the target runs.
+
+``qc.compile`` is the library form of ``qc compile``; the CLI only turns flags into these
+arguments and prints the result::
+
+    result = qc.compile("model.onnx", target="cortex-a76", quant="w8a8", calibration="calib.npz")
+    result.write("out/")                # C sources (the target's backend), or "model.onnx" for ONNX
+    print(result.pipeline)              # every pass that ran, legalize and check-kernels included
+
+Everything the compile does to the IR is a pass of that one pipeline, so every instrument
+(``--timing``, ``--print-ir-after-all``, ``--dump-ir-dir``) sees all of it: the optimization or
+quantization passes, then ``legalize`` and ``check-kernels`` for the target, then for C output
+``fix-shapes`` and the shape-folding ``fixpoint(...)`` group.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from onnx import ModelProto
+
+from qc.calib.data import CalibrationData, from_npz
+from qc.errors import QCError
+from qc.ir.core import Module
+from qc.pm import Instrument, Pass, PassContext, PassManager, named_pipelines, pass_names, split_top
+from qc.quant import schemes
+from qc.quant.schemes import QuantOptions
+from qc.targets import Target, load_target
+
+ModelSource = str | os.PathLike | ModelProto | Module
+CalibrationSource = CalibrationData | str | os.PathLike | Callable[[Module], "CalibrationData | None"] | None
+Emit = Literal["onnx", "c"]
+
+
+# -- models in and out -------------------------------------------------------------------------
+def load_model(source: ModelSource, *, upgrade_opset: int | None = None, infer_shapes: bool = True) -> Module:
+    """An .onnx or .qir file, a ModelProto or a Module (used as it is) -> Module."""
+    if isinstance(source, Module):
+        return source
+    if isinstance(source, ModelProto):
+        from qc.onnx.reader import import_model
+
+        return import_model(source, upgrade_opset=upgrade_opset, infer_shapes=infer_shapes)
+    path = os.fspath(source)
+    if path.endswith(".qir"):
+        from qc.ir.parser import parse_ir
+
+        if not os.path.isfile(path):
+            raise QCError("no such file", where=path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise QCError("not a text IR file (it is not UTF-8 text)", where=path) from None
+        return parse_ir(text, filename=path)
+    from qc.frontend.onnx import import_onnx
+
+    return import_onnx(path, upgrade_opset=upgrade_opset, infer_shapes=infer_shapes)
+
+
+def save_module(module: Module, path: str, *, elide_above: int | None = 16, external: bool | None = None,
+                inputs: Sequence[str] = ()) -> None:
+    """Write by extension, atomically: ``.onnx`` (external data over 2 GB, or as ``external`` says)
+    or ``.qir`` (text IR, tensors over ``elide_above`` elements in a ``.weights`` sidecar, so the
+    file reloads completely). Refuses to overwrite any of ``inputs``."""
+    refuse_overwrite(path, inputs)
+    if path.endswith(".qir"):
+        write_qir(module, path, elide_above)
+    elif path.endswith(".onnx"):
+        from qc.backends.onnx import save_onnx
+
+        save_onnx(module, path, external=external)
+    else:
+        raise QCError("unknown output kind", where=path, hint="use a .onnx or .qir file name")
+
+
+def write_qir(module: Module, path: str, elide_above: int | None) -> None:
+    """Text IR with a weights sidecar (``PATH.weights``) for the tensors it does not print."""
+    from qc.ir.fileio import atomic_write
+    from qc.ir.printer import print_ir
+    from qc.ir.weights import SidecarWriter
+
+    sidecar = SidecarWriter(os.path.basename(path) + ".weights")
+    text = print_ir(module, elide_above=elide_above, sidecar=sidecar)
+    if sidecar.chunks:
+        sidecar.write(path + ".weights")
+    else:
+        text = text.replace(f'weights "{sidecar.reference}"\n', "", 1)
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def refuse_overwrite(out: str, inputs: Sequence[str]) -> None:
+    out_real = os.path.realpath(out)
+    for i in inputs:
+        if os.path.realpath(i) == out_real:
+            raise QCError("the output would overwrite the input", where=out, hint="choose another -o path")
+
+
+def output_kind(path: str, target: Target, emit: Emit | None = None) -> Emit:
+    """What ``path`` will hold: ONNX for ``.onnx`` (and ``.qir``), C for a directory or a name
+    without a suffix. An explicit ``emit`` that contradicts the path is an error, never a surprise."""
+    by_path: Emit | None
+    if path.endswith((".onnx", ".qir")):
+        by_path = "onnx"
+    elif os.path.isdir(path) or not os.path.splitext(os.path.basename(path.rstrip("/")))[1] or path.endswith("/"):
+        by_path = "c"
+    else:
+        raise QCError("cannot tell the output kind from the file name", where=path,
+                      hint="use NAME.onnx for ONNX, or a directory (no suffix) for C sources")
+    if emit is not None and by_path is not None and emit != by_path:
+        wants = "a .onnx file" if emit == "onnx" else "a directory"
+        raise QCError(f"--emit {emit} writes {wants}, and this path is for {by_path.upper() if by_path == 'c' else 'ONNX'}",
+                      where=path, hint=f"use -o {'model.onnx' if emit == 'onnx' else 'out_dir'} or --emit {by_path}")
+    if emit is None and by_path == "c" and target.backend != "c":
+        raise QCError(f"target {target.name} emits ONNX (its backend), so the output must be a .onnx file",
+                      where=path, hint="use -o NAME.onnx, or a C target such as cortex-a76")
+    return emit or by_path
+
+
+def check_output_path(path: str, kind: Emit) -> None:
+    """Fail at once, before any work, when the output cannot be written there."""
+    if os.path.realpath(path) == os.path.realpath(os.devnull) or (os.path.exists(path) and not os.path.isdir(path)
+                                                                   and not os.path.isfile(path)):
+        raise QCError("not a regular file or directory to write", where=path, hint="give -o a file or directory path")
+    if kind == "c" and os.path.isfile(path):
+        raise QCError("C output is a directory, and this is a file", where=path, hint="give -o a directory")
+    if kind == "onnx" and os.path.isdir(path):
+        raise QCError("is a directory, expected an .onnx file name", where=path)
+    parent = path.rstrip("/") if kind == "c" else os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(os.path.abspath(parent)) if kind == "c" and not os.path.isdir(parent) else parent
+    if not os.path.isdir(parent):
+        raise QCError(f"the directory {parent} does not exist", where=path, hint="create it, or choose another -o path")
+    if not os.access(parent, os.W_OK):
+        raise QCError(f"the directory {parent} is not writable", where=path, hint="choose another -o path")
+
+
+def summarize(module: Module) -> str:
+    """Op counts by type, constants and their bytes: a few lines for a terminal."""
+    counts = collections.Counter(op.qualified_type for op in module.walk())
+    consts = list(module.graph.consts.values())
+    nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
+    lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
+             f"inputs: {len([v for v in module.graph.inputs if v.const is None])}, outputs: {len(module.graph.outputs)}"]
+    top = counts.most_common()
+    lines.append("  " + ", ".join(f"{k} x{n}" for k, n in top[:12]) + (", ..." if len(top) > 12 else ""))
+    return "\n".join(lines) + "\n"
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+def quant_options(quant: QuantOptions | str | None, target: Target) -> QuantOptions | None:
+    """A scheme name or QuantOptions, with the target's features filled in."""
+    if quant is None:
+        return None
+    opts = QuantOptions(quant) if isinstance(quant, str) else quant
+    if opts.scheme not in schemes.SCHEMES:
+        raise QCError(f"unknown quantization scheme '{opts.scheme}'", hint="one of " + ", ".join(schemes.SCHEMES))
+    if not opts.target_features:
+        opts = QuantOptions(**{**opts.__dict__, "target_features": tuple(target.features)})
+    return opts
+
+
+def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]] | None) -> list[str]:
+    """The passes every compile ends with: legalize and check-kernels for the target, then for C
+    the static shapes the C backend needs."""
+    tail = ["legalize", f"check-kernels{{fallback={fallback}}}"]
+    return tail
+
+
+def compile_pipeline(spec: str, tail: Iterable[str]) -> str:
+    return ",".join([p for p in split_top(spec) if p.strip()] + list(tail)) if spec.strip() else ",".join(tail)
+
+
+@dataclass
+class CompileResult:
+    """What ``qc.compile`` returns: the compiled module, its reports and a writer for the outputs.
+
+    ``placement``: the placement report (units per device, fallbacks, cost); ``report``: the
+    quantization report (``None`` without ``quant``); ``pipeline``: every pass that ran, as a
+    pipeline string; ``before`` / ``after``: op summaries; ``seconds``: time per phase."""
+
+    module: Module
+    target: Target
+    emit: Emit
+    pipeline: str
+    placement: dict[str, Any]
+    context: PassContext
+    report: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
+    before: str = ""
+    after: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    holdout: list[dict[str, Any]] = field(default_factory=list)
+    source: str | None = None
+    c_report: dict[str, Any] | None = None
+    quant: QuantOptions | None = None
+    shapes: Mapping[str, Sequence[int]] | None = None
+    _oracle: str | None = None
+
+    @property
+    def remarks(self) -> list[str]:
+        return self.context.remarks
+
+    def write(self, path: str | os.PathLike, *, external: bool | None = None, harness: bool = False,
+              elide_above: int | None = 16, measure: bool = True) -> str:
+        """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
+        with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
+        ``report.json``. A quantized compile then has its ``report`` (sizes, warnings and, with
+        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path."""
+        path = os.fspath(path)
+        kind = output_kind(path, self.target, self.emit)
+        check_output_path(path, kind)
+        inputs = [self.source] if self.source else []
+        t0 = time.perf_counter()
+        if kind == "onnx":
+            save_module(self.module, path, elide_above=elide_above, external=external, inputs=inputs)
+            onnx_path = path
+        else:
+            from qc.backends.c import emit_c
+            from qc.ir.fileio import atomic_write
+
+            os.makedirs(path, exist_ok=True)
+            onnx_path = os.path.join(path, "model.onnx")
+            refuse_overwrite(onnx_path, inputs)
+            if self._oracle is None:
+                from qc.backends.onnx import save_onnx
+
+                save_onnx(self.module, onnx_path, external=external)
+            else:
+                with open(self._oracle, "rb") as src, atomic_write(onnx_path) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
+            self.c_report = emit_c(self.module, path, self.target, shapes=self.shapes, harness=harness)
+        self.seconds["export"] = time.perf_counter() - t0
+        if self.quant is not None:
+            self.report = _quant_report(self, onnx_path, measure)
+        return onnx_path
+
+    def close(self) -> None:
+        if self._oracle is not None:
+            shutil.rmtree(os.path.dirname(self._oracle), ignore_errors=True)
+            self._oracle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _OracleSnapshot(Instrument):
+    """Saves the module as ONNX once the target passes are done and before the C preparation:
+    the C output directory holds it as ``model.onnx`` (onnxruntime runs it; the oracle)."""
+
+    def __init__(self, before_index: int, external: bool | None):
+        self.before_index = before_index
+        self.external = external
+        self.path: str | None = None
+
+    def before_pass(self, p: Pass, module: Module, index: int) -> None:
+        if index == self.before_index and self.path is None:
+            from qc.backends.onnx import save_onnx
+
+            self.path = os.path.join(tempfile.mkdtemp(prefix="qc-oracle-"), "model.onnx")
+            save_onnx(module, self.path, external=self.external)
+
+
+def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: QuantOptions | str | None = None,
+            pipeline: str | None = None, calibration: CalibrationSource = None,
+            calibration_cache: str | os.PathLike | None = None, holdout: int | None = None, jobs: int = 1,
+            emit: Emit | None = None, shapes: Mapping[str, Sequence[int]] | None = None,
+            fallback: Literal["allow", "warn", "error"] = "allow", instruments: Sequence[Instrument] = (),
+            verify_each: bool = True, upgrade_opset: int | None = None, infer_shapes: bool = True,
+            external: bool | None = None, quiet: bool = True,
+            search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None) -> CompileResult:
+    """Compile ``model`` for ``target``: the default pipeline (or ``pipeline``, or the ``quant``
+    scheme's), then ``legalize`` and ``check-kernels``, then for C output the static-shape
+    passes. Options are checked and the pipeline parsed before the model is read.
+
+    ``calibration``: a CalibrationData, an .npz path, or a callable that builds the data from the
+    loaded module (token windows need its input names); ``holdout``: samples kept aside for the
+    report's end-to-end SQNR (default: 1/8 of them, 1..4, none under 8). ``emit``: ``"onnx"`` or
+    ``"c"`` (default: the target's backend). ``shapes``: static input shapes for C. ``search``:
+    replaces running the passes (``qc compile --accuracy``); it gets ``(make_pass_manager,
+    spec, module, context, holdout)`` and returns ``(pass manager, report)``.
+    """
+    t_start = time.perf_counter()
+    tgt = target if isinstance(target, Target) else load_target(target)
+    emit = emit or ("c" if tgt.backend == "c" else "onnx")
+    if emit not in ("onnx", "c"):
+        raise QCError(f"unknown output kind '{emit}'", hint="emit onnx or c")
+    if emit != "c" and shapes:
+        raise QCError("static input shapes describe C output", hint="add --emit c")
+    opts = quant_options(quant, tgt)
+    if opts is None and calibration is not None:
+        raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
+    if opts is not None:
+        if pipeline is not None:
+            raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
+                          "`qc passes` shows it, and -p runs an edited copy")
+        spec = schemes.pipeline(opts)
+        upgrade_opset = max(upgrade_opset or 0, schemes.needs_opset(opts))
+    else:
+        spec = named_pipelines()["default"][0] if pipeline is None else pipeline
+    ctx = PassContext(target=tgt, calibration_cache=calibration_cache, jobs=jobs, quiet=quiet)
+    full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes))
+    snapshot = None
+    extra: list[Instrument] = []
+    pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
+    if emit == "c" and False:  # the C preparation joins the pipeline with the fix-shapes passes
+        snapshot = _OracleSnapshot(len(pass_names(PassManager.parse(compile_pipeline(
+            spec, target_passes(fallback, "onnx", None))).passes)), external)
+        extra.append(snapshot)
+    pm_all.instruments = list(instruments) + extra
+    pm_all.check_instruments()
+
+    source = None if isinstance(model, (Module, ModelProto)) else os.fspath(model)
+    module = load_model(model, upgrade_opset=upgrade_opset, infer_shapes=infer_shapes)
+    seconds = {"import": time.perf_counter() - t_start}
+    for inst in instruments:
+        if hasattr(inst, "add"):
+            inst.add("(import)", seconds["import"])  # the Timing table's first row
+    before = summarize(module)
+    held: list[dict[str, Any]] = []
+    if opts is not None:
+        data = _calibration_data(calibration, module)
+        if data is None and schemes.needs_calibration(opts):
+            raise QCError(f"--quant {opts.scheme}" + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")
+                          + " needs calibration data", where=source,
+                          hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
+        if data is not None:
+            from qc.calib.data import split_holdout
+
+            data, held = split_holdout(data, holdout, module)
+            ctx.calibration_data = data
+    t0 = time.perf_counter()
+    accuracy = None
+    if search is not None:
+        def make_pm(s: str) -> PassManager:
+            return PassManager.parse(s, instruments=pm_all.instruments, verify_each=verify_each, ctx=ctx)
+
+        _, accuracy = search(make_pm, spec, module, ctx, held)
+        make_pm(",".join(target_passes(fallback, emit, shapes))).run(module)
+    else:
+        pm_all.run(module)
+    seconds["passes"] = time.perf_counter() - t0
+    from qc.targets.report import placement_report
+
+    assert ctx.placement is not None
+    result = CompileResult(module=module, target=tgt, emit=emit, pipeline=str(pm_all),
+                           placement=placement_report(tgt, ctx.placement, ctx.legalized), context=ctx,
+                           accuracy=accuracy, before=before, seconds=seconds, holdout=held, source=source,
+                           shapes=shapes, _oracle=snapshot.path if snapshot else None)
+    result.after = summarize(module)
+    result.quant = opts
+    return result
+
+
+def _calibration_data(calibration: CalibrationSource, module: Module) -> CalibrationData | None:
+    if calibration is None:
+        return None
+    if isinstance(calibration, CalibrationData):
+        data = calibration
+    elif isinstance(calibration, (str, os.PathLike)):
+        data = from_npz(calibration)
+    else:
+        data = calibration(module)
+        if data is None:
+            return None
+    from qc.calib.data import check_against
+
+    check_against(data, module)
+    return data
+
+
+def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[str, Any]:
+    """The quantization report of a written compile: sizes, compute ops by form, calibration,
+    outlier columns, guardrail warnings, the held-aside SQNR (``measure``) and the placement."""
+    from qc.tools import guardrails
+    from qc.tools.holdout import output_sqnr
+    from qc.tools.report import build_report, outlier_report
+
+    ctx, opts = result.context, result.quant
+    assert opts is not None
+    calib = ctx.calibration
+    calibration = None
+    if calib is not None:
+        calibration = {"method": getattr(calib, "method", None) or opts.calib_method or "minmax",
+                       "samples": int(calib.samples), "tensors": len(calib.tensors),
+                       "cache": None if ctx.calibration_cache is None else os.fspath(ctx.calibration_cache),
+                       "cached": bool(ctx.calibration_from_cache)}
+    accuracy = None
+    if result.holdout and measure and result.source is not None:
+        t0 = time.perf_counter()
+        accuracy = output_sqnr(onnx_path, result.source, result.holdout)
+        result.seconds["sqnr check"] = time.perf_counter() - t0
+    warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target)]
+    report = build_report(scheme=opts.scheme, pipeline=result.pipeline, input_path=result.source or "<model>",
+                          output_path=onnx_path, module=result.module, calibration=calibration, accuracy=accuracy,
+                          seconds=result.seconds,
+                          outliers=outlier_report(ctx.outlier_splits, ctx.outlier_candidate_columns),
+                          warnings=warnings)
+    report["placement"] = result.placement
+    if result.accuracy is not None:
+        report["accuracy_search"] = result.accuracy
+    return report

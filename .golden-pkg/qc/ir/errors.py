@@ -1,0 +1,31 @@
+"""User-facing errors: one clear line, exit code 2 from the CLI."""
+from __future__ import annotations
+
+
+class QCError(Exception):
+    """An error in the user's input or request, reported without a traceback.
+
+    The message reads ``where: what is wrong[; what to do]`` where *where* is a file
+    (optionally ``file:line:col``) or a node.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.where = where
+        self.hint = hint
+        self.bare_message = message
+        text = f"{where}: {message}" if where else message
+        if hint:
+            text = f"{text}; {hint}"
+        super().__init__(text)
+
+
+class ParseError(QCError):
+    """A syntax or semantic error in text IR, located as ``file:line:col``."""
+
+    def __init__(self, message: str, *, file: str, line: int, col: int, hint: str | None = None):
+        self.file, self.line, self.col = file, line, col
+        super().__init__(message, where=f"{file}:{line}:{col}", hint=hint)
+
+
+class VerifyError(QCError):
+    """The IR breaks an invariant (use-def, order, types)."""

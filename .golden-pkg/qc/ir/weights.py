@@ -1,0 +1,73 @@
+"""The weights sidecar of a ``.qir`` file: raw tensor bytes at 64-byte aligned offsets.
+
+The text refers to each tensor as ``blob("key", offset = N, bytes = M)``; the layout is the
+same as ONNX external data (little-endian, int4 packed two per byte), so the bytes can be
+read back lazily with ``numpy.memmap``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+
+from .errors import QCError
+from .dtypes import DType
+from .tensor import Tensor
+
+ALIGN = 64
+
+
+class SidecarWriter:
+    """Collects tensor bytes for a sidecar; ``reference`` is the name the text records."""
+
+    def __init__(self, reference: str):
+        self.reference = reference
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, t: Tensor) -> int:
+        pad = -self.size % ALIGN
+        if pad:
+            self.chunks.append(b"\0" * pad)
+            self.size += pad
+        offset = self.size
+        raw = t.raw_bytes()
+        self.chunks.append(raw)
+        self.size += len(raw)
+        return offset
+
+    def write(self, path: str) -> None:
+        from .fileio import atomic_write
+
+        with atomic_write(path) as f:
+            for chunk in self.chunks:
+                f.write(chunk)
+
+
+class SidecarReader:
+    """Lazy tensors from a sidecar file."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(path):
+            raise QCError("the weights sidecar is missing", where=path,
+                          hint="keep the sidecar beside the .qir file, or print with elide_above=None")
+        self.path = path
+        self.size = os.path.getsize(path)
+
+    def tensor(self, dtype: DType, shape: tuple[int, ...], offset: int, nbytes: int, key: str) -> Tensor:
+        if offset < 0 or offset + nbytes > self.size:
+            raise QCError(f"tensor '{key}' lies outside the weights sidecar ({offset}+{nbytes} > {self.size} bytes)",
+                          where=self.path)
+        t = Tensor(dtype, shape)
+        if t.nbytes != nbytes:
+            raise QCError(f"tensor '{key}' is {dtype}{list(shape)} = {t.nbytes} bytes, but its blob says {nbytes}",
+                          where=self.path)
+        path = self.path
+
+        def load() -> np.ndarray:
+            raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,)) if nbytes else b""
+            proto = TensorProto(data_type=int(dtype), dims=list(shape), raw_data=bytes(raw))
+            return numpy_helper.to_array(proto)
+
+        return Tensor.lazy(dtype, shape, load)

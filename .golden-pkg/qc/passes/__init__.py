@@ -1,0 +1,32 @@
+"""Built-in passes, one module per pass, named after it (``fold_constants.py`` <-> ``fold-constants``).
+
+Writing a pass: see docs/writing-passes.md. Import the pieces from here::
+
+    from qc.passes import Pass, PassContext, register_pass
+"""
+from qc.pm import Pass, PassContext, register_pass, register_pipeline
+from qc.quant.schemes import OPTIMIZATION_PIPELINE
+
+from . import (  # noqa: F401
+    calibrate, check_kernels, cse, dce, fold_batchnorm, fold_constants, fold_qdq, insert_qdq, legalize, lower_qop,
+    propagate_shapes, quantize_weights, remove_identity, smooth_quant, split_outliers, to_fp16,
+)
+
+register_pipeline(
+    "default",
+    OPTIMIZATION_PIPELINE,
+    "the optimization pipeline `qc compile` runs before the backend",
+)
+
+__all__ = ["Pass", "PassContext", "register_pass", "register_pipeline"]
+
+
+def _register_schemes() -> None:
+    """``qc passes`` lists each ``--quant`` scheme's pipeline (target-neutral defaults)."""
+    from qc.quant.schemes import SCHEMES, QuantOptions, pipeline
+
+    for name, s in SCHEMES.items():
+        register_pipeline(name, pipeline(QuantOptions(name)), f"--quant {name}: {s.description}")
+
+
+_register_schemes()

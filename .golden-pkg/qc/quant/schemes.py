@@ -1,0 +1,214 @@
+"""Quantization schemes: ``qc compile --quant NAME`` -> a pipeline of registered passes.
+
+A scheme is a recipe, not code: it only chooses passes and their options, so every step is
+visible in ``--print-ir-after-all`` and can be rerun by hand with ``qc opt -p``. ``pipeline``
+returns the pipeline string; ``qc passes`` lists the schemes' default pipelines as named
+pipelines (``w8a8``, ``dyn8``, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qc.errors import QCError
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """The user's choices; None means "the scheme's default"."""
+
+    scheme: str
+    weights: str | None = None          # tensor | channel | block
+    weight_symmetric: bool | None = None
+    weight_algo: str | None = None      # rtn | gptq | awq
+    block_size: int | None = None       # 32 | 64 | 128
+    activations: str | None = None      # int8 | uint8 | int16 | uint16 | int4 | uint4
+    calib_method: str | None = None     # minmax | percentile | entropy | mse
+    ops: str | None = None              # op types to quantize, e.g. "MatMul,Gemm"
+    exclude: str = ""                   # regex on op names
+    form: str = "qdq"                   # qdq | qop
+    activation_pairs: bool = False      # also quantize activation x activation MatMuls (attention)
+    reduce_range: bool = False          # 7-bit codes in 8-bit weights (onnxruntime's x86 advice)
+    outliers: str | None = None         # none | split | smooth | both (static schemes)
+    outlier_mode: str = "budget"        # split-outliers mode: threshold | budget | error
+    outlier_threshold: float = 6.0      # threshold mode
+    outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
+    smooth_alpha: float = 0.5
+    target_features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    description: str
+    weight_bits: int | None         # None: weights stay float (fp16 converts them instead)
+    weights: str                    # default granularity
+    activations: str | None         # default activation type; None = float activations
+    dynamic: bool = False           # activations quantized at run time
+    calibrated: bool = False        # needs calibration data
+
+
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (
+    Scheme("w8a8", "int8 weights (per channel), int8 activations with calibrated static scales",
+           8, "channel", "int8", calibrated=True),
+    Scheme("w8a16", "int8 weights (per channel), int16 activations with calibrated static scales",
+           8, "channel", "int16", calibrated=True),
+    Scheme("dyn8", "int8 weights (per channel), activations quantized at run time (per tensor)",
+           8, "channel", "uint8", dynamic=True),
+    Scheme("w8", "int8 weights (per channel) only; float activations", 8, "channel", None),
+    Scheme("w4", "int4 weights in blocks of 32 along the input dimension; float activations",
+           4, "block", None),
+    Scheme("w4a8", "int4 block weights with int8 activations quantized at run time",
+           4, "block", "uint8", dynamic=True),
+    Scheme("w4a4", "int4 block weights with int4 calibrated activations (research: how much 4-bit "
+           "activations cost)", 4, "block", "int4", calibrated=True),
+    Scheme("fp16", "float16 weights and compute", None, "tensor", None),
+)}
+
+_ACT_DTYPES = {"int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int4": "i4", "uint4": "u4"}
+DEFAULT_OPS = "MatMul,Gemm,Conv"
+
+
+def scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise QCError(f"unknown quantization scheme '{name}'", hint="one of " + ", ".join(SCHEMES))
+    return SCHEMES[name]
+
+
+def weight_dtype(opts: QuantOptions, s: Scheme) -> str:
+    """The weight storage type.
+
+    8-bit weights next to u8 activations are stored u8 (zero point 128 when symmetric) on x86
+    CPUs without VNNI: onnxruntime's u8 x s8 kernels add pairs of products in int16 there and
+    saturate on full-range int8 weights, while its u8 x u8 kernels do not. ``reduce_range``
+    picks onnxruntime's own remedy instead: int8 weights with 7-bit codes (-63..63), which its
+    faster u8 x s8 kernels take without saturating.
+    """
+    bits = s.weight_bits
+    symmetric = _weight_symmetric(opts, s)
+    if bits == 8 and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8" and not opts.reduce_range:
+        return "u8"
+    if bits == 4:
+        return "i4" if symmetric else "u4"
+    return "i8" if symmetric else "u8"
+
+
+def _weight_symmetric(opts: QuantOptions, s: Scheme) -> bool:
+    if opts.weight_symmetric is not None:
+        return opts.weight_symmetric
+    return s.weight_bits != 4   # int4 blocks: asymmetric (a zero point per block costs 4 bits, gains a level)
+
+
+def _x86(opts: QuantOptions) -> bool:
+    return bool({"avx2", "avx512", "sse4.1"} & set(opts.target_features))
+
+
+def _x86_without_vnni(opts: QuantOptions) -> bool:
+    f = set(opts.target_features)
+    return ("avx2" in f or "avx512" in f) and "vnni" not in f and "avx512vnni" not in f
+
+
+def activation_dtype(opts: QuantOptions, s: Scheme) -> str | None:
+    name = opts.activations or s.activations
+    if opts.activations is None and name == "int8" and _x86(opts):
+        name = "uint8"   # onnxruntime's x86 integer kernels take u8 activations
+    if name is None:
+        return None
+    if name not in _ACT_DTYPES:
+        raise QCError(f"unknown activation type '{name}'", hint="one of " + ", ".join(_ACT_DTYPES))
+    return _ACT_DTYPES[name]
+
+
+def needs_calibration(opts: QuantOptions) -> bool:
+    s = scheme(opts.scheme)
+    return s.calibrated or (opts.weight_algo or "rtn") in ("gptq", "awq")
+
+
+# The optimization pipeline `qc compile` runs before the backend (registered as `default`).
+OPTIMIZATION_PIPELINE = "propagate-shapes,remove-identity,fold-constants,fold-batchnorm,cse,dce"
+
+
+def needs_opset(opts: QuantOptions) -> int:
+    """The default-domain opset the scheme's ops need (int4 / int16 / blocked Q/DQ: 21)."""
+    s = scheme(opts.scheme)
+    act = activation_dtype(opts, s)
+    granularity = opts.weights or s.weights
+    if s.weight_bits == 4 or granularity == "block" or (act is not None and act[-2:] in ("16", "i4", "u4")):
+        return 21
+    return 13
+
+
+def pipeline(opts: QuantOptions) -> str:
+    """The pipeline string for ``opts`` (the default optimization pipeline first)."""
+    s = scheme(opts.scheme)
+    passes = [OPTIMIZATION_PIPELINE]
+    if s.name == "fp16":
+        return ",".join(passes + ["to-fp16", "dce"])
+    ops = opts.ops or DEFAULT_OPS
+    algo = opts.weight_algo or "rtn"
+    if algo not in ("rtn", "gptq", "awq"):
+        raise QCError(f"unknown weight algorithm '{algo}'", hint="one of rtn, gptq, awq")
+    granularity = opts.weights or s.weights
+    if granularity not in ("tensor", "channel", "block"):
+        raise QCError(f"unknown weight granularity '{granularity}'", hint="one of tensor, channel, block")
+    block = opts.block_size or 32
+    act = activation_dtype(opts, s)
+    method = opts.calib_method or "minmax"
+    if needs_calibration(opts):
+        collect = []
+        if algo == "gptq":
+            collect.append("hessian=true")
+        if algo == "awq":
+            collect.append("rows=512")
+        if s.calibrated and not opts.activation_pairs:
+            collect.append("activation-pairs=false")
+        passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
+    bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
+    passes.extend(outlier_passes(opts, s))
+    qw = [f"bits={bits}", f"granularity={granularity}", f"symmetric={str(_weight_symmetric(opts, s)).lower()}",
+          f"dtype={weight_dtype(opts, s)}", f"algo={algo}", f"ops={ops}"]
+    if granularity == "block":
+        qw.append(f"block-size={block}")
+    if opts.exclude:
+        qw.append(f"exclude={opts.exclude}")
+    passes.append("quantize-weights{" + ",".join(qw) + "}")
+    if act is not None:
+        qa = [f"ops={ops}", f"dtype={act}"]
+        if s.dynamic:
+            qa.append("dynamic=true")
+        else:
+            qa.append(f"method={method}")
+        if not opts.activation_pairs:
+            qa.append("activation-pairs=false")
+        if opts.exclude:
+            qa.append(f"exclude={opts.exclude}")
+        passes.append("insert-qdq{" + ",".join(qa) + "}")
+        passes.append("fold-qdq")
+    if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
+        lower = ["accuracy-level=4"] if s.name == "w4a8" else []
+        passes.append("lower-qop" + ("{" + ",".join(lower) + "}" if lower else ""))
+    passes.append("dce")
+    return ",".join(passes)
+
+
+
+OUTLIER_CHOICES = ("none", "split", "smooth", "both")
+DEFAULT_OUTLIERS = "both"
+
+
+def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
+    """smooth-quant and / or split-outliers for static schemes, after calibrate."""
+    choice = opts.outliers or (DEFAULT_OUTLIERS if s.calibrated else "none")
+    if choice not in OUTLIER_CHOICES:
+        raise QCError(f"unknown --outliers '{choice}'", hint="one of " + ", ".join(OUTLIER_CHOICES))
+    if choice != "none" and not s.calibrated:
+        raise QCError(f"--outliers {choice} applies to static schemes (w8a8, w8a16, w4a4), not {s.name}",
+                      hint="its activations are not calibrated")
+    out = []
+    if choice in ("smooth", "both"):
+        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}}}")
+    if choice in ("split", "both"):
+        split = [f"mode={opts.outlier_mode}"]
+        split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
+                     else f"max-fraction={opts.outlier_fraction:g}")
+        out.append("split-outliers{" + ",".join(split) + "}")
+    return out

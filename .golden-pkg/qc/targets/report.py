@@ -1,0 +1,85 @@
+"""The placement report of ``qc check`` / ``qc compile --target``: built from what check-kernels
+(and legalize) left in the pass context, printed as a table or written as JSON."""
+from __future__ import annotations
+
+from typing import Any
+
+from .placement import Placement
+
+_FALLBACK_KEYS = ("node", "op", "dtypes", "granularity", "from", "to", "reason")
+
+
+def placement_report(target, found: Placement, legalized: list[dict] | None = None) -> dict[str, Any]:
+    """A JSON-ready report: units per device, fallbacks, copies, transitions, estimated cost, and the
+    rewrites of legalize when it ran."""
+    placement, traffic, cost = found.units, found.traffic, found.cost
+    report: dict[str, Any] = {
+        "target": target.name,
+        "preferred_device": target.preferred_device,
+        "units": len(placement),
+        "units_per_device": {d: sum(1 for p in placement if p["to"] == d) for d in target.devices},
+        "ops_per_device": found.ops_per_device,
+        "fallbacks": [{k: p[k] for k in _FALLBACK_KEYS} for p in found.fallbacks],
+        "emulated": [{"node": p["node"], "op": p["op"], "dtypes": p["dtypes"], "on": p["to"], "reason": p["reason"]
+                      or f"no integer kernel for {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]} on {p['to']}"}
+                     for p in placement if p["to"] == target.preferred_device and not p["kernel"]],
+        "transitions": traffic["transitions"],
+        "copies": len(traffic["copies"]),
+        "copy_bytes": cost["copy_bytes"],
+        "cost": {"compute": round(cost["compute"], 3), "copy": round(cost["copy"], 3),
+                 "total": round(cost["total"], 3), "units_without_shapes": cost["unknown_macs"]},
+        "placement": [{k: p[k] for k in (*_FALLBACK_KEYS, "kernel", "cost", "macs")} for p in placement],
+    }
+    if legalized is not None:
+        report["legalized"] = legalized
+    return report
+
+
+def _fmt_num(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
+    """The terminal table: per device its units (``units=False``: only the counts), then fallbacks,
+    copies and the cost estimate."""
+    out = [f"{report['target']}: {report['units']} node units, preferred device {report['preferred_device']}"]
+    for dev, n in report["units_per_device"].items():
+        ops = report["ops_per_device"].get(dev)
+        out.append(f"  on {dev}: {n} units" + (f", {ops} ops in all" if ops is not None else ""))
+        if units:
+            for p in report["placement"]:
+                if p["to"] != dev:
+                    continue
+                cost = "no kernel: dequantize + float" if not p["kernel"] else f"cost {p['cost']:g}"
+                out.append(f"    {p['node']:<40} {p['op']:<26} {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]}"
+                           f"  [{p['granularity']}]  {cost}")
+    out.append(f"fallbacks ({len(report['fallbacks'])}):")
+    out.extend(f"  {f['node']}: {f['reason']}" for f in report["fallbacks"])
+    if report["emulated"]:
+        out.append(f"run as dequantize + float on {report['preferred_device']} (no integer kernel there, no "
+                   f"speed-up from quantizing): {len(report['emulated'])} units")
+        if units:
+            out.extend(f"  {e['node']}: {' x '.join(e['dtypes'][:2])} -> {e['dtypes'][2]}" for e in report["emulated"])
+    c = report["cost"]
+    out.append(f"copies between devices: {report['copies']} ({_fmt_num(report['copy_bytes'])}B), "
+               f"device transitions: {report['transitions']}")
+    note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
+    out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
+               f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
+    legal = report.get("legalized", [])
+    if legal:
+        import collections
+
+        kinds = collections.Counter(r["change"] for r in legal)
+        before = [r["cost_before"] for r in legal if r["cost_before"] is not None]
+        after = [r["cost_after"] for r in legal if r["cost_after"] is not None]
+        cost = f"; their estimated cost {_fmt_num(sum(before))} -> {_fmt_num(sum(after))}" if before and after else ""
+        out.append(f"legalized {len(legal)} units{cost}:")
+        out.extend(f"  {n} x {change}" for change, n in kinds.items())
+        if units:
+            out.extend(f"  {r['node']}: {r['change']}" + (f" (cost {_fmt_num(r['cost_before'])} -> "
+                       f"{_fmt_num(r['cost_after'])})" if r["cost_before"] is not None else "") for r in legal)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""Test helpers: the ONNX -> qc IR -> ONNX conformance harness (``qc.testing.conformance``)."""
