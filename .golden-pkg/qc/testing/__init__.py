@@ -1,1 +1,0 @@
-"""Test helpers: the ONNX -> qc IR -> ONNX conformance harness (``qc.testing.conformance``)."""
