@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(OUT, ignore_errors=True)
     print()
-    print(f"| scheme | weights | wall | peak RSS | RSS / weights | output |")
-    print(f"|---|---|---|---|---|---|")
+    print("| scheme | weights | wall | peak RSS | RSS / weights | output |")
+    print("|---|---|---|---|---|---|")
     for scheme, wall, rss, size, _ in rows:
         print(f"| {scheme} | {weights / 2**30:.2f} GiB | {wall:.0f} s | {rss / 2**30:.2f} GiB | {rss / weights:.2f}x "
               f"| {size / 2**30:.2f} GiB |")

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import qc.models
-    from qc.tools import metrics
     from qc.data.text import default_evaluation_text, token_windows
+    from qc.tools import metrics
 
     paths = sorted(glob.glob(os.path.join(args.out, f"{args.model}-*.onnx")))
     fp32 = os.path.join(args.out, f"{args.model}-fp32.onnx")

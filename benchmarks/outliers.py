@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     header = ("method", "quantize s", "peak RSS MB", "float16 cols", "size MB", "quality (ORT opt off)",
               "quality (ORT opt on)", f"latency ms ({args.seq_len} tok)")
-    what = ("perplexity over {} windows x {} tokens".format(args.eval_windows, args.seq_len)
+    what = (f"perplexity over {args.eval_windows} windows x {args.seq_len} tokens"
             if args.model == "smollm2-135m" else f"mean / min cosine vs FP32 over {args.sentences} sentences")
     print(f"outliers: {args.model}, {datetime.date.today().isoformat()}, onnxruntime {onnxruntime.__version__}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs")

@@ -105,8 +105,13 @@ def worker(spec: dict) -> None:
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=spec["per_channel"],
                          reduce_range=spec.get("reduce_range", False), weight_type=QuantType.QInt8)
     elif kind == "static":
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         data = dict(np.load(spec["calib"]))
 
@@ -131,8 +136,7 @@ def worker(spec: dict) -> None:
                         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     elif kind == "int4":
         import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                      MatMulNBitsQuantizer)
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         model = onnx.load(src)
         config = DefaultWeightOnlyQuantConfig(block_size=spec["block_size"], is_symmetric=True)

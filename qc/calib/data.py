@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -220,7 +221,7 @@ class _InputList:
         if isinstance(input_names, Mapping):
             self.types = {name: _ort_type(dtype) for name, dtype in input_names.items()}
         else:
-            self.types = {name: "tensor(int64)" for name in input_names}
+            self.types = dict.fromkeys(input_names, "tensor(int64)")
 
     def get_inputs(self) -> list[SimpleNamespace]:
         return [SimpleNamespace(name=name, type=t) for name, t in self.types.items()]

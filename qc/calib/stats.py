@@ -110,7 +110,7 @@ class Histogram:
         np.clip(index, 0, self.bins - 1, out=index)     # only the subnormal corner cases need it
         self.counts += np.bincount(index, minlength=self.bins)
 
-    def merge(self, other: "Histogram") -> None:
+    def merge(self, other: Histogram) -> None:
         if other.bins != self.bins:
             raise ValueError(f"cannot merge histograms of {self.bins} and {other.bins} bins")
         if other.exponent is None:
@@ -137,7 +137,7 @@ class Histogram:
         half = self.bins // 2
         return self.counts[half:] + self.counts[:half][::-1], self.width
 
-    def copy(self) -> "Histogram":
+    def copy(self) -> Histogram:
         h = Histogram(self.bins)
         h.exponent, h.counts = self.exponent, self.counts.copy()
         return h
@@ -288,7 +288,7 @@ class TensorStats:
         self.row_priority = priority
 
     # -- merge ----------------------------------------------------------------------------
-    def merge(self, other: "TensorStats") -> None:
+    def merge(self, other: TensorStats) -> None:
         """Combine with the statistics of other batches of the same tensor."""
         if (self.channels, self.histogram, self.hessian_enabled, self.max_rows, self.bins) != \
                 (other.channels, other.histogram, other.hessian_enabled, other.max_rows, other.bins):
@@ -340,7 +340,7 @@ class TensorStats:
         return out
 
     @classmethod
-    def _restore(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "TensorStats":
+    def _restore(cls, meta: dict, arrays: dict[str, np.ndarray]) -> TensorStats:
         s = cls(channels=bool(meta["channels"]), histogram=bool(meta["histogram"]),
                 hessian_enabled=bool(meta["hessian_enabled"]), max_rows=int(meta["max_rows"]),
                 axis=int(meta["axis"]), bins=int(meta["bins"]))
@@ -387,7 +387,7 @@ class CalibrationStats:
     def get(self, name: str) -> TensorStats | None:
         return self.tensors.get(name)
 
-    def merge(self, other: "CalibrationStats") -> None:
+    def merge(self, other: CalibrationStats) -> None:
         for name, s in other.tensors.items():
             if name in self.tensors:
                 self.tensors[name].merge(s)
@@ -414,7 +414,7 @@ class CalibrationStats:
                           hint="give a writable --calib-cache path") from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CalibrationStats":
+    def load(cls, path: str | os.PathLike) -> CalibrationStats:
         path = os.fspath(path)
         hint = "delete the file to recompute the statistics, or give another cache path"
         if not os.path.isfile(path):

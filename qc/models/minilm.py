@@ -22,9 +22,9 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import onnx

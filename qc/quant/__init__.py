@@ -7,8 +7,9 @@ The passes that use these live in ``qc.passes`` (``calibrate``, ``quantize-weigh
 ``--quant`` scheme and its options into a pipeline of them. See docs/quantization.md.
 """
 from qc.calib.data import CalibrationData, check_against, from_arrays, from_npz, from_samples, from_text
-from .schemes import SCHEMES, QuantOptions, pipeline
 from qc.calib.stats import CalibrationStats, Histogram, TensorStats, choose_range, scale_zero_point
+
+from .schemes import SCHEMES, QuantOptions, pipeline
 from .weight_algos import awq_scales, dequantize, gptq, quantize_rtn
 
 __all__ = [

@@ -31,8 +31,9 @@ With these choices round-to-nearest errs by at most ``scale / 2`` per element.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 
-
 def output_sqnr(output_path: str, input_path: str, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """End-to-end SQNR (dB) of each output of the compiled model against the input model."""
     from qc.tools import metrics

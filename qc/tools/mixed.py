@@ -23,7 +23,7 @@ class Criterion:
     relative: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Criterion":
+    def parse(cls, text: str) -> Criterion:
         m = _CRITERION.match(text)
         if not m:
             raise QCError(f"cannot read the accuracy criterion '{text}'",
