@@ -42,11 +42,8 @@ class PropagateShapes(Pass):
     """raise a QCError when shape inference fails instead of ignoring it"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc.backends.onnx.writer import export_onnx_sharing_weights
-        from qc.frontend.onnx import convert_type
-
         try:
-            proto, _ = export_onnx_sharing_weights(module)  # types only: no copy of the weights
+            proto = export_for_inference(module)
         except QCError as e:  # e.g. text IR whose weights were elided and have no sidecar
             if self.strict:
                 raise
@@ -61,18 +58,36 @@ class PropagateShapes(Pass):
                 raise QCError(f"shape inference failed: {message}") from None
             ctx.remark(None, f"shape inference failed, types unchanged: {message}")
             return False
-        types: dict[str, onnx.TypeProto] = {}
-        _collect(inferred.graph, types)
-        changed = False
-        for v in _values(module.graph, top=True):
-            tp = types.get(v.name)
-            if tp is None:
-                continue
-            new = merge_types(v.type, convert_type(tp))
-            if new != v.type:
-                v.type = new
-                changed = True
-        return changed
+        return merge_inferred(module, inferred)
+
+
+# The one place the passes reach into the ONNX interop code (qc.backends.onnx / qc.frontend):
+# to be replaced by the qc.onnx layer.
+def export_for_inference(module: Module) -> onnx.ModelProto:
+    """The module as an ONNX model for shape inference (types only: the weights are shared, not copied)."""
+    from qc.backends.onnx.writer import export_onnx_sharing_weights
+
+    proto, _ = export_onnx_sharing_weights(module)
+    return proto
+
+
+def merge_inferred(module: Module, inferred: onnx.ModelProto) -> bool:
+    """Merge the value types of an inferred export of ``module`` into the main graph (and its
+    subgraphs) with ``merge_types``; True when a type changed."""
+    from qc.frontend.onnx import convert_type
+
+    types: dict[str, onnx.TypeProto] = {}
+    _collect(inferred.graph, types)
+    changed = False
+    for v in _values(module.graph, top=True):
+        tp = types.get(v.name)
+        if tp is None:
+            continue
+        new = merge_types(v.type, convert_type(tp))
+        if new != v.type:
+            v.type = new
+            changed = True
+    return changed
 
 
 def _collect(g: GraphProto, out: dict) -> None:

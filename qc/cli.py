@@ -546,8 +546,7 @@ def _write_json(path: str, data: dict, inputs: list[str]) -> None:
 def _emit_c(args, module, target, external):
     """--emit c: DIR/model.onnx (the same model as ONNX, for onnxruntime), then the C sources.
     Returns the C report and args with output = DIR/model.onnx for the quantization report."""
-    from .backends.c import emit_c
-    from .backends.c.prepare import parse_shapes
+    from .backends.c import emit_c, parse_shapes, prepare
 
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise QCError("--emit c writes a directory, and this is a file", where=args.output)
@@ -555,7 +554,8 @@ def _emit_c(args, module, target, external):
     os.makedirs(args.output, exist_ok=True)
     onnx_path = os.path.join(args.output, "model.onnx")
     write_module(module, onnx_path, args, [args.model], external=external)
-    report = emit_c(module, args.output, target, shapes=shapes, harness=args.emit_harness)
+    prepare(module, shapes)
+    report = emit_c(module, args.output, target, harness=args.emit_harness)
     return report, argparse.Namespace(**{**vars(args), "output": onnx_path})
 
 
