@@ -29,13 +29,13 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     (False) pulling the weights in with .incbin (default: above 8 MB)."""
     from . import emit as E
     from .harness import harness_c
-    from .lower import Lowering
+    from .lower import Lowering, lower
     from .memplan import plan
 
     features = tuple(getattr(target, "features", ()) or ())
     check_static_shapes(module)
     lw = Lowering(module, features, variant)
-    low = lw.run()
+    low = lower(lw)
     arena = plan(low.calls, low.arena_buffers)
     out = Path(out_dir)
     info = E.emit(low, out, prefix, arena, incbin=incbin)

@@ -20,8 +20,8 @@ import numpy as np
 
 from qc.ir import DType, Op, Value
 
-from .lower import Ints, Lowering, Ptr, Raw, unsupported
-from .lower_ops import batch_offsets, binary, handler
+from .lower_ops import batch_offsets, binary, conv_geometry, copy_nd
+from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
 _INT8 = (DType.i8, DType.u8)
 
@@ -250,7 +250,6 @@ def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w
                    ws: np.ndarray, q: Op | None) -> None:
     """Per image and group: im2col (padding with the zero point), qc_gemm_s8, dequantize into a
     pixels x channels scratch, then a transpose into the NCHW output."""
-    from .lower_ops import conv_geometry, copy_nd
     from .packing import pack_s8
 
     xq = dqa.operands[0]
