@@ -24,7 +24,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     """Compile *module* (prepared: every value has a static shape, see ``prepare``) to C in
     *out_dir*; return the report.
 
-    *variant* overrides the kernel variant the target's features choose (packing.variant_for),
+    *variant* overrides the kernel variant the target's kernel table chooses (kernels.gemm_variant),
     e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
     (False) pulling the weights in with .incbin (default: above 8 MB)."""
     from . import emit as E
@@ -34,7 +34,10 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
     features = tuple(getattr(target, "features", ()) or ())
     check_static_shapes(module)
-    lw = Lowering(module, features, variant)
+    from .kernels import gemm_variant
+
+    table = tuple(getattr(target, "kernels", {}).get("cpu", ()))
+    lw = Lowering(module, features, variant or gemm_variant(target), table)
     low = lower(lw)
     arena = plan(low.calls, low.arena_buffers)
     out = Path(out_dir)

@@ -87,6 +87,8 @@ def _find_unit(lw: Lowering, op: Op):
     if op.domain not in ("", "ai.onnx") or op.op_type not in ("MatMul", "Gemm", "Conv"):
         return None
     u = node_unit(op)
+    if u is not None and not _table_picks_gemm_s8(lw, u):
+        return None
     if op.op_type == "MatMul":
         unit = _weight_unit(u, 1)
         if unit is None or unit[4].ndim != 2 or len(lw.shape(op.operands[0])) < 2:
@@ -109,6 +111,18 @@ def _find_unit(lw: Lowering, op: Op):
             return None
         return ("conv",) + unit + (None,)
     return None
+
+
+def _table_picks_gemm_s8(lw: Lowering, u: Unit) -> bool:
+    """Does the target's kernel table give the unit's key (op, dtypes, granularity, zero point,
+    constant weight; any output) a qc_gemm_s8_* kernel? A key the table lacks is left to the C
+    backend, which runs every int8 unit it can match on qc_gemm_s8."""
+    hits = [k for k in lw.table if k.op == u.kind and k.act == u.act and k.weight == u.weight
+            and k.matches(k.op, k.act, k.weight, k.out, u.granularity, u.zero_point, u.const_weight)]
+    if not hits:
+        return True
+    best = min(hits, key=lambda k: k.cost)
+    return best.c_kernel is None or best.c_kernel.startswith("qc_gemm_s8_")
 
 
 def _const_bias(c: Value | None, lw: Lowering, n: int) -> bool:

@@ -176,9 +176,11 @@ def handler(*names: str):
 class Lowering:
     """The state of one lowering: buffers, calls, weights, the kernel variant (``lower`` walks)."""
 
-    def __init__(self, module: Module, features: tuple[str, ...] = (), variant: str | None = None):
+    def __init__(self, module: Module, features: tuple[str, ...] = (), variant: str | None = None,
+                 table: tuple = ()):
         self.module = module
         self.features = features
+        self.table = table  # the target's cpu kernel-table entries (qc.targets.Kernel)
         self.opset = module.opset("") or 13
         self.bufs: dict[int, Buffer] = {}
         self.calls: list[Call] = []
