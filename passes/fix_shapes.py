@@ -15,7 +15,8 @@ class FixShapes(Pass):
     """fix-shapes: give the model inputs static shapes.
 
     Rewrites (main graph inputs only; ``shapes`` items are ``NAME:AxB``, e.g.
-    ``fix-shapes{shapes=input_ids:1x16,attention_mask:1x16}``; ``NAME:`` is a scalar)::
+    ``fix-shapes{shapes=input_ids:1x16,attention_mask:1x16}``; ``NAME:`` is a scalar, a 0
+    dimension an empty one)::
 
         input %input_ids : i64[batch, seq]     (shapes=input_ids:1x16)  ->  input %input_ids : i64[1, 16]
         input %x : f32[?, 4]                   (shapes=x:3x4)           ->  input %x : f32[3, 4]
@@ -76,7 +77,7 @@ def parse_shape_items(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
             if not colon or not name:
                 raise ValueError
             shape = tuple(int(d) for d in dims.lower().split("x")) if dims.strip() else ()
-            if any(d < 1 for d in shape):
+            if any(d < 0 for d in shape):  # 0 is a valid (empty) dimension
                 raise ValueError
         except ValueError:
             raise QCError(f"fix-shapes: cannot read shape item '{item}'",
