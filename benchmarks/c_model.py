@@ -21,8 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qc.backends.c import emit_c  # noqa: E402
-from qc.backends.c.prepare import parse_shapes  # noqa: E402
+from qc.backends.c import emit_c, parse_shapes, prepare  # noqa: E402
 from qc.backends.c.runner import build_model, run_model  # noqa: E402
 from qc.frontend.onnx import import_onnx  # noqa: E402
 from qc.onnx.evaluator import ort_session  # noqa: E402
@@ -44,8 +43,9 @@ def c_model_latency(model: str | Path, shapes: dict, runs: int = 20, work: Path 
     """{'c_ms', 'ort_ms', 'ort_opt_ms', 'arena_bytes', 'weight_bytes'} for *model* at *shapes* on the host."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(work or tmp) / "c"
-        report = emit_c(import_onnx(str(model)), out, load_target("cortex-a76"), shapes=shapes, harness=True,
-                        variant="portable")
+        module = import_onnx(str(model))
+        prepare(module, shapes)
+        report = emit_c(module, out, load_target("cortex-a76"), harness=True, variant="portable")
         exe = build_model(report, "host")
         inputs = _inputs(report)
         c = []

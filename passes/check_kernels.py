@@ -9,10 +9,10 @@ import numpy as np
 from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.pm import Pass, PassContext, register_pass
+from qc.quant.units import FLOATS, Unit, dtype_name, macs, node_unit
 from qc.targets import load_target
 from qc.targets.placement import Placement
 
-from ._units import FLOATS, Unit, dtype_name, macs, node_unit
 from ._util import graphs
 
 _HOST = "cpu"  # graph inputs and outputs live in host memory

@@ -12,11 +12,11 @@ from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
-from qc.targets import load_target
+from qc.quant.units import FLOATS, Unit, dtype_name, macs, node_unit
 from qc.quant.weight_algos import dequantize, quantize_rtn
+from qc.targets import load_target
 
 from ._scaling import NameTable
-from ._units import FLOATS, Unit, dtype_name, macs, node_unit
 from ._util import const_array
 from .check_kernels import device_costs, float_cost, nbytes, place_unit
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import AttributeProto, GraphProto
 
 from qc.errors import QCError
-from qc.ir.core import Graph, Module
-from qc.ir.types import OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.core import Module
+from qc.onnx.shapes import export_for_inference, merge_inferred
 from qc.pm import Pass, PassContext, register_pass
 
 
@@ -42,11 +41,8 @@ class PropagateShapes(Pass):
     """raise a QCError when shape inference fails instead of ignoring it"""
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        from qc.onnx.writer import export_onnx_sharing_weights
-        from qc.onnx.reader import convert_type
-
         try:
-            proto, _ = export_onnx_sharing_weights(module)  # types only: no copy of the weights
+            proto = export_for_inference(module)
         except QCError as e:  # e.g. text IR whose weights were elided and have no sidecar
             if self.strict:
                 raise
@@ -61,72 +57,4 @@ class PropagateShapes(Pass):
                 raise QCError(f"shape inference failed: {message}") from None
             ctx.remark(None, f"shape inference failed, types unchanged: {message}")
             return False
-        types: dict[str, onnx.TypeProto] = {}
-        _collect(inferred.graph, types)
-        changed = False
-        for v in _values(module.graph, top=True):
-            tp = types.get(v.name)
-            if tp is None:
-                continue
-            new = merge_types(v.type, convert_type(tp))
-            if new != v.type:
-                v.type = new
-                changed = True
-        return changed
-
-
-def _collect(g: GraphProto, out: dict) -> None:
-    for vi in list(g.value_info) + list(g.output) + list(g.input):
-        if vi.type.WhichOneof("value") is not None:
-            out.setdefault(vi.name, vi.type)
-    for node in g.node:
-        for a in node.attribute:
-            if a.type == AttributeProto.GRAPH:
-                _collect(a.g, out)
-            elif a.type == AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    _collect(sub, out)
-
-
-def _values(g: Graph, top: bool):
-    if not top:
-        yield from (v for v in g.inputs if v.const is None)
-    for op in g:
-        for sub in op.subgraphs():
-            yield from _values(sub, top=False)
-        yield from (r for r in op.results if r is not None)
-
-
-def merge_types(old: Type, new: Type) -> Type:
-    """``old`` refined by ``new``: only what ``old`` leaves unknown is taken from ``new``."""
-    if new is None:
-        return old
-    if old is None:
-        return new
-    if isinstance(old, TensorType) and isinstance(new, TensorType):
-        dtype = old.dtype if old.dtype is not None else new.dtype
-        return TensorType(dtype, _merge_shape(old.shape, new.shape), old.quant)
-    if isinstance(old, SparseTensorType) and isinstance(new, SparseTensorType):
-        dtype = old.dtype if old.dtype is not None else new.dtype
-        return SparseTensorType(dtype, _merge_shape(old.shape, new.shape))
-    if isinstance(old, SequenceType) and isinstance(new, SequenceType):
-        return SequenceType(merge_types(old.elem, new.elem))
-    if isinstance(old, OptionalType) and isinstance(new, OptionalType):
-        return OptionalType(merge_types(old.elem, new.elem))
-    return old
-
-
-def _merge_shape(old, new):
-    if old is None:
-        return new
-    if new is None or len(old) != len(new):
-        return old
-    dims = []
-    for a, b in zip(old, new):
-        if a is None:
-            dims.append(b)
-        elif isinstance(a, str) and isinstance(b, int):
-            dims.append(b)
-        else:
-            dims.append(a)
-    return tuple(dims)
+        return merge_inferred(module, inferred)

@@ -359,7 +359,7 @@ def cmd_compile(args) -> int:
 
     shapes = None
     if kind == "c":
-        from .backends.c.prepare import parse_shapes
+        from .backends.c import parse_shapes
 
         shapes = parse_shapes(args.shape)
     result = driver.compile(

@@ -170,6 +170,10 @@ def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]]
     """The passes every compile ends with: legalize and check-kernels for the target, then for C
     the static shapes the C backend needs."""
     tail = ["legalize", f"check-kernels{{fallback={fallback}}}"]
+    if emit == "c":
+        from qc.backends.c import c_prepare_pipeline
+
+        tail.append(c_prepare_pipeline(shapes or {}))
     return tail
 
 
@@ -200,7 +204,6 @@ class CompileResult:
     source: str | None = None
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
-    shapes: Mapping[str, Sequence[int]] | None = None
     _oracle: str | None = None
 
     @property
@@ -228,14 +231,10 @@ class CompileResult:
             os.makedirs(path, exist_ok=True)
             onnx_path = os.path.join(path, "model.onnx")
             refuse_overwrite(onnx_path, inputs)
-            if self._oracle is None:
-                from qc.backends.onnx import save_onnx
-
-                save_onnx(self.module, onnx_path, external=external)
-            else:
-                with open(self._oracle, "rb") as src, atomic_write(onnx_path) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 24)
-            self.c_report = emit_c(self.module, path, self.target, shapes=self.shapes, harness=harness)
+            assert self._oracle is not None, "a C compile saves its oracle before the C preparation"
+            with open(self._oracle, "rb") as src, atomic_write(onnx_path) as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+            self.c_report = emit_c(self.module, path, self.target, harness=harness)
         self.seconds["export"] = time.perf_counter() - t0
         if self.quant is not None:
             self.report = _quant_report(self, onnx_path, measure)
@@ -309,7 +308,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     snapshot = None
     extra: list[Instrument] = []
     pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
-    if emit == "c" and False:  # the C preparation joins the pipeline with the fix-shapes passes
+    if emit == "c":
         snapshot = _OracleSnapshot(len(pass_names(PassManager.parse(compile_pipeline(
             spec, target_passes(fallback, "onnx", None))).passes)), external)
         extra.append(snapshot)
@@ -352,7 +351,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     result = CompileResult(module=module, target=tgt, emit=emit, pipeline=str(pm_all),
                            placement=placement_report(tgt, ctx.placement, ctx.legalized), context=ctx,
                            accuracy=accuracy, before=before, seconds=seconds, holdout=held, source=source,
-                           shapes=shapes, _oracle=snapshot.path if snapshot else None)
+                           _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
     return result

@@ -249,7 +249,7 @@ class Fixpoint(Pass):
     name: ClassVar[str] = "fixpoint"
 
     def spec(self) -> str:
-        rounds = "" if self.max_rounds == 16 else f"{{max-rounds={self.max_rounds}}}"
+        rounds = f"{{max-rounds={self.max_rounds}}}" if self.max_rounds != 16 else ""
         return f"fixpoint{rounds}(" + ",".join(p.spec() for p in self.passes) + ")"
 
     def run(self, module: Module, ctx: "PassContext") -> bool:  # pragma: no cover - the manager expands it

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from qc.backends.c import emit_c, toolchain
+from qc.backends.c import emit_c, prepare, toolchain
 from qc.backends.c.runner import build_model, load_report, run_model
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
@@ -38,9 +38,15 @@ def _ort(model, inputs):
     return ort_session(model if isinstance(model, onnx.ModelProto) else str(model)).run(None, inputs)
 
 
+def _emit(module, out_dir, target=A76, shapes=None, **kw):
+    """The C backend as qc compile runs it: the preparation pipeline, then emit_c."""
+    prepare(module, shapes or {})
+    return emit_c(module, out_dir, target, **kw)
+
+
 def _compile_run(model, tmp_path, shapes, inputs, target=A76, **kw):
     module = import_onnx(model if isinstance(model, onnx.ModelProto) else str(model))
-    report = emit_c(module, tmp_path / "c", target, shapes=shapes, harness=True, **kw)
+    report = _emit(module, tmp_path / "c", target, shapes, harness=True, **kw)
     exe = build_model(report, "host")
     return report, run_model(exe, report, inputs, "host")
 
@@ -117,7 +123,7 @@ def test_output_is_deterministic(tmp_path):
                [helper.make_tensor_value_info("x", TP.FLOAT, [2, 3])],
                [helper.make_tensor_value_info("y", TP.FLOAT, [3, 2])])
     for d in ("a", "b"):
-        emit_c(import_onnx(m), tmp_path / d, A76, harness=True)
+        _emit(import_onnx(m), tmp_path / d, A76, harness=True)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
     for f in files:
@@ -129,7 +135,7 @@ def test_unsupported_op_names_the_node(tmp_path):
                [helper.make_tensor_value_info("x", TP.FLOAT, [2, 2])],
                [helper.make_tensor_value_info("y", TP.FLOAT, [2, 2])])
     with pytest.raises(QCError, match=r"node 'my_einsum': Einsum is not supported by the C backend"):
-        emit_c(import_onnx(m), tmp_path / "c", A76)
+        _emit(import_onnx(m), tmp_path / "c", A76)
 
 
 def test_missing_shape_is_an_error(tmp_path):
@@ -137,11 +143,14 @@ def test_missing_shape_is_an_error(tmp_path):
                [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 4])],
                [helper.make_tensor_value_info("y", TP.FLOAT, None)])
     with pytest.raises(QCError, match=r"input 'x': input 'x' has no static shape; give it one with --shape x=Nx4"):
-        emit_c(import_onnx(m), tmp_path / "c", A76)
+        _emit(import_onnx(m), tmp_path / "c", A76)
     with pytest.raises(QCError, match=r"--shape names 'z', which is not a model input"):
-        emit_c(import_onnx(m), tmp_path / "c", A76, shapes={"z": (1,)})
+        _emit(import_onnx(m), tmp_path / "c", A76, shapes={"z": (1,)})
     with pytest.raises(QCError, match=r"does not fit the input's shape \[N, 4\]"):
-        emit_c(import_onnx(m), tmp_path / "c", A76, shapes={"x": (2, 5)})
+        _emit(import_onnx(m), tmp_path / "c", A76, shapes={"x": (2, 5)})
+    # emit_c runs no pass: it names the first value without a static shape
+    with pytest.raises(QCError, match=r"value 'x': 'x' has no static shape .*--shape NAME=AxB"):
+        emit_c(import_onnx(m), tmp_path / "c", A76)
 
 
 def test_minilm_float_matches_onnxruntime(tmp_path, minilm_fp32):
@@ -235,7 +244,7 @@ def test_int8_units_under_qemu(tmp_path, portable_units, target, kind, cpu):
     toolchain.require_tools(kind)
     t = load_target(target)
     for name, (m, x, host) in portable_units.items():
-        report = emit_c(import_onnx(m), tmp_path / f"{name}-{target}", t, harness=True)
+        report = _emit(import_onnx(m), tmp_path / f"{name}-{target}", t, harness=True)
         assert report["variant"] != "portable"
         exe = build_model(report, kind, cpu)
         (y,) = run_model(exe, report, {"x": x}, kind, cpu, timeout=120)
@@ -251,7 +260,7 @@ def _qc(*argv):
 
 def _emit_portable(onnx_path: Path, out: Path, shapes) -> tuple[dict, Path]:
     """The same quantized ONNX emitted with the portable kernels and built for the host."""
-    report = emit_c(import_onnx(str(onnx_path)), out, A76, shapes=shapes, harness=True, variant="portable")
+    report = _emit(import_onnx(str(onnx_path)), out, A76, shapes, harness=True, variant="portable")
     return report, build_model(report, "host")
 
 

@@ -1,38 +1,44 @@
 """The C backend: dependency-free C99 for Arm Cortex-A and Cortex-M (see docs/c-backend.md).
 
-``emit_c(module, out_dir, target, shapes=..., harness=...)`` fixes the input shapes, folds the
-shape arithmetic, lowers every op (or quantized node unit) to a kernel call, plans the arena
-and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a CMake
-snippet. It returns the compile report (arena and weight bytes, kernels per node).
+``prepare(module, shapes)`` runs the preparation pipeline (``c_prepare_pipeline``: static input
+shapes, folded shape arithmetic); ``emit_c(module, out_dir, target, harness=...)`` then checks that
+every value has a static shape, lowers every op (or quantized node unit) to a kernel call, plans
+the arena and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a
+CMake snippet. It returns the compile report (arena and weight bytes, kernels per node).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from qc.ir import Module
+from qc.errors import QCError
+from qc.ir import Module, TensorType
 
-from .prepare import prepare
+from .prepare import c_prepare_pipeline, parse_shapes, prepare
+
+__all__ = ["c_prepare_pipeline", "check_static_shapes", "emit_c", "format_report", "parse_shapes", "prepare"]
 
 
-def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, Sequence[int]] | None = None,
-           harness: bool = False, prefix: str = "model", incbin: bool | None = None,
-           variant: str | None = None) -> dict:
-    """Compile *module* (changed in place: static shapes, folded) to C in *out_dir*; return the report.
+def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False, prefix: str = "model",
+           incbin: bool | None = None, variant: str | None = None) -> dict:
+    """Compile *module* (prepared: every value has a static shape, see ``prepare``) to C in
+    *out_dir*; return the report.
 
-    *variant* overrides the kernel variant the target's features choose (packing.variant_for),
+    *variant* overrides the kernel variant the target's kernel table chooses (kernels.gemm_variant),
     e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
     (False) pulling the weights in with .incbin (default: above 8 MB)."""
     from . import emit as E
     from .harness import harness_c
-    from .lower import Lowering
+    from .lower import Lowering, lower
     from .memplan import plan
 
     features = tuple(getattr(target, "features", ()) or ())
-    prepare(module, dict(shapes or {}))
-    lw = Lowering(module, features, variant)
-    low = lw.run()
+    check_static_shapes(module)
+    from .kernels import gemm_variant
+
+    table = tuple(getattr(target, "kernels", {}).get("cpu", ()))
+    lw = Lowering(module, features, variant or gemm_variant(target), table)
+    low = lower(lw)
     arena = plan(low.calls, low.arena_buffers)
     out = Path(out_dir)
     info = E.emit(low, out, prefix, arena, incbin=incbin)
@@ -61,6 +67,23 @@ def emit_c(module: Module, out_dir: str | Path, target, *, shapes: Mapping[str, 
             "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
     E.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     return {"out_dir": str(out), **report}
+
+
+def check_static_shapes(module: Module) -> None:
+    """A QCError naming the first main-graph value the C code would need a static shape for
+    (a model input, or an op result that is read or is a model output) and has none."""
+    g = module.graph
+    outputs = {id(v) for v in g.outputs}
+    values = [v for v in g.inputs if v.const is None]
+    values += [r for op in g for r in op.results if r is not None and (r.uses() or id(r) in outputs)]
+    for v in values:
+        t = v.type
+        if not isinstance(t, TensorType) or not t.is_static:
+            inputs = [i.name for i in g.inputs if i.const is None]
+            raise QCError(f"'{v.name}' has no static shape ({t})", where=f"value '{v.name}'",
+                          hint="give the model inputs static shapes with --shape NAME=AxB (inputs: "
+                               + ", ".join(inputs) + "), which runs the C preparation pipeline "
+                               "(qc.backends.c.prepare) that folds the shape arithmetic")
 
 
 def format_report(report: dict) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from qc.fileio import atomic_write
 
-from .lower import ALIGN, Buffer, Call, Ints, Lowered, Ptr, Raw
+from .lowering import ALIGN, Buffer, Call, Ints, Lowered, Ptr, Raw
 
 RUNTIME = Path(__file__).parent / "runtime"
 OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c")

@@ -1,7 +1,7 @@
 """The harness (--emit-harness): a main() that reads raw input files and writes raw output files."""
 from __future__ import annotations
 
-from .lower import Lowered
+from .lowering import Lowered
 
 
 def harness_c(low: Lowered, prefix: str) -> str:

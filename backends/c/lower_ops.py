@@ -7,9 +7,9 @@ import numpy as np
 
 from qc.ir import DType, Op
 
-from .lower import Ints, Lowering, Ptr, Raw, broadcast_strides, coalesce, contiguous, unsupported
-
-HANDLERS: dict = {}
+from .lowering import (  # noqa: F401 - HANDLERS: the registry, re-exported for tests/c_backend
+    HANDLERS, Ints, Lowering, Ptr, Raw, broadcast_strides, coalesce, contiguous, handler, unsupported,
+)
 
 _BINARY = {"Add": "QC_ADD", "Sub": "QC_SUB", "Mul": "QC_MUL", "Div": "QC_DIV", "Pow": "QC_POW",
            "Max": "QC_MAX", "Min": "QC_MIN", "PRelu": "QC_PRELU", "Equal": "QC_EQ", "Less": "QC_LT",
@@ -39,14 +39,6 @@ _REDUCE = {"ReduceSum": "QC_RSUM", "ReduceMean": "QC_RMEAN", "ReduceMax": "QC_RM
            "ReduceSumSquare": "QC_RSUMSQ", "ReduceLogSum": "QC_RLOGSUM", "ReduceLogSumExp": "QC_RLOGSUMEXP"}
 
 _ALIASES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
-
-
-def handler(*names):
-    def deco(fn):
-        for n in names:
-            HANDLERS[n] = fn
-        return fn
-    return deco
 
 
 def _axis(axis: int, rank: int) -> int:

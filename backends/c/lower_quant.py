@@ -19,9 +19,10 @@ import math
 import numpy as np
 
 from qc.ir import DType, Op, Value
+from qc.quant.units import Unit, node_unit
 
-from .lower import Ints, Lowering, Ptr, Raw, unsupported
-from .lower_ops import batch_offsets, binary, handler
+from .lower_ops import batch_offsets, binary, conv_geometry, copy_nd
+from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
 _INT8 = (DType.i8, DType.u8)
 
@@ -47,19 +48,18 @@ def _qparams(dq: Op):
     return scale.astype(np.float32), zp, dq.attr("axis", 1)
 
 
-def _weight_unit(lw: Lowering, op: Op, w_index: int, channel_axis: int):
-    """(dq_x, dq_w, s_x, zp_x, int8 weight, weight scales) when op reads DQ(int8 activation,
+def _weight_unit(u: Unit | None, channel_axis: int):
+    """(dq_x, dq_w, s_x, zp_x, int8 weight, weight scales) when the unit reads DQ(int8 activation,
     per tensor) and DQ(int8 constant, zero point 0, per tensor or per output channel)."""
-    a, b = op.operands[0], op.operands[w_index]
-    dqa, dqb = _producer(a, "DequantizeLinear"), _producer(b, "DequantizeLinear")
-    if dqa is None or dqb is None or dqb.operands[0].const is None:
+    if u is None or u.act_dq is None or u.weight_dq is None or not u.const_weight:
         return None
-    if lw.dtype(dqa.operands[0]) != DType.i8 or dqb.operands[0].const.dtype != DType.i8:
+    if u.act != "int8" or u.weight != "int8":
         return None
+    dqa, dqb = u.act_dq, u.weight_dq
     pa, pb = _qparams(dqa), _qparams(dqb)
     if pa is None or pb is None or pa[0].size != 1:
         return None
-    w = dqb.operands[0].const.numpy()
+    w = u.weight_value.const.numpy()
     ws, wzp, axis = pb
     if wzp is not None and np.any(wzp != 0):
         return None  # an asymmetric weight needs the activation row sums: left to the float path
@@ -70,14 +70,10 @@ def _weight_unit(lw: Lowering, op: Op, w_index: int, channel_axis: int):
     return dqa, dqb, float(pa[0].reshape(-1)[0]), x_zp, w.astype(np.int8), ws.reshape(-1)
 
 
-def _output_q(lw: Lowering, op: Op) -> Op | None:
-    """The QuantizeLinear (int8, per tensor) that is the only reader of op's result, if any."""
-    r = op.results[0]
-    users = r.users()
-    if len(users) != 1 or any(v is r for v in lw.module.graph.outputs):
-        return None
-    q = users[0]
-    if q.domain not in ("", "ai.onnx") or q.op_type != "QuantizeLinear" or q.operands[0] is not r:
+def _output_q(u: Unit) -> Op | None:
+    """The unit's output QuantizeLinear when it reads the result directly and is int8 per tensor."""
+    q = u.out_q
+    if q is None or q.operands[0] is not u.op.results[0]:
         return None
     p = _qparams(q)
     if p is None or p[0].size != 1 or getattr(q.results[0].type, "dtype", None) != DType.i8:
@@ -86,35 +82,51 @@ def _output_q(lw: Lowering, op: Op) -> Op | None:
 
 
 def _find_unit(lw: Lowering, op: Op):
-    if op.domain not in ("", "ai.onnx"):
+    """The integer lowering of the unit anchored at op: (kind, dq_x, dq_w, s_x, zp_x, weight [K, N]
+    (Conv: as stored), weight scales, output Q or None), or None for the float path."""
+    if op.domain not in ("", "ai.onnx") or op.op_type not in ("MatMul", "Gemm", "Conv"):
+        return None
+    u = node_unit(op)
+    if u is not None and not _table_picks_gemm_s8(lw, u):
         return None
     if op.op_type == "MatMul":
-        unit = _weight_unit(lw, op, 1, 1)
+        unit = _weight_unit(u, 1)
         if unit is None or unit[4].ndim != 2 or len(lw.shape(op.operands[0])) < 2:
             return None
-        return ("matmul",) + unit + (_output_q(lw, op),)
+        return ("matmul",) + unit + (_output_q(u),)
     if op.op_type == "Gemm" and not op.attr("transA", 0) and op.attr("alpha", 1.0) == 1.0 \
             and op.attr("beta", 1.0) == 1.0:
         tb = op.attr("transB", 0)
-        unit = _weight_unit(lw, op, 1, 0 if tb else 1)
-        if unit is None or not _const_bias(op, lw, unit[4].shape[0 if tb else 1]):
+        unit = _weight_unit(u, 0 if tb else 1)
+        if unit is None or not _const_bias(u.bias, lw, unit[4].shape[0 if tb else 1]):
             return None
         unit = unit[:4] + ((unit[4].T if tb else unit[4]),) + unit[5:]
-        return ("matmul",) + unit + (_output_q(lw, op),)
+        return ("matmul",) + unit + (_output_q(u),)
     if op.op_type == "Conv" and len(lw.shape(op.operands[0])) in (3, 4):
-        unit = _weight_unit(lw, op, 1, 0)
+        unit = _weight_unit(u, 0)
         if unit is None:
             return None
-        bias = op.operands[2] if len(op.operands) > 2 else None
+        bias = u.bias
         if bias is not None and bias.const is None and _producer(bias, "DequantizeLinear") is None:
             return None
         return ("conv",) + unit + (None,)
     return None
 
 
-def _const_bias(op: Op, lw: Lowering, n: int) -> bool:
+def _table_picks_gemm_s8(lw: Lowering, u: Unit) -> bool:
+    """Does the target's kernel table give the unit's key (op, dtypes, granularity, zero point,
+    constant weight; any output) a qc_gemm_s8_* kernel? A key the table lacks is left to the C
+    backend, which runs every int8 unit it can match on qc_gemm_s8."""
+    hits = [k for k in lw.table if k.op == u.kind and k.act == u.act and k.weight == u.weight
+            and k.matches(k.op, k.act, k.weight, k.out, u.granularity, u.zero_point, u.const_weight)]
+    if not hits:
+        return True
+    best = min(hits, key=lambda k: k.cost)
+    return best.c_kernel is None or best.c_kernel.startswith("qc_gemm_s8_")
+
+
+def _const_bias(c: Value | None, lw: Lowering, n: int) -> bool:
     """Gemm's C: absent, or a constant (or DQ of one) with n elements (one per output column)."""
-    c = op.operands[2] if len(op.operands) > 2 else None
     if c is None:
         return True
     if c.const is None and (_producer(c, "DequantizeLinear") is None
@@ -250,7 +262,6 @@ def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w
                    ws: np.ndarray, q: Op | None) -> None:
     """Per image and group: im2col (padding with the zero point), qc_gemm_s8, dequantize into a
     pixels x channels scratch, then a transpose into the NCHW output."""
-    from .lower_ops import conv_geometry, copy_nd
     from .packing import pack_s8
 
     xq = dqa.operands[0]

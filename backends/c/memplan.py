@@ -1,7 +1,7 @@
 """The static memory plan: liveness on the final schedule, greedy offsets in one arena."""
 from __future__ import annotations
 
-from .lower import ALIGN, Buffer, Call
+from .lowering import ALIGN, Buffer, Call
 
 
 def _align(n: int) -> int:

@@ -44,6 +44,7 @@ class Kernel:
     cost: float
     status: str
     source: str
+    c_kernel: str | None = None  # C targets: the qc_* kernel of the C backend that implements the entry
 
     def matches(self, op: str, act: str, weight: str, out: str, granularity: str = "any",
                 zero_point: str = "any", const_weight: bool = True) -> bool:
@@ -132,7 +133,7 @@ _TOP = {"name": str, "description": str, "features": list, "devices": list, "pre
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
-           "const_weight": bool, "cost": (int, float), "status": str, "source": str}
+           "const_weight": bool, "cost": (int, float), "status": str, "source": str, "c_kernel": str}
 _KERNEL_REQUIRED = ("op", "act", "weight", "out", "cost", "source")
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "a table", bool: "a boolean", (int, float): "a number"}
 
@@ -245,10 +246,17 @@ def _validate(data: dict, text: str, path: str) -> Target:
             check_enum(prefix + "status", e.get("status", "native"), STATUSES, "status")
             if e["cost"] <= 0:
                 fail(prefix + "cost", f"must be positive, got {e['cost']}")
+            if "c_kernel" in e:
+                if backend != "c":
+                    fail(prefix + "c_kernel", f"names a C kernel, but the target's backend is '{backend}'",
+                         hint='only targets with backend = "c" name the C kernels of their entries')
+                if not re.fullmatch(r"qc_[a-z0-9_]+", e["c_kernel"]):
+                    fail(prefix + "c_kernel", f"'{e['c_kernel']}' is not a C kernel name",
+                         hint="a qc_* function of the C runtime, e.g. qc_gemm_s8_dotprod (docs/c-backend.md)")
             table.append(Kernel(op=e["op"], act=e["act"], weight=e["weight"], out=e["out"],
                                 granularity=e.get("granularity", "any"), zero_point=e.get("zero_point", "any"),
                                 const_weight=e.get("const_weight", False), cost=float(e["cost"]),
-                                status=e.get("status", "native"), source=e["source"]))
+                                status=e.get("status", "native"), source=e["source"], c_kernel=e.get("c_kernel")))
         kernels[dev] = table
     def per_device(table: str, what: str) -> dict[str, tuple[str, ...]]:
         out = {}

@@ -81,7 +81,7 @@ def bind_constants(model, ins):
 
 def emit_cases(cases, out_dir: Path, target):
     """Emit every case; returns (emitted [(index, name, report, inputs, outputs)], failed {name: message})."""
-    from qc.backends.c import emit_c
+    from qc.backends.c import emit_c, prepare
     from qc.frontend.onnx import import_onnx
 
     emitted, failed = [], {}
@@ -90,7 +90,8 @@ def emit_cases(cases, out_dir: Path, target):
             model, ins = bind_constants(model, ins)
             module = import_onnx(model)
             shapes = {v.name: a.shape for v, a in zip([v for v in module.graph.inputs if v.const is None], ins)}
-            report = emit_c(module, out_dir, target, shapes=shapes, prefix=f"case{i}")
+            prepare(module, shapes)
+            report = emit_c(module, out_dir, target, prefix=f"case{i}")
         except QCError as e:
             failed[name] = str(e)
             continue

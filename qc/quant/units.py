@@ -1,8 +1,15 @@
-"""Node units: the groups of nodes a target runs as one kernel (shared by check-kernels and legalize).
+"""Node units: the groups of nodes a target runs as one kernel, matched in one place.
 
-``DQ(x_q) -> MatMul <- DQ(W.q) [-> Q]`` is one int8 matmul, ``DQ(W.int4, block) -> MatMul`` one
-weight-only matmul, a float MatMul / Gemm / Conv one float unit; lowered ops (QLinearMatMul,
-MatMulInteger, MatMulNBits, ...) are units by themselves. Like onnxruntime's NodeUnit.
+``DQ(x_q) -> MatMul/Gemm/Conv <- DQ(W.q) [-> Q]`` is one int8 matmul, ``DQ(W.int4, block) ->
+MatMul`` one weight-only matmul, a float MatMul / Gemm / Conv one float unit; lowered ops
+(QLinearMatMul, MatMulInteger, MatMulNBits, ...) are units by themselves. Like onnxruntime's
+NodeUnit. ``node_unit(op)`` returns the typed ``Unit`` anchored at an op: its activation and
+weight DequantizeLinear, the compute op, the output QuantizeLinear, the dtypes, the weight's
+granularity and zero-point kind, whether the weight is constant, and the bias operand.
+
+Users: check-kernels and legalize (the kernel-table key of each unit), the C backend's lowering
+(which of them become integer kernel calls). qc.quant sits below the passes and the backends:
+this module imports only qc.ir, qc.errors and numpy.
 """
 from __future__ import annotations
 
@@ -11,14 +18,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from qc.ir.core import Op, Value
-
-from ._util import const_array
+from qc.ir.tensor import Tensor
 
 # ONNX TensorProto element type -> the dtype names of the target kernel tables.
 DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 5: "int16",
                 4: "uint16", 3: "int8", 2: "uint8", 22: "int4", 21: "uint4"}
 FLOATS = ("float32", "float16", "bfloat16", "float64")
 ANCHORS = ("MatMul", "Gemm", "Conv")
+
+
+def const_array(v: Value | None) -> np.ndarray | None:
+    """The data of a dense, non-elided, constant value, else None."""
+    if v is None or v.const is None or not isinstance(v.const, Tensor) or v.const.is_elided:
+        return None
+    return v.const.numpy()
 
 
 def dtype_name(v: Value | None) -> str | None:
@@ -62,19 +75,38 @@ def _granularity(scale: Value | None, block_size: int) -> str:
 
 @dataclass
 class Unit:
-    op: Op
-    kind: str       # table op: MatMul, Gemm, Conv, MatMulNBits
-    act: str
-    weight: str
-    outs: tuple[str, ...]
-    granularity: str = "any"
-    zero_point: str = "any"
+    """One node unit; the dtype fields use the kernel tables' names (``int8``, ``float32``, ...)."""
+
+    op: Op                        # the compute op (the anchor)
+    kind: str                     # table op: MatMul, Gemm, Conv, MatMulNBits
+    act: str                      # activation dtype (the quantized one for a QDQ unit)
+    weight: str                   # weight dtype (the quantized one for a QDQ unit)
+    outs: tuple[str, ...]         # output dtypes a kernel may produce, preferred first
+    granularity: str = "any"      # weight scale: tensor | channel | block | any (unknown)
+    zero_point: str = "any"       # weight zero point: symmetric | asymmetric | any (unknown)
     const_weight: bool = True
-    block: int = 0
+    block: int = 0                # block size of a block-wise weight
     act_dq: Op | None = None      # DQ feeding the activation (QDQ units)
     weight_dq: Op | None = None   # DQ feeding the weight
-    out_q: Op | None = None       # Q consuming the result
+    out_q: Op | None = None       # Q consuming the result (directly or through MaxPool, Reshape, ...)
     note: str = ""                # how the runtime rewrites the unit, when that matters
+
+    @property
+    def bias(self) -> Value | None:
+        """Gemm's C / Conv's B operand, if any (a constant, or a DequantizeLinear of one, or a value)."""
+        if self.op.op_type in ("Gemm", "Conv") and len(self.op.operands) > 2:
+            return self.op.operands[2]
+        return None
+
+    @property
+    def act_value(self) -> Value | None:
+        """The quantized activation (the activation DQ's input), for a QDQ unit."""
+        return self.act_dq.operands[0] if self.act_dq is not None else None
+
+    @property
+    def weight_value(self) -> Value | None:
+        """The quantized weight (the weight DQ's input), for a QDQ unit."""
+        return self.weight_dq.operands[0] if self.weight_dq is not None else None
 
     @property
     def weight_only(self) -> bool:
