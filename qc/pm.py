@@ -28,11 +28,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, TextIO
 
-from .errors import QCError
+from .errors import QCError, did_you_mean
 from .ir.core import Module, Op
 
 _REGISTRY: dict[str, type["Pass"]] = {}
 _NAMED_PIPELINES: dict[str, tuple[str, str]] = {}
+_LOADED_FILES: dict[str, list[str]] = {}  # realpath of a --load-pass file -> the passes it registered
 _BUILTINS_LOADED = False
 _ENTRY_POINTS_LOADED = False
 
@@ -116,9 +117,14 @@ def load_entry_point_passes() -> None:
 
 
 def load_pass_file(path: str) -> list[str]:
-    """Import a user's Python file so that its @register_pass classes register; returns their names."""
+    """Import a user's Python file so that its @register_pass classes register; returns their names.
+
+    Loading the same file again (``--load-pass f.py --load-pass f.py``) returns the same names."""
     if not os.path.isfile(path):
         raise QCError("no such pass file", where=path)
+    real = os.path.realpath(path)
+    if real in _LOADED_FILES:
+        return list(_LOADED_FILES[real])
     before = set(_REGISTRY)
     module_name = "qc_user_pass_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -136,6 +142,7 @@ def load_pass_file(path: str) -> list[str]:
     if not added:
         raise QCError("the file registers no pass", where=path,
                       hint="decorate a Pass subclass with @register_pass('my-pass')")
+    _LOADED_FILES[real] = added
     return added
 
 
@@ -148,7 +155,8 @@ def all_passes() -> dict[str, type[Pass]]:
 def get_pass(name: str) -> type[Pass]:
     passes = all_passes()
     if name not in passes:
-        raise QCError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(passes))
+        raise QCError(f"unknown pass '{name}'", hint=did_you_mean(name, passes) + "known passes: "
+                      + ", ".join(passes) + "; a pass of your own loads with --load-pass FILE.py")
     return passes[name]
 
 
