@@ -345,21 +345,31 @@ class PrintIR(Instrument):
 
 @dataclass
 class DumpIR(Instrument):
-    """``--dump-ir-dir=DIR``: DIR/00-input.qir, DIR/01-<pass>.qir, ... (weights elided)."""
+    """``--dump-ir-dir=DIR``: DIR/00-input.qir, DIR/01-<pass>.qir, ..., each a complete module.
+
+    Tensors over ``elide_above`` elements go to one shared sidecar, DIR/weights.bin (each
+    distinct tensor once), so every stage reloads: ``qc opt DIR/03-cse.qir -o m.onnx``.
+    ``elide_above=None`` (``--full``) writes every tensor into the text instead."""
 
     directory: str
     elide_above: int | None = 16
 
     def __post_init__(self):
+        from .ir.weights import SharedSidecar
+
         os.makedirs(self.directory, exist_ok=True)
         self._written_input = False
+        self._sidecar = SharedSidecar(os.path.join(self.directory, "weights.bin"))
 
     def _write(self, module: Module, name: str, title: str) -> None:
         from .fileio import atomic_write
         from .ir.printer import print_ir
 
+        text = print_ir(module, elide_above=self.elide_above, header=title, sidecar=self._sidecar)
+        if not self._sidecar.flush():
+            text = text.replace(f'weights "{self._sidecar.reference}"\n', "", 1)
         with atomic_write(os.path.join(self.directory, name), "w") as f:
-            f.write(print_ir(module, elide_above=self.elide_above, header=title))
+            f.write(text)
 
     def before_pass(self, p, module, index):
         if not self._written_input:
@@ -368,6 +378,12 @@ class DumpIR(Instrument):
 
     def after_pass(self, p, module, index, changed, seconds):
         self._write(module, f"{index + 1:02d}-{p.name}.qir", f"after {p.spec()}")
+
+    def after_failure(self, p, module, error):
+        self._sidecar.close()
+
+    def finish(self, module):
+        self._sidecar.close()
 
 
 @dataclass

@@ -90,3 +90,74 @@ def test_opt_without_remarks_prints_one_count_line(tmp_path):
     proc = run_qc("opt", _convbn(tmp_path), "-p", "fold-batchnorm,dce")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["remarks: 1 from fold-batchnorm (--remarks lists them)"]
+
+
+# -- --dump-ir-dir stages reload -----------------------------------------------------------------
+def _foldable_model(path: str) -> None:
+    """x[2,8] -> MatMul(W 8x8) -> Add(b1 + b2, folded by fold-constants) -> Identity -> y[2,8]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32).reshape(4, 8)[0], "b1"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["b1", "b2"], ["b"], name="bias"),
+             helper.make_node("Add", ["h", "b"], ["z"], name="add"),
+             helper.make_node("Identity", ["z"], ["y"], name="id")]
+    graph = helper.make_graph(nodes, "foldable", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def _run_onnx(path: str):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_every_dumped_stage_reloads_into_onnx(tmp_path):
+    import numpy as np
+
+    model, dump = str(tmp_path / "m.onnx"), tmp_path / "dump"
+    _foldable_model(model)
+    proc = run_qc("opt", model, "-p", "remove-identity,fold-constants,cse,dce", "--dump-ir-dir", str(dump),
+                  "-o", str(tmp_path / "out.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    stages = sorted(n for n in os.listdir(dump) if n.endswith(".qir"))
+    assert stages == ["00-input.qir", "01-remove-identity.qir", "02-fold-constants.qir", "03-cse.qir", "04-dce.qir"]
+    assert "blob(" in (dump / "03-cse.qir").read_text()  # the 64-element weight is elided ...
+    want = _run_onnx(model)
+    for stage in stages:  # ... and read back from the sidecar
+        back = str(tmp_path / f"{stage}.onnx")
+        reload = run_qc("opt", str(dump / stage), "-p", "", "-o", back)
+        assert reload.returncode == 0, reload.stderr
+        np.testing.assert_array_equal(_run_onnx(back), want)
+
+
+def test_dump_ir_dir_with_full_writes_every_tensor_into_the_text(tmp_path):
+    model, dump = str(tmp_path / "m.onnx"), tmp_path / "dump"
+    _foldable_model(model)
+    proc = run_qc("opt", model, "-p", "cse", "--dump-ir-dir", str(dump), "--full", "-o", str(tmp_path / "o.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(dump)) == ["00-input.qir", "01-cse.qir"]
+    assert "blob(" not in (dump / "01-cse.qir").read_text()
+    reload = run_qc("opt", str(dump / "01-cse.qir"), "-p", "", "-o", str(tmp_path / "back.onnx"))
+    assert reload.returncode == 0, reload.stderr
+
+
+def test_elided_data_hint_names_cli_flags(tmp_path):
+    model = str(tmp_path / "m.onnx")
+    _foldable_model(model)
+    shown = run_qc("show", model)
+    (tmp_path / "printed.qir").write_text(shown.stdout)
+    proc = run_qc("opt", str(tmp_path / "printed.qir"), "-p", "", "-o", str(tmp_path / "o.onnx"))
+    assert proc.returncode == 2
+    assert "was elided" in proc.stderr and "--full" in proc.stderr
+    assert "elide_above" not in proc.stderr
