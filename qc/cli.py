@@ -151,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
                      "copies, cost)")
     chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
-    chk.add_argument("--brief", action="store_true", help="per device only the unit counts, not every unit")
+    chk.add_argument("--brief", action="store_true", help="a summary: unit counts per device, and "
+                     "more than 8 fallbacks grouped by reason with a few examples each")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")

@@ -161,3 +161,58 @@ def test_elided_data_hint_names_cli_flags(tmp_path):
     assert proc.returncode == 2
     assert "was elided" in proc.stderr and "--full" in proc.stderr
     assert "elide_above" not in proc.stderr
+
+
+# -- qc check --brief ----------------------------------------------------------------------------
+def _many_fallbacks_model(path: str, matmuls: int = 30, convs: int = 12) -> None:
+    """A float chain of ``convs`` 1x1 Convs then ``matmuls`` MatMuls: on an int8-only NPU each
+    one is a fallback, of two kinds."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, x = [], [], "x"
+    for i in range(convs):
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), f"k{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"k{i}"], [f"c{i}"], name=f"conv{i}"))
+        x = f"c{i}"
+    nodes.append(helper.make_node("Reshape", [x, "flat"], ["r"], name="flatten"))
+    inits.append(numpy_helper.from_array(np.array([4, 16], dtype=np.int64), "flat"))
+    x = "r"
+    for i in range(matmuls):
+        inits.append(numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        x = f"m{i}"
+    graph = helper.make_graph(nodes, "many", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_check_brief_summarizes_many_fallbacks_by_reason(tmp_path):
+    model = str(tmp_path / "many.onnx")
+    _many_fallbacks_model(model, matmuls=30, convs=12)
+    full = run_qc("check", model, "--target", "ethos-u55")
+    brief = run_qc("check", model, "--target", "ethos-u55", "--brief")
+    assert full.returncode == brief.returncode == 0, full.stderr + brief.stderr
+    full_fallbacks = [line for line in full.stdout.splitlines() if line.startswith("  ") and ": " in line
+                      and "-> cpu" in line]
+    assert len(full_fallbacks) >= 42  # the full listing: one line per unit
+    lines = brief.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("fallbacks ("))
+    assert header == "fallbacks (42), by reason:"
+    groups = [line for line in lines if " x " in line and "(e.g. " in line]
+    counts = sorted(int(line.split(" x ")[0]) for line in groups)
+    assert counts == [12, 30]  # Conv and MatMul, most frequent first
+    assert int(groups[0].split(" x ")[0]) == 30 and "MatMul" in groups[0] and "Conv" in groups[1]
+    assert "and 27 more" in groups[0]
+    assert any("without --brief lists each one" in line for line in lines)
+    assert len(lines) < 15
+
+
+def test_check_brief_lists_a_few_fallbacks_one_by_one(tmp_path):
+    model = str(tmp_path / "few.onnx")
+    _many_fallbacks_model(model, matmuls=2, convs=1)
+    brief = run_qc("check", model, "--target", "ethos-u55", "--brief")
+    assert brief.returncode == 0, brief.stderr
+    assert "fallbacks (3):" in brief.stdout and "  mm1: MatMul" in brief.stdout
