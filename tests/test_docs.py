@@ -216,12 +216,17 @@ def test_tour_sample_has_the_shape_of_the_output(sample: Sample, tour_outputs):
 
 
 def _updated(sample: Sample, actual: list[str]) -> list[str]:
-    """The sample refreshed from ``actual``: line for line where it still matches (keeping ``...``),
-    else the whole new output."""
+    """The sample refreshed from ``actual``: line for line where it still matches (keeping ``...``
+    lines and lines the page shortened with ``...``), else the whole new output; the blank lines
+    that end the sample stay."""
+    kept = list(sample.expected)
+    blank = []
+    while kept and kept[-1] == "":
+        blank.append(kept.pop())
     found = _matches(sample.expected, actual)
     if found is None:
-        return actual
-    return [want if j == -1 else actual[j] for want, j in zip(sample.expected, found)]
+        return actual + blank
+    return [want if j == -1 or "..." in want else actual[j] for want, j in zip(sample.expected, found)]
 
 
 def update_docs() -> None:

@@ -216,3 +216,45 @@ def test_check_brief_lists_a_few_fallbacks_one_by_one(tmp_path):
     brief = run_qc("check", model, "--target", "ethos-u55", "--brief")
     assert brief.returncode == 0, brief.stderr
     assert "fallbacks (3):" in brief.stdout and "  mm1: MatMul" in brief.stdout
+
+
+# -- make demo -------------------------------------------------------------------------------
+def _demo_compile_commands() -> tuple[str, str]:
+    """(the command `make demo` echoes, the command it runs) for its `qc compile` step."""
+    with open(os.path.join(REPO, "Makefile")) as f:
+        makefile = f.read().replace("\\\n", " ")
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    echoed = next(line.split('echo "', 1)[1].rstrip('"') for line in demo.splitlines() if 'echo "qc compile' in line)
+    run = next(line.split("qc compile", 1)[1] for line in demo.splitlines() if "$(RUN) qc compile" in line)
+    return echoed, "qc compile " + " ".join(run.split())
+
+
+def test_make_demo_shows_the_command_it_runs_and_the_readme_shows_it_too():
+    echoed, run = _demo_compile_commands()
+    assert " ".join(echoed.split()) == run
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert f"$ {echoed}\n" in f.read()
+
+
+def test_make_demo_asks_for_enough_calibration_samples(tmp_path):
+    """The demo's --samples, after the samples held aside for the SQNR check, leaves enough for the
+    few-calibration-samples guardrail (checked through qc compile on a small model with as many samples)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, run = _demo_compile_commands()
+    samples = int(run.split("--samples ")[1].split()[0])
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32])], [w])
+    model, data = str(tmp_path / "m.onnx"), str(tmp_path / "calib.npz")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.savez(data, x=rng.standard_normal((samples, 1, 16, 64)).astype(np.float32))
+    proc = run_qc("compile", model, "--target", "x86-avx2", "--quant", "w8a8", "--calib", data,
+                  "-o", str(tmp_path / "q.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    assert "held-aside samples" in proc.stdout  # the demo's SQNR check is there ...
+    assert "few-calibration-samples" not in proc.stdout  # ... and the guardrail is quiet
