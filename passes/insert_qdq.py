@@ -184,7 +184,7 @@ class InsertQDQ(Pass):
                           hint="one of " + ", ".join(ACTIVATION_DTYPES))
         if self.dynamic and self.dtype != "u8":
             raise QCError(f"insert-qdq: dynamic quantization produces u8 (DynamicQuantizeLinear), not {self.dtype}",
-                          hint="use dtype=u8 with dynamic=true")
+                          hint="use insert-qdq{dtype=u8,dynamic=true}")
         return DType.parse(self.dtype)
 
     def _check_opset(self, module: Module, dtype: DType) -> None:

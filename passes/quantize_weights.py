@@ -380,7 +380,8 @@ class QuantizeWeights(Pass):
                                           damp=self.damp, act_order=self.act_order)
             except np.linalg.LinAlgError as e:
                 raise QCError(f"GPTQ cannot invert the Hessian of the input of @{job.weight.name}: {e}",
-                              where=describe(job.uses[0].op), hint="raise damp, or use algo=rtn for this op") from None
+                              where=describe(job.uses[0].op), hint="raise quantize-weights{damp=...} (default 0.01), "
+                              "or keep this op out of GPTQ (--weight-algo rtn, or --exclude it)") from None
         else:
             q, scale, zp = algos.quantize_rtn(target, bits, self.granularity, self.block_size, self.symmetric, signed)
         dq = _dequantize_kn(q, scale, zp, self.granularity, self.block_size)

@@ -86,6 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="pipeline, e.g. 'fold-constants,cse,dce' ('' runs no pass)")
     opt.add_argument("--pipeline", dest="named_pipeline", help="a named pipeline (see `qc passes`)")
     opt.add_argument("-o", "--output", help="output .onnx or .qir (default: text IR on stdout)")
+    opt.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was "
+                     "not done); on stderr when the IR goes to stdout")
     _add_calib_options(opt.add_argument_group("calibration data, for the calibrate pass (see docs/quantization.md)"))
     _add_pm_options(opt)
     _add_print_options(opt)
@@ -154,7 +156,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
                      "copies, cost)")
     chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
-    chk.add_argument("--brief", action="store_true", help="per device only the unit counts, not every unit")
+    chk.add_argument("--brief", action="store_true", help="a summary: unit counts per device, and "
+                     "more than 8 fallbacks grouped by reason with a few examples each")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -297,7 +300,18 @@ def cmd_opt(args) -> int:
         from .ir.printer import print_ir
 
         sys.stdout.write(print_ir(module, elide_above=_elide(args)))
+    write_remarks(ctx.remarks, listing=args.remarks, stream=sys.stdout if args.output else sys.stderr)
     return 0
+
+
+def write_remarks(remarks: Sequence[str], *, listing: bool, stream) -> None:
+    """``remark: ...`` lines (--remarks), else one line counting them per pass (nothing without remarks)."""
+    if listing:
+        stream.writelines(f"remark: {remark}\n" for remark in remarks)
+    elif remarks:
+        per_pass = collections.Counter(r[1:r.index("]")] for r in remarks)
+        stream.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items())
+                     + " (--remarks lists them)\n")
 
 
 def cmd_passes(args) -> int:
@@ -404,15 +418,7 @@ def _print_compile(args, result, onnx_path: str) -> None:
     from .targets.report import format_placement
 
     out.write("placement: " + format_placement(result.placement, units=False))
-    _print_remarks(result.remarks, args.remarks, out)
-
-
-def _print_remarks(remarks: list[str], every: bool, out) -> None:
-    if every:
-        out.writelines(f"remark: {remark}\n" for remark in remarks)
-    elif remarks:
-        per_pass = collections.Counter(r[1:r.index("]")] for r in remarks)
-        out.write("remarks: " + ", ".join(f"{n} from {p}" for p, n in per_pass.items()) + " (--remarks lists them)\n")
+    write_remarks(result.remarks, listing=args.remarks, stream=out)
 
 
 def cmd_report(args) -> int:

@@ -74,7 +74,7 @@ def build_instruments(args) -> tuple[list, object]:
         instruments.append(PrintIR(before=_names(args.print_ir_before), after=_names(args.print_ir_after),
                                    after_all=args.print_ir_after_all, stream=sys.stderr))
     if args.dump_ir_dir:
-        instruments.append(DumpIR(args.dump_ir_dir))
+        instruments.append(DumpIR(args.dump_ir_dir, elide_above=_elide(args) if hasattr(args, "elide_above") else 16))
     timing = Timing(stream=sys.stderr) if args.timing else None
     if timing:
         instruments.append(timing)

@@ -30,14 +30,15 @@ from typing import Any, ClassVar, Iterable, TextIO
 
 from qc.calib.data import CalibrationData
 from qc.calib.stats import CalibrationStats
-from qc.errors import QCError
+from qc.errors import QCError, did_you_mean
 from qc.ir.core import Module, Op
-from qc.targets import Target, load_target
 from qc.quant.outliers import OutlierSplit
+from qc.targets import Target, load_target
 from qc.targets.placement import Placement
 
 _REGISTRY: dict[str, type["Pass"]] = {}
 _NAMED_PIPELINES: dict[str, tuple[str, str]] = {}
+_LOADED_FILES: dict[str, list[str]] = {}  # realpath of a --load-pass file -> the passes it registered
 _ENTRY_POINTS_LOADED = False
 
 
@@ -119,9 +120,14 @@ def load_entry_point_passes() -> None:
 
 
 def load_pass_file(path: str) -> list[str]:
-    """Import a user's Python file so that its @register_pass classes register; returns their names."""
+    """Import a user's Python file so that its @register_pass classes register; returns their names.
+
+    Loading the same file again (``--load-pass f.py --load-pass f.py``) returns the same names."""
     if not os.path.isfile(path):
         raise QCError("no such pass file", where=path)
+    real = os.path.realpath(path)
+    if real in _LOADED_FILES:
+        return list(_LOADED_FILES[real])
     before = set(_REGISTRY)
     module_name = "qc_user_pass_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -139,6 +145,7 @@ def load_pass_file(path: str) -> list[str]:
     if not added:
         raise QCError("the file registers no pass", where=path,
                       hint="decorate a Pass subclass with @register_pass('my-pass')")
+    _LOADED_FILES[real] = added
     return added
 
 
@@ -150,7 +157,8 @@ def all_passes() -> dict[str, type[Pass]]:
 def get_pass(name: str) -> type[Pass]:
     passes = all_passes()
     if name not in passes:
-        raise QCError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(passes))
+        raise QCError(f"unknown pass '{name}'", hint=did_you_mean(name, passes) + "known passes: "
+                      + ", ".join(passes) + "; a pass of your own loads with --load-pass FILE.py")
     return passes[name]
 
 
@@ -415,21 +423,31 @@ class PrintIR(Instrument):
 
 @dataclass
 class DumpIR(Instrument):
-    """``--dump-ir-dir=DIR``: DIR/00-input.qir, DIR/01-<pass>.qir, ... (weights elided)."""
+    """``--dump-ir-dir=DIR``: DIR/00-input.qir, DIR/01-<pass>.qir, ..., each a complete module.
+
+    Tensors over ``elide_above`` elements go to one shared sidecar, DIR/weights.bin (each
+    distinct tensor once), so every stage reloads: ``qc opt DIR/03-cse.qir -o m.onnx``.
+    ``elide_above=None`` (``--full``) writes every tensor into the text instead."""
 
     directory: str
     elide_above: int | None = 16
 
     def __post_init__(self):
+        from qc.ir.weights import SharedSidecar
+
         os.makedirs(self.directory, exist_ok=True)
         self._written_input = False
+        self._sidecar = SharedSidecar(os.path.join(self.directory, "weights.bin"))
 
     def _write(self, module: Module, name: str, title: str) -> None:
         from qc.ir.fileio import atomic_write
         from qc.ir.printer import print_ir
 
+        text = print_ir(module, elide_above=self.elide_above, header=title, sidecar=self._sidecar)
+        if not self._sidecar.flush():
+            text = text.replace(f'weights "{self._sidecar.reference}"\n', "", 1)
         with atomic_write(os.path.join(self.directory, name), "w") as f:
-            f.write(print_ir(module, elide_above=self.elide_above, header=title))
+            f.write(text)
 
     def before_pass(self, p, module, index):
         if not self._written_input:
@@ -438,6 +456,12 @@ class DumpIR(Instrument):
 
     def after_pass(self, p, module, index, changed, seconds):
         self._write(module, f"{index + 1:02d}-{p.name}.qir", f"after {p.spec()}")
+
+    def after_failure(self, p, module, error):
+        self._sidecar.close()
+
+    def finish(self, module):
+        self._sidecar.close()
 
 
 @dataclass

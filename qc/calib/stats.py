@@ -468,7 +468,7 @@ def choose_range(stats: TensorStats, method: str, *, qmin: int, qmax: int, symme
     hist = stats.hist
     if hist is None or hist.exponent is None:
         raise QCError(f"the '{method}' range method needs a histogram, which was not collected",
-                      hint="run calibrate with histogram=true, or use method minmax")
+                      hint="run calibrate{histogram=true} (the default), or use --calib-method minmax")
     if method == "percentile":
         if not 0.0 < percentile <= 100.0:
             raise QCError(f"percentile must be in (0, 100], got {percentile}")

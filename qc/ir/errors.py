@@ -1,6 +1,9 @@
 """User-facing errors: one clear line, exit code 2 from the CLI."""
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class QCError(Exception):
     """An error in the user's input or request, reported without a traceback.
@@ -29,3 +32,11 @@ class ParseError(QCError):
 
 class VerifyError(QCError):
     """The IR breaks an invariant (use-def, order, types)."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``known`` to a misspelt ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "did you mean " + " or ".join(f"'{c}'" for c in close) + "? "

@@ -101,7 +101,7 @@ class Tensor:
             if self._elided_key is not None:
                 raise QCError(
                     f"the data of tensor '{self._elided_key}' was elided when the IR was printed",
-                    hint="reload the .qir with its weights sidecar beside it, or print with elide_above=None",
+                    hint="reload the .qir with its weights sidecar beside it (-o FILE.qir writes both), or print with --full",
                 )
             if self._loader is not None:
                 return np.asarray(self._loader()).reshape(self.shape)

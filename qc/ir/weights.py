@@ -6,6 +6,7 @@ read back lazily with ``numpy.memmap``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -45,13 +46,52 @@ class SidecarWriter:
                 f.write(chunk)
 
 
+class SharedSidecar(SidecarWriter):
+    """One sidecar file shared by many ``.qir`` files (the stages of ``--dump-ir-dir``).
+
+    Bytes are appended as tensors are added; a tensor whose bytes are already in the file is
+    not written again, so stages that leave most weights alone cost little disk."""
+
+    def __init__(self, path: str):
+        super().__init__(os.path.basename(path))
+        self.path = path
+        self._offsets: dict[tuple[bytes, int], int] = {}
+        self._file = None  # created with the first tensor: no elided tensor, no file
+        self.added = 0  # tensors added since the last flush
+
+    def add(self, t: Tensor) -> int:
+        raw = t.raw_bytes()
+        self.added += 1
+        key = (hashlib.blake2b(raw, digest_size=16).digest(), len(raw))
+        if key not in self._offsets:
+            if self._file is None:
+                self._file = open(self.path, "wb")
+            pad = -self.size % ALIGN
+            self._file.write(b"\0" * pad + raw)
+            self._offsets[key] = self.size + pad
+            self.size += pad + len(raw)
+        return self._offsets[key]
+
+    def flush(self) -> int:
+        """Make the bytes so far readable; returns how many tensors were added since the last flush."""
+        if self._file is not None:
+            self._file.flush()
+        added, self.added = self.added, 0
+        return added
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class SidecarReader:
     """Lazy tensors from a sidecar file."""
 
     def __init__(self, path: str):
         if not os.path.exists(path):
             raise QCError("the weights sidecar is missing", where=path,
-                          hint="keep the sidecar beside the .qir file, or print with elide_above=None")
+                          hint="keep the sidecar beside the .qir file (-o FILE.qir writes both), "
+                               "or print with --full")
         self.path = path
         self.size = os.path.getsize(path)
 

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ..errors import QCError
+from ..errors import QCError, did_you_mean
 
 _DIR = os.path.dirname(__file__)
 
@@ -115,7 +115,7 @@ def load_target(name_or_path: str) -> Target:
         path = os.path.join(_DIR, f"{name_or_path}.toml")
         if not os.path.isfile(path):
             raise QCError(f"unknown target '{name_or_path}'",
-                          hint="known targets: " + ", ".join(builtin_targets()) + " (or a path to a .toml file)")
+                          hint=did_you_mean(name_or_path, builtin_targets()) + "known targets: " + ", ".join(builtin_targets()) + " (or a path to a .toml file)")
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -2,6 +2,8 @@
 (and legalize) left in the pass context, printed as a table or written as JSON."""
 from __future__ import annotations
 
+import collections
+import re
 from typing import Any
 
 from .placement import Placement
@@ -42,9 +44,31 @@ def _fmt_num(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _reason_kind(reason: str) -> str:
+    """A fallback reason without its per-node numbers: ``(cost 12 vs 30 on npu)`` goes."""
+    return re.sub(r" \(cost [^)]*\)", "", reason)
+
+
+def _fallback_summary(fallbacks: list[dict], examples: int = 3, list_up_to: int = 8) -> list[str]:
+    """Up to ``list_up_to`` fallbacks one line each; more grouped by reason, most frequent first,
+    with a few node names per group and where to find the full listing."""
+    if len(fallbacks) <= list_up_to:
+        return [f"fallbacks ({len(fallbacks)}):", *(f"  {f['node']}: {f['reason']}" for f in fallbacks)]
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for f in fallbacks:
+        groups[_reason_kind(f["reason"])].append(f["node"])
+    out = [f"fallbacks ({len(fallbacks)}), by reason:"]
+    for reason, nodes in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        more = f", and {len(nodes) - examples} more" if len(nodes) > examples else ""
+        out.append(f"  {len(nodes)} x {reason} (e.g. {', '.join(nodes[:examples])}{more})")
+    out.append("  (`qc check MODEL --target T` without --brief lists each one; --json gives every field)")
+    return out
+
+
 def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
-    """The terminal table: per device its units (``units=False``: only the counts), then fallbacks,
-    copies and the cost estimate."""
+    """The terminal table: per device its units, then fallbacks, copies and the cost estimate.
+    ``units=False`` (``qc check --brief``, the compile summary): only counts, and the fallbacks
+    grouped by reason with a few examples each when there are more than 8."""
     out = [f"{report['target']}: {report['units']} node units, preferred device {report['preferred_device']}"]
     for dev, n in report["units_per_device"].items():
         ops = report["ops_per_device"].get(dev)
@@ -56,8 +80,11 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
                 cost = "no kernel: dequantize + float" if not p["kernel"] else f"cost {p['cost']:g}"
                 out.append(f"    {p['node']:<40} {p['op']:<26} {' x '.join(p['dtypes'][:2])} -> {p['dtypes'][2]}"
                            f"  [{p['granularity']}]  {cost}")
-    out.append(f"fallbacks ({len(report['fallbacks'])}):")
-    out.extend(f"  {f['node']}: {f['reason']}" for f in report["fallbacks"])
+    if units:
+        out.append(f"fallbacks ({len(report['fallbacks'])}):")
+        out.extend(f"  {f['node']}: {f['reason']}" for f in report["fallbacks"])
+    else:
+        out.extend(_fallback_summary(report["fallbacks"]))
     if report["emulated"]:
         out.append(f"run as dequantize + float on {report['preferred_device']} (no integer kernel there, no "
                    f"speed-up from quantizing): {len(report['emulated'])} units")
@@ -71,8 +98,6 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
                f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
     legal = report.get("legalized", [])
     if legal:
-        import collections
-
         kinds = collections.Counter(r["change"] for r in legal)
         before = [r["cost_before"] for r in legal if r["cost_before"] is not None]
         after = [r["cost_after"] for r in legal if r["cost_after"] is not None]
