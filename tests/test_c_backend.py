@@ -252,10 +252,21 @@ def test_int8_units_under_qemu(tmp_path, portable_units, target, kind, cpu):
 
 
 # -- end to end: qc compile --emit c, run under qemu, compare with onnxruntime ----------------------------
-def _qc(*argv):
-    from qc.cli import main
+def _compile(src, target: str, out, *, quant: str, calibration=None, shapes=None, emit=None, harness=True):
+    """qc.compile + write, as `qc compile ... --emit-harness` does."""
+    import qc
 
-    assert main([str(a) for a in argv]) == 0
+    qc.compile(str(src), target=target, quant=quant, calibration=calibration, shapes=shapes,
+               emit=emit).write(str(out), harness=harness)
+
+
+def _licenses_windows(tokenizer: str, samples: int):
+    """Calibration from the built-in licence texts, as --calib-text licenses --samples N."""
+    from qc.calib.data import from_text, text_input_names
+    from qc.data.text import load_tokenizer, resolve_text
+
+    return lambda module: from_text(resolve_text("licenses"), load_tokenizer(tokenizer), seq_len=128,
+                                    samples=samples, input_names=text_input_names(module))
 
 
 def _emit_portable(onnx_path: Path, out: Path, shapes) -> tuple[dict, Path]:
@@ -277,8 +288,8 @@ def test_minilm_w8a8_cortex_a76_under_qemu(tmp_path, minilm_fp32):
     toolchain.require_tools("aarch64")
     src = minilm_fp32
     out = tmp_path / "c"
-    _qc("compile", src, "--target", "cortex-a76", "--quant", "w8a8", "--calib-text", "licenses", "--samples", 8,
-        "--emit", "c", "--shape", "input_ids=1x16,attention_mask=1x16", "--emit-harness", "-o", out, "--quiet")
+    _compile(src, "cortex-a76", out, quant="w8a8", calibration=_licenses_windows("minilm-l6", 8),
+             shapes={"input_ids": (1, 16), "attention_mask": (1, 16)})
     rng = np.random.RandomState(0)
     inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
     got = _a76_run(out, inputs)
@@ -303,8 +314,7 @@ def test_light_cnn_w8a8_cortex_a76_under_qemu(tmp_path):
     model = light_cnn("squeezenet", tmp_path / "squeezenet.onnx")
     calib = image_calibration(tmp_path / "calib.npz", "data_0", (1, 3, 224, 224))
     out = tmp_path / "c"
-    _qc("compile", model, "--target", "cortex-a76", "--quant", "w8a8", "--calib", calib, "--emit", "c",
-        "--emit-harness", "-o", out, "--quiet")
+    _compile(model, "cortex-a76", out, quant="w8a8", calibration=str(calib), emit="c")
     x = np.random.RandomState(5).rand(1, 3, 224, 224).astype(np.float32)
     (got,) = _a76_run(out, {"data_0": x})
     ref = _ort(out / "model.onnx", {"data_0": x})[0]
@@ -322,12 +332,14 @@ def test_smollm2_w8a8_next_token_under_qemu(tmp_path):
 
     toolchain.require_tools("aarch64")
     src = tmp_path / "smollm2-135m.onnx"
-    _qc("models", "build", "smollm2-135m", "-o", src)
+    from qc.models import build
+
+    build("smollm2-135m", str(src))
     ids = np.array([tokenizer("smollm2-135m").encode(
         "The quick brown fox jumps over the lazy dog. The capital of France is").ids], np.int64)
     out = tmp_path / "c"
-    _qc("compile", src, "--target", "cortex-a76", "--quant", "w8a8", "--calib-text", "licenses", "--samples", 8,
-        "--emit", "c", "--shape", f"input_ids=1x{ids.shape[1]}", "--emit-harness", "-o", out, "--quiet")
+    _compile(src, "cortex-a76", out, quant="w8a8", calibration=_licenses_windows("smollm2-135m", 8),
+             shapes={"input_ids": (1, ids.shape[1])})
     (logits,) = _a76_run(out, {"input_ids": ids}, timeout=900)
     ref = _ort(out / "model.onnx", {"input_ids": ids})[0]
     assert logits[0, -1].argmax() == ref[0, -1].argmax()
@@ -339,7 +351,7 @@ def test_minilm_w4_matmulnbits(tmp_path, minilm_fp32):
     toolchain.require_tools("host")
     src = minilm_fp32
     q = tmp_path / "w4.onnx"
-    _qc("compile", src, "--target", "cortex-a76", "--quant", "w4", "--emit", "onnx", "-o", q, "--quiet")
+    _compile(src, "cortex-a76", q, quant="w4", emit="onnx", harness=False)
     report, exe = _emit_portable(q, tmp_path / "c", {"input_ids": (1, 16), "attention_mask": (1, 16)})
     assert report["kernels"]["matmul f32 x s4"] == 36
     rng = np.random.RandomState(2)
@@ -383,8 +395,7 @@ def test_tiny_cnn_w8a8_cortex_m_under_qemu(tmp_path, target):
     model = tiny_cnn(tmp_path / "tiny.onnx")
     calib = image_calibration(tmp_path / "calib.npz", "x", (1, 1, 28, 28), samples=8)
     out = tmp_path / "c"
-    _qc("compile", model, "--target", target, "--quant", "w8a8", "--calib", calib, "--emit-harness", "-o", out,
-        "--quiet")
+    _compile(model, target, out, quant="w8a8", calibration=str(calib))
     report = load_report(out)
     assert report["kernels"]["gemm s8 (" + ("dsp" if target == "cortex-m4" else "mve") + ")"] == 3
     assert report["arena_bytes"] <= 64 * 1024
