@@ -106,9 +106,10 @@ def _quant(q: QuantParams) -> str:
     return f" q({', '.join(parts)})"
 
 
-def _qnum(x, kind) -> str:
-    if isinstance(x, str):
-        return name_token("@", x)
+def _qnum(x: float | int | Value, kind: type) -> str:
+    """A quantization parameter: a number, or ``@name`` of the Value holding it."""
+    if isinstance(x, Value):
+        return name_token("@", x.name)
     return repr(float(x)) if kind is float else str(int(x))
 
 
