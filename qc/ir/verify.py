@@ -7,6 +7,7 @@ appears and one of the allowed types). The pass manager runs it after every pass
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import onnx.defs
 from onnx import TensorProto
@@ -53,7 +54,7 @@ def _describe(op: Op) -> str:
     return f"{op.qualified_type} '{label}'" if label else op.qualified_type
 
 
-def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: frozenset, where: str,
+def _verify_graph(g: Graph, opsets: dict[str, int], functions: set[tuple[str, str]], outer: frozenset[int], where: str,
                   check_types: bool = True) -> None:
     defined: set[int] = set(outer)
     quantized: list[Value] = []   # checked last: a type may name a value defined after it
@@ -72,13 +73,13 @@ def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: froze
         count += 1
         if op.graph is not g:
             raise VerifyError(f"{where}: {_describe(op)} is listed in the graph but owned by another")
-        for i, v in enumerate(op.operands):
-            if v is None:
+        for i, operand in enumerate(op.operands):
+            if operand is None:
                 continue
-            if (op, i) not in v._uses:
-                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{v.name}) is missing from that value's uses")
-            if id(v) not in defined:
-                raise VerifyError(f"{where}: {_describe(op)} uses %{v.name} before it is defined "
+            if (op, i) not in operand._uses:
+                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{operand.name}) is missing from that value's uses")
+            if id(operand) not in defined:
+                raise VerifyError(f"{where}: {_describe(op)} uses %{operand.name} before it is defined "
                                   "(ops out of order, or a value from another graph)")
         for sub in op.subgraphs():
             _verify_graph(sub, opsets, functions, frozenset(defined), f"{where} / {_describe(op)} subgraph @{sub.name}",
@@ -177,7 +178,7 @@ def _check_quant_value(v: Value, t: TensorType, role: str, param: Value, defined
                           f"{q.axis} need [{shown}] (ceil({dim} / {q.block_size}) blocks)")
 
 
-def _check_use(v: Value, user, index: int, where: str) -> None:
+def _check_use(v: Value, user: Op | Graph, index: int, where: str) -> None:
     if isinstance(user, Op):
         if user.graph is None or index >= len(user._operands) or user._operands[index] is not v:
             raise VerifyError(f"{where}: %{v.name} lists a use by {_describe(user)} that no longer reads it "
@@ -187,14 +188,15 @@ def _check_use(v: Value, user, index: int, where: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _schema(domain: str, op_type: str, version: int):
+def _schema(domain: str, op_type: str, version: int) -> Any:
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
     except (onnx.defs.SchemaError, TypeError):  # TypeError: a version beyond a C int
         return None
 
 
-def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, check_types: bool) -> None:
+def _check_schema(op: Op, opsets: dict[str, int], functions: set[tuple[str, str]], where: str,
+                  check_types: bool) -> None:
     domain = "" if op.domain == "ai.onnx" else op.domain
     version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
     if version is None and (op.domain, op.op_type) not in functions:
@@ -218,7 +220,7 @@ def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, ch
     _PASSED.add(key)
 
 
-_PASSED: set[tuple] = set()
+_PASSED: set[tuple[Any, ...]] = set()
 
 
 def _check_against_schema(op: Op, domain: str, version: int, where: str, check_types: bool) -> None:
@@ -244,11 +246,11 @@ def _check_against_schema(op: Op, domain: str, version: int, where: str, check_t
         _check_types(op, schema, where)
 
 
-def _check_types(op: Op, schema, where: str) -> None:
+def _check_types(op: Op, schema: Any, where: str) -> None:
     allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     bound: dict[str, str] = {}
 
-    def check(formal, value: Value | None, role: str) -> None:
+    def check(formal: Any, value: Value | None, role: str) -> None:
         if value is None:
             return
         actual = type_string(value.type)
