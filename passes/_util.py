@@ -10,6 +10,7 @@ import numpy as np
 from qc.errors import QCError
 from qc.ir.core import Attr, Function, Graph, Module, Op, Value
 from qc.ir.tensor import SparseTensor, Tensor
+from qc.ir.types import TensorType
 
 NONDETERMINISTIC = frozenset({
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -199,3 +200,23 @@ def compile_regex(pass_name: str, option: str, pattern: str) -> "re.Pattern[str]
     except re.error as e:
         raise QCError(f"{pass_name}: {option} '{pattern}' is not a valid regular expression: {e}",
                       hint=f"e.g. {option}=lm_head|embed") from None
+
+
+def drop_removed_quant_refs(module: Module) -> None:
+    """Drop the quantization parameters of values whose scale or zero point Value is gone
+    (a pass removed the const they named): the annotation no longer has numbers to show."""
+    def rec(g: Graph, outer: frozenset[int]) -> None:
+        values = [*g.inputs, *g.consts.values(), *(r for op in g for r in op.results if r is not None)]
+        visible = outer | {id(v) for v in values}
+        for v in values:
+            t = v.type
+            if isinstance(t, TensorType) and t.quant is not None and \
+                    any(id(p) not in visible for p in t.quant.values()):
+                v.type = TensorType(t.dtype, t.shape)
+        for op in g:
+            for sub in op.subgraphs():
+                rec(sub, visible)
+
+    rec(module.graph, frozenset())
+    for f in module.functions:
+        rec(f.body, frozenset())

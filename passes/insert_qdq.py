@@ -203,7 +203,7 @@ class InsertQDQ(Pass):
             scale = Value(f"{x.name}.scale", TensorType(DType.f32, ()))
             zp = Value(f"{x.name}.zp", TensorType(DType.u8, ()))
             quant = Op("DynamicQuantizeLinear", [x], results=[q, scale, zp], name=f"{x.name}.quantize")
-            q.type = TensorType(DType.u8, shape, QuantParams(scale=scale.name, zero_point=zp.name))
+            q.type = TensorType(DType.u8, shape, QuantParams(scale=scale, zero_point=zp))
         else:
             stats = calib.tensors.get(x.name)
             if stats is None:

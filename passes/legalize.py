@@ -217,7 +217,7 @@ class _Rewriter:
             base = self._base()
             s_const = self.g.add_const(self.names.fresh(f"{base}.legal.scale"), Tensor.from_array(scale.astype(np.float32)))
             z_const = self.g.add_const(self.names.fresh(f"{base}.legal.zp"), Tensor.from_array(zp.astype(np.int8)))
-            params = QuantParams(scale=s_const.name, zero_point=z_const.name, axis=1)
+            params = QuantParams(scale=s_const, zero_point=z_const, axis=1)
             q_const = self.g.add_const(self.names.fresh(f"{base}.legal.q"), Tensor.from_array(q.astype(np.int8)),
                                        TensorType(DType.i8, tuple(q.shape), params))
             wv = Value(self.names.fresh(f"{base}.legal.dq"), TensorType(DType.f32, tuple(q.shape)))
@@ -363,7 +363,7 @@ def _retyped(t, dtype: DType, zp: Value | None, shift: int):
         return TensorType(dtype, None)
     quant = t.quant
     if quant is not None and zp is not None:
-        new_zp = quant.zero_point + shift if isinstance(quant.zero_point, int) else zp.name
+        new_zp = quant.zero_point + shift if isinstance(quant.zero_point, int) else zp
         quant = dataclasses.replace(quant, zero_point=new_zp)
     return TensorType(dtype, t.shape, quant)
 

@@ -12,7 +12,8 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, replace_value
+from ._util import (can_hold_consts, const_array, constant_consts, drop_removed_quant_refs, erase_op, graphs,
+                    is_default_domain, replace_value)
 
 CONTRIB = "com.microsoft"
 LOWERINGS = ("static", "dynamic", "nbits", "conv")
@@ -130,6 +131,8 @@ class LowerQOp(Pass):
                     changed = True
         if lowerer.used_contrib:
             module.opset_imports.setdefault(CONTRIB, 1)
+        if changed:
+            drop_removed_quant_refs(module)
         return changed
 
 

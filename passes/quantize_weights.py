@@ -449,7 +449,7 @@ class QuantizeWeights(Pass):
         if "axis" not in attrs:
             params = QuantParams(scale=float(scale), zero_point=int(zp))
         else:
-            params = QuantParams(scale=scale_const.name, zero_point=zp_const.name, axis=attrs["axis"],
+            params = QuantParams(scale=scale_const, zero_point=zp_const, axis=attrs["axis"],
                                  block_size=attrs.get("block_size"))
         q_const = graph.add_const(q_name, Tensor.from_array(np.ascontiguousarray(q).astype(storage.numpy), storage),
                                   TensorType(storage, tuple(q.shape), params))

@@ -26,7 +26,7 @@ import time
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, TextIO
+from typing import Any, Callable, ClassVar, Iterable, TextIO, TypeVar
 
 from qc.calib.data import CalibrationData
 from qc.calib.stats import CalibrationStats
@@ -44,6 +44,9 @@ _ENTRY_POINTS_LOADED = False
 
 class PassError(QCError):
     """A pass failed; the message names the pass, its options and what ran before it."""
+
+    internal: bool = False
+    """a crash of the pass itself (a bug), not an error in its input"""
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,13 @@ class Pass:
         return list(dataclasses.fields(cls))
 
 
-def register_pass(name: str):
+_PassClass = TypeVar("_PassClass", bound="type[Pass]")
+
+
+def register_pass(name: str) -> Callable[[_PassClass], _PassClass]:
     """Class decorator: make a Pass available under ``name`` in pipelines."""
 
-    def wrap(cls: type[Pass]) -> type[Pass]:
+    def wrap(cls: _PassClass) -> _PassClass:
         if not (isinstance(cls, type) and issubclass(cls, Pass)):
             raise TypeError(f"@register_pass({name!r}) needs a subclass of qc.pm.Pass")
         existing = _REGISTRY.get(name)
@@ -87,7 +93,7 @@ def register_pass(name: str):
             raise QCError(f"pass name '{name}' is registered twice: by {existing.__module__}.{existing.__qualname__} "
                           f"and by {cls.__module__}.{cls.__qualname__}")
         if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in cls.__dict__:
-            cls = dataclass(frozen=True)(cls)
+            dataclass(frozen=True)(cls)   # in place: without slots=True it returns cls itself
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -166,8 +172,8 @@ def get_pass(name: str) -> type[Pass]:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return dataclasses.MISSING
 
 
@@ -408,15 +414,15 @@ class PrintIR(Instrument):
     stream: TextIO = sys.stderr
     elide_above: int | None = 16
 
-    def before_pass(self, p, module, index):
+    def before_pass(self, p: Pass, module: Module, index: int) -> None:
         if p.name in self.before:
             _dump(module, f"Before {p.spec()}", self.stream, self.elide_above)
 
-    def after_pass(self, p, module, index, changed, seconds):
+    def after_pass(self, p: Pass, module: Module, index: int, changed: bool, seconds: float) -> None:
         if self.after_all or p.name in self.after:
             _dump(module, f"After {p.spec()}", self.stream, self.elide_above)
 
-    def after_failure(self, p, module, error):
+    def after_failure(self, p: Pass, module: Module, error: BaseException) -> None:
         if self.after_failure_ and (self.after_all or self.after):
             _dump(module, f"After Failure {p.spec()}", self.stream, self.elide_above)
 
@@ -432,7 +438,7 @@ class DumpIR(Instrument):
     directory: str
     elide_above: int | None = 16
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         from qc.ir.weights import SharedSidecar
 
         os.makedirs(self.directory, exist_ok=True)
@@ -449,12 +455,12 @@ class DumpIR(Instrument):
         with atomic_write(os.path.join(self.directory, name), "w") as f:
             f.write(text)
 
-    def before_pass(self, p, module, index):
+    def before_pass(self, p: Pass, module: Module, index: int) -> None:
         if not self._written_input:
             self._written_input = True
             self._write(module, "00-input.qir", "input")
 
-    def after_pass(self, p, module, index, changed, seconds):
+    def after_pass(self, p: Pass, module: Module, index: int, changed: bool, seconds: float) -> None:
         self._write(module, f"{index + 1:02d}-{p.name}.qir", f"after {p.spec()}")
 
     def after_failure(self, p, module, error):
@@ -471,13 +477,13 @@ class Timing(Instrument):
     stream: TextIO = sys.stderr
     rows: list[tuple[str, float, bool]] = field(default_factory=list)
 
-    def after_pass(self, p, module, index, changed, seconds):
+    def after_pass(self, p: Pass, module: Module, index: int, changed: bool, seconds: float) -> None:
         self.rows.append((p.spec(), seconds, changed))
 
     def add(self, label: str, seconds: float) -> None:
         self.rows.append((label, seconds, False))
 
-    def finish(self, module):
+    def finish(self, module: Module) -> None:
         total = sum(s for _, s, _ in self.rows) or 1e-12
         width = max([len(n) for n, _, _ in self.rows] + [4])
         self.stream.write(f"{'pass'.ljust(width)}  {'ms':>10}  {'%':>6}  changed\n")
@@ -500,7 +506,7 @@ class PassManager:
         self.ctx = ctx or PassContext()
 
     @classmethod
-    def parse(cls, spec: str, **kwargs) -> "PassManager":
+    def parse(cls, spec: str, **kwargs: Any) -> "PassManager":
         """Build from a pipeline string (``''`` is the empty pipeline)."""
         spec = spec.strip()
         if spec in named_pipelines():
@@ -535,11 +541,11 @@ class PassManager:
             inst.finish(module)
         return module
 
-    def _run_one(self, p: Pass, module: Module, verify) -> bool:
+    def _run_one(self, p: Pass, module: Module, verify: Callable[[Module], None]) -> bool:
         if isinstance(p, Fixpoint):
             for _ in range(p.max_rounds):
-                changed = [self._run_one(inner, module, verify) for inner in p.passes]
-                if not any(changed):
+                round_changed = [self._run_one(inner, module, verify) for inner in p.passes]
+                if not any(round_changed):
                     return False
             return True
         ctx = self.ctx
@@ -565,7 +571,7 @@ class PassManager:
             inst.after_pass(p, module, index, changed, seconds)
         return changed
 
-    def _verify(self, module: Module, p: Pass | None, verify) -> None:
+    def _verify(self, module: Module, p: Pass | None, verify: Callable[[Module], None]) -> None:
         try:
             verify(module)
         except QCError as e:
@@ -586,5 +592,5 @@ class PassManager:
         else:
             err = PassError(f"pass '{p.spec()}' ({history}) crashed: {type(e).__name__}: {e}",
                             hint="this is a bug in the pass; rerun with --debug for the traceback")
-            err.internal = True  # type: ignore[attr-defined]
+            err.internal = True
         return err

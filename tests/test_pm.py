@@ -137,3 +137,52 @@ def test_verifier_checks_quantization_parameters():
                            ("scale = 0.5, zp = 0, block = 32", "blocks need a positive size and an axis")]:
         with pytest.raises(qc.VerifyError, match=message):
             verify(qc.parse_ir(base.replace("QUANT", quant)))
+
+
+QUANTIZED_WEIGHT = """\
+module @m {ir_version = 10, opset_import = {"" = 21}} {
+  const @s : SCALE
+  const @z : ZP
+  const @w : i8[4, 6] q(QUANT) = blob("w", bytes = 24)
+  func @main() -> (i8[4, 6]) {
+    %y = onnx.Identity(@w) : i8[4, 6]
+    return %y
+  }
+}
+"""
+
+
+def _quantized_weight(scale="f32[6] = blob(\"s\", bytes = 24)", zp="i8[6] = blob(\"z\", bytes = 6)",
+                      quant="scale = @s, zp = @z, axis = 1"):
+    return qc.parse_ir(QUANTIZED_WEIGHT.replace("SCALE", scale).replace("ZP", zp).replace("QUANT", quant))
+
+
+def test_verifier_checks_quantization_parameter_values():
+    from qc.ir.verify import verify
+
+    verify(_quantized_weight())
+    verify(_quantized_weight(scale="f32[] = dense[0.5]", zp="i8[1] = dense[3]", quant="scale = @s, zp = @z"))
+    verify(_quantized_weight(scale="f32[2, 6] = blob(\"s\", bytes = 48)", zp="i8[2, 6] = blob(\"z\", bytes = 12)",
+                             quant="scale = @s, zp = @z, axis = 0, block = 3"))
+    for kwargs, message in [
+        ({"scale": "i32[6] = blob(\"s\", bytes = 24)"}, r"%w's scale @s is i32; scales are floating point"),
+        ({"zp": "u8[6] = blob(\"z\", bytes = 6)"}, r"%w's zero point @z is u8; the zero point has the storage type i8"),
+        ({"scale": "f32[4] = blob(\"s\", bytes = 16)"},
+         r"%w's scale @s has shape \[4\]; per-channel parameters along axis 1 need one element per channel \(6\)"),
+        ({"zp": "i8[6, 1] = blob(\"z\", bytes = 6)"}, r"%w's zero point @z has shape \[6, 1\]; per-channel"),
+        ({"quant": "scale = @s, zp = 0"}, r"%w's scale @s has shape \[6\]; per-tensor parameters are one element"),
+        ({"scale": "f32[1, 6] = blob(\"s\", bytes = 24)", "quant": "scale = @s, zp = 0, axis = 0, block = 3"},
+         r"%w's scale @s has shape \[1, 6\]; blocks of 3 along axis 0 need \[2, 6\] \(ceil\(4 / 3\) blocks\)"),
+    ]:
+        with pytest.raises(qc.VerifyError, match=message):
+            verify(_quantized_weight(**kwargs))
+
+
+def test_verifier_finds_quantization_parameters_a_pass_removed():
+    from qc.ir.verify import verify
+
+    module = _quantized_weight()
+    module.graph.remove_const(module.graph.consts["s"])      # the weight's type still names @s
+    with pytest.raises(qc.VerifyError, match=r"main graph: %w's scale @s is not a const or value of this graph "
+                                             r"or an enclosing one \(removed or replaced by a pass"):
+        verify(module)

@@ -144,6 +144,8 @@ def test_elided_tensor_fails_loudly_only_when_read():
      "<input>:2:18: unexpected"),
     ("module @m {} {\n  func @main() -> () {\n    return\n  }\n",
      "<input>:4:3: unexpected end of input, expected one of 'const', 'func', '}'"),
+    ("module @m {} {\n  func @main(%x: i8[4] q(scale = @x.scale, zp = 0)) -> () {\n    return\n  }\n}\n",
+     "<input>:2:34: the scale of %x is @x.scale, which names no const or value"),
 ])
 def test_parse_errors_read_file_line_col(source, message):
     with pytest.raises(qc.ParseError) as e:
@@ -186,3 +188,51 @@ def test_consts_in_a_function_body_print_parse_and_export_as_constant_nodes():
     onnx.checker.check_model(proto, full_check=True)
     y, = run_onnx(proto, {"x": np.array([10.0, 20.0], np.float32)})
     np.testing.assert_array_equal(y, [11.0, 22.0])
+
+
+QUANTIZED = """\
+module @q {ir_version = 10, opset_import = {"" = 21}} {
+  const @w : i8[4, 3] q(scale = @w.scale, zp = @w.zp, axis = 1) = dense[1, -2, 3, 4, 5, -6, 7, 8, 9, 10, -11, 12]
+  const @w.scale : f32[3] = dense[0.02, 0.01, 0.05]
+  const @w.zp : i8[3] = dense[0, 1, -1]
+  func @main(%x: f32[2, 4]) -> (f32[2, 4], f32[2, 3]) {
+    %x.q, %x.s, %x.z = onnx.DynamicQuantizeLinear(%x) : (u8[2, 4] q(scale = @x.s, zp = @x.z), f32[], u8[])
+    %x.dq = onnx.DequantizeLinear(%x.q, %x.s, %x.z) : f32[2, 4]
+    %w.dq = onnx.DequantizeLinear(@w, @w.scale, @w.zp) {axis = 1} : f32[4, 3]
+    %y = onnx.MatMul(%x.dq, %w.dq) : f32[2, 3]
+    return %x.dq, %y
+  }
+}
+"""
+
+
+def test_quantization_parameters_refer_to_values():
+    from qc.ir.verify import verify
+
+    m = qc.parse_ir(QUANTIZED)
+    consts = m.graph.consts
+    quant = consts["w"].type.quant
+    assert quant.scale is consts["w.scale"] and quant.zero_point is consts["w.zp"]   # declared after @w
+    dynamic = m.graph.ops[0]
+    assert dynamic.results[0].type.quant.scale is dynamic.results[1]                 # a later result of the op
+    verify(m)
+    assert qc.print_ir(m) == QUANTIZED
+    consts["w.scale"].name = "w.scales"           # the type follows its Value, not a name
+    assert "q(scale = @w.scales, zp = @w.zp, axis = 1)" in qc.print_ir(m)
+
+
+def test_quantization_parameters_resolve_in_enclosing_graphs():
+    text = QUANTIZED.replace("    return %x.dq, %y\n", """\
+    %c = onnx.Constant() {value = bool[] dense[true]} : bool[]
+    %z = onnx.If(%c) {then_branch = graph @then() -> (i8[4, 3] q(scale = @w.scale, zp = @w.zp, axis = 1)) {
+      %t = onnx.Identity(@w) : i8[4, 3] q(scale = @w.scale, zp = @w.zp, axis = 1)
+      return %t
+    }, else_branch = graph @else() -> (i8[4, 3] q(scale = @w.scale, zp = @w.zp, axis = 1)) {
+      return @w
+    }} : i8[4, 3]
+    return %x.dq, %y
+""")
+    m = qc.parse_ir(text)
+    then = next(op for op in m.graph if op.op_type == "If").attr("then_branch")
+    assert then.ops[0].results[0].type.quant.scale is m.graph.consts["w.scale"]
+    assert qc.print_ir(m) == text

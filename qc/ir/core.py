@@ -84,6 +84,19 @@ class Value:
     def is_const(self) -> bool:
         return self.const is not None
 
+    def data(self) -> Tensor | SparseTensor:
+        """The payload of a const; an error for a value that is not one."""
+        if self.const is None:
+            raise ValueError(f"{self!r} is not a const")
+        return self.const
+
+    @property
+    def producer_op(self) -> "Op":
+        """The op whose result this is; an error for a graph input or a const."""
+        if self.producer is None:
+            raise ValueError(f"{self!r} is not an op result")
+        return self.producer
+
     def replace_all_uses_with(self, other: "Value") -> None:
         for user, index in list(self._uses):
             if isinstance(user, Op):
@@ -165,6 +178,36 @@ class Op:
             v.producer, v.index = self, len(self.results)
         self.results.append(v)
         return v
+
+    def input(self, index: int) -> Value:
+        """Operand ``index``; an error if the op has fewer operands or that optional input is absent."""
+        v = self._operands[index] if -len(self._operands) <= index < len(self._operands) else None
+        if v is None:
+            raise ValueError(f"{self!r} has no input {index} (it has {len(self._operands)} operands)")
+        return v
+
+    def optional_input(self, index: int) -> Value | None:
+        """Operand ``index``, or None when it is absent or beyond the operands given."""
+        return self._operands[index] if 0 <= index < len(self._operands) else None
+
+    def present_operands(self) -> list[Value]:
+        """The operands that are present (absent optional inputs left out)."""
+        return [v for v in self._operands if v is not None]
+
+    def output(self, index: int) -> Value:
+        """Result ``index``; an error if the op has fewer results or that optional output is absent."""
+        v = self.results[index] if -len(self.results) <= index < len(self.results) else None
+        if v is None:
+            raise ValueError(f"{self!r} has no output {index} (it has {len(self.results)} results)")
+        return v
+
+    def optional_output(self, index: int) -> Value | None:
+        """Result ``index``, or None when it is absent or beyond the results."""
+        return self.results[index] if 0 <= index < len(self.results) else None
+
+    def present_results(self) -> list[Value]:
+        """The results that are present (absent optional outputs left out)."""
+        return [v for v in self.results if v is not None]
 
     @property
     def result(self) -> Value:
@@ -391,7 +434,7 @@ class Module:
     def opset(self, domain: str = "") -> int | None:
         return self.opset_imports.get(domain, self.opset_imports.get("ai.onnx") if domain == "" else None)
 
-    def to_networkx(self):
+    def to_networkx(self) -> Any:
         """The main graph as a networkx.DiGraph of ops (an analysis view, not the storage)."""
         import networkx as nx
 

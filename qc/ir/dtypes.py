@@ -1,6 +1,7 @@
 """Element types: every ONNX tensor dtype, with a short text name and its numpy dtype."""
 from __future__ import annotations
 
+import builtins
 import enum
 
 import numpy as np
@@ -50,15 +51,15 @@ class DType(enum.IntEnum):
         return _BITS[self]
 
     @property
-    def is_float(self) -> bool:
+    def is_float(self) -> builtins.bool:
         return self.name[0] == "f" or self is DType.bf16
 
     @property
-    def is_integer(self) -> bool:
+    def is_integer(self) -> builtins.bool:
         return self.name[0] in "iu"
 
     @classmethod
-    def parse(cls, name: str) -> "DType":
+    def parse(cls, name: builtins.str) -> "DType":
         try:
             return cls[name]
         except KeyError:
@@ -68,7 +69,7 @@ class DType(enum.IntEnum):
     def from_numpy(cls, dtype: np.dtype) -> "DType":
         return cls(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
-    def __str__(self) -> str:  # noqa: D105
+    def __str__(self) -> builtins.str:  # noqa: D105
         return self.name
 
 

@@ -1,7 +1,7 @@
 """Give every value a unique, non-empty name (the printer and the ONNX writer rely on it)."""
 from __future__ import annotations
 
-from .core import Graph, Module
+from .core import Graph, Module, Value
 
 
 def assign_unique_names(module: Module) -> None:
@@ -22,7 +22,7 @@ def _name_scope(roots: list[Graph]) -> None:
     counters: dict[str, int] = {}
     claimed: set[int] = set()
 
-    def claim(v) -> None:
+    def claim(v: Value) -> None:
         if id(v) in claimed:
             return
         claimed.add(id(v))

@@ -318,7 +318,8 @@ class _ToSyntax(Transformer):
 
     def qentry(self, key, value):
         text = value.value
-        v: Any = _name(value) if value.type == "SYMBOL" else float(text) if value.type == "FLOAT" else int(text)
+        v: Any = (_QuantRef(value) if value.type == "SYMBOL" else float(text) if value.type == "FLOAT"
+                  else int(text))
         if key.value == "scale" and isinstance(v, int):
             v = float(v)
         return key.value, v
@@ -356,6 +357,27 @@ _DIM_ITEM = re.compile(r'\s*("(?:\\.|[^"\\])*"|[^,]+)\s*(?:,|$)')
 _IDENT = re.compile(r"[A-Za-z_]\w*\Z")
 
 
+class _QuantRef(Value):
+    """``@name`` in ``q(...)`` until the builder replaces it by the Value of that name."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Token) -> None:
+        super().__init__(_name(token))
+        self.token = token
+
+
+def _has_quant_refs(t: Type) -> bool:
+    """Whether ``t`` (or a type inside it) has quantization parameters naming Values."""
+    if isinstance(t, TensorType):
+        return t.quant is not None and bool(t.quant.values())
+    if isinstance(t, (SequenceType, OptionalType)):
+        return _has_quant_refs(t.elem)
+    if isinstance(t, MapType):
+        return _has_quant_refs(t.value)
+    return False
+
+
 def _tensor_type_token(tok) -> tuple[DType | None, tuple | None]:
     try:
         return _parse_tensor_type(tok.value)
@@ -385,6 +407,8 @@ class _Builder:
         self.filename = filename
         self.weights = weights
         self.sidecar: SidecarReader | None = None
+        # values and type attributes whose q(...) name Values, with the scope to resolve them in
+        self.quant_refs: list[tuple[Value | Attr, Scope]] = []
 
     def err(self, tok, message: str, hint: str | None = None) -> ParseError:
         return ParseError(message, file=self.filename, line=getattr(tok, "line", 0) or 0,
@@ -431,7 +455,45 @@ class _Builder:
         for f in funcs:
             if f is not main:
                 module.functions.append(self.function(f))
+        self.resolve_quant_refs()
         return module
+
+    def resolve_quant_refs(self) -> None:
+        """Replace each ``@name`` of a q(...) by the Value of that name in its graph or an
+        enclosing one (done last: a type may name a const declared after it, or a later result)."""
+        for holder, scope in self.quant_refs:
+            if isinstance(holder, Value):
+                holder.type = self.resolved_type(holder.type, scope, holder.name)
+            elif holder.kind == "type":
+                holder.value = self.resolved_type(holder.value, scope, None)
+            else:
+                holder.value = [self.resolved_type(t, scope, None) for t in holder.value]
+
+    def resolved_type(self, t: Type, scope: Scope, owner: str | None) -> Type:
+        if isinstance(t, SequenceType):
+            return SequenceType(self.resolved_type(t.elem, scope, owner))
+        if isinstance(t, OptionalType):
+            return OptionalType(self.resolved_type(t.elem, scope, owner))
+        if isinstance(t, MapType):
+            return MapType(t.key, self.resolved_type(t.value, scope, owner))
+        if not isinstance(t, TensorType) or t.quant is None:
+            return t
+        q = t.quant
+        return TensorType(t.dtype, t.shape, QuantParams(
+            scale=self.resolved_ref(q.scale, scope, owner, "scale"),
+            zero_point=self.resolved_ref(q.zero_point, scope, owner, "zero point"),
+            axis=q.axis, block_size=q.block_size))
+
+    def resolved_ref(self, x: Any, scope: Scope, owner: str | None, role: str) -> Any:
+        if not isinstance(x, _QuantRef):
+            return x
+        v = scope.get(x.name)
+        if v is None:
+            subject = f"%{owner}" if owner is not None else "a type attribute"
+            raise self.err(x.token, f"the {role} of {subject} is {x.token.value}, which names no const or value",
+                           hint="declare the const holding the quantization parameters in this graph "
+                                "or an enclosing one")
+        return v
 
     def function(self, f: _GraphSyntax) -> Function:
         fattrs = f.attrs or {}
@@ -449,6 +511,8 @@ class _Builder:
         if value.name in scope.names:
             raise self.err(tok, f"'{tok.value}' is defined twice")
         scope.names[value.name] = value
+        if _has_quant_refs(value.type):
+            self.quant_refs.append((value, scope))
         return value
 
     def const(self, graph: Graph, scope: Scope, item) -> Value:
@@ -478,6 +542,8 @@ class _Builder:
             v = self.lookup(scope, tok)
             if v.type is None and type_ is not None:
                 v.type = type_
+                if _has_quant_refs(type_):
+                    self.quant_refs.append((v, scope))
             graph.add_output(v)
         return graph
 
@@ -524,7 +590,10 @@ class _Builder:
         if kind in ("int", "ints") and not all(-_INT64 <= x < _INT64 for x in (v if kind == "ints" else [v])):
             raise self.err(tok, f"attribute '{key}' has an integer beyond 64 bits")
         if kind in ("int", "string", "ints", "floats", "strings", "type", "types"):
-            return Attr(kind, v)
+            attr = Attr(kind, v)
+            if kind in ("type", "types") and any(_has_quant_refs(t) for t in (v if kind == "types" else [v])):
+                self.quant_refs.append((attr, scope if scope is not None else Scope()))
+            return attr
         raise self.err(tok, f"attribute '{key}' has a value of kind {kind}, which no ONNX attribute can hold")
 
     def subgraph(self, g: _GraphSyntax, scope: Scope | None) -> Graph:

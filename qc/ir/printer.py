@@ -7,6 +7,7 @@ carries the offset, so the text plus the sidecar reload completely.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .core import Attr, Function, Graph, Module, Op, Value
 from .dtypes import DType
 from .naming import assign_unique_names
 from .tensor import SparseTensor, Tensor
-from .types import MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
+from .types import Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
 from .weights import SidecarWriter
 
 KEYWORDS = frozenset({
@@ -89,7 +90,7 @@ def format_type(t: Type) -> str:
     raise TypeError(f"unknown type {t!r}")
 
 
-def _tensor_type(dtype: DType | None, shape) -> str:
+def _tensor_type(dtype: DType | None, shape: tuple[Dim, ...] | None) -> str:
     head = dtype.name if dtype is not None else "?"
     if shape is None:
         return f"{head}[*]"
@@ -106,9 +107,10 @@ def _quant(q: QuantParams) -> str:
     return f" q({', '.join(parts)})"
 
 
-def _qnum(x, kind) -> str:
-    if isinstance(x, str):
-        return name_token("@", x)
+def _qnum(x: float | int | Value, kind: type) -> str:
+    """A quantization parameter: a number, or ``@name`` of the Value holding it."""
+    if isinstance(x, Value):
+        return name_token("@", x.name)
     return repr(float(x)) if kind is float else str(int(x))
 
 
@@ -184,7 +186,7 @@ class _Printer:
     def consts(self, g: Graph, indent: str) -> None:
         for v in g.consts.values():
             self.lines.append(f"{indent}const {name_token('@', v.name)} : {format_type(v.type)} = "
-                              f"{self.payload(v.const, v.name, indent)}")
+                              f"{self.payload(v.data(), v.name, indent)}")
 
     def signature(self, keyword: str, g: Graph, indent: str, name: str | None = None) -> str:
         args = []
@@ -314,10 +316,10 @@ class _Printer:
             return f"blob({quote(key)}, offset = {offset}, bytes = {t.nbytes})"
         return f"blob({quote(t._elided_key or key)}, bytes = {t.nbytes})"
 
-    def plain_dict(self, d: dict) -> str:
+    def plain_dict(self, d: dict[str, Any]) -> str:
         return "{" + ", ".join(f"{key_token(k)} = {self.plain(v)}" for k, v in d.items()) + "}"
 
-    def plain(self, v) -> str:
+    def plain(self, v: Any) -> str:
         if isinstance(v, _AttrDict):
             return "{" + ", ".join(f"{key_token(k)} = {self.attr(a, k, None, '  ')}" for k, a in v.items()) + "}"
         if isinstance(v, bool):

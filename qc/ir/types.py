@@ -7,9 +7,12 @@ Text forms (see docs/ir.md): ``f32[1, N, ?]`` (``N`` symbolic, ``?`` unknown), `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from .dtypes import DType
+
+if TYPE_CHECKING:
+    from .core import Value
 
 Dim = Union[int, str, None]
 """A dimension: a size, a symbolic name, or None when unknown."""
@@ -19,14 +22,22 @@ Dim = Union[int, str, None]
 class QuantParams:
     """Affine quantization of a tensor: real = (q - zero_point) * scale.
 
-    ``scale`` / ``zero_point`` are numbers (per-tensor) or the names of consts holding one
-    value per channel (``axis``) or per block (``axis`` + ``block_size``).
+    ``scale`` / ``zero_point`` are numbers (per-tensor) or the Values holding them: consts with
+    one element per channel (``axis``) or per block (``axis`` + ``block_size``), or the results
+    of the op computing them (``DynamicQuantizeLinear``). Values compare by identity, and the
+    verifier checks that they are defined and fit the quantized tensor.
     """
 
-    scale: float | str
-    zero_point: int | str = 0
+    scale: float | Value
+    zero_point: int | Value = 0
     axis: int | None = None
     block_size: int | None = None
+
+    def values(self) -> tuple[Value, ...]:
+        """The Values among scale and zero point (none for numeric per-tensor parameters)."""
+        from .core import Value  # local: core imports this module
+
+        return tuple(x for x in (self.scale, self.zero_point) if isinstance(x, Value))
 
 
 @dataclass(frozen=True)

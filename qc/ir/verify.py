@@ -7,6 +7,7 @@ appears and one of the allowed types). The pass manager runs it after every pass
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import onnx.defs
 from onnx import TensorProto
@@ -53,29 +54,32 @@ def _describe(op: Op) -> str:
     return f"{op.qualified_type} '{label}'" if label else op.qualified_type
 
 
-def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: frozenset, where: str,
+def _verify_graph(g: Graph, opsets: dict[str, int], functions: set[tuple[str, str]], outer: frozenset[int], where: str,
                   check_types: bool = True) -> None:
     defined: set[int] = set(outer)
+    quantized: list[Value] = []   # checked last: a type may name a value defined after it
     for v in g.inputs:
         defined.add(id(v))
+        _note_quantized(v, quantized)
     for name, v in g.consts.items():
         if v.const is None:
             raise VerifyError(f"{where}: const @{name} has no data")
         if v.name != name:
             raise VerifyError(f"{where}: const registered as @{name} is named @{v.name}")
         defined.add(id(v))
+        _note_quantized(v, quantized)
     count = 0
     for op in g:
         count += 1
         if op.graph is not g:
             raise VerifyError(f"{where}: {_describe(op)} is listed in the graph but owned by another")
-        for i, v in enumerate(op.operands):
-            if v is None:
+        for i, operand in enumerate(op.operands):
+            if operand is None:
                 continue
-            if (op, i) not in v._uses:
-                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{v.name}) is missing from that value's uses")
-            if id(v) not in defined:
-                raise VerifyError(f"{where}: {_describe(op)} uses %{v.name} before it is defined "
+            if (op, i) not in operand._uses:
+                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{operand.name}) is missing from that value's uses")
+            if id(operand) not in defined:
+                raise VerifyError(f"{where}: {_describe(op)} uses %{operand.name} before it is defined "
                                   "(ops out of order, or a value from another graph)")
         for sub in op.subgraphs():
             _verify_graph(sub, opsets, functions, frozenset(defined), f"{where} / {_describe(op)} subgraph @{sub.name}",
@@ -88,28 +92,36 @@ def _verify_graph(g: Graph, opsets: dict[str, int], functions: set, outer: froze
             if id(r) in defined:
                 raise VerifyError(f"{where}: %{r.name} is defined twice")
             defined.add(id(r))
-            _check_quant(r, where)
+            _note_quantized(r, quantized)
             for user, index in r._uses:
                 _check_use(r, user, index, where)
         _check_schema(op, opsets, functions, where, check_types)
     if count != len(g):
         raise VerifyError(f"{where}: the op list is corrupt ({count} ops linked, {len(g)} counted)")
+    for v in quantized:
+        _check_quant(v, defined, where)
     for i, v in enumerate(g.outputs):
         if id(v) not in defined:
             raise VerifyError(f"{where}: output {i} (%{v.name}) is not defined in the graph or an enclosing one")
 
 
-def _check_quant(v: Value, where: str) -> None:
-    """Quantization legality: axis in range, positive scale, zero point inside the storage range."""
+def _note_quantized(v: Value, quantized: list[Value]) -> None:
+    if isinstance(v.type, TensorType) and v.type.quant is not None:
+        quantized.append(v)
+
+
+def _check_quant(v: Value, defined: set[int], where: str) -> None:
+    """Quantization legality: an integer storage type, axis in range, positive scale, zero point
+    inside the storage range; scale / zero point Values defined here or in an enclosing graph,
+    of a float / the storage dtype, with one element per tensor, channel or block."""
     t = v.type
-    q = t.quant if isinstance(t, TensorType) else None
-    if q is None:
-        return
+    assert isinstance(t, TensorType) and t.quant is not None
+    q = t.quant
     if t.dtype is None or not t.dtype.is_integer:
         raise VerifyError(f"{where}: %{v.name} has quantization parameters but is {t.dtype}, not an integer type")
     if q.axis is not None and t.rank is not None and not -t.rank <= q.axis < t.rank:
         raise VerifyError(f"{where}: %{v.name} is quantized along axis {q.axis}, but its rank is {t.rank}")
-    if isinstance(q.scale, float) and not q.scale > 0:
+    if isinstance(q.scale, (int, float)) and not q.scale > 0:
         raise VerifyError(f"{where}: %{v.name} has scale {q.scale}; scales must be positive")
     if isinstance(q.zero_point, int):
         bits, signed = t.dtype.bits, t.dtype.name.startswith("i")
@@ -118,9 +130,55 @@ def _check_quant(v: Value, where: str) -> None:
             raise VerifyError(f"{where}: %{v.name} has zero point {q.zero_point}, outside {t.dtype}'s range {low}..{high}")
     if q.block_size is not None and (q.block_size <= 0 or q.axis is None):
         raise VerifyError(f"{where}: %{v.name} has block size {q.block_size}; blocks need a positive size and an axis")
+    for role, param in (("scale", q.scale), ("zero point", q.zero_point)):
+        if isinstance(param, Value):
+            _check_quant_value(v, t, role, param, defined, where)
 
 
-def _check_use(v: Value, user, index: int, where: str) -> None:
+def _check_quant_value(v: Value, t: TensorType, role: str, param: Value, defined: set[int], where: str) -> None:
+    """One scale or zero point Value of ``v`` (of type ``t``): defined, right dtype, right shape."""
+    q = t.quant
+    assert q is not None and t.dtype is not None
+    subject = f"%{v.name}'s {role} @{param.name}"
+    if id(param) not in defined:
+        raise VerifyError(f"{where}: {subject} is not a const or value of this graph or an enclosing one "
+                          "(removed or replaced by a pass without updating the type?)")
+    ptype = param.type
+    if not isinstance(ptype, TensorType):
+        if ptype is None:
+            return
+        raise VerifyError(f"{where}: {subject} is not a tensor")
+    if ptype.dtype is not None:
+        if role == "scale" and not ptype.dtype.is_float:
+            raise VerifyError(f"{where}: {subject} is {ptype.dtype}; scales are floating point")
+        if role == "zero point" and ptype.dtype is not t.dtype:
+            raise VerifyError(f"{where}: {subject} is {ptype.dtype}; the zero point has the storage type {t.dtype}")
+    shape = ptype.shape
+    if shape is None:
+        return
+    if q.axis is None:
+        if any(d != 1 for d in shape):
+            raise VerifyError(f"{where}: {subject} has shape {list(shape)}; per-tensor parameters are one element")
+        return
+    dims = t.shape
+    axis = q.axis % len(dims) if dims is not None and dims else q.axis
+    dim = dims[axis] if dims is not None and -len(dims) <= q.axis < len(dims) else None
+    if q.block_size is None:
+        if len(shape) != 1 or (isinstance(dim, int) and isinstance(shape[0], int) and shape[0] != dim):
+            raise VerifyError(f"{where}: {subject} has shape {list(shape)}; per-channel parameters along axis "
+                              f"{q.axis} need one element per channel ({dim if isinstance(dim, int) else '?'})")
+        return
+    if dims is None:
+        return
+    expected = [-(-d // q.block_size) if i == axis and isinstance(d, int) else d for i, d in enumerate(dims)]
+    if len(shape) != len(dims) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                      for a, b in zip(shape, expected)):
+        shown = ", ".join("?" if d is None else str(d) for d in expected)
+        raise VerifyError(f"{where}: {subject} has shape {list(shape)}; blocks of {q.block_size} along axis "
+                          f"{q.axis} need [{shown}] (ceil({dim} / {q.block_size}) blocks)")
+
+
+def _check_use(v: Value, user: Op | Graph, index: int, where: str) -> None:
     if isinstance(user, Op):
         if user.graph is None or index >= len(user._operands) or user._operands[index] is not v:
             raise VerifyError(f"{where}: %{v.name} lists a use by {_describe(user)} that no longer reads it "
@@ -130,14 +188,15 @@ def _check_use(v: Value, user, index: int, where: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _schema(domain: str, op_type: str, version: int):
+def _schema(domain: str, op_type: str, version: int) -> Any:
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
     except (onnx.defs.SchemaError, TypeError):  # TypeError: a version beyond a C int
         return None
 
 
-def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, check_types: bool) -> None:
+def _check_schema(op: Op, opsets: dict[str, int], functions: set[tuple[str, str]], where: str,
+                  check_types: bool) -> None:
     domain = "" if op.domain == "ai.onnx" else op.domain
     version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
     if version is None and (op.domain, op.op_type) not in functions:
@@ -161,7 +220,7 @@ def _check_schema(op: Op, opsets: dict[str, int], functions: set, where: str, ch
     _PASSED.add(key)
 
 
-_PASSED: set[tuple] = set()
+_PASSED: set[tuple[Any, ...]] = set()
 
 
 def _check_against_schema(op: Op, domain: str, version: int, where: str, check_types: bool) -> None:
@@ -187,11 +246,11 @@ def _check_against_schema(op: Op, domain: str, version: int, where: str, check_t
         _check_types(op, schema, where)
 
 
-def _check_types(op: Op, schema, where: str) -> None:
+def _check_types(op: Op, schema: Any, where: str) -> None:
     allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     bound: dict[str, str] = {}
 
-    def check(formal, value: Value | None, role: str) -> None:
+    def check(formal: Any, value: Value | None, role: str) -> None:
         if value is None:
             return
         actual = type_string(value.type)

@@ -7,7 +7,7 @@ older than requested can be upgraded with ``onnx.version_converter``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
@@ -20,7 +20,7 @@ from qc.ir.scope import Scope
 from qc.ir.core import Attr, Function, Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import SparseTensor, Tensor, check_proto
-from qc.ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.types import Dim, MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 PROTOBUF_LIMIT = 2**31 - 1
 _ATTR_KIND = {
@@ -87,7 +87,7 @@ def _check_text_fields(model: ModelProto, where: str) -> None:
                     _not_utf8(msg, fd.name, value, where)
 
 
-def _not_utf8(msg, field: str, value: bytes, where: str) -> None:
+def _not_utf8(msg: Any, field: str, value: bytes, where: str) -> None:
     raise QCError(f"{msg.DESCRIPTOR.name}.{field} is not valid UTF-8 text ({value!r:.80})", where=where,
                   hint="the model is corrupt (names, op types and domains are UTF-8 strings)")
 
@@ -230,8 +230,8 @@ def _dtype(code: int) -> DType | None:
                       hint="the model is corrupt, or needs a newer onnx than this qc knows") from None
 
 
-def _shape(t) -> tuple:
-    dims = []
+def _shape(t: Any) -> tuple[Dim, ...]:
+    dims: list[Dim] = []
     for d in t.shape.dim:
         if d.HasField("dim_value"):
             dims.append(int(d.dim_value))
@@ -298,15 +298,15 @@ class _Importer:
         for sp in g.sparse_initializer:
             name = sp.values.name
             self.define(scope, name, path)
-            data = self.sparse(sp, path)
-            v = Value(name, SparseTensorType(data.dtype, data.shape), const=data)
+            sparse = self.sparse(sp, path)
+            v = Value(name, SparseTensorType(sparse.dtype, sparse.shape), const=sparse)
             graph.consts[name] = scope.names[name] = v
         for vi in g.input:
-            v = scope.names.get(vi.name)
-            if v is None or v.const is None:
+            known = scope.names.get(vi.name)
+            if known is None or known.const is None:
                 self.define(scope, vi.name, path)
-                v = scope.names[vi.name] = Value(vi.name, types.get(vi.name))
-            graph.inputs.append(v)
+                known = scope.names[vi.name] = Value(vi.name, types.get(vi.name))
+            graph.inputs.append(known)
         self.fill(graph, g.node, [o.name for o in g.output], scope, types, path)
         return graph
 
@@ -329,7 +329,8 @@ class _Importer:
                     op.add_result(None)
                     continue
                 self.define(scope, name, path)
-                scope.names[name] = op.add_result(Value(name, types.get(name)))
+                result = scope.names[name] = Value(name, types.get(name))
+                op.add_result(result)
             graph.append(op)
         for name in outputs:
             v = scope.get(name)
@@ -408,7 +409,7 @@ def _topological(nodes: list[onnx.NodeProto], scope: Scope, where: str, path: st
     # Kahn's algorithm, stable with respect to the original order.
     import heapq
 
-    deps = [set() for _ in nodes]
+    deps: list[set[int]] = [set() for _ in nodes]
     users: list[list[int]] = [[] for _ in nodes]
     for i, n in enumerate(nodes):
         for name in _reads(n):

@@ -6,7 +6,7 @@ a sink (external data in a file, or numpy arrays handed to onnxruntime).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ def serialize(proto: ModelProto) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def all_consts(module: Module):
+def all_consts(module: Module) -> Iterator[Tensor | SparseTensor]:
     for op in module.walk():
         for a in op.attrs.values():
             if a.kind == "tensor" and a.value is not None:
@@ -58,28 +58,28 @@ def all_consts(module: Module):
     stack = [module.graph]
     while stack:
         g = stack.pop()
-        yield from (v.const for v in g.consts.values())
+        yield from (v.data() for v in g.consts.values())
         for op in g:
             stack.extend(op.subgraphs())
 
 
-def const_bytes(t) -> int:
+def const_bytes(t: Tensor | SparseTensor) -> int:
     if isinstance(t, SparseTensor):
         return t.values.nbytes + t.indices.nbytes
     return t.nbytes if t.dtype.bits else 0
 
 
-class _LazyArrays(Mapping):
+class _LazyArrays(Mapping[str, np.ndarray]):
     """Tensor name -> contiguous array, each read only when asked for: a caller that only
     needs the proto (shape inference) never loads weights still on disk."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.tensors: dict[str, Tensor] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.ascontiguousarray(self.tensors[name].numpy())
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)
 
     def __len__(self) -> int:
@@ -149,10 +149,12 @@ class ModelWriter:
         for v in g.consts.values():
             if top and self.defer_initializers:
                 self.deferred.append(v)
-            elif isinstance(v.const, SparseTensor):
-                gp.sparse_initializer.append(self.sparse(v.const, v.name))
             else:
-                gp.initializer.append(self.tensor(v.const, v.name))
+                data = v.data()
+                if isinstance(data, SparseTensor):
+                    gp.sparse_initializer.append(self.sparse(data, v.name))
+                else:
+                    gp.initializer.append(self.tensor(data, v.name))
         for v in g.inputs:
             gp.input.append(value_info(v))
         if consts_are_inputs:
@@ -242,7 +244,7 @@ def value_info(v: Value) -> onnx.ValueInfoProto:
     return vi
 
 
-def _present(**fields) -> dict:
+def _present(**fields: Any) -> dict[str, Any]:
     """The fields that are set: protobuf (proto2) records an explicit "" or 0 as present."""
     return {k: v for k, v in fields.items() if v}
 
