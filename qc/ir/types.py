@@ -7,12 +7,18 @@ Text forms (see docs/ir.md): ``f32[1, N, ?]`` (``N`` symbolic, ``?`` unknown), `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Any, Protocol, Union
 
 from .dtypes import DType
 
-if TYPE_CHECKING:
-    from .core import Value
+
+class QuantRef(Protocol):
+    """What quantization parameters refer to: a ``qc.ir.Value`` (a const or an op's result). A
+    protocol, so that this module needs nothing of ``core`` (which imports it)."""
+
+    name: str
+    const: Any
+    type: Any
 
 Dim = Union[int, str, None]
 """A dimension: a size, a symbolic name, or None when unknown."""
@@ -28,16 +34,14 @@ class QuantParams:
     verifier checks that they are defined and fit the quantized tensor.
     """
 
-    scale: float | Value
-    zero_point: int | Value = 0
+    scale: float | QuantRef
+    zero_point: int | QuantRef = 0
     axis: int | None = None
     block_size: int | None = None
 
-    def values(self) -> tuple[Value, ...]:
+    def values(self) -> tuple[QuantRef, ...]:
         """The Values among scale and zero point (none for numeric per-tensor parameters)."""
-        from .core import Value  # local: core imports this module
-
-        return tuple(x for x in (self.scale, self.zero_point) if isinstance(x, Value))
+        return tuple(x for x in (self.scale, self.zero_point) if not isinstance(x, (int, float)))
 
 
 @dataclass(frozen=True)
