@@ -111,3 +111,16 @@ def test_unwritable_output_fails_at_once(mlp, where, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith(f"qc: error: {where}: ") and err.count("\n") == 1
     assert ran == []  # nothing was read, no pass ran
+
+
+def test_dump_ir_dir_of_a_c_compile_holds_every_pass_of_the_one_pipeline(mlp, tmp_path):
+    dump, out = tmp_path / "dump", tmp_path / "c"
+    assert main(["compile", mlp, "--target", "cortex-a76", "-o", str(out), "--dump-ir-dir", str(dump), "--quiet"]) == 0
+    stages = sorted(os.listdir(dump))
+    names = [s.split("-", 1)[1][:-4] for s in stages if s.endswith(".qir") and not s.startswith("00-")]
+    assert names[:6] == ["propagate-shapes", "remove-identity", "fold-constants", "fold-batchnorm", "cse", "dce"]
+    assert names[6:9] == ["legalize", "check-kernels", "fix-shapes"]
+    rounds = names[9:]  # the fixpoint group: at least one round, each the same five passes
+    assert rounds and len(rounds) % 5 == 0
+    assert rounds[:5] == ["propagate-shapes", "fold-constants", "dce", "propagate-shapes", "fold-shapes"]
+    assert (out / "model.c").is_file() and (out / "model.onnx").is_file()
