@@ -124,3 +124,18 @@ def test_dump_ir_dir_of_a_c_compile_holds_every_pass_of_the_one_pipeline(mlp, tm
     assert rounds and len(rounds) % 5 == 0
     assert rounds[:5] == ["propagate-shapes", "fold-constants", "dce", "propagate-shapes", "fold-shapes"]
     assert (out / "model.c").is_file() and (out / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("target,extra", [("x86-avx2", []), ("cortex-a76", ["--quant", "w8a8"])])
+def test_the_target_file_is_read_once_per_compile(mlp, tmp_path, monkeypatch, target, extra):
+    import qc.targets
+
+    reads = []
+    loads = qc.targets.tomllib.loads
+    monkeypatch.setattr(qc.targets.tomllib, "loads", lambda text: reads.append(1) or loads(text))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 2, 4)).astype(np.float32))
+    out = tmp_path / ("out.onnx" if target == "x86-avx2" else "out")
+    argv = ["compile", mlp, "--target", target, "-o", str(out), "--quiet", *extra]
+    assert main(argv + (["--calib", str(calib)] if extra else [])) == 0
+    assert len(reads) == 1
