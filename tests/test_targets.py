@@ -2,6 +2,13 @@
 user files with mistakes get errors naming the key and the line, and `qc targets` prints them."""
 from __future__ import annotations
 
+import os
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import pytest
 
 from qc.errors import QCError
@@ -30,6 +37,23 @@ def test_builtin_target_loads_with_a_float_matmul(name):
     if t.backend == "c":
         assert t.cc and t.cflags and t.qemu
 
+
+_PRIVATE = ("shared/", "notes §", "anchors-", "§")
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_target_cites_only_public_sources(name):
+    """`qc targets NAME` prints each kernel's source to users: it must name a document they can open
+    (an ISA manual, a library's docs, a compiler's tables), never the project's private notes."""
+    import qc.targets
+
+    path = os.path.join(os.path.dirname(qc.targets.__file__), f"{name}.toml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        assert not any(p in line for p in _PRIVATE), f"{name}.toml:{lineno}: {line}"
+    kernels = [k for ks in tomllib.loads(text).get("kernels", {}).values() for k in ks]
+    assert kernels and all(isinstance(k.get("source"), str) and k["source"].strip() for k in kernels)
 
 def test_arm_compiler_flags_and_qemu():
     a76 = load_target("cortex-a76")
