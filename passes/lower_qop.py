@@ -1,4 +1,9 @@
-"""The ``lower-qop`` pass; its docstring (``qc passes lower-qop``) lists every rewrite."""
+"""The ``lower-qop`` pass; its docstring (``qc passes lower-qop``) lists every rewrite.
+
+The units (``DQ -> MatMul/Gemm/Conv <- DQ [-> Q]``) come from the shared matcher,
+``qc.quant.units.node_unit(op, graph=g)``; this module only checks, on the typed ``Unit``, what
+onnxruntime's QOperator ops accept, and builds them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +16,7 @@ from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
+from qc.quant.units import ANCHORS, Unit, node_unit
 
 from ._util import (can_hold_consts, const_array, constant_consts, drop_removed_quant_refs, erase_op, graphs,
                     is_default_domain, replace_value)
@@ -154,17 +160,6 @@ class _Weight:
     transposed: bool
 
 
-@dataclass
-class _Act:
-    """A dequantized activation ``DequantizeLinear(%x.q, %xs, %xz)``."""
-
-    dq: Op
-    q: Value
-    scale: Value
-    zero_point: Value | None
-    dynamic: Op | None         # the DynamicQuantizeLinear that produced all three, if any
-
-
 class _Lowerer:
     def __init__(self, module: Module, ctx: PassContext, options: LowerQOp):
         self.module = module
@@ -177,45 +172,61 @@ class _Lowerer:
 
     # -- dispatch -------------------------------------------------------------------------------
     def lower(self, g: Graph, op: Op) -> bool:
-        if op.op_type in ("MatMul", "Gemm"):
-            return self._matmul(g, op)
-        if op.op_type == "Conv" and "conv" in self.kinds:
-            return self._conv(g, op)
-        return False
+        if op.op_type not in ANCHORS or (op.op_type == "Conv" and "conv" not in self.kinds):
+            return False
+        if not op.results or op.results[0] is None or any(r is not None for r in op.results[1:]):
+            return False
+        u = node_unit(op, graph=g)
+        if u is None or u.weight_dq is None:
+            return False
+        return self._conv(g, u) if op.op_type == "Conv" else self._matmul(g, u)
 
     def _skip(self, op: Op, why: str) -> bool:
         self.ctx.remark(op, f"left in QDQ form: {why}")
         return False
 
-    # -- matching -------------------------------------------------------------------------------
-    def _dq_in(self, g: Graph, v: Value | None) -> Op | None:
-        p = v.producer if v is not None else None
-        if p is None or p.graph is not g or not is_default_domain(p) or p.op_type != "DequantizeLinear":
-            return None
-        if len(p.operands) < 2 or p.operands[0] is None or p.operands[1] is None:
-            return None
-        return p
-
-    def _activation(self, g: Graph, dq: Op) -> _Act | str:
-        q, scale = dq.operands[0], dq.operands[1]
-        zp = dq.operands[2] if len(dq.operands) > 2 else None
-        qt = q.type
-        if not isinstance(qt, TensorType) or qt.dtype not in (DType.u8, DType.i8):
+    # -- QOperator conditions on a unit ---------------------------------------------------------
+    def _activation(self, u: Unit) -> str | None:
+        """Why the unit's quantized activation cannot feed a QOperator op (None: it can)."""
+        if u.act not in ("uint8", "int8"):
             return "the activation is not u8/i8"
-        for v in (scale, zp):
+        for v in (u.act_scale, u.act_zero_point):
             if v is not None and not _is_scalar(v):
                 return "the activation scale / zero point is not a known scalar"
-        if _dtype(scale) is not DType.f32:
+        if _dtype(u.act_scale) is not DType.f32:
             return "the activation scale is not float32"
-        dyn = q.producer if (q.producer is not None and q.producer.op_type == "DynamicQuantizeLinear"
-                             and is_default_domain(q.producer) and q.producer.graph is g) else None
-        if dyn is not None:
-            r = dyn.results
-            if not (q.index == 0 and len(r) == 3 and scale is r[1] and zp is r[2]):
-                dyn = None
-        return _Act(dq, q, scale, zp, dyn)
+        return None
 
-    def _weight(self, dq: Op, transposed: bool) -> _Weight | str:
+    def _output_q(self, u: Unit, *, relu: bool) -> tuple[Op | None, Op | None]:
+        """(QuantizeLinear, Relu or None): the unit's output QuantizeLinear when a QLinear op can take
+        its place, reading the result directly, or (``relu``) through a Relu whose work its clamp does
+        exactly because the zero point is the bottom of the range (0 for u8, -128 for i8; as a QAT
+        export of a fused Conv + ReLU has it); the output scale and zero point are float32 / u8 or i8
+        scalars."""
+        q, y = u.out_q, u.op.results[0]
+        if q is None:
+            return None, None
+        between = None
+        if q.operands[0] is not y:
+            between = q.operands[0].producer
+            if not relu or between is None or between.op_type != "Relu" or between.operands[0] is not y:
+                return None, None
+        if (len(q.operands) < 3 or q.operands[2] is None or q.attr("block_size", 0)
+                or q.attr("saturate", 1) != 1 or len(q.results) != 1 or q.results[0] is None):
+            return None, None
+        if not _is_scalar(q.operands[1]) or not _is_scalar(q.operands[2]) or _dtype(q.operands[1]) is not DType.f32:
+            return None, None
+        if _dtype(q.results[0]) not in (DType.u8, DType.i8):
+            return None, None
+        if between is not None:
+            zp = const_array(q.operands[2], self.constants)
+            bottom = {DType.u8: 0, DType.i8: -128}[_dtype(q.results[0])]
+            if zp is None or int(np.asarray(zp).reshape(-1)[0]) != bottom:
+                return None, None
+        return q, between
+
+    def _weight(self, u: Unit, transposed: bool) -> _Weight | str:
+        dq = u.weight_dq
         q, scale = dq.operands[0], dq.operands[1]
         zp = dq.operands[2] if len(dq.operands) > 2 else None
         codes = const_array(q, self.constants)
@@ -252,14 +263,9 @@ class _Lowerer:
         return _Weight(dq, codes, dtype, s, z, block, per_channel, scale.const.dtype, q, scale, zp, transposed)
 
     # -- MatMul / Gemm --------------------------------------------------------------------------
-    def _matmul(self, g: Graph, op: Op) -> bool:
+    def _matmul(self, g: Graph, u: Unit) -> bool:
+        op = u.op
         gemm = op.op_type == "Gemm"
-        if len(op.operands) < 2 or not op.results or op.results[0] is None or any(r is not None for r in op.results[1:]):
-            return False
-        a, b = op.operands[0], op.operands[1]
-        wdq = self._dq_in(g, b)
-        if wdq is None:
-            return False
         bias = None
         if gemm:
             if op.attr("transA", 0) != 0 or float(op.attr("alpha", 1.0)) != 1.0:
@@ -269,7 +275,7 @@ class _Lowerer:
                 if bias is None:
                     return self._skip(op, "the Gemm bias is not a constant")
                 bias = np.asarray(bias, np.float32) * np.float32(op.attr("beta", 1.0))
-        w = self._weight(wdq, transposed=gemm and op.attr("transB", 0) == 1)
+        w = self._weight(u, transposed=gemm and op.attr("transB", 0) == 1)
         if isinstance(w, str):
             return self._skip(op, w)
         if bias is not None and bias.ndim == 2 and bias.shape[0] == 1:
@@ -277,94 +283,62 @@ class _Lowerer:
         if bias is not None and not (bias.ndim <= 1 and bias.size in (1, w.codes.shape[1])):
             return self._skip(op, "the Gemm bias is not a scalar or [N]")
         if w.block_size:
-            return "nbits" in self.kinds and self._nbits(g, op, a, w, bias)
-        adq = self._dq_in(g, a)
-        if adq is None:
+            return "nbits" in self.kinds and self._nbits(g, u, w, bias)
+        if u.act_dq is None:
             return False  # weight-only 8-bit per-channel: nothing to lower to on CPU
-        act = self._activation(g, adq)
-        if isinstance(act, str):
-            return self._skip(op, act)
+        why = self._activation(u)
+        if why is not None:
+            return self._skip(op, why)
         if w.scale_dtype is not DType.f32:
             return self._skip(op, "the weight scale is not float32")
         if w.dtype not in (DType.u8, DType.i8):
             return self._skip(op, f"{w.dtype} weights need the block-wise (nbits) form")
-        kind = "dynamic" if act.dynamic is not None else "static"
+        kind = "dynamic" if u.act_dynamic is not None else "static"
         if kind not in self.kinds:
             return False
-        if act.dynamic is not None and self.form == "contrib":
-            done = self._dynamic_contrib(g, op, act, w, bias)
+        xdt = _dtype(u.act_value)
+        if u.act_dynamic is not None and self.form == "contrib":
+            done = self._dynamic_contrib(g, u, w, bias)
         else:
-            quant = None if gemm else self._following_q(g, op)
-            if quant is not None and (act.q.type.dtype, w.dtype, quant.results[0].type.dtype) in QLINEAR_MATMUL_TYPES:
-                done = self._qlinear_matmul(g, op, act, w, quant)
+            quant = None if gemm else self._output_q(u, relu=False)[0]
+            if quant is not None and (xdt, w.dtype, quant.results[0].type.dtype) in QLINEAR_MATMUL_TYPES:
+                done = self._qlinear_matmul(g, u, w, quant)
             else:
                 if quant is not None:
                     self.ctx.remark(op, "onnxruntime's CPU provider has no QLinearMatMul for "
-                                        f"({act.q.type.dtype}, {w.dtype}, {quant.results[0].type.dtype}): "
+                                        f"({xdt}, {w.dtype}, {quant.results[0].type.dtype}): "
                                         "MatMulInteger form, QuantizeLinear kept")
-                done = self._integer_matmul(g, op, act, w, bias)
+                done = self._integer_matmul(g, u, w, bias)
         if done:
-            self._saturation_remark(op, act.q.type.dtype, w)
-            self._cleanup(g, [adq, wdq, act.dynamic], [w.q_value, w.scale_value, w.zp_value])
+            self._saturation_remark(op, xdt, w)
+            self._cleanup(g, [u.act_dq, u.weight_dq, u.act_dynamic], [w.q_value, w.scale_value, w.zp_value])
         return done
 
-    def _following_q(self, g: Graph, op: Op) -> Op | None:
-        y = op.results[0]
-        users = y.users()
-        if len(users) != 1 or len(y.uses()) != 1:
-            return None
-        q = users[0]
-        if (q.graph is not g or not is_default_domain(q) or q.op_type != "QuantizeLinear" or q.operands[0] is not y
-                or len(q.operands) < 3 or q.operands[2] is None or q.attr("block_size", 0)
-                or q.attr("saturate", 1) != 1 or len(q.results) != 1 or q.results[0] is None):
-            return None
-        if not _is_scalar(q.operands[1]) or not _is_scalar(q.operands[2]) or _dtype(q.operands[1]) is not DType.f32:
-            return None
-        if _dtype(q.results[0]) not in (DType.u8, DType.i8):
-            return None
-        return q
-
-    def _relu_then_q(self, g: Graph, op: Op) -> tuple[Op | None, Op | None]:
-        """(QuantizeLinear, Relu) for ``Relu(op) -> QuantizeLinear`` whose zero point is the bottom
-        of its range (0 for u8, -128 for i8): the QuantizeLinear's clamp then does the Relu's work,
-        exactly (as a QAT export of a fused Conv + ReLU has it)."""
-        users = op.results[0].users()
-        relu = users[0] if len(users) == 1 and len(op.results[0].uses()) == 1 else None
-        if relu is None or relu.graph is not g or not is_default_domain(relu) or relu.op_type != "Relu":
-            return None, None
-        quant = self._following_q(g, relu)
-        if quant is None:
-            return None, None
-        zp = const_array(quant.operands[2], self.constants)
-        bottom = {DType.u8: 0, DType.i8: -128}[_dtype(quant.results[0])]
-        if zp is None or int(np.asarray(zp).reshape(-1)[0]) != bottom:
-            return None, None
-        return quant, relu
-
-    def _qlinear_matmul(self, g: Graph, op: Op, act: _Act, w: _Weight, quant: Op) -> bool:
+    def _qlinear_matmul(self, g: Graph, u: Unit, w: _Weight, quant: Op) -> bool:
         wq, ws, wz = self._weight_consts(g, w)
-        xz = act.zero_point or self._zero(g, act.q)
-        new = Op("QLinearMatMul", [act.q, _scalar(g, act.scale), _scalar(g, xz), wq, ws, wz,
+        xz = u.act_zero_point or self._zero(g, u.act_value)
+        new = Op("QLinearMatMul", [u.act_value, _scalar(g, u.act_scale), _scalar(g, xz), wq, ws, wz,
                                    _scalar(g, quant.operands[1]), _scalar(g, quant.operands[2])],
-                 results=0, name=op.name)
+                 results=0, name=u.op.name)
         return self._replace(g, quant, new, quant.results[0], "QLinearMatMul")
 
-    def _integer_matmul(self, g: Graph, op: Op, act: _Act, w: _Weight, bias: np.ndarray | None) -> bool:
+    def _integer_matmul(self, g: Graph, u: Unit, w: _Weight, bias: np.ndarray | None) -> bool:
+        op = u.op
         y = op.results[0]
         wq, ws, wz = self._weight_consts(g, w)
-        xz = act.zero_point or self._zero(g, act.q)
-        mmi = Op("MatMulInteger", [act.q, wq, xz, wz], results=0, name=op.name)
+        xz = u.act_zero_point or self._zero(g, u.act_value)
+        mmi = Op("MatMulInteger", [u.act_value, wq, xz, wz], results=0, name=op.name)
         g.insert_before(op, mmi)
         acc = mmi.add_result(Value(y.name + ".acc", _like(y, DType.i32)))
         cast = Op("Cast", [acc], results=0, attrs={"to": int(DType.f32)}, name=_suffix(op.name, "cast"))
         g.insert_before(op, cast)
         accf = cast.add_result(Value(y.name + ".accf", _like(y, DType.f32)))
-        xs = const_array(act.scale, self.constants)
+        xs = const_array(u.act_scale, self.constants)
         if xs is not None:
             combined = np.float32(np.asarray(xs, np.float32).reshape(())) * w.scale.astype(np.float32)
             scale_v = g.add_const(w.scale_value.name + ".xw", Tensor.from_array(np.asarray(combined, np.float32)))
         else:
-            smul = Op("Mul", [act.scale, ws], results=0, name=_suffix(op.name, "scale"))
+            smul = Op("Mul", [u.act_scale, ws], results=0, name=_suffix(op.name, "scale"))
             g.insert_before(op, smul)
             scale_v = smul.add_result(Value(y.name + ".scale", TensorType(DType.f32, tuple(w.scale.shape))))
         mul = Op("Mul", [accf, scale_v], results=0, name=_suffix(op.name, "rescale"))
@@ -377,9 +351,10 @@ class _Lowerer:
             out = add.add_result(Value(y.name + ".biased", _like(y, DType.f32)))
         return self._finish(g, op, out, "MatMulInteger + Cast + Mul")
 
-    def _dynamic_contrib(self, g: Graph, op: Op, act: _Act, w: _Weight, bias: np.ndarray | None) -> bool:
+    def _dynamic_contrib(self, g: Graph, u: Unit, w: _Weight, bias: np.ndarray | None) -> bool:
+        op = u.op
         y = op.results[0]
-        x = act.dynamic.operands[0]
+        x = u.act_dynamic.operands[0]
         if x is None or _dtype(x) is not DType.f32:
             return self._skip(op, "the dynamically quantized input is not float32")
         wq, ws, wz = self._weight_consts(g, w)
@@ -392,20 +367,18 @@ class _Lowerer:
         return self._replace(g, op, new, y, "com.microsoft.DynamicQuantizeMatMul")
 
     # -- MatMulNBits ----------------------------------------------------------------------------
-    def _nbits(self, g: Graph, op: Op, a: Value, w: _Weight, bias: np.ndarray | None) -> bool:
+    def _nbits(self, g: Graph, u: Unit, w: _Weight, bias: np.ndarray | None) -> bool:
+        op, a = u.op, u.op.operands[0]
         bits, offset = _NBITS_STORAGE[w.dtype]
         k, n = w.codes.shape
         bs = w.block_size
         if bs < 16 or bs & (bs - 1):
             return self._skip(op, f"MatMulNBits needs a block size that is a power of two >= 16, not {bs}")
         accuracy = self.accuracy_level
-        adq = self._dq_in(g, a)
-        act = None
-        if adq is not None:
-            act = self._activation(g, adq)
-            if isinstance(act, str) or act.dynamic is None:
+        if u.act_dq is not None:
+            if self._activation(u) is not None or u.act_dynamic is None:
                 return self._skip(op, "a statically quantized activation cannot feed MatMulNBits")
-            a = act.dynamic.operands[0]
+            a = u.act_dynamic.operands[0]
             accuracy = 4
         at = a.type if a is not None else None
         if not isinstance(at, TensorType) or at.rank is None or at.rank < 2:
@@ -436,27 +409,22 @@ class _Lowerer:
         self.used_contrib = True
         if not self._replace(g, op, new, y, f"com.microsoft.MatMulNBits ({bits}-bit, block {bs}, accuracy_level {accuracy})"):
             return False
-        if act is not None:
+        if u.act_dq is not None:
             self.ctx.remark(new, "w4a8: DynamicQuantizeLinear dropped; accuracy_level 4 quantizes the input per block")
-        self._cleanup(g, [w.dq, adq, act.dynamic if act else None], [w.q_value, w.scale_value, w.zp_value])
+        self._cleanup(g, [w.dq, u.act_dq, u.act_dynamic], [w.q_value, w.scale_value, w.zp_value])
         return True
 
     # -- Conv -----------------------------------------------------------------------------------
-    def _conv(self, g: Graph, op: Op) -> bool:
-        ops = op.operands
-        if len(ops) < 2 or len(op.results) != 1 or op.results[0] is None:
+    def _conv(self, g: Graph, u: Unit) -> bool:
+        op, wdq = u.op, u.weight_dq
+        if u.act_dq is None:
             return False
-        adq, wdq = self._dq_in(g, ops[0]), self._dq_in(g, ops[1])
-        if adq is None or wdq is None:
-            return False
-        act = self._activation(g, adq)
-        if isinstance(act, str):
-            return self._skip(op, act)
-        if act.dynamic is not None:
+        why = self._activation(u)
+        if why is not None:
+            return self._skip(op, why)
+        if u.act_dynamic is not None:
             return self._skip(op, "a dynamically quantized Conv input has no QLinearConv form")
-        quant, relu = self._following_q(g, op), None
-        if quant is None:
-            quant, relu = self._relu_then_q(g, op)
+        quant, relu = self._output_q(u, relu=True)
         if quant is None:
             return self._skip(op, "no QuantizeLinear after the Conv (QLinearConv needs an output scale)")
         wq, ws = wdq.operands[0], wdq.operands[1]
@@ -465,7 +433,7 @@ class _Lowerer:
         zero = const_array(wz, self.constants) if wz is not None else None
         if codes is None or scale is None or (wz is not None and zero is None):
             return self._skip(op, "the weight (or its scale / zero point) is not a constant")
-        xdt, wdt, ydt = act.q.type.dtype, wq.const.dtype, _dtype(quant.results[0])
+        xdt, wdt, ydt = _dtype(u.act_value), wq.const.dtype, _dtype(quant.results[0])
         if (xdt, wdt) not in QLINEAR_CONV_TYPES or ydt is not xdt:
             return self._skip(op, f"onnxruntime's CPU provider has no QLinearConv for ({xdt}, {wdt}) -> {ydt}")
         out_channels = codes.shape[0]
@@ -477,11 +445,11 @@ class _Lowerer:
         if _dtype(ws) is not DType.f32:
             return self._skip(op, "the weight scale is not float32")
         bias_q = None
-        if len(ops) > 2 and ops[2] is not None:
-            bias_q = self._conv_bias(g, ops[2], act, scale, out_channels)
+        if u.bias is not None:
+            bias_q = self._conv_bias(g, u, scale, out_channels)
             if isinstance(bias_q, str):
                 return self._skip(op, bias_q)
-        operands = [act.q, _scalar(g, act.scale), _scalar(g, act.zero_point or self._zero(g, act.q)),
+        operands = [u.act_value, _scalar(g, u.act_scale), _scalar(g, u.act_zero_point or self._zero(g, u.act_value)),
                     wq, _flat(g, ws), _flat(g, wz) if wz is not None else self._zero_like(g, wq, scale.shape),
                     _scalar(g, quant.operands[1]), _scalar(g, quant.operands[2])]
         if bias_q is not None:
@@ -492,16 +460,16 @@ class _Lowerer:
         if relu is not None and op.graph is g and not op.results[0]._uses:
             erase_op(op)
         self._saturation_remark(new, xdt, None, codes if wdt is DType.i8 else None)
-        bias_dq = ops[2].producer if len(ops) > 2 and ops[2] is not None else None
-        self._cleanup(g, [adq, wdq, bias_dq], [wq, ws, wz])
+        self._cleanup(g, [u.act_dq, wdq, u.bias_dq], [wq, ws, wz])
         return True
 
-    def _conv_bias(self, g: Graph, b: Value, act: _Act, wscale: np.ndarray, channels: int) -> Value | str:
-        xs = const_array(act.scale, self.constants)
+    def _conv_bias(self, g: Graph, u: Unit, wscale: np.ndarray, channels: int) -> Value | str:
+        b = u.bias
+        xs = const_array(u.act_scale, self.constants)
         if xs is None:
             return "QLinearConv's int32 bias needs a constant input scale"
         bias_scale = np.float32(np.asarray(xs).reshape(())) * np.broadcast_to(np.asarray(wscale, np.float32).reshape(-1), (channels,))
-        bdq = self._dq_in(g, b)
+        bdq = u.bias_dq
         if bdq is not None:
             bq = const_array(bdq.operands[0], self.constants)
             bs = const_array(bdq.operands[1], self.constants)

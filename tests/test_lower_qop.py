@@ -478,3 +478,31 @@ def test_u8_i8_saturation_is_flagged():
     out, remarks = lower(m)
     assert op_counts(out) == {"DynamicQuantizeMatMul": 1}
     assert any("can saturate" in r for r in remarks)
+
+
+def test_shared_matcher_rewrite_mode_stays_in_the_graph():
+    """lower-qop matches with ``qc.quant.units.node_unit(op, graph=g)``: a DQ of an enclosing graph
+    is no member (check-kernels, matching without a graph, still sees it); the dynamic source and
+    the output Q are found in the same graph."""
+    from qc.quant.units import node_unit
+
+    wq = np.arange(12, dtype=np.int8).reshape(4, 3)
+    inits = [init("W.q", wq), init("W.scale", np.float32(0.1))]
+    wdq = helper.make_node("DequantizeLinear", ["W.q", "W.scale"], ["W.dq"])
+    body = helper.make_graph([helper.make_node("MatMul", ["x.dq", "W.dq"], ["y_then"], name="inner")], "then", [],
+                             [vi("y_then", T.FLOAT, [2, 3])])
+    other = helper.make_graph([helper.make_node("Identity", ["y"], ["y_else"])], "else", [],
+                              [vi("y_else", T.FLOAT, [2, 3])])
+    nodes = dynamic_act() + [wdq, helper.make_node("MatMul", ["x.dq", "W.dq"], ["y"], name="outer"),
+                             helper.make_node("If", ["c"], ["z"], then_branch=body, else_branch=other)]
+    m = model(nodes, [vi("x", T.FLOAT, [2, 4]), vi("c", T.BOOL, [])], [vi("z", T.FLOAT, [2, 3])], inits)
+    module = qc.import_onnx(m)
+    outer = next(op for op in module.graph if op.op_type == "MatMul")
+    branches = next(op for op in module.graph if op.op_type == "If").subgraphs()
+    inner = next(op for b in branches for op in b if op.op_type == "MatMul")
+    u = node_unit(outer, graph=module.graph)
+    assert u.act_dq is not None and u.weight_dq is not None and u.act_dynamic.op_type == "DynamicQuantizeLinear"
+    assert (u.act, u.weight, u.granularity, u.zero_point) == ("uint8", "int8", "tensor", "symmetric")
+    seen_from_inside = node_unit(inner, graph=inner.graph)
+    assert seen_from_inside.act_dq is None and seen_from_inside.weight_dq is None
+    assert node_unit(inner).weight_dq is not None

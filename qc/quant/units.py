@@ -5,11 +5,19 @@ MatMul`` one weight-only matmul, a float MatMul / Gemm / Conv one float unit; lo
 (QLinearMatMul, MatMulInteger, MatMulNBits, ...) are units by themselves. Like onnxruntime's
 NodeUnit. ``node_unit(op)`` returns the typed ``Unit`` anchored at an op: its activation and
 weight DequantizeLinear, the compute op, the output QuantizeLinear, the dtypes, the weight's
-granularity and zero-point kind, whether the weight is constant, and the bias operand.
+granularity and zero-point kind, whether the weight is constant, the bias operand (and its
+DequantizeLinear), and the DynamicQuantizeLinear a dynamically quantized activation comes from.
+
+``node_unit(op, graph=g)`` matches for a pass that rewrites graph ``g``: only ops of ``g`` are
+members (a rewrite of ``g`` cannot reach into an enclosing graph or a subgraph), a
+DequantizeLinear needs its input and scale, each step from the result to the output
+QuantizeLinear reads the value once as its first input, and an anchor whose dtypes are unknown
+is still a unit (``act`` / ``weight`` ``"?"``) so that the pass can say why it leaves it alone.
 
 Users: check-kernels and legalize (the kernel-table key of each unit), the C backend's lowering
-(which of them become integer kernel calls). qc.quant sits below the passes and the backends:
-this module imports only qc.ir, qc.errors and numpy.
+(which of them become integer kernel calls), lower-qop (``graph=g``: which units become
+onnxruntime's QLinearMatMul / MatMulInteger / MatMulNBits / QLinearConv). qc.quant sits below
+the passes and the backends: this module imports only qc.ir, qc.errors and numpy.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qc.ir.core import Op, Value
+from qc.ir.core import Graph, Op, Value
 from qc.ir.tensor import Tensor
 
 # ONNX TensorProto element type -> the dtype names of the target kernel tables.
@@ -44,6 +52,29 @@ def dtype_name(v: Value | None) -> str | None:
 def producer(v: Value | None, op_type: str) -> Op | None:
     p = v.producer if v is not None else None
     return p if p is not None and p.domain in ("", "ai.onnx") and p.op_type == op_type else None
+
+
+def _dequantize(v: Value | None, graph: Graph | None) -> Op | None:
+    """The DequantizeLinear producing ``v``; with ``graph``, only one of that graph that has its
+    input and scale."""
+    dq = producer(v, "DequantizeLinear")
+    if dq is None or graph is None:
+        return dq
+    if dq.graph is not graph or len(dq.operands) < 2 or dq.operands[0] is None or dq.operands[1] is None:
+        return None
+    return dq
+
+
+def _dynamic_source(dq: Op | None, graph: Graph | None) -> Op | None:
+    """The DynamicQuantizeLinear whose three results (codes, scale, zero point) ``dq`` reads, if any."""
+    if dq is None or len(dq.operands) < 3:
+        return None
+    q, scale, zp = dq.operands[0], dq.operands[1], dq.operands[2]
+    dyn = producer(q, "DynamicQuantizeLinear")
+    if dyn is None or (graph is not None and dyn.graph is not graph):
+        return None
+    r = dyn.results
+    return dyn if q.index == 0 and len(r) == 3 and scale is r[1] and zp is r[2] else None
 
 
 def _size(v: Value | None) -> int | None:
@@ -90,6 +121,8 @@ class Unit:
     weight_dq: Op | None = None   # DQ feeding the weight
     out_q: Op | None = None       # Q consuming the result (directly or through MaxPool, Reshape, ...)
     note: str = ""                # how the runtime rewrites the unit, when that matters
+    act_dynamic: Op | None = None  # DynamicQuantizeLinear whose codes, scale and zero point act_dq reads
+    bias_dq: Op | None = None     # DQ feeding the bias operand (Gemm's C, Conv's B)
 
     @property
     def bias(self) -> Value | None:
@@ -102,6 +135,16 @@ class Unit:
     def act_value(self) -> Value | None:
         """The quantized activation (the activation DQ's input), for a QDQ unit."""
         return self.act_dq.operands[0] if self.act_dq is not None else None
+
+    @property
+    def act_scale(self) -> Value | None:
+        """The activation DQ's scale, for a QDQ unit."""
+        return self.act_dq.operands[1] if self.act_dq is not None and len(self.act_dq.operands) > 1 else None
+
+    @property
+    def act_zero_point(self) -> Value | None:
+        """The activation DQ's zero point (None when it has none), for a QDQ unit."""
+        return self.act_dq.operands[2] if self.act_dq is not None and len(self.act_dq.operands) > 2 else None
 
     @property
     def weight_value(self) -> Value | None:
@@ -148,15 +191,18 @@ def _lowest_code(q: Op) -> bool:
     return int(a.reshape(())) == (np.iinfo(a.dtype).min if np.issubdtype(a.dtype, np.integer) else 1)
 
 
-def output_quantize(res: Value | None) -> Op | None:
+def output_quantize(res: Value | None, graph: Graph | None = None) -> Op | None:
     """The QuantizeLinear that quantizes ``res``, directly or through ops that onnxruntime moves it
-    across (MaxPool, Reshape, ...), or a Relu that it removes because the zero point is the lowest code."""
+    across (MaxPool, Reshape, ...), or a Relu that it removes because the zero point is the lowest code.
+    With ``graph``: only ops of that graph, each reading the value once, as its first input."""
     v, relu = res, False
     while v is not None:
         users = v.users()
         if len(users) != 1 or users[0].domain not in ("", "ai.onnx") or [u for u, _ in v.uses() if not isinstance(u, Op)]:
             return None
         u = users[0]
+        if graph is not None and (u.graph is not graph or v.uses() != ((u, 0),)):
+            return None
         if u.op_type == "QuantizeLinear":
             return u if not relu or _lowest_code(u) else None
         if u.op_type == "Relu":
@@ -185,9 +231,10 @@ def _becomes_gemm(op: Op) -> bool:
     return len(other) == 1 and _rank(other[0]) in (1, 2)
 
 
-def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
+def node_unit(op: Op, *, ort_fusions: bool = False, graph: Graph | None = None) -> Unit | None:
     """The unit anchored at ``op``, or None. ``ort_fusions``: model onnxruntime's graph rewrites
-    that change a unit before its QDQ fusions run (targets whose backend is onnxruntime)."""
+    that change a unit before its QDQ fusions run (targets whose backend is onnxruntime).
+    ``graph``: match for a pass rewriting that graph (see the module docstring)."""
     dom, t = op.domain, op.op_type
     ops = op.operands
     res = op.results[0] if op.results else None
@@ -195,7 +242,7 @@ def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
         if len(ops) < 2 or ops[0] is None or ops[1] is None:
             return None
         a, w = ops[0], ops[1]
-        adq, wdq = producer(a, "DequantizeLinear"), producer(w, "DequantizeLinear")
+        adq, wdq = _dequantize(a, graph), _dequantize(w, graph)
         act = dtype_name(adq.operands[0]) if adq is not None else dtype_name(a)
         if wdq is not None:
             wq = wdq.operands[0]
@@ -206,8 +253,10 @@ def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
         else:
             weight, gran, zp, const_w, block = dtype_name(w), "any", "any", w.const is not None, 0
         if act is None or weight is None:
-            return None
-        q = output_quantize(res) if act not in FLOATS else None
+            if graph is None:
+                return None
+            act, weight = act or "?", weight or "?"
+        q = output_quantize(res, graph) if act not in FLOATS else None
         out_float = dtype_name(res) or "float32"
         if q is not None and q.results and dtype_name(q.results[0]):
             outs = (dtype_name(q.results[0]), "int32")  # or an int32 kernel and a requantize
@@ -215,10 +264,13 @@ def node_unit(op: Op, *, ort_fusions: bool = False) -> Unit | None:
             outs = (out_float,)
         else:
             outs = (out_float, "int32")
+        dyn = _dynamic_source(adq, graph)
+        bias = ops[2] if t in ("Gemm", "Conv") and len(ops) > 2 else None
+        bdq = _dequantize(bias, graph)
         if ort_fusions and t == "MatMul" and act not in FLOATS and _becomes_gemm(op):
             return Unit(op, "Gemm", act, weight, (out_float,), gran, zp, const_w, block, adq, wdq, None,
-                        note="MatMul + Add -> float Gemm in onnxruntime")
-        return Unit(op, t, act, weight, outs, gran, zp, const_w, block, adq, wdq, q)
+                        note="MatMul + Add -> float Gemm in onnxruntime", act_dynamic=dyn)
+        return Unit(op, t, act, weight, outs, gran, zp, const_w, block, adq, wdq, q, act_dynamic=dyn, bias_dq=bdq)
     if dom in ("", "ai.onnx") and t in ("QLinearMatMul", "QLinearConv") and len(ops) >= 8:
         return Unit(op, t[len("QLinear"):], dtype_name(ops[0]) or "?", dtype_name(ops[3]) or "?",
                     (dtype_name(res) or "?",), _granularity(ops[4], 0), _zero_point(ops[5]), ops[3].const is not None)
