@@ -463,10 +463,10 @@ class DumpIR(Instrument):
     def after_pass(self, p: Pass, module: Module, index: int, changed: bool, seconds: float) -> None:
         self._write(module, f"{index + 1:02d}-{p.name}.qir", f"after {p.spec()}")
 
-    def after_failure(self, p, module, error):
+    def after_failure(self, p: Pass, module: Module, error: BaseException) -> None:
         self._sidecar.close()
 
-    def finish(self, module):
+    def finish(self, module: Module) -> None:
         self._sidecar.close()
 
 

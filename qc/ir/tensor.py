@@ -228,7 +228,8 @@ def read_external(proto: TensorProto, base_dir: str | None) -> np.ndarray:
         f.seek(offset)
         raw = np.fromfile(f, dtype=np.uint8, count=nbytes)
     if dtype.bits % 8 == 0 and dtype.numpy.kind in "fiubc" and dtype.numpy.itemsize * 8 == dtype.bits:
-        return raw.view(dtype.numpy.newbyteorder("<")).astype(dtype.numpy, copy=False).reshape(shape)
+        little: np.dtype = dtype.numpy.newbyteorder("<")  # numpy's stubs give Any here
+        return raw.view(little).astype(dtype.numpy, copy=False).reshape(shape)
     return numpy_helper.to_array(TensorProto(data_type=int(dtype), dims=list(shape), raw_data=raw.tobytes()))
 
 

@@ -67,8 +67,9 @@ def _check_text_fields(model: ModelProto, where: str) -> None:
     while stack:
         msg = pop()
         if type(msg) is onnx.TensorProto:
-            if type(msg.name) is bytes:
-                _not_utf8(msg, "name", msg.name, where)
+            name: str | bytes = msg.name  # typed str, but protobuf hands non-UTF-8 text over as bytes
+            if type(name) is bytes:
+                _not_utf8(msg, "name", name, where)
             extend(msg.external_data)
             continue
         for fd, value in msg.ListFields():
