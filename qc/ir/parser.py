@@ -24,11 +24,11 @@ except ImportError:  # optional accelerator: same grammar, same results, about 3
     lark_cython = None
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
+from ._gc import without_gc
+from .core import Attr, Function, Graph, Module, Op, Value
+from .dtypes import DType
 from .errors import ParseError, QCError
 from .scope import Scope
-from .core import Attr, Function, Graph, Module, Op, Value
-from ._gc import without_gc
-from .dtypes import DType
 from .tensor import SparseTensor, Tensor
 from .types import Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
 from .weights import SidecarReader
@@ -442,7 +442,8 @@ def _dtype(tok: Token) -> DType:
     try:
         return DType.parse(getattr(tok, "value", tok))
     except ValueError:
-        raise _token_error(tok, f"unknown element type '{tok}'", hint="known: " + ", ".join(d.name for d in DType)) from None
+        raise _token_error(tok, f"unknown element type '{tok}'",
+                           hint="known: " + ", ".join(d.name for d in DType)) from None
 
 
 def _token_error(tok: Token | None, message: str, hint: str | None = None) -> ParseError:
@@ -483,7 +484,8 @@ class _Builder:
         if isinstance(self.weights, (str, os.PathLike)):
             self.sidecar = SidecarReader(os.fspath(self.weights))
         elif self.weights is None and weights_ref is not None:
-            base = os.path.realpath(os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else ".")
+            here = os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else "."
+            base = os.path.realpath(here)
             path = os.path.realpath(os.path.join(base, weights_ref))
             if os.path.isabs(weights_ref) or os.path.commonpath([base, path]) != base:
                 raise QCError(f"the weights sidecar '{weights_ref}' named on its first line is outside the .qir "
@@ -591,7 +593,8 @@ class _Builder:
             if kind == "const":
                 v = scope.names.get(_name(tok))
                 if v is None or v.const is None:
-                    raise self.err(tok, f"input {tok.value} names no const of this graph", hint="declare it with `const` first")
+                    raise self.err(tok, f"input {tok.value} names no const of this graph",
+                                   hint="declare it with `const` first")
                 graph.inputs.append(v)
             else:
                 graph.inputs.append(self.define(scope, tok, Value(_name(tok), type_)))
@@ -601,7 +604,8 @@ class _Builder:
             else:
                 graph.append(self.op(item, scope))
         if len(syntax.ret) != len(syntax.types):
-            raise self.err(syntax.name, f"{syntax.name.value} declares {len(syntax.types)} results but returns {len(syntax.ret)}")
+            raise self.err(syntax.name, f"{syntax.name.value} declares {len(syntax.types)} results "
+                                        f"but returns {len(syntax.ret)}")
         for tok, type_ in zip(syntax.ret, syntax.types):
             v = self.lookup(scope, tok)
             if v.type is None and type_ is not None:
@@ -615,7 +619,8 @@ class _Builder:
         v = scope.get(_name(tok))
         if v is None:
             kind = "const" if tok.value.startswith("@") else "value"
-            raise self.err(tok, f"use of undefined {kind} {tok.value}", hint="values must be defined before they are used")
+            raise self.err(tok, f"use of undefined {kind} {tok.value}",
+                           hint="values must be defined before they are used")
         return v
 
     def op(self, s: _OpSyntax, scope: Scope) -> Op:
@@ -704,7 +709,7 @@ class _Builder:
             raise self.err(tok, f"sparse data needs a sparse<...> type, got {type_}")
         shape = _static_shape(type_.shape) if isinstance(type_, TensorType) else None
         if not isinstance(type_, TensorType) or type_.dtype is None or shape is None:
-            raise self.err(tok, f"a constant needs a tensor type with a known dtype and static shape")
+            raise self.err(tok, "a constant needs a tensor type with a known dtype and static shape")
         dtype = type_.dtype
         size = math.prod(shape)  # a Python int: no overflow for absurd shapes
         if kind == "dense":
@@ -718,7 +723,8 @@ class _Builder:
             proto = TensorProto(data_type=int(dtype), dims=list(shape), raw_data=payload[1])
             expected = (size * dtype.bits + 7) // 8
             if len(payload[1]) != expected:
-                raise self.err(tok, f"{key}: hex data has {len(payload[1])} bytes, {dtype}{list(shape)} needs {expected}")
+                raise self.err(tok, f"{key}: hex data has {len(payload[1])} bytes, "
+                                    f"{dtype}{list(shape)} needs {expected}")
             return Tensor.from_array(numpy_helper.to_array(proto), dtype)
         _, blob_key, fields, btok = payload
         nbytes = fields.get("bytes")
@@ -794,7 +800,8 @@ def _dense_array(body: str, dtype: DType) -> np.ndarray:
     if dtype.is_integer:
         if any("." in s or "e" in s.lower() for s in items):
             raise ValueError(f"{dtype} elements must be integers")
-        return np.array([int(s) for s in items], dtype=np.uint64 if dtype is DType.u64 else np.int64).astype(dtype.numpy)
+        wide = np.uint64 if dtype is DType.u64 else np.int64
+        return np.array([int(s) for s in items], dtype=wide).astype(dtype.numpy)
     raise ValueError(f"{dtype} data must be written as hex\"...\"")
 
 

@@ -150,7 +150,7 @@ class _Printer:
         if self.sidecar is not None:
             self.lines.append(f"weights {quote(self.sidecar.reference)}")
         attrs = {"ir_version": m.ir_version,
-                 "opset_import": {d: v for d, v in m.opset_imports.items()}}
+                 "opset_import": dict(m.opset_imports)}
         for key, value, default in (("producer_name", m.producer_name, ""),
                                     ("producer_version", m.producer_version, ""),
                                     ("domain", m.domain, ""), ("model_version", m.model_version, 0),

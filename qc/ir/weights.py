@@ -13,8 +13,8 @@ from typing import BinaryIO
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from .errors import QCError
 from .dtypes import DType
+from .errors import QCError
 from .tensor import Tensor
 
 ALIGN = 64

@@ -6,8 +6,8 @@ older than requested can be upgraded with ``onnx.version_converter``.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
@@ -15,10 +15,10 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorShapeProto, TypeP
 
 from qc.errors import QCError
 from qc.ir._gc import without_gc
-from qc.ir.printer import format_type
-from qc.ir.scope import Scope
 from qc.ir.core import Attr, Function, Graph, Module, Op, Value
 from qc.ir.dtypes import DType
+from qc.ir.printer import format_type
+from qc.ir.scope import Scope
 from qc.ir.tensor import SparseTensor, Tensor, check_proto
 from qc.ir.types import Dim, MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 

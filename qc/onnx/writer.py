@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
-
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
 
