@@ -25,8 +25,9 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, TextIO, TypeVar
+from typing import Any, ClassVar, TextIO, TypeVar
 
 from qc.calib.data import CalibrationData
 from qc.calib.stats import CalibrationStats
@@ -36,7 +37,7 @@ from qc.quant.outliers import OutlierSplit
 from qc.targets import Target, load_target
 from qc.targets.placement import Placement
 
-_REGISTRY: dict[str, type["Pass"]] = {}
+_REGISTRY: dict[str, type[Pass]] = {}
 _NAMED_PIPELINES: dict[str, tuple[str, str]] = {}
 _LOADED_FILES: dict[str, list[str]] = {}  # realpath of a --load-pass file -> the passes it registered
 _ENTRY_POINTS_LOADED = False
@@ -62,7 +63,7 @@ class Pass:
         """Check the options (ranges, regexes, combinations); raise QCError. Runs when the pass is
         built, so a bad option fails when the pipeline is parsed, before any model is read."""
 
-    def run(self, module: Module, ctx: "PassContext") -> bool:  # pragma: no cover - abstract
+    def run(self, module: Module, ctx: PassContext) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def spec(self) -> str:
@@ -266,7 +267,7 @@ class Fixpoint(Pass):
         rounds = f"{{max-rounds={self.max_rounds}}}" if self.max_rounds != 16 else ""
         return f"fixpoint{rounds}(" + ",".join(p.spec() for p in self.passes) + ")"
 
-    def run(self, module: Module, ctx: "PassContext") -> bool:  # pragma: no cover - the manager expands it
+    def run(self, module: Module, ctx: PassContext) -> bool:  # pragma: no cover - the manager expands it
         raise PassError("a fixpoint group runs inside a PassManager")
 
 
@@ -379,8 +380,12 @@ class PassContext:
         return self.target
 
     def remark(self, op: Op | None, message: str) -> None:
-        where = f"{op.qualified_type} '{op.name or (op.results[0].name if op.results and op.results[0] else '?')}'" if op else ""
-        self.remarks.append(f"[{self.current_pass}] {where}: {message}" if where else f"[{self.current_pass}] {message}")
+        where = ""
+        if op:
+            first = op.results[0] if op.results else None
+            where = f"{op.qualified_type} '{op.name or (first.name if first else '?')}'"
+        self.remarks.append(f"[{self.current_pass}] {where}: {message}" if where
+                            else f"[{self.current_pass}] {message}")
 
 
 class Instrument:
@@ -463,10 +468,10 @@ class DumpIR(Instrument):
     def after_pass(self, p: Pass, module: Module, index: int, changed: bool, seconds: float) -> None:
         self._write(module, f"{index + 1:02d}-{p.name}.qir", f"after {p.spec()}")
 
-    def after_failure(self, p, module, error):
+    def after_failure(self, p: Pass, module: Module, error: BaseException) -> None:
         self._sidecar.close()
 
-    def finish(self, module):
+    def finish(self, module: Module) -> None:
         self._sidecar.close()
 
 
@@ -506,7 +511,7 @@ class PassManager:
         self.ctx = ctx or PassContext()
 
     @classmethod
-    def parse(cls, spec: str, **kwargs: Any) -> "PassManager":
+    def parse(cls, spec: str, **kwargs: Any) -> PassManager:
         """Build from a pipeline string (``''`` is the empty pipeline)."""
         spec = spec.strip()
         if spec in named_pipelines():

@@ -7,8 +7,9 @@ directly, and those uses are recorded like any other.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Iterable, Union
+from typing import Any
 
 from .tensor import SparseTensor, Tensor
 from .types import Type
@@ -27,7 +28,7 @@ class Attr:
     doc: str = ""
 
     @classmethod
-    def infer(cls, value: Any) -> "Attr":
+    def infer(cls, value: Any) -> Attr:
         """The Attr for a plain Python value (bool/int -> int, str/bytes -> string, ...)."""
         if isinstance(value, Attr):
             return value
@@ -69,11 +70,11 @@ class Value:
         self.meta: dict[str, Any] = {}
         self.doc = ""
 
-    def uses(self) -> tuple[tuple["Op | Graph", int], ...]:
+    def uses(self) -> tuple[tuple[Op | Graph, int], ...]:
         """(user, operand index) pairs; a Graph user means the value is that graph's output."""
         return tuple(self._uses)
 
-    def users(self) -> list["Op"]:
+    def users(self) -> list[Op]:
         seen: dict[int, Op] = {}
         for user, _ in self._uses:
             if isinstance(user, Op):
@@ -91,13 +92,13 @@ class Value:
         return self.const
 
     @property
-    def producer_op(self) -> "Op":
+    def producer_op(self) -> Op:
         """The op whose result this is; an error for a graph input or a const."""
         if self.producer is None:
             raise ValueError(f"{self!r} is not an op result")
         return self.producer
 
-    def replace_all_uses_with(self, other: "Value") -> None:
+    def replace_all_uses_with(self, other: Value) -> None:
         for user, index in list(self._uses):
             if isinstance(user, Op):
                 user.set_operand(index, other)
@@ -228,7 +229,7 @@ class Op:
     def qualified_type(self) -> str:
         return f"{self.domain or 'onnx'}.{self.op_type}"
 
-    def subgraphs(self) -> Iterator["Graph"]:
+    def subgraphs(self) -> Iterator[Graph]:
         for a in self.attrs.values():
             if a.kind == "graph" and a.value is not None:
                 yield a.value
@@ -447,4 +448,4 @@ class Module:
         return g
 
 
-Payload = Union[Tensor, SparseTensor]
+Payload = Tensor | SparseTensor

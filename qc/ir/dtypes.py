@@ -59,17 +59,17 @@ class DType(enum.IntEnum):
         return self.name[0] in "iu"
 
     @classmethod
-    def parse(cls, name: builtins.str) -> "DType":
+    def parse(cls, name: builtins.str) -> DType:
         try:
             return cls[name]
         except KeyError:
             raise ValueError(f"unknown dtype '{name}'") from None
 
     @classmethod
-    def from_numpy(cls, dtype: np.dtype) -> "DType":
+    def from_numpy(cls, dtype: np.dtype) -> DType:
         return cls(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
-    def __str__(self) -> builtins.str:  # noqa: D105
+    def __str__(self) -> builtins.str:
         return self.name
 
 

@@ -12,7 +12,8 @@ import errno
 import functools
 import os
 import tempfile
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 
 @contextlib.contextmanager
@@ -50,7 +51,7 @@ def _anonymous_file(directory: str) -> int | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _can_link_anonymous(device: int, directory: str) -> bool:
     """Whether an O_TMPFILE file can be given a name on this file system (probed once)."""
     try:

@@ -6,12 +6,14 @@ and builds the IR. Every error is a :class:`~qc.errors.ParseError` reading ``fil
 """
 from __future__ import annotations
 
+import builtins
 import functools
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from lark import Lark, Token, Transformer, v_args
@@ -22,20 +24,20 @@ except ImportError:  # optional accelerator: same grammar, same results, about 3
     lark_cython = None
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
+from ._gc import without_gc
+from .core import Attr, Function, Graph, Module, Op, Value
+from .dtypes import DType
 from .errors import ParseError, QCError
 from .scope import Scope
-from .core import Attr, Function, Graph, Module, Op, Value
-from ._gc import without_gc
-from .dtypes import DType
 from .tensor import SparseTensor, Tensor
-from .types import MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
+from .types import Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
 from .weights import SidecarReader
 
 _GRAMMAR = os.path.join(os.path.dirname(__file__), "grammar.lark")
 
 
 @without_gc
-def parse_ir(text: str, weights: str | Mapping[str, np.ndarray] | None = None, *,
+def parse_ir(text: str, weights: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None, *,
              filename: str = "<input>") -> Module:
     """Parse text IR into a Module.
 
@@ -45,7 +47,9 @@ def parse_ir(text: str, weights: str | Mapping[str, np.ndarray] | None = None, *
     """
     _CURRENT_FILE[0] = filename
     try:
-        syntax = _lark().parse(text)
+        # lark types parse() as returning a Tree; with the inline transformer it returns the
+        # record of _ToSyntax.start
+        syntax = cast(_ModuleSyntax, _lark().parse(text))
     except UnexpectedInput as e:
         raise _syntax_error(e, text, filename) from None
     except VisitError as e:
@@ -73,14 +77,16 @@ def _syntax_error(e: UnexpectedInput, text: str, filename: str) -> ParseError:
         return ParseError(f"unexpected {got}" + _expected(e.expected), file=filename,
                           line=e.line, col=e.column)
     if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        # lark declares pos_in_stream None on the base class; the lexer sets it to its position
+        pos: int | None = getattr(e, "pos_in_stream", None)
+        char = text[pos] if pos is not None and pos < len(text) else "?"
         return ParseError(f"unexpected character {char!r}" + _expected(e.allowed or ()), file=filename,
                           line=e.line, col=e.column)
     return ParseError(str(e).splitlines()[0], file=filename, line=getattr(e, "line", 0) or 0,
                       col=getattr(e, "column", 0) or 0)
 
 
-def _expected(names) -> str:
+def _expected(names: Iterable[str]) -> str:
     lark = _lark()
     shown = []
     for name in sorted(names):
@@ -94,9 +100,10 @@ def _expected(names) -> str:
     return ", expected " + (shown[0] if len(shown) == 1 else "one of " + ", ".join(shown[:12]))
 
 
-def unquote(token) -> bytes:
+def unquote(token: Token | str) -> bytes:
     """The bytes of a double-quoted literal (escapes: \\\\ \\" \\n \\t \\r \\xNN)."""
-    body = getattr(token, "value", token)[1:-1]
+    text: str = getattr(token, "value", token)  # lark_cython's tokens are no str: read .value
+    body = text[1:-1]
     if "\\" not in body:
         return body.encode()
     out = bytearray()
@@ -117,216 +124,257 @@ def unquote(token) -> bytes:
     return bytes(out)
 
 
-def _name(token) -> str:
-    body = getattr(token, "value", token)[1:]
+def _name(token: Token | str) -> str:
+    text: str = getattr(token, "value", token)
+    body = text[1:]
     return unquote(body).decode("utf-8", "surrogateescape") if body.startswith('"') else body
 
 
 # -- phase 1: syntax records ------------------------------------------------------------------
+# Tokens are lark's Token, or lark_cython's (same attributes: type, value, line, column) with the
+# accelerator. Attribute values are tagged with their kind: ("int", 3), ("strings", [b"a"]),
+# ("dict", {key: tagged}), ("tensor", _TensorLit), ("sparse", (TensorType, _TensorLit, _TensorLit)).
+_Tagged = tuple[str, Any]
+_TaggedDict = tuple[str, dict[str, _Tagged]]  # ("dict", {key: tagged value})
+# a const's data: ("dense", DENSE token), ("hex", bytes), ("blob", key, {field: int}, STRING token)
+# or ("sparse", values _TensorLit, indices _TensorLit)
+_Payload = tuple[Any, ...]
+
+
 @dataclass
 class _TensorLit:
     type: TensorType
-    payload: tuple
-    token: Any
+    payload: _Payload
+    token: Token | None
+
+
+_ArgSyntax = tuple[str, Token, Type]  # ("value" | "const", name token, type)
+_ConstSyntax = tuple[str, Token, Type, _Payload]  # ("const", name token, type, payload)
 
 
 @dataclass
 class _GraphSyntax:
     name: Token
-    args: list
-    types: list
-    attrs: dict | None
-    body: list
-    ret: list
+    args: list[_ArgSyntax]
+    types: list[Type]
+    attrs: dict[str, _Tagged] | None
+    body: list[_ConstSyntax | _OpSyntax]
+    ret: list[Token]
 
 
 @dataclass
 class _OpSyntax:
-    results: list
+    results: list[Token | None]
     domain: str
     op_type: str
-    operands: list
-    attrs: dict | None
+    operands: list[Token | None]
+    attrs: dict[str, _Tagged] | None
     device: str | None
-    types: list | None
+    types: list[Type] | None
     overload: str
     loc: str
     token: Token
 
 
+_Item = _ConstSyntax | _GraphSyntax  # a module item
+_ModuleSyntax = tuple[str | None, tuple[Token, _TaggedDict, list[_Item]]]  # (weights file, (name, attrs, items))
+
+
 @v_args(inline=True)
-class _ToSyntax(Transformer):
+class _ToSyntax(Transformer[Token, _ModuleSyntax]):
+    # Each method builds the record of the grammar rule of its name from the rule's children (the
+    # [optional] ones None when absent). `dict` and `float` are rules too, so the builtins are
+    # named builtins.dict / builtins.float in the signatures (in the class body the names are
+    # these methods).
+
     # module structure
-    def start(self, *items):
+    def start(self, *items: Any) -> _ModuleSyntax:
         return items[0] if len(items) == 2 else None, items[-1]
 
-    def weights_decl(self, s):
+    def weights_decl(self, s: Token) -> str:
         return unquote(s).decode()
 
-    def module(self, sym, attrs, *items):
+    def module(self, sym: Token, attrs: _TaggedDict, *items: _Item) -> tuple[Token, _TaggedDict, list[_Item]]:
         return sym, attrs, list(items)
 
-    def const(self, sym, type_, payload):
+    def const(self, sym: Token, type_: Type, payload: _Payload) -> _ConstSyntax:
         return ("const", sym, type_, payload)
 
-    def func(self, sym, args, types, attrs, body):
+    def func(self, sym: Token, args: list[_ArgSyntax], types: list[Type], attrs: _TaggedDict | None,
+             body: tuple[list[_ConstSyntax | _OpSyntax], list[Token]]) -> _GraphSyntax:
         return _GraphSyntax(sym, args, types, attrs[1] if attrs else None, body[0], body[1])
 
-    def graph_lit(self, sym, args, types, body):
+    def graph_lit(self, sym: Token, args: list[_ArgSyntax], types: list[Type],
+                  body: tuple[list[_ConstSyntax | _OpSyntax], list[Token]]) -> _Tagged:
         return ("graph", _GraphSyntax(sym, args, types, None, body[0], body[1]))
 
-    def args(self, *items):
+    def args(self, *items: _ArgSyntax) -> list[_ArgSyntax]:
         return list(items)
 
-    def value_arg(self, tok, type_):
+    def value_arg(self, tok: Token, type_: Type) -> _ArgSyntax:
         return ("value", tok, type_)
 
-    def const_arg(self, tok, type_):
+    def const_arg(self, tok: Token, type_: Type) -> _ArgSyntax:
         return ("const", tok, type_)
 
-    def types(self, *items):
+    def types(self, *items: Type) -> list[Type]:
         return list(items)
 
-    def body(self, *items):
+    def body(self, *items: Any) -> tuple[list[_ConstSyntax | _OpSyntax], list[Token]]:
         return list(items[:-1]), items[-1]
 
-    def ret(self, *items):
+    def ret(self, *items: Token) -> list[Token]:
         return list(items)
 
-    def op(self, results, opname, operands, attrs, device, types, overload, loc):
+    def op(self, results: list[Token | None] | None, opname: Token | tuple[str, str, Token],
+           operands: list[Token | None], attrs: _TaggedDict | None, device: Token | None,
+           types: list[Type] | None, overload: Token | None, loc: Token | None) -> _OpSyntax:
         domain, op_type, tok = opname if isinstance(opname, tuple) else self.dotted_opname(opname)
         return _OpSyntax(results or [], domain, op_type, operands, attrs[1] if attrs else None,
                          device.value if device is not None else None, types,
                          unquote(overload).decode() if overload else "",
                          unquote(loc.value[4:-1]).decode("utf-8", "surrogateescape") if loc else "", tok)
 
-    def dotted_opname(self, tok):
+    def dotted_opname(self, tok: Token) -> tuple[str, str, Token]:
         domain, _, op_type = tok.value.rpartition(".")
         return ("" if domain == "onnx" else domain), op_type, tok
 
-    def quoted_opname(self, domain, op_type):
+    def quoted_opname(self, domain: Token, op_type: Token) -> tuple[str, str, Token]:
         return unquote(domain).decode(), unquote(op_type).decode(), domain
 
-    def results(self, *items):
+    def results(self, *items: Token) -> list[Token | None]:
         return [None if t.type == "ABSENT" else t for t in items]
 
-    def operands(self, *items):
+    def operands(self, *items: Token) -> list[Token | None]:
         return [None if t.type == "NONE" else t for t in items]
 
-    def one_type(self, t):
+    def one_type(self, t: Type) -> list[Type]:
         return [t]
 
-    def many_types(self, ts):
+    def many_types(self, ts: list[Type]) -> list[Type]:
         return ts
 
     # attribute values, tagged with their kind
-    def dict(self, *entries):
-        return ("dict", dict(entries))
+    def dict(self, *entries: tuple[str, _Tagged]) -> _TaggedDict:
+        return ("dict", builtins.dict(entries))
 
-    def entry(self, key, value):
+    def entry(self, key: str, value: _Tagged) -> tuple[str, _Tagged]:
         return key, value
 
-    def key(self, tok):
-        return unquote(tok).decode() if tok.type == "STRING" else tok.value
+    def key(self, tok: Token) -> str:
+        name: str = tok.value
+        return unquote(tok).decode() if tok.type == "STRING" else name
 
-    def int_value(self, tok):
+    def int_value(self, tok: Token) -> _Tagged:
         return ("int", int(tok.value))
 
-    def float_value(self, x):
+    def float_value(self, x: builtins.float) -> _Tagged:
         return ("float", x)
 
-    def string_value(self, tok):
+    def string_value(self, tok: Token) -> _Tagged:
         return ("string", unquote(tok))
 
-    def true_value(self):
+    def true_value(self) -> _Tagged:
         return ("bool", True)
 
-    def false_value(self):
+    def false_value(self) -> _Tagged:
         return ("bool", False)
 
-    def list_value(self, *items):
+    def list_value(self, *items: _Tagged) -> _Tagged:
         kinds = {k for k, _ in items}
         if kinds <= {"int"}:
             return ("ints", [v for _, v in items])
         if kinds <= {"int", "float"}:
-            return ("floats", [float(np.float32(v)) for _, v in items])
+            return ("floats", [builtins.float(np.float32(v)) for _, v in items])
         single = {"string": "strings", "tensor": "tensors", "graph": "graphs", "sparse": "sparses",
                   "type": "types", "dict": "list"}
         if len(kinds) == 1 and next(iter(kinds)) in single:
             return (single[next(iter(kinds))], [v for _, v in items])
         return ("list", [v for _, v in items])
 
-    def empty_list(self, kind):
+    def empty_list(self, kind: Token) -> _Tagged:
         return (kind.value, [])
 
-    def tensor_lit(self, ttype, payload):
+    def tensor_lit(self, ttype: TensorType, payload: _Payload) -> tuple[str, _TensorLit]:
         return ("tensor", _TensorLit(ttype, payload, None))
 
-    def sparse_lit(self, ttype, values, indices):
+    def sparse_lit(self, ttype: TensorType, values: tuple[str, _TensorLit],
+                   indices: tuple[str, _TensorLit]) -> tuple[str, tuple[TensorType, _TensorLit, _TensorLit]]:
         return ("sparse", (ttype, values[1], indices[1]))
 
-    def type_value(self, t):
+    def type_value(self, t: Type) -> _Tagged:
         return ("type", t)
 
-    def ref_value(self, kind, name):
+    def ref_value(self, kind: Token, name: Token) -> _Tagged:
         return ("ref", (kind.value, unquote(name).decode()))
 
-    def float(self, tok):
-        return float(tok.value)
+    def float(self, tok: Token) -> builtins.float:
+        return builtins.float(tok.value)
 
     # payloads
-    def dense(self, tok):
+    def dense(self, tok: Token) -> _Payload:
         return ("dense", tok)
 
-    def hex(self, tok):
+    def hex(self, tok: Token) -> _Payload:
         return ("hex", bytes.fromhex(tok.value[4:-1]))
 
-    def blob(self, key, *kv):
+    def blob(self, key: Token, *kv: Token) -> _Payload:
         fields = {kv[i].value: int(kv[i + 1].value) for i in range(0, len(kv), 2)}
         return ("blob", unquote(key).decode(), fields, key)
 
-    def sparse_payload(self, values, indices):
+    def sparse_payload(self, values: tuple[str, _TensorLit], indices: tuple[str, _TensorLit]) -> _Payload:
         return ("sparse", values[1], indices[1])
 
     # types
-    def unknown_type(self):
+    def unknown_type(self) -> None:
         return None
 
-    def seq_type(self, t):
+    def seq_type(self, t: Type) -> SequenceType:
         return SequenceType(t)
 
-    def opt_type(self, t):
+    def opt_type(self, t: Type) -> OptionalType:
         return OptionalType(t)
 
-    def map_type(self, key, t):
+    def map_type(self, key: Token, t: Type) -> MapType:
         return MapType(_dtype(key), t)
 
-    def sparse_type(self, t):
+    def sparse_type(self, t: TensorType) -> SparseTensorType:
         return SparseTensorType(t.dtype, t.shape)
 
-    def tensor_type(self, tok, quant):
+    def tensor_type(self, tok: Token, quant: QuantParams | None) -> TensorType:
         dtype, shape = _tensor_type_token(tok)
         return TensorType(dtype, shape, quant)
 
-    def quant(self, *entries):
-        fields = dict(entries)
-        try:
-            return QuantParams(scale=fields["scale"], zero_point=fields.get("zp", 0),
-                               axis=fields.get("axis"), block_size=fields.get("block"))
-        except KeyError:
-            raise _token_error(entries[0][2] if entries else None, "q(...) needs a scale") from None
+    def quant(self, *entries: _QEntry) -> QuantParams:
+        fields = {key: (value, tok) for key, value, _, tok in entries}
+        if "scale" not in fields:  # the grammar has one entry at least
+            raise _token_error(entries[0][2], "q(...) needs a scale")
+        zp, axis, block = fields.get("zp"), fields.get("axis"), fields.get("block")
+        return QuantParams(
+            scale=fields["scale"][0],
+            zero_point=0 if zp is None else zp[0] if isinstance(zp[0], _QuantRef) else _quant_int("zp", *zp),
+            axis=None if axis is None else _quant_int("axis", *axis),
+            block_size=None if block is None else _quant_int("block", *block))
 
-    def qentry(self, key, value):
+    def qentry(self, key: Token, value: Token) -> _QEntry:
         text = value.value
-        v: Any = (_QuantRef(value) if value.type == "SYMBOL" else float(text) if value.type == "FLOAT"
-                  else int(text))
+        v: _QNumber = (_QuantRef(value) if value.type == "SYMBOL" else builtins.float(text) if value.type == "FLOAT"
+                       else int(text))
         if key.value == "scale" and isinstance(v, int):
-            v = float(v)
-        return key.value, v
+            v = builtins.float(v)
+        return key.value, v, key, value
+
+
+def _quant_int(key: str, value: _QNumber, tok: Token) -> int:
+    """A q(...) entry that must be an integer: the zero point (unless a @name), axis, block."""
+    if not isinstance(value, int):
+        raise _token_error(tok, f"q(...) {key} must be an integer{' or a @name' if key == 'zp' else ''}, "
+                                f"got {tok.value}")
+    return value
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_tensor_type(text: str) -> tuple[DType | None, tuple | None]:
+def _parse_tensor_type(text: str) -> tuple[DType | None, tuple[Dim, ...] | None]:
     head, _, rest = text.partition("[")
     dtype = None if head == "?" else DType.parse(head)
     body = rest[:-1].strip()
@@ -334,7 +382,7 @@ def _parse_tensor_type(text: str) -> tuple[DType | None, tuple | None]:
         return dtype, None
     if not body:
         return dtype, ()
-    dims: list = []
+    dims: list[Dim] = []
     for item in _DIM_ITEM.findall(body):
         item = item.strip()
         if item == "?":
@@ -367,6 +415,10 @@ class _QuantRef(Value):
         self.token = token
 
 
+_QNumber = float | int | _QuantRef  # a q(...) entry's value: a number, or the @name of a Value
+_QEntry = tuple[str, _QNumber, Token, Token]  # (key, value, key token, value token)
+
+
 def _has_quant_refs(t: Type) -> bool:
     """Whether ``t`` (or a type inside it) has quantization parameters naming Values."""
     if isinstance(t, TensorType):
@@ -378,7 +430,7 @@ def _has_quant_refs(t: Type) -> bool:
     return False
 
 
-def _tensor_type_token(tok) -> tuple[DType | None, tuple | None]:
+def _tensor_type_token(tok: Token) -> tuple[DType | None, tuple[Dim, ...] | None]:
     try:
         return _parse_tensor_type(tok.value)
     except ValueError as e:
@@ -390,10 +442,11 @@ def _dtype(tok: Token) -> DType:
     try:
         return DType.parse(getattr(tok, "value", tok))
     except ValueError:
-        raise _token_error(tok, f"unknown element type '{tok}'", hint="known: " + ", ".join(d.name for d in DType)) from None
+        raise _token_error(tok, f"unknown element type '{tok}'",
+                           hint="known: " + ", ".join(d.name for d in DType)) from None
 
 
-def _token_error(tok, message: str, hint: str | None = None) -> ParseError:
+def _token_error(tok: Token | None, message: str, hint: str | None = None) -> ParseError:
     return ParseError(message, file=_CURRENT_FILE[0], line=getattr(tok, "line", 0) or 0,
                       col=getattr(tok, "column", 0) or 0, hint=hint)
 
@@ -402,24 +455,37 @@ _CURRENT_FILE = ["<input>"]
 
 
 # -- phase 2: names, scopes, IR -------------------------------------------------------------------
+_Weights = str | os.PathLike[str] | Mapping[str, np.ndarray] | None
+_T = TypeVar("_T")
+
+
+def _static_shape(shape: tuple[Dim, ...] | None) -> tuple[int, ...] | None:
+    """``shape`` when every dimension is a number (as TensorType.is_static), else None."""
+    if shape is None:
+        return None
+    dims = tuple(d for d in shape if isinstance(d, int))
+    return dims if len(dims) == len(shape) else None
+
+
 class _Builder:
-    def __init__(self, filename: str, weights):
+    def __init__(self, filename: str, weights: _Weights) -> None:
         self.filename = filename
         self.weights = weights
         self.sidecar: SidecarReader | None = None
         # values and type attributes whose q(...) name Values, with the scope to resolve them in
         self.quant_refs: list[tuple[Value | Attr, Scope]] = []
 
-    def err(self, tok, message: str, hint: str | None = None) -> ParseError:
+    def err(self, tok: Token | None, message: str, hint: str | None = None) -> ParseError:
         return ParseError(message, file=self.filename, line=getattr(tok, "line", 0) or 0,
                           col=getattr(tok, "column", 0) or 0, hint=hint)
 
-    def module(self, syntax) -> Module:
+    def module(self, syntax: _ModuleSyntax) -> Module:
         weights_ref, (sym, attrs, items) = syntax
         if isinstance(self.weights, (str, os.PathLike)):
             self.sidecar = SidecarReader(os.fspath(self.weights))
         elif self.weights is None and weights_ref is not None:
-            base = os.path.realpath(os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else ".")
+            here = os.path.dirname(os.path.abspath(self.filename)) if self.filename != "<input>" else "."
+            base = os.path.realpath(here)
             path = os.path.realpath(os.path.join(base, weights_ref))
             if os.path.isabs(weights_ref) or os.path.commonpath([base, path]) != base:
                 raise QCError(f"the weights sidecar '{weights_ref}' named on its first line is outside the .qir "
@@ -484,7 +550,7 @@ class _Builder:
             zero_point=self.resolved_ref(q.zero_point, scope, owner, "zero point"),
             axis=q.axis, block_size=q.block_size))
 
-    def resolved_ref(self, x: Any, scope: Scope, owner: str | None, role: str) -> Any:
+    def resolved_ref(self, x: _T, scope: Scope, owner: str | None, role: str) -> _T | Value:
         if not isinstance(x, _QuantRef):
             return x
         v = scope.get(x.name)
@@ -507,7 +573,7 @@ class _Builder:
                         overload=header.text("overload"), doc=header.text("doc"),
                         metadata=header.metadata("metadata"))
 
-    def define(self, scope: Scope, tok, value: Value) -> Value:
+    def define(self, scope: Scope, tok: Token, value: Value) -> Value:
         if value.name in scope.names:
             raise self.err(tok, f"'{tok.value}' is defined twice")
         scope.names[value.name] = value
@@ -515,7 +581,7 @@ class _Builder:
             self.quant_refs.append((value, scope))
         return value
 
-    def const(self, graph: Graph, scope: Scope, item) -> Value:
+    def const(self, graph: Graph, scope: Scope, item: _ConstSyntax) -> Value:
         _, sym, type_, payload = item
         data = self.payload(type_, payload, sym, _name(sym))
         v = self.define(scope, sym, Value(_name(sym), type_, const=data))
@@ -527,7 +593,8 @@ class _Builder:
             if kind == "const":
                 v = scope.names.get(_name(tok))
                 if v is None or v.const is None:
-                    raise self.err(tok, f"input {tok.value} names no const of this graph", hint="declare it with `const` first")
+                    raise self.err(tok, f"input {tok.value} names no const of this graph",
+                                   hint="declare it with `const` first")
                 graph.inputs.append(v)
             else:
                 graph.inputs.append(self.define(scope, tok, Value(_name(tok), type_)))
@@ -537,7 +604,8 @@ class _Builder:
             else:
                 graph.append(self.op(item, scope))
         if len(syntax.ret) != len(syntax.types):
-            raise self.err(syntax.name, f"{syntax.name.value} declares {len(syntax.types)} results but returns {len(syntax.ret)}")
+            raise self.err(syntax.name, f"{syntax.name.value} declares {len(syntax.types)} results "
+                                        f"but returns {len(syntax.ret)}")
         for tok, type_ in zip(syntax.ret, syntax.types):
             v = self.lookup(scope, tok)
             if v.type is None and type_ is not None:
@@ -547,11 +615,12 @@ class _Builder:
             graph.add_output(v)
         return graph
 
-    def lookup(self, scope: Scope, tok) -> Value:
+    def lookup(self, scope: Scope, tok: Token) -> Value:
         v = scope.get(_name(tok))
         if v is None:
             kind = "const" if tok.value.startswith("@") else "value"
-            raise self.err(tok, f"use of undefined {kind} {tok.value}", hint="values must be defined before they are used")
+            raise self.err(tok, f"use of undefined {kind} {tok.value}",
+                           hint="values must be defined before they are used")
         return v
 
     def op(self, s: _OpSyntax, scope: Scope) -> Op:
@@ -569,7 +638,7 @@ class _Builder:
             op.add_result(None if tok is None else self.define(scope, tok, Value(_name(tok), next(it))))
         return op
 
-    def attr(self, tagged, scope: Scope | None, key: str, tok=None) -> Attr:
+    def attr(self, tagged: _Tagged, scope: Scope | None, key: str, tok: Token | None = None) -> Attr:
         kind, v = tagged
         if kind == "ref":
             return Attr(v[0], None, ref=v[1])
@@ -601,40 +670,47 @@ class _Builder:
         return self.graph_into(graph, g, Scope(scope))
 
     def tensor_lit(self, lit: _TensorLit, key: str) -> Tensor:
-        return self.payload(lit.type, lit.payload, None, key)
+        return self.tensor_payload(lit.type, lit.payload, None, key)
 
-    def sparse_lit(self, v, key: str) -> SparseTensor:
+    def sparse_lit(self, v: tuple[TensorType, _TensorLit, _TensorLit], key: str) -> SparseTensor:
         ttype, values, indices = v
         return self.sparse(None, key, ttype.dtype, ttype.shape, values, indices)
 
-    def sparse(self, tok, key: str, dtype: DType | None, shape, values: _TensorLit, indices: _TensorLit) -> SparseTensor:
+    def sparse(self, tok: Token | None, key: str, dtype: DType | None, shape: tuple[Dim, ...] | None,
+               values_lit: _TensorLit, indices_lit: _TensorLit) -> SparseTensor:
         """A sparse constant, its values [NNZ] and indices i64 [NNZ] or [NNZ, rank] checked against its type."""
-        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        dense_shape = _static_shape(shape)
+        if dense_shape is None or not all(d >= 0 for d in dense_shape):
             raise self.err(tok, f"{key}: a sparse constant needs a static dense shape")
-        values, indices = self.tensor_lit(values, key), self.tensor_lit(indices, key)
+        values, indices = self.tensor_lit(values_lit, key), self.tensor_lit(indices_lit, key)
         nnz = values.size
         if (dtype is not None and values.dtype != dtype) or len(values.shape) != 1 \
-                or indices.dtype is not DType.i64 or indices.shape not in ((nnz,), (nnz, len(shape))):
+                or indices.dtype is not DType.i64 or indices.shape not in ((nnz,), (nnz, len(dense_shape))):
             raise self.err(tok, f"{key}: sparse values {values.dtype}{list(values.shape)} and indices "
-                                f"{indices.dtype}{list(indices.shape)} do not fit sparse<{dtype}{list(shape)}>",
+                                f"{indices.dtype}{list(indices.shape)} do not fit sparse<{dtype}{list(dense_shape)}>",
                            hint="values are [NNZ] of the declared type, indices i64 [NNZ] or [NNZ, rank]")
-        return SparseTensor(values, indices, shape)
+        return SparseTensor(values, indices, dense_shape)
 
-    def dense(self, tok, dtype: DType, anchor) -> np.ndarray:
+    def dense(self, tok: Token, dtype: DType, anchor: Token | None) -> np.ndarray:
         try:
             return _dense_array(tok.value[6:-1], dtype)
         except (ValueError, KeyError, OverflowError) as e:
             raise self.err(tok, f"bad {dtype} data: {e}") from None
 
-    def payload(self, type_: Type, payload: tuple, tok, key: str):
+    def payload(self, type_: Type, payload: _Payload, tok: Token | None, key: str) -> Tensor | SparseTensor:
+        """A const's data: sparse for a sparse<...> type, else a tensor (see tensor_payload)."""
+        if payload[0] == "sparse" and isinstance(type_, SparseTensorType):
+            return self.sparse(tok, key, type_.dtype, type_.shape, payload[1], payload[2])
+        return self.tensor_payload(type_, payload, tok, key)
+
+    def tensor_payload(self, type_: Type, payload: _Payload, tok: Token | None, key: str) -> Tensor:
         kind = payload[0]
         if kind == "sparse":
-            if not isinstance(type_, SparseTensorType):
-                raise self.err(tok, f"sparse data needs a sparse<...> type, got {type_}")
-            return self.sparse(tok, key, type_.dtype, type_.shape, payload[1], payload[2])
-        if not isinstance(type_, TensorType) or type_.dtype is None or not type_.is_static:
-            raise self.err(tok, f"a constant needs a tensor type with a known dtype and static shape")
-        dtype, shape = type_.dtype, type_.shape
+            raise self.err(tok, f"sparse data needs a sparse<...> type, got {type_}")
+        shape = _static_shape(type_.shape) if isinstance(type_, TensorType) else None
+        if not isinstance(type_, TensorType) or type_.dtype is None or shape is None:
+            raise self.err(tok, "a constant needs a tensor type with a known dtype and static shape")
+        dtype = type_.dtype
         size = math.prod(shape)  # a Python int: no overflow for absurd shapes
         if kind == "dense":
             array = self.dense(payload[1], dtype, tok)
@@ -647,7 +723,8 @@ class _Builder:
             proto = TensorProto(data_type=int(dtype), dims=list(shape), raw_data=payload[1])
             expected = (size * dtype.bits + 7) // 8
             if len(payload[1]) != expected:
-                raise self.err(tok, f"{key}: hex data has {len(payload[1])} bytes, {dtype}{list(shape)} needs {expected}")
+                raise self.err(tok, f"{key}: hex data has {len(payload[1])} bytes, "
+                                    f"{dtype}{list(shape)} needs {expected}")
             return Tensor.from_array(numpy_helper.to_array(proto), dtype)
         _, blob_key, fields, btok = payload
         nbytes = fields.get("bytes")
@@ -670,7 +747,7 @@ class _Header:
     """Typed reads of a module's or function's header attributes, each an error at ``tok`` if
     it has the wrong kind or does not fit the ONNX field (int64)."""
 
-    def __init__(self, builder: "_Builder", tok, plain: dict):
+    def __init__(self, builder: _Builder, tok: Token, plain: dict[str, Any]) -> None:
         self.builder, self.tok, self.plain = builder, tok, plain
 
     def fail(self, key: str, expected: str) -> ParseError:
@@ -723,16 +800,17 @@ def _dense_array(body: str, dtype: DType) -> np.ndarray:
     if dtype.is_integer:
         if any("." in s or "e" in s.lower() for s in items):
             raise ValueError(f"{dtype} elements must be integers")
-        return np.array([int(s) for s in items], dtype=np.uint64 if dtype is DType.u64 else np.int64).astype(dtype.numpy)
+        wide = np.uint64 if dtype is DType.u64 else np.int64
+        return np.array([int(s) for s in items], dtype=wide).astype(dtype.numpy)
     raise ValueError(f"{dtype} data must be written as hex\"...\"")
 
 
-def unquote_str(tagged) -> str:
+def unquote_str(tagged: _Tagged | bytes | str) -> str:
     v = tagged[1] if isinstance(tagged, tuple) else tagged
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _plain(tagged):
+def _plain(tagged: _Tagged | dict[str, _Tagged]) -> Any:
     """Tagged attribute values -> plain Python (for module and function headers)."""
     if isinstance(tagged, dict):
         return {k: _plain(v) for k, v in tagged.items()}

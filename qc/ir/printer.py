@@ -16,7 +16,7 @@ from .core import Attr, Function, Graph, Module, Op, Value
 from .dtypes import DType
 from .naming import assign_unique_names
 from .tensor import SparseTensor, Tensor
-from .types import Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
+from .types import Dim, MapType, OptionalType, QuantParams, QuantRef, SequenceType, SparseTensorType, TensorType, Type
 from .weights import SidecarWriter
 
 KEYWORDS = frozenset({
@@ -107,11 +107,11 @@ def _quant(q: QuantParams) -> str:
     return f" q({', '.join(parts)})"
 
 
-def _qnum(x: float | int | Value, kind: type) -> str:
+def _qnum(x: float | QuantRef, kind: type) -> str:
     """A quantization parameter: a number, or ``@name`` of the Value holding it."""
-    if isinstance(x, Value):
-        return name_token("@", x.name)
-    return repr(float(x)) if kind is float else str(int(x))
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return repr(float(x)) if kind is float else str(int(x))
+    return name_token("@", x.name)
 
 
 _FLOAT_FORMAT = {DType.f32: np.float32, DType.f16: np.float16}
@@ -150,7 +150,7 @@ class _Printer:
         if self.sidecar is not None:
             self.lines.append(f"weights {quote(self.sidecar.reference)}")
         attrs = {"ir_version": m.ir_version,
-                 "opset_import": {d: v for d, v in m.opset_imports.items()}}
+                 "opset_import": dict(m.opset_imports)}
         for key, value, default in (("producer_name", m.producer_name, ""),
                                     ("producer_version", m.producer_version, ""),
                                     ("domain", m.domain, ""), ("model_version", m.model_version, 0),

@@ -7,7 +7,7 @@ from .core import Value
 class Scope:
     """The names defined in one graph, falling back to the graphs that enclose it."""
 
-    def __init__(self, parent: "Scope | None" = None):
+    def __init__(self, parent: Scope | None = None):
         self.parent = parent
         self.names: dict[str, Value] = {}
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from .errors import QCError
 from .dtypes import DType
+from .errors import QCError
 
 
 class Tensor:
@@ -34,7 +34,7 @@ class Tensor:
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
-    def from_array(cls, array: np.ndarray, dtype: DType | None = None) -> "Tensor":
+    def from_array(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:
         array = np.asarray(array)
         if dtype is None:
             dtype = DType.str if array.dtype.kind in "OSU" else DType.from_numpy(array.dtype)
@@ -47,7 +47,7 @@ class Tensor:
         return t
 
     @classmethod
-    def from_proto(cls, proto: TensorProto, base_dir: str | None = None) -> "Tensor":
+    def from_proto(cls, proto: TensorProto, base_dir: str | None = None) -> Tensor:
         """Wrap a TensorProto without decoding it; external data stays on disk."""
         t = cls(DType(proto.data_type), tuple(proto.dims))
         t._proto = proto
@@ -55,13 +55,13 @@ class Tensor:
         return t
 
     @classmethod
-    def lazy(cls, dtype: DType, shape: tuple[int, ...], loader: Callable[[], np.ndarray]) -> "Tensor":
+    def lazy(cls, dtype: DType, shape: tuple[int, ...], loader: Callable[[], np.ndarray]) -> Tensor:
         t = cls(dtype, shape)
         t._loader = loader
         return t
 
     @classmethod
-    def elided(cls, dtype: DType, shape: tuple[int, ...], key: str) -> "Tensor":
+    def elided(cls, dtype: DType, shape: tuple[int, ...], key: str) -> Tensor:
         t = cls(dtype, shape)
         t._elided_key = key
         return t
@@ -101,7 +101,8 @@ class Tensor:
             if self._elided_key is not None:
                 raise QCError(
                     f"the data of tensor '{self._elided_key}' was elided when the IR was printed",
-                    hint="reload the .qir with its weights sidecar beside it (-o FILE.qir writes both), or print with --full",
+                    hint="reload the .qir with its weights sidecar beside it (-o FILE.qir writes both), "
+                         "or print with --full",
                 )
             if self._loader is not None:
                 return np.asarray(self._loader()).reshape(self.shape)
@@ -228,7 +229,8 @@ def read_external(proto: TensorProto, base_dir: str | None) -> np.ndarray:
         f.seek(offset)
         raw = np.fromfile(f, dtype=np.uint8, count=nbytes)
     if dtype.bits % 8 == 0 and dtype.numpy.kind in "fiubc" and dtype.numpy.itemsize * 8 == dtype.bits:
-        return raw.view(dtype.numpy.newbyteorder("<")).astype(dtype.numpy, copy=False).reshape(shape)
+        little: np.dtype = dtype.numpy.newbyteorder("<")  # numpy's stubs give Any here
+        return raw.view(little).astype(dtype.numpy, copy=False).reshape(shape)
     return numpy_helper.to_array(TensorProto(data_type=int(dtype), dims=list(shape), raw_data=raw.tobytes()))
 
 

@@ -7,7 +7,7 @@ Text forms (see docs/ir.md): ``f32[1, N, ?]`` (``N`` symbolic, ``?`` unknown), `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from .dtypes import DType
 
@@ -20,7 +20,7 @@ class QuantRef(Protocol):
     const: Any
     type: Any
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 """A dimension: a size, a symbolic name, or None when unknown."""
 
 
@@ -58,7 +58,7 @@ class TensorType:
     def is_static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) for d in self.shape)
 
-    def with_shape(self, shape: tuple[Dim, ...] | None) -> "TensorType":
+    def with_shape(self, shape: tuple[Dim, ...] | None) -> TensorType:
         return TensorType(self.dtype, shape, self.quant)
 
 
@@ -70,19 +70,19 @@ class SparseTensorType:
 
 @dataclass(frozen=True)
 class SequenceType:
-    elem: "Type"
+    elem: Type
 
 
 @dataclass(frozen=True)
 class OptionalType:
-    elem: "Type"
+    elem: Type
 
 
 @dataclass(frozen=True)
 class MapType:
     key: DType
-    value: "Type"
+    value: Type
 
 
-Type = Union[TensorType, SparseTensorType, SequenceType, OptionalType, MapType, None]
+Type = TensorType | SparseTensorType | SequenceType | OptionalType | MapType | None
 """A value's type; None means nothing is known."""

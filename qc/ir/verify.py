@@ -12,9 +12,9 @@ from typing import Any
 import onnx.defs
 from onnx import TensorProto
 
-from .errors import VerifyError
 from .core import Graph, Module, Op, Value
 from .dtypes import DType
+from .errors import VerifyError
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
@@ -77,7 +77,8 @@ def _verify_graph(g: Graph, opsets: dict[str, int], functions: set[tuple[str, st
             if operand is None:
                 continue
             if (op, i) not in operand._uses:
-                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{operand.name}) is missing from that value's uses")
+                raise VerifyError(f"{where}: {_describe(op)} operand {i} (%{operand.name}) "
+                                  "is missing from that value's uses")
             if id(operand) not in defined:
                 raise VerifyError(f"{where}: {_describe(op)} uses %{operand.name} before it is defined "
                                   "(ops out of order, or a value from another graph)")
@@ -127,7 +128,8 @@ def _check_quant(v: Value, defined: set[int], where: str) -> None:
         bits, signed = t.dtype.bits, t.dtype.name.startswith("i")
         low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         if not low <= q.zero_point <= high:
-            raise VerifyError(f"{where}: %{v.name} has zero point {q.zero_point}, outside {t.dtype}'s range {low}..{high}")
+            raise VerifyError(f"{where}: %{v.name} has zero point {q.zero_point}, "
+                              f"outside {t.dtype}'s range {low}..{high}")
     if q.block_size is not None and (q.block_size <= 0 or q.axis is None):
         raise VerifyError(f"{where}: %{v.name} has block size {q.block_size}; blocks need a positive size and an axis")
     for role, param in (("scale", q.scale), ("zero point", q.zero_point)):
@@ -187,7 +189,7 @@ def _check_use(v: Value, user: Op | Graph, index: int, where: str) -> None:
         raise VerifyError(f"{where}: %{v.name} lists a stale graph-output use")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(domain: str, op_type: str, version: int) -> Any:
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
@@ -200,13 +202,13 @@ def _check_schema(op: Op, opsets: dict[str, int], functions: set[tuple[str, str]
     domain = "" if op.domain == "ai.onnx" else op.domain
     version = opsets.get(domain, opsets.get("ai.onnx") if domain == "" else None)
     if version is None and (op.domain, op.op_type) not in functions:
-        raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', which the model does not import",
-                          hint="add the domain to opset_import")
+        raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', "
+                          "which the model does not import", hint="add the domain to opset_import")
     if (op.domain, op.op_type) in functions or domain not in SCHEMA_DOMAINS:
         return
     if version is None:
-        raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', which the model does not import",
-                          hint="add the domain to opset_import")
+        raise VerifyError(f"{where}: {_describe(op)} is in domain '{domain or 'ai.onnx'}', "
+                          "which the model does not import", hint="add the domain to opset_import")
     # Whether an op passes depends only on this key: ops of one kind with the same attribute
     # names and operand / result type strings are checked once (a model repeats its layers).
     key = (domain, op.op_type, version, tuple(op.attrs), check_types,

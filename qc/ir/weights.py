@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import BinaryIO
 
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from .errors import QCError
 from .dtypes import DType
+from .errors import QCError
 from .tensor import Tensor
 
 ALIGN = 64
@@ -56,7 +57,7 @@ class SharedSidecar(SidecarWriter):
         super().__init__(os.path.basename(path))
         self.path = path
         self._offsets: dict[tuple[bytes, int], int] = {}
-        self._file = None  # created with the first tensor: no elided tensor, no file
+        self._file: BinaryIO | None = None  # created with the first tensor: no elided tensor, no file
         self.added = 0  # tensors added since the last flush
 
     def add(self, t: Tensor) -> int:

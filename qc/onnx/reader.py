@@ -6,8 +6,8 @@ older than requested can be upgraded with ``onnx.version_converter``.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
@@ -15,10 +15,10 @@ from onnx import AttributeProto, GraphProto, ModelProto, TensorShapeProto, TypeP
 
 from qc.errors import QCError
 from qc.ir._gc import without_gc
-from qc.ir.printer import format_type
-from qc.ir.scope import Scope
 from qc.ir.core import Attr, Function, Graph, Module, Op, Value
 from qc.ir.dtypes import DType
+from qc.ir.printer import format_type
+from qc.ir.scope import Scope
 from qc.ir.tensor import SparseTensor, Tensor, check_proto
 from qc.ir.types import Dim, MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
@@ -67,8 +67,9 @@ def _check_text_fields(model: ModelProto, where: str) -> None:
     while stack:
         msg = pop()
         if type(msg) is onnx.TensorProto:
-            if type(msg.name) is bytes:
-                _not_utf8(msg, "name", msg.name, where)
+            name: str | bytes = msg.name  # typed str, but protobuf hands non-UTF-8 text over as bytes
+            if type(name) is bytes:
+                _not_utf8(msg, "name", name, where)
             extend(msg.external_data)
             continue
         for fd, value in msg.ListFields():

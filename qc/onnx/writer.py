@@ -7,10 +7,9 @@ a sink (external data in a file, or numpy arrays handed to onnxruntime).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto
 
@@ -31,6 +30,13 @@ _ATTR_TYPE = {
 PROTOBUF_LIMIT = 2**31 - 1
 
 
+class TensorSink(Protocol):
+    """Where :class:`ModelWriter` may place a large tensor instead of inlining its data."""
+
+    def place(self, tensor: Tensor, name: str) -> TensorProto | None:
+        """The tensor's proto referencing data held elsewhere, or None to inline it."""
+
+
 def export_onnx(module: Module) -> ModelProto:
     """The module as a ModelProto with every tensor inline (see ``save_onnx`` for > 2 GB)."""
     return ModelWriter(external=None).model(module)
@@ -47,7 +53,8 @@ def export_onnx_sharing_weights(module: Module, min_bytes: int = 1024) -> tuple[
 
 
 def serialize(proto: ModelProto) -> bytes:
-    return proto.SerializeToString(deterministic=True)
+    data: bytes = proto.SerializeToString(deterministic=True)  # protobuf has no type information
+    return data
 
 
 def all_consts(module: Module) -> Iterator[Tensor | SparseTensor]:
@@ -112,7 +119,7 @@ class ModelWriter:
     ``place(tensor, name) -> TensorProto | None``); ``defer_initializers`` leaves the main
     graph's initializers out and lists their values in ``deferred`` for the caller to stream."""
 
-    def __init__(self, external: "Any", defer_initializers: bool = False):
+    def __init__(self, external: TensorSink | None, defer_initializers: bool = False):
         self.external = external
         self.defer_initializers = defer_initializers
         self.deferred: list[Value] = []
