@@ -109,8 +109,10 @@ def output_kind(path: str, target: Target, emit: Emit | None = None) -> Emit:
     by_path: Emit | None
     if path.endswith((".onnx", ".qir")):
         by_path = "onnx"
-    elif os.path.isdir(path) or not os.path.splitext(os.path.basename(path.rstrip("/")))[1] or path.endswith("/"):
+    elif os.path.isdir(path) or path.endswith("/") or not os.path.splitext(os.path.basename(path))[1]:
         by_path = "c"
+    elif emit == "c":
+        by_path = "c"  # a directory name with a dot in it, and the user said C
     else:
         raise QCError("cannot tell the output kind from the file name", where=path,
                       hint="use NAME.onnx for ONNX, or a directory (no suffix) for C sources")

@@ -183,9 +183,9 @@ def test_u8_activations_with_8bit_int8_weights_warn_on_x86_without_vnni(tmp_path
     assert "x86-u8s8-saturation" not in codes(seven)
     # the same module on a target with VNNI, or on Arm: no warning
     module = import_onnx(onnx.load(model))
-    assert guardrails.check(module, None, {}, SimpleNamespace(features=("avx2", "vnni"))) == []
-    assert guardrails.check(module, None, {}, SimpleNamespace(features=("neon", "dotprod"))) == []
-    assert codes(g.as_dict() for g in guardrails.check(module, None, {}, SimpleNamespace(features=("avx2",)))) \
+    assert guardrails.check(module, None, None, SimpleNamespace(features=("avx2", "vnni"))) == []
+    assert guardrails.check(module, None, None, SimpleNamespace(features=("neon", "dotprod"))) == []
+    assert codes(g.as_dict() for g in guardrails.check(module, None, None, SimpleNamespace(features=("avx2",)))) \
         == ["x86-u8s8-saturation"]
 
 

@@ -32,7 +32,7 @@ def calibrated(samples: list[np.ndarray], **options) -> CalibrationStats:
 
 def run_pass(spec: str, model: onnx.ModelProto, calib: CalibrationStats | None = None):
     module = qc.import_onnx(model)
-    ctx = PassContext(cache={"calibration": calib} if calib is not None else {})
+    ctx = PassContext(calibration=calib)
     PassManager.parse(spec, ctx=ctx).run(module)
     return module, ctx
 

@@ -242,7 +242,7 @@ def test_option_and_missing_statistics_errors(spec, message):
 def test_gptq_statistics_missing_for_one_activation():
     calib = CalibrationStats(tensors={"other": TensorStats(hessian_enabled=True)})
     with pytest.raises(QCError, match=r"%x .*algo=gptq needs calibration statistics with hessians"):
-        run_pass(matmul_model(32, 8), "quantize-weights{algo=gptq}", PassContext(cache={"calibration": calib}))
+        run_pass(matmul_model(32, 8), "quantize-weights{algo=gptq}", PassContext(calibration=calib))
 
 
 # -- GPTQ / AWQ with statistics --------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_gptq_lowers_output_error_on_correlated_inputs(options):
     model = matmul_model(k, n, w=(rng.standard_normal((k, n)) * 0.1).astype(np.float32))
     mix = rng.standard_normal((k, k)) / np.sqrt(k) + np.eye(k)
     x_cal, x_test = correlated(rng, 512, k, mix=mix), correlated(rng, 512, k, mix=mix)   # one distribution
-    ctx = PassContext(cache={"calibration": calibration({"x": x_cal})})
+    ctx = PassContext(calibration=calibration({"x": x_cal}))
     module, q_gptq, ctx = run_pass(model, f"quantize-weights{{{options},algo=gptq}}", ctx)
     _, q_rtn, _ = run_pass(model, f"quantize-weights{{{options}}}")
     for x in (x_cal, x_test):
@@ -323,7 +323,7 @@ def test_awq_folds_into_the_norm_weight_and_lowers_error():
     h_cal, h_test = rng.standard_normal((256, k)).astype(np.float32), rng.standard_normal((256, k)).astype(np.float32)
     calib = calibration({"x": reference_x(h_cal, gamma)}, hessian=False, rows=128)
     module, q_awq, ctx = run_pass(model, "quantize-weights{bits=4,granularity=block,algo=awq}",
-                                  PassContext(cache={"calibration": calib}))
+                                  PassContext(calibration=calib))
     _, q_rtn, _ = run_pass(model, "quantize-weights{bits=4,granularity=block}")
     muls = [n for n in q_awq.graph.node if n.op_type == "Mul"]
     assert len(muls) == 2                                       # folded: no new Mul
@@ -346,7 +346,7 @@ def test_awq_inserts_a_mul_when_x_is_a_graph_input_and_never_loses_to_rtn():
     x[:, :4] *= 20.0
     calib = calibration({"x": x}, hessian=True, rows=256)
     module, q_awq, ctx = run_pass(model, "quantize-weights{bits=4,granularity=block,algo=awq}",
-                                  PassContext(cache={"calibration": calib}))
+                                  PassContext(calibration=calib))
     mul = next(n for n in q_awq.graph.node if n.op_type == "Mul")
     assert list(mul.input) == ["x", "x.awq_inv_scale"]
     assert next(n for n in q_awq.graph.node if n.op_type == "MatMul").input[0] == mul.output[0]
@@ -364,7 +364,7 @@ def test_awq_plus_gptq_beats_both_alone_or_ties():
     errors = {}
     for algo in ("rtn", "awq", "gptq", "awq+gptq"):
         _, out, _ = run_pass(model, f"quantize-weights{{bits=4,granularity=block,algo={algo}}}",
-                             PassContext(cache={"calibration": calib}))
+                             PassContext(calibration=calib))
         errors[algo] = output_error(out, model, {"x": x})
     assert errors["awq+gptq"] < errors["rtn"] and errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"]
     assert errors["awq+gptq"] < 1.05 * min(errors["awq"], errors["gptq"]), errors
@@ -385,7 +385,7 @@ def test_awq_folds_into_layernorm_scale_and_bias():
                        [("h", ["rows", k])], [("x", ["rows", k])], {"ln_scale": scale, "ln_bias": bias}), {"h": h})[0]
     calib = calibration({"x": x}, hessian=False, rows=256)
     _, q_awq, _ = run_pass(model, "quantize-weights{bits=4,granularity=block,algo=awq}",
-                           PassContext(cache={"calibration": calib}))
+                           PassContext(calibration=calib))
     _, q_rtn, _ = run_pass(model, "quantize-weights{bits=4,granularity=block}")
     ln = next(n for n in q_awq.graph.node if n.op_type == "LayerNormalization")
     assert list(ln.input) == ["h", "ln_scale.awq", "ln_bias.awq"]
@@ -409,7 +409,7 @@ def test_awq_leaves_other_readers_of_x_unscaled():
     h = rng.standard_normal((128, k)).astype(np.float32)
     calib = calibration({"x": h * gamma}, hessian=False, rows=128)
     _, out, _ = run_pass(model, "quantize-weights{bits=4,granularity=block,algo=awq}",
-                         PassContext(cache={"calibration": calib}))
+                         PassContext(calibration=calib))
     muls = [n for n in out.graph.node if n.op_type == "Mul"]
     assert [list(m.input) for m in muls] == [["h", "gamma"], ["x", "x.awq_inv_scale"]]
     (y, r), (y_ref, r_ref) = run(out, {"h": h}), run(model, {"h": h})

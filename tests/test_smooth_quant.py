@@ -47,7 +47,7 @@ def run(spec: str, residual: bool, hs: list[np.ndarray]):
     stats = TensorStats(histogram=False)
     for h in hs:
         stats.update(h * G)
-    ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": stats}, samples=len(hs))})
+    ctx = PassContext(calibration=CalibrationStats(tensors={"x": stats}, samples=len(hs)))
     module = qc.import_onnx(model(residual))
     PassManager.parse(spec, ctx=ctx).run(module)
     return module, ctx

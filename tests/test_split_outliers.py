@@ -38,7 +38,7 @@ def compile_with(spec: str, samples: list[np.ndarray]):
     stats = TensorStats(histogram=False)
     for s in samples:
         stats.update(s)
-    ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": stats}, samples=len(samples))})
+    ctx = PassContext(calibration=CalibrationStats(tensors={"x": stats}, samples=len(samples)))
     module = qc.import_onnx(model())
     PassManager.parse(spec, ctx=ctx).run(module)
     return module, ctx
@@ -103,7 +103,7 @@ def test_error_mode_shares_one_budget_where_the_error_is():
     for x in activations(4):
         sx.update(x)
         sz.update(RNG.standard_normal((1, T, K)).astype(np.float32))
-    ctx = PassContext(cache={"calibration": CalibrationStats(tensors={"x": sx, "z": sz}, samples=4)})
+    ctx = PassContext(calibration=CalibrationStats(tensors={"x": sx, "z": sz}, samples=4))
     PassManager.parse("split-outliers{mode=error,max-fraction=0.016}", ctx=ctx).run(module)   # 2 of 128 columns
     splits = {sp.activation: sp for sp in ctx.outlier_splits}
     assert set(splits) == {"x"} and splits["x"].columns == list(OUTLIERS)

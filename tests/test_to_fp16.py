@@ -211,7 +211,7 @@ def test_ort_cpu_kernels_keeps_ops_without_float16_kernels():
 
 def test_bad_exclude_regex_is_an_error():
     m, _ = mlp()
-    with pytest.raises(QCError, match="exclude is not a valid regular expression"):
+    with pytest.raises(QCError, match=r"to-fp16: exclude '\(' is not a valid regular expression"):
         convert(m, 'to-fp16{exclude="("}')
 
 
