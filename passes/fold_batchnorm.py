@@ -10,7 +10,16 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
+from ._util import (
+    can_hold_consts,
+    const_array,
+    constant_consts,
+    erase_op,
+    graphs,
+    is_default_domain,
+    opsets_for,
+    replace_value,
+)
 
 
 @register_pass("fold-batchnorm")

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import ctypes
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from onnx import TensorProto
 
-from qc.onnx.evaluator import ort_session
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
+from qc.onnx.evaluator import ort_session
 from qc.pm import Pass, PassContext, register_pass
 
 from ._util import NONDETERMINISTIC, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
@@ -385,8 +385,8 @@ class _NodeFailed(Exception):
 def _run_batch(ops: list[Op], opsets: dict[str, int], sources: dict[int, Tensor],
                computed: dict[int, Tensor], runner: str) -> dict[int, Tensor]:
     """Run ``ops`` as one model; inputs come from consts, ``sources`` and ``computed``."""
-    from qc.onnx.writer import export_onnx
     from qc.ir.core import Module
+    from qc.onnx.writer import export_onnx
 
     tg = Graph("qc_fold")
     mapping: dict[int, Value] = {}

@@ -12,8 +12,16 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import (can_hold_consts, const_array, constant_consts, drop_removed_quant_refs, erase_op, graphs,
-                    is_default_domain, replace_value)
+from ._util import (
+    can_hold_consts,
+    const_array,
+    constant_consts,
+    drop_removed_quant_refs,
+    erase_op,
+    graphs,
+    is_default_domain,
+    replace_value,
+)
 
 CONTRIB = "com.microsoft"
 LOWERINGS = ("static", "dynamic", "nbits", "conv")

@@ -13,11 +13,10 @@ from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
-
-from ._util import compile_regex
 from qc.quant.outliers import OutlierSplit
 
 from ._scaling import matmuls_by_input
+from ._util import compile_regex
 from .insert_qdq import learned_dequantize
 
 MODES = ("threshold", "budget", "error")
@@ -118,7 +117,7 @@ class SplitOutliers(Pass):
             changed = True
         return changed
 
-    def plan(self, module: Module, calib, ctx: PassContext | None = None, *, keep_empty: bool = False) -> list["Plan"]:
+    def plan(self, module: Module, calib, ctx: PassContext | None = None, *, keep_empty: bool = False) -> list[Plan]:
         """The decision for every activation read by MatMuls with constant weights, without
         rewriting anything (``qc report`` draws these); ``keep_empty`` also returns the
         activations where no column qualifies."""

@@ -10,13 +10,27 @@ import collections
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .cli_common import (  # noqa: F401  (also qc.cli's names: write_qir, load_module, ...)
-    _calibration_from_flags, _elide, _eval_tokenizer, _existing_onnx, _indent, _names, _pipeline_spec,
-    _producer_model, _quant_options, _refuse_overwrite, _write_json, build_instruments, build_pass_manager,
-    load_module, summarize, write_module, write_qir,
+    _calibration_from_flags,
+    _elide,
+    _eval_tokenizer,
+    _existing_onnx,
+    _indent,
+    _names,
+    _pipeline_spec,
+    _producer_model,
+    _quant_options,
+    _refuse_overwrite,
+    _write_json,
+    build_instruments,
+    build_pass_manager,
+    load_module,
+    summarize,
+    write_module,
+    write_qir,
 )
 from .errors import QCError
 
@@ -527,6 +541,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from qc.tools import metrics
+
     from .data import text as textdata
 
     _existing_onnx(args.model)

@@ -129,8 +129,8 @@ def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer
 def _final_score(module, reference, feeds: list[dict], metric: str) -> float:
     """The criterion on the model as written (float16 weights for the kept layers), against the
     same float reference the search used."""
-    from .tools.analyze import score_of
     from .onnx.evaluator import module_session
+    from .tools.analyze import score_of
 
     sess = module_session(module)
     name = reference.output
@@ -156,13 +156,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
     from . import cli_common
-    from .pm import PassContext
     from .calib.data import split_holdout
+    from .pm import PassContext
     from .quant import schemes
+    from .targets import load_target
     from .tools.analyze import analyze
     from .tools.analyze_report import activation_ranges, analysis_html, format_analysis, weight_ranges
     from .tools.mixed import layer_inputs
-    from .targets import load_target
 
     for path in (args.html, args.json):
         if path:

@@ -267,7 +267,7 @@ def test_external_data_outside_the_model_directory(tmp_path, location, expected)
     directory = tmp_path / "model"
     (directory / "sub").mkdir(parents=True)
     path = external_model(directory, location)
-    refused(run_qc("show", path), path, f"tensor 'w'", expected, "external data must be a relative path inside the "
+    refused(run_qc("show", path), path, "tensor 'w'", expected, "external data must be a relative path inside the "
             "model's directory")
 
 

@@ -6,13 +6,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
+from conftest import small_mlp
+from qc.calib.data import check_against, from_arrays, from_npz, from_samples, from_text
+from qc.calib.stats import CalibrationStats, Histogram, TensorStats, choose_range, expected_mse, scale_zero_point
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.calib.data import check_against, from_arrays, from_npz, from_samples, from_text
-from qc.calib.stats import (CalibrationStats, Histogram, TensorStats, choose_range, expected_mse,
-                            scale_zero_point)
-
-from conftest import small_mlp
 from test_metrics import word_tokenizer
 
 RNG = np.random.default_rng(1234)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_qc, small_mlp
-from qc.tools import metrics
 from qc.data import text as textdata
+from qc.tools import metrics
 from test_metrics import VOCAB, lm_table, tiny_encoder, tiny_lm, word_tokenizer
 
 PROSE = ("The model is small and the model runs fast on the ARM edge device. "

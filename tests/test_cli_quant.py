@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qc.tools import metrics
-from qc.onnx.evaluator import ort_session
 from conftest import run_qc
+from qc.onnx.evaluator import ort_session
+from qc.tools import metrics
 
 RNG = np.random.default_rng(3)
 

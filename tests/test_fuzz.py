@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import fuzz  # noqa: E402
+import fuzz
 
 FUZZ = settings(max_examples=250, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -6,10 +6,10 @@ import pytest
 from onnx import TensorProto, helper
 
 import qc
-from qc.errors import QCError
-from qc.pm import PassContext, PassManager
 from qc.calib.stats import CalibrationStats, TensorStats
+from qc.errors import QCError
 from qc.onnx.evaluator import ort_session
+from qc.pm import PassContext, PassManager
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((16, 8)).astype(np.float32)

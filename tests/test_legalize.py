@@ -8,11 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_qc
-from qc.onnx.writer import export_onnx
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
-from qc.pm import PassContext, PassManager, parse_pass
 from qc.onnx.evaluator import ort_session
+from qc.onnx.writer import export_onnx
+from qc.pm import PassContext, PassManager, parse_pass
 
 K, N = 64, 32
 

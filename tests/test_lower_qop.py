@@ -22,7 +22,6 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
-import qc
 from conftest import op_counts, run_and_check
 from qc.errors import QCError
 from qc.onnx.evaluator import ort_session
@@ -448,8 +447,8 @@ def test_ops_option_selects_rewrites_and_bad_options_are_errors():
 
 # -- onnxruntime constraints the pass encodes ---------------------------------------------------
 def test_qlinearmatmul_cpu_kernels_are_the_listed_combinations():
-    from qc.passes.lower_qop import QLINEAR_MATMUL_TYPES
     from qc.ir.dtypes import DType
+    from qc.passes.lower_qop import QLINEAR_MATMUL_TYPES
 
     for xdt in (T.UINT8, T.INT8):
         for wdt in (T.UINT8, T.INT8):
@@ -462,7 +461,7 @@ def test_qlinearmatmul_cpu_kernels_are_the_listed_combinations():
                 try:
                     ort_session(m)
                     supported = True
-                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                except Exception as e:  # onnxruntime raises its own exception types
                     assert "NOT_IMPLEMENTED" in str(e)
                     supported = False
                 assert supported == ((DType(xdt), DType(wdt), DType(ydt)) in QLINEAR_MATMUL_TYPES)

@@ -3,8 +3,8 @@ import hashlib
 import os
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc

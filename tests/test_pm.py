@@ -1,7 +1,7 @@
 """The pass manager: pipeline strings, typed options, verification after each pass, instruments."""
 import io
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -21,7 +21,7 @@ class OptionsPass(Pass):
     flag: bool = False
     mode: Literal["fast", "exact"] = "fast"
     names: tuple[str, ...] = ()
-    limit: Optional[int] = None
+    limit: int | None = None
     label: str = ""
 
     def run(self, module, ctx: PassContext) -> bool:

@@ -9,8 +9,8 @@ from onnx import numpy_helper
 
 from conftest import run_qc
 from qat_models import mlp_inputs, qat_cnn, qat_mlp
-from qc.tools import metrics
 from qc.onnx.evaluator import ort_session
+from qc.tools import metrics
 
 MODELS = {
     "cnn-u8": lambda: qat_cnn(np.uint8),                          # torch: quint8 activations, qint8 weights

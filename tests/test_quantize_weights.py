@@ -9,11 +9,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
-from qc.errors import QCError
-from qc.pm import PassContext, PassManager
 from qc.calib.stats import CalibrationStats, TensorStats
-from qc.quant.weight_algos import dequantize
+from qc.errors import QCError
 from qc.onnx.evaluator import ort_session
+from qc.pm import PassContext, PassManager
+from qc.quant.weight_algos import dequantize
 
 RNG = np.random.default_rng(1234)
 

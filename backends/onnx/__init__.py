@@ -11,8 +11,8 @@ import os
 from onnx import ModelProto, TensorProto
 
 from qc.fileio import atomic_write
-from qc.ir.tensor import SparseTensor, Tensor
 from qc.ir.core import Module
+from qc.ir.tensor import SparseTensor, Tensor
 from qc.onnx.writer import PROTOBUF_LIMIT, ModelWriter, all_consts, const_bytes, export_onnx
 
 __all__ = ["export_onnx", "save_onnx"]

@@ -123,7 +123,7 @@ def driver_c(emitted) -> str:
         ptrs = []
         for j, _ in enumerate(r["inputs"]):
             lines.append(f"    if (!rd(d, \"case{i}_in{j}.bin\", p, {P}_INPUT{j}_BYTES)) return 3;")
-            ptrs.append(f"(const void *)p")
+            ptrs.append("(const void *)p")
             lines.append(f"    {{ const void *in{j} = p; p += ({P}_INPUT{j}_BYTES + 15u) / 16u * 16u;")
         outs = []
         for j, _ in enumerate(r["outputs"]):
