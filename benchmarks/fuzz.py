@@ -587,10 +587,10 @@ def _run(target: str, seeds: range, timeout: float, verbose: bool) -> tuple[list
             rnd = random.Random(seed)
             if target == "onnx":
                 data = mutate_onnx(ext, rnd) if rnd.random() < 0.05 else onnx_case(rnd)
-                problem = run_case(lambda: check_onnx(data, directory), timeout, tally)
+                problem = run_case(functools.partial(check_onnx, data, directory), timeout, tally)
             else:
                 text = text_case(rnd)
-                problem = run_case(lambda: check_text(text), timeout, tally)
+                problem = run_case(functools.partial(check_text, text), timeout, tally)
             if problem:
                 failures.append((seed, problem))
                 if verbose:

@@ -62,7 +62,7 @@ def test_seeds_are_real_models_that_import():
     assert len(seeds) >= 50
     tally: dict[str, int] = {}
     for data in seeds[:30]:
-        fuzz.run_case(lambda: qc.import_onnx(__import__("onnx").load_from_string(data)), 20, tally)
+        fuzz.run_case(lambda data=data: qc.import_onnx(__import__("onnx").load_from_string(data)), 20, tally)
     assert tally.get("ok", 0) >= 25, tally
     assert len(fuzz.text_seeds()) >= 40
 
