@@ -142,7 +142,7 @@ class SplitOutliers(Pass):
         chosen = (self._allocate([(st, ws) for _, _, st, ws in candidates]) if self.mode == "error"
                   else [self._choose(st, ws) for _, _, st, ws in candidates])
         plans = []
-        for (x, ops, stats, weights), (columns, reason) in zip(candidates, chosen):
+        for (x, ops, stats, _), (columns, reason) in zip(candidates, chosen):
             rest = np.setdiff1d(np.arange(stats.features), columns)
             if columns and rest.size == 0:
                 reason = f"every column is an outlier ({reason})"

@@ -412,7 +412,7 @@ def test_awq_leaves_other_readers_of_x_unscaled():
                          PassContext(cache={"calibration": calib}))
     muls = [n for n in out.graph.node if n.op_type == "Mul"]
     assert [list(m.input) for m in muls] == [["h", "gamma"], ["x", "x.awq_inv_scale"]]
-    (y, r), (y_ref, r_ref) = run(out, {"h": h}), run(model, {"h": h})
+    (_, r), (_, r_ref) = run(out, {"h": h}), run(model, {"h": h})
     assert np.array_equal(r, r_ref)                        # the Relu still reads the unscaled x
 
 
