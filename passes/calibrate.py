@@ -108,7 +108,8 @@ class Calibrate(Pass):
         kept = _already_quantized(module, self.op_types())
         if kept:
             ctx.remark(None, f"{len(kept)} operands already quantized (QAT or an earlier pass) keep their scales; "
-                             f"not observed: {', '.join('%' + n for n in kept[:5])}" + (" ..." if len(kept) > 5 else ""))
+                             f"not observed: {', '.join('%' + n for n in kept[:5])}"
+                             + (" ..." if len(kept) > 5 else ""))
         key = self._key(module, observed, data)
         cache_path = ctx.calibration_cache
         if cache_path:

@@ -98,7 +98,8 @@ class _Folder:
             return None
         if bn.attr("training_mode", 0) != 0:
             return None
-        if ("is_test" in bn.attrs and bn.attr("is_test", 0) != 1) or (opset and opset < 7 and bn.attr("is_test", 0) != 1):
+        if (("is_test" in bn.attrs and bn.attr("is_test", 0) != 1)
+                or (opset and opset < 7 and bn.attr("is_test", 0) != 1)):
             return None
         if bn.attr("spatial", 1) != 1:
             return None

@@ -113,7 +113,8 @@ class SplitOutliers(Pass):
                           float(absmax[rest].max()))
             splits.append(split)
             ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to float16 ({plan.reason}); "
-                               f"int8 part now spans max |x| {split.rest_absmax:.4g} instead of {float(absmax.max()):.4g}")
+                               f"int8 part now spans max |x| {split.rest_absmax:.4g} "
+                               f"instead of {float(absmax.max()):.4g}")
             changed = True
         return changed
 
@@ -287,5 +288,6 @@ def _rest_stats(stats, rest: np.ndarray):
     if getattr(stats, "hessian", None) is not None:      # GPTQ on the int8 part: X_R^T X_R
         out.hessian_enabled, out.hessian = True, stats.hessian[np.ix_(rest, rest)].copy()
     if getattr(stats, "row_sample", None) is not None:   # AWQ
-        out.max_rows, out.row_sample, out.row_priority = stats.max_rows, stats.row_sample[:, rest].copy(), stats.row_priority
+        out.max_rows, out.row_priority = stats.max_rows, stats.row_priority
+        out.row_sample = stats.row_sample[:, rest].copy()
     return out

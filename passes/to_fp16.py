@@ -368,7 +368,8 @@ class _FullF16:
             if id(v) not in half or not self.options.keep_io:
                 continue
             out = self._cast(v, DType.f32)
-            if v.producer is not None and v.producer.graph is g and not sum(1 for u, _ in v.uses() if not isinstance(u, Op)) > 1:
+            if (v.producer is not None and v.producer.graph is g
+                    and not sum(1 for u, _ in v.uses() if not isinstance(u, Op)) > 1):
                 name = v.name
                 v.name, out.name = name + ".f16", name
             g.set_output(i, out)

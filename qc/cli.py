@@ -135,7 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
                            "legalize: keep them (allow), keep them with a remark each (warn, the default), "
                            "or stop with the list (error)")
     comp.add_argument("--quiet", action="store_true", help="print no summary")
-    comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
+    comp.add_argument("--remarks", action="store_true",
+                      help="list every pass remark (why something was or was not done)")
     comp.add_argument("--report-json", metavar="FILE", help="write the compile report as JSON")
     comp.add_argument("--report", action="store_true", help="with --quant: list per layer what was done "
                       "(e.g. how many columns went to float16 and why)")
@@ -164,7 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     targets.add_argument("name", nargs="?")
     targets.set_defaults(func=cmd_targets)
 
-    chk = sub.add_parser("check", parents=[common], help="which device each node unit runs on for a target, and the CPU fallbacks")
+    chk = sub.add_parser("check", parents=[common],
+                         help="which device each node unit runs on for a target, and the CPU fallbacks")
     chk.add_argument("model")
     chk.add_argument("--target", required=True, help="built-in target name or a .toml file")
     chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
@@ -261,7 +263,8 @@ def _add_calib_options(q) -> None:
                    "--seq-len tokens (a file, or a built-in source: licenses)")
     q.add_argument("--tokenizer", metavar="NAME|tokenizer.json", help="tokenizer for --calib-text (a `qc models` "
                    "name or a tokenizer.json; default: the model's own when qc built it)")
-    q.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per calibration window (default %(default)s)")
+    q.add_argument("--seq-len", type=int, default=128, metavar="N",
+                   help="tokens per calibration window (default %(default)s)")
     q.add_argument("--samples", type=int, default=32, metavar="N", help="calibration windows (default %(default)s)")
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration statistics from FILE when they match "
                    "the model and data (written after calibrating)")

@@ -21,13 +21,15 @@ def add_analyze_parser(sub, common, add_quant_options, add_other_options) -> Non
     an = sub.add_parser("analyze", parents=[common], help="per-layer quantization sensitivity, ranges and outliers, "
                         "and how the error splits between weights and activations")
     an.add_argument("model", help=".onnx or .qir file")
-    an.add_argument("--target", default="x86-avx2", help="target whose defaults the scheme follows (default %(default)s)")
+    an.add_argument("--target", default="x86-avx2",
+                    help="target whose defaults the scheme follows (default %(default)s)")
     an.add_argument("--metric", choices=("sqnr", "cosine", "ppl"), default="sqnr",
                     help="score of a configuration against the float model: SQNR of the first output (default), "
                          "mean cosine of its rows (encoders), or perplexity (language models)")
     an.add_argument("--exact", action="store_true", help="also each layer's weights alone, activations alone, and "
                     "all layers but it (3 more evaluations per layer)")
-    an.add_argument("--top", type=int, default=20, metavar="N", help="layers listed on the terminal (default %(default)s)")
+    an.add_argument("--top", type=int, default=20, metavar="N",
+                    help="layers listed on the terminal (default %(default)s)")
     an.add_argument("--html", metavar="FILE", help="write the report with plots to this HTML file")
     an.add_argument("--json", metavar="FILE", help="write the scores as JSON")
     add_parallel_options(an)
@@ -181,7 +183,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
     data, holdout = split_holdout(data, args.holdout, module)
     ctx.calibration_data, ctx.calibration_cache, ctx.quiet, ctx.jobs = data, args.calib_cache, True, args.jobs
-    pm, switches, consts, _ = quantize_for_analysis(spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
+    pm, switches, consts, _ = quantize_for_analysis(
+        spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
     runner = _runner(args, module, switches, holdout, args.metric)
     try:
         result = analyze(runner, exact=args.exact)

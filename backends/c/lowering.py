@@ -233,7 +233,8 @@ class Lowering:
                 raise QCError("sparse constants are not supported by the C backend", where=f"const '{v.name}'")
             arr = t.numpy()
             if t.dtype not in CTYPE:
-                raise QCError(f"constant of dtype {t.dtype} is not supported by the C backend", where=f"const '{v.name}'")
+                raise QCError(f"constant of dtype {t.dtype} is not supported by the C backend",
+                              where=f"const '{v.name}'")
             b = self.weight(arr, t.dtype)
             self.bufs[id(v)] = b
             return b
