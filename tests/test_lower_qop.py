@@ -362,7 +362,8 @@ def test_conv_with_q_becomes_qlinearconv(xdt, wdt, per_channel):
     wz = RNG.integers(0, 5, shape) if wdt == T.UINT8 else np.zeros(shape, np.int64)
     bias = RNG.standard_normal(Cout).astype(np.float32)
     nodes = act_nodes + [
-        helper.make_node("DequantizeLinear", ["W.q", "W.scale", "W.zp"], ["W.dq"], **({"axis": 0} if per_channel else {})),
+        helper.make_node("DequantizeLinear", ["W.q", "W.scale", "W.zp"], ["W.dq"],
+                         **({"axis": 0} if per_channel else {})),
         helper.make_node("Conv", ["x.dq", "W.dq", "B"], ["y"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["y.q"])]
     inits = act_inits + [init("W.q", wq, wdt), init("W.scale", ws), init("W.zp", wz, wdt), init("B", bias),

@@ -70,7 +70,8 @@ def test_pipeline_strings_print_back_exactly(spec):
 def test_options_are_converted_to_their_declared_types():
     pm = PassManager.parse('test-options{count=0x10,ratio=1e-3,flag=yes,mode=exact,names=p,q,limit=4,label="a,b"}')
     p = pm.passes[0]
-    assert (p.count, p.ratio, p.flag, p.mode, p.names, p.limit, p.label) == (16, 0.001, True, "exact", ("p", "q"), 4, "a,b")
+    assert ((p.count, p.ratio, p.flag, p.mode, p.names, p.limit, p.label)
+            == (16, 0.001, True, "exact", ("p", "q"), 4, "a,b"))
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -225,7 +225,8 @@ def test_old_opset_without_candidates_is_not_an_error():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("quantize-weights{algo=gptq}", "algo=gptq needs calibration statistics with hessians: run calibrate{hessian=true} first"),
+    ("quantize-weights{algo=gptq}",
+     "algo=gptq needs calibration statistics with hessians: run calibrate{hessian=true} first"),
     ("quantize-weights{algo=awq}", "algo=awq needs calibration statistics with row samples"),
     ("quantize-weights{algo=magic}", "unknown algo 'magic'"),
     ("quantize-weights{bits=3}", "bits must be 8 or 4"),
@@ -266,7 +267,8 @@ def calibration(values: dict[str, np.ndarray], hessian: bool = True, rows: int =
 
 
 def output_error(model_q: onnx.ModelProto, model_f: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    return float(sum(np.linalg.norm(a.astype(np.float64) - b) for a, b in zip(run(model_q, feeds), run(model_f, feeds))))
+    return float(sum(np.linalg.norm(a.astype(np.float64) - b)
+                     for a, b in zip(run(model_q, feeds), run(model_f, feeds))))
 
 
 @pytest.mark.parametrize("options", ["bits=4,granularity=block", "bits=8,granularity=channel",
@@ -417,7 +419,8 @@ def test_awq_leaves_other_readers_of_x_unscaled():
 
 
 def test_quantized_module_prints_and_parses_back():
-    module, _, _ = run_pass(matmul_model(40, 8), "quantize-weights{bits=4,granularity=block,block-size=16,symmetric=false}")
+    module, _, _ = run_pass(matmul_model(40, 8),
+                            "quantize-weights{bits=4,granularity=block,block-size=16,symmetric=false}")
     text = qc.print_ir(module, elide_above=None)
     again = qc.parse_ir(text)
     assert qc.print_ir(again, elide_above=None) == text

@@ -72,7 +72,8 @@ def test_error_of_the_split_int8_model_is_bounded_by_the_int8_scales():
     (y,) = ort_session(qc.export_onnx(module)).run(None, {"x": x})
     rest = np.setdiff1d(np.arange(K), OUTLIERS)
     xr, wr = np.abs(x[..., rest].astype(np.float64)), np.abs(W[rest].astype(np.float64))
-    int8_bound = (s_x / 2) * wr.sum(axis=0) + xr @ (np.broadcast_to(s_w / 2, wr.shape)) + (s_x / 2) * (s_w / 2) * len(rest)
+    int8_bound = ((s_x / 2) * wr.sum(axis=0) + xr @ (np.broadcast_to(s_w / 2, wr.shape))
+                  + (s_x / 2) * (s_w / 2) * len(rest))
     fp16_bound = 2.0 ** -9 * (np.abs(x[..., list(OUTLIERS)]) @ np.abs(W[list(OUTLIERS)]))
     assert np.all(np.abs(y - x @ W) <= int8_bound + fp16_bound + 1e-4)
     # without the split the activation step covers the outliers: far worse
@@ -95,8 +96,10 @@ def test_threshold_and_error_modes():
 def test_error_mode_shares_one_budget_where_the_error_is():
     """Two activations, outliers in one only: the error mode spends the shared budget there."""
     w2 = (RNG.standard_normal((K, N)) / 8).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="a"), helper.make_node("MatMul", ["z", "w2"], ["v"], name="b")]
-    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, T, K]) for n in "xz"],
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="a"),
+             helper.make_node("MatMul", ["z", "w2"], ["v"], name="b")]
+    graph = helper.make_graph(nodes, "two",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, T, K]) for n in "xz"],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, T, N]) for n in "yv"],
                               [numpy_helper.from_array(W, "w"), numpy_helper.from_array(w2, "w2")])
     module = qc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
