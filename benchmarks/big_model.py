@@ -136,7 +136,8 @@ def check_output(path: str, reference: str, vocab: int) -> str:
     ref = ort.InferenceSession(reference, opts, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
     rel = float(np.abs(got - ref).max() / np.abs(ref).max())
     noise = float(np.mean((got - ref).astype(np.float64) ** 2))
-    sqnr = "exact" if noise == 0 else f"SQNR {10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / noise):.1f} dB"
+    ref_power = float(np.mean(ref.astype(np.float64) ** 2))
+    sqnr = "exact" if noise == 0 else f"SQNR {10 * np.log10(ref_power / noise):.1f} dB"
     return f"checker ok; onnxruntime logits {list(got.shape)}, max |diff| / max |ref| = {rel:.4f}, {sqnr}"
 
 

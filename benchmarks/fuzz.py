@@ -60,7 +60,8 @@ def _built_seeds() -> list[onnx.ModelProto]:
                                [helper.make_tensor_value_info("e", f, [2])])
     body = helper.make_graph(
         [helper.make_node("Add", ["acc", "x"], ["acc2"]), helper.make_node("Identity", ["cond"], ["cond2"])],
-        "body", [helper.make_tensor_value_info("i", i64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        "body", [helper.make_tensor_value_info("i", i64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
                  helper.make_tensor_value_info("acc", f, [2])],
         [helper.make_tensor_value_info("cond2", TensorProto.BOOL, []), helper.make_tensor_value_info("acc2", f, [2])])
     control = helper.make_model(helper.make_graph(
@@ -69,7 +70,8 @@ def _built_seeds() -> list[onnx.ModelProto]:
          helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="if"),
          helper.make_node("Loop", ["n", "", "y"], ["z"], body=body, name="loop")], "control",
         [helper.make_tensor_value_info("x", f, [2])], [helper.make_tensor_value_info("z", f, [2])],
-        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"), numpy_helper.from_array(np.array(3, np.int64), "n")]),
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(3, np.int64), "n")]),
         opset_imports=[helper.make_opsetid("", 17)])
 
     fn = helper.make_function("custom", "Scaled", ["a"], ["o"],
@@ -99,7 +101,8 @@ def _built_seeds() -> list[onnx.ModelProto]:
         [helper.make_node("QuantizeLinear", ["x", "sc", "zp"], ["q"], name="q"),
          helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["y"], name="dq")], "qdq",
         [helper.make_tensor_value_info("x", f, [1, 8])], [helper.make_tensor_value_info("y", f, [1, 8])],
-        [numpy_helper.from_array(np.array(0.05, np.float32), "sc"), numpy_helper.from_array(np.array(3, np.int8), "zp")]),
+        [numpy_helper.from_array(np.array(0.05, np.float32), "sc"),
+         numpy_helper.from_array(np.array(3, np.int8), "zp")]),
         opset_imports=[helper.make_opsetid("", 21)])
     return [mlp, control, functions, seq, q]
 
@@ -155,7 +158,8 @@ def text_seeds() -> tuple[str, ...]:
         for name in sorted(os.listdir(filecheck)):
             if name.endswith(".qir"):
                 with open(os.path.join(filecheck, name), encoding="utf-8") as fh:
-                    texts.append("\n".join(line for line in fh.read().splitlines() if not line.lstrip().startswith("//")))
+                    texts.append("\n".join(line for line in fh.read().splitlines()
+                                           if not line.lstrip().startswith("//")))
     return tuple(texts)
 
 
@@ -230,7 +234,8 @@ def _mutate_tensor(t: TensorProto, rnd: random.Random) -> None:
     elif kind == 2:
         t.dims.append(_random_int(rnd))
     elif kind == 3:
-        t.raw_data = t.raw_data[: rnd.randrange(len(t.raw_data) + 1)] if t.raw_data else rnd.randbytes(rnd.randint(0, 9))
+        t.raw_data = (t.raw_data[: rnd.randrange(len(t.raw_data) + 1)] if t.raw_data
+                      else rnd.randbytes(rnd.randint(0, 9)))
     elif kind == 4:
         t.data_location = TensorProto.EXTERNAL
         del t.external_data[:]
@@ -346,7 +351,8 @@ def mutate_fields(model: onnx.ModelProto, rnd: random.Random) -> None:
             g.output.add(name=rnd.choice(_NAMES))
     elif kind == 11:
         if model.opset_import:
-            model.opset_import[rnd.randrange(len(model.opset_import))].version = rnd.choice([0, 1, 7, 13, 17, 21, 23, 99, -1])
+            opset = model.opset_import[rnd.randrange(len(model.opset_import))]
+            opset.version = rnd.choice([0, 1, 7, 13, 17, 21, 23, 99, -1])
         model.opset_import.add(domain=rnd.choice(["", "custom", "ai.onnx.ml", "x"]), version=rnd.randint(-1, 30))
     elif kind == 12:
         model.ir_version = rnd.choice([0, 1, 3, 4, 7, 10, 99, -1])
@@ -354,7 +360,8 @@ def mutate_fields(model: onnx.ModelProto, rnd: random.Random) -> None:
         g.input.add().CopyFrom(helper.make_tensor_value_info(rnd.choice(g.initializer).name, TensorProto.INT64, [1]))
     elif kind == 14 and model.functions:
         fn = rnd.choice(model.functions)
-        rnd.choice([lambda: fn.input.append("x"), lambda: fn.output.append("q"), lambda: fn.node.pop() if fn.node else None,
+        rnd.choice([lambda: fn.input.append("x"), lambda: fn.output.append("q"),
+                    lambda: fn.node.pop() if fn.node else None,
                     lambda: setattr(fn, "name", rnd.choice(_NAMES)),
                     lambda: fn.attribute_proto.add(name="alpha", type=AttributeProto.FLOAT, f=1.0)])()
     else:
@@ -389,7 +396,8 @@ _RANDOM_OPS: list[tuple[str, int, dict]] = [
 
 def random_graph(rnd: random.Random) -> bytes:
     """A random graph of random ops wired to random earlier values (types need not agree)."""
-    dtypes = [TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT8, TensorProto.BOOL, TensorProto.FLOAT16]
+    dtypes = [TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT8, TensorProto.BOOL,
+              TensorProto.FLOAT16]
     inputs = [helper.make_tensor_value_info(f"in{i}", rnd.choice(dtypes), [rnd.choice([1, 2, 3, "N", None])
                                                                           for _ in range(rnd.randint(0, 4))])
               for i in range(rnd.randint(1, 3))]
@@ -587,10 +595,10 @@ def _run(target: str, seeds: range, timeout: float, verbose: bool) -> tuple[list
             rnd = random.Random(seed)
             if target == "onnx":
                 data = mutate_onnx(ext, rnd) if rnd.random() < 0.05 else onnx_case(rnd)
-                problem = run_case(lambda: check_onnx(data, directory), timeout, tally)
+                problem = run_case(functools.partial(check_onnx, data, directory), timeout, tally)
             else:
                 text = text_case(rnd)
-                problem = run_case(lambda: check_text(text), timeout, tally)
+                problem = run_case(functools.partial(check_text, text), timeout, tally)
             if problem:
                 failures.append((seed, problem))
                 if verbose:

@@ -59,12 +59,14 @@ def main(argv=None) -> int:
     base = float(np.median(times[fp32]))
     name = lambda path: os.path.basename(path)[len(args.model) + 1:-len(".onnx")]  # noqa: E731
     width = max(len(name(p)) for p in paths)
-    print(f"latency: {args.model}, {args.seq_len} tokens, median of {args.rounds} interleaved rounds x {args.runs} runs")
+    print(f"latency: {args.model}, {args.seq_len} tokens, "
+          f"median of {args.rounds} interleaved rounds x {args.runs} runs")
     print(f"| {'model':<{width}} | median ms | vs fp32 | rounds (ms) |")
     print(f"|{'-' * (width + 2)}|-----------|---------|-------------|")
     for path in paths:
         med = float(np.median(times[path]))
-        print(f"| {name(path):<{width}} | {med:9.1f} | {med / base:7.2f} | {' '.join(f'{t:.0f}' for t in times[path])} |")
+        rounds = " ".join(f"{t:.0f}" for t in times[path])
+        print(f"| {name(path):<{width}} | {med:9.1f} | {med / base:7.2f} | {rounds} |")
     return 0
 
 

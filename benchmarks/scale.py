@@ -107,7 +107,8 @@ def build_model(n_nodes: int, seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, f"scale{n_nodes}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", D])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)  # ReduceMean takes axes as an input from 18
+    # opset 18: ReduceMean takes axes as an input from 18
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
 def _best(fn, repeat: int):

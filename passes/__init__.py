@@ -8,8 +8,24 @@ from qc.pm import Pass, PassContext, register_pass, register_pipeline
 from qc.quant.schemes import OPTIMIZATION_PIPELINE
 
 from . import (  # noqa: F401
-    calibrate, check_kernels, cse, dce, fix_shapes, fold_batchnorm, fold_constants, fold_qdq, fold_shapes, insert_qdq,
-    legalize, lower_qop, propagate_shapes, quantize_weights, remove_identity, smooth_quant, split_outliers, to_fp16,
+    calibrate,
+    check_kernels,
+    cse,
+    dce,
+    fix_shapes,
+    fold_batchnorm,
+    fold_constants,
+    fold_qdq,
+    fold_shapes,
+    insert_qdq,
+    legalize,
+    lower_qop,
+    propagate_shapes,
+    quantize_weights,
+    remove_identity,
+    smooth_quant,
+    split_outliers,
+    to_fp16,
 )
 
 register_pipeline(

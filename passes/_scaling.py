@@ -120,7 +120,7 @@ def describe(op: Op) -> str:
     return f"{op.qualified_type} '{op.name or (op.results[0].name if op.results and op.results[0] else '?')}'"
 
 
-def matmuls_by_input(module: Module, exclude: "re.Pattern | None" = None) -> list[list[Op]]:
+def matmuls_by_input(module: Module, exclude: re.Pattern | None = None) -> list[list[Op]]:
     """The main graph's MatMuls with a constant 2-D float32 weight, grouped by their activation
     input (q, k and v read one), in graph order; ops whose name matches ``exclude`` left out."""
     constants = constant_consts(module)

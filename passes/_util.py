@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def can_hold_consts(module: Module, g: Graph, fn: Function | None) -> bool:
 
 
 
-def compile_regex(pass_name: str, option: str, pattern: str) -> "re.Pattern[str] | None":
+def compile_regex(pass_name: str, option: str, pattern: str) -> re.Pattern[str] | None:
     """An option's regular expression, or None when empty; a bad one is the user's error."""
     if not pattern:
         return None

@@ -5,19 +5,19 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
+from qc.calib.data import CalibrationData, check_against, from_npz
+from qc.calib.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
 from qc.errors import QCError
 from qc.ir.core import Module, Op, Value
 from qc.ir.tensor import SparseTensor, Tensor
 from qc.ir.types import TensorType
-from qc.pm import Pass, PassContext, register_pass
 from qc.onnx.evaluator import trim_heap
-from qc.calib.data import CalibrationData, check_against, from_npz
-from qc.calib.stats import DEFAULT_BINS, FORMAT_VERSION, METHODS, CalibrationStats, TensorStats
+from qc.pm import Pass, PassContext, register_pass
 
 from ._util import graphs, is_default_domain
 from .insert_qdq import learned_dequantize
@@ -108,7 +108,8 @@ class Calibrate(Pass):
         kept = _already_quantized(module, self.op_types())
         if kept:
             ctx.remark(None, f"{len(kept)} operands already quantized (QAT or an earlier pass) keep their scales; "
-                             f"not observed: {', '.join('%' + n for n in kept[:5])}" + (" ..." if len(kept) > 5 else ""))
+                             f"not observed: {', '.join('%' + n for n in kept[:5])}"
+                             + (" ..." if len(kept) > 5 else ""))
         key = self._key(module, observed, data)
         cache_path = ctx.calibration_cache
         if cache_path:

@@ -44,7 +44,8 @@ def device_costs(target, u: Unit) -> dict[str, float]:
 
 def float_kernel_cost(target, device: str, op: str) -> float | None:
     """The cheapest float32 kernel for ``op`` on ``device``, None if it has none."""
-    hits = [k.cost for k in target.kernels.get(device, ()) if k.op == op and k.act == "float32" and k.weight == "float32"]
+    hits = [k.cost for k in target.kernels.get(device, ())
+            if k.op == op and k.act == "float32" and k.weight == "float32"]
     return min(hits) if hits else None
 
 
@@ -71,7 +72,8 @@ def emulation_costs(target, u: Unit) -> dict[str, float]:
     out = {}
     for dev in target.devices:
         cost = float_kernel_cost(target, dev, u.kind)
-        if cost is not None and all(target.runs_op(dev, m.op_type, _member_dtype(m)) for m in u.members() if m is not u.op):
+        if cost is not None and all(target.runs_op(dev, m.op_type, _member_dtype(m))
+                                    for m in u.members() if m is not u.op):
             out[dev] = cost
     return out
 
@@ -213,12 +215,13 @@ class CheckKernels(Pass):
     ``fallback``: what to do with units that leave the preferred device: ``allow`` keeps them,
     ``warn`` adds a remark per unit, ``error`` stops with the list of nodes.
 
-    Result in ``ctx.placement`` (a :class:`~qc.targets.placement.Placement`): ``units`` (one dict per unit: node, op, dtypes, granularity, from,
-    to, reason, kernel, cost, macs, estimate), ``fallbacks`` (the units that leave the preferred
-    device or have no kernel there, e.g. ``MatMul float32 x int4 (block 32): no kernel on gpu ->
-    cpu``), ``traffic`` (copies between devices with bytes, device transitions along the
-    schedule) and ``cost`` (MACs x relative kernel cost, plus copied bytes x the target's
-    ``copy_cost``; symbolic dimensions count as 1). Ties go to the preferred device.
+    Result in ``ctx.placement`` (a :class:`~qc.targets.placement.Placement`): ``units`` (one
+    dict per unit: node, op, dtypes, granularity, from, to, reason, kernel, cost, macs,
+    estimate), ``fallbacks`` (the units that leave the preferred device or have no kernel
+    there, e.g. ``MatMul float32 x int4 (block 32): no kernel on gpu -> cpu``), ``traffic``
+    (copies between devices with bytes, device transitions along the schedule) and ``cost``
+    (MACs x relative kernel cost, plus copied bytes x the target's ``copy_cost``; symbolic
+    dimensions count as 1). Ties go to the preferred device.
     """
 
     target: str = ""

@@ -10,7 +10,16 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import can_hold_consts, const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
+from ._util import (
+    can_hold_consts,
+    const_array,
+    constant_consts,
+    erase_op,
+    graphs,
+    is_default_domain,
+    opsets_for,
+    replace_value,
+)
 
 
 @register_pass("fold-batchnorm")
@@ -89,7 +98,8 @@ class _Folder:
             return None
         if bn.attr("training_mode", 0) != 0:
             return None
-        if ("is_test" in bn.attrs and bn.attr("is_test", 0) != 1) or (opset and opset < 7 and bn.attr("is_test", 0) != 1):
+        if (("is_test" in bn.attrs and bn.attr("is_test", 0) != 1)
+                or (opset and opset < 7 and bn.attr("is_test", 0) != 1)):
             return None
         if bn.attr("spatial", 1) != 1:
             return None

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import ctypes
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from onnx import TensorProto
 
-from qc.onnx.evaluator import ort_session
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
+from qc.onnx.evaluator import ort_session
 from qc.pm import Pass, PassContext, register_pass
 
 from ._util import NONDETERMINISTIC, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
@@ -63,10 +63,11 @@ class FoldConstants(Pass):
     the constant inputs as initializers and the results as outputs, run once with graph
     optimizations disabled. The folded values are therefore bit-identical to what onnxruntime
     computes for the unfolded model. (Ops downstream may still round differently: onnxruntime
-    pre-packs a MatMul/Gemm weight that is an initializer, which changes its summation order.) Ops onnxruntime cannot load or run are moved, with the ops that depend
-    on them, to a second model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there
-    too stay unfolded. Folded ops whose results become unused are removed; the consts they read are
-    left for ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
+    pre-packs a MatMul/Gemm weight that is an initializer, which changes its summation order.)
+    Ops onnxruntime cannot load or run are moved, with the ops that depend on them, to a second
+    model run by ``onnx.reference.ReferenceEvaluator``; ops that fail there too stay unfolded.
+    Folded ops whose results become unused are removed; the consts they read are left for
+    ``dce``. In models of IR version < 4 new main-graph consts are also listed as graph
     inputs, as that IR version requires.
     """
 
@@ -361,8 +362,8 @@ def _run_one_by_one(ops: list[Op], opsets, sources, results, ctx, runners=("ort"
             except Exception as e:
                 error = e
         if error is not None:
-            ctx.remark(op, f"not folded: neither onnxruntime nor the reference evaluator runs it "
-                           f"({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})")
+            why = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            ctx.remark(op, f"not folded: neither onnxruntime nor the reference evaluator runs it ({why})")
     return out
 
 
@@ -385,8 +386,8 @@ class _NodeFailed(Exception):
 def _run_batch(ops: list[Op], opsets: dict[str, int], sources: dict[int, Tensor],
                computed: dict[int, Tensor], runner: str) -> dict[int, Tensor]:
     """Run ``ops`` as one model; inputs come from consts, ``sources`` and ``computed``."""
-    from qc.onnx.writer import export_onnx
     from qc.ir.core import Module
+    from qc.onnx.writer import export_onnx
 
     tg = Graph("qc_fold")
     mapping: dict[int, Value] = {}

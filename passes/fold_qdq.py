@@ -65,7 +65,8 @@ class FoldQDQ(Pass):
         integers = dq.operands[0]
         graph = shape_op.graph
         moved_result = Value(f"{shape_op.results[0].name}.int", TensorType(
-            quant.results[0].type.dtype, shape_op.results[0].type.shape if isinstance(shape_op.results[0].type, TensorType) else None,
+            quant.results[0].type.dtype,
+            shape_op.results[0].type.shape if isinstance(shape_op.results[0].type, TensorType) else None,
             quant.results[0].type.quant if isinstance(quant.results[0].type, TensorType) else None))
         moved = Op(shape_op.op_type, [integers, *shape_op.operands[1:]], results=[moved_result],
                    name=f"{shape_op.name}.int" if shape_op.name else "")

@@ -11,9 +11,8 @@ from onnx import TensorProto, helper
 from qc.ir.core import Module
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
-from qc.pm import Pass, PassContext, register_pass
-
 from qc.onnx.shapes import export_for_inference, merge_inferred
+from qc.pm import Pass, PassContext, register_pass
 
 
 @register_pass("fold-shapes")
@@ -113,6 +112,6 @@ def _infer_through_contrib(module: Module) -> bool:
     proto.graph.node.extend(nodes)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # noqa: BLE001 - as propagate-shapes: leave the types as they are
+    except Exception:  # as propagate-shapes: leave the types as they are
         return False
     return merge_inferred(module, inferred)

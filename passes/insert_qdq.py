@@ -97,9 +97,10 @@ class InsertQDQ(Pass):
                                                         %x.dq = onnx.DequantizeLinear(%x.q, @s, @z)
                                                         %y = onnx.MatMul(%x.dq, %w.dq)
 
-    Left alone: constant operands (weights are ``quantize-weights``' job), non-float operands, biases, ops whose name matches ``exclude``, and with
-    ``activation-pairs = false`` MatMuls of two activations (attention's QK^T and PV), and
-    MatMuls with a float16 weight (the float16 part that ``split-outliers`` made).
+    Left alone: constant operands (weights are ``quantize-weights``' job), non-float operands,
+    biases, ops whose name matches ``exclude``, and with ``activation-pairs = false`` MatMuls
+    of two activations (attention's QK^T and PV), and MatMuls with a float16 weight (the
+    float16 part that ``split-outliers`` made).
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """
@@ -145,7 +146,8 @@ class InsertQDQ(Pass):
             if any(op.operands[i] is not None and op.operands[i].const is not None
                    and op.operands[i].const.dtype is DType.f16 for i in positions):
                 continue  # a float16 weight: the float16 part of split-outliers stays float16
-            if not self.activation_pairs and op.op_type == "MatMul" and not any(is_weight(op.operands[i]) for i in positions):
+            if (not self.activation_pairs and op.op_type == "MatMul"
+                    and not any(is_weight(op.operands[i]) for i in positions)):
                 ctx.remark(op, "both operands are activations; left float (activation-pairs = false)")
                 continue
             for i in positions:
@@ -169,7 +171,8 @@ class InsertQDQ(Pass):
                         continue
                     pairs[id(x)] = dq
                 op.set_operand(i, dq)
-                op.meta["qc.quant"] = (op.meta.get("qc.quant", "") + f" a{i}:{dtype}{'-dyn' if self.dynamic else ''}").strip()
+                tag = f"a{i}:{dtype}{'-dyn' if self.dynamic else ''}"
+                op.meta["qc.quant"] = (op.meta.get("qc.quant", "") + " " + tag).strip()
                 changed = True
         return changed
 

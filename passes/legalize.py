@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -53,8 +53,9 @@ class Legalize(Pass):
         (also for DynamicQuantizeMatMul and QDQ units with constant weights: the float16 / float32 forms)
 
     What still falls back afterwards is ``check-kernels``' to report (it runs next in a compile,
-    with ``fallback=allow|warn|error``). ``ctx.legalized`` lists each rewrite with its estimated cost before and after (MACs x
-    relative kernel cost, plus the copies saved; nominal costs from the target file).
+    with ``fallback=allow|warn|error``). ``ctx.legalized`` lists each rewrite with its estimated
+    cost before and after (MACs x relative kernel cost, plus the copies saved; nominal costs
+    from the target file).
     """
 
     target: str = ""
@@ -215,7 +216,8 @@ class _Rewriter:
         def apply() -> None:
             q, scale, zp = quantize_rtn(w, 8, "channel", 0, True, True)
             base = self._base()
-            s_const = self.g.add_const(self.names.fresh(f"{base}.legal.scale"), Tensor.from_array(scale.astype(np.float32)))
+            s_const = self.g.add_const(self.names.fresh(f"{base}.legal.scale"),
+                                       Tensor.from_array(scale.astype(np.float32)))
             z_const = self.g.add_const(self.names.fresh(f"{base}.legal.zp"), Tensor.from_array(zp.astype(np.int8)))
             params = QuantParams(scale=s_const, zero_point=z_const, axis=1)
             q_const = self.g.add_const(self.names.fresh(f"{base}.legal.q"), Tensor.from_array(q.astype(np.int8)),
@@ -257,13 +259,15 @@ class _Rewriter:
         base = self._base()
         if dt is DType.f16:
             x16 = Value(self.names.fresh(f"{x.name}.f16"), TensorType(DType.f16, getattr(x.type, "shape", None)))
-            g.insert_before(op, Op("Cast", [x], results=[x16], attrs={"to": int(DType.f16)}, name=f"{base}.legal.cast_in"))
+            g.insert_before(op, Op("Cast", [x], results=[x16], attrs={"to": int(DType.f16)},
+                                   name=f"{base}.legal.cast_in"))
             x = x16
         kind = "MatMul" if op.op_type in ("MatMulNBits", "DynamicQuantizeMatMul") else op.op_type
         operands = [x, weight]
         bias = self._bias()
         if bias is not None and kind in ("Gemm", "Conv"):
-            operands.append(g.add_const(self.names.fresh(f"{base}.legal.bias"), Tensor.from_array(bias.astype(dt.numpy))))
+            operands.append(g.add_const(self.names.fresh(f"{base}.legal.bias"),
+                                        Tensor.from_array(bias.astype(dt.numpy))))
             bias = None
         attrs = {} if kind == "MatMul" else dict(op.attrs)
         shape = getattr(y.type, "shape", None)

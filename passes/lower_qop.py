@@ -18,8 +18,16 @@ from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 from qc.quant.units import ANCHORS, Unit, node_unit
 
-from ._util import (can_hold_consts, const_array, constant_consts, drop_removed_quant_refs, erase_op, graphs,
-                    is_default_domain, replace_value)
+from ._util import (
+    can_hold_consts,
+    const_array,
+    constant_consts,
+    drop_removed_quant_refs,
+    erase_op,
+    graphs,
+    is_default_domain,
+    replace_value,
+)
 
 CONTRIB = "com.microsoft"
 LOWERINGS = ("static", "dynamic", "nbits", "conv")
@@ -407,7 +415,8 @@ class _Lowerer:
         new = Op("MatMulNBits", operands, domain=CONTRIB, results=0, name=op.name,
                  attrs={"K": k, "N": n, "bits": bits, "block_size": bs, "accuracy_level": accuracy})
         self.used_contrib = True
-        if not self._replace(g, op, new, y, f"com.microsoft.MatMulNBits ({bits}-bit, block {bs}, accuracy_level {accuracy})"):
+        what = f"com.microsoft.MatMulNBits ({bits}-bit, block {bs}, accuracy_level {accuracy})"
+        if not self._replace(g, op, new, y, what):
             return False
         if u.act_dq is not None:
             self.ctx.remark(new, "w4a8: DynamicQuantizeLinear dropped; accuracy_level 4 quantizes the input per block")
@@ -455,7 +464,8 @@ class _Lowerer:
         if bias_q is not None:
             operands.append(bias_q)
         new = Op("QLinearConv", operands, results=0, name=op.name, attrs=dict(op.attrs))
-        if not self._replace(g, quant, new, quant.results[0], "QLinearConv" + (" (the Relu folded in)" if relu else "")):
+        what = "QLinearConv" + (" (the Relu folded in)" if relu else "")
+        if not self._replace(g, quant, new, quant.results[0], what):
             return False
         if relu is not None and op.graph is g and not op.results[0]._uses:
             erase_op(op)
@@ -468,16 +478,20 @@ class _Lowerer:
         xs = const_array(u.act_scale, self.constants)
         if xs is None:
             return "QLinearConv's int32 bias needs a constant input scale"
-        bias_scale = np.float32(np.asarray(xs).reshape(())) * np.broadcast_to(np.asarray(wscale, np.float32).reshape(-1), (channels,))
+        per_channel = np.broadcast_to(np.asarray(wscale, np.float32).reshape(-1), (channels,))
+        bias_scale = np.float32(np.asarray(xs).reshape(())) * per_channel
         bdq = u.bias_dq
         if bdq is not None:
             bq = const_array(bdq.operands[0], self.constants)
             bs = const_array(bdq.operands[1], self.constants)
-            bz = const_array(bdq.operands[2], self.constants) if len(bdq.operands) > 2 and bdq.operands[2] is not None else 0
+            has_zp = len(bdq.operands) > 2 and bdq.operands[2] is not None
+            bz = const_array(bdq.operands[2], self.constants) if has_zp else 0
             if (bq is None or bs is None or bdq.operands[0].const.dtype is not DType.i32 or np.any(np.asarray(bz) != 0)
                     or not np.allclose(np.broadcast_to(bs, (channels,)), bias_scale, rtol=1e-6, atol=0)):
                 return "the dequantized bias is not int32 with scale x_scale * w_scale and zero point 0"
-            return bdq.operands[0] if bq.shape == (channels,) else g.add_const(b.name + ".q", Tensor.from_array(bq.reshape(-1)))
+            if bq.shape == (channels,):
+                return bdq.operands[0]
+            return g.add_const(b.name + ".q", Tensor.from_array(bq.reshape(-1)))
         bias = const_array(b, self.constants)
         if bias is None or bias.size != channels:
             return "the Conv bias is not a constant [C_out]"

@@ -59,12 +59,13 @@ class QuantizeWeights(Pass):
                                                     %y = onnx.MatMul(%x, %W.dq)
 
     Per tensor: scalar ``@W.scale`` / ``@W.zp``, no axis, and the numbers themselves on the type
-    (``i8[K, N] q(scale = 0.0123, zp = 0)``). Block-wise (``granularity = block``, usually 4-bit)::
+    (``i8[K, N] q(scale = 0.0123, zp = 0)``). Block-wise (``granularity = block``, usually 4-bit),
+    ``%y = onnx.MatMul(%x, @W)`` becomes::
 
-        %y = onnx.MatMul(%x, @W)                ->  const @W.q : u4[K, N] q(scale = @W.scale, zp = @W.zp, axis = 0, block = 32)
-                                                    const @W.scale : f32[ceil(K/32), N]   const @W.zp : u4[ceil(K/32), N]
-                                                    %W.dq = onnx.DequantizeLinear(@W.q, @W.scale, @W.zp) {axis = 0, block_size = 32}
-                                                    %y = onnx.MatMul(%x, %W.dq)
+        const @W.q : u4[K, N] q(scale = @W.scale, zp = @W.zp, axis = 0, block = 32)
+        const @W.scale : f32[ceil(K/32), N]   const @W.zp : u4[ceil(K/32), N]
+        %W.dq = onnx.DequantizeLinear(@W.q, @W.scale, @W.zp) {axis = 0, block_size = 32}
+        %y = onnx.MatMul(%x, %W.dq)
 
     Gemm reads its weight B as [N, K] when ``transB = 1``; the weight is stored as it was, so the
     output-channel axis becomes 0 and the block axis 1 (scale [N, ceil(K/bs)])::
@@ -193,7 +194,8 @@ class QuantizeWeights(Pass):
         explicit_bits = self.bits != 8 or any(k == "bits" for k, _ in getattr(self, "_raw_options", None) or ())
         if explicit_bits and not 2 <= self.bits <= dtype.bits:
             raise QCError(f"quantize-weights: bits={self.bits} does not fit dtype={self.dtype}",
-                          hint=f"codes of 2 to {dtype.bits} bits fit {self.dtype} (bits=7 with i8: onnxruntime's reduce_range)")
+                          hint=f"codes of 2 to {dtype.bits} bits fit {self.dtype} "
+                               "(bits=7 with i8: onnxruntime's reduce_range)")
         return dtype
 
     def _code_bits(self, storage: DType) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 from qc.ir.core import Module, Op
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import const_array, constant_consts, erase_op, graphs, opsets_for, is_default_domain, replace_value
+from ._util import const_array, constant_consts, erase_op, graphs, is_default_domain, opsets_for, replace_value
 
 
 @register_pass("remove-identity")

@@ -90,7 +90,8 @@ class SmoothQuant(Pass):
                     graph.remove_const(w)
             smoothed = ops[0].operands[0]
             calib.tensors[smoothed.name] = _divided(stats, s)
-            ctx.remark(ops[0], f"%{x.name} / s ({how}; alpha {self.alpha:g}): max |x| {float(stats.channel_absmax.max()):.4g} "
+            ctx.remark(ops[0], f"%{x.name} / s ({how}; alpha {self.alpha:g}): "
+                               f"max |x| {float(stats.channel_absmax.max()):.4g} "
                                f"-> {float(calib.tensors[smoothed.name].channel_absmax.max()):.4g}, "
                                f"s in [{float(s.min()):.3g}, {float(s.max()):.3g}]")
             changed = True

@@ -13,11 +13,10 @@ from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
-
-from ._util import compile_regex
 from qc.quant.outliers import OutlierSplit
 
 from ._scaling import matmuls_by_input
+from ._util import compile_regex
 from .insert_qdq import learned_dequantize
 
 MODES = ("threshold", "budget", "error")
@@ -114,11 +113,12 @@ class SplitOutliers(Pass):
                           float(absmax[rest].max()))
             splits.append(split)
             ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to float16 ({plan.reason}); "
-                               f"int8 part now spans max |x| {split.rest_absmax:.4g} instead of {float(absmax.max()):.4g}")
+                               f"int8 part now spans max |x| {split.rest_absmax:.4g} "
+                               f"instead of {float(absmax.max()):.4g}")
             changed = True
         return changed
 
-    def plan(self, module: Module, calib, ctx: PassContext | None = None, *, keep_empty: bool = False) -> list["Plan"]:
+    def plan(self, module: Module, calib, ctx: PassContext | None = None, *, keep_empty: bool = False) -> list[Plan]:
         """The decision for every activation read by MatMuls with constant weights, without
         rewriting anything (``qc report`` draws these); ``keep_empty`` also returns the
         activations where no column qualifies."""
@@ -143,7 +143,7 @@ class SplitOutliers(Pass):
         chosen = (self._allocate([(st, ws) for _, _, st, ws in candidates]) if self.mode == "error"
                   else [self._choose(st, ws) for _, _, st, ws in candidates])
         plans = []
-        for (x, ops, stats, weights), (columns, reason) in zip(candidates, chosen):
+        for (x, ops, stats, _), (columns, reason) in zip(candidates, chosen):
             rest = np.setdiff1d(np.arange(stats.features), columns)
             if columns and rest.size == 0:
                 reason = f"every column is an outlier ({reason})"
@@ -288,5 +288,6 @@ def _rest_stats(stats, rest: np.ndarray):
     if getattr(stats, "hessian", None) is not None:      # GPTQ on the int8 part: X_R^T X_R
         out.hessian_enabled, out.hessian = True, stats.hessian[np.ix_(rest, rest)].copy()
     if getattr(stats, "row_sample", None) is not None:   # AWQ
-        out.max_rows, out.row_sample, out.row_priority = stats.max_rows, stats.row_sample[:, rest].copy(), stats.row_priority
+        out.max_rows, out.row_priority = stats.max_rows, stats.row_priority
+        out.row_sample = stats.row_sample[:, rest].copy()
     return out

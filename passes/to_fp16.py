@@ -8,14 +8,22 @@ from dataclasses import dataclass
 import numpy as np
 import onnx.defs
 
-from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import compile_regex, can_hold_consts, const_array, constant_consts, graphs, is_any_output, is_default_domain, opsets_for
+from ._util import (
+    can_hold_consts,
+    compile_regex,
+    const_array,
+    constant_consts,
+    graphs,
+    is_any_output,
+    is_default_domain,
+    opsets_for,
+)
 
 F16_MAX = 65504.0
 F16_TINY = 2.0**-24  # the smallest positive float16 (subnormal)
@@ -177,7 +185,7 @@ class _WeightsOnly:
 
 
 # -- full float16 ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(op_type: str, version: int):
     try:
         return onnx.defs.get_schema(op_type, max_inclusive_version=version, domain="")
@@ -360,7 +368,8 @@ class _FullF16:
             if id(v) not in half or not self.options.keep_io:
                 continue
             out = self._cast(v, DType.f32)
-            if v.producer is not None and v.producer.graph is g and not sum(1 for u, _ in v.uses() if not isinstance(u, Op)) > 1:
+            if (v.producer is not None and v.producer.graph is g
+                    and not sum(1 for u, _ in v.uses() if not isinstance(u, Op)) > 1):
                 name = v.name
                 v.name, out.name = name + ".f16", name
             g.set_output(i, out)

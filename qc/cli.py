@@ -10,13 +10,27 @@ import collections
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .cli_common import (  # noqa: F401  (also qc.cli's names: write_qir, load_module, ...)
-    _calibration_from_flags, _elide, _eval_tokenizer, _existing_onnx, _indent, _names, _pipeline_spec,
-    _producer_model, _quant_options, _refuse_overwrite, _write_json, build_instruments, build_pass_manager,
-    load_module, summarize, write_module, write_qir,
+    _calibration_from_flags,
+    _elide,
+    _eval_tokenizer,
+    _existing_onnx,
+    _indent,
+    _names,
+    _pipeline_spec,
+    _producer_model,
+    _quant_options,
+    _refuse_overwrite,
+    _write_json,
+    build_instruments,
+    build_pass_manager,
+    load_module,
+    summarize,
+    write_module,
+    write_qir,
 )
 from .errors import QCError
 
@@ -121,7 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
                            "legalize: keep them (allow), keep them with a remark each (warn, the default), "
                            "or stop with the list (error)")
     comp.add_argument("--quiet", action="store_true", help="print no summary")
-    comp.add_argument("--remarks", action="store_true", help="list every pass remark (why something was or was not done)")
+    comp.add_argument("--remarks", action="store_true",
+                      help="list every pass remark (why something was or was not done)")
     comp.add_argument("--report-json", metavar="FILE", help="write the compile report as JSON")
     comp.add_argument("--report", action="store_true", help="with --quant: list per layer what was done "
                       "(e.g. how many columns went to float16 and why)")
@@ -150,7 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     targets.add_argument("name", nargs="?")
     targets.set_defaults(func=cmd_targets)
 
-    chk = sub.add_parser("check", parents=[common], help="which device each node unit runs on for a target, and the CPU fallbacks")
+    chk = sub.add_parser("check", parents=[common],
+                         help="which device each node unit runs on for a target, and the CPU fallbacks")
     chk.add_argument("model")
     chk.add_argument("--target", required=True, help="built-in target name or a .toml file")
     chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
@@ -247,7 +263,8 @@ def _add_calib_options(q) -> None:
                    "--seq-len tokens (a file, or a built-in source: licenses)")
     q.add_argument("--tokenizer", metavar="NAME|tokenizer.json", help="tokenizer for --calib-text (a `qc models` "
                    "name or a tokenizer.json; default: the model's own when qc built it)")
-    q.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per calibration window (default %(default)s)")
+    q.add_argument("--seq-len", type=int, default=128, metavar="N",
+                   help="tokens per calibration window (default %(default)s)")
     q.add_argument("--samples", type=int, default=32, metavar="N", help="calibration windows (default %(default)s)")
     q.add_argument("--calib-cache", metavar="FILE", help="reuse calibration statistics from FILE when they match "
                    "the model and data (written after calibrating)")
@@ -527,6 +544,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from qc.tools import metrics
+
     from .data import text as textdata
 
     _existing_onnx(args.model)

@@ -21,13 +21,15 @@ def add_analyze_parser(sub, common, add_quant_options, add_other_options) -> Non
     an = sub.add_parser("analyze", parents=[common], help="per-layer quantization sensitivity, ranges and outliers, "
                         "and how the error splits between weights and activations")
     an.add_argument("model", help=".onnx or .qir file")
-    an.add_argument("--target", default="x86-avx2", help="target whose defaults the scheme follows (default %(default)s)")
+    an.add_argument("--target", default="x86-avx2",
+                    help="target whose defaults the scheme follows (default %(default)s)")
     an.add_argument("--metric", choices=("sqnr", "cosine", "ppl"), default="sqnr",
                     help="score of a configuration against the float model: SQNR of the first output (default), "
                          "mean cosine of its rows (encoders), or perplexity (language models)")
     an.add_argument("--exact", action="store_true", help="also each layer's weights alone, activations alone, and "
                     "all layers but it (3 more evaluations per layer)")
-    an.add_argument("--top", type=int, default=20, metavar="N", help="layers listed on the terminal (default %(default)s)")
+    an.add_argument("--top", type=int, default=20, metavar="N",
+                    help="layers listed on the terminal (default %(default)s)")
     an.add_argument("--html", metavar="FILE", help="write the report with plots to this HTML file")
     an.add_argument("--json", metavar="FILE", help="write the scores as JSON")
     add_parallel_options(an)
@@ -129,8 +131,8 @@ def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer
 def _final_score(module, reference, feeds: list[dict], metric: str) -> float:
     """The criterion on the model as written (float16 weights for the kept layers), against the
     same float reference the search used."""
-    from .tools.analyze import score_of
     from .onnx.evaluator import module_session
+    from .tools.analyze import score_of
 
     sess = module_session(module)
     name = reference.output
@@ -156,13 +158,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
     from . import cli_common
-    from .pm import PassContext
     from .calib.data import split_holdout
+    from .pm import PassContext
     from .quant import schemes
+    from .targets import load_target
     from .tools.analyze import analyze
     from .tools.analyze_report import activation_ranges, analysis_html, format_analysis, weight_ranges
     from .tools.mixed import layer_inputs
-    from .targets import load_target
 
     for path in (args.html, args.json):
         if path:
@@ -181,7 +183,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
     data, holdout = split_holdout(data, args.holdout, module)
     ctx.calibration_data, ctx.calibration_cache, ctx.quiet, ctx.jobs = data, args.calib_cache, True, args.jobs
-    pm, switches, consts, _ = quantize_for_analysis(spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
+    pm, switches, consts, _ = quantize_for_analysis(
+        spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
     runner = _runner(args, module, switches, holdout, args.metric)
     try:
         result = analyze(runner, exact=args.exact)

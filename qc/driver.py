@@ -118,7 +118,8 @@ def output_kind(path: str, target: Target, emit: Emit | None = None) -> Emit:
                       hint="use NAME.onnx for ONNX, or a directory (no suffix) for C sources")
     if emit is not None and by_path is not None and emit != by_path:
         wants = "a .onnx file" if emit == "onnx" else "a directory"
-        raise QCError(f"--emit {emit} writes {wants}, and this path is for {by_path.upper() if by_path == 'c' else 'ONNX'}",
+        kind = by_path.upper() if by_path == "c" else "ONNX"
+        raise QCError(f"--emit {emit} writes {wants}, and this path is for {kind}",
                       where=path, hint=f"use -o {'model.onnx' if emit == 'onnx' else 'out_dir'} or --emit {by_path}")
     if emit is None and by_path == "c" and target.backend != "c":
         raise QCError(f"target {target.name} emits ONNX (its backend), so the output must be a .onnx file",
@@ -148,8 +149,9 @@ def summarize(module: Module) -> str:
     counts = collections.Counter(op.qualified_type for op in module.walk())
     consts = list(module.graph.consts.values())
     nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
+    inputs = len([v for v in module.graph.inputs if v.const is None])
     lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
-             f"inputs: {len([v for v in module.graph.inputs if v.const is None])}, outputs: {len(module.graph.outputs)}"]
+             f"inputs: {inputs}, outputs: {len(module.graph.outputs)}"]
     top = counts.most_common()
     lines.append("  " + ", ".join(f"{k} x{n}" for k, n in top[:12]) + (", ..." if len(top) > 12 else ""))
     return "\n".join(lines) + "\n"
@@ -328,7 +330,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     if opts is not None:
         data = _calibration_data(calibration, module)
         if data is None and schemes.needs_calibration(opts):
-            raise QCError(f"--quant {opts.scheme}" + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")
+            raise QCError(f"--quant {opts.scheme}"
+                          + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")
                           + " needs calibration data", where=source,
                           hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
         if data is not None:

@@ -69,7 +69,8 @@ class _Builder:
         q = self.const(f"{name}.qat_q", codes)
         s = self.const(f"{name}.qat_scale", scale.astype(np.float32))
         z = self.const(f"{name}.qat_zp", np.zeros(scale.shape, np.int32))
-        self.nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [f"{name}.qat_dq"], axis=0, name=f"{name}.DQ"))
+        self.nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [f"{name}.qat_dq"], axis=0,
+                                           name=f"{name}.DQ"))
         return f"{name}.qat_dq"
 
     def model(self, name: str, inputs, outputs) -> onnx.ModelProto:

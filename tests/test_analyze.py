@@ -7,8 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_qc
-from qc.tools.mixed import Criterion
 from qc.onnx.evaluator import ort_session
+from qc.tools.mixed import Criterion
 
 D = 32
 
@@ -149,9 +149,9 @@ def test_criterion_thresholds():
 
 
 def test_calibration_in_two_workers_merges_to_the_serial_statistics(chain_model):
+    from qc.calib.data import from_npz
     from qc.frontend.onnx import import_onnx
     from qc.pm import PassContext, PassManager, parse_pass
-    from qc.calib.data import from_npz
 
     model, calib, _ = chain_model
     got = {}

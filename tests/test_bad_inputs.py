@@ -63,7 +63,8 @@ def external_model(directory, location: str, length: int | None = 64) -> str:
 # -- graph structure -----------------------------------------------------------------------------
 def test_cycle(tmp_path):
     model = graph_model([helper.make_node("Relu", ["b_out"], ["a_out"], name="a"),
-                         helper.make_node("Neg", ["a_out"], ["b_out"], name="b")], [vi("x", F, [2])], [vi("a_out", F, [2])])
+                         helper.make_node("Neg", ["a_out"], ["b_out"], name="b")],
+                        [vi("x", F, [2])], [vi("a_out", F, [2])])
     path = save(model, tmp_path / "cycle.onnx")
     refused(run_qc("show", path), path, "has a cycle through nodes 'a', 'b'", "ONNX graphs must be acyclic")
 
@@ -75,7 +76,8 @@ def test_node_reading_its_own_output(tmp_path):
 
 
 def test_duplicate_value_names(tmp_path):
-    model = graph_model([helper.make_node("Relu", ["x"], ["h"], name="r1"), helper.make_node("Neg", ["x"], ["h"], name="r2")],
+    model = graph_model([helper.make_node("Relu", ["x"], ["h"], name="r1"),
+                         helper.make_node("Neg", ["x"], ["h"], name="r2")],
                         [vi("x", F, [2])], [vi("h", F, [2])])
     path = save(model, tmp_path / "dup.onnx")
     refused(run_qc("compile", path, "--target", "x86-avx2", "-o", str(tmp_path / "o.onnx")),
@@ -180,7 +182,8 @@ def test_file_over_two_gigabytes(tmp_path):
     path = tmp_path / "big.onnx"
     with open(path, "wb") as f:
         f.truncate(2**31 + 10)  # sparse: no disk used
-    refused(run_qc("show", str(path)), str(path), "over protobuf's 2 GB limit", "store the large weights as external data")
+    refused(run_qc("show", str(path)), str(path), "over protobuf's 2 GB limit",
+            "store the large weights as external data")
 
 
 def _nested_bytes(depth: int) -> bytes:
@@ -189,12 +192,14 @@ def _nested_bytes(depth: int) -> bytes:
     def field(number: int, payload: bytes) -> bytes:
         return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "leaf", [], [vi("y", F, [1])]).SerializeToString()
+    leaf = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "leaf", [], [vi("y", F, [1])])
+    graph = leaf.SerializeToString()
     for _ in range(depth):
         attr = field(1, b"then_branch") + _varint(20 << 3) + _varint(AttributeProto_GRAPH) + field(6, graph)
         node = field(1, b"c") + field(2, b"y") + field(4, b"If") + field(5, attr)
         graph = field(1, node) + field(2, b"g") + field(12, vi("y", F, [1]).SerializeToString())
-    graph += field(11, vi("c", TensorProto.BOOL, []).SerializeToString()) + field(11, vi("x", F, [1]).SerializeToString())
+    graph += (field(11, vi("c", TensorProto.BOOL, []).SerializeToString())
+              + field(11, vi("x", F, [1]).SerializeToString()))
     return _varint(1 << 3) + _varint(8) + field(8, helper.make_opsetid("", 17).SerializeToString()) + field(7, graph)
 
 
@@ -267,7 +272,7 @@ def test_external_data_outside_the_model_directory(tmp_path, location, expected)
     directory = tmp_path / "model"
     (directory / "sub").mkdir(parents=True)
     path = external_model(directory, location)
-    refused(run_qc("show", path), path, f"tensor 'w'", expected, "external data must be a relative path inside the "
+    refused(run_qc("show", path), path, "tensor 'w'", expected, "external data must be a relative path inside the "
             "model's directory")
 
 

@@ -87,7 +87,8 @@ def test_onnx_node_cases(tmp_path):
             got = np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy).reshape(shape)
             try:
                 if expected.dtype.kind == "f":
-                    np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), rtol=1e-3, atol=1e-5)
+                    np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64),
+                                               rtol=1e-3, atol=1e-5)
                 else:
                     np.testing.assert_array_equal(got, expected)
             except AssertionError as e:
@@ -179,10 +180,12 @@ def _qdq_model(kind: str, rng, per_channel: bool, out_q: bool):
         w = rng.randint(-127, 128, wshape).astype(np.int8)
         nch = wshape[0]
     ws = (rng.rand(nch) * 0.02 + 0.005).astype(np.float32) if per_channel else np.array(0.01, np.float32)
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "sx"), numpy_helper.from_array(np.array(3, np.int8), "zx"),
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
+             numpy_helper.from_array(np.array(3, np.int8), "zx"),
              numpy_helper.from_array(w, "wq"), numpy_helper.from_array(ws, "sw"),
              numpy_helper.from_array(np.zeros(ws.shape, np.int8), "zw"),
-             numpy_helper.from_array(np.array(0.2, np.float32), "sy"), numpy_helper.from_array(np.array(-5, np.int8), "zy")]
+             numpy_helper.from_array(np.array(0.2, np.float32), "sy"),
+             numpy_helper.from_array(np.array(-5, np.int8), "zy")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=axis)]
@@ -291,9 +294,11 @@ def test_minilm_w8a8_cortex_a76_under_qemu(tmp_path, minilm_fp32):
     _compile(src, "cortex-a76", out, quant="w8a8", calibration=_licenses_windows("minilm-l6", 8),
              shapes={"input_ids": (1, 16), "attention_mask": (1, 16)})
     rng = np.random.RandomState(0)
-    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
+    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64),
+              "attention_mask": np.ones((1, 16), np.int64)}
     got = _a76_run(out, inputs)
-    report, exe = _emit_portable(out / "model.onnx", tmp_path / "host", {"input_ids": (1, 16), "attention_mask": (1, 16)})
+    report, exe = _emit_portable(out / "model.onnx", tmp_path / "host",
+                                 {"input_ids": (1, 16), "attention_mask": (1, 16)})
     host = run_model(exe, report, inputs)
     assert [g.tobytes() for g in got] == [h.tobytes() for h in host]
     hidden, emb = _ort(out / "model.onnx", inputs)
@@ -355,7 +360,8 @@ def test_minilm_w4_matmulnbits(tmp_path, minilm_fp32):
     report, exe = _emit_portable(q, tmp_path / "c", {"input_ids": (1, 16), "attention_mask": (1, 16)})
     assert report["kernels"]["matmul f32 x s4"] == 36
     rng = np.random.RandomState(2)
-    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64), "attention_mask": np.ones((1, 16), np.int64)}
+    inputs = {"input_ids": rng.randint(0, 30000, (1, 16)).astype(np.int64),
+              "attention_mask": np.ones((1, 16), np.int64)}
     for got, ref in zip(run_model(exe, report, inputs), _ort(q, inputs)):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=5e-5)
 

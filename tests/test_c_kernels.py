@@ -115,7 +115,7 @@ def _requant_cases(s: Stream, rng: np.random.Generator) -> None:
 
     # Ties, signs and shifts of both signs with results inside int8 (rows: accumulators,
     # columns: (multiplier, shift)), so the clamp hides none of the rounding.
-    xs = np.array([v for v in range(-300, 301, 7)] + [1, -1, 3, -3, 5, -5, 127, -129], np.int32)
+    xs = np.array(list(range(-300, 301, 7)) + [1, -1, 3, -3, 5, -5, 127, -129], np.int32)
     cols = [(2**30, 0), (2**30, -1), (2**31 - 1, -1), (2**31 - 1, -2), (2**31 - 1, 0),
             (1518500250, -3), (2**30 + 1, -2), (2**30, 1), (3 << 28, -4), (2**31 - 2, -31),
             (1, 0), (0, 0), (2**30, -30), (1431655765, -1)]
@@ -169,7 +169,7 @@ def _s4_cases(s: Stream, variant: str, rng: np.random.Generator) -> None:
         wp = np.frombuffer(packing.pack_s4(q, variant), np.uint8)
         zps = np.frombuffer(packing.pack_s4_zero_points(zp), np.uint8) if with_zp else np.zeros(0, np.uint8)
 
-        def check(raw, where, want=want, bound=bound):
+        def check(raw, where, want=want, bound=bound, K=K):
             got = np.frombuffer(raw, "<f4").reshape(want.shape).astype(np.float64)
             # float32 accumulation over K terms: |error| <= K * 2^-23 * sum |a w| (loose bound)
             err = np.abs(got - want)

@@ -6,13 +6,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
+from conftest import small_mlp
+from qc.calib.data import check_against, from_arrays, from_npz, from_samples, from_text
+from qc.calib.stats import CalibrationStats, Histogram, TensorStats, choose_range, expected_mse, scale_zero_point
 from qc.errors import QCError
 from qc.pm import PassContext, PassManager
-from qc.calib.data import check_against, from_arrays, from_npz, from_samples, from_text
-from qc.calib.stats import (CalibrationStats, Histogram, TensorStats, choose_range, expected_mse,
-                            scale_zero_point)
-
-from conftest import small_mlp
 from test_metrics import word_tokenizer
 
 RNG = np.random.default_rng(1234)
@@ -51,7 +49,7 @@ def test_histogram_merge_equals_one_shot():
 
 def test_streaming_stats_equal_stats_of_the_concatenation():
     batches = _batches()
-    options = dict(channels=True, histogram=True, hessian_enabled=True, max_rows=20)
+    options = {"channels": True, "histogram": True, "hessian_enabled": True, "max_rows": 20}
     streamed, merged_a, merged_b, one = (TensorStats(**options) for _ in range(4))
     for b in batches:
         streamed.update(b)
@@ -106,7 +104,7 @@ def test_range_methods_on_gaussian_with_a_lone_outlier():
     x = _gauss_with_outlier()
     s = TensorStats(channels=False)
     s.update(x)
-    q = dict(qmin=-128, qmax=127, symmetric=True)
+    q = {"qmin": -128, "qmax": 127, "symmetric": True}
     minmax = choose_range(s, "minmax", **q)
     assert minmax == (-50.0, 50.0)                                   # covers everything
     lo, hi = choose_range(s, "percentile", percentile=99.99, **q)
@@ -127,7 +125,7 @@ def test_range_methods_for_asymmetric_data():
     relu = np.maximum(_gauss_with_outlier(200_000, 40.0), 0)
     s = TensorStats(channels=False)
     s.update(relu)
-    q = dict(qmin=0, qmax=255, symmetric=False)
+    q = {"qmin": 0, "qmax": 255, "symmetric": False}
     assert choose_range(s, "minmax", **q) == (0.0, 40.0)
     assert s.zeros == np.count_nonzero(relu == 0) > 90_000     # exact zeros add no rounding noise
     for method in ("percentile", "entropy"):

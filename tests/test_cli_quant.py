@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qc.tools import metrics
-from qc.onnx.evaluator import ort_session
 from conftest import run_qc
+from qc.onnx.evaluator import ort_session
+from qc.tools import metrics
 
 RNG = np.random.default_rng(3)
 
@@ -116,7 +116,8 @@ def test_bad_calibration_data(model_and_data, arrays, message, tmp_path):
     model, _, d = model_and_data
     bad = str(tmp_path / "bad.npz")
     np.savez(bad, **arrays)
-    r = run_qc("compile", model, "--target", "x86-avx2", "--quant", "w8a8", "--calib", bad, "-o", str(tmp_path / "o.onnx"))
+    r = run_qc("compile", model, "--target", "x86-avx2", "--quant", "w8a8", "--calib", bad,
+               "-o", str(tmp_path / "o.onnx"))
     assert r.returncode == 2 and message in r.stderr and bad in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "o.onnx")
 
@@ -130,7 +131,8 @@ def test_report_lists_and_draws_the_outlier_columns(tmp_path):
     page = str(tmp_path / "r.html")
     r = run_qc("report", model, "--calib", calib, "--html", page, "--outlier-fraction", "0.02")
     assert r.returncode == 0, r.stderr
-    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[3:] if line and not line.startswith("charts")}
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[3:]
+            if line and not line.startswith("charts")}
     assert rows["x"][-3:] == ["1", "of", "64"] and float(rows["x"][1]) > 50
     html = open(page).read()
     assert html.count("<svg") == 2 and "column 7: max |x|" in html

@@ -87,4 +87,5 @@ def test_harness_sees_a_changed_interface(node_set):
         return out
 
     r = cf.check_roundtrip(name, model, feeds, rename_dim, ref=ref)
-    assert r.status == cf.FAIL and r.reason == "output 'Y' is tensor(int64) ['unk__0'], expected tensor(int64) [None]", r
+    assert r.status == cf.FAIL, r
+    assert r.reason == "output 'Y' is tensor(int64) ['unk__0'], expected tensor(int64) [None]", r

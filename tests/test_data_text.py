@@ -7,7 +7,6 @@ import pytest
 
 from qc.data import text as textdata
 from qc.errors import QCError
-
 from test_metrics import VOCAB, word_tokenizer
 
 

@@ -20,6 +20,7 @@ shape changed is replaced by the whole new output (elide long parts with ``...``
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -130,12 +131,11 @@ def _signature(line: str) -> str:
 def _matches(expected: list[str], actual: list[str]) -> list[int] | None:
     """For each expected line the index of the actual line it matches (``...`` lines: -1), or None.
     A ``...`` line matches any number of actual lines."""
-    from functools import lru_cache
 
     want = [None if line.strip() == "..." else _signature(line) for line in expected]
     have = [_signature(line) for line in actual]
 
-    @lru_cache(maxsize=None)
+    @functools.cache
     def match(i: int, j: int) -> tuple[int, ...] | None:
         if i == len(want):
             return () if j == len(have) else None

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import fuzz  # noqa: E402
+import fuzz
 
 FUZZ = settings(max_examples=250, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -62,7 +62,7 @@ def test_seeds_are_real_models_that_import():
     assert len(seeds) >= 50
     tally: dict[str, int] = {}
     for data in seeds[:30]:
-        fuzz.run_case(lambda: qc.import_onnx(__import__("onnx").load_from_string(data)), 20, tally)
+        fuzz.run_case(lambda data=data: qc.import_onnx(__import__("onnx").load_from_string(data)), 20, tally)
     assert tally.get("ok", 0) >= 25, tally
     assert len(fuzz.text_seeds()) >= 40
 

@@ -8,11 +8,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_qc
-from qc.onnx.writer import export_onnx
 from qc.errors import QCError
 from qc.frontend.onnx import import_onnx
-from qc.pm import PassContext, PassManager, parse_pass
 from qc.onnx.evaluator import ort_session
+from qc.onnx.writer import export_onnx
+from qc.pm import PassContext, PassManager, parse_pass
 
 K, N = 64, 32
 
@@ -32,11 +32,13 @@ def _mlp(tmp_path, name="mlp.onnx"):
 def _u8_qdq(tmp_path):
     """uint8 activations and output, int8 symmetric per-channel weights (an x86-style QDQ unit)."""
     rng = np.random.default_rng(0)
-    inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [0.02]), helper.make_tensor("xz", TensorProto.UINT8, [], [131]),
+    inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [0.02]),
+             helper.make_tensor("xz", TensorProto.UINT8, [], [131]),
              numpy_helper.from_array(rng.integers(-127, 127, (K, N)).astype(np.int8), "wq"),
              numpy_helper.from_array(np.full(N, 0.01, np.float32), "ws"),
              numpy_helper.from_array(np.zeros(N, np.int8), "wz"),
-             helper.make_tensor("ys", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("yz", TensorProto.UINT8, [], [120])]
+             helper.make_tensor("ys", TensorProto.FLOAT, [], [0.1]),
+             helper.make_tensor("yz", TensorProto.UINT8, [], [120])]
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
@@ -101,7 +103,8 @@ def test_uint8_unit_becomes_int8_exactly_for_ethos_u55(tmp_path):
     path = _u8_qdq(tmp_path)
     module, ctx = _legalize(path, "ethos-u55")
     (change,) = ctx.legalized
-    assert change["node"] == "mm" and change["change"].startswith("uint8 -> int8") and change["change"].endswith("-> npu")
+    assert change["node"] == "mm"
+    assert change["change"].startswith("uint8 -> int8") and change["change"].endswith("-> npu")
     assert ctx.placement.fallbacks == []
     out = export_onnx(module)
     zps = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer if "zp_s8" in i.name}

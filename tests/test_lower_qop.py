@@ -354,21 +354,22 @@ def test_gemm_blockwise_with_bias_uses_matmulnbits_bias():
 @pytest.mark.parametrize("xdt,wdt,per_channel", [(T.UINT8, T.INT8, True), (T.UINT8, T.UINT8, False),
                                                  (T.INT8, T.INT8, True)])
 def test_conv_with_q_becomes_qlinearconv(xdt, wdt, per_channel):
-    C, O = 3, 4
+    C, Cout = 3, 4
     act_nodes, act_inits = static_act(xdt, 0.03)
     lo, hi = int_range(wdt, seven_bit=True)
-    wq = RNG.integers(lo, hi + 1, (O, C, 3, 3))
-    shape = (O,) if per_channel else ()
+    wq = RNG.integers(lo, hi + 1, (Cout, C, 3, 3))
+    shape = (Cout,) if per_channel else ()
     ws = RNG.uniform(0.005, 0.01, shape).astype(np.float32)
     wz = RNG.integers(0, 5, shape) if wdt == T.UINT8 else np.zeros(shape, np.int64)
-    bias = RNG.standard_normal(O).astype(np.float32)
+    bias = RNG.standard_normal(Cout).astype(np.float32)
     nodes = act_nodes + [
-        helper.make_node("DequantizeLinear", ["W.q", "W.scale", "W.zp"], ["W.dq"], **({"axis": 0} if per_channel else {})),
+        helper.make_node("DequantizeLinear", ["W.q", "W.scale", "W.zp"], ["W.dq"],
+                         **({"axis": 0} if per_channel else {})),
         helper.make_node("Conv", ["x.dq", "W.dq", "B"], ["y"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["y.q"])]
     inits = act_inits + [init("W.q", wq, wdt), init("W.scale", ws), init("W.zp", wz, wdt), init("B", bias),
                          init("ys", np.float32(0.05)), init("yz", np.array(10), xdt)]
-    m = model(nodes, [vi("x", T.FLOAT, [1, C, 6, 6])], [vi("y.q", xdt, [1, O, 6, 6])], inits)
+    m = model(nodes, [vi("x", T.FLOAT, [1, C, 6, 6])], [vi("y.q", xdt, [1, Cout, 6, 6])], inits)
     out, remarks = lower(m)
     assert op_counts(out) == {"QuantizeLinear": 1, "QLinearConv": 1}
     bq = [i for i in out.graph.initializer if i.name == "B.q"]
@@ -448,8 +449,8 @@ def test_ops_option_selects_rewrites_and_bad_options_are_errors():
 
 # -- onnxruntime constraints the pass encodes ---------------------------------------------------
 def test_qlinearmatmul_cpu_kernels_are_the_listed_combinations():
-    from qc.passes.lower_qop import QLINEAR_MATMUL_TYPES
     from qc.ir.dtypes import DType
+    from qc.passes.lower_qop import QLINEAR_MATMUL_TYPES
 
     for xdt in (T.UINT8, T.INT8):
         for wdt in (T.UINT8, T.INT8):
@@ -462,7 +463,7 @@ def test_qlinearmatmul_cpu_kernels_are_the_listed_combinations():
                 try:
                     ort_session(m)
                     supported = True
-                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                except Exception as e:  # onnxruntime raises its own exception types
                     assert "NOT_IMPLEMENTED" in str(e)
                     supported = False
                 assert supported == ((DType(xdt), DType(wdt), DType(ydt)) in QLINEAR_MATMUL_TYPES)

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qc.tools import metrics
 from qc.errors import QCError
+from qc.tools import metrics
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "a", "model", "is", "small", "and", "text", "runs", "fast",
          "slow", "on", "cpu", "arm", "edge", "device", "."]

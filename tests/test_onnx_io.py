@@ -3,8 +3,8 @@ import hashlib
 import os
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
@@ -67,7 +67,8 @@ def test_sparse_initializer_and_local_function_run_the_same():
                               [helper.make_node("Mul", ["a", "b"], ["c"])], [helper.make_opsetid("", 17)])
     nodes = [helper.make_node("Scale", ["x", "s"], ["y"], domain="local")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], sparse_initializer=[sparse])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+                              sparse_initializer=[sparse])
     model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
                                                                     helper.make_opsetid("local", 1)])
     text = qc.print_ir(qc.import_onnx(model), elide_above=None)

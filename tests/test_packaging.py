@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
-
 from conftest import REPO
 
 if sys.version_info >= (3, 11):

@@ -164,7 +164,8 @@ def test_fold_constants_leaves_what_it_must_not_fold():
         helper.make_node("RandomUniform", [], ["r"], shape=[2], seed=3.0),
         helper.make_node("Add", ["x", "r"], ["y2"]),
         # a result above max-size
-        helper.make_node("ConstantOfShape", ["S"], ["big"], value=numpy_helper.from_array(np.array([0.25], np.float32))),
+        helper.make_node("ConstantOfShape", ["S"], ["big"],
+                         value=numpy_helper.from_array(np.array([0.25], np.float32))),
         helper.make_node("ReduceSum", ["big"], ["sum"], keepdims=0),
         helper.make_node("Add", ["x", "sum"], ["y3"]),
     ]
@@ -237,7 +238,8 @@ def test_dce():
     x = rand(2)
     _, out = check_exact(model, "dce", [{"x": x, "b": np.array(True)}, {"x": x, "b": np.array(False)}])
     assert op_types(out) == ["Split", "Concat", "If", "Add"]
-    assert op_types(out.graph.node[2].attribute[[a.name for a in out.graph.node[2].attribute].index("then_branch")].g) == ["Cos"]
+    attrs = out.graph.node[2].attribute
+    assert op_types(attrs[[a.name for a in attrs].index("then_branch")].g) == ["Cos"]
     # @U is gone; @G (a graph input) stays
     assert [i.name for i in out.graph.initializer] == ["G"]
 
@@ -272,7 +274,8 @@ def test_cse():
              helper.make_node("Exp", ["x"], ["o1"]),
              helper.make_node("Exp", ["x"], ["o2"])]                     # both graph outputs: kept
     model = make_model(nodes, [vi("x", T.FLOAT, [6])],
-                       [vi(n, T.FLOAT, [6]) for n in ("t1", "t2", "t3", "t4")] + [vi(n, T.FLOAT, [2, 3]) for n in ("r1", "r2")]
+                       [vi(n, T.FLOAT, [6]) for n in ("t1", "t2", "t3", "t4")]
+                       + [vi(n, T.FLOAT, [2, 3]) for n in ("r1", "r2")]
                        + [vi(n, T.FLOAT, [6]) for n in ("o1", "o2")],
                        [init("K1", np.array([2, 3], np.int64)), init("K2", np.array([2, 3], np.int64))])
     _, out = check_exact(model, "cse", [{"x": rand(6)}])
@@ -332,7 +335,8 @@ def bn_inits(prefix, n, seed):
 
 
 def bn(x, y, prefix, **kw):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}s", f"{prefix}b", f"{prefix}m", f"{prefix}v"], [y], **kw)
+    return helper.make_node("BatchNormalization", [x, f"{prefix}s", f"{prefix}b", f"{prefix}m", f"{prefix}v"], [y],
+                            **kw)
 
 
 def assert_close(ref, got):
@@ -440,7 +444,8 @@ def test_light_models_found():
 
 def test_fold_constants_does_not_grow_the_model():
     """A big ConstantOfShape result stays an op unless max-growth allows storing it."""
-    nodes = [helper.make_node("ConstantOfShape", ["S"], ["w"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+    nodes = [helper.make_node("ConstantOfShape", ["S"], ["w"],
+                              value=numpy_helper.from_array(np.array([0.5], np.float32))),
              helper.make_node("Add", ["x", "w"], ["y"])]
     model = make_model(nodes, [vi("x", T.FLOAT, [1, 256])], [vi("y", T.FLOAT, [512, 256])],
                        [init("S", np.array([512, 256], np.int64))])

@@ -1,7 +1,7 @@
 """The pass manager: pipeline strings, typed options, verification after each pass, instruments."""
 import io
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -21,7 +21,7 @@ class OptionsPass(Pass):
     flag: bool = False
     mode: Literal["fast", "exact"] = "fast"
     names: tuple[str, ...] = ()
-    limit: Optional[int] = None
+    limit: int | None = None
     label: str = ""
 
     def run(self, module, ctx: PassContext) -> bool:
@@ -70,7 +70,8 @@ def test_pipeline_strings_print_back_exactly(spec):
 def test_options_are_converted_to_their_declared_types():
     pm = PassManager.parse('test-options{count=0x10,ratio=1e-3,flag=yes,mode=exact,names=p,q,limit=4,label="a,b"}')
     p = pm.passes[0]
-    assert (p.count, p.ratio, p.flag, p.mode, p.names, p.limit, p.label) == (16, 0.001, True, "exact", ("p", "q"), 4, "a,b")
+    assert ((p.count, p.ratio, p.flag, p.mode, p.names, p.limit, p.label)
+            == (16, 0.001, True, "exact", ("p", "q"), 4, "a,b"))
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -9,8 +9,8 @@ from onnx import numpy_helper
 
 from conftest import run_qc
 from qat_models import mlp_inputs, qat_cnn, qat_mlp
-from qc.tools import metrics
 from qc.onnx.evaluator import ort_session
+from qc.tools import metrics
 
 MODELS = {
     "cnn-u8": lambda: qat_cnn(np.uint8),                          # torch: quint8 activations, qint8 weights
@@ -186,7 +186,8 @@ def test_gptq_on_a_mixed_model_rounds_the_qat_activation_layer_to_nearest(files)
     r = run_qc("compile", paths["mixed"], "--target", "x86-avx2", "--quant", "w8a8", "--weight-algo", "gptq",
                "--calib", str(d / "mlp.npz"), "-o", out, "--remarks")
     assert r.returncode == 0, r.stderr
-    assert "%down.relu.qat_dq is already quantized (QAT): no calibration statistics for gptq; round to nearest" in r.stdout
+    assert ("%down.relu.qat_dq is already quantized (QAT): no calibration statistics for gptq; "
+            "round to nearest") in r.stdout
     assert "'head.rest': weight @head.weight.smooth.rest [63, 32] -> u8 per-channel sym gptq" in r.stdout
     assert_learned_kept(paths["mixed"], out)
 

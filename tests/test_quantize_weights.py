@@ -9,11 +9,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
-from qc.errors import QCError
-from qc.pm import PassContext, PassManager
 from qc.calib.stats import CalibrationStats, TensorStats
-from qc.quant.weight_algos import dequantize
+from qc.errors import QCError
 from qc.onnx.evaluator import ort_session
+from qc.pm import PassContext, PassManager
+from qc.quant.weight_algos import dequantize
 
 RNG = np.random.default_rng(1234)
 
@@ -225,7 +225,8 @@ def test_old_opset_without_candidates_is_not_an_error():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("quantize-weights{algo=gptq}", "algo=gptq needs calibration statistics with hessians: run calibrate{hessian=true} first"),
+    ("quantize-weights{algo=gptq}",
+     "algo=gptq needs calibration statistics with hessians: run calibrate{hessian=true} first"),
     ("quantize-weights{algo=awq}", "algo=awq needs calibration statistics with row samples"),
     ("quantize-weights{algo=magic}", "unknown algo 'magic'"),
     ("quantize-weights{bits=3}", "bits must be 8 or 4"),
@@ -266,7 +267,8 @@ def calibration(values: dict[str, np.ndarray], hessian: bool = True, rows: int =
 
 
 def output_error(model_q: onnx.ModelProto, model_f: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    return float(sum(np.linalg.norm(a.astype(np.float64) - b) for a, b in zip(run(model_q, feeds), run(model_f, feeds))))
+    return float(sum(np.linalg.norm(a.astype(np.float64) - b)
+                     for a, b in zip(run(model_q, feeds), run(model_f, feeds))))
 
 
 @pytest.mark.parametrize("options", ["bits=4,granularity=block", "bits=8,granularity=channel",
@@ -412,12 +414,13 @@ def test_awq_leaves_other_readers_of_x_unscaled():
                          PassContext(calibration=calib))
     muls = [n for n in out.graph.node if n.op_type == "Mul"]
     assert [list(m.input) for m in muls] == [["h", "gamma"], ["x", "x.awq_inv_scale"]]
-    (y, r), (y_ref, r_ref) = run(out, {"h": h}), run(model, {"h": h})
+    (_, r), (_, r_ref) = run(out, {"h": h}), run(model, {"h": h})
     assert np.array_equal(r, r_ref)                        # the Relu still reads the unscaled x
 
 
 def test_quantized_module_prints_and_parses_back():
-    module, _, _ = run_pass(matmul_model(40, 8), "quantize-weights{bits=4,granularity=block,block-size=16,symmetric=false}")
+    module, _, _ = run_pass(matmul_model(40, 8),
+                            "quantize-weights{bits=4,granularity=block,block-size=16,symmetric=false}")
     text = qc.print_ir(module, elide_above=None)
     again = qc.parse_ir(text)
     assert qc.print_ir(again, elide_above=None) == text

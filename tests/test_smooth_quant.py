@@ -6,10 +6,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qc
-from qc.errors import QCError
-from qc.pm import PassContext, PassManager
 from qc.calib.stats import CalibrationStats, TensorStats
+from qc.errors import QCError
 from qc.onnx.evaluator import ort_session
+from qc.pm import PassContext, PassManager
 
 K, N, T = 32, 8, 16
 RNG = np.random.default_rng(5)

@@ -200,7 +200,8 @@ def test_qc_targets_lists_and_shows_the_table():
     assert "kernels on cpu (" in r.stdout
     assert "MatMul float32 x float32 -> float32 cost 1 native  -- " in r.stdout
     r = run_qc("targets", "x86-avx2")
-    assert "MatMul uint8 x int8 -> uint8 cost 0.35 native  -- onnxruntime 1.32.0 CPU EP fuses this QDQ unit into QLinearMatMul" in r.stdout
+    assert ("MatMul uint8 x int8 -> uint8 cost 0.35 native  -- "
+            "onnxruntime 1.32.0 CPU EP fuses this QDQ unit into QLinearMatMul") in r.stdout
 
 
 def test_qc_targets_user_file_error_exits_2(tmp_path):

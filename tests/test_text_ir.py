@@ -98,7 +98,8 @@ def test_dense_payloads_are_bit_exact(dtype, values):
 
 def test_nan_payload_falls_back_to_hex():
     a = np.array([0x7FC00001], dtype=np.uint32).view(np.float32)
-    m = qc.parse_ir('module @m {ir_version = 10, opset_import = {"" = 21}} {\n  func @main() -> () {\n    return\n  }\n}\n')
+    m = qc.parse_ir('module @m {ir_version = 10, opset_import = {"" = 21}} {\n'
+                    '  func @main() -> () {\n    return\n  }\n}\n')
     m.graph.add_const("c", Tensor.from_array(a))
     text = qc.print_ir(m, elide_above=None)
     assert 'hex"0100c07f"' in text
@@ -117,7 +118,8 @@ def test_sidecar_reloads_completely_and_missing_sidecar_is_an_error(tmp_path):
     full = qc.print_ir(qc.import_onnx(os.path.join(LIGHT_DIR, "light_squeezenet.onnx")), elide_above=None)
     assert qc.print_ir(reloaded, elide_above=None) == full
     os.rename(path + ".weights", path + ".moved")
-    with pytest.raises(qc.QCError, match="the weights sidecar 'squeeze.qir.weights' named on its first line is missing"):
+    missing = "the weights sidecar 'squeeze.qir.weights' named on its first line is missing"
+    with pytest.raises(qc.QCError, match=missing):
         qc.parse_ir(text, filename=path)
     reloaded = qc.parse_ir(text, weights=path + ".moved")
     assert qc.print_ir(reloaded, elide_above=None) == full

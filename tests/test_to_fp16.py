@@ -186,7 +186,8 @@ def test_exclude_keeps_matching_ops_float32():
 def test_subgraph_reads_outer_values_as_float32():
     then = helper.make_graph([helper.make_node("Neg", ["r"], ["t"])], "then", [], [vi("t", T.FLOAT, [2, 3])])
     other = helper.make_graph([helper.make_node("Identity", ["r"], ["e"])], "else", [], [vi("e", T.FLOAT, [2, 3])])
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
              helper.make_node("Mul", ["y", "y"], ["z"])]
     m = model(nodes, [vi("x", T.FLOAT, [2, 3]), vi("c", T.BOOL, [])], [vi("z", T.FLOAT, [2, 3])])
     out, _ = convert(m)

@@ -93,7 +93,8 @@ def format_report(report: dict) -> str:
              f"  arena (RAM): {report['arena_bytes']} bytes, weights (flash): {report['weight_bytes']} bytes"
              + (" (.incbin model_weights.bin)" if report["incbin"] else ""),
              f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
-             "  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
+             "  kernels: " + ", ".join(f"{k} x{n}"
+                                      for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines) + "\n"
 
 

@@ -60,12 +60,14 @@ def harness_c(low: Lowered, prefix: str) -> str:
               "    }"]
     for i in range(nin):
         lines += [f"    if (!read_file(argv[{1 + i}], in{i}, {P}_INPUT{i}_BYTES)) {{",
-                  f"        fprintf(stderr, \"%s: expected %u bytes\\n\", argv[{1 + i}], (unsigned){P}_INPUT{i}_BYTES);",
+                  f"        fprintf(stderr, \"%s: expected %u bytes\\n\", argv[{1 + i}], "
+                  f"(unsigned){P}_INPUT{i}_BYTES);",
                   "        return 3;", "    }"]
     args = [f"in{i}" for i in range(nin)] + [f"out{i}" for i in range(nout)] + ["arena"]
     lines += ["    t0 = clock();",
               f"    for (r = 0; r < runs; ++r) {prefix}_run({', '.join(args)});",
-              "    if (runs > 1) fprintf(stderr, \"%ld runs %.6f s\\n\", runs, (double)(clock() - t0) / CLOCKS_PER_SEC);"]
+              "    if (runs > 1) "
+              "fprintf(stderr, \"%ld runs %.6f s\\n\", runs, (double)(clock() - t0) / CLOCKS_PER_SEC);"]
     for i in range(nout):
         lines += [f"    if (!write_file(argv[{1 + nin + i}], out{i}, {P}_OUTPUT{i}_BYTES)) {{",
                   f"        fprintf(stderr, \"%s: cannot write\\n\", argv[{1 + nin + i}]);",

@@ -6,7 +6,7 @@ data movement), ``lower_quant`` (quantized node units, Q / DQ); this module impo
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import lower_ops  # noqa: F401 - registers the float32 / data-movement handlers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers

@@ -8,7 +8,16 @@ import numpy as np
 from qc.ir import DType, Op
 
 from .lowering import (  # noqa: F401 - HANDLERS: the registry, re-exported for tests/c_backend
-    HANDLERS, Ints, Lowering, Ptr, Raw, broadcast_strides, coalesce, contiguous, handler, unsupported,
+    HANDLERS,
+    Ints,
+    Lowering,
+    Ptr,
+    Raw,
+    broadcast_strides,
+    coalesce,
+    contiguous,
+    handler,
+    unsupported,
 )
 
 _BINARY = {"Add": "QC_ADD", "Sub": "QC_SUB", "Mul": "QC_MUL", "Div": "QC_DIV", "Pow": "QC_POW",

@@ -8,8 +8,9 @@ int arrays (printed as C99 compound literals) and pointers into buffers. ``lower
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Buffer:
     dtype: DType
     shape: tuple[int, ...]
     kind: str  # "arena" | "weight" | "input" | "output" | "alias"
-    base: "Buffer | None" = None  # alias: the buffer whose storage this one shares
+    base: Buffer | None = None  # alias: the buffer whose storage this one shares
     data: bytes | None = None  # weight bytes (possibly packed)
     offset: int = 0  # arena offset or weight blob offset, set by memplan / emit
     nbytes_override: int | None = None
@@ -53,7 +54,7 @@ class Buffer:
         return self.size * np.dtype(self.dtype.numpy).itemsize
 
     @property
-    def root(self) -> "Buffer":
+    def root(self) -> Buffer:
         b = self
         while b.base is not None:
             b = b.base
@@ -160,7 +161,7 @@ def coalesce(shape: tuple[int, ...], *strides: tuple[int, ...]) -> tuple[tuple[i
     return (out_shape,) + tuple(tuple(st[k] for _, st in merged) for k in range(len(strides)))
 
 
-HANDLERS: dict[str, Callable[["Lowering", Op], None]] = {}
+HANDLERS: dict[str, Callable[[Lowering, Op], None]] = {}
 """ONNX op type -> the function that lowers one op of that type (registered with ``handler``)."""
 
 
@@ -232,7 +233,8 @@ class Lowering:
                 raise QCError("sparse constants are not supported by the C backend", where=f"const '{v.name}'")
             arr = t.numpy()
             if t.dtype not in CTYPE:
-                raise QCError(f"constant of dtype {t.dtype} is not supported by the C backend", where=f"const '{v.name}'")
+                raise QCError(f"constant of dtype {t.dtype} is not supported by the C backend",
+                              where=f"const '{v.name}'")
             b = self.weight(arr, t.dtype)
             self.bufs[id(v)] = b
             return b

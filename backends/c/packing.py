@@ -6,7 +6,7 @@ here is deterministic: the same weights and variant give the same bytes.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ own; ``emit_c`` itself runs no pass and only checks that every value has a stati
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from qc.errors import QCError
 from qc.ir import Module

@@ -11,8 +11,8 @@ import os
 from onnx import ModelProto, TensorProto
 
 from qc.fileio import atomic_write
-from qc.ir.tensor import SparseTensor, Tensor
 from qc.ir.core import Module
+from qc.ir.tensor import SparseTensor, Tensor
 from qc.onnx.writer import PROTOBUF_LIMIT, ModelWriter, all_consts, const_bytes, export_onnx
 
 __all__ = ["export_onnx", "save_onnx"]
@@ -33,7 +33,8 @@ def save_onnx(module: Module, path: str, *, external: bool | None = None,
     with contextlib.ExitStack() as stack:  # the data file lands first, then the model that points into it
         sink = None
         if external:
-            data_file = stack.enter_context(atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), data_name)))
+            data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
+            data_file = stack.enter_context(atomic_write(data_path))
             sink = _ExternalSink(data_file, data_name, external_min_bytes)
         writer = ModelWriter(external=sink, defer_initializers=not external)
         blob = writer.model(module).SerializeToString(deterministic=True)

@@ -86,7 +86,8 @@ def _python_reference_text() -> str:
 SOURCES: dict[str, tuple[str, Callable[[], str], str]] = {
     # name: (file name in the cache, text maker, description)
     "licenses": ("licenses.txt", _license_text,
-                 "calibration: licence texts from /usr/share/common-licenses (" + ", ".join(CALIBRATION_LICENSES) + ")"),
+                 "calibration: licence texts from /usr/share/common-licenses ("
+                 + ", ".join(CALIBRATION_LICENSES) + ")"),
     "python-reference": (f"python{sys.version_info[0]}.{sys.version_info[1]}-reference.txt", _python_reference_text,
                          "evaluation: the Python Language Reference from the standard library's pydoc_data"),
 }

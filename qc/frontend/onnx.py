@@ -29,7 +29,8 @@ def load_model_proto(path: str) -> ModelProto:
     if size > PROTOBUF_LIMIT:
         raise QCError(f"the file is {size} bytes, over protobuf's 2 GB limit for one message, so no ONNX "
                       "reader can decode it", where=path,
-                      hint="store the large weights as external data (onnx.save_model(..., save_as_external_data=True))")
+                      hint="store the large weights as external data "
+                           "(onnx.save_model(..., save_as_external_data=True))")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -42,7 +43,8 @@ def load_model_proto(path: str) -> ModelProto:
         if "MaxDepth" in str(e):
             raise QCError("the model nests messages (subgraphs in subgraphs) deeper than protobuf's decoding "
                           "limit of 100 levels", where=path,
-                          hint="a real model nests If/Loop/Scan bodies a few levels deep; is the file hostile?") from None
+                          hint="a real model nests If/Loop/Scan bodies a few levels deep; "
+                               "is the file hostile?") from None
         raise QCError(f"not a valid ONNX model: the protobuf does not decode ({e})", where=path,
                       hint="is the file truncated, or not an .onnx file?") from None
     if model.ir_version <= 0 or not model.HasField("graph"):

@@ -198,7 +198,8 @@ def output_quantize(res: Value | None, graph: Graph | None = None) -> Op | None:
     v, relu = res, False
     while v is not None:
         users = v.users()
-        if len(users) != 1 or users[0].domain not in ("", "ai.onnx") or [u for u, _ in v.uses() if not isinstance(u, Op)]:
+        if (len(users) != 1 or users[0].domain not in ("", "ai.onnx")
+                or [u for u, _ in v.uses() if not isinstance(u, Op)]):
             return None
         u = users[0]
         if graph is not None and (u.graph is not graph or v.uses() != ((u, 0),)):

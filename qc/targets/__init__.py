@@ -115,7 +115,8 @@ def load_target(name_or_path: str) -> Target:
         path = os.path.join(_DIR, f"{name_or_path}.toml")
         if not os.path.isfile(path):
             raise QCError(f"unknown target '{name_or_path}'",
-                          hint=did_you_mean(name_or_path, builtin_targets()) + "known targets: " + ", ".join(builtin_targets()) + " (or a path to a .toml file)")
+                          hint=did_you_mean(name_or_path, builtin_targets()) + "known targets: "
+                          + ", ".join(builtin_targets()) + " (or a path to a .toml file)")
     try:
         with open(path, "rb") as f:
             raw = f.read()

@@ -102,12 +102,16 @@ def _bars_svg(a: Analysis, width: int = 960, top: int | None = None) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
     for i, (r, length) in enumerate(zip(ranked, lengths)):
         y = 20 + i * bar_h
-        parts.append(f'<text x="{left - 6}" y="{y + 10}" text-anchor="end" font-size="10">{html.escape(r.name[-55:])}</text>'
-                     f'<rect x="{left}" y="{y}" width="{max(length * scale, 0.5):.1f}" height="{bar_h - 3}" fill="#c0392b">'
+        parts.append(f'<text x="{left - 6}" y="{y + 10}" text-anchor="end" font-size="10">'
+                     f'{html.escape(r.name[-55:])}</text>'
+                     f'<rect x="{left}" y="{y}" width="{max(length * scale, 0.5):.1f}" height="{bar_h - 3}" '
+                     'fill="#c0392b">'
                      f'<title>{html.escape(r.name)}: {_fmt(a.metric, r.alone)}</title></rect>'
-                     f'<text x="{left + length * scale + 4:.1f}" y="{y + 10}" font-size="10">{_fmt(a.metric, r.alone)}</text>')
+                     f'<text x="{left + length * scale + 4:.1f}" y="{y + 10}" font-size="10">'
+                     f'{_fmt(a.metric, r.alone)}</text>')
+    measure = "noise power relative to the signal" if a.metric == "sqnr" else html.escape(a.metric)
     parts.append(f'<text x="{left}" y="12" font-size="11">error when only this layer is quantized '
-                 f'({"noise power relative to the signal" if a.metric == "sqnr" else html.escape(a.metric)}; longer = more sensitive)</text></svg>')
+                 f'({measure}; longer = more sensitive)</text></svg>')
     return "".join(parts)
 
 
@@ -130,8 +134,9 @@ def _hist_svg(stats: Any, width: int = 460, height: int = 120) -> str:
     top = max(float(logc.max()), 1e-9)
     n = len(counts)
     bw = (width - 20) / n
-    rects = "".join(f'<rect x="{10 + i * bw:.1f}" y="{height - 20 - (height - 30) * c / top:.1f}" width="{max(bw, 0.5):.1f}" '
-                    f'height="{(height - 30) * c / top:.1f}" fill="#4a6fa5"/>' for i, c in enumerate(logc) if c > 0)
+    rects = "".join(f'<rect x="{10 + i * bw:.1f}" y="{height - 20 - (height - 30) * c / top:.1f}" '
+                    f'width="{max(bw, 0.5):.1f}" height="{(height - 30) * c / top:.1f}" fill="#4a6fa5"/>'
+                    for i, c in enumerate(logc) if c > 0)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{rects}'
             f'<text x="10" y="{height - 5}" font-size="10">{edges[0]:.3g}</text>'
             f'<text x="{width - 10}" y="{height - 5}" font-size="10" text-anchor="end">{edges[-1]:.3g}</text>'

@@ -191,7 +191,8 @@ def _int4_blocks(module: Module) -> list[Guardrail]:
             continue
         if bits != 4 or (block is not None and block <= MAX_INT4_BLOCK):
             continue
-        what = f"4-bit weights with blocks of {block}" if block else "4-bit weights without blocks (per channel or per tensor)"
+        what = (f"4-bit weights with blocks of {block}" if block
+                else "4-bit weights without blocks (per channel or per tensor)")
         layer = _name(op) if op.op_type == "MatMulNBits" else ", ".join(_name(u) for u in op.results[0].users())
         out.append(Guardrail("int4-large-blocks", layer, what, INT4_BLOCKS,
                              f"--block-size 32, 64 or 128 (at most {MAX_INT4_BLOCK}) with --weights block"))
@@ -284,7 +285,8 @@ def _integer_weights(module: Module) -> Iterator[tuple[Op, np.ndarray, np.ndarra
     for op in module.graph:
         if op.domain in ("", "ai.onnx") and op.op_type in ("MatMul", "Gemm", "Conv") and len(op.operands) > 1:
             dq = op.operands[1].producer if op.operands[1] is not None else None
-            if dq is None or dq.op_type != "DequantizeLinear" or dq.operands[0].const is None or dq.attr("block_size", 0):
+            if (dq is None or dq.op_type != "DequantizeLinear" or dq.operands[0].const is None
+                    or dq.attr("block_size", 0)):
                 continue
             codes = np.asarray(dq.operands[0].const.numpy())
             zp = dq.operands[2].const.numpy() if len(dq.operands) > 2 and dq.operands[2] is not None \

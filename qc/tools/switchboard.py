@@ -91,7 +91,8 @@ def install(module: Module, float_consts: dict[str, Tensor]) -> list[Switch]:
 def _switch_operand(g, op: Op, index: int, float_value: Value, flag: str, flag_type, taken: set, sw: Switch) -> None:
     quantized = op.operands[index]
     if float_value.type is not None and getattr(float_value.type, "dtype", None) not in (None, DType.f32):
-        cast = Value(_fresh(f"{float_value.name}.f32", taken), TensorType(DType.f32, getattr(float_value.type, "shape", None)))
+        cast = Value(_fresh(f"{float_value.name}.f32", taken),
+                     TensorType(DType.f32, getattr(float_value.type, "shape", None)))
         g.insert_before(op, Op("Cast", [float_value], results=[cast], attrs={"to": int(DType.f32)}))
         float_value = cast
     cond = Value(flag, flag_type)

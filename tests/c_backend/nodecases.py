@@ -107,8 +107,10 @@ def driver_c(emitted) -> str:
     lines = ["#include <stdint.h>", "#include <stdio.h>", "#include <string.h>"]
     # one translation unit: a thousand small files compile several times faster this way
     lines += [f'#include "case{i}{part}.c"' for i, *_ in emitted for part in ("", "_weights")]
-    lines += ["static uint64_t arena[%d];" % (max([r["arena_bytes"] for _, _, r, _, _ in emitted] + [8]) // 8 + 2),
-              "static unsigned char io[%d];" % (sum(_io_bytes(r) for _, _, r, _, _ in emitted) + 64),
+    arena_words = max([r["arena_bytes"] for _, _, r, _, _ in emitted] + [8]) // 8 + 2
+    io_bytes = sum(_io_bytes(r) for _, _, r, _, _ in emitted) + 64
+    lines += [f"static uint64_t arena[{arena_words}];",
+              f"static unsigned char io[{io_bytes}];",
               "static char path[4096];",
               "static int rd(const char *dir, const char *name, void *p, size_t n) {",
               "    FILE *f; size_t got; sprintf(path, \"%s/%s\", dir, name); f = fopen(path, \"rb\");",
@@ -123,7 +125,7 @@ def driver_c(emitted) -> str:
         ptrs = []
         for j, _ in enumerate(r["inputs"]):
             lines.append(f"    if (!rd(d, \"case{i}_in{j}.bin\", p, {P}_INPUT{j}_BYTES)) return 3;")
-            ptrs.append(f"(const void *)p")
+            ptrs.append("(const void *)p")
             lines.append(f"    {{ const void *in{j} = p; p += ({P}_INPUT{j}_BYTES + 15u) / 16u * 16u;")
         outs = []
         for j, _ in enumerate(r["outputs"]):

@@ -4,7 +4,7 @@ import shutil
 
 import lit.formats
 
-config.name = "qc"  # noqa: F821 (lit injects `config`)
+config.name = "qc"  # lit injects `config` and `lit_config` (F821 is off for this file)
 # lit >= 23 rejects ShTest(True) (the external shell); lit's internal shell runs our pipes fine.
 config.test_format = lit.formats.ShTest(execute_external=False)
 config.suffixes = [".qir"]
@@ -16,9 +16,9 @@ for var in ("HOME", "PYTHONPATH", "VIRTUAL_ENV", "PYENV_VERSION"):
 for tool in ("qc", "filecheck"):
     path = shutil.which(tool)
     if path is None:
-        lit_config.fatal(f"'{tool}' is not on PATH; install the package with its test extras")  # noqa: F821
+        lit_config.fatal(f"'{tool}' is not on PATH; install the package with its test extras")
     # a command word only: not the "filecheck" directory inside the expanded %s path
     config.substitutions.append((rf"(?<![\w/.\-]){tool}(?![\w/.\-])", path))
 import sys  # noqa: E402
 
-config.substitutions.append(("%python", sys.executable))  # noqa: F821
+config.substitutions.append(("%python", sys.executable))
