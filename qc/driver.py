@@ -15,6 +15,7 @@ quantization passes, then ``legalize`` and ``check-kernels`` for the target, the
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -166,7 +167,7 @@ def quant_options(quant: QuantOptions | str | None, target: Target) -> QuantOpti
     if opts.scheme not in schemes.SCHEMES:
         raise QCError(f"unknown quantization scheme '{opts.scheme}'", hint="one of " + ", ".join(schemes.SCHEMES))
     if not opts.target_features:
-        opts = QuantOptions(**{**opts.__dict__, "target_features": tuple(target.features)})
+        opts = dataclasses.replace(opts, target_features=tuple(target.features))
     return opts
 
 
@@ -236,8 +237,10 @@ class CompileResult:
             onnx_path = os.path.join(path, "model.onnx")
             refuse_overwrite(onnx_path, inputs)
             assert self._oracle is not None, "a C compile saves its oracle before the C preparation"
-            with open(self._oracle, "rb") as src, atomic_write(onnx_path) as dst:
-                shutil.copyfileobj(src, dst, 1 << 24)
+            snapshot = os.path.dirname(self._oracle)
+            for name in sorted(os.listdir(snapshot), reverse=True):  # model.onnx.data (over 2 GB) first
+                with open(os.path.join(snapshot, name), "rb") as src, atomic_write(os.path.join(path, name)) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 24)
             self.c_report = emit_c(self.module, path, self.target, harness=harness)
         self.seconds["export"] = time.perf_counter() - t0
         if self.quant is not None:
