@@ -237,7 +237,7 @@ def test_make_demo_shows_the_command_it_runs_and_the_readme_shows_it_too():
 
 
 def test_make_demo_asks_for_enough_calibration_samples(tmp_path):
-    """The demo's --samples, after the samples held aside for the SQNR check, leaves enough for the
+    """The demo's --samples, after the samples it holds aside (--holdout), leaves enough for the
     few-calibration-samples guardrail (checked through qc compile on a small model with as many samples)."""
     import numpy as np
     import onnx
@@ -245,6 +245,7 @@ def test_make_demo_asks_for_enough_calibration_samples(tmp_path):
 
     _, run = _demo_compile_commands()
     samples = int(run.split("--samples ")[1].split()[0])
+    holdout = run.split("--holdout ")[1].split()[0] if "--holdout " in run else None
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
@@ -254,7 +255,7 @@ def test_make_demo_asks_for_enough_calibration_samples(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     np.savez(data, x=rng.standard_normal((samples, 1, 16, 64)).astype(np.float32))
     proc = run_qc("compile", model, "--target", "x86-avx2", "--quant", "w8a8", "--calib", data,
-                  "-o", str(tmp_path / "q.onnx"))
+                  *(["--holdout", holdout] if holdout else []), "-o", str(tmp_path / "q.onnx"))
     assert proc.returncode == 0, proc.stderr
-    assert "held-aside samples" in proc.stdout  # the demo's SQNR check is there ...
-    assert "few-calibration-samples" not in proc.stdout  # ... and the guardrail is quiet
+    assert f"calibration: minmax over {samples - int(holdout or 0)} samples" in proc.stdout
+    assert "few-calibration-samples" not in proc.stdout
