@@ -116,9 +116,11 @@ def _build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", parents=[common], help="optimize a model for a target and emit it")
     comp.add_argument("model", help=".onnx or .qir file")
     comp.add_argument("--target", required=True, help="target name (see `qc targets`) or a .toml file")
-    comp.add_argument("-o", "--output", required=True, help="output .onnx file, or a directory with --emit c")
+    comp.add_argument("-o", "--output", required=True,
+                      help="output: NAME.onnx (any target) or a directory (C, for the C targets)")
     comp.add_argument("--emit", choices=("c", "onnx"), default=None,
-                      help="write C sources (docs/c-backend.md) or ONNX (default: the target's backend)")
+                      help="write C sources (docs/c-backend.md) or ONNX (default: what -o names: NAME.onnx "
+                           "is ONNX, a directory C)")
     comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
                       help="--emit c: static shapes of the model inputs that have symbolic dimensions")
     comp.add_argument("--emit-harness", action="store_true",
