@@ -39,8 +39,8 @@ def _ray(*args: str) -> list[str]:
 
 
 def _alive_nodes(address: str, env: dict) -> int:
-    code = ("import ray; ray.init(address=%r, log_to_driver=False, configure_logging=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']))" % address)
+    code = (f"import ray; ray.init(address={address!r}, log_to_driver=False, configure_logging=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     try:
         return int(r.stdout.strip().splitlines()[-1])

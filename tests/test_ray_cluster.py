@@ -45,7 +45,8 @@ def _namespaces() -> list[str]:
     namespace can mount a tmpfs (as root: no user namespace; else a user namespace mapping us to root)."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         _skip("needs unshare and ip (util-linux, iproute2)")
-    probe = "ip link set lo up && d=$(mktemp -d) && unshare --mount mount -t tmpfs tmpfs \"$d\"; rc=$?; rmdir \"$d\"; exit $rc"
+    probe = ('ip link set lo up && d=$(mktemp -d) && unshare --mount mount -t tmpfs tmpfs "$d"; rc=$?; '
+             'rmdir "$d"; exit $rc')
     tried = []
     for extra in ([], ["--user", "--map-root-user"]):
         cmd = ["unshare", *extra, *NS]
