@@ -88,9 +88,10 @@ class Cluster:
     def __init__(self, proc: subprocess.Popen, address: str, base: str):
         self.proc, self.address, self.base = proc, address, base
 
-    def run(self, *args: str, kill: str | None = None) -> dict:
-        """``qc ARGS`` run inside the cluster's namespaces (a driver that sees only loopback)."""
-        req = {"argv": [sys.executable, "-m", "qc.cli", *args], "kill": kill, "timeout": 240}
+    def run(self, *args: str, kill: str | None = None, python: bool = False) -> dict:
+        """``qc ARGS`` (``python ARGS``) run inside the cluster's namespaces (a driver that sees only loopback)."""
+        argv = [sys.executable, *args] if python else [sys.executable, "-m", "qc.cli", *args]
+        req = {"argv": argv, "kill": kill, "timeout": 240}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return _read_line(self.proc, 260)
@@ -193,3 +194,23 @@ def test_a_killed_worker_is_retried_and_reported(cluster, minilm):
     assert "its worker died" in r["stderr"] and "retrying (1 of 3)" in r["stderr"], r["stderr"][-3000:]
     assert "task(s) retried after a failure; every task completed" in r["stdout"]
     assert _json(f"{out}/local.json") == _json(f"{out}/ray.json")
+
+
+def test_a_task_that_keeps_failing_is_an_error_naming_it(cluster):
+    code = f"""
+import operator, sys
+from qc.errors import QCError
+from qc.tools.cluster import RayExecutor
+ex = RayExecutor({cluster.address!r}, retries=1)
+print(ex.map(abs, operator.truediv, -6.0, [1.0, 2.0], describe=lambda i: f"item {{i}}"))
+try:
+    ex.map(abs, operator.truediv, 6.0, [1.0, 0.0, 3.0], describe=lambda i: f"layer 'x{{i}}' alone")
+except QCError as e:
+    print("error:", e)
+"""
+    r = cluster.run("-c", code, python=True)
+    assert r["rc"] == 0, r["stderr"][-3000:]
+    assert "[6.0, 3.0]" in r["stdout"]
+    assert ("error: ray: layer 'x1' alone failed 2 times, the last: ZeroDivisionError: float division by zero"
+            in r["stdout"]), r["stdout"]
+    assert "layer 'x1' alone: ZeroDivisionError: float division by zero; retrying (1 of 1)" in r["stderr"]
