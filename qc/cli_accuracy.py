@@ -139,8 +139,9 @@ def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer
         "tried": [{"float16_layers": k, "score": s} for k, s in result.tried],
         "seconds": time.perf_counter() - t0,
     }
-    if ctx.executor is not None and getattr(ctx.executor, "retried", None):
+    if ctx.executor is not None and hasattr(ctx.executor, "retried"):
         report["ray_retries"] = list(ctx.executor.retried)
+        report["ray_tasks"] = ctx.executor.completed
     return pm, report
 
 
@@ -221,7 +222,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     where = f"ray {args.ray}" if args.ray else f"{args.jobs} jobs"
     sys.stdout.write(f"qc analyze: {args.model}, --quant {quant.scheme}, {len(switches)} quantized layers ({where})\n")
     sys.stdout.write(text)
-    if executor is not None and executor.retried:
+    if executor is not None:
         sys.stdout.write(executor.summary())
     if args.json:
         from .fileio import atomic_write

@@ -15,6 +15,7 @@ can be reported with the layer or samples it was for; Ray's own retries are sile
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -27,15 +28,21 @@ RETRIES = 3
 _STATE: dict[str, Any] = {}
 
 
-def _run(key: str, holder: list, setup: Callable[[Any], Any], fn: Callable[[Any, Any], Any], item: Any) -> Any:
-    """One task: the worker's state for ``key`` (built from the shared object on first use), then fn."""
+def _run(key: str, holder: list, setup: Callable[[Any], Any], fn: Callable[[Any, Any], Any],
+         item: Any) -> tuple[Any, float, float]:
+    """One task: the worker's state for ``key`` (built from the shared object on first use), then
+    fn; returns (fn's result, the task's CPU seconds, the CPU seconds of building the state)."""
+    t0 = time.process_time()
     state = _STATE.get(key)
+    setup_cpu = 0.0
     if state is None:
         import ray
 
         _STATE.clear()  # the previous run's session goes before this one's is built
         state = _STATE[key] = setup(ray.get(holder[0]))
-    return fn(state, item)
+        setup_cpu = time.process_time() - t0
+    out = fn(state, item)
+    return out, time.process_time() - t0 - setup_cpu, setup_cpu
 
 
 def _reason(e: BaseException) -> str:
@@ -50,6 +57,20 @@ def _reason(e: BaseException) -> str:
         return f"its worker died ({type(e).__name__})"
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _nbytes(obj: Any) -> int:
+    """Roughly the bytes of a shared object: its arrays, bytes and PortableModels, nested in tuples."""
+    if isinstance(obj, (bytes, bytearray)):
+        return len(obj)
+    n = getattr(obj, "nbytes", None)
+    if isinstance(n, int):
+        return n
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 class Shared:
@@ -68,7 +89,13 @@ class RayExecutor:
         self.address, self.jobs, self.retries, self.quiet = address, max(1, jobs), retries, quiet
         self.log = log if log is not None else sys.stderr
         self.retried: list[str] = []     # one line per retry: what, and why
-        self.tasks = 0
+        self.tasks = 0                   # tasks submitted (retries included)
+        self.completed = 0
+        self.task_cpu = 0.0              # CPU seconds of the completed tasks (their fn)
+        self.setups = 0                  # worker states built (one per worker process and shared object)
+        self.setup_cpu = 0.0             # CPU seconds building them (fetching the shared object included)
+        self.shared_bytes = 0
+        self.share_seconds = 0.0         # ray.put of the shared objects
         self._started = False
         self._remote: Any = None
 
@@ -97,8 +124,13 @@ class RayExecutor:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def share(self, obj: Any) -> Shared:
-        nbytes = getattr(obj, "nbytes", None)
-        return Shared(self._ray().put(obj), nbytes if isinstance(nbytes, int) else None)
+        ray = self._ray()
+        t0 = time.perf_counter()
+        ref = ray.put(obj)
+        self.share_seconds += time.perf_counter() - t0
+        nbytes = _nbytes(obj)
+        self.shared_bytes += nbytes
+        return Shared(ref, nbytes)
 
     def map(self, setup: Callable[[Any], Any], fn: Callable[[Any, Any], Any], shared: Any,
             items: list[Any], *, describe: Callable[[int], str], desc: str = "") -> list[Any]:
@@ -126,7 +158,7 @@ class RayExecutor:
                 for ref in done:
                     i = pending.pop(ref)
                     try:
-                        results[i] = ray.get(ref)
+                        results[i], cpu, setup_cpu = ray.get(ref)
                     except Exception as e:  # a RayError: the task raised, or its worker / node died
                         reason = _reason(e)
                         if attempts[i] > self.retries:
@@ -139,6 +171,11 @@ class RayExecutor:
                         self.log.flush()
                         submit(i)
                         continue
+                    self.completed += 1
+                    self.task_cpu += cpu
+                    if setup_cpu:
+                        self.setups += 1
+                        self.setup_cpu += setup_cpu
                     bar.update(1)
         finally:
             bar.close()
@@ -147,10 +184,15 @@ class RayExecutor:
         return results
 
     def summary(self) -> str:
-        """'' when no task was retried, else one line saying how many were and that the run completed."""
-        if not self.retried:
-            return ""
-        return f"ray: {len(self.retried)} task(s) retried after a failure; every task completed\n"
+        """What ran: tasks, CPU seconds per task, the worker states built, the object store's share;
+        and how many tasks were retried (the run completed: it would have raised otherwise)."""
+        per = self.task_cpu / self.completed if self.completed else 0.0
+        text = (f"ray: {self.completed} tasks, {per:.3f} CPU s per task; {self.setups} worker state(s) built "
+                f"({self.setup_cpu:.1f} CPU s in all); {self.shared_bytes / 1e6:.1f} MB put into the object "
+                f"store in {self.share_seconds:.2f} s\n")
+        if self.retried:
+            text += f"ray: {len(self.retried)} task(s) retried after a failure; every task completed\n"
+        return text
 
     def close(self) -> None:
         if self._started:
