@@ -179,8 +179,11 @@ class RayExecutor:
                     bar.update(1)
         finally:
             bar.close()
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            for ref in pending:  # after an error: the other tasks are not waited for
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # finished meanwhile, or its worker is gone
+                    pass
         return results
 
     def summary(self) -> str:
