@@ -122,7 +122,7 @@ class Runner:
     jobs: int = 1
     ray_address: str | None = None
     workdir: str | None = None
-    executor: Any = None    # a qc.tools.cluster.RayExecutor (made from ray_address when not given)
+    executor: Any = None    # a qc.pm.Executor, e.g. qc.tools.cluster.RayExecutor (made from ray_address if not given)
     evaluations: int = 0
     seconds: float = 0.0
     _local: Scorer | None = field(default=None, repr=False)
@@ -189,8 +189,9 @@ class Runner:
         if self._shared is None:
             from qc.onnx.evaluator import portable_model
 
-            self._shared = self.executor.share((portable_model(self.module), self._portable_switches(),
-                                                self.feeds, self.metric))
+            shared = (portable_model(self.module), self._portable_switches(), self.feeds, self.metric)
+            share = getattr(self.executor, "share", None)  # RayExecutor: into the object store once
+            self._shared = share(shared) if share is not None else shared
 
         def describe(i: int) -> str:
             what = labels[i] if labels is not None else f"configuration {i + 1} of {len(configs)}"
