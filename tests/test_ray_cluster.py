@@ -207,6 +207,12 @@ try:
     ex.map(abs, operator.truediv, 6.0, [1.0, 0.0, 3.0], describe=lambda i: f"layer 'x{{i}}' alone")
 except QCError as e:
     print("error:", e)
+import os, ray
+@ray.remote
+def sees(path):
+    return os.path.exists(path), ray.get_runtime_context().get_node_id() == here
+here = ray.get_runtime_context().get_node_id()
+print("worker sees the head's temp dir, runs on the driver's node:", ray.get(sees.remote({cluster.base + "/head"!r})))
 """
     r = cluster.run("-c", code, python=True)
     assert r["rc"] == 0, r["stderr"][-3000:]
@@ -214,3 +220,5 @@ except QCError as e:
     assert ("error: ray: layer 'x1' alone failed 2 times, the last: ZeroDivisionError: float division by zero"
             in r["stdout"]), r["stdout"]
     assert "layer 'x1' alone: ZeroDivisionError: float division by zero; retrying (1 of 1)" in r["stderr"]
+    # the isolation the other tests rely on: tasks run on the second node, which cannot see BASE's files
+    assert "worker sees the head's temp dir, runs on the driver's node: (False, False)" in r["stdout"], r["stdout"]
