@@ -191,6 +191,7 @@ def test_a_killed_worker_is_retried_and_reported(cluster, minilm):
     r = _ok(cluster.run("analyze", minilm, *CALIB, "--json", f"{out}/ray.json", "--ray", cluster.address,
                         kill="ray::_run"))
     assert r["killed"], "no Ray task was seen running"
+    print("".join(line + "\n" for line in (r["stderr"] + r["stdout"]).splitlines() if "ray:" in line))
     assert "its worker died" in r["stderr"] and "retrying (1 of 3)" in r["stderr"], r["stderr"][-3000:]
     assert "task(s) retried after a failure; every task completed" in r["stdout"]
     assert _json(f"{out}/local.json") == _json(f"{out}/ray.json")
