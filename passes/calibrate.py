@@ -214,6 +214,8 @@ class Calibrate(Pass):
             ctx.remark(None, f"batch-size {batch} ignored: the model's batch dimension is static; running one "
                              "sample at a time")
             batch = 1
+        if ctx.executor is not None and len(data) > 1 and not self.jobs:
+            return self._collect_on_executor(module, observed, fetched, from_feed, stats, data, batch, ctx)
         jobs = self.jobs or int(ctx.jobs or 1)
         if jobs > 1 and len(data) > 1:
             return self._collect_in_workers(module, observed, fetched, from_feed, stats, data, batch, jobs, ctx)
@@ -282,6 +284,50 @@ class Calibrate(Pass):
             ctx.remark(None, f"'{name}' is not a float tensor; not observed")
         return {name: s for name, s in merged.items() if name not in skipped}
 
+    def _collect_on_executor(self, module: Module, observed: dict[str, Observed], fetched: list[str],
+                             from_feed: list[str], stats: dict[str, TensorStats], data: CalibrationData,
+                             batch: int, ctx: PassContext) -> dict[str, TensorStats]:
+        """The samples in contiguous shares, one task each on ``ctx.executor`` (a Ray cluster): the
+        model (ONNX bytes and weights, with the observed values as outputs) and the empty statistics
+        are shared once, each task gets its samples; the shares' statistics merge in sample order,
+        as those of the worker processes do (the same statistics as one process)."""
+        from qc.onnx.evaluator import portable_model
+
+        executor = ctx.executor
+        assert executor is not None
+        feeds = list(data.feeds(module))
+        n = max(1, min(len(feeds), executor.workers))
+        cut = [round(i * len(feeds) / n) for i in range(n + 1)]
+        spans = [(a, b) for a, b in zip(cut, cut[1:]) if b > a]
+        shared = (portable_model(module, extra_outputs=_typed([observed[k].value for k in fetched])),
+                  fetched, from_feed, stats, batch)
+
+        def describe(i: int) -> str:
+            a, b = spans[i]
+            first, last = data.where(a), data.where(b - 1)
+            where = f" ({first}{'' if last == first else ' .. ' + last})" if first else ""
+            return f"calibration samples {a}..{b - 1}{where}"
+
+        parts = executor.map(_share_setup, _share_run, shared, [feeds[a:b] for a, b in spans],
+                             describe=describe, desc="calibrate")
+        if len(parts) != len(spans):
+            raise QCError(f"calibration got {len(parts)} results for {len(spans)} shares of the samples")
+        import copy
+
+        merged, skipped = copy.deepcopy(parts[0])  # a copy: results from Ray's object store are read-only
+        for part, part_skipped in parts[1:]:
+            skipped |= part_skipped
+            for name, st in part.items():
+                merged[name].merge(st)
+        missing = sorted(set(stats) - set(merged))
+        if missing:
+            raise QCError(f"calibration statistics of {len(missing)} values are missing after the merge: "
+                          + ", ".join(missing[:5]))
+        ctx.remark(None, f"calibrated in {len(spans)} tasks on {type(executor).__name__}, statistics merged")
+        for name in skipped:
+            ctx.remark(None, f"'{name}' is not a float tensor; not observed")
+        return {name: st for name, st in merged.items() if name not in skipped}
+
     @staticmethod
     def _update(stats: dict[str, TensorStats], name: str, array: np.ndarray, skipped: set[str]) -> None:
         if name in skipped:
@@ -311,6 +357,30 @@ def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
             Calibrate._update(stats, name, array, skipped)
         for name in from_feed:
             Calibrate._update(stats, name, feed[name], skipped)
+    return stats, skipped
+
+
+def _share_setup(shared: tuple) -> tuple:
+    """An executor's worker: the session of the shared model (the one :func:`_session` makes here)."""
+    from qc.onnx.evaluator import portable_session
+
+    model, fetched, from_feed, stats, batch = shared
+    return portable_session(model, optimize=True, prepack=False), fetched, from_feed, stats, batch
+
+
+def _share_run(state: tuple, feeds: list[dict[str, np.ndarray]]) -> tuple[dict[str, TensorStats], set[str]]:
+    """An executor's task: fresh statistics (copies of the empty templates) over its samples."""
+    import copy
+
+    session, fetched, from_feed, templates, batch = state
+    stats = copy.deepcopy(templates)
+    skipped: set[str] = set()
+    for feed, _ in _batches(feeds, batch):
+        results = session.run(fetched, feed) if fetched else []
+        for name, array in zip(fetched, results):
+            Calibrate._update(stats, name, array, skipped)
+        for name in from_feed:  # a copy: arrays from Ray's object store are read-only
+            Calibrate._update(stats, name, np.array(feed[name]), skipped)
     return stats, skipped
 
 
@@ -426,8 +496,12 @@ def _session(module: Module, values: list[Value]):
     weights in place (no proto or serialized copy of them; no limit at 2 GB)."""
     from qc.onnx.evaluator import module_session
 
-    typed = [v if isinstance(v.type, TensorType) and v.type.dtype is not None else Value(v.name) for v in values]
-    return module_session(module, extra_outputs=typed, optimize=True, prepack=False)
+    return module_session(module, extra_outputs=_typed(values), optimize=True, prepack=False)
+
+
+def _typed(values: list[Value]) -> list[Value]:
+    """The values as session outputs: untyped ones by name only."""
+    return [v if isinstance(v.type, TensorType) and v.type.dtype is not None else Value(v.name) for v in values]
 
 
 def _progress(total: int, ctx: PassContext):

@@ -395,13 +395,14 @@ def cmd_compile(args) -> int:
         from .backends.c import parse_shapes
 
         shapes = parse_shapes(args.shape)
-    result = driver.compile(
-        args.model, target=target, quant=quant, pipeline=pipeline,
-        calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
-        calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
-        fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
-        upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes,
-        external=_EXTERNAL[args.external_data], quiet=args.quiet, search=search)
+    from .cli_accuracy import make_executor
+
+    executor = make_executor(args) if args.accuracy else None
+    try:
+        result = _compile_with(args, driver, target, quant, pipeline, kind, shapes, instruments, search, executor)
+    finally:
+        if executor is not None:
+            executor.close()
     onnx_path = result.write(args.output, external=_EXTERNAL[args.external_data], harness=args.emit_harness)
     if result.report is not None and args.report_json:
         _write_json(args.report_json, result.report, [args.model, args.output])
@@ -411,6 +412,16 @@ def cmd_compile(args) -> int:
         _print_compile(args, result, onnx_path)
     result.close()
     return 0
+
+
+def _compile_with(args, driver, target, quant, pipeline, kind, shapes, instruments, search, executor):
+    return driver.compile(
+        args.model, target=target, quant=quant, pipeline=pipeline,
+        calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
+        calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
+        fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
+        upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes,
+        external=_EXTERNAL[args.external_data], quiet=args.quiet, search=search, executor=executor)
 
 
 _EXTERNAL = {"auto": None, "always": True, "never": False}

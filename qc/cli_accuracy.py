@@ -13,8 +13,22 @@ from .errors import QCError
 def add_parallel_options(p) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="evaluate configurations in N local worker processes (default 1: in this process)")
-    p.add_argument("--ray", metavar="ADDRESS", help="evaluate on a Ray cluster ('auto', 'local' or host:port; "
-                   "needs `pip install qc[ray]`; the workers must see this machine's temp directory)")
+    p.add_argument("--ray", metavar="ADDRESS", help="evaluate and calibrate on a Ray cluster ('auto', 'local' or "
+                   "host:port; needs `pip install qc[ray]`): the model and samples travel through Ray's object "
+                   "store, so the machines need share no files; --jobs N is the CPUs of 'local'")
+    p.add_argument("--ray-retries", type=int, default=3, metavar="N", help="submit a failed Ray task again up to N "
+                   "times (a worker died, or the task raised), each retry reported (default %(default)s)")
+
+
+def make_executor(args):
+    """The RayExecutor of --ray, or None."""
+    if not getattr(args, "ray", None):
+        return None
+    from .tools.cluster import RayExecutor
+
+    if args.ray_retries < 0:
+        raise QCError(f"--ray-retries must be 0 or more, not {args.ray_retries}")
+    return RayExecutor(args.ray, jobs=args.jobs, retries=args.ray_retries, quiet=getattr(args, "quiet", False))
 
 
 def add_analyze_parser(sub, common, add_quant_options, add_other_options) -> None:
@@ -81,12 +95,12 @@ def quantize_for_analysis(spec: str, module, make_pm) -> tuple[Any, list, dict, 
     return pm, switches, consts, tail
 
 
-def _runner(args, module, switches, feeds, metric):
+def _runner(args, module, switches, feeds, metric, executor=None):
     from .tools.analyze import Runner
 
     if args.jobs < 1:
         raise QCError(f"--jobs must be at least 1, not {args.jobs}")
-    return Runner(module, switches, feeds, metric=metric, jobs=args.jobs, ray_address=args.ray,
+    return Runner(module, switches, feeds, metric=metric, jobs=args.jobs, ray_address=args.ray, executor=executor,
                   workdir=os.path.dirname(os.path.abspath(getattr(args, "output", None) or args.model)))
 
 
@@ -102,8 +116,8 @@ def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer
     eval_feeds = _eval_feeds(args, module, holdout, tokenizer_for)  # read against the model's own inputs
     pm, switches, _, tail = quantize_for_analysis(spec, module, make_pm)
     rank_feeds = holdout[:4] if holdout else None
-    ranker = _runner(args, module, switches, rank_feeds or eval_feeds[:2], "sqnr")
-    evaluator = _runner(args, module, switches, eval_feeds, criterion.metric)
+    ranker = _runner(args, module, switches, rank_feeds or eval_feeds[:2], "sqnr", ctx.executor)
+    evaluator = _runner(args, module, switches, eval_feeds, criterion.metric, ctx.executor)
     try:
         ranking = analyze(ranker)
         order = [r.name for r in ranking.ranking()]
@@ -125,6 +139,9 @@ def run_accuracy(args, spec: str, module, ctx, make_pm, holdout: list, tokenizer
         "tried": [{"float16_layers": k, "score": s} for k, s in result.tried],
         "seconds": time.perf_counter() - t0,
     }
+    if ctx.executor is not None and hasattr(ctx.executor, "retried"):
+        report["ray_retries"] = list(ctx.executor.retried)
+        report["ray_tasks"] = ctx.executor.completed
     return pm, report
 
 
@@ -151,6 +168,8 @@ def format_accuracy(r: dict) -> str:
         shown = ", ".join(r["float16_layers"][:8]) + (" ..." if len(r["float16_layers"]) > 8 else "")
         lines.append(f"  float16: {shown}")
     lines.append("  tried: " + ", ".join(f"{t['float16_layers']} float16 -> {t['score']:.6g}" for t in r["tried"]))
+    if r.get("ray_retries"):
+        lines.append(f"  ray: {len(r['ray_retries'])} task(s) retried after a failure; every task completed")
     return "\n".join(lines) + "\n"
 
 
@@ -183,13 +202,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
     data, holdout = split_holdout(data, args.holdout, module)
     ctx.calibration_data, ctx.calibration_cache, ctx.quiet, ctx.jobs = data, args.calib_cache, True, args.jobs
-    pm, switches, consts, _ = quantize_for_analysis(
-        spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
-    runner = _runner(args, module, switches, holdout, args.metric)
+    executor = ctx.executor = make_executor(args)
     try:
-        result = analyze(runner, exact=args.exact)
+        pm, switches, consts, _ = quantize_for_analysis(
+            spec, module, lambda s: cli_common.build_pass_manager(s, args, ctx)[0])
+        runner = _runner(args, module, switches, holdout, args.metric, executor)
+        try:
+            result = analyze(runner, exact=args.exact)
+        finally:
+            runner.close()
     finally:
-        runner.close()
+        if executor is not None:
+            executor.close()
     stats = ctx.calibration
     inputs = layer_inputs(module, switches, stats)
     acts = activation_ranges(stats, inputs)
@@ -198,6 +222,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     where = f"ray {args.ray}" if args.ray else f"{args.jobs} jobs"
     sys.stdout.write(f"qc analyze: {args.model}, --quant {quant.scheme}, {len(switches)} quantized layers ({where})\n")
     sys.stdout.write(text)
+    if executor is not None:
+        sys.stdout.write(executor.summary())
     if args.json:
         from .fileio import atomic_write
 

@@ -29,7 +29,7 @@ from onnx import ModelProto
 from qc.calib.data import CalibrationData, from_npz
 from qc.errors import QCError
 from qc.ir.core import Module
-from qc.pm import Instrument, Pass, PassContext, PassManager, named_pipelines, pass_names, split_top
+from qc.pm import Executor, Instrument, Pass, PassContext, PassManager, named_pipelines, pass_names, split_top
 from qc.quant import schemes
 from qc.quant.schemes import QuantOptions
 from qc.targets import Target, load_target
@@ -280,7 +280,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             fallback: Literal["allow", "warn", "error"] = "allow", instruments: Sequence[Instrument] = (),
             verify_each: bool = True, upgrade_opset: int | None = None, infer_shapes: bool = True,
             external: bool | None = None, quiet: bool = True,
-            search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None) -> CompileResult:
+            search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None,
+            executor: Executor | None = None) -> CompileResult:
     """Compile ``model`` for ``target``: the default pipeline (or ``pipeline``, or the ``quant``
     scheme's), then ``legalize`` and ``check-kernels``, then for C output the static-shape
     passes. Options are checked and the pipeline parsed before the model is read.
@@ -290,7 +291,9 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     report's end-to-end SQNR (default: 1/8 of them, 1..4, none under 8). ``emit``: ``"onnx"`` or
     ``"c"`` (default: the target's backend). ``shapes``: static input shapes for C. ``search``:
     replaces running the passes (``qc compile --accuracy``); it gets ``(make_pass_manager,
-    spec, module, context, holdout)`` and returns ``(pass manager, report)``.
+    spec, module, context, holdout)`` and returns ``(pass manager, report)``. ``executor``: where
+    calibration runs its shares of the samples (a :class:`qc.pm.Executor`, e.g.
+    ``qc.tools.cluster.RayExecutor``; in ``context.executor`` for ``search`` too).
     """
     t_start = time.perf_counter()
     tgt = target if isinstance(target, Target) else load_target(target)
@@ -310,7 +313,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         upgrade_opset = max(upgrade_opset or 0, schemes.needs_opset(opts))
     else:
         spec = named_pipelines()["default"][0] if pipeline is None else pipeline
-    ctx = PassContext(target=tgt, calibration_cache=calibration_cache, jobs=jobs, quiet=quiet)
+    ctx = PassContext(target=tgt, calibration_cache=calibration_cache, jobs=jobs, quiet=quiet, executor=executor)
     full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes))
     snapshot = None
     extra: list[Instrument] = []

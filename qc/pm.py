@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TextIO, TypeVar
+from typing import Any, ClassVar, Protocol, TextIO, TypeVar
 
 from qc.calib.data import CalibrationData
 from qc.calib.stats import CalibrationStats
@@ -340,13 +340,29 @@ def pass_names(passes: Iterable[Pass]) -> list[str]:
 
 
 # -- context and instruments -----------------------------------------------------------------
+
+class Executor(Protocol):
+    """Runs one function over many items somewhere else (a Ray cluster: qc.tools.cluster), for a
+    pass that must not import where: the CLI or ``qc.compile`` puts one in ``PassContext.executor``.
+    ``shared`` goes to the workers once (not once per item); each worker process builds
+    ``setup(shared)`` once and returns ``fn(state, item)`` per item. The results come back in
+    the items' order; an item that keeps failing raises a QCError naming ``describe(index)``."""
+
+    def map(self, setup: Callable[[Any], Any], fn: Callable[[Any, Any], Any], shared: Any,
+            items: list[Any], *, describe: Callable[[int], str], desc: str = "") -> list[Any]: ...
+
+    @property
+    def workers(self) -> int: ...
+
+
 @dataclass
 class PassContext:
     """What a pass may read and record besides the module, loaded once per compile.
 
     Inputs: ``target`` (the loaded :class:`~qc.targets.Target`), ``calibration_data`` (model
     inputs, or an .npz path), ``calibration_cache`` (a statistics file to reuse or write),
-    ``jobs`` (calibration worker processes), ``quiet`` (no progress bars). Results of passes:
+    ``jobs`` (calibration worker processes), ``executor`` (an :class:`Executor`: calibration
+    runs its shares of the samples there, e.g. on a Ray cluster), ``quiet`` (no progress bars). Results of passes:
     ``calibration`` (statistics from ``calibrate``), ``placement`` (from ``check-kernels``),
     ``legalized`` (``legalize``'s rewrites), ``outlier_splits`` and ``outlier_candidate_columns``
     (``split-outliers``), ``remarks``. ``cache`` is free for third-party passes."""
@@ -355,6 +371,7 @@ class PassContext:
     calibration_data: CalibrationData | str | os.PathLike | None = None
     calibration_cache: str | os.PathLike | None = None
     jobs: int = 1
+    executor: Executor | None = None
     quiet: bool = False
     calibration: CalibrationStats | None = None
     calibration_from_cache: str | None = None

@@ -170,3 +170,47 @@ def test_calibration_in_two_workers_merges_to_the_serial_statistics(chain_model)
         np.testing.assert_allclose(s.channel_abssum, t.channel_abssum, rtol=1e-12)
         if s.row_sample is not None:
             np.testing.assert_array_equal(s.row_sample, t.row_sample)
+
+
+class _PicklingExecutor:
+    """A qc.pm.Executor in this process that sends everything through pickle, as Ray would."""
+    workers = 3
+
+    def __init__(self):
+        self.described = []
+
+    def map(self, setup, fn, shared, items, *, describe, desc=""):
+        import pickle
+
+        self.described = [describe(i) for i in range(len(items))]
+        state = setup(pickle.loads(pickle.dumps(shared)))
+        return [pickle.loads(pickle.dumps(fn(state, pickle.loads(pickle.dumps(it))))) for it in items]
+
+
+def test_calibration_on_an_injected_executor_merges_to_the_serial_statistics(chain_model):
+    """calibrate runs its sample shares on PassContext.executor (what --ray puts there) and merges
+    them in sample order: the serial statistics (the pass imports nothing of the executor's)."""
+    from qc.calib.data import from_npz
+    from qc.frontend.onnx import import_onnx
+    from qc.pm import PassContext, PassManager, parse_pass
+
+    model, calib, _ = chain_model
+    got = {}
+    executor = _PicklingExecutor()
+    for ex in (None, executor):
+        module = import_onnx(onnx.load(model))
+        ctx = PassContext(calibration_data=from_npz(calib), quiet=True, executor=ex)
+        PassManager([parse_pass("calibrate{rows=16}")], ctx=ctx).run(module)
+        got[ex is None] = ctx.calibration
+    one, many = got[True], got[False]
+    assert [d.split(" (")[0] for d in executor.described] == [  # 3 contiguous shares, named in errors
+        "calibration samples 0..4", "calibration samples 5..10", "calibration samples 11..15"]
+    assert one.samples == many.samples == 16 and one.tensors.keys() == many.tensors.keys()
+    for name, s in one.tensors.items():
+        t = many.tensors[name]
+        assert (s.min, s.max, s.count) == (t.min, t.max, t.count)
+        np.testing.assert_array_equal(s.hist.counts, t.hist.counts)
+        np.testing.assert_array_equal(s.channel_absmax, t.channel_absmax)
+        np.testing.assert_allclose(s.channel_abssum, t.channel_abssum, rtol=1e-12)
+        if s.row_sample is not None:
+            np.testing.assert_array_equal(s.row_sample, t.row_sample)

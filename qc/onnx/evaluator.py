@@ -44,15 +44,31 @@ def _options(optimize: bool, log_level: int, threads: int | None) -> Any:
     return options
 
 
-def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: bool = False,
-                   log_level: int = 3, threads: int | None = None, prepack: bool = True) -> Any:
-    """An onnxruntime CPU session of a qc Module that reads the IR's weight buffers in place
-    (``add_external_initializers``): no ModelProto or serialized copy of the weights is made,
-    and models over protobuf's 2 GB limit need no temporary files. ``extra_outputs`` are IR
-    values to fetch besides the graph outputs. ``prepack=False`` stops onnxruntime from keeping
-    a repacked copy of every MatMul weight (less memory, somewhat slower runs)."""
-    import onnxruntime as ort
+class PortableModel:
+    """A module as onnxruntime needs it, detached from this process and its files: the serialized
+    ONNX graph without its large tensors (``proto``) and those tensors as numpy arrays (``arrays``,
+    by initializer name). Pickles (and travels through Ray's object store, the arrays without a
+    copy); :func:`portable_session` makes the same session of it anywhere."""
 
+    __slots__ = ("proto", "arrays")
+
+    def __init__(self, proto: bytes, arrays: dict[str, Any]):
+        self.proto, self.arrays = proto, arrays
+
+    def __getstate__(self) -> tuple[bytes, dict[str, Any]]:
+        return self.proto, self.arrays
+
+    def __setstate__(self, state: tuple[bytes, dict[str, Any]]) -> None:
+        self.proto, self.arrays = state
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.proto) + sum(int(a.nbytes) for a in self.arrays.values())
+
+
+def portable_model(module: Any, *, extra_outputs: Sequence[Any] = ()) -> PortableModel:
+    """The module (with ``extra_outputs``, IR values, as graph outputs) as a :class:`PortableModel`;
+    the arrays are the IR's own buffers where it has them (no copy)."""
     from qc.onnx.writer import export_onnx_sharing_weights, value_info
 
     proto, arrays = export_onnx_sharing_weights(module)
@@ -61,15 +77,35 @@ def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: 
         if v.name not in existing:
             existing.add(v.name)
             proto.graph.output.append(value_info(v))
+    return PortableModel(proto.SerializeToString(), {name: arrays[name] for name in arrays})
+
+
+def portable_session(model: PortableModel, *, optimize: bool = False, log_level: int = 3,
+                     threads: int | None = None, prepack: bool = True) -> Any:
+    """The onnxruntime session of a :class:`PortableModel` (what :func:`module_session` makes)."""
+    import onnxruntime as ort
+
     options = _options(optimize, log_level, threads)
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
-    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
-    if arrays:
-        options.add_external_initializers(list(arrays), values)
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session._qc_keep_alive = (arrays, values)  # onnxruntime reads these buffers for the session's lifetime
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays.values()]
+    if model.arrays:
+        options.add_external_initializers(list(model.arrays), values)
+    session = ort.InferenceSession(model.proto, options, providers=["CPUExecutionProvider"])
+    session._qc_keep_alive = (model.arrays, values)  # onnxruntime reads these buffers for the session's lifetime
     return session
+
+
+def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: bool = False,
+                   log_level: int = 3, threads: int | None = None, prepack: bool = True) -> Any:
+    """An onnxruntime CPU session of a qc Module that reads the IR's weight buffers in place
+    (``add_external_initializers``): no ModelProto or serialized copy of the weights is made,
+    and models over protobuf's 2 GB limit need no temporary files. ``extra_outputs`` are IR
+    values to fetch besides the graph outputs. ``prepack=False`` stops onnxruntime from keeping
+    a repacked copy of every MatMul weight (less memory, somewhat slower runs). The same session
+    as :func:`portable_session` of :func:`portable_model` (which is how it is made)."""
+    return portable_session(portable_model(module, extra_outputs=extra_outputs), optimize=optimize,
+                            log_level=log_level, threads=threads, prepack=prepack)
 
 
 def trim_heap() -> None:

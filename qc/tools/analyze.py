@@ -4,8 +4,9 @@ Configurations (which units run quantized) are scored against the all-float run 
 model, on a few samples, on its ``sentence_embedding`` or ``logits`` output if it has one, else its
 first: SQNR (default), mean cosine of its rows (sentence
 encoders) or perplexity (language models: logits + input_ids). Scoring runs in this process, in
-``jobs`` local worker processes, or on a Ray cluster; every worker loads the same model file and
-computes the same reference, so the scores do not depend on where they ran.
+``jobs`` local worker processes (which load the same model file), or on a Ray cluster (the model,
+switches and samples travel through its object store: qc.tools.cluster); every worker computes
+the same reference with the same session, so the scores do not depend on where they ran.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class Scorer:
     """One onnxruntime session of the switchboard model; scores configurations."""
 
     def __init__(self, model: Any, switches: list[Switch], feeds: list[dict[str, np.ndarray]], metric: str):
-        from qc.onnx.evaluator import module_session
+        from qc.onnx.evaluator import PortableModel, module_session, portable_session
 
         if isinstance(model, (str, os.PathLike)):  # a worker: the same kind of session as in process
             import onnx
@@ -72,7 +73,8 @@ class Scorer:
             from qc.frontend.onnx import import_onnx
 
             model = import_onnx(onnx.load(os.fspath(model)))
-        self.sess = module_session(model)
+        # a PortableModel: a Ray worker's copy, the very session module_session makes here
+        self.sess = portable_session(model) if isinstance(model, PortableModel) else module_session(model)
         self.switches, self.feeds, self.metric = switches, feeds, metric
         self.output = main_output([o.name for o in self.sess.get_outputs()])
         self.input_ids = [f["input_ids"] for f in feeds] if metric == "ppl" else None
@@ -100,6 +102,16 @@ def _score_in_worker(config: Config) -> float:
     return _WORKER.score(config)
 
 
+def _ray_setup(shared: tuple) -> Scorer:
+    """A Ray worker's scorer, from what the driver put into the object store once."""
+    model, switches, feeds, metric = shared
+    return Scorer(model, switches, feeds, metric)
+
+
+def _ray_score(scorer: Scorer, config: Config) -> float:
+    return scorer.score(config)
+
+
 @dataclass
 class Runner:
     """Scores lists of configurations: in process (jobs=1), in local worker processes, or on Ray."""
@@ -110,11 +122,13 @@ class Runner:
     jobs: int = 1
     ray_address: str | None = None
     workdir: str | None = None
+    executor: Any = None    # a qc.pm.Executor, e.g. qc.tools.cluster.RayExecutor (made from ray_address if not given)
     evaluations: int = 0
     seconds: float = 0.0
     _local: Scorer | None = field(default=None, repr=False)
     _pool: Any = field(default=None, repr=False)
-    _actors: list = field(default_factory=list, repr=False)
+    _shared: Any = field(default=None, repr=False)
+    _own_executor: bool = field(default=False, repr=False)
     _path: str | None = field(default=None, repr=False)
 
     def _model_file(self) -> str:
@@ -134,11 +148,12 @@ class Runner:
             self._local = Scorer(self.module, self.switches, self.feeds, self.metric)
         return self._local
 
-    def score(self, configs: Sequence[Config]) -> list[float]:
+    def score(self, configs: Sequence[Config], labels: Sequence[str] | None = None) -> list[float]:
+        """Scores of ``configs``; ``labels`` name them in errors (a layer, a float16 set)."""
         t0 = time.perf_counter()
         configs = list(configs)
-        if self.ray_address:
-            out = self._score_ray(configs)
+        if self.ray_address or self.executor is not None:
+            out = self._score_ray(configs, labels)
         elif self.jobs > 1 and len(configs) > 1:
             out = self._score_pool(configs)
         else:
@@ -164,50 +179,41 @@ class Runner:
                                   initargs=(path, self._portable_switches(), self.feeds, self.metric))
         return self._pool.map(_score_in_worker, configs, chunksize=1)
 
-    def _score_ray(self, configs: list[Config]) -> list[float]:
-        try:
-            import ray
-        except ImportError:
-            raise QCError("--ray needs the ray package", hint="pip install 'qc[ray]'") from None
-        if not self._actors:
-            if not ray.is_initialized():  # "local": start a Ray instance on this machine for this run
-                address = None if self.ray_address == "local" else self.ray_address
-                ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                         num_cpus=max(1, self.jobs) if address is None else None)
-            path = self._model_file()
-            actor = ray.remote(_RayScorer)
-            n = max(1, self.jobs)
-            switches = self._portable_switches()
-            self._actors = [actor.remote(path, switches, self.feeds, self.metric) for _ in range(n)]
-        futures = [self._actors[i % len(self._actors)].score.remote(c) for i, c in enumerate(configs)]
-        return list(ray.get(futures))
+    def _score_ray(self, configs: list[Config], labels: Sequence[str] | None) -> list[float]:
+        """One Ray task per configuration; the switchboard model (its ONNX bytes and weights), the
+        switches and the samples go into the object store once and every task refers to them."""
+        if self.executor is None:
+            from .cluster import RayExecutor
+
+            self.executor, self._own_executor = RayExecutor(str(self.ray_address), jobs=self.jobs), True
+        if self._shared is None:
+            from qc.onnx.evaluator import portable_model
+
+            shared = (portable_model(self.module), self._portable_switches(), self.feeds, self.metric)
+            share = getattr(self.executor, "share", None)  # RayExecutor: into the object store once
+            self._shared = share(shared) if share is not None else shared
+
+        def describe(i: int) -> str:
+            what = labels[i] if labels is not None else f"configuration {i + 1} of {len(configs)}"
+            return f"scoring {what}"
+
+        return self.executor.map(_ray_setup, _ray_score, self._shared, configs, describe=describe,
+                                 desc=f"{self.metric} evaluations")
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
             self._pool = None
-        if self._actors:
-            import ray
-
-            for a in self._actors:
-                ray.kill(a)
-            self._actors = []
+        self._shared = None
+        if self._own_executor and self.executor is not None:
+            self.executor.close()
+            self.executor, self._own_executor = None, False
         if self._path is not None:
             import shutil
 
             shutil.rmtree(os.path.dirname(self._path), ignore_errors=True)
             self._path = None
-
-
-class _RayScorer:
-    """A Ray actor holding one Scorer (the cluster's workers must see the model file's path)."""
-
-    def __init__(self, path: str, switches: list[Switch], feeds: list, metric: str):
-        self.scorer = Scorer(path, switches, feeds, metric)
-
-    def score(self, config: Config) -> float:
-        return self.scorer.score(config)
 
 
 # -- the analysis ---------------------------------------------------------------------------------
@@ -259,7 +265,12 @@ def analyze(runner: Runner, *, exact: bool = False) -> Analysis:
         for s in sw:
             one = frozenset([s.name])
             configs += [Config(none, one & all_w), Config(one & all_a, none), Config(all_a - one, all_w - one)]
-    scores = runner.score(configs)
+    labels = ["the float model", "the quantized model", "the weights-only model", "the activations-only model"]
+    labels += [f"layer '{n}' alone" for n in names]
+    if exact:
+        for n in names:
+            labels += [f"layer '{n}' weights alone", f"layer '{n}' activations alone", f"all layers but '{n}'"]
+    scores = runner.score(configs, labels)
     base = scores[:4]
     alone = scores[4:4 + len(sw)]
     layers = [LayerResult(n, s.op_type, a) for n, s, a in zip(names, sw, alone)]

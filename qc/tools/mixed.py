@@ -135,18 +135,19 @@ def search(runner: Runner, order: list[str], criterion: Criterion) -> SearchResu
         return Config(all_a - f, all_w - f)
 
     if criterion.metric == "ppl":
-        float_score = runner.score([Config(frozenset(), frozenset())])[0]
+        float_score = runner.score([Config(frozenset(), frozenset())], ["the float model"])[0]
     else:  # against the float model itself: identical outputs
         float_score = float("inf") if criterion.metric == "sqnr" else 1.0
     tried: dict[int, float] = {}
 
     def evaluate(ks: list[int]) -> None:
         ks = [k for k in dict.fromkeys(ks) if k not in tried]
-        for k, s in zip(ks, runner.score([config(k) for k in ks])):
+        labels = [f"the {k} most sensitive layers in float16" for k in ks]
+        for k, s in zip(ks, runner.score([config(k) for k in ks], labels)):
             tried[k] = s
 
     n = len(order)
-    evaluate([0, n] if runner.jobs > 1 or runner.ray_address else [0])
+    evaluate([0, n] if runner.jobs > 1 or runner.ray_address or runner.executor is not None else [0])
     ok = lambda k: criterion.holds(tried[k], float_score)  # noqa: E731
     if not ok(0):
         evaluate([n])
