@@ -160,10 +160,14 @@ def test_calibration_in_two_workers_merges_to_the_serial_statistics(chain_model)
         ctx = PassContext(calibration_data=from_npz(calib), quiet=True)
         PassManager([parse_pass(f"calibrate{{jobs={jobs},rows=16}}")], ctx=ctx).run(module)
         got[jobs] = ctx.calibration
-    one, two = got[1], got[2]
-    assert one.samples == two.samples == 16 and one.tensors.keys() == two.tensors.keys()
+    _assert_same_statistics(got[1], got[2], samples=16)
+
+
+def _assert_same_statistics(one, other, samples: int) -> None:
+    """Two calibrations agree: the same tensors, min/max/count, histograms, per-feature max and rows."""
+    assert one.samples == other.samples == samples and one.tensors.keys() == other.tensors.keys()
     for name, s in one.tensors.items():
-        t = two.tensors[name]
+        t = other.tensors[name]
         assert (s.min, s.max, s.count) == (t.min, t.max, t.count)
         np.testing.assert_array_equal(s.hist.counts, t.hist.counts)
         np.testing.assert_array_equal(s.channel_absmax, t.channel_absmax)
@@ -205,12 +209,4 @@ def test_calibration_on_an_injected_executor_merges_to_the_serial_statistics(cha
     one, many = got[True], got[False]
     assert [d.split(" (")[0] for d in executor.described] == [  # 3 contiguous shares, named in errors
         "calibration samples 0..4", "calibration samples 5..10", "calibration samples 11..15"]
-    assert one.samples == many.samples == 16 and one.tensors.keys() == many.tensors.keys()
-    for name, s in one.tensors.items():
-        t = many.tensors[name]
-        assert (s.min, s.max, s.count) == (t.min, t.max, t.count)
-        np.testing.assert_array_equal(s.hist.counts, t.hist.counts)
-        np.testing.assert_array_equal(s.channel_absmax, t.channel_absmax)
-        np.testing.assert_allclose(s.channel_abssum, t.channel_abssum, rtol=1e-12)
-        if s.row_sample is not None:
-            np.testing.assert_array_equal(s.row_sample, t.row_sample)
+    _assert_same_statistics(one, many, samples=16)
