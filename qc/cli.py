@@ -382,7 +382,7 @@ def cmd_compile(args) -> int:
     if quant is not None and args.pipeline is not None:
         raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
                       "`qc passes` shows it, and -p runs an edited copy")
-    instruments, timing = build_instruments(args)
+    instruments, _ = build_instruments(args)
     search = None
     if args.accuracy:
         from .cli_accuracy import run_accuracy
@@ -398,30 +398,28 @@ def cmd_compile(args) -> int:
     from .cli_accuracy import make_executor
 
     executor = make_executor(args) if args.accuracy else None
+    external = _EXTERNAL[args.external_data]
     try:
-        result = _compile_with(args, driver, target, quant, pipeline, kind, shapes, instruments, search, executor)
+        result = driver.compile(
+            args.model, target=target, quant=quant, pipeline=pipeline,
+            calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
+            calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
+            fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
+            upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes, external=external,
+            quiet=args.quiet, search=search, executor=executor)
     finally:
         if executor is not None:
             executor.close()
-    onnx_path = result.write(args.output, external=_EXTERNAL[args.external_data], harness=args.emit_harness)
-    if result.report is not None and args.report_json:
-        _write_json(args.report_json, result.report, [args.model, args.output])
-    elif args.report_json:
-        _write_json(args.report_json, {"placement": result.placement}, [args.model, args.output])
-    if not args.quiet:
-        _print_compile(args, result, onnx_path)
-    result.close()
+    try:
+        onnx_path = result.write(args.output, external=external, harness=args.emit_harness)
+        if args.report_json:
+            _write_json(args.report_json, result.report if result.report is not None
+                        else {"placement": result.placement}, [args.model, args.output])
+        if not args.quiet:
+            _print_compile(args, result, onnx_path)
+    finally:
+        result.close()
     return 0
-
-
-def _compile_with(args, driver, target, quant, pipeline, kind, shapes, instruments, search, executor):
-    return driver.compile(
-        args.model, target=target, quant=quant, pipeline=pipeline,
-        calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
-        calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
-        fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
-        upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes,
-        external=_EXTERNAL[args.external_data], quiet=args.quiet, search=search, executor=executor)
 
 
 _EXTERNAL = {"auto": None, "always": True, "never": False}
