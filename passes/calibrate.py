@@ -350,14 +350,21 @@ def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
     module = import_model(onnx.load(path))  # the same session setup as one process, so the same floats
     outputs = {v.name: v for v in module.graph.outputs}
     session = _session(module, [outputs[n] for n in fetched])
+    return stats, _observe(session, fetched, from_feed, stats, feeds, batch)
+
+
+def _observe(session, fetched: list[str], from_feed: list[str], stats: dict[str, TensorStats],
+             feeds: list[dict[str, np.ndarray]], batch: int) -> set[str]:
+    """Run the samples through ``session`` and fold the observed values (``fetched`` outputs and
+    ``from_feed`` inputs) into ``stats``; returns the names that turned out not to be float."""
     skipped: set[str] = set()
     for feed, _ in _batches(feeds, batch):
         results = session.run(fetched, feed) if fetched else []
         for name, array in zip(fetched, results):
             Calibrate._update(stats, name, array, skipped)
-        for name in from_feed:
-            Calibrate._update(stats, name, feed[name], skipped)
-    return stats, skipped
+        for name in from_feed:  # a copy: arrays from Ray's object store are read-only
+            Calibrate._update(stats, name, np.array(feed[name]), skipped)
+    return skipped
 
 
 def _share_setup(shared: tuple) -> tuple:
@@ -374,14 +381,7 @@ def _share_run(state: tuple, feeds: list[dict[str, np.ndarray]]) -> tuple[dict[s
 
     session, fetched, from_feed, templates, batch = state
     stats = copy.deepcopy(templates)
-    skipped: set[str] = set()
-    for feed, _ in _batches(feeds, batch):
-        results = session.run(fetched, feed) if fetched else []
-        for name, array in zip(fetched, results):
-            Calibrate._update(stats, name, array, skipped)
-        for name in from_feed:  # a copy: arrays from Ray's object store are read-only
-            Calibrate._update(stats, name, np.array(feed[name]), skipped)
-    return stats, skipped
+    return stats, _observe(session, fetched, from_feed, stats, feeds, batch)
 
 
 def _calibration_data(ctx: PassContext) -> CalibrationData:
