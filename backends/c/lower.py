@@ -2,18 +2,37 @@
 
 Shapes, strides and offsets are computed here, so the C kernels stay small and the emitter holds
 no logic. The pieces: ``lowering`` (buffers, state, handler registry), ``lower_ops`` (float32 and
-data movement), ``lower_quant`` (quantized node units, Q / DQ); this module imports them and walks.
+data movement), ``lower_quant`` (quantized node units, Q / DQ), ``lower_rnn`` (LSTM, GRU),
+``lower_control`` (If, Loop: their bodies are walked with ``lower_graph``); this module imports
+them and walks.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import lower_ops  # noqa: F401 - registers the float32 / data-movement handlers
+from qc.ir import Graph
+
+from . import lower_control, lower_ops, lower_rnn  # noqa: F401 - register their handlers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
 from .lowering import HANDLERS, Buffer, Call, Lowered, Lowering, Ptr, unsupported
 from .packing import variant_for
 
 __all__ = ["Lowering", "lower"]
+
+
+def lower_graph(lw: Lowering, graph: Graph) -> None:
+    """Lower the ops of *graph* in order (the main graph, or an If / Loop body from lower_control)."""
+    for op in graph:
+        if id(op) in lw.consumed:
+            continue
+        if match_unit(lw, op):
+            continue
+        if op.domain not in ("", "ai.onnx"):
+            raise unsupported(op, f"domain '{op.domain}'")
+        handler: Callable | None = HANDLERS.get(op.op_type)
+        if handler is None:
+            raise unsupported(op)
+        handler(lw, op)
 
 
 def lower(lw: Lowering) -> Lowered:
@@ -40,19 +59,8 @@ def lower(lw: Lowering) -> Lowered:
             lw.bufs[id(v)] = b
             outputs.append((v, b, False))
     plan_units(lw)
-    for op in g:
-        if id(op) in lw.consumed:
-            continue
-        if any(s for s in op.subgraphs()):
-            raise unsupported(op, "ops with subgraphs")
-        if match_unit(lw, op):
-            continue
-        if op.domain not in ("", "ai.onnx"):
-            raise unsupported(op, f"domain '{op.domain}'")
-        handler: Callable | None = HANDLERS.get(op.op_type)
-        if handler is None:
-            raise unsupported(op)
-        handler(lw, op)
+    lw.walk = lambda graph: lower_graph(lw, graph)
+    lower_graph(lw, g)
     for v, b, copy in outputs:
         if copy:  # an output that is a model input, a constant, or repeated: copy it
             src = lw.buf(v) if v.const is not None else lw.bufs[id(v)]
