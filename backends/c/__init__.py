@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qc.errors import QCError
 from qc.ir import Module, TensorType
+from qc.ir.printer import format_type
 
 from .prepare import c_prepare_pipeline, parse_shapes, prepare
 
@@ -79,11 +80,38 @@ def check_static_shapes(module: Module) -> None:
     for v in values:
         t = v.type
         if not isinstance(t, TensorType) or not t.is_static:
+            if v.producer is not None and v.producer.op_type == "If":
+                raise _if_shape_error(v)
             inputs = [i.name for i in g.inputs if i.const is None]
             raise QCError(f"'{v.name}' has no static shape ({t})", where=f"value '{v.name}'",
                           hint="give the model inputs static shapes with --shape NAME=AxB (inputs: "
                                + ", ".join(inputs) + "), which runs the C preparation pipeline "
                                "(qc.backends.c.prepare) that folds the shape arithmetic")
+
+
+def _static(v) -> bool:
+    return v.const is not None or isinstance(v.type, TensorType) and v.type.is_static
+
+
+def _if_shape_error(v) -> QCError:
+    """An If result without a static shape: which branch gives which shape, and the first value
+    inside a branch that has none (the run-time condition keeps both branches)."""
+    op, k = v.producer, v.index
+    parts, first = [], None
+    for name in ("then_branch", "else_branch"):
+        g = op.attr(name)
+        o = g.outputs[k]
+        parts.append(f"{name} gives " + format_type(o.type))
+        for inner in g.walk():
+            bad = next((r for r in inner.results if r is not None and not _static(r)), None)
+            if first is None and bad is not None:
+                first = f"; the first value without one is '{bad.name}' ({inner.op_type} in the {name})"
+    cond = op.operands[0]
+    return QCError(f"If output {k} ('{v.name}') has no static shape: " + ", ".join(parts) + (first or ""),
+                   where=f"node '{op.name or v.name}'",
+                   hint=f"the condition '{cond.name}' is a run-time value, so the C code holds both branches and "
+                        "each needs static shapes; make the condition a constant (an input it depends on as an "
+                        "initializer: the taken branch is then inlined) or give inputs shapes both branches accept")
 
 
 def format_report(report: dict) -> str:

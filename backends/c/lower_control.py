@@ -96,7 +96,10 @@ def _const_scalar(op: Op, v: Value, what: str):
 
 
 def _true_always(body: Graph) -> bool:
+    """Whether the body's condition output is the constant true or its condition input (through Identity)."""
     c = body.outputs[0]
+    while c.producer is not None and c.producer.op_type == "Identity" and c.producer.domain in ("", "ai.onnx"):
+        c = c.producer.operands[0]
     if c is body.inputs[1]:
         return True
     return c.const is not None and bool(c.const.numpy().reshape(-1)[0])
