@@ -97,21 +97,24 @@ def _if_shape_error(v) -> QCError:
     """An If result without a static shape: which branch gives which shape, and the first value
     inside a branch that has none (the run-time condition keeps both branches)."""
     op, k = v.producer, v.index
-    parts, first = [], None
-    for name in ("then_branch", "else_branch"):
-        g = op.attr(name)
-        o = g.outputs[k]
-        parts.append(f"{name} gives " + format_type(o.type))
-        for inner in g.walk():
-            bad = next((r for r in inner.results if r is not None and not _static(r)), None)
-            if first is None and bad is not None:
-                first = f"; the first value without one is '{bad.name}' ({inner.op_type} in the {name})"
+    branches = [(name, op.attr(name).outputs[k]) for name in ("then_branch", "else_branch")]
     cond = op.operands[0]
-    return QCError(f"If output {k} ('{v.name}') has no static shape: " + ", ".join(parts) + (first or ""),
-                   where=f"node '{op.name or v.name}'",
-                   hint=f"the condition '{cond.name}' is a run-time value, so the C code holds both branches and "
-                        "each needs static shapes; make the condition a constant (an input it depends on as an "
-                        "initializer: the taken branch is then inlined) or give inputs shapes both branches accept")
+    hint = (f"the condition '{cond.name}' is a run-time value, so the C code holds both branches, and each output "
+            "needs one static shape; make the condition a constant (an input it depends on as an initializer: "
+            "the taken branch is then inlined) or give inputs shapes both branches accept")
+    if all(_static(o) for _, o in branches):
+        return QCError(f"If output {k} ('{v.name}') has different shapes in its branches: "
+                       + ", ".join(f"{n} {format_type(o.type)}" for n, o in branches),
+                       where=f"node '{op.name or v.name}'", hint=hint)
+    first = ""
+    for name, _ in branches:
+        for inner in op.attr(name).walk():
+            bad = next((r for r in inner.results if r is not None and not _static(r)), None)
+            if bad is not None and not first:
+                first = f"; the first value without one is '{bad.name}' ({inner.op_type} in the {name})"
+    return QCError(f"If output {k} ('{v.name}') has no static shape: "
+                   + ", ".join(f"{n} gives {format_type(o.type)}" for n, o in branches) + first,
+                   where=f"node '{op.name or v.name}'", hint=hint)
 
 
 def format_report(report: dict) -> str:

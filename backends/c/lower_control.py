@@ -66,7 +66,7 @@ def _if(lw: Lowering, op: Op) -> None:
         tt = _static(lw, op, then_g.outputs[k], "then_branch output")
         et = _static(lw, op, else_g.outputs[k], "else_branch output")
         if tt != et:
-            raise QCError(f"If output {k} has different types in its branches: then_branch "
+            raise QCError(f"If output {k} ('{op.results[k].name}') has different types in its branches: then_branch "
                           f"{tt[0]}{list(tt[1])}, else_branch {et[0]}{list(et[1])}", where=f"node '{node_name(op)}'",
                           hint="the C backend needs one static shape per output; when the condition depends "
                                "on shapes, fix the inputs with --shape so that it folds (the taken branch is "

@@ -311,3 +311,5 @@ class Lowering:
         """A control-flow statement (``if (*{0}) {``, ``}``, ``for (...) {``) in the schedule."""
         self.calls.append(Call("", args, f"{node_name(op)} ({op.op_type})", kernel, text=text, block=block,
                                loop=loop))
+        if block >= 0:  # closing braces are not counted
+            self.kernels[kernel] = self.kernels.get(kernel, 0) + 1

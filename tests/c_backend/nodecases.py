@@ -54,7 +54,7 @@ CONST_INPUTS = {"Reshape": {1}, "Slice": {1, 2, 3, 4}, "Split": {1}, "Squeeze": 
                 "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
                 "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSum": {1},
                 "ReduceLogSumExp": {1}, "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2},
-                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}}
+                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}, "LSTM": {4}, "GRU": {4}}
 
 
 def bind_constants(model, ins):
