@@ -80,24 +80,24 @@ def test_rnn_node_cases_under_qemu(tmp_path):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def _rnn_model(rng, T=6, B=2, I=128):
+def _rnn_model(rng, T=6, B=2, IN=128):
     """Silero-sized recurrences side by side on one input: a bidirectional LSTM (H 128, bias,
     peepholes, initial states, all three outputs), a reverse GRU with linear_before_reset (Y_h
     only) and a forward GRU (Y only)."""
     H, Hg = 128, 64
-    inits = [_init(rng, "W", 2, 4 * H, I, scale=0.1), _init(rng, "R", 2, 4 * H, H, scale=0.1),
+    inits = [_init(rng, "W", 2, 4 * H, IN, scale=0.1), _init(rng, "R", 2, 4 * H, H, scale=0.1),
              _init(rng, "B", 2, 8 * H, scale=0.1), _init(rng, "P", 2, 3 * H, scale=0.1),
-             _init(rng, "Wg", 1, 3 * Hg, I, scale=0.1), _init(rng, "Rg", 1, 3 * Hg, Hg, scale=0.1),
+             _init(rng, "Wg", 1, 3 * Hg, IN, scale=0.1), _init(rng, "Rg", 1, 3 * Hg, Hg, scale=0.1),
              _init(rng, "Bg", 1, 6 * Hg, scale=0.1)]
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0", "P"], ["y", "yh", "yc"], hidden_size=H,
                               direction="bidirectional"),
              helper.make_node("GRU", ["x", "Wg", "Rg", "Bg"], ["", "gh"], hidden_size=Hg, direction="reverse",
                               linear_before_reset=1),
              helper.make_node("GRU", ["x", "Wg", "Rg", "", "", "g0"], ["gy"], hidden_size=Hg)]
-    m = _model(nodes, [_vi("x", shape=[T, B, I]), _vi("h0", shape=[2, B, H]), _vi("c0", shape=[2, B, H]),
+    m = _model(nodes, [_vi("x", shape=[T, B, IN]), _vi("h0", shape=[2, B, H]), _vi("c0", shape=[2, B, H]),
                        _vi("g0", shape=[1, B, Hg])],
                [_vi("y"), _vi("yh"), _vi("yc"), _vi("gh"), _vi("gy")], inits, opset=14)
-    feeds = {"x": rng.randn(T, B, I).astype(np.float32), "h0": rng.randn(2, B, H).astype(np.float32) * 0.5,
+    feeds = {"x": rng.randn(T, B, IN).astype(np.float32), "h0": rng.randn(2, B, H).astype(np.float32) * 0.5,
              "c0": rng.randn(2, B, H).astype(np.float32) * 0.5, "g0": rng.randn(1, B, Hg).astype(np.float32) * 0.5}
     return m, feeds
 
@@ -120,16 +120,16 @@ def test_rnn_layout_1_matches_the_reference():
 
     toolchain.require_tools("host")
     rng = np.random.RandomState(1)
-    H, T, B, I = 8, 5, 3, 4
+    H, T, B, IN = 8, 5, 3, 4
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], hidden_size=H,
                               direction="bidirectional", layout=1),
              helper.make_node("GRU", ["x", "Wg", "Rg"], ["gy", "gh"], hidden_size=H, direction="bidirectional",
                               layout=1)]
-    inits = [_init(rng, "W", 2, 4 * H, I), _init(rng, "R", 2, 4 * H, H), _init(rng, "B", 2, 8 * H),
-             _init(rng, "Wg", 2, 3 * H, I), _init(rng, "Rg", 2, 3 * H, H)]
-    m = _model(nodes, [_vi("x", shape=[B, T, I]), _vi("h0", shape=[B, 2, H]), _vi("c0", shape=[B, 2, H])],
+    inits = [_init(rng, "W", 2, 4 * H, IN), _init(rng, "R", 2, 4 * H, H), _init(rng, "B", 2, 8 * H),
+             _init(rng, "Wg", 2, 3 * H, IN), _init(rng, "Rg", 2, 3 * H, H)]
+    m = _model(nodes, [_vi("x", shape=[B, T, IN]), _vi("h0", shape=[B, 2, H]), _vi("c0", shape=[B, 2, H])],
                [_vi(n) for n in ("y", "yh", "yc", "gy", "gh")], inits, opset=14)
-    feeds = {"x": rng.randn(B, T, I).astype(np.float32), "h0": rng.randn(B, 2, H).astype(np.float32),
+    feeds = {"x": rng.randn(B, T, IN).astype(np.float32), "h0": rng.randn(B, 2, H).astype(np.float32),
              "c0": rng.randn(B, 2, H).astype(np.float32)}
     import tempfile
 
@@ -161,7 +161,7 @@ def test_rnn_refusals(tmp_path, attrs, extra, message):
 def _if_lstm_model(rng):
     """y, h = If(mode > 0) {then: LSTM(x) (silero's decoder: the LSTM inside a branch), Y_h;
     else: Tanh(x) summed over time and scaled, its first row}: a run-time condition."""
-    H, I, T = 16, 8, 4
+    H, IN, T = 16, 8, 4
     then_g = helper.make_graph(
         [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["ly", "lh", "lc"], hidden_size=H),
          helper.make_node("Squeeze", ["ly", "ax1"], ["t_y"]), helper.make_node("Identity", ["lh"], ["t_h"])],
@@ -172,13 +172,13 @@ def _if_lstm_model(rng):
          helper.make_node("ReduceSum", ["e_y", "ax0"], ["e_h"], keepdims=1)],
         "else", [], [_vi("e_y", shape=[T, 1, H]), _vi("e_h", shape=[1, 1, H])],
         [numpy_helper.from_array(np.array([0], np.int64), "ax0")])
-    inits = [_init(rng, "W", 1, 4 * H, I), _init(rng, "R", 1, 4 * H, H), _init(rng, "B", 1, 8 * H),
-             _init(rng, "Wx", I, H), numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    inits = [_init(rng, "W", 1, 4 * H, IN), _init(rng, "R", 1, 4 * H, H), _init(rng, "B", 1, 8 * H),
+             _init(rng, "Wx", IN, H), numpy_helper.from_array(np.array(0, np.int64), "zero")]
     nodes = [helper.make_node("Greater", ["mode", "zero"], ["c"]),
              helper.make_node("If", ["c"], ["y", "h"], then_branch=then_g, else_branch=else_g, name="branchy")]
-    m = _model(nodes, [_vi("x", shape=[T, 1, I]), _vi("h0", shape=[1, 1, H]), _vi("c0", shape=[1, 1, H]),
+    m = _model(nodes, [_vi("x", shape=[T, 1, IN]), _vi("h0", shape=[1, 1, H]), _vi("c0", shape=[1, 1, H]),
                        _vi("mode", TP.INT64, [])], [_vi("y", shape=[T, 1, H]), _vi("h", shape=[1, 1, H])], inits)
-    feeds = {"x": rng.randn(T, 1, I).astype(np.float32), "h0": rng.randn(1, 1, H).astype(np.float32),
+    feeds = {"x": rng.randn(T, 1, IN).astype(np.float32), "h0": rng.randn(1, 1, H).astype(np.float32),
              "c0": rng.randn(1, 1, H).astype(np.float32)}
     return m, feeds
 

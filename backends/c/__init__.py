@@ -82,6 +82,10 @@ def check_static_shapes(module: Module) -> None:
         if not isinstance(t, TensorType) or not t.is_static:
             if v.producer is not None and v.producer.op_type == "If":
                 raise _if_shape_error(v)
+            if v.producer is not None and v.producer.op_type == "Loop":
+                from .lower_control import trip_count
+
+                trip_count(v.producer)  # a run-time trip count is the reason: say so
             inputs = [i.name for i in g.inputs if i.const is None]
             raise QCError(f"'{v.name}' has no static shape ({t})", where=f"value '{v.name}'",
                           hint="give the model inputs static shapes with --shape NAME=AxB (inputs: "

@@ -105,13 +105,18 @@ def _true_always(body: Graph) -> bool:
     return c.const is not None and bool(c.const.numpy().reshape(-1)[0])
 
 
-@handler("Loop")
-def _loop(lw: Lowering, op: Op) -> None:
-    body: Graph = op.attr("body")
+def trip_count(op: Op) -> int:
+    """The constant trip count M of a Loop; the refusal (a QCError) when it has none."""
     m = op.operands[0] if op.operands else None
     if m is None:
         raise unsupported(op, "a loop without a trip count M; the C backend needs a static number of iterations")
-    trip = int(_const_scalar(op, m, "a trip count M"))
+    return int(_const_scalar(op, m, "a trip count M"))
+
+
+@handler("Loop")
+def _loop(lw: Lowering, op: Op) -> None:
+    body: Graph = op.attr("body")
+    trip = trip_count(op)
     cond = op.operands[1] if len(op.operands) > 1 else None
     if cond is not None and not _const_scalar(op, cond, "a loop condition"):
         trip = 0

@@ -4,8 +4,8 @@
         -> qc_lstm_f32(forward: W[0], R[0], B[0], P[0], h0[0] ... -> Y[:, 0], Y_h[0], Y_c[0])
            qc_lstm_f32(reverse: W[1], R[1], ... -> Y[:, 1], Y_h[1], Y_c[1])
 
-Both ``layout`` values are strides of the same call (layout 0: X [T, B, I], Y [T, D, B, H],
-states [D, B, H]; layout 1: X [B, T, I], Y [B, T, D, H], states [B, D, H]). Absent or unused
+Both ``layout`` values are strides of the same call (layout 0: X [T, B, IN], Y [T, D, B, H],
+states [D, B, H]; layout 1: X [B, T, IN], Y [B, T, D, H], states [B, D, H]). Absent or unused
 outputs are not written. The gate products are qc_gemm_f32 calls inside the kernel.
 
 Refused with a message: activations other than the defaults (Sigmoid, Tanh, Tanh), a
@@ -59,7 +59,7 @@ def _rnn(lw: Lowering, op: Op) -> None:
     x = op.operands[0]
     layout = op.attr("layout", 0)
     xshape = lw.shape(x)
-    T, B, I = (xshape[1], xshape[0], xshape[2]) if layout else xshape
+    T, B, IN = (xshape[1], xshape[0], xshape[2]) if layout else xshape
     _check(lw, op, T)
     H = int(op.attr("hidden_size", lw.shape(op.operands[2])[-1]))
     direction = str_attr(op, "direction", "forward")
@@ -75,7 +75,7 @@ def _rnn(lw: Lowering, op: Op) -> None:
     y, yh = _wanted(op, 0), _wanted(op, 1)
     yc = _wanted(op, 2) if lstm else None
     ybuf, yhbuf, ycbuf = (lw.out(op, i) if v is not None else None for i, v in enumerate((y, yh, yc)))
-    xs_t, xs_b = (I, T * I) if layout else (B * I, I)
+    xs_t, xs_b = (IN, T * IN) if layout else (B * IN, IN)
     ys_t, ys_b = (D * H, T * D * H) if layout else (D * B * H, H)
     hs_b = D * H if layout else H
     work = lw.scratch(DType.f32, (2 * B * G + 2 * B * H) if lstm else (2 * B * G + 3 * B * H))
@@ -87,8 +87,8 @@ def _rnn(lw: Lowering, op: Op) -> None:
 
     for d, rev in enumerate(dirs):
         state = d * H if layout else d * B * H  # offset of direction d in [D, B, H] / [B, D, H]
-        args = [T, B, I, H, rev, op.attr("input_forget", 0) if lstm else op.attr("linear_before_reset", 0), clip,
-                Ptr(lw.buf(x)), xs_t, xs_b, Ptr(W, d * G * I), Ptr(R, d * G * H), ptr(bias, None, d * 2 * G)]
+        args = [T, B, IN, H, rev, op.attr("input_forget", 0) if lstm else op.attr("linear_before_reset", 0), clip,
+                Ptr(lw.buf(x)), xs_t, xs_b, Ptr(W, d * G * IN), Ptr(R, d * G * H), ptr(bias, None, d * 2 * G)]
         if lstm:
             args.append(ptr(peep, None, d * 3 * H))
         args.append(ptr(h0, None, state))
