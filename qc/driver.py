@@ -15,6 +15,7 @@ quantization passes, then ``legalize`` and ``check-kernels`` for the target, the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -220,10 +221,24 @@ class CompileResult:
         """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
         with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
         ``report.json``. A quantized compile then has its ``report`` (sizes, warnings and, with
-        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path."""
+        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
+
+        The report runs onnxruntime on the written file, so it comes after the write; when it (or
+        the write) fails, the files this call wrote are removed again: a failed compile leaves no
+        output that looks like a finished one."""
         path = os.fspath(path)
         kind = output_kind(path, self.target, self.emit)
         check_output_path(path, kind)
+        before = _output_files(path, kind)
+        try:
+            return self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
+                               measure=measure)
+        except BaseException:
+            _remove_written(path, kind, before)
+            raise
+
+    def _write(self, path: str, kind: Emit, *, external: bool | None, harness: bool, elide_above: int | None,
+               measure: bool) -> str:
         inputs = [self.source] if self.source else []
         t0 = time.perf_counter()
         if kind == "onnx":
@@ -254,6 +269,38 @@ class CompileResult:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _output_files(path: str, kind: Emit) -> dict[str, tuple[int, int]] | None:
+    """(inode, mtime) of each file an output at ``path`` consists of (``NAME.onnx`` and its
+    ``NAME.onnx.data`` / ``NAME.qir.weights`` sidecar; every file of a C directory); None for a
+    C directory that does not exist yet."""
+    if kind == "c":
+        if not os.path.isdir(path):
+            return None
+        names = [os.path.join(path, n) for n in os.listdir(path)]
+    else:
+        names = [path, path + ".data", path + ".weights"]
+    out = {}
+    for name in names:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        out[name] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def _remove_written(path: str, kind: Emit, before: dict[str, tuple[int, int]] | None) -> None:
+    """Remove the output files that are new or rewritten since ``before`` (``_output_files``), and
+    a C directory that this write created."""
+    if kind == "c" and before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name, stamp in (_output_files(path, kind) or {}).items():
+        if before is None or before.get(name) != stamp:
+            with contextlib.suppress(OSError):
+                os.remove(name)
 
 
 class _OracleSnapshot(Instrument):
