@@ -86,11 +86,10 @@ class FixShapes(Pass):
 
 
 def parse_shape_items(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """``("input_ids:1x16", "mask=1x16")`` -> ``{"input_ids": (1, 16), "mask": (1, 16)}`` (``NAME:AxB``,
-    or ``NAME=AxB`` as ``qc compile --shape`` writes it; a name may hold ``:``, as TensorFlow's ``x:0``)."""
+    """``("input_ids:1x16", "mask:1x16")`` -> ``{"input_ids": (1, 16), "mask": (1, 16)}``."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items:
-        name, colon, dims = item.strip().rpartition("=" if "=" in item else ":")
+        name, colon, dims = item.strip().rpartition(":")
         try:
             if not colon or not name:
                 raise ValueError

@@ -177,9 +177,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--brief", action="store_true", help="a summary: unit counts per device, and "
                      "more than 8 fallbacks grouped by reason with a few examples each")
     chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
-                     help="sizes of the model inputs' dynamic dimensions for the MAC and copy estimates (as "
-                          "qc compile --shape; NAME:AxB too); without it each unknown dimension counts as 1, "
-                          "and the report lists them")
+                     help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
+                          "without it each dynamic dimension counts as 1, and the report lists them")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -531,10 +530,11 @@ def cmd_check(args) -> int:
     from .targets import load_target
     from .targets.report import format_placement, placement_report
 
-    from .passes.fix_shapes import FixShapes, assumed_shapes, parse_shape_items
+    from .backends.c import parse_shapes
+    from .passes.fix_shapes import FixShapes, assumed_shapes
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
-    given = parse_shape_items(tuple(s for s in args.shape.split(",") if s.strip()))
+    given = parse_shapes(args.shape)  # qc compile --shape's syntax
     module = load_module(args.model, args)
     shapes, assumed = assumed_shapes(module, given)
     items = tuple(f"{name}:{'x'.join(map(str, dims))}" for name, dims in {**given, **shapes}.items())
