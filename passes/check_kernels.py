@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
 from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.types import TensorType, static_size

@@ -29,9 +29,9 @@ class FixShapes(Pass):
     Errors (QCError, nothing changed): an item that names no model input; an item that does not
     fit the input's shape (another rank, or a different number where the input has one); two
     sizes for one shared name; an input that is not a tensor; an input left without a static
-    shape (``partial=true`` leaves such an input, and one that is not a tensor, as it is). A malformed item fails when the
-    pipeline is parsed. The dtype and quantization parameters stay; the shapes of the other
-    values are left to ``propagate-shapes``.
+    shape (``partial=true`` leaves such an input, and one that is not a tensor, as it is). A
+    malformed item fails when the pipeline is parsed. The dtype and quantization parameters
+    stay; the shapes of the other values are left to ``propagate-shapes``.
     """
 
     shapes: tuple[str, ...] = ()

@@ -526,12 +526,11 @@ def cmd_targets(args) -> int:
 def cmd_check(args) -> int:
     import json
 
+    from .backends.c import parse_shapes
+    from .passes.fix_shapes import FixShapes, assumed_shapes
     from .pm import PassContext, PassManager, parse_pass
     from .targets import load_target
     from .targets.report import format_placement, placement_report
-
-    from .backends.c import parse_shapes
-    from .passes.fix_shapes import FixShapes, assumed_shapes
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
     given = parse_shapes(args.shape)  # qc compile --shape's syntax

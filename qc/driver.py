@@ -224,18 +224,20 @@ class CompileResult:
         ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
 
         The report runs onnxruntime on the written file, so it comes after the write; when it (or
-        the write) fails, the files this call wrote are removed again: a failed compile leaves no
-        output that looks like a finished one."""
+        the write) fails, the files this call wrote are removed and a previous output at ``path``
+        is put back: a failed compile leaves no output that looks like a finished one."""
         path = os.fspath(path)
         kind = output_kind(path, self.target, self.emit)
         check_output_path(path, kind)
-        before = _output_files(path, kind)
+        rollback = _Rollback(path, kind)
         try:
-            return self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
-                               measure=measure)
+            onnx_path = self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
+                                    measure=measure)
         except BaseException:
-            _remove_written(path, kind, before)
+            rollback.restore()
             raise
+        rollback.discard()
+        return onnx_path
 
     def _write(self, path: str, kind: Emit, *, external: bool | None, harness: bool, elide_above: int | None,
                measure: bool) -> str:
@@ -271,36 +273,53 @@ class CompileResult:
         self.close()
 
 
-def _output_files(path: str, kind: Emit) -> dict[str, tuple[int, int]] | None:
-    """(inode, mtime) of each file an output at ``path`` consists of (``NAME.onnx`` and its
-    ``NAME.onnx.data`` / ``NAME.qir.weights`` sidecar; every file of a C directory); None for a
-    C directory that does not exist yet."""
+def _output_files(path: str, kind: Emit) -> list[str] | None:
+    """The files an output at ``path`` consists of now (``NAME.onnx`` and its ``NAME.onnx.data`` /
+    ``NAME.qir.weights`` sidecar; every file of a C directory); None for a C directory that does
+    not exist."""
     if kind == "c":
         if not os.path.isdir(path):
             return None
-        names = [os.path.join(path, n) for n in os.listdir(path)]
+        names = [os.path.join(path, n) for n in sorted(os.listdir(path))]
     else:
         names = [path, path + ".data", path + ".weights"]
-    out = {}
-    for name in names:
-        try:
-            st = os.stat(name)
-        except OSError:
-            continue
-        out[name] = (st.st_ino, st.st_mtime_ns)
-    return out
+    return [n for n in names if os.path.isfile(n)]
 
 
-def _remove_written(path: str, kind: Emit, before: dict[str, tuple[int, int]] | None) -> None:
-    """Remove the output files that are new or rewritten since ``before`` (``_output_files``), and
-    a C directory that this write created."""
-    if kind == "c" and before is None:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for name, stamp in (_output_files(path, kind) or {}).items():
-        if before is None or before.get(name) != stamp:
+class _Rollback:
+    """Hard links to the files of a previous output, so that a write that fails after replacing
+    them can put them back (the atomic writes rename over the names; the links keep the old
+    files): ``restore`` removes what the write left and brings the previous output back,
+    ``discard`` drops the links. Without hard links (a file system that has none) a failed write
+    still removes its own files."""
+
+    def __init__(self, path: str, kind: Emit):
+        self.path, self.kind = path, kind
+        self.before = _output_files(path, kind)
+        self.kept: dict[str, str] = {}
+        for name in self.before or ():
+            keep = os.path.join(os.path.dirname(name), f".qc-keep-{os.getpid()}-{os.path.basename(name)}")
+            with contextlib.suppress(OSError):
+                if os.path.lexists(keep):
+                    os.remove(keep)
+                os.link(name, keep)
+                self.kept[name] = keep
+
+    def restore(self) -> None:
+        if self.kind == "c" and self.before is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in _output_files(self.path, self.kind) or ():
             with contextlib.suppress(OSError):
                 os.remove(name)
+        for name, keep in self.kept.items():
+            with contextlib.suppress(OSError):
+                os.replace(keep, name)
+
+    def discard(self) -> None:
+        for keep in self.kept.values():
+            with contextlib.suppress(OSError):
+                os.remove(keep)
 
 
 class _OracleSnapshot(Instrument):

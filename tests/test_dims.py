@@ -174,6 +174,12 @@ def test_bug3_a_failing_report_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(QCError, match="the SQNR check failed"):
         result.write(out)
     assert os.listdir(tmp_path) == ["vad.onnx"]
+    with open(out, "wb") as f:                   # a previous output comes back as it was
+        f.write(b"previous run")
+    with pytest.raises(QCError, match="the SQNR check failed"):
+        result.write(out)
+    assert sorted(os.listdir(tmp_path)) == ["q.onnx", "vad.onnx"]
+    assert open(out, "rb").read() == b"previous run"
 
 
 def test_bug9_check_says_which_dims_it_assumed(tmp_path):

@@ -3,7 +3,16 @@ from .core import ATTR_KINDS, Attr, Function, Graph, Module, Op, Value
 from .dtypes import DType
 from .tensor import SparseTensor, Tensor
 from .types import (
-    Dim, MapType, NegativeDim, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type, dim_kind,
+    Dim,
+    MapType,
+    NegativeDim,
+    OptionalType,
+    QuantParams,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+    dim_kind,
 )
 
 __all__ = [

@@ -31,7 +31,15 @@ from .errors import ParseError, QCError
 from .scope import Scope
 from .tensor import SparseTensor, Tensor
 from .types import (
-    Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type, dim_from_int,
+    Dim,
+    MapType,
+    OptionalType,
+    QuantParams,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+    dim_from_int,
 )
 from .weights import SidecarReader
 

@@ -17,7 +17,16 @@ from .dtypes import DType
 from .naming import assign_unique_names
 from .tensor import SparseTensor, Tensor
 from .types import (
-    Dim, MapType, NegativeDim, OptionalType, QuantParams, QuantRef, SequenceType, SparseTensorType, TensorType, Type,
+    Dim,
+    MapType,
+    NegativeDim,
+    OptionalType,
+    QuantParams,
+    QuantRef,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
 )
 from .weights import SidecarWriter
 

@@ -15,7 +15,15 @@ from onnx import AttributeProto, GraphProto
 
 from qc.ir.core import Graph, Module, Value
 from qc.ir.types import (
-    Dim, OptionalType, SequenceType, SparseTensorType, TensorType, Type, dim_kind, is_static_dim, shared_symbol,
+    Dim,
+    OptionalType,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+    dim_kind,
+    is_static_dim,
+    shared_symbol,
 )
 
 from .reader import clear_negative_dims, convert_type

@@ -43,7 +43,10 @@ def placement_report(target, found: Placement, legalized: list[dict] | None = No
 
 
 def _shape_lines(shapes: dict[str, Any]) -> list[str]:
-    """``input shapes: x [1, 3, 1, 1] (assumed 1: axis 0 (-1), axis 2 (?)), ...`` and what to do."""
+    """``input shapes: x [1, 3, 1, 1] (assumed 1: axis 0 (-1), axis 2 (?)), ...`` and what to do;
+    nothing for a model with static inputs and no --shape."""
+    if not shapes["assumed"] and not shapes["given"]:
+        return []
     assumed: dict[str, list[str]] = collections.defaultdict(list)
     for a in shapes["assumed"]:
         assumed[a["input"]].append(f"axis {a['axis']} ({a['dim']})")
