@@ -62,6 +62,8 @@ def test_minus_one_and_question_marks_round_trip_exactly(tmp_path):
     dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
     assert [(d.WhichOneof("value"), getattr(d, d.WhichOneof("value"))) for d in dims] == [
         ("dim_value", -1), ("dim_value", 3), ("dim_param", "?"), ("dim_param", "?")]
+    y = onnx.load(out).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in y] == [-1, 8, 1, 1]
     feeds = {"x": RNG.standard_normal((2, 3, 5, 7)).astype(np.float32)}
     np.testing.assert_array_equal(run_ort(out, feeds)[0], run_ort(src, feeds)[0])
 
