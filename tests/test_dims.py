@@ -130,6 +130,13 @@ def test_bug2_a_named_dimension_is_still_shared(tmp_path):
     with pytest.raises(QCError, match="inputs 'x' and 'm' share the dimension 'batch', but sample 0 gives 2 and 3"):
         check_against(from_arrays({"x": np.zeros((1, 2, 4), np.float32), "m": np.zeros((1, 3, 9), np.float32)}),
                       module)
+    from qc.passes.fix_shapes import FixShapes
+    from qc.pm import PassContext
+
+    with pytest.raises(QCError, match="--shape gives the dimension 'batch' 2 in 'x' and 3 in 'm'"):
+        FixShapes(shapes=("x:2x4", "m:3x9")).run(module, PassContext())
+    assert FixShapes(shapes=("x:2x4", "m:2x9")).run(module, PassContext())
+    assert [v.type.shape for v in module.graph.inputs] == [(2, 4), (2, 9)]
 
 
 def vad(path: str) -> str:
