@@ -176,6 +176,9 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
     chk.add_argument("--brief", action="store_true", help="a summary: unit counts per device, and "
                      "more than 8 fallbacks grouped by reason with a few examples each")
+    chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
+                     help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
+                          "without it each dynamic dimension counts as 1, and the report lists them")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -523,16 +526,23 @@ def cmd_targets(args) -> int:
 def cmd_check(args) -> int:
     import json
 
+    from .backends.c import parse_shapes
+    from .passes.fix_shapes import FixShapes, assumed_shapes
     from .pm import PassContext, PassManager, parse_pass
     from .targets import load_target
     from .targets.report import format_placement, placement_report
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
+    given = parse_shapes(args.shape)  # qc compile --shape's syntax
     module = load_module(args.model, args)
+    shapes, assumed = assumed_shapes(module, given)
+    items = tuple(f"{name}:{'x'.join(map(str, dims))}" for name, dims in {**given, **shapes}.items())
     ctx = PassContext(target=target)
-    PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
+    FixShapes(shapes=items, partial=True).run(module, ctx)  # its errors name the --shape item, not a pipeline
+    PassManager([parse_pass("propagate-shapes"), parse_pass("check-kernels")], ctx=ctx).run(module)
     assert ctx.placement is not None
-    report = placement_report(target, ctx.placement)
+    report = placement_report(target, ctx.placement, shapes={"inputs": {k: list(v) for k, v in shapes.items()},
+                                                             "given": sorted(given), "assumed": assumed})
     if args.report_json:
         from .fileio import atomic_write
 

@@ -15,6 +15,7 @@ quantization passes, then ``legalize`` and ``check-kernels`` for the target, the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -220,10 +221,26 @@ class CompileResult:
         """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
         with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
         ``report.json``. A quantized compile then has its ``report`` (sizes, warnings and, with
-        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path."""
+        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
+
+        The report runs onnxruntime on the written file, so it comes after the write; when it (or
+        the write) fails, the files this call wrote are removed and a previous output at ``path``
+        is put back: a failed compile leaves no output that looks like a finished one."""
         path = os.fspath(path)
         kind = output_kind(path, self.target, self.emit)
         check_output_path(path, kind)
+        rollback = _Rollback(path, kind)
+        try:
+            onnx_path = self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
+                                    measure=measure)
+        except BaseException:
+            rollback.restore()
+            raise
+        rollback.discard()
+        return onnx_path
+
+    def _write(self, path: str, kind: Emit, *, external: bool | None, harness: bool, elide_above: int | None,
+               measure: bool) -> str:
         inputs = [self.source] if self.source else []
         t0 = time.perf_counter()
         if kind == "onnx":
@@ -254,6 +271,55 @@ class CompileResult:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _output_files(path: str, kind: Emit) -> list[str] | None:
+    """The files an output at ``path`` consists of now (``NAME.onnx`` and its ``NAME.onnx.data`` /
+    ``NAME.qir.weights`` sidecar; every file of a C directory); None for a C directory that does
+    not exist."""
+    if kind == "c":
+        if not os.path.isdir(path):
+            return None
+        names = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+    else:
+        names = [path, path + ".data", path + ".weights"]
+    return [n for n in names if os.path.isfile(n)]
+
+
+class _Rollback:
+    """Hard links to the files of a previous output, so that a write that fails after replacing
+    them can put them back (the atomic writes rename over the names; the links keep the old
+    files): ``restore`` removes what the write left and brings the previous output back,
+    ``discard`` drops the links. Without hard links (a file system that has none) a failed write
+    still removes its own files."""
+
+    def __init__(self, path: str, kind: Emit):
+        self.path, self.kind = path, kind
+        self.before = _output_files(path, kind)
+        self.kept: dict[str, str] = {}
+        for name in self.before or ():
+            keep = os.path.join(os.path.dirname(name), f".qc-keep-{os.getpid()}-{os.path.basename(name)}")
+            with contextlib.suppress(OSError):
+                if os.path.lexists(keep):
+                    os.remove(keep)
+                os.link(name, keep)
+                self.kept[name] = keep
+
+    def restore(self) -> None:
+        if self.kind == "c" and self.before is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in _output_files(self.path, self.kind) or ():
+            with contextlib.suppress(OSError):
+                os.remove(name)
+        for name, keep in self.kept.items():
+            with contextlib.suppress(OSError):
+                os.replace(keep, name)
+
+    def discard(self) -> None:
+        for keep in self.kept.values():
+            with contextlib.suppress(OSError):
+                os.remove(keep)
 
 
 class _OracleSnapshot(Instrument):

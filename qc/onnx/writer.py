@@ -17,7 +17,7 @@ from qc.errors import QCError
 from qc.ir.core import Attr, Function, Graph, Module, Value
 from qc.ir.naming import assign_unique_names
 from qc.ir.tensor import SparseTensor, Tensor
-from qc.ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.types import MapType, NegativeDim, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 _ATTR_TYPE = {
     "int": AttributeProto.INT, "float": AttributeProto.FLOAT, "string": AttributeProto.STRING,
@@ -267,6 +267,8 @@ def type_proto(t: Type) -> TypeProto:
                 dim = inner.shape.dim.add()
                 if isinstance(d, int):
                     dim.dim_value = d
+                elif isinstance(d, NegativeDim):
+                    dim.dim_value = d.value
                 elif isinstance(d, str):
                     dim.dim_param = d
     elif isinstance(t, SequenceType):
