@@ -100,3 +100,220 @@ def transposed_weight_model() -> onnx.ModelProto:
                                                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("y", F, [2, 64])], [_w("W", 64, 64)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def branch_initializer_model() -> onnx.ModelProto:
+    """An If whose branches hold their own 16 KB initializer (above the size that sessions read
+    from the IR's buffers): calibration failed with '... should be stored in qc-in-memory-weights,
+    but it is not regular file'."""
+    def branch(name: str) -> onnx.GraphProto:
+        nodes = [helper.make_node("MatMul", ["x", f"{name}_W"], [f"{name}_mm"], name=f"{name}_mm"),
+                 helper.make_node("Relu", [f"{name}_mm"], [f"{name}_y"], name=f"{name}_relu")]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", F, [2, 64])],
+                                 [_w(f"{name}_W", 64, 64)])
+
+    nodes = [helper.make_node("Relu", ["x0"], ["x"], name="pre"),
+             helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=branch("then"),
+                              else_branch=branch("else"))]
+    graph = helper.make_graph(nodes, "branch_init", [helper.make_tensor_value_info("x0", F, [2, 64]),
+                                                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", F, [2, 64])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def constant_weight_model() -> onnx.ModelProto:
+    """torch.onnx style: x[1, 256] -> MatMul with a Constant-node weight [256, 256] -> Add of a
+    Constant-node bias -> y."""
+    nodes = [_constant("fc.weight", _w("fc.weight", 256, 256, scale=0.05)),
+             _constant("fc.bias", _w("fc.bias", 256)),
+             helper.make_node("MatMul", ["x", "fc.weight"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "fc.bias"], ["y"], name="fc_bias")]
+    graph = helper.make_graph(nodes, "constant_weights", [helper.make_tensor_value_info("x", F, [1, 256])],
+                              [helper.make_tensor_value_info("y", F, [1, 256])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+X = RNG.standard_normal((6, 2, 16)).astype(np.float32)
+FLAGS = [True, False, True, False, True, True]
+
+
+def _if_samples() -> list[dict]:
+    return [{"x": X[i], "flag": np.array(FLAGS[i])} for i in range(len(FLAGS))]
+
+
+def _loop_samples(static: bool) -> list[dict]:
+    counts = [1, 2, 3, 0, 1, 2]
+    return [{"x": X[i]} if static else {"x": X[i], "n": np.array(n, np.int64)} for i, n in enumerate(counts)]
+
+
+def _calibrate(model: onnx.ModelProto, samples: list[dict], spec: str = "calibrate"):
+    from qc.calib.data import from_samples
+
+    module = qc.import_onnx(model)
+    ctx = PassContext()
+    ctx.calibration_data = from_samples(samples)
+    qc.run_pipeline(module, spec, ctx=ctx)
+    return module, ctx
+
+
+def _matmul_reference(x: np.ndarray, w: onnx.TensorProto) -> np.ndarray:
+    """What onnxruntime computes for MatMul(x, w) alone."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", w.name], ["y"])], "ref",
+                              [helper.make_tensor_value_info("x", F, list(x.shape))],
+                              [helper.make_tensor_value_info("y", F, None)], [w])
+    return _ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": x})[0]
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+# -- calibration inside subgraphs ---------------------------------------------------------------
+def test_calibration_observes_the_operands_inside_if_branches():
+    model = if_model()
+    _, ctx = _calibrate(model, _if_samples())
+    stats = ctx.calibration.tensors
+    # x (graph input, read by both MatMuls), t_h (then: Gemm input), e_img (else: Conv input); the
+    # weights (outer initializer, branch initializer, Constant node) are not activations
+    assert sorted(stats) == ["e_img", "t_h", "x"]
+    assert "[calibrate] 2 of the observed tensors are inside If/Loop bodies (threaded out as extra outputs)" \
+        in ctx.remarks
+    assert "[calibrate] 6 samples, 3 tensors" in " ".join(ctx.remarks)
+    w = _initializer(model, "W_outer")
+    then_rows = np.concatenate([_matmul_reference(X[i], w) for i in range(6) if FLAGS[i]])
+    else_rows = np.maximum(np.concatenate([_matmul_reference(X[i], w) for i in range(6) if not FLAGS[i]]), 0)
+    np.testing.assert_allclose([stats["t_h"].min, stats["t_h"].max], [then_rows.min(), then_rows.max()], rtol=1e-6)
+    np.testing.assert_allclose([stats["e_img"].min, stats["e_img"].max], [else_rows.min(), else_rows.max()],
+                               rtol=1e-6)
+    assert stats["t_h"].count == then_rows.size   # the padded empty tensor of the other branch counts nothing
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static-trip-count", "dynamic-trip-count"])
+def test_calibration_observes_every_iteration_of_a_loop_body(static):
+    model = loop_model(static)
+    samples = _loop_samples(static)
+    _, ctx = _calibrate(model, samples)
+    stats = ctx.calibration.tensors
+    assert sorted(stats) == ["h_in"]          # the body's MatMul input; its weight is a Constant node
+    rows = []
+    for feed in samples:
+        h, steps = _ort(model, feed)
+        # h_in: x in the first iteration, then Tanh of the previous iteration's MatMul
+        rows += [feed["x"]] + [np.tanh(s) for s in steps[:-1]] if len(steps) else []
+    rows = np.concatenate(rows)
+    assert stats["h_in"].count == rows.size
+    np.testing.assert_allclose([stats["h_in"].min, stats["h_in"].max], [rows.min(), rows.max()], rtol=1e-6)
+
+
+def test_calibration_runs_with_large_initializers_inside_branches():
+    rng = np.random.default_rng(0)
+    samples = [{"x0": rng.standard_normal((2, 64)).astype(np.float32), "flag": np.array(i % 2 == 0)}
+               for i in range(4)]
+    _, ctx = _calibrate(branch_initializer_model(), samples)
+    assert sorted(ctx.calibration.tensors) == ["x"]
+    assert ctx.calibration.samples == 4
+
+
+# -- quantization inside subgraphs --------------------------------------------------------------
+def _quantize(model: onnx.ModelProto, samples: list[dict], scheme: str, opset: int | None = None):
+    from qc.calib.data import from_samples
+    from qc.quant.schemes import QuantOptions, pipeline
+
+    module = qc.import_onnx(model, upgrade_opset=opset)
+    ctx = PassContext()
+    ctx.calibration_data = from_samples(samples)
+    qc.run_pipeline(module, pipeline(QuantOptions(scheme)), ctx=ctx)
+    out = qc.export_onnx(module)
+    onnx.checker.check_model(out, full_check=True)
+    return module, out, ctx
+
+
+def _body_ops(module, op_type: str) -> dict[str, list[str]]:
+    """For each subgraph of ``op_type``'s op: its op types."""
+    op = next(o for o in module.graph.walk() if o.op_type == op_type)
+    return {name: [o.op_type for o in a.value] for name, a in op.attrs.items() if a.kind == "graph"}
+
+
+def _relative_error(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.abs(ref - got).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "dyn8"])
+def test_ops_inside_if_branches_are_quantized(scheme):
+    model = if_model()
+    module, out, ctx = _quantize(model, _if_samples(), scheme)
+    bodies = _body_ops(module, "If")
+    act = "QuantizeLinear" if scheme == "w8a8" else "DynamicQuantizeLinear"
+    # the outer weight and x are quantized once in the main graph (both branches read them);
+    # the branches quantize their own activations and weights (Gemm initializer, Constant-node Conv weight)
+    main = [o.op_type for o in module.graph]
+    assert main.count("DequantizeLinear") == 2 and act in main
+    gemm = "DynamicQuantizeMatMul" if scheme == "dyn8" else "Gemm"    # lower-qop's form of a dynamic Gemm
+    assert {"QuantizeLinear", "DequantizeLinear", gemm} <= set(bodies["then_branch"]) if scheme == "w8a8" \
+        else gemm in bodies["then_branch"], bodies
+    assert {act, "DequantizeLinear", "Conv"} <= set(bodies["else_branch"]), bodies
+    assert bodies["else_branch"].count("DequantizeLinear") == 2       # e_img and the Conv weight
+    assert "Constant" not in bodies["else_branch"]
+    for flag in (True, False):
+        feed = {"x": X[0], "flag": np.array(flag)}
+        assert _relative_error(_ort(model, feed)[0], _ort(out, feed)[0]) < 0.03
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static-trip-count", "dynamic-trip-count"])
+@pytest.mark.parametrize("scheme", ["w8a8", "dyn8", "w4"])
+def test_ops_inside_a_loop_body_are_quantized(scheme, static):
+    model = loop_model(static)
+    module, out, ctx = _quantize(model, _loop_samples(static), scheme, opset=21 if scheme == "w4" else None)
+    body = _body_ops(module, "Loop")["body"]
+    expected = {"w8a8": {"QuantizeLinear", "DequantizeLinear"}, "dyn8": {"DynamicQuantizeMatMul"},
+                "w4": {"MatMulNBits"}}[scheme]
+    assert expected <= set(body), body
+    assert "Constant" not in body     # the Constant-node weight is stored quantized
+    feed = {"x": X[0]} if static else {"x": X[0], "n": np.array(3, np.int64)}
+    ref, got = _ort(model, feed), _ort(out, feed)
+    assert _relative_error(ref[0], got[0]) < (0.3 if scheme == "w4" else 0.05)
+
+
+# -- no weights copied into branches ----------------------------------------------------------
+def test_fold_constants_keeps_one_copy_of_a_weight_both_branches_reorder():
+    model = transposed_weight_model()
+    module = qc.import_onnx(model)
+    from qc.quant.schemes import OPTIMIZATION_PIPELINE
+
+    qc.run_pipeline(module, OPTIMIZATION_PIPELINE)
+    out = qc.export_onnx(module)
+    weights = [t for t in out.graph.initializer if len(t.dims) == 2]
+    assert len(weights) == 1 and list(weights[0].dims) == [64, 64]       # Transpose(W), shared
+    for branch in out.graph.node[0].attribute:
+        assert not branch.g.initializer and [n.op_type for n in branch.g.node][0] == "MatMul"
+    assert out.ByteSize() <= model.ByteSize()
+    for flag in (True, False):
+        feed = {"x": np.ones((2, 64), np.float32), "flag": np.array(flag)}
+        np.testing.assert_allclose(_ort(out, feed)[0], _ort(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+# -- Constant-node weights -----------------------------------------------------------------------
+def test_show_summary_counts_constant_node_weights(tmp_path):
+    path = str(tmp_path / "m.onnx")
+    onnx.save(constant_weight_model(), path)
+    r = run_qc("show", "--summary", path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "ops: 4 (3 kinds), consts: 2 (0.26 MB), inputs: 1, outputs: 1"
+    onnx.save(if_model(), path)   # consts of branches and Constant nodes inside branches count too
+    r = run_qc("show", "--summary", path)
+    assert "consts: 5 (0.00 MB)" in r.stdout, r.stdout
+
+
+def test_quantize_weights_quantizes_a_constant_node_weight(tmp_path):
+    src, dst = str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx")
+    model = constant_weight_model()
+    onnx.save(model, src)
+    r = run_qc("opt", src, "-p", "quantize-weights", "-o", dst)
+    assert r.returncode == 0, r.stderr
+    out = onnx.load(dst)
+    assert [n.op_type for n in out.graph.node] == ["Constant", "DequantizeLinear", "MatMul", "Add"]
+    q = next(t for t in out.graph.initializer if t.name == "fc.weight.q")
+    assert q.data_type == TensorProto.INT8 and list(q.dims) == [256, 256]
+    assert os.path.getsize(dst) < os.path.getsize(src) / 2
+    feed = {"x": RNG.standard_normal((1, 256)).astype(np.float32)}
+    assert _relative_error(_ort(model, feed)[0], _ort(out, feed)[0]) < 0.02
