@@ -11,7 +11,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qc
 from conftest import run_qc
-from qc.calib.data import from_arrays
 from qc.pm import PassContext
 
 RNG = np.random.default_rng(18)
@@ -317,3 +316,20 @@ def test_quantize_weights_quantizes_a_constant_node_weight(tmp_path):
     assert os.path.getsize(dst) < os.path.getsize(src) / 2
     feed = {"x": RNG.standard_normal((1, 256)).astype(np.float32)}
     assert _relative_error(_ort(model, feed)[0], _ort(out, feed)[0]) < 0.02
+
+
+def test_smooth_quant_scales_a_constant_node_weight():
+    from qc.calib.data import from_samples
+
+    model = constant_weight_model()
+    module = qc.import_onnx(model)
+    ctx = PassContext()
+    x = RNG.standard_normal((4, 1, 256)).astype(np.float32)
+    x[..., 7] *= 40.0                       # an outlier channel for SmoothQuant to move into the weight
+    ctx.calibration_data = from_samples([{"x": s} for s in x])
+    qc.run_pipeline(module, "calibrate,smooth-quant", ctx=ctx)
+    matmul = next(op for op in module.graph if op.op_type == "MatMul")
+    assert matmul.operands[1].name == "fc.weight.smooth"       # the lifted Constant weight, rescaled
+    out = qc.export_onnx(module)
+    feed = {"x": x[0]}
+    np.testing.assert_allclose(_ort(out, feed)[0], _ort(model, feed)[0], rtol=1e-4, atol=1e-4)
