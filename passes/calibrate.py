@@ -54,7 +54,7 @@ class Calibrate(Pass):
                                                            min, max, histogram, per-feature |x| max/sum,
                                                            Hessian X^T X, row sample)
 
-    Observed (main graph): the float, non-constant operands of the ops named in ``ops`` --
+    Observed (main graph, If branches, Loop bodies): the float, non-constant operands of the ops named in ``ops`` --
     MatMul A (features: last axis) and B (axis -2), Gemm A and B (transA/transB honoured),
     Conv X (channels: axis 1) -- and, with ``outputs=true``, their results. Per-feature
     statistics (``channels``) are kept for operands multiplying a constant weight and for Conv
@@ -65,6 +65,18 @@ class Calibrate(Pass):
     input is observed from the feeds; every other value becomes an extra output of an ONNX
     export of the module run by onnxruntime, one sample (or ``batch-size`` samples when the
     batch dimension is symbolic) at a time, so memory holds one batch's activations.
+    A value inside an If branch or a Loop body (nested ones too) cannot be a graph output, so
+    the session's copy of the model threads it out (``qc.onnx.expose``; the IR is not changed)::
+
+        %y = If(%c) then {%h = ...; %z = MatMul(%h, @w)}   ->  %y, %h.qc_observed = If(%c)
+                                                                 then {... -> Identity(%h)}
+                                                                 else {... -> Constant(f32[0])}
+
+    the branch not taken gives an empty tensor (nothing is added to the statistics), a Loop
+    gives every iteration's value as a scan output (folded in as more rows of axis 0). Chosen
+    over evaluating bodies one by one because it is one onnxruntime run per sample with the
+    model's own control flow, whatever the trip count or branch taken. Scan and function bodies
+    are not observed. Constant ops' results count as constants (weights stored as Constant nodes).
     ``hessian`` (K x K float64 per tensor) and ``rows`` (at most that many rows kept for AWQ)
     apply to operands that multiply a constant weight (MatMul A, Gemm A), not to Conv.
 

@@ -45,6 +45,12 @@ class FoldConstants(Pass):
         %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
             ->  %t = onnx.Constant() {value = ...}
 
+    Equal results folded in several subgraphs become one const of their common enclosing graph
+    (not one copy per branch)::
+
+        If then: %t1 = onnx.Transpose(@W)    else: %t2 = onnx.Transpose(@W)
+            ->  const @t1 (main graph), read by both branches
+
     Never folded: DequantizeLinear (a quantized weight stays quantized: folding it would store the
     weights dequantized, 2-8x larger, and lose the quantization for the backends), ops with
     subgraphs (If/Loop/Scan; ops *inside* subgraphs are folded, their

@@ -101,6 +101,10 @@ class InsertQDQ(Pass):
     biases, ops whose name matches ``exclude``, and with ``activation-pairs = false`` MatMuls
     of two activations (attention's QK^T and PV), and MatMuls with a float16 weight (the
     float16 part that ``split-outliers`` made).
+    Ops inside If branches and Loop bodies are quantized too, with the statistics ``calibrate``
+    observed there; the pair goes where the activation is defined, so a main-graph value read
+    in both branches of an If is quantized once, before the If. An op whose input has no
+    statistics (inside a Scan body) keeps it float, with a remark.
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """

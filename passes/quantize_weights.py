@@ -83,7 +83,14 @@ class QuantizeWeights(Pass):
                                                     %y = onnx.Gemm(%a, %B.dq, %c) {transB = 1}
 
     A weight read by several ops gets one DequantizeLinear, placed before the first of them; the
-    float const is removed once nothing reads it any more.
+    float const is removed once nothing reads it any more. Ops inside If branches and Loop bodies
+    are quantized too: the DequantizeLinear goes into the graph holding the weight (a main-graph
+    weight read by both branches of an If: before the If, stored once). A weight stored as a
+    Constant op is made a const first::
+
+        %w = onnx.Constant() {value = f32[K, N] ...}   ->  const @w.q : i8[K, N] ...
+        %y = onnx.MatMul(%x, %w)                            %w.dq = onnx.DequantizeLinear(@w.q, ...)
+                                                            %y = onnx.MatMul(%x, %w.dq)
 
     Algorithms (``algo``; see qc.quant.weight_algos):
 
@@ -106,10 +113,11 @@ class QuantizeWeights(Pass):
                                                     %q = onnx.MatMul(%x.s, %Wq.dq)
 
       When ``alpha = 0`` (``s = 1``, plain rounding) wins the search, nothing is inserted.
+      Main-graph ops only: a weight read inside a subgraph is rounded to nearest (a remark says so).
     - ``awq+gptq``: AWQ's scaling, then GPTQ on ``diag(s) W`` with the Hessian of ``x / s``.
 
     Left alone (with a remark where useful): op types other than MatMul and Gemm (even when
-    listed in ``ops``), ops outside the main graph, ops whose name matches
+    listed in ``ops``), ops whose name matches
     ``exclude`` (an op without a name is matched by its first result's name), weights that are not
     float32 2-D consts or are overridable graph inputs or hold NaN / Inf, weights with fewer
     than ``min_size`` elements. A Gemm with ``transA = 1`` reads its activation transposed, so calibration
