@@ -2,6 +2,7 @@
 (issue 18, bugs 4 and 5): shaped like the exporters' output (Silero VAD: an If on the sample
 rate whose branches hold the Convs; torch.onnx: weights as Constant nodes)."""
 import os
+import zlib
 
 import numpy as np
 import onnx
@@ -18,7 +19,9 @@ F = TensorProto.FLOAT
 
 
 def _w(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
-    return numpy_helper.from_array((RNG.standard_normal(shape) * scale).astype(np.float32), name)
+    """A weight drawn from a generator seeded by its name: each model builder gives the same model."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
 
 def _constant(out: str, tensor: onnx.TensorProto) -> onnx.NodeProto:
@@ -333,3 +336,13 @@ def test_smooth_quant_scales_a_constant_node_weight():
     out = qc.export_onnx(module)
     feed = {"x": x[0]}
     np.testing.assert_allclose(_ort(out, feed)[0], _ort(model, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_in_worker_processes_observes_the_branches_too():
+    _, serial = _calibrate(if_model(), _if_samples())
+    _, workers = _calibrate(if_model(), _if_samples(), "calibrate{jobs=2}")
+    assert "[calibrate] calibrated in 2 worker processes, statistics merged" in workers.remarks
+    assert sorted(workers.calibration.tensors) == sorted(serial.calibration.tensors) == ["e_img", "t_h", "x"]
+    for name, s in serial.calibration.tensors.items():
+        w = workers.calibration.tensors[name]
+        assert (w.min, w.max, w.count) == (s.min, s.max, s.count), name
