@@ -210,8 +210,9 @@ def lift_constant_weights(module: Module, op_types: set[str], position: int = 1)
                 or len(c.attrs) != 1 or not can_hold_consts(module, c.graph, None):
             continue
         a = c.attrs.get("value")
-        if a is None or a.ref is not None or a.kind != "tensor" or not isinstance(a.value, Tensor):
-            continue
+        if a is None or a.ref is not None or a.kind != "tensor" or not isinstance(a.value, Tensor) \
+                or a.value.is_elided or a.value.dtype.name != "f32" or is_any_output(w):
+            continue  # a graph output keeps its producer: a const could not keep the output's name
         g = c.graph
         const = g.add_const(w.name, a.value)
         if isinstance(w.type, TensorType) and w.type.quant is not None:
