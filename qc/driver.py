@@ -146,11 +146,28 @@ def check_output_path(path: str, kind: Emit) -> None:
         raise QCError(f"the directory {parent} is not writable", where=path, hint="choose another -o path")
 
 
+def stored_tensors(module: Module) -> list:
+    """Every tensor the model stores: the consts of every graph (subgraphs included) and the
+    ``value`` of each Constant op (exporters such as torch.onnx store weights that way)."""
+    out = []
+    for op in module.walk():
+        a = op.attrs.get("value") if op.op_type == "Constant" and op.domain in ("", "ai.onnx") else None
+        if a is not None and a.kind == "tensor" and a.ref is None:
+            out.append(a.value)
+    stack = [module.graph] + [f.body for f in module.functions]
+    while stack:
+        g = stack.pop()
+        out.extend(v.const for v in g.consts.values())
+        for op in g:
+            stack.extend(op.subgraphs())
+    return out
+
+
 def summarize(module: Module) -> str:
     """Op counts by type, constants and their bytes: a few lines for a terminal."""
     counts = collections.Counter(op.qualified_type for op in module.walk())
-    consts = list(module.graph.consts.values())
-    nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
+    consts = stored_tensors(module)
+    nbytes = sum(getattr(t, "nbytes", 0) for t in consts)
     inputs = len([v for v in module.graph.inputs if v.const is None])
     lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
              f"inputs: {inputs}, outputs: {len(module.graph.outputs)}"]
