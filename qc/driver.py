@@ -227,6 +227,7 @@ class CompileResult:
     source: str | None = None
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
+    source_ops: dict[str, int] = field(default_factory=dict)
     _oracle: str | None = None
 
     @property
@@ -415,6 +416,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         if hasattr(inst, "add"):
             inst.add("(import)", seconds["import"])  # the Timing table's first row
     before = summarize(module)
+    source_ops = collections.Counter(op.qualified_type for op in module.walk())
     held: list[dict[str, Any]] = []
     if opts is not None:
         data = _calibration_data(calibration, module)
@@ -445,6 +447,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     result = CompileResult(module=module, target=tgt, emit=emit, pipeline=str(pm_all),
                            placement=placement_report(tgt, ctx.placement, ctx.legalized), context=ctx,
                            accuracy=accuracy, before=before, seconds=seconds, holdout=held, source=source,
+                           source_ops=dict(source_ops),
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
@@ -489,7 +492,8 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
         t0 = time.perf_counter()
         accuracy = output_sqnr(onnx_path, result.source, result.holdout)
         result.seconds["sqnr check"] = time.perf_counter() - t0
-    warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target)]
+    warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target,
+                                                            source_ops=result.source_ops)]
     report = build_report(scheme=opts.scheme, pipeline=result.pipeline, input_path=result.source or "<model>",
                           output_path=onnx_path, module=result.module, calibration=calibration, accuracy=accuracy,
                           seconds=result.seconds,
