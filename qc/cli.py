@@ -417,6 +417,9 @@ def cmd_compile(args) -> int:
                         else {"placement": result.placement}, [args.model, args.output])
         if not args.quiet:
             _print_compile(args, result, onnx_path)
+        sys.stdout.flush()
+        for warning in result.warnings:
+            sys.stderr.write(f"qc: warning: {warning}\n")
     finally:
         result.close()
     return 0

@@ -209,6 +209,8 @@ class CompileResult:
     source: str | None = None
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
+    budget: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
     _oracle: str | None = None
 
     @property
@@ -365,7 +367,26 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
+    if emit == "c" and tgt.memory is not None and tgt.memory.enforce:
+        _check_budget(result, fallback, shapes)
     return result
+
+
+def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """The arena and weights of the C code against the target's RAM and flash (qc.tools.budget):
+    a warning in ``result.warnings``, or with ``fallback="error"`` a QCError before anything is written."""
+    from qc.backends.c import memory_plan
+    from qc.tools.budget import check
+
+    report = check(result.target, memory_plan(result.module, result.target), quantized=result.quant is not None,
+                   shapes=shapes)
+    result.budget = report.as_dict()
+    if report.fits:
+        return
+    if fallback == "error":
+        result.close()
+        raise report.error(result.source)
+    result.warnings.append(report.message())
 
 
 def _calibration_data(calibration: CalibrationSource, module: Module) -> CalibrationData | None:
