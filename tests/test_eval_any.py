@@ -1,0 +1,186 @@
+"""`qc eval MODEL --reference REF` for any model (issue 18, bug 8): per output SQNR, cosine, max
+|error| and top-1 agreement, on inputs generated from the signature or read from an .npz, checked
+against numpy on onnxruntime's outputs (graph optimizations off); JSON output; the errors."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from conftest import run_qc
+from qc.calib.data import from_arrays
+from qc.driver import load_model
+from qc.tools import evaluate
+
+
+def small_cnn(path, seed: int = 0) -> str:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: class scores logits [N, 10] for
+    x [N, 3, 16, 16] (a symbolic batch, as exporters write it), and a score [N, 1] (their mean)."""
+    rng = np.random.RandomState(seed)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.randn(*shape) * np.sqrt(2 / np.prod(shape[1:]))).astype(np.float32), name)
+
+    inits = [w("w1", 8, 3, 3, 3), numpy_helper.from_array(np.zeros(8, np.float32), "b1"), w("w2", 10, 8),
+             numpy_helper.from_array(np.zeros(10, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1, name="fc"),
+             helper.make_node("ReduceMean", ["logits"], ["score"], axes=[1], keepdims=1, name="mean")]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TP.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("logits", TP.FLOAT, ["N", 10]),
+                           helper.make_tensor_value_info("score", TP.FLOAT, ["N", 1])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(float reference, its w8a8 compile by qc) on a few calibration images."""
+    import qc
+
+    d = tmp_path_factory.mktemp("eval")
+    ref = small_cnn(d / "cnn.onnx")
+    calib = from_arrays({"x": np.random.RandomState(5).randn(8, 1, 3, 16, 16).astype(np.float32)})
+    result = qc.compile(ref, target="x86-avx2", quant="w8a8", calibration=calib, holdout=0)
+    result.write(str(d / "cnn_w8a8.onnx"))
+    result.close()
+    return ref, str(d / "cnn_w8a8.onnx")
+
+
+def _ort(path, feeds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def _numpy_metrics(model, ref, samples):
+    """What qc eval must print, computed here from onnxruntime's outputs with numpy alone."""
+    got = [_ort(model, s) for s in samples]
+    want = [_ort(ref, s) for s in samples]
+    out = {}
+    for name in want[0]:
+        r = [w[name].astype(np.float64) for w in want]
+        g = [x[name].astype(np.float64) for x in got]
+        per = [10 * math.log10((a ** 2).sum() / ((a - b) ** 2).sum()) for a, b in zip(r, g)]
+        cos = [float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(r, g)]
+        m = {"sqnr_db": 10 * math.log10(sum((a ** 2).sum() for a in r) / sum(((a - b) ** 2).sum() for a, b in zip(r, g))),
+             "sqnr_db_min": min(per), "sqnr_db_median": float(np.median(per)), "cosine": float(np.mean(cos)),
+             "max_abs_error": max(float(np.abs(a - b).max()) for a, b in zip(r, g))}
+        if r[0].shape[-1] > 1:
+            rows = np.concatenate([a.reshape(-1, a.shape[-1]) for a in r])
+            test = np.concatenate([b.reshape(-1, b.shape[-1]) for b in g])
+            m["top1"] = float((rows.argmax(1) == test.argmax(1)).mean())
+        out[name] = m
+    return out
+
+
+def _assert_close(got: dict, want: dict):
+    for name, m in want.items():
+        for k, v in m.items():
+            assert got[name][k] == pytest.approx(v, rel=1e-9, abs=1e-12), (name, k)
+
+
+def test_generated_inputs_json_matches_numpy(models):
+    ref, quant = models
+    r = run_qc("eval", quant, "--reference", ref, "--shape", "x=2x3x16x16", "--samples", "8", "--seed", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    rng = np.random.default_rng(3)                   # the documented generator: standard normal float32
+    samples = [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    want = _numpy_metrics(quant, ref, samples)
+    _assert_close(report["outputs"], want)
+    assert report["inputs"] == {"from": "signature", "samples": 8, "seed": 3,
+                                "generators": ["x: normal(0, 1) float32[2, 3, 16, 16]"]}
+    logits, score = report["outputs"]["logits"], report["outputs"]["score"]
+    assert logits["classifier_like"] and logits["top1_rows"] == 16 and 0.5 < logits["top1"] <= 1.0
+    assert not score["classifier_like"] and "top1" not in score   # last axis 1: no classes
+    assert 20 < logits["sqnr_db"] < 80 and logits["sqnr_db_min"] <= logits["sqnr_db_median"]
+    # same seed, same bytes
+    assert run_qc("eval", quant, "--reference", ref, "--shape", "x=2x3x16x16", "--samples", "8", "--seed", "3",
+                  "--json").stdout == r.stdout
+
+
+def test_npz_inputs_text_report(models, tmp_path):
+    ref, quant = models
+    xs = np.random.RandomState(9).randn(5, 1, 3, 16, 16).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=xs)
+    r = run_qc("eval", quant, "--ref", ref, "--inputs", str(tmp_path / "x.npz"))
+    assert r.returncode == 0, r.stderr
+    want = _numpy_metrics(quant, ref, [{"x": x} for x in xs])
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"qc eval: {quant} vs {ref}, 5 samples from {tmp_path / 'x.npz'}"
+    assert lines[1].split() == ["output", "sqnr", "dB", "min/median", "cosine", "max", "|err|", "top-1"]
+    m = want["logits"]
+    assert lines[2].split() == ["logits", f"{m['sqnr_db']:.2f}", f"{m['sqnr_db_min']:.2f}/{m['sqnr_db_median']:.2f}",
+                                f"{m['cosine']:.6f}", f"{m['max_abs_error']:.4g}", f"{100 * m['top1']:.1f}%", "of", "5"]
+    s = want["score"]
+    assert lines[3].split()[1:] == [f"{s['sqnr_db']:.2f}", f"{s['sqnr_db_min']:.2f}/{s['sqnr_db_median']:.2f}",
+                                    f"{s['cosine']:.6f}", f"{s['max_abs_error']:.4g}", "-"]
+    r3 = run_qc("eval", quant, "--ref", ref, "--inputs", str(tmp_path / "x.npz"), "--samples", "3", "--json")
+    _assert_close(json.loads(r3.stdout)["outputs"], _numpy_metrics(quant, ref, [{"x": x} for x in xs[:3]]))
+
+
+def test_identical_models_are_infinite_sqnr_and_full_agreement(models):
+    ref, _ = models
+    import shutil
+    copy = ref.replace(".onnx", "_copy.onnx")
+    shutil.copyfile(ref, copy)
+    r = run_qc("eval", copy, "--ref", ref, "--shape", "x=1x3x16x16", "--samples", "2", "--json")
+    out = json.loads(r.stdout)["outputs"]["logits"]
+    assert out["sqnr_db"] == "inf" and out["max_abs_error"] == 0.0 and out["top1"] == 1.0 and out["cosine"] == 1.0
+
+
+def test_errors_are_one_line(models, tmp_path):
+    ref, quant = models
+    np.savez(tmp_path / "x.npz", x=np.zeros((2, 1, 3, 16, 16), np.float32))
+    cases = [
+        (["eval", quant, "--ref", ref],
+         f"qc: error: {ref}: input 'x' [N, 3, 16, 16] has the symbolic dimension 'N' (axis 0), so inputs cannot be "
+         "generated for it; give its size: --shape x=Nx3x16x16 (with numbers), or give inputs with --inputs X.npz"),
+        (["eval", quant, "--ref", ref, "--shape", "x=2x3x16x17"],
+         f"qc: error: {ref}: --shape x=2x3x16x17 does not match the input's shape [N, 3, 16, 16]; keep its static "
+         "dimensions and give a size for each symbolic one"),
+        (["eval", quant, "--ref", ref, "--shape", "y=1x2"],
+         "qc: error: --shape names 'y', which is not a model input; the inputs are x"),
+        (["eval", quant, "--ref", ref, "--shape", "x=1x3x16x16", "--inputs", str(tmp_path / "x.npz")],
+         "qc: error: --shape sizes generated inputs; --inputs gives the inputs themselves; drop --shape (or --inputs)"),
+        (["eval", quant],
+         f"qc: error: {quant}: qc eval compares this model (inputs x; outputs logits, score) with a reference model; "
+         "give --reference FP32.onnx"),
+    ]
+    for argv, expected in cases:
+        r = run_qc(*argv)
+        assert r.returncode == 2 and r.stdout == "", (argv, r.stdout, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(expected), (argv, r.stderr)
+
+
+def test_generated_token_ids_stay_inside_the_embedding(tmp_path):
+    """input_ids feeding a Gather of a [50, 4] table are drawn from [0, 50); a mask is ones."""
+    table = numpy_helper.from_array(np.random.RandomState(0).randn(50, 4).astype(np.float32), "emb")
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h"], axis=0),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TP.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
+             helper.make_node("Mul", ["h", "m3"], ["y"])]
+    axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("input_ids", TP.INT64, [1, "seq"]),
+                                         helper.make_tensor_value_info("attention_mask", TP.INT64, [1, "seq"])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, "seq", 4])], [table, axes])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
+    specs = evaluate.signature(load_model(str(tmp_path / "emb.onnx")),
+                               {"input_ids": (1, 64), "attention_mask": (1, 64)})
+    assert [s.describe() for s in specs] == ["input_ids: ints in [0, 50) int64[1, 64]",
+                                             "attention_mask: ones int64[1, 64]"]
+    feeds = evaluate.generate(specs, 20, seed=1)
+    ids = np.stack([f["input_ids"] for f in feeds])
+    assert ids.min() >= 0 and ids.max() == 49 and len(np.unique(ids)) > 40
+    assert all((f["attention_mask"] == 1).all() for f in feeds)
