@@ -406,6 +406,16 @@ def _calibration_data(calibration: CalibrationSource, module: Module) -> Calibra
     return data
 
 
+def _first_samples(data: CalibrationData | None, module: Module, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` calibration samples shaped for ``module`` (what generated inputs imitate)."""
+    if not isinstance(data, CalibrationData):
+        return []
+    from qc.calib.data import conform
+
+    inputs = {v.name: v for v in module.graph.inputs}
+    return [conform(data.sample(i), inputs) for i in range(min(count, len(data)))]
+
+
 def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[str, Any]:
     """The quantization report of a written compile: sizes, compute ops by form, calibration,
     outlier columns, guardrail warnings, the held-aside SQNR (``measure``) and the placement."""
@@ -423,9 +433,10 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
                        "cache": None if ctx.calibration_cache is None else os.fspath(ctx.calibration_cache),
                        "cached": bool(ctx.calibration_from_cache)}
     accuracy = None
-    if result.holdout and measure and result.source is not None:
+    if (result.holdout or ctx.calibration_data is not None) and measure and result.source is not None:
         t0 = time.perf_counter()
-        accuracy = output_sqnr(onnx_path, result.source, result.holdout)
+        accuracy = output_sqnr(onnx_path, result.source, result.holdout,
+                               calibration=_first_samples(ctx.calibration_data, result.module, 16))
         result.seconds["sqnr check"] = time.perf_counter() - t0
     warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target)]
     report = build_report(scheme=opts.scheme, pipeline=result.pipeline, input_path=result.source or "<model>",

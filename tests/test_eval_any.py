@@ -184,3 +184,61 @@ def test_generated_token_ids_stay_inside_the_embedding(tmp_path):
     ids = np.stack([f["input_ids"] for f in feeds])
     assert ids.min() >= 0 and ids.max() == 49 and len(np.unique(ids)) > 40
     assert all((f["attention_mask"] == 1).all() for f in feeds)
+
+
+# -- the compile report's held-aside SQNR ---------------------------------------------------------
+def _compile_report(tmp_path, samples: int, holdout: int | None):
+    import qc
+
+    ref = small_cnn(tmp_path / "cnn.onnx")
+    xs = np.random.RandomState(5).randn(samples, 1, 3, 16, 16).astype(np.float32)
+    result = qc.compile(ref, target="x86-avx2", quant="w8a8", calibration=from_arrays({"x": xs}), holdout=holdout)
+    out = str(tmp_path / "q.onnx")
+    result.write(out)
+    result.close()
+    return ref, out, xs, result.report
+
+
+def test_compile_report_sqnr_uses_16_samples_and_says_so(tmp_path):
+    """8 calibration samples hold 1 aside: the report measures it and 15 inputs generated like the
+    real ones, gives each group apart and the spread, and says how many of each."""
+    from qc.tools.report import format_report
+
+    ref, out, xs, report = _compile_report(tmp_path, 8, None)
+    a = report["accuracy"]
+    assert (a["samples"], a["held_aside"], a["generated"], a["generated_from"]) == (16, 1, 15, 8)
+    held = _numpy_metrics(out, ref, [{"x": xs[-1]}])      # the last sample is the held-aside one
+    for name in ("logits", "score"):
+        assert a["held_aside_sqnr_db"][name] == pytest.approx(held[name]["sqnr_db"], rel=1e-9)
+        assert a["sqnr_db_min"][name] <= a["sqnr_db_median"][name]
+        assert min(a["held_aside_sqnr_db"][name], a["generated_sqnr_db"][name]) <= a["sqnr_db"][name] <= \
+            max(a["held_aside_sqnr_db"][name], a["generated_sqnr_db"][name])
+    text = format_report(report)
+    assert ("  output SQNR vs the float model on 16 samples (1 held-aside + 15 generated like the 8 real ones): "
+            f"logits {a['sqnr_db']['logits']:.2f} dB, score {a['sqnr_db']['score']:.2f} dB\n") in text
+    assert f"    per sample min / median: logits {a['sqnr_db_min']['logits']:.2f} / " in text
+    assert f"    held-aside alone: logits {a['held_aside_sqnr_db']['logits']:.2f} dB" in text
+    # the same compile writes the same report numbers (generated inputs are seeded)
+    again = tmp_path / "again"
+    again.mkdir()
+    assert _compile_report(again, 8, None)[3]["accuracy"] == a
+
+
+def test_compile_report_with_enough_held_aside_samples_generates_none(tmp_path):
+    ref, out, xs, report = _compile_report(tmp_path, 40, 16)
+    a = report["accuracy"]
+    assert (a["samples"], a["held_aside"], a["generated"]) == (16, 16, 0)
+    assert "generated_sqnr_db" not in a and "held_aside_sqnr_db" not in a
+    want = _numpy_metrics(out, ref, [{"x": x} for x in xs[-16:]])
+    assert a["sqnr_db"]["logits"] == pytest.approx(want["logits"]["sqnr_db"], rel=1e-9)
+    assert a["sqnr_db_min"]["logits"] == pytest.approx(want["logits"]["sqnr_db_min"], rel=1e-9)
+
+
+def test_compile_report_without_held_aside_samples_still_measures(tmp_path):
+    """--holdout 0 kept nothing aside: before, no SQNR at all; now 16 generated inputs, said so."""
+    from qc.tools.report import format_report
+
+    _, _, _, report = _compile_report(tmp_path, 8, 0)
+    a = report["accuracy"]
+    assert (a["samples"], a["held_aside"], a["generated"], a["generated_from"]) == (16, 0, 16, 8)
+    assert "on 16 samples (0 held-aside + 16 generated like the 8 real ones)" in format_report(report)

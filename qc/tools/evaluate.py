@@ -234,6 +234,13 @@ def compare(model: Any, reference: Any, feeds: Iterable[Mapping[str, np.ndarray]
             progress: bool = False) -> dict[str, dict[str, Any]]:
     """The metrics above for every output of ``reference``, by name, against ``model``'s (paths,
     ModelProtos or onnxruntime sessions; graph optimizations off)."""
+    return compare_groups(model, reference, {"all": list(feeds)}, progress=progress)["all"]
+
+
+def compare_groups(model: Any, reference: Any, groups: Mapping[str, Sequence[Mapping[str, np.ndarray]]], *,
+                   progress: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`compare` for each group of feeds, and for all of them together under ``"all"``
+    (each feed runs once)."""
     from qc.tools import metrics
 
     sess, ref = metrics.session(model), metrics.session(reference)
@@ -243,13 +250,15 @@ def compare(model: Any, reference: Any, feeds: Iterable[Mapping[str, np.ndarray]
     if missing:
         raise QCError(f"the model lacks the reference's output(s) {', '.join(missing)}", where=metrics._where(model),
                       hint="outputs: " + ", ".join(sorted(have)))
-    feed_list = list(feeds)
-    if not feed_list:
+    tagged = [(g, f) for g, feeds in groups.items() for f in feeds]
+    if not tagged:
         raise QCError("no inputs to compare the models on")
-    stats = {n: _Stats() for n in names}
-    for f in metrics._progress(feed_list, total=len(feed_list), desc="eval", unit="input", enabled=progress):
+    stats = {g: {n: _Stats() for n in names} for g in {*groups, "all"} if g == "all" or groups[g]}
+    for g, f in metrics._progress(tagged, total=len(tagged), desc="eval", unit="input", enabled=progress):
         got = metrics.run(sess, names, f, metrics._where(model))
         want = metrics.run(ref, names, f, metrics._where(reference))
-        for n, g, w in zip(names, got, want):
-            stats[n].add(w, g)
-    return {n: s.result() for n, s in stats.items()}
+        for n, x, w in zip(names, got, want):
+            stats["all"][n].add(w, x)
+            if g != "all":
+                stats[g][n].add(w, x)
+    return {g: {n: s.result() for n, s in per.items()} for g, per in stats.items()}
