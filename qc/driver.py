@@ -211,6 +211,7 @@ class CompileResult:
     quant: QuantOptions | None = None
     budget: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    holdout_requested: int | None = None
     _oracle: str | None = None
 
     @property
@@ -367,6 +368,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
+    result.holdout_requested = holdout
     if emit == "c" and tgt.memory is not None and tgt.memory.enforce:
         _check_budget(result, fallback, shapes)
     return result
@@ -433,7 +435,8 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
                        "cache": None if ctx.calibration_cache is None else os.fspath(ctx.calibration_cache),
                        "cached": bool(ctx.calibration_from_cache)}
     accuracy = None
-    if (result.holdout or ctx.calibration_data is not None) and measure and result.source is not None:
+    wanted = result.holdout or (ctx.calibration_data is not None and result.holdout_requested != 0)
+    if wanted and measure and result.source is not None:
         t0 = time.perf_counter()
         accuracy = output_sqnr(onnx_path, result.source, result.holdout,
                                calibration=_first_samples(ctx.calibration_data, result.module, 16))

@@ -235,10 +235,31 @@ def test_compile_report_with_enough_held_aside_samples_generates_none(tmp_path):
 
 
 def test_compile_report_without_held_aside_samples_still_measures(tmp_path):
-    """--holdout 0 kept nothing aside: before, no SQNR at all; now 16 generated inputs, said so."""
+    """Fewer than 8 samples hold none aside: before, no SQNR at all; now 16 generated inputs, said
+    so. An explicit holdout=0 (--holdout 0) still measures nothing."""
     from qc.tools.report import format_report
 
-    _, _, _, report = _compile_report(tmp_path, 8, 0)
+    _, _, _, report = _compile_report(tmp_path, 6, None)
     a = report["accuracy"]
-    assert (a["samples"], a["held_aside"], a["generated"], a["generated_from"]) == (16, 0, 16, 8)
-    assert "on 16 samples (0 held-aside + 16 generated like the 8 real ones)" in format_report(report)
+    assert (a["samples"], a["held_aside"], a["generated"], a["generated_from"]) == (16, 0, 16, 6)
+    assert "on 16 samples (0 held-aside + 16 generated like the 6 real ones)" in format_report(report)
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    assert _compile_report(explicit, 8, 0)[3]["accuracy"] is None
+
+
+def test_generated_like_real_samples():
+    """Floats: the real mean and std; integers: element by element from the real samples."""
+    rng = np.random.default_rng(0)
+    real = [{"x": (3 + 2 * rng.standard_normal((4, 50))).astype(np.float32),
+             "ids": rng.integers(100, 200, (1, 8)), "mask": np.ones((1, 8), np.int64),
+             "pos": np.arange(8)[None]} for _ in range(6)]
+    fake = evaluate.like(real, 40, seed=2)
+    x = np.stack([f["x"] for f in fake])
+    assert x.dtype == np.float32 and x.shape == (40, 4, 50)
+    assert abs(x.mean() - 3) < 0.05 and abs(x.std() - 2) < 0.05
+    ids = np.stack([f["ids"] for f in fake])
+    seen = np.stack([r["ids"] for r in real])
+    assert all(ids[:, 0, j].tolist() and set(ids[:, 0, j]) <= set(seen[:, 0, j]) for j in range(8))
+    assert all((f["mask"] == 1).all() and (f["pos"] == np.arange(8)).all() for f in fake)
+    assert evaluate.like(real, 3, seed=2)[0]["x"].tobytes() == fake[0]["x"].tobytes()

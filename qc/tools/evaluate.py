@@ -14,8 +14,8 @@ features), integer inputs that index a constant table through ``Gather`` (token 
 embedding) are uniform in ``[0, rows)``, inputs named like a mask are ones, other integers are
 uniform in ``[0, 4)``, booleans fair coins. A symbolic dimension has no size to generate:
 ``shapes`` (``--shape NAME=AxB``) gives it, else the error names the input and the dimension.
-:func:`like` generates inputs matched to real samples (their shapes, per-input mean and std or
-integer range), for the compile report's held-aside check.
+:func:`like` generates inputs like real samples (their shapes; floats with their mean and std,
+integers element by element from them), for the compile report's held-aside check.
 """
 from __future__ import annotations
 
@@ -139,32 +139,32 @@ def generate(specs: Sequence[InputSpec], samples: int, seed: int) -> list[Feeds]
 
 
 def like(real: Sequence[Mapping[str, np.ndarray]], count: int, seed: int = 0) -> list[Feeds]:
-    """``count`` feed dicts shaped like ``real`` (cycling through their shapes), each input drawn
-    from the pooled real values: float normal with their mean and std, integers uniform over their
-    range, booleans with their rate of true."""
+    """``count`` feed dicts shaped like ``real`` (cycling through their shapes). A float input is
+    normal with the mean and std of its pooled real values; an integer or boolean input takes each
+    element from the same element of a real sample picked at random (token ids keep their
+    frequencies and stay in the vocabulary, masks and position ids stay what they were), or from
+    the pooled values where the shapes differ."""
     if not real or count <= 0:
         return []
     rng = np.random.default_rng(seed)
-    stats: dict[str, tuple[float, float]] = {}
-    for name in real[0]:
-        pooled = np.concatenate([np.asarray(r[name]).reshape(-1).astype(np.float64) for r in real])
-        if np.asarray(real[0][name]).dtype.kind == "f":
-            stats[name] = (float(pooled.mean()), float(pooled.std()))
-        else:
-            stats[name] = (float(pooled.min()), float(pooled.max()))
+    pooled = {name: np.concatenate([np.asarray(r[name]).reshape(-1) for r in real]) for name in real[0]}
     out = []
     for i in range(count):
         template = real[i % len(real)]
         feeds: Feeds = {}
         for name, a in template.items():
             a = np.asarray(a)
-            lo, hi = stats[name]
             if a.dtype.kind == "f":
-                feeds[name] = (lo + hi * rng.standard_normal(a.shape)).astype(a.dtype)
-            elif a.dtype.kind == "b":
-                feeds[name] = rng.random(a.shape) < (hi if hi <= 1 else 0.5)
+                values = pooled[name].astype(np.float64)
+                feeds[name] = (values.mean() + values.std() * rng.standard_normal(a.shape)).astype(a.dtype)
+                continue
+            same = [np.asarray(r[name]) for r in real if np.shape(r[name]) == a.shape]
+            if len(same) == len(real):
+                stack = np.stack(same)
+                pick = rng.integers(0, len(same), a.shape)
+                feeds[name] = np.take_along_axis(stack, pick[None], axis=0)[0]
             else:
-                feeds[name] = rng.integers(int(lo), int(hi) + 1, a.shape).astype(a.dtype)
+                feeds[name] = rng.choice(pooled[name], a.shape).astype(a.dtype)
         out.append(feeds)
     return out
 

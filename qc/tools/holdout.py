@@ -4,8 +4,10 @@ against the input model, on at least ``MIN_SAMPLES`` inputs.
 The calibration samples kept aside (``qc.calib.data.split_holdout``) come first: real inputs the
 ranges were not fitted to. A few of them give an unstable figure (two or four samples can read
 130 dB where sixteen others read 47), so when fewer than ``MIN_SAMPLES`` are held aside the rest
-are generated like the real samples (``qc.tools.evaluate.like``: their shapes, each input's mean
-and std, or integer range, over the held-aside and calibration samples). Calibration samples
+are generated like the real samples (``qc.tools.evaluate.like``, over the held-aside and
+calibration samples: their shapes; float inputs normal with their mean and std; integer inputs,
+token ids and masks, element by element from a real sample picked at random). An explicit
+``holdout=0`` (``--holdout 0``: the user measures elsewhere, e.g. ``qc eval``) measures nothing. Calibration samples
 themselves are never reused: the ranges were fitted to them, so they would flatter the model.
 The report gives each group's SQNR apart, the count of each, and the spread (min / median of the
 per-sample SQNR) over all of them.
