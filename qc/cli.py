@@ -545,6 +545,11 @@ def cmd_check(args) -> int:
     PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
     assert ctx.placement is not None
     report = placement_report(target, ctx.placement)
+    from .tools.budget import estimate
+
+    memory = estimate(target, module)
+    if memory is not None:
+        report["memory"] = memory
     if args.report_json:
         from .fileio import atomic_write
 
@@ -556,6 +561,7 @@ def cmd_check(args) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_placement(report, units=not args.brief))
+        sys.stdout.writelines(f"{line}\n" for line in (memory or {}).get("lines", ()))
     return 0
 
 

@@ -145,3 +145,27 @@ def test_target_file_memory_errors(tmp_path):
     bad.write_text('name = "soc"\n[memory]\nram = 65536\nflash = 1048576\n')
     with pytest.raises(QCError, match=r"memory.source: missing"):
         load_target(str(bad))
+
+
+def test_qc_check_reports_memory(tmp_path, capsys):
+    """qc check --target cortex-m4: the weights against the flash (the arena too once every shape
+    is static); on a Cortex-A target the figures are stated, not checked."""
+    import json
+
+    fc = wide_gemm(tmp_path / "fc.onnx")
+    assert main(["check", fc, "--target", "cortex-m4", "--brief"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("memory: cortex-m4 parts have RAM 128 KB to 384 KB and flash 512 KB to 2 MB (typical: "
+                     "192 KB / 1 MB)")
+    assert lines[at + 1:at + 3] == [
+        "  weights 2 MB, arena 0 bytes",
+        "  warning: weights 2 MB (2097152 bytes) > flash 1 MB of the typical part (parts: 512 KB to 2 MB)"]
+    assert main(["check", detector_stem(tmp_path / "det.onnx"), "--target", "cortex-m4", "--json"]) == 0
+    memory = json.loads(capsys.readouterr().out)["memory"]
+    assert memory["arena_bytes"] is None and memory["weight_bytes"] == 16 * 27 * 4 + 16 * 4 and memory["fits"]
+    assert memory["lines"][1] == ("  weights 1.75 KB, arena not known (symbolic input shapes; qc compile --shape "
+                                  "NAME=AxB fixes them)")
+    assert main(["check", fc, "--target", "cortex-a76", "--brief"]) == 0
+    out = capsys.readouterr().out
+    assert "memory: cortex-a76 parts have RAM 2 GB to 16 GB and flash 8 GB to 256 GB (typical: 4 GB / 32 GB), " \
+           "not checked\n  weights 2 MB, arena not known (not checked here)\n" in out and "warning" not in out

@@ -109,3 +109,42 @@ def _suggestions(report: BudgetReport, quantized: bool, shapes: Mapping[str, Seq
                "2 MB RAM, 4 MB flash; Cortex-A targets: GB)" if report.target != "cortex-m55" else
                "--emit onnx for a device with more memory, or a Cortex-A target (RAM in GB)")
     return out
+
+
+def estimate(target: Target, module: Any) -> dict[str, Any] | None:
+    """For ``qc check``: the module's weights (and, when every shape is static and the C backend
+    lowers it, the arena of its C code) against the target's memory; None without ``[memory]``.
+    Returns the :meth:`BudgetReport.as_dict` fields plus ``lines`` to print; ``arena_bytes`` is
+    None when the arena is not known yet (symbolic shapes: ``qc compile --shape`` fixes them)."""
+    mem = target.memory
+    if mem is None:
+        return None
+    plan: dict[str, Any] | None = None
+    why = "symbolic input shapes; qc compile --shape NAME=AxB fixes them" if mem.enforce else "not checked here"
+    if mem.enforce and target.backend == "c":
+        from qc.backends.c import memory_plan
+
+        try:
+            plan = memory_plan(module, target)
+        except QCError as e:
+            if "static shape" not in e.bare_message:
+                why = f"the C backend cannot lower it: {e.bare_message}"
+    if plan is None:
+        weights = sum(int(getattr(v.const, "nbytes", 0)) for v in module.graph.consts.values())
+        plan = {"arena_bytes": None, "weight_bytes": weights, "largest": []}
+    report = check(target, {**plan, "arena_bytes": plan["arena_bytes"] or 0}, quantized=False)
+    out = report.as_dict()
+    out["arena_bytes"] = plan["arena_bytes"]
+    head = (f"memory: {target.name} parts have RAM {fmt_bytes(mem.ram_range[0])} to {fmt_bytes(mem.ram_range[1])} "
+            f"and flash {fmt_bytes(mem.flash_range[0])} to {fmt_bytes(mem.flash_range[1])} (typical: "
+            f"{fmt_bytes(mem.ram)} / {fmt_bytes(mem.flash)})" + ("" if mem.enforce else ", not checked"))
+    arena = (f"arena {fmt_bytes(plan['arena_bytes'])}" if plan["arena_bytes"] is not None
+             else f"arena not known ({why})")
+    lines = [head, f"  weights {fmt_bytes(plan['weight_bytes'])}, {arena}"]
+    lines += [f"  warning: {p}" for p in report.problems]
+    if report.problems and report.largest:
+        lines.append(f"  largest arena buffers: {report.buffers()}")
+    if report.shrink:
+        lines.append(f"  to shrink it: {'; '.join(report.shrink)}")
+    out["lines"] = lines
+    return out
