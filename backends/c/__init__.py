@@ -24,7 +24,8 @@ def memory_plan(module: Module, target, *, variant: str | None = None, top: int 
     """What the C code of *module* (prepared) would need, without writing it: ``arena_bytes``
     (RAM), ``weight_bytes`` (flash) and the ``top`` largest arena buffers, each
     ``{"name", "bytes", "node", "kernel", "dtype", "shape"}`` (the value; the node, as
-    ``name (OpType)``, and the kernel that write it first). The same lowering and plan as ``emit_c``, so the numbers are the ones it reports."""
+    ``name (OpType)``, and the kernel that write it first). The same lowering and plan as
+    ``emit_c``, so the numbers are the ones it reports."""
     from .emit import layout_weights
     from .kernels import gemm_variant
     from .lower import Lowering, lower

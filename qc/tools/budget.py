@@ -45,7 +45,8 @@ class BudgetReport:
         return f"the model does not fit {self.target}: " + "; ".join(self.problems)
 
     def buffers(self) -> str:
-        return ", ".join(f"'{b['name']}' {fmt_bytes(b['bytes'])} ({b['dtype']}{b['shape']}, from {b['node']})" for b in self.largest)
+        return ", ".join(f"'{b['name']}' {fmt_bytes(b['bytes'])} ({b['dtype']}{b['shape']}, from {b['node']})"
+                         for b in self.largest)
 
     def message(self) -> str:
         """What does not fit, then (indented lines) the largest buffers and what would shrink them."""

@@ -90,7 +90,8 @@ def _spec(v: Value, given: Sequence[int] | None, rows: int | None, where: str | 
         given = tuple(int(d) for d in given)
         if len(given) != len(dims) or any(isinstance(d, int) and d >= 0 and d != g for d, g in zip(dims, given)):
             raise QCError(f"--shape {v.name}={'x'.join(map(str, given))} does not match the input's shape "
-                          f"{_fmt(dims)}", where=where, hint="keep its static dimensions and give a size for each symbolic one")
+                          f"{_fmt(dims)}", where=where,
+                          hint="keep its static dimensions and give a size for each symbolic one")
         shape = given
     else:
         for axis, d in enumerate(dims):
