@@ -524,6 +524,13 @@ def cmd_targets(args) -> int:
     if t.qemu:
         note = f"  ({t.qemu_note})" if t.qemu_note else ""
         sys.stdout.write(f"  qemu: {' '.join(t.qemu)}{note}\n")
+    if t.memory:
+        from .tools.budget import fmt_bytes as b
+
+        m = t.memory
+        sys.stdout.write(f"  memory: RAM {b(m.ram)} ({b(m.ram_range[0])} to {b(m.ram_range[1])}), flash {b(m.flash)} "
+                         f"({b(m.flash_range[0])} to {b(m.flash_range[1])}), "
+                         f"{'checked' if m.enforce else 'not checked'}  -- {m.source}\n")
     for dev in t.devices:
         table = t.kernels.get(dev, [])
         sys.stdout.write(f"  kernels on {dev} ({len(table)}):\n")
