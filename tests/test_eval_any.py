@@ -166,20 +166,21 @@ def test_errors_are_one_line(models, tmp_path):
 
 
 def test_generated_token_ids_stay_inside_the_embedding(tmp_path):
-    """input_ids feeding a Gather of a [50, 4] table are drawn from [0, 50); a mask is ones."""
+    """int32 input_ids cast and fed to a Gather of a [50, 4] table are drawn from [0, 50); a mask is ones."""
     table = numpy_helper.from_array(np.random.RandomState(0).randn(50, 4).astype(np.float32), "emb")
-    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["h"], axis=0),
+    nodes = [helper.make_node("Cast", ["input_ids"], ["ids64"], to=TP.INT64),   # exporters cast int32 ids
+             helper.make_node("Gather", ["emb", "ids64"], ["h"], axis=0),
              helper.make_node("Cast", ["attention_mask"], ["m"], to=TP.FLOAT),
              helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
              helper.make_node("Mul", ["h", "m3"], ["y"])]
     axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
-    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("input_ids", TP.INT64, [1, "seq"]),
+    g = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("input_ids", TP.INT32, [1, "seq"]),
                                          helper.make_tensor_value_info("attention_mask", TP.INT64, [1, "seq"])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [1, "seq", 4])], [table, axes])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "emb.onnx"))
     specs = evaluate.signature(load_model(str(tmp_path / "emb.onnx")),
                                {"input_ids": (1, 64), "attention_mask": (1, 64)})
-    assert [s.describe() for s in specs] == ["input_ids: ints in [0, 50) int64[1, 64]",
+    assert [s.describe() for s in specs] == ["input_ids: ints in [0, 50) int32[1, 64]",
                                              "attention_mask: ones int64[1, 64]"]
     feeds = evaluate.generate(specs, 20, seed=1)
     ids = np.stack([f["input_ids"] for f in feeds])

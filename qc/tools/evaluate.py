@@ -50,13 +50,19 @@ class InputSpec:
         return f"{self.name}: {what} {self.dtype.name}[{', '.join(map(str, self.shape))}]"
 
 
+_PASS_THROUGH = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+
+
 def _gather_rows(module: Module) -> dict[str, int]:
-    """Graph inputs used as the indices of a Gather of a constant table -> the table's rows on its axis."""
+    """Graph inputs used as the indices of a Gather of a constant table (directly or through
+    Cast / Reshape / Unsqueeze / Squeeze / Flatten / Identity) -> the table's rows on its axis."""
     rows: dict[str, int] = {}
     for op in module.walk():
         if op.op_type != "Gather" or len(op.operands) < 2:
             continue
         data, idx = op.operands[0], op.operands[1]
+        while idx is not None and idx.producer is not None and idx.producer.op_type in _PASS_THROUGH:
+            idx = idx.producer.operands[0]
         if data is None or idx is None or data.const is None or not isinstance(data.type, TensorType):
             continue
         shape = data.type.shape
