@@ -287,7 +287,13 @@ def cmd_eval_any(args: argparse.Namespace) -> int:
                   "generators": [s.describe() for s in specs]}
         described = f"{count} inputs generated from the signature (seed {args.seed}; " \
                     + "; ".join(s.describe() for s in specs) + ")"
-    results = evaluate.compare(args.model, args.ref, feeds, progress=not args.json)
+    try:
+        results = evaluate.compare(args.model, args.ref, feeds, progress=not args.json)
+    except QCError as e:
+        if args.inputs or "onnxruntime failed" not in e.bare_message:
+            raise
+        raise QCError(e.bare_message, where=e.where, hint=(f"{e.hint}; " if e.hint else "") + "the inputs were "
+                      "generated from the signature; give real ones with --inputs X.npz") from None
     if args.json:
         json.dump({"model": args.model, "reference": args.ref, "inputs": source,
                    "outputs": {k: {m: _json_number(v) for m, v in r.items()} for k, r in results.items()}},

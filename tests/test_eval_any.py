@@ -265,3 +265,26 @@ def test_generated_like_real_samples():
     assert all(ids[:, 0, j].tolist() and set(ids[:, 0, j]) <= set(seen[:, 0, j]) for j in range(8))
     assert all((f["mask"] == 1).all() and (f["pos"] == np.arange(8)).all() for f in fake)
     assert evaluate.like(real, 3, seed=2)[0]["x"].tobytes() == fake[0]["x"].tobytes()
+
+
+def test_held_aside_check_survives_inputs_the_model_cannot_take(tmp_path):
+    """A float input cast to a Gather index takes only a few values: imitated normal values go out
+    of the table, onnxruntime refuses them, and the check falls back to the held-aside samples
+    (saying why) instead of failing after the output was written."""
+    from qc.tools.holdout import output_sqnr
+    from qc.tools.report import format_accuracy
+
+    table = numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(10, 2), "table")
+    nodes = [helper.make_node("Cast", ["f"], ["i"], to=TP.INT64), helper.make_node("Gather", ["table", "i"], ["y"])]
+    g = helper.make_graph(nodes, "pick", [helper.make_tensor_value_info("f", TP.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 2])], [table])
+    path = str(tmp_path / "pick.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    real = [{"f": np.array([v], np.float32)} for v in (0, 9, 0, 9)]
+    a = output_sqnr(path, path, real[:1], calibration=real[1:])
+    assert (a["samples"], a["held_aside"], a["generated"]) == (1, 1, 0)
+    assert a["sqnr_db"] == {"y": "inf"} and "onnxruntime failed running the model" in a["generated_failed"]
+    assert format_accuracy(a)[1].startswith("    (no generated samples: ")
+    none = output_sqnr(path, path, [], calibration=real)
+    assert none["samples"] == 0 and format_accuracy(none)[0].startswith(
+        "  output SQNR: not measured (inputs generated like the calibration data failed: ")

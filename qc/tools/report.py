@@ -118,7 +118,12 @@ def format_accuracy(a: dict[str, Any]) -> list[str]:
              f"{a['generated_from']} real ones")
     spread = ", ".join(f"{name} {float(a['sqnr_db_min'][name]):.2f} / {float(a['sqnr_db_median'][name]):.2f} dB"
                        for name in a["sqnr_db"]) if "sqnr_db_min" in a else ""
+    if not a["samples"]:
+        return [f"  output SQNR: not measured (inputs generated like the calibration data failed: "
+                f"{a.get('generated_failed')})"]
     lines = [f"  output SQNR vs the float model on {a['samples']} samples ({where}): {dbs(a['sqnr_db'])}"]
+    if a.get("generated_failed"):
+        lines.append(f"    (no generated samples: {a['generated_failed']})")
     if spread:
         lines.append(f"    per sample min / median: {spread}")
     if "held_aside_sqnr_db" in a:
