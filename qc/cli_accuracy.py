@@ -252,6 +252,8 @@ def cmd_eval_any(args: argparse.Namespace) -> int:
     (qc.tools.evaluate) on inputs from ``--inputs`` or generated from the reference's signature."""
     import json
 
+    import numpy as np
+
     from .calib.data import check_against, conform, from_npz
     from .driver import load_model
     from .tools import evaluate
@@ -274,7 +276,7 @@ def cmd_eval_any(args: argparse.Namespace) -> int:
         check_against(data, module)
         count = len(data) if args.samples is None else min(args.samples, len(data))
         inputs = {v.name: v for v in module.graph.inputs}
-        feeds = [conform(data.sample(i), inputs) for i in range(count)]
+        feeds = [{k: np.asarray(a) for k, a in conform(data.sample(i), inputs).items()} for i in range(count)]
         source: dict[str, Any] = {"from": args.inputs, "samples": count}
         described = f"{count} samples from {args.inputs}"
     else:

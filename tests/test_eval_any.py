@@ -288,3 +288,14 @@ def test_held_aside_check_survives_inputs_the_model_cannot_take(tmp_path):
     none = output_sqnr(path, path, [], calibration=real)
     assert none["samples"] == 0 and format_accuracy(none)[0].startswith(
         "  output SQNR: not measured (inputs generated like the calibration data failed: ")
+
+
+def test_scalar_inputs_are_0d_arrays():
+    """A scalar input (silero-vad's sample rate `sr`: shape []) is generated as a 0-d array, never a
+    numpy scalar (onnxruntime refuses those: 'Unable to handle object of type numpy.int64')."""
+    real = [{"sr": np.asarray(np.int64(16000)), "x": np.asarray(np.float32(0.5))} for _ in range(3)]
+    for f in evaluate.like(real, 4) + evaluate.generate(
+            [evaluate.InputSpec("sr", np.dtype(np.int64), (), "small", 4),
+             evaluate.InputSpec("x", np.dtype(np.float32), (), "normal")], 2, seed=0):
+        assert all(type(a) is np.ndarray and a.shape == () for a in f.values()), f
+    assert all(int(f["sr"]) == 16000 for f in evaluate.like(real, 4))

@@ -134,13 +134,13 @@ def generate(specs: Sequence[InputSpec], samples: int, seed: int) -> list[Feeds]
         feeds: Feeds = {}
         for s in specs:
             if s.kind == "normal":
-                feeds[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+                feeds[s.name] = np.asarray(rng.standard_normal(s.shape), dtype=s.dtype)
             elif s.kind == "bool":
-                feeds[s.name] = rng.random(s.shape) < 0.5
+                feeds[s.name] = np.asarray(rng.random(s.shape) < 0.5)
             elif s.kind == "ones":
                 feeds[s.name] = np.ones(s.shape, s.dtype)
             else:
-                feeds[s.name] = rng.integers(0, s.high or 1, s.shape).astype(s.dtype)
+                feeds[s.name] = np.asarray(rng.integers(0, s.high or 1, s.shape), dtype=s.dtype)
         out.append(feeds)
     return out
 
@@ -163,15 +163,15 @@ def like(real: Sequence[Mapping[str, np.ndarray]], count: int, seed: int = 0) ->
             a = np.asarray(a)
             if a.dtype.kind == "f":
                 values = pooled[name].astype(np.float64)
-                feeds[name] = (values.mean() + values.std() * rng.standard_normal(a.shape)).astype(a.dtype)
+                feeds[name] = np.asarray(values.mean() + values.std() * rng.standard_normal(a.shape), dtype=a.dtype)
                 continue
             same = [np.asarray(r[name]) for r in real if np.shape(r[name]) == a.shape]
             if len(same) == len(real):
                 stack = np.stack(same)
                 pick = rng.integers(0, len(same), a.shape)
-                feeds[name] = np.take_along_axis(stack, pick[None], axis=0)[0]
+                feeds[name] = np.take_along_axis(stack, pick[None], axis=0).reshape(a.shape)
             else:
-                feeds[name] = rng.choice(pooled[name], a.shape).astype(a.dtype)
+                feeds[name] = np.asarray(rng.choice(pooled[name], a.shape), dtype=a.dtype)
         out.append(feeds)
     return out
 

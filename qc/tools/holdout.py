@@ -34,8 +34,8 @@ def output_sqnr(output_path: str, input_path: str, feeds: Sequence[dict[str, np.
     from qc.errors import QCError
     from qc.tools.evaluate import compare_groups, like
 
-    held = list(feeds)
-    real = held + list(calibration)
+    held = [{k: np.asarray(a) for k, a in f.items()} for f in feeds]   # 0-d arrays, never numpy scalars
+    real = held + [{k: np.asarray(a) for k, a in f.items()} for f in calibration]
     generated = like(real, min_samples - len(held), seed) if len(held) < min_samples else []
     if not held and not generated:
         return None

@@ -121,7 +121,8 @@ def format_accuracy(a: dict[str, Any]) -> list[str]:
     if not a["samples"]:
         return [f"  output SQNR: not measured (inputs generated like the calibration data failed: "
                 f"{a.get('generated_failed')})"]
-    lines = [f"  output SQNR vs the float model on {a['samples']} samples ({where}): {dbs(a['sqnr_db'])}"]
+    count = f"{a['samples']} sample" + ("s" if a["samples"] != 1 else "")
+    lines = [f"  output SQNR vs the float model on {count} ({where}): {dbs(a['sqnr_db'])}"]
     if a.get("generated_failed"):
         lines.append(f"    (no generated samples: {a['generated_failed']})")
     if spread:
