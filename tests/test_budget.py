@@ -180,3 +180,19 @@ def test_qc_targets_prints_the_memory(capsys):
     assert "  memory: RAM 1 GB (512 MB to 4 GB), flash 8 GB (4 GB to 128 GB), not checked  -- " in out
     assert main(["targets", "x86-avx2"]) == 0
     assert "memory:" not in capsys.readouterr().out
+
+
+def test_suggestions_follow_what_was_already_done():
+    """A compile that is already quantized is not told to quantize again: float buffers left in
+    the arena point at --quant-ops; int8 weights over the flash point at 4-bit weights."""
+    m4 = load_target("cortex-m4")
+    big = [{"name": "onehot", "bytes": 2 << 20, "node": "oh (Cast)", "kernel": "cast", "dtype": "f32",
+            "shape": [1, 2048, 257]}]
+    r = check(m4, {"arena_bytes": 4 << 20, "weight_bytes": 2 << 20, "largest": big}, quantized=True)
+    assert not r.fits and len(r.problems) == 2
+    assert "int8 activations for the largest buffers, which are still float (--quant-ops" in "; ".join(r.shrink)
+    assert "--quant w8a8: a quarter" not in "; ".join(r.shrink)
+    assert "4-bit weights (--quant w4)" in "; ".join(r.shrink)
+    fits = check(m4, {"arena_bytes": 100 << 10, "weight_bytes": 500 << 10, "largest": big}, quantized=True)
+    assert fits.fits and fits.shrink == [] and fits.problems == []
+    assert check(load_target("cortex-a53"), {"arena_bytes": 1 << 40, "weight_bytes": 1 << 40}, quantized=False).fits

@@ -101,8 +101,11 @@ def _suggestions(report: BudgetReport, quantized: bool, shapes: Mapping[str, Seq
         given = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in (shapes or {}).items())
         out.append("smaller inputs (the arena grows with them: " + (f"--shape {given} now; " if given else "")
                    + "fewer pixels, a shorter sequence, batch 1)")
-        if not quantized or float_acts:
+        if not quantized:
             out.append("int8 activations (--quant w8a8: a quarter of float32's bytes)")
+        elif float_acts:
+            out.append("int8 activations for the largest buffers, which are still float (--quant-ops "
+                       "quantizes more op types)")
     if flash_over:
         out.append("int8 weights (--quant w8a8 or w8)" if not quantized else
                    "4-bit weights (--quant w4) where the target has kernels for them, or fewer layers")
