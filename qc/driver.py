@@ -228,6 +228,9 @@ class CompileResult:
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
     source_ops: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    holdout_requested: int | None = None
     _oracle: str | None = None
 
     @property
@@ -451,7 +454,27 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
+    result.holdout_requested = holdout
+    if emit == "c" and tgt.memory is not None and tgt.memory.enforce:
+        _check_budget(result, fallback, shapes)
     return result
+
+
+def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """The arena and weights of the C code against the target's RAM and flash (qc.tools.budget):
+    a warning in ``result.warnings``, or with ``fallback="error"`` a QCError before anything is written."""
+    from qc.backends.c import memory_plan
+    from qc.tools.budget import check
+
+    report = check(result.target, memory_plan(result.module, result.target), quantized=result.quant is not None,
+                   shapes=shapes)
+    result.budget = report.as_dict()
+    if report.fits:
+        return
+    if fallback == "error":
+        result.close()
+        raise report.error(result.source)
+    result.warnings.append(report.message())
 
 
 def _calibration_data(calibration: CalibrationSource, module: Module) -> CalibrationData | None:
@@ -471,6 +494,16 @@ def _calibration_data(calibration: CalibrationSource, module: Module) -> Calibra
     return data
 
 
+def _first_samples(data: CalibrationData | None, module: Module, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` calibration samples shaped for ``module`` (what generated inputs imitate)."""
+    if not isinstance(data, CalibrationData):
+        return []
+    from qc.calib.data import conform
+
+    inputs = {v.name: v for v in module.graph.inputs}
+    return [conform(data.sample(i), inputs) for i in range(min(count, len(data)))]
+
+
 def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[str, Any]:
     """The quantization report of a written compile: sizes, compute ops by form, calibration,
     outlier columns, guardrail warnings, the held-aside SQNR (``measure``) and the placement."""
@@ -488,9 +521,11 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
                        "cache": None if ctx.calibration_cache is None else os.fspath(ctx.calibration_cache),
                        "cached": bool(ctx.calibration_from_cache)}
     accuracy = None
-    if result.holdout and measure and result.source is not None:
+    wanted = result.holdout or (ctx.calibration_data is not None and result.holdout_requested != 0)
+    if wanted and measure and result.source is not None:
         t0 = time.perf_counter()
-        accuracy = output_sqnr(onnx_path, result.source, result.holdout)
+        accuracy = output_sqnr(onnx_path, result.source, result.holdout,
+                               calibration=_first_samples(ctx.calibration_data, result.module, 16))
         result.seconds["sqnr check"] = time.perf_counter() - t0
     warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target,
                                                             source_ops=result.source_ops)]
