@@ -564,7 +564,7 @@ def cmd_check(args) -> int:
                                                              "given": sorted(given), "assumed": assumed})
     from .tools.budget import estimate
 
-    memory = estimate(target, module)
+    memory = estimate(target, module, assumed_dims=bool(assumed))
     if memory is not None:
         report["memory"] = memory
     if args.report_json:

@@ -163,8 +163,8 @@ def test_qc_check_reports_memory(tmp_path, capsys):
     assert main(["check", detector_stem(tmp_path / "det.onnx"), "--target", "cortex-m4", "--json"]) == 0
     memory = json.loads(capsys.readouterr().out)["memory"]
     assert memory["arena_bytes"] is None and memory["weight_bytes"] == 16 * 27 * 4 + 16 * 4 and memory["fits"]
-    assert memory["lines"][1] == ("  weights 1.75 KB, arena not known (symbolic input shapes; qc compile --shape "
-                                  "NAME=AxB fixes them)")
+    assert memory["lines"][1] == ("  weights 1.75 KB, arena not known (symbolic input shapes; --shape NAME=AxB "
+                                  "gives their sizes)")
     assert main(["check", fc, "--target", "cortex-a76", "--brief"]) == 0
     out = capsys.readouterr().out
     assert "memory: cortex-a76 parts have RAM 2 GB to 16 GB and flash 8 GB to 256 GB (typical: 4 GB / 32 GB), " \

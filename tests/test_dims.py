@@ -162,7 +162,8 @@ def test_bug3_scalar_input_calibrates_and_is_measured(tmp_path, sr):
     r = run_qc("compile", model, "--target", "x86-avx2", "--quant", "w8a8", "--calib", calib, "-o", out)
     assert r.returncode == 0, r.stderr   # was: Unable to handle object of type numpy.int64, after the write
     assert "calibration: minmax over 9 samples" in r.stdout
-    assert "output SQNR vs the float model on 1 held-aside samples: y " in r.stdout
+    assert "output SQNR vs the float model on 16 samples (1 held-aside + 15 generated like the 10 real ones): y " \
+        in r.stdout
     feeds = {"x": RNG.standard_normal((2, 64)).astype(np.float32), "sr": np.array(16000, np.int64)}
     assert sqnr_db(run_ort(model, feeds)[0], run_ort(out, feeds)[0]) > 15
 

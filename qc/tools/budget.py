@@ -115,17 +115,18 @@ def _suggestions(report: BudgetReport, quantized: bool, shapes: Mapping[str, Seq
     return out
 
 
-def estimate(target: Target, module: Any) -> dict[str, Any] | None:
+def estimate(target: Target, module: Any, *, assumed_dims: bool = False) -> dict[str, Any] | None:
     """For ``qc check``: the module's weights (and, when every shape is static and the C backend
     lowers it, the arena of its C code) against the target's memory; None without ``[memory]``.
     Returns the :meth:`BudgetReport.as_dict` fields plus ``lines`` to print; ``arena_bytes`` is
-    None when the arena is not known yet (symbolic shapes: ``qc compile --shape`` fixes them)."""
+    None when the arena is not known yet (symbolic shapes, or ``assumed_dims``: dynamic input
+    dimensions that ``qc check`` counted as 1; ``--shape`` gives their sizes)."""
     mem = target.memory
     if mem is None:
         return None
     plan: dict[str, Any] | None = None
-    why = "symbolic input shapes; qc compile --shape NAME=AxB fixes them" if mem.enforce else "not checked here"
-    if mem.enforce and target.backend == "c":
+    why = "symbolic input shapes; --shape NAME=AxB gives their sizes" if mem.enforce else "not checked here"
+    if mem.enforce and target.backend == "c" and not assumed_dims:
         from qc.backends.c import memory_plan
 
         try:
