@@ -144,7 +144,8 @@ def _shape(name: str, t: TensorType, count: int) -> tuple[int, ...]:
     dims = ", ".join(str(d) for d in t.shape)
     if math.prod(shape) != count:
         holds = f"{known} element{'s' if known != 1 else ''}" if not symbolic else f"a multiple of {known} elements"
-        raise QCError(f"bind-inputs: {count} value{'s' if count != 1 else ''} for the shape [{dims}], which holds {holds}",
+        values = f"{count} value{'s' if count != 1 else ''}"
+        raise QCError(f"bind-inputs: {values} for the shape [{dims}], which holds {holds}",
                       where=f"input '{name}'", hint=f"give {known} value{'s' if known != 1 else ''}" if not symbolic
                       else "give a count of values the shape can hold")
     return tuple(shape)

@@ -341,6 +341,11 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     held: list[dict[str, Any]] = []
     if opts is not None:
         data = _calibration_data(calibration, module)
+        if bind and data is not None:  # the samples feed the model as read, the passes see it bound
+            raise QCError("--bind together with calibration data is not supported yet", where=source,
+                          hint="bind the input in a copy of the model first, e.g. qc opt MODEL -p "
+                               "'bind-inputs{values=" + ",".join(f"{n}:..." for n in bind) + "}' -o BOUND.onnx, "
+                               "and quantize that")
         if data is None and schemes.needs_calibration(opts):
             raise QCError(f"--quant {opts.scheme}"
                           + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")

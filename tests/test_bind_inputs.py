@@ -188,3 +188,24 @@ def test_bind_errors_on_the_command_line(model_path, tmp_path, qc_cli):
     assert json.loads(proc.stdout)["target"] == "cortex-a76"
     proc = qc_cli("check", str(model_path), "--target", "cortex-a76", "--bind", "sr=1e9")
     assert proc.returncode == 2 and "'1e9' is not an integer" in proc.stderr, proc.stderr
+
+
+def test_bind_with_calibration_data_is_refused(tmp_path):
+    """Calibration samples feed the model as it was read; a bound input is gone from the passes'
+    model, so the two are refused together (a clear error naming the way out), not half-run."""
+    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Cast", ["sr"], ["srf"], to=TP.FLOAT),
+             helper.make_node("Mul", ["y", "srf"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 4]),
+                                       helper.make_tensor_value_info("sr", TP.INT64, [])],
+                          [helper.make_tensor_value_info("z", TP.FLOAT, [1, 2])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "cal.npz", x=np.ones((8, 1, 4), np.float32), sr=np.full((8,), 16000, np.int64))
+    with pytest.raises(qc.QCError, match=r"m\.onnx: --bind together with calibration data is not supported yet; "
+                                         r"bind the input in a copy of the model first, e\.g\. qc opt MODEL -p "
+                                         r"'bind-inputs\{values=sr:\.\.\.\}' -o BOUND\.onnx"):
+        qc.compile(path, target="cortex-a76", emit="onnx", quant="w8a8", calibration=tmp_path / "cal.npz",
+                   bind={"sr": 16000})
+    result = qc.compile(path, target="cortex-a76", emit="onnx", quant="w8", bind={"sr": 2})  # no calibration
+    assert result.pipeline.startswith("bind-inputs{values=sr:2},")

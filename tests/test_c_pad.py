@@ -20,7 +20,7 @@ from qc.onnx.evaluator import ort_session
 from qc.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).parent))
-from c_backend.nodecases import driver_c, emit_cases, node_cases  # noqa: E402
+from c_backend.nodecases import driver_c, emit_cases, node_cases
 
 A76 = load_target("cortex-a76")
 _TP = {np.float32: TP.FLOAT, np.int8: TP.INT8, np.uint8: TP.UINT8}
@@ -104,8 +104,8 @@ def _run_a76(cases, tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = {}
     for i, name, r, _, _ in emitted:
-        got[name] = [np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy).reshape(shape)
-                     for j, (_, dt, shape) in enumerate(r["outputs"])]
+        got[name] = [np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy)
+                     .reshape(shape) for j, (_, dt, shape) in enumerate(r["outputs"])]
         assert any(k.startswith("pad") for k in r["kernels"]), (name, r["kernels"])
     return got
 
