@@ -123,6 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
                            "is ONNX, a directory C)")
     comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
                       help="--emit c: static shapes of the model inputs that have symbolic dimensions")
+    _add_bind_option(comp)
     comp.add_argument("--emit-harness", action="store_true",
                       help="--emit c: also write harness.c, a main() that reads inputs from files and writes outputs")
     comp.add_argument("--pipeline", dest="named_pipeline", default="default",
@@ -171,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="which device each node unit runs on for a target, and the CPU fallbacks")
     chk.add_argument("model")
     chk.add_argument("--target", required=True, help="built-in target name or a .toml file")
+    _add_bind_option(chk)
     chk.add_argument("--json", action="store_true", help="print the report as JSON (fallbacks, placement, "
                      "copies, cost)")
     chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
@@ -215,6 +217,18 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--layers", type=int, metavar="N", help="keep only the first N transformer layers")
     models.set_defaults(func=cmd_models)
     return p
+
+
+def _add_bind_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bind", default="", metavar="NAME=VALUE,...",
+                   help="turn model inputs into constants of these values (a comma list for a tensor), e.g. "
+                        "sr=16000: the pass bind-inputs, first in the pipeline")
+
+
+def _bind(args) -> dict | None:
+    from .passes.bind_inputs import parse_bind
+
+    return parse_bind(args.bind) if args.bind else None
 
 
 def _add_print_options(p: argparse.ArgumentParser) -> None:
@@ -416,7 +430,7 @@ def cmd_compile(args) -> int:
             args.model, target=target, quant=quant, pipeline=pipeline,
             calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
             calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
-            fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
+            bind=_bind(args), fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
             upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes, external=external,
             quiet=args.quiet, search=search, executor=executor)
     finally:
@@ -546,6 +560,7 @@ def cmd_check(args) -> int:
     import json
 
     from .backends.c import parse_shapes
+    from .passes.bind_inputs import bind_spec
     from .passes.fix_shapes import FixShapes, assumed_shapes
     from .pm import PassContext, PassManager, parse_pass
     from .targets import load_target
@@ -553,10 +568,13 @@ def cmd_check(args) -> int:
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
     given = parse_shapes(args.shape)  # qc compile --shape's syntax
+    bind = _bind(args)
     module = load_module(args.model, args)
+    ctx = PassContext(target=target)
+    if bind:
+        PassManager([parse_pass(bind_spec(bind))], ctx=ctx).run(module)
     shapes, assumed = assumed_shapes(module, given)
     items = tuple(f"{name}:{'x'.join(map(str, dims))}" for name, dims in {**given, **shapes}.items())
-    ctx = PassContext(target=target)
     FixShapes(shapes=items, partial=True).run(module, ctx)  # its errors name the --shape item, not a pipeline
     PassManager([parse_pass("propagate-shapes"), parse_pass("check-kernels")], ctx=ctx).run(module)
     assert ctx.placement is not None

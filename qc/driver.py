@@ -364,7 +364,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             pipeline: str | None = None, calibration: CalibrationSource = None,
             calibration_cache: str | os.PathLike | None = None, holdout: int | None = None, jobs: int = 1,
             emit: Emit | None = None, shapes: Mapping[str, Sequence[int]] | None = None,
-            fallback: Literal["allow", "warn", "error"] = "allow", instruments: Sequence[Instrument] = (),
+            bind: Mapping[str, Any] | None = None, fallback: Literal["allow", "warn", "error"] = "allow",
+            instruments: Sequence[Instrument] = (),
             verify_each: bool = True, upgrade_opset: int | None = None, infer_shapes: bool = True,
             external: bool | None = None, quiet: bool = True,
             search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None,
@@ -376,7 +377,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     ``calibration``: a CalibrationData, an .npz path, or a callable that builds the data from the
     loaded module (token windows need its input names); ``holdout``: samples kept aside for the
     report's end-to-end SQNR (default: 1/8 of them, 1..4, none under 8). ``emit``: ``"onnx"`` or
-    ``"c"`` (default: the target's backend). ``shapes``: static input shapes for C. ``search``:
+    ``"c"`` (default: the target's backend). ``shapes``: static input shapes for C. ``bind``:
+    inputs that become constants, ``{"sr": 16000}`` (``bind-inputs``, first in the pipeline). ``search``:
     replaces running the passes (``qc compile --accuracy``); it gets ``(make_pass_manager,
     spec, module, context, holdout)`` and returns ``(pass manager, report)``. ``executor``: where
     calibration runs its shares of the samples (a :class:`qc.pm.Executor`, e.g.
@@ -400,6 +402,10 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         upgrade_opset = max(upgrade_opset or 0, schemes.needs_opset(opts))
     else:
         spec = named_pipelines()["default"][0] if pipeline is None else pipeline
+    if bind:
+        from qc.passes.bind_inputs import bind_spec
+
+        spec = compile_pipeline(bind_spec(bind), [p for p in split_top(spec) if p.strip()])
     ctx = PassContext(target=tgt, calibration_cache=calibration_cache, jobs=jobs, quiet=quiet, executor=executor)
     full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes))
     snapshot = None
@@ -423,6 +429,11 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     held: list[dict[str, Any]] = []
     if opts is not None:
         data = _calibration_data(calibration, module)
+        if bind and data is not None:  # the samples feed the model as read, the passes see it bound
+            raise QCError("--bind together with calibration data is not supported yet", where=source,
+                          hint="bind the input in a copy of the model first, e.g. qc opt MODEL -p "
+                               "'bind-inputs{values=" + ",".join(f"{n}:..." for n in bind) + "}' -o BOUND.onnx, "
+                               "and quantize that")
         if data is None and schemes.needs_calibration(opts):
             raise QCError(f"--quant {opts.scheme}"
                           + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")

@@ -28,7 +28,7 @@ A76 = load_target("cortex-a76")
 # implement. Anything else failing (or any mismatch) fails the test.
 ALLOWED = re.compile(
     r"not supported by the C backend \((dtype \w+|input 0 of dtype \w+; only float32|input of dtype [iu]16|"
-    r"output [iu]16|3-D|mode (reflect|edge|wrap)|"
+    r"output [iu]16|3-D|"
     r"the mask output|training (mode|outputs)|the Indices output|blocked or non-constant parameters|"
     r"a non-float exponent must be a constant|starts must be a constant|a trip count M that is not a constant.*)\)"
     r"|If output 0 \('\w+'\) has no static shape: then_branch gives (seq|opt)<"

@@ -141,9 +141,11 @@ def _if_shape_error(v) -> QCError:
     op, k = v.producer, v.index
     branches = [(name, op.attr(name).outputs[k]) for name in ("then_branch", "else_branch")]
     cond = op.operands[0]
+    feeds = _inputs_feeding(cond)
+    bind = (" ".join(f"--bind {n}=VALUE" for n in feeds) + ": " if feeds else "")
     hint = (f"the condition '{cond.name}' is a run-time value, so the C code holds both branches, and each output "
-            "needs one static shape; make the condition a constant (an input it depends on as an initializer: "
-            "the taken branch is then inlined) or give inputs shapes both branches accept")
+            f"needs one static shape; make the condition a constant ({bind}the taken branch is then inlined) "
+            "or give inputs shapes both branches accept")
     if all(_static(o) for _, o in branches):
         return QCError(f"If output {k} ('{v.name}') has different shapes in its branches: "
                        + ", ".join(f"{n} {format_type(o.type)}" for n, o in branches),
@@ -157,6 +159,26 @@ def _if_shape_error(v) -> QCError:
     return QCError(f"If output {k} ('{v.name}') has no static shape: "
                    + ", ".join(f"{n} gives {format_type(o.type)}" for n, o in branches) + first,
                    where=f"node '{op.name or v.name}'", hint=hint)
+
+
+def _inputs_feeding(v) -> list[str]:
+    """The model inputs (not consts) a value is computed from, in the graph's input order."""
+    seen, stack, found = set(), [v], set()
+    while stack:
+        u = stack.pop()
+        if u is None or id(u) in seen:
+            continue
+        seen.add(id(u))
+        if u.producer is None:
+            if u.const is None:
+                found.add(u.name)
+            continue
+        stack.extend(u.producer.operands)
+    g = v.producer.graph if v.producer is not None else None
+    while g is not None and g.parent is not None:
+        g = g.parent.graph
+    order = [i.name for i in g.inputs] if g is not None else sorted(found)
+    return [n for n in order if n in found]
 
 
 def format_report(report: dict) -> str:

@@ -291,13 +291,20 @@ def _gather(lw: Lowering, op: Op) -> None:
             "gather")
 
 
+_PAD_MODES = {"constant": "QC_PAD_CONSTANT", "reflect": "QC_PAD_REFLECT", "edge": "QC_PAD_EDGE",
+              "wrap": "QC_PAD_WRAP"}
+
+
 @handler("Pad")
 def _pad(lw: Lowering, op: Op) -> None:
+    """constant with pads >= 0: a fill and a place; otherwise (cropping, reflect / edge / wrap)
+    qc_pad_nd over the cropped view of x (onnxruntime crops negative pads first)."""
     x = op.operands[0]
     shape = lw.shape(x)
     rank = len(shape)
-    if str_attr(op, "mode", "constant") != "constant":
-        raise unsupported(op, f"mode {str_attr(op, 'mode', '')}")
+    mode = str_attr(op, "mode", "constant")
+    if mode not in _PAD_MODES:
+        raise unsupported(op, f"mode {mode}")
     if lw.opset < 11:
         pads, value = op.attr("pads"), op.attr("value", 0.0)
         axes = list(range(rank))
@@ -307,20 +314,34 @@ def _pad(lw: Lowering, op: Op) -> None:
         value = 0 if v is None else v.item()
         a = lw.const(op, 3, "axes")
         axes = list(range(rank)) if a is None else [_axis(int(k), rank) for k in a.tolist()]
-    if any(p < 0 for p in pads):
-        raise unsupported(op, "negative pads")
-    begin = [0] * rank
+    begin, end = [0] * rank, [0] * rank
     for i, ax in enumerate(axes):
-        begin[ax] = int(pads[i])
+        begin[ax], end[ax] = int(pads[i]), int(pads[i + len(axes)])
     y = lw.out(op)
-    fill = lw.weight(np.array(value, dtype=y.dtype.numpy))
+    if y.size == 0:
+        return
     es = np.dtype(y.dtype.numpy).itemsize
-    lw.call(op, "qc_fill", [y.size, es, Ptr(fill), Ptr(y, const=False)], "pad")
-    if math.prod(shape):
-        ys = contiguous(y.shape)
-        cshape, cys, _ = coalesce(shape, ys, contiguous(shape))
-        lw.call(op, "qc_place_nd", [len(cshape), Ints(cshape), Ints(cys), es, Ptr(lw.buf(x)),
-                                    Ptr(y, sum(b * s for b, s in zip(begin, ys)), const=False)], "pad")
+    fill = lw.weight(np.array(value, dtype=y.dtype.numpy)) if mode == "constant" else None
+    if rank == 0:
+        lw.call(op, "qc_copy", [y.nbytes, Ptr(lw.buf(x)), Ptr(y, const=False)], "pad")
+        return
+    view = [n - max(-b, 0) - max(-e, 0) for n, b, e in zip(shape, begin, end)]
+    if mode == "constant" and (min(begin + end) >= 0 or math.prod(view) <= 0):
+        assert fill is not None
+        lw.call(op, "qc_fill", [y.size, es, Ptr(fill), Ptr(y, const=False)], "pad")
+        if min(begin + end) >= 0 and math.prod(shape):
+            ys = contiguous(y.shape)
+            cshape, cys, _ = coalesce(shape, ys, contiguous(shape))
+            lw.call(op, "qc_place_nd", [len(cshape), Ints(cshape), Ints(cys), es, Ptr(lw.buf(x)),
+                                        Ptr(y, sum(b * s for b, s in zip(begin, ys)), const=False)], "pad")
+        return
+    if any(n <= 0 for n in view):
+        raise unsupported(op, f"mode {mode} on an axis with no elements (after cropping)")
+    xs = contiguous(shape)
+    first = sum(max(-b, 0) * s for b, s in zip(begin, xs))
+    lw.call(op, "qc_pad_nd", [Raw(_PAD_MODES[mode]), rank, Ints(y.shape), Ints(tuple(view)), Ints(xs),
+                              Ints(tuple(max(b, 0) for b in begin)), es, Ptr(lw.buf(x), first),
+                              Ptr(fill) if fill is not None else Raw("NULL"), Ptr(y, const=False)], f"pad {mode}")
 
 
 @handler("ConstantOfShape")

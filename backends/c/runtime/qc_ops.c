@@ -136,6 +136,69 @@ void qc_where(int rank, const int *shape, const int *sc, const int *sa, const in
     }
 }
 
+/* The source position along an axis of n >= 1 elements for position i (any integer) of the
+ * padded axis, i counted from the first source element; -1: outside (constant mode). */
+static int qc_pad_src(int mode, int i, int n)
+{
+    int period;
+    if (i >= 0 && i < n) return i;
+    switch (mode) {
+    case QC_PAD_EDGE:
+        return i < 0 ? 0 : n - 1;
+    case QC_PAD_WRAP:
+        i %= n;
+        return i < 0 ? i + n : i;
+    case QC_PAD_REFLECT: /* numpy's reflect: a triangle wave of period 2(n-1) */
+        if (n == 1) return 0;
+        period = 2 * (n - 1);
+        i %= period;
+        if (i < 0) i += period;
+        return i < n ? i : period - i;
+    default:
+        return -1;
+    }
+}
+
+void qc_pad_nd(int mode, int rank, const int *yshape, const int *xshape, const int *xs,
+               const int *begin, size_t es, const void *x, const void *value, void *y)
+{
+    int idx[QC_MAX_RANK] = {0};
+    size_t rows = qc_rows(rank, yshape), r;
+    const int n = yshape[rank - 1], nx = xshape[rank - 1], b = begin[rank - 1], s = xs[rank - 1];
+    const int hi = b + nx < n ? b + nx : n; /* positions [b, hi) are the source row itself */
+    const unsigned char *px = (const unsigned char *)x;
+    unsigned char *py = (unsigned char *)y;
+    int d, i, k;
+    for (r = 0; r < rows; ++r) {
+        ptrdiff_t off = 0;
+        int outside = 0;
+        for (d = 0; d < rank - 1; ++d) {
+            k = qc_pad_src(mode, idx[d] - begin[d], xshape[d]);
+            if (k < 0) outside = 1;
+            else off += (ptrdiff_t)k * xs[d];
+        }
+        if (outside) {
+            qc_fill((size_t)n, es, value, py);
+        } else {
+            const unsigned char *row = px + off * (ptrdiff_t)es;
+            for (i = 0; i < n; ++i) {
+                if (i == b && s == 1 && hi > b) {
+                    memcpy(py + (size_t)i * es, row, (size_t)(hi - b) * es);
+                    i = hi - 1;
+                    continue;
+                }
+                k = qc_pad_src(mode, i - b, nx);
+                memcpy(py + (size_t)i * es, k < 0 ? value : (const void *)(row + (ptrdiff_t)k * s * (ptrdiff_t)es), es);
+            }
+        }
+        py += (size_t)n * es;
+        for (d = rank - 2; d >= 0; --d) {
+            if (++idx[d] < yshape[d]) break;
+            idx[d] = 0;
+        }
+    }
+}
+
 /* -- float16 <-> float32 (round to nearest even), for Cast ------------------------------------ */
 float qc_ops_f16_to_f32(uint16_t h)
 {

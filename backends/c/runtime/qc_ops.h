@@ -27,6 +27,15 @@ void qc_gather_i32(size_t outer, int axis_len, size_t inner_bytes, const void *d
 void qc_where(int rank, const int *shape, const int *sc, const int *sa, const int *sb, size_t es,
               const uint8_t *cond, const void *a, const void *b, void *y);
 
+/* Pad (ONNX semantics after negative pads are cropped away): y (contiguous over yshape) from
+ * the source view x (xshape, strides xs; x points at its first element), placed at `begin`
+ * (>= 0) along each axis. Positions outside the view take `value` (QC_PAD_CONSTANT; NULL for
+ * the others), the nearest edge element, the reflection without repeating the edge (numpy's
+ * reflect, any pad length) or the wrapped-around element. */
+enum qc_pad_mode { QC_PAD_CONSTANT, QC_PAD_REFLECT, QC_PAD_EDGE, QC_PAD_WRAP };
+void qc_pad_nd(int mode, int rank, const int *yshape, const int *xshape, const int *xs,
+               const int *begin, size_t es, const void *x, const void *value, void *y);
+
 /* -- Cast: element type codes are the ONNX TensorProto codes (1 f32, 2 u8, 3 i8, 5 i16, 6 i32,
  * 7 i64, 9 bool, 10 f16, 11 f64, 4 u16, 12 u32, 13 u64) -------------------------------------- */
 void qc_cast(size_t n, int from, const void *x, int to, void *y);
