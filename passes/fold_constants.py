@@ -229,7 +229,8 @@ class FoldConstants(Pass):
                         same.append(new)
                 r.replace_all_uses_with(new)
                 changed = True
-        _share_across_subgraphs(module, fn, [vs for vs in made.values() if len(vs) > 1])
+        _share_across_subgraphs(module, fn, [vs for vs in made.values()
+                                             if len(vs) > 1 and _nbytes(vs[0]) >= SHARE_MIN_BYTES])
         for op in reversed(ops):
             if op.graph is not None and id(op) in had_uses and id(op) not in kept \
                     and all(r is None or not r._uses for r in op.results):
@@ -251,6 +252,16 @@ class FoldConstants(Pass):
                 if any(isinstance(d, int) and d != s for d, s in zip(t.shape, data.shape)):
                     return False
         return True
+
+
+SHARE_MIN_BYTES = 256
+"""Folded consts this large or larger are shared across subgraphs; smaller ones (axes, shapes,
+pads) stay in each branch: onnx shape inference inside a subgraph does not see the values of
+outer-scope initializers, so a shared ``Unsqueeze`` axes would leave the branch's shapes unknown."""
+
+
+def _nbytes(v: Value) -> int:
+    return int(getattr(v.const, "nbytes", 0))
 
 
 def _share_across_subgraphs(module: Module, fn, groups: list[list[Value]]) -> None:
