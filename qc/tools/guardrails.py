@@ -113,8 +113,9 @@ def _nothing_quantized(module: Module, opts: Any | None, source_ops: Mapping[str
         to_do = "check that the model computes in float32 (qc show --summary)"
     else:
         compute = sorted(short(t) for t in source_ops if t in RECURRENT_OPS)
-        why = (f"no {'/'.join(wanted)} op outside the excluded layers"
-               + (f"; its compute is in {', '.join(compute)}, which --quant does not quantize" if compute else ""))
+        why = f"no {'/'.join(wanted)} op outside the excluded layers"
+        if compute:
+            why += f"; its compute is in {', '.join(compute)}, which --quant does not quantize"
         to_do = "choose the op types with --quant-ops, or check --exclude"
     return [Guardrail("nothing-quantized", "model", f"--quant {opts.scheme} changed no op: {why}",
                       "a compile that quantizes nothing gives a model as large and as slow as the input",
