@@ -84,7 +84,8 @@ def check(module: Module, opts: Any | None, calib: Any | None, target: Any | Non
 # -- the checks -----------------------------------------------------------------------------------
 QUANTIZED_FORMS = frozenset({
     "onnx.QuantizeLinear", "onnx.DequantizeLinear", "onnx.DynamicQuantizeLinear", "onnx.MatMulInteger",
-    "onnx.ConvInteger", "onnx.QLinearConv", "onnx.QLinearMatMul", "com.microsoft.MatMulNBits", "com.microsoft.DynamicQuantizeMatMul",
+    "onnx.ConvInteger", "onnx.QLinearConv", "onnx.QLinearMatMul", "com.microsoft.MatMulNBits",
+    "com.microsoft.DynamicQuantizeMatMul",
     "com.microsoft.MatMulIntegerToFloat", "com.microsoft.DynamicQuantizeLSTM", "com.microsoft.QGemm",
     "com.microsoft.QAttention", "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear",
     "com.microsoft.QLinearAdd", "com.microsoft.QLinearMul", "com.microsoft.QLinearConcat",
