@@ -2,7 +2,8 @@
 
 ``prepare(module, shapes)`` runs the preparation pipeline (``c_prepare_pipeline``: static input
 shapes, folded shape arithmetic); ``emit_c(module, out_dir, target, harness=...)`` then checks that
-every value has a static shape, lowers every op (or quantized node unit) to a kernel call, plans
+every input has a static shape, lowers every op (or quantized node unit) to a kernel call (one
+error names every node it cannot lower), plans
 the arena and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a
 CMake snippet. It returns the compile report (arena and weight bytes, kernels per node).
 """
@@ -70,15 +71,13 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
 
 def check_static_shapes(module: Module) -> None:
-    """A QCError naming the first main-graph value the C code would need a static shape for
-    (a model input, or an op result that is read or is a model output) and has none."""
+    """A QCError naming the first model input without a static shape (what ``--shape`` fixes).
+    Op results without one are reported by the lowering, with every other node it cannot lower
+    and the reason (data-dependent shape, control flow)."""
     g = module.graph
-    outputs = {id(v) for v in g.outputs}
-    values = [v for v in g.inputs if v.const is None]
-    values += [r for op in g for r in op.results if r is not None and (r.uses() or id(r) in outputs)]
-    for v in values:
+    for v in g.inputs:
         t = v.type
-        if not isinstance(t, TensorType) or not t.is_static:
+        if v.const is None and (not isinstance(t, TensorType) or not t.is_static):
             inputs = [i.name for i in g.inputs if i.const is None]
             raise QCError(f"'{v.name}' has no static shape ({t})", where=f"value '{v.name}'",
                           hint="give the model inputs static shapes with --shape NAME=AxB (inputs: "

@@ -14,7 +14,7 @@ from qc.errors import QCError
 
 
 def claimed_ops() -> set[str]:
-    from qc.backends.c.lower_ops import HANDLERS
+    from qc.backends.c.lower import HANDLERS  # lower imports every module that registers handlers
 
     return set(HANDLERS) | {"QuantizeLinear", "DequantizeLinear"}
 
@@ -54,7 +54,7 @@ CONST_INPUTS = {"Reshape": {1}, "Slice": {1, 2, 3, 4}, "Split": {1}, "Squeeze": 
                 "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
                 "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSum": {1},
                 "ReduceLogSumExp": {1}, "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2},
-                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}}
+                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}, "Resize": {1, 2, 3}, "Upsample": {1}}
 
 
 def bind_constants(model, ins):
@@ -80,7 +80,8 @@ def bind_constants(model, ins):
 
 
 def emit_cases(cases, out_dir: Path, target):
-    """Emit every case; returns (emitted [(index, name, report, inputs, outputs)], failed {name: message})."""
+    """Emit every case; returns (emitted [(index, name, report, inputs, outputs)], failed {name: [message]})
+    (one message per node the C backend cannot lower)."""
     from qc.backends.c import emit_c, prepare
     from qc.frontend.onnx import import_onnx
 
@@ -93,7 +94,7 @@ def emit_cases(cases, out_dir: Path, target):
             prepare(module, shapes)
             report = emit_c(module, out_dir, target, prefix=f"case{i}")
         except QCError as e:
-            failed[name] = str(e)
+            failed[name] = [str(p) for p in getattr(e, "problems", [e])]
             continue
         emitted.append((i, name, report, ins, outs))  # ins: the inputs left after bind_constants
     return emitted, failed

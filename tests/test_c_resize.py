@@ -1,0 +1,314 @@
+"""The C backend's Resize / Upsample and ConvTranspose against onnxruntime (host, qemu-aarch64
+cortex-a76, one Cortex-M run), and its one error for every node it cannot lower.
+
+Each model holds many nodes reading one input (one compile and one run cover them all), shaped
+like exporter output: NCHW feature maps, Resize with empty roi / scales inputs, QDQ around it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from qc.backends.c import emit_c, prepare, toolchain
+from qc.backends.c.runner import build_model, run_model
+from qc.errors import QCError
+from qc.frontend.onnx import import_onnx
+from qc.onnx.evaluator import ort_session
+from qc.targets import load_target
+
+F = TP.FLOAT
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=19):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _c_outputs(model, tmp_path, inputs, target="cortex-a76", kind="host", cpu=None):
+    """Compile *model* for *target*, build for *kind* (portable kernels on the host), run it."""
+    module = import_onnx(model)
+    prepare(module, {})
+    report = emit_c(module, tmp_path / f"c-{kind}", load_target(target), harness=True,
+                    variant="portable" if kind == "host" else None)
+    exe = build_model(report, kind, cpu)
+    return report, run_model(exe, report, inputs, kind, cpu, timeout=300)
+
+
+def _compare(model, got, inputs, rtol=1e-5, atol=1e-5):
+    ref = ort_session(model).run(None, inputs)
+    names = [o.name for o in model.graph.output]
+    bad = []
+    for name, g, r in zip(names, got, ref):
+        try:
+            assert g.shape == r.shape, (g.shape, r.shape)
+            if r.dtype.kind == "f":
+                np.testing.assert_allclose(g, r, rtol=rtol, atol=atol)
+            else:
+                np.testing.assert_array_equal(g, r)
+        except AssertionError as e:
+            bad.append(f"{name}: {str(e).strip().splitlines()[:4]}")
+    assert not bad, bad
+
+
+# -- Resize ---------------------------------------------------------------------------------------------
+# (output name, attributes, scales or None, sizes or None) on x[1, 2, 5, 7]
+RESIZE_CASES = [
+    ("n_up2", dict(mode="nearest"), [1, 1, 2, 2], None),  # YOLO's neck: nearest x2, half_pixel, round_prefer_floor
+    ("n_up2_asym_floor", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+     [1, 1, 2, 2], None),  # torch.nn.Upsample(scale_factor=2) as exported
+    ("n_up_frac_ceil", dict(mode="nearest", nearest_mode="ceil"), [1, 1, 1.7, 2.3], None),
+    ("n_up_pref_ceil", dict(mode="nearest", nearest_mode="round_prefer_ceil"), [1, 1, 3, 1.5], None),
+    ("n_down", dict(mode="nearest"), [1, 1, 0.5, 0.5], None),
+    ("n_sizes_align", dict(mode="nearest", coordinate_transformation_mode="align_corners"), None, [1, 2, 9, 4]),
+    ("n_tf_nn", dict(mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn"), None, [1, 2, 8, 11]),
+    ("n_pytorch", dict(mode="nearest", coordinate_transformation_mode="pytorch_half_pixel"), None, [1, 2, 1, 13]),
+    ("n_axes", dict(mode="nearest", axes=[3, 2]), [3.0, 2.0], None),
+    ("n_not_larger", dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"), None, [7, 8]),
+    ("l_up2", dict(mode="linear"), [1, 1, 2, 2], None),
+    ("l_align", dict(mode="linear", coordinate_transformation_mode="align_corners"), None, [1, 2, 11, 6]),
+    ("l_pytorch_down", dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), None, [1, 2, 3, 4]),
+    ("l_asym", dict(mode="linear", coordinate_transformation_mode="asymmetric"), [1, 1, 1.5, 2.5], None),
+    ("l_sym", dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), [1, 1, 1.3, 0.6], None),
+    ("l_width_only", dict(mode="linear"), None, [1, 2, 5, 16]),
+    ("c_up", dict(mode="cubic"), [1, 1, 2, 2], None),
+    ("c_excl", dict(mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1), [1, 1, 0.6, 1.4], None),
+    ("c_align", dict(mode="cubic", coordinate_transformation_mode="align_corners"), None, [1, 2, 8, 3]),
+    ("same", dict(mode="linear"), [1, 1, 1, 1], None),
+]
+
+
+def _resize_nodes(src: str, cases, inits):
+    nodes, outputs = [], []
+    for name, attrs, scales, sizes in cases:
+        ins = [src, ""]
+        if scales is not None:
+            inits.append(numpy_helper.from_array(np.array(scales, np.float32), f"{name}_scales"))
+            ins.append(f"{name}_scales")
+        else:
+            inits.append(numpy_helper.from_array(np.array(sizes, np.int64), f"{name}_sizes"))
+            ins += ["", f"{name}_sizes"]
+        nodes.append(helper.make_node("Resize", ins, [name], name=name, **attrs))
+        outputs.append(helper.make_tensor_value_info(name, F, None))
+    return nodes, outputs
+
+
+def resize_model():
+    """x f32[1, 2, 5, 7] -> every case of RESIZE_CASES; xq u8 -> nearest x2 (any dtype); and a
+    quantized detector's neck: DQ(u8) -> Resize -> Q(u8) (the float kernel between them)."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes, outputs = _resize_nodes("x", RESIZE_CASES, inits)
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up2"))
+    nodes += [helper.make_node("Resize", ["xq", "", "up2"], ["u8_nearest"], name="u8_nearest", mode="nearest",
+                               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+              helper.make_node("Resize", ["xd", "", "up2"], ["xr"], name="qdq_linear", mode="linear"),
+              helper.make_node("QuantizeLinear", ["xr", "s", "z"], ["qdq_linear"])]
+    outputs += [helper.make_tensor_value_info("u8_nearest", TP.UINT8, None),
+                helper.make_tensor_value_info("qdq_linear", TP.UINT8, None)]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, 5, 7]),
+                          helper.make_tensor_value_info("xq", TP.UINT8, [1, 2, 5, 7])], outputs, inits)
+
+
+def _resize_inputs():
+    rng = np.random.RandomState(0)
+    return {"x": rng.randn(1, 2, 5, 7).astype(np.float32), "xq": rng.randint(0, 256, (1, 2, 5, 7)).astype(np.uint8)}
+
+
+def test_resize_matches_onnxruntime_host_and_cortex_a76(tmp_path):
+    """Every mode / coordinate transform / nearest rounding of RESIZE_CASES, nearest on uint8 and
+    linear between DQ and Q, on the host and under qemu -cpu cortex-a76: nearest exact, linear
+    and cubic within float32 rounding of onnxruntime (rtol 1e-5, atol 1e-5; the C computes
+    separably, one axis at a time), the QDQ output at most 1 LSB off."""
+    toolchain.require_tools("host")
+    m = resize_model()
+    inputs = _resize_inputs()
+    report, got = _c_outputs(m, tmp_path, inputs)
+    kernels = report["kernels"]
+    assert kernels["resize nearest"] >= 9 and kernels["resize linear f32"] >= 10 and kernels["resize cubic f32"] >= 3
+    _compare(m, got[:len(RESIZE_CASES) + 1], inputs)
+    ref_q = ort_session(m).run(["qdq_linear"], inputs)[0]
+    assert np.abs(got[-1].astype(int) - ref_q.astype(int)).max() <= 1
+    toolchain.require_tools("aarch64")
+    _, a76 = _c_outputs(m, tmp_path, inputs, kind="aarch64", cpu="cortex-a76")
+    _compare(m, a76[:len(RESIZE_CASES) + 1], inputs)
+
+
+def test_resize_cortex_m_under_qemu(tmp_path):
+    """A nearest and a bilinear x2 Resize (a detector's neck) built for cortex-m4 and run under
+    qemu-system-arm: the same as onnxruntime."""
+    toolchain.require_tools("cortex-m")
+    inits: list = []
+    nodes, outputs = _resize_nodes("x", [c for c in RESIZE_CASES if c[0] in ("n_up2", "l_up2", "c_excl")], inits)
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, 5, 7])], outputs, inits)
+    inputs = {"x": _resize_inputs()["x"]}
+    _, got = _c_outputs(m, tmp_path, inputs, target="cortex-m4", kind="cortex-m", cpu="cortex-m4")
+    _compare(m, got, inputs)
+
+
+@pytest.mark.parametrize("opset,op", [(9, "Upsample"), (10, "Resize")])
+def test_old_upsample_and_resize10_match_onnxruntime(tmp_path, opset, op):
+    """Upsample-9 and Resize-10 (x, scales): asymmetric coordinates, onnxruntime's nearest
+    (floor up, ceil down) and linear."""
+    toolchain.require_tools("host")
+    scales = {"up": [1, 1, 2, 3], "down": [1, 1, 0.5, 0.7]}
+    inits = [numpy_helper.from_array(np.array(s, np.float32), k) for k, s in scales.items()]
+    nodes, outputs = [], []
+    for mode in ("nearest", "linear"):
+        for k in scales if op == "Resize" else ["up"]:
+            nodes.append(helper.make_node(op, ["x", k], [f"{mode}_{k}"], mode=mode))
+            outputs.append(helper.make_tensor_value_info(f"{mode}_{k}", F, None))
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, 5, 7])], outputs, inits, opset=opset)
+    inputs = {"x": _resize_inputs()["x"]}
+    _, got = _c_outputs(m, tmp_path, inputs)
+    _compare(m, got, inputs)
+
+
+def test_resize_refusals_name_the_reason(tmp_path):
+    inits = [numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "sc"),
+             numpy_helper.from_array(np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32), "roi")]
+    for attrs, ins, why in [(dict(mode="linear", antialias=1), ["x", "", "sc"], r"antialias"),
+                            (dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"),
+                             ["x", "roi", "sc"], r"coordinate_transformation_mode tf_crop_and_resize"),
+                            (dict(mode="linear"), ["xq", "", "sc"], r"mode linear on u8 data; only float32")]:
+        m = _model([helper.make_node("Resize", ins, ["y"], name="r", **attrs)],
+                   [helper.make_tensor_value_info("x", F, [1, 2, 4, 4]),
+                    helper.make_tensor_value_info("xq", TP.UINT8, [1, 2, 4, 4])],
+                   [helper.make_tensor_value_info("y", F if ins[0] == "x" else TP.UINT8, None)], inits)
+        module = import_onnx(m)
+        prepare(module, {})
+        with pytest.raises(QCError, match=r"node 'r': Resize is not supported by the C backend \(" + why):
+            emit_c(module, tmp_path / "c", load_target("cortex-a76"))
+
+
+# -- ConvTranspose ------------------------------------------------------------------------------------------
+# (output name, input, weight shape [C, OC/group, k...], attributes, bias)
+CONVT_CASES = [
+    ("plain", "x", [4, 3, 3, 3], dict(), False),
+    ("stride2_pads", "x", [4, 2, 3, 3], dict(strides=[2, 2], pads=[1, 1, 1, 1]), True),
+    ("unet_up", "x", [4, 3, 2, 2], dict(strides=[2, 2]), True),  # a U-Net's / decoder's up-convolution
+    ("outpad", "x", [4, 3, 3, 3], dict(strides=[2, 3], pads=[1, 0, 1, 1], output_padding=[1, 2]), True),
+    ("dil", "x", [4, 2, 3, 2], dict(dilations=[2, 3], strides=[1, 2]), False),
+    ("group2", "x", [4, 3, 3, 3], dict(group=2, strides=[2, 1]), True),
+    ("depthwise", "x", [4, 1, 4, 4], dict(group=4, strides=[2, 2], pads=[1, 1, 1, 1]), True),
+    ("same_upper", "x", [4, 2, 3, 3], dict(strides=[2, 2], auto_pad="SAME_UPPER"), False),
+    ("same_lower", "x", [4, 2, 4, 3], dict(strides=[2, 2], auto_pad="SAME_LOWER"), True),
+    ("out_shape", "x", [4, 2, 3, 3], dict(strides=[3, 2], output_shape=[16, 12]), False),
+    ("oned", "x1", [4, 3, 5], dict(strides=[2], pads=[1, 2], output_padding=[1]), True),
+    ("oned_group", "x1", [4, 2, 3], dict(group=2, dilations=[2]), False),
+]
+
+
+def convt_model():
+    rng = np.random.RandomState(1)
+    inits, nodes, outputs = [], [], []
+    for name, src, wshape, attrs, bias in CONVT_CASES:
+        inits.append(numpy_helper.from_array(rng.randn(*wshape).astype(np.float32) * 0.3, f"{name}_w"))
+        ins = [src, f"{name}_w"]
+        if bias:
+            oc = wshape[1] * attrs.get("group", 1)
+            inits.append(numpy_helper.from_array(rng.randn(oc).astype(np.float32), f"{name}_b"))
+            ins.append(f"{name}_b")
+        nodes.append(helper.make_node("ConvTranspose", ins, [name], name=name, **attrs))
+        outputs.append(helper.make_tensor_value_info(name, F, None))
+    # quantized (qc insert-qdq quantizes ConvTranspose's input and weight): through float
+    inits += [numpy_helper.from_array(np.array(0.02, np.float32), "sx"),
+              numpy_helper.from_array(np.array(0, np.int8), "zx"),
+              numpy_helper.from_array(rng.randint(-127, 128, (4, 3, 2, 2)).astype(np.int8), "wq"),
+              numpy_helper.from_array((rng.rand(3) * 0.01 + 0.002).astype(np.float32), "sw"),
+              numpy_helper.from_array(np.zeros(3, np.int8), "zw")]
+    nodes += [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+              helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xdq"]),
+              helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wdq"], axis=1),
+              helper.make_node("ConvTranspose", ["xdq", "wdq"], ["qdq"], name="qdq", strides=[2, 2])]
+    outputs.append(helper.make_tensor_value_info("qdq", F, None))
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [2, 4, 5, 6]),
+                          helper.make_tensor_value_info("x1", F, [2, 4, 9])], outputs, inits, opset=21)
+
+
+def test_conv_transpose_matches_onnxruntime_host_and_cortex_a76(tmp_path):
+    """ConvTranspose 2-D and 1-D: strides, pads, output_padding, dilations, groups (depthwise),
+    auto_pad, output_shape, bias; and a QDQ int8 one (the weight dequantized at compile time, the
+    activation by qc_dequantize: float32 ConvTranspose). Within float32 rounding of onnxruntime."""
+    toolchain.require_tools("host")
+    m = convt_model()
+    rng = np.random.RandomState(2)
+    inputs = {"x": rng.randn(2, 4, 5, 6).astype(np.float32), "x1": rng.randn(2, 4, 9).astype(np.float32)}
+    report, got = _c_outputs(m, tmp_path, inputs)
+    assert report["kernels"]["convtranspose2d f32"] == len(CONVT_CASES) + 1
+    _compare(m, got, inputs, rtol=1e-5, atol=1e-5)
+    toolchain.require_tools("aarch64")
+    _, a76 = _c_outputs(m, tmp_path, inputs, kind="aarch64", cpu="cortex-a76")
+    _compare(m, a76, inputs, rtol=1e-5, atol=1e-5)
+
+
+# -- every node the C backend cannot lower, in one error -----------------------------------------------------
+def _three_unsupported(path):
+    """A detector's tail as exporters write it: Einsum x2, TopK, NonZero (a data-dependent shape),
+    all after a supported Conv."""
+    inits = [numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.array([3], np.int64), "k")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Einsum", ["c", "c"], ["e1"], name="attn_einsum_0", equation="nchw,nchw->nchw"),
+             helper.make_node("Einsum", ["e1", "c"], ["e2"], name="attn_einsum_1", equation="nchw,nchw->nchw"),
+             helper.make_node("Flatten", ["e2"], ["f"], name="flat"),
+             helper.make_node("TopK", ["f", "k"], ["vals", "idx"], name="topk"),
+             helper.make_node("NonZero", ["vals"], ["nz"], name="nonzero"),
+             helper.make_node("Relu", ["vals"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["c", "shape"], ["rs"], name="reshape_by_input")]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 4, 3, 3]),
+                       helper.make_tensor_value_info("shape", TP.INT64, [2])],
+               [helper.make_tensor_value_info(n, t, None) for n, t in (("nz", TP.INT64), ("r", F), ("rs", F))],
+               inits, opset=17)
+    onnx.save(m, path)
+    return path
+
+
+def test_all_unsupported_nodes_in_one_error(tmp_path, capsys):
+    """Three op types without a lowering (Einsum x2, TopK, NonZero) and a Reshape whose target
+    shape is a model input (not known at compile time), after a supported Conv: qc compile
+    names all five nodes in one qc: error (exit 2, no traceback), the reasons and both hints,
+    and writes no C; the nodes after a failed one (Relu reads TopK's values) are still checked."""
+    from qc.cli import main
+
+    src = _three_unsupported(tmp_path / "m.onnx")
+    before = src.read_bytes()
+    assert main(["compile", str(src), "--target", "cortex-a76", "-o", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    print(err)
+    assert err.count("qc: error:") == 1 and "Traceback" not in err
+    assert "5 nodes are not supported by the C backend: " in err
+    assert "Einsum x2 (op type not supported): 'attn_einsum_0', 'attn_einsum_1'" in err
+    assert "TopK (op type not supported): 'topk'" in err
+    assert "NonZero (op type not supported): 'nonzero'" in err
+    assert "Reshape (output 'rs' has no static shape (f32" in err and "it is not known at compile time)" in err
+    assert "Relu" not in err and "'conv'" not in err
+    assert "compile with --emit onnx" in err and "qc compile --emit c (qc.backends.c.prepare) folds" in err
+    assert not (tmp_path / "c" / "model.c").exists() and src.read_bytes() == before
+
+
+def test_if_with_branch_dependent_shape_is_control_flow(tmp_path):
+    """An If whose branches give different shapes (as exporters write data-dependent post-processing):
+    reported as control flow, not as a missing --shape; a single unsupported node keeps the
+    one-node form of the message."""
+    then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F, None)])
+    else_g = helper.make_graph([helper.make_node("Concat", ["x", "x"], ["e"], axis=0)], "else", [],
+                               [helper.make_tensor_value_info("e", F, None)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g),
+             helper.make_node("Relu", ["y"], ["r"], name="relu")]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("r", F, None)],
+               [numpy_helper.from_array(np.array(0, np.float32), "zero")], opset=17)
+    module = import_onnx(m)
+    prepare(module, {})
+    with pytest.raises(QCError) as e:
+        emit_c(module, tmp_path / "c", load_target("cortex-a76"))
+    msg = str(e.value)
+    assert "no static shape" not in msg or "depends on the branch taken" in msg, msg
+    assert "--shape" not in msg, msg
+    assert msg.startswith("node 'branch': If is not supported by the C backend ("), msg
