@@ -56,27 +56,27 @@ def _compare(model, got, inputs, rtol=1e-5, atol=1e-5):
 # -- Resize ---------------------------------------------------------------------------------------------
 # (output name, attributes, scales or None, sizes or None) on x[1, 2, 5, 7]
 RESIZE_CASES = [
-    ("n_up2", dict(mode="nearest"), [1, 1, 2, 2], None),  # YOLO's neck: nearest x2, half_pixel, round_prefer_floor
-    ("n_up2_asym_floor", dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+    ("n_up2", {"mode": "nearest"}, [1, 1, 2, 2], None),  # YOLO's neck: nearest x2, half_pixel, round_prefer_floor
+    ("n_up2_asym_floor", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
      [1, 1, 2, 2], None),  # torch.nn.Upsample(scale_factor=2) as exported
-    ("n_up_frac_ceil", dict(mode="nearest", nearest_mode="ceil"), [1, 1, 1.7, 2.3], None),
-    ("n_up_pref_ceil", dict(mode="nearest", nearest_mode="round_prefer_ceil"), [1, 1, 3, 1.5], None),
-    ("n_down", dict(mode="nearest"), [1, 1, 0.5, 0.5], None),
-    ("n_sizes_align", dict(mode="nearest", coordinate_transformation_mode="align_corners"), None, [1, 2, 9, 4]),
-    ("n_tf_nn", dict(mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn"), None, [1, 2, 8, 11]),
-    ("n_pytorch", dict(mode="nearest", coordinate_transformation_mode="pytorch_half_pixel"), None, [1, 2, 1, 13]),
-    ("n_axes", dict(mode="nearest", axes=[3, 2]), [3.0, 2.0], None),
-    ("n_not_larger", dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"), None, [7, 8]),
-    ("l_up2", dict(mode="linear"), [1, 1, 2, 2], None),
-    ("l_align", dict(mode="linear", coordinate_transformation_mode="align_corners"), None, [1, 2, 11, 6]),
-    ("l_pytorch_down", dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), None, [1, 2, 3, 4]),
-    ("l_asym", dict(mode="linear", coordinate_transformation_mode="asymmetric"), [1, 1, 1.5, 2.5], None),
-    ("l_sym", dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), [1, 1, 1.3, 0.6], None),
-    ("l_width_only", dict(mode="linear"), None, [1, 2, 5, 16]),
-    ("c_up", dict(mode="cubic"), [1, 1, 2, 2], None),
-    ("c_excl", dict(mode="cubic", cubic_coeff_a=-0.5, exclude_outside=1), [1, 1, 0.6, 1.4], None),
-    ("c_align", dict(mode="cubic", coordinate_transformation_mode="align_corners"), None, [1, 2, 8, 3]),
-    ("same", dict(mode="linear"), [1, 1, 1, 1], None),
+    ("n_up_frac_ceil", {"mode": "nearest", "nearest_mode": "ceil"}, [1, 1, 1.7, 2.3], None),
+    ("n_up_pref_ceil", {"mode": "nearest", "nearest_mode": "round_prefer_ceil"}, [1, 1, 3, 1.5], None),
+    ("n_down", {"mode": "nearest"}, [1, 1, 0.5, 0.5], None),
+    ("n_sizes_align", {"mode": "nearest", "coordinate_transformation_mode": "align_corners"}, None, [1, 2, 9, 4]),
+    ("n_tf_nn", {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"}, None, [1, 2, 8, 11]),
+    ("n_pytorch", {"mode": "nearest", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, [1, 2, 1, 13]),
+    ("n_axes", {"mode": "nearest", "axes": [3, 2]}, [3.0, 2.0], None),
+    ("n_not_larger", {"mode": "nearest", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"}, None, [7, 8]),
+    ("l_up2", {"mode": "linear"}, [1, 1, 2, 2], None),
+    ("l_align", {"mode": "linear", "coordinate_transformation_mode": "align_corners"}, None, [1, 2, 11, 6]),
+    ("l_pytorch_down", {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}, None, [1, 2, 3, 4]),
+    ("l_asym", {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 1.5, 2.5], None),
+    ("l_sym", {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}, [1, 1, 1.3, 0.6], None),
+    ("l_width_only", {"mode": "linear"}, None, [1, 2, 5, 16]),
+    ("c_up", {"mode": "cubic"}, [1, 1, 2, 2], None),
+    ("c_excl", {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}, [1, 1, 0.6, 1.4], None),
+    ("c_align", {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, None, [1, 2, 8, 3]),
+    ("same", {"mode": "linear"}, [1, 1, 1, 1], None),
 ]
 
 
@@ -170,10 +170,10 @@ def test_old_upsample_and_resize10_match_onnxruntime(tmp_path, opset, op):
 def test_resize_refusals_name_the_reason(tmp_path):
     inits = [numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "sc"),
              numpy_helper.from_array(np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32), "roi")]
-    for attrs, ins, why in [(dict(mode="linear", antialias=1), ["x", "", "sc"], r"antialias"),
-                            (dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"),
+    for attrs, ins, why in [({"mode": "linear", "antialias": 1}, ["x", "", "sc"], r"antialias"),
+                            ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"},
                              ["x", "roi", "sc"], r"coordinate_transformation_mode tf_crop_and_resize"),
-                            (dict(mode="linear"), ["xq", "", "sc"], r"mode linear on u8 data; only float32")]:
+                            ({"mode": "linear"}, ["xq", "", "sc"], r"mode linear on u8 data; only float32")]:
         m = _model([helper.make_node("Resize", ins, ["y"], name="r", **attrs)],
                    [helper.make_tensor_value_info("x", F, [1, 2, 4, 4]),
                     helper.make_tensor_value_info("xq", TP.UINT8, [1, 2, 4, 4])],
@@ -187,18 +187,18 @@ def test_resize_refusals_name_the_reason(tmp_path):
 # -- ConvTranspose ------------------------------------------------------------------------------------------
 # (output name, input, weight shape [C, OC/group, k...], attributes, bias)
 CONVT_CASES = [
-    ("plain", "x", [4, 3, 3, 3], dict(), False),
-    ("stride2_pads", "x", [4, 2, 3, 3], dict(strides=[2, 2], pads=[1, 1, 1, 1]), True),
-    ("unet_up", "x", [4, 3, 2, 2], dict(strides=[2, 2]), True),  # a U-Net's / decoder's up-convolution
-    ("outpad", "x", [4, 3, 3, 3], dict(strides=[2, 3], pads=[1, 0, 1, 1], output_padding=[1, 2]), True),
-    ("dil", "x", [4, 2, 3, 2], dict(dilations=[2, 3], strides=[1, 2]), False),
-    ("group2", "x", [4, 3, 3, 3], dict(group=2, strides=[2, 1]), True),
-    ("depthwise", "x", [4, 1, 4, 4], dict(group=4, strides=[2, 2], pads=[1, 1, 1, 1]), True),
-    ("same_upper", "x", [4, 2, 3, 3], dict(strides=[2, 2], auto_pad="SAME_UPPER"), False),
-    ("same_lower", "x", [4, 2, 4, 3], dict(strides=[2, 2], auto_pad="SAME_LOWER"), True),
-    ("out_shape", "x", [4, 2, 3, 3], dict(strides=[3, 2], output_shape=[16, 12]), False),
-    ("oned", "x1", [4, 3, 5], dict(strides=[2], pads=[1, 2], output_padding=[1]), True),
-    ("oned_group", "x1", [4, 2, 3], dict(group=2, dilations=[2]), False),
+    ("plain", "x", [4, 3, 3, 3], {}, False),
+    ("stride2_pads", "x", [4, 2, 3, 3], {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+    ("unet_up", "x", [4, 3, 2, 2], {"strides": [2, 2]}, True),  # a U-Net's / decoder's up-convolution
+    ("outpad", "x", [4, 3, 3, 3], {"strides": [2, 3], "pads": [1, 0, 1, 1], "output_padding": [1, 2]}, True),
+    ("dil", "x", [4, 2, 3, 2], {"dilations": [2, 3], "strides": [1, 2]}, False),
+    ("group2", "x", [4, 3, 3, 3], {"group": 2, "strides": [2, 1]}, True),
+    ("depthwise", "x", [4, 1, 4, 4], {"group": 4, "strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+    ("same_upper", "x", [4, 2, 3, 3], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}, False),
+    ("same_lower", "x", [4, 2, 4, 3], {"strides": [2, 2], "auto_pad": "SAME_LOWER"}, True),
+    ("out_shape", "x", [4, 2, 3, 3], {"strides": [3, 2], "output_shape": [16, 12]}, False),
+    ("oned", "x1", [4, 3, 5], {"strides": [2], "pads": [1, 2], "output_padding": [1]}, True),
+    ("oned_group", "x1", [4, 2, 3], {"group": 2, "dilations": [2]}, False),
 ]
 
 

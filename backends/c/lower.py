@@ -23,8 +23,10 @@ from qc.errors import QCError
 from qc.ir import Op, TensorType, Value
 from qc.ir.printer import format_type
 
-from . import lower_ops  # noqa: F401 - registers the float32 / data-movement handlers
-from . import lower_resize  # noqa: F401 - registers Resize / Upsample
+from . import (
+    lower_ops,  # noqa: F401 - registers the float32 / data-movement handlers
+    lower_resize,  # noqa: F401 - registers Resize / Upsample
+)
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
 from .lowering import HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
@@ -65,7 +67,8 @@ def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
             raise unsupported(op)
         why = ("it depends on the branch taken" if op.op_type == "If" else "it depends on the iterations"
                if subgraphs else "it is not known at compile time")
-        raise unsupported(op, f"output '{dyn.name}' has no static shape ({format_type(dyn.type)}): {why}", hint=SHAPE_HINT)
+        raise unsupported(op, f"output '{dyn.name}' has no static shape ({format_type(dyn.type)}): {why}",
+                          hint=SHAPE_HINT)
     if match_unit(lw, op):
         return None
     if op.domain not in ("", "ai.onnx"):

@@ -440,7 +440,7 @@ def _conv(lw: Lowering, op: Op) -> None:
 def transpose_pads(op: Op, xshape, kshape, yshape) -> list[int]:
     """The leading pads of a ConvTranspose per spatial axis, as onnxruntime computes them
     (conv_transpose_attributes.h): explicit ``pads``, or split from the total padding that
-    ``output_shape`` / ``auto_pad`` imply (SAME_LOWER puts the odd one at the start)."""
+    ``output_shape`` / ``auto_pad`` imply (an odd one goes at the end for SAME_UPPER, else at the start)."""
     nd = len(xshape) - 2
     strides = list(op.attr("strides") or [1] * nd)
     dil = list(op.attr("dilations") or [1] * nd)
@@ -452,7 +452,7 @@ def transpose_pads(op: Op, xshape, kshape, yshape) -> list[int]:
     head = []
     for d in range(nd):
         total = max(0, (xshape[2 + d] - 1) * strides[d] + adj[d] + (kshape[d] - 1) * dil[d] + 1 - yshape[2 + d])
-        head.append(total - total // 2 if auto == "SAME_LOWER" else total // 2)
+        head.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
     return head
 
 

@@ -126,8 +126,9 @@ def _params(lw: Lowering, op: Op, xshape: tuple[int, ...], yshape: tuple[int, ..
         for a, s in zip(axes, np.asarray(given, F32).reshape(-1)):
             scales[a] = F32(s)
     else:  # sizes: the scale is out / in (one scale for all axes under keep_aspect_ratio_policy)
-        ratios = [F32(yshape[a]) / F32(xshape[a]) for a in axes]
         policy = str_attr(op, "keep_aspect_ratio_policy", "stretch")
+        sizes = [yshape[a] for a in axes] if policy == "stretch" else lw.const(op, 3, "sizes").reshape(-1).tolist()
+        ratios = [F32(n) / F32(xshape[a]) for a, n in zip(axes, sizes)]
         for a, r in zip(axes, ratios):
             scales[a] = r if policy == "stretch" else (min(ratios) if policy == "not_larger" else max(ratios))
     return {"mode": mode, "coord": coord, "nearest": nearest, "scales": scales,
