@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qc.errors import QCError
-from qc.ir import Op, TensorType, Value
+from qc.ir import Graph, Op, TensorType, Value
 from qc.ir.printer import format_type
 
 from . import (
@@ -31,7 +31,7 @@ from .lower_quant import match_unit, plan_units  # importing it registers the Q 
 from .lowering import HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
 
-__all__ = ["Lowering", "lower"]
+__all__ = ["Lowering", "lower", "lower_graph"]
 
 
 CONTROL_FLOW_HINT = ("the C backend lowers the main graph only: compile with --emit onnx to run the model "
@@ -103,6 +103,26 @@ def combined_error(problems: list[QCError]) -> QCError:
     return err
 
 
+def lower_graph(lw: Lowering, graph: Graph) -> None:
+    """Lower the ops of *graph* in order; a node that cannot be lowered goes to ``lw.problems``
+    (unless it only fails because a value upstream is missing) and the walk goes on."""
+    outputs = {id(v) for v in graph.outputs}
+    for op in graph:
+        if id(op) in lw.consumed:
+            continue
+        after_failure = any(v is not None and id(v) in lw.missing for v in op.operands)
+        try:
+            handler = _check(lw, op, outputs)
+            if handler is not None:
+                handler(lw, op)
+        except QCError as e:
+            own = isinstance(e, Unsupported) and (not e.why or e.why.startswith("control flow")
+                                                  or e.why.startswith("domain"))
+            if own or not after_failure:  # else a consequence of the failure upstream
+                lw.problems.append(e)
+            _placeholders(lw, op)
+
+
 def lower(lw: Lowering) -> Lowered:
     """Walk the main graph once, in order: units first (``lower_quant``), then one handler per op;
     every node that cannot be lowered is named in one QCError at the end."""
@@ -127,27 +147,11 @@ def lower(lw: Lowering) -> Lowered:
             b = Buffer(lw.c_ident(v.name), dt, shape, "output")
             lw.bufs[id(v)] = b
             outputs.append((v, b, False))
-        # else: the node that computes it is reported below
-    output_ids = {id(v) for v in g.outputs}
+        # else: the node that computes it is reported by lower_graph
     plan_units(lw)
-    problems: list[QCError] = []
-    missing: set[int] = set()  # values a node that failed left without a buffer
-    for op in g:
-        if id(op) in lw.consumed:
-            continue
-        after_failure = any(v is not None and id(v) in missing for v in op.operands)
-        try:
-            handler = _check(lw, op, output_ids)
-            if handler is not None:
-                handler(lw, op)
-        except QCError as e:
-            own = isinstance(e, Unsupported) and (not e.why or e.why.startswith("control flow")
-                                                  or e.why.startswith("domain"))
-            if own or not after_failure:  # else a consequence of the failure upstream
-                problems.append(e)
-            _placeholders(lw, op, missing)
-    if problems:
-        raise problems[0] if len(problems) == 1 else combined_error(problems)
+    lower_graph(lw, g)
+    if lw.problems:
+        raise lw.problems[0] if len(lw.problems) == 1 else combined_error(lw.problems)
     for v, b, copy in outputs:
         if copy:  # an output that is a model input, a constant, or repeated: copy it
             src = lw.buf(v) if v.const is not None else lw.bufs[id(v)]
@@ -157,7 +161,7 @@ def lower(lw: Lowering) -> Lowered:
                    [v.name for v in g.inputs if v.const is None], [v.name for v, _, _ in outputs])
 
 
-def _placeholders(lw: Lowering, op: Op, missing: set[int]) -> None:
+def _placeholders(lw: Lowering, op: Op) -> None:
     """Buffers for the results of a node that failed, so the nodes after it are checked too
     (results without a static shape or dtype stay missing)."""
     for i, r in enumerate(op.results):
@@ -166,4 +170,4 @@ def _placeholders(lw: Lowering, op: Op, missing: set[int]) -> None:
         try:
             lw.out(op, i)
         except QCError:
-            missing.add(id(r))
+            lw.missing.add(id(r))

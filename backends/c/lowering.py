@@ -201,6 +201,8 @@ class Lowering:
         self.kernels: dict[str, int] = {}
         self._names: set[str] = set(RESERVED)
         self._counter = 0
+        self.problems: list[QCError] = []  # the nodes lower_graph could not lower (one error at the end)
+        self.missing: set[int] = set()  # values such a node left without a buffer (no static shape)
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
         self.variant = variant
 
