@@ -184,6 +184,61 @@ def test_resize_refusals_name_the_reason(tmp_path):
             emit_c(module, tmp_path / "c", load_target("cortex-a76"))
 
 
+def exported_neck(path):
+    """A detector / U-Net neck as torch.onnx writes it: symbolic dims, the scales in a Constant
+    node, F.interpolate(size=skip.shape[2:]) as Shape -> Slice -> Concat -> Resize(sizes), then a
+    ConvTranspose up-convolution and a Concat with a skip connection."""
+    rng = np.random.RandomState(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="/backbone/conv"),
+        helper.make_node("Constant", [], ["scales"], name="/neck/Constant",
+                         value=numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32))),
+        helper.make_node("Resize", ["c", "", "scales"], ["up"], name="/neck/Resize", mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        helper.make_node("Shape", ["skip"], ["ss"], name="/neck/Shape"),
+        helper.make_node("Slice", ["ss", "two", "four"], ["hw"], name="/neck/Slice"),
+        helper.make_node("Shape", ["c"], ["cs"], name="/neck/Shape_1"),
+        helper.make_node("Slice", ["cs", "zero", "two"], ["nc"], name="/neck/Slice_1"),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0, name="/neck/Concat"),
+        helper.make_node("Resize", ["c", "", "", "sizes"], ["up2"], name="/neck/Resize_1", mode="linear",
+                         coordinate_transformation_mode="pytorch_half_pixel"),
+        helper.make_node("ConvTranspose", ["up2", "wt", "bt"], ["dec"], strides=[2, 2], name="/decoder/up"),
+        helper.make_node("Concat", ["up", "skip4"], ["cat"], axis=1, name="/neck/Concat_1")]
+    inits = [numpy_helper.from_array(rng.randn(4, 3, 3, 3).astype(np.float32) * 0.2, "w"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([4], np.int64), "four"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(rng.randn(4, 2, 2, 2).astype(np.float32) * 0.3, "wt"),
+             numpy_helper.from_array(rng.randn(2).astype(np.float32), "bt")]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, ["batch", 3, "height", "width"]),
+                       helper.make_tensor_value_info("skip", F, ["batch", 4, "h2", "w2"]),
+                       helper.make_tensor_value_info("skip4", F, ["batch", 4, "h3", "w3"])],
+               [helper.make_tensor_value_info("cat", F, None), helper.make_tensor_value_info("dec", F, None)],
+               inits, opset=17)
+    onnx.save(m, path)
+    return m
+
+
+def test_exported_neck_through_qc_compile(tmp_path):
+    """qc compile --emit c --shape on the exported neck: the Constant scales and the Shape
+    arithmetic of the sizes fold to constants, and the C (host) matches onnxruntime on the
+    original model."""
+    import qc
+    from qc.backends.c.runner import load_report
+
+    toolchain.require_tools("host")
+    m = exported_neck(tmp_path / "neck.onnx")
+    shapes = {"x": (1, 3, 6, 8), "skip": (1, 4, 9, 11), "skip4": (1, 4, 12, 16)}
+    qc.compile(str(tmp_path / "neck.onnx"), target="cortex-a76", shapes=shapes).write(str(tmp_path / "c"),
+                                                                                      harness=True)
+    report = load_report(tmp_path / "c")
+    assert report["kernels"]["resize nearest"] == 1 and report["kernels"]["resize linear f32"] == 2
+    rng = np.random.RandomState(3)
+    inputs = {k: rng.randn(*s).astype(np.float32) for k, s in shapes.items()}
+    got = run_model(build_model(report, "host"), report, inputs)
+    _compare(m, got, inputs)
+
+
 # -- ConvTranspose ------------------------------------------------------------------------------------------
 # (output name, input, weight shape [C, OC/group, k...], attributes, bias)
 CONVT_CASES = [
