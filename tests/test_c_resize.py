@@ -78,12 +78,21 @@ RESIZE_CASES = [
     ("c_align", {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, None, [1, 2, 8, 3]),
     ("same", {"mode": "linear"}, [1, 1, 1, 1], None),
 ]
+CROP = {"coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -7.5}
+ROI = {"crop_n": [0, 0, -0.2, 0.1, 1, 1, 0.8, 1.3], "crop_l": [0, 0, 0.1, -0.3, 1, 1, 1.2, 0.7],
+       "crop_c": [0.4, 0.9, 0.2, 0.8]}  # crop_c: axes 2, 3 only
+RESIZE_CASES += [("crop_n", {"mode": "nearest", **CROP}, None, [1, 2, 6, 5]),
+                 ("crop_l", {"mode": "linear", **CROP}, None, [1, 2, 4, 9]),
+                 ("crop_c", {"mode": "cubic", "axes": [2, 3], **CROP}, [1.6, 0.8], None)]
 
 
 def _resize_nodes(src: str, cases, inits):
     nodes, outputs = [], []
     for name, attrs, scales, sizes in cases:
         ins = [src, ""]
+        if name in ROI:
+            inits.append(numpy_helper.from_array(np.array(ROI[name], np.float32), f"{name}_roi"))
+            ins[1] = f"{name}_roi"
         if scales is not None:
             inits.append(numpy_helper.from_array(np.array(scales, np.float32), f"{name}_scales"))
             ins.append(f"{name}_scales")
@@ -128,7 +137,7 @@ def test_resize_matches_onnxruntime_host_and_cortex_a76(tmp_path):
     inputs = _resize_inputs()
     report, got = _c_outputs(m, tmp_path, inputs)
     kernels = report["kernels"]
-    assert kernels["resize nearest"] >= 9 and kernels["resize linear f32"] >= 10 and kernels["resize cubic f32"] >= 3
+    assert kernels["resize nearest"] >= 10 and kernels["resize linear f32"] >= 11 and kernels["resize cubic f32"] >= 4
     _compare(m, got[:len(RESIZE_CASES) + 1], inputs)
     ref_q = ort_session(m).run(["qdq_linear"], inputs)[0]
     assert np.abs(got[-1].astype(int) - ref_q.astype(int)).max() <= 1
@@ -168,11 +177,10 @@ def test_old_upsample_and_resize10_match_onnxruntime(tmp_path, opset, op):
 
 
 def test_resize_refusals_name_the_reason(tmp_path):
-    inits = [numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "sc"),
-             numpy_helper.from_array(np.array([0, 0, 0.1, 0.1, 1, 1, 0.9, 0.9], np.float32), "roi")]
+    inits = [numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "sc")]
     for attrs, ins, why in [({"mode": "linear", "antialias": 1}, ["x", "", "sc"], r"antialias"),
                             ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"},
-                             ["x", "roi", "sc"], r"coordinate_transformation_mode tf_crop_and_resize"),
+                             ["x", "", "sc"], r"tf_crop_and_resize without a roi of 2 values per axis"),
                             ({"mode": "linear"}, ["xq", "", "sc"], r"mode linear on u8 data; only float32")]:
         m = _model([helper.make_node("Resize", ins, ["y"], name="r", **attrs)],
                    [helper.make_tensor_value_info("x", F, [1, 2, 4, 4]),

@@ -13,7 +13,9 @@ arithmetic::
 
 Nearest is a gather (any dtype, exact); linear (2 taps) and cubic (4 taps) are float32 only:
 quantized models run them between DequantizeLinear and QuantizeLinear (qc's insert-qdq does not
-quantize Resize). Not supported: antialias, tf_crop_and_resize, non-constant scales.
+quantize Resize). tf_crop_and_resize writes ``extrapolation_value`` where an axis maps outside
+the input (nearest: an offset of -1 in that axis's table; linear / cubic: a mask per axis).
+Not supported: antialias, non-constant scales or roi.
 """
 from __future__ import annotations
 
@@ -24,18 +26,24 @@ import numpy as np
 from qc.ir import DType, Op
 
 from .lower_ops import copy_nd, str_attr
-from .lowering import Ints, Lowering, Ptr, contiguous, handler, unsupported
+from .lowering import Ints, Lowering, Ptr, Raw, contiguous, handler, unsupported
 
 F32 = np.float32
 _COORD = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
-          "tf_half_pixel_for_nn")
+          "tf_half_pixel_for_nn", "tf_crop_and_resize")
 _NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def original_coords(mode: str, out_len: int, in_len: int, scale: np.float32) -> np.ndarray:
+def original_coords(mode: str, out_len: int, in_len: int, scale: np.float32,
+                    roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """The input coordinate of every output index along one axis (onnxruntime's float32 formulas)."""
     x = np.arange(out_len, dtype=F32)
     s = F32(scale)
+    if mode == "tf_crop_and_resize":
+        start, end = F32(roi[0]), F32(roi[1])
+        if out_len == 1:
+            return np.full(out_len, F32(0.5) * (start + end) * F32(in_len - 1), F32)
+        return start * F32(in_len - 1) + (x * (end - start) * F32(in_len - 1)) / F32(out_len - 1)
     if mode == "half_pixel":
         return (x + F32(0.5)) / s - F32(0.5)
     if mode == "half_pixel_symmetric":
@@ -131,7 +139,16 @@ def _params(lw: Lowering, op: Op, xshape: tuple[int, ...], yshape: tuple[int, ..
         ratios = [F32(n) / F32(xshape[a]) for a, n in zip(axes, sizes)]
         for a, r in zip(axes, ratios):
             scales[a] = r if policy == "stretch" else (min(ratios) if policy == "not_larger" else max(ratios))
-    return {"mode": mode, "coord": coord, "nearest": nearest, "scales": scales,
+    rois = [(0.0, 1.0)] * rank
+    if coord == "tf_crop_and_resize":
+        roi = lw.const(op, 1, "roi")
+        if roi is None or roi.size != 2 * len(axes):
+            raise unsupported(op, "tf_crop_and_resize without a roi of 2 values per axis")
+        r = roi.astype(F32).reshape(2, len(axes))
+        for k, a in enumerate(axes):
+            rois[a] = (float(r[0, k]), float(r[1, k]))
+    return {"mode": mode, "coord": coord, "nearest": nearest, "scales": scales, "rois": rois,
+            "extrapolation": float(op.attr("extrapolation_value", 0.0)),
             "a": float(op.attr("cubic_coeff_a", -0.75)), "exclude": bool(op.attr("exclude_outside", 0))}
 
 
@@ -146,20 +163,35 @@ def _resize(lw: Lowering, op: Op) -> None:
         raise unsupported(op, f"mode {p['mode']} on {dt} data; only float32 (nearest: any dtype)")
     if y.size == 0:
         return
-    if all(s == 1 for s in p["scales"]) and y.shape == xshape:
+    if all(s == 1 for s in p["scales"]) and y.shape == xshape and p["coord"] != "tf_crop_and_resize":
         lw.call(op, "qc_copy", [y.nbytes, Ptr(lw.buf(x)), Ptr(y, const=False)], "resize (copy)")
         return
-    origs = [original_coords(p["coord"], n_out, n_in, s) for n_out, n_in, s in zip(y.shape, xshape, p["scales"])]
+    origs = [original_coords(p["coord"], n_out, n_in, s, r)
+             for n_out, n_in, s, r in zip(y.shape, xshape, p["scales"], p["rois"])]
     if p["mode"] == "nearest":
         _nearest(lw, op, x, y, xshape, origs, p)
     else:
         _separable(lw, op, x, y, xshape, origs, p)
 
 
+def _outside(origs, xshape, p) -> list[np.ndarray]:
+    """Per axis, the output indices that tf_crop_and_resize maps outside the input (extrapolated)."""
+    if p["coord"] != "tf_crop_and_resize":
+        return [np.zeros(len(o), bool) for o in origs]
+    return [(o < 0) | (o > F32(n - 1)) for o, n in zip(origs, xshape)]
+
+
 def _nearest(lw: Lowering, op: Op, x, y, xshape, origs, p) -> None:
     st = contiguous(xshape)
     tables = [nearest_index(o, p["nearest"], n_in, bool(s < 1)) for o, n_in, s in zip(origs, xshape, p["scales"])]
     es = np.dtype(y.dtype.numpy).itemsize
+    outside = _outside(origs, xshape, p)
+    if any(m.any() for m in outside):
+        idx = tuple(int(v) for t, s, m in zip(tables, st, outside) for v in np.where(m, -1, t * s).tolist())
+        fill = lw.weight(np.array(p["extrapolation"], dtype=y.dtype.numpy))
+        lw.call(op, "qc_resize_nearest", [len(xshape), Ints(y.shape), Ints(idx), es, Ptr(lw.buf(x)), Ptr(fill),
+                                          Ptr(y, const=False)], "resize nearest")
+        return
     if all(len(t) == n and np.all(t == np.arange(n)) for t, n in zip(tables, xshape)):
         lw.call(op, "qc_copy", [y.nbytes, Ptr(lw.buf(x)), Ptr(y, const=False)], "resize (copy)")
         return
@@ -170,7 +202,7 @@ def _nearest(lw: Lowering, op: Op, x, y, xshape, origs, p) -> None:
         copy_nd(lw, op, lw.buf(x), offset, y.shape, [k * s for k, s in zip(steps, st)], y, kernel="resize nearest")
         return
     idx = tuple(int(v) for t, s in zip(tables, st) for v in (t * s).tolist())
-    lw.call(op, "qc_resize_nearest", [len(xshape), Ints(y.shape), Ints(idx), es, Ptr(lw.buf(x)),
+    lw.call(op, "qc_resize_nearest", [len(xshape), Ints(y.shape), Ints(idx), es, Ptr(lw.buf(x)), Raw("NULL"),
                                       Ptr(y, const=False)], "resize nearest")
 
 
@@ -186,22 +218,24 @@ def _identity(idx: np.ndarray, w: np.ndarray, n_in: int) -> bool:
 def _separable(lw: Lowering, op: Op, x, y, xshape, origs, p) -> None:
     """One qc_resize_axis_f32 per axis that changes, shrinking axes first (smaller intermediates)."""
     steps = []
-    for d, (o, n_in) in enumerate(zip(origs, xshape)):
+    for d, (o, n_in, out) in enumerate(zip(origs, xshape, _outside(origs, xshape, p))):
         idx, w = linear_taps(o, n_in) if p["mode"] == "linear" else cubic_taps(o, n_in, p["a"], p["exclude"])
-        if not _identity(idx, w, n_in):
-            steps.append((len(o) / n_in, d, idx, w))
+        if out.any() or not _identity(idx, w, n_in):
+            steps.append((len(o) / n_in, d, idx, w, out))
     steps.sort(key=lambda s: (s[0], s[1]))
     if not steps:
         lw.call(op, "qc_copy", [y.nbytes, Ptr(lw.buf(x)), Ptr(y, const=False)], "resize (copy)")
         return
     shape = list(xshape)
     src = lw.buf(x)
-    for k, (_, d, idx, w) in enumerate(steps):
+    for k, (_, d, idx, w, out) in enumerate(steps):
         n_in, n_out = shape[d], len(idx)
         shape[d] = n_out
         dst = y if k == len(steps) - 1 else lw.scratch(DType.f32, math.prod(shape))
         lw.call(op, "qc_resize_axis_f32", [math.prod(shape[:d]), n_in, n_out, math.prod(shape[d + 1:]), idx.shape[1],
                                            Ints(tuple(int(v) for v in idx.reshape(-1))),
-                                           Ptr(lw.weight(np.ascontiguousarray(w, F32))), Ptr(src),
-                                           Ptr(dst, const=False)], f"resize {p['mode']} f32")
+                                           Ptr(lw.weight(np.ascontiguousarray(w, F32))),
+                                           Ints(tuple(out.astype(int).tolist())) if out.any() else Raw("NULL"),
+                                           p["extrapolation"], Ptr(src), Ptr(dst, const=False)],
+                f"resize {p['mode']} f32")
         src = dst

@@ -5,7 +5,8 @@
 
 #include <string.h>
 
-void qc_resize_nearest(int rank, const int *shape, const int *idx, size_t es, const void *x, void *y)
+void qc_resize_nearest(int rank, const int *shape, const int *idx, size_t es, const void *x,
+                       const void *fill, void *y)
 {
     const int *tab[QC_MAX_RANK];
     int i[QC_MAX_RANK];
@@ -21,8 +22,12 @@ void qc_resize_nearest(int rank, const int *shape, const int *idx, size_t es, co
     }
     for (k = 0; k < n; ++k) {
         size_t off = 0;
-        for (d = 0; d < rank; ++d) off += (size_t)tab[d][i[d]];
-        memcpy(dst + k * es, src + off * es, es);
+        int outside = 0;
+        for (d = 0; d < rank; ++d) {
+            if (tab[d][i[d]] < 0) outside = 1;
+            else off += (size_t)tab[d][i[d]];
+        }
+        memcpy(dst + k * es, outside ? (const unsigned char *)fill : src + off * es, es);
         for (d = rank - 1; d >= 0; --d) {
             if (++i[d] < shape[d]) break;
             i[d] = 0;
@@ -31,7 +36,7 @@ void qc_resize_nearest(int rank, const int *shape, const int *idx, size_t es, co
 }
 
 void qc_resize_axis_f32(int outer, int in_len, int out_len, int inner, int taps, const int *idx,
-                        const float *w, const float *x, float *y)
+                        const float *w, const int *outside, float fill, const float *x, float *y)
 {
     int o, j, t, i;
     for (o = 0; o < outer; ++o) {
@@ -40,6 +45,10 @@ void qc_resize_axis_f32(int outer, int in_len, int out_len, int inner, int taps,
             float *yr = y + ((size_t)o * (size_t)out_len + (size_t)j) * (size_t)inner;
             const int *ij = idx + (size_t)j * (size_t)taps;
             const float *wj = w + (size_t)j * (size_t)taps;
+            if (outside != NULL && outside[j]) {
+                for (i = 0; i < inner; ++i) yr[i] = fill;
+                continue;
+            }
             for (i = 0; i < inner; ++i) yr[i] = 0.0f;
             for (t = 0; t < taps; ++t) {
                 const float *xr = xo + (size_t)ij[t] * (size_t)inner;
