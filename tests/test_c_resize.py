@@ -247,6 +247,29 @@ def test_exported_neck_through_qc_compile(tmp_path):
     _compare(m, got, inputs)
 
 
+def test_exported_neck_w8a8_under_qemu_cortex_a76(tmp_path):
+    """The neck quantized by qc (w8a8 for cortex-a76): the Conv becomes an int8 unit (qc_gemm_s8
+    dotprod), Resize and ConvTranspose stay float32 between its dequantized output and the
+    rest (qc's schemes quantize neither); under qemu the C matches onnxruntime on model.onnx."""
+    import qc
+    from qc.backends.c.runner import load_report
+
+    toolchain.require_tools("aarch64")
+    exported_neck(tmp_path / "neck.onnx")
+    shapes = {"x": (1, 3, 6, 8), "skip": (1, 4, 9, 11), "skip4": (1, 4, 12, 16)}
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "calib.npz", **{k: rng.randn(8, *s).astype(np.float32) for k, s in shapes.items()})
+    qc.compile(str(tmp_path / "neck.onnx"), target="cortex-a76", quant="w8a8", calibration=str(tmp_path / "calib.npz"),
+               shapes=shapes).write(str(tmp_path / "c"), harness=True)
+    report = load_report(tmp_path / "c")
+    kernels = report["kernels"]
+    assert kernels["gemm s8 (dotprod)"] == 1 and kernels["resize nearest"] == 1
+    assert kernels["resize linear f32"] == 2 and kernels["convtranspose2d f32"] == 1
+    inputs = {k: rng.randn(*s).astype(np.float32) for k, s in shapes.items()}
+    got = run_model(build_model(report, "aarch64", "cortex-a76"), report, inputs, "aarch64", "cortex-a76")
+    _compare(onnx.load(str(tmp_path / "c" / "model.onnx")), got, inputs)
+
+
 # -- ConvTranspose ------------------------------------------------------------------------------------------
 # (output name, input, weight shape [C, OC/group, k...], attributes, bias)
 CONVT_CASES = [
