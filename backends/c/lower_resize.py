@@ -6,10 +6,10 @@ depend on that axis alone. The tables are computed here, in float32 with onnxrun
 arithmetic::
 
     y = Resize(x f32[1, 3, 4, 4], scales=[1, 1, 2, 2], mode=nearest)
-        -> qc_resize_nearest(4, {1, 3, 8, 8}, {offset tables of the 4 axes}, 4, x, y)
+        -> qc_resize_nearest(4, {1, 3, 8, 8}, {offset tables of the 4 axes}, 4, x, NULL, y)
     y = Resize(x f32[1, 3, 4, 4], scales=[1, 1, 2, 2], mode=linear)
-        -> qc_resize_axis_f32(12, 4, 8, 4, 2, ..., x, t)    (H: 2 taps per output row)
-           qc_resize_axis_f32(24, 4, 8, 1, 2, ..., t, y)    (W)
+        -> qc_resize_axis_f32(3, 4, 8, 4, 2, {taps}, {weights}, NULL, 0.0f, x, t)    (H: 2 taps per row)
+           qc_resize_axis_f32(24, 4, 8, 1, 2, {taps}, {weights}, NULL, 0.0f, t, y)   (W)
 
 Nearest is a gather (any dtype, exact); linear (2 taps) and cubic (4 taps) are float32 only:
 quantized models run them between DequantizeLinear and QuantizeLinear (qc's insert-qdq does not
