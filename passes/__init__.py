@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     fold_constants,
     fold_qdq,
     fold_shapes,
+    inline_if,
     insert_qdq,
     legalize,
     lower_qop,

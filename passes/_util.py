@@ -191,6 +191,50 @@ def can_hold_consts(module: Module, g: Graph, fn: Function | None) -> bool:
 
 
 
+def lift_constant_weights(module: Module, op_types: set[str], position: int = 1) -> int:
+    """Weights stored as Constant ops (torch.onnx exports them so), read at operand ``position``
+    of an op of ``op_types`` anywhere in the main graph or its subgraphs, become consts of the
+    Constant op's graph, so that the weight passes see them as the weights they are::
+
+        %w = onnx.Constant() {value = f32[K, N] ...}   ->  const @w : f32[K, N] = ...
+        %y = onnx.MatMul(%x, %w)                            %y = onnx.MatMul(%x, @w)
+
+    Not where a graph cannot hold consts (see :func:`can_hold_consts`). Returns how many."""
+    lifted = 0
+    for op in list(module.graph.walk()):
+        if op.op_type not in op_types or not is_default_domain(op) or len(op.operands) <= position:
+            continue
+        w = op.operands[position]
+        c = w.producer if w is not None else None
+        if c is None or c.op_type != "Constant" or not is_default_domain(c) or c.graph is None \
+                or len(c.attrs) != 1 or not can_hold_consts(module, c.graph, None):
+            continue
+        a = c.attrs.get("value")
+        if a is None or a.ref is not None or a.kind != "tensor" or not isinstance(a.value, Tensor) \
+                or a.value.is_elided or a.value.dtype.name != "f32" or is_any_output(w):
+            continue  # a graph output keeps its producer: a const could not keep the output's name
+        g = c.graph
+        const = g.add_const(w.name, a.value)
+        if isinstance(w.type, TensorType) and w.type.quant is not None:
+            const.type = w.type
+        w.replace_all_uses_with(const)
+        g.remove(c)
+        lifted += 1
+    return lifted
+
+
+def parent_ops(module: Module) -> dict[int, Op]:
+    """id(subgraph) -> the op holding it, for every subgraph of the main graph."""
+    return {id(sub): op for op in module.graph.walk() for sub in op.subgraphs()}
+
+
+def ancestor_in(op: Op, graph: Graph, parents: dict[int, Op]) -> Op | None:
+    """``op`` itself if it is in ``graph``, else the op of ``graph`` whose subgraph holds it."""
+    while op is not None and op.graph is not graph:
+        op = parents.get(id(op.graph))
+    return op
+
+
 def compile_regex(pass_name: str, option: str, pattern: str) -> re.Pattern[str] | None:
     """An option's regular expression, or None when empty; a bad one is the user's error."""
     if not pattern:

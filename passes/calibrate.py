@@ -54,7 +54,7 @@ class Calibrate(Pass):
                                                            min, max, histogram, per-feature |x| max/sum,
                                                            Hessian X^T X, row sample)
 
-    Observed (main graph): the float, non-constant operands of the ops named in ``ops`` --
+    Observed (main graph, If branches, Loop bodies): the float, non-constant operands of the ops named in ``ops`` --
     MatMul A (features: last axis) and B (axis -2), Gemm A and B (transA/transB honoured),
     Conv X (channels: axis 1) -- and, with ``outputs=true``, their results. Per-feature
     statistics (``channels``) are kept for operands multiplying a constant weight and for Conv
@@ -65,6 +65,18 @@ class Calibrate(Pass):
     input is observed from the feeds; every other value becomes an extra output of an ONNX
     export of the module run by onnxruntime, one sample (or ``batch-size`` samples when the
     batch dimension is symbolic) at a time, so memory holds one batch's activations.
+    A value inside an If branch or a Loop body (nested ones too) cannot be a graph output, so
+    the session's copy of the model threads it out (``qc.onnx.expose``; the IR is not changed)::
+
+        %y = If(%c) then {%h = ...; %z = MatMul(%h, @w)}   ->  %y, %h.qc_observed = If(%c)
+                                                                 then {... -> Identity(%h)}
+                                                                 else {... -> Constant(f32[0])}
+
+    the branch not taken gives an empty tensor (nothing is added to the statistics), a Loop
+    gives every iteration's value as a scan output (folded in as more rows of axis 0). Chosen
+    over evaluating bodies one by one because it is one onnxruntime run per sample with the
+    model's own control flow, whatever the trip count or branch taken. Scan and function bodies
+    are not observed. Constant ops' results count as constants (weights stored as Constant nodes).
     ``hessian`` (K x K float64 per tensor) and ``rows`` (at most that many rows kept for AWQ)
     apply to operands that multiply a constant weight (MatMul A, Gemm A), not to Conv.
 
@@ -168,7 +180,7 @@ class Calibrate(Pass):
                 return      # already quantized (a QAT model's pair): its scale is kept, nothing to calibrate
             out[v.name] = Observed(v, axis, feeds_weight, per_feature, is_result)
 
-        for op in module.graph:
+        for op in calibrated_ops(module):
             if op.op_type not in types or not is_default_domain(op):
                 continue
             if (not self.activation_pairs and op.op_type == "MatMul"
@@ -177,7 +189,7 @@ class Calibrate(Pass):
             for v, axis, feeds_weight, per_feature in _operand_roles(op, constant):
                 add(v, axis, feeds_weight, per_feature)
         if self.outputs:
-            for op in module.graph:
+            for op in calibrated_ops(module):
                 if op.op_type in types and is_default_domain(op):
                     for r in op.results:
                         add(r, -1, False, False, True)
@@ -207,7 +219,11 @@ class Calibrate(Pass):
                  ctx: PassContext) -> dict[str, TensorStats]:
         inputs = {v.name for v in module.graph.inputs}
         from_feed = [n for n in observed if n in inputs]
-        fetched = [n for n in observed if n not in inputs]
+        fetched = _fetch_plan(module, [observed[n].value for n in observed if n not in inputs])
+        inner = [f for f in fetched if f.output != f.name]
+        if inner:
+            ctx.remark(None, f"{len(inner)} of the observed tensors are inside If/Loop bodies (threaded out as "
+                             "extra outputs)")
         stats = {name: self._stats_for(o) for name, o in observed.items()}
         batch = self.batch_size
         if batch > 1 and not _batch_dim_is_symbolic(module):
@@ -220,19 +236,20 @@ class Calibrate(Pass):
         if jobs > 1 and len(data) > 1:
             return self._collect_in_workers(module, observed, fetched, from_feed, stats, data, batch, jobs, ctx)
         skipped: set[str] = set()
-        session = _session(module, [observed[n].value for n in fetched])
+        session = _session(module, [observed[f.name].value for f in fetched if f.output == f.name],
+                           {f.name: f.elem_type for f in fetched if f.output != f.name})
         bar = _progress(len(data), ctx)
         try:
             for feed, indices in _batches(data.feeds(module), batch):
                 try:
-                    results = session.run(fetched, feed) if fetched else []
+                    results = session.run([f.output for f in fetched], feed) if fetched else []
                 except Exception as e:  # onnxruntime raises its own exception types
                     detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise QCError(f"onnxruntime failed on calibration sample {indices[0]}: {detail}",
                                   where=data.where(indices[0]),
                                   hint="check that the sample is a valid input of the model") from None
-                for name, array in zip(fetched, results):
-                    self._update(stats, name, array, skipped)
+                for f, array in zip(fetched, results):
+                    self._update(stats, f.name, f.unstack(array), skipped)
                 for name in from_feed:
                     self._update(stats, name, feed[name], skipped)
                 del results
@@ -245,7 +262,7 @@ class Calibrate(Pass):
             ctx.remark(None, f"'{name}' is not a float tensor; not observed")
         return {name: s for name, s in stats.items() if name not in skipped}
 
-    def _collect_in_workers(self, module: Module, observed: dict[str, Observed], fetched: list[str],
+    def _collect_in_workers(self, module: Module, observed: dict[str, Observed], fetched: list[Fetch],
                             from_feed: list[str], stats: dict[str, TensorStats], data: CalibrationData,
                             batch: int, jobs: int, ctx: PassContext) -> dict[str, TensorStats]:
         """The samples split into ``jobs`` contiguous shares, each run by a worker process on the
@@ -257,13 +274,16 @@ class Calibrate(Pass):
 
         import onnx
 
+        from qc.onnx.expose import expose_subgraph_values
         from qc.onnx.writer import export_onnx, value_info
 
         tmp = tempfile.mkdtemp(prefix="qc-calibrate-")
         try:
             proto = export_onnx(module)
             have = {o.name for o in proto.graph.output}
-            proto.graph.output.extend(value_info(observed[n].value) for n in fetched if n not in have)
+            proto.graph.output.extend(value_info(observed[f.name].value) for f in fetched
+                                      if f.output == f.name and f.name not in have)
+            expose_subgraph_values(proto, {f.name: f.elem_type for f in fetched if f.output != f.name})
             path = os.path.join(tmp, "model.onnx")
             onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
             del proto
@@ -284,7 +304,7 @@ class Calibrate(Pass):
             ctx.remark(None, f"'{name}' is not a float tensor; not observed")
         return {name: s for name, s in merged.items() if name not in skipped}
 
-    def _collect_on_executor(self, module: Module, observed: dict[str, Observed], fetched: list[str],
+    def _collect_on_executor(self, module: Module, observed: dict[str, Observed], fetched: list[Fetch],
                              from_feed: list[str], stats: dict[str, TensorStats], data: CalibrationData,
                              batch: int, ctx: PassContext) -> dict[str, TensorStats]:
         """The samples in contiguous shares, one task each on ``ctx.executor`` (a Ray cluster): the
@@ -299,7 +319,9 @@ class Calibrate(Pass):
         n = max(1, min(len(feeds), executor.workers))
         cut = [round(i * len(feeds) / n) for i in range(n + 1)]
         spans = [(a, b) for a, b in zip(cut, cut[1:]) if b > a]
-        shared = (portable_model(module, extra_outputs=_typed([observed[k].value for k in fetched])),
+        shared = (portable_model(module, extra_outputs=_typed([observed[f.name].value for f in fetched
+                                                               if f.output == f.name]),
+                                 subgraph_outputs={f.name: f.elem_type for f in fetched if f.output != f.name}),
                   fetched, from_feed, stats, batch)
 
         def describe(i: int) -> str:
@@ -336,6 +358,8 @@ class Calibrate(Pass):
         if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
             skipped.add(name)
             return
+        if array.size == 0:
+            return  # an If branch that did not run, or a Loop that ran no iteration
         stats[name].update(array)
 
 
@@ -349,19 +373,19 @@ def _collect_share(job) -> tuple[dict[str, TensorStats], set[str]]:
     path, fetched, from_feed, stats, feeds, batch = job
     module = import_model(onnx.load(path))  # the same session setup as one process, so the same floats
     outputs = {v.name: v for v in module.graph.outputs}
-    session = _session(module, [outputs[n] for n in fetched])
+    session = _session(module, [outputs[f.output] for f in fetched])
     return stats, _observe(session, fetched, from_feed, stats, feeds, batch)
 
 
-def _observe(session, fetched: list[str], from_feed: list[str], stats: dict[str, TensorStats],
+def _observe(session, fetched: list[Fetch], from_feed: list[str], stats: dict[str, TensorStats],
              feeds: list[dict[str, np.ndarray]], batch: int) -> set[str]:
     """Run the samples through ``session`` and fold the observed values (``fetched`` outputs and
     ``from_feed`` inputs) into ``stats``; returns the names that turned out not to be float."""
     skipped: set[str] = set()
     for feed, _ in _batches(feeds, batch):
-        results = session.run(fetched, feed) if fetched else []
-        for name, array in zip(fetched, results):
-            Calibrate._update(stats, name, array, skipped)
+        results = session.run([f.output for f in fetched], feed) if fetched else []
+        for f, array in zip(fetched, results):
+            Calibrate._update(stats, f.name, f.unstack(array), skipped)
         for name in from_feed:  # a copy: arrays from Ray's object store are read-only
             Calibrate._update(stats, name, np.array(feed[name]), skipped)
     return skipped
@@ -407,7 +431,7 @@ def _already_quantized(module: Module, types: frozenset[str]) -> list[str]:
     """Names of compute-op activation operands that come out of a DequantizeLinear (directly or
     through shape-only ops): calibrate leaves them out, insert-qdq keeps their parameters."""
     names: list[str] = []
-    for op in module.graph:
+    for op in calibrated_ops(module):
         if op.op_type in types and is_default_domain(op):
             for v in op.operands[:2]:
                 if v is not None and v.name not in names and learned_dequantize(v) is not None:
@@ -440,11 +464,12 @@ def _operand_roles(op: Op, constant: set[int]) -> Iterator[tuple[Value | None, i
 
 
 def _constant_values(module: Module) -> set[int]:
-    """ids of values that are constants or computed from constants only (in the main graph)."""
+    """ids of values that are constants (of any graph) or computed from constants only, Constant
+    ops' results included (weights stored as Constant nodes)."""
     from ._util import constant_consts
 
     constant = set(constant_consts(module))
-    for op in module.graph:
+    for op in module.graph.walk():
         if op.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                           "Multinomial", "Bernoulli") or any(True for _ in op.subgraphs()):
             continue
@@ -491,12 +516,72 @@ def _batches(feeds: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[tupl
         yield flush()
 
 
-def _session(module: Module, values: list[Value]):
-    """An onnxruntime session of the module with ``values`` as extra outputs, reading the IR's
-    weights in place (no proto or serialized copy of them; no limit at 2 GB)."""
+def _session(module: Module, values: list[Value], inner: dict[str, int] | None = None):
+    """An onnxruntime session of the module with ``values`` as extra outputs (and the ``inner``
+    values of If/Loop bodies threaded out), reading the IR's weights in place (no proto or
+    serialized copy of them; no limit at 2 GB)."""
     from qc.onnx.evaluator import module_session
 
-    return module_session(module, extra_outputs=_typed(values), optimize=True, prepack=False)
+    return module_session(module, extra_outputs=_typed(values), optimize=True, prepack=False,
+                          subgraph_outputs=inner)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """How an observed value is fetched: session output ``output`` (the value's own name in the
+    main graph, else its threaded-out name), ``levels`` leading axes stacked by enclosing Loops."""
+
+    name: str
+    output: str
+    levels: int = 0
+    elem_type: int = 1
+
+    def unstack(self, array: np.ndarray) -> np.ndarray:
+        """The per-iteration values of a Loop body as more rows of axis 0 (the batch axis)."""
+        array = np.asarray(array)
+        if not self.levels or array.ndim <= self.levels:
+            return array.reshape(-1) if self.levels else array
+        return array.reshape((-1,) + array.shape[self.levels + 1:])
+
+
+def calibrated_ops(module: Module) -> Iterator[Op]:
+    """The ops of the main graph and of the If / Loop bodies in it (nested ones too): the ones
+    whose values a session can return (Scan bodies and functions are not threaded out)."""
+    def rec(g) -> Iterator[Op]:
+        for op in g:
+            yield op
+            if is_default_domain(op) and op.op_type in ("If", "Loop"):
+                for sub in op.subgraphs():
+                    yield from rec(sub)
+
+    yield from rec(module.graph)
+
+
+def _fetch_plan(module: Module, values: list[Value]) -> list[Fetch]:
+    """A Fetch per value: main-graph values by name, body values through qc.onnx.expose."""
+    from qc.onnx.expose import SUFFIX
+
+    loops: dict[int, int] = {id(module.graph): 0}   # id(graph) -> Loops around it
+
+    def rec(g, depth: int) -> None:
+        for op in g:
+            for sub in op.subgraphs():
+                loops[id(sub)] = depth + (op.op_type == "Loop")
+                rec(sub, loops[id(sub)])
+
+    rec(module.graph, 0)
+    home: dict[int, int] = {}   # id(value) -> id(graph defining it)
+    for g in [module.graph] + [sub for op in module.graph.walk() for sub in op.subgraphs()]:
+        home.update((id(v), id(g)) for v in g.inputs)
+    out = []
+    for v in values:
+        g = id(v.producer.graph) if v.producer is not None and v.producer.graph is not None else home.get(id(v))
+        elem = int(v.type.dtype) if isinstance(v.type, TensorType) and v.type.dtype is not None else 1
+        if g is None or g == id(module.graph):
+            out.append(Fetch(v.name, v.name, 0, elem))
+        else:
+            out.append(Fetch(v.name, v.name + SUFFIX, loops.get(g, 0), elem))
+    return out
 
 
 def _typed(values: list[Value]) -> list[Value]:

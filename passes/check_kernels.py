@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
+from qc.ir.types import TensorType, static_size
 from qc.pm import Pass, PassContext, register_pass
 from qc.quant.units import FLOATS, Unit, dtype_name, macs, node_unit
 from qc.targets import load_target
@@ -151,11 +150,18 @@ def _other_device(target, op: Op, device_of: dict[int, str]) -> str:
 
 
 def nbytes(v: Value) -> int | None:
-    """Bytes of a tensor (symbolic dimensions count as 1), None if its type is unknown."""
+    """Bytes of a tensor (dimensions that are not sizes, ``N`` ``?`` ``-1``, count as 1), None if
+    its type is unknown."""
     shape, dt = getattr(v.type, "shape", None), getattr(v.type, "dtype", None)
     if shape is None or dt is None or not dt.bits:
         return None
-    return (int(np.prod([d if isinstance(d, int) else 1 for d in shape])) * dt.bits + 7) // 8
+    size = static_size(shape, unknown=1)
+    assert size is not None
+    return (size * dt.bits + 7) // 8
+
+
+def _sized(v: Value) -> bool:
+    return isinstance(v.type, TensorType) and v.type.is_static
 
 
 def _traffic(target, g: Graph, device_of_op: dict[int, str]) -> dict:
@@ -171,7 +177,8 @@ def _traffic(target, g: Graph, device_of_op: dict[int, str]) -> dict:
         if src is None or src == dev or (id(v), dev) in seen:
             return
         seen.add((id(v), dev))
-        copies.append({"value": v.name, "from": src, "to": dev, "bytes": nbytes(v), "consumer": consumer})
+        copies.append({"value": v.name, "from": src, "to": dev, "bytes": nbytes(v), "static": _sized(v),
+                       "consumer": consumer})
 
     for op in g.ops:
         if op.graph is not g:
@@ -220,8 +227,10 @@ class CheckKernels(Pass):
     estimate), ``fallbacks`` (the units that leave the preferred device or have no kernel
     there, e.g. ``MatMul float32 x int4 (block 32): no kernel on gpu -> cpu``), ``traffic``
     (copies between devices with bytes, device transitions along the schedule) and ``cost``
-    (MACs x relative kernel cost, plus copied bytes x the target's ``copy_cost``; symbolic
-    dimensions count as 1). Ties go to the preferred device.
+    (MACs x relative kernel cost, plus copied bytes x the target's ``copy_cost``; dimensions
+    that are not sizes, ``N`` ``?`` ``-1``, count as 1, and ``unknown_copies`` says how many
+    copies that concerns: ``qc check --shape`` fixes the inputs' sizes first). Ties go to the
+    preferred device.
     """
 
     target: str = ""
@@ -273,7 +282,8 @@ class CheckKernels(Pass):
             units=placement, fallbacks=[p for p in placement if p["fallback"]], traffic=traffic,
             cost={"compute": compute, "copy_bytes": copied, "copy": copied * tgt.copy_cost,
                   "total": compute + copied * tgt.copy_cost,
-                  "unknown_macs": sum(1 for p in placement if p["macs"] is None)},
+                  "unknown_macs": sum(1 for p in placement if p["macs"] is None),
+                  "unknown_copies": sum(1 for c in traffic["copies"] if not c["static"])},
             ops_per_device={d: sum(1 for op in g.ops if device_of_op.get(id(op)) == d) for d in tgt.devices})
         self._apply_fallback_policy(ctx.placement.fallbacks, tgt, ctx)
         return changed

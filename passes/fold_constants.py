@@ -16,7 +16,7 @@ from qc.ir.types import TensorType
 from qc.onnx.evaluator import ort_session
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import NONDETERMINISTIC, can_hold_consts, constant_consts, erase_op, graphs, opsets_for
+from ._util import NONDETERMINISTIC, can_hold_consts, constant_consts, erase_op, graphs, opsets_for, payload_key
 
 _DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _NODE_NAME = re.compile(r"__qcfold(\d+)(?![\d_])")  # our node names; result names are __qcfold<i>_<j>
@@ -44,6 +44,12 @@ class FoldConstants(Pass):
         of IR version < 4 (where every initializer must be a graph input):
         %t = onnx.Add(%c1, %c2)   (%c1, %c2 from Constant ops)
             ->  %t = onnx.Constant() {value = ...}
+
+    Equal results folded in several subgraphs become one const of their common enclosing graph
+    (not one copy per branch)::
+
+        If then: %t1 = onnx.Transpose(@W)    else: %t2 = onnx.Transpose(@W)
+            ->  const @t1 (main graph), read by both branches
 
     Never folded: DequantizeLinear (a quantized weight stays quantized: folding it would store the
     weights dequantized, 2-8x larger, and lose the quantization for the backends), ops with
@@ -206,6 +212,7 @@ class FoldConstants(Pass):
             else:
                 kept.add(id(op))
         changed = False
+        made: dict[tuple, list[Value]] = {}  # (type, payload key) -> the consts made, one per graph
         for op, needed in reversed(plan):
             for r in needed:
                 data = values[id(r)]
@@ -215,9 +222,14 @@ class FoldConstants(Pass):
                     op.graph.insert_before(op, new_op)
                     new = new_op.add_result(Value(r.name, t))
                 else:
-                    new = op.graph.add_const(r.name or "folded", data, t)
+                    same = made.setdefault((t, payload_key(data)), [])
+                    new = next((v for v in same if op.graph.consts.get(v.name) is v), None)
+                    if new is None:
+                        new = op.graph.add_const(r.name or "folded", data, t)
+                        same.append(new)
                 r.replace_all_uses_with(new)
                 changed = True
+        _share_across_subgraphs(module, fn, [vs for vs in made.values() if len(vs) > 1])
         for op in reversed(ops):
             if op.graph is not None and id(op) in had_uses and id(op) not in kept \
                     and all(r is None or not r._uses for r in op.results):
@@ -239,6 +251,47 @@ class FoldConstants(Pass):
                 if any(isinstance(d, int) and d != s for d, s in zip(t.shape, data.shape)):
                     return False
         return True
+
+
+def _share_across_subgraphs(module: Module, fn, groups: list[list[Value]]) -> None:
+    """Equal folded consts of several graphs become one const of their innermost common
+    enclosing graph, which the subgraphs read from there::
+
+        If then: const @a_t = Transpose(@W)   else: const @b_t = Transpose(@W)
+            ->  const @a_t (main graph), read by both branches
+
+    Without this, a weight that each If branch (or each nested body) reorders, e.g. an LSTM's
+    gates sliced and concatenated in both branches, is stored once per branch."""
+    if not groups:
+        return
+    parent: dict[int, Graph] = {}
+    holder: dict[int, Graph] = {}
+    for g, _ in graphs(module):
+        for v in g.consts.values():
+            holder[id(v)] = g
+        for op in g:
+            for sub in op.subgraphs():
+                parent[id(sub)] = g
+
+    def chain(g: Graph) -> list[Graph]:
+        out = [g]
+        while id(out[-1]) in parent:
+            out.append(parent[id(out[-1])])
+        return out
+
+    for values in groups:
+        chains = [chain(holder[id(v)]) for v in values]
+        common = [g for g in chains[0] if all(any(g is h for h in c) for c in chains[1:])]
+        if not common or not can_hold_consts(module, common[0], fn):
+            continue
+        home, keep = common[0], values[0]
+        holder_of_keep = holder[id(keep)]
+        holder_of_keep.remove_const(keep)
+        shared = home.add_const(keep.name, keep.const, keep.type)
+        keep.replace_all_uses_with(shared)
+        for v in values[1:]:
+            holder[id(v)].remove_const(v)
+            v.replace_all_uses_with(shared)
 
 
 def _is_constant_op(op: Op) -> bool:

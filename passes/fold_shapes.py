@@ -14,13 +14,15 @@ from qc.ir.types import TensorType
 from qc.onnx.shapes import export_for_inference, merge_inferred
 from qc.pm import Pass, PassContext, register_pass
 
+from ._util import can_hold_consts, graphs
+
 
 @register_pass("fold-shapes")
 @dataclass(frozen=True)
 class FoldShapes(Pass):
     """fold-shapes: replace shape queries of static values by constants.
 
-    Rewrites (main graph, default domain)::
+    Rewrites (the main graph and its subgraphs (If / Loop bodies), default domain)::
 
         %s = onnx.Shape(%x : f32[1, 16, 384])               ->  const @s.folded = i64[3] [1, 16, 384]
         %s = onnx.Shape(%x : f32[1, 16, 384]) {start = 1}   ->  const @s.folded = i64[2] [16, 384]
@@ -51,7 +53,14 @@ class FoldShapes(Pass):
 
 
 def _fold_shape_ops(module: Module) -> bool:
-    g = module.graph
+    changed = False
+    for g, fn in list(graphs(module)):
+        if fn is None and can_hold_consts(module, g, fn):
+            changed |= _fold_in(g)
+    return changed
+
+
+def _fold_in(g) -> bool:
     changed = False
     for op in list(g):
         if op.domain not in ("", "ai.onnx") or not op.results or op.results[0] is None:

@@ -101,6 +101,10 @@ class InsertQDQ(Pass):
     biases, ops whose name matches ``exclude``, and with ``activation-pairs = false`` MatMuls
     of two activations (attention's QK^T and PV), and MatMuls with a float16 weight (the
     float16 part that ``split-outliers`` made).
+    Ops inside If branches and Loop bodies are quantized too, with the statistics ``calibrate``
+    observed there; the pair goes where the activation is defined, so a main-graph value read
+    in both branches of an If is quantized once, before the If. An op whose input has no
+    statistics (inside a Scan body) keeps it float, with a remark.
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """
@@ -133,10 +137,10 @@ class InsertQDQ(Pass):
                                "or use insert-qdq{dynamic=true}")
         method = self.method or getattr(calib, "method", "") or "minmax"
         self._check_opset(module, dtype)
-        graph = module.graph
+        homes = _Homes(module)
         pairs: dict[int, Value] = {}
         changed = False
-        for op in graph.ops:
+        for op in list(module.graph.walk()):
             if op.op_type not in op_types or op.domain not in ("", "ai.onnx"):
                 continue
             if exclude is not None and exclude.search(op.name or ""):
@@ -161,12 +165,12 @@ class InsertQDQ(Pass):
                 dq = pairs.get(id(x))
                 learned = learned_dequantize(x) if dq is None else None
                 if learned is not None:
-                    dq = _repeat_pair(graph, x, learned)
+                    dq = _repeat_pair(x.producer_op.graph, x, learned)
                     pairs[id(x)] = dq
                     ctx.remark(op, f"%{x.name} comes from the quantized %{learned.results[0].name} through "
                                    f"shape-only ops: requantized with its scale and zero point (kept, not calibrated)")
                 elif dq is None:
-                    dq = self._insert_pair(graph, x, dtype, calib, method, ctx, op)
+                    dq = self._insert_pair(homes.of(x), homes.consts_for(module, x), x, dtype, calib, method, ctx, op)
                     if dq is None:
                         continue
                     pairs[id(x)] = dq
@@ -197,8 +201,10 @@ class InsertQDQ(Pass):
             raise QCError(f"insert-qdq: {dtype} activations need opset {need}, the model has opset {opset}",
                           hint=f"recompile with --upgrade-opset {max(need, 13)}")
 
-    def _insert_pair(self, graph: Graph, x: Value, dtype: DType, calib, method: str,
+    def _insert_pair(self, graph: Graph, consts: Graph, x: Value, dtype: DType, calib, method: str,
                      ctx: PassContext, consumer: Op) -> Value | None:
+        """The pair on ``x`` in ``graph`` (where ``x`` is defined, so that every consumer sees it,
+        in the branches of an If too), its scale and zero point consts in ``consts``."""
         float_dtype = x.type.dtype
         shape = x.type.shape if isinstance(x.type, TensorType) else None
         if self.dynamic:
@@ -222,8 +228,8 @@ class InsertQDQ(Pass):
             lo, hi = choose_range(stats, method, qmin=qmin, qmax=qmax, symmetric=self.symmetric,
                                   percentile=self.percentile)
             s, z = scale_zero_point(lo, hi, qmin=qmin, qmax=qmax, symmetric=self.symmetric)
-            scale = graph.add_const(f"{x.name}.scale", Tensor.from_array(np.asarray(s, dtype=float_dtype.numpy)))
-            zp = graph.add_const(f"{x.name}.zp", Tensor.from_array(np.asarray(z, dtype=dtype.numpy), dtype))
+            scale = consts.add_const(f"{x.name}.scale", Tensor.from_array(np.asarray(s, dtype=float_dtype.numpy)))
+            zp = consts.add_const(f"{x.name}.zp", Tensor.from_array(np.asarray(z, dtype=dtype.numpy), dtype))
             q = Value(f"{x.name}.q", TensorType(dtype, shape, QuantParams(scale=float(s), zero_point=int(z))))
             quant = Op("QuantizeLinear", [x, scale, zp], results=[q], name=f"{x.name}.quantize")
             ctx.remark(consumer, f"%{x.name}: {dtype} scale {float(s):.6g} zp {int(z)} from {method} range "
@@ -241,6 +247,29 @@ class InsertQDQ(Pass):
                 graph.insert_before(first, quant)
         graph.insert_after(quant, dequant)
         return dq_value
+
+
+class _Homes:
+    """The graph defining each value (op results: their op's; inputs: the graph listing them)."""
+
+    def __init__(self, module: Module):
+        self.inputs: dict[int, Graph] = {}
+        self.main = module.graph
+        for g in [module.graph] + [sub for op in module.graph.walk() for sub in op.subgraphs()]:
+            self.inputs.update((id(v), g) for v in g.inputs)
+
+    def of(self, v: Value) -> Graph:
+        if v.producer is not None and v.producer.graph is not None:
+            return v.producer.graph
+        return self.inputs.get(id(v), self.main)
+
+    def consts_for(self, module: Module, v: Value) -> Graph:
+        """Where new consts for ``v``'s pair go: its graph, or the main graph where a subgraph
+        cannot hold initializers (IR version < 4)."""
+        from ._util import can_hold_consts
+
+        g = self.of(v)
+        return g if can_hold_consts(module, g, None) else self.main
 
 
 def _repeat_pair(graph: Graph, x: Value, learned: Op) -> Value:

@@ -15,7 +15,16 @@ from qc.pm import Pass, PassContext, register_pass
 from qc.quant import weight_algos as algos
 
 from ._scaling import NameTable, describe, divide_input, first_op
-from ._util import const_array, constant_consts, is_default_domain, opsets_for
+from ._util import (
+    ancestor_in,
+    const_array,
+    constant_consts,
+    graphs,
+    is_default_domain,
+    lift_constant_weights,
+    opsets_for,
+    parent_ops,
+)
 from .insert_qdq import learned_dequantize
 
 WEIGHT_DTYPES = ("i8", "u8", "i4", "u4")
@@ -74,7 +83,14 @@ class QuantizeWeights(Pass):
                                                     %y = onnx.Gemm(%a, %B.dq, %c) {transB = 1}
 
     A weight read by several ops gets one DequantizeLinear, placed before the first of them; the
-    float const is removed once nothing reads it any more.
+    float const is removed once nothing reads it any more. Ops inside If branches and Loop bodies
+    are quantized too: the DequantizeLinear goes into the graph holding the weight (a main-graph
+    weight read by both branches of an If: before the If, stored once). A weight stored as a
+    Constant op is made a const first::
+
+        %w = onnx.Constant() {value = f32[K, N] ...}   ->  const @w.q : i8[K, N] ...
+        %y = onnx.MatMul(%x, %w)                            %w.dq = onnx.DequantizeLinear(@w.q, ...)
+                                                            %y = onnx.MatMul(%x, %w.dq)
 
     Algorithms (``algo``; see qc.quant.weight_algos):
 
@@ -97,10 +113,11 @@ class QuantizeWeights(Pass):
                                                     %q = onnx.MatMul(%x.s, %Wq.dq)
 
       When ``alpha = 0`` (``s = 1``, plain rounding) wins the search, nothing is inserted.
+      Main-graph ops only: a weight read inside a subgraph is rounded to nearest (a remark says so).
     - ``awq+gptq``: AWQ's scaling, then GPTQ on ``diag(s) W`` with the Hessian of ``x / s``.
 
     Left alone (with a remark where useful): op types other than MatMul and Gemm (even when
-    listed in ``ops``), ops outside the main graph, ops whose name matches
+    listed in ``ops``), ops whose name matches
     ``exclude`` (an op without a name is matched by its first result's name), weights that are not
     float32 2-D consts or are overridable graph inputs or hold NaN / Inf, weights with fewer
     than ``min_size`` elements. A Gemm with ``transA = 1`` reads its activation transposed, so calibration
@@ -149,25 +166,34 @@ class QuantizeWeights(Pass):
         storage = self._storage_dtype()
         exclude = self._exclude_pattern()
         graph = module.graph
+        lifted = lift_constant_weights(module, {t.strip() for t in self.ops.split(",")} & {"MatMul", "Gemm", "Conv"})
         uses = self._collect_uses(module, graph, exclude, ctx)
         convs = self._collect_convs(module, graph, exclude, ctx)
         if not uses and not convs:
-            return False
+            return lifted > 0
         self._check_opset(module, storage)
+        homes = _WeightHomes(module)
         if convs:
-            names = NameTable(graph)
+            names = homes.names
             for op in convs:
-                self._quantize_conv(graph, op, storage, names, ctx)
+                self._quantize_conv(homes.graph_of(op.operands[1]), op, storage, names, homes, ctx)
         if not uses:
             return True
         calib = self._calibration(ctx)
         jobs = self._plan_jobs(uses)
-        names = NameTable(graph)
+        names = homes.names
         if "awq" in self.algo:
-            self._apply_awq(graph, jobs, calib, storage, constant_consts(module), names, ctx)
-        order = {id(op): i for i, op in enumerate(graph)}
+            main = [job for job in jobs if all(use.op.graph is graph for use in job.uses)
+                    and homes.graph_of(job.weight) is graph]
+            for job in jobs:
+                if not any(job is m for m in main):
+                    for use in job.uses:
+                        ctx.remark(use.op, f"inside a subgraph: awq scaling is not applied to @{job.weight.name}")
+            self._apply_awq(graph, main, calib, storage, constant_consts(module), names, ctx)
         for job in jobs:
-            self._quantize_job(graph, job, storage, calib, names, order, ctx)
+            home = homes.graph_of(job.weight)
+            order = {id(op): i for i, op in enumerate(home)}
+            self._quantize_job(home, job, storage, calib, names, order, homes, ctx)
         return True
 
     # -- options -------------------------------------------------------------------------------
@@ -243,7 +269,7 @@ class QuantizeWeights(Pass):
         op_types.discard("Conv")
         constants = constant_consts(module)
         uses: list[_Use] = []
-        for op in graph:
+        for op in graph.walk():
             if op.op_type not in op_types or not is_default_domain(op) or len(op.operands) < 2:
                 continue
             weight = op.operands[1]
@@ -279,7 +305,7 @@ class QuantizeWeights(Pass):
             return []
         constants = constant_consts(module)
         out = []
-        for op in graph:
+        for op in graph.walk():
             if op.op_type != "Conv" or not is_default_domain(op) or len(op.operands) < 2:
                 continue
             weight = op.operands[1]
@@ -298,7 +324,8 @@ class QuantizeWeights(Pass):
                 out.append(op)
         return out
 
-    def _quantize_conv(self, graph: Graph, op: Op, storage: DType, names: NameTable, ctx: PassContext) -> None:
+    def _quantize_conv(self, graph: Graph, op: Op, storage: DType, names: NameTable, homes: _WeightHomes,
+                       ctx: PassContext) -> None:
         """W [M, C/g, *k] -> DequantizeLinear(W.q, scale[M], zp[M]) {axis = 0} (per output channel)."""
         weight = op.operands[1]
         w = np.asarray(weight.const.numpy(), np.float32)
@@ -309,7 +336,7 @@ class QuantizeWeights(Pass):
         base = weight.name
         per_channel = self.granularity == "channel"
         dq_value = self._emit_dequantize(graph, base, storage, q, scale, zp, {"axis": 0} if per_channel else {},
-                                         names, op)
+                                         names, homes.anchor(op, graph))
         op.set_operand(1, dq_value)
         summary = self._summary(storage, "rtn")
         op.meta["qc.quant"] = summary
@@ -367,7 +394,7 @@ class QuantizeWeights(Pass):
 
     # -- quantizing one weight -----------------------------------------------------------------
     def _quantize_job(self, graph: Graph, job: _WeightJob, storage: DType, calib, names: NameTable,
-                      order: dict[int, int], ctx: PassContext) -> None:
+                      order: dict[int, int], homes: _WeightHomes, ctx: PassContext) -> None:
         w = _kn(job)
         k, n = w.shape
         target = w if job.awq_scale is None else job.awq_scale[:, None] * w
@@ -389,7 +416,7 @@ class QuantizeWeights(Pass):
         dq = _dequantize_kn(q, scale, zp, self.granularity, self.block_size)
         effective = dq if job.awq_scale is None else (np.float32(1.0) / job.awq_scale)[:, None] * dq
 
-        dq_value = self._emit(graph, job, storage, q, scale, zp, names, order)
+        dq_value = self._emit(graph, job, storage, q, scale, zp, names, order, homes)
         summary = self._summary(storage, algo)
         detail = self._error_detail(w, effective, hessian, bits, signed)
         for use in job.uses:
@@ -425,7 +452,7 @@ class QuantizeWeights(Pass):
         return total
 
     def _emit(self, graph: Graph, job: _WeightJob, storage: DType, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
-              names: NameTable, order: dict[int, int]) -> Value:
+              names: NameTable, order: dict[int, int], homes: _WeightHomes) -> Value:
         """Consts W.q / W.scale / W.zp (stored in W's own orientation) and the DequantizeLinear."""
         base = job.weight.name
         if job.transposed:
@@ -436,7 +463,7 @@ class QuantizeWeights(Pass):
             attrs = {"axis": out_axis}
         elif self.granularity == "block":
             attrs = {"axis": in_axis, "block_size": self.block_size}
-        anchor = first_op(graph, [use.op for use in job.uses], order)
+        anchor = first_op(graph, [homes.anchor(use.op, graph) for use in job.uses], order)
         return self._emit_dequantize(graph, base, storage, q, scale, zp, attrs, names, anchor)
 
     def _emit_dequantize(self, graph: Graph, base: str, storage: DType, q: np.ndarray, scale: np.ndarray,
@@ -482,6 +509,32 @@ class QuantizeWeights(Pass):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+class _WeightHomes:
+    """Where a weight's DequantizeLinear goes: the graph holding the const (visible to every op
+    reading it, in If branches and Loop bodies too), before the op of that graph that reads it
+    or holds the subgraph that does. One DequantizeLinear, one stored copy, for all of them."""
+
+    def __init__(self, module: Module):
+        self.holder: dict[int, Graph] = {}
+        for g, fn in graphs(module):
+            if fn is None:
+                self.holder.update((id(v), g) for v in g.consts.values())
+        self.parents = parent_ops(module)
+        self.main = module.graph
+        self.names = NameTable(module.graph)
+        for g, _ in graphs(module):
+            self.names.taken.update(g.consts)
+            self.names.taken.update(v.name for v in g.inputs)
+
+    def graph_of(self, weight: Value) -> Graph:
+        return self.holder.get(id(weight), self.main)
+
+    def anchor(self, op: Op, graph: Graph) -> Op:
+        found = ancestor_in(op, graph, self.parents)
+        assert found is not None, f"{op!r} is not inside the graph holding its weight"
+        return found
+
+
 def _kn(job: _WeightJob) -> np.ndarray:
     data = np.asarray(job.weight.const.numpy(), np.float32)
     return np.ascontiguousarray(data.T) if job.transposed else data

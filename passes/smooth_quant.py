@@ -12,7 +12,7 @@ from qc.ir.tensor import Tensor
 from qc.pm import Pass, PassContext, register_pass
 
 from ._scaling import NameTable, divide_input, matmuls_by_input
-from ._util import compile_regex, constant_consts
+from ._util import compile_regex, constant_consts, lift_constant_weights
 from .insert_qdq import learned_dequantize
 
 
@@ -62,10 +62,11 @@ class SmoothQuant(Pass):
             raise QCError("smooth-quant needs calibration statistics: run calibrate first",
                           hint="qc compile --quant w8a8 --outliers smooth adds it; give --calib or --calib-text")
         exclude = re.compile(self.exclude) if self.exclude else None
+        lifted = lift_constant_weights(module, {"MatMul"}) > 0   # Constant-node weights are weights too
         constants = constant_consts(module)
         graph = module.graph
         names = NameTable(graph)
-        changed = False
+        changed = lifted
         order = {id(op): i for i, op in enumerate(graph)}
         for ops in matmuls_by_input(module):
             x = ops[0].operands[0]

@@ -176,20 +176,32 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--report-json", metavar="FILE", help="also write the JSON report to FILE")
     chk.add_argument("--brief", action="store_true", help="a summary: unit counts per device, and "
                      "more than 8 fallbacks grouped by reason with a few examples each")
+    chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
+                     help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
+                          "without it each dynamic dimension counts as 1, and the report lists them")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
-    ev.add_argument("model", help=".onnx model: a language model (input_ids -> logits) or a sentence encoder "
-                                  "(input_ids, attention_mask -> sentence_embedding)")
-    ev.add_argument("--ref", metavar="FP32.onnx", help="reference model to compare against (SQNR per output; "
-                                                       "cosine of sentence embeddings for an encoder)")
+    ev.add_argument("model", help=".onnx model: any model against --reference (per output SQNR, cosine, max error, "
+                                  "top-1), or a language model (input_ids -> logits: perplexity) or a sentence "
+                                  "encoder (input_ids, attention_mask -> sentence_embedding) on text")
+    ev.add_argument("--ref", "--reference", dest="ref", metavar="FP32.onnx",
+                    help="reference model to compare against (SQNR per output; cosine of sentence embeddings "
+                         "for an encoder)")
+    ev.add_argument("--inputs", metavar="X.npz", help="any model: inputs as for --calib (an array per input, "
+                    "leading sample axis; or a directory of .npz); default: generated from the model's signature")
+    ev.add_argument("--shape", metavar="NAME=AxB,...", default="", help="sizes of the symbolic dimensions for "
+                    "generated inputs (x=1x3x224x224)")
+    ev.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the generated inputs (default 0)")
+    ev.add_argument("--json", action="store_true", help="any model: print the metrics as JSON")
     ev.add_argument("--text", metavar="FILE", help="evaluation text: a file, or a built-in source "
                                                    "(python-reference, the default; licenses is the calibration text)")
     ev.add_argument("--tokenizer", metavar="NAME|tokenizer.json",
                     help="a model name from `qc models` or a tokenizer.json (default: from the model's producer)")
     ev.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per window (default %(default)s)")
-    ev.add_argument("--samples", type=int, default=64, metavar="N",
-                    help="windows (language model) or sentences (encoder), spread over the text (default %(default)s)")
+    ev.add_argument("--samples", type=int, metavar="N",
+                    help="windows (language model) or sentences (encoder) spread over the text (default 64), or "
+                         "generated inputs (default 16; with --inputs: the first N samples)")
     ev.add_argument("--sentences", metavar="FILE", help="encoder: one sentence per line instead of sentences "
                                                         "taken from the text")
     ev.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per run (default %(default)s)")
@@ -417,6 +429,9 @@ def cmd_compile(args) -> int:
                         else {"placement": result.placement}, [args.model, args.output])
         if not args.quiet:
             _print_compile(args, result, onnx_path)
+        sys.stdout.flush()
+        for warning in result.warnings:
+            sys.stderr.write(f"qc: warning: {warning}\n")
     finally:
         result.close()
     return 0
@@ -512,6 +527,13 @@ def cmd_targets(args) -> int:
     if t.qemu:
         note = f"  ({t.qemu_note})" if t.qemu_note else ""
         sys.stdout.write(f"  qemu: {' '.join(t.qemu)}{note}\n")
+    if t.memory:
+        from .tools.budget import fmt_bytes as b
+
+        m = t.memory
+        sys.stdout.write(f"  memory: RAM {b(m.ram)} ({b(m.ram_range[0])} to {b(m.ram_range[1])}), flash {b(m.flash)} "
+                         f"({b(m.flash_range[0])} to {b(m.flash_range[1])}), "
+                         f"{'checked' if m.enforce else 'not checked'}  -- {m.source}\n")
     for dev in t.devices:
         table = t.kernels.get(dev, [])
         sys.stdout.write(f"  kernels on {dev} ({len(table)}):\n")
@@ -523,16 +545,28 @@ def cmd_targets(args) -> int:
 def cmd_check(args) -> int:
     import json
 
+    from .backends.c import parse_shapes
+    from .passes.fix_shapes import FixShapes, assumed_shapes
     from .pm import PassContext, PassManager, parse_pass
     from .targets import load_target
     from .targets.report import format_placement, placement_report
 
     target = load_target(args.target)  # an unknown target fails here, before the model is read
+    given = parse_shapes(args.shape)  # qc compile --shape's syntax
     module = load_module(args.model, args)
+    shapes, assumed = assumed_shapes(module, given)
+    items = tuple(f"{name}:{'x'.join(map(str, dims))}" for name, dims in {**given, **shapes}.items())
     ctx = PassContext(target=target)
-    PassManager([parse_pass("check-kernels")], ctx=ctx).run(module)
+    FixShapes(shapes=items, partial=True).run(module, ctx)  # its errors name the --shape item, not a pipeline
+    PassManager([parse_pass("propagate-shapes"), parse_pass("check-kernels")], ctx=ctx).run(module)
     assert ctx.placement is not None
-    report = placement_report(target, ctx.placement)
+    report = placement_report(target, ctx.placement, shapes={"inputs": {k: list(v) for k, v in shapes.items()},
+                                                             "given": sorted(given), "assumed": assumed})
+    from .tools.budget import estimate
+
+    memory = estimate(target, module)
+    if memory is not None:
+        report["memory"] = memory
     if args.report_json:
         from .fileio import atomic_write
 
@@ -544,6 +578,7 @@ def cmd_check(args) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_placement(report, units=not args.brief))
+        sys.stdout.writelines(f"{line}\n" for line in (memory or {}).get("lines", ()))
     return 0
 
 
@@ -564,12 +599,18 @@ def cmd_eval(args) -> int:
         _refuse_same(args.model, args.ref)
     if args.seq_len < 2:
         raise QCError(f"--seq-len must be at least 2 (got {args.seq_len})")
-    if args.samples < 1:
+    if args.samples is not None and args.samples < 1:
         raise QCError(f"--samples must be at least 1 (got {args.samples})")
     if args.batch_size < 1:
         raise QCError(f"--batch-size must be at least 1 (got {args.batch_size})")
     sess = metrics.session(args.model)
     ref = metrics.session(args.ref) if args.ref else None
+    text_model = metrics.is_language_model(sess) or metrics.is_encoder(sess)
+    if args.inputs or args.shape or args.json or not text_model:
+        from .cli_accuracy import cmd_eval_any
+
+        return cmd_eval_any(args)
+    args.samples = args.samples or 64
     out = sys.stdout
     if metrics.is_language_model(sess):
         if ref is not None and not metrics.is_language_model(ref):
@@ -618,11 +659,7 @@ def cmd_eval(args) -> int:
             feeds.append(metrics.token_feeds(sess, np.asarray(ids), np.asarray(mask), where=args.model))
         _write_sqnr(out, metrics.compare_outputs(sess, ref, feeds, progress=True), f"{len(texts)} sentences")
         return 0
-    names_in = ", ".join(i.name for i in sess.get_inputs())
-    names_out = ", ".join(o.name for o in sess.get_outputs())
-    raise QCError("qc eval needs a language model (input_ids -> logits) or a sentence encoder "
-                  "(input_ids -> sentence_embedding)", where=args.model,
-                  hint=f"this model has inputs {names_in} and outputs {names_out}")
+    raise AssertionError("unreachable: other models go to cmd_eval_any")
 
 
 def _write_sqnr(out, values: dict, over: str) -> None:

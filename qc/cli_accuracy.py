@@ -1,7 +1,9 @@
-"""``qc analyze`` and ``qc compile --accuracy``: the command-line side of qc.tools.analyze / mixed."""
+"""``qc analyze``, ``qc compile --accuracy`` and ``qc eval`` of any model against a reference: the command-line
+side of qc.tools.analyze / mixed / evaluate."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -242,3 +244,84 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                   result, text, stats, inputs))
         sys.stdout.write(f"report: {args.html}\n")
     return 0
+
+
+# -- qc eval for any model ------------------------------------------------------------------------
+def cmd_eval_any(args: argparse.Namespace) -> int:
+    """``qc eval MODEL --reference REF`` for any model: per output SQNR, cosine, max error and top-1
+    (qc.tools.evaluate) on inputs from ``--inputs`` or generated from the reference's signature."""
+    import json
+
+    import numpy as np
+
+    from .calib.data import check_against, conform, from_npz
+    from .driver import load_model
+    from .tools import evaluate
+
+    if not args.ref:
+        from .tools.metrics import session
+
+        sess = session(args.model)
+        names_in = ", ".join(i.name for i in sess.get_inputs())
+        names_out = ", ".join(o.name for o in sess.get_outputs())
+        raise QCError(f"qc eval compares this model (inputs {names_in}; outputs {names_out}) with a reference "
+                      "model", where=args.model, hint="give --reference FP32.onnx (perplexity and sentence "
+                      "cosine need a language model, input_ids -> logits, or an encoder, -> sentence_embedding)")
+    if args.inputs and args.shape:
+        raise QCError("--shape sizes generated inputs; --inputs gives the inputs themselves",
+                      hint="drop --shape (or --inputs)")
+    module = load_model(args.ref)
+    if args.inputs:
+        data = from_npz(args.inputs)
+        check_against(data, module)
+        count = len(data) if args.samples is None else min(args.samples, len(data))
+        inputs = {v.name: v for v in module.graph.inputs}
+        feeds = [{k: np.asarray(a) for k, a in conform(data.sample(i), inputs).items()} for i in range(count)]
+        source: dict[str, Any] = {"from": args.inputs, "samples": count}
+        described = f"{count} samples from {args.inputs}"
+    else:
+        from .backends.c import parse_shapes
+
+        specs = evaluate.signature(module, parse_shapes(args.shape), where=args.ref)
+        count = args.samples or 16
+        feeds = evaluate.generate(specs, count, args.seed)
+        source = {"from": "signature", "samples": count, "seed": args.seed,
+                  "generators": [s.describe() for s in specs]}
+        described = f"{count} inputs generated from the signature (seed {args.seed}; " \
+                    + "; ".join(s.describe() for s in specs) + ")"
+    try:
+        results = evaluate.compare(args.model, args.ref, feeds, progress=not args.json)
+    except QCError as e:
+        if args.inputs or "onnxruntime failed" not in e.bare_message:
+            raise
+        raise QCError(e.bare_message, where=e.where, hint=(f"{e.hint}; " if e.hint else "") + "the inputs were "
+                      "generated from the signature; give real ones with --inputs X.npz") from None
+    if args.json:
+        json.dump({"model": args.model, "reference": args.ref, "inputs": source,
+                   "outputs": {k: {m: _json_number(v) for m, v in r.items()} for k, r in results.items()}},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"qc eval: {args.model} vs {args.ref}, {described}\n" + format_eval(results))
+    return 0
+
+
+def _json_number(v: Any) -> Any:
+    """inf / -inf as the strings "inf" / "-inf" (JSON has no infinities)."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def format_eval(results: dict[str, dict[str, Any]]) -> str:
+    """One line per output: SQNR (dB, and its per-sample min / median), cosine, max |error|, top-1."""
+    def db(v: float) -> str:
+        return "inf" if v == math.inf else f"{v:.2f}"
+
+    rows = [("output", "sqnr dB", "min/median", "cosine", "max |err|", "top-1")]
+    for name, r in results.items():
+        top1 = (f"{100 * r['top1']:.1f}% of {r['top1_rows']}" if r.get("top1") is not None else "-")
+        rows.append((name, db(r["sqnr_db"]), f"{db(r['sqnr_db_min'])}/{db(r['sqnr_db_median'])}",
+                     f"{r['cosine']:.6f}", f"{r['max_abs_error']:.4g}", top1))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n" + "top-1: rows whose arg-max over the last axis agrees (outputs that are float " \
+        "with a last axis > 1); min/median: of the per-sample SQNR\n"

@@ -15,6 +15,7 @@ quantization passes, then ``legalize`` and ``check-kernels`` for the target, the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -145,11 +146,28 @@ def check_output_path(path: str, kind: Emit) -> None:
         raise QCError(f"the directory {parent} is not writable", where=path, hint="choose another -o path")
 
 
+def stored_tensors(module: Module) -> list:
+    """Every tensor the model stores: the consts of every graph (subgraphs included) and the
+    ``value`` of each Constant op (exporters such as torch.onnx store weights that way)."""
+    out = []
+    for op in module.walk():
+        a = op.attrs.get("value") if op.op_type == "Constant" and op.domain in ("", "ai.onnx") else None
+        if a is not None and a.kind == "tensor" and a.ref is None:
+            out.append(a.value)
+    stack = [module.graph] + [f.body for f in module.functions]
+    while stack:
+        g = stack.pop()
+        out.extend(v.const for v in g.consts.values())
+        for op in g:
+            stack.extend(op.subgraphs())
+    return out
+
+
 def summarize(module: Module) -> str:
     """Op counts by type, constants and their bytes: a few lines for a terminal."""
     counts = collections.Counter(op.qualified_type for op in module.walk())
-    consts = list(module.graph.consts.values())
-    nbytes = sum(getattr(v.const, "nbytes", 0) for v in consts)
+    consts = stored_tensors(module)
+    nbytes = sum(getattr(t, "nbytes", 0) for t in consts)
     inputs = len([v for v in module.graph.inputs if v.const is None])
     lines = [f"ops: {sum(counts.values())} ({len(counts)} kinds), consts: {len(consts)} ({nbytes / 1e6:.2f} MB), "
              f"inputs: {inputs}, outputs: {len(module.graph.outputs)}"]
@@ -209,6 +227,10 @@ class CompileResult:
     source: str | None = None
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
+    source_ops: dict[str, int] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    holdout_requested: int | None = None
     _oracle: str | None = None
 
     @property
@@ -220,10 +242,26 @@ class CompileResult:
         """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
         with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
         ``report.json``. A quantized compile then has its ``report`` (sizes, warnings and, with
-        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path."""
+        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
+
+        The report runs onnxruntime on the written file, so it comes after the write; when it (or
+        the write) fails, the files this call wrote are removed and a previous output at ``path``
+        is put back: a failed compile leaves no output that looks like a finished one."""
         path = os.fspath(path)
         kind = output_kind(path, self.target, self.emit)
         check_output_path(path, kind)
+        rollback = _Rollback(path, kind)
+        try:
+            onnx_path = self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
+                                    measure=measure)
+        except BaseException:
+            rollback.restore()
+            raise
+        rollback.discard()
+        return onnx_path
+
+    def _write(self, path: str, kind: Emit, *, external: bool | None, harness: bool, elide_above: int | None,
+               measure: bool) -> str:
         inputs = [self.source] if self.source else []
         t0 = time.perf_counter()
         if kind == "onnx":
@@ -254,6 +292,55 @@ class CompileResult:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _output_files(path: str, kind: Emit) -> list[str] | None:
+    """The files an output at ``path`` consists of now (``NAME.onnx`` and its ``NAME.onnx.data`` /
+    ``NAME.qir.weights`` sidecar; every file of a C directory); None for a C directory that does
+    not exist."""
+    if kind == "c":
+        if not os.path.isdir(path):
+            return None
+        names = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+    else:
+        names = [path, path + ".data", path + ".weights"]
+    return [n for n in names if os.path.isfile(n)]
+
+
+class _Rollback:
+    """Hard links to the files of a previous output, so that a write that fails after replacing
+    them can put them back (the atomic writes rename over the names; the links keep the old
+    files): ``restore`` removes what the write left and brings the previous output back,
+    ``discard`` drops the links. Without hard links (a file system that has none) a failed write
+    still removes its own files."""
+
+    def __init__(self, path: str, kind: Emit):
+        self.path, self.kind = path, kind
+        self.before = _output_files(path, kind)
+        self.kept: dict[str, str] = {}
+        for name in self.before or ():
+            keep = os.path.join(os.path.dirname(name), f".qc-keep-{os.getpid()}-{os.path.basename(name)}")
+            with contextlib.suppress(OSError):
+                if os.path.lexists(keep):
+                    os.remove(keep)
+                os.link(name, keep)
+                self.kept[name] = keep
+
+    def restore(self) -> None:
+        if self.kind == "c" and self.before is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in _output_files(self.path, self.kind) or ():
+            with contextlib.suppress(OSError):
+                os.remove(name)
+        for name, keep in self.kept.items():
+            with contextlib.suppress(OSError):
+                os.replace(keep, name)
+
+    def discard(self) -> None:
+        for keep in self.kept.values():
+            with contextlib.suppress(OSError):
+                os.remove(keep)
 
 
 class _OracleSnapshot(Instrument):
@@ -332,6 +419,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         if hasattr(inst, "add"):
             inst.add("(import)", seconds["import"])  # the Timing table's first row
     before = summarize(module)
+    source_ops = collections.Counter(op.qualified_type for op in module.walk())
     held: list[dict[str, Any]] = []
     if opts is not None:
         data = _calibration_data(calibration, module)
@@ -362,10 +450,31 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     result = CompileResult(module=module, target=tgt, emit=emit, pipeline=str(pm_all),
                            placement=placement_report(tgt, ctx.placement, ctx.legalized), context=ctx,
                            accuracy=accuracy, before=before, seconds=seconds, holdout=held, source=source,
+                           source_ops=dict(source_ops),
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
+    result.holdout_requested = holdout
+    if emit == "c" and tgt.memory is not None and tgt.memory.enforce:
+        _check_budget(result, fallback, shapes)
     return result
+
+
+def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """The arena and weights of the C code against the target's RAM and flash (qc.tools.budget):
+    a warning in ``result.warnings``, or with ``fallback="error"`` a QCError before anything is written."""
+    from qc.backends.c import memory_plan
+    from qc.tools.budget import check
+
+    report = check(result.target, memory_plan(result.module, result.target), quantized=result.quant is not None,
+                   shapes=shapes)
+    result.budget = report.as_dict()
+    if report.fits:
+        return
+    if fallback == "error":
+        result.close()
+        raise report.error(result.source)
+    result.warnings.append(report.message())
 
 
 def _calibration_data(calibration: CalibrationSource, module: Module) -> CalibrationData | None:
@@ -385,6 +494,16 @@ def _calibration_data(calibration: CalibrationSource, module: Module) -> Calibra
     return data
 
 
+def _first_samples(data: CalibrationData | None, module: Module, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` calibration samples shaped for ``module`` (what generated inputs imitate)."""
+    if not isinstance(data, CalibrationData):
+        return []
+    from qc.calib.data import conform
+
+    inputs = {v.name: v for v in module.graph.inputs}
+    return [conform(data.sample(i), inputs) for i in range(min(count, len(data)))]
+
+
 def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[str, Any]:
     """The quantization report of a written compile: sizes, compute ops by form, calibration,
     outlier columns, guardrail warnings, the held-aside SQNR (``measure``) and the placement."""
@@ -402,11 +521,14 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
                        "cache": None if ctx.calibration_cache is None else os.fspath(ctx.calibration_cache),
                        "cached": bool(ctx.calibration_from_cache)}
     accuracy = None
-    if result.holdout and measure and result.source is not None:
+    wanted = result.holdout or (ctx.calibration_data is not None and result.holdout_requested != 0)
+    if wanted and measure and result.source is not None:
         t0 = time.perf_counter()
-        accuracy = output_sqnr(onnx_path, result.source, result.holdout)
+        accuracy = output_sqnr(onnx_path, result.source, result.holdout,
+                               calibration=_first_samples(ctx.calibration_data, result.module, 16))
         result.seconds["sqnr check"] = time.perf_counter() - t0
-    warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target)]
+    warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target,
+                                                            source_ops=result.source_ops)]
     report = build_report(scheme=opts.scheme, pipeline=result.pipeline, input_path=result.source or "<model>",
                           output_path=onnx_path, module=result.module, calibration=calibration, accuracy=accuracy,
                           seconds=result.seconds,

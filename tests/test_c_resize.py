@@ -378,8 +378,8 @@ def test_all_unsupported_nodes_in_one_error(tmp_path, capsys):
 
 def test_if_with_branch_dependent_shape_is_control_flow(tmp_path):
     """An If whose branches give different shapes (as exporters write data-dependent post-processing):
-    reported as control flow, not as a missing --shape; a single unsupported node keeps the
-    one-node form of the message."""
+    reported as what it is (lower_control's message: the branches' shapes, the run-time
+    condition), not as a missing --shape, in the one-node form of the message."""
     then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
                                [helper.make_tensor_value_info("t", F, None)])
     else_g = helper.make_graph([helper.make_node("Concat", ["x", "x"], ["e"], axis=0)], "else", [],
@@ -395,6 +395,6 @@ def test_if_with_branch_dependent_shape_is_control_flow(tmp_path):
     with pytest.raises(QCError) as e:
         emit_c(module, tmp_path / "c", load_target("cortex-a76"))
     msg = str(e.value)
-    assert "no static shape" not in msg or "depends on the branch taken" in msg, msg
-    assert "--shape" not in msg, msg
-    assert msg.startswith("node 'branch': If is not supported by the C backend ("), msg
+    assert msg.startswith("node 'branch': If output 0 ('y') has different shapes in its branches: "
+                          "then_branch f32[2, 3], else_branch f32[4, 3]"), msg
+    assert "--shape NAME=AxB" not in msg and "the condition 'cond' is a run-time value" in msg, msg

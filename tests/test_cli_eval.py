@@ -130,8 +130,8 @@ def _errors(files, tmp_path):
          f"qc: error: {files['lm']}: which tokenizer does the model use? give --tokenizer; a model name "
          "(smollm2-135m, minilm-l6) or a tokenizer.json file"),
         (["eval", files["mlp"], "--tokenizer", files["tok"]],
-         f"qc: error: {files['mlp']}: qc eval needs a language model (input_ids -> logits) or a sentence encoder "
-         "(input_ids -> sentence_embedding); this model has inputs x and outputs y"),
+         f"qc: error: {files['mlp']}: qc eval compares this model (inputs x; outputs y) with a reference model; give "
+         "--reference FP32.onnx (perplexity and sentence cosine need a language model"),
         (["eval", files["enc"], "--tokenizer", files["tok"]],
          f"qc: error: {files['enc']}: an encoder is measured against a reference; give --ref FP32.onnx"),
         (["eval", files["lm"], "--ref", files["enc_ref"], "--tokenizer", files["tok"]],

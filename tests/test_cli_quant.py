@@ -60,7 +60,8 @@ def test_every_scheme_compiles_checks_and_runs(model_and_data, scheme, ops):
     assert metrics.sqnr_db(want, got) > floor
     report = json.load(open(d / f"{scheme}.json"))
     assert report["scheme"] == scheme and report["size_bytes"]["after"] < report["size_bytes"]["before"]
-    assert report["accuracy"]["samples"] == 2        # 16 samples: the last 2 held aside
+    assert report["accuracy"]["held_aside"] == 2     # 16 samples: the last 2 held aside,
+    assert report["accuracy"]["samples"] == 16       # 14 more generated like them
     assert set(report["accuracy"]["sqnr_db"]) == {"y"}
 
 

@@ -46,7 +46,7 @@ def test_library_compile_quantized_fills_the_report_when_written(mlp, tmp_path):
     result = qc.compile(mlp, target="x86-avx2", quant="w8a8", calibration=_calib())
     assert result.report is None  # sizes and the held-aside SQNR describe the written output
     result.write(str(tmp_path / "q.onnx"))
-    assert result.report["scheme"] == "w8a8" and result.report["accuracy"]["samples"] == 1
+    assert result.report["scheme"] == "w8a8" and result.report["accuracy"]["held_aside"] == 1
     assert result.report["placement"]["target"] == "x86-avx2"
 
 
@@ -120,9 +120,9 @@ def test_dump_ir_dir_of_a_c_compile_holds_every_pass_of_the_one_pipeline(mlp, tm
     names = [s.split("-", 1)[1][:-4] for s in stages if s.endswith(".qir") and not s.startswith("00-")]
     assert names[:6] == ["propagate-shapes", "remove-identity", "fold-constants", "fold-batchnorm", "cse", "dce"]
     assert names[6:9] == ["legalize", "check-kernels", "fix-shapes"]
-    rounds = names[9:]  # the fixpoint group: at least one round, each the same five passes
-    assert rounds and len(rounds) % 5 == 0
-    assert rounds[:5] == ["propagate-shapes", "fold-constants", "dce", "propagate-shapes", "fold-shapes"]
+    rounds = names[9:]  # the fixpoint group: at least one round, each the same six passes
+    assert rounds and len(rounds) % 6 == 0
+    assert rounds[:6] == ["propagate-shapes", "fold-constants", "inline-if", "dce", "propagate-shapes", "fold-shapes"]
     assert (out / "model.c").is_file() and (out / "model.onnx").is_file()
 
 

@@ -221,3 +221,39 @@ def test_report_groups_repeated_warnings(tmp_path):
                      "      ... 2 more (--report lists them)", "      why: y", "      to do: t"]
     assert len(guardrails.format_warnings([{"code": "c", "layer": "l", "what": "w", "why": "y", "to_do": "t"}] * 5,
                                           per_layer=True)) == 2 + 5 + 2
+
+
+# -- a scheme that changed nothing -----------------------------------------------------------------
+def lstm_only(path):
+    """x[4, 1, 8] -> LSTM (hidden 16) -> y: all the compute in an op --quant does not quantize."""
+    w = (RNG.standard_normal((1, 64, 8)) / 4).astype(np.float32)
+    r = (RNG.standard_normal((1, 64, 16)) / 4).astype(np.float32)
+    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=16, name="lstm")]
+    return save(path, nodes, {"w": w, "r": r}, [4, 1, 8], [4, 1, 1, 16])
+
+
+@pytest.mark.parametrize("scheme", ["dyn8", "w8"])
+def test_a_scheme_that_quantizes_nothing_warns_and_says_why(tmp_path, scheme):
+    _, warnings = compile_report(tmp_path, lstm_only(tmp_path / "lstm.onnx"), "--quant", scheme)
+    w = [w for w in warnings if w["code"] == "nothing-quantized"]
+    assert len(w) == 1, warnings
+    assert w[0]["what"].startswith(f"--quant {scheme} changed no op: no MatMul/Gemm/Conv op")
+    assert "its compute is in LSTM" in w[0]["what"]
+
+
+def test_an_already_quantized_model_is_named_as_such(tmp_path):
+    """The output of onnxruntime's quantize_dynamic (MatMulInteger) compiled again with --quant dyn8."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    q = tmp_path / "q.onnx"
+    quantize_dynamic(mlp(tmp_path / "m.onnx"), str(q))
+    _, warnings = compile_report(tmp_path, str(q), "--quant", "dyn8")
+    w = [w for w in warnings if w["code"] == "nothing-quantized"]
+    assert len(w) == 1 and "the model is already quantized (" in w[0]["what"], warnings
+    assert "MatMulInteger x2" in w[0]["what"]
+
+
+def test_a_scheme_that_quantizes_does_not_warn_nothing_quantized(tmp_path):
+    for scheme in ("dyn8", "w8", "w4", "fp16"):
+        _, warnings = compile_report(tmp_path, mlp(tmp_path / "m.onnx"), "--quant", scheme)
+        assert "nothing-quantized" not in codes(warnings), (scheme, warnings)

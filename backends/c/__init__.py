@@ -17,7 +17,45 @@ from qc.ir import Module, TensorType
 
 from .prepare import c_prepare_pipeline, parse_shapes, prepare
 
-__all__ = ["c_prepare_pipeline", "check_static_shapes", "emit_c", "format_report", "parse_shapes", "prepare"]
+__all__ = ["c_prepare_pipeline", "check_static_shapes", "emit_c", "format_report", "memory_plan", "parse_shapes",
+           "prepare"]
+
+
+def memory_plan(module: Module, target, *, variant: str | None = None, top: int = 3) -> dict:
+    """What the C code of *module* (prepared) would need, without writing it: ``arena_bytes``
+    (RAM), ``weight_bytes`` (flash) and the ``top`` largest arena buffers, each
+    ``{"name", "bytes", "node", "kernel", "dtype", "shape"}`` (the value; the node, as
+    ``name (OpType)``, and the kernel that write it first). The same lowering and plan as
+    ``emit_c``, so the numbers are the ones it reports."""
+    from .emit import layout_weights
+    from .kernels import gemm_variant
+    from .lower import Lowering, lower
+    from .memplan import plan
+
+    check_static_shapes(module)
+    table = tuple(getattr(target, "kernels", {}).get("cpu", ()))
+    lw = Lowering(module, tuple(getattr(target, "features", ()) or ()), variant or gemm_variant(target), table)
+    low = lower(lw)
+    arena = plan(low.calls, low.arena_buffers)
+    names: dict[int, str] = {}
+    for op in module.graph:
+        for r in op.results:
+            b = lw.bufs.get(id(r)) if r is not None else None
+            if b is not None:
+                names.setdefault(id(b.root), r.name)
+    writer: dict[int, tuple[str, str]] = {}
+    for c in low.calls:
+        for b, written in c.buffers():
+            if written:
+                writer.setdefault(id(b.root), (c.node, c.kernel))
+    roots = sorted((b for b in low.arena_buffers if b.base is None and b.nbytes > 0),
+                   key=lambda b: (-b.nbytes, b.name))
+    largest = []
+    for b in roots[:top]:
+        node, kernel = writer.get(id(b), ("?", "?"))
+        largest.append({"name": names.get(id(b), b.name), "bytes": b.nbytes, "node": node, "kernel": kernel,
+                        "dtype": str(b.dtype), "shape": list(b.shape)})
+    return {"arena_bytes": arena, "weight_bytes": len(layout_weights(low.weights)), "largest": largest}
 
 
 def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False, prefix: str = "model",

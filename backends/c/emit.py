@@ -13,7 +13,7 @@ from qc.fileio import atomic_write
 from .lowering import ALIGN, Buffer, Call, Ints, Lowered, Ptr, Raw
 
 RUNTIME = Path(__file__).parent / "runtime"
-OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c", "qc_ops_resize.c")
+OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c", "qc_ops_resize.c", "qc_rnn.c")
 INCBIN_THRESHOLD = 8 << 20  # weight blobs above this go through .incbin (see docs/c-backend.md)
 
 
@@ -98,9 +98,24 @@ def render_arg(a, tables: IntTables) -> str:
     raise TypeError(f"cannot render {a!r}")
 
 
-def render_call(c: Call, tables: IntTables) -> str:
+def render_call(c: Call, tables: IntTables, depth: int = 0) -> str:
     node = c.node.replace("*/", "* /")
-    return f"    /* {node}: {c.kernel} */\n    {c.fn}({', '.join(render_arg(a, tables) for a in c.args)});\n"
+    pad = "    " * (1 + depth)
+    args = [render_arg(a, tables) for a in c.args]
+    code = c.text.format(*args) if c.text else f"{c.fn}({', '.join(args)});"
+    return f"{pad}/* {node}: {c.kernel} */\n{pad}{code}\n"
+
+
+def render_calls(calls: list[Call], tables: IntTables) -> str:
+    """The schedule's statements, indented by the C blocks (If branches, Loop bodies) around them."""
+    out, depth = [], 0
+    for c in calls:
+        if c.block < 0:
+            depth += c.block
+        out.append(render_call(c, tables, depth))
+        if c.block > 0:
+            depth += c.block
+    return "".join(out)
 
 
 def signature(low: Lowered, prefix: str) -> str:
@@ -132,7 +147,7 @@ def model_c(low: Lowered, prefix: str, headers: list[str]) -> str:
            f'#include "{prefix}.h"' if prefix != "model" else '#include "model.h"']
     out += [f'#include "{h}"' for h in headers]
     tables = IntTables(prefix)
-    body = "".join(render_call(c, tables) for c in low.calls)
+    body = render_calls(low.calls, tables)
     out += ["#include <math.h>", "#include <stddef.h>", "",
             f"extern const uint64_t {prefix}_weights[];", "",
             "/* shapes, strides and offsets of the calls below */",
@@ -180,7 +195,7 @@ def emit(low: Lowered, out_dir: Path, prefix: str, arena: int, *, incbin: bool |
     blob = layout_weights(low.weights)
     if incbin is None:
         incbin = len(blob) > INCBIN_THRESHOLD
-    uses_kernels = any(c.fn not in ops_functions() for c in low.calls)
+    uses_kernels = any(c.fn not in ops_functions() for c in low.calls if not c.text)
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if uses_kernels else [])
     files = {f"{prefix}.h": model_h(low, prefix, arena, len(blob)),
              f"{prefix}.c": model_c(low, prefix, headers),

@@ -3,7 +3,8 @@
 Shapes, strides and offsets are computed here, so the C kernels stay small and the emitter holds
 no logic. The pieces: ``lowering`` (buffers, state, handler registry), ``lower_ops`` (float32 and
 data movement), ``lower_resize`` (Resize / Upsample), ``lower_quant`` (quantized node units,
-Q / DQ); this module imports them and walks.
+Q / DQ), ``lower_rnn`` (LSTM, GRU), ``lower_control`` (If, Loop: their bodies are walked with
+``lower_graph``); this module imports them and walks.
 
 The walk does not stop at the first node it cannot lower: it records why (op type, attribute,
 dtype, a shape that is not static, control flow), gives the node's results placeholder buffers
@@ -23,10 +24,7 @@ from qc.errors import QCError
 from qc.ir import Graph, Op, TensorType, Value
 from qc.ir.printer import format_type
 
-from . import (
-    lower_ops,  # noqa: F401 - registers the float32 / data-movement handlers
-    lower_resize,  # noqa: F401 - registers Resize / Upsample
-)
+from . import lower_control, lower_ops, lower_resize, lower_rnn  # noqa: F401 - register their handlers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
 from .lowering import HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
@@ -65,8 +63,11 @@ def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
     if dyn is not None:
         if handler is None and op.op_type not in ("MatMul", "Gemm", "Conv", "MatMulNBits"):
             raise unsupported(op)
-        why = ("it depends on the branch taken" if op.op_type == "If" else "it depends on the iterations"
-               if subgraphs else "it is not known at compile time")
+        if op.op_type == "If":
+            raise lower_control.if_shape_error(dyn)
+        if op.op_type == "Loop":
+            lower_control.trip_count(op)  # a run-time trip count is the reason: say so
+        why = "it depends on the iterations" if subgraphs else "it is not known at compile time"
         raise unsupported(op, f"output '{dyn.name}' has no static shape ({format_type(dyn.type)}): {why}",
                           hint=SHAPE_HINT)
     if match_unit(lw, op):
@@ -111,6 +112,7 @@ def lower_graph(lw: Lowering, graph: Graph) -> None:
         if id(op) in lw.consumed:
             continue
         after_failure = any(v is not None and id(v) in lw.missing for v in op.operands)
+        recorded = len(lw.problems)  # a body walk (lower_control) records the nodes inside it
         try:
             handler = _check(lw, op, outputs)
             if handler is not None:
@@ -118,7 +120,7 @@ def lower_graph(lw: Lowering, graph: Graph) -> None:
         except QCError as e:
             own = isinstance(e, Unsupported) and (not e.why or e.why.startswith("control flow")
                                                   or e.why.startswith("domain"))
-            if own or not after_failure:  # else a consequence of the failure upstream
+            if own or not (after_failure or len(lw.problems) > recorded):  # else a consequence of one above
                 lw.problems.append(e)
             _placeholders(lw, op)
 
@@ -149,6 +151,7 @@ def lower(lw: Lowering) -> Lowered:
             outputs.append((v, b, False))
         # else: the node that computes it is reported by lower_graph
     plan_units(lw)
+    lw.walk = lambda graph: lower_graph(lw, graph)
     lower_graph(lw, g)
     if lw.problems:
         raise lw.problems[0] if len(lw.problems) == 1 else combined_error(lw.problems)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from qc.errors import QCError
-from qc.ir import DType, Module, Op, TensorType, Value
+from qc.ir import DType, Graph, Module, Op, TensorType, Value
 
 CTYPE = {DType.f32: "float", DType.f16: "uint16_t", DType.f64: "double", DType.i8: "int8_t",
          DType.u8: "uint8_t", DType.i16: "int16_t", DType.u16: "uint16_t", DType.i32: "int32_t",
@@ -97,6 +97,11 @@ class Call:
     node: str
     kernel: str = ""
     scratch: list[Buffer] = field(default_factory=list)
+    # control flow (lower_control): a C statement printed instead of fn(args), "{0}" ... its
+    # rendered args; block +1 opens a C block, -1 closes one; loop: the opened block repeats
+    text: str = ""
+    block: int = 0
+    loop: bool = False
 
     def buffers(self) -> list[tuple[Buffer, bool]]:
         """(buffer, written) for every pointer argument and scratch buffer."""
@@ -205,6 +210,9 @@ class Lowering:
         self.missing: set[int] = set()  # values such a node left without a buffer (no static shape)
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
         self.variant = variant
+        self.loop_depth = 0  # C for loops open around the calls being added (lower_control)
+        # lowers the ops of a graph in order (set by lower.lower; lower_control walks bodies with it)
+        self.walk: Callable[[Graph], None] = lambda g: None
 
     # -- buffers -------------------------------------------------------------------------------
     def fresh(self, prefix: str) -> str:
@@ -311,3 +319,10 @@ class Lowering:
         where = f"{node_name(op)} ({op.op_type})" if op is not None else ""
         self.calls.append(Call(fn, args, where, kernel, scratch or []))
         self.kernels[kernel] = self.kernels.get(kernel, 0) + 1
+
+    def stmt(self, op: Op, text: str, args: list, kernel: str, block: int = 0, loop: bool = False) -> None:
+        """A control-flow statement (``if (*{0}) {``, ``}``, ``for (...) {``) in the schedule."""
+        self.calls.append(Call("", args, f"{node_name(op)} ({op.op_type})", kernel, text=text, block=block,
+                               loop=loop))
+        if block >= 0:  # closing braces are not counted
+            self.kernels[kernel] = self.kernels.get(kernel, 0) + 1

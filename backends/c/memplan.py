@@ -15,7 +15,8 @@ def plan(calls: list[Call], buffers: list[Buffer]) -> int:
     root). Buffers are placed largest first (ties: first defined first) at the lowest aligned
     offset that overlaps no placed buffer whose lifetime intersects its own (TFLite's
     greedy-by-size). A call's inputs and outputs are live at the same call, so an output never
-    shares memory with an input of its own call.
+    shares memory with an input of its own call. A buffer that a loop body touches and that is
+    live outside the loop lives through the whole loop (the body runs again after its last use).
     """
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -26,6 +27,11 @@ def plan(calls: list[Call], buffers: list[Buffer]) -> int:
                 continue
             first.setdefault(id(r), i)
             last[id(r)] = i
+    for lo, hi in loops(calls):  # inner loops first: an outer loop sees the extended lifetimes
+        touched = {id(b.root) for c in calls[lo:hi + 1] for b, _ in c.buffers()}
+        for k in touched & first.keys():
+            if first[k] < lo or last[k] > hi:
+                first[k], last[k] = min(first[k], lo), max(last[k], hi)
     live = [b for b in buffers if id(b) in first and b.nbytes > 0]
     order = sorted(live, key=lambda b: (-_align(b.nbytes), first[id(b)]))
     placed: list[Buffer] = []
@@ -43,3 +49,17 @@ def plan(calls: list[Call], buffers: list[Buffer]) -> int:
         placed.append(b)
         size = max(size, offset + _align(b.nbytes))
     return size
+
+
+def loops(calls: list[Call]) -> list[tuple[int, int]]:
+    """(first, last) call index of every loop block (``Call.loop``), inner loops before outer ones."""
+    stack: list[tuple[int, bool]] = []
+    out: list[tuple[int, int]] = []
+    for i, c in enumerate(calls):
+        if c.block < 0:
+            start, is_loop = stack.pop()
+            if is_loop:
+                out.append((start, i))
+        if c.block > 0:
+            stack.append((i, c.loop))
+    return out

@@ -5,7 +5,7 @@ It is made of ordinary passes (``fix-shapes``, ``propagate-shapes``, ``fold-cons
 
     fix-shapes{shapes=input_ids:1x16,attention_mask:1x16}
     then, until fold-shapes reports no change (at most 16 rounds):
-        propagate-shapes,fold-constants{max-size=4096},dce,propagate-shapes,fold-shapes
+        propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes
 
 ``prepare`` runs it through the pass manager until the pass manager has a fixpoint group of its
 own; ``emit_c`` itself runs no pass and only checks that every value has a static shape.
@@ -19,7 +19,7 @@ from qc.ir import Module
 
 # fold-constants would also turn DequantizeLinear(int8 weight) into a float weight; the bound
 # keeps weights quantized while the (small) shape arithmetic still folds.
-FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},dce,propagate-shapes,fold-shapes"
+FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes"
 """One round of the folding group; it repeats until its last pass, fold-shapes, changes nothing."""
 MAX_ROUNDS = 16
 
@@ -49,8 +49,9 @@ def fix_shapes_spec(shapes: Mapping[str, Sequence[int]]) -> str:
 
 def c_prepare_pipeline(shapes: Mapping[str, Sequence[int]]) -> str:
     """The passes that give the C backend static shapes: ``fix-shapes`` for the inputs, then the
-    shape arithmetic folded to a fixpoint (each round: shape inference, small constants, dce,
-    Shape/Size/ConstantOfShape and the contrib ops' types)."""
+    shape arithmetic folded to a fixpoint (each round: shape inference, small constants, the
+    taken branch of an If with a constant condition, dce, Shape/Size/ConstantOfShape and the
+    contrib ops' types)."""
     return f"{fix_shapes_spec(shapes)},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND})"
 
 

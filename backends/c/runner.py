@@ -24,12 +24,35 @@ def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe
                 extra_flags: Sequence[str] = ()) -> Path:
     """Compile the emitted sources plus harness.c (emit_c(..., harness=True)) into an executable."""
     out = Path(report["out_dir"])
+    if kind == "cortex-m":
+        _check_board_ram(report, cpu)
     sources = [out / s for s in report["sources"]] + [out / "harness.c"]
     flags = list(report["macros"]) + list(extra_flags)
     if report["incbin"]:
         flags.append(f"-Wa,-I{out}")
     name = exe or out / f"harness-{kind}{'-' + cpu if cpu else ''}"
     return toolchain.build(sources, Path(name), kind, cpu, extra_flags=flags, include_dirs=[out])
+
+
+# the harness's own RAM: stack, newlib's heap and semihosting buffers (a generous bound)
+_HARNESS_RAM = 256 << 10
+
+
+def _check_board_ram(report: dict, cpu: str | None) -> None:
+    """Refuse, before building, a model whose weights, arena and inputs/outputs overflow the RAM of
+    the qemu board the harness runs on (the linker script's RAM region)."""
+    from qc.errors import QCError
+
+    m = toolchain.machine_for(cpu or "")
+    io = sum(int(np.prod(shape)) * np.dtype(DType.parse(dt).numpy).itemsize
+             for _, dt, shape in report["inputs"] + report["outputs"])
+    need = report["arena_bytes"] + report["weight_bytes"] + io + _HARNESS_RAM
+    if need > m.ram_bytes:
+        raise QCError(f"the model needs {need} bytes of RAM (arena {report['arena_bytes']}, weights "
+                      f"{report['weight_bytes']}, inputs and outputs {io}, harness {_HARNESS_RAM}), more than "
+                      f"the {m.ram_bytes} of qemu's {m.machine} board", where=report["out_dir"],
+                      hint="it would not run there: compile it with smaller --shape or --quant w8a8, or run it "
+                           "on a board with more RAM")
 
 
 def run_model(exe: Path, report: dict, inputs: Mapping[str, np.ndarray], kind: str = "host",

@@ -44,6 +44,16 @@ class MachineM:
     flags: tuple[str, ...]
     linker_script: str
 
+    @property
+    def ram_bytes(self) -> int:
+        """The RAM region of the linker script: weights, data, the arena and the stack share it."""
+        import re
+
+        text = (CORTEX_M / self.linker_script).read_text()
+        m = re.search(r"^\s*RAM\s*\(rwx\)\s*:.*LENGTH\s*=\s*(\d+)\s*([KM]?)", text, re.M)
+        assert m, f"{self.linker_script} has no RAM region"
+        return int(m.group(1)) << {"": 0, "K": 10, "M": 20}[m.group(2)]
+
 
 CORTEX_M_CPUS = {
     "cortex-m4": MachineM("cortex-m4", "mps2-an386",

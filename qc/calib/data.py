@@ -4,7 +4,8 @@ A :class:`CalibrationData` is an iterable of feed dicts (input name -> array), o
 with a ``key`` that fingerprints its content (for the calibration cache). Sources:
 
 - :func:`from_npz`: one ``.npz`` with an array per model input and a leading sample axis (the
-  layout ``qc.data.text.to_npz`` writes), or a directory of ``.npz`` files, one sample each,
+  layout ``qc.data.text.to_npz`` writes; a 0-d array, ``sr=np.int64(16000)``, is the same scalar
+  in every sample), or a directory of ``.npz`` files, one sample each,
   taken in name order and read one at a time;
 - :func:`from_text`: token windows of a text (``qc.data.text.token_windows``), fed like
   ``qc eval`` feeds token models (``qc.metrics.token_feeds``);
@@ -29,7 +30,7 @@ import numpy as np
 from qc.errors import QCError
 from qc.ir.core import Module, Value
 from qc.ir.dtypes import DType
-from qc.ir.types import TensorType
+from qc.ir.types import TensorType, dim_kind
 
 Sample = dict[str, np.ndarray]
 
@@ -77,7 +78,7 @@ def conform(sample: Mapping[str, np.ndarray], inputs: Mapping[str, Value]) -> Sa
         v = inputs.get(name)
         rank = v.type.rank if v is not None and isinstance(v.type, TensorType) else None
         if rank is not None and array.ndim == rank + 1 and array.shape[0] == 1:
-            array = array[0]
+            array = array[0, ...]  # a 0-d array, not a numpy scalar, when the input is a scalar
         out[name] = array
     return out
 
@@ -93,14 +94,24 @@ def from_npz(path: str | os.PathLike) -> CalibrationData:
         raise QCError("no such calibration data file or directory", where=path,
                       hint="give an .npz file (one array per model input, leading sample axis) or a directory of them")
     arrays = _read_npz(path)
-    counts = {name: a.shape[0] if a.ndim else None for name, a in arrays.items()}
-    if None in counts.values() or len(set(counts.values())) > 1:
+    count = _sample_count(arrays, path)
+    return CalibrationData(count, lambda i: _slice(arrays, i), key=_hash_file(path), source=path, description=path)
+
+
+def _sample_count(arrays: Mapping[str, np.ndarray], where: str | None) -> int:
+    """The length of the leading sample axis that every array but the 0-d ones has (a 0-d array,
+    e.g. ``sr=np.int64(16000)``, is the same scalar in every sample); 1 if all are 0-d."""
+    counts = {a.shape[0] for a in arrays.values() if a.ndim}
+    if len(counts) > 1:
         raise QCError("every array needs the same leading sample axis; got "
-                      + ", ".join(f"{k} {list(a.shape)}" for k, a in arrays.items()), where=path,
+                      + ", ".join(f"{k} {list(a.shape)}" for k, a in arrays.items()), where=where,
                       hint="stack the samples along a new first axis (np.stack) for every input")
-    count = next(iter(counts.values()), 0)
-    return CalibrationData(count, lambda i: {k: a[i:i + 1] for k, a in arrays.items()},
-                           key=_hash_file(path), source=path, description=path)
+    return counts.pop() if counts else (1 if arrays else 0)
+
+
+def _slice(arrays: Mapping[str, np.ndarray], i: int) -> Sample:
+    """Sample ``i``: each array's slice ``[i:i + 1]`` of its sample axis; 0-d arrays as they are."""
+    return {k: a[i:i + 1] if a.ndim else a for k, a in arrays.items()}
 
 
 def _from_npz_dir(path: str) -> CalibrationData:
@@ -154,13 +165,9 @@ def _hash_arrays(samples: Sequence[Mapping[str, np.ndarray]]) -> str:
 def from_arrays(arrays: Mapping[str, np.ndarray], *, source: str | None = None) -> CalibrationData:
     """Arrays in memory, named after the inputs, with a leading sample axis."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    counts = {a.shape[0] if a.ndim else None for a in arrays.values()}
-    if None in counts or len(counts) > 1:
-        raise QCError("every array needs the same leading sample axis; got "
-                      + ", ".join(f"{k} {list(a.shape)}" for k, a in arrays.items()), where=source)
-    count = counts.pop() if counts else 0
-    return CalibrationData(count, lambda i: {k: a[i:i + 1] for k, a in arrays.items()},
-                           key=_hash_arrays([arrays]), source=source, description="arrays")
+    count = _sample_count(arrays, source)
+    return CalibrationData(count, lambda i: _slice(arrays, i), key=_hash_arrays([arrays]), source=source,
+                           description="arrays")
 
 
 def from_samples(samples: Sequence[Mapping[str, np.ndarray]], *, source: str | None = None) -> CalibrationData:
@@ -275,8 +282,9 @@ def _describe_input(v: Value) -> str:
 def check_against(data: CalibrationData, module: Module) -> None:
     """Raise a QCError (``where=`` the file) unless every sample feeds ``module`` exactly:
     every required input present, no unknown arrays, dtypes equal, ranks and static dims
-    matching (symbolic dims consistent within a sample), no NaN/Inf in float arrays, and at
-    least one sample."""
+    matching (a shared symbol such as ``batch`` the same size throughout a sample; anonymous
+    dims, ``-1`` ``?`` ``unk__3`` (``qc.ir.types.dim_kind``), any size), no NaN/Inf in float
+    arrays, and at least one sample."""
     inputs = {v.name: v for v in module.graph.inputs}
     required = [v for v in module.graph.inputs if v.const is None]
     if len(data) == 0:
@@ -319,11 +327,13 @@ def _check_array(name: str, array: np.ndarray, v: Value, index: int, where: str 
                           f"shape {shown}", where=where,
                           hint="each sample is the input's own shape (a file adds one leading sample axis)")
         for axis, (want, got) in enumerate(zip(t.shape, array.shape)):
-            if isinstance(want, int) and want != got:
+            kind = dim_kind(want)
+            if kind == "static" and want != got:
                 raise QCError(f"input '{name}' expects shape {_fmt_shape(t.shape)}, sample {index} has {shown} "
                               f"(axis {axis}: {got} instead of {want})", where=where,
                               hint="each sample is the input's own shape (a file adds one leading sample axis)")
-            if isinstance(want, str):
+            if kind == "symbol":
+                assert isinstance(want, str)
                 seen = symbols.setdefault(want, (got, name))
                 if seen[0] != got:
                     raise QCError(f"inputs '{seen[1]}' and '{name}' share the dimension '{want}', but sample {index} "

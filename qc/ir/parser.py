@@ -30,7 +30,17 @@ from .dtypes import DType
 from .errors import ParseError, QCError
 from .scope import Scope
 from .tensor import SparseTensor, Tensor
-from .types import Dim, MapType, OptionalType, QuantParams, SequenceType, SparseTensorType, TensorType, Type
+from .types import (
+    Dim,
+    MapType,
+    OptionalType,
+    QuantParams,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+    dim_from_int,
+)
 from .weights import SidecarReader
 
 _GRAMMAR = os.path.join(os.path.dirname(__file__), "grammar.lark")
@@ -392,7 +402,7 @@ def _parse_tensor_type(text: str) -> tuple[DType | None, tuple[Dim, ...] | None]
         elif item.lstrip("-").isdigit():
             if not -_INT64 <= int(item) < _INT64:
                 raise ValueError(f"{item} (beyond 64 bits)")
-            dims.append(int(item))
+            dims.append(dim_from_int(int(item)))
         elif _IDENT.match(item):
             dims.append(item)
         else:

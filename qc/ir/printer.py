@@ -16,7 +16,18 @@ from .core import Attr, Function, Graph, Module, Op, Value
 from .dtypes import DType
 from .naming import assign_unique_names
 from .tensor import SparseTensor, Tensor
-from .types import Dim, MapType, OptionalType, QuantParams, QuantRef, SequenceType, SparseTensorType, TensorType, Type
+from .types import (
+    Dim,
+    MapType,
+    NegativeDim,
+    OptionalType,
+    QuantParams,
+    QuantRef,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+)
 from .weights import SidecarWriter
 
 KEYWORDS = frozenset({
@@ -94,7 +105,7 @@ def _tensor_type(dtype: DType | None, shape: tuple[Dim, ...] | None) -> str:
     head = dtype.name if dtype is not None else "?"
     if shape is None:
         return f"{head}[*]"
-    dims = ", ".join(str(d) if isinstance(d, int) else "?" if d is None else key_token(d) for d in shape)
+    dims = ", ".join(str(d) if isinstance(d, (int, NegativeDim)) else "?" if d is None else key_token(d) for d in shape)
     return f"{head}[{dims}]"
 
 

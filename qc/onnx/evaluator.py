@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onnx import ModelProto
@@ -66,9 +66,13 @@ class PortableModel:
         return len(self.proto) + sum(int(a.nbytes) for a in self.arrays.values())
 
 
-def portable_model(module: Any, *, extra_outputs: Sequence[Any] = ()) -> PortableModel:
+def portable_model(module: Any, *, extra_outputs: Sequence[Any] = (),
+                   subgraph_outputs: Mapping[str, int] | None = None) -> PortableModel:
     """The module (with ``extra_outputs``, IR values, as graph outputs) as a :class:`PortableModel`;
-    the arrays are the IR's own buffers where it has them (no copy)."""
+    the arrays are the IR's own buffers where it has them (no copy). ``subgraph_outputs`` (name ->
+    ONNX elem type) names values inside If / Loop bodies to thread out as outputs too (see
+    :mod:`qc.onnx.expose` for their output names and stacking)."""
+    from qc.onnx.expose import expose_subgraph_values
     from qc.onnx.writer import export_onnx_sharing_weights, value_info
 
     proto, arrays = export_onnx_sharing_weights(module)
@@ -77,6 +81,8 @@ def portable_model(module: Any, *, extra_outputs: Sequence[Any] = ()) -> Portabl
         if v.name not in existing:
             existing.add(v.name)
             proto.graph.output.append(value_info(v))
+    if subgraph_outputs:
+        expose_subgraph_values(proto, dict(subgraph_outputs))
     return PortableModel(proto.SerializeToString(), {name: arrays[name] for name in arrays})
 
 
@@ -97,14 +103,16 @@ def portable_session(model: PortableModel, *, optimize: bool = False, log_level:
 
 
 def module_session(module: Any, *, extra_outputs: Sequence[Any] = (), optimize: bool = False,
-                   log_level: int = 3, threads: int | None = None, prepack: bool = True) -> Any:
+                   log_level: int = 3, threads: int | None = None, prepack: bool = True,
+                   subgraph_outputs: Mapping[str, int] | None = None) -> Any:
     """An onnxruntime CPU session of a qc Module that reads the IR's weight buffers in place
     (``add_external_initializers``): no ModelProto or serialized copy of the weights is made,
     and models over protobuf's 2 GB limit need no temporary files. ``extra_outputs`` are IR
     values to fetch besides the graph outputs. ``prepack=False`` stops onnxruntime from keeping
     a repacked copy of every MatMul weight (less memory, somewhat slower runs). The same session
     as :func:`portable_session` of :func:`portable_model` (which is how it is made)."""
-    return portable_session(portable_model(module, extra_outputs=extra_outputs), optimize=optimize,
+    return portable_session(portable_model(module, extra_outputs=extra_outputs, subgraph_outputs=subgraph_outputs),
+                            optimize=optimize,
                             log_level=log_level, threads=threads, prepack=prepack)
 
 

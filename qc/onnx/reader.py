@@ -20,7 +20,7 @@ from qc.ir.dtypes import DType
 from qc.ir.printer import format_type
 from qc.ir.scope import Scope
 from qc.ir.tensor import SparseTensor, Tensor, check_proto
-from qc.ir.types import Dim, MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.types import Dim, MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type, dim_from_int
 
 PROTOBUF_LIMIT = 2**31 - 1
 _ATTR_KIND = {
@@ -161,8 +161,11 @@ def detach_weights(model: ModelProto, min_bytes: int = 1024) -> tuple[ModelProto
 
 
 def with_inferred_shapes(model: ModelProto) -> ModelProto:
-    """The model with onnx shape inference's types, minus the dim names it invents."""
+    """The model with onnx shape inference's types, minus the dim names it invents. Inference
+    sees a negative ``dim_value`` (``-1``) as unknown (onnx would carry it along as a size, into
+    shape data that Reshape then reads as "infer this axis"); the declared ones are put back."""
     light, reattach = detach_weights(model)
+    negative = clear_negative_dims(light)
     try:
         inferred = reattach(onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True))
     except Exception:
@@ -172,19 +175,52 @@ def with_inferred_shapes(model: ModelProto) -> ModelProto:
         for d in _dims(tp):
             if d.dim_param and d.dim_param not in declared:
                 d.ClearField("dim_param")
+    _restore_negative_dims(inferred, negative)
     return inferred
 
 
-def _type_protos(model: ModelProto) -> Iterator[TypeProto]:
-    """The types of every value_info, input and output, in all graphs and functions."""
+def clear_negative_dims(model: ModelProto) -> dict[str, list[tuple[int, int]]]:
+    """Make every negative ``dim_value`` of ``model``'s value types (all graphs) an unknown
+    dimension, in place; returns ``{value name: [(axis, value), ...]}`` for putting them back."""
+    cleared: dict[str, list[tuple[int, int]]] = {}
+    for name, tp in _named_type_protos(model):
+        which = tp.WhichOneof("value")
+        if which not in ("tensor_type", "sparse_tensor_type"):
+            continue
+        for axis, d in enumerate(getattr(tp, which).shape.dim):
+            if d.HasField("dim_value") and d.dim_value < 0:
+                cleared.setdefault(name, []).append((axis, int(d.dim_value)))
+                d.ClearField("dim_value")
+    return cleared
+
+
+def _restore_negative_dims(model: ModelProto, cleared: dict[str, list[tuple[int, int]]]) -> None:
+    for name, tp in _named_type_protos(model):
+        which = tp.WhichOneof("value")
+        if name not in cleared or which not in ("tensor_type", "sparse_tensor_type"):
+            continue
+        dims = getattr(tp, which).shape.dim
+        for axis, value in cleared[name]:
+            if axis < len(dims) and not dims[axis].HasField("dim_value"):
+                dims[axis].ClearField("dim_param")
+                dims[axis].dim_value = value
+
+
+def _named_type_protos(model: ModelProto) -> Iterator[tuple[str, TypeProto]]:
+    """(value name, type) of every value_info, input and output, in all graphs."""
     graphs = [model.graph]
     while graphs:
         g = graphs.pop()
         for vi in list(g.input) + list(g.output) + list(g.value_info):
-            yield vi.type
+            yield vi.name, vi.type
         for node in g.node:
             for a in node.attribute:
                 graphs.extend([a.g] if a.type == AttributeProto.GRAPH else a.graphs)
+
+
+def _type_protos(model: ModelProto) -> Iterator[TypeProto]:
+    """The types of every value_info, input and output, in all graphs and functions."""
+    yield from (tp for _, tp in _named_type_protos(model))
     for f in model.functions:
         for vi in f.value_info:
             yield vi.type
@@ -235,7 +271,7 @@ def _shape(t: Any) -> tuple[Dim, ...]:
     dims: list[Dim] = []
     for d in t.shape.dim:
         if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
+            dims.append(dim_from_int(int(d.dim_value)))
         elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:

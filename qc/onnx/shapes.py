@@ -3,6 +3,7 @@ the inferred types back, never overwriting what the IR already knows.
 
     %y : f32[?, ?]   + inferred f32[2, 4]  ->  %y : f32[2, 4]
     %y : f32[N, 8]   + inferred f32[?, 8]  ->  unchanged (less specific)
+    %y : f32[-1, 8]  + inferred f32[N, 8]  ->  %y : f32[N, 8] (-1, like ?, is anonymous)
     %y : ?           + inferred f32[1]     ->  %y : f32[1]
 """
 from __future__ import annotations
@@ -13,15 +14,28 @@ import onnx
 from onnx import AttributeProto, GraphProto
 
 from qc.ir.core import Graph, Module, Value
-from qc.ir.types import OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.types import (
+    Dim,
+    OptionalType,
+    SequenceType,
+    SparseTensorType,
+    TensorType,
+    Type,
+    dim_kind,
+    is_static_dim,
+    shared_symbol,
+)
 
-from .reader import convert_type
+from .reader import clear_negative_dims, convert_type
 from .writer import export_onnx_sharing_weights
 
 
 def export_for_inference(module: Module) -> onnx.ModelProto:
-    """The module as an ONNX model for shape inference (types only: the weights are shared, not copied)."""
+    """The module as an ONNX model for shape inference (types only: the weights are shared, not
+    copied). A ``-1`` dimension goes out unknown: onnx would take it for a size (and conflict
+    with the size it infers once ``fix-shapes`` gave the inputs theirs)."""
     proto, _ = export_onnx_sharing_weights(module)
+    clear_negative_dims(proto)
     return proto
 
 
@@ -88,12 +102,13 @@ def _merge_shape(old: tuple | None, new: tuple | None) -> tuple | None:
         return new
     if new is None or len(old) != len(new):
         return old
-    dims = []
-    for a, b in zip(old, new):
-        if a is None:
-            dims.append(b)
-        elif isinstance(a, str) and isinstance(b, int):
-            dims.append(b)
-        else:
-            dims.append(a)
-    return tuple(dims)
+    return tuple(_merge_dim(a, b) for a, b in zip(old, new))
+
+
+def _merge_dim(old: Dim, new: Dim) -> Dim:
+    """A size beats a name, and a shared name an anonymous dimension (None, ``-1``, ``?``)."""
+    if old is None or (not is_static_dim(old) and is_static_dim(new)):
+        return new
+    if dim_kind(old) == "anonymous" and shared_symbol(new) is not None:
+        return new
+    return old

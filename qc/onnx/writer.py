@@ -17,7 +17,7 @@ from qc.errors import QCError
 from qc.ir.core import Attr, Function, Graph, Module, Value
 from qc.ir.naming import assign_unique_names
 from qc.ir.tensor import SparseTensor, Tensor
-from qc.ir.types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
+from qc.ir.types import MapType, NegativeDim, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 _ATTR_TYPE = {
     "int": AttributeProto.INT, "float": AttributeProto.FLOAT, "string": AttributeProto.STRING,
@@ -123,6 +123,9 @@ class ModelWriter:
         self.external = external
         self.defer_initializers = defer_initializers
         self.deferred: list[Value] = []
+        # onnxruntime hands add_external_initializers' arrays to main-graph initializers only; a
+        # subgraph initializer marked external is looked up as a file and fails to load
+        self.in_memory = isinstance(external, _MemorySink)
 
     def model(self, m: Module) -> ModelProto:
         assign_unique_names(m)
@@ -138,8 +141,10 @@ class ModelWriter:
             proto.functions.append(self.function(f))
         return proto
 
-    def tensor(self, t: Tensor, name: str) -> TensorProto:
-        if self.external is not None:
+    def tensor(self, t: Tensor, name: str, placeable: bool = True) -> TensorProto:
+        """``placeable=False``: always inline (a subgraph's initializer: onnxruntime's
+        ``add_external_initializers`` and external-data loader only see the main graph's)."""
+        if self.external is not None and placeable:
             placed = self.external.place(t, name)
             if placed is not None:
                 return placed
@@ -161,7 +166,7 @@ class ModelWriter:
                 if isinstance(data, SparseTensor):
                     gp.sparse_initializer.append(self.sparse(data, v.name))
                 else:
-                    gp.initializer.append(self.tensor(data, v.name))
+                    gp.initializer.append(self.tensor(data, v.name, placeable=top or not self.in_memory))
         for v in g.inputs:
             gp.input.append(value_info(v))
         if consts_are_inputs:
@@ -267,6 +272,8 @@ def type_proto(t: Type) -> TypeProto:
                 dim = inner.shape.dim.add()
                 if isinstance(d, int):
                     dim.dim_value = d
+                elif isinstance(d, NegativeDim):
+                    dim.dim_value = d.value
                 elif isinstance(d, str):
                     dim.dim_param = d
     elif isinstance(t, SequenceType):

@@ -27,6 +27,7 @@ import numpy as np
 
 from qc.ir.core import Graph, Op, Value
 from qc.ir.tensor import Tensor
+from qc.ir.types import is_static_dim
 
 # ONNX TensorProto element type -> the dtype names of the target kernel tables.
 DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 6: "int32", 5: "int16",
@@ -83,7 +84,7 @@ def _size(v: Value | None) -> int | None:
     if v.const is not None:
         return int(np.prod(v.const.shape)) if v.const.shape else 1
     shape = getattr(v.type, "shape", None)
-    if shape is None or not all(isinstance(d, int) for d in shape):
+    if shape is None or not all(is_static_dim(d) for d in shape):
         return None
     return int(np.prod(shape)) if shape else 1
 
@@ -302,7 +303,7 @@ def _dims(v: Value | None) -> list[int] | None:
     shape = getattr(v.type, "shape", None)
     if shape is None:
         return None
-    return [d if isinstance(d, int) else 1 for d in shape]
+    return [d if isinstance(d, int) and is_static_dim(d) else 1 for d in shape]
 
 
 def macs(u: Unit) -> int | None:

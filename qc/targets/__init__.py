@@ -63,6 +63,21 @@ class Kernel:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """RAM and flash of the parts a target stands for, in bytes. ``ram`` / ``flash`` are the
+    typical part a C compile's arena and weights are checked against (``qc.tools.budget``);
+    ``ram_range`` / ``flash_range`` span the common parts; ``enforce`` false (application
+    processors: RAM in GB) reports the figures without checking them."""
+    ram: int
+    flash: int
+    ram_range: tuple[int, int]
+    flash_range: tuple[int, int]
+    enforce: bool
+    source: str
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -78,6 +93,7 @@ class Target:
     other_ops: dict = field(default_factory=dict, compare=False)
     unsupported_ops: dict = field(default_factory=dict, compare=False)
     copy_cost: float = 0.0
+    memory: Memory | None = None
     data: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kernel_for(self, op: str, act_dtype: str, weight_dtype: str, out_dtype: str,
@@ -130,9 +146,12 @@ def load_target(name_or_path: str) -> Target:
 
 _TOP = {"name": str, "description": str, "features": list, "devices": list, "preferred_device": str,
         "backend": str, "compiler": dict, "qemu": dict, "kernels": dict, "other_ops": dict,
-        "unsupported_ops": dict, "copy_cost": (int, float)}
+        "unsupported_ops": dict, "copy_cost": (int, float), "memory": dict}
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
+_MEMORY = {"ram": int, "flash": int, "ram_range": list, "flash_range": list, "enforce": bool, "source": str,
+           "note": str}
+_MEMORY_REQUIRED = ("ram", "flash", "source")
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
            "const_weight": bool, "cost": (int, float), "status": str, "source": str, "c_kernel": str}
 _KERNEL_REQUIRED = ("op", "act", "weight", "out", "cost", "source")
@@ -279,7 +298,31 @@ def _validate(data: dict, text: str, path: str) -> Target:
     copy_cost = float(data.get("copy_cost", 0.0))
     if copy_cost < 0:
         fail("copy_cost", f"must not be negative, got {copy_cost}")
+    memory = _memory(data.get("memory"), fail, check_keys)
     return Target(name=data["name"], description=data.get("description", ""), features=features,
                   devices=devices, backend=backend, preferred_device=preferred, cc=compiler.get("cc"),
                   cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels,
-                  other_ops=other_ops, unsupported_ops=unsupported, copy_cost=copy_cost, data=data)
+                  other_ops=other_ops, unsupported_ops=unsupported, copy_cost=copy_cost, memory=memory,
+                  data=data)
+
+
+def _memory(table: dict | None, fail, check_keys) -> Memory | None:
+    """The ``[memory]`` table: sizes in bytes, each range [smallest, largest] around its typical size."""
+    if table is None:
+        return None
+    check_keys(table, _MEMORY, "memory.")
+    for k in _MEMORY_REQUIRED:
+        if k not in table:
+            fail(f"memory.{k}", "missing", hint="[memory] needs ram, flash (bytes) and source")
+    sizes = {}
+    for k in ("ram", "flash"):
+        if isinstance(table[k], bool) or table[k] <= 0:
+            fail(f"memory.{k}", f"must be a positive number of bytes, got {table[k]!r}")
+        rng = table.get(f"{k}_range", [table[k], table[k]])
+        if (len(rng) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng)
+                or not rng[0] <= table[k] <= rng[1]):
+            fail(f"memory.{k}_range", f"expected [smallest, largest] bytes around {k} = {table[k]}, got {rng!r}")
+        sizes[k] = (table[k], (rng[0], rng[1]))
+    return Memory(ram=sizes["ram"][0], flash=sizes["flash"][0], ram_range=sizes["ram"][1],
+                  flash_range=sizes["flash"][1], enforce=table.get("enforce", True), source=table["source"],
+                  note=table.get("note"))

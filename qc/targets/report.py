@@ -11,9 +11,11 @@ from .placement import Placement
 _FALLBACK_KEYS = ("node", "op", "dtypes", "granularity", "from", "to", "reason")
 
 
-def placement_report(target, found: Placement, legalized: list[dict] | None = None) -> dict[str, Any]:
-    """A JSON-ready report: units per device, fallbacks, copies, transitions, estimated cost, and the
-    rewrites of legalize when it ran."""
+def placement_report(target, found: Placement, legalized: list[dict] | None = None,
+                     shapes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-ready report: units per device, fallbacks, copies, transitions, estimated cost, the
+    rewrites of legalize when it ran, and ``shapes`` when given (``qc check``: the input shapes the
+    estimates used, ``given`` by --shape, and the dynamic dimensions ``assumed`` to be 1)."""
     placement, traffic, cost = found.units, found.traffic, found.cost
     report: dict[str, Any] = {
         "target": target.name,
@@ -29,12 +31,35 @@ def placement_report(target, found: Placement, legalized: list[dict] | None = No
         "copies": len(traffic["copies"]),
         "copy_bytes": cost["copy_bytes"],
         "cost": {"compute": round(cost["compute"], 3), "copy": round(cost["copy"], 3),
-                 "total": round(cost["total"], 3), "units_without_shapes": cost["unknown_macs"]},
+                 "total": round(cost["total"], 3), "units_without_shapes": cost["unknown_macs"],
+                 "copies_without_shapes": cost.get("unknown_copies", 0)},
         "placement": [{k: p[k] for k in (*_FALLBACK_KEYS, "kernel", "cost", "macs")} for p in placement],
     }
     if legalized is not None:
         report["legalized"] = legalized
+    if shapes is not None:
+        report["shapes"] = shapes
     return report
+
+
+def _shape_lines(shapes: dict[str, Any]) -> list[str]:
+    """``input shapes: x [1, 3, 1, 1] (assumed 1: axis 0 (-1), axis 2 (?)), ...`` and what to do;
+    nothing for a model with static inputs and no --shape."""
+    if not shapes["assumed"] and not shapes["given"]:
+        return []
+    assumed: dict[str, list[str]] = collections.defaultdict(list)
+    for a in shapes["assumed"]:
+        assumed[a["input"]].append(f"axis {a['axis']} ({a['dim']})")
+    parts = []
+    for name, dims in shapes["inputs"].items():
+        how = " (--shape)" if name in shapes["given"] else (
+            f" (assumed 1: {', '.join(assumed[name])})" if name in assumed else "")
+        parts.append(f"{name} [{', '.join(map(str, dims))}]{how}")
+    out = [f"input shapes: {'; '.join(parts) or 'none'}"]
+    if assumed:
+        out.append(f"  {len(shapes['assumed'])} dynamic dimensions counted as 1 in the estimates; give their sizes "
+                   "with --shape NAME=AxB,...")
+    return out
 
 
 def _fmt_num(x: float) -> str:
@@ -91,8 +116,12 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
         if units:
             out.extend(f"  {e['node']}: {' x '.join(e['dtypes'][:2])} -> {e['dtypes'][2]}" for e in report["emulated"])
     c = report["cost"]
-    out.append(f"copies between devices: {report['copies']} ({_fmt_num(report['copy_bytes'])}B), "
-               f"device transitions: {report['transitions']}")
+    if "shapes" in report:
+        out.extend(_shape_lines(report["shapes"]))
+    unsized = c.get("copies_without_shapes", 0)
+    out.append(f"copies between devices: {report['copies']} ({_fmt_num(report['copy_bytes'])}B"
+               + (f"; {unsized} of dynamic size, its unknown dimensions counted as 1" if unsized else "")
+               + f"), device transitions: {report['transitions']}")
     note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
     out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
                f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")

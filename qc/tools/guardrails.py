@@ -9,7 +9,8 @@ compile.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,12 +62,16 @@ class Guardrail:
         return asdict(self)
 
 
-def check(module: Module, opts: Any | None, calib: Any | None, target: Any | None = None) -> list[Guardrail]:
+def check(module: Module, opts: Any | None, calib: Any | None, target: Any | None = None,
+          source_ops: Mapping[str, int] | None = None) -> list[Guardrail]:
     """Every guardrail warning for the compiled ``module`` (``opts``: the QuantOptions; ``calib``:
     the calibration statistics when the scheme calibrated; ``target``: a Target, or None to take
-    the features from ``opts.target_features``)."""
+    the features from ``opts.target_features``; ``source_ops``: op counts of the input model, by
+    qualified type, to tell whether the scheme changed anything)."""
     features = set(getattr(target, "features", None) or getattr(opts, "target_features", ()) or ())
     out: list[Guardrail] = []
+    if source_ops is not None:
+        out += _nothing_quantized(module, opts, source_ops)
     out += _four_bit_activations_on_decoder(module, opts)
     out += _activation_outliers(module, calib)
     out += _per_tensor_weights(module)
@@ -77,6 +82,53 @@ def check(module: Module, opts: Any | None, calib: Any | None, target: Any | Non
 
 
 # -- the checks -----------------------------------------------------------------------------------
+QUANTIZED_FORMS = frozenset({
+    "onnx.QuantizeLinear", "onnx.DequantizeLinear", "onnx.DynamicQuantizeLinear", "onnx.MatMulInteger",
+    "onnx.ConvInteger", "onnx.QLinearConv", "onnx.QLinearMatMul", "com.microsoft.MatMulNBits", "com.microsoft.DynamicQuantizeMatMul",
+    "com.microsoft.MatMulIntegerToFloat", "com.microsoft.DynamicQuantizeLSTM", "com.microsoft.QGemm",
+    "com.microsoft.QAttention", "com.microsoft.QuantizeLinear", "com.microsoft.DequantizeLinear",
+    "com.microsoft.QLinearAdd", "com.microsoft.QLinearMul", "com.microsoft.QLinearConcat",
+    "com.microsoft.QLinearSigmoid", "com.microsoft.QLinearLeakyRelu", "com.microsoft.QLinearGlobalAveragePool",
+    "com.microsoft.QLinearAveragePool", "com.microsoft.QLinearSoftmax", "com.microsoft.GatherBlockQuantized"})
+"""op types (qualified: ``domain.type`` outside the default domain) that hold quantized tensors"""
+
+
+def _nothing_quantized(module: Module, opts: Any | None, source_ops: Mapping[str, int]) -> list[Guardrail]:
+    if opts is None:
+        return []
+    after = Counter(op.qualified_type for op in module.walk())
+    marker = ("onnx.Cast",) if getattr(opts, "scheme", None) == "fp16" else tuple(QUANTIZED_FORMS)
+    if any(after.get(t, 0) > source_ops.get(t, 0) for t in marker):
+        return []
+    from qc.quant.schemes import DEFAULT_OPS
+
+    wanted = (getattr(opts, "ops", None) or DEFAULT_OPS).split(",")
+    present = {t: n for t, n in source_ops.items() if t in QUANTIZED_FORMS}
+    if present:
+        seen = ", ".join(f"{short(t)} x{n}" for t, n in sorted(present.items()))
+        why = f"the model is already quantized ({seen}); qc leaves quantized ops as they are"
+        to_do = "compile the float model it was made from, or compile this one without --quant"
+    elif getattr(opts, "scheme", None) == "fp16":
+        why = "no float32 weight or compute op was converted"
+        to_do = "check that the model computes in float32 (qc show --summary)"
+    else:
+        compute = sorted(short(t) for t in source_ops if t in RECURRENT_OPS)
+        why = (f"no {'/'.join(wanted)} op outside the excluded layers"
+               + (f"; its compute is in {', '.join(compute)}, which --quant does not quantize" if compute else ""))
+        to_do = "choose the op types with --quant-ops, or check --exclude"
+    return [Guardrail("nothing-quantized", "model", f"--quant {opts.scheme} changed no op: {why}",
+                      "a compile that quantizes nothing gives a model as large and as slow as the input",
+                      to_do)]
+
+
+RECURRENT_OPS = frozenset({"onnx.LSTM", "onnx.GRU", "onnx.RNN", "onnx.Scan", "onnx.Loop"})
+
+
+def short(op_type: str) -> str:
+    """A qualified op type as the user wrote it: ``LSTM``, ``com.microsoft.MatMulNBits``."""
+    return op_type.removeprefix("onnx.")
+
+
 def _four_bit_activations_on_decoder(module: Module, opts: Any | None) -> list[Guardrail]:
     layers = [q for q in _activation_quantizers(module) if _dtype(q.results[0]) in (DType.i4, DType.u4)]
     if not layers:

@@ -108,6 +108,31 @@ def build_report(*, scheme: str, pipeline: str, input_path: str, output_path: st
     }
 
 
+def format_accuracy(a: dict[str, Any]) -> list[str]:
+    """The held-aside SQNR lines (qc.tools.holdout): all samples with their spread, then each group."""
+    def dbs(values: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {float(db):.2f} dB" for name, db in values.items())
+
+    held, gen = a.get("held_aside", a["samples"]), a.get("generated", 0)
+    where = (f"{held} held-aside" if not gen else f"{held} held-aside + {gen} generated like the "
+             f"{a['generated_from']} real ones")
+    spread = ", ".join(f"{name} {float(a['sqnr_db_min'][name]):.2f} / {float(a['sqnr_db_median'][name]):.2f} dB"
+                       for name in a["sqnr_db"]) if "sqnr_db_min" in a else ""
+    if not a["samples"]:
+        return [f"  output SQNR: not measured (inputs generated like the calibration data failed: "
+                f"{a.get('generated_failed')})"]
+    count = f"{a['samples']} sample" + ("s" if a["samples"] != 1 else "")
+    lines = [f"  output SQNR vs the float model on {count} ({where}): {dbs(a['sqnr_db'])}"]
+    if a.get("generated_failed"):
+        lines.append(f"    (no generated samples: {a['generated_failed']})")
+    if spread:
+        lines.append(f"    per sample min / median: {spread}")
+    if "held_aside_sqnr_db" in a:
+        lines.append(f"    held-aside alone: {dbs(a['held_aside_sqnr_db'])}; generated alone: "
+                     f"{dbs(a['generated_sqnr_db'])}")
+    return lines
+
+
 def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
     size = r["size_bytes"]
     lines = [f"quantization: {r['scheme']}",
@@ -131,8 +156,7 @@ def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
                              f"{layer['features']} ({layer['reason']}); int8 part max |x| {layer['rest_absmax']:.4g}")
     a = r.get("accuracy")
     if a:
-        per_output = ", ".join(f"{name} {float(db):.2f} dB" for name, db in a["sqnr_db"].items())
-        lines.append(f"  output SQNR vs the float model on {a['samples']} held-aside samples: {per_output}")
+        lines.extend(format_accuracy(a))
     elif c is None:
         lines.append("  output SQNR: not measured (no calibration data given; --calib or --calib-text adds it)")
     from .guardrails import format_warnings

@@ -117,4 +117,18 @@ void qc_convtranspose2d_f32(int N, int C, int H, int W, int OC, int OH, int OW, 
                             int group, const int *p, const float *x, const float *w,
                             const float *bias, float *y);
 
+/* -- recurrent layers (qc_rnn.c): one direction of an ONNX LSTM / GRU over T steps ---------- */
+/* x(t, b) = x + t*xs_t + b*xs_b (I contiguous floats); W (4H x I) and R (4H x H) row-major in
+ * ONNX gate order (LSTM i o f c, GRU z r h); bias: Wb then Rb (8H / 6H) or NULL; peep: P (3H,
+ * i o f) or NULL; h0 / c0 and yh / yc: row b at b*hs_b, or NULL (zeros / not written);
+ * y(t, b) = y + t*ys_t + b*ys_b or NULL; clip <= 0: no clipping. work: 2*B*4H + 2*B*H floats
+ * (LSTM), 2*B*3H + 3*B*H (GRU). Activations: Sigmoid / Tanh / Tanh (the ONNX defaults). */
+void qc_lstm_f32(int T, int B, int I, int H, int reverse, int input_forget, float clip,
+                 const float *x, int xs_t, int xs_b, const float *W, const float *R,
+                 const float *bias, const float *peep, const float *h0, const float *c0, int hs_b,
+                 float *y, int ys_t, int ys_b, float *yh, float *yc, float *work);
+void qc_gru_f32(int T, int B, int I, int H, int reverse, int linear_before_reset, float clip,
+                const float *x, int xs_t, int xs_b, const float *W, const float *R, const float *bias,
+                const float *h0, int hs_b, float *y, int ys_t, int ys_b, float *yh, float *work);
+
 #endif
