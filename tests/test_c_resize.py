@@ -398,3 +398,33 @@ def test_if_with_branch_dependent_shape_is_control_flow(tmp_path):
     assert msg.startswith("node 'branch': If output 0 ('y') has different shapes in its branches: "
                           "then_branch f32[2, 3], else_branch f32[4, 3]"), msg
     assert "--shape NAME=AxB" not in msg and "the condition 'cond' is a run-time value" in msg, msg
+
+
+# -- Pad reflect / edge / wrap (a gather, like nearest Resize) --------------------------------------------------
+def test_pad_modes_match_onnxruntime(tmp_path):
+    """Pad reflect (silero VAD's STFT padding on [1, 1, T]), edge (open_nsfw's NCHW padding), wrap,
+    with axes and with negative pads (a crop), and edge on uint8: exact against onnxruntime."""
+    toolchain.require_tools("host")
+    cases = [("reflect_stft", "a", "reflect", [0, 0, 8, 0, 0, 8], None),
+             ("edge_nchw", "x", "edge", [0, 0, 1, 2, 0, 0, 2, 1], None),
+             ("wrap_axes", "x", "wrap", [3, -1, 2, 4], [2, -1]),
+             ("reflect_crop", "x", "reflect", [0, 0, -1, 3, 0, 0, 2, -2], None),
+             ("edge_u8", "q", "edge", [0, 1, 2, 0, 1, 0, 0, 3], None)]
+    inits, nodes, outputs = [], [], []
+    for name, src, mode, pads, axes in cases:
+        inits.append(numpy_helper.from_array(np.array(pads, np.int64), f"{name}_pads"))
+        ins = [src, f"{name}_pads"]
+        if axes is not None:
+            inits.append(numpy_helper.from_array(np.array(axes, np.int64), f"{name}_axes"))
+            ins += ["", f"{name}_axes"]
+        nodes.append(helper.make_node("Pad", ins, [name], name=name, mode=mode))
+        outputs.append(helper.make_tensor_value_info(name, TP.UINT8 if src == "q" else F, None))
+    m = _model(nodes, [helper.make_tensor_value_info("a", F, [1, 1, 40]),
+                       helper.make_tensor_value_info("x", F, [1, 2, 5, 7]),
+                       helper.make_tensor_value_info("q", TP.UINT8, [1, 2, 5, 7])], outputs, inits)
+    rng = np.random.RandomState(4)
+    inputs = {"a": rng.randn(1, 1, 40).astype(np.float32), "x": rng.randn(1, 2, 5, 7).astype(np.float32),
+              "q": rng.randint(0, 256, (1, 2, 5, 7)).astype(np.uint8)}
+    report, got = _c_outputs(m, tmp_path, inputs)
+    assert report["kernels"]["pad reflect"] == 2 and report["kernels"]["pad edge"] == 2
+    _compare(m, got, inputs, rtol=0, atol=0)

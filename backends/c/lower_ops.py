@@ -296,8 +296,9 @@ def _pad(lw: Lowering, op: Op) -> None:
     x = op.operands[0]
     shape = lw.shape(x)
     rank = len(shape)
-    if str_attr(op, "mode", "constant") != "constant":
-        raise unsupported(op, f"mode {str_attr(op, 'mode', '')}")
+    mode = str_attr(op, "mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise unsupported(op, f"mode {mode}")
     if lw.opset < 11:
         pads, value = op.attr("pads"), op.attr("value", 0.0)
         axes = list(range(rank))
@@ -307,11 +308,14 @@ def _pad(lw: Lowering, op: Op) -> None:
         value = 0 if v is None else v.item()
         a = lw.const(op, 3, "axes")
         axes = list(range(rank)) if a is None else [_axis(int(k), rank) for k in a.tolist()]
-    if any(p < 0 for p in pads):
-        raise unsupported(op, "negative pads")
     begin = [0] * rank
     for i, ax in enumerate(axes):
         begin[ax] = int(pads[i])
+    if mode != "constant":
+        _pad_gather(lw, op, x, shape, begin, mode)
+        return
+    if any(p < 0 for p in pads):
+        raise unsupported(op, "negative pads")
     y = lw.out(op)
     fill = lw.weight(np.array(value, dtype=y.dtype.numpy))
     es = np.dtype(y.dtype.numpy).itemsize
@@ -321,6 +325,43 @@ def _pad(lw: Lowering, op: Op) -> None:
         cshape, cys, _ = coalesce(shape, ys, contiguous(shape))
         lw.call(op, "qc_place_nd", [len(cshape), Ints(cshape), Ints(cys), es, Ptr(lw.buf(x)),
                                     Ptr(y, sum(b * s for b, s in zip(begin, ys)), const=False)], "pad")
+
+
+def pad_index(mode: str, out_len: int, begin: int, n: int) -> np.ndarray:
+    """The input index of every output index of a reflect / edge / wrap Pad along one axis
+    (numpy.pad's modes: reflect mirrors without repeating the edge, wrap is periodic). Negative
+    pads crop first; the padding then repeats the cropped part, as onnxruntime does."""
+    end = out_len - n - begin
+    lo = max(0, -begin)
+    n = n - lo - max(0, -end)
+    i = np.arange(out_len) - max(0, begin)
+    if mode == "edge" or n == 1:
+        return lo + np.clip(i, 0, n - 1)
+    if mode == "wrap":
+        return lo + np.mod(i, n)
+    k = np.mod(i, 2 * (n - 1))
+    return lo + np.where(k < n, k, 2 * (n - 1) - k)
+
+
+def _pad_gather(lw: Lowering, op: Op, x, shape, begin, mode: str) -> None:
+    """Pad reflect / edge / wrap: a gather with one index table per axis (qc_resize_nearest)::
+
+        y = Pad(x f32[1, 2, 5], pads=[0, 0, 2, 0, 0, 1], mode=reflect)
+            -> qc_resize_nearest(3, {1, 2, 8}, {0 | 0 5 | 2 1 0 1 2 3 4 3}, 4, x, NULL, y)
+    """
+    y = lw.out(op)
+    if y.size == 0:
+        return
+    if math.prod(shape) == 0:
+        raise unsupported(op, f"mode {mode} on an empty input")
+    ends = [y.shape[d] - shape[d] - begin[d] for d in range(len(shape))]
+    if any(n + min(0, b) + min(0, e) < 1 for n, b, e in zip(shape, begin, ends)):
+        raise unsupported(op, f"mode {mode} with pads that crop an axis away")
+    st = contiguous(shape)
+    idx = tuple(int(v) for d in range(len(shape))
+                for v in (pad_index(mode, y.shape[d], begin[d], shape[d]) * st[d]).tolist())
+    lw.call(op, "qc_resize_nearest", [len(shape), Ints(y.shape), Ints(idx), np.dtype(y.dtype.numpy).itemsize,
+                                      Ptr(lw.buf(x)), Raw("NULL"), Ptr(y, const=False)], f"pad {mode}")
 
 
 @handler("ConstantOfShape")
