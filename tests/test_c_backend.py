@@ -30,6 +30,7 @@ ALLOWED = re.compile(
     r"not supported by the C backend \((dtype \w+|input 0 of dtype \w+; only float32|input of dtype [iu]16|"
     r"output [iu]16|3-D|"
     r"the mask output|training (mode|outputs)|the Indices output|blocked or non-constant parameters|"
+    r"antialias|output '\w+' has no static shape \(.*\): it is not known at compile time|"
     r"a non-float exponent must be a constant|starts must be a constant|a trip count M that is not a constant.*)\)"
     r"|If output 0 \('\w+'\) has no static shape: then_branch gives (seq|opt)<"
     r"|dtype \w+ is not supported by the C backend|is not a tensor")
@@ -57,11 +58,18 @@ def _model(nodes, inputs, outputs, inits=(), opset=17):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
+# Cases whose expected outputs (onnx's reference implementation) differ from onnxruntime, the C
+# backend's oracle: downsampling with align_corners, where the reference maps through the
+# fractional output size (scale * in) and onnxruntime through the integer one.
+ORT_IS_ORACLE = {"test_resize_downsample_scales_linear_align_corners",
+                 "test_resize_downsample_scales_cubic_align_corners"}
+
+
 # -- the ONNX backend node tests -------------------------------------------------------------------
 def test_onnx_node_cases(tmp_path):
     """Every case of onnx's node tests whose ops the C backend claims: compiled in one binary, run
     on the host, compared with the expected outputs (floats: rtol 1e-3, atol 1e-5, the node tests'
-    own rtol; integers and bools exactly)."""
+    own rtol; integers and bools exactly; onnxruntime's outputs for ORT_IS_ORACLE)."""
     import sys
 
     toolchain.require_tools("host")
@@ -70,9 +78,9 @@ def test_onnx_node_cases(tmp_path):
 
     cases = node_cases(claimed_ops())
     emitted, failed = emit_cases(cases, tmp_path, A76)
-    bad = {k: v for k, v in failed.items() if not ALLOWED.search(v)}
+    bad = {k: v for k, v in failed.items() if not all(ALLOWED.search(m) for m in v)}
     assert not bad, bad
-    assert len(emitted) >= 540, len(emitted)
+    assert len(emitted) >= 622, len(emitted)
     (tmp_path / "driver.c").write_text(driver_c(emitted))
     runtime = sorted({s for _, _, r, _, _ in emitted for s in r["sources"] if s.startswith("qc_")})
     exe = toolchain.build([tmp_path / "driver.c", *[tmp_path / s for s in runtime]], tmp_path / "driver", "host",
@@ -83,7 +91,11 @@ def test_onnx_node_cases(tmp_path):
     proc = toolchain.run(exe, "host", None, [str(tmp_path)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     mismatches = []
+    given = {c[0]: (c[1], c[2]) for c in cases}
     for i, name, r, _, outs in emitted:
+        if name in ORT_IS_ORACLE:
+            model, ins = given[name]
+            outs = _ort(model, {v.name: a for v, a in zip(model.graph.input, ins)})
         for j, (expected, (_, dt, shape)) in enumerate(zip(outs, r["outputs"])):
             got = np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy).reshape(shape)
             try:

@@ -2,7 +2,8 @@
 
 ``prepare(module, shapes)`` runs the preparation pipeline (``c_prepare_pipeline``: static input
 shapes, folded shape arithmetic); ``emit_c(module, out_dir, target, harness=...)`` then checks that
-every value has a static shape, lowers every op (or quantized node unit) to a kernel call, plans
+every input has a static shape, lowers every op (or quantized node unit) to a kernel call (one
+error names every node it cannot lower), plans
 the arena and writes model.h / model.c / model_weights.c, the runtime sources, a Makefile and a
 CMake snippet. It returns the compile report (arena and weight bytes, kernels per node).
 """
@@ -13,7 +14,6 @@ from pathlib import Path
 
 from qc.errors import QCError
 from qc.ir import Module, TensorType
-from qc.ir.printer import format_type
 
 from .prepare import c_prepare_pipeline, parse_shapes, prepare
 
@@ -109,76 +109,18 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
 
 def check_static_shapes(module: Module) -> None:
-    """A QCError naming the first main-graph value the C code would need a static shape for
-    (a model input, or an op result that is read or is a model output) and has none."""
+    """A QCError naming the first model input without a static shape (what ``--shape`` fixes).
+    Op results without one are reported by the lowering, with every other node it cannot lower
+    and the reason (data-dependent shape, control flow)."""
     g = module.graph
-    outputs = {id(v) for v in g.outputs}
-    values = [v for v in g.inputs if v.const is None]
-    values += [r for op in g for r in op.results if r is not None and (r.uses() or id(r) in outputs)]
-    for v in values:
+    for v in g.inputs:
         t = v.type
-        if not isinstance(t, TensorType) or not t.is_static:
-            if v.producer is not None and v.producer.op_type == "If":
-                raise _if_shape_error(v)
-            if v.producer is not None and v.producer.op_type == "Loop":
-                from .lower_control import trip_count
-
-                trip_count(v.producer)  # a run-time trip count is the reason: say so
+        if v.const is None and (not isinstance(t, TensorType) or not t.is_static):
             inputs = [i.name for i in g.inputs if i.const is None]
             raise QCError(f"'{v.name}' has no static shape ({t})", where=f"value '{v.name}'",
                           hint="give the model inputs static shapes with --shape NAME=AxB (inputs: "
                                + ", ".join(inputs) + "), which runs the C preparation pipeline "
                                "(qc.backends.c.prepare) that folds the shape arithmetic")
-
-
-def _static(v) -> bool:
-    return v.const is not None or isinstance(v.type, TensorType) and v.type.is_static
-
-
-def _if_shape_error(v) -> QCError:
-    """An If result without a static shape: which branch gives which shape, and the first value
-    inside a branch that has none (the run-time condition keeps both branches)."""
-    op, k = v.producer, v.index
-    branches = [(name, op.attr(name).outputs[k]) for name in ("then_branch", "else_branch")]
-    cond = op.operands[0]
-    feeds = _inputs_feeding(cond)
-    bind = (" ".join(f"--bind {n}=VALUE" for n in feeds) + ": " if feeds else "")
-    hint = (f"the condition '{cond.name}' is a run-time value, so the C code holds both branches, and each output "
-            f"needs one static shape; make the condition a constant ({bind}the taken branch is then inlined) "
-            "or give inputs shapes both branches accept")
-    if all(_static(o) for _, o in branches):
-        return QCError(f"If output {k} ('{v.name}') has different shapes in its branches: "
-                       + ", ".join(f"{n} {format_type(o.type)}" for n, o in branches),
-                       where=f"node '{op.name or v.name}'", hint=hint)
-    first = ""
-    for name, _ in branches:
-        for inner in op.attr(name).walk():
-            bad = next((r for r in inner.results if r is not None and not _static(r)), None)
-            if bad is not None and not first:
-                first = f"; the first value without one is '{bad.name}' ({inner.op_type} in the {name})"
-    return QCError(f"If output {k} ('{v.name}') has no static shape: "
-                   + ", ".join(f"{n} gives {format_type(o.type)}" for n, o in branches) + first,
-                   where=f"node '{op.name or v.name}'", hint=hint)
-
-
-def _inputs_feeding(v) -> list[str]:
-    """The model inputs (not consts) a value is computed from, in the graph's input order."""
-    seen, stack, found = set(), [v], set()
-    while stack:
-        u = stack.pop()
-        if u is None or id(u) in seen:
-            continue
-        seen.add(id(u))
-        if u.producer is None:
-            if u.const is None:
-                found.add(u.name)
-            continue
-        stack.extend(u.producer.operands)
-    g = v.producer.graph if v.producer is not None else None
-    while g is not None and g.parent is not None:
-        g = g.parent.graph
-    order = [i.name for i in g.inputs] if g is not None else sorted(found)
-    return [n for n in order if n in found]
 
 
 def format_report(report: dict) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from qc.errors import QCError
 from qc.ir import DType, Graph, Op, TensorType, Value
+from qc.ir.printer import format_type
 
 from .lowering import Buffer, Lowering, Ptr, handler, node_name, unsupported
 
@@ -179,3 +180,53 @@ def _loop(lw: Lowering, op: Op) -> None:
             _copy(lw, op, state[k], existing)
         else:
             lw.bufs[id(r)] = Buffer(lw.fresh("a"), state[k].dtype, state[k].shape, "alias", base=state[k])
+
+
+def _is_static(v) -> bool:
+    return v.const is not None or isinstance(v.type, TensorType) and v.type.is_static
+
+
+def if_shape_error(v: Value) -> QCError:
+    """An If result without a static shape: which branch gives which shape, and the first value
+    inside a branch that has none (the run-time condition keeps both branches)."""
+    op, k = v.producer, v.index
+    branches = [(name, op.attr(name).outputs[k]) for name in ("then_branch", "else_branch")]
+    cond = op.operands[0]
+    feeds = _inputs_feeding(cond)
+    bind = (" ".join(f"--bind {n}=VALUE" for n in feeds) + ": " if feeds else "")
+    hint = (f"the condition '{cond.name}' is a run-time value, so the C code holds both branches, and each output "
+            f"needs one static shape; make the condition a constant ({bind}the taken branch is then inlined) "
+            "or give inputs shapes both branches accept")
+    if all(_is_static(o) for _, o in branches):
+        return QCError(f"If output {k} ('{v.name}') has different shapes in its branches: "
+                       + ", ".join(f"{n} {format_type(o.type)}" for n, o in branches),
+                       where=f"node '{op.name or v.name}'", hint=hint)
+    first = ""
+    for name, _ in branches:
+        for inner in op.attr(name).walk():
+            bad = next((r for r in inner.results if r is not None and not _is_static(r)), None)
+            if bad is not None and not first:
+                first = f"; the first value without one is '{bad.name}' ({inner.op_type} in the {name})"
+    return QCError(f"If output {k} ('{v.name}') has no static shape: "
+                   + ", ".join(f"{n} gives {format_type(o.type)}" for n, o in branches) + first,
+                   where=f"node '{op.name or v.name}'", hint=hint)
+
+
+def _inputs_feeding(v: Value) -> list[str]:
+    """The model inputs (not consts) a value is computed from, in the graph's input order."""
+    seen, stack, found = set(), [v], set()
+    while stack:
+        u = stack.pop()
+        if u is None or id(u) in seen:
+            continue
+        seen.add(id(u))
+        if u.producer is None:
+            if u.const is None:
+                found.add(u.name)
+            continue
+        stack.extend(u.producer.operands)
+    g = v.producer.graph if v.producer is not None else None
+    while g is not None and g.parent is not None:
+        g = g.parent.graph
+    order = [i.name for i in g.inputs] if g is not None else sorted(found)
+    return [n for n in order if n in found]

@@ -344,7 +344,6 @@ def _pad(lw: Lowering, op: Op) -> None:
                               Ptr(fill) if fill is not None else Raw("NULL"), Ptr(y, const=False)], f"pad {mode}")
 
 
-@handler("ConstantOfShape")
 def _constant_of_shape(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     v = op.attr("value")
@@ -456,6 +455,54 @@ def _conv(lw: Lowering, op: Op) -> None:
                                   Ptr(lw.buf(x)), Ptr(lw.buf(w)),
                                   Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"), Ptr(y, const=False)],
             "conv2d f32 direct")
+
+
+def transpose_pads(op: Op, xshape, kshape, yshape) -> list[int]:
+    """The leading pads of a ConvTranspose per spatial axis, as onnxruntime computes them
+    (conv_transpose_attributes.h): explicit ``pads``, or split from the total padding that
+    ``output_shape`` / ``auto_pad`` imply (an odd one goes at the end for SAME_UPPER, else at the start)."""
+    nd = len(xshape) - 2
+    strides = list(op.attr("strides") or [1] * nd)
+    dil = list(op.attr("dilations") or [1] * nd)
+    adj = list(op.attr("output_padding") or [0] * nd)
+    pads = list(op.attr("pads") or [0] * (2 * nd))
+    auto = str_attr(op, "auto_pad", "NOTSET")
+    if op.attr("output_shape") is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return [0] * nd if auto == "VALID" else pads[:nd]
+    head = []
+    for d in range(nd):
+        total = max(0, (xshape[2 + d] - 1) * strides[d] + adj[d] + (kshape[d] - 1) * dil[d] + 1 - yshape[2 + d])
+        head.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+    return head
+
+
+@handler("ConvTranspose")
+def _conv_transpose(lw: Lowering, op: Op) -> None:
+    x, w = op.operands[:2]
+    bias = op.operands[2] if len(op.operands) > 2 else None
+    _f32(op, lw, 0)
+    _f32(op, lw, 1)
+    xshape, wshape = lw.shape(x), lw.shape(w)
+    nd = len(xshape) - 2
+    if nd not in (1, 2):
+        raise unsupported(op, f"{nd}-D")
+    y = lw.out(op)
+    group = op.attr("group", 1)
+    head = transpose_pads(op, xshape, wshape[2:], y.shape)
+    strides = list(op.attr("strides") or [1] * nd)
+    dil = list(op.attr("dilations") or [1] * nd)
+    if nd == 1:
+        xshape, wshape, yshape = xshape[:2] + (1,) + xshape[2:], wshape[:2] + (1,) + wshape[2:], \
+            y.shape[:2] + (1,) + y.shape[2:]
+        head, strides, dil = [0] + head, [1] + strides, [1] + dil
+    else:
+        yshape = y.shape
+    N, C, H, W = xshape
+    params = (strides[0], strides[1], head[0], head[1], dil[0], dil[1])
+    lw.call(op, "qc_convtranspose2d_f32", [N, C, H, W, yshape[1], yshape[2], yshape[3], wshape[2], wshape[3], group,
+                                           Ints(params), Ptr(lw.buf(x)), Ptr(lw.buf(w)),
+                                           Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"),
+                                           Ptr(y, const=False)], "convtranspose2d f32")
 
 
 @handler("MaxPool", "AveragePool")

@@ -125,10 +125,21 @@ def node_name(op: Op) -> str:
     return op.name or (op.results[0].name if op.results and op.results[0] is not None else op.op_type)
 
 
-def unsupported(op: Op, why: str = "") -> QCError:
-    return QCError(f"{op.op_type} is not supported by the C backend" + (f" ({why})" if why else ""),
-                   where=f"node '{node_name(op)}'",
-                   hint="see docs/c-backend.md for the supported ops, or compile with --emit onnx")
+HINT = "see docs/c-backend.md for the supported ops, or compile with --emit onnx"
+
+
+class Unsupported(QCError):
+    """One node the C backend cannot lower: its op type, node name and why ("" for an op type
+    it has no lowering for). ``lower`` collects them and reports all in one error."""
+
+    def __init__(self, op: Op, why: str = "", *, hint: str = HINT):
+        self.op_type, self.node, self.why = op.op_type, node_name(op), why
+        super().__init__(f"{op.op_type} is not supported by the C backend" + (f" ({why})" if why else ""),
+                         where=f"node '{self.node}'", hint=hint)
+
+
+def unsupported(op: Op, why: str = "", *, hint: str = HINT) -> Unsupported:
+    return Unsupported(op, why, hint=hint)
 
 
 def contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -195,6 +206,8 @@ class Lowering:
         self.kernels: dict[str, int] = {}
         self._names: set[str] = set(RESERVED)
         self._counter = 0
+        self.problems: list[QCError] = []  # the nodes lower_graph could not lower (one error at the end)
+        self.missing: set[int] = set()  # values such a node left without a buffer (no static shape)
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
         self.variant = variant
         self.loop_depth = 0  # C for loops open around the calls being added (lower_control)

@@ -58,8 +58,8 @@ CONST_INPUTS = {"Reshape": {1}, "Slice": {1, 2, 3, 4}, "Split": {1}, "Squeeze": 
                 "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1},
                 "ReduceL1": {1}, "ReduceL2": {1}, "ReduceSumSquare": {1}, "ReduceLogSum": {1},
                 "ReduceLogSumExp": {1}, "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2},
-                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}, "LSTM": {4}, "GRU": {4},
-                "Loop": {0, 1}}
+                "BatchNormalization": {1, 2, 3, 4}, "Dropout": {1, 2}, "Resize": {1, 2, 3}, "Upsample": {1},
+                "LSTM": {4}, "GRU": {4}, "Loop": {0, 1}}
 
 
 def bind_constants(model, ins):
@@ -85,7 +85,8 @@ def bind_constants(model, ins):
 
 
 def emit_cases(cases, out_dir: Path, target):
-    """Emit every case; returns (emitted [(index, name, report, inputs, outputs)], failed {name: message})."""
+    """Emit every case; returns (emitted [(index, name, report, inputs, outputs)], failed {name: [message]})
+    (one message per node the C backend cannot lower)."""
     from qc.backends.c import emit_c, prepare
     from qc.frontend.onnx import import_onnx
 
@@ -98,7 +99,7 @@ def emit_cases(cases, out_dir: Path, target):
             prepare(module, shapes)
             report = emit_c(module, out_dir, target, prefix=f"case{i}")
         except QCError as e:
-            failed[name] = str(e)
+            failed[name] = [str(p) for p in getattr(e, "problems", [e])]
             continue
         emitted.append((i, name, report, ins, outs))  # ins: the inputs left after bind_constants
     return emitted, failed

@@ -108,6 +108,24 @@ void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny,
 void qc_argmax_f32(int outer, int n, int inner, int is_min, int select_last, const float *x,
                    int64_t *y);
 
+/* -- Resize and ConvTranspose (qc_ops_resize.c) ------------------------------------------------- */
+/* nearest Resize of any element size: y[j0][j1].. = x[sum_d tab_d[j_d]], where the tables
+ * tab_d (shape[d] input element offsets each, already times the input stride) follow one
+ * another in `idx`; `shape` is the output shape. An offset of -1 (tf_crop_and_resize outside
+ * the input) writes the `es`-byte value at `fill` instead. */
+void qc_resize_nearest(int rank, const int *shape, const int *idx, size_t es, const void *x,
+                       const void *fill, void *y);
+/* one axis of a separable (linear / cubic) Resize of (outer, in_len, inner) into (outer, out_len,
+ * inner): y[o][j][i] = sum_t w[j*taps + t] * x[o][idx[j*taps + t]][i], or `fill` where
+ * outside[j] != 0 (outside may be NULL) */
+void qc_resize_axis_f32(int outer, int in_len, int out_len, int inner, int taps, const int *idx,
+                        const float *w, const int *outside, float fill, const float *x, float *y);
+/* 2-D ConvTranspose, NCHW, weights C x OC/group x KH x KW; bias may be NULL; y is OH x OW
+ * (output_padding already in it). p = {stride_h, stride_w, pad_top, pad_left, dil_h, dil_w} */
+void qc_convtranspose2d_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW,
+                            int group, const int *p, const float *x, const float *w,
+                            const float *bias, float *y);
+
 /* -- recurrent layers (qc_rnn.c): one direction of an ONNX LSTM / GRU over T steps ---------- */
 /* x(t, b) = x + t*xs_t + b*xs_b (I contiguous floats); W (4H x I) and R (4H x H) row-major in
  * ONNX gate order (LSTM i o f c, GRU z r h); bias: Wb then Rb (8H / 6H) or NULL; peep: P (3H,
