@@ -18,6 +18,7 @@ ONNX) and classifies each result:
     INTERNAL  any other exit code, a traceback, an "internal error", a timeout, or emitted C
               that does not build or run
     WRONG     it ran but the numbers are wrong (round trip or C output far from onnxruntime)
+    NOOP      a quantization scheme ran but its output has no quantized op
     n/a       the stage does not apply (w4 without MatMul/Gemm, Cortex-M for a large model)
     skip      not run (an earlier stage it needs did not succeed)
 
@@ -751,6 +752,30 @@ def model_ops(path: Path) -> set[str]:
     return ops
 
 
+def quant_op_counts(path: Path) -> dict[str, int]:
+    """How many DequantizeLinear / integer / float16 ops an output has (subgraphs included)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    counts = {"quantized": 0, "DequantizeLinear": 0, "float16_casts": 0}
+
+    def walk(g):
+        for n in g.node:
+            if n.op_type in ("DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",
+                             "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"):
+                counts[n.op_type] = counts.get(n.op_type, 0) + 1
+                counts["quantized"] += 1
+            if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute):
+                counts["float16_casts"] += 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                for sg in a.graphs:
+                    walk(sg)
+    walk(m.graph)
+    return counts
+
+
 def dynamic_inputs(path: Path) -> set[str]:
     """Inputs whose declared shape is not fully static (named, '?' or -1 dims)."""
     import onnx
@@ -853,6 +878,11 @@ class Checker:
                 r.data["sqnr_db"] = worst
                 if not np.isfinite(worst) and worst < 0:
                     return Result("WRONG", "non-finite or mis-shaped outputs", r.command, r.seconds, r.data)
+                r.data["ops"] = quant_op_counts(out)
+                if st != "fp16" and not r.data["ops"].get("quantized"):
+                    return Result("NOOP", "the output has no quantized op (no DequantizeLinear, no integer op)",
+                                  r.command, r.seconds, r.data)
+                r.message = f"SQNR {worst:.0f} dB, {r.data['ops'].get('quantized', 0)} quantized ops"
             return r
         if st.startswith("check:"):
             return run_qc(["check", "--target", st.split(":", 1)[1], "--brief", p], self.timeout)
@@ -1144,8 +1174,8 @@ def col_name(st: str) -> str:
 
 
 def print_table(rows: dict[str, dict[str, Result]], stages: list[str], out=sys.stdout) -> None:
-    cells = {"ok": "ok", "refused": "refused", "INTERNAL": "INTERNAL", "WRONG": "WRONG", "n/a": "n/a",
-             "skip": "skip"}
+    cells = {"ok": "ok", "refused": "refused", "INTERNAL": "INTERNAL", "WRONG": "WRONG", "NOOP": "NOOP",
+             "n/a": "n/a", "skip": "skip"}
     cols = [col_name(s) for s in stages]
     width = max(len(n) for n in rows) if rows else 5
     head = "| " + "model".ljust(width) + " | " + " | ".join(c for c in cols) + " |"
@@ -1162,7 +1192,7 @@ def print_table(rows: dict[str, dict[str, Result]], stages: list[str], out=sys.s
     for name, res in rows.items():
         for st in stages:
             r = res.get(st)
-            if r and r.status in ("refused", "INTERNAL", "WRONG"):
+            if r and r.status in ("refused", "INTERNAL", "WRONG", "NOOP"):
                 notes.append(f"- {name} {st}: {r.status}: {r.message}")
     if notes:
         out.write("\n" + "\n".join(notes) + "\n")
