@@ -1101,7 +1101,13 @@ def roman_greedy(enc_path, dec_path, src, mask, max_len=32) -> tuple:
 def ort_static(m: Model, src: Path, out: Path, calib: Path) -> None:
     """onnxruntime's quantize_static, QDQ, int8 per-channel weights, uint8 activations, MinMax,
     the same calibration samples as qc's."""
+    import logging
+
+    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice, per model
+    ort.set_default_logger_severity(3)
 
     data = np.load(calib)
     names = list(data.files)
@@ -1117,6 +1123,15 @@ def ort_static(m: Model, src: Path, out: Path, calib: Path) -> None:
             self.i += 1
             return {k: data[k][self.i - 1] for k in names}
 
+    import onnx
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its axis) needs opset 13
+        from onnx import version_converter
+
+        src = out.with_suffix(".opset13.onnx")
+        onnx.save(version_converter.convert_version(model, 13), str(src))
     quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
@@ -1142,7 +1157,7 @@ def fidelity(chk: Checker, n_eval: int, all_checkers: dict[str, Checker]) -> dic
             continue
         path = files[variant]
         st = chk.results.get(variant[3:])
-        if not path.exists():
+        if not path.exists() or (st is not None and st.status not in ("ok", "NOOP")):
             row["scores"][variant] = st.status if st else "-"
             continue
         try:
