@@ -36,14 +36,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -333,13 +331,13 @@ def fetch(cache: Path, models: list[Model], quiet: bool = False) -> int:
 # --------------------------------------------------------------------------------------------
 
 # 5x7 glyphs, column-major, bit 0 the top row (the classic LCD font), for 0-9 A-Z
-_FONT = {c: g for c, g in zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", [
+_FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", [
     "3e5149453e", "00427f4000", "4261514946", "2141454b31", "1814127f10", "2745454539",
     "3c4a494930", "0171090503", "3649494936", "064949291e", "7e1111117e", "7f49494936",
     "3e41414122", "7f4141221c", "7f49494941", "7f09090901", "3e4149497a", "7f0808087f",
     "00417f4100", "2040413f01", "7f08142241", "7f40404040", "7f020c027f", "7f0408107f",
     "3e4141413e", "7f09090906", "3e4151215e", "7f09192946", "4649494931", "01017f0101",
-    "3f4040403f", "1f2040201f", "3f4038403f", "6314081463", "0708700807", "6151494543"])}
+    "3f4040403f", "1f2040201f", "3f4038403f", "6314081463", "0708700807", "6151494543"]))
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -566,8 +564,8 @@ def gen(m: Model, rng, ctx) -> dict[str, np.ndarray]:
             for _ in range(int(rng.integers(3, 6))):
                 ink = render_text(str(rng.choice(list(ALNUM))), int(rng.integers(6, 10)))
                 y, x = int(rng.integers(0, h - ink.shape[0])), int(rng.integers(0, w - ink.shape[1]))
-                img[y:y + ink.shape[0], x:x + ink.shape[1]] = (img[y:y + ink.shape[0], x:x + ink.shape[1]] * (1 - ink[..., None])
-                                                               + rng.uniform(0, 1, 3) * ink[..., None])
+                box = (slice(y, y + ink.shape[0]), slice(x, x + ink.shape[1]))
+                img[box] = img[box] * (1 - ink[..., None]) + rng.uniform(0, 1, 3) * ink[..., None]
         x = img.transpose(2, 0, 1)[None]
         return {next(iter(s)): x * (255.0 if kind.endswith("255") else 1.0)}
     if kind == "scene_nhwc":
@@ -981,7 +979,7 @@ def detections(kind: str, outs: list[np.ndarray], shape) -> list:
         cls, score = o[:, 4:].argmax(1), o[:, 4:].max(1)
         keep = score > DET_MIN
         b = o[keep, :4]
-        boxes = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+        boxes = np.concatenate([b[:, :2] - b[:, 2:4] / 2, b[:, :2] + b[:, 2:4] / 2], 1)
         return _nms(boxes, score[keep], cls[keep])
     if kind == "yolox":   # [1, anchors, 5 + classes]: grid offsets, log sizes, obj, cls
         o = outs[0][0]
@@ -1121,7 +1119,7 @@ def ort_static(m: Model, src: Path, out: Path, calib: Path) -> None:
             if self.i >= n:
                 return None
             self.i += 1
-            return {k: data[k][self.i - 1] for k in names}
+            return {k: np.asarray(data[k][self.i - 1]) for k in names}  # 0-d arrays, not numpy scalars
 
     import onnx
 
@@ -1157,8 +1155,8 @@ def fidelity(chk: Checker, n_eval: int, all_checkers: dict[str, Checker]) -> dic
             continue
         path = files[variant]
         st = chk.results.get(variant[3:])
-        if not path.exists() or (st is not None and st.status not in ("ok", "NOOP")):
-            row["scores"][variant] = st.status if st else "-"
+        if not path.exists() or (st is not None and st.status not in ("ok",)):
+            row["scores"][variant] = st.status if st else "-"  # NOOP: the FP32 model, nothing to score
             continue
         try:
             if m.fidelity == "seq2seq" and "romanizer_encoder" in all_checkers:
@@ -1253,7 +1251,7 @@ def list_models(models: list[Model]) -> None:
         p = PACKAGES[m.package]
         tag = " (small)" if m.small else ""
         print(f"| {m.name}{tag} | {p.name}=={p.version} | {m.task} | {m.size / 1e6:.1f} MB | {p.licence} | {m.why} |")
-    print(f"\n{len(models)} models from {len(set(m.package for m in models))} packages")
+    print(f"\n{len(models)} models from {len({m.package for m in models})} packages")
 
 
 def main(argv: list[str] | None = None) -> int:
