@@ -151,14 +151,21 @@ def _shape(name: str, t: TensorType, count: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def bind_spec(bind: Mapping[str, Any]) -> str:
-    """``{"sr": 16000, "x": [1, 2]}`` -> ``bind-inputs{values=sr:16000,x:1,2}`` (for ``qc.compile(bind=...)``)."""
-    items = []
+def bind_texts(bind: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{"sr": 16000, "x": [1, 2]}`` -> ``{"sr": ["16000"], "x": ["1", "2"]}``: the values as the
+    pass reads them (``bound_array`` turns them into the input's dtype and shape)."""
+    out = {}
     for name, value in bind.items():
         flat = np.asarray(value).reshape(-1).tolist()
         if not flat:
             raise QCError(f"bind: no value for input '{name}'", hint="give a number or a list of numbers")
-        items.append(f"{name}:" + ",".join(_format(v) for v in flat))
+        out[name] = [_format(v) for v in flat]
+    return out
+
+
+def bind_spec(bind: Mapping[str, Any]) -> str:
+    """``{"sr": 16000, "x": [1, 2]}`` -> ``bind-inputs{values=sr:16000,x:1,2}`` (for ``qc.compile(bind=...)``)."""
+    items = [f"{name}:" + ",".join(texts) for name, texts in bind_texts(bind).items()]
     return "bind-inputs{values=" + ",".join(items) + "}"
 
 

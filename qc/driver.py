@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from onnx import ModelProto
 
 from qc.calib.data import CalibrationData, from_npz
@@ -228,6 +230,7 @@ class CompileResult:
     c_report: dict[str, Any] | None = None
     quant: QuantOptions | None = None
     source_ops: dict[str, int] = field(default_factory=dict)
+    imitated: CalibrationData | None = None
     budget: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     holdout_requested: int | None = None
@@ -427,13 +430,11 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     before = summarize(module)
     source_ops = collections.Counter(op.qualified_type for op in module.walk())
     held: list[dict[str, Any]] = []
+    imitated: CalibrationData | None = None
     if opts is not None:
         data = _calibration_data(calibration, module)
-        if bind and data is not None:  # the samples feed the model as read, the passes see it bound
-            raise QCError("--bind together with calibration data is not supported yet", where=source,
-                          hint="bind the input in a copy of the model first, e.g. qc opt MODEL -p "
-                               "'bind-inputs{values=" + ",".join(f"{n}:..." for n in bind) + "}' -o BOUND.onnx, "
-                               "and quantize that")
+        if bind and data is not None:
+            _check_bound_samples(data, module, bind)
         if data is None and schemes.needs_calibration(opts):
             raise QCError(f"--quant {opts.scheme}"
                           + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")
@@ -443,7 +444,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             from qc.calib.data import split_holdout
 
             data, held = split_holdout(data, holdout, module)
-            ctx.calibration_data = data
+            imitated = data  # what the report's generated inputs imitate: the model as read
+            ctx.calibration_data = data.without(bind or ())
     t0 = time.perf_counter()
     accuracy = None
     if search is not None:
@@ -461,7 +463,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     result = CompileResult(module=module, target=tgt, emit=emit, pipeline=str(pm_all),
                            placement=placement_report(tgt, ctx.placement, ctx.legalized), context=ctx,
                            accuracy=accuracy, before=before, seconds=seconds, holdout=held, source=source,
-                           source_ops=dict(source_ops),
+                           source_ops=dict(source_ops), imitated=imitated,
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
     result.quant = opts
@@ -486,6 +488,26 @@ def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Seq
         result.close()
         raise report.error(result.source)
     result.warnings.append(report.message())
+
+
+def _check_bound_samples(data: CalibrationData, module: Module, bind: Mapping[str, Any]) -> None:
+    """Calibration samples may hold arrays for bound inputs (they were made for the model as it
+    is read); each must equal the bound value, or the statistics would describe another branch.
+    The passes feed the bound module only the inputs it still has."""
+    from qc.passes.bind_inputs import bind_texts, bound_array
+
+    inputs = {v.name: v for v in module.graph.inputs}
+    wanted = bind_texts(bind)
+    for index, sample in enumerate(data.feeds(module)):
+        for name, texts in wanted.items():
+            if name in sample and name in inputs:
+                value = bound_array(inputs[name], texts)
+                if sample[name].shape != value.shape or not np.array_equal(sample[name], value):
+                    got = np.asarray(sample[name]).reshape(-1)[:4].tolist()
+                    raise QCError(f"calibration sample {index} gives input '{name}' {got}, but --bind sets it to "
+                                  f"{value.reshape(-1)[:4].tolist()}", where=data.where(index),
+                                  hint=f"calibrate with samples made for {name}={','.join(texts)}, or drop the "
+                                       f"'{name}' arrays from the data")
 
 
 def _calibration_data(calibration: CalibrationSource, module: Module) -> CalibrationData | None:
@@ -536,7 +558,7 @@ def _quant_report(result: CompileResult, onnx_path: str, measure: bool) -> dict[
     if wanted and measure and result.source is not None:
         t0 = time.perf_counter()
         accuracy = output_sqnr(onnx_path, result.source, result.holdout,
-                               calibration=_first_samples(ctx.calibration_data, result.module, 16))
+                               calibration=_first_samples(result.imitated, result.module, 16))
         result.seconds["sqnr check"] = time.perf_counter() - t0
     warnings = [w.as_dict() for w in guardrails.check(result.module, opts, calib, result.target,
                                                             source_ops=result.source_ops)]

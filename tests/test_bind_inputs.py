@@ -190,10 +190,12 @@ def test_bind_errors_on_the_command_line(model_path, tmp_path, qc_cli):
     assert proc.returncode == 2 and "'1e9' is not an integer" in proc.stderr, proc.stderr
 
 
-def test_bind_with_calibration_data_is_refused(tmp_path):
-    """Calibration samples feed the model as it was read; a bound input is gone from the passes'
-    model, so the two are refused together (a clear error naming the way out), not half-run."""
-    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+def test_bind_with_calibration_data(tmp_path):
+    """Calibration samples are made for the model as read (they hold `sr`): the bound model is fed
+    the inputs it still has, a sample whose `sr` differs from the bound value is an error naming
+    it, and the report's SQNR compares the bound output with the original on the same samples."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array((rng.standard_normal((4, 2)) / 2).astype(np.float32), "w")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Cast", ["sr"], ["srf"], to=TP.FLOAT),
              helper.make_node("Mul", ["y", "srf"], ["z"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 4]),
@@ -201,11 +203,29 @@ def test_bind_with_calibration_data_is_refused(tmp_path):
                           [helper.make_tensor_value_info("z", TP.FLOAT, [1, 2])], [w])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    np.savez(tmp_path / "cal.npz", x=np.ones((8, 1, 4), np.float32), sr=np.full((8,), 16000, np.int64))
-    with pytest.raises(qc.QCError, match=r"m\.onnx: --bind together with calibration data is not supported yet; "
-                                         r"bind the input in a copy of the model first, e\.g\. qc opt MODEL -p "
-                                         r"'bind-inputs\{values=sr:\.\.\.\}' -o BOUND\.onnx"):
-        qc.compile(path, target="cortex-a76", emit="onnx", quant="w8a8", calibration=tmp_path / "cal.npz",
+    x = rng.standard_normal((8, 1, 4)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x, sr=np.full((8,), 16000, np.int64))
+    result = qc.compile(path, target="cortex-a76", emit="onnx", quant="w8a8", calibration=tmp_path / "cal.npz",
+                        bind={"sr": 16000})
+    out = tmp_path / "q.onnx"
+    result.write(out)
+    assert result.context.calibration.samples == 7 and result.report["accuracy"]["held_aside"] == 1
+    q = onnx.load(out)
+    assert [i.name for i in q.graph.input] == ["x"]
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    unbound = qc.compile(path, target="cortex-a76", emit="onnx", quant="w8a8", calibration=tmp_path / "cal.npz")
+    unbound.write(tmp_path / "u.onnx")  # the same ranges, the same measurement: sr is 16000 in every sample
+    assert result.report["accuracy"] == unbound.report["accuracy"]
+    got = ort_session(str(out)).run(None, {"x": x[0]})[0]
+    want = ort_session(str(tmp_path / "u.onnx")).run(None, {"x": x[0], "sr": np.array(16000, np.int64)})[0]
+    np.testing.assert_array_equal(got, want)
+
+    sr = np.full((8,), 16000, np.int64)
+    sr[5] = 8000
+    np.savez(tmp_path / "mixed.npz", x=x, sr=sr)
+    with pytest.raises(qc.QCError, match=r"mixed\.npz: calibration sample 5 gives input 'sr' \[8000\], but --bind "
+                                         r"sets it to \[16000\]; calibrate with samples made for sr=16000"):
+        qc.compile(path, target="cortex-a76", emit="onnx", quant="w8a8", calibration=tmp_path / "mixed.npz",
                    bind={"sr": 16000})
     result = qc.compile(path, target="cortex-a76", emit="onnx", quant="w8", bind={"sr": 2})  # no calibration
     assert result.pipeline.startswith("bind-inputs{values=sr:2},")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -56,6 +56,16 @@ class CalibrationData:
 
     def sample(self, index: int) -> Sample:
         return self._load(index)
+
+    def without(self, names: Iterable[str]) -> CalibrationData:
+        """The same samples without the arrays ``names`` (inputs bound to constants: the bound
+        module no longer takes them)."""
+        drop = frozenset(names)
+        if not drop:
+            return self
+        return CalibrationData(self._count, lambda i: {k: a for k, a in self._load(i).items() if k not in drop},
+                               key=f"{self.key}-without-{','.join(sorted(drop))}", source=self.source,
+                               where=self._where, description=self.description)
 
     def where(self, index: int) -> str | None:
         """The file sample ``index`` comes from (None for data built in memory)."""

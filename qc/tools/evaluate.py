@@ -244,6 +244,12 @@ def compare(model: Any, reference: Any, feeds: Iterable[Mapping[str, np.ndarray]
     return compare_groups(model, reference, {"all": list(feeds)}, progress=progress)["all"]
 
 
+def _only(feed: Mapping[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """The arrays of ``feed`` a session takes: a compiled model may have fewer inputs than its
+    reference (an input bound to a constant with ``--bind``)."""
+    return {k: a for k, a in feed.items() if k in names}
+
+
 def compare_groups(model: Any, reference: Any, groups: Mapping[str, Sequence[Mapping[str, np.ndarray]]], *,
                    progress: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`compare` for each group of feeds, and for all of them together under ``"all"``
@@ -257,13 +263,15 @@ def compare_groups(model: Any, reference: Any, groups: Mapping[str, Sequence[Map
     if missing:
         raise QCError(f"the model lacks the reference's output(s) {', '.join(missing)}", where=metrics._where(model),
                       hint="outputs: " + ", ".join(sorted(have)))
+    model_inputs = {i.name for i in sess.get_inputs()}
+    ref_inputs = {i.name for i in ref.get_inputs()}
     tagged = [(g, f) for g, feeds in groups.items() for f in feeds]
     if not tagged:
         raise QCError("no inputs to compare the models on")
     stats = {g: {n: _Stats() for n in names} for g in {*groups, "all"} if g == "all" or groups[g]}
     for g, f in metrics._progress(tagged, total=len(tagged), desc="eval", unit="input", enabled=progress):
-        got = metrics.run(sess, names, f, metrics._where(model))
-        want = metrics.run(ref, names, f, metrics._where(reference))
+        got = metrics.run(sess, names, _only(f, model_inputs), metrics._where(model))
+        want = metrics.run(ref, names, _only(f, ref_inputs), metrics._where(reference))
         for n, x, w in zip(names, got, want):
             stats["all"][n].add(w, x)
             if g != "all":
