@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
 from onnx import ModelProto
 
 from qc.calib.data import CalibrationData, from_npz
