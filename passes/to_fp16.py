@@ -146,6 +146,7 @@ class _WeightsOnly:
 
     def run(self) -> bool:
         changed, clamped, saved = False, 0, 0
+        holder = {id(v): g for g, _ in graphs(self.module) for v in g.consts.values()}
         for g, fn in list(graphs(self.module)):
             if not can_hold_consts(self.module, g, fn) or (self.subgraphs_only and (g is self.module.graph or fn)):
                 continue
@@ -154,11 +155,14 @@ class _WeightsOnly:
                 if is_default_domain(op) and op.op_type in WEIGHT_OPERANDS and not _excluded(op, self.excluded):
                     for i in WEIGHT_OPERANDS[op.op_type]:
                         v = op.operands[i] if i < len(op.operands) else None
-                        if v is not None and g.consts.get(v.name) is v and self._convertible(v):
+                        if v is None or not self._convertible(v):
+                            continue
+                        if g.consts.get(v.name) is v or (self.subgraphs_only and id(v) in holder
+                                                         and self._only_weight_uses(v)):
                             targets[id(v)] = v
             for v in targets.values():
                 before = v.const.nbytes
-                clamped += self._convert(g, v)
+                clamped += self._convert(holder.get(id(v), g), v)
                 saved += before - v.const.nbytes
                 changed = True
         _clamp_remark(self.ctx, clamped)
@@ -166,6 +170,13 @@ class _WeightsOnly:
             where = " in If/Loop/Scan bodies" if self.subgraphs_only else ""
             self.ctx.remark(None, f"weights{where} stored as float16: {saved} bytes saved")
         return changed
+
+    def _only_weight_uses(self, v: Value) -> bool:
+        """Every reader of an outer-scope weight is a weight slot of an op in a body (full mode left
+        it float32 for them)."""
+        return all(is_default_domain(u) and u.graph is not self.module.graph
+                   and i in WEIGHT_OPERANDS.get(u.op_type, ()) and not _excluded(u, self.excluded)
+                   for u, i in v.uses())
 
     def _convertible(self, v: Value) -> bool:
         return (id(v) in self.constants and v.const.dtype is DType.f32 and not is_any_output(v)

@@ -272,20 +272,24 @@ def test_full_mode_stores_the_weights_of_if_branches_in_float16(tmp_path):
     graph and stores the branches' MatMul weights in float16 (weights-only rewrite there)."""
     rng = np.random.default_rng(2)
 
-    def branch(tag):
+    def branch(tag):  # its own weight, then the outer-scope one (silero's ifless export reads those)
         w = numpy_helper.from_array((rng.standard_normal((16, 8)) / 4).astype(np.float32), f"{tag}_w")
-        return helper.make_graph([helper.make_node("MatMul", ["x", f"{tag}_w"], [f"{tag}_y"])], tag, [],
-                                 [vi(f"{tag}_y", T.FLOAT, [2, 8])], [w])
+        nodes = [helper.make_node("MatMul", ["x", f"{tag}_w"], [f"{tag}_h"]),
+                 helper.make_node("MatMul", [f"{tag}_h", "outer_w"], [f"{tag}_y"])]
+        return helper.make_graph(nodes, tag, [], [vi(f"{tag}_y", T.FLOAT, [2, 8])], [w])
 
     nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch("a"), else_branch=branch("b"))]
     path = str(tmp_path / "if.onnx")
-    onnx.save(model(nodes, [vi("x", T.FLOAT, [2, 16]), vi("c", T.BOOL, [])], [vi("y", T.FLOAT, [2, 8])]), path)
+    outer = init("outer_w", (rng.standard_normal((8, 8)) / 3).astype(np.float32))
+    onnx.save(model(nodes, [vi("x", T.FLOAT, [2, 16]), vi("c", T.BOOL, [])], [vi("y", T.FLOAT, [2, 8])],
+                    [outer]), path)
     out = str(tmp_path / "f16.onnx")
     result = qc.compile(path, target="cortex-a76", quant="fp16", emit="onnx")
     result.write(out)
     m = onnx.load(out)
     branches = [a.g for a in m.graph.node[-1].attribute]
     assert [i.data_type for g in branches for i in g.initializer] == [T.FLOAT16, T.FLOAT16]
+    assert [(i.name, i.data_type) for i in m.graph.initializer] == [("outer_w", T.FLOAT16)]
     assert any("weights in If/Loop/Scan bodies stored as float16" in r for r in result.remarks)
     x = rng.standard_normal((2, 16)).astype(np.float32)
     for c in (True, False):
