@@ -223,3 +223,24 @@ def test_bug9_check_shape_errors(tmp_path, shape, message):
     model = detector(str(tmp_path / "det.onnx"), [-1, 3, "?", "?"])
     r = run_qc("check", model, "--target", "cortex-a76", "--shape", shape)
     assert (r.returncode, r.stderr) == (2, message)
+
+
+def test_a_wrong_declared_output_shape_gives_way_to_the_inferred_static_one(tmp_path):
+    """ddddocr declares its [20, 1, 8210] CTC output `[1, seqlen]`: once --shape makes every
+    shape static, the inferred rank-3 shape replaces the declaration, and the C backend (which
+    needs it) compiles the model and matches onnxruntime."""
+    w = numpy_helper.from_array((RNG.standard_normal((8, 6)) / 3).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([0, 1, -1], np.int64), "shape")  # [T, 1, 6]
+    nodes = [helper.make_node("Squeeze", ["x", "axes"], ["xs"]), helper.make_node("MatMul", ["xs", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["y"])]
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    graph = helper.make_graph(nodes, "ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "width", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seqlen"])], [w, shape, axes])
+    path = str(tmp_path / "ctc.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = qc.compile(path, target="cortex-a76", shapes={"x": [1, 20, 8]})
+    assert result.module.graph.outputs[0].type.shape == (20, 1, 6)
+    out = tmp_path / "c"
+    result.write(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["outputs"][0][2] == [20, 1, 6]

@@ -3,6 +3,7 @@ the inferred types back, never overwriting what the IR already knows.
 
     %y : f32[?, ?]   + inferred f32[2, 4]  ->  %y : f32[2, 4]
     %y : f32[N, 8]   + inferred f32[?, 8]  ->  unchanged (less specific)
+    %y : f32[1, N]   + inferred f32[20, 1, 8]  ->  %y : f32[20, 1, 8] (a static shape beats a wrong rank)
     %y : f32[-1, 8]  + inferred f32[N, 8]  ->  %y : f32[N, 8] (-1, like ?, is anonymous)
     %y : ?           + inferred f32[1]     ->  %y : f32[1]
 """
@@ -33,9 +34,14 @@ from .writer import export_onnx_sharing_weights
 def export_for_inference(module: Module) -> onnx.ModelProto:
     """The module as an ONNX model for shape inference (types only: the weights are shared, not
     copied). A ``-1`` dimension goes out unknown: onnx would take it for a size (and conflict
-    with the size it infers once ``fix-shapes`` gave the inputs theirs)."""
+    with the size it infers once ``fix-shapes`` gave the inputs theirs). The graph outputs go out
+    without shapes, so that onnx infers theirs too (:func:`merge_types` keeps what the
+    declaration says unless the inference knows more)."""
     proto, _ = export_onnx_sharing_weights(module)
     clear_negative_dims(proto)
+    for out in proto.graph.output:  # inferred afresh: a declared output shape may be wrong
+        if out.type.HasField("tensor_type") and out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.ClearField("shape")
     return proto
 
 
@@ -98,10 +104,14 @@ def merge_types(old: Type | None, new: Type | None) -> Type | None:
 
 
 def _merge_shape(old: tuple | None, new: tuple | None) -> tuple | None:
+    """Dimension by dimension (:func:`_merge_dim`); of two ranks, a fully static inferred shape
+    wins (the declaration was wrong: ddddocr declares its [20, 1, 8210] output ``[1, seqlen]``)."""
     if old is None:
         return new
-    if new is None or len(old) != len(new):
+    if new is None:
         return old
+    if len(old) != len(new):
+        return new if all(is_static_dim(d) for d in new) else old
     return tuple(_merge_dim(a, b) for a, b in zip(old, new))
 
 
