@@ -20,7 +20,7 @@ from qc.onnx.evaluator import ort_session
 from qc.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).parent))
-from c_backend.nodecases import driver_c, emit_cases, node_cases
+from c_backend.nodecases import build_and_run, emit_cases, node_cases
 
 A76 = load_target("cortex-a76")
 _TP = {np.float32: TP.FLOAT, np.int8: TP.INT8, np.uint8: TP.UINT8}
@@ -93,15 +93,7 @@ def _run_a76(cases, tmp_path):
     """Every case in one cortex-a76 binary under qemu; returns {name: [outputs]}, every case emitted."""
     emitted, failed = emit_cases(cases, tmp_path, A76)
     assert not failed, failed
-    (tmp_path / "driver.c").write_text(driver_c(emitted))
-    runtime = sorted({s for _, _, r, _, _ in emitted for s in r["sources"] if s.startswith("qc_")})
-    exe = toolchain.build([tmp_path / "driver.c", *[tmp_path / s for s in runtime]], tmp_path / "driver", "aarch64",
-                          "cortex-a76", extra_flags=["-O1"], include_dirs=[tmp_path])
-    for i, _, _, ins, _ in emitted:
-        for j, a in enumerate(ins):
-            (tmp_path / f"case{i}_in{j}.bin").write_bytes(np.ascontiguousarray(a).tobytes())
-    proc = toolchain.run(exe, "aarch64", "cortex-a76", [str(tmp_path)], timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    build_and_run(emitted, tmp_path, "aarch64", "cortex-a76")
     got = {}
     for i, name, r, _, _ in emitted:
         got[name] = [np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy)

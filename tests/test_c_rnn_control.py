@@ -58,22 +58,14 @@ def test_rnn_node_cases_under_qemu(tmp_path):
     batchwise layout 1) in one cortex-a76 binary under qemu, against the expected outputs."""
     toolchain.require_tools("aarch64")
     sys.path.insert(0, str(Path(__file__).parent))
-    from c_backend.nodecases import driver_c, emit_cases, node_cases
+    from c_backend.nodecases import build_and_run, emit_cases, node_cases
 
     cases = [c for c in node_cases({"LSTM", "GRU"}) if c[0].startswith(("test_lstm", "test_gru"))]
     assert len(cases) >= 8, [c[0] for c in cases]
     emitted, failed = emit_cases(cases, tmp_path, A76)
     assert not failed, failed
-    (tmp_path / "driver.c").write_text(driver_c(emitted))
-    runtime = sorted({s for _, _, r, _, _ in emitted for s in r["sources"] if s.startswith("qc_")})
-    assert "qc_rnn.c" in runtime
-    exe = toolchain.build([tmp_path / "driver.c", *[tmp_path / s for s in runtime]], tmp_path / "driver", "aarch64",
-                          "cortex-a76", extra_flags=["-O1"], include_dirs=[tmp_path])
-    for i, _, _, ins, _ in emitted:
-        for j, a in enumerate(ins):
-            (tmp_path / f"case{i}_in{j}.bin").write_bytes(np.ascontiguousarray(a).tobytes())
-    proc = toolchain.run(exe, "aarch64", "cortex-a76", [str(tmp_path)], timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert "qc_rnn.c" in {s for _, _, r, _, _ in emitted for s in r["sources"]}
+    build_and_run(emitted, tmp_path, "aarch64", "cortex-a76")
     for i, name, r, _, outs in emitted:
         for j, (expected, (_, dt, shape)) in enumerate(zip(outs, r["outputs"])):
             got = np.frombuffer((tmp_path / f"case{i}_out{j}.bin").read_bytes(), DType.parse(dt).numpy).reshape(shape)

@@ -29,6 +29,7 @@ import numpy as np
 from qc.errors import QCError
 from qc.ir.core import Module, Value
 from qc.ir.types import TensorType
+from qc.tools.metrics import sqnr_from
 
 Feeds = dict[str, np.ndarray]
 SMALL_INTS = 4  # generated integers without a known range are in [0, SMALL_INTS)
@@ -204,7 +205,7 @@ class _Stats:
         s, n = float(np.dot(r64, r64)), float(np.dot(r64 - g64, r64 - g64))
         self.signal += s
         self.noise += n
-        self.per_sample.append(_sqnr(s, n))
+        self.per_sample.append(sqnr_from(s, n))
         nr, ng = math.sqrt(s), float(np.linalg.norm(g64))
         self.cosines.append(float(np.dot(r64, g64)) / (nr * ng) if nr > 0 and ng > 0 else float(nr == ng))
         if r64.size:
@@ -218,7 +219,7 @@ class _Stats:
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "sqnr_db": _sqnr(self.signal, self.noise),
+            "sqnr_db": sqnr_from(self.signal, self.noise),
             "sqnr_db_min": float(min(self.per_sample)), "sqnr_db_median": float(np.median(self.per_sample)),
             "cosine": float(np.mean(self.cosines)), "cosine_min": float(min(self.cosines)),
             "max_abs_error": self.max_abs, "classifier_like": self.classifier,
@@ -227,14 +228,6 @@ class _Stats:
             out["top1"] = self.agree / self.rows if self.rows else None
             out["top1_rows"] = self.rows
         return out
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 def compare(model: Any, reference: Any, feeds: Iterable[Mapping[str, np.ndarray]], *,

@@ -198,7 +198,8 @@ def _energies(reference: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     return float(np.square(r).sum()), float(np.square(r - t).sum())
 
 
-def _sqnr_from(signal: float, noise: float) -> float:
+def sqnr_from(signal: float, noise: float) -> float:
+    """SQNR in dB from the signal and noise energies (inf without noise, -inf without signal)."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
@@ -208,7 +209,7 @@ def _sqnr_from(signal: float, noise: float) -> float:
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """``10 log10(sum ref^2 / sum (ref - test)^2)`` in dB, float64; inf when the arrays are equal."""
-    return _sqnr_from(*_energies(reference, test))
+    return sqnr_from(*_energies(reference, test))
 
 
 def compare_outputs(model: Any, ref_model: Any, feeds: Feeds | Iterable[Feeds], *, optimize: bool = False,
@@ -236,7 +237,7 @@ def compare_outputs(model: Any, ref_model: Any, feeds: Feeds | Iterable[Feeds], 
             s, e = _energies(want[n], got[n])
             energy[n][0] += s
             energy[n][1] += e
-    return {n: _sqnr_from(s, e) for n, (s, e) in energy.items()}
+    return {n: sqnr_from(s, e) for n, (s, e) in energy.items()}
 
 
 # -- latency --------------------------------------------------------------------------------------

@@ -153,3 +153,20 @@ def _io_bytes(r) -> int:
 
         n += (int(np.prod(shape)) * np.dtype(DType.parse(dt).numpy).itemsize + 15) // 16 * 16
     return n
+
+
+def build_and_run(emitted, tmp_path: Path, kind: str, cpu: str | None, extra_flags=("-O1",)) -> None:
+    """Build the cases' one driver binary (``driver_c``) with the runtime files they use, write
+    their inputs and run it (for ``kind``/``cpu``, under qemu where it is Arm): each case's
+    outputs land in ``case{i}_out{j}.bin`` in ``tmp_path``."""
+    from qc.backends.c import toolchain
+
+    (tmp_path / "driver.c").write_text(driver_c(emitted))
+    runtime = sorted({s for _, _, r, _, _ in emitted for s in r["sources"] if s.startswith("qc_")})
+    exe = toolchain.build([tmp_path / "driver.c", *[tmp_path / s for s in runtime]], tmp_path / "driver", kind,
+                          cpu, extra_flags=list(extra_flags), include_dirs=[tmp_path])
+    for i, _, _, ins, _ in emitted:
+        for j, a in enumerate(ins):
+            (tmp_path / f"case{i}_in{j}.bin").write_bytes(np.ascontiguousarray(a).tobytes())
+    proc = toolchain.run(exe, kind, cpu, [str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stderr
