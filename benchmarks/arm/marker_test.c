@@ -1,0 +1,60 @@
+/* A known instruction mix between two insn_count markers (label 1 and 2), for checking the
+ * plugin: with N iterations the loop executes 10*N SDOT, 3*N FMLA (vector), N FMADD (scalar),
+ * N LD1, and 2*N + 10 other instructions (SUBS, B.NE, the MOV before the loop and the 9 of
+ * the closing marker, its SVC included). With "mmla" as second argument (run under
+ * -cpu max) a second block between markers 3 and 4 runs N times SMMLA, UMMLA, USMMLA, USDOT
+ * (.inst encodings, so the file builds for armv8.2-a+dotprod).
+ * Usage: marker_test N [mmla] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MARK(label)                                                                    \
+    "mov x8, #64\n\tmov x0, #-1\n\tmov x1, xzr\n\tmov x2, #0\n\t"                       \
+    "movz x3, #0x524b\n\tmovk x3, #0x4d41, lsl #16\n\tmovk x3, #0x7163, lsl #32\n\t"   \
+    "mov x4, #" #label "\n\tsvc #0\n\t"
+
+int main(int argc, char **argv)
+{
+    long n = argc > 1 ? atol(argv[1]) : 100;
+    if (n < 1) return 2;
+    static unsigned char buf[16] __attribute__((aligned(16)));
+    unsigned char *p = buf;
+    float out[4];
+    __asm__ volatile(
+        MARK(1)
+        "mov x9, %[n]\n"
+        "1:\n\t"
+        "sdot v0.4s, v1.16b, v2.16b\n\tsdot v0.4s, v1.16b, v2.16b\n\t"
+        "sdot v0.4s, v1.16b, v2.16b\n\tsdot v0.4s, v1.16b, v2.16b\n\t"
+        "sdot v0.4s, v1.16b, v2.16b\n\tudot v0.4s, v1.16b, v2.16b\n\t"
+        "udot v0.4s, v1.16b, v2.16b\n\tsdot v0.2s, v1.8b, v2.8b\n\t"
+        "sdot v0.4s, v1.16b, v2.4b[1]\n\tudot v0.4s, v1.16b, v2.4b[3]\n\t"
+        "fmla v3.4s, v4.4s, v5.4s\n\tfmla v3.4s, v4.4s, v5.s[2]\n\tfmls v3.2d, v4.2d, v5.2d\n\t"
+        "fmadd s7, s8, s9, s7\n\t"
+        "ld1 {v6.16b}, [%[p]]\n\t"
+        "subs x9, x9, #1\n\t"
+        "b.ne 1b\n\t"
+        MARK(2)
+        "str q3, [%[o]]\n\t"
+        : : [n] "r"(n), [p] "r"(p), [o] "r"(out)
+        : "x0", "x1", "x2", "x3", "x4", "x8", "x9", "v0", "v1", "v2", "v3", "v4", "v5", "v6",
+          "v7", "v8", "v9", "memory", "cc");
+    if (argc > 2 && strcmp(argv[2], "mmla") == 0) {
+        __asm__ volatile(
+            MARK(3)
+            "mov x9, %[n]\n"
+            "1:\n\t"
+            ".inst 0x4e82a420\n\t" /* smmla v0.4s, v1.16b, v2.16b */
+            ".inst 0x6e82a420\n\t" /* ummla */
+            ".inst 0x4e82ac20\n\t" /* usmmla */
+            ".inst 0x4e829c20\n\t" /* usdot v0.4s, v1.16b, v2.16b */
+            "subs x9, x9, #1\n\t"
+            "b.ne 1b\n\t"
+            MARK(4)
+            : : [n] "r"(n)
+            : "x0", "x1", "x2", "x3", "x4", "x8", "x9", "v0", "v1", "v2", "memory", "cc");
+    }
+    printf("done %g\n", (double)out[0]);
+    return 0;
+}
