@@ -19,7 +19,10 @@
  *
  * Build: gcc -O2 -shared -fPIC -o insn_count.so insn_count.c
  * Run:   qemu-aarch64 -cpu cortex-a76 -plugin ./insn_count.so,out=counts.json prog args
- * Without out=FILE the JSON goes to qemu's log (stderr).
+ * Without out=FILE the JSON goes to qemu's log (stderr). With marksys=N every syscall
+ * number N is a mark as well (label N): e.g. 113, clock_gettime, which qemu 7.2 runs as a
+ * real syscall (no vDSO for aarch64 guests), brackets the timed loop of qc's C harness.
+ * Compiled with -DINSN_COUNT_CLASSIFY_ONLY only classify() remains (for host-side tests).
  *
  * There is no qemu-plugin.h in Debian, so the handful of API v1 declarations it uses are
  * written out below (they match include/qemu/qemu-plugin.h of qemu 7.2).
@@ -89,6 +92,7 @@ static int classify(uint32_t op)
     return C_OTHER;
 }
 
+#ifndef INSN_COUNT_CLASSIFY_ONLY
 /* ---- counters ---- */
 static uint64_t g_total;
 static uint64_t g_counts[NCLS];
@@ -99,6 +103,7 @@ static struct mark *g_marks;
 static size_t g_nmarks;
 static uint64_t g_lost_marks;
 static char *g_out_path;
+static int64_t g_mark_sysno = -1; /* marksys=N: every syscall N is a mark too (label N) */
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
@@ -126,10 +131,16 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
                        uint64_t a7, uint64_t a8)
 {
     (void)id; (void)vcpu; (void)a2; (void)a6; (void)a7; (void)a8;
-    if (num != SYS_WRITE_AARCH64 || a1 != UINT64_MAX || a3 != 0 || a4 != INSN_COUNT_MAGIC) return;
+    uint64_t label;
+    if (num == SYS_WRITE_AARCH64 && a1 == UINT64_MAX && a3 == 0 && a4 == INSN_COUNT_MAGIC)
+        label = a5;
+    else if (num == g_mark_sysno)
+        label = (uint64_t)num;
+    else
+        return;
     if (g_nmarks >= MAX_MARKS) { g_lost_marks++; return; }
     struct mark *m = &g_marks[g_nmarks++];
-    m->label = a5;
+    m->label = label;
     m->total = g_total;
     memcpy(m->counts, g_counts, sizeof g_counts);
 }
@@ -176,8 +187,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "out=", 4) == 0) {
             g_out_path = strdup(argv[i] + 4);
+        } else if (strncmp(argv[i], "marksys=", 8) == 0) {
+            g_mark_sysno = strtoll(argv[i] + 8, NULL, 10);
         } else {
-            fprintf(stderr, "insn_count: unknown option %s (known: out=FILE)\n", argv[i]);
+            fprintf(stderr, "insn_count: unknown option %s (known: out=FILE, marksys=N)\n", argv[i]);
             return -1;
         }
     }
@@ -188,3 +201,4 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);
     return 0;
 }
+#endif /* INSN_COUNT_CLASSIFY_ONLY */
