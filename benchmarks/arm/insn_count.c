@@ -87,6 +87,8 @@ static int classify(uint32_t op)
     if ((op & 0xFF000000u) == 0x1F000000u) return C_FMADD_SCALAR;
     /* top-level group op0 (bits 28-25) = x1x0: loads and stores (incl. SIMD&FP) */
     if ((op & 0x0A000000u) == 0x08000000u) return C_LDST;
+    /* SVE (op0 = 0010) with bit 31 set: SVE memory (contiguous, gather, store) */
+    if ((op & 0x9E000000u) == 0x84000000u) return C_LDST;
     /* op0 = x111: scalar FP and Advanced SIMD; op0 = 0010: SVE */
     if ((op & 0x0E000000u) == 0x0E000000u || (op & 0x1E000000u) == 0x04000000u) return C_SIMD_OTHER;
     return C_OTHER;
