@@ -140,4 +140,18 @@ void qc_gru_f32(int T, int B, int I, int H, int reverse, int linear_before_reset
                 const float *x, int xs_t, int xs_b, const float *W, const float *R, const float *bias,
                 const float *h0, int hs_b, float *y, int ys_t, int ys_b, float *yh, float *work);
 
+/* -- fused ops (qc_attention.c, qc_ops_fused.c; the passes fuse-*, docs/c-backend.md) ------- */
+/* qc.Attention per (batch b, head h < H; K/V head h / (H / Hkv)): y_i = softmax(scale * q_i . K^T
+ * + mask_i) V for the Lq query rows i, Lk keys, head size d (Q, K) and dv (V). Q row i of head h
+ * is at q + b*qs[0] + h*qs[1] + i*qs[2] (d contiguous floats), likewise K, V (ks, vs) and y
+ * (ys); mask (may be NULL) element (i, j) at mask + b*ms[0] + h*ms[1] + i*ms[2] + j*ms[3].
+ * causal != 0: key j > i is left out. work: Lk floats. */
+void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
+                      const float *q, const int *qs, const float *k, const int *ks, const float *v,
+                      const int *vs, const float *mask, const int *ms, float *y, const int *ys,
+                      float *work);
+/* RMSNorm over the last n elements of each of `outer` rows: y = x / sqrt(mean(x^2) + eps) * scale
+ * (scale: n floats, may be NULL) */
+void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y);
+
 #endif

@@ -1,0 +1,133 @@
+/* qc C backend: the fused attention kernel (qc.Attention, see qc_ops.h and docs/c-backend.md).
+ *
+ * One (batch, head) at a time and one query row at a time: the Lk scores of the row live in
+ * `work`, nothing larger is materialized. Q, K, V and the output are read / written through
+ * strides, so the head split and merge of a model (Reshape + Transpose) cost no copy. The inner
+ * loops are NEON FMLA on aarch64 (__ARM_NEON), Helium on Cortex-M55 (__ARM_FEATURE_MVE & 2),
+ * plain C elsewhere; all variants sum the same products in the same blocks of 4 lanes, so they
+ * differ from each other only where the compiler contracts a*b+c (within the documented
+ * tolerance, docs/c-backend.md). */
+#include "qc_ops.h"
+
+#include <math.h>
+
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define QC_ATT_NEON 1
+#elif defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define QC_ATT_MVE 1
+#endif
+
+/* s[j] = dot(q, k + j*kr) for j < n, d contiguous elements each */
+static void qc_att_scores(int n, int d, const float *q, const float *k, int kr, float *s)
+{
+    int j = 0, t;
+#if defined(QC_ATT_NEON)
+    if ((d & 3) == 0) {
+        for (; j + 4 <= n; j += 4) {
+            const float *k0 = k + (ptrdiff_t)j * kr, *k1 = k0 + kr, *k2 = k1 + kr, *k3 = k2 + kr;
+            float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+            for (t = 0; t < d; t += 4) {
+                float32x4_t qv = vld1q_f32(q + t);
+                a0 = vfmaq_f32(a0, qv, vld1q_f32(k0 + t));
+                a1 = vfmaq_f32(a1, qv, vld1q_f32(k1 + t));
+                a2 = vfmaq_f32(a2, qv, vld1q_f32(k2 + t));
+                a3 = vfmaq_f32(a3, qv, vld1q_f32(k3 + t));
+            }
+            vst1q_f32(s + j, vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3)));
+        }
+        for (; j < n; ++j) {
+            const float *kj = k + (ptrdiff_t)j * kr;
+            float32x4_t a = vdupq_n_f32(0.0f);
+            for (t = 0; t < d; t += 4) a = vfmaq_f32(a, vld1q_f32(q + t), vld1q_f32(kj + t));
+            s[j] = vaddvq_f32(a);
+        }
+        return;
+    }
+#elif defined(QC_ATT_MVE)
+    if ((d & 3) == 0) {
+        for (; j < n; ++j) {
+            const float *kj = k + (ptrdiff_t)j * kr;
+            float32x4_t a = vdupq_n_f32(0.0f);
+            for (t = 0; t < d; t += 4) a = vfmaq_f32(a, vld1q_f32(q + t), vld1q_f32(kj + t));
+            s[j] = (vgetq_lane_f32(a, 0) + vgetq_lane_f32(a, 1)) + (vgetq_lane_f32(a, 2) + vgetq_lane_f32(a, 3));
+        }
+        return;
+    }
+#endif
+    for (; j < n; ++j) {
+        const float *kj = k + (ptrdiff_t)j * kr;
+        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (t = 0; t + 4 <= d; t += 4) {
+            a[0] += q[t] * kj[t];
+            a[1] += q[t + 1] * kj[t + 1];
+            a[2] += q[t + 2] * kj[t + 2];
+            a[3] += q[t + 3] * kj[t + 3];
+        }
+        for (; t < d; ++t) a[t & 3] += q[t] * kj[t];
+        s[j] = (a[0] + a[1]) + (a[2] + a[3]);
+    }
+}
+
+/* y[0..dv) = scale * sum_{j < n} p[j] * v[j*vr + 0..dv) */
+static void qc_att_context(int n, int dv, const float *p, const float *v, int vr, float scale, float *y)
+{
+    int j, t = 0;
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+    for (; t + 8 <= dv; t += 8) {
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+        for (j = 0; j < n; ++j) {
+            const float *vj = v + (ptrdiff_t)j * vr + t;
+            a0 = vfmaq_n_f32(a0, vld1q_f32(vj), p[j]);
+            a1 = vfmaq_n_f32(a1, vld1q_f32(vj + 4), p[j]);
+        }
+        vst1q_f32(y + t, vmulq_n_f32(a0, scale));
+        vst1q_f32(y + t + 4, vmulq_n_f32(a1, scale));
+    }
+    for (; t + 4 <= dv; t += 4) {
+        float32x4_t a0 = vdupq_n_f32(0.0f);
+        for (j = 0; j < n; ++j) a0 = vfmaq_n_f32(a0, vld1q_f32(v + (ptrdiff_t)j * vr + t), p[j]);
+        vst1q_f32(y + t, vmulq_n_f32(a0, scale));
+    }
+#endif
+    for (; t < dv; ++t) {
+        float a = 0.0f;
+        for (j = 0; j < n; ++j) a += p[j] * v[(ptrdiff_t)j * vr + t];
+        y[t] = a * scale;
+    }
+}
+
+void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
+                      const float *q, const int *qs, const float *k, const int *ks, const float *v,
+                      const int *vs, const float *mask, const int *ms, float *y, const int *ys,
+                      float *work)
+{
+    int b, h, i, j, group = H / Hkv;
+    for (b = 0; b < B; ++b) {
+        for (h = 0; h < H; ++h) {
+            int hk = h / group;
+            const float *kh = k + (ptrdiff_t)b * ks[0] + (ptrdiff_t)hk * ks[1];
+            const float *vh = v + (ptrdiff_t)b * vs[0] + (ptrdiff_t)hk * vs[1];
+            for (i = 0; i < Lq; ++i) {
+                const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
+                float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];
+                int n = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk;
+                float m = -INFINITY, sum = 0.0f;
+                qc_att_scores(n, d, qi, kh, ks[2], work);
+                if (mask) {
+                    const float *mi = mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] + (ptrdiff_t)i * ms[2];
+                    for (j = 0; j < n; ++j) work[j] = work[j] * scale + mi[(ptrdiff_t)j * ms[3]];
+                } else {
+                    for (j = 0; j < n; ++j) work[j] *= scale;
+                }
+                for (j = 0; j < n; ++j) m = work[j] > m ? work[j] : m;
+                for (j = 0; j < n; ++j) {
+                    work[j] = expf(work[j] - m);
+                    sum += work[j];
+                }
+                qc_att_context(n, dv, work, vh, vs[2], 1.0f / sum, yi);
+            }
+        }
+    }
+}
