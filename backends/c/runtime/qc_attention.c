@@ -4,9 +4,10 @@
  * `work`, nothing larger is materialized. Q, K, V and the output are read / written through
  * strides, so the head split and merge of a model (Reshape + Transpose) cost no copy. The inner
  * loops are NEON FMLA on aarch64 (__ARM_NEON), Helium on Cortex-M55 (__ARM_FEATURE_MVE & 2),
- * plain C elsewhere; all variants sum the same products in the same blocks of 4 lanes, so they
- * differ from each other only where the compiler contracts a*b+c (within the documented
- * tolerance, docs/c-backend.md). */
+ * plain C elsewhere. Every variant computes the same fused multiply-adds (fmaf in plain C) in
+ * the same order: a dot product keeps 4 partial sums (element t into lane t % 4) and adds them
+ * as (l0 + l1) + (l2 + l3); the context sums p[j] * v[j] over j in order. So the variants are
+ * bit-identical to each other wherever expf is (the same libm). */
 #include "qc_ops.h"
 
 #include <math.h>
@@ -59,13 +60,7 @@ static void qc_att_scores(int n, int d, const float *q, const float *k, int kr, 
     for (; j < n; ++j) {
         const float *kj = k + (ptrdiff_t)j * kr;
         float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (t = 0; t + 4 <= d; t += 4) {
-            a[0] += q[t] * kj[t];
-            a[1] += q[t + 1] * kj[t + 1];
-            a[2] += q[t + 2] * kj[t + 2];
-            a[3] += q[t + 3] * kj[t + 3];
-        }
-        for (; t < d; ++t) a[t & 3] += q[t] * kj[t];
+        for (t = 0; t < d; ++t) a[t & 3] = fmaf(q[t], kj[t], a[t & 3]);
         s[j] = (a[0] + a[1]) + (a[2] + a[3]);
     }
 }
@@ -93,7 +88,7 @@ static void qc_att_context(int n, int dv, const float *p, const float *v, int vr
 #endif
     for (; t < dv; ++t) {
         float a = 0.0f;
-        for (j = 0; j < n; ++j) a += p[j] * v[(ptrdiff_t)j * vr + t];
+        for (j = 0; j < n; ++j) a = fmaf(p[j], v[(ptrdiff_t)j * vr + t], a);
         y[t] = a * scale;
     }
 }
@@ -117,7 +112,7 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 qc_att_scores(n, d, qi, kh, ks[2], work);
                 if (mask) {
                     const float *mi = mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] + (ptrdiff_t)i * ms[2];
-                    for (j = 0; j < n; ++j) work[j] = work[j] * scale + mi[(ptrdiff_t)j * ms[3]];
+                    for (j = 0; j < n; ++j) work[j] = fmaf(work[j], scale, mi[(ptrdiff_t)j * ms[3]]);
                 } else {
                     for (j = 0; j < n; ++j) work[j] *= scale;
                 }

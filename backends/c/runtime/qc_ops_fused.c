@@ -8,7 +8,7 @@ void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *sc
     int o, i;
     for (o = 0; o < outer; ++o, x += n, y += n) {
         float ss = 0.0f, r;
-        for (i = 0; i < n; ++i) ss += x[i] * x[i];
+        for (i = 0; i < n; ++i) ss = fmaf(x[i], x[i], ss);  /* fused everywhere: same bits */
         r = sqrtf(ss / (float)n + eps);
         if (scale) {
             for (i = 0; i < n; ++i) y[i] = x[i] / r * scale[i];
