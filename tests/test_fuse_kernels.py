@@ -106,6 +106,7 @@ PORTABLE = {"aarch64": ("host", None, ()), "cortex-m55": ("cortex-m", "cortex-m5
 # (B, H, Hkv, Lq, Lk, d, dv, causal, mask shape or None)
 ATT_CASES = [
     (1, 2, 2, 7, 7, 32, 32, 0, (1, 1, 1, 7)),     # BERT: key-padding mask over [B, 1, 1, Lk]
+    (1, 3, 3, 9, 10, 32, 64, 1, (1, 3, 9, 10)),   # d 32 (the query row in registers), dv 64, causal
     (2, 4, 2, 5, 9, 16, 16, 0, (5, 9)),           # grouped-query heads, a [Lq, Lk] mask
     (1, 3, 1, 6, 6, 8, 8, 1, None),               # causal, one K/V head
     (1, 2, 2, 4, 3, 5, 7, 0, (1, 2, 4, 3)),       # d, dv off the vector width

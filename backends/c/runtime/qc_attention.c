@@ -25,6 +25,26 @@ static void qc_att_scores(int n, int d, const float *q, const float *k, int kr, 
 {
     int j = 0, t;
 #if defined(QC_ATT_NEON)
+    if (d == 32) {   /* BERT-base-like heads: the query row stays in 8 registers */
+        float32x4_t q0 = vld1q_f32(q), q1 = vld1q_f32(q + 4), q2 = vld1q_f32(q + 8), q3 = vld1q_f32(q + 12);
+        float32x4_t q4 = vld1q_f32(q + 16), q5 = vld1q_f32(q + 20), q6 = vld1q_f32(q + 24), q7 = vld1q_f32(q + 28);
+        float32x4_t acc[4];
+        int c;
+        for (; j + 4 <= n; j += 4) {
+            for (c = 0; c < 4; ++c) {
+                const float *kc = k + (ptrdiff_t)(j + c) * kr;
+                float32x4_t a = vfmaq_f32(vdupq_n_f32(0.0f), q0, vld1q_f32(kc));
+                a = vfmaq_f32(a, q1, vld1q_f32(kc + 4));
+                a = vfmaq_f32(a, q2, vld1q_f32(kc + 8));
+                a = vfmaq_f32(a, q3, vld1q_f32(kc + 12));
+                a = vfmaq_f32(a, q4, vld1q_f32(kc + 16));
+                a = vfmaq_f32(a, q5, vld1q_f32(kc + 20));
+                a = vfmaq_f32(a, q6, vld1q_f32(kc + 24));
+                acc[c] = vfmaq_f32(a, q7, vld1q_f32(kc + 28));
+            }
+            vst1q_f32(s + j, vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3])));
+        }
+    }
     if ((d & 3) == 0) {
         for (; j + 4 <= n; j += 4) {
             const float *k0 = k + (ptrdiff_t)j * kr, *k1 = k0 + kr, *k2 = k1 + kr, *k3 = k2 + kr;
@@ -70,6 +90,29 @@ static void qc_att_context(int n, int dv, const float *p, const float *v, int vr
 {
     int j, t = 0;
 #if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+    for (; t + 32 <= dv; t += 32) {   /* a BERT / Llama head (dv 32, 64): 8 accumulators per pass */
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        const float *vj = v + t;
+        for (j = 0; j < n; ++j, vj += vr) {
+            float pj = p[j];
+            a0 = vfmaq_n_f32(a0, vld1q_f32(vj), pj);
+            a1 = vfmaq_n_f32(a1, vld1q_f32(vj + 4), pj);
+            a2 = vfmaq_n_f32(a2, vld1q_f32(vj + 8), pj);
+            a3 = vfmaq_n_f32(a3, vld1q_f32(vj + 12), pj);
+            a4 = vfmaq_n_f32(a4, vld1q_f32(vj + 16), pj);
+            a5 = vfmaq_n_f32(a5, vld1q_f32(vj + 20), pj);
+            a6 = vfmaq_n_f32(a6, vld1q_f32(vj + 24), pj);
+            a7 = vfmaq_n_f32(a7, vld1q_f32(vj + 28), pj);
+        }
+        vst1q_f32(y + t, vmulq_n_f32(a0, scale));
+        vst1q_f32(y + t + 4, vmulq_n_f32(a1, scale));
+        vst1q_f32(y + t + 8, vmulq_n_f32(a2, scale));
+        vst1q_f32(y + t + 12, vmulq_n_f32(a3, scale));
+        vst1q_f32(y + t + 16, vmulq_n_f32(a4, scale));
+        vst1q_f32(y + t + 20, vmulq_n_f32(a5, scale));
+        vst1q_f32(y + t + 24, vmulq_n_f32(a6, scale));
+        vst1q_f32(y + t + 28, vmulq_n_f32(a7, scale));
+    }
     for (; t + 8 <= dv; t += 8) {
         float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
         for (j = 0; j < n; ++j) {
@@ -93,6 +136,33 @@ static void qc_att_context(int n, int dv, const float *p, const float *v, int vr
     }
 }
 
+/* w[j] = fmaf(w[j], scale, mask[j * mc]) (w[j] * scale without a mask); returns max_j w[j] */
+static float qc_att_scale_mask_max(int n, float *w, float scale, const float *mask, int mc)
+{
+    int j = 0;
+    float m = -INFINITY;
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+    float32x4_t mv = vdupq_n_f32(-INFINITY);
+    if (!mask || mc == 1) {
+        for (; j + 4 <= n; j += 4) {
+            float32x4_t x = vld1q_f32(w + j);
+            x = mask ? vfmaq_n_f32(vld1q_f32(mask + j), x, scale) : vmulq_n_f32(x, scale);
+            vst1q_f32(w + j, x);
+            mv = vmaxnmq_f32(mv, x);
+        }
+        m = vgetq_lane_f32(mv, 0);
+        m = vgetq_lane_f32(mv, 1) > m ? vgetq_lane_f32(mv, 1) : m;
+        m = vgetq_lane_f32(mv, 2) > m ? vgetq_lane_f32(mv, 2) : m;
+        m = vgetq_lane_f32(mv, 3) > m ? vgetq_lane_f32(mv, 3) : m;
+    }
+#endif
+    for (; j < n; ++j) {
+        w[j] = mask ? fmaf(w[j], scale, mask[(ptrdiff_t)j * mc]) : w[j] * scale;
+        m = w[j] > m ? w[j] : m;
+    }
+    return m;
+}
+
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
@@ -108,15 +178,10 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
                 float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];
                 int n = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk;
-                float m = -INFINITY, sum = 0.0f;
+                float m, sum = 0.0f;
                 qc_att_scores(n, d, qi, kh, ks[2], work);
-                if (mask) {
-                    const float *mi = mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] + (ptrdiff_t)i * ms[2];
-                    for (j = 0; j < n; ++j) work[j] = fmaf(work[j], scale, mi[(ptrdiff_t)j * ms[3]]);
-                } else {
-                    for (j = 0; j < n; ++j) work[j] *= scale;
-                }
-                for (j = 0; j < n; ++j) m = work[j] > m ? work[j] : m;
+                m = qc_att_scale_mask_max(n, work, scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
+                                          + (ptrdiff_t)i * ms[2] : NULL, ms[3]);
                 for (j = 0; j < n; ++j) {
                     work[j] = expf(work[j] - m);
                     sum += work[j];
