@@ -22,6 +22,7 @@ from . import (  # noqa: F401
     fuse_gelu,
     fuse_layernorm,
     fuse_rmsnorm,
+    fuse_rope,
     fuse_silu,
     inline_if,
     insert_qdq,

@@ -21,13 +21,14 @@ QC_DOMAIN = "qc"
 
 
 def producer(v: Value | None, *op_types: str, graph: Graph | None = None) -> Op | None:
-    """The default-domain op of one of *op_types* that computes *v* (in *graph* when given)."""
+    """The default-domain op of one of *op_types* that computes *v*, as any of its results (in
+    *graph* when given)."""
     if v is None or v.producer is None:
         return None
     p = v.producer
     if not is_default_domain(p) or p.op_type not in op_types or (graph is not None and p.graph is not graph):
         return None
-    if len(p.results) < 1 or p.results[0] is not v:
+    if not any(r is v for r in p.results):
         return None
     return p
 

@@ -3,7 +3,7 @@ Hugging Face export, compiled by the C backend (whose preparation runs the fuse-
 against onnxruntime with graph optimizations off.
 
 Checked: every pattern fused (the report's kernels: one attention call per block, layernorm,
-rmsnorm, gelu, no transpose copy, no softmax or float matmul left for the attention), the
+rmsnorm, gelu, rope, no transpose copy, no softmax or float matmul left for the attention), the
 outputs within float32 rounding of onnxruntime's (max error <= TOL * max|ref|; measured 3.4e-7,
 the unfused C 2.4e-7), on the host
 (portable C) and under qemu-aarch64 -cpu cortex-a76 (NEON kernels), and a fusion never
@@ -91,6 +91,13 @@ def _bert(g: _G, x: str, mask: str) -> str:
     return g.layernorm(g.op("Add", [g.linear(gelu, F, D), a]))
 
 
+def _rope(g: _G, x: str, cos: str, sin: str) -> str:
+    x1, x2 = f"{x}.1", f"{x}.2"
+    g.nodes.append(helper.make_node("Split", [x, g.const([HD // 2, HD // 2], np.int64)], [x1, x2], axis=-1))
+    r = g.op("Concat", [g.op("Neg", [x2]), x1], axis=-1)
+    return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [r, sin])])
+
+
 def _repeat_kv(g: _G, x: str) -> str:
     e = g.op("Expand", [g.op("Unsqueeze", [x, g.const([2], np.int64)]),
                         g.const([1, HKV, H // HKV, L, HD], np.int64)])
@@ -99,8 +106,12 @@ def _repeat_kv(g: _G, x: str) -> str:
 
 def _llama(g: _G, x: str, causal: str) -> str:
     h = g.rmsnorm(x)
+    angles = np.arange(L)[:, None] * 10000.0 ** (-np.arange(HD // 2) / (HD // 2))[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    cos, sin = g.const(np.cos(angles)), g.const(np.sin(angles))
     q = g.op("Transpose", [g.heads(g.linear(h, D, D, False), H)], perm=[0, 2, 1, 3])
     k = g.op("Transpose", [g.heads(g.linear(h, D, HKV * HD, False), HKV)], perm=[0, 2, 1, 3])
+    q, k = _rope(g, q, cos, sin), _rope(g, k, cos, sin)
     v = g.op("Transpose", [g.heads(g.linear(h, D, HKV * HD, False), HKV)], perm=[0, 2, 1, 3])
     kt = g.op("Transpose", [_repeat_kv(g, k)], perm=[0, 1, 3, 2])
     s = g.op("Mul", [g.op("MatMul", [q, kt]), g.const(1.0 / np.sqrt(HD))])
@@ -147,8 +158,8 @@ def test_every_pattern_fused(compiled):
     _, report, _ = compiled
     k = report["kernels"]
     assert k.get("attention f32") == 2 and k.get("layernorm f32") == 3 and k.get("rmsnorm f32") == 2, k
-    assert k.get("gelu f32") == 1 and "sigmoid f32" in k, k
-    assert not any(name.startswith(("transpose", "softmax", "expand", "reducemean", "pow", "erf", "sqrt"))
+    assert k.get("gelu f32") == 1 and "sigmoid f32" in k and k.get("rope f32") == 2, k
+    assert not any(name.startswith(("transpose", "softmax", "expand", "reducemean", "pow", "erf", "sqrt", "neg"))
                    for name in k), k
 
 
@@ -164,9 +175,8 @@ def test_matches_onnxruntime(compiled, kind, cpu):
 
 def test_fusion_does_not_grow_the_arena(compiled, tmp_path):
     model, report, _ = compiled
-    from qc.pm import PassManager
-
     from qc.backends.c.prepare import FOLD_ROUND, MAX_ROUNDS
+    from qc.pm import PassManager
 
     module = import_onnx(model)
     PassManager.parse(f"fix-shapes,fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND})").run(module)

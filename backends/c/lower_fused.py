@@ -5,7 +5,8 @@ mask through strides: a Transpose whose only reader is a qc.Attention (the head 
 model) is not run, the kernel reads its input in place (``plan_views``); a Transpose that is
 the only reader of a qc.Attention result (the head merge) is not run either, the kernel writes
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
-``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.SiLU`` -> Sigmoid then Mul in place.
+``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through
+strides too), ``qc.SiLU`` -> Sigmoid then Mul in place.
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import math
 
 import numpy as np
 
+from qc.errors import QCError
 from qc.ir import DType, Op, Value
 
 from . import lower_ops
 from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, contiguous, handler, unsupported
 
 QC = "qc"
-_VIEW_READERS = {("qc", "Attention"): 3}  # fused op -> how many leading operands may be views
+_VIEW_READERS = {("qc", "Attention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
 
 
 def _transpose_of(v: Value | None) -> Op | None:
@@ -50,7 +52,7 @@ def plan_views(lw: Lowering) -> None:
             src = t.operands[0]
             try:
                 shape = lw.shape(src)
-            except Exception:  # noqa: BLE001 - no static shape: the Transpose is lowered as usual
+            except QCError:  # no static shape: the Transpose is lowered as usual
                 continue
             st = contiguous(shape)
             strides = tuple(st[p] for p in _perm(t, len(shape)))
@@ -153,3 +155,22 @@ def _rmsnorm(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     lw.call(op, "qc_rmsnorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)), Ptr(lw.buf(x)), sp,
                                    Ptr(y, const=False)], "rmsnorm f32")
+
+
+@handler("Rope", domain=QC)
+def _rope(lw: Lowering, op: Op) -> None:
+    x, cos, sin = op.operands[:3]
+    for i, v in enumerate((x, cos, sin)):
+        if lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    shape = lw.shape(x)
+    if len(shape) > 4 or len(lw.shape(cos)) > len(shape) or lw.shape(cos) != lw.shape(sin):
+        raise unsupported(op, "rank above 4 or cos / sin shapes")
+    pad = 4 - len(shape)
+    shape4 = (1,) * pad + tuple(shape)
+    xb, xs = _read(lw, x)
+    xs4 = (0,) * pad + tuple(xs)
+    ts = broadcast_strides(lw.shape(cos), shape4)
+    y = lw.out(op)
+    lw.call(op, "qc_rope_f32", [*shape4, Ptr(xb), Ints(xs4[:3]), Ptr(lw.buf(cos)), Ptr(lw.buf(sin)), Ints(ts[:3]),
+                                Ptr(y, const=False)], "rope f32")

@@ -153,5 +153,10 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
 /* RMSNorm over the last n elements of each of `outer` rows: y = x / sqrt(mean(x^2) + eps) * scale
  * (scale: n floats, may be NULL) */
 void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y);
+/* qc.Rope, rotate-half: y = x * cos + concat(-x[D/2:], x[:D/2]) * sin per row of D floats. y is
+ * contiguous [n0][n1][n2][D]; row (i0, i1, i2) of x at x + i0*xs[0] + i1*xs[1] + i2*xs[2], of
+ * cos and sin at offset i0*ts[0] + i1*ts[1] + i2*ts[2] (0 on broadcast axes) */
+void qc_rope_f32(int n0, int n1, int n2, int D, const float *x, const int *xs, const float *cs,
+                 const float *sn, const int *ts, float *y);
 
 #endif
