@@ -1,4 +1,4 @@
-"""The int8 depthwise convolution (runtime/qc_conv_s8.c) against a numpy int64 reference, on the
+"""The int8 depthwise convolution and transpose (runtime/qc_conv_s8.c) against numpy, on the
 host (portable) and under qemu-aarch64 (neon on cortex-a53, dotprod on cortex-a76, i8mm on max),
 and a small int8 MobileNet-style CNN compiled end to end against onnxruntime.
 
@@ -85,12 +85,17 @@ def _stream(rng):
         for a in (x, w, bias, scale) + ((fb,) if has_fb else ()):
             data += a.tobytes()
         want.append(("f32", exp_f.astype(np.float32)))
+    for R, Cn, ld in [(8, 8, 8), (17, 33, 40), (96, 1024, 1024), (3, 5, 5), (64, 9, 9)]:
+        x = rng.integers(-128, 128, (R, ld), dtype=np.int8)
+        data += struct.pack("<20i", R, Cn, ld, *[0] * 11, 2, *[0] * 5) + x.tobytes()
+        want.append(("q8", np.ascontiguousarray(x[:, :Cn].T)))
     return bytes(data), want
 
 
 @pytest.mark.parametrize("kind,cpu,variant,qemu_cpu", CONFIGS)
 def test_depthwise_kernel_bit_exact(tmp_path, kind, cpu, variant, qemu_cpu):
-    """qc_conv_dw_s8_q8 / _f32 of every variant equal the numpy int64 model bit for bit."""
+    """qc_conv_dw_s8_q8 / _f32 of every variant equal the numpy int64 model bit for bit, and
+    qc_transpose_s8 (8 x 8 NEON blocks, edges, row strides) equals numpy's transpose."""
     toolchain.require_tools(kind)
     data, want = _stream(np.random.default_rng(11))
     exe = toolchain.build(SOURCES, tmp_path / f"dw-{variant}", kind, cpu,
@@ -105,7 +110,7 @@ def test_depthwise_kernel_bit_exact(tmp_path, kind, cpu, variant, qemu_cpu):
         pos += n
         np.testing.assert_array_equal(got.view(np.uint8 if what == "q8" else np.uint32),
                                       exp.view(np.uint8 if what == "q8" else np.uint32),
-                                      err_msg=f"{variant} on {qemu_cpu}: case {CASES[i // 2]} {what}")
+                                      err_msg=f"{variant} on {qemu_cpu}: case {i}: {what}")
     assert pos == len(out)
 
 

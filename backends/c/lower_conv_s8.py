@@ -7,8 +7,9 @@ constant bounds (``output_q``), int8: Q(clip(y, lo, hi)) = clamp(Q(y), Q(lo), Q(
 monotone, so the activation is the requantization's clamp and neither op is computed.
 
     depthwise (group = C = OC):  qc_conv_dw_s8_q8 / _f32, a direct per-channel convolution
-    otherwise, per image and group: qc_im2col_s8 (padding by the zero point) -> qc_gemm_s8 ->
-        qc_requant_s8 (int8 pixels x channels) or qc_dequant_acc_f32 (float) -> transpose to NCHW
+    otherwise, per image and group: qc_im2col_s8 (padding by the zero point; a 1x1 stride-1
+        unpadded conv: qc_transpose_s8) -> qc_gemm_s8 -> qc_requant_s8 (int8 pixels x channels,
+        then qc_transpose_s8 to NCHW) or qc_dequant_acc_f32 (float, then a float transpose)
 
 The activation zero point is folded into an int32 bias (-zx * sum_k w[k][n]) for both; the int8
 output uses qc_requant_s8's TFLite rounding (at most 1 LSB from onnxruntime's float path).
@@ -174,6 +175,7 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
     OC = w.shape[0]
     icg, ocg = C // group, OC // group
     K, M = icg * KH * KW, OH * OW
+    pointwise = KH == KW == 1 and (sh, sw, pt, pl, OH, OW) == (1, 1, 0, 0, H, W)
     w2 = w.reshape(OC, K)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
     cols = lw.scratch(DType.i8, M * K)
@@ -189,8 +191,13 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
         packed = lw.weight(np.frombuffer(pack_s8(wg, lw.variant), np.int8))
         bias = (ib[sl] - zx * wg.astype(np.int64).sum(axis=0)).astype(np.int32)
         for n in range(N):
-            lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, g * icg, icg,
-                                         Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)], "im2col s8")
+            if pointwise:  # im2col of a 1x1 stride-1 unpadded conv is a transpose
+                lw.call(op, "qc_transpose_s8", [icg, M, Ptr(lw.buf(xq), (n * C + g * icg) * M), M,
+                                                Ptr(cols, const=False), icg], "transpose s8")
+            else:
+                lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, g * icg, icg,
+                                             Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)],
+                        "im2col s8")
             lw.call(op, "qc_gemm_s8", [M, ocg, K, Ptr(cols), Ptr(packed), Ptr(acc, const=False)],
                     f"gemm s8 ({lw.variant})")
             if q is not None:
@@ -205,5 +212,9 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
                                                    Ptr(fbg) if fbg is not None else Raw("NULL"),
                                                    Ptr(tmp, const=False)],
                         "dequant acc f32" + (" per-channel" if per_channel else ""))
+            if q is not None:
+                lw.call(op, "qc_transpose_s8", [M, ocg, Ptr(tmp), ocg, Ptr(y, (n * OC + g * ocg) * M, const=False), M],
+                        "transpose s8")
+                continue
             tmp.shape = (M, ocg)
             copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")

@@ -2,7 +2,8 @@
    until EOF, writes each output to argv[2]. A case: 20 int32 (C H W KH KW sh sw pt pl dh dw OH
    OW zx mode out_zp qmin qmax per_channel has_fbias; mode 0 = int8 out, 1 = float out), then
    x (C*H*W int8), w (C*KH*KW int8), bias (C int32), and mult, shift (C int32 each) for mode 0 or
-   scale (C or 1 float), fbias (C float, if has_fbias) for mode 1. */
+   scale (C or 1 float), fbias (C float, if has_fbias) for mode 1. Mode 2: qc_transpose_s8 of
+   an h[0] x h[1] int8 matrix with row stride h[2] (read h[0] * h[2] bytes). */
 #include <stdio.h>
 #include <stdlib.h>
 #include "qc_kernels.h"
@@ -25,6 +26,13 @@ int main(int argc, char **argv)
         return 1;
     }
     while (fread(h, sizeof h, 1, in) == 1) {
+        if (h[14] == 2) {   /* qc_transpose_s8: h[0] x h[1] matrix with row stride h[2] */
+            int8_t *x = read_n(in, (size_t)h[0] * h[2]), *y = malloc((size_t)h[0] * h[1]);
+            qc_transpose_s8(h[0], h[1], x, h[2], y, h[0]);
+            fwrite(y, 1, (size_t)h[0] * h[1], out);
+            free(x); free(y);
+            continue;
+        }
         const int C = h[0], H = h[1], W = h[2], KH = h[3], KW = h[4], OH = h[11], OW = h[12];
         const size_t ny = (size_t)C * OH * OW;
         int8_t *x = read_n(in, (size_t)C * H * W), *w = read_n(in, (size_t)C * KH * KW);

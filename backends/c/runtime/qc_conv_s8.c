@@ -243,3 +243,51 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
         }
     }
 }
+
+/* 8 x 8 int8 block transpose: TRN1/TRN2 on bytes, halfwords, words (24 instructions for 64 bytes). */
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+static void qc_transpose8x8_s8(const int8_t *x, int ldx, int8_t *y, int ldy)
+{
+    int8x8x2_t t0 = vtrn_s8(vld1_s8(x), vld1_s8(x + ldx));
+    int8x8x2_t t1 = vtrn_s8(vld1_s8(x + 2 * ldx), vld1_s8(x + 3 * ldx));
+    int8x8x2_t t2 = vtrn_s8(vld1_s8(x + 4 * ldx), vld1_s8(x + 5 * ldx));
+    int8x8x2_t t3 = vtrn_s8(vld1_s8(x + 6 * ldx), vld1_s8(x + 7 * ldx));
+    int16x4x2_t u0 = vtrn_s16(vreinterpret_s16_s8(t0.val[0]), vreinterpret_s16_s8(t1.val[0]));
+    int16x4x2_t u1 = vtrn_s16(vreinterpret_s16_s8(t0.val[1]), vreinterpret_s16_s8(t1.val[1]));
+    int16x4x2_t u2 = vtrn_s16(vreinterpret_s16_s8(t2.val[0]), vreinterpret_s16_s8(t3.val[0]));
+    int16x4x2_t u3 = vtrn_s16(vreinterpret_s16_s8(t2.val[1]), vreinterpret_s16_s8(t3.val[1]));
+    int32x2x2_t v0 = vtrn_s32(vreinterpret_s32_s16(u0.val[0]), vreinterpret_s32_s16(u2.val[0]));
+    int32x2x2_t v1 = vtrn_s32(vreinterpret_s32_s16(u1.val[0]), vreinterpret_s32_s16(u3.val[0]));
+    int32x2x2_t v2 = vtrn_s32(vreinterpret_s32_s16(u0.val[1]), vreinterpret_s32_s16(u2.val[1]));
+    int32x2x2_t v3 = vtrn_s32(vreinterpret_s32_s16(u1.val[1]), vreinterpret_s32_s16(u3.val[1]));
+    vst1_s8(y, vreinterpret_s8_s32(v0.val[0]));
+    vst1_s8(y + ldy, vreinterpret_s8_s32(v1.val[0]));
+    vst1_s8(y + 2 * ldy, vreinterpret_s8_s32(v2.val[0]));
+    vst1_s8(y + 3 * ldy, vreinterpret_s8_s32(v3.val[0]));
+    vst1_s8(y + 4 * ldy, vreinterpret_s8_s32(v0.val[1]));
+    vst1_s8(y + 5 * ldy, vreinterpret_s8_s32(v1.val[1]));
+    vst1_s8(y + 6 * ldy, vreinterpret_s8_s32(v2.val[1]));
+    vst1_s8(y + 7 * ldy, vreinterpret_s8_s32(v3.val[1]));
+}
+#endif
+
+void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy)
+{
+    int i0, j0, i, j;
+    for (i0 = 0; i0 < R; i0 += 8) {
+        for (j0 = 0; j0 < Cn; j0 += 8) {
+            const int ri = R - i0 < 8 ? R - i0 : 8, cj = Cn - j0 < 8 ? Cn - j0 : 8;
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+            if (ri == 8 && cj == 8) {
+                qc_transpose8x8_s8(x + (size_t)i0 * ldx + j0, ldx, y + (size_t)j0 * ldy + i0, ldy);
+                continue;
+            }
+#endif
+            for (j = 0; j < cj; ++j) {
+                for (i = 0; i < ri; ++i) {
+                    y[(size_t)(j0 + j) * ldy + i0 + i] = x[(size_t)(i0 + i) * ldx + j0 + j];
+                }
+            }
+        }
+    }
+}

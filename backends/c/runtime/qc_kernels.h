@@ -115,6 +115,11 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
                        int8_t pad_value, const int8_t *w, const int32_t *bias, const float *scale,
                        int per_channel, const float *fbias, int8_t *scratch, float *y);
 
+/* y[j][i] = x[i][j]: an R x Cn int8 matrix (row stride ldx) into Cn x R (row stride ldy); NEON
+   8 x 8 blocks on aarch64. The int8 Conv path's im2col of a 1x1 stride-1 unpadded conv and its
+   pixels x channels -> NCHW output. */
+void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy);
+
 #ifdef __cplusplus
 }
 #endif
