@@ -18,6 +18,7 @@ from . import (  # noqa: F401
     fold_constants,
     fold_qdq,
     fold_shapes,
+    fuse_add_layernorm,
     fuse_attention,
     fuse_gelu,
     fuse_layernorm,

@@ -1,5 +1,5 @@
 """The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c) against a float64 numpy
-reference, on the host (portable C), under qemu-aarch64 (NEON FMLA: cortex-a53, cortex-a76,
+reference (attention, RMSNorm, Add + LayerNorm), on the host (portable C), under qemu-aarch64 (NEON FMLA: cortex-a53, cortex-a76,
 max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under qemu-system-arm.
 
 One small driver (below) reads kernel calls from a file and writes their outputs. Q and K are
@@ -7,8 +7,8 @@ given in the merged-heads layout [B, L, H, d] and read through strides, V in [B,
 the output written merged [B, Lq, H, dv]: the strides the C lowering passes for a BERT head
 split. Float paths, so a tolerance: |y - ref| <= ATT_TOL * max|V| (float32 dot products of
 length d <= 40, float32 expf and sums of <= 33 terms; measured: below 1e-7 on every
-configuration), and RMSNorm within
-RMS_TOL * max|ref|. The variants do the same fused multiply-adds in the same order, so with
+configuration), RMSNorm within RMS_TOL * max|ref|, Add + LayerNorm (also written over its
+first input) within LN_TOL * max|ref|. The variants do the same fused multiply-adds in the same order, so with
 the same expf they are bit-identical: every aarch64 (NEON) build gives the host's portable
 bytes (glibc), the Cortex-M55 Helium build those of the same core's build without MVE
 (newlib). Cortex-M4 is checked against the reference only: newlib's expf on a core without a
@@ -25,7 +25,8 @@ from qc.backends.c import toolchain
 
 ATT_TOL = 1e-6
 RMS_TOL = 5e-7
-OP_ATTENTION, OP_RMSNORM = 1, 2
+LN_TOL = 1e-6
+OP_ATTENTION, OP_RMSNORM, OP_ADD_LN = 1, 2, 3
 
 DRIVER = r"""
 #include <stdio.h>
@@ -82,6 +83,18 @@ int main(int argc, char **argv)
             qc_rmsnorm_f32(outer, n, eps, x, has_scale ? s : NULL, y);
             fwrite(y, sizeof(float), (size_t)(outer * n), fout);
             free(x); free(s); free(y);
+        } else if (op == 3) {
+            int outer = need(), n = need(), e = need(), has_bias = need();
+            float eps, *a, *b, *s, *bias, *y;
+            memcpy(&eps, &e, 4);
+            a = floats(outer * n); b = floats(outer * n); s = floats(n); bias = floats(has_bias ? n : 0);
+            y = malloc((size_t)(outer * n) * sizeof(float));
+            if (!y) return 5;
+            qc_add_layernorm_f32(outer, n, eps, a, b, s, has_bias ? bias : NULL, y);
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            qc_add_layernorm_f32(outer, n, eps, a, b, s, has_bias ? bias : NULL, a);  /* in place */
+            fwrite(a, sizeof(float), (size_t)(outer * n), fout);
+            free(a); free(b); free(s); free(bias); free(y);
         } else {
             return 4;
         }
@@ -172,6 +185,20 @@ def _stream(rng):
         x64 = x.astype(np.float64)
         ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + float(eps)) * (s if with_scale else 1.0)
         checks.append((outer * n, ref, RMS_TOL * float(np.abs(ref).max()), f"rmsnorm {outer}x{n}"))
+    for outer, n, with_bias in ((3, 384, True), (2, 13, True), (1, 6, False)):
+        a = (rng.standard_normal((outer, n)) * 2 + 1).astype(np.float32)
+        b = rng.standard_normal((outer, n)).astype(np.float32)
+        s = rng.standard_normal(n).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        eps = np.float32(1e-12)
+        data += struct.pack("<5i", OP_ADD_LN, outer, n, struct.unpack("<i", struct.pack("<f", eps))[0],
+                            int(with_bias))
+        data += a.tobytes() + b.tobytes() + s.tobytes() + (bias.tobytes() if with_bias else b"")
+        x64 = a.astype(np.float64) + b
+        x64 = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + float(eps))
+        ref = x64 * s + (bias if with_bias else 0.0)
+        for where in ("", " in place"):
+            checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+layernorm {outer}x{n}{where}"))
     return bytes(data), checks
 
 

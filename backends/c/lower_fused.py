@@ -5,7 +5,7 @@ mask through strides: a Transpose whose only reader is a qc.Attention (the head 
 model) is not run, the kernel reads its input in place (``plan_views``); a Transpose that is
 the only reader of a qc.Attention result (the head merge) is not run either, the kernel writes
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
-``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through
+``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddLayerNormalization`` -> ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through
 strides too), ``qc.SiLU`` -> Sigmoid then Mul in place.
 """
 from __future__ import annotations
@@ -174,3 +174,28 @@ def _rope(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     lw.call(op, "qc_rope_f32", [*shape4, Ptr(xb), Ints(xs4[:3]), Ptr(lw.buf(cos)), Ptr(lw.buf(sin)), Ints(ts[:3]),
                                 Ptr(y, const=False)], "rope f32")
+
+
+@handler("AddLayerNormalization", domain=QC)
+def _add_layernorm(lw: Lowering, op: Op) -> None:
+    a, b, scale = op.operands[:3]
+    bias = op.operands[3] if len(op.operands) > 3 else None
+    for i, v in enumerate(op.operands):
+        if v is not None and lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    y = lw.out(op)
+    axis = int(op.attr("axis", -1))
+    axis = axis + len(y.shape) if axis < 0 else axis
+    norm = tuple(y.shape[axis:])
+    n = math.prod(norm)
+
+    def full(i: int, v: Value | None):
+        if v is None:
+            return Raw("NULL")
+        if math.prod(lw.shape(v)) == n:
+            return Ptr(lw.buf(v))
+        return Ptr(lw.weight(np.broadcast_to(lw.const(op, i, "a broadcast scale / bias"), norm).astype(np.float32)))
+
+    lw.call(op, "qc_add_layernorm_f32", [math.prod(y.shape[:axis]), n, float(op.attr("epsilon", 1e-5)),
+                                         Ptr(lw.buf(a)), Ptr(lw.buf(b)), full(2, scale), full(3, bias),
+                                         Ptr(y, const=False)], "add+layernorm f32")

@@ -158,5 +158,9 @@ void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *sc
  * cos and sin at offset i0*ts[0] + i1*ts[1] + i2*ts[2] (0 on broadcast axes) */
 void qc_rope_f32(int n0, int n1, int n2, int D, const float *x, const int *xs, const float *cs,
                  const float *sn, const int *ts, float *y);
+/* qc.AddLayerNormalization: y = LayerNormalization(a + b) over rows of n floats (scale: n
+ * floats, bias: n floats or NULL); y may be a or b. NEON / Helium / plain C give the same bits. */
+void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const float *b,
+                          const float *scale, const float *bias, float *y);
 
 #endif
