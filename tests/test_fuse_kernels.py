@@ -1,6 +1,7 @@
-"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c) against a float64 numpy
-reference (attention, RMSNorm, Add + LayerNorm), on the host (portable C), under qemu-aarch64 (NEON FMLA: cortex-a53, cortex-a76,
-max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under qemu-system-arm.
+"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, RMSNorm, Add +
+LayerNorm) against a float64 numpy reference, on the host (portable C), under qemu-aarch64
+(NEON: cortex-a53, cortex-a76, max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under
+qemu-system-arm.
 
 One small driver (below) reads kernel calls from a file and writes their outputs. Q and K are
 given in the merged-heads layout [B, L, H, d] and read through strides, V in [B, H, L, dv],
@@ -8,8 +9,8 @@ the output written merged [B, Lq, H, dv]: the strides the C lowering passes for 
 split. Float paths, so a tolerance: |y - ref| <= ATT_TOL * max|V| (float32 dot products of
 length d <= 40, float32 expf and sums of <= 33 terms; measured: below 1e-7 on every
 configuration), RMSNorm within RMS_TOL * max|ref|, Add + LayerNorm (also written over its
-first input) within LN_TOL * max|ref|. The variants do the same fused multiply-adds in the same order, so with
-the same expf they are bit-identical: every aarch64 (NEON) build gives the host's portable
+first input) within LN_TOL * max|ref|. The variants do the same fused multiply-adds in the
+same order, so with the same expf they are bit-identical: every aarch64 (NEON) build gives the host's portable
 bytes (glibc), the Cortex-M55 Helium build those of the same core's build without MVE
 (newlib). Cortex-M4 is checked against the reference only: newlib's expf on a core without a
 double-precision FPU rounds differently in the last bit.

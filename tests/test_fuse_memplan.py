@@ -22,7 +22,8 @@ A76 = load_target("cortex-a76")
 def _model():
     """a = Relu(x); b = Exp(a)  [a dies: in place]; c = Add(b, row) [b dies, row broadcast: b's
     memory]; d = Mul(c, a2) with a2 = Neg(x) also read by e = Sub(a2, d) [a2 lives on: not in
-    place for d, c's memory instead; Sub, its last reader, writes over it]; f = Less(e, x) [bool: never over float memory]."""
+    place for d, c's memory instead; Sub, its last reader, writes over it]; f = Less(e, x)
+    [bool: never over float memory]."""
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Exp", ["a"], ["b"]),
              helper.make_node("Add", ["b", "row"], ["c"]), helper.make_node("Neg", ["x"], ["a2"]),
              helper.make_node("Mul", ["c", "a2"], ["d"]), helper.make_node("Sub", ["a2", "d"], ["e"]),
