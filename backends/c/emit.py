@@ -13,7 +13,7 @@ from qc.fileio import atomic_write
 from .lowering import ALIGN, Buffer, Call, Ints, Lowered, Ptr, Raw
 
 RUNTIME = Path(__file__).parent / "runtime"
-OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c", "qc_ops_resize.c", "qc_rnn.c")
+OPS_SOURCES = ("qc_ops.c", "qc_ops_nn.c", "qc_ops_resize.c", "qc_rnn.c", "qc_sgemm.c")
 INCBIN_THRESHOLD = 8 << 20  # weight blobs above this go through .incbin (see docs/c-backend.md)
 
 

@@ -1,0 +1,181 @@
+"""qc_sgemm (backends/c/runtime/qc_sgemm.c) against a float64 numpy reference, on the host
+(scalar), under qemu-aarch64 (NEON: cortex-a53, cortex-a76, max) and on Cortex-M4 (scalar,
+fused multiply-add) / Cortex-M55 (Helium) under qemu-system-arm.
+
+One driver (tests/c_sgemm/driver.c) per build reads a stream of calls and writes their outputs.
+Every result must lie within the bound docs/c-kernels.md states for the float32 GEMM:
+|Y - Y64| <= (K + 4) u (|alpha| sum_k |a_k b_k| + |beta c| + |bias|), u = 2^-24, and the
+elements Y's row stride skips must be untouched. The run-time packing (qc_sgemm_pack_b) must
+equal backends/c/packing_f32.pack_b bit for bit.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qc.backends.c import packing_f32, toolchain
+
+DRIVER = Path(__file__).parent / "c_sgemm" / "driver.c"
+SOURCES = [DRIVER, toolchain.RUNTIME / "qc_sgemm.c"]
+U = 2.0 ** -24
+SENTINEL = np.float32(-7.25)  # what the driver's Y holds before the call
+
+# (kind, cpu the driver is compiled for, qemu cpus it runs on)
+CONFIGS = [
+    ("host", None, [None]),
+    ("aarch64", "cortex-a53", ["cortex-a53", "cortex-a76", "max"]),
+    ("aarch64", "cortex-a76", ["cortex-a76"]),
+    ("aarch64", "max", ["max"]),
+    ("cortex-m", "cortex-m4", ["cortex-m4"]),
+    ("cortex-m", "cortex-m55", ["cortex-m55"]),
+]
+
+# M, N, K off the 4 x 16 tile and the 4-wide k steps, plus small attention shapes
+SHAPES = [(1, 1, 1), (3, 17, 33), (17, 3, 65), (5, 16, 4), (4, 16, 7), (9, 50, 31), (8, 12, 9),
+          (2, 4, 0), (16, 16, 32), (16, 32, 16), (6, 33, 18), (13, 8, 5)]
+
+
+def _record(op: int, M: int, N: int, K: int, lda: int, brs: int, bcs: int, a, b, *, bias=None, c=None,
+            crs: int = 0, ccs: int = 0, ldy: int = 0, alpha: float = 1.0, beta: float = 0.0,
+            offs=None, ylen: int = 0) -> bytes:
+    batch = len(offs[0]) if offs else 1
+    head = [M, N, K, lda, brs, bcs, int(bias is not None), int(c is not None), crs, ccs, ldy, batch,
+            a.size, b.size, 0 if c is None else c.size, ylen]
+    out = struct.pack(f"<{1 + len(head)}i2f", op, *head, alpha, beta)
+    for arr in [a, b] + ([bias] if bias is not None else []) + ([c] if c is not None else []):
+        out += np.ascontiguousarray(arr, np.float32).tobytes()
+    if offs:
+        for o in offs:
+            out += np.asarray(o, "<i4").tobytes()
+    return out + np.full(ylen, SENTINEL, np.float32).tobytes()
+
+
+class Cases:
+    """The records of one stream and, per record, the float32 output count and its check."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.checks: list = []
+
+    def add(self, record: bytes, nout: int, check) -> None:
+        self.data += record
+        self.checks.append((nout, check))
+
+    def verify(self, raw: bytes, where: str) -> None:
+        out = np.frombuffer(raw, "<f4")
+        pos = 0
+        for n, check in self.checks:
+            check(out[pos:pos + n], where)
+            pos += n
+        assert pos == out.size, f"{where}: driver wrote {out.size} floats, expected {pos}"
+
+
+def _check_gemm(got, want64, mag, K, ldy, N, where, what):
+    """got: the driver's Y (rows of ldy); want64 / mag: M x N reference and sum of |terms|."""
+    M = want64.shape[0]
+    y = got.reshape(M, ldy) if M else got.reshape(0, ldy)
+    np.testing.assert_array_equal(y[:, N:], SENTINEL, err_msg=f"{where}: {what} wrote past N")
+    err = np.abs(y[:, :N].astype(np.float64) - want64)
+    bound = (K + 4) * U * mag + 1e-37
+    assert np.all(err <= bound), f"{where}: {what}: max error {err.max()} (bound {bound.ravel()[err.argmax()]})"
+
+
+def _gemm_cases(cases: Cases, rng: np.random.Generator) -> None:
+    for i, (M, N, K) in enumerate(SHAPES):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        prod, mag = a64 @ b64, np.abs(a64) @ np.abs(b64)
+        # packed B (compile-time layout), alpha and bias, Y rows padded
+        alpha, ldy = (0.5 if i % 2 else 1.0), N + (i % 3)
+        want = alpha * prod + bias
+        cases.add(_record(1, M, N, K, K, 0, 0, a, packing_f32.pack_b(b), bias=bias, ldy=ldy, alpha=alpha,
+                          ylen=M * ldy),
+                  M * ldy, lambda got, where, w=want, m=abs(alpha) * mag + np.abs(bias), K=K, ldy=ldy, N=N:
+                  _check_gemm(got, w, m, K, ldy, N, where, f"packed {(M, N, K)}"))
+        # B transposed in memory (b^T stored N x K: brs 1, bcs K), A rows strided: packed at run time
+        lda = K + 3
+        ap = np.zeros((M, lda), np.float32)
+        ap[:, :K] = a
+        cases.add(_record(1, M, N, K, lda, 1, K, ap, np.ascontiguousarray(b.T), ldy=N, ylen=M * N),
+                  M * N, lambda got, where, w=prod, m=mag, K=K, N=N:
+                  _check_gemm(got, w, m, K, N, N, where, f"transposed B {(M, N, K)}"))
+        # B row-major with a row stride: read in place when N % 4 == 0, else packed first
+        ldb = N + 4
+        bp = np.zeros((K, ldb), np.float32)
+        bp[:, :N] = b
+        c = rng.standard_normal((M, N)).astype(np.float32)
+        for crs, ccs, cv in [(N, 1, c), (0, 1, c[:1]), (1, 0, c[:, :1].ravel())]:
+            cfull = np.broadcast_to(c[:1] if crs == 0 else (c[:, :1] if ccs == 0 else c), (M, N))
+            want = 1.5 * prod + 0.75 * cfull.astype(np.float64)
+            cases.add(_record(1, M, N, K, K, ldb, 1, a, bp.ravel(), c=np.ascontiguousarray(cv).ravel(),
+                              crs=crs, ccs=ccs, ldy=N, alpha=1.5, beta=0.75, ylen=M * N),
+                      M * N, lambda got, where, w=want, m=1.5 * mag + 0.75 * np.abs(cfull), K=K, N=N:
+                      _check_gemm(got, w, m, K, N, N, where, f"strided B + C {(M, N, K)}"))
+        # run-time packing is the compile-time layout, bit for bit
+        cases.add(_record(3, M, N, K, K, N, 1, a, b, ylen=0), packing_f32.packed_size(K, N),
+                  lambda got, where, want=packing_f32.pack_b(b), shape=(M, N, K):
+                  np.testing.assert_array_equal(got, want, err_msg=f"{where}: qc_sgemm_pack_b {shape}"))
+
+
+def _batch_cases(cases: Cases, rng: np.random.Generator) -> None:
+    """Attention-like heads: Q (S x H*D) and K (S x H*D) read as per-head views, Q K^T written
+    per head; P V with V a per-head view, written into (S, H*D) (the transposes as strides)."""
+    for S, H, D in [(16, 3, 8), (9, 2, 5), (20, 4, 16)]:
+        q = rng.standard_normal((S, H * D)).astype(np.float32)
+        k = rng.standard_normal((S, H * D)).astype(np.float32)
+        v = rng.standard_normal((S, H * D)).astype(np.float32)
+        heads = list(range(H))
+        q3, k3, v3 = (x.reshape(S, H, D).transpose(1, 0, 2).astype(np.float64) for x in (q, k, v))
+        want = q3 @ k3.transpose(0, 2, 1)
+        mag = np.abs(q3) @ np.abs(k3).transpose(0, 2, 1)
+        offs = ([h * D for h in heads], [h * D for h in heads], [h * S * S for h in heads])
+        cases.add(_record(2, S, S, D, H * D, 1, H * D, q, k, offs=offs, ldy=S, ylen=H * S * S), H * S * S,
+                  lambda got, where, w=want, m=mag, D=D, S=S, H=H:
+                  _check_gemm(got, w.reshape(H * S, S), m.reshape(H * S, S), D, S, S, where, f"QK^T {(S, H, D)}"))
+        p = rng.random((H, S, S)).astype(np.float32)
+        p64 = p.astype(np.float64)
+        want = np.einsum("hst,htd->shd", p64, v3).reshape(S, H * D)
+        mag = np.einsum("hst,htd->shd", p64, np.abs(v3)).reshape(S, H * D)
+        offs = ([h * S * S for h in heads], [h * D for h in heads], [h * D for h in heads])
+        cases.add(_record(2, S, D, S, S, H * D, 1, p, v, offs=offs, ldy=H * D, ylen=S * H * D), S * H * D,
+                  lambda got, where, w=want, m=mag, S=S, H=H, D=D:
+                  _check_gemm(got, w, m, S, H * D, H * D, where, f"PV {(S, H, D)}"))
+
+
+@pytest.fixture(scope="module")
+def stream() -> Cases:
+    rng = np.random.default_rng(15)
+    cases = Cases()
+    _gemm_cases(cases, rng)
+    _batch_cases(cases, rng)
+    return cases
+
+
+def test_packing_layout():
+    """packing_f32.pack_b: panels of 16 columns, the last one rounded up to 4 and zero padded."""
+    b = np.arange(3 * 21, dtype=np.float32).reshape(3, 21)
+    p = packing_f32.pack_b(b)
+    assert p.size == packing_f32.packed_size(3, 21) == 3 * 24
+    np.testing.assert_array_equal(p[:48].reshape(3, 16), b[:, :16])
+    tail = p[48:].reshape(3, 8)
+    np.testing.assert_array_equal(tail[:, :5], b[:, 16:])
+    assert not tail[:, 5:].any()
+
+
+@pytest.mark.parametrize("kind,cpu,runs", CONFIGS, ids=[f"{k}-{c or 'host'}" for k, c, _ in CONFIGS])
+def test_sgemm_within_bound(tmp_path, stream, kind, cpu, runs):
+    toolchain.require_tools(kind)
+    exe = toolchain.build(SOURCES, tmp_path / "driver", kind, cpu)
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    inp.write_bytes(bytes(stream.data))
+    for run_cpu in runs:
+        out.unlink(missing_ok=True)
+        proc = toolchain.run(exe, kind, run_cpu or cpu, [str(inp), str(out)], timeout=180)
+        where = f"{kind} {cpu} on {run_cpu or cpu}"
+        assert proc.returncode == 0 and "ok" in proc.stdout, f"{where}: {proc.returncode} {proc.stdout}{proc.stderr}"
+        stream.verify(out.read_bytes(), where)
