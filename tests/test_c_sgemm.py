@@ -5,8 +5,9 @@ fused multiply-add) / Cortex-M55 (Helium) under qemu-system-arm.
 One driver (tests/c_sgemm/driver.c) per build reads a stream of calls and writes their outputs.
 Every result must lie within the bound docs/c-kernels.md states for the float32 GEMM:
 |Y - Y64| <= (K + 4) u (|alpha| sum_k |a_k b_k| + |beta c| + |bias|), u = 2^-24, and the
-elements Y's row stride skips must be untouched. The run-time packing (qc_sgemm_pack_b) must
-equal backends/c/packing_f32.pack_b bit for bit.
+elements Y's row stride skips must be untouched. All variants must give the same bits (each
+output is the same chain of fused multiply-adds in k order). The run-time packing
+(qc_sgemm_pack_b) must equal backends/c/packing_f32.pack_b bit for bit.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ DRIVER = Path(__file__).parent / "c_sgemm" / "driver.c"
 SOURCES = [DRIVER, toolchain.RUNTIME / "qc_sgemm.c"]
 U = 2.0 ** -24
 SENTINEL = np.float32(-7.25)  # what the driver's Y holds before the call
+RESULTS: dict = {}  # the first configuration's output bytes, which every other one must equal
 
 # (kind, cpu the driver is compiled for, qemu cpus it runs on)
 CONFIGS = [
@@ -178,4 +180,8 @@ def test_sgemm_within_bound(tmp_path, stream, kind, cpu, runs):
         proc = toolchain.run(exe, kind, run_cpu or cpu, [str(inp), str(out)], timeout=180)
         where = f"{kind} {cpu} on {run_cpu or cpu}"
         assert proc.returncode == 0 and "ok" in proc.stdout, f"{where}: {proc.returncode} {proc.stdout}{proc.stderr}"
-        stream.verify(out.read_bytes(), where)
+        raw = out.read_bytes()
+        stream.verify(raw, where)
+        # every variant is the same chain of fused multiply-adds in k order: the same bits
+        first = RESULTS.setdefault("bytes", (where, raw))
+        assert raw == first[1], f"{where}: differs from {first[0]}"

@@ -110,6 +110,22 @@ def _output_view(lw: Lowering, op: Op, yshape: tuple[int, ...]) -> tuple[Buffer,
     return lw.out(op), contiguous(yshape), None
 
 
+def _bias_add(lw: Lowering, op: Op, N: int) -> tuple[Op, Ptr] | None:
+    """(the Add, its bias) when the MatMul's only use is an Add of a constant float32 row of N
+    values (shape (N,) or (1, .., N)) with the same result shape: qc_sgemm adds it per column."""
+    y = op.results[0]
+    ad = _single_use(y)
+    if ad is None or ad.op_type != "Add" or len(ad.operands) != 2 or lw.loop_depth:
+        return None
+    other = ad.operands[1] if ad.operands[0] is y else ad.operands[0]
+    if other is y or other.const is None or lw.dtype(other) != DType.f32:
+        return None
+    cshape = lw.shape(other)
+    if not cshape or cshape[-1] != N or math.prod(cshape) != N or lw.shape(ad.results[0]) != lw.shape(y):
+        return None
+    return ad, Ptr(lw.weight(other.const.numpy().astype(np.float32).reshape(N), DType.f32))
+
+
 def matmul(lw: Lowering, op: Op, kernel: str = "matmul f32") -> None:
     """MatMul (float32, any batch broadcasting, 1-D operands promoted) -> qc_sgemm / qc_sgemm_batch."""
     va, vb = operand(lw, op.operands[0]), operand(lw, op.operands[1])
@@ -129,6 +145,12 @@ def matmul(lw: Lowering, op: Op, kernel: str = "matmul f32") -> None:
         ybuf, yst, consumed = lw.out(op), contiguous(out + (M, N)), None
     else:
         ybuf, yst, consumed = _output_view(lw, op, out + (M, N))
+    bias: Ptr | Raw = Raw("NULL")
+    if consumed is None:
+        fused = _bias_add(lw, op, N)
+        if fused is not None:
+            consumed, bias = fused
+            ybuf = lw.out(consumed)
     ldy = yst[-2] if M > 1 else N
     aoff, boff, yoff = _offsets(out, abatch, ast), _offsets(out, bbatch, bst), _offsets(out, out, yst[:-2])
     lda = lda if M > 1 else K
@@ -154,11 +176,11 @@ def matmul(lw: Lowering, op: Op, kernel: str = "matmul f32") -> None:
     common = [M, N, K]
     if len(aoff) == 1:
         lw.call(op, "qc_sgemm", common + [Ptr(va.buf, aoff[0]), lda, Ptr(bufb, boff[0]), brs, bcs, 1.0,
-                                          Raw("NULL"), 0, 0, 0.0, Raw("NULL"), Ptr(ybuf, yoff[0], const=False),
+                                          Raw("NULL"), 0, 0, 0.0, bias, Ptr(ybuf, yoff[0], const=False),
                                           ldy, work], kernel, scratch=_scratch(work))
     else:
         lw.call(op, "qc_sgemm_batch", [len(aoff), Ints(tuple(aoff)), Ints(tuple(boff)), Ints(tuple(yoff))]
-                + common + [Ptr(va.buf), lda, Ptr(bufb), brs, bcs, 1.0, Raw("NULL"), Ptr(ybuf, const=False), ldy,
+                + common + [Ptr(va.buf), lda, Ptr(bufb), brs, bcs, 1.0, bias, Ptr(ybuf, const=False), ldy,
                             work], kernel, scratch=_scratch(work))
 
 

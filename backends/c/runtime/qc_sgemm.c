@@ -6,8 +6,8 @@
  * B + 16*p*K, w = 16, or the last panel's width rounded up to 4, zero padded) or, when its rows
  * are contiguous and N % 4 == 0, straight from the row-major matrix. A is read in place (row
  * stride lda, k contiguous). Variants by compiler macro: aarch64 NEON (FMLA by element, 16
- * accumulators), Cortex-M Helium float (VFMA by scalar), scalar otherwise (4x4 blocks, fused
- * multiply-add where the FPU has one). */
+ * accumulators), Cortex-M Helium float (VFMA by scalar), scalar otherwise (4x4 blocks, fmaf).
+ * All variants give the same bits (see QC_FMA). */
 #include "qc_ops.h"
 
 #include <string.h>
@@ -20,12 +20,12 @@
 #define QC_SGEMM_MVE 1
 #endif
 
-#if defined(__ARM_FEATURE_FMA) && !defined(QC_SGEMM_NEON)
 #include <math.h>
+
+/* Every variant computes each output as the same chain of fused multiply-adds in k order
+ * (fmaf here, FMLA / VFMA there), so all of them give the same bits whatever the compiler's
+ * FP contraction; fmaf is one instruction where the FPU has FMA (Cortex-M4F, M55, aarch64). */
 #define QC_FMA(a, b, c) fmaf((a), (b), (c))
-#else
-#define QC_FMA(a, b, c) ((a) * (b) + (c))
-#endif
 
 #define QC_NR 16 /* panel width */
 #define QC_MR 4  /* rows per tile */
@@ -59,14 +59,15 @@ void qc_sgemm_pack_b(int K, int N, const float *B, int brs, int bcs, float *Bp)
     }
 }
 
-/* One tile's result: t (mr x 16, row stride 16) -> Y rows with alpha and the column bias. */
+/* One tile's result: t (mr x 16, row stride 16) -> Y rows: t + bias[n] (alpha 1), else
+ * fmaf(alpha, t, bias[n] or 0): one rounding either way. */
 static void qc_sgemm_store(int mr, int nc, const float *t, float alpha, const float *bias, float *y, int ldy)
 {
     int i, j;
     for (i = 0; i < mr; ++i) {
         for (j = 0; j < nc; ++j) {
-            float v = alpha == 1.0f ? t[i * QC_NR + j] : alpha * t[i * QC_NR + j];
-            y[(ptrdiff_t)i * ldy + j] = bias ? v + bias[j] : v;
+            const float v = t[i * QC_NR + j], b = bias ? bias[j] : 0.0f;
+            y[(ptrdiff_t)i * ldy + j] = alpha == 1.0f ? (bias ? v + b : v) : QC_FMA(alpha, v, b);
         }
     }
 }
@@ -108,15 +109,17 @@ static void qc_sgemm_tile(int mr, int nc, int K, const float *a, int lda, const 
 #undef QC_SGEMM_STEP
     if (mr == QC_MR && nc == QC_NR) {
         float *y0 = y, *y1 = y + ldy, *y2 = y1 + ldy, *y3 = y2 + ldy;
-        if (alpha != 1.0f) {
-            c00 = vmulq_n_f32(c00, alpha); c01 = vmulq_n_f32(c01, alpha); c02 = vmulq_n_f32(c02, alpha);
-            c03 = vmulq_n_f32(c03, alpha); c10 = vmulq_n_f32(c10, alpha); c11 = vmulq_n_f32(c11, alpha);
-            c12 = vmulq_n_f32(c12, alpha); c13 = vmulq_n_f32(c13, alpha); c20 = vmulq_n_f32(c20, alpha);
-            c21 = vmulq_n_f32(c21, alpha); c22 = vmulq_n_f32(c22, alpha); c23 = vmulq_n_f32(c23, alpha);
-            c30 = vmulq_n_f32(c30, alpha); c31 = vmulq_n_f32(c31, alpha); c32 = vmulq_n_f32(c32, alpha);
-            c33 = vmulq_n_f32(c33, alpha);
-        }
-        if (bias) {
+        if (alpha != 1.0f) { /* fmaf(alpha, c, bias or 0), as qc_sgemm_store */
+            const float32x4_t z = vdupq_n_f32(0.0f);
+            b0 = bias ? vld1q_f32(bias) : z; b1 = bias ? vld1q_f32(bias + 4) : z;
+            b2 = bias ? vld1q_f32(bias + 8) : z; b3 = bias ? vld1q_f32(bias + 12) : z;
+            c00 = vfmaq_n_f32(b0, c00, alpha); c01 = vfmaq_n_f32(b1, c01, alpha); c02 = vfmaq_n_f32(b2, c02, alpha);
+            c03 = vfmaq_n_f32(b3, c03, alpha); c10 = vfmaq_n_f32(b0, c10, alpha); c11 = vfmaq_n_f32(b1, c11, alpha);
+            c12 = vfmaq_n_f32(b2, c12, alpha); c13 = vfmaq_n_f32(b3, c13, alpha); c20 = vfmaq_n_f32(b0, c20, alpha);
+            c21 = vfmaq_n_f32(b1, c21, alpha); c22 = vfmaq_n_f32(b2, c22, alpha); c23 = vfmaq_n_f32(b3, c23, alpha);
+            c30 = vfmaq_n_f32(b0, c30, alpha); c31 = vfmaq_n_f32(b1, c31, alpha); c32 = vfmaq_n_f32(b2, c32, alpha);
+            c33 = vfmaq_n_f32(b3, c33, alpha);
+        } else if (bias) {
             b0 = vld1q_f32(bias); b1 = vld1q_f32(bias + 4); b2 = vld1q_f32(bias + 8); b3 = vld1q_f32(bias + 12);
             c00 = vaddq_f32(c00, b0); c01 = vaddq_f32(c01, b1); c02 = vaddq_f32(c02, b2); c03 = vaddq_f32(c03, b3);
             c10 = vaddq_f32(c10, b0); c11 = vaddq_f32(c11, b1); c12 = vaddq_f32(c12, b2); c13 = vaddq_f32(c13, b3);
@@ -300,7 +303,7 @@ void qc_sgemm(int M, int N, int K, const float *A, int lda, const float *B, int 
     for (m = 0; m < M; ++m) {
         float *y = Y + (ptrdiff_t)m * ldy;
         const float *c = C + (ptrdiff_t)m * crs;
-        for (n = 0; n < N; ++n) y[n] += beta * c[(ptrdiff_t)n * ccs];
+        for (n = 0; n < N; ++n) y[n] = QC_FMA(beta, c[(ptrdiff_t)n * ccs], y[n]);
     }
 }
 
