@@ -85,6 +85,14 @@ def _check_gemm(got, want64, mag, K, ldy, N, where, what):
     assert np.all(err <= bound), f"{where}: {what}: max error {err.max()} (bound {bound.ravel()[err.argmax()]})"
 
 
+def _gemm_check(want64, mag, K: int, ldy: int, N: int, what: str):
+    return lambda got, where: _check_gemm(got, want64, mag, K, ldy, N, where, what)
+
+
+def _pack_check(want, shape):
+    return lambda got, where: np.testing.assert_array_equal(got, want, err_msg=f"{where}: qc_sgemm_pack_b {shape}")
+
+
 def _gemm_cases(cases: Cases, rng: np.random.Generator) -> None:
     for i, (M, N, K) in enumerate(SHAPES):
         a = rng.standard_normal((M, K)).astype(np.float32)
@@ -94,18 +102,15 @@ def _gemm_cases(cases: Cases, rng: np.random.Generator) -> None:
         prod, mag = a64 @ b64, np.abs(a64) @ np.abs(b64)
         # packed B (compile-time layout), alpha and bias, Y rows padded
         alpha, ldy = (0.5 if i % 2 else 1.0), N + (i % 3)
-        want = alpha * prod + bias
         cases.add(_record(1, M, N, K, K, 0, 0, a, packing_f32.pack_b(b), bias=bias, ldy=ldy, alpha=alpha,
-                          ylen=M * ldy),
-                  M * ldy, lambda got, where, w=want, m=abs(alpha) * mag + np.abs(bias), K=K, ldy=ldy, N=N:
-                  _check_gemm(got, w, m, K, ldy, N, where, f"packed {(M, N, K)}"))
+                          ylen=M * ldy), M * ldy,
+                  _gemm_check(alpha * prod + bias, abs(alpha) * mag + np.abs(bias), K, ldy, N, f"packed {(M, N, K)}"))
         # B transposed in memory (b^T stored N x K: brs 1, bcs K), A rows strided: packed at run time
         lda = K + 3
         ap = np.zeros((M, lda), np.float32)
         ap[:, :K] = a
-        cases.add(_record(1, M, N, K, lda, 1, K, ap, np.ascontiguousarray(b.T), ldy=N, ylen=M * N),
-                  M * N, lambda got, where, w=prod, m=mag, K=K, N=N:
-                  _check_gemm(got, w, m, K, N, N, where, f"transposed B {(M, N, K)}"))
+        cases.add(_record(1, M, N, K, lda, 1, K, ap, np.ascontiguousarray(b.T), ldy=N, ylen=M * N), M * N,
+                  _gemm_check(prod, mag, K, N, N, f"transposed B {(M, N, K)}"))
         # B row-major with a row stride: read in place when N % 4 == 0, else packed first
         ldb = N + 4
         bp = np.zeros((K, ldb), np.float32)
@@ -113,15 +118,13 @@ def _gemm_cases(cases: Cases, rng: np.random.Generator) -> None:
         c = rng.standard_normal((M, N)).astype(np.float32)
         for crs, ccs, cv in [(N, 1, c), (0, 1, c[:1]), (1, 0, c[:, :1].ravel())]:
             cfull = np.broadcast_to(c[:1] if crs == 0 else (c[:, :1] if ccs == 0 else c), (M, N))
-            want = 1.5 * prod + 0.75 * cfull.astype(np.float64)
             cases.add(_record(1, M, N, K, K, ldb, 1, a, bp.ravel(), c=np.ascontiguousarray(cv).ravel(),
-                              crs=crs, ccs=ccs, ldy=N, alpha=1.5, beta=0.75, ylen=M * N),
-                      M * N, lambda got, where, w=want, m=1.5 * mag + 0.75 * np.abs(cfull), K=K, N=N:
-                      _check_gemm(got, w, m, K, N, N, where, f"strided B + C {(M, N, K)}"))
+                              crs=crs, ccs=ccs, ldy=N, alpha=1.5, beta=0.75, ylen=M * N), M * N,
+                      _gemm_check(1.5 * prod + 0.75 * cfull.astype(np.float64), 1.5 * mag + 0.75 * np.abs(cfull),
+                                  K, N, N, f"strided B + C {(M, N, K)} C strides {(crs, ccs)}"))
         # run-time packing is the compile-time layout, bit for bit
         cases.add(_record(3, M, N, K, K, N, 1, a, b, ylen=0), packing_f32.packed_size(K, N),
-                  lambda got, where, want=packing_f32.pack_b(b), shape=(M, N, K):
-                  np.testing.assert_array_equal(got, want, err_msg=f"{where}: qc_sgemm_pack_b {shape}"))
+                  _pack_check(packing_f32.pack_b(b), (M, N, K)))
 
 
 def _batch_cases(cases: Cases, rng: np.random.Generator) -> None:
@@ -149,12 +152,62 @@ def _batch_cases(cases: Cases, rng: np.random.Generator) -> None:
                   _check_gemm(got, w, m, S, H * D, H * D, where, f"PV {(S, H, D)}"))
 
 
+# N, C, H, W, OC, KH, KW, group, (stride h, w, pad top, left, bottom, right, dil h, w), nb
+CONVS = [(1, 3, 9, 11, 8, 3, 3, 1, (1, 1, 1, 1, 1, 1, 1, 1), 16),
+         (2, 4, 7, 6, 6, 3, 2, 2, (2, 1, 0, 1, 1, 0, 1, 2), 32),
+         (1, 5, 8, 8, 5, 1, 1, 1, (1, 1, 0, 0, 0, 0, 1, 1), 64),  # 1x1: x read in place
+         (1, 6, 5, 7, 4, 1, 1, 1, (1, 1, 0, 0, 0, 0, 1, 1), 16),  # 1x1, 35 pixels: packed
+         (1, 8, 10, 10, 12, 5, 5, 4, (2, 2, 2, 2, 2, 2, 1, 1), 16)]
+
+
+def _conv64(x, w, group, st, dil, pads):
+    """float64 NCHW conv and the same with |x|, |w| (the magnitude for the bound)."""
+    N, C, H, W = x.shape
+    OC, cg, KH, KW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    OH = (H + pads[0] + pads[2] - dil[0] * (KH - 1) - 1) // st[0] + 1
+    OW = (W + pads[1] + pads[3] - dil[1] * (KW - 1) - 1) // st[1] + 1
+    y, mag = np.zeros((N, OC, OH, OW)), np.zeros((N, OC, OH, OW))
+    ocg = OC // group
+    for oc in range(OC):
+        g = oc // ocg
+        for kh in range(KH):
+            for kw in range(KW):
+                patch = xp[:, g * cg:(g + 1) * cg, kh * dil[0]:kh * dil[0] + st[0] * (OH - 1) + 1:st[0],
+                           kw * dil[1]:kw * dil[1] + st[1] * (OW - 1) + 1:st[1]]
+                wv = w[oc, :, kh, kw][None, :, None, None]
+                y[:, oc] += (patch * wv).sum(1)
+                mag[:, oc] += (np.abs(patch) * np.abs(wv)).sum(1)
+    return y, mag
+
+
+def _conv_cases(cases: Cases, rng: np.random.Generator) -> None:
+    for N, C, H, W, OC, KH, KW, group, (sh, sw, pt, pl, pb, pr, dh, dw), nb in CONVS:
+        x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+        w = rng.standard_normal((OC, C // group, KH, KW)).astype(np.float32)
+        bias = rng.standard_normal(OC).astype(np.float32)
+        y64, mag = _conv64(x.astype(np.float64), w.astype(np.float64), group, (sh, sw), (dh, dw), (pt, pl, pb, pr))
+        y64 += bias[None, :, None, None]
+        mag += np.abs(bias)[None, :, None, None]
+        OH, OW = y64.shape[2:]
+        K = C // group * KH * KW
+        rec = struct.pack("<17i", 4, N, C, H, W, OC, OH, OW, KH, KW, group, sh, sw, pt, pl, dh, dw)
+        rec += struct.pack("<2i", 1, nb) + x.tobytes() + w.tobytes() + bias.tobytes()
+
+        def check(got, where, y64=y64, mag=mag, K=K, shape=(N, C, H, W, OC, KH, KW, group)):
+            err = np.abs(got.reshape(y64.shape).astype(np.float64) - y64)
+            bound = (K + 4) * U * mag + 1e-37
+            assert np.all(err <= bound), f"{where}: conv {shape}: max error {err.max()}"
+        cases.add(rec, y64.size, check)
+
+
 @pytest.fixture(scope="module")
 def stream() -> Cases:
     rng = np.random.default_rng(15)
     cases = Cases()
     _gemm_cases(cases, rng)
     _batch_cases(cases, rng)
+    _conv_cases(cases, rng)
     return cases
 
 

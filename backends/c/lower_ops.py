@@ -424,10 +424,17 @@ def _conv(lw: Lowering, op: Op) -> None:
     wshape = lw.shape(w)
     N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, lw.shape(x), wshape[2:], y.shape)
     params = (s[0], s[1], p[0], p[1], d[0], d[1])
-    lw.call(op, "qc_conv2d_f32", [N, C, H, W, wshape[0], OH, OW, KH, KW, op.attr("group", 1), Ints(params),
-                                  Ptr(lw.buf(x)), Ptr(lw.buf(w)),
-                                  Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"), Ptr(y, const=False)],
-            "conv2d f32 direct")
+    group = op.attr("group", 1)
+    args = [N, C, H, W, wshape[0], OH, OW, KH, KW, group, Ints(params), Ptr(lw.buf(x)), Ptr(lw.buf(w)),
+            Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"), Ptr(y, const=False)]
+    plan = lower_sgemm.conv_plan(C // group, wshape[0] // group, KH, KW, H, W, OH, OW, params, N * C * H * W + y.size)
+    if plan is None:
+        lw.call(op, "qc_conv2d_f32", args, "conv2d f32 direct")
+        return
+    nb, work = plan
+    scratch = lw.scratch(DType.f32, work) if work else None
+    lw.call(op, "qc_conv2d_sgemm_f32", args + [Ptr(scratch, const=False) if scratch else Raw("NULL"), nb],
+            "conv2d f32 sgemm", scratch=[scratch] if scratch else [])
 
 
 def transpose_pads(op: Op, xshape, kshape, yshape) -> list[int]:

@@ -17,7 +17,7 @@ import numpy as np
 from qc.ir import DType, Graph, Op, Value
 
 from . import packing_f32
-from .lowering import Buffer, Call, Ints, Lowering, Ptr, Raw, contiguous
+from .lowering import Buffer, Call, Ints, Lowering, Ptr, Raw, broadcast_strides, contiguous
 
 
 @dataclass
@@ -211,10 +211,9 @@ def gemm(lw: Lowering, op: Op) -> None:
         if not ta:
             va = plain(lw, a)
         else:  # A^T materialized: qc_sgemm reads k contiguous
-            from .lower_ops import copy_nd
-
             at = lw.scratch(DType.f32, M * K)
-            copy_nd(lw, op, va.buf, 0, (M, K), (1, M), at, kernel="transpose")
+            lw.call(op, "qc_copy_nd", [2, Ints((M, K)), Ints((1, M)), 4, Ptr(va.buf), Ptr(at, const=False)],
+                    "transpose")
             va = View(at, (M, K), (K, 1))
     assert va.buf is not None
     if b.const is not None:
@@ -230,11 +229,29 @@ def gemm(lw: Lowering, op: Op) -> None:
             vals = np.broadcast_to(c.const.numpy().astype(np.float32).reshape(-1), (N,))
             bias = Ptr(lw.weight((np.float32(beta) * vals).astype(np.float32), DType.f32))
         else:
-            from .lowering import broadcast_strides
-
             crs, ccs = broadcast_strides(csh, (M, N))
             cargs = [Ptr(lw.buf(c)), crs, ccs, beta]
     work = _work(lw, K, N, brs, bcs)
     take(lw, va)
     lw.call(op, "qc_sgemm", [M, N, K, Ptr(va.buf), va.strides[0] if M > 1 else K, Ptr(bufb), brs, bcs, alpha]
             + cargs + [bias, Ptr(y, const=False), N, work], "gemm f32", scratch=_scratch(work))
+
+
+SCRATCH_SHARE = 10  # a conv's im2col scratch stays within 1/10 of its input + output
+
+
+def conv_plan(cg: int, ocg: int, KH: int, KW: int, H: int, W: int, OH: int, OW: int, params, io_elems: int
+              ) -> tuple[int, int] | None:
+    """(pixel block nb, scratch floats) for qc_conv2d_sgemm_f32, or None for the direct kernel:
+    fewer than 4 output channels per group (depthwise: a GEMM of M < 4 wastes the tile), or an
+    im2col block of 16 pixels that would not fit in SCRATCH_SHARE of the conv's own memory (so
+    the arena grows by at most that share)."""
+    if ocg < 4:
+        return None
+    K, P = cg * KH * KW, OH * OW
+    if KH == KW == 1 and tuple(params[:4]) == (1, 1, 0, 0) and (H, W) == (OH, OW) and P % 4 == 0:
+        return P, 0
+    nb = min((P + 15) // 16 * 16, io_elems // SCRATCH_SHARE // K // 16 * 16)
+    if nb < 16:
+        return None
+    return nb, K * nb

@@ -3,7 +3,8 @@
    op (1 sgemm, 2 sgemm_batch, 3 pack_b), M N K lda brs bcs has_bias has_c crs ccs ldy batch
    alen blen clen ylen, alpha beta (float bits); A[alen] B[blen] bias[N if has_bias] C[clen]
    aoff boff yoff[batch each, op 2] Y[ylen] (initial contents); output: Y[ylen] (op 3: the
-   packed B, qc_sgemm_packed_size(K, N) floats). tests/test_c_sgemm.py writes and checks them. */
+   packed B, qc_sgemm_packed_size(K, N) floats). Op 4 (qc_conv2d_sgemm_f32) has its own record,
+   see below. tests/test_c_sgemm.py writes and checks them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,29 @@ int main(int argc, char **argv)
         return 2;
     }
     while (fread(&op, 4, 1, fin) == 1) {
+        if (op == 4) { /* conv: N C H W OC OH OW KH KW group p[6] has_bias nb; x w bias; out y */
+            int d[10], p[6], i, has_bias, nb;
+            size_t nx, nw, ny, K;
+            float *x, *w, *bias, *y, *work;
+            for (i = 0; i < 10; ++i) d[i] = word();
+            for (i = 0; i < 6; ++i) p[i] = word();
+            has_bias = word();
+            nb = word();
+            nx = (size_t)d[0] * d[1] * d[2] * d[3];
+            K = (size_t)(d[1] / d[9]) * d[7] * d[8];
+            nw = (size_t)d[4] * K;
+            ny = (size_t)d[0] * d[4] * d[5] * d[6];
+            x = take(nx * 4);
+            w = take(nw * 4);
+            bias = has_bias ? take((size_t)d[4] * 4) : NULL;
+            y = malloc(ny * 4 + 4);
+            work = malloc(K * (size_t)nb * 4 + 4);
+            qc_conv2d_sgemm_f32(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], p, x, w, bias, y, work, nb);
+            if (fwrite(y, 4, ny, fout) != ny) return 4;
+            free(x); free(w); free(bias); free(y); free(work);
+            continue;
+        }
+        {
         int M = word(), N = word(), K = word(), lda = word(), brs = word(), bcs = word();
         int has_bias = word(), has_c = word(), crs = word(), ccs = word(), ldy = word(), batch = word();
         int alen = word(), blen = word(), clen = word(), ylen = word();
@@ -78,6 +102,7 @@ int main(int argc, char **argv)
             return 4;
         }
         free(A); free(B); free(bias); free(C); free(aoff); free(boff); free(yoff); free(Y); free(work);
+        }
     }
     fclose(fout);
     printf("ok\n");

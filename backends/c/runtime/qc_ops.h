@@ -91,6 +91,13 @@ void qc_sgemm(int M, int N, int K, const float *A, int lda, const float *B, int 
 void qc_sgemm_batch(int batch, const int *aoff, const int *boff, const int *yoff, int M, int N, int K,
                     const float *A, int lda, const float *B, int brs, int bcs, float alpha, const float *bias,
                     float *Y, int ldy, float *work);
+/* qc_conv2d_f32 (same arguments and p) as GEMMs: per image and group, Y (OC/group x OH*OW) =
+ * W (row-major, as stored) x im2col columns of `nb` output pixels at a time (nb a multiple of
+ * 16), packed into `work` (C/group*KH*KW * nb floats). A 1x1 stride-1 unpadded conv with
+ * OH*OW % 4 == 0 reads x in place (work unused, may be NULL). */
+void qc_conv2d_sgemm_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int group,
+                         const int *p, const float *x, const float *w, const float *bias, float *y, float *work,
+                         int nb);
 
 /* 2-D convolution, NCHW, weights OC x IC/group x KH x KW; bias may be NULL.
  * p = {stride_h, stride_w, pad_top, pad_left, dil_h, dil_w} */

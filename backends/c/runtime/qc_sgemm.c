@@ -316,3 +316,68 @@ void qc_sgemm_batch(int batch, const int *aoff, const int *boff, const int *yoff
         qc_sgemm(M, N, K, A + aoff[b], lda, B + boff[b], brs, bcs, alpha, NULL, 0, 0, 0.0f, bias, Y + yoff[b], ldy,
                  work);
 }
+
+/* the K x np block of im2col columns for output pixels q0 .. q0+np-1 of one group (cg input
+ * channels at x), written as packed panels (the layout of qc_sgemm_pack_b) */
+static void qc_im2col_pack_f32(int cg, int H, int W, int KH, int KW, const int *p, int OW, int q0, int np,
+                               const float *x, float *dst)
+{
+    const int sh = p[0], sw = p[1], pt = p[2], pl = p[3], dh = p[4], dw = p[5];
+    int ih0[QC_NR], iw0[QC_NR];
+    int j0, j, c, kh, kw;
+    for (j0 = 0; j0 < np; j0 += QC_NR) {
+        const int w = qc_panel_width(np, j0), nc = qc_min(QC_NR, np - j0);
+        for (j = 0; j < nc; ++j) {
+            const int q = q0 + j0 + j;
+            ih0[j] = (q / OW) * sh - pt;
+            iw0[j] = (q % OW) * sw - pl;
+        }
+        for (c = 0; c < cg; ++c) {
+            const float *xc = x + (size_t)c * (size_t)H * (size_t)W;
+            for (kh = 0; kh < KH; ++kh) {
+                for (kw = 0; kw < KW; ++kw) {
+                    for (j = 0; j < nc; ++j) {
+                        const int ih = ih0[j] + kh * dh, iw = iw0[j] + kw * dw;
+                        dst[j] = ih >= 0 && ih < H && iw >= 0 && iw < W ? xc[(size_t)ih * (size_t)W + (size_t)iw] : 0.0f;
+                    }
+                    for (; j < w; ++j) dst[j] = 0.0f;
+                    dst += w;
+                }
+            }
+        }
+    }
+}
+
+void qc_conv2d_sgemm_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int group,
+                         const int *p, const float *x, const float *w, const float *bias, float *y, float *work,
+                         int nb)
+{
+    const int cg = C / group, ocg = OC / group, K = cg * KH * KW, P = OH * OW;
+    const int direct = KH == 1 && KW == 1 && p[0] == 1 && p[1] == 1 && p[2] == 0 && p[3] == 0 && H == OH &&
+                       W == OW && P % 4 == 0;
+    int n, g, q0, oc, q;
+    for (n = 0; n < N; ++n) {
+        for (g = 0; g < group; ++g) {
+            const float *xg = x + ((size_t)n * (size_t)C + (size_t)g * (size_t)cg) * (size_t)H * (size_t)W;
+            const float *wg = w + (size_t)g * (size_t)ocg * (size_t)K;
+            float *yg = y + ((size_t)n * (size_t)OC + (size_t)g * (size_t)ocg) * (size_t)P;
+            for (q0 = 0; q0 < P; q0 += nb) {
+                const int np = direct ? P : qc_min(nb, P - q0);
+                if (direct) {
+                    qc_sgemm_core(ocg, P, K, wg, K, xg, P, 1.0f, NULL, yg, P);
+                } else {
+                    qc_im2col_pack_f32(cg, H, W, KH, KW, p, OW, q0, np, xg, work);
+                    qc_sgemm_core(ocg, np, K, wg, K, work, 0, 1.0f, NULL, yg + q0, P);
+                }
+                if (bias) {
+                    for (oc = 0; oc < ocg; ++oc) {
+                        float *yr = yg + (size_t)oc * (size_t)P + q0;
+                        const float b = bias[g * ocg + oc];
+                        for (q = 0; q < np; ++q) yr[q] += b;
+                    }
+                }
+                if (direct) break;
+            }
+        }
+    }
+}
