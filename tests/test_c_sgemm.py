@@ -238,3 +238,74 @@ def test_sgemm_within_bound(tmp_path, stream, kind, cpu, runs):
         # every variant is the same chain of fused multiply-adds in k order: the same bits
         first = RESULTS.setdefault("bytes", (where, raw))
         assert raw == first[1], f"{where}: differs from {first[0]}"
+
+
+def _attention_cnn(path: Path) -> Path:
+    """A float32 model with every path of the lowering: Conv 3x3 (im2col) and 1x1 (in place),
+    a depthwise Conv (direct), Gemm with transB and a constant C, and one attention block as an
+    HF export writes it (MatMul + bias Add, Reshape / Transpose to heads, K transposed, Softmax,
+    P V, Transpose back)."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    S, H, D, C = 16, 2, 8, 16
+
+    def t(name, *shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    def i64(name, vals):
+        return numpy_helper.from_array(np.array(vals, np.int64), name)
+
+    inits = [t("wc", C, 3, 3, 3), t("bc", C), t("wd", C, 1, 3, 3), t("w1", C, C, 1, 1), t("b1", C),
+             t("wq", C, C), t("bq", C), t("wk", C, C), t("bk", C), t("wv", C, C), t("bv", C),
+             t("wg", 5, C), t("bg", 5), i64("heads", [1, S, H, D]), i64("flat", [1, S, C]), i64("seq", [S, C]),
+             numpy_helper.from_array(np.array(np.sqrt(D), np.float32), "scale")]
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "wc", "bc"], ["c1"], pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"]),
+             n("Conv", ["r1", "wd"], ["c2"], pads=[1, 1, 1, 1], group=C),
+             n("Conv", ["c2", "w1", "b1"], ["c3"]),  # 1 x C x 4 x 4: 16 pixels, the sequence
+             n("Reshape", ["c3", "seq"], ["cs"]), n("Transpose", ["cs"], ["h"], perm=[1, 0]),  # S x C
+             n("MatMul", ["h", "wq"], ["q0"]), n("Add", ["q0", "bq"], ["q1"]),
+             n("MatMul", ["h", "wk"], ["k0"]), n("Add", ["k0", "bk"], ["k1"]),
+             n("MatMul", ["h", "wv"], ["v0"]), n("Add", ["v0", "bv"], ["v1"]),
+             n("Reshape", ["q1", "heads"], ["q2"]), n("Transpose", ["q2"], ["q"], perm=[0, 2, 1, 3]),
+             n("Reshape", ["k1", "heads"], ["k2"]), n("Transpose", ["k2"], ["kt"], perm=[0, 2, 3, 1]),
+             n("Reshape", ["v1", "heads"], ["v2"]), n("Transpose", ["v2"], ["v"], perm=[0, 2, 1, 3]),
+             n("MatMul", ["q", "kt"], ["s0"]), n("Div", ["s0", "scale"], ["s1"]), n("Softmax", ["s1"], ["p"], axis=-1),
+             n("MatMul", ["p", "v"], ["o0"]), n("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+             n("Reshape", ["o1", "flat"], ["o2"]), n("ReduceMean", ["o2"], ["m"], axes=[1], keepdims=0),
+             n("Gemm", ["m", "wg", "bg"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "attention_cnn", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 5])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("target", ["cortex-a76", "cortex-m4", "cortex-m55"])
+def test_float_model_matches_onnxruntime(tmp_path, target):
+    """The whole float32 model compiled for *target* under qemu against onnxruntime (graph
+    optimizations off): the schedule uses qc_sgemm, the conv GEMM and the direct depthwise conv,
+    single-use Transposes are views, and the outputs agree within float32 rounding."""
+    from qc.backends.c import emit_c, prepare
+    from qc.backends.c.runner import build_model, run_model
+    from qc.frontend.onnx import import_onnx
+    from qc.onnx.evaluator import ort_session
+    from qc.targets import load_target
+
+    kind = "aarch64" if target.startswith("cortex-a") else "cortex-m"
+    toolchain.require_tools(kind)
+    path = _attention_cnn(tmp_path / "m.onnx")
+    module = import_onnx(str(path))
+    prepare(module, {})
+    report = emit_c(module, tmp_path / "c", load_target(target), harness=True)
+    text = (tmp_path / "c" / "model.c").read_text()
+    # only the Transpose read by three MatMuls is copied; the five single-use ones are views
+    assert text.count(": transpose */") == 1 and text.count("qc_sgemm_batch(") == 2, text
+    assert "qc_conv2d_sgemm_f32(" in text and "qc_conv2d_f32(" in text
+    x = np.random.default_rng(4).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    exe = build_model(report, kind, target)
+    (got,) = run_model(exe, report, {"x": x}, kind, target, timeout=120)
+    (want,) = ort_session(str(path)).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
