@@ -77,6 +77,20 @@ static double ulp_err(float y, double ref)
     return fabs((double)y - ref) / ulp;
 }
 
+#if defined(QC_VM_SIMD)
+/* Helium flushes subnormal inputs and results to zero (the only allowed difference) */
+static int ftz_ok(float x, float s, float v)
+{
+#if defined(QC_VM_MVE)
+    return fpclassify(x) == FP_SUBNORMAL || fpclassify(s) == FP_SUBNORMAL || fpclassify(v) == FP_SUBNORMAL ||
+           (v == 0.0f && fabsf(s) < 1e-34f);
+#else
+    (void)x; (void)s; (void)v;
+    return 0;
+#endif
+}
+#endif
+
 #define NMAX 4096
 static unsigned xs[NMAX];
 static int nx;
@@ -106,9 +120,10 @@ static void specials(void)
 
 int main(int argc, char **argv)
 {
-    int shift = argc > 1 ? atoi(argv[1]) : 12;
+    int shift = argc > 1 ? atoi(argv[1]) : 12, verbose = argc > 2;
     unsigned long long total = 1ull << 32, step = 1ull << shift, b;
     size_t f;
+    (void)verbose;
     specials();
     for (f = 0; f < sizeof FNS / sizeof FNS[0]; ++f) {
         const struct fn *F = &FNS[f];
@@ -133,7 +148,12 @@ int main(int argc, char **argv)
                     float s = F->s(x[k]);
                     double e, ref;
 #if defined(QC_VM_SIMD)
-                    if (f_bits(s) != f_bits(y[k]) && !(isnan(s) && isnan(y[k]))) ++mism;
+                    if (f_bits(s) != f_bits(y[k]) && !(isnan(s) && isnan(y[k])) && !ftz_ok(x[k], s, y[k])) {
+                        if (verbose && mism < 4)
+                            printf("  %s(0x%08x): portable 0x%08x simd 0x%08x\n", F->name, f_bits(x[k]),
+                                   f_bits(s), f_bits(y[k]));
+                        ++mism;
+                    }
 #endif
                     ref = F->r((double)x[k]);
                     e = ulp_err(s, ref);
@@ -144,7 +164,9 @@ int main(int argc, char **argv)
                 }
             }
         }
-        printf("%s %.3f 0x%08x %.3f %.3g %u %llu\n", F->name, worst, worst_x, worst_lo, worst_abs, mism, count);
+        /* newlib-nano's printf has no floating point: milli-ulps and the bits of the float */
+        printf("%s %lu 0x%08x %lu 0x%08x %u %lu\n", F->name, (unsigned long)(worst * 1000.0), worst_x,
+               (unsigned long)(worst_lo * 1000.0), f_bits((float)worst_abs), mism, (unsigned long)count);
     }
     return 0;
 }

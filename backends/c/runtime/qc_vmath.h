@@ -12,7 +12,9 @@
  *   qc_vsigmoid 1 / (1 + exp(-x))          qc_vsilu     x / (1 + exp(-x))
  *   qc_vgelu  0.5 x (1 + erf(x / sqrt 2))  qc_vgelu_tanh x * sigmoid(sqrt(8/pi) (x + 0.044715 x^3))
  *
- * Scalar forms: qc_expf(x) etc. (the portable lane). Accuracy over the whole float range
+ * Helium's floating point flushes subnormal inputs and results to zero (MVE ignores FPSCR.FZ
+ * being clear), so there, and only there, lanes with subnormal inputs, results or intermediates (exp(x) for
+ * x < -87.3 inside SiLU / GELU-tanh: results below 1e-34) differ from the portable lane. Scalar forms: qc_expf(x) etc. (the portable lane). Accuracy over the whole float range
  * against glibc's double functions rounded to float: docs/c-kernels.md ("Vector math") and
  * tests/test_c_vmath.py. Specials: NaN in gives NaN out; exp(-inf) = 0, exp(+inf) = +inf,
  * log(0) = -inf, log(x < 0) = NaN, erf / tanh / sigmoid saturate exactly at +-1 / 0 / 1.
@@ -160,10 +162,12 @@ static inline qc_vm qc_vf_eq(qc_vf a, qc_vf b) { return vcmpeqq_f32(a, b); }
 static inline qc_vm qc_vu_lt(qc_vu a, qc_vu b) { return vcmphiq_u32(b, a); }
 static inline qc_vf qc_vf_sel(qc_vm m, qc_vf a, qc_vf b) { return vpselq_f32(a, b, m); }
 static inline qc_vu qc_vu_sel(qc_vm m, qc_vu a, qc_vu b) { return vpselq_u32(a, b, m); }
+/* VMAXNM / VMINNM drop a NaN (and VCMP's LT holds for unordered operands), so a NaN is put back
+ * after the clamp */
 static inline qc_vf qc_vf_clamp(qc_vf x, float lo, float hi)
 {
-    x = vpselq_f32(vdupq_n_f32(lo), x, vcmpltq_f32(x, vdupq_n_f32(lo)));
-    return vpselq_f32(vdupq_n_f32(hi), x, vcmpgtq_f32(x, vdupq_n_f32(hi)));
+    qc_vf c = vminnmq_f32(vmaxnmq_f32(x, vdupq_n_f32(lo)), vdupq_n_f32(hi));
+    return vpselq_f32(x, c, vcmpneq_f32(x, x));
 }
 static inline qc_vf qc_vf_abs(qc_vf a) { return vabsq_f32(a); }
 static inline qc_vf qc_vf_load(const float *p) { return vld1q_f32(p); }
