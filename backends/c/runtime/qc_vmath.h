@@ -193,6 +193,76 @@ static inline void qc_vf_store(float *p, qc_vf a) { vst1q_f32(p, a); }
 #define QC_VM_SIMD 1
 #endif
 
+
+/* -- row helpers: reductions in one fixed order on every target ----------------------------------
+ * Lane j (j = 0..3) accumulates x[4k + j] over the first n & ~3 elements, the lanes are combined
+ * as (l0 + l1) + (l2 + l3), then the tail is added in order. The portable code follows the same
+ * order, so sums are the same bits with and without SIMD. */
+#if defined(QC_VM_SIMD)
+static inline float qc_vf_hsum(qc_vf a)
+{
+    float l[4];
+    qc_vf_store(l, a);
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+#endif
+
+/* sum of x[i] (sq = 0) or of x[i]^2 (sq = 1) or of (x[i] - c)^2 (sq = 2) */
+static inline float qc_row_sum(int n, const float *x, int sq, float c)
+{
+    int i = 0;
+    float t;
+#if defined(QC_VM_SIMD)
+    qc_vf acc = qc_vf_dup(0.0f), vc = qc_vf_dup(c);
+    if (sq == 0) {
+        for (; i + 4 <= n; i += 4) acc = qc_vf_add(acc, qc_vf_load(x + i));
+    } else if (sq == 1) {
+        for (; i + 4 <= n; i += 4) {
+            qc_vf v = qc_vf_load(x + i);
+            acc = qc_vf_fma(v, v, acc);
+        }
+    } else {
+        for (; i + 4 <= n; i += 4) {
+            qc_vf v = qc_vf_sub(qc_vf_load(x + i), vc);
+            acc = qc_vf_fma(v, v, acc);
+        }
+    }
+    t = qc_vf_hsum(acc);
+#else
+    float l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j;
+    for (; i + 4 <= n; i += 4) {
+        for (j = 0; j < 4; ++j) {
+            float v = sq == 2 ? x[i + j] - c : x[i + j];
+            l[j] = sq ? fmaf(v, v, l[j]) : l[j] + v;
+        }
+    }
+    t = (l[0] + l[1]) + (l[2] + l[3]);
+#endif
+    for (; i < n; ++i) {
+        float v = sq == 2 ? x[i] - c : x[i];
+        t = sq ? fmaf(v, v, t) : t + v;
+    }
+    return t;
+}
+
+/* the largest x[i] (NaN if one is NaN; -inf for n = 0) */
+static inline float qc_row_max(int n, const float *x)
+{
+    int i = 0;
+    float m = -INFINITY;
+    for (; i < n && i < 4; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
+#if defined(QC_VM_NEON)
+    if (n >= 8) {
+        qc_vf acc = vld1q_f32(x);
+        for (i = 4; i + 4 <= n; i += 4) acc = vmaxq_f32(acc, vld1q_f32(x + i));
+        m = vmaxvq_f32(acc);
+    }
+#endif
+    for (; i < n; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
+    return m;
+}
+
 /* scalar entry points (the portable lane; the same bits as every SIMD lane) */
 static inline float qc_expf(float x) { return qc_vexp_s(x); }
 static inline float qc_logf(float x) { return qc_vlog_s(x); }
