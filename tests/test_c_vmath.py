@@ -73,8 +73,8 @@ def test_ulp_metric_catches_errors(tmp_path):
     """The sweep fails a deliberately wrong exp (the ulp metric and the specials are live)."""
     toolchain.require_tools("host")
     src = tmp_path / "bad.c"
-    text = (HERE / "ulp.c").read_text().replace('"qc_vmath.h"', '"qc_vmath.h"\n'
-                                                 'static float bad_exp(float v) { return qc_expf(v) * (1.0f + 0x1p-20f); }')
+    bad = 'static float bad_exp(float v) { return qc_expf(v) * (1.0f + 0x1p-20f); }'
+    text = (HERE / "ulp.c").read_text().replace('"qc_vmath.h"', '"qc_vmath.h"\n' + bad)
     text = text.replace('{"exp", qc_expf,', '{"exp", bad_exp,')
     assert "bad_exp," in text
     src.write_text(text)
