@@ -170,6 +170,12 @@ def _check_kernels(raw: bytes, x, x2, h, where: str):
     np.testing.assert_allclose(take(R), ad.mean(1), rtol=1e-6, err_msg=f"{where}: reduce mean")
     np.testing.assert_array_equal(take(R), a.max(1), err_msg=f"{where}: reduce max")
     np.testing.assert_allclose(take(C), ad.sum(0), rtol=1e-5, atol=1e-5, err_msg=f"{where}: reduce sum axis 0")
+    for rows, n, c0, s0 in ((R, C - 1, 0, 30), (1, 26, 0, 26)):
+        h2 = n // 2
+        xr = x[:rows * C].reshape(rows, C)[:, :n] if rows > 1 else x[:n][None]
+        cos, sin = x2[c0:c0 + n], x2[s0:s0 + n]
+        want = xr * cos + np.concatenate([-xr[:, h2:], xr[:, :h2]], 1) * sin
+        np.testing.assert_array_equal(take(rows * n).reshape(rows, n), want, err_msg=f"{where}: rope {n}")
     f = take(NH)
     np.testing.assert_array_equal(f.view(np.uint32), h.view(np.float16).astype(np.float32).view(np.uint32),
                                   err_msg=f"{where}: cast f16 -> f32")

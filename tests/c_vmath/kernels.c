@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "qc_ops.h"
+#include "qc_vmath.h"
 
 #define NX 1103
 #define NH 64
@@ -52,6 +53,10 @@ int main(int argc, char **argv)
     qc_reduce_f32(QC_RMEAN, 2, shape, ys_last, R, C, x, out);     put(out, 4 * R);
     qc_reduce_f32(QC_RMAX, 2, shape, ys_last, R, C, x, out);      put(out, 4 * R);
     qc_reduce_f32(QC_RSUM, 2, shape, ys_first, C, R, x, out);     put(out, 4 * C);
+    for (k = 0; k < R; ++k) qc_rope_half_f32(C - 1, x + k * C, x2, x2 + 30, out + k * (C - 1));
+    put(out, 4 * R * (C - 1));
+    memcpy(t, x, sizeof t);
+    qc_rope_half_f32(2 * 13, t, x2, x2 + 26, t);                  put(t, 4 * 26); /* in place, odd half */
     qc_cast(NH, 10, h, 1, t);                                     put(t, 4 * NH);
     qc_cast(NH, 1, t, 10, h2);                                    put(h2, 2 * NH);
     qc_cast(NX, 1, x, 10, out);                                   put(out, 2 * NX);

@@ -263,6 +263,32 @@ static inline float qc_row_max(int n, const float *x)
     return m;
 }
 
+/* RoPE, rotate-half form (HF Llama / SmolLM2), one row of n (even) elements, h = n / 2:
+ *   y[i] = x[i] cos[i] - x[i+h] sin[i],  y[i+h] = x[i+h] cos[i+h] + x[i] sin[i+h]   (i < h)
+ * as the ONNX graph x * cos + concat(-x2, x1) * sin computes it (two products, one add, no
+ * fusion), so it gives that graph's bits. y may be x (in place). A building block for the fused
+ * RoPE kernel (qc_ops_fused.c). */
+static inline void qc_rope_half_f32(int n, const float *x, const float *cos_, const float *sin_, float *y)
+{
+    const int h = n / 2;
+    int i = 0;
+#if defined(QC_VM_SIMD)
+    for (; i + 4 <= h; i += 4) {
+        qc_vf a = qc_vf_load(x + i), b = qc_vf_load(x + h + i);
+        qc_vf lo = qc_vf_add(qc_vf_mul(a, qc_vf_load(cos_ + i)),
+                             qc_vf_mul(vnegq_f32(b), qc_vf_load(sin_ + i)));
+        qc_vf hi = qc_vf_add(qc_vf_mul(b, qc_vf_load(cos_ + h + i)), qc_vf_mul(a, qc_vf_load(sin_ + h + i)));
+        qc_vf_store(y + i, lo);
+        qc_vf_store(y + h + i, hi);
+    }
+#endif
+    for (; i < h; ++i) {
+        const float a = x[i], b = x[h + i];
+        y[i] = a * cos_[i] + (-b) * sin_[i];
+        y[h + i] = b * cos_[h + i] + a * sin_[h + i];
+    }
+}
+
 /* scalar entry points (the portable lane; the same bits as every SIMD lane) */
 static inline float qc_expf(float x) { return qc_vexp_s(x); }
 static inline float qc_logf(float x) { return qc_vlog_s(x); }
