@@ -470,10 +470,21 @@ static void qc_binary_row_vf(int op, int n, const float *a, int sa, const float 
 {
     int i = 0;
 #if defined(QC_VM_SIMD)
+/* two vectors per iteration (halves the loop overhead), then one */
+#define QC_VROW2(VOP, LA, LB)                                                                 \
+    for (; i + 8 <= n; i += 8) {                                                              \
+        qc_vf_store(y + i, VOP(LA(i), LB(i)));                                                \
+        qc_vf_store(y + i + 4, VOP(LA(i + 4), LB(i + 4)));                                    \
+    }                                                                                         \
+    for (; i + 4 <= n; i += 4) qc_vf_store(y + i, VOP(LA(i), LB(i)));
+#define QC_LA(k) qc_vf_load(a + (k))
+#define QC_LB(k) qc_vf_load(b + (k))
+#define QC_SA(k) va
+#define QC_SB(k) vb
 #define QC_VROW(VOP)                                                                          \
-    if (sa && sb) for (; i + 4 <= n; i += 4) qc_vf_store(y + i, VOP(qc_vf_load(a + i), qc_vf_load(b + i))); \
-    else if (sa) for (; i + 4 <= n; i += 4) qc_vf_store(y + i, VOP(qc_vf_load(a + i), qc_vf_dup(*b))); \
-    else if (sb) for (; i + 4 <= n; i += 4) qc_vf_store(y + i, VOP(qc_vf_dup(*a), qc_vf_load(b + i))); \
+    if (sa && sb) { QC_VROW2(VOP, QC_LA, QC_LB) }                                             \
+    else if (sa) { const qc_vf vb = qc_vf_dup(*b); QC_VROW2(VOP, QC_LA, QC_SB) }              \
+    else if (sb) { const qc_vf va = qc_vf_dup(*a); QC_VROW2(VOP, QC_SA, QC_LB) }              \
     break;
     switch (op) {
     case QC_ADD: QC_VROW(qc_vf_add)
@@ -485,6 +496,11 @@ static void qc_binary_row_vf(int op, int n, const float *a, int sa, const float 
     default: break;
     }
 #undef QC_VROW
+#undef QC_VROW2
+#undef QC_LA
+#undef QC_LB
+#undef QC_SA
+#undef QC_SB
 #endif
     if (i < n)
         qc_binary_row(op, 1, n - i, a + (ptrdiff_t)i * sa, sa, b + (ptrdiff_t)i * sb, sb, y + i);
