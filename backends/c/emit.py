@@ -184,7 +184,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def runtime_files(uses_kernels: bool) -> list[Path]:
-    files = [RUNTIME / "qc_ops.h"] + [RUNTIME / s for s in OPS_SOURCES]
+    files = [RUNTIME / "qc_ops.h", RUNTIME / "qc_vmath.h"] + [RUNTIME / s for s in OPS_SOURCES]
     if uses_kernels:
         files += sorted(p for p in RUNTIME.glob("*.[ch]") if p.name.startswith("qc_") and p not in files)
     return files

@@ -57,7 +57,8 @@ enum qc_unop {
     QC_FLOOR, QC_CEIL, QC_ROUND, QC_SIN, QC_COS, QC_SOFTPLUS, QC_SOFTSIGN, QC_SIGN, QC_GELU,
     QC_GELU_TANH, QC_LEAKYRELU, QC_ELU, QC_SELU, QC_HARDSIGMOID, QC_HARDSWISH, QC_CLIP,
     QC_THRESHOLDEDRELU, QC_CELU, QC_MISH, QC_TAN, QC_ASIN, QC_ACOS, QC_ATAN, QC_SINH, QC_COSH,
-    QC_ASINH, QC_ACOSH, QC_ATANH, QC_NOT
+    QC_ASINH, QC_ACOSH, QC_ATANH, QC_NOT,
+    QC_SILU /* x * sigmoid(x) */
 };
 /* float32 unary ops; p0, p1 are the op's parameters (alpha/beta, clip bounds, ...). QC_NOT is
  * on bool (uint8) data. */
@@ -120,6 +121,9 @@ void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float 
  * elements (bias may be NULL); mean_out / invstd_out (outer elements each) may be NULL */
 void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
                       const float *bias, float *y, float *mean_out, float *invstd_out);
+/* RMSNorm over the last n elements of each of `outer` rows: y = x / sqrt(mean(x^2) + eps) * scale
+ * (computed as x * (1 / sqrt(...)) * scale[i]; scale has n elements) */
+void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y);
 
 enum qc_reduce {
     QC_RSUM, QC_RMEAN, QC_RMAX, QC_RMIN, QC_RPROD, QC_RL1, QC_RL2, QC_RSUMSQ, QC_RLOGSUM,
