@@ -7,7 +7,7 @@ the only reader of a qc.Attention result (the head merge) is not run either, the
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
 ``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
 ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
-``qc.SiLU`` -> Sigmoid then Mul in place.
+``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU).
 """
 from __future__ import annotations
 
@@ -131,10 +131,8 @@ def _silu(lw: Lowering, op: Op) -> None:
     if lw.dtype(x) != DType.f32:
         raise unsupported(op, f"dtype {lw.dtype(x)}")
     y = lw.out(op)
-    xb = lw.buf(x)
-    lw.call(op, "qc_unary_f32", [Raw("QC_SIGMOID"), y.size, Ptr(xb, ctype="float"), 0.0, 0.0,
-                                 Ptr(y, ctype="float", const=False)], "sigmoid f32")
-    lower_ops.binary(lw, op, "QC_MUL", xb, y, y, DType.f32)
+    lw.call(op, "qc_unary_f32", [Raw("QC_SILU"), y.size, Ptr(lw.buf(x), ctype="float"), 0.0, 0.0,
+                                 Ptr(y, ctype="float", const=False)], "silu f32")
 
 
 @handler("RMSNormalization", domain=QC)
@@ -147,7 +145,7 @@ def _rmsnorm(lw: Lowering, op: Op) -> None:
     axis = axis + len(shape) if axis < 0 else axis
     n = math.prod(shape[axis:])
     if scale is None:
-        sp = Raw("NULL")
+        sp = Ptr(lw.weight(np.ones(n, np.float32)))
     elif math.prod(lw.shape(scale)) == n:
         sp = Ptr(lw.buf(scale))
     else:

@@ -6,11 +6,14 @@
  * loops are NEON FMLA on aarch64 (__ARM_NEON), Helium on Cortex-M55 (__ARM_FEATURE_MVE & 2),
  * plain C elsewhere. Every variant computes the same fused multiply-adds (fmaf in plain C) in
  * the same order: a dot product keeps 4 partial sums (element t into lane t % 4) and adds them
- * as (l0 + l1) + (l2 + l3); the context sums p[j] * v[j] over j in order. So the variants are
- * bit-identical to each other wherever expf is (the same libm). */
+ * as (l0 + l1) + (l2 + l3); the context sums p[j] * v[j] over j in order; exp is qc_vmath.h's
+ * (the same bits in every lane type). So the variants are bit-identical to each other (Helium:
+ * except where its subnormal flush meets exp results below 1e-34). */
 #include "qc_ops.h"
 
 #include <math.h>
+
+#include "qc_vmath.h"
 
 #if defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
@@ -182,10 +185,15 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 qc_att_scores(n, d, qi, kh, ks[2], work);
                 m = qc_att_scale_mask_max(n, work, scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
                                           + (ptrdiff_t)i * ms[2] : NULL, ms[3]);
-                for (j = 0; j < n; ++j) {
-                    work[j] = expf(work[j] - m);
-                    sum += work[j];
+                j = 0;
+#if defined(QC_VM_SIMD)
+                {
+                    qc_vf mv = qc_vf_dup(m);
+                    for (; j + 4 <= n; j += 4) qc_vf_store(work + j, qc_vexp(qc_vf_sub(qc_vf_load(work + j), mv)));
                 }
+#endif
+                for (; j < n; ++j) work[j] = qc_expf(work[j] - m);
+                for (j = 0; j < n; ++j) sum += work[j];
                 qc_att_context(n, dv, work, vh, vs[2], 1.0f / sum, yi);
             }
         }

@@ -3,42 +3,22 @@
 
 #include <math.h>
 
-#if (defined(__ARM_NEON) && defined(__aarch64__)) || (defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2))
-#if defined(__aarch64__)
-#include <arm_neon.h>
-#else
-#include <arm_mve.h>
-#endif
+#include "qc_vmath.h"
+
+#if defined(QC_VM_SIMD)
 #define QC_FUSED_NEON 1   /* the float32x4_t subset NEON and Helium share */
 #endif
-
-void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y)
-{
-    int o, i;
-    for (o = 0; o < outer; ++o, x += n, y += n) {
-        float ss = 0.0f, r;
-        for (i = 0; i < n; ++i) ss = fmaf(x[i], x[i], ss);  /* fused everywhere: same bits */
-        r = sqrtf(ss / (float)n + eps);
-        if (scale) {
-            for (i = 0; i < n; ++i) y[i] = x[i] / r * scale[i];
-        } else {
-            for (i = 0; i < n; ++i) y[i] = x[i] / r;
-        }
-    }
-}
 
 void qc_rope_f32(int n0, int n1, int n2, int D, const float *x, const int *xs, const float *cs,
                  const float *sn, const int *ts, float *y)
 {
-    int i0, i1, i2, i, h = D / 2;
+    int i0, i1, i2;
     for (i0 = 0; i0 < n0; ++i0) {
         for (i1 = 0; i1 < n1; ++i1) {
             for (i2 = 0; i2 < n2; ++i2, y += D) {
-                const float *xr = x + (ptrdiff_t)i0 * xs[0] + (ptrdiff_t)i1 * xs[1] + (ptrdiff_t)i2 * xs[2];
                 ptrdiff_t t = (ptrdiff_t)i0 * ts[0] + (ptrdiff_t)i1 * ts[1] + (ptrdiff_t)i2 * ts[2];
-                const float *c = cs + t, *s = sn + t;
-                for (i = 0; i < h; ++i) y[i] = xr[i] * c[i] + (-xr[i + h]) * s[i];
-                for (; i < D; ++i) y[i] = xr[i] * c[i] + xr[i - h] * s[i];
+                qc_rope_half_f32(D, x + (ptrdiff_t)i0 * xs[0] + (ptrdiff_t)i1 * xs[1] + (ptrdiff_t)i2 * xs[2],
+                                 cs + t, sn + t, y);
             }
         }
     }
@@ -95,14 +75,15 @@ void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const flo
         {
             float32x4_t m4 = vdupq_n_f32(mean);
             for (; i + 4 <= n; i += 4) {
-                float32x4_t v = vmulq_f32(vmulq_n_f32(vsubq_f32(vld1q_f32(y + i), m4), inv), vld1q_f32(scale + i));
-                vst1q_f32(y + i, bias ? vaddq_f32(v, vld1q_f32(bias + i)) : v);
+                float32x4_t t = vmulq_n_f32(vsubq_f32(vld1q_f32(y + i), m4), inv);
+                vst1q_f32(y + i, bias ? vfmaq_f32(vld1q_f32(bias + i), t, vld1q_f32(scale + i))
+                                      : vmulq_f32(t, vld1q_f32(scale + i)));
             }
         }
 #endif
-        for (; i < n; ++i) {
-            float v = (y[i] - mean) * inv * scale[i];
-            y[i] = bias ? v + bias[i] : v;
+        for (; i < n; ++i) {   /* an explicit fma: the same bits whatever -ffp-contract says */
+            float t = (y[i] - mean) * inv;
+            y[i] = bias ? fmaf(t, scale[i], bias[i]) : t * scale[i];
         }
     }
 }
