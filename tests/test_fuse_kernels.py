@@ -64,7 +64,7 @@ int main(int argc, char **argv)
             memcpy(&scale, &i, 4);
             q = floats(h[25]); k = floats(h[26]); v = floats(h[27]); m = floats(h[28]);
             y = malloc((size_t)h[29] * sizeof(float));
-            work = malloc((size_t)h[4] * sizeof(float));
+            work = malloc((size_t)(4 * h[4]) * sizeof(float));
             if (!y || !work) return 5;
             for (i = 0; i < h[29]; ++i) y[i] = 12345.0f;   /* every element must be written */
             qc_attention_f32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], scale, h[7], q, h + 9, k, h + 12,
@@ -112,6 +112,8 @@ ATT_CASES = [
     (1, 3, 1, 6, 6, 8, 8, 1, None),               # causal, one K/V head
     (1, 2, 2, 4, 3, 5, 7, 0, (1, 2, 4, 3)),       # d, dv off the vector width
     (1, 1, 1, 3, 33, 12, 12, 0, (1, 1, 3, 33)),   # dv = 8 + 4, Lk off 4
+    (1, 2, 1, 9, 13, 32, 40, 0, (1, 1, 9, 13)),   # 4 query rows at a time (+ 1), Lk and dv off 4 / 16
+    (1, 1, 1, 8, 8, 12, 36, 0, None),             # d = 12 in the 4-row scores, dv = 32 + 4
     (1, 2, 1, 2, 1, 40, 24, 1, None),             # one key
 ]
 

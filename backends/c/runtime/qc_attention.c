@@ -23,6 +23,20 @@
 #define QC_ATT_MVE 1
 #endif
 
+#if defined(QC_ATT_NEON)
+#define qc_att_pair vpaddq_f32
+#elif defined(QC_ATT_MVE)
+/* NEON's vpaddq_f32: {a0 + a1, a2 + a3, b0 + b1, b2 + b3} */
+static inline float32x4_t qc_att_pair(float32x4_t a, float32x4_t b)
+{
+    float32x4_t r = vdupq_n_f32(0.0f);
+    r = vsetq_lane_f32(vgetq_lane_f32(a, 0) + vgetq_lane_f32(a, 1), r, 0);
+    r = vsetq_lane_f32(vgetq_lane_f32(a, 2) + vgetq_lane_f32(a, 3), r, 1);
+    r = vsetq_lane_f32(vgetq_lane_f32(b, 0) + vgetq_lane_f32(b, 1), r, 2);
+    return vsetq_lane_f32(vgetq_lane_f32(b, 2) + vgetq_lane_f32(b, 3), r, 3);
+}
+#endif
+
 /* s[j] = dot(q, k + j*kr) for j < n, d contiguous elements each */
 static void qc_att_scores(int n, int d, const float *q, const float *k, int kr, float *s)
 {
@@ -166,35 +180,137 @@ static float qc_att_scale_mask_max(int n, float *w, float scale, const float *ma
     return m;
 }
 
+/* exp(w[j] - m) for j < n; returns their sum, added in order */
+static float qc_att_exp_sum(int n, float *w, float m)
+{
+    int j = 0;
+    float sum = 0.0f;
+#if defined(QC_VM_SIMD)
+    qc_vf mv = qc_vf_dup(m);
+    for (; j + 4 <= n; j += 4) qc_vf_store(w + j, qc_vexp(qc_vf_sub(qc_vf_load(w + j), mv)));
+#endif
+    for (; j < n; ++j) w[j] = qc_expf(w[j] - m);
+    for (j = 0; j < n; ++j) sum += w[j];
+    return sum;
+}
+
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+#define QC_ATT_ROWS 4
+/* the scores of 4 query rows at once (each K load serves 4 rows): s_r[j] as qc_att_scores
+ * computes them (the same lane partial sums, the same reduction), d % 4 == 0 */
+static int qc_att_scores4(int n, int d, const float *const *q, const float *k, int kr, float *const *s)
+{
+    int j, t;
+    for (j = 0; j + 4 <= n; j += 4) {
+        const float *k0 = k + (ptrdiff_t)j * kr, *k1 = k0 + kr, *k2 = k1 + kr, *k3 = k2 + kr;
+        float32x4_t z = vdupq_n_f32(0.0f);
+        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+        for (t = 0; t < d; t += 4) {
+            float32x4_t x0 = vld1q_f32(k0 + t), x1 = vld1q_f32(k1 + t), x2 = vld1q_f32(k2 + t);
+            float32x4_t x3 = vld1q_f32(k3 + t), r;
+            r = vld1q_f32(q[0] + t);
+            a00 = vfmaq_f32(a00, r, x0); a01 = vfmaq_f32(a01, r, x1); a02 = vfmaq_f32(a02, r, x2); a03 = vfmaq_f32(a03, r, x3);
+            r = vld1q_f32(q[1] + t);
+            a10 = vfmaq_f32(a10, r, x0); a11 = vfmaq_f32(a11, r, x1); a12 = vfmaq_f32(a12, r, x2); a13 = vfmaq_f32(a13, r, x3);
+            r = vld1q_f32(q[2] + t);
+            a20 = vfmaq_f32(a20, r, x0); a21 = vfmaq_f32(a21, r, x1); a22 = vfmaq_f32(a22, r, x2); a23 = vfmaq_f32(a23, r, x3);
+            r = vld1q_f32(q[3] + t);
+            a30 = vfmaq_f32(a30, r, x0); a31 = vfmaq_f32(a31, r, x1); a32 = vfmaq_f32(a32, r, x2); a33 = vfmaq_f32(a33, r, x3);
+        }
+        vst1q_f32(s[0] + j, qc_att_pair(qc_att_pair(a00, a01), qc_att_pair(a02, a03)));
+        vst1q_f32(s[1] + j, qc_att_pair(qc_att_pair(a10, a11), qc_att_pair(a12, a13)));
+        vst1q_f32(s[2] + j, qc_att_pair(qc_att_pair(a20, a21), qc_att_pair(a22, a23)));
+        vst1q_f32(s[3] + j, qc_att_pair(qc_att_pair(a30, a31), qc_att_pair(a32, a33)));
+    }
+    return j;
+}
+
+/* y_r[0..dv) = scale_r * sum_j p_r[j] v[j] for 4 rows at once (each V load serves 4 rows), as
+ * qc_att_context computes each row; returns how many leading columns it did */
+static int qc_att_context4(int n, int dv, float *const *p, const float *v, int vr, const float *scale,
+                           float *const *y)
+{
+    int j, t, r;
+    for (t = 0; t + 16 <= dv; t += 16) {
+        float32x4_t z = vdupq_n_f32(0.0f);
+        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+        const float *vj = v + t;
+        for (j = 0; j < n; ++j, vj += vr) {
+            float32x4_t x0 = vld1q_f32(vj), x1 = vld1q_f32(vj + 4), x2 = vld1q_f32(vj + 8), x3 = vld1q_f32(vj + 12);
+            float w = p[0][j];
+            a00 = vfmaq_n_f32(a00, x0, w); a01 = vfmaq_n_f32(a01, x1, w); a02 = vfmaq_n_f32(a02, x2, w); a03 = vfmaq_n_f32(a03, x3, w);
+            w = p[1][j];
+            a10 = vfmaq_n_f32(a10, x0, w); a11 = vfmaq_n_f32(a11, x1, w); a12 = vfmaq_n_f32(a12, x2, w); a13 = vfmaq_n_f32(a13, x3, w);
+            w = p[2][j];
+            a20 = vfmaq_n_f32(a20, x0, w); a21 = vfmaq_n_f32(a21, x1, w); a22 = vfmaq_n_f32(a22, x2, w); a23 = vfmaq_n_f32(a23, x3, w);
+            w = p[3][j];
+            a30 = vfmaq_n_f32(a30, x0, w); a31 = vfmaq_n_f32(a31, x1, w); a32 = vfmaq_n_f32(a32, x2, w); a33 = vfmaq_n_f32(a33, x3, w);
+        }
+        r = 0;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a00, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a01, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a02, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a03, scale[r]));
+        r = 1;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a10, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a11, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a12, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a13, scale[r]));
+        r = 2;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a20, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a21, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a22, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a23, scale[r]));
+        r = 3;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a30, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a31, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a32, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a33, scale[r]));
+    }
+    return t;
+}
+#endif
+
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
                       float *work)
 {
-    int b, h, i, j, group = H / Hkv;
+    int b, h, i, group = H / Hkv;
     for (b = 0; b < B; ++b) {
         for (h = 0; h < H; ++h) {
             int hk = h / group;
             const float *kh = k + (ptrdiff_t)b * ks[0] + (ptrdiff_t)hk * ks[1];
             const float *vh = v + (ptrdiff_t)b * vs[0] + (ptrdiff_t)hk * vs[1];
-            for (i = 0; i < Lq; ++i) {
+            i = 0;
+#if defined(QC_ATT_ROWS)
+            /* QC_ATT_ROWS query rows at a time (not causal: every row reads all Lk keys) */
+            for (; !causal && (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
+                const float *qr[QC_ATT_ROWS];
+                float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
+                int r, j0, t0;
+                for (r = 0; r < QC_ATT_ROWS; ++r) {
+                    qr[r] = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)(i + r) * qs[2];
+                    yr[r] = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)(i + r) * ys[2];
+                    sr[r] = work + (ptrdiff_t)r * Lk;
+                }
+                j0 = qc_att_scores4(Lk, d, qr, kh, ks[2], sr);
+                for (r = 0; r < QC_ATT_ROWS; ++r) {
+                    float m;
+                    if (j0 < Lk) qc_att_scores(Lk - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
+                    m = qc_att_scale_mask_max(Lk, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
+                                              + (ptrdiff_t)(i + r) * ms[2] : NULL, ms[3]);
+                    inv[r] = 1.0f / qc_att_exp_sum(Lk, sr[r], m);
+                }
+                t0 = qc_att_context4(Lk, dv, sr, vh, vs[2], inv, yr);
+                if (t0 < dv) {
+                    for (r = 0; r < QC_ATT_ROWS; ++r) qc_att_context(Lk, dv - t0, sr[r], vh + t0, vs[2], inv[r], yr[r] + t0);
+                }
+            }
+#endif
+            for (; i < Lq; ++i) {
                 const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
                 float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];
                 int n = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk;
-                float m, sum = 0.0f;
+                float m;
                 qc_att_scores(n, d, qi, kh, ks[2], work);
                 m = qc_att_scale_mask_max(n, work, scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
                                           + (ptrdiff_t)i * ms[2] : NULL, ms[3]);
-                j = 0;
-#if defined(QC_VM_SIMD)
-                {
-                    qc_vf mv = qc_vf_dup(m);
-                    for (; j + 4 <= n; j += 4) qc_vf_store(work + j, qc_vexp(qc_vf_sub(qc_vf_load(work + j), mv)));
-                }
-#endif
-                for (; j < n; ++j) work[j] = qc_expf(work[j] - m);
-                for (j = 0; j < n; ++j) sum += work[j];
-                qc_att_context(n, dv, work, vh, vs[2], 1.0f / sum, yi);
+                qc_att_context(n, dv, work, vh, vs[2], 1.0f / qc_att_exp_sum(n, work, m), yi);
             }
         }
     }
