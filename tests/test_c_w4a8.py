@@ -15,7 +15,7 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 from qc.backends.c import packing, toolchain
-from qc.backends.c.kernels import gemm_variant
+from qc.backends.c.kernels import C_KERNELS, gemm_variant
 from qc.backends.c.lower_w4 import kernel_for
 from qc.backends.c.packing_s4 import BLOCK, _order, layout, matmul_s4a8_ref, pack_s4a8, quantize_rows_ref
 from qc.onnx.evaluator import ort_session
@@ -231,10 +231,14 @@ def test_mlp_w4a8_cortex_a76_matches_onnxruntime(tmp_path, quant):
 
 
 @pytest.mark.parametrize("name", [n for n in builtin_targets() if load_target(n).backend == "c"])
-def test_kernel_table_names_the_kernel_the_lowering_picks(name):
-    """MatMulNBits float32 x int4 in each C target's table names what lower_w4 runs for
-    accuracy_level 0 with the target's variant."""
-    t = load_target(name)
-    (entry,) = [k for k in t.kernels.get("cpu", ()) if k.op == "MatMulNBits" and k.weight == "int4"]
-    want = kernel_for(0, BLOCK, gemm_variant(t))
-    assert entry.c_kernel == (want if want != "qc_gemm_s4a8" else f"qc_gemm_s4a8_{gemm_variant(t)}")
+def test_kernel_choice_follows_the_variant(name):
+    """accuracy_level 4 always runs W4A8; level 0 (unset) runs it where the target's variant has
+    SDOT or SMMLA; level 1 (fp32) and blocks that are not multiples of 32 stay weight-only float.
+    The kernels are named in C_KERNELS for MatMulNBits."""
+    v = gemm_variant(load_target(name))
+    fast = v in ("dotprod", "i8mm")
+    assert kernel_for(0, BLOCK, v) == ("qc_gemm_s4a8" if fast else "qc_matmul_f32_s4")
+    assert kernel_for(4, 128, v) == "qc_gemm_s4a8"
+    assert kernel_for(1, BLOCK, v) == kernel_for(4, 16, v) == "qc_matmul_f32_s4"
+    names = {"qc_matmul_f32_s4", "qc_gemm_s4a8" + ("_" + v if fast else "")}
+    assert all(("MatMulNBits", "float32", "int4") in C_KERNELS[n].covers for n in names)
