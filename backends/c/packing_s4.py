@@ -16,7 +16,9 @@ nibbles: ``v & 0xF0``, both 16 x the value; the kernels shift the int32 sums rig
 - i8mm (SMMLA): vector v = 2h + p holds in its low nibbles P_{p,h} and in its high nibbles
   P_{p,h+2}, where P_{p,j} is 8 k (8j..8j+7) of column 2p then the same 8 k of column 2p + 1.
 
-Scales and zero points are (group, block, 4) arrays. Everything is deterministic.
+Scales and zero points are (group, block, 4) arrays; the SDOT / SMMLA layouts store 16 * zp' (their
+int32 sums are 16 x the products until the float conversion divides by 16, exactly). Everything
+is deterministic.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def _order(lay: str) -> np.ndarray:
 
 def pack_s4a8(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, variant: str
               ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
-    """(packed nibbles, scales (G, blocks, 4) float32, zp' (G, blocks, 4) int8 or None) for the
+    """(packed nibbles, scales (G, blocks, 4) float32, zp' or 16 zp' (G, blocks, 4) int8 or None) for the
     K x N uint4 weights *q* (values 0..15, uint8), *scales* (blocks x N) and zero points
     (blocks x N uint8, None = 8 everywhere)."""
     q = np.asarray(q)
@@ -73,7 +75,7 @@ def pack_s4a8(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, variant:
     zq = None
     if zp is not None:
         zq = np.zeros((nb, G * GROUP), np.int8)
-        zq[:, :N] = np.asarray(zp).reshape(nb, N).astype(np.int16) - 8
+        zq[:, :N] = (np.asarray(zp).reshape(nb, N).astype(np.int16) - 8) * (1 if layout(variant) == "portable" else 16)
         zq = np.ascontiguousarray(zq.reshape(nb, G, GROUP).transpose(1, 0, 2))
     return (np.ascontiguousarray(packed).tobytes(), np.ascontiguousarray(sc.reshape(nb, G, GROUP).transpose(1, 0, 2)),
             zq)
