@@ -50,9 +50,10 @@ int main(int argc, char **argv) {
     uint8_t *W = load(argv[7], wlen);
     float *ws = load(argv[8], (size_t)G * nb * 16);
     int8_t *W8 = load(argv[9], s8len), *A8 = malloc((size_t)M * K);
-    int8_t *qa = malloc((size_t)M * nb * 32);
-    float *sa = malloc((size_t)M * nb * 4), *out = malloc((size_t)M * N * 4), *scale = malloc((size_t)N * 4);
-    int32_t *suma = malloc((size_t)M * nb * 4), *C = malloc((size_t)M * N * 4), *bias = calloc((size_t)N, 4);
+    /* room for every variant's layout (i8mm: row pairs, sa / suma twice) */
+    int8_t *qa = malloc((size_t)(M + 1) * nb * 32);
+    float *sa = malloc((size_t)(M + 1) * nb * 8), *out = malloc((size_t)M * N * 4), *scale = malloc((size_t)N * 4);
+    int32_t *suma = malloc((size_t)(M + 1) * nb * 8), *C = malloc((size_t)M * N * 4), *bias = calloc((size_t)N, 4);
     int i;
     for (i = 0; i < M * K; ++i) A8[i] = (int8_t)(i * 7 % 255 - 127);
     for (i = 0; i < N; ++i) scale[i] = 0.001f;

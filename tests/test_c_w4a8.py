@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 from qc.backends.c import packing, toolchain
 from qc.backends.c.kernels import C_KERNELS, gemm_variant
 from qc.backends.c.lower_w4 import kernel_for
-from qc.backends.c.packing_s4 import BLOCK, _order, layout, matmul_s4a8_ref, pack_s4a8, quantize_rows_ref
+from qc.backends.c.packing_s4 import (BLOCK, _order, activation_layout, layout, matmul_s4a8_ref, pack_s4a8,
+                                      quantize_rows_ref, scratch_elems)
 from qc.onnx.evaluator import ort_session
 from qc.targets import builtin_targets, load_target
 
@@ -40,20 +41,21 @@ int main(int argc, char **argv) {
     cases = word();
     for (i = 0; i < cases; ++i) {
         int M = word(), N = word(), K = word(), hz = word(), hb = word(), wlen = word();
+        int nqa = word(), nsa = word();
         int nb = (K + 31) / 32, G = (N + 3) / 4;
         float *A = take((size_t)M * K * 4);
         uint8_t *W = take((size_t)wlen);
         float *ws = take((size_t)G * nb * 16);
         int8_t *zp = hz ? take((size_t)G * nb * 4) : NULL;
         float *bias = hb ? take((size_t)N * 4) : NULL;
-        int8_t *qa = malloc((size_t)M * nb * 32);
-        float *sa = malloc((size_t)M * nb * 4 + 4), *out = malloc((size_t)M * N * 4 + 4);
-        int32_t *suma = malloc((size_t)M * nb * 4 + 4);
+        int8_t *qa = malloc((size_t)nqa);
+        float *sa = malloc((size_t)nsa * 4), *out = malloc((size_t)M * N * 4 + 4);
+        int32_t *suma = malloc((size_t)nsa * 4);
         qc_quantize_q8b32(M, K, A, qa, sa, suma);
         qc_gemm_s4a8(M, N, K, qa, sa, suma, W, ws, zp, bias, out);
-        fwrite(qa, 1, (size_t)M * nb * 32, fout);
-        fwrite(sa, 4, (size_t)M * nb, fout);
-        fwrite(suma, 4, (size_t)M * nb, fout);
+        fwrite(qa, 1, (size_t)nqa, fout);
+        fwrite(sa, 4, (size_t)nsa, fout);
+        fwrite(suma, 4, (size_t)nsa, fout);
         fwrite(out, 4, (size_t)M * N, fout);
         free(A); free(W); free(ws); free(zp); free(bias); free(qa); free(sa); free(out); free(suma);
     }
@@ -98,10 +100,11 @@ def _cases(variant: str):
         for asym in (False, True):
             a, q, s, z, b = _case(rng, M, N, K, asym, bias=(i + asym) % 2 == 0)
             packed, ws, wzp = pack_s4a8(q, s, z, variant)
-            data += struct.pack("<6i", M, N, K, int(asym), int(b is not None), len(packed))
+            nqa, nsa, _ = scratch_elems(M, K, variant)
+            data += struct.pack("<8i", M, N, K, int(asym), int(b is not None), len(packed), nqa, nsa)
             data += a.tobytes() + packed + ws.tobytes() + (wzp.tobytes() if wzp is not None else b"")
             data += b.tobytes() if b is not None else b""
-            qa, sa, suma = quantize_rows_ref(a)
+            qa, sa, suma = activation_layout(*quantize_rows_ref(a), variant)
             wants.append(((M, N, K, asym), qa, sa, suma, matmul_s4a8_ref(a, q, s, z, b)))
     return bytes(data), wants
 

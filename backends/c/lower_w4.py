@@ -26,7 +26,7 @@ from qc.ir import DType, Op
 
 from .lower_ops import binary
 from .lowering import Lowering, Ptr, Raw, unsupported
-from .packing_s4 import BLOCK, pack_s4a8
+from .packing_s4 import BLOCK, pack_s4a8, scratch_elems
 
 W4A8_VARIANTS = ("dotprod", "i8mm")
 
@@ -83,10 +83,12 @@ def _lower_w4a8(lw: Lowering, op: Op, M: int, N: int, K: int, block: int, q, s, 
     blocks = -(-K // BLOCK)
     s32 = np.repeat(s, rep, axis=0)[:blocks]
     z32 = None if z is None else np.repeat(z, rep, axis=0)[:blocks]
-    packed, ws, wzp = pack_s4a8(q, s32, z32, lw.variant or "portable")
-    qa = lw.scratch(DType.i8, M * blocks * BLOCK)
-    sa = lw.scratch(DType.f32, M * blocks)
-    suma = lw.scratch(DType.i32, M * blocks)
+    variant = lw.variant or "portable"
+    packed, ws, wzp = pack_s4a8(q, s32, z32, variant)
+    nqa, nsa, nsum = scratch_elems(M, K, variant)
+    qa = lw.scratch(DType.i8, nqa)
+    sa = lw.scratch(DType.f32, nsa)
+    suma = lw.scratch(DType.i32, nsum)
     lw.call(op, "qc_quantize_q8b32", [M, K, Ptr(lw.buf(op.operands[0])), Ptr(qa, const=False), Ptr(sa, const=False),
                                       Ptr(suma, const=False)], "quantize q8 block32")
     zarg = Raw("NULL") if wzp is None else Ptr(lw.weight(wzp))

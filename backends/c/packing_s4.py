@@ -81,6 +81,38 @@ def pack_s4a8(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, variant:
             zq)
 
 
+def scratch_elems(M: int, K: int, variant: str) -> tuple[int, int, int]:
+    """Elements of qc_quantize_q8b32's three outputs (qa int8, sa float32, suma int32) for the
+    variant: M x blocks x 32, M x blocks, M x blocks; i8mm: row pairs (M rounded up to even),
+    sa and suma twice (see ``activation_layout``)."""
+    nb = -(-K // BLOCK)
+    if layout(variant) != "i8mm":
+        return M * nb * BLOCK, M * nb, M * nb
+    Mp = M + M % 2
+    return Mp * nb * BLOCK, 2 * Mp * nb, 2 * Mp * nb
+
+
+def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant: str
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize_rows_ref's arrays as qc_quantize_q8b32 stores them for the variant. i8mm: per row
+    pair and block, 64 bytes = for each 8 k the 8 of the first row then the 8 of the second (an
+    odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]; else as they are."""
+    if layout(variant) != "i8mm":
+        return qa, sa, suma
+    M, nb = sa.shape
+    Mp = M + M % 2
+    q = np.zeros((Mp, nb, 4, 8), np.int8)
+    q[:M] = qa.reshape(M, nb, 4, 8)
+    q = q.reshape(Mp // 2, 2, nb, 4, 8).transpose(0, 2, 3, 1, 4)   # pair, block, chunk, row, 8
+    s = np.zeros((Mp, nb), np.float32)
+    s[:M] = sa
+    u = np.zeros((Mp, nb), np.int32)
+    u[:M] = suma
+    dup = (lambda x: np.repeat(x.reshape(Mp // 2, 2, nb).transpose(0, 2, 1), 2, axis=2))
+    return np.ascontiguousarray(q).reshape(-1), np.ascontiguousarray(dup(s)).reshape(-1), \
+        np.ascontiguousarray(dup(u)).reshape(-1)
+
+
 def quantize_rows_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """qc_quantize_q8b32: (q M x blocks*32 int8 (zero padded), scale M x blocks float32, sum of q
     M x blocks int32). Per row and block of 32 along K: amax = max |x|, scale = amax / 127,

@@ -76,6 +76,40 @@ static void qc_s4a8_quantize_block(const float *x, int n, int8_t *q, float *scal
 }
 #endif
 
+#if defined(QC_KERNEL_I8MM)
+/* Row pairs for SMMLA: per pair p and block b, 64 bytes = for each 8 k (j = 0..3) the 8 of row
+   2p then the 8 of row 2p + 1; sa and suma 4 values [r0 r0 r1 r1]. An odd M leaves the last
+   pair's second row zero. */
+void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int32_t *suma)
+{
+    const int nb = (K + QC_S4A8_BLOCK - 1) / QC_S4A8_BLOCK;
+    int8_t q[QC_S4A8_BLOCK];
+    int m, b, j, i;
+    for (m = 0; m < M + (M & 1); ++m) {
+        const int h = m & 1;
+        for (b = 0; b < nb; ++b) {
+            const int k0 = b * QC_S4A8_BLOCK, n = K - k0 < QC_S4A8_BLOCK ? K - k0 : QC_S4A8_BLOCK;
+            const size_t t = (size_t)(m >> 1) * nb + b;
+            float scale = 0.0f;
+            int32_t sum = 0;
+            if (m < M) {
+                qc_s4a8_quantize_block(A + (size_t)m * K + k0, n, q, &scale, &sum);
+            } else {
+                for (j = 0; j < QC_S4A8_BLOCK; ++j) {
+                    q[j] = 0;
+                }
+            }
+            for (j = 0; j < 4; ++j) {
+                for (i = 0; i < 8; ++i) {
+                    qa[t * 64 + 16 * j + 8 * h + i] = q[8 * j + i];
+                }
+            }
+            sa[t * 4 + 2 * h] = sa[t * 4 + 2 * h + 1] = scale;
+            suma[t * 4 + 2 * h] = suma[t * 4 + 2 * h + 1] = sum;
+        }
+    }
+}
+#else
 void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int32_t *suma)
 {
     const int nb = (K + QC_S4A8_BLOCK - 1) / QC_S4A8_BLOCK;
@@ -88,6 +122,7 @@ void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int3
         }
     }
 }
+#endif
 
 #if !defined(QC_KERNEL_DOTPROD) && !defined(QC_KERNEL_I8MM)
 /* signed nibbles without relying on arithmetic right shifts of negative ints */
