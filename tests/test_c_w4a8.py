@@ -210,27 +210,31 @@ def _mlp(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("quant", ["w4a8", "w4"])
-def test_mlp_w4a8_cortex_a76_matches_onnxruntime(tmp_path, quant):
-    """qc compile --quant w4a8 (accuracy_level 4) and w4 (level 0: W4A8 on a dotprod target,
-    weight-only float in onnxruntime) --target cortex-a76, run under qemu, against onnxruntime
-    on the emitted model.onnx."""
+@pytest.mark.parametrize("target,cpu", [("cortex-a76", "cortex-a76"), ("armv8.6-i8mm", "max")])
+def test_mlp_w4a8_matches_onnxruntime_under_qemu(tmp_path, target, cpu):
+    """qc compile --quant w4a8 (accuracy_level 4) and --quant w4 (level 0, which the C backend
+    runs as W4A8 on a dotprod / i8mm target, while onnxruntime runs it weight-only in float32)
+    give the same C; run under qemu, it matches onnxruntime on each emitted model.onnx: w4a8 to
+    float32 rounding (the same scheme), w4 within the activation rounding."""
     import qc
     from qc.backends.c.runner import build_model, load_report, run_model
 
     toolchain.require_tools("aarch64")
-    out = tmp_path / "c"
-    qc.compile(str(_mlp(tmp_path / "m.onnx")), target="cortex-a76", quant=quant).write(str(out), harness=True)
-    report = load_report(out)
-    assert report["variant"] == "dotprod"
+    src = _mlp(tmp_path / "m.onnx")
+    for quant in ("w4a8", "w4"):
+        qc.compile(str(src), target=target, quant=quant).write(str(tmp_path / quant), harness=True)
+    report = load_report(tmp_path / "w4a8")
+    assert report["variant"] == gemm_variant(load_target(target))
     assert report["kernels"].get("gemm s4a8") == 2, report["kernels"]
+    for f in ("model.c", "model_weights.c"):
+        assert (tmp_path / "w4a8" / f).read_bytes() == (tmp_path / "w4" / f).read_bytes(), f
     x = np.random.RandomState(1).randn(1, 16, 64).astype(np.float32)
-    exe = build_model(report, "aarch64", "cortex-a76")
-    (y,) = run_model(exe, report, {"x": x}, "aarch64", "cortex-a76", timeout=120)
-    ref = ort_session(str(out / "model.onnx")).run(None, {"x": x})[0]
-    err = np.abs(y - ref).max() / np.abs(ref).max()
-    # w4a8: the same scheme as onnxruntime (float rounding only); w4: plus the activation rounding
-    assert err < (1e-5 if quant == "w4a8" else 2e-2), err
+    exe = build_model(report, "aarch64", cpu)
+    (y,) = run_model(exe, report, {"x": x}, "aarch64", cpu, timeout=120)
+    for quant, tol in (("w4a8", 1e-5), ("w4", 2e-2)):
+        ref = ort_session(str(tmp_path / quant / "model.onnx")).run(None, {"x": x})[0]
+        err = np.abs(y - ref).max() / np.abs(ref).max()
+        assert err < tol, (quant, err)
 
 
 @pytest.mark.parametrize("name", [n for n in builtin_targets() if load_target(n).backend == "c"])
