@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arm_speed import count, fmt, marks_between  # noqa: E402
+from arm_speed import count, delta, fmt  # noqa: E402
 
 from qc.backends.c import packing, packing_s4, toolchain  # noqa: E402
 
@@ -97,14 +97,13 @@ def measure(M: int, N: int, K: int, cpu: str, work: Path) -> dict:
         srcs = sorted(toolchain.RUNTIME.glob("qc_gemm_s*.c")) + [toolchain.RUNTIME / "qc_quant.c"]
         toolchain.build([src, *srcs], exe, "aarch64", cpu, extra_flags=packing.variant_macros(variant))
     res = count([str(exe), str(M), str(N), str(K), str(len(packed)), str(len(w8)),
-                 *(str(work / f"{k}.bin") for k in ("a", "w", "ws", "w8", "w4", "z4", "s4"))], cpu=cpu, marksys=SYS_GETPID)
+                 *(str(work / f"{k}.bin") for k in ("a", "w", "ws", "w8", "w4", "z4", "s4"))],
+                cpu=cpu, marksys=SYS_GETPID)
     if res["returncode"] != 0:
         raise RuntimeError(res["stderr"])
     labels = [m["label"] for m in res["marks"]]
     assert labels.count(SYS_GETPID) >= 6, labels
     at = [m["at"] for m in res["marks"] if m["label"] == SYS_GETPID]
-    from arm_speed import delta
-
     return {"quantize": delta(at[0], at[1]), "gemm_s4a8": delta(at[1], at[2]), "gemm_s8": delta(at[2], at[3]),
             "dequant_acc": delta(at[3], at[4]), "matmul_f32_s4": delta(at[4], at[5]), "macs": M * N * K,
             "variant": variant}

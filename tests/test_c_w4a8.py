@@ -17,8 +17,16 @@ from onnx import helper, numpy_helper
 from qc.backends.c import packing, toolchain
 from qc.backends.c.kernels import C_KERNELS, gemm_variant
 from qc.backends.c.lower_w4 import kernel_for
-from qc.backends.c.packing_s4 import (BLOCK, _order, activation_layout, layout, matmul_s4a8_ref, pack_s4a8,
-                                      quantize_rows_ref, scratch_elems)
+from qc.backends.c.packing_s4 import (
+    BLOCK,
+    _order,
+    activation_layout,
+    layout,
+    matmul_s4a8_ref,
+    pack_s4a8,
+    quantize_rows_ref,
+    scratch_elems,
+)
 from qc.onnx.evaluator import ort_session
 from qc.targets import builtin_targets, load_target
 

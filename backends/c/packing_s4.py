@@ -108,7 +108,10 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
     s[:M] = sa
     u = np.zeros((Mp, nb), np.int32)
     u[:M] = suma
-    dup = (lambda x: np.repeat(x.reshape(Mp // 2, 2, nb).transpose(0, 2, 1), 2, axis=2))
+
+    def dup(x: np.ndarray) -> np.ndarray:
+        return np.repeat(x.reshape(Mp // 2, 2, nb).transpose(0, 2, 1), 2, axis=2)
+
     return np.ascontiguousarray(q).reshape(-1), np.ascontiguousarray(dup(s)).reshape(-1), \
         np.ascontiguousarray(dup(u)).reshape(-1)
 
