@@ -206,37 +206,56 @@ def test_numpy_model_is_onnxruntimes_accuracy_level_4(asym):
     assert np.abs(ort0 - ort4).max() > 10 * np.abs(ref - ort4).max()
 
 
-@pytest.mark.parametrize("asym", [False, True], ids=["symmetric", "asymmetric"])
-def test_matmulnbits_w4a8_lowering_on_the_host(tmp_path, asym):
-    """The lowering's edges, portable kernels on the host: block 64 (scales repeated over each
-    32), K = 100 (a partial block), N = 37 (a partial group), M = 5, a bias input; against
-    the numpy model of the same arithmetic bit for bit, and onnxruntime's accuracy_level 4 within
-    1% of the range (its A blocks are 64 wide here, ours 32, closer to level 0's float32 A)."""
+def _two_nbits(level: int) -> onnx.ModelProto:
+    """x[5, 100] -> MatMulNBits symmetric -> y0, and -> MatMulNBits asymmetric -> y1 (N = 37,
+    block 64, bias), from the same seeds for every level."""
+    K, N, M = 100, 37, 5
+    sym, asym = (_nbits_model(K, N, np.random.default_rng(9 + a), a, level, M=M, block=64, bias=True)
+                 for a in (False, True))
+    nodes, inits = [], []
+    for i, m in enumerate((sym, asym)):
+        ren = {n: f"{n}{i}" for n in ("B", "S", "Z", "bias", "y")}
+        node = m.graph.node[0]
+        nodes.append(helper.make_node("MatMulNBits", [ren.get(n, n) if n else "" for n in node.input], [f"y{i}"],
+                                      domain="com.microsoft", **{t.name: helper.get_attribute_value(t)
+                                                                 for t in node.attribute}))
+        inits += [numpy_helper.from_array(numpy_helper.to_array(t), ren[t.name]) for t in m.graph.initializer]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [M, K])],
+                          [helper.make_tensor_value_info(f"y{i}", TP.FLOAT, [M, N]) for i in range(2)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=9)
+
+
+def test_matmulnbits_w4a8_lowering_on_the_host(tmp_path):
+    """The lowering's edges, portable kernels on the host: block 64 (scales and zero points
+    repeated over each 32), K = 100 (a partial block), N = 37 (a partial group), M = 5, bias,
+    symmetric and asymmetric: bit for bit the numpy model of the same arithmetic, and within 1%
+    of onnxruntime's accuracy_level 4 (its A blocks are 64 wide here, ours 32: closer to
+    level 0's float32 A)."""
     from qc.backends.c import emit_c, prepare
     from qc.backends.c.runner import build_model, run_model
     from qc.frontend.onnx import import_onnx
 
     toolchain.require_tools("host")
-    K, N, M = 100, 37, 5
-    model = _nbits_model(K, N, np.random.default_rng(9), asym, 4, M=M, block=64, bias=True)
+    K, N = 100, 37
+    model = _two_nbits(4)
     module = import_onnx(model)
     prepare(module, {})
     report = emit_c(module, tmp_path / "c", load_target("cortex-a76"), harness=True, variant="portable")
-    assert report["kernels"].get("gemm s4a8") == 1, report["kernels"]
-    x = np.random.default_rng(10).standard_normal((M, K)).astype(np.float32)
-    (y,) = run_model(build_model(report, "host"), report, {"x": x}, "host")
+    assert report["kernels"].get("gemm s4a8") == 2, report["kernels"]
+    x = np.random.default_rng(10).standard_normal((5, K)).astype(np.float32)
+    got = run_model(build_model(report, "host"), report, {"x": x}, "host")
+    refs = ort_session(model).run(None, {"x": x})
+    f32s = ort_session(_two_nbits(0)).run(None, {"x": x})
     w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    q = np.stack([w["B"] & 15, w["B"] >> 4], -1).reshape(N, -1)[:, :K].T.astype(np.uint8)
-    s32 = np.repeat(w["S"].T, 2, axis=0)[:4]
-    z32 = None if not asym else np.repeat(np.stack([w["Z"] & 15, w["Z"] >> 4], -1).reshape(N, -1)[:, :2].T, 2,
-                                          axis=0)[:4]
-    assert y.tobytes() == matmul_s4a8_ref(x, q, s32, z32, w["bias"]).tobytes()
-    ref = ort_session(model).run(None, {"x": x})[0]
-    f32 = ort_session(_nbits_model(K, N, np.random.default_rng(9), asym, 0, M=M, block=64, bias=True)).run(
-        None, {"x": x})[0]
-    # finer activation blocks than onnxruntime's: closer to the float32 activations' result
-    assert np.abs(y - ref).max() <= 1e-2 * np.abs(ref).max()
-    assert np.abs(y - f32).mean() < np.abs(ref - f32).mean()
+    for i, (y, ref, f32) in enumerate(zip(got, refs, f32s)):
+        q = np.stack([w[f"B{i}"] & 15, w[f"B{i}"] >> 4], -1).reshape(N, -1)[:, :K].T.astype(np.uint8)
+        s32 = np.repeat(w[f"S{i}"].T, 2, axis=0)[:4]
+        z32 = None if i == 0 else np.repeat(np.stack([w["Z1"] & 15, w["Z1"] >> 4], -1).reshape(N, -1)[:, :2].T, 2,
+                                            axis=0)[:4]
+        assert y.tobytes() == matmul_s4a8_ref(x, q, s32, z32, w[f"bias{i}"]).tobytes(), i
+        assert np.abs(y - ref).max() <= 1e-2 * np.abs(ref).max(), i
+        assert np.abs(y - f32).mean() < np.abs(ref - f32).mean(), i
 
 
 def _mlp(path: Path) -> Path:
