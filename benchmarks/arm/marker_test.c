@@ -3,8 +3,10 @@
  * N LD1, and 2*N + 10 other instructions (SUBS, B.NE, the MOV before the loop and the 9 of
  * the closing marker, its SVC included). With "mmla" as second argument (run under
  * -cpu max) a second block between markers 3 and 4 runs N times SMMLA, UMMLA, USMMLA, USDOT
- * (.inst encodings, so the file builds for armv8.2-a+dotprod).
- * Usage: marker_test N [mmla] */
+ * (.inst encodings, so the file builds for armv8.2-a+dotprod). With "marks" as second argument
+ * it issues N marks labelled 5 in a row instead, 9 instructions apart (for a plugin check
+ * with many marks: qc's -DQC_PROFILE builds mark before every kernel call).
+ * Usage: marker_test N [mmla|marks] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +56,10 @@ int main(int argc, char **argv)
             MARK(4)
             : : [n] "r"(n)
             : "x0", "x1", "x2", "x3", "x4", "x8", "x9", "v0", "v1", "v2", "memory", "cc");
+    }
+    if (argc > 2 && strcmp(argv[2], "marks") == 0) {
+        for (long i = 0; i < n; i++)
+            __asm__ volatile(MARK(5) : : : "x0", "x1", "x2", "x3", "x4", "x8", "memory");
     }
     printf("done %g\n", (double)out[0]);
     return 0;
