@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
@@ -54,3 +56,62 @@ def test_profile_sums_to_one_inference(tmp_path):
     assert 0 < one - plain["per_inference"]["total"] <= 12 * prof["n_marks"] // 2
     matmul = [r for r in rows if r["kernel"].startswith("matmul")]
     assert len(matmul) == 2 and matmul[0]["total"] > matmul[1]["total"] > 0  # 64x64 vs 64x32 weights
+
+
+def _ort_lib():
+    """The cached onnxruntime arm64 library; without it a skip, or under QC_REQUIRE_ARM=1 a fetch
+    from the npm registry (a failure if that fails)."""
+    import os
+
+    toolchain.require_tools("aarch64")
+    oa = arm_speed._ort_arm()
+    if not oa.available():
+        if os.environ.get("QC_REQUIRE_ARM") != "1":
+            pytest.skip(f"onnxruntime's arm64 library is not in {oa.CACHE} (python benchmarks/arm_speed.py --fetch)")
+        oa.fetch()
+    return oa
+
+
+def _gemm_model(path: Path, m: int = 8, k: int = 64, n: int = 48) -> Path:
+    rng = np.random.RandomState(1)
+    w = numpy_helper.from_array((rng.randn(k, n) * 0.1).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.randn(n).astype(np.float32), "b")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+                          "gemm", [helper.make_tensor_value_info("x", TP.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [m, n])], [w, b])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_ort_arm_matches_host_and_is_stable(tmp_path):
+    """ort_run.c on onnxruntime's arm64 build under qemu: the output equals onnxruntime on the
+    host, the last-run count is the same in two processes, no thread runs the model, the
+    optimized model it saved (SetOptimizedModelFilePath, level ALL) has MatMul+Add fused; its
+    quantize_dynamic model runs its MatMul in SDOT (one per 16 MACs) and matches the host."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _ort_lib()
+    model = _gemm_model(tmp_path / "gemm.onnx")
+    x = np.random.RandomState(2).randn(8, 64).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    a = arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=2, work=tmp_path / "a",
+                            optimized=tmp_path / "opt.onnx")
+    b = arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=2, work=tmp_path / "b")
+    np.testing.assert_allclose(a["outputs"][0], ref, rtol=1e-5, atol=1e-5)
+    assert a["per_inference"] == b["per_inference"] and a["per_inference"]["total"] > 1000
+    assert a["per_inference"]["classes"]["fmla_vec"] > 0
+    assert a["threads"] <= 1  # in CreateEnv, before the runs: the run-to-run counts are equal above
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "MatMul" not in ops and ("Gemm" in ops or "FusedMatMul" in ops or "FusedGemm" in ops), ops
+
+    q = tmp_path / "gemm-dyn.onnx"
+    quantize_dynamic(str(model), str(q), weight_type=QuantType.QInt8)
+    qref = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    r = arm_speed.ort_model(q, {"x": x}, [("y", qref)], runs=2, work=tmp_path / "q")
+    np.testing.assert_allclose(r["outputs"][0], qref, rtol=1e-5, atol=1e-5)
+    assert r["per_inference"]["classes"]["dot"] == 8 * 64 * 48 // 16  # MLAS SDOT kernel: 16 MACs each
