@@ -7,7 +7,7 @@
  *
  * (and 100 / 101 around CreateEnv, 102 after CreateSession).
  *
- * Usage: ort_run LIB.so MODEL.onnx RUNS [-O OPTIMIZED.onnx]
+ * Usage: ort_run LIB.so MODEL.onnx RUNS [-O OPTIMIZED.onnx] [-G LEVEL] [-T THREADS]
  *            -i NAME TYPE DIMS FILE ...   (TYPE: the ONNX element type number, DIMS: 1x128 or "-" for a scalar)
  *            -o NAME TYPE NELEMS FILE ... (the outputs of the last run, raw; type and size are checked)
  *
@@ -18,6 +18,8 @@
  * the output's element type, rank and count against what the caller expects, and by the caller
  * (benchmarks/arm/ort_arm.py): -O writes the optimized model (SetOptimizedModelFilePath with
  * level 99 fuses), the outputs equal onnxruntime on the host, and no thread is started.
+ *
+ * -G: the graph optimization level (default 99, ORT_ENABLE_ALL), -T: intra-op threads (default 1).
  *
  * Exit codes: 0 ok, 2 usage, 3 a file, 4 an onnxruntime error, 5 a slot check failed.
  */
@@ -104,11 +106,17 @@ int main(int argc, char **argv)
     size_t out_elems[MAXIO];
     void *in_data[MAXIO];
     size_t in_bytes[MAXIO];
-    int nin = 0, nout = 0;
+    int nin = 0, nout = 0, level = ORT_ENABLE_ALL, threads = 1;
     long runs = atol(argv[3]);
     for (int a = 4; a < argc;) {
         if (strcmp(argv[a], "-O") == 0 && a + 1 < argc) {
             opt_path = argv[a + 1];
+            a += 2;
+        } else if (strcmp(argv[a], "-G") == 0 && a + 1 < argc) {
+            level = atoi(argv[a + 1]);
+            a += 2;
+        } else if (strcmp(argv[a], "-T") == 0 && a + 1 < argc) {
+            threads = atoi(argv[a + 1]);
             a += 2;
         } else if (strcmp(argv[a], "-i") == 0 && a + 4 < argc && nin < MAXIO) {
             in_names[nin] = argv[a + 1];
@@ -166,10 +174,10 @@ int main(int argc, char **argv)
     check(FN(S_CreateEnv, status_fn)(ORT_LOGGING_LEVEL_ERROR, "qc", &env), "CreateEnv");
     mark(101);
     check(FN(S_CreateSessionOptions, status_fn)(&opts), "CreateSessionOptions");
-    check(FN(S_SetIntraOpNumThreads, status_fn)(opts, 1), "SetIntraOpNumThreads");
+    check(FN(S_SetIntraOpNumThreads, status_fn)(opts, threads), "SetIntraOpNumThreads");
     check(FN(S_SetInterOpNumThreads, status_fn)(opts, 1), "SetInterOpNumThreads");
     check(FN(S_SetSessionExecutionMode, status_fn)(opts, ORT_SEQUENTIAL), "SetSessionExecutionMode");
-    check(FN(S_SetSessionGraphOptimizationLevel, status_fn)(opts, ORT_ENABLE_ALL), "SetSessionGraphOptimizationLevel");
+    check(FN(S_SetSessionGraphOptimizationLevel, status_fn)(opts, level), "SetSessionGraphOptimizationLevel");
     if (opt_path) check(FN(S_SetOptimizedModelFilePath, status_fn)(opts, opt_path), "SetOptimizedModelFilePath");
 
     /* a forced error: slot 7 on a missing file must fail with a message naming it */
