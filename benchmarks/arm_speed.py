@@ -271,17 +271,17 @@ def _ort_arm():
 
 def ort_model(model: Path, feeds: dict[str, np.ndarray], outputs: list[tuple[str, np.ndarray]], runs: int = 2,
               cpu: str = "cortex-a76", work: Path | None = None, timeout: float = 3600,
-              optimized: Path | None = None) -> dict:
+              optimized: Path | None = None, extra: tuple[str, ...] = ()) -> dict:
     """Count onnxruntime (linux-arm64, one thread, sequential, ORT_ENABLE_ALL) on MODEL under qemu:
     RUNS inferences, one inference = the counts between the marks around the last one, of the main
     thread alone (the plugin's percpu mode: onnxruntime starts helper threads even with one intra-op
     thread; their instructions are returned apart). OUTPUTS: (name, an array of its dtype and
     size) for the outputs to return (those of the last run). Also returns the whole-program total
-    and the threads the process started (clone syscalls)."""
+    and the threads the process started (clone syscalls). EXTRA: more ort_run options (-G LEVEL, -T N)."""
     oa = _ort_arm()
     work = work or Path(tempfile.mkdtemp(prefix="ort_arm_"))
     cmd, files = oa.argv(model, feeds, outputs, runs, work, optimized)
-    res = count(cmd, cpu=cpu, marksys=SYS_CLONE, timeout=timeout, percpu=True)
+    res = count(cmd + list(extra), cpu=cpu, marksys=SYS_CLONE, timeout=timeout, percpu=True)
     if res["returncode"] != 0:
         raise RuntimeError(f"ort_run on {model} exited with {res['returncode']}: {res['stderr'][-2000:]}")
     runs_counts = [marks_between(res, 2 * r + 1, 2 * r + 2) for r in range(runs)]
