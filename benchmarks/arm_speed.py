@@ -182,6 +182,14 @@ def _write_inputs(report: dict, work: Path, feeds: dict[str, np.ndarray] | None 
     return args + [str(work / f"out{i}.bin") for i in range(len(report["outputs"]))]
 
 
+def _is_statement(kernel: str) -> bool:
+    """A control-flow statement of lower_control.py (report.json's kernel name): no QC_PROF before it."""
+    return kernel in STATEMENTS or kernel.startswith("loop x")
+
+
+STATEMENTS = {"if", "else", "end if", "end loop", "iteration number", "loop condition", "scan output"}
+
+
 def c_profile(out_dir: Path, cpu: str | None = None, timeout: float = 3600, runs: int = 2) -> dict:
     """Per-call counts of one inference of a qc C model: OUT_DIR's harness rebuilt with
     -DQC_PROFILE, where model.c issues the marker labelled i before its kernel call i (the index
@@ -198,14 +206,15 @@ def c_profile(out_dir: Path, cpu: str | None = None, timeout: float = 3600, runs
     exe = build_model(report, "aarch64", cpu, exe=Path(out_dir) / f"harness-profile-{cpu}",
                       extra_flags=["-DQC_PROFILE"])
     args = _write_inputs(report, Path(out_dir).resolve() / "io")
-    res = count([str(exe), "-r", str(runs), *args], cpu=cpu, marksys=SYS_CLOCK_GETTIME, timeout=timeout)
+    # no marksys here: a syscall mark would be labelled with its number, like the call of that index
+    res = count([str(exe), "-r", str(runs), *args], cpu=cpu, timeout=timeout)
     if res["returncode"] != 0:
         raise RuntimeError(f"{exe} exited with {res['returncode']}: {res['stderr']}")
     if res.get("lost_marks"):
         raise RuntimeError(f"the plugin dropped {res['lost_marks']} marks (MAX_MARKS in insn_count.c)")
     calls = report["calls"]
     end = len(calls)
-    marks = [m for m in res["marks"] if m["label"] != SYS_CLOCK_GETTIME]
+    marks = res["marks"]
     starts = [k for k, m in enumerate(marks) if m["label"] == end]
     if len(starts) != runs:
         raise RuntimeError(f"expected {runs} end-of-inference marks, saw {len(starts)} (built without -DQC_PROFILE?)")
@@ -222,6 +231,9 @@ def c_profile(out_dir: Path, cpu: str | None = None, timeout: float = 3600, runs
         per_run.append({"calls": seg, "total": delta(marks[lo]["at"], marks[hi]["at"])})
         lo = hi + 1
     last = per_run[-1]
+    missing = sorted(set(range(end)) - set(last["calls"]))
+    if any(not _is_statement(calls[i][1]) for i in missing):
+        raise RuntimeError(f"no mark for calls {missing[:10]} (model.c older than the QC_PROF hook?)")
     rows = [{"index": i, "node": calls[i][0], "kernel": calls[i][1], **c} for i, c in sorted(last["calls"].items())]
     return {"dir": str(out_dir), "cpu": cpu, "variant": report.get("variant"), "calls": rows,
             "marked_total": last["total"], "n_marks": len(marks), "runs_agree": all(r == last for r in per_run)}

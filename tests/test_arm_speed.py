@@ -19,13 +19,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import arm_speed  # noqa: E402
 
 
-def _mlp(m: int = 16, k: int = 64, n: int = 32):
+def _mlp(m: int = 16, k: int = 64, n: int = 32, tail: int = 0):
+    """x @ w1 -> Relu -> @ w2, then TAIL Sigmoids (more calls than the syscall numbers of marks)."""
     rng = np.random.RandomState(0)
     w1 = numpy_helper.from_array((rng.randn(k, k) * 0.1).astype(np.float32), "w1")
     w2 = numpy_helper.from_array((rng.randn(k, n) * 0.1).astype(np.float32), "w2")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-                           helper.make_node("MatMul", ["r", "w2"], ["y"])], "mlp",
-                          [helper.make_tensor_value_info("x", TP.FLOAT, [m, k])],
+    names = ["y0"] + [f"s{i}" for i in range(tail)]
+    names[-1] = "y"
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], [names[0] if tail else "y"])]
+    nodes += [helper.make_node("Sigmoid", [names[i]], [names[i + 1]]) for i in range(tail)]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TP.FLOAT, [m, k])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [m, n])], [w1, w2])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -35,15 +39,16 @@ def _mlp(m: int = 16, k: int = 64, n: int = 32):
 def test_profile_sums_to_one_inference(tmp_path):
     """The per-call counts of a -DQC_PROFILE build cover one inference of that build (counted
     independently, -r 3 minus -r 2 between the harness's clock calls) up to model_run's entry and
-    exit; both inferences of the profiled run agree; the marks cost about 9 instructions each."""
+    exit; both inferences of the profiled run agree; the marks cost about 9 instructions each;
+    150 calls: labels past the clock_gettime and clone syscall numbers (113, 220) are calls too."""
     toolchain.require_tools("aarch64")
-    module = import_onnx(_mlp())
+    module = import_onnx(_mlp(tail=150))
     prepare(module, {})
     out = tmp_path / "c"
     report = emit_c(module, out, load_target("cortex-a76"), harness=True)
     plain = arm_speed.c_model(out, "cortex-a76")
     marked = arm_speed.c_model(out, "cortex-a76", extra_flags=("-DQC_PROFILE",))
-    prof = arm_speed.c_profile(out, "cortex-a76")
+    prof = arm_speed.c_profile(out, "cortex-a76", runs=2)
     rows = prof["calls"]
     assert [(r["node"], r["kernel"]) for r in rows] == [tuple(c) for c in report["calls"]]
     assert prof["runs_agree"] and prof["n_marks"] == 2 * (len(report["calls"]) + 1)
