@@ -243,8 +243,9 @@ class CompileResult:
               elide_above: int | None = 16, measure: bool = True, threads: int | None = None) -> str:
         """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
         with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
-        ``report.json`` (*threads*: the C code's worker pool, ``qc compile --threads``). A quantized compile then has its ``report`` (sizes, warnings and, with
-        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
+        ``report.json`` (*threads*: the C code's worker pool, ``qc compile --threads``). A quantized
+        compile then has its ``report`` (sizes, warnings and, with ``measure``, the end-to-end SQNR
+        on the held-aside samples). Returns the ONNX path.
 
         The report runs onnxruntime on the written file, so it comes after the write; when it (or
         the write) fails, the files this call wrote are removed and a previous output at ``path``

@@ -182,8 +182,10 @@ def test_pool(tmp_path, kind, cpu):
 # -- what is generated -----------------------------------------------------------------------------
 def test_split_plan_and_determinism(tmp_path):
     """Default thresholds (split.MIN_WORK): the GEMMs, attention MatMuls, softmax and Erf split, the
-    cheap element-wise calls of 60 x 128 do not; the same options give byte-identical files; no --threads gives no pool at all."""
-    a, b = _emit(tmp_path / "a", 4), _emit(tmp_path / "b", 4)
+    cheap element-wise calls of 60 x 128 do not; the same options give byte-identical files; no
+    --threads gives no pool at all."""
+    a = _emit(tmp_path / "a", 4)
+    _emit(tmp_path / "b", 4)
     names = ["model.c", "model.h", "harness.c", "Makefile", "model.cmake", "report.json"]
     for f in names:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

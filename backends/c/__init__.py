@@ -17,7 +17,8 @@ from qc.ir import Module, TensorType
 
 from .prepare import c_prepare_pipeline, parse_shapes, prepare
 
-__all__ = ["c_prepare_pipeline", "check_static_shapes", "check_threads", "emit_c", "format_report", "memory_plan", "parse_shapes",
+__all__ = ["c_prepare_pipeline", "check_static_shapes", "check_threads", "emit_c", "format_report", "memory_plan",
+           "parse_shapes",
            "prepare"]
 
 

@@ -90,7 +90,7 @@ def api_h(prefix: str, threads: int) -> list[str]:
     """model.h's declarations of the pool's entry points."""
     P = prefix.upper()
     return [f"#define {P}_THREADS_DEFAULT {threads}  /* qc compile --threads */", "",
-            f"/* Start the worker pool with n threads (n < 1: the QC_THREADS environment variable if set, else",
+            "/* Start the worker pool with n threads (n < 1: the QC_THREADS environment variable if set, else",
             f"   {P}_THREADS_DEFAULT); {prefix}_run calls it with 0 on first use. Returns the threads running.",
             "   The results do not depend on the thread count. */",
             f"int {prefix}_set_threads(int n);",

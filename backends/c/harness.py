@@ -86,7 +86,8 @@ def _options(threads: bool) -> list[str]:
                 "        argc -= 2;",
                 "    }"]
     return ["    int threads = 0;",
-            "    while (argc > 2 && argv[1][0] == '-' && (argv[1][1] == 'r' || argv[1][1] == 't') && argv[1][2] == 0) {",
+            "    while (argc > 2 && argv[1][0] == '-' && (argv[1][1] == 'r' || argv[1][1] == 't') &&",
+            "           argv[1][2] == 0) {",
             "        if (argv[1][1] == 'r') runs = atol(argv[2]);",
             "        else threads = atoi(argv[2]) < 1 ? -1 : atoi(argv[2]);",
             "        argv += 2;",
