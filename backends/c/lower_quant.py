@@ -21,7 +21,9 @@ import numpy as np
 from qc.ir import DType, Op, Value
 from qc.quant.units import Unit, node_unit
 
-from .lower_ops import batch_offsets, binary, conv_geometry, copy_nd
+from .lower_conv_s8 import lower_conv_s8
+from .lower_conv_s8 import output_q as conv_output_q
+from .lower_ops import batch_offsets, binary
 from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
 _INT8 = (DType.i8, DType.u8)
@@ -109,7 +111,7 @@ def _find_unit(lw: Lowering, op: Op):
         bias = u.bias
         if bias is not None and bias.const is None and _producer(bias, "DequantizeLinear") is None:
             return None
-        return ("conv",) + unit + (None,)
+        return ("conv",) + unit + (conv_output_q(lw, op),)
     return None
 
 
@@ -260,40 +262,8 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
                    ws: np.ndarray, q: Op | None) -> None:
-    """Per image and group: im2col (padding with the zero point), qc_gemm_s8, dequantize into a
-    pixels x channels scratch, then a transpose into the NCHW output."""
-    from .packing import pack_s8
-
-    xq = dqa.operands[0]
-    y = lw.out(op)
-    xshape = lw.shape(xq)
-    OC = w.shape[0]
-    N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, xshape, w.shape[2:], y.shape)
-    group = op.attr("group", 1)
-    icg, ocg = C // group, OC // group
-    K, M = icg * KH * KW, OH * OW
-    w2 = w.reshape(OC, K)
-    scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
-    scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
-    fb = _bias_value(lw, op, 2)
-    cols = lw.scratch(DType.i8, M * K)
-    acc = lw.scratch(DType.i32, M * ocg)
-    tmp = lw.scratch(DType.f32, M * ocg)
-    for g in range(group):
-        wg = np.ascontiguousarray(w2[g * ocg:(g + 1) * ocg].T)  # K x ocg
-        packed = lw.weight(np.frombuffer(pack_s8(wg, lw.variant), np.int8))
-        bias = (-zx * wg.astype(np.int64).sum(axis=0)).astype(np.int32)
-        sg = scale[g * ocg:(g + 1) * ocg] if scale.size > 1 else scale
-        fbg = lw.weight(np.ascontiguousarray(fb.reshape(-1)[g * ocg:(g + 1) * ocg]).astype(np.float32)) \
-            if fb is not None else None
-        for n in range(N):
-            lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, s[0], s[1], p[0], p[1], d[0], d[1], OH, OW, g * icg, icg,
-                                         Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)], "im2col s8")
-            lw.call(op, "qc_gemm_s8", [M, ocg, K, Ptr(cols), Ptr(packed), Ptr(acc, const=False)],
-                    f"gemm s8 ({lw.variant})")
-            _epilogue(lw, op, M, ocg, acc, bias, sg, None, tmp, fbias=fbg)
-            tmp.shape = (M, ocg)
-            copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
+    """The Conv unit: lower_conv_s8 (depthwise, im2col + qc_gemm_s8, int8 or float output)."""
+    lower_conv_s8(lw, op, dqa, dqb, sx, zx, w, ws, q, _bias_value(lw, op, 2))
 
 
 def _dequantized(lw: Lowering, dq: Op | None) -> np.ndarray:
