@@ -28,7 +28,8 @@ S, D, H = 60, 128, 4  # 60 rows: not a multiple of the 8-row granule, so the las
 
 def _model() -> onnx.ModelProto:
     """x f32[S, D] -> int8 MatMul (requantized, an int8 output) -> Erf -> int8 MatMul (dequantized)
-    -> LayerNorm -> H heads: softmax(q k^T) q (batched float MatMuls) -> float MatMul -> y."""
+    -> LayerNorm -> H heads: softmax(q k^T) q (batched float MatMuls) -> float MatMul -> y; and x
+    seen as NCHW 1 x D x S x 1 -> int8 1x1 Conv (transposes, requantized) -> c."""
     rng = np.random.RandomState(0)
 
     def q8(a):
@@ -37,10 +38,12 @@ def _model() -> onnx.ModelProto:
 
     w1, s1 = q8(rng.randn(D, D) / np.sqrt(D))
     w2, s2 = q8(rng.randn(D, D) / np.sqrt(D))
+    wc, swc = q8(rng.randn(64, D, 1, 1) / np.sqrt(D))
     arrays = {"w1": w1, "s1": s1, "w2": w2, "s2": s2, "sx": np.float32(0.03), "z0": np.int8(0),
               "sh": np.float32(0.05), "sr": np.float32(0.02), "w3": (rng.randn(D, 64) / np.sqrt(D)).astype(np.float32),
               "g": np.full(D, 1.1, np.float32), "b": np.full(D, 0.1, np.float32),
-              "heads": np.array([S, H, D // H], np.int64), "rows": np.array([S, D], np.int64)}
+              "heads": np.array([S, H, D // H], np.int64), "rows": np.array([S, D], np.int64),
+              "wc": wc, "swc": swc, "nchw": np.array([1, D, S, 1], np.int64)}
     N = helper.make_node
     nodes = [N("QuantizeLinear", ["x", "sx", "z0"], ["xq"]), N("DequantizeLinear", ["xq", "sx", "z0"], ["xd"]),
              N("DequantizeLinear", ["w1", "s1"], ["w1d"]), N("MatMul", ["xd", "w1d"], ["h1"]),
@@ -53,10 +56,14 @@ def _model() -> onnx.ModelProto:
              N("Transpose", ["r"], ["k"], perm=[1, 2, 0]),
              N("MatMul", ["q", "k"], ["sc"]), N("Softmax", ["sc"], ["p"], axis=-1),
              N("MatMul", ["p", "q"], ["o"]), N("Transpose", ["o"], ["ot"], perm=[1, 0, 2]),
-             N("Reshape", ["ot", "rows"], ["of"]), N("MatMul", ["of", "w3"], ["y"])]
+             N("Reshape", ["ot", "rows"], ["of"]), N("MatMul", ["of", "w3"], ["y"]),
+             N("Transpose", ["xq"], ["xt"], perm=[1, 0]), N("Reshape", ["xt", "nchw"], ["xi"]),
+             N("DequantizeLinear", ["xi", "sx", "z0"], ["xid"]), N("DequantizeLinear", ["wc", "swc"], ["wcd"]),
+             N("Conv", ["xid", "wcd"], ["cf"]), N("QuantizeLinear", ["cf", "sh", "z0"], ["c"])]
     g = helper.make_graph(nodes, "threads", [helper.make_tensor_value_info("x", TP.FLOAT, [S, D])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [S, 64]),
-                           helper.make_tensor_value_info("h1q", TP.INT8, [S, D])],
+                           helper.make_tensor_value_info("h1q", TP.INT8, [S, D]),
+                           helper.make_tensor_value_info("c", TP.INT8, [1, 64, S, 1])],
                           [numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -85,8 +92,9 @@ def test_threads_bit_identical_under_qemu(tmp_path, split_everything):
     one = _emit(tmp_path / "one", None)
     four = _emit(tmp_path / "four", 4)
     kinds = {k for _, k in four["calls"]}
-    assert four["split_calls"] == 13 and {"gemm s8 (dotprod)", "requant s8", "dequant acc f32", "matmul f32",
-                                          "softmax f32", "layernorm f32", "erf f32", "quantize i8"} <= kinds
+    assert four["split_calls"] == 17 and {"gemm s8 (dotprod)", "requant s8", "dequant acc f32", "matmul f32",
+                                          "softmax f32", "layernorm f32", "erf f32", "quantize i8",
+                                          "dequantize i8", "transpose s8", "requant s8 per-channel"} <= kinds
     x = np.random.RandomState(1).randn(S, D).astype(np.float32)
     ref = run_model(build_model(one, "aarch64", "cortex-a76"), one, {"x": x}, "aarch64", "cortex-a76")
     exe = build_model(four, "aarch64", "cortex-a76")
@@ -94,15 +102,16 @@ def test_threads_bit_identical_under_qemu(tmp_path, split_everything):
     io.mkdir()
     (io / "x.bin").write_bytes(x.tobytes())
     for n, env in [(1, None), (2, None), (3, None), (4, None), (0, "3")]:
-        outs = [io / f"y{n}.bin", io / f"h{n}.bin"]
+        outs = [io / f"{name}{n}.bin" for name in ("y", "h", "c")]
         opts = ["-t", str(n)] if n else []
         cmd = toolchain.run_command(exe, "aarch64", "cortex-a76", opts + [str(io / "x.bin")] + [str(p) for p in outs])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "QC_THREADS": env} if env else None)
         assert proc.returncode == 0, proc.stderr
         assert [p.read_bytes() for p in outs] == [r.tobytes() for r in ref], (n, env)
-    y, h1q = ort_session(_model()).run(None, {"x": x})
+    y, h1q, c = ort_session(_model()).run(None, {"x": x})
     assert np.abs(ref[1].astype(np.int32) - h1q).max() <= 1  # requantization rounds once, onnxruntime twice
+    assert np.abs(ref[2].astype(np.int32) - c).max() <= 1
     assert np.abs(ref[0] - y).max() < 0.05 * np.abs(y).max()
 
 
@@ -190,10 +199,11 @@ def test_split_plan_and_determinism(tmp_path):
     for f in names:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     split_kinds = sorted(k for (_, k), c in zip(a["calls"], _planned()) if c)
-    # not split: quantize (4 x 7,680 work), requant (6 x), dequant (3 x), layernorm (8 x 7,680 = 61,440)
-    assert split_kinds == ["erf f32", "gemm s8 (dotprod)", "gemm s8 (dotprod)", "matmul f32",
+    # not split: quantize (4 x 7,680 work), requant (6 x), dequant (3 x), layernorm (8 x 7,680 = 61,440),
+    # the conv's int8 transposes (2 x 7,680 and 2 x 3,840)
+    assert split_kinds == ["erf f32", "gemm s8 (dotprod)", "gemm s8 (dotprod)", "gemm s8 (dotprod)", "matmul f32",
                            "matmul f32", "matmul f32", "softmax f32"], split_kinds
-    assert a["split_calls"] == 7 and "-DQC_THREADS=1" in a["macros"]
+    assert a["split_calls"] == 8 and "-DQC_THREADS=1" in a["macros"]
     assert "CFLAGS = -O2 -static -mcpu=cortex-a76 -DQC_KERNEL_DOTPROD -DQC_THREADS=1 -pthread" in \
         (tmp_path / "a" / "Makefile").read_text()
     off = _emit(tmp_path / "off", None)

@@ -98,6 +98,13 @@ def _requant(a: list) -> Split:
     return Split(M, ROW_GRANULE, 6 * M * N, {0: 1}, {2: N, 10: N})
 
 
+@splitter("qc_transpose_s8")
+def _transpose_s8(a: list) -> Split:
+    # (R, Cn, x, ldx, y, ldy): rows of x = columns of y; 8 x 8 NEON blocks
+    R, Cn, ldx = a[0], a[1], a[3]
+    return Split(R, ROW_GRANULE, 2 * R * Cn, {0: 1}, {2: ldx, 4: 1})
+
+
 @splitter("qc_gemm_f32")
 def _gemm_f32(a: list) -> Split:
     # (M, N, K, A, ars, acs, B, brs, bcs, alpha, C, crs, ccs, beta, Y): rows of A, C and Y
