@@ -112,6 +112,26 @@ def _gemm_f32(a: list) -> Split:
     return Split(M, ROW_GRANULE, M * N * K, {0: 1}, _ptrs(a, {3: ars, 10: crs, 14: N}))
 
 
+@splitter("qc_sgemm")
+def _sgemm(a: list) -> Split | None:
+    # (M, N, K, A, lda, B, brs, bcs, alpha, C, crs, ccs, beta, bias, Y, ldy, work): rows of A, C, Y
+    # in 4-row tiles; not when it packs B into `work` first (every task would pack it)
+    M, N, K, lda, crs, ldy = a[0], a[1], a[2], a[4], a[10], a[15]
+    if isinstance(a[16], Ptr):
+        return None
+    return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, _ptrs(a, {3: lda, 9: crs, 14: ldy}))
+
+
+@splitter("qc_sgemm_batch")
+def _sgemm_batch(a: list) -> Split | None:
+    # (batch, aoff, boff, yoff, M, N, K, A, lda, B, brs, bcs, alpha, bias, Y, ldy, work): whole
+    # batches through the three offset tables; not with a `work` to pack B into
+    batch, M, N, K = a[0], a[4], a[5], a[6]
+    if batch < 2 or isinstance(a[16], Ptr):
+        return None
+    return Split(batch, 1, batch * M * N * K // 4, {0: 1}, {1: 1, 2: 1, 3: 1})
+
+
 @splitter("qc_matmul_f32")
 def _matmul_f32(a: list) -> Split | None:
     # (batch, aoff, boff, M, N, K, A, B, Y): whole batches (attention heads); A and B are
@@ -155,6 +175,13 @@ def _layernorm(a: list) -> Split:
     # (outer, n, eps, x, scale, bias, y, mean_out, invstd_out): rows; the statistics per row
     outer, n = a[0], a[1]
     return Split(outer, 1, 8 * outer * n, {0: 1}, _ptrs(a, {3: n, 6: n, 7: 1, 8: 1}))
+
+
+@splitter("qc_rmsnorm_f32")
+def _rmsnorm(a: list) -> Split:
+    # (outer, n, eps, x, scale, y): rows
+    outer, n = a[0], a[1]
+    return Split(outer, 1, 6 * outer * n, {0: 1}, {3: n, 5: n})
 
 
 def describe(c: Call) -> Split | None:
