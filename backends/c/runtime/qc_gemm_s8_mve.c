@@ -11,12 +11,14 @@
 #error "QC_KERNEL_MVE needs -mcpu=cortex-m55 (Helium)"
 #endif
 #include <arm_mve.h>
+#include "qc_gemm_s8_tile.h"
 
-void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
+void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                    const struct qc_ep_ctx *ctx)
 {
     int m, n, j, k;
     for (m = 0; m < M; ++m) {
-        const int8_t *a = A + (size_t)m * K;
+        const int8_t *a = A + (size_t)m * (size_t)lda;
         for (n = 0; n < N; n += 4) {
             const int cols = N - n < 4 ? N - n : 4;
             const int8_t *w[4];
@@ -45,9 +47,7 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
                 }
                 c[0] = c0; c[1] = c1; c[2] = c2; c[3] = c3;
             }
-            for (j = 0; j < cols; ++j) {
-                C[(size_t)m * N + n + j] = c[j];
-            }
+            qc_ep_tile(ctx, c, 4, 1, cols, m, n);
         }
     }
 }

@@ -1,32 +1,26 @@
-/* qc_gemm_s8 for aarch64 NEON (QC_KERNEL_NEON, Armv8.0) and dot-product (QC_KERNEL_DOTPROD,
-   SDOT, Armv8.2-A+dotprod). Packing: W transposed, N rows of Kp = K rounded up to 16 bytes,
+/* qc_gemm_s8 for aarch64 NEON (QC_KERNEL_NEON, Armv8.0; the dot-product variant is
+   qc_gemm_s8_dot.c). Packing: W transposed, N rows of Kp = K rounded up to 16 bytes,
    zero-padded. Tiles of 4 rows x 4 columns; at the edges the tile repeats the last valid row
    or column (never reads out of bounds) and stores only the valid results.
-   NEON: SMULL/SMULL2 (int8 x int8 -> int16, exact) then SADALP (pairwise add into int32): no
-   int16 accumulation, so -128 * -128 sums cannot overflow. DOTPROD: SDOT (4 products into each
-   int32 lane). Integer sums are exact, so both equal the portable kernel bit for bit. */
+   SMULL/SMULL2 (int8 x int8 -> int16, exact) then SADALP (pairwise add into int32): no
+   int16 accumulation, so -128 * -128 sums cannot overflow. Integer sums are exact, so it
+   equals the portable kernel bit for bit. The epilogue (qc_gemm_s8_tile.h) runs on the
+   reduced 4-column row vectors. */
 #include "qc_kernels.h"
 
-#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD)
+#if defined(QC_KERNEL_NEON)
 #if !defined(__ARM_NEON)
-#error "QC_KERNEL_NEON / QC_KERNEL_DOTPROD need an aarch64 compiler with NEON"
-#endif
-#if defined(QC_KERNEL_DOTPROD) && !defined(__ARM_FEATURE_DOTPROD)
-#error "QC_KERNEL_DOTPROD needs -march=armv8.2-a+dotprod (or a -mcpu with dotprod)"
+#error "QC_KERNEL_NEON needs an aarch64 compiler with NEON"
 #endif
 #include <arm_neon.h>
 #include "qc_gemm_s8_tile.h"
 
-#if defined(QC_KERNEL_DOTPROD)
-#define QC_MAC(acc, a, w) vdotq_s32((acc), (a), (w))
-#else
 static inline int32x4_t qc_mac16(int32x4_t acc, int8x16_t a, int8x16_t w)
 {
     acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(w)));
     return vpadalq_s16(acc, vmull_high_s8(a, w));
 }
 #define QC_MAC(acc, a, w) qc_mac16((acc), (a), (w))
-#endif
 
 #define QC_ROW(c0, c1, c2, c3, a)                                        \
     do {                                                                 \
@@ -46,20 +40,24 @@ static inline int32x4_t qc_mac16(int32x4_t acc, int8x16_t a, int8x16_t w)
         QC_ROW(c30, c31, c32, c33, x3);                                  \
     } while (0)
 
-#define QC_SUMS(r, c0, c1, c2, c3)                                       \
-    do {                                                                 \
-        out[r][0] = vaddvq_s32(c0); out[r][1] = vaddvq_s32(c1);          \
-        out[r][2] = vaddvq_s32(c2); out[r][3] = vaddvq_s32(c3);          \
+/* Row r's 4 column sums (pairwise adds of the 4 accumulators), then its epilogue. */
+#define QC_SUMS(r, c0, c1, c2, c3)                                               \
+    do {                                                                         \
+        if (r < rows) {                                                          \
+            qc_ep_part4(ctx, vpaddq_s32(vpaddq_s32(c0, c1), vpaddq_s32(c2, c3)), \
+                        m + r, n, cols);                                         \
+        }                                                                        \
     } while (0)
 
-void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
+void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                    const struct qc_ep_ctx *ctx)
 {
     const int Kp = (K + 15) & ~15, full = K & ~15, rem = K - full;
     int m, n, j, k;
     for (m = 0; m < M; m += 4) {
         const int8_t *a[4];
         int8_t t[4][16];
-        const int rows = qc_tile_rows(A, M, K, m, full, a, t);
+        const int rows = qc_tile_rows(A, lda, M, K, m, full, a, t);
         for (n = 0; n < N; n += 4) {
             const int cols = N - n < 4 ? N - n : 4;
             const int8_t *w[4];
@@ -67,7 +65,6 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
             int32x4_t c10 = c00, c11 = c00, c12 = c00, c13 = c00;
             int32x4_t c20 = c00, c21 = c00, c22 = c00, c23 = c00;
             int32x4_t c30 = c00, c31 = c00, c32 = c00, c33 = c00;
-            int32_t out[4][4];
             for (j = 0; j < 4; ++j) {
                 w[j] = Wp + (size_t)(n + (j < cols ? j : cols - 1)) * Kp;
             }
@@ -81,7 +78,6 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
             QC_SUMS(1, c10, c11, c12, c13);
             QC_SUMS(2, c20, c21, c22, c23);
             QC_SUMS(3, c30, c31, c32, c33);
-            qc_tile_store(C, N, m, n, rows, cols, &out[0][0], 4);
         }
     }
 }

@@ -2,99 +2,15 @@
    except qc_requant_s8, which runs 4 columns at a time with NEON (QC_KERNEL_NEON / DOTPROD /
    I8MM) or Helium (QC_KERNEL_MVE), bit-exact with the scalar path. */
 #include <string.h>
-#include "qc_kernels.h"
-
-/* TFLite / gemmlowp SaturatingRoundingDoublingHighMul. */
-static int32_t qc_srdhm(int32_t a, int32_t b)
-{
-    int64_t ab, nudge, q;
-    if (a == INT32_MIN && b == INT32_MIN) {
-        return INT32_MAX;
-    }
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    /* (ab + nudge) / 2^31 truncating toward zero, as TFLite, without a 64-bit division
-       (a library call on 32-bit cores); |ab + nudge| < 2^62 so the negation is safe. */
-    q = ab + nudge;
-    q = q >= 0 ? (q >> 31) : -((-q) >> 31);
-    return (int32_t)q;
-}
-
-/* gemmlowp RoundingDivideByPOT: round to nearest, ties away from zero. */
-static int32_t qc_rdbpot(int32_t x, int exponent)
-{
-    int32_t mask, remainder, threshold;
-    if (exponent <= 0) {
-        return x;
-    }
-    if (exponent > 31) {
-        exponent = 31;
-    }
-    mask = (int32_t)(((uint32_t)1 << exponent) - 1u);
-    remainder = x & mask;
-    threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-    return (x >> exponent) + (remainder > threshold ? 1 : 0);
-}
+#include "qc_gemm_s8_tile.h"
 
 int32_t qc_multiply_by_quantized_multiplier(int32_t x, int32_t mult, int32_t shift)
 {
-    int left = shift > 0 ? shift : 0;
-    int right = shift > 0 ? 0 : -shift;
-    if (left > 31) {
-        left = 31;
-    }
-    x = (int32_t)((uint32_t)x << left);   /* wraps like TFLite's x * (1 << left_shift) */
-    return qc_rdbpot(qc_srdhm(x, mult), right);
+    return qc_mbqm(x, mult, shift);
 }
 
-static int8_t qc_requant_one(int32_t acc, int32_t mult, int32_t shift, int32_t out_zp,
-                             int32_t qmin, int32_t qmax)
-{
-    int32_t v = qc_multiply_by_quantized_multiplier(acc, mult, shift);
-    v = (int32_t)((uint32_t)v + (uint32_t)out_zp);
-    v = v < qmin ? qmin : v;
-    v = v > qmax ? qmax : v;
-    return (int8_t)v;
-}
-
-#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
-#include <arm_neon.h>
+#if defined(QC_VEC_NEON) || defined(QC_VEC_MVE)
 #define QC_REQUANT_SIMD 1
-#define QC_LD4(p) vld1q_s32(p)
-#elif defined(QC_KERNEL_MVE)
-#include <arm_mve.h>
-#define QC_REQUANT_SIMD 1
-#define QC_LD4(p) vldrwq_s32(p)
-#endif
-
-#if defined(QC_REQUANT_SIMD)
-/* gemmlowp's vector MultiplyByQuantizedMultiplier, 4 lanes (NEON or Helium, same intrinsic
-   names): SQRDMULH is SaturatingRoundingDoublingHighMul; RoundingDivideByPOT is a fix-up
-   (x - 1, saturating, for negative x when shifting right) then a rounding shift right
-   (SRSHL / VRSHL by a negative count). The left shift (SSHL) wraps like the scalar code.
-   Bit-exact with the scalar path for shifts in -31..30 (tests). */
-static inline int32x4_t qc_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t shift)
-{
-    const int32x4_t zero = vdupq_n_s32(0);
-    const int32x4_t right = vminq_s32(shift, zero);
-    int32x4_t fixup;
-    x = vshlq_s32(x, vmaxq_s32(shift, zero));
-    x = vqrdmulhq_s32(x, mult);
-    fixup = vshrq_n_s32(vandq_s32(x, right), 31);
-    return vrshlq_s32(vqaddq_s32(x, fixup), right);
-}
-
-static inline void qc_store4_s8(int8_t *dst, int32x4_t v)
-{
-#if defined(QC_KERNEL_MVE)
-    vstrbq_s32(dst, v);
-#else
-    int8_t tmp[8];
-    int16x4_t h = vmovn_s32(v);
-    vst1_s8(tmp, vmovn_s16(vcombine_s16(h, h)));
-    memcpy(dst, tmp, 4);
-#endif
-}
 #endif
 
 void qc_requant_s8(int M, int N, const int32_t *C, const int32_t *bias, const int32_t *mult,
