@@ -73,6 +73,47 @@
         QC_EPQ(i, 2, c##i##4, c##i##5); QC_EPQ(i, 3, c##i##6, c##i##7);               \
     } while (0)
 
+#if defined(__GNUC__) && defined(__aarch64__)
+/* The full tile (2 row pairs x 8 column pairs) in assembly, as for SDOT (qc_gemm_s8_dot.c):
+   accumulators v16-v31 (pair i, column pair j in v(16 + 8i + j)), the packed A step in
+   v0-v3 (one LD1 of 64 bytes), the weights of a k-block in v4-v11 (two LD1 of 64 bytes);
+   32 SMMLA per 16 k; the accumulators go to t[64] (2x2 tiles in that order). */
+#define QC_MMQ(a0, a1)                                                                   \
+    "smmla v16.4s, " a0 ".16b, v4.16b\n\tsmmla v17.4s, " a0 ".16b, v5.16b\n\t"            \
+    "smmla v18.4s, " a0 ".16b, v6.16b\n\tsmmla v19.4s, " a0 ".16b, v7.16b\n\t"            \
+    "smmla v20.4s, " a0 ".16b, v8.16b\n\tsmmla v21.4s, " a0 ".16b, v9.16b\n\t"            \
+    "smmla v22.4s, " a0 ".16b, v10.16b\n\tsmmla v23.4s, " a0 ".16b, v11.16b\n\t"          \
+    "smmla v24.4s, " a1 ".16b, v4.16b\n\tsmmla v25.4s, " a1 ".16b, v5.16b\n\t"            \
+    "smmla v26.4s, " a1 ".16b, v6.16b\n\tsmmla v27.4s, " a1 ".16b, v7.16b\n\t"            \
+    "smmla v28.4s, " a1 ".16b, v8.16b\n\tsmmla v29.4s, " a1 ".16b, v9.16b\n\t"            \
+    "smmla v30.4s, " a1 ".16b, v10.16b\n\tsmmla v31.4s, " a1 ".16b, v11.16b\n\t"
+#define QC_MSTEP                                                                         \
+    "ld1 {v0.16b-v3.16b}, [%[ap]], #64\n\t"                                               \
+    "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\tld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"          \
+    QC_MMQ("v0", "v1")                                                                    \
+    "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\tld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"          \
+    QC_MMQ("v2", "v3")
+#define QC_MZ4(a, b, c_, d) "movi " a ".4s, #0\n\tmovi " b ".4s, #0\n\tmovi " c_ ".4s, #0\n\tmovi " d ".4s, #0\n\t"
+#define QC_MM_ASM(steps, tile)                                                           \
+    do {                                                                                 \
+        long qc_n = (steps);                                                             \
+        int32_t *qc_t = (tile);                                                          \
+        __asm__ volatile(QC_MZ4("v16", "v17", "v18", "v19") QC_MZ4("v20", "v21", "v22", "v23") \
+                         QC_MZ4("v24", "v25", "v26", "v27") QC_MZ4("v28", "v29", "v30", "v31") \
+                         "1:\n\t" QC_MSTEP "subs %[n], %[n], #1\n\tb.ne 1b\n\t"          \
+                         "st1 {v16.4s-v19.4s}, [%[t]], #64\n\t"                           \
+                         "st1 {v20.4s-v23.4s}, [%[t]], #64\n\t"                           \
+                         "st1 {v24.4s-v27.4s}, [%[t]], #64\n\t"                           \
+                         "st1 {v28.4s-v31.4s}, [%[t]], #64\n\t"                           \
+                         : [ap] "+r"(ap), [w] "+r"(w), [n] "+r"(qc_n), [t] "+r"(qc_t)    \
+                         :                                                               \
+                         : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9",   \
+                           "v10", "v11", "v16", "v17", "v18", "v19", "v20", "v21", "v22", \
+                           "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", \
+                           "memory", "cc");                                              \
+    } while (0)
+#endif
+
 /* MP row pairs (1, 2) x NP column pairs (1..8) over `steps` blocks of 16 k; ap: the packed A
    block, wp: the panel. MP and NP are constants at every call. */
 QC_INLINE void qc_mm_tile(const int MP, const int NP, int steps, const int8_t *ap,
@@ -88,6 +129,38 @@ QC_INLINE void qc_mm_tile(const int MP, const int NP, int steps, const int8_t *a
     int8x16_t w0, w1 = zb, w2 = zb, w3 = zb, w4 = zb, w5 = zb, w6 = zb, w7 = zb;
     const int8_t *w = wp;
     int s;
+#if defined(QC_MM_ASM)
+    if (MP == 2 && NP == 8 && rows == 4) {
+        /* t: the 2x2 tiles; rows 2i, 2i+1 of columns 4q..4q+3 = tiles (i, 2q), (i, 2q+1) */
+        int32_t t[64], u[4][16];
+        int i, q;
+        QC_MM_ASM(steps, t);
+        if (cols == 16 && c->mode == QC_OUT_I32) {   /* zip the 2x2 tiles straight into C */
+            const size_t ldo = (size_t)c->ldo;
+            int32_t *o = (int32_t *)c->out + (size_t)m * ldo + (size_t)n;
+            for (i = 0; i < 2; ++i, o += 2 * ldo) {
+                for (q = 0; q < 4; ++q) {
+                    const int64x2_t l = vreinterpretq_s64_s32(vld1q_s32(t + 32 * i + 8 * q));
+                    const int64x2_t h = vreinterpretq_s64_s32(vld1q_s32(t + 32 * i + 8 * q + 4));
+                    vst1q_s32(o + 4 * q, vreinterpretq_s32_s64(vzip1q_s64(l, h)));
+                    vst1q_s32(o + ldo + 4 * q, vreinterpretq_s32_s64(vzip2q_s64(l, h)));
+                }
+            }
+            return;
+        }
+        for (i = 0; i < 2; ++i) {
+            for (q = 0; q < 4; ++q) {
+                const int32x4_t l = vld1q_s32(t + 32 * i + 8 * q), h = vld1q_s32(t + 32 * i + 8 * q + 4);
+                vst1q_s32(&u[2 * i][4 * q], vreinterpretq_s32_s64(vzip1q_s64(vreinterpretq_s64_s32(l),
+                                                                          vreinterpretq_s64_s32(h))));
+                vst1q_s32(&u[2 * i + 1][4 * q], vreinterpretq_s32_s64(vzip2q_s64(vreinterpretq_s64_s32(l),
+                                                                              vreinterpretq_s64_s32(h))));
+            }
+        }
+        qc_ep_tile(c, &u[0][0], 16, 4, cols, m, n);
+        return;
+    }
+#endif
     for (s = steps; s > 0; --s) {
         if (MP == 2) {
             int8x16x4_t v = vld1q_s8_x4(ap);

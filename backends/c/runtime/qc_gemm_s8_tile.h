@@ -221,40 +221,50 @@ QC_INLINE void qc_ep_part4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n,
 
 #if defined(QC_VEC_NEON)
 /* The epilogue of rows x 4 columns n..n+3 (all valid) of an int32 tile, column group outer:
-   the per-column parameters are loaded once for all rows. */
+   the per-column parameters are loaded once for all rows, into locals (the output stores
+   could alias *ep as far as the compiler knows). */
 static inline void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, int ld,
                                int rows, int m, int n)
 {
     const struct qc_epilogue *ep = c->ep;
+    const size_t ldo = (size_t)c->ldo;
     int r;
     if (c->mode == QC_OUT_I32) {
-        for (r = 0; r < rows; ++r) {
-            vst1q_s32((int32_t *)c->out + (size_t)(m + r) * (size_t)c->ldo + (size_t)n,
-                      vld1q_s32(tile + r * ld));
+        int32_t *o = (int32_t *)c->out + (size_t)m * ldo + (size_t)n;
+        for (r = 0; r < rows; ++r, o += ldo) {
+            vst1q_s32(o, vld1q_s32(tile + r * ld));
         }
     } else if (c->mode == QC_OUT_F32) {
         const int32x4_t b = ep->bias ? vld1q_s32(ep->bias + n) : vdupq_n_s32(0);
         const float32x4_t s = ep->per_channel ? vld1q_f32(ep->scale + n) : vdupq_n_f32(ep->scale[0]);
-        const float32x4_t fb = ep->fbias ? vld1q_f32(ep->fbias + n) : vdupq_n_f32(0.0f);
-        const float32x4_t lo = vdupq_n_f32(ep->act == QC_ACT_CLIP ? ep->lo : 0.0f);
+        const int has_fb = ep->fbias != NULL, act = ep->act;
+        const float32x4_t fb = has_fb ? vld1q_f32(ep->fbias + n) : vdupq_n_f32(0.0f);
+        const float32x4_t lo = vdupq_n_f32(act == QC_ACT_CLIP ? ep->lo : 0.0f);
         const float32x4_t hi = vdupq_n_f32(ep->hi);
-        for (r = 0; r < rows; ++r) {
+        float *o = (float *)c->out + (size_t)m * ldo + (size_t)n;
+        for (r = 0; r < rows; ++r, o += ldo) {
             float32x4_t f = vmulq_f32(vcvtq_f32_s32(vaddq_s32(vld1q_s32(tile + r * ld), b)), s);
-            if (ep->fbias) {   /* x + 0.0f would turn -0.0f into +0.0f */
+            if (has_fb) {   /* x + 0.0f would turn -0.0f into +0.0f */
                 f = vaddq_f32(f, fb);
             }
-            if (ep->act != QC_ACT_NONE) {
+            if (act != QC_ACT_NONE) {
                 f = vmaxnmq_f32(f, lo);
             }
-            if (ep->act == QC_ACT_CLIP) {
+            if (act == QC_ACT_CLIP) {
                 f = vminnmq_f32(f, hi);
             }
-            vst1q_f32((float *)c->out + (size_t)(m + r) * (size_t)c->ldo + (size_t)n, f);
+            vst1q_f32(o, f);
         }
     } else {
-        for (r = 0; r < rows; ++r) {
-            qc_store4_s8((int8_t *)c->out + (size_t)(m + r) * (size_t)c->ldo + (size_t)n,
-                         qc_ep_q8_vec4(ep, vld1q_s32(tile + r * ld), n));
+        const int32x4_t b = ep->bias ? vld1q_s32(ep->bias + n) : vdupq_n_s32(0);
+        const int32x4_t mu = ep->per_channel ? vld1q_s32(ep->mult + n) : vdupq_n_s32(ep->mult[0]);
+        const int32x4_t sh = ep->per_channel ? vld1q_s32(ep->shift + n) : vdupq_n_s32(ep->shift[0]);
+        const int32x4_t zp = vdupq_n_s32(ep->out_zp), lo = vdupq_n_s32(ep->qmin);
+        const int32x4_t hi = vdupq_n_s32(ep->qmax);
+        int8_t *o = (int8_t *)c->out + (size_t)m * ldo + (size_t)n;
+        for (r = 0; r < rows; ++r, o += ldo) {
+            int32x4_t v = qc_mbqm4(vaddq_s32(vld1q_s32(tile + r * ld), b), mu, sh);
+            qc_store4_s8(o, vminq_s32(vmaxq_s32(vaddq_s32(v, zp), lo), hi));
         }
     }
 }
