@@ -195,7 +195,7 @@ def emit(low: Lowered, out_dir: Path, prefix: str, arena: int, *, incbin: bool |
     blob = layout_weights(low.weights)
     if incbin is None:
         incbin = len(blob) > INCBIN_THRESHOLD
-    uses_kernels = any(c.fn not in ops_functions() for c in low.calls if not c.text)
+    uses_kernels = any(c.fn not in ops_functions() for c in low.calls if c.fn)
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if uses_kernels else [])
     files = {f"{prefix}.h": model_h(low, prefix, arena, len(blob)),
              f"{prefix}.c": model_c(low, prefix, headers),

@@ -3,9 +3,11 @@
 Units (recognized on the graph before the walk, like onnxruntime's QDQ node units):
 
     DQ(x int8, per-tensor) -> MatMul <- DQ(w int8 const, per-tensor or per output column, zp 0)
-        qc_gemm_s8 on the int8 activation and the packed weight, then qc_dequant_acc_f32 with
+        qc_gemm_s8_f32 on the int8 activation and the packed weight, its fused epilogue adding
         bias[n] = -zp_x * sum_k w[k][n] (the activation zero point folded into an int32 bias)
-        and scale[n] = s_x * s_w[n]. The DQ ops are not computed when nothing else reads them.
+        and scaling by scale[n] = s_x * s_w[n] (+ Gemm's C); with an int8 output Q,
+        qc_gemm_s8_q8 requantizes instead. No int32 matrix is written. The DQ ops are not
+        computed when nothing else reads them.
     MatMul(x f16, w f16 const) -> qc_matmul_f16 (the outlier half of split-outliers).
 
 Standalone QuantizeLinear / DequantizeLinear: per tensor through qc_quantize_* / qc_dequantize_*;
@@ -22,7 +24,7 @@ from qc.ir import DType, Op, Value
 from qc.quant.units import Unit, node_unit
 
 from .lower_ops import batch_offsets, binary, conv_geometry, copy_nd
-from .lowering import Lowering, Ptr, Raw, handler, unsupported
+from .lowering import Call, Lowering, Ptr, Raw, handler, node_name, unsupported
 
 _INT8 = (DType.i8, DType.u8)
 
@@ -214,27 +216,34 @@ def _lower_matmul_nbits(lw: Lowering, op: Op) -> None:
         binary(lw, op, "QC_ADD", y, lw.buf(bias), y, DType.f32)
 
 
-def _epilogue(lw: Lowering, op: Op, M: int, N: int, acc, bias: np.ndarray, scale: np.ndarray, q: Op | None,
-              out, out_elems: int = 0, fbias=None) -> None:
-    """int32 accumulators -> float (qc_dequant_acc_f32) or, with an output Q, int8 (qc_requant_s8)."""
+def _gemm_s8(lw: Lowering, op: Op, M: int, N: int, K: int, a: Ptr, packed, bias: np.ndarray, scale: np.ndarray,
+             q: Op | None, out: Ptr, fbias=None) -> None:
+    """One fused int8 GEMM: qc_gemm_s8_f32 (acc + bias) * scale (+ fbias), or with an output Q,
+    qc_gemm_s8_q8 (requantized with TFLite rounding). The epilogue is a C99 compound literal
+    (designated initializers: fields added to struct qc_epilogue later default to off)."""
     per_channel = int(scale.size > 1)
-    if q is None:
-        lw.call(op, "qc_dequant_acc_f32", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(scale)), per_channel,
-                                           Ptr(fbias) if fbias is not None else Raw("NULL"),
-                                           Ptr(out, out_elems, const=False)],
-                "dequant acc f32" + (" per-channel" if per_channel else ""))
-        return
-    from .packing import quantize_multiplier
+    pc = " per-channel" if per_channel else ""
+    if q is None:   # the kernel label stays "gemm s8 (variant)": the dequantization is inside
+        fields = {"bias": Ptr(lw.weight(bias)), "per_channel": per_channel, "scale": Ptr(lw.weight(scale)),
+                  "fbias": Ptr(fbias) if fbias is not None else Raw("NULL")}
+        fn, kernel = "qc_gemm_s8_f32", f"gemm s8 ({lw.variant})"
+    else:
+        from .packing import quantize_multiplier
 
-    sy, zy, _ = _qparams(q)
-    real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
-    ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
-    mult = np.array([m for m, _ in ms], np.int32)
-    shift = np.array([s for _, s in ms], np.int32)
-    z = 0 if zy is None else int(zy.reshape(-1)[0])
-    lw.call(op, "qc_requant_s8", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(mult)), Ptr(lw.weight(shift)),
-                                  per_channel, z, -128, 127, Ptr(out, out_elems, const=False)],
-            "requant s8" + (" per-channel" if per_channel else ""))
+        sy, zy, _ = _qparams(q)
+        real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
+        ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
+        fields = {"bias": Ptr(lw.weight(bias)), "per_channel": per_channel,
+                  "mult": Ptr(lw.weight(np.array([m for m, _ in ms], np.int32))),
+                  "shift": Ptr(lw.weight(np.array([s for _, s in ms], np.int32))),
+                  "out_zp": 0 if zy is None else int(zy.reshape(-1)[0]), "qmin": -128, "qmax": 127}
+        fn, kernel = "qc_gemm_s8_q8", f"gemm s8 requant{pc} ({lw.variant})"
+    args = [M, N, K, a, K, Ptr(packed), *fields.values(), out, N]
+    ep = ", ".join(f".{name} = {{{6 + i}}}" for i, name in enumerate(fields))
+    text = (f"{fn}({{0}}, {{1}}, {{2}}, {{3}}, {{4}}, {{5}}, &(const struct qc_epilogue){{{{{ep}}}}}, "
+            f"{{{6 + len(fields)}}}, {{{7 + len(fields)}}});")
+    lw.calls.append(Call(fn, args, f"{node_name(op)} ({op.op_type})", kernel, text=text))
+    lw.kernels[kernel] = lw.kernels.get(kernel, 0) + 1
 
 
 def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
@@ -246,22 +255,19 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
     M = math.prod(lw.shape(xq)[:-1])
     y = lw.out(q if q is not None else op)
     packed = lw.weight(np.frombuffer(pack_s8(np.ascontiguousarray(w), lw.variant), np.int8))
-    acc = lw.scratch(DType.i32, M * N)
     bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
     fb = _bias_value(lw, op, 2) if op.op_type == "Gemm" else None
     if fb is not None and q is not None:
         raise unsupported(op, "a Gemm bias before an output QuantizeLinear")
-    lw.call(op, "qc_gemm_s8", [M, N, K, Ptr(lw.buf(xq)), Ptr(packed), Ptr(acc, const=False)],
-            f"gemm s8 ({lw.variant})")
-    _epilogue(lw, op, M, N, acc, bias, scale, q, y,
-              fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
+    _gemm_s8(lw, op, M, N, K, Ptr(lw.buf(xq)), packed, bias, scale, q, Ptr(y, const=False),
+             fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
 
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
                    ws: np.ndarray, q: Op | None) -> None:
-    """Per image and group: im2col (padding with the zero point), qc_gemm_s8, dequantize into a
-    pixels x channels scratch, then a transpose into the NCHW output."""
+    """Per image and group: im2col (padding with the zero point), qc_gemm_s8_f32 (dequantized
+    in its epilogue) into a pixels x channels scratch, then a transpose into the NCHW output."""
     from .packing import pack_s8
 
     xq = dqa.operands[0]
@@ -277,7 +283,6 @@ def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
     fb = _bias_value(lw, op, 2)
     cols = lw.scratch(DType.i8, M * K)
-    acc = lw.scratch(DType.i32, M * ocg)
     tmp = lw.scratch(DType.f32, M * ocg)
     for g in range(group):
         wg = np.ascontiguousarray(w2[g * ocg:(g + 1) * ocg].T)  # K x ocg
@@ -289,9 +294,7 @@ def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w
         for n in range(N):
             lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, s[0], s[1], p[0], p[1], d[0], d[1], OH, OW, g * icg, icg,
                                          Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)], "im2col s8")
-            lw.call(op, "qc_gemm_s8", [M, ocg, K, Ptr(cols), Ptr(packed), Ptr(acc, const=False)],
-                    f"gemm s8 ({lw.variant})")
-            _epilogue(lw, op, M, ocg, acc, bias, sg, None, tmp, fbias=fbg)
+            _gemm_s8(lw, op, M, ocg, K, Ptr(cols), packed, bias, sg, None, Ptr(tmp, const=False), fbias=fbg)
             tmp.shape = (M, ocg)
             copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
 
