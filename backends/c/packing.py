@@ -56,10 +56,12 @@ def packed_size_s8(K: int, N: int, variant: str) -> int:
         return _round_up(N, 4 if variant == "dotprod" else 1) * _round_up(K, 16)
     if variant == "i8mm":
         return _round_up(N, 2) * _round_up(K, 16)
+    if variant == "mve":
+        return _round_up(N, 4) * K
     return K * N
 
 
-PANEL = {"dotprod": 16, "i8mm": 16}
+PANEL = {"dotprod": 16, "i8mm": 16, "mve": 4}
 
 
 def panel_width(variant: str) -> int:
@@ -92,7 +94,8 @@ def _panels(wt: np.ndarray, group: int, per: int) -> bytes:
 def pack_s8(w: np.ndarray, variant: str) -> bytes:
     """Pack an int8 K x N weight matrix for qc_gemm_s8 compiled as *variant*.
 
-    portable/dsp/mve: W transposed (N rows of K bytes). neon: the same with each row
+    portable/dsp: W transposed (N rows of K bytes). mve: N padded to 4; per group of 4
+    columns, each block of 16 k as the 4 columns' 16 bytes in turn, then each column's K tail. neon: the same with each row
     zero-padded to Kp = roundup(K, 16). dotprod: N padded to 4, panels of 16 columns (the last
     4, 8 or 12 wide); per k-quad q, the panel's 4-column groups side by side, each 16 bytes with
     byte 4j + i = W[4q + i][4g + j] (the lane-indexed SDOT operand). i8mm: N padded to 2, K to
@@ -111,6 +114,13 @@ def pack_s8(w: np.ndarray, variant: str) -> bytes:
         pad = np.zeros((_round_up(N, group), _round_up(K, 16)), np.int8)
         pad[:N, :K] = wt
         data = pad.tobytes() if variant == "neon" else _panels(pad, group, 4 if variant == "dotprod" else 8)
+    elif variant == "mve":
+        pad = np.zeros((_round_up(N, 4), K), np.int8)
+        pad[:N] = wt
+        full = K // 16 * 16
+        groups = pad.reshape(-1, 4, K)
+        body = groups[:, :, :full].reshape(len(groups), 4, full // 16, 16).transpose(0, 2, 1, 3).reshape(len(groups), -1)
+        data = np.concatenate([body, groups[:, :, full:].reshape(len(groups), -1)], axis=1).tobytes()
     else:
         data = wt.tobytes()
     assert len(data) == packed_size_s8(K, N, variant)

@@ -28,6 +28,8 @@ int qc_gemm_s8_panel(void)
 {
 #if defined(QC_KERNEL_I8MM) || defined(QC_KERNEL_DOTPROD)
     return 16;
+#elif defined(QC_KERNEL_MVE)
+    return 4;
 #else
     return 1;
 #endif
