@@ -23,8 +23,11 @@ import numpy as np
 from qc.ir import DType, Op, Value
 from qc.quant.units import Unit, node_unit
 
-from .lower_ops import batch_offsets, binary, conv_geometry, copy_nd
-from .lowering import Call, Lowering, Ptr, Raw, handler, node_name, unsupported
+from .lower_conv_s8 import lower_conv_s8
+from .lower_conv_s8 import output_q as conv_output_q
+from .lower_gemm_s8 import gemm_s8
+from .lower_ops import batch_offsets, binary
+from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
 _INT8 = (DType.i8, DType.u8)
 
@@ -111,7 +114,7 @@ def _find_unit(lw: Lowering, op: Op):
         bias = u.bias
         if bias is not None and bias.const is None and _producer(bias, "DequantizeLinear") is None:
             return None
-        return ("conv",) + unit + (None,)
+        return ("conv",) + unit + (conv_output_q(lw, op),)
     return None
 
 
@@ -218,32 +221,18 @@ def _lower_matmul_nbits(lw: Lowering, op: Op) -> None:
 
 def _gemm_s8(lw: Lowering, op: Op, M: int, N: int, K: int, a: Ptr, packed, bias: np.ndarray, scale: np.ndarray,
              q: Op | None, out: Ptr, fbias=None) -> None:
-    """One fused int8 GEMM: qc_gemm_s8_f32 (acc + bias) * scale (+ fbias), or with an output Q,
-    qc_gemm_s8_q8 (requantized with TFLite rounding). The epilogue is a C99 compound literal
-    (designated initializers: fields added to struct qc_epilogue later default to off)."""
-    per_channel = int(scale.size > 1)
-    pc = " per-channel" if per_channel else ""
-    if q is None:   # the kernel label stays "gemm s8 (variant)": the dequantization is inside
-        fields = {"bias": Ptr(lw.weight(bias)), "per_channel": per_channel, "scale": Ptr(lw.weight(scale)),
-                  "fbias": Ptr(fbias) if fbias is not None else Raw("NULL")}
-        fn, kernel = "qc_gemm_s8_f32", f"gemm s8 ({lw.variant})"
-    else:
-        from .packing import quantize_multiplier
+    """The fused GEMM of a MatMul / Gemm unit: qc_gemm_s8_f32 (dequantized in its epilogue) or,
+    with an int8 output Q, qc_gemm_s8_q8 (TFLite requantization)."""
+    if q is None:
+        gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, scale=scale, fbias=fbias)
+        return
+    from .packing import quantize_multiplier
 
-        sy, zy, _ = _qparams(q)
-        real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
-        ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
-        fields = {"bias": Ptr(lw.weight(bias)), "per_channel": per_channel,
-                  "mult": Ptr(lw.weight(np.array([m for m, _ in ms], np.int32))),
-                  "shift": Ptr(lw.weight(np.array([s for _, s in ms], np.int32))),
-                  "out_zp": 0 if zy is None else int(zy.reshape(-1)[0]), "qmin": -128, "qmax": 127}
-        fn, kernel = "qc_gemm_s8_q8", f"gemm s8 requant{pc} ({lw.variant})"
-    args = [M, N, K, a, K, Ptr(packed), *fields.values(), out, N]
-    ep = ", ".join(f".{name} = {{{6 + i}}}" for i, name in enumerate(fields))
-    text = (f"{fn}({{0}}, {{1}}, {{2}}, {{3}}, {{4}}, {{5}}, &(const struct qc_epilogue){{{{{ep}}}}}, "
-            f"{{{6 + len(fields)}}}, {{{7 + len(fields)}}});")
-    lw.calls.append(Call(fn, args, f"{node_name(op)} ({op.op_type})", kernel, text=text))
-    lw.kernels[kernel] = lw.kernels.get(kernel, 0) + 1
+    sy, zy, _ = _qparams(q)
+    real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
+    ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
+    gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, mult=np.array([m for m, _ in ms], np.int32),
+            shift=np.array([s for _, s in ms], np.int32), out_zp=0 if zy is None else int(zy.reshape(-1)[0]))
 
 
 def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
@@ -266,37 +255,8 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
                    ws: np.ndarray, q: Op | None) -> None:
-    """Per image and group: im2col (padding with the zero point), qc_gemm_s8_f32 (dequantized
-    in its epilogue) into a pixels x channels scratch, then a transpose into the NCHW output."""
-    from .packing import pack_s8
-
-    xq = dqa.operands[0]
-    y = lw.out(op)
-    xshape = lw.shape(xq)
-    OC = w.shape[0]
-    N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, xshape, w.shape[2:], y.shape)
-    group = op.attr("group", 1)
-    icg, ocg = C // group, OC // group
-    K, M = icg * KH * KW, OH * OW
-    w2 = w.reshape(OC, K)
-    scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
-    scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
-    fb = _bias_value(lw, op, 2)
-    cols = lw.scratch(DType.i8, M * K)
-    tmp = lw.scratch(DType.f32, M * ocg)
-    for g in range(group):
-        wg = np.ascontiguousarray(w2[g * ocg:(g + 1) * ocg].T)  # K x ocg
-        packed = lw.weight(np.frombuffer(pack_s8(wg, lw.variant), np.int8))
-        bias = (-zx * wg.astype(np.int64).sum(axis=0)).astype(np.int32)
-        sg = scale[g * ocg:(g + 1) * ocg] if scale.size > 1 else scale
-        fbg = lw.weight(np.ascontiguousarray(fb.reshape(-1)[g * ocg:(g + 1) * ocg]).astype(np.float32)) \
-            if fb is not None else None
-        for n in range(N):
-            lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, s[0], s[1], p[0], p[1], d[0], d[1], OH, OW, g * icg, icg,
-                                         Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)], "im2col s8")
-            _gemm_s8(lw, op, M, ocg, K, Ptr(cols), packed, bias, sg, None, Ptr(tmp, const=False), fbias=fbg)
-            tmp.shape = (M, ocg)
-            copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
+    """The Conv unit: lower_conv_s8 (depthwise, im2col + qc_gemm_s8, int8 or float output)."""
+    lower_conv_s8(lw, op, dqa, dqb, sx, zx, w, ws, q, _bias_value(lw, op, 2))
 
 
 def _dequantized(lw: Lowering, dq: Op | None) -> np.ndarray:

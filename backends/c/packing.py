@@ -113,14 +113,16 @@ def pack_s8(w: np.ndarray, variant: str) -> bytes:
         group = {"neon": 1, "dotprod": 4, "i8mm": 2}[variant]
         pad = np.zeros((_round_up(N, group), _round_up(K, 16)), np.int8)
         pad[:N, :K] = wt
-        data = pad.tobytes() if variant == "neon" else _panels(pad, group, 4 if variant == "dotprod" else 8)
+        per = 4 if variant == "dotprod" else 8
+        data = pad.tobytes() if variant == "neon" else _panels(pad, group, per)
     elif variant == "mve":
         pad = np.zeros((_round_up(N, 4), K), np.int8)
         pad[:N] = wt
         full = K // 16 * 16
         groups = pad.reshape(-1, 4, K)
-        body = groups[:, :, :full].reshape(len(groups), 4, full // 16, 16).transpose(0, 2, 1, 3).reshape(len(groups), -1)
-        data = np.concatenate([body, groups[:, :, full:].reshape(len(groups), -1)], axis=1).tobytes()
+        g = len(groups)
+        body = groups[:, :, :full].reshape(g, 4, full // 16, 16).transpose(0, 2, 1, 3).reshape(g, -1)
+        data = np.concatenate([body, groups[:, :, full:].reshape(g, -1)], axis=1).tobytes()
     else:
         data = wt.tobytes()
     assert len(data) == packed_size_s8(K, N, variant)

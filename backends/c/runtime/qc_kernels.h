@@ -124,6 +124,39 @@ void qc_im2col_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_
                   int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
                   const int8_t *x, int8_t pad_value, int8_t *cols);
 
+/* ---- int8 depthwise convolution (qc_conv_s8.c; backends/c/lower_conv_s8.py) ---- */
+
+/* Row stride of the zero-point-padded plane the depthwise kernel builds in its scratch. */
+#define QC_DW_STRIDE(pw) ((((pw) + 15) & ~15) + 16)
+
+/* Bytes of scratch qc_conv_dw_s8_q8 / _f32 need: one padded plane (PH rows of
+   QC_DW_STRIDE(PW), PH = (OH-1)*stride_h + (KH-1)*dil_h + 1, PW likewise) + 16 + OH*OW int32. */
+size_t qc_conv_dw_s8_scratch(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH,
+                             int OW);
+
+/* Depthwise conv of one NCHW image x (C x H x W, int8): group = C, weights w C x KH x KW (ONNX
+   layout), padding with pad_value (the input zero point, so padding is a real 0):
+   acc[c][oh][ow] = bias[c] + sum_{kh,kw} w[c][kh][kw] * x[c][oh*stride_h - pad_top + kh*dil_h]
+   [ow*stride_w - pad_left + kw*dil_w] in exact int32 (bias NULL = 0; fold -zx * sum w[c] into it).
+   _q8: y[c] = qc_requant_s8 of acc[c] with mult[c], shift[c], out_zp, clamp [qmin, qmax] (a ReLU
+   or ReLU6 before the output Q folds into the clamp). _f32: y = (float)acc * scale[per_channel ?
+   c : 0] (+ fbias[c] if fbias). y is C x OH x OW. scratch: qc_conv_dw_s8_scratch bytes,
+   16-byte aligned. Every variant is bit-exact with the portable one. */
+void qc_conv_dw_s8_q8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                      int pad_left, int dil_h, int dil_w, int OH, int OW, const int8_t *x,
+                      int8_t pad_value, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                      const int32_t *shift, int32_t out_zp, int32_t qmin, int32_t qmax,
+                      int8_t *scratch, int8_t *y);
+void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                       int pad_left, int dil_h, int dil_w, int OH, int OW, const int8_t *x,
+                       int8_t pad_value, const int8_t *w, const int32_t *bias, const float *scale,
+                       int per_channel, const float *fbias, int8_t *scratch, float *y);
+
+/* y[j][i] = x[i][j]: an R x Cn int8 matrix (row stride ldx) into Cn x R (row stride ldy); NEON
+   8 x 8 blocks on aarch64. The int8 Conv path's im2col of a 1x1 stride-1 unpadded conv and its
+   pixels x channels -> NCHW output. */
+void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,293 @@
+/* Depthwise int8 convolution (group == channels, one filter per channel) of one NCHW image,
+   a direct per-channel convolution with int32 accumulation and a requantizing (int8) or
+   dequantizing (float32) epilogue. Contract in qc_kernels.h; docs/c-kernels.md.
+
+   Per channel: the plane is copied once into `scratch` with the padding filled by the input
+   zero point (so no border tests in the inner loops), then
+     acc[oh][ow] = bias[c] + sum_{kh,kw} w[c][kh][kw] * xp[oh*sh + kh*dh][ow*sw + kw*dw]
+   exactly in int32, then qc_requant_s8 (TFLite rounding) or (float)acc * scale[c] + fbias[c].
+   Variants (bit-exact with the portable loops: integer sums are exact):
+   - QC_KERNEL_DOTPROD / QC_KERNEL_I8MM (SDOT): for each kernel row and each group of 4 kernel
+     columns, one TBL gathers the 4 taps of 4 neighbouring outputs from one 16-byte load into
+     the 4 int32 lanes' byte quads, one SDOT adds them times the packed taps (zero past KW).
+     Needs 3*sw + 3*dw <= 15; else the NEON path.
+   - QC_KERNEL_NEON: 8 outputs at a time, SMULL by the broadcast tap into int16 (exact) and
+     SADDW into int32.
+   - otherwise (and for the last OW % 4 or % 8 outputs of a row) portable C. */
+#include <string.h>
+#include "qc_kernels.h"
+
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+#include <arm_neon.h>
+#endif
+#if (defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)) && defined(__ARM_FEATURE_DOTPROD)
+#define QC_DW_SDOT 1
+#endif
+
+/* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
+   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW). */
+static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int pad_left, int PH,
+                            int PW, int8_t pad_value, int8_t *xp)
+{
+    const size_t ps = (size_t)QC_DW_STRIDE(PW);
+    int r;
+    for (r = 0; r < PH; ++r) {
+        int8_t *dst = xp + (size_t)r * ps;
+        const int ih = r - pad_top;
+        if (ih < 0 || ih >= H) {
+            memset(dst, (unsigned char)pad_value, ps);
+            continue;
+        }
+        {
+            const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
+            const int src0 = lo - pad_left;    /* first image column copied */
+            int n = W - src0;
+            if (n > (int)ps - lo) {
+                n = (int)ps - lo;
+            }
+            if (n < 0) {
+                n = 0;
+            }
+            memset(dst, (unsigned char)pad_value, (size_t)lo);
+            memcpy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
+            memset(dst + lo + n, (unsigned char)pad_value, ps - (size_t)lo - (size_t)n);
+        }
+    }
+}
+
+static void qc_dw_row_scalar(const int8_t *xp, size_t ps, const int8_t *w, int KH, int KW, int sw,
+                             int dh, int dw, int ow0, int OW, int32_t b, int32_t *acc)
+{
+    int ow, kh, kw;
+    for (ow = ow0; ow < OW; ++ow) {
+        int32_t s = b;
+        for (kh = 0; kh < KH; ++kh) {
+            const int8_t *row = xp + (size_t)kh * dh * ps + (size_t)ow * sw;
+            for (kw = 0; kw < KW; ++kw) {
+                s += (int32_t)w[kh * KW + kw] * (int32_t)row[kw * dw];
+            }
+        }
+        acc[ow] = s;
+    }
+}
+
+#if defined(QC_DW_SDOT)
+/* One output row (row pointer xp at the first input row of the window). wq: KH x nq int8x16,
+   the taps kw = 4q .. 4q+3 of row kh repeated in the 4 lanes (zero past KW); idx[q]: the TBL
+   indices, lane j byte t = j*sw + t*dw (+ 4q*dw folded into the load address). */
+static int qc_dw_row_sdot(const int8_t *xp, size_t ps, const int8x16_t *wq, const uint8x16_t *idx,
+                          int KH, int nq, int sw, int dh, int dw, int OW, int32_t b, int32_t *acc)
+{
+    int ow, kh, q;
+    const int32x4_t b4 = vdupq_n_s32(b);
+    for (ow = 0; ow + 4 <= OW; ow += 4) {
+        int32x4_t s = b4;
+        for (kh = 0; kh < KH; ++kh) {
+            const int8_t *row = xp + (size_t)kh * dh * ps + (size_t)ow * sw;
+            for (q = 0; q < nq; ++q) {
+                const int8x16_t v = vld1q_s8(row + 4 * q * dw);
+                s = vdotq_s32(s, vqtbl1q_s8(v, idx[q]), wq[kh * nq + q]);
+            }
+        }
+        vst1q_s32(acc + ow, s);
+    }
+    return ow;
+}
+#elif defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+static int qc_dw_row_neon(const int8_t *xp, size_t ps, const int8_t *w, int KH, int KW, int sw,
+                          int dh, int dw, int OW, int32_t b, int32_t *acc)
+{
+    int ow, kh, kw, j;
+    for (ow = 0; ow + 8 <= OW; ow += 8) {
+        int32x4_t lo = vdupq_n_s32(b), hi = lo;
+        for (kh = 0; kh < KH; ++kh) {
+            const int8_t *row = xp + (size_t)kh * dh * ps + (size_t)ow * sw;
+            for (kw = 0; kw < KW; ++kw) {
+                const int8_t *p = row + kw * dw;
+                int8x8_t v;
+                int16x8_t prod;
+                if (sw == 1) {
+                    v = vld1_s8(p);
+                } else if (sw == 2) {
+                    v = vld2_s8(p).val[0];
+                } else {
+                    int8_t t[8];
+                    for (j = 0; j < 8; ++j) {
+                        t[j] = p[j * sw];
+                    }
+                    v = vld1_s8(t);
+                }
+                prod = vmull_s8(v, vdup_n_s8(w[kh * KW + kw]));
+                lo = vaddw_s16(lo, vget_low_s16(prod));
+                hi = vaddw_high_s16(hi, prod);
+            }
+        }
+        vst1q_s32(acc + ow, lo);
+        vst1q_s32(acc + ow + 4, hi);
+    }
+    return ow;
+}
+#endif
+
+/* int32 accumulators of channel c's output plane into acc (OH*OW). */
+static void qc_dw_channel(int H, int W, int KH, int KW, int sh, int sw, int pad_top, int pad_left,
+                          int dh, int dw, int OH, int OW, const int8_t *plane, int8_t pad_value,
+                          const int8_t *w, int32_t b, int8_t *xp, int32_t *acc)
+{
+    const int PH = (OH - 1) * sh + (KH - 1) * dh + 1;
+    const int PW = (OW - 1) * sw + (KW - 1) * dw + 1;
+    const size_t ps = (size_t)QC_DW_STRIDE(PW);
+    int oh;
+#if defined(QC_DW_SDOT)
+    const int nq = (KW + 3) / 4;
+    const int sdot = 3 * sw + 3 * dw <= 15 && nq <= 4 && KH <= 16;
+    int8x16_t wq[64];
+    uint8x16_t idx[4];
+    if (sdot) {
+        int kh, q, j, t;
+        for (q = 0; q < nq; ++q) {
+            uint8_t ix[16];
+            for (j = 0; j < 4; ++j) {
+                for (t = 0; t < 4; ++t) {
+                    ix[4 * j + t] = (uint8_t)(j * sw + t * dw);
+                }
+            }
+            idx[q] = vld1q_u8(ix);
+            for (kh = 0; kh < KH; ++kh) {
+                int8_t tw[16];
+                for (j = 0; j < 4; ++j) {
+                    for (t = 0; t < 4; ++t) {
+                        const int kw = 4 * q + t;
+                        tw[4 * j + t] = kw < KW ? w[kh * KW + kw] : 0;
+                    }
+                }
+                wq[kh * nq + q] = vld1q_s8(tw);
+            }
+        }
+    }
+#endif
+    qc_dw_pad_plane(plane, H, W, pad_top, pad_left, PH, PW, pad_value, xp);
+    for (oh = 0; oh < OH; ++oh) {
+        const int8_t *row = xp + (size_t)oh * sh * ps;
+        int32_t *a = acc + (size_t)oh * OW;
+        int ow0 = 0;
+#if defined(QC_DW_SDOT)
+        if (sdot) {
+            ow0 = qc_dw_row_sdot(row, ps, wq, idx, KH, nq, sw, dh, dw, OW, b, a);
+        } else {
+            ow0 = 0;
+        }
+#elif defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+        ow0 = qc_dw_row_neon(row, ps, w, KH, KW, sw, dh, dw, OW, b, a);
+#endif
+        qc_dw_row_scalar(row, ps, w, KH, KW, sw, dh, dw, ow0, OW, b, a);
+    }
+}
+
+size_t qc_conv_dw_s8_scratch(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH,
+                             int OW)
+{
+    const int PH = (OH - 1) * stride_h + (KH - 1) * dil_h + 1;
+    const int PW = (OW - 1) * stride_w + (KW - 1) * dil_w + 1;
+    return (size_t)PH * (size_t)QC_DW_STRIDE(PW) + (size_t)OH * OW * sizeof(int32_t) + 16u;
+}
+
+/* scratch: the padded plane, then (16-byte aligned) the int32 accumulators of one plane */
+static int32_t *qc_dw_acc_area(int8_t *scratch, int KH, int KW, int sh, int sw, int dh, int dw, int OH, int OW)
+{
+    const int PH = (OH - 1) * sh + (KH - 1) * dh + 1;
+    const int PW = (OW - 1) * sw + (KW - 1) * dw + 1;
+    size_t off = (size_t)PH * (size_t)QC_DW_STRIDE(PW);
+    off = (off + 15u) & ~(size_t)15u;
+    return (int32_t *)(void *)(scratch + off);
+}
+
+void qc_conv_dw_s8_q8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                      int pad_left, int dil_h, int dil_w, int OH, int OW, const int8_t *x,
+                      int8_t pad_value, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                      const int32_t *shift, int32_t out_zp, int32_t qmin, int32_t qmax,
+                      int8_t *scratch, int8_t *y)
+{
+    int32_t *acc = qc_dw_acc_area(scratch, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, OW);
+    const size_t plane = (size_t)H * W, oplane = (size_t)OH * OW;
+    int c;
+    for (c = 0; c < C; ++c) {
+        qc_dw_channel(H, W, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
+                      x + c * plane, pad_value, w + (size_t)c * KH * KW, bias ? bias[c] : 0, scratch, acc);
+        qc_requant_s8(1, (int)oplane, acc, NULL, mult + c, shift + c, 0, out_zp, qmin, qmax,
+                      y + c * oplane);
+    }
+}
+
+void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                       int pad_left, int dil_h, int dil_w, int OH, int OW, const int8_t *x,
+                       int8_t pad_value, const int8_t *w, const int32_t *bias, const float *scale,
+                       int per_channel, const float *fbias, int8_t *scratch, float *y)
+{
+    int32_t *acc = qc_dw_acc_area(scratch, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, OW);
+    const size_t plane = (size_t)H * W, oplane = (size_t)OH * OW;
+    size_t i;
+    int c;
+    for (c = 0; c < C; ++c) {
+        const float s = scale[per_channel ? c : 0];
+        const float fb = fbias ? fbias[c] : 0.0f;
+        float *dst = y + c * oplane;
+        qc_dw_channel(H, W, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
+                      x + c * plane, pad_value, w + (size_t)c * KH * KW, bias ? bias[c] : 0, scratch, acc);
+        for (i = 0; i < oplane; ++i) {
+            float v = (float)acc[i] * s;
+            if (fbias) {
+                v += fb;
+            }
+            dst[i] = v;
+        }
+    }
+}
+
+/* 8 x 8 int8 block transpose: TRN1/TRN2 on bytes, halfwords, words (24 instructions for 64 bytes). */
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+static void qc_transpose8x8_s8(const int8_t *x, int ldx, int8_t *y, int ldy)
+{
+    int8x8x2_t t0 = vtrn_s8(vld1_s8(x), vld1_s8(x + ldx));
+    int8x8x2_t t1 = vtrn_s8(vld1_s8(x + 2 * ldx), vld1_s8(x + 3 * ldx));
+    int8x8x2_t t2 = vtrn_s8(vld1_s8(x + 4 * ldx), vld1_s8(x + 5 * ldx));
+    int8x8x2_t t3 = vtrn_s8(vld1_s8(x + 6 * ldx), vld1_s8(x + 7 * ldx));
+    int16x4x2_t u0 = vtrn_s16(vreinterpret_s16_s8(t0.val[0]), vreinterpret_s16_s8(t1.val[0]));
+    int16x4x2_t u1 = vtrn_s16(vreinterpret_s16_s8(t0.val[1]), vreinterpret_s16_s8(t1.val[1]));
+    int16x4x2_t u2 = vtrn_s16(vreinterpret_s16_s8(t2.val[0]), vreinterpret_s16_s8(t3.val[0]));
+    int16x4x2_t u3 = vtrn_s16(vreinterpret_s16_s8(t2.val[1]), vreinterpret_s16_s8(t3.val[1]));
+    int32x2x2_t v0 = vtrn_s32(vreinterpret_s32_s16(u0.val[0]), vreinterpret_s32_s16(u2.val[0]));
+    int32x2x2_t v1 = vtrn_s32(vreinterpret_s32_s16(u1.val[0]), vreinterpret_s32_s16(u3.val[0]));
+    int32x2x2_t v2 = vtrn_s32(vreinterpret_s32_s16(u0.val[1]), vreinterpret_s32_s16(u2.val[1]));
+    int32x2x2_t v3 = vtrn_s32(vreinterpret_s32_s16(u1.val[1]), vreinterpret_s32_s16(u3.val[1]));
+    vst1_s8(y, vreinterpret_s8_s32(v0.val[0]));
+    vst1_s8(y + ldy, vreinterpret_s8_s32(v1.val[0]));
+    vst1_s8(y + 2 * ldy, vreinterpret_s8_s32(v2.val[0]));
+    vst1_s8(y + 3 * ldy, vreinterpret_s8_s32(v3.val[0]));
+    vst1_s8(y + 4 * ldy, vreinterpret_s8_s32(v0.val[1]));
+    vst1_s8(y + 5 * ldy, vreinterpret_s8_s32(v1.val[1]));
+    vst1_s8(y + 6 * ldy, vreinterpret_s8_s32(v2.val[1]));
+    vst1_s8(y + 7 * ldy, vreinterpret_s8_s32(v3.val[1]));
+}
+#endif
+
+void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy)
+{
+    int i0, j0, i, j;
+    for (i0 = 0; i0 < R; i0 += 8) {
+        for (j0 = 0; j0 < Cn; j0 += 8) {
+            const int ri = R - i0 < 8 ? R - i0 : 8, cj = Cn - j0 < 8 ? Cn - j0 : 8;
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+            if (ri == 8 && cj == 8) {
+                qc_transpose8x8_s8(x + (size_t)i0 * ldx + j0, ldx, y + (size_t)j0 * ldy + i0, ldy);
+                continue;
+            }
+#endif
+            for (j = 0; j < cj; ++j) {
+                for (i = 0; i < ri; ++i) {
+                    y[(size_t)(j0 + j) * ldy + i0 + i] = x[(size_t)(i0 + i) * ldx + j0 + j];
+                }
+            }
+        }
+    }
+}
