@@ -94,9 +94,9 @@ def _panels(wt: np.ndarray, group: int, per: int) -> bytes:
 def pack_s8(w: np.ndarray, variant: str) -> bytes:
     """Pack an int8 K x N weight matrix for qc_gemm_s8 compiled as *variant*.
 
-    portable/dsp: W transposed (N rows of K bytes). mve: N padded to 4; per group of 4
-    columns, each block of 16 k as the 4 columns' 16 bytes in turn, then each column's K tail. neon: the same with each row
-    zero-padded to Kp = roundup(K, 16). dotprod: N padded to 4, panels of 16 columns (the last
+    portable/dsp: W transposed (N rows of K bytes). neon: the same with each row zero-padded
+    to Kp = roundup(K, 16). mve: N padded to 4; per group of 4 columns, each block of 16 k as
+    the 4 columns' 16 bytes in turn, then each column's K tail. dotprod: N padded to 4, panels of 16 columns (the last
     4, 8 or 12 wide); per k-quad q, the panel's 4-column groups side by side, each 16 bytes with
     byte 4j + i = W[4q + i][4g + j] (the lane-indexed SDOT operand). i8mm: N padded to 2, K to
     16, panels of 16 columns (8 pairs); per k-block b of 8, the panel's column pairs side by
