@@ -341,7 +341,7 @@ def test_light_cnn_w8a8_cortex_a76_under_qemu(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-3)
     assert got.argmax() == ref.argmax()
     kernels = (out / "model.c").read_text()
-    assert kernels.count("qc_gemm_s8_f32(") == 26 and "qc_conv2d_f32" not in kernels
+    assert kernels.count("qc_gemm_s8_f32(") + kernels.count("qc_gemm_s8_q8(") == 26 and "qc_conv2d_f32" not in kernels
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("QC_SLOW"), reason="SmolLM2 end to end: set QC_SLOW=1 (~3 min)")
