@@ -220,7 +220,11 @@ def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
     x = sample(name)
     (got,) = run_model(exe, report, {"x": x}, "aarch64", "cortex-a76", timeout=120)
     want = outputs(paths[name], x)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    # int8: Conv -> Relu -> Q is one requantizing GEMM (int32 fixed point, TFLite rounding: ties
+    # away from zero) where onnxruntime's reference rounds the float value half to even, so an
+    # activation code may differ by one step; the 10 outputs move by about 1e-3 of their range then
+    atol = (5e-3 if quant else 1e-5) * float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
 def test_relu_is_not_folded_when_the_zero_point_is_inside_the_range(files):
