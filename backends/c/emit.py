@@ -119,7 +119,7 @@ def render_calls(calls: list[Call], tables: IntTables, tasks: TaskWriter | None 
     for i, c in enumerate(calls):
         if c.block < 0:
             depth += c.block
-        if not c.text:
+        if c.fn:  # a kernel call (control-flow statements have no fn)
             out.append(f"{'    ' * (1 + depth)}QC_PROF({i});\n")
         out.append(render_call(c, tables, depth, tasks))
         if c.block > 0:
