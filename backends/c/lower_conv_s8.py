@@ -24,6 +24,7 @@ from .lower_ops import conv_geometry, copy_nd
 from .lowering import Lowering, Ptr, Raw
 
 _ACTS = ("Relu", "Clip")
+_SDOT_VARIANTS = ("dotprod", "i8mm")  # kernel variants whose targets have SDOT (qc_conv1x1_s8)
 
 
 def _const(v: Value | None) -> np.ndarray | None:
@@ -178,6 +179,9 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
     pointwise = KH == KW == 1 and (sh, sw, pt, pl, OH, OW) == (1, 1, 0, 0, H, W)
     w2 = w.reshape(OC, K)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
+    if pointwise and lw.variant in _SDOT_VARIANTS:
+        _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M)
+        return
     cols = lw.scratch(DType.i8, M * K)
     acc = lw.scratch(DType.i32, M * ocg)
     tmp = lw.scratch(DType.i8 if q is not None else DType.f32, M * ocg)
@@ -218,3 +222,46 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
                 continue
             tmp.shape = (M, ocg)
             copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
+
+
+def pack_pointwise(w: np.ndarray) -> np.ndarray:
+    """An OC x K int8 weight in qc_conv1x1_s8's layout: [ceil(OC/4)][ceil(K/4)][4 oc][4 k], zero padded."""
+    oc, k = w.shape
+    ocp, kp = -(-oc // 4) * 4, -(-k // 4) * 4
+    padded = np.zeros((ocp, kp), np.int8)
+    padded[:oc, :k] = w
+    return np.ascontiguousarray(padded.reshape(ocp // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M) -> None:
+    """A 1x1 stride-1 unpadded conv on SDOT targets: qc_conv1x1_s8_q8 / _f32 per image and group,
+    straight from the NCHW planes (K x pixels) into the NCHW output; no im2col, no transposes."""
+    OC, K = w2.shape
+    ocg, icg = OC // group, K
+    C = icg * group
+    scratch = lw.scratch(DType.i8, 64 * (-(-icg // 4)))
+    if q is not None:
+        sy, zy = _int8_q(q)
+        mult, shift = _requant_params(scale, sy, OC)
+        qmin, qmax = _clamp(q, act)
+    per_channel = int(scale.size > 1)
+    for g in range(group):
+        sl = slice(g * ocg, (g + 1) * ocg)
+        wg = w2[sl]
+        wbuf = lw.weight(pack_pointwise(wg))
+        bbuf = lw.weight((ib[sl] - zx * wg.astype(np.int64).sum(axis=1)).astype(np.int32))
+        for n in range(N):
+            x_at = Ptr(lw.buf(xq), (n * C + g * icg) * M)
+            y_at = Ptr(y, (n * OC + g * ocg) * M, const=False)
+            if q is not None:
+                lw.call(op, "qc_conv1x1_s8_q8", [icg, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult[sl])),
+                                                 Ptr(lw.weight(shift[sl])), zy, qmin, qmax,
+                                                 Ptr(scratch, const=False), y_at],
+                        "conv 1x1 s8 -> s8" + (f" ({act.op_type.lower()})" if act is not None else ""))
+            else:
+                sc = lw.weight(np.ascontiguousarray(scale[sl]) if per_channel else scale)
+                fbg = lw.weight(np.ascontiguousarray(fb[sl])) if fb is not None else None
+                lw.call(op, "qc_conv1x1_s8_f32", [icg, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(sc), per_channel,
+                                                  Ptr(fbg) if fbg is not None else Raw("NULL"),
+                                                  Ptr(scratch, const=False), y_at],
+                        "conv 1x1 s8 -> f32")

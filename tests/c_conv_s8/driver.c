@@ -1,9 +1,11 @@
-/* Test driver for qc_conv_dw_s8_q8 / _f32 (tests/test_c_conv_s8.py): reads cases from argv[1]
+/* Test driver for qc_conv_dw_s8_q8 / _f32, qc_transpose_s8 and qc_conv1x1_s8_q8 / _f32 (tests/test_c_conv_s8.py): reads cases from argv[1]
    until EOF, writes each output to argv[2]. A case: 20 int32 (C H W KH KW sh sw pt pl dh dw OH
    OW zx mode out_zp qmin qmax per_channel has_fbias; mode 0 = int8 out, 1 = float out), then
    x (C*H*W int8), w (C*KH*KW int8), bias (C int32), and mult, shift (C int32 each) for mode 0 or
    scale (C or 1 float), fbias (C float, if has_fbias) for mode 1. Mode 2: qc_transpose_s8 of
-   an h[0] x h[1] int8 matrix with row stride h[2] (read h[0] * h[2] bytes). */
+   an h[0] x h[1] int8 matrix with row stride h[2] (read h[0] * h[2] bytes). Modes 3 / 4:
+   qc_conv1x1_s8_q8 / _f32 with K = h[0], P = h[1], OC = h[2] and h[15..19] as above: x (K*P
+   int8), the packed weights (ceil(OC/4)*ceil(K/4)*16 int8), bias (OC int32), then as mode 0 / 1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "qc_kernels.h"
@@ -31,6 +33,29 @@ int main(int argc, char **argv)
             qc_transpose_s8(h[0], h[1], x, h[2], y, h[0]);
             fwrite(y, 1, (size_t)h[0] * h[1], out);
             free(x); free(y);
+            continue;
+        }
+        if (h[14] == 3 || h[14] == 4) {   /* qc_conv1x1_s8_q8 / _f32: K = h[0], P = h[1], OC = h[2] */
+            const int K = h[0], P = h[1], OC = h[2];
+            const size_t nw = (size_t)((OC + 3) / 4) * ((K + 3) / 4) * 16, ny = (size_t)OC * P;
+            int8_t *x = read_n(in, (size_t)K * P), *wp = read_n(in, nw);
+            int32_t *bias = read_n(in, (size_t)OC * 4);
+            int8_t *scratch = malloc(qc_conv1x1_s8_scratch(K));
+            if (h[14] == 3) {
+                int32_t *mult = read_n(in, (size_t)OC * 4), *shift = read_n(in, (size_t)OC * 4);
+                int8_t *y = malloc(ny);
+                qc_conv1x1_s8_q8(K, P, OC, x, wp, bias, mult, shift, h[15], h[16], h[17], scratch, y);
+                fwrite(y, 1, ny, out);
+                free(mult); free(shift); free(y);
+            } else {
+                float *scale = read_n(in, (size_t)(h[18] ? OC : 1) * 4);
+                float *fbias = h[19] ? read_n(in, (size_t)OC * 4) : NULL;
+                float *y = malloc(ny * 4);
+                qc_conv1x1_s8_f32(K, P, OC, x, wp, bias, scale, h[18], fbias, scratch, y);
+                fwrite(y, 4, ny, out);
+                free(scale); free(fbias); free(y);
+            }
+            free(x); free(wp); free(bias); free(scratch);
             continue;
         }
         const int C = h[0], H = h[1], W = h[2], KH = h[3], KW = h[4], OH = h[11], OW = h[12];

@@ -26,6 +26,34 @@
 
 /* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
    (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW). */
+static void qc_dw_fill(int8_t *dst, size_t n, int8_t v)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int8x16_t d = vdupq_n_s8(v);
+    for (; n >= 16; n -= 16, dst += 16) {
+        vst1q_s8(dst, d);
+    }
+#endif
+    for (; n > 0; --n) {
+        *dst++ = v;
+    }
+}
+
+static void qc_dw_copy(int8_t *dst, const int8_t *src, size_t n)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    for (; n >= 16; n -= 16, dst += 16, src += 16) {
+        vst1q_s8(dst, vld1q_s8(src));
+    }
+#endif
+    for (; n > 0; --n) {
+        *dst++ = *src++;
+    }
+}
+
+/* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
+   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16:
+   each row is filled with the zero point in 16-byte stores, then the image row copied in). */
 static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int pad_left, int PH,
                             int PW, int8_t pad_value, int8_t *xp)
 {
@@ -34,23 +62,17 @@ static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int 
     for (r = 0; r < PH; ++r) {
         int8_t *dst = xp + (size_t)r * ps;
         const int ih = r - pad_top;
-        if (ih < 0 || ih >= H) {
-            memset(dst, (unsigned char)pad_value, ps);
-            continue;
-        }
-        {
+        qc_dw_fill(dst, ps, pad_value);
+        if (ih >= 0 && ih < H) {
             const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
             const int src0 = lo - pad_left;    /* first image column copied */
             int n = W - src0;
             if (n > (int)ps - lo) {
                 n = (int)ps - lo;
             }
-            if (n < 0) {
-                n = 0;
+            if (n > 0) {
+                qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
             }
-            memset(dst, (unsigned char)pad_value, (size_t)lo);
-            memcpy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
-            memset(dst + lo + n, (unsigned char)pad_value, ps - (size_t)lo - (size_t)n);
         }
     }
 }
@@ -184,6 +206,81 @@ static void qc_dw_channel(int H, int W, int KH, int KW, int sh, int sw, int pad_
     }
 }
 
+#if defined(QC_DW_SDOT)
+/* 3 x 3, dilation 1, stride 1 or 2, requantized in registers: per output row, 8 (then 4)
+   outputs take per kernel row one 16-byte load, one TBL and one SDOT per 4 outputs (the three
+   taps' rows held in registers), then the vector requantization of qc_requant_s8 (bit-exact:
+   the same SQRDMULH / fix-up / SRSHL steps, shift split into its left and right parts once per
+   channel) and one 8- (4-) byte store; the last OW % 4 outputs are scalar. */
+static inline int32x4_t qc_dw_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t left, int32x4_t right)
+{
+    x = vqrdmulhq_s32(vshlq_s32(x, left), mult);
+    return vrshlq_s32(vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31)), right);
+}
+
+static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left, int OH, int OW,
+                                const int8_t *plane, int8_t pad_value, const int8_t *w, int32_t b,
+                                int32_t mult, int32_t shift, int32_t out_zp, int32_t qmin, int32_t qmax,
+                                int8_t *xp, int8_t *y)
+{
+    const int PH = (OH - 1) * sw + 3, PW = (OW - 1) * sw + 3;
+    const size_t ps = (size_t)QC_DW_STRIDE(PW);
+    const int32x4_t b4 = vdupq_n_s32(b), m4 = vdupq_n_s32(mult), zp = vdupq_n_s32(out_zp);
+    const int32x4_t left = vdupq_n_s32(shift > 0 ? shift : 0), right = vdupq_n_s32(shift > 0 ? 0 : shift);
+    const int32x4_t lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    uint8_t ix[16];
+    uint8x16_t idx;
+    int8x16_t wk[3];
+    int j, t, oh;
+    for (j = 0; j < 4; ++j) {
+        for (t = 0; t < 4; ++t) {
+            ix[4 * j + t] = (uint8_t)(j * sw + t);
+        }
+    }
+    idx = vld1q_u8(ix);
+    for (j = 0; j < 3; ++j) {
+        const uint32_t q = (uint32_t)(uint8_t)w[3 * j] | (uint32_t)(uint8_t)w[3 * j + 1] << 8
+                           | (uint32_t)(uint8_t)w[3 * j + 2] << 16;
+        wk[j] = vreinterpretq_s8_u32(vdupq_n_u32(q));
+    }
+    qc_dw_pad_plane(plane, H, W, pad_top, pad_left, PH, PW, pad_value, xp);
+    for (oh = 0; oh < OH; ++oh) {
+        const int8_t *r0 = xp + (size_t)oh * sw * ps, *r1 = r0 + ps, *r2 = r1 + ps;
+        int8_t *dst = y + (size_t)oh * OW;
+        int ow = 0;
+        for (; ow + 8 <= OW; ow += 8) {
+            const size_t a = (size_t)ow * sw, c = a + 4u * (size_t)sw;
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk[0]);
+            int32x4_t s1 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + c), idx), wk[0]);
+            int16x8_t h;
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk[1]);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r1 + c), idx), wk[1]);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk[2]);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r2 + c), idx), wk[2]);
+            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
+            s1 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s1, m4, left, right), zp), lo), hi);
+            h = vcombine_s16(vmovn_s32(s0), vmovn_s32(s1));
+            vst1_s8(dst + ow, vmovn_s16(h));
+        }
+        for (; ow + 4 <= OW; ow += 4) {
+            const size_t a = (size_t)ow * sw;
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk[0]);
+            int8_t tmp[8];
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk[1]);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk[2]);
+            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
+            vst1_s8(tmp, vmovn_s16(vcombine_s16(vmovn_s32(s0), vmovn_s32(s0))));
+            memcpy(dst + ow, tmp, 4);
+        }
+        if (ow < OW) {
+            int32_t acc[4];
+            qc_dw_row_scalar(r0 + (size_t)ow * sw, ps, w, 3, 3, sw, 1, 1, 0, OW - ow, b, acc);
+            qc_requant_s8(1, OW - ow, acc, NULL, &mult, &shift, 0, out_zp, qmin, qmax, dst + ow);
+        }
+    }
+}
+#endif
+
 size_t qc_conv_dw_s8_scratch(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH,
                              int OW)
 {
@@ -212,6 +309,14 @@ void qc_conv_dw_s8_q8(int C, int H, int W, int KH, int KW, int stride_h, int str
     const size_t plane = (size_t)H * W, oplane = (size_t)OH * OW;
     int c;
     for (c = 0; c < C; ++c) {
+#if defined(QC_DW_SDOT)
+        if (KH == 3 && KW == 3 && dil_h == 1 && dil_w == 1 && stride_h == stride_w && stride_w <= 2) {
+            qc_dw3x3_channel_q8(H, W, stride_w, pad_top, pad_left, OH, OW, x + c * plane, pad_value,
+                                w + (size_t)c * 9, bias ? bias[c] : 0, mult[c], shift[c], out_zp, qmin, qmax,
+                                scratch, y + c * oplane);
+            continue;
+        }
+#endif
         qc_dw_channel(H, W, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
                       x + c * plane, pad_value, w + (size_t)c * KH * KW, bias ? bias[c] : 0, scratch, acc);
         qc_requant_s8(1, (int)oplane, acc, NULL, mult + c, shift + c, 0, out_zp, qmin, qmax,

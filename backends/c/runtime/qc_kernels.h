@@ -120,6 +120,19 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
    pixels x channels -> NCHW output. */
 void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy);
 
+/* Pointwise (1x1, stride 1, unpadded, group 1) conv of one NCHW image x (K x P int8, P = H*W)
+   (qc_conv_s8_1x1.c): acc[oc][p] = bias[oc] + sum_k w[oc][k] * x[k][p] in exact int32, w packed
+   as [ceil(OC/4)][ceil(K/4)][4 oc][4 k] (zero past OC and K). _q8: y[oc][p] = the requantization
+   of qc_requant_s8 with mult[oc], shift[oc], out_zp, clamp [qmin, qmax]; _f32: (float)acc *
+   scale[per_channel ? oc : 0] (+ fbias[oc]). y is OC x P (NCHW). scratch: qc_conv1x1_s8_scratch(K)
+   bytes. SDOT on dotprod / i8mm, else portable; bit-exact with the portable loops. */
+size_t qc_conv1x1_s8_scratch(int K);
+void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
+                      const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                      int32_t qmax, int8_t *scratch, int8_t *y);
+void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
+                       const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y);
+
 #ifdef __cplusplus
 }
 #endif
