@@ -179,8 +179,8 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
     pointwise = KH == KW == 1 and (sh, sw, pt, pl, OH, OW) == (1, 1, 0, 0, H, W)
     w2 = w.reshape(OC, K)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
-    if pointwise and lw.variant in _SDOT_VARIANTS:
-        _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M)
+    if lw.variant in _SDOT_VARIANTS:
+        _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, None if pointwise else geo)
         return
     cols = lw.scratch(DType.i8, M * K)
     acc = lw.scratch(DType.i32, M * ocg)
@@ -233,35 +233,50 @@ def pack_pointwise(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(ocp // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
-def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M) -> None:
-    """A 1x1 stride-1 unpadded conv on SDOT targets: qc_conv1x1_s8_q8 / _f32 per image and group,
-    straight from the NCHW planes (K x pixels) into the NCHW output; no im2col, no transposes."""
+def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, geo) -> None:
+    """SDOT targets: qc_conv1x1_s8_q8 / _f32 per image and group on the K x pixels matrix -- the
+    NCHW planes themselves for a 1x1 stride-1 unpadded conv, else qc_im2row_s8's rows (geo: the
+    conv geometry) -- straight into the NCHW output; no transposes, no int32 matrix in memory."""
     OC, K = w2.shape
-    ocg, icg = OC // group, K
+    ocg = OC // group
+    if geo is None:
+        icg = K
+    else:
+        C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
+        icg = K // (KH * KW)
+        rows = lw.scratch(DType.i8, K * M)
+        pad_bytes = ((OH - 1) * sh + (KH - 1) * dh + 1) * ((((OW - 1) * sw + (KW - 1) * dw + 1 + 15) & ~15) + 16) + 32
+        pad = lw.scratch(DType.i8, pad_bytes)  # qc_im2row_s8_pad_bytes
     C = icg * group
-    scratch = lw.scratch(DType.i8, 64 * (-(-icg // 4)))
+    scratch = lw.scratch(DType.i8, 64 * (-(-K // 4)))  # qc_conv1x1_s8_scratch
     if q is not None:
         sy, zy = _int8_q(q)
         mult, shift = _requant_params(scale, sy, OC)
         qmin, qmax = _clamp(q, act)
     per_channel = int(scale.size > 1)
+    plane = M if geo is None else H * W
     for g in range(group):
         sl = slice(g * ocg, (g + 1) * ocg)
         wg = w2[sl]
         wbuf = lw.weight(pack_pointwise(wg))
         bbuf = lw.weight((ib[sl] - zx * wg.astype(np.int64).sum(axis=1)).astype(np.int32))
         for n in range(N):
-            x_at = Ptr(lw.buf(xq), (n * C + g * icg) * M)
+            x_at = Ptr(lw.buf(xq), (n * C + g * icg) * plane)
+            if geo is not None:
+                lw.call(op, "qc_im2row_s8", [*geo, g * icg, icg, Ptr(lw.buf(xq), n * C * H * W), zx,
+                                             Ptr(pad, const=False), Ptr(rows, const=False)], "im2row s8")
+                x_at = Ptr(rows)
             y_at = Ptr(y, (n * OC + g * ocg) * M, const=False)
+            what = "conv 1x1" if geo is None else "conv im2row"
             if q is not None:
-                lw.call(op, "qc_conv1x1_s8_q8", [icg, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult[sl])),
+                lw.call(op, "qc_conv1x1_s8_q8", [K, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult[sl])),
                                                  Ptr(lw.weight(shift[sl])), zy, qmin, qmax,
                                                  Ptr(scratch, const=False), y_at],
-                        "conv 1x1 s8 -> s8" + (f" ({act.op_type.lower()})" if act is not None else ""))
+                        f"{what} s8 -> s8" + (f" ({act.op_type.lower()})" if act is not None else ""))
             else:
                 sc = lw.weight(np.ascontiguousarray(scale[sl]) if per_channel else scale)
                 fbg = lw.weight(np.ascontiguousarray(fb[sl])) if fb is not None else None
-                lw.call(op, "qc_conv1x1_s8_f32", [icg, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(sc), per_channel,
+                lw.call(op, "qc_conv1x1_s8_f32", [K, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(sc), per_channel,
                                                   Ptr(fbg) if fbg is not None else Raw("NULL"),
                                                   Ptr(scratch, const=False), y_at],
-                        "conv 1x1 s8 -> f32")
+                        f"{what} s8 -> f32")

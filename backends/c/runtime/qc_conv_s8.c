@@ -221,23 +221,15 @@ static inline int32x4_t qc_dw_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t left,
 static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left, int OH, int OW,
                                 const int8_t *plane, int8_t pad_value, const int8_t *w, int32_t b,
                                 int32_t mult, int32_t shift, int32_t out_zp, int32_t qmin, int32_t qmax,
-                                int8_t *xp, int8_t *y)
+                                uint8x16_t idx, int8_t *xp, int8_t *y)
 {
     const int PH = (OH - 1) * sw + 3, PW = (OW - 1) * sw + 3;
     const size_t ps = (size_t)QC_DW_STRIDE(PW);
     const int32x4_t b4 = vdupq_n_s32(b), m4 = vdupq_n_s32(mult), zp = vdupq_n_s32(out_zp);
     const int32x4_t left = vdupq_n_s32(shift > 0 ? shift : 0), right = vdupq_n_s32(shift > 0 ? 0 : shift);
     const int32x4_t lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
-    uint8_t ix[16];
-    uint8x16_t idx;
     int8x16_t wk[3];
-    int j, t, oh;
-    for (j = 0; j < 4; ++j) {
-        for (t = 0; t < 4; ++t) {
-            ix[4 * j + t] = (uint8_t)(j * sw + t);
-        }
-    }
-    idx = vld1q_u8(ix);
+    int j, oh;
     for (j = 0; j < 3; ++j) {
         const uint32_t q = (uint32_t)(uint8_t)w[3 * j] | (uint32_t)(uint8_t)w[3 * j + 1] << 8
                            | (uint32_t)(uint8_t)w[3 * j + 2] << 16;
@@ -308,15 +300,21 @@ void qc_conv_dw_s8_q8(int C, int H, int W, int KH, int KW, int stride_h, int str
     int32_t *acc = qc_dw_acc_area(scratch, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, OW);
     const size_t plane = (size_t)H * W, oplane = (size_t)OH * OW;
     int c;
-    for (c = 0; c < C; ++c) {
 #if defined(QC_DW_SDOT)
-        if (KH == 3 && KW == 3 && dil_h == 1 && dil_w == 1 && stride_h == stride_w && stride_w <= 2) {
+    if (KH == 3 && KW == 3 && dil_h == 1 && dil_w == 1 && stride_h == stride_w && stride_w <= 2) {
+        /* TBL indices: lane j's 4 bytes are the taps j*sw + t, t = 0..3 (t = 3 times a zero weight) */
+        static const uint8_t ix[2][16] = {{0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6},
+                                          {0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9}};
+        const uint8x16_t idx = vld1q_u8(ix[stride_w - 1]);
+        for (c = 0; c < C; ++c) {
             qc_dw3x3_channel_q8(H, W, stride_w, pad_top, pad_left, OH, OW, x + c * plane, pad_value,
                                 w + (size_t)c * 9, bias ? bias[c] : 0, mult[c], shift[c], out_zp, qmin, qmax,
-                                scratch, y + c * oplane);
-            continue;
+                                idx, scratch, y + c * oplane);
         }
+        return;
+    }
 #endif
+    for (c = 0; c < C; ++c) {
         qc_dw_channel(H, W, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
                       x + c * plane, pad_value, w + (size_t)c * KH * KW, bias ? bias[c] : 0, scratch, acc);
         qc_requant_s8(1, (int)oplane, acc, NULL, mult + c, shift + c, 0, out_zp, qmin, qmax,
@@ -345,6 +343,54 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
                 v += fb;
             }
             dst[i] = v;
+        }
+    }
+}
+
+/* The K x P "rows" form of im2col for a direct pointwise kernel: row (c - c0)*KH*KW + kh*KW + kw
+   holds, for every output pixel p = oh*OW + ow, x[c][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw]
+   (pad_value outside). Per channel the plane is padded once into pad (qc_conv_s8_pad_bytes),
+   then each row is a copy (stride 1) or an even-lane de-interleave (stride 2, LD2). */
+size_t qc_im2row_s8_pad_bytes(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH, int OW)
+{
+    const int PH = (OH - 1) * stride_h + (KH - 1) * dil_h + 1;
+    const int PW = (OW - 1) * stride_w + (KW - 1) * dil_w + 1;
+    return (size_t)PH * (size_t)QC_DW_STRIDE(PW) + 32u;
+}
+
+void qc_im2row_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *pad, int8_t *rows)
+{
+    const int PH = (OH - 1) * stride_h + (KH - 1) * dil_h + 1;
+    const int PW = (OW - 1) * stride_w + (KW - 1) * dil_w + 1;
+    const size_t ps = (size_t)QC_DW_STRIDE(PW), P = (size_t)OH * OW;
+    int c, kh, kw, oh, ow;
+    (void)C;
+    for (c = 0; c < cg; ++c) {
+        qc_dw_pad_plane(x + (size_t)(c0 + c) * H * W, H, W, pad_top, pad_left, PH, PW, pad_value, pad);
+        for (kh = 0; kh < KH; ++kh) {
+            for (kw = 0; kw < KW; ++kw) {
+                int8_t *dst = rows + ((size_t)(c * KH + kh) * KW + kw) * P;
+                for (oh = 0; oh < OH; ++oh, dst += OW) {
+                    const int8_t *src = pad + (size_t)(oh * stride_h + kh * dil_h) * ps + (size_t)kw * dil_w;
+                    ow = 0;
+                    if (stride_w == 1) {
+                        qc_dw_copy(dst, src, (size_t)OW);
+                        continue;
+                    }
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+                    if (stride_w == 2) {
+                        for (; ow + 16 <= OW; ow += 16) {
+                            vst1q_s8(dst + ow, vld2q_s8(src + 2 * ow).val[0]);
+                        }
+                    }
+#endif
+                    for (; ow < OW; ++ow) {
+                        dst[ow] = src[(size_t)ow * stride_w];
+                    }
+                }
+            }
         }
     }
 }

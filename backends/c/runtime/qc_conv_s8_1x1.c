@@ -45,19 +45,6 @@ static int32_t qc_pw_acc_portable(int K, int P, int oc, int p, const int8_t *x, 
 }
 
 #if defined(QC_PW_SDOT)
-/* gemmlowp's vector MultiplyByQuantizedMultiplier, as qc_quant.c's qc_mbqm4 (bit-exact with
-   qc_multiply_by_quantized_multiplier: tests). */
-static inline int32x4_t qc_pw_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t shift)
-{
-    const int32x4_t zero = vdupq_n_s32(0);
-    const int32x4_t right = vminq_s32(shift, zero);
-    int32x4_t fixup;
-    x = vshlq_s32(x, vmaxq_s32(shift, zero));
-    x = vqrdmulhq_s32(x, mult);
-    fixup = vshrq_n_s32(vandq_s32(x, right), 31);
-    return vrshlq_s32(vqaddq_s32(x, fixup), right);
-}
-
 /* Pixels p0 .. p0+n-1 (n <= 16) of the K channel rows into xs: [K/4][4 groups of 4 pixels]
    [4 pixels][4 k] (64 bytes per 4 channels), zero past K and past n. */
 static void qc_pw_pack(int K, int P, int p0, int n, const int8_t *x, int8_t *xs)
@@ -91,32 +78,91 @@ static void qc_pw_pack(int K, int P, int p0, int n, const int8_t *x, int8_t *xs)
     }
 }
 
-#define QC_PW_DOT(r)                                                        \
+/* Named accumulators (GCC keeps an array of vectors in memory): aO_R for output channel O of
+   the 4, pixels 4R .. 4R+3 of the 16. */
+#define QC_PW_ACC_DECL int32x4_t a0_0, a0_1, a0_2, a0_3, a1_0, a1_1, a1_2, a1_3, a2_0, a2_1, a2_2, a2_3, \
+                                 a3_0, a3_1, a3_2, a3_3
+#define QC_PW_INIT(o)                                                       \
     do {                                                                    \
-        acc[0][r] = vdotq_laneq_s32(acc[0][r], xv.val[r], wv, 0);           \
-        acc[1][r] = vdotq_laneq_s32(acc[1][r], xv.val[r], wv, 1);           \
-        acc[2][r] = vdotq_laneq_s32(acc[2][r], xv.val[r], wv, 2);           \
-        acc[3][r] = vdotq_laneq_s32(acc[3][r], xv.val[r], wv, 3);           \
+        const int32x4_t b_ = vdupq_n_s32(bias && oc0 + (o) < OC ? bias[oc0 + (o)] : 0); \
+        a##o##_0 = b_; a##o##_1 = b_; a##o##_2 = b_; a##o##_3 = b_;          \
+    } while (0)
+#define QC_PW_DOT(o)                                                        \
+    do {                                                                    \
+        a##o##_0 = vdotq_laneq_s32(a##o##_0, xv.val[0], wv, o);             \
+        a##o##_1 = vdotq_laneq_s32(a##o##_1, xv.val[1], wv, o);             \
+        a##o##_2 = vdotq_laneq_s32(a##o##_2, xv.val[2], wv, o);             \
+        a##o##_3 = vdotq_laneq_s32(a##o##_3, xv.val[3], wv, o);             \
+    } while (0)
+/* The int32 accumulators of output channels oc0 .. oc0+3 for the 16 pixels packed in xs. */
+#define QC_PW_TILE()                                                        \
+    do {                                                                    \
+        const int8_t *wq_ = wb;                                             \
+        const int8_t *xq_ = xs;                                             \
+        int q_;                                                             \
+        QC_PW_INIT(0); QC_PW_INIT(1); QC_PW_INIT(2); QC_PW_INIT(3);         \
+        for (q_ = 0; q_ < kq; ++q_, wq_ += 16, xq_ += 64) {                 \
+            const int8x16x4_t xv = vld1q_s8_x4(xq_);                        \
+            const int8x16_t wv = vld1q_s8(wq_);                             \
+            QC_PW_DOT(0); QC_PW_DOT(1); QC_PW_DOT(2); QC_PW_DOT(3);         \
+        }                                                                   \
     } while (0)
 
-/* The int32 accumulators of output channels 4*ob .. 4*ob+3 for the packed 16 pixels. */
-static void qc_pw_tile(int kq, const int8_t *xs, const int8_t *wb, const int32_t *bias, int oc0, int OC,
-                       int32x4_t acc[4][4])
+static inline int32x4_t qc_pw_rq(int32x4_t a, int32x4_t m, int32x4_t left, int32x4_t right, int32x4_t zp,
+                                 int32x4_t lo, int32x4_t hi)
 {
-    int o, r, q;
-    for (o = 0; o < 4; ++o) {
-        const int32x4_t b = vdupq_n_s32(bias && oc0 + o < OC ? bias[oc0 + o] : 0);
-        for (r = 0; r < 4; ++r) {
-            acc[o][r] = b;
-        }
+    a = vqrdmulhq_s32(vshlq_s32(a, left), m);
+    a = vrshlq_s32(vqaddq_s32(a, vshrq_n_s32(vandq_s32(a, right), 31)), right);
+    return vminq_s32(vmaxq_s32(vaddq_s32(a, zp), lo), hi);
+}
+
+/* Output channel c's 16 accumulators (pixels p0 .. p0+n-1) requantized into y[c]: the steps of
+   qc_quant.c's vector qc_requant_s8, the shift split into its left and right parts. */
+static inline void qc_pw_store_q8(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int c, int P,
+                                  int p0, int n, const int32_t *mult, const int32_t *shift, int32x4_t zp,
+                                  int32x4_t lo, int32x4_t hi, int8_t *y)
+{
+    const int32x4_t m = vdupq_n_s32(mult[c]);
+    const int32x4_t left = vdupq_n_s32(shift[c] > 0 ? shift[c] : 0);
+    const int32x4_t right = vdupq_n_s32(shift[c] > 0 ? 0 : shift[c]);
+    const int16x8_t h0 = vcombine_s16(vmovn_s32(qc_pw_rq(a0, m, left, right, zp, lo, hi)),
+                                      vmovn_s32(qc_pw_rq(a1, m, left, right, zp, lo, hi)));
+    const int16x8_t h1 = vcombine_s16(vmovn_s32(qc_pw_rq(a2, m, left, right, zp, lo, hi)),
+                                      vmovn_s32(qc_pw_rq(a3, m, left, right, zp, lo, hi)));
+    const int8x16_t q8 = vcombine_s8(vmovn_s16(h0), vmovn_s16(h1));
+    if (n == QC_PW_BLOCK) {
+        vst1q_s8(y + (size_t)c * P + p0, q8);
+    } else {
+        int8_t tmp[QC_PW_BLOCK];
+        vst1q_s8(tmp, q8);
+        memcpy(y + (size_t)c * P + p0, tmp, (size_t)n);
     }
-    for (q = 0; q < kq; ++q) {
-        const int8x16x4_t xv = vld1q_s8_x4(xs + 64 * q);
-        const int8x16_t wv = vld1q_s8(wb + 16 * q);
-        QC_PW_DOT(0);
-        QC_PW_DOT(1);
-        QC_PW_DOT(2);
-        QC_PW_DOT(3);
+}
+
+/* Output channel c's 16 accumulators dequantized into y[c] ((float)acc * scale, then + fbias:
+   separate roundings, as the scalar code). */
+static inline void qc_pw_store_f32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int c, int P,
+                                   int p0, int n, const float *scale, int per_channel, const float *fbias,
+                                   float *y)
+{
+    const float32x4_t s = vdupq_n_f32(scale[per_channel ? c : 0]);
+    float tmp[QC_PW_BLOCK];
+    float *dst = n == QC_PW_BLOCK ? y + (size_t)c * P + p0 : tmp;
+    float32x4_t v0 = vmulq_f32(vcvtq_f32_s32(a0), s), v1 = vmulq_f32(vcvtq_f32_s32(a1), s);
+    float32x4_t v2 = vmulq_f32(vcvtq_f32_s32(a2), s), v3 = vmulq_f32(vcvtq_f32_s32(a3), s);
+    if (fbias) {
+        const float32x4_t fb = vdupq_n_f32(fbias[c]);
+        v0 = vaddq_f32(v0, fb);
+        v1 = vaddq_f32(v1, fb);
+        v2 = vaddq_f32(v2, fb);
+        v3 = vaddq_f32(v3, fb);
+    }
+    vst1q_f32(dst, v0);
+    vst1q_f32(dst + 4, v1);
+    vst1q_f32(dst + 8, v2);
+    vst1q_f32(dst + 12, v3);
+    if (n != QC_PW_BLOCK) {
+        memcpy(y + (size_t)c * P + p0, tmp, (size_t)n * sizeof(float));
     }
 }
 #endif
@@ -139,27 +185,19 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
         int ob;
         qc_pw_pack(K, P, p0, n, x, scratch);
         for (ob = 0; ob * 4 < OC; ++ob) {
-            int32x4_t acc[4][4];
-            int o;
-            qc_pw_tile(kq, scratch, wp + (size_t)ob * kq * 16, bias, 4 * ob, OC, acc);
-            for (o = 0; o < 4 && 4 * ob + o < OC; ++o) {
-                const int c = 4 * ob + o;
-                const int32x4_t m = vdupq_n_s32(mult[c]), s = vdupq_n_s32(shift[c]);
-                int32x4_t v[4];
-                int8x16_t q8;
-                int r;
-                for (r = 0; r < 4; ++r) {
-                    v[r] = vminq_s32(vmaxq_s32(vaddq_s32(qc_pw_mbqm4(acc[o][r], m, s), zp), lo), hi);
-                }
-                q8 = vcombine_s8(vmovn_s16(vcombine_s16(vmovn_s32(v[0]), vmovn_s32(v[1]))),
-                                 vmovn_s16(vcombine_s16(vmovn_s32(v[2]), vmovn_s32(v[3]))));
-                if (n == QC_PW_BLOCK) {
-                    vst1q_s8(y + (size_t)c * P + p0, q8);
-                } else {
-                    int8_t tmp[QC_PW_BLOCK];
-                    vst1q_s8(tmp, q8);
-                    memcpy(y + (size_t)c * P + p0, tmp, (size_t)n);
-                }
+            const int oc0 = 4 * ob;
+            const int8_t *wb = wp + (size_t)ob * kq * 16, *xs = scratch;
+            QC_PW_ACC_DECL;
+            QC_PW_TILE();
+            qc_pw_store_q8(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, mult, shift, zp, lo, hi, y);
+            if (oc0 + 1 < OC) {
+                qc_pw_store_q8(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, mult, shift, zp, lo, hi, y);
+            }
+            if (oc0 + 2 < OC) {
+                qc_pw_store_q8(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, mult, shift, zp, lo, hi, y);
+            }
+            if (oc0 + 3 < OC) {
+                qc_pw_store_q8(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, mult, shift, zp, lo, hi, y);
             }
         }
     }
@@ -185,26 +223,19 @@ void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, 
         int ob;
         qc_pw_pack(K, P, p0, n, x, scratch);
         for (ob = 0; ob * 4 < OC; ++ob) {
-            int32x4_t acc[4][4];
-            int o;
-            qc_pw_tile(kq, scratch, wp + (size_t)ob * kq * 16, bias, 4 * ob, OC, acc);
-            for (o = 0; o < 4 && 4 * ob + o < OC; ++o) {
-                const int c = 4 * ob + o;
-                const float32x4_t s = vdupq_n_f32(scale[per_channel ? c : 0]);
-                const float32x4_t fb = vdupq_n_f32(fbias ? fbias[c] : 0.0f);
-                float tmp[QC_PW_BLOCK];
-                float *dst = n == QC_PW_BLOCK ? y + (size_t)c * P + p0 : tmp;
-                int r;
-                for (r = 0; r < 4; ++r) {
-                    float32x4_t v = vmulq_f32(vcvtq_f32_s32(acc[o][r]), s);
-                    if (fbias) {
-                        v = vaddq_f32(v, fb);  /* separate rounding, as the scalar v += fbias */
-                    }
-                    vst1q_f32(dst + 4 * r, v);
-                }
-                if (n != QC_PW_BLOCK) {
-                    memcpy(y + (size_t)c * P + p0, tmp, (size_t)n * sizeof(float));
-                }
+            const int oc0 = 4 * ob;
+            const int8_t *wb = wp + (size_t)ob * kq * 16, *xs = scratch;
+            QC_PW_ACC_DECL;
+            QC_PW_TILE();
+            qc_pw_store_f32(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, scale, per_channel, fbias, y);
+            if (oc0 + 1 < OC) {
+                qc_pw_store_f32(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, scale, per_channel, fbias, y);
+            }
+            if (oc0 + 2 < OC) {
+                qc_pw_store_f32(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, scale, per_channel, fbias, y);
+            }
+            if (oc0 + 3 < OC) {
+                qc_pw_store_f32(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, scale, per_channel, fbias, y);
             }
         }
     }

@@ -126,6 +126,13 @@ void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy
    of qc_requant_s8 with mult[oc], shift[oc], out_zp, clamp [qmin, qmax]; _f32: (float)acc *
    scale[per_channel ? oc : 0] (+ fbias[oc]). y is OC x P (NCHW). scratch: qc_conv1x1_s8_scratch(K)
    bytes. SDOT on dotprod / i8mm, else portable; bit-exact with the portable loops. */
+/* im2col in the K x P form qc_conv1x1_s8 reads (qc_conv_s8.c): row (c - c0)*KH*KW + kh*KW + kw
+   (c in [c0, c0 + cg)) is x[c] at (oh*stride_h - pad_top + kh*dil_h, ow*stride_w - pad_left +
+   kw*dil_w) for the OH*OW output pixels, pad_value outside; pad: qc_im2row_s8_pad_bytes bytes. */
+size_t qc_im2row_s8_pad_bytes(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH, int OW);
+void qc_im2row_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *pad, int8_t *rows);
 size_t qc_conv1x1_s8_scratch(int K);
 void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
                       const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
