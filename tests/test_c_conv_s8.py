@@ -22,7 +22,7 @@ from qc.onnx.evaluator import ort_session
 
 DRIVER = Path(__file__).parent / "c_conv_s8" / "driver.c"
 SOURCES = [DRIVER, toolchain.RUNTIME / "qc_conv_s8.c", toolchain.RUNTIME / "qc_conv_s8_1x1.c",
-           toolchain.RUNTIME / "qc_quant.c"]
+           toolchain.RUNTIME / "qc_ops_s8.c", toolchain.RUNTIME / "qc_quant.c"]
 
 CONFIGS = [("host", None, "portable", None), ("aarch64", "cortex-a53", "neon", "cortex-a53"),
            ("aarch64", "cortex-a76", "dotprod", "cortex-a76"), ("aarch64", "max", "i8mm", "max")]
@@ -94,11 +94,26 @@ def _stream(rng):
         want.append(("f32", exp_f.astype(np.float32)))
     for i, (K, P, OC) in enumerate(POINTWISE):
         _pointwise_case(rng, i, K, P, OC, data, want)
+    _quantize_cases(rng, data, want)
     for R, Cn, ld in [(8, 8, 8), (17, 33, 40), (96, 1024, 1024), (3, 5, 5), (64, 9, 9)]:
         x = rng.integers(-128, 128, (R, ld), dtype=np.int8)
         data += struct.pack("<20i", R, Cn, ld, *[0] * 11, 2, *[0] * 5) + x.tobytes()
         want.append(("q8", np.ascontiguousarray(x[:, :Cn].T)))
     return bytes(data), want
+
+
+def _quantize_cases(rng, data, want) -> None:
+    """qc_quantize_f32_s8 and qc_quantize_s8 on the same floats (ties at .5, out of range, +-inf,
+    NaN, 37 values: a 16-lane tail), both against numpy: clamp(rint(x / s), -128 - z, 127 - z) + z."""
+    for scale, zp in ((0.05, 3), (1.0, -128), (0.0123, 0)):
+        x = np.concatenate([rng.standard_normal(20) * 8, (np.arange(-8, 8) + 0.5) * scale,
+                            [np.inf, -np.inf, np.nan, 1e30, -1e30]]).astype(np.float32)
+        v = x / np.float32(scale)
+        v = np.where(np.isnan(v), np.float32(-128 - zp), v)
+        exp = (np.rint(np.clip(v, -128 - zp, 127 - zp)) + zp).astype(np.int8)
+        data += struct.pack("<20i", x.size, *struct.unpack("<i", struct.pack("<f", scale)), *[0] * 12, 5, zp,
+                            0, 0, 0, 0) + x.tobytes()
+        want.append(("q8", np.concatenate([exp, exp])))
 
 
 def _pointwise_case(rng, i, K, P, OC, data, want) -> None:
@@ -132,8 +147,8 @@ def _pointwise_case(rng, i, K, P, OC, data, want) -> None:
 
 @pytest.mark.parametrize("kind,cpu,variant,qemu_cpu", CONFIGS)
 def test_depthwise_kernel_bit_exact(tmp_path, kind, cpu, variant, qemu_cpu):
-    """qc_conv_dw_s8_q8 / _f32 (the 3x3 requantize-in-registers path on SDOT builds too) and
-    qc_conv1x1_s8_q8 / _f32 of every variant equal the numpy int64 model bit for bit, and
+    """qc_conv_dw_s8_q8 / _f32 (the 3x3 requantize-in-registers path on SDOT builds too),
+    qc_conv1x1_s8_q8 / _f32 and qc_quantize_f32_s8 of every variant equal the numpy model bit for bit, and
     qc_transpose_s8 (8 x 8 NEON blocks, edges, row strides) equals numpy's transpose."""
     toolchain.require_tools(kind)
     data, want = _stream(np.random.default_rng(11))

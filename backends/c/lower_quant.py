@@ -295,6 +295,10 @@ def _lower_matmul_f16(lw: Lowering, op: Op) -> bool:
 def _per_tensor(lw: Lowering, op: Op, what: str, int_dt: DType, x: Value, y, scale, zp) -> None:
     """qc_quantize_s8/u8 or qc_dequantize_s8/u8 with a per-tensor scale and zero point."""
     z = 0 if zp is None else int(zp.reshape(-1)[0])
+    if what == "quantize" and int_dt == DType.i8:  # the NEON one (qc_ops_s8.c), same bits
+        lw.call(op, "qc_quantize_f32_s8", [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)],
+                f"{what} {int_dt}")
+        return
     lw.call(op, f"qc_{what}_{'s8' if int_dt == DType.i8 else 'u8'}",
             [y.size, Ptr(lw.buf(x)), float(scale.reshape(-1)[0]), z, Ptr(y, const=False)], f"{what} {int_dt}")
 

@@ -228,13 +228,12 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
     const int32x4_t b4 = vdupq_n_s32(b), m4 = vdupq_n_s32(mult), zp = vdupq_n_s32(out_zp);
     const int32x4_t left = vdupq_n_s32(shift > 0 ? shift : 0), right = vdupq_n_s32(shift > 0 ? 0 : shift);
     const int32x4_t lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
-    int8x16_t wk[3];
-    int j, oh;
-    for (j = 0; j < 3; ++j) {
-        const uint32_t q = (uint32_t)(uint8_t)w[3 * j] | (uint32_t)(uint8_t)w[3 * j + 1] << 8
-                           | (uint32_t)(uint8_t)w[3 * j + 2] << 16;
-        wk[j] = vreinterpretq_s8_u32(vdupq_n_u32(q));
-    }
+#define QC_DW_TAPS(j) vreinterpretq_s8_u32(vdupq_n_u32((uint32_t)(uint8_t)w[3 * (j)]                  \
+                                                      | (uint32_t)(uint8_t)w[3 * (j) + 1] << 8          \
+                                                      | (uint32_t)(uint8_t)w[3 * (j) + 2] << 16))
+    const int8x16_t wk0 = QC_DW_TAPS(0), wk1 = QC_DW_TAPS(1), wk2 = QC_DW_TAPS(2);
+#undef QC_DW_TAPS
+    int oh;
     qc_dw_pad_plane(plane, H, W, pad_top, pad_left, PH, PW, pad_value, xp);
     for (oh = 0; oh < OH; ++oh) {
         const int8_t *r0 = xp + (size_t)oh * sw * ps, *r1 = r0 + ps, *r2 = r1 + ps;
@@ -242,13 +241,13 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
         int ow = 0;
         for (; ow + 8 <= OW; ow += 8) {
             const size_t a = (size_t)ow * sw, c = a + 4u * (size_t)sw;
-            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk[0]);
-            int32x4_t s1 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + c), idx), wk[0]);
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk0);
+            int32x4_t s1 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + c), idx), wk0);
             int16x8_t h;
-            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk[1]);
-            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r1 + c), idx), wk[1]);
-            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk[2]);
-            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r2 + c), idx), wk[2]);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r1 + c), idx), wk1);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r2 + c), idx), wk2);
             s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
             s1 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s1, m4, left, right), zp), lo), hi);
             h = vcombine_s16(vmovn_s32(s0), vmovn_s32(s1));
@@ -256,10 +255,10 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
         }
         for (; ow + 4 <= OW; ow += 4) {
             const size_t a = (size_t)ow * sw;
-            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk[0]);
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk0);
             int8_t tmp[8];
-            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk[1]);
-            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk[2]);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
             s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
             vst1_s8(tmp, vmovn_s16(vcombine_s16(vmovn_s32(s0), vmovn_s32(s0))));
             memcpy(dst + ow, tmp, 4);

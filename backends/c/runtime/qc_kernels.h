@@ -140,6 +140,11 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
 void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
                        const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y);
 
+/* ---- int8 glue between the int8 convolutions (qc_ops_s8.c) ---- */
+
+/* qc_quantize_s8, NEON on aarch64 (16 values a step), bit-exact with it (NaN -> -128 too). */
+void qc_quantize_f32_s8(size_t n, const float *x, float scale, int32_t zp, int8_t *y);
+
 #ifdef __cplusplus
 }
 #endif
