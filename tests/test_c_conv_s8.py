@@ -37,6 +37,9 @@ CASES = [(5, 9, 19, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (3, 16, 16, 3, 3, (2, 2
          (1, 5, 33, 3, 3, (1, 1), (0, 0, 0, 0), (1, 4)), (6, 1, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
          (7, 4, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (3, 12, 25, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
          (4, 5, 12, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))]
+# qc_conv_dw3x3_s8_q8_nhwc (channels x 16, small planes; C % 16 != 0 falls back): C, H, W, stride, pads
+NHWC_CASES = [(16, 8, 8, 1, (1, 1, 1, 1)), (32, 8, 8, 2, (1, 1, 1, 1)), (48, 4, 4, 1, (1, 1, 1, 1)),
+              (16, 5, 7, 1, (1, 1, 1, 1)), (16, 7, 7, 2, (0, 0, 1, 1)), (24, 4, 4, 1, (1, 1, 1, 1))]
 # qc_conv1x1_s8 (K input channels, P pixels, OC output channels): one 16-pixel block with and
 # without a pixel tail, K and OC not multiples of 4, one pixel, many blocks, a deep K (all -128 in
 # the first case: the largest sums)
@@ -94,6 +97,22 @@ def _stream(rng):
         want.append(("f32", exp_f.astype(np.float32)))
     for i, (K, P, OC) in enumerate(POINTWISE):
         _pointwise_case(rng, i, K, P, OC, data, want)
+    for i, (C, H, W, st, pads) in enumerate(NHWC_CASES):
+        x = rng.integers(-128, 128, (C, H, W), dtype=np.int8) if i else np.full((C, H, W), -128, np.int8)
+        w = rng.integers(-128, 128, (C, 3, 3), dtype=np.int8) if i else np.full((C, 3, 3), -128, np.int8)
+        zx = int(rng.integers(-128, 128))
+        bias = rng.integers(-2**16, 2**16, C).astype(np.int32)
+        acc = _ref_acc(x, w, bias.astype(np.int64), (st, st), pads, (1, 1), zx)
+        OH, OW = acc.shape[1:]
+        qm = [packing.quantize_multiplier(float(r)) for r in np.exp(rng.uniform(np.log(1e-5), np.log(0.5), C))]
+        mult = np.array([m for m, _ in qm], np.int32)
+        shift = np.array([s for _, s in qm], np.int32)
+        zy, lo, hi = int(rng.integers(-20, 20)), (-128, 0)[i % 2], (127, 100)[i % 2]
+        want.append(("q8", np.stack([packing.requantize_ref(acc[c], mult[c], shift[c], zy, lo, hi)
+                                     for c in range(C)])))
+        data += struct.pack("<20i", C, H, W, 3, 3, st, st, pads[0], pads[1], 1, 1, OH, OW, zx, 6, zy, lo, hi, 1, 0)
+        for a in (x, w, bias, mult, shift):
+            data += a.tobytes()
     _quantize_cases(rng, data, want)
     for R, Cn, ld in [(8, 8, 8), (17, 33, 40), (96, 1024, 1024), (3, 5, 5), (64, 9, 9)]:
         x = rng.integers(-128, 128, (R, ld), dtype=np.int8)

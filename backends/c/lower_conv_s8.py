@@ -25,6 +25,8 @@ from .lowering import Lowering, Ptr, Raw
 
 _ACTS = ("Relu", "Clip")
 _SDOT_VARIANTS = ("dotprod", "i8mm")  # kernel variants whose targets have SDOT (qc_conv1x1_s8)
+_NEON_VARIANTS = ("neon", "dotprod", "i8mm")
+_DW_NHWC_MAX_OW = 15  # narrower depthwise planes vectorize across channels (per-channel setup, row tails)
 
 
 def _const(v: Value | None) -> np.ndarray | None:
@@ -146,7 +148,15 @@ def _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y) -> None:
     C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     PH, PW = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     stride = ((PW + 15) & ~15) + 16  # QC_DW_STRIDE
-    scratch = lw.scratch(DType.i8, PH * stride + 16 + OH * OW * 4)
+    nbytes = PH * stride + 16 + OH * OW * 4  # qc_conv_dw_s8_scratch
+    small = (q is not None and (KH, KW, dh, dw) == (3, 3, 1, 1) and sh == sw <= 2 and C % 16 == 0
+             and OW <= _DW_NHWC_MAX_OW and lw.variant in _NEON_VARIANTS)
+    if small:
+        sy, zy = _int8_q(q)
+        small = bool(np.all(_requant_params(scale, sy, C)[1] <= 0))
+    if small:  # qc_conv_dw3x3_s8_nhwc_scratch
+        nbytes = max(nbytes, (PH * PW + OH * OW + 9) * C + 64)
+    scratch = lw.scratch(DType.i8, nbytes)
     wbuf = lw.weight(np.ascontiguousarray(w.reshape(C, KH * KW)).astype(np.int8))
     bbuf = lw.weight(bias)
     for n in range(N):
@@ -155,6 +165,12 @@ def _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y) -> None:
             sy, zy = _int8_q(q)
             mult, shift = _requant_params(scale, sy, C)
             qmin, qmax = _clamp(q, act)
+            if small:
+                lw.call(op, "qc_conv_dw3x3_s8_q8_nhwc", [C, H, W, sh, pt, pl, OH, OW, x_at, zx, Ptr(wbuf), Ptr(bbuf),
+                                                         Ptr(lw.weight(mult)), Ptr(lw.weight(shift)), zy, qmin, qmax,
+                                                         Ptr(scratch, const=False), Ptr(y, y_at, const=False)],
+                        "conv dw 3x3 s8 -> s8 nhwc" + (f" ({act.op_type.lower()})" if act is not None else ""))
+                continue
             lw.call(op, "qc_conv_dw_s8_q8", [*geo, x_at, zx, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult)),
                                              Ptr(lw.weight(shift)), zy, qmin, qmax, Ptr(scratch, const=False),
                                              Ptr(y, y_at, const=False)],

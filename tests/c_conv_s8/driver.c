@@ -6,7 +6,7 @@
    an h[0] x h[1] int8 matrix with row stride h[2] (read h[0] * h[2] bytes). Modes 3 / 4:
    qc_conv1x1_s8_q8 / _f32 with K = h[0], P = h[1], OC = h[2] and h[15..19] as above: x (K*P
    int8), the packed weights (ceil(OC/4)*ceil(K/4)*16 int8), bias (OC int32), then as mode 0 / 1.
-   Mode 5: h[0] floats quantized (scale: the bits h[1], zero point h[15]) by qc_quantize_f32_s8,
+   Mode 6: as mode 0 through qc_conv_dw3x3_s8_q8_nhwc. Mode 5: h[0] floats quantized (scale: the bits h[1], zero point h[15]) by qc_quantize_f32_s8,
    then by qc_quantize_s8. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,9 +76,20 @@ int main(int argc, char **argv)
         const size_t ny = (size_t)C * OH * OW;
         int8_t *x = read_n(in, (size_t)C * H * W), *w = read_n(in, (size_t)C * KH * KW);
         int32_t *bias = read_n(in, (size_t)C * 4);
-        int8_t *raw = malloc(qc_conv_dw_s8_scratch(KH, KW, h[5], h[6], h[9], h[10], OH, OW) + 16);
+        size_t nscratch = qc_conv_dw_s8_scratch(KH, KW, h[5], h[6], h[9], h[10], OH, OW);
+        if (h[14] == 6 && qc_conv_dw3x3_s8_nhwc_scratch(C, H, W, h[5], h[7], h[8], OH, OW) > nscratch) {
+            nscratch = qc_conv_dw3x3_s8_nhwc_scratch(C, H, W, h[5], h[7], h[8], OH, OW);
+        }
+        int8_t *raw = malloc(nscratch + 16);
         int8_t *scratch = raw + ((16u - ((size_t)raw & 15u)) & 15u);   /* 16-byte aligned (C99) */
-        if (h[14] == 0) {
+        if (h[14] == 6) {   /* qc_conv_dw3x3_s8_q8_nhwc: 3x3, stride h[5] == h[6], dilation 1 */
+            int32_t *mult = read_n(in, (size_t)C * 4), *shift = read_n(in, (size_t)C * 4);
+            int8_t *y = malloc(ny);
+            qc_conv_dw3x3_s8_q8_nhwc(C, H, W, h[5], h[7], h[8], OH, OW, x, (int8_t)h[13], w, bias, mult, shift,
+                                     h[15], h[16], h[17], scratch, y);
+            fwrite(y, 1, ny, out);
+            free(mult); free(shift); free(y);
+        } else if (h[14] == 0) {
             int32_t *mult = read_n(in, (size_t)C * 4), *shift = read_n(in, (size_t)C * 4);
             int8_t *y = malloc(ny);
             qc_conv_dw_s8_q8(C, H, W, KH, KW, h[5], h[6], h[7], h[8], h[9], h[10], OH, OW, x, (int8_t)h[13],

@@ -346,6 +346,94 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
     }
 }
 
+/* Small planes (a few pixels, many channels): the per-channel loops above pay their setup per
+   channel for a handful of outputs. qc_conv_dw3x3_s8_q8_nhwc vectorizes across 16 channels
+   instead: the image is transposed into a zero-point padded pixels x channels scratch, each
+   output pixel takes per tap one 16-channel load, SMULL / SMULL2 by the tap's 16 weights and
+   SADDW / SADDW2 into 4 int32 accumulators, then the vector requantization (no left shift:
+   the caller guarantees shift <= 0), and the pixels x channels result is transposed back. */
+size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW)
+{
+    const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
+    const int PH = (OH - 1) * stride + 3, PW = (OW - 1) * stride + 3;
+    (void)H; (void)W; (void)pad_top; (void)pad_left;
+    return ((size_t)PH * PW + (size_t)OH * OW + 9u) * cp + 64u;
+}
+
+void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW,
+                              const int8_t *x, int8_t pad_value, const int8_t *w, const int32_t *bias,
+                              const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                              int32_t qmax, int8_t *scratch, int8_t *y)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int PH = (OH - 1) * stride + 3, PW = (OW - 1) * stride + 3;
+    const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
+    int8_t *xp = scratch, *yt = xp + (size_t)PH * PW * cp, *wt = yt + (size_t)OH * OW * cp;
+    const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    int ih, c0, oh, ow, k;
+    if ((C & 15) == 0) {
+        qc_dw_fill(xp, (size_t)PH * PW * cp, pad_value);
+        for (ih = 0; ih < H; ++ih) {
+            const int r = ih + pad_top;
+            int iw0 = 0, n = W;
+            if (r < 0 || r >= PH) {
+                continue;
+            }
+            if (pad_left < 0) {
+                iw0 = -pad_left;
+            }
+            if (n > PW - pad_left) {
+                n = PW - pad_left;
+            }
+            if (n > iw0) {
+                qc_transpose_s8(C, n - iw0, x + (size_t)ih * W + iw0, H * W,
+                                xp + ((size_t)r * PW + (size_t)(iw0 + pad_left)) * cp, (int)cp);
+            }
+        }
+        qc_transpose_s8(C, 9, w, 9, wt, (int)cp);
+        for (c0 = 0; c0 < C; c0 += 16) {
+            int8x16_t wk[9];
+            const int32x4_t b0 = vld1q_s32(bias + c0), b1 = vld1q_s32(bias + c0 + 4);
+            const int32x4_t b2 = vld1q_s32(bias + c0 + 8), b3 = vld1q_s32(bias + c0 + 12);
+            const int32x4_t m0 = vld1q_s32(mult + c0), m1 = vld1q_s32(mult + c0 + 4);
+            const int32x4_t m2 = vld1q_s32(mult + c0 + 8), m3 = vld1q_s32(mult + c0 + 12);
+            const int32x4_t s0 = vld1q_s32(shift + c0), s1 = vld1q_s32(shift + c0 + 4);
+            const int32x4_t s2 = vld1q_s32(shift + c0 + 8), s3 = vld1q_s32(shift + c0 + 12);
+            for (k = 0; k < 9; ++k) {
+                wk[k] = vld1q_s8(wt + (size_t)k * cp + c0);
+            }
+            for (oh = 0; oh < OH; ++oh) {
+                for (ow = 0; ow < OW; ++ow) {
+                    const int8_t *base = xp + ((size_t)oh * stride * PW + (size_t)ow * stride) * cp + c0;
+                    int32x4_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+                    int16x8_t h0, h1;
+                    for (k = 0; k < 9; ++k) {
+                        const int8x16_t v = vld1q_s8(base + ((size_t)(k / 3) * PW + (size_t)(k % 3)) * cp);
+                        const int16x8_t pl = vmull_s8(vget_low_s8(v), vget_low_s8(wk[k]));
+                        const int16x8_t ph = vmull_high_s8(v, wk[k]);
+                        a0 = vaddw_s16(a0, vget_low_s16(pl));
+                        a1 = vaddw_high_s16(a1, pl);
+                        a2 = vaddw_s16(a2, vget_low_s16(ph));
+                        a3 = vaddw_high_s16(a3, ph);
+                    }
+#define QC_DW_RQ(a, m, s)                                                                     \
+    vminq_s32(vmaxq_s32(vaddq_s32(vrshlq_s32(vqaddq_s32(vqrdmulhq_s32(a, m),                   \
+                                                       vshrq_n_s32(vandq_s32(vqrdmulhq_s32(a, m), s), 31)), s), zp), lo), hi)
+                    h0 = vcombine_s16(vmovn_s32(QC_DW_RQ(a0, m0, s0)), vmovn_s32(QC_DW_RQ(a1, m1, s1)));
+                    h1 = vcombine_s16(vmovn_s32(QC_DW_RQ(a2, m2, s2)), vmovn_s32(QC_DW_RQ(a3, m3, s3)));
+#undef QC_DW_RQ
+                    vst1q_s8(yt + ((size_t)oh * OW + ow) * cp + c0, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+                }
+            }
+        }
+        qc_transpose_s8(OH * OW, C, yt, (int)cp, y, OH * OW);
+        return;
+    }
+#endif
+    qc_conv_dw_s8_q8(C, H, W, 3, 3, stride, stride, pad_top, pad_left, 1, 1, OH, OW, x, pad_value, w, bias,
+                     mult, shift, out_zp, qmin, qmax, scratch, y);
+}
+
 /* The K x P "rows" form of im2col for a direct pointwise kernel: row (c - c0)*KH*KW + kh*KW + kw
    holds, for every output pixel p = oh*OW + ow, x[c][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw]
    (pad_value outside). Per channel the plane is padded once into pad (qc_conv_s8_pad_bytes),

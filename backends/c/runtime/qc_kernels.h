@@ -115,6 +115,17 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
                        int8_t pad_value, const int8_t *w, const int32_t *bias, const float *scale,
                        int per_channel, const float *fbias, int8_t *scratch, float *y);
 
+/* The 3x3 (dilation 1, stride_h = stride_w = stride) case of qc_conv_dw_s8_q8 for small planes
+   and C % 16 == 0, vectorized across 16 channels in a pixels x channels scratch (NEON builds;
+   otherwise, or C % 16 != 0, it is qc_conv_dw_s8_q8). Requires shift[c] <= 0 for every c.
+   scratch: max(qc_conv_dw3x3_s8_nhwc_scratch, qc_conv_dw_s8_scratch) bytes. Bit-exact with
+   qc_conv_dw_s8_q8. */
+size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW);
+void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW,
+                              const int8_t *x, int8_t pad_value, const int8_t *w, const int32_t *bias,
+                              const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                              int32_t qmax, int8_t *scratch, int8_t *y);
+
 /* y[j][i] = x[i][j]: an R x Cn int8 matrix (row stride ldx) into Cn x R (row stride ldy); NEON
    8 x 8 blocks on aarch64. The int8 Conv path's im2col of a 1x1 stride-1 unpadded conv and its
    pixels x channels -> NCHW output. */
