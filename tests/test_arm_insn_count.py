@@ -65,3 +65,31 @@ def test_decoder_matches_objdump(tmp_path):
     assert not bad, bad.most_common(10)
     seen = Counter(got)
     assert seen["dot"] >= 10 and seen["fmla_vec"] >= 3 and seen["ldst"] > 1000
+
+
+@needs
+def test_many_marks():
+    """20,000 marks in a row (a -DQC_PROFILE build marks every kernel call): none lost, each
+    exactly the next mark's 9 instructions plus the loop's 3 after the previous one."""
+    n = 20000
+    res = arm_speed.count([str(arm_speed.build_marker_test()), str(n), "marks"], cpu="cortex-a76")
+    assert res["returncode"] == 0 and res["lost_marks"] == 0
+    at = [m["at"]["total"] for m in res["marks"] if m["label"] == 5]
+    assert len(at) == n
+    steps = {b - a for a, b in zip(at, at[1:])}
+    assert steps == {12}  # the mark's 9 (its SVC included) and the loop's add, cmp, b.ne
+
+
+@needs
+def test_percpu_counts_the_marking_thread_only():
+    """percpu=1: another thread spins from before mark 1 to after mark 2 (it ran 100,000 loops
+    before them), and the marks still see exactly the main thread's known mix; the whole-program
+    total is the sum of the threads'."""
+    n = 2000
+    exe = str(arm_speed.build_marker_test())
+    want = 17 * n + 10
+    per = arm_speed.count([exe, str(n), "thread"], cpu="cortex-a76", percpu=True)
+    assert per["returncode"] == 0 and "spins" in per["stdout"], per["stderr"]
+    assert arm_speed.marks_between(per, 1, 2)["total"] == want
+    assert len(per["vcpus"]) == 2 and per["vcpus"][1]["total"] > 100000
+    assert per["exit"]["total"] == sum(v["total"] for v in per["vcpus"])

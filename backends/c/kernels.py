@@ -41,6 +41,11 @@ C_KERNELS: dict[str, CKernel] = {k.name: k for k in [
     CKernel("qc_gemm_f32", (("Gemm", "float32", "float32"),)),
     CKernel("qc_conv2d_f32", (("Conv", "float32", "float32"), ("Conv", "uint8", "uint8"))),
     CKernel("qc_matmul_f16", (("MatMul", "float16", "float16"),)),
+    # MatMulNBits: which of these runs is lower_w4.kernel_for's choice (accuracy level, variant)
+    CKernel("qc_matmul_f32_s4", (("MatMulNBits", "float32", "int4"),), note="weight-only int4, float32 activations"),
+    *(CKernel("qc_gemm_s4a8" + ("" if v == "portable" else "_" + v), (("MatMulNBits", "float32", "int4"),),
+              note="W4A8: int8 activations quantized per row and block of 32 at run time")
+      for v in ("portable", "dotprod", "i8mm")),
 ]}
 """Every C kernel a kernel-table entry may name, by name."""
 

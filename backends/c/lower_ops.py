@@ -7,6 +7,7 @@ import numpy as np
 
 from qc.ir import DType, Op
 
+from . import lower_sgemm
 from .lowering import (  # noqa: F401 - HANDLERS: the registry, re-exported for tests/c_backend
     HANDLERS,
     Ints,
@@ -355,12 +356,9 @@ def _constant_of_shape(lw: Lowering, op: Op) -> None:
 # -- linear algebra -----------------------------------------------------------------------------
 @handler("MatMul")
 def _matmul(lw: Lowering, op: Op) -> None:
-    a, b = op.operands
     _f32(op, lw, 0)
     _f32(op, lw, 1)
-    ashape, bshape = list(lw.shape(a)), list(lw.shape(b))
-    y = lw.out(op)
-    matmul_f32(lw, op, lw.buf(a), ashape, lw.buf(b), bshape, y)
+    lower_sgemm.matmul(lw, op)
 
 
 def batch_offsets(ashape, bshape):
@@ -382,36 +380,11 @@ def batch_offsets(ashape, bshape):
     return len(aoff), M, K, N, aoff, boff
 
 
-def matmul_f32(lw: Lowering, op: Op, a, ashape, b, bshape, y) -> None:
-    batch, M, K, N, aoff, boff = batch_offsets(ashape, bshape)
-    if batch == 1:
-        lw.call(op, "qc_gemm_f32", [M, N, K, Ptr(a), K, 1, Ptr(b), N, 1, 1.0, Raw("NULL"), 0, 0, 0.0,
-                                    Ptr(y, const=False)], "matmul f32")
-    else:
-        lw.call(op, "qc_matmul_f32", [batch, Ints(tuple(aoff)), Ints(tuple(boff)), M, N, K, Ptr(a), Ptr(b),
-                                      Ptr(y, const=False)], "matmul f32")
-
-
 @handler("Gemm")
 def _gemm(lw: Lowering, op: Op) -> None:
-    a, b = op.operands[:2]
-    c = op.operands[2] if len(op.operands) > 2 else None
     for i in range(len([v for v in op.operands if v is not None])):
         _f32(op, lw, i)
-    ta, tb = op.attr("transA", 0), op.attr("transB", 0)
-    ash, bsh = lw.shape(a), lw.shape(b)
-    M, K = (ash[1], ash[0]) if ta else ash
-    N = bsh[0] if tb else bsh[1]
-    ars, acs = (1, M) if ta else (K, 1)
-    brs, bcs = (1, K) if tb else (N, 1)
-    y = lw.out(op)
-    args = [M, N, K, Ptr(lw.buf(a)), ars, acs, Ptr(lw.buf(b)), brs, bcs, float(op.attr("alpha", 1.0))]
-    if c is not None:
-        crs, ccs = broadcast_strides(lw.shape(c), (M, N))
-        args += [Ptr(lw.buf(c)), crs, ccs, float(op.attr("beta", 1.0))]
-    else:
-        args += [Raw("NULL"), 0, 0, 0.0]
-    lw.call(op, "qc_gemm_f32", args + [Ptr(y, const=False)], "gemm f32")
+    lower_sgemm.gemm(lw, op)
 
 
 def conv_geometry(lw: Lowering, op: Op, xshape, kshape, yshape):
@@ -451,10 +424,17 @@ def _conv(lw: Lowering, op: Op) -> None:
     wshape = lw.shape(w)
     N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, lw.shape(x), wshape[2:], y.shape)
     params = (s[0], s[1], p[0], p[1], d[0], d[1])
-    lw.call(op, "qc_conv2d_f32", [N, C, H, W, wshape[0], OH, OW, KH, KW, op.attr("group", 1), Ints(params),
-                                  Ptr(lw.buf(x)), Ptr(lw.buf(w)),
-                                  Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"), Ptr(y, const=False)],
-            "conv2d f32 direct")
+    group = op.attr("group", 1)
+    args = [N, C, H, W, wshape[0], OH, OW, KH, KW, group, Ints(params), Ptr(lw.buf(x)), Ptr(lw.buf(w)),
+            Ptr(lw.buf(bias)) if bias is not None else Raw("NULL"), Ptr(y, const=False)]
+    plan = lower_sgemm.conv_plan(C // group, wshape[0] // group, KH, KW, H, W, OH, OW, params, N * C * H * W + y.size)
+    if plan is None:
+        lw.call(op, "qc_conv2d_f32", args, "conv2d f32 direct")
+        return
+    nb, work = plan
+    scratch = lw.scratch(DType.f32, work) if work else None
+    lw.call(op, "qc_conv2d_sgemm_f32", args + [Ptr(scratch, const=False) if scratch else Raw("NULL"), nb],
+            "conv2d f32 sgemm", scratch=[scratch] if scratch else [])
 
 
 def transpose_pads(op: Op, xshape, kshape, yshape) -> list[int]:

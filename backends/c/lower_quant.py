@@ -174,46 +174,10 @@ def match_unit(lw: Lowering, op: Op) -> bool:
     if op.op_type == "MatMul" and op.domain in ("", "ai.onnx") and lw.dtype(op.operands[0]) == DType.f16:
         return _lower_matmul_f16(lw, op)
     if op.op_type == "MatMulNBits" and op.domain == "com.microsoft":
-        _lower_matmul_nbits(lw, op)
+        from .lower_w4 import lower_matmul_nbits
+        lower_matmul_nbits(lw, op)
         return True
     return False
-
-
-def _lower_matmul_nbits(lw: Lowering, op: Op) -> None:
-    """com.microsoft.MatMulNBits (4 bits, float32 activations) -> qc_matmul_f32_s4 (+ bias).
-
-    B is N x blocks x (block/2) bytes, element k of a block in the low nibble when k is even;
-    scales N x blocks; zero points N x ceil(blocks/2) bytes of nibbles (default 8)."""
-    from .packing import pack_s4, pack_s4_zero_points
-
-    K, N, bits, block = (op.attr("K"), op.attr("N"), op.attr("bits", 4), op.attr("block_size"))
-    if bits != 4 or lw.dtype(op.operands[0]) != DType.f32:
-        raise unsupported(op, f"{bits}-bit weights with {lw.dtype(op.operands[0])} activations")
-    if len(op.operands) > 4 and op.operands[4] is not None:
-        raise unsupported(op, "g_idx")
-    b, scales = _const(op.operands[1]), _const(op.operands[2])
-    zp_v = op.operands[3] if len(op.operands) > 3 else None
-    zp = _const(zp_v)
-    if b is None or scales is None or (zp_v is not None and (zp is None or zp.dtype != np.uint8)):
-        raise unsupported(op, "non-constant or float zero-point weights")
-    blocks = -(-K // block)
-    nib = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(N, blocks * block)[:, :K]
-    q = np.ascontiguousarray(nib.T.astype(np.uint8))  # K x N
-    s = np.ascontiguousarray(scales.astype(np.float32).reshape(N, blocks).T)  # blocks x N
-    if zp is None:
-        z = np.full((blocks, N), 8, np.uint8)
-    else:
-        z = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(N, -1)[:, :blocks].T.astype(np.uint8)
-    a = op.operands[0]
-    M = math.prod(lw.shape(a)[:-1])
-    y = lw.out(op)
-    lw.call(op, "qc_matmul_f32_s4", [M, N, K, Ptr(lw.buf(a)),
-                                     Ptr(lw.weight(np.frombuffer(pack_s4(q, lw.variant), np.uint8))),
-                                     Ptr(lw.weight(s)), Ptr(lw.weight(np.frombuffer(pack_s4_zero_points(z), np.uint8))),
-                                     block, Ptr(y, const=False)], "matmul f32 x s4")
-    bias = op.operands[5] if len(op.operands) > 5 else None
-    if bias is not None:
-        binary(lw, op, "QC_ADD", y, lw.buf(bias), y, DType.f32)
 
 
 def _epilogue(lw: Lowering, op: Op, M: int, N: int, acc, bias: np.ndarray, scale: np.ndarray, q: Op | None,

@@ -19,6 +19,8 @@
  *
  * Build: gcc -O2 -shared -fPIC -o insn_count.so insn_count.c
  * Run:   qemu-aarch64 -cpu cortex-a76 -plugin ./insn_count.so,out=counts.json prog args
+ * With percpu=1 the counts are kept per guest thread (a callback per block execution instead of
+ * the inline adds) and each mark snapshots its own thread's: exact with several threads running.
  * Without out=FILE the JSON goes to qemu's log (stderr). With marksys=N every syscall
  * number N is a mark as well (label N): e.g. 113, clock_gettime, which qemu 7.2 runs as a
  * real syscall (no vDSO for aarch64 guests), brackets the timed loop of qc's C harness.
@@ -44,6 +46,7 @@ struct qemu_plugin_insn;
 enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
 typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*qemu_plugin_vcpu_syscall_cb_t)(qemu_plugin_id_t id, unsigned int vcpu_index,
                                               int64_t num, uint64_t a1, uint64_t a2,
@@ -52,6 +55,8 @@ typedef void (*qemu_plugin_vcpu_syscall_cb_t)(qemu_plugin_id_t id, unsigned int 
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
 void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
                                               void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
 void qemu_plugin_register_vcpu_syscall_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_syscall_cb_t cb);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
@@ -100,12 +105,33 @@ static uint64_t g_total;
 static uint64_t g_counts[NCLS];
 
 #define MAX_MARKS 100000
-struct mark { uint64_t label, total, counts[NCLS]; };
+struct mark { uint64_t label, vcpu, total, counts[NCLS]; };
 static struct mark *g_marks;
 static size_t g_nmarks;
 static uint64_t g_lost_marks;
 static char *g_out_path;
 static int64_t g_mark_sysno = -1; /* marksys=N: every syscall N is a mark too (label N) */
+
+/* percpu=1: a callback per block execution adds its counts to the executing vCPU's (= guest
+ * thread's, in qemu-user) own counters, and a mark snapshots the counters of the thread that
+ * issued it: exact per thread, slower than the inline adds. */
+#define MAX_VCPUS 1024
+struct tb_counts { uint64_t n, per[NCLS]; };
+struct vcpu_counts { uint64_t total, counts[NCLS]; uint64_t pad[8 - (NCLS + 1) % 8]; };
+static int g_percpu;
+static struct vcpu_counts *g_vcpu;
+static unsigned int g_nvcpus;
+static uint64_t g_lost_vcpu;
+
+static void tb_exec_percpu(unsigned int vcpu, void *udata)
+{
+    const struct tb_counts *t = udata;
+    if (vcpu >= MAX_VCPUS) { __atomic_fetch_add(&g_lost_vcpu, t->n, __ATOMIC_RELAXED); return; }
+    struct vcpu_counts *v = &g_vcpu[vcpu];
+    v->total += t->n;
+    for (int c = 0; c < NCLS; c++) v->counts[c] += t->per[c];
+    if (vcpu >= g_nvcpus) __atomic_store_n(&g_nvcpus, vcpu + 1, __ATOMIC_RELAXED);
+}
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
@@ -122,6 +148,14 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             per[C_OTHER]++;
         }
     }
+    if (g_percpu) {
+        struct tb_counts *t = malloc(sizeof *t); /* lives as long as the translation (never freed) */
+        if (!t) abort();
+        t->n = n;
+        memcpy(t->per, per, sizeof per);
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec_percpu, QEMU_PLUGIN_CB_NO_REGS, t);
+        return;
+    }
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &g_total, n);
     for (int c = 0; c < NCLS; c++)
         if (per[c])
@@ -132,7 +166,7 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
                        uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6,
                        uint64_t a7, uint64_t a8)
 {
-    (void)id; (void)vcpu; (void)a2; (void)a6; (void)a7; (void)a8;
+    (void)id; (void)a2; (void)a6; (void)a7; (void)a8;
     uint64_t label;
     if (num == SYS_WRITE_AARCH64 && a1 == UINT64_MAX && a3 == 0 && a4 == INSN_COUNT_MAGIC)
         label = a5;
@@ -143,8 +177,14 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
     if (g_nmarks >= MAX_MARKS) { g_lost_marks++; return; }
     struct mark *m = &g_marks[g_nmarks++];
     m->label = label;
-    m->total = g_total;
-    memcpy(m->counts, g_counts, sizeof g_counts);
+    m->vcpu = vcpu;
+    if (g_percpu && vcpu < MAX_VCPUS) {
+        m->total = g_vcpu[vcpu].total;
+        memcpy(m->counts, g_vcpu[vcpu].counts, sizeof m->counts);
+    } else {
+        m->total = g_total;
+        memcpy(m->counts, g_counts, sizeof g_counts);
+    }
 }
 
 static void put_counts(FILE *f, uint64_t total, const uint64_t *counts)
@@ -162,11 +202,24 @@ static void at_exit(qemu_plugin_id_t id, void *p)
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f) return;
-    fprintf(f, "{\"plugin\": \"insn_count\", \"exit\": ");
+    if (g_percpu) { /* the whole program: every thread's */
+        for (unsigned int v = 0; v < g_nvcpus; v++) {
+            g_total += g_vcpu[v].total;
+            for (int c = 0; c < NCLS; c++) g_counts[c] += g_vcpu[v].counts[c];
+        }
+    }
+    fprintf(f, "{\"plugin\": \"insn_count\", \"percpu\": %d, \"exit\": ", g_percpu);
     put_counts(f, g_total, g_counts);
-    fprintf(f, ", \"lost_marks\": %" PRIu64 ", \"marks\": [", g_lost_marks);
+    fprintf(f, ", \"lost_marks\": %" PRIu64 ", \"lost_vcpu_insns\": %" PRIu64 ", \"vcpus\": [", g_lost_marks,
+            g_lost_vcpu);
+    for (unsigned int v = 0; g_percpu && v < g_nvcpus; v++) {
+        fprintf(f, "%s", v ? ", " : "");
+        put_counts(f, g_vcpu[v].total, g_vcpu[v].counts);
+    }
+    fprintf(f, "], \"marks\": [");
     for (size_t i = 0; i < g_nmarks; i++) {
-        fprintf(f, "%s\n  {\"label\": %" PRIu64 ", \"at\": ", i ? "," : "", g_marks[i].label);
+        fprintf(f, "%s\n  {\"label\": %" PRIu64 ", \"vcpu\": %" PRIu64 ", \"at\": ", i ? "," : "",
+                g_marks[i].label, g_marks[i].vcpu);
         put_counts(f, g_marks[i].total, g_marks[i].counts);
         fprintf(f, "}");
     }
@@ -191,13 +244,16 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             g_out_path = strdup(argv[i] + 4);
         } else if (strncmp(argv[i], "marksys=", 8) == 0) {
             g_mark_sysno = strtoll(argv[i] + 8, NULL, 10);
+        } else if (strncmp(argv[i], "percpu=", 7) == 0) {
+            g_percpu = atoi(argv[i] + 7) != 0;
         } else {
-            fprintf(stderr, "insn_count: unknown option %s (known: out=FILE, marksys=N)\n", argv[i]);
+            fprintf(stderr, "insn_count: unknown option %s (known: out=FILE, marksys=N, percpu=0|1)\n", argv[i]);
             return -1;
         }
     }
     g_marks = calloc(MAX_MARKS, sizeof *g_marks);
     if (!g_marks) return -1;
+    if (g_percpu && !(g_vcpu = calloc(MAX_VCPUS, sizeof *g_vcpu))) return -1;
     qemu_plugin_register_vcpu_tb_trans_cb(id, tb_trans);
     qemu_plugin_register_vcpu_syscall_cb(id, on_syscall);
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);

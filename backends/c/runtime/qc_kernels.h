@@ -87,6 +87,20 @@ void qc_im2col_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_
                   int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
                   const int8_t *x, int8_t pad_value, int8_t *cols);
 
+/* ---- W4A8 (qc_gemm_s4a8*.c): int4 block weights x int8 activations quantized at run time ---- */
+
+/* Per row m and block b of 32 along K (the last one zero padded): amax = max |x|,
+   sa = amax / 127, qa = round half to even (x * (127 / amax)) (0 when amax = 0), suma = sum qa.
+   qa: M x ceil(K/32)*32 int8; sa, suma: M x ceil(K/32); QC_KERNEL_I8MM stores row pairs in SMMLA
+   operand order and sa, suma twice (sizes: packing_s4.scratch_elems, order: activation_layout). */
+void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int32_t *suma);
+
+/* out[m][n] = sum over blocks b, in order, of float(d) * (sa[m][b] * ws[b][n]) (float32, unfused)
+   (+ bias[n] if bias), d = sum_k qa[m][k] * (q[k][n] - zp[b][n]) in int32. Wp, ws, wzp packed by
+   backends/c/packing_s4.py pack_s4a8 for the variant compiled in; wzp NULL = zero point 8. */
+void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const int32_t *suma,
+                  const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out);
+
 /* ---- int8 depthwise convolution (qc_conv_s8.c; backends/c/lower_conv_s8.py) ---- */
 
 /* Row stride of the zero-point-padded plane the depthwise kernel builds in its scratch. */

@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "qc_vmath.h"
+
 /* Advance the index over dims [0, rank-1) (the last dim is walked by the caller's row loop),
  * keeping `nops` element offsets in step with their strides. */
 static void qc_odometer(int rank, const int *shape, int *idx, int nops, const int *const *st,
@@ -300,13 +302,23 @@ static void qc_store_f(int t, void *y, size_t i, double v)
 
 void qc_cast(size_t n, int from, const void *x, int to, void *y)
 {
-    size_t i;
+    size_t i = 0;
     if (from == 1 && to == 10) {
-        for (i = 0; i < n; ++i) ((uint16_t *)y)[i] = qc_ops_f32_to_f16(((const float *)x)[i]);
+#if defined(QC_VM_NEON)
+        /* FCVTN rounds to nearest even and quiets NaNs keeping the payload's top bits, as
+           qc_ops_f32_to_f16 does */
+        for (; i + 4 <= n; i += 4)
+            vst1_u16((uint16_t *)y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32((const float *)x + i))));
+#endif
+        for (; i < n; ++i) ((uint16_t *)y)[i] = qc_ops_f32_to_f16(((const float *)x)[i]);
         return;
     }
     if (from == 10 && to == 1) {
-        for (i = 0; i < n; ++i) ((float *)y)[i] = qc_ops_f16_to_f32(((const uint16_t *)x)[i]);
+#if defined(QC_VM_NEON)
+        for (; i + 4 <= n; i += 4)
+            vst1q_f32((float *)y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)x + i))));
+#endif
+        for (; i < n; ++i) ((float *)y)[i] = qc_ops_f16_to_f32(((const uint16_t *)x)[i]);
         return;
     }
     for (i = 0; i < n; ++i) {
@@ -452,6 +464,60 @@ static size_t qc_dt_size(int dt)
     }
 }
 
+/* float32 Add / Sub / Mul / Div over one row, operand strides 0 or 1 (0: a broadcast scalar);
+ * the same IEEE operation per element as qc_binary_row */
+static void qc_binary_row_vf(int op, int n, const float *a, int sa, const float *b, int sb, float *y)
+{
+    int i = 0;
+#if defined(QC_VM_SIMD)
+/* two vectors per iteration (halves the loop overhead), then one */
+#define QC_VROW2(VOP, LA, LB)                                                                 \
+    for (; i + 8 <= n; i += 8) {                                                              \
+        qc_vf_store(y + i, VOP(LA(i), LB(i)));                                                \
+        qc_vf_store(y + i + 4, VOP(LA(i + 4), LB(i + 4)));                                    \
+    }                                                                                         \
+    for (; i + 4 <= n; i += 4) qc_vf_store(y + i, VOP(LA(i), LB(i)));
+#define QC_LA(k) qc_vf_load(a + (k))
+#define QC_LB(k) qc_vf_load(b + (k))
+#define QC_SA(k) va
+#define QC_SB(k) vb
+#define QC_VROW(VOP)                                                                          \
+    if (sa && sb) { QC_VROW2(VOP, QC_LA, QC_LB) }                                             \
+    else if (sa) { const qc_vf vb = qc_vf_dup(*b); QC_VROW2(VOP, QC_LA, QC_SB) }              \
+    else if (sb) { const qc_vf va = qc_vf_dup(*a); QC_VROW2(VOP, QC_SA, QC_LB) }              \
+    break;
+    switch (op) {
+    case QC_ADD: QC_VROW(qc_vf_add)
+    case QC_SUB: QC_VROW(qc_vf_sub)
+    case QC_MUL: QC_VROW(qc_vf_mul)
+#if defined(QC_VM_NEON)
+    case QC_DIV: QC_VROW(qc_vf_div)
+#endif
+    default: break;
+    }
+#undef QC_VROW
+#undef QC_VROW2
+#undef QC_LA
+#undef QC_LB
+#undef QC_SA
+#undef QC_SB
+#endif
+    if (i < n)
+        qc_binary_row(op, 1, n - i, a + (ptrdiff_t)i * sa, sa, b + (ptrdiff_t)i * sb, sb, y + i);
+}
+
+/* 1: strides are row-major over shape (contiguous), 0: all zero (a scalar), -1: neither */
+static int qc_stride_kind(int rank, const int *shape, const int *st)
+{
+    int d, zero = 1, contig = 1, want = 1;
+    for (d = rank - 1; d >= 0; --d) {
+        if (st[d] != 0) zero = 0;
+        if (shape[d] != 1 && st[d] != want) contig = 0;
+        want *= shape[d];
+    }
+    return contig ? 1 : (zero ? 0 : -1);
+}
+
 void qc_binary(int op, int dt, int rank, const int *shape, const int *sa, const int *sb,
                const void *a, const void *b, void *y)
 {
@@ -463,11 +529,30 @@ void qc_binary(int op, int dt, int rank, const int *shape, const int *sa, const 
     int n = shape[rank - 1];
     const unsigned char *pa = (const unsigned char *)a, *pb = (const unsigned char *)b;
     unsigned char *py = (unsigned char *)y;
+    int vf = dt == 1 && (op == QC_ADD || op == QC_SUB || op == QC_MUL || op == QC_DIV);
     st[0] = sa;
     st[1] = sb;
+    if (dt == 1 && op == QC_POW && qc_stride_kind(rank, shape, sb) == 0 && *(const float *)b == 2.0f) {
+        op = QC_MUL; /* x^2 (LayerNorm's Pow): x * x, the same bits as the scalar v == 2 case */
+        vf = 1;
+        sb = sa;
+        pb = pa;
+        st[1] = sb;
+    }
+    if (vf) {
+        int ka = qc_stride_kind(rank, shape, sa), kb = qc_stride_kind(rank, shape, sb);
+        if (ka >= 0 && kb >= 0) { /* contiguous or scalar operands: one loop */
+            qc_binary_row_vf(op, (int)(rows * (size_t)n), (const float *)a, ka, (const float *)pb, kb, (float *)y);
+            return;
+        }
+    }
     for (r = 0; r < rows; ++r) {
-        qc_binary_row(op, dt, n, pa + off[0] * (ptrdiff_t)es, sa[rank - 1], pb + off[1] * (ptrdiff_t)es,
-                      sb[rank - 1], py);
+        if (vf && (sa[rank - 1] == 0 || sa[rank - 1] == 1) && (sb[rank - 1] == 0 || sb[rank - 1] == 1))
+            qc_binary_row_vf(op, n, (const float *)(const void *)(pa + off[0] * (ptrdiff_t)es), sa[rank - 1],
+                             (const float *)(const void *)(pb + off[1] * (ptrdiff_t)es), sb[rank - 1], (float *)(void *)py);
+        else
+            qc_binary_row(op, dt, n, pa + off[0] * (ptrdiff_t)es, sa[rank - 1], pb + off[1] * (ptrdiff_t)es,
+                          sb[rank - 1], py);
         py += (size_t)n * ys;
         qc_odometer(rank, shape, idx, 2, st, off);
     }
@@ -475,16 +560,11 @@ void qc_binary(int op, int dt, int rank, const int *shape, const int *sa, const 
 
 /* -- unary ---------------------------------------------------------------------------------------- */
 #define QC_MAP(EXPR)                                                                          \
-    for (i = 0; i < n; ++i) {                                                                 \
+    for (; i < n; ++i) {                                                                 \
         float v = x[i];                                                                       \
         y[i] = (EXPR);                                                                        \
     }                                                                                         \
     return;
-
-static float qc_sigmoidf(float v)
-{
-    return v >= 0.0f ? 1.0f / (1.0f + expf(-v)) : expf(v) / (1.0f + expf(v));
-}
 
 static float qc_softplusf(float v)
 {
@@ -505,20 +585,39 @@ static float qc_roundf_even(float v)
     return r;
 }
 
+/* the vector part of an elementwise map (n rounded down to 4); the QC_MAP after it does the rest
+ * with the same operation per element */
+#if defined(QC_VM_SIMD)
+#define QC_VMAP(VEXPR)                                                                        \
+    for (; i + 4 <= n; i += 4) {                                                              \
+        qc_vf v = qc_vf_load(x + i);                                                          \
+        qc_vf_store(y + i, (VEXPR));                                                          \
+    }
+#else
+#define QC_VMAP(VEXPR)
+#endif
+#if defined(QC_VM_NEON)
+#define QC_NMAP(VEXPR) QC_VMAP(VEXPR)
+#else
+#define QC_NMAP(VEXPR)
+#endif
+
 void qc_unary_f32(int op, size_t n, const float *x, float p0, float p1, float *y)
 {
-    size_t i;
+    size_t i = 0;
     switch (op) {
-    case QC_NEG: QC_MAP(-v)
-    case QC_ABS: QC_MAP(fabsf(v))
-    case QC_RELU: QC_MAP(v > 0.0f ? v : 0.0f)
-    case QC_EXP: QC_MAP(expf(v))
-    case QC_LOG: QC_MAP(logf(v))
-    case QC_SQRT: QC_MAP(sqrtf(v))
-    case QC_RECIP: QC_MAP(1.0f / v)
-    case QC_SIGMOID: QC_MAP(qc_sigmoidf(v))
-    case QC_TANH: QC_MAP(tanhf(v))
-    case QC_ERF: QC_MAP(erff(v))
+    case QC_NEG: QC_NMAP(vnegq_f32(v)) QC_MAP(-v)
+    case QC_ABS: QC_VMAP(qc_vf_abs(v)) QC_MAP(fabsf(v))
+    case QC_RELU: QC_NMAP(vbslq_f32(vcgtq_f32(v, vdupq_n_f32(0.0f)), v, vdupq_n_f32(0.0f)))
+        QC_MAP(v > 0.0f ? v : 0.0f)
+    case QC_EXP: QC_VMAP(qc_vexp(v)) QC_MAP(qc_expf(v))
+    case QC_LOG: QC_VMAP(qc_vlog(v)) QC_MAP(qc_logf(v))
+    case QC_SQRT: QC_NMAP(vsqrtq_f32(v)) QC_MAP(sqrtf(v))
+    case QC_RECIP: QC_NMAP(vdivq_f32(vdupq_n_f32(1.0f), v)) QC_MAP(1.0f / v)
+    case QC_SIGMOID: QC_VMAP(qc_vsigmoid(v)) QC_MAP(qc_sigmoidf_v(v))
+    case QC_SILU: QC_VMAP(qc_vsilu(v)) QC_MAP(qc_siluf(v))
+    case QC_TANH: QC_VMAP(qc_vtanh(v)) QC_MAP(qc_tanhf(v))
+    case QC_ERF: QC_VMAP(qc_verf(v)) QC_MAP(qc_erff(v))
     case QC_FLOOR: QC_MAP(floorf(v))
     case QC_CEIL: QC_MAP(ceilf(v))
     case QC_ROUND: QC_MAP(qc_roundf_even(v))
@@ -536,9 +635,8 @@ void qc_unary_f32(int op, size_t n, const float *x, float p0, float p1, float *y
     case QC_SOFTPLUS: QC_MAP(qc_softplusf(v))
     case QC_SOFTSIGN: QC_MAP(v / (1.0f + fabsf(v)))
     case QC_SIGN: QC_MAP(v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f))
-    case QC_GELU: QC_MAP(0.5f * v * erfcf(-v * 0.70710678118654752f))
-    /* 0.5 (1 + tanh z) = sigmoid(2z): no cancellation for negative v */
-    case QC_GELU_TANH: QC_MAP(v * qc_sigmoidf(1.5957691216057307f * (v + 0.044715f * v * v * v)))
+    case QC_GELU: QC_VMAP(qc_vgelu(v)) QC_MAP(qc_geluf(v))
+    case QC_GELU_TANH: QC_VMAP(qc_vgelu_tanh(v)) QC_MAP(qc_gelu_tanhf(v))
     case QC_LEAKYRELU: QC_MAP(v < 0.0f ? v * p0 : v)
     case QC_ELU: QC_MAP(v < 0.0f ? p0 * (expf(v) - 1.0f) : v)
     case QC_CELU: QC_MAP((v > 0.0f ? v : 0.0f) + fminf(0.0f, p0 * (expf(v / p0) - 1.0f)))

@@ -57,7 +57,8 @@ enum qc_unop {
     QC_FLOOR, QC_CEIL, QC_ROUND, QC_SIN, QC_COS, QC_SOFTPLUS, QC_SOFTSIGN, QC_SIGN, QC_GELU,
     QC_GELU_TANH, QC_LEAKYRELU, QC_ELU, QC_SELU, QC_HARDSIGMOID, QC_HARDSWISH, QC_CLIP,
     QC_THRESHOLDEDRELU, QC_CELU, QC_MISH, QC_TAN, QC_ASIN, QC_ACOS, QC_ATAN, QC_SINH, QC_COSH,
-    QC_ASINH, QC_ACOSH, QC_ATANH, QC_NOT
+    QC_ASINH, QC_ACOSH, QC_ATANH, QC_NOT,
+    QC_SILU /* x * sigmoid(x) */
 };
 /* float32 unary ops; p0, p1 are the op's parameters (alpha/beta, clip bounds, ...). QC_NOT is
  * on bool (uint8) data. */
@@ -73,6 +74,31 @@ void qc_gemm_f32(int M, int N, int K, const float *A, int ars, int acs, const fl
 /* batched MatMul: batch b multiplies A + aoff[b] (M x K) by B + boff[b] (K x N) into Y + b*M*N */
 void qc_matmul_f32(int batch, const int *aoff, const int *boff, int M, int N, int K,
                    const float *A, const float *B, float *Y);
+
+/* -- SGEMM (qc_sgemm.c): the fast float32 GEMM the lowering calls; qc_gemm_f32 / qc_matmul_f32
+ * above are its portable reference. NEON on aarch64, Helium on Cortex-M55, scalar elsewhere.
+ * Y[m*ldy + n] = alpha * sum_k A[m*lda + k] * B(k, n) + beta * C[m*crs + n*ccs] + bias[n]
+ * (C, bias may be NULL). B(k, n): brs = bcs = 0: B is packed (qc_sgemm_pack_b, or
+ * backends/c/packing_f32.py at compile time); else B[k*brs + n*bcs], read in place when bcs == 1
+ * and N % 4 == 0, otherwise packed first into `work` (qc_sgemm_packed_size(K, N) floats; NULL
+ * when it is not needed). */
+size_t qc_sgemm_packed_size(int K, int N);
+/* panels of 16 columns: panel p is K rows of w floats at Bp + 16*p*K, w = 16 or, for the last
+ * panel, its width rounded up to 4 (zero padded) */
+void qc_sgemm_pack_b(int K, int N, const float *B, int brs, int bcs, float *Bp);
+void qc_sgemm(int M, int N, int K, const float *A, int lda, const float *B, int brs, int bcs, float alpha,
+              const float *C, int crs, int ccs, float beta, const float *bias, float *Y, int ldy, float *work);
+/* batch b: qc_sgemm of A + aoff[b], B + boff[b] (in packed floats when brs = bcs = 0) into Y + yoff[b] */
+void qc_sgemm_batch(int batch, const int *aoff, const int *boff, const int *yoff, int M, int N, int K,
+                    const float *A, int lda, const float *B, int brs, int bcs, float alpha, const float *bias,
+                    float *Y, int ldy, float *work);
+/* qc_conv2d_f32 (same arguments and p) as GEMMs: per image and group, Y (OC/group x OH*OW) =
+ * W (row-major, as stored) x im2col columns of `nb` output pixels at a time (nb a multiple of
+ * 16), packed into `work` (C/group*KH*KW * nb floats). A 1x1 stride-1 unpadded conv with
+ * OH*OW % 4 == 0 reads x in place (work unused, may be NULL). */
+void qc_conv2d_sgemm_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int group,
+                         const int *p, const float *x, const float *w, const float *bias, float *y, float *work,
+                         int nb);
 
 /* 2-D convolution, NCHW, weights OC x IC/group x KH x KW; bias may be NULL.
  * p = {stride_h, stride_w, pad_top, pad_left, dil_h, dil_w} */
@@ -95,6 +121,9 @@ void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float 
  * elements (bias may be NULL); mean_out / invstd_out (outer elements each) may be NULL */
 void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
                       const float *bias, float *y, float *mean_out, float *invstd_out);
+/* RMSNorm over the last n elements of each of `outer` rows: y = x / sqrt(mean(x^2) + eps) * scale
+ * (computed as x * (1 / sqrt(...)) * scale[i]; scale has n elements) */
+void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y);
 
 enum qc_reduce {
     QC_RSUM, QC_RMEAN, QC_RMAX, QC_RMIN, QC_RPROD, QC_RL1, QC_RL2, QC_RSUMSQ, QC_RLOGSUM,

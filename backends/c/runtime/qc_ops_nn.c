@@ -1,5 +1,6 @@
 /* qc C backend: float32 linear algebra, convolution, pooling, normalization and reductions. */
 #include "qc_ops.h"
+#include "qc_vmath.h"
 
 #include <float.h>
 #include <math.h>
@@ -213,9 +214,62 @@ void qc_lrn_f32(int N, int C, int HW, int size, float alpha, float beta, float b
     }
 }
 
+/* softmax of one contiguous row: max, exp(x - max) stored and summed, times 1/sum (LogSoftmax:
+ * x - max - log(sum)); the same bits with and without SIMD (qc_vmath.h) */
+static void qc_softmax_row(int n, int log, const float *x, float *y)
+{
+    const float m = qc_row_max(n, x);
+    float s, r;
+    int j = 0;
+#if defined(QC_VM_SIMD)
+    qc_vf vm = qc_vf_dup(m), acc = qc_vf_dup(0.0f);
+    for (; j + 4 <= n; j += 4) {
+        qc_vf e = qc_vexp(qc_vf_sub(qc_vf_load(x + j), vm));
+        acc = qc_vf_add(acc, e);
+        if (!log) qc_vf_store(y + j, e);
+    }
+    s = qc_vf_hsum(acc);
+#else
+    float l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int k;
+    for (; j + 4 <= n; j += 4) {
+        for (k = 0; k < 4; ++k) {
+            const float e = qc_expf(x[j + k] - m);
+            l[k] += e;
+            if (!log) y[j + k] = e;
+        }
+    }
+    s = (l[0] + l[1]) + (l[2] + l[3]);
+#endif
+    for (; j < n; ++j) {
+        const float e = qc_expf(x[j] - m);
+        s += e;
+        if (!log) y[j] = e;
+    }
+    j = 0;
+    if (log) {
+        const float ls = qc_logf(s);
+#if defined(QC_VM_SIMD)
+        for (; j + 4 <= n; j += 4)
+            qc_vf_store(y + j, qc_vf_sub(qc_vf_sub(qc_vf_load(x + j), vm), qc_vf_dup(ls)));
+#endif
+        for (; j < n; ++j) y[j] = x[j] - m - ls;
+        return;
+    }
+    r = 1.0f / s;
+#if defined(QC_VM_SIMD)
+    for (; j + 4 <= n; j += 4) qc_vf_store(y + j, qc_vf_mul(qc_vf_load(y + j), qc_vf_dup(r)));
+#endif
+    for (; j < n; ++j) y[j] *= r;
+}
+
 void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float *y)
 {
     int o, i, j;
+    if (inner == 1) {
+        for (o = 0; o < outer; ++o) qc_softmax_row(n, log, x + (size_t)o * (size_t)n, y + (size_t)o * (size_t)n);
+        return;
+    }
     for (o = 0; o < outer; ++o) {
         for (i = 0; i < inner; ++i) {
             const float *xp = x + (size_t)o * (size_t)n * (size_t)inner + (size_t)i;
@@ -224,12 +278,12 @@ void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float 
             for (j = 0; j < n; ++j)
                 if (xp[(size_t)j * (size_t)inner] > m) m = xp[(size_t)j * (size_t)inner];
             for (j = 0; j < n; ++j) {
-                const float e = expf(xp[(size_t)j * (size_t)inner] - m);
+                const float e = qc_expf(xp[(size_t)j * (size_t)inner] - m);
                 s += e;
                 if (!log) yp[(size_t)j * (size_t)inner] = e;
             }
             if (log) {
-                const float ls = logf(s);
+                const float ls = qc_logf(s);
                 for (j = 0; j < n; ++j) yp[(size_t)j * (size_t)inner] = xp[(size_t)j * (size_t)inner] - m - ls;
             } else {
                 for (j = 0; j < n; ++j) yp[(size_t)j * (size_t)inner] /= s;
@@ -238,26 +292,77 @@ void qc_softmax_f32(int outer, int n, int inner, int log, const float *x, float 
     }
 }
 
+/* y[i] = (x[i] - c) * a * scale[i] (+ bias[i]): the normalization step of LayerNorm (c = mean,
+ * a = 1/std) and RMSNorm (c = 0, a = 1/rms) */
+static void qc_norm_row(int n, const float *x, float c, float a, const float *scale, const float *bias,
+                        float *y)
+{
+    int i = 0;
+#if defined(QC_VM_SIMD)
+    const qc_vf vc = qc_vf_dup(c), va = qc_vf_dup(a);
+    for (; i + 4 <= n; i += 4) {
+        qc_vf v = qc_vf_mul(qc_vf_mul(qc_vf_sub(qc_vf_load(x + i), vc), va), qc_vf_load(scale + i));
+        qc_vf_store(y + i, bias ? qc_vf_add(v, qc_vf_load(bias + i)) : v);
+    }
+#endif
+    for (; i < n; ++i) {
+        float v = (x[i] - c) * a * scale[i];
+        y[i] = bias ? v + bias[i] : v;
+    }
+}
+
+/* Two passes for the statistics (the sum, then the sum of squared deviations from the mean):
+ * sum-and-sum-of-squares in one pass cancels catastrophically when |mean| >> std. */
 void qc_layernorm_f32(int outer, int n, float eps, const float *x, const float *scale,
                       const float *bias, float *y, float *mean_out, float *invstd_out)
 {
-    int o, i;
+    int o;
     for (o = 0; o < outer; ++o) {
         const float *xp = x + (size_t)o * (size_t)n;
-        float *yp = y + (size_t)o * (size_t)n;
-        float mean = 0.0f, var = 0.0f, inv;
-        for (i = 0; i < n; ++i) mean += xp[i];
-        mean /= (float)n;
-        for (i = 0; i < n; ++i) var += (xp[i] - mean) * (xp[i] - mean);
-        var /= (float)n;
-        inv = 1.0f / sqrtf(var + eps);
+        const float mean = qc_row_sum(n, xp, 0, 0.0f) / (float)n;
+        const float var = qc_row_sum(n, xp, 2, mean) / (float)n;
+        const float inv = 1.0f / sqrtf(var + eps);
         if (mean_out) mean_out[o] = mean;
         if (invstd_out) invstd_out[o] = inv;
-        for (i = 0; i < n; ++i) {
-            float v = (xp[i] - mean) * inv * scale[i];
-            yp[i] = bias ? v + bias[i] : v;
+        qc_norm_row(n, xp, mean, inv, scale, bias, y + (size_t)o * (size_t)n);
+    }
+}
+
+void qc_rmsnorm_f32(int outer, int n, float eps, const float *x, const float *scale, float *y)
+{
+    int o;
+    for (o = 0; o < outer; ++o) {
+        const float *xp = x + (size_t)o * (size_t)n;
+        const float inv = 1.0f / sqrtf(qc_row_sum(n, xp, 1, 0.0f) / (float)n + eps);
+        qc_norm_row(n, xp, 0.0f, inv, scale, NULL, y + (size_t)o * (size_t)n);
+    }
+}
+
+/* Reductions over the last axis only (rank-1 leading dims kept, contiguous output): one row each */
+static int qc_reduce_rows(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
+                          const float *x, float *y)
+{
+    const int n = shape[rank - 1];
+    int d, want = 1;
+    size_t r;
+    if (ys[rank - 1] != 0 || (size_t)n != count || n < 4) return 0;
+    for (d = rank - 2; d >= 0; --d) {
+        if (shape[d] != 1 && ys[d] != want) return 0;
+        want *= shape[d];
+    }
+    if ((size_t)want != ny) return 0;
+    for (r = 0; r < ny; ++r) {
+        const float *xp = x + r * (size_t)n;
+        switch (op) {
+        case QC_RSUM: y[r] = qc_row_sum(n, xp, 0, 0.0f); break;
+        case QC_RMEAN: y[r] = qc_row_sum(n, xp, 0, 0.0f) / (float)count; break;
+        case QC_RSUMSQ: y[r] = qc_row_sum(n, xp, 1, 0.0f); break;
+        case QC_RL2: y[r] = sqrtf(qc_row_sum(n, xp, 1, 0.0f)); break;
+        case QC_RMAX: y[r] = qc_row_max(n, xp); break;
+        default: return 0; /* before any row is written: r == 0 */
         }
     }
+    return 1;
 }
 
 void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
@@ -267,6 +372,7 @@ void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny,
     ptrdiff_t off = 0;
     size_t i, total = 1;
     float init = 0.0f;
+    if (qc_reduce_rows(op, rank, shape, ys, ny, count, x, y)) return;
     if (op == QC_RMAX) init = -INFINITY;
     if (op == QC_RMIN) init = INFINITY;
     if (op == QC_RPROD) init = 1.0f;
