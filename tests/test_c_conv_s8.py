@@ -144,7 +144,7 @@ def _pointwise_case(rng, i, K, P, OC, data, want) -> None:
     w = np.full((OC, K), -128, np.int8) if extreme else rng.integers(-128, 128, (OC, K), dtype=np.int8)
     bias = rng.integers(-2**16, 2**16, OC).astype(np.int32)
     acc = bias.astype(np.int64)[:, None] + w.astype(np.int64) @ x.astype(np.int64)
-    qm = [packing.quantize_multiplier(float(r)) for r in np.exp(rng.uniform(np.log(1e-6), np.log(0.9), OC))]
+    qm = [packing.quantize_multiplier(float(r)) for r in np.exp(rng.uniform(np.log(1e-6), np.log(3.0), OC))]
     mult = np.array([m for m, _ in qm], np.int32)
     shift = np.array([s for _, s in qm], np.int32)
     zy, lo, hi = int(rng.integers(-20, 20)), (-128, 0)[i % 2], (127, 100)[i % 2]

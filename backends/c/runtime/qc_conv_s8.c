@@ -352,6 +352,19 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
    output pixel takes per tap one 16-channel load, SMULL / SMULL2 by the tap's 16 weights and
    SADDW / SADDW2 into 4 int32 accumulators, then the vector requantization (no left shift:
    the caller guarantees shift <= 0), and the pixels x channels result is transposed back. */
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+/* 4 channels' accumulators requantized with their own multipliers and right shifts (shift <= 0),
+   the steps of qc_requant_s8's vector path; the parameters are reloaded (L1) to spare registers. */
+static inline int32x4_t qc_dw_rq4(int32x4_t a, const int32_t *mult, const int32_t *shift, int32x4_t zp,
+                                  int32x4_t lo, int32x4_t hi)
+{
+    const int32x4_t s = vld1q_s32(shift);
+    a = vqrdmulhq_s32(a, vld1q_s32(mult));
+    a = vrshlq_s32(vqaddq_s32(a, vshrq_n_s32(vandq_s32(a, s), 31)), s);
+    return vminq_s32(vmaxq_s32(vaddq_s32(a, zp), lo), hi);
+}
+#endif
+
 size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW)
 {
     const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
@@ -370,7 +383,7 @@ void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int 
     const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
     int8_t *xp = scratch, *yt = xp + (size_t)PH * PW * cp, *wt = yt + (size_t)OH * OW * cp;
     const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
-    int ih, c0, oh, ow, k;
+    int ih, c0, oh, ow;
     if ((C & 15) == 0) {
         qc_dw_fill(xp, (size_t)PH * PW * cp, pad_value);
         for (ih = 0; ih < H; ++ih) {
@@ -392,36 +405,37 @@ void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int 
         }
         qc_transpose_s8(C, 9, w, 9, wt, (int)cp);
         for (c0 = 0; c0 < C; c0 += 16) {
-            int8x16_t wk[9];
+            const int8_t *wc = wt + c0;
+            const int8x16_t w0 = vld1q_s8(wc), w1 = vld1q_s8(wc + cp), w2 = vld1q_s8(wc + 2 * cp);
+            const int8x16_t w3 = vld1q_s8(wc + 3 * cp), w4 = vld1q_s8(wc + 4 * cp), w5 = vld1q_s8(wc + 5 * cp);
+            const int8x16_t w6 = vld1q_s8(wc + 6 * cp), w7 = vld1q_s8(wc + 7 * cp), w8 = vld1q_s8(wc + 8 * cp);
             const int32x4_t b0 = vld1q_s32(bias + c0), b1 = vld1q_s32(bias + c0 + 4);
             const int32x4_t b2 = vld1q_s32(bias + c0 + 8), b3 = vld1q_s32(bias + c0 + 12);
-            const int32x4_t m0 = vld1q_s32(mult + c0), m1 = vld1q_s32(mult + c0 + 4);
-            const int32x4_t m2 = vld1q_s32(mult + c0 + 8), m3 = vld1q_s32(mult + c0 + 12);
-            const int32x4_t s0 = vld1q_s32(shift + c0), s1 = vld1q_s32(shift + c0 + 4);
-            const int32x4_t s2 = vld1q_s32(shift + c0 + 8), s3 = vld1q_s32(shift + c0 + 12);
-            for (k = 0; k < 9; ++k) {
-                wk[k] = vld1q_s8(wt + (size_t)k * cp + c0);
-            }
+            const size_t rs = (size_t)PW * cp;   /* one padded row */
             for (oh = 0; oh < OH; ++oh) {
                 for (ow = 0; ow < OW; ++ow) {
-                    const int8_t *base = xp + ((size_t)oh * stride * PW + (size_t)ow * stride) * cp + c0;
+                    const int8_t *r0 = xp + ((size_t)oh * stride * PW + (size_t)ow * stride) * cp + c0;
+                    const int8_t *r1 = r0 + rs, *r2 = r1 + rs;
                     int32x4_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
                     int16x8_t h0, h1;
-                    for (k = 0; k < 9; ++k) {
-                        const int8x16_t v = vld1q_s8(base + ((size_t)(k / 3) * PW + (size_t)(k % 3)) * cp);
-                        const int16x8_t pl = vmull_s8(vget_low_s8(v), vget_low_s8(wk[k]));
-                        const int16x8_t ph = vmull_high_s8(v, wk[k]);
-                        a0 = vaddw_s16(a0, vget_low_s16(pl));
-                        a1 = vaddw_high_s16(a1, pl);
-                        a2 = vaddw_s16(a2, vget_low_s16(ph));
-                        a3 = vaddw_high_s16(a3, ph);
-                    }
-#define QC_DW_RQ(a, m, s)                                                                     \
-    vminq_s32(vmaxq_s32(vaddq_s32(vrshlq_s32(vqaddq_s32(vqrdmulhq_s32(a, m),                   \
-                                                       vshrq_n_s32(vandq_s32(vqrdmulhq_s32(a, m), s), 31)), s), zp), lo), hi)
-                    h0 = vcombine_s16(vmovn_s32(QC_DW_RQ(a0, m0, s0)), vmovn_s32(QC_DW_RQ(a1, m1, s1)));
-                    h1 = vcombine_s16(vmovn_s32(QC_DW_RQ(a2, m2, s2)), vmovn_s32(QC_DW_RQ(a3, m3, s3)));
-#undef QC_DW_RQ
+#define QC_DW_TAP(p, wk)                                                    \
+    do {                                                                    \
+        const int8x16_t v_ = vld1q_s8(p);                                   \
+        const int16x8_t pl_ = vmull_s8(vget_low_s8(v_), vget_low_s8(wk));   \
+        const int16x8_t ph_ = vmull_high_s8(v_, wk);                        \
+        a0 = vaddw_s16(a0, vget_low_s16(pl_));                              \
+        a1 = vaddw_high_s16(a1, pl_);                                       \
+        a2 = vaddw_s16(a2, vget_low_s16(ph_));                              \
+        a3 = vaddw_high_s16(a3, ph_);                                       \
+    } while (0)
+                    QC_DW_TAP(r0, w0); QC_DW_TAP(r0 + cp, w1); QC_DW_TAP(r0 + 2 * cp, w2);
+                    QC_DW_TAP(r1, w3); QC_DW_TAP(r1 + cp, w4); QC_DW_TAP(r1 + 2 * cp, w5);
+                    QC_DW_TAP(r2, w6); QC_DW_TAP(r2 + cp, w7); QC_DW_TAP(r2 + 2 * cp, w8);
+#undef QC_DW_TAP
+                    h0 = vcombine_s16(vmovn_s32(qc_dw_rq4(a0, mult + c0, shift + c0, zp, lo, hi)),
+                                      vmovn_s32(qc_dw_rq4(a1, mult + c0 + 4, shift + c0 + 4, zp, lo, hi)));
+                    h1 = vcombine_s16(vmovn_s32(qc_dw_rq4(a2, mult + c0 + 8, shift + c0 + 8, zp, lo, hi)),
+                                      vmovn_s32(qc_dw_rq4(a3, mult + c0 + 12, shift + c0 + 12, zp, lo, hi)));
                     vst1q_s8(yt + ((size_t)oh * OW + ow) * cp + c0, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
                 }
             }
