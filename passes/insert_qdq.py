@@ -105,6 +105,15 @@ class InsertQDQ(Pass):
     observed there; the pair goes where the activation is defined, so a main-graph value read
     in both branches of an If is quantized once, before the If. An op whose input has no
     statistics (inside a Scan body) keeps it float, with a remark.
+    A Conv input made from a float tensor by a chain of single-use shape-only ops (a channel
+    shuffle: Reshape -> Transpose -> Reshape) gets its pair before the chain instead, with the
+    Conv input's statistics (the ops only move values), and one pair of the same parameters
+    between consecutive shape ops, so that ``fold-qdq`` runs them on the integers::
+
+        %r = onnx.Relu(%c)                       ->  %r.q = onnx.QuantizeLinear(%r, @s.scale, @s.zp)
+        %s = Reshape(Transpose(Reshape(%r)))         %s.q = Reshape(Transpose(Reshape(%r.q)))  (int8)
+        %y = onnx.Conv(%s, %w.dq)                    %y = onnx.Conv(DequantizeLinear(%s.q), %w.dq)
+
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """
@@ -205,7 +214,7 @@ class InsertQDQ(Pass):
             raise QCError(f"insert-qdq: {dtype} activations need opset {need}, the model has opset {opset}",
                           hint=f"recompile with --upgrade-opset {max(need, 13)}")
 
-    def _hoist_over_shape_ops(self, x: Value, pairs: dict[int, Value], homes: "_Homes", module: Module,
+    def _hoist_over_shape_ops(self, x: Value, pairs: dict[int, Value], homes: _Homes, module: Module,
                               dtype: DType, calib, method: str, ctx: PassContext, consumer: Op) -> bool:
         """A Conv input made by a chain of single-use shape-only ops (a channel shuffle's
         Reshape / Transpose / Reshape) from a float y: put the pair on y instead, with x's
