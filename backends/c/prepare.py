@@ -1,11 +1,15 @@
 """The pipeline that readies a module for the C backend: static input shapes, folded shape arithmetic.
 
 It is made of ordinary passes (``fix-shapes``, ``propagate-shapes``, ``fold-constants``, ``dce``,
-``fold-shapes``)::
+``fold-shapes``, the ``fuse-*`` passes)::
 
     fix-shapes{shapes=input_ids:1x16,attention_mask:1x16}
     then, until fold-shapes reports no change (at most 16 rounds):
         propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes
+    then once: fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce
+
+The fusions run last, on static shapes; the C backend has kernels for what they produce
+(lower_fused.py, docs/c-backend.md "Fused ops").
 
 ``prepare`` runs it through the pass manager until the pass manager has a fixpoint group of its
 own; ``emit_c`` itself runs no pass and only checks that every value has a static shape.
@@ -22,6 +26,8 @@ from qc.ir import Module
 FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes"
 """One round of the folding group; it repeats until its last pass, fold-shapes, changes nothing."""
 MAX_ROUNDS = 16
+FUSE = "fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce"
+"""The fusions the C backend has kernels for, run once after the folding group."""
 
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
@@ -51,8 +57,8 @@ def c_prepare_pipeline(shapes: Mapping[str, Sequence[int]]) -> str:
     """The passes that give the C backend static shapes: ``fix-shapes`` for the inputs, then the
     shape arithmetic folded to a fixpoint (each round: shape inference, small constants, the
     taken branch of an If with a constant condition, dce, Shape/Size/ConstantOfShape and the
-    contrib ops' types)."""
-    return f"{fix_shapes_spec(shapes)},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND})"
+    contrib ops' types), then the fusions (``FUSE``)."""
+    return f"{fix_shapes_spec(shapes)},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND}),{FUSE}"
 
 
 def prepare(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:

@@ -6,8 +6,7 @@
    an h[0] x h[1] int8 matrix with row stride h[2] (read h[0] * h[2] bytes). Modes 3 / 4:
    qc_conv1x1_s8_q8 / _f32 with K = h[0], P = h[1], OC = h[2] and h[15..19] as above: x (K*P
    int8), the packed weights (ceil(OC/4)*ceil(K/4)*16 int8), bias (OC int32), then as mode 0 / 1.
-   Mode 6: as mode 0 through qc_conv_dw3x3_s8_q8_nhwc. Mode 5: h[0] floats quantized (scale: the bits h[1], zero point h[15]) by qc_quantize_f32_s8,
-   then by qc_quantize_s8. */
+   Mode 6: as mode 0 through qc_conv_dw3x3_s8_q8_nhwc. Mode 5: h[0] floats quantized (scale: the bits h[1], zero point h[15]) by qc_quantize_s8. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,14 +37,13 @@ int main(int argc, char **argv)
             free(x); free(y);
             continue;
         }
-        if (h[14] == 5) {   /* qc_quantize_f32_s8 then qc_quantize_s8: n = h[0], scale bits h[1], zp h[15] */
+        if (h[14] == 5) {   /* qc_quantize_s8: n = h[0], scale bits h[1], zp h[15] */
             const size_t n = (size_t)h[0];
             float scale, *x = read_n(in, n * 4);
-            int8_t *y = malloc(2 * n + 1);
+            int8_t *y = malloc(n + 1);
             memcpy(&scale, &h[1], 4);
-            qc_quantize_f32_s8(n, x, scale, h[15], y);
-            qc_quantize_s8(n, x, scale, h[15], y + n);
-            fwrite(y, 1, 2 * n, out);
+            qc_quantize_s8(n, x, scale, h[15], y);
+            fwrite(y, 1, n, out);
             free(x); free(y);
             continue;
         }
