@@ -52,28 +52,57 @@ static void qc_dw_copy(int8_t *dst, const int8_t *src, size_t n)
 }
 
 /* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
-   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16:
-   each row is filled with the zero point in 16-byte stores, then the image row copied in). */
+   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16).
+   Padding rows are filled in 16-byte stores; image rows get the image row copied in and only
+   their border columns below PW set (the bytes from PW to the stride are left as they are:
+   every reader multiplies them by zero taps or does not read them). */
 static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int pad_left, int PH,
                             int PW, int8_t pad_value, int8_t *xp)
 {
     const size_t ps = (size_t)QC_DW_STRIDE(PW);
-    int r;
+    const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
+    const int src0 = lo - pad_left;    /* first image column copied */
+    int n = W - src0, r, j;
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int8x16_t pv = vdupq_n_s8(pad_value);
+#endif
+    if (n > (int)ps - lo) {
+        n = (int)ps - lo;
+    }
+    if (n < 0) {
+        n = 0;
+    }
     for (r = 0; r < PH; ++r) {
         int8_t *dst = xp + (size_t)r * ps;
         const int ih = r - pad_top;
-        qc_dw_fill(dst, ps, pad_value);
-        if (ih >= 0 && ih < H) {
-            const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
-            const int src0 = lo - pad_left;    /* first image column copied */
-            int n = W - src0;
-            if (n > (int)ps - lo) {
-                n = (int)ps - lo;
-            }
-            if (n > 0) {
-                qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
-            }
+        if (ih < 0 || ih >= H) {
+            qc_dw_fill(dst, ps, pad_value);
+            continue;
         }
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+        /* 16-byte stores: the left ones may run into the copy (written after them) or the next
+           row (written later; the scratch has 16 bytes past the last), the right ones stay
+           below PW + 16 <= ps */
+        for (j = 0; j < lo; j += 16) {
+            vst1q_s8(dst + j, pv);
+        }
+        if (n > 0) {
+            qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
+        }
+        for (j = lo + n; j < PW; j += 16) {
+            vst1q_s8(dst + j, pv);
+        }
+#else
+        for (j = 0; j < lo; ++j) {
+            dst[j] = pad_value;
+        }
+        if (n > 0) {
+            qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
+        }
+        for (j = lo + n; j < PW; ++j) {
+            dst[j] = pad_value;
+        }
+#endif
     }
 }
 
