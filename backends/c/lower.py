@@ -25,6 +25,7 @@ from qc.ir import Graph, Op, TensorType, Value
 from qc.ir.printer import format_type
 
 from . import lower_control, lower_ops, lower_resize, lower_rnn  # noqa: F401 - register their handlers
+from .lower_outliers import match_outliers, plan_outliers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
 from .lowering import HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
@@ -70,7 +71,7 @@ def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
         why = "it depends on the iterations" if subgraphs else "it is not known at compile time"
         raise unsupported(op, f"output '{dyn.name}' has no static shape ({format_type(dyn.type)}): {why}",
                           hint=SHAPE_HINT)
-    if match_unit(lw, op):
+    if match_unit(lw, op) or match_outliers(lw, op):
         return None
     if op.domain not in ("", "ai.onnx"):
         raise unsupported(op, f"domain '{op.domain}'")
@@ -151,6 +152,7 @@ def lower(lw: Lowering) -> Lowered:
             outputs.append((v, b, False))
         # else: the node that computes it is reported by lower_graph
     plan_units(lw)
+    plan_outliers(lw)
     lw.walk = lambda graph: lower_graph(lw, graph)
     lower_graph(lw, g)
     if lw.problems:
