@@ -126,6 +126,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_bind_option(comp)
     comp.add_argument("--emit-harness", action="store_true",
                       help="--emit c: also write harness.c, a main() that reads inputs from files and writes outputs")
+    comp.add_argument("--threads", type=int, metavar="N",
+                      help="--emit c, Cortex-A targets: a pthread worker pool that splits the big GEMMs, attention "
+                           "heads and element-wise calls; N threads by default (-t N or QC_THREADS=N at run time; "
+                           "results identical for any N; docs/c-backend.md). Default: no pool")
     comp.add_argument("--pipeline", dest="named_pipeline", default="default",
                       help="named pipeline to run (default: %(default)s)")
     comp.add_argument("-p", "--passes", dest="pipeline", default=None, help="explicit pipeline instead")
@@ -397,6 +401,12 @@ def cmd_compile(args) -> int:
     driver.check_output_path(args.output, kind)
     if kind != "c" and (args.shape or args.emit_harness):
         raise QCError("--shape and --emit-harness describe C output", hint="add --emit c (or -o a directory)")
+    if args.threads is not None:
+        if kind != "c":
+            raise QCError("--threads describes C output", hint="add --emit c (or -o a directory)")
+        from .backends.c import check_threads
+
+        check_threads(target, args.threads)
     if args.quant is None and (args.calib or args.calib_text):
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
     if args.quant is None and args.report:
@@ -437,7 +447,7 @@ def cmd_compile(args) -> int:
         if executor is not None:
             executor.close()
     try:
-        onnx_path = result.write(args.output, external=external, harness=args.emit_harness)
+        onnx_path = result.write(args.output, external=external, harness=args.emit_harness, threads=args.threads)
         if args.report_json:
             _write_json(args.report_json, result.report if result.report is not None
                         else {"placement": result.placement}, [args.model, args.output])

@@ -240,11 +240,12 @@ class CompileResult:
         return self.context.remarks
 
     def write(self, path: str | os.PathLike, *, external: bool | None = None, harness: bool = False,
-              elide_above: int | None = 16, measure: bool = True) -> str:
+              elide_above: int | None = 16, measure: bool = True, threads: int | None = None) -> str:
         """Write the output where ``path`` says: a ``.onnx`` / ``.qir`` file, or for C a directory
         with the sources, ``model.onnx`` (the same model for onnxruntime, the oracle) and
-        ``report.json``. A quantized compile then has its ``report`` (sizes, warnings and, with
-        ``measure``, the end-to-end SQNR on the held-aside samples). Returns the ONNX path.
+        ``report.json`` (*threads*: the C code's worker pool, ``qc compile --threads``). A quantized
+        compile then has its ``report`` (sizes, warnings and, with ``measure``, the end-to-end SQNR
+        on the held-aside samples). Returns the ONNX path.
 
         The report runs onnxruntime on the written file, so it comes after the write; when it (or
         the write) fails, the files this call wrote are removed and a previous output at ``path``
@@ -255,7 +256,7 @@ class CompileResult:
         rollback = _Rollback(path, kind)
         try:
             onnx_path = self._write(path, kind, external=external, harness=harness, elide_above=elide_above,
-                                    measure=measure)
+                                    measure=measure, threads=threads)
         except BaseException:
             rollback.restore()
             raise
@@ -263,7 +264,7 @@ class CompileResult:
         return onnx_path
 
     def _write(self, path: str, kind: Emit, *, external: bool | None, harness: bool, elide_above: int | None,
-               measure: bool) -> str:
+               measure: bool, threads: int | None = None) -> str:
         inputs = [self.source] if self.source else []
         t0 = time.perf_counter()
         if kind == "onnx":
@@ -281,7 +282,7 @@ class CompileResult:
             for name in sorted(os.listdir(snapshot), reverse=True):  # model.onnx.data (over 2 GB) first
                 with open(os.path.join(snapshot, name), "rb") as src, atomic_write(os.path.join(path, name)) as dst:
                     shutil.copyfileobj(src, dst, 1 << 24)
-            self.c_report = emit_c(self.module, path, self.target, harness=harness)
+            self.c_report = emit_c(self.module, path, self.target, harness=harness, threads=threads)
         self.seconds["export"] = time.perf_counter() - t0
         if self.quant is not None:
             self.report = _quant_report(self, onnx_path, measure)

@@ -17,7 +17,8 @@ from qc.ir import Module, TensorType
 
 from .prepare import c_prepare_pipeline, parse_shapes, prepare
 
-__all__ = ["c_prepare_pipeline", "check_static_shapes", "emit_c", "format_report", "memory_plan", "parse_shapes",
+__all__ = ["c_prepare_pipeline", "check_static_shapes", "check_threads", "emit_c", "format_report", "memory_plan",
+           "parse_shapes",
            "prepare"]
 
 
@@ -59,19 +60,22 @@ def memory_plan(module: Module, target, *, variant: str | None = None, top: int 
 
 
 def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False, prefix: str = "model",
-           incbin: bool | None = None, variant: str | None = None) -> dict:
+           incbin: bool | None = None, variant: str | None = None, threads: int | None = None) -> dict:
     """Compile *module* (prepared: every value has a static shape, see ``prepare``) to C in
     *out_dir*; return the report.
 
     *variant* overrides the kernel variant the target's kernel table chooses (kernels.gemm_variant),
     e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
-    (False) pulling the weights in with .incbin (default: above 8 MB)."""
+    (False) pulling the weights in with .incbin (default: above 8 MB). *threads* (``--threads``,
+    not for Cortex-M: see ``check_threads``) adds the worker pool with that default thread count
+    and splits the big calls (``split.plan``); None writes the single-threaded code."""
     from . import emit as E
     from .harness import harness_c
     from .lower import Lowering, lower
     from .memplan import plan
 
     features = tuple(getattr(target, "features", ()) or ())
+    check_threads(target, threads)
     check_static_shapes(module)
     from .kernels import gemm_variant
 
@@ -79,11 +83,15 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     lw = Lowering(module, features, variant or gemm_variant(target), table)
     low = lower(lw)
     arena = plan(low.calls, low.arena_buffers)
+    if threads is not None:
+        from .split import plan as split_plan
+
+        split_plan(low.calls)
     out = Path(out_dir)
-    info = E.emit(low, out, prefix, arena, incbin=incbin)
+    info = E.emit(low, out, prefix, arena, incbin=incbin, threads=threads)
     files = list(info["files"])
     if harness:
-        E.write_text(out / "harness.c", harness_c(low, prefix))
+        E.write_text(out / "harness.c", harness_c(low, prefix, threads))
         files.append("harness.c")
     cc = getattr(target, "cc", None) or "cc"
     flags = list(getattr(target, "cflags", ()) or ("-O2",))
@@ -92,20 +100,46 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         from .packing import variant_macros
 
         macros = variant_macros(lw.variant)
+    if threads is not None:
+        macros = macros + [THREADS_MACRO]
     sources = E.source_files(files)
     ldflags, extra = _cortex_m_harness(target, out) if harness else ([], [])
     files += extra
-    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros, harness, ldflags,
+    pthread = ["-pthread"] if threads is not None else []
+    E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros + pthread, harness, ldflags,
                                               [f for f in extra if f.endswith(".c")]))
-    E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros))
+    E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros, threads is not None))
     files += ["Makefile", f"{prefix}.cmake", "report.json"]
     report = {"prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
             "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
             "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
             "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
             "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
+    if threads is not None:
+        report["threads"] = threads
+        report["split_calls"] = sum(c.split is not None for c in low.calls)
     E.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     return {"out_dir": str(out), **report}
+
+
+THREADS_MACRO = "-DQC_THREADS=1"
+
+
+def check_threads(target, threads: int | None) -> None:
+    """A QCError unless *threads* is None or a thread count >= 1 for a target with an OS (pthreads):
+    Cortex-M targets (a bare-metal compiler or -mcpu=cortex-m*) stay single-threaded."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise QCError(f"--threads must be a whole number >= 1 (got {threads!r})")
+    from .toolchain import CORTEX_M_CPUS
+
+    cc = getattr(target, "cc", None) or ""
+    flags = tuple(getattr(target, "cflags", ()) or ())
+    name = getattr(target, "name", "")
+    if name in CORTEX_M_CPUS or "none-eabi" in cc or any(f.startswith("-mcpu=cortex-m") for f in flags):
+        raise QCError(f"--threads is for Cortex-A targets: '{name}' is a Cortex-M target (bare metal, no "
+                      "threads), whose C code is single-threaded", hint="drop --threads for this target")
 
 
 def check_static_shapes(module: Module) -> None:
@@ -130,6 +164,8 @@ def format_report(report: dict) -> str:
              f"  arena (RAM): {report['arena_bytes']} bytes, weights (flash): {report['weight_bytes']} bytes"
              + (" (.incbin model_weights.bin)" if report["incbin"] else ""),
              f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
+             *([f"  threads: {report['threads']} by default ({report['split_calls']} calls split across them; "
+                "-t N or QC_THREADS=N at run time)"] if "threads" in report else []),
              "  kernels: " + ", ".join(f"{k} x{n}"
                                       for k, n in sorted(report["kernels"].items(), key=lambda kv: -kv[1]))]
     return "\n".join(lines) + "\n"

@@ -4,10 +4,12 @@ from __future__ import annotations
 from .lowering import Lowered
 
 
-def harness_c(low: Lowered, prefix: str) -> str:
+def harness_c(low: Lowered, prefix: str, threads: int | None = None) -> str:
     """harness.c for `harness [-r RUNS] IN0.bin ... OUT0.bin ...` (raw little-endian row-major
     arrays). With -r the model runs RUNS times and the CPU time (clock()) goes to stderr as
-    "RUNS runs SECONDS s".
+    "RUNS runs SECONDS s". A model compiled with --threads (*threads* not None) also takes
+    `-t THREADS` (default: the QC_THREADS environment variable, else the compiled default), and
+    starts its pool before the first clock().
 
     Exit codes: 0 ok, 2 usage, 3 an input file is missing or has the wrong size, 4 an output
     file cannot be written.
@@ -48,14 +50,11 @@ def harness_c(low: Lowered, prefix: str) -> str:
               "{",
               "    const char *prog = argv[0];",
               "    long runs = 1, r;",
-              "    clock_t t0;",
-              "    if (argc > 2 && argv[1][0] == '-' && argv[1][1] == 'r' && argv[1][2] == 0) {",
-              "        runs = atol(argv[2]);",
-              "        argv += 2;",
-              "        argc -= 2;",
-              "    }",
-              f"    if (argc != {1 + nin + nout} || runs < 1) {{",
-              f"        fprintf(stderr, \"usage: %s [-r RUNS]{' IN.bin' * nin}{' OUT.bin' * nout}\\n\", prog);",
+              "    clock_t t0;"]
+    lines += _options(threads is not None)
+    lines += [f"    if (argc != {1 + nin + nout} || runs < 1{' || threads < 0' if threads is not None else ''}) {{",
+              f"        fprintf(stderr, \"usage: %s [-r RUNS]{' [-t THREADS]' if threads is not None else ''}"
+              f"{' IN.bin' * nin}{' OUT.bin' * nout}\\n\", prog);",
               "        return 2;",
               "    }"]
     for i in range(nin):
@@ -64,6 +63,8 @@ def harness_c(low: Lowered, prefix: str) -> str:
                   f"(unsigned){P}_INPUT{i}_BYTES);",
                   "        return 3;", "    }"]
     args = [f"in{i}" for i in range(nin)] + [f"out{i}" for i in range(nout)] + ["arena"]
+    if threads is not None:
+        lines.append(f"    {prefix}_set_threads(threads);")
     lines += ["    t0 = clock();",
               f"    for (r = 0; r < runs; ++r) {prefix}_run({', '.join(args)});",
               "    if (runs > 1) "
@@ -74,3 +75,21 @@ def harness_c(low: Lowered, prefix: str) -> str:
                   "        return 4;", "    }"]
     lines += ["    return 0;", "}", ""]
     return "\n".join(lines)
+
+
+def _options(threads: bool) -> list[str]:
+    """main()'s option parsing: -r RUNS, and -t THREADS when the model has a thread pool."""
+    if not threads:
+        return ["    if (argc > 2 && argv[1][0] == '-' && argv[1][1] == 'r' && argv[1][2] == 0) {",
+                "        runs = atol(argv[2]);",
+                "        argv += 2;",
+                "        argc -= 2;",
+                "    }"]
+    return ["    int threads = 0;",
+            "    while (argc > 2 && argv[1][0] == '-' && (argv[1][1] == 'r' || argv[1][1] == 't') &&",
+            "           argv[1][2] == 0) {",
+            "        if (argv[1][1] == 'r') runs = atol(argv[2]);",
+            "        else threads = atoi(argv[2]) < 1 ? -1 : atoi(argv[2]);",
+            "        argv += 2;",
+            "        argc -= 2;",
+            "    }"]

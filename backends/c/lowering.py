@@ -25,7 +25,7 @@ ALIGN = 16
 RESERVED = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "
     "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
-    "arena qc_a qc_w main".split())
+    "arena qc_a qc_w main qc_c qc_lo qc_hi qc_ctx qc_task qc_ntasks".split())
 
 
 @dataclass(eq=False)
@@ -102,6 +102,7 @@ class Call:
     text: str = ""
     block: int = 0
     loop: bool = False
+    split: Any = None  # a split.Split when the call runs on the thread pool (split.plan, --threads)
 
     def buffers(self) -> list[tuple[Buffer, bool]]:
         """(buffer, written) for every pointer argument and scratch buffer."""

@@ -27,7 +27,7 @@ def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe
     if kind == "cortex-m":
         _check_board_ram(report, cpu)
     sources = [out / s for s in report["sources"]] + [out / "harness.c"]
-    flags = list(report["macros"]) + list(extra_flags)
+    flags = list(report["macros"]) + (["-pthread"] if "threads" in report else []) + list(extra_flags)
     if report["incbin"]:
         flags.append(f"-Wa,-I{out}")
     name = exe or out / f"harness-{kind}{'-' + cpu if cpu else ''}"
