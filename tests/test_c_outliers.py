@@ -166,7 +166,8 @@ int main(int argc, char **argv) {
         int32_t *cols = take((size_t)nc * 4);
         qc_f16 *w = take((size_t)nc * N * 2);
         float *g = malloc((size_t)M * nc * 4 + 4), *o32 = malloc((size_t)M * N * 4 + 4);
-        float *ref = malloc((size_t)M * N * 4 + 4), *fused = malloc((size_t)M * N * 4 + 4), *a = malloc((size_t)nc * 4 + 4);
+        float *ref = malloc((size_t)M * N * 4 + 4), *fused = malloc((size_t)M * N * 4 + 4);
+        float *a = malloc((size_t)nc * 4 + 4);
         uint16_t *g16 = malloc((size_t)M * nc * 2 + 2), *o16 = malloc((size_t)M * N * 2 + 2);
         for (m = 0; m < M; ++m)
             for (j = 0; j < nc; ++j) g[m * nc + j] = x[m * K + cols[j]];
