@@ -167,7 +167,7 @@ int main(int argc, char **argv) {
         qc_f16 *w = take((size_t)nc * N * 2);
         float *g = malloc((size_t)M * nc * 4 + 4), *o32 = malloc((size_t)M * N * 4 + 4);
         float *ref = malloc((size_t)M * N * 4 + 4), *fused = malloc((size_t)M * N * 4 + 4);
-        float *a = malloc((size_t)nc * 4 + 4);
+        float *a = malloc((size_t)nc * 4 + 4), *w32 = malloc((size_t)nc * N * 4 + 4);
         uint16_t *g16 = malloc((size_t)M * nc * 2 + 2), *o16 = malloc((size_t)M * N * 2 + 2);
         for (m = 0; m < M; ++m)
             for (j = 0; j < nc; ++j) g[m * nc + j] = x[m * K + cols[j]];
@@ -175,13 +175,14 @@ int main(int argc, char **argv) {
         qc_matmul_f16(M, N, nc, (const qc_f16 *)g16, w, (qc_f16 *)o16);
         qc_cast((size_t)M * N, 10, o16, 1, o32);
         for (j = 0; j < M * N; ++j) ref[j] = yr[j] + o32[j];
-        qc_outlier_acc_f16(M, N, nc, x, K, cols, w, yr, fused, a);
-        qc_outlier_acc_f16(M, N, nc, x, K, cols, w, yr, yr, a);    /* in place */
+        for (j = 0; j < nc * N; ++j) w32[j] = qc_f16_to_f32(w[j]);
+        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, fused, a);
+        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, yr, a);    /* in place */
         fwrite(ref, 4, (size_t)M * N, fout);
         fwrite(fused, 4, (size_t)M * N, fout);
         fwrite(yr, 4, (size_t)M * N, fout);
         free(x); free(yr); free(cols); free(w); free(g); free(o32); free(ref); free(fused); free(a);
-        free(g16); free(o16);
+        free(g16); free(o16); free(w32);
     }
     fclose(fout);
     return 0;

@@ -10,8 +10,8 @@
 
 which lowers here to ``qc_outlier_acc_f16`` at the Add: it reads the outlier columns of x in
 place, rounds them to float16, sums their products with the float16 weight rows in float32 (the
-arithmetic of qc_matmul_f16), rounds once to float16 and adds into y.rest: the same bits as the
-five ops one by one. The Add writes into y.rest's buffer when y.rest has no other reader. The
+arithmetic of qc_matmul_f16; the rows are stored widened to float32, which is exact), rounds once
+to float16 and adds into y.rest: the same bits as the five ops one by one. The Add writes into y.rest's buffer when y.rest has no other reader. The
 MatMul and its Cast are consumed; the Gather and the first Cast too when every reader of them
 is such an Add's chain (q, k and v share them).
 """
@@ -131,7 +131,8 @@ def _lower(lw: Lowering, add: Op, u: OutlierUnit) -> None:
     n = u.weight.const.shape[1]
     m = math.prod(xshape[:-1])
     cols = lw.weight(u.cols.astype(np.int32))
+    w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # exact: no conversion per row of x
     scratch = lw.scratch(DType.f32, int(u.cols.size))
     lw.call(add, "qc_outlier_acc_f16", [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
-                                        Ptr(lw.buf(u.weight), ctype="qc_f16"), Ptr(rest), Ptr(y, const=False),
+                                        Ptr(w32), Ptr(rest), Ptr(y, const=False),
                                         Ptr(scratch, const=False)], "outlier acc f16")

@@ -135,11 +135,12 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
 void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy);
 
 /* -- outliers (split-outliers, lower_outliers.py) ------------------------------------------------
-   y[m][n] = y_in[m][n] + f32(f16(sum_k a[k] * f32(W[k][n]))), a[k] = f32(f16(x[m * ldx + cols[k]])),
+   y[m][n] = y_in[m][n] + f32(f16(sum_k a[k] * W[k][n])), a[k] = f32(f16(x[m * ldx + cols[k]])),
    the sum in float32 over k ascending: bit-identical with Gather, Cast to f16, qc_matmul_f16,
-   Cast to f32 and Add. W: ncols x N binary16; y may be y_in (in place); scratch: ncols floats. */
+   Cast to f32 and Add. W: ncols x N binary16 values stored widened to float32 (exact); y may be
+   y_in (in place); scratch: ncols floats. */
 void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
-                        const qc_f16 *W, const float *y_in, float *y, float *scratch);
+                        const float *W, const float *y_in, float *y, float *scratch);
 
 #ifdef __cplusplus
 }

@@ -8,32 +8,24 @@
 #endif
 
 #if defined(QC_OUTL_NEON)
-static float32x4_t qc_outl_w4(const qc_f16 *w)
-{
-#if defined(QC_HAVE_FP16)
-    return vcvt_f32_f16(vld1_f16(w));
-#else
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(w)));
-#endif
-}
-
 /* f32 -> binary16 (round to nearest even) -> f32, four lanes */
 static float32x4_t qc_outl_round16(float32x4_t v) { return vcvt_f32_f16(vcvt_f16_f32(v)); }
 #endif
 
-/* Scalar: the same steps as Cast(f16), qc_matmul_f16's tail, Cast(f32) and Add. */
-static float qc_outl_one(int ncols, const float *a, const qc_f16 *W, int N, int n, float yin)
+/* Scalar: the same steps as Cast(f16), qc_matmul_f16's tail, Cast(f32) and Add (W holds the
+   float16 weights widened to float32, exactly: the products are qc_matmul_f16's). */
+static float qc_outl_one(int ncols, const float *a, const float *W, int N, int n, float yin)
 {
     float acc = 0.0f;
     int k;
     for (k = 0; k < ncols; ++k) {
-        acc += a[k] * qc_f16_to_f32(W[(size_t)k * N + n]);
+        acc += a[k] * W[(size_t)k * N + n];
     }
     return yin + qc_f16_to_f32(qc_f32_to_f16(acc));
 }
 
 void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
-                        const qc_f16 *W, const float *y_in, float *y, float *a)
+                        const float *W, const float *y_in, float *y, float *a)
 {
     int m, n, k;
     for (m = 0; m < M; ++m) {
@@ -50,12 +42,12 @@ void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const 
         for (; n + 16 <= N; n += 16) {
             float32x4_t c0 = vdupq_n_f32(0.0f), c1 = c0, c2 = c0, c3 = c0;
             for (k = 0; k < ncols; ++k) {
-                const qc_f16 *w = W + (size_t)k * N + n;
+                const float *w = W + (size_t)k * N + n;
                 float32x4_t av = vdupq_n_f32(a[k]);
-                c0 = vfmaq_f32(c0, av, qc_outl_w4(w));
-                c1 = vfmaq_f32(c1, av, qc_outl_w4(w + 4));
-                c2 = vfmaq_f32(c2, av, qc_outl_w4(w + 8));
-                c3 = vfmaq_f32(c3, av, qc_outl_w4(w + 12));
+                c0 = vfmaq_f32(c0, av, vld1q_f32(w));
+                c1 = vfmaq_f32(c1, av, vld1q_f32(w + 4));
+                c2 = vfmaq_f32(c2, av, vld1q_f32(w + 8));
+                c3 = vfmaq_f32(c3, av, vld1q_f32(w + 12));
             }
             vst1q_f32(yo + n, vaddq_f32(vld1q_f32(yi + n), qc_outl_round16(c0)));
             vst1q_f32(yo + n + 4, vaddq_f32(vld1q_f32(yi + n + 4), qc_outl_round16(c1)));
@@ -65,7 +57,7 @@ void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const 
         for (; n + 4 <= N; n += 4) {
             float32x4_t c0 = vdupq_n_f32(0.0f);
             for (k = 0; k < ncols; ++k) {
-                c0 = vfmaq_f32(c0, vdupq_n_f32(a[k]), qc_outl_w4(W + (size_t)k * N + n));
+                c0 = vfmaq_f32(c0, vdupq_n_f32(a[k]), vld1q_f32(W + (size_t)k * N + n));
             }
             vst1q_f32(yo + n, vaddq_f32(vld1q_f32(yi + n), qc_outl_round16(c0)));
         }
