@@ -11,9 +11,9 @@
 which lowers here to ``qc_outlier_acc_f16`` at the Add: it reads the outlier columns of x in
 place, rounds them to float16, sums their products with the float16 weight rows in float32 (the
 arithmetic of qc_matmul_f16; the rows are stored widened to float32, which is exact), rounds once
-to float16 and adds into y.rest: the same bits as the five ops one by one. The Add writes into y.rest's buffer when y.rest has no other reader. The
-MatMul and its Cast are consumed; the Gather and the first Cast too when every reader of them
-is such an Add's chain (q, k and v share them).
+to float16 and adds into y.rest: the same bits as the five ops one by one. The Add writes into
+y.rest's buffer when y.rest has no other reader. The MatMul and its Cast are consumed; the Gather
+and the first Cast too when every reader of them is such an Add's chain (q, k and v share them).
 """
 from __future__ import annotations
 
