@@ -108,7 +108,8 @@ def test_fold_and_kernel_bit_identical_on_the_host(quantized, tmp_path, monkeypa
     assert reports["both"]["kernels"].get("outlier acc f16") == splits == 3, reports["both"]["kernels"]
     assert "matmul f16" not in reports["both"]["kernels"]
     assert _gathers(tmp_path / "none") > 0 and _gathers(tmp_path / "both") == 0
-    assert reports["both"]["arena_bytes"] < reports["none"]["arena_bytes"]
+    # x and r stay live until their outlier Adds (MiniLM's arena shrinks; here it may grow by them)
+    assert reports["both"]["arena_bytes"] <= reports["none"]["arena_bytes"] + 4 * T * (K + H)
     assert reports["both"]["weight_bytes"] <= 1.1 * reports["none"]["weight_bytes"]
     # onnxruntime on the quantized ONNX (its CPU float16 MatMul rounds differently, and a changed
     # level of the second layer's int8 input moves y by one step times a weight)

@@ -25,9 +25,10 @@ from qc.ir import Graph, Op, TensorType, Value
 from qc.ir.printer import format_type
 
 from . import lower_control, lower_ops, lower_resize, lower_rnn  # noqa: F401 - register their handlers
+from .lower_fused import plan_views
 from .lower_outliers import match_outliers, plan_outliers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
-from .lowering import HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
+from .lowering import DOMAIN_HANDLERS, HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
 
 __all__ = ["Lowering", "lower", "lower_graph"]
@@ -56,7 +57,8 @@ def _dynamic_result(op: Op, outputs: set[int]) -> Value | None:
 
 def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
     """The handler that lowers *op* (None: a quantized unit, already lowered), or Unsupported."""
-    handler: Callable | None = HANDLERS.get(op.op_type) if op.domain in ("", "ai.onnx") else None
+    handler: Callable | None = (HANDLERS.get(op.op_type) if op.domain in ("", "ai.onnx")
+                                else DOMAIN_HANDLERS.get((op.domain, op.op_type)))
     subgraphs = any(s for s in op.subgraphs())
     dyn = _dynamic_result(op, outputs)
     if handler is None and subgraphs:
@@ -73,7 +75,7 @@ def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
                           hint=SHAPE_HINT)
     if match_unit(lw, op) or match_outliers(lw, op):
         return None
-    if op.domain not in ("", "ai.onnx"):
+    if op.domain not in ("", "ai.onnx") and handler is None:
         raise unsupported(op, f"domain '{op.domain}'")
     if handler is None:
         raise unsupported(op)
@@ -152,6 +154,7 @@ def lower(lw: Lowering) -> Lowered:
             outputs.append((v, b, False))
         # else: the node that computes it is reported by lower_graph
     plan_units(lw)
+    plan_views(lw)
     plan_outliers(lw)
     lw.walk = lambda graph: lower_graph(lw, graph)
     lower_graph(lw, g)

@@ -180,13 +180,18 @@ def coalesce(shape: tuple[int, ...], *strides: tuple[int, ...]) -> tuple[tuple[i
 
 HANDLERS: dict[str, Callable[[Lowering, Op], None]] = {}
 """ONNX op type -> the function that lowers one op of that type (registered with ``handler``)."""
+DOMAIN_HANDLERS: dict[tuple[str, str], Callable[[Lowering, Op], None]] = {}
+"""(domain, op type) -> its lowering, for ops outside the default domain (the ``qc`` fused ops)."""
 
 
-def handler(*names: str):
-    """Register the decorated function as the lowering of the ONNX op types *names*."""
+def handler(*names: str, domain: str = ""):
+    """Register the decorated function as the lowering of the op types *names* (of *domain*)."""
     def deco(fn):
         for n in names:
-            HANDLERS[n] = fn
+            if domain:
+                DOMAIN_HANDLERS[(domain, n)] = fn
+            else:
+                HANDLERS[n] = fn
         return fn
     return deco
 
@@ -210,6 +215,9 @@ class Lowering:
         self.problems: list[QCError] = []  # the nodes lower_graph could not lower (one error at the end)
         self.missing: set[int] = set()  # values such a node left without a buffer (no static shape)
         self.consumed: set[int] = set()  # ops folded into a unit already lowered
+        # values a fused kernel reads (or writes) in place of a consumed Transpose: id(value) ->
+        # (the Transpose's input or output value, its element strides in the value's dim order)
+        self.views: dict[int, tuple[Value, tuple[int, ...]]] = {}
         self.variant = variant
         self.loop_depth = 0  # C for loops open around the calls being added (lower_control)
         # lowers the ops of a graph in order (set by lower.lower; lower_control walks bodies with it)

@@ -169,4 +169,26 @@ void qc_gru_f32(int T, int B, int I, int H, int reverse, int linear_before_reset
                 const float *x, int xs_t, int xs_b, const float *W, const float *R, const float *bias,
                 const float *h0, int hs_b, float *y, int ys_t, int ys_b, float *yh, float *work);
 
+/* -- fused ops (qc_attention.c, qc_ops_fused.c; the passes fuse-*, docs/c-backend.md) ------- */
+/* qc.Attention per (batch b, head h < H; K/V head h / (H / Hkv)): y_i = softmax(scale * q_i . K^T
+ * + mask_i) V for the Lq query rows i, Lk keys, head size d (Q, K) and dv (V). Q row i of head h
+ * is at q + b*qs[0] + h*qs[1] + i*qs[2] (d contiguous floats), likewise K, V (ks, vs) and y
+ * (ys); mask (may be NULL) element (i, j) at mask + b*ms[0] + h*ms[1] + i*ms[2] + j*ms[3].
+ * causal != 0: key j > i is left out. work: 4 * Lk floats (4 query rows at a time). */
+void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
+                      const float *q, const int *qs, const float *k, const int *ks, const float *v,
+                      const int *vs, const float *mask, const int *ms, float *y, const int *ys,
+                      float *work);
+/* qc.RMSNormalization: qc_rmsnorm_f32 above (qc_ops_nn.c) */
+/* qc.Rope, rotate-half: y = x * cos + concat(-x[D/2:], x[:D/2]) * sin per row of D floats. y is
+ * contiguous [n0][n1][n2][D]; row (i0, i1, i2) of x at x + i0*xs[0] + i1*xs[1] + i2*xs[2], of
+ * cos and sin at offset i0*ts[0] + i1*ts[1] + i2*ts[2] (0 on broadcast axes); the unfused graph's
+ * bits (qc_rope_half_f32 of qc_vmath.h) */
+void qc_rope_f32(int n0, int n1, int n2, int D, const float *x, const int *xs, const float *cs,
+                 const float *sn, const int *ts, float *y);
+/* qc.AddLayerNormalization: y = LayerNormalization(a + b) over rows of n floats (scale: n
+ * floats, bias: n floats or NULL); y may be a or b. NEON / Helium / plain C give the same bits. */
+void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const float *b,
+                          const float *scale, const float *bias, float *y);
+
 #endif
