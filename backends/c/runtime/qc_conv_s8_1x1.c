@@ -127,13 +127,15 @@ static inline int32x4_t qc_pw_rq_right(int32x4_t a, int32x4_t m, int32x4_t right
 }
 
 /* 16 int32 values (before the zero point) to int8: SQXTN to int16, + zp saturating, SQXTN to
-   int8, then the [qmin, qmax] clamp on 16 lanes at once. */
+   int8, then the [qmin, qmax] clamp on 16 lanes at once (none when clamp is 0: [-128, 127], which
+   the narrow already gives). */
 static inline int8x16_t qc_pw_narrow16(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int16x8_t zp16,
-                                       int8x16_t lo8, int8x16_t hi8)
+                                       int clamp, int8x16_t lo8, int8x16_t hi8)
 {
     const int16x8_t h0 = vqaddq_s16(vcombine_s16(vqmovn_s32(a0), vqmovn_s32(a1)), zp16);
     const int16x8_t h1 = vqaddq_s16(vcombine_s16(vqmovn_s32(a2), vqmovn_s32(a3)), zp16);
-    return vminq_s8(vmaxq_s8(vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1)), lo8), hi8);
+    const int8x16_t q = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
+    return clamp ? vminq_s8(vmaxq_s8(q, lo8), hi8) : q;
 }
 
 /* Output channel c's 16 accumulators (pixels p0 .. p0+n-1) requantized into y[c]: the steps of
@@ -141,7 +143,7 @@ static inline int8x16_t qc_pw_narrow16(int32x4_t a0, int32x4_t a1, int32x4_t a2,
    with a right shift take the shorter qc_pw_rq_right + qc_pw_narrow16 (bit-exact with it). */
 static inline void qc_pw_store_q8(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int c, int P,
                                   int p0, int n, const int32_t *mult, const int32_t *shift, int32x4_t zp,
-                                  int32x4_t lo, int32x4_t hi, int8_t *y)
+                                  int32x4_t lo, int32x4_t hi, int clamp, int8_t *y)
 {
     const int32x4_t m = vdupq_n_s32(mult[c]);
     int8x16_t q8;
@@ -149,7 +151,7 @@ static inline void qc_pw_store_q8(int32x4_t a0, int32x4_t a1, int32x4_t a2, int3
         const int32x4_t right = vdupq_n_s32(shift[c]);
         q8 = qc_pw_narrow16(qc_pw_rq_right(a0, m, right), qc_pw_rq_right(a1, m, right),
                             qc_pw_rq_right(a2, m, right), qc_pw_rq_right(a3, m, right),
-                            vdupq_n_s16((int16_t)vgetq_lane_s32(zp, 0)), vdupq_n_s8((int8_t)vgetq_lane_s32(lo, 0)),
+                            vdupq_n_s16((int16_t)vgetq_lane_s32(zp, 0)), clamp, vdupq_n_s8((int8_t)vgetq_lane_s32(lo, 0)),
                             vdupq_n_s8((int8_t)vgetq_lane_s32(hi, 0)));
     } else {
         const int32x4_t left = vdupq_n_s32(shift[c]);
@@ -210,6 +212,7 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
 #if defined(QC_PW_SDOT)
     const int kq = (K + 3) / 4;
     const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    const int clamp = qmin > -128 || qmax < 127;
     for (; p0 < P; p0 += QC_PW_BLOCK) {
         const int n = P - p0 < QC_PW_BLOCK ? P - p0 : QC_PW_BLOCK;
         int ob;
@@ -219,15 +222,15 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
             const int8_t *wb = wp + (size_t)ob * kq * 16, *xs = scratch;
             QC_PW_ACC_DECL;
             QC_PW_TILE();
-            qc_pw_store_q8(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, mult, shift, zp, lo, hi, y);
+            qc_pw_store_q8(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             if (oc0 + 1 < OC) {
-                qc_pw_store_q8(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
             if (oc0 + 2 < OC) {
-                qc_pw_store_q8(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
             if (oc0 + 3 < OC) {
-                qc_pw_store_q8(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
         }
     }
