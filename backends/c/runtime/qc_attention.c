@@ -12,6 +12,8 @@
 #include "qc_ops.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "qc_vmath.h"
 
@@ -194,114 +196,300 @@ static float qc_att_exp_sum(int n, float *w, float m)
     return sum;
 }
 
-#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
-#define QC_ATT_ROWS 4
-/* the scores of 4 query rows at once (each K load serves 4 rows): s_r[j] as qc_att_scores
- * computes them (the same lane partial sums, the same reduction), d % 4 == 0 */
-static int qc_att_scores4(int n, int d, const float *const *q, const float *k, int kr, float *const *s)
+/* ---- the non-causal path ------------------------------------------------------------------
+ * Every query row reads every key, so K is packed once per K/V head as K^T (d rows of
+ * Lkp = Lk rounded up to 4 floats, zero-padded) and, on aarch64, the scores come in register
+ * tiles of 8 query rows x 8 keys (FMLA by element: Q read 4 d-elements at a time, K^T 8 keys
+ * at a time) with the scale, the mask and the row maxima applied before the tile is stored;
+ * the context in tiles of 8 rows x 8 columns (the probabilities 4 keys at a time, by element).
+ * The arithmetic, in every variant: score(i, j) = a fused multiply-add chain over t = 0..d-1
+ * from 0, then fmaf(score, scale, mask) (score * scale without a mask); m = the row maximum;
+ * p_j = qc_att_expf(w_j - m) (qc_expf's bits for arguments >= -86, exp(-86) = 4.4e-38 below:
+ * no subnormal results, one exponent step); the row sum in 4 lane partials (j % 4) added as
+ * (s0 + s1) + (s2 + s3); the context as qc_att_context, times 1 / sum. */
+#define QC_ATT_TR 8          /* query rows per tile */
+#define QC_ATT_EXP_LO -86.0f /* qc_att_expf's lower clamp: exp(-86) is a normal float */
+
+/* exp(x) for x <= 0 (softmax arguments): qc_vmath's exp polynomial, 2^n applied at once */
+static inline float qc_att_expf(float x)
 {
-    int j, t;
-    for (j = 0; j + 4 <= n; j += 4) {
-        const float *k0 = k + (ptrdiff_t)j * kr, *k1 = k0 + kr, *k2 = k1 + kr, *k3 = k2 + kr;
-        float32x4_t z = vdupq_n_f32(0.0f);
-        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
-        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
-        for (t = 0; t < d; t += 4) {
-            float32x4_t x0 = vld1q_f32(k0 + t), x1 = vld1q_f32(k1 + t), x2 = vld1q_f32(k2 + t);
-            float32x4_t x3 = vld1q_f32(k3 + t), r;
-            r = vld1q_f32(q[0] + t);
-            a00 = vfmaq_f32(a00, r, x0); a01 = vfmaq_f32(a01, r, x1); a02 = vfmaq_f32(a02, r, x2); a03 = vfmaq_f32(a03, r, x3);
-            r = vld1q_f32(q[1] + t);
-            a10 = vfmaq_f32(a10, r, x0); a11 = vfmaq_f32(a11, r, x1); a12 = vfmaq_f32(a12, r, x2); a13 = vfmaq_f32(a13, r, x3);
-            r = vld1q_f32(q[2] + t);
-            a20 = vfmaq_f32(a20, r, x0); a21 = vfmaq_f32(a21, r, x1); a22 = vfmaq_f32(a22, r, x2); a23 = vfmaq_f32(a23, r, x3);
-            r = vld1q_f32(q[3] + t);
-            a30 = vfmaq_f32(a30, r, x0); a31 = vfmaq_f32(a31, r, x1); a32 = vfmaq_f32(a32, r, x2); a33 = vfmaq_f32(a33, r, x3);
-        }
-        vst1q_f32(s[0] + j, qc_att_pair(qc_att_pair(a00, a01), qc_att_pair(a02, a03)));
-        vst1q_f32(s[1] + j, qc_att_pair(qc_att_pair(a10, a11), qc_att_pair(a12, a13)));
-        vst1q_f32(s[2] + j, qc_att_pair(qc_att_pair(a20, a21), qc_att_pair(a22, a23)));
-        vst1q_f32(s[3] + j, qc_att_pair(qc_att_pair(a30, a31), qc_att_pair(a32, a33)));
-    }
-    return j;
+    float z, n, r, r2, p, c, s;
+    uint32_t u;
+    x = x < QC_ATT_EXP_LO ? QC_ATT_EXP_LO : x;
+    z = fmaf(x, 0x1.715476p+0f, 0x1.8p23f);   /* n + 1.5 * 2^23: n rounded to nearest */
+    n = z - 0x1.8p23f;
+    r = fmaf(n, -0x1.62e4p-1f, x);
+    r = fmaf(n, -0x1.7f7d1cp-20f, r);
+    r2 = r * r;
+    p = fmaf(0x1.0e4020p-7f, r, 0x1.573e2ep-5f);
+    c = fmaf(0x1.555e66p-3f, r, 0x1.fffdb6p-2f);
+    c = fmaf(p, r2, c);
+    p = fmaf(c, r2, 0x1.ffffecp-1f * r);
+    memcpy(&u, &z, 4);
+    u = (u + 127u) << 23;                      /* 2^n: (bits(z) = 0x4b400000 + n) + 127, shifted */
+    memcpy(&s, &u, 4);
+    return fmaf(p, s, s);
 }
 
-/* y_r[0..dv) = scale_r * sum_j p_r[j] v[j] for 4 rows at once (each V load serves 4 rows), as
- * qc_att_context computes each row; returns how many leading columns it did */
-static int qc_att_context4(int n, int dv, float *const *p, const float *v, int vr, const float *scale,
-                           float *const *y)
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+static inline float32x4_t qc_att_vexp(float32x4_t x)
 {
-    int j, t, r;
-    for (t = 0; t + 16 <= dv; t += 16) {
-        float32x4_t z = vdupq_n_f32(0.0f);
-        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
-        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
-        const float *vj = v + t;
-        for (j = 0; j < n; ++j, vj += vr) {
-            float32x4_t x0 = vld1q_f32(vj), x1 = vld1q_f32(vj + 4), x2 = vld1q_f32(vj + 8), x3 = vld1q_f32(vj + 12);
-            float w = p[0][j];
-            a00 = vfmaq_n_f32(a00, x0, w); a01 = vfmaq_n_f32(a01, x1, w); a02 = vfmaq_n_f32(a02, x2, w); a03 = vfmaq_n_f32(a03, x3, w);
-            w = p[1][j];
-            a10 = vfmaq_n_f32(a10, x0, w); a11 = vfmaq_n_f32(a11, x1, w); a12 = vfmaq_n_f32(a12, x2, w); a13 = vfmaq_n_f32(a13, x3, w);
-            w = p[2][j];
-            a20 = vfmaq_n_f32(a20, x0, w); a21 = vfmaq_n_f32(a21, x1, w); a22 = vfmaq_n_f32(a22, x2, w); a23 = vfmaq_n_f32(a23, x3, w);
-            w = p[3][j];
-            a30 = vfmaq_n_f32(a30, x0, w); a31 = vfmaq_n_f32(a31, x1, w); a32 = vfmaq_n_f32(a32, x2, w); a33 = vfmaq_n_f32(a33, x3, w);
-        }
-        r = 0;
-        vst1q_f32(y[r] + t, vmulq_n_f32(a00, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a01, scale[r]));
-        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a02, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a03, scale[r]));
-        r = 1;
-        vst1q_f32(y[r] + t, vmulq_n_f32(a10, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a11, scale[r]));
-        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a12, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a13, scale[r]));
-        r = 2;
-        vst1q_f32(y[r] + t, vmulq_n_f32(a20, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a21, scale[r]));
-        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a22, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a23, scale[r]));
-        r = 3;
-        vst1q_f32(y[r] + t, vmulq_n_f32(a30, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a31, scale[r]));
-        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a32, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a33, scale[r]));
-    }
-    return t;
+    const float32x4_t shift = vdupq_n_f32(0x1.8p23f);
+    float32x4_t z, n, r, r2, p, c, s;
+#if defined(QC_ATT_NEON)
+    x = vmaxq_f32(x, vdupq_n_f32(QC_ATT_EXP_LO));
+#else
+    x = vpselq_f32(vdupq_n_f32(QC_ATT_EXP_LO), x, vcmpltq_n_f32(x, QC_ATT_EXP_LO));
+#endif
+    z = vfmaq_f32(shift, x, vdupq_n_f32(0x1.715476p+0f));
+    n = vsubq_f32(z, shift);
+    r = vfmaq_f32(x, n, vdupq_n_f32(-0x1.62e4p-1f));
+    r = vfmaq_f32(r, n, vdupq_n_f32(-0x1.7f7d1cp-20f));
+    r2 = vmulq_f32(r, r);
+    p = vfmaq_f32(vdupq_n_f32(0x1.573e2ep-5f), r, vdupq_n_f32(0x1.0e4020p-7f));
+    c = vfmaq_f32(vdupq_n_f32(0x1.fffdb6p-2f), r, vdupq_n_f32(0x1.555e66p-3f));
+    c = vfmaq_f32(c, p, r2);
+    p = vfmaq_f32(vmulq_n_f32(r, 0x1.ffffecp-1f), c, r2);
+    s = vreinterpretq_f32_u32(vshlq_n_u32(vaddq_u32(vreinterpretq_u32_f32(z), vdupq_n_u32(127u)), 23));
+    return vfmaq_f32(s, p, s);
 }
 #endif
+
+/* kt[t * Lkp + j] = k[j * kr + t] (t < d, j < Lk), 0 for Lk <= j < Lkp */
+static void qc_att_pack_kt(int Lk, int d, const float *k, int kr, int Lkp, float *kt)
+{
+    int j = 0, t;
+#if defined(QC_ATT_NEON)
+    if ((d & 3) == 0) {
+        for (; j + 4 <= Lk; j += 4) {
+            const float *k0 = k + (ptrdiff_t)j * kr;
+            for (t = 0; t < d; t += 4) {
+                float32x4_t r0 = vld1q_f32(k0 + t), r1 = vld1q_f32(k0 + kr + t);
+                float32x4_t r2 = vld1q_f32(k0 + 2 * (ptrdiff_t)kr + t), r3 = vld1q_f32(k0 + 3 * (ptrdiff_t)kr + t);
+                float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+                float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+                float *o = kt + (ptrdiff_t)t * Lkp + j;
+                vst1q_f32(o, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+                vst1q_f32(o + Lkp, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+                vst1q_f32(o + 2 * (ptrdiff_t)Lkp, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+                vst1q_f32(o + 3 * (ptrdiff_t)Lkp, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+            }
+        }
+    }
+#endif
+    for (; j < Lkp; ++j)
+        for (t = 0; t < d; ++t) kt[(ptrdiff_t)t * Lkp + j] = j < Lk ? k[(ptrdiff_t)j * kr + t] : 0.0f;
+}
+
+/* the raw scores w[j], j0 <= j < n (j0 % 4 == 0), of one query row from K^T */
+static void qc_att_row_scores(int j0, int n, int d, const float *q, const float *kt, int Lkp, float *w)
+{
+    int j, t;
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+    for (j = j0; j < n; j += 4) {   /* Lkp % 4 == 0: whole vectors inside the row */
+        float32x4_t a = vdupq_n_f32(0.0f);
+        for (t = 0; t < d; ++t) a = vfmaq_n_f32(a, vld1q_f32(kt + (ptrdiff_t)t * Lkp + j), q[t]);
+        vst1q_f32(w + j, a);
+    }
+#else
+    for (j = j0; j < n; ++j) {
+        float a = 0.0f;
+        for (t = 0; t < d; ++t) a = fmaf(q[t], kt[(ptrdiff_t)t * Lkp + j], a);
+        w[j] = a;
+    }
+#endif
+}
+
+/* exp(w[j] - m) for j < n; returns their sum in 4 lane partials (j % 4), (s0 + s1) + (s2 + s3) */
+static float qc_att_softmax_row(int n, float *w, float m)
+{
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j = 0;
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+    float32x4_t sv = vdupq_n_f32(0.0f), mv = vdupq_n_f32(m);
+    for (; j + 4 <= n; j += 4) {
+        float32x4_t e = qc_att_vexp(vsubq_f32(vld1q_f32(w + j), mv));
+        vst1q_f32(w + j, e);
+        sv = vaddq_f32(sv, e);
+    }
+    vst1q_f32(s, sv);
+#endif
+    for (; j < n; ++j) {
+        w[j] = qc_att_expf(w[j] - m);
+        s[j & 3] += w[j];
+    }
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+#if defined(QC_ATT_NEON)
+/* acc_r0/acc_r1 (keys or columns 0-3 / 4-7) += b_l0/b_l1 * x[l] for the lanes l = 0..3 in order */
+#define QC_ATT_LANES(a0, a1, x)                                                                     \
+    do {                                                                                          \
+        a0 = vfmaq_laneq_f32(a0, b00, x, 0); a1 = vfmaq_laneq_f32(a1, b01, x, 0);                 \
+        a0 = vfmaq_laneq_f32(a0, b10, x, 1); a1 = vfmaq_laneq_f32(a1, b11, x, 1);                 \
+        a0 = vfmaq_laneq_f32(a0, b20, x, 2); a1 = vfmaq_laneq_f32(a1, b21, x, 2);                 \
+        a0 = vfmaq_laneq_f32(a0, b30, x, 3); a1 = vfmaq_laneq_f32(a1, b31, x, 3);                 \
+    } while (0)
+#define QC_ATT_ROWS8(M)  M(0, c00, c01); M(1, c10, c11); M(2, c20, c21); M(3, c30, c31); \
+                         M(4, c40, c41); M(5, c50, c51); M(6, c60, c61); M(7, c70, c71)
+#define QC_ATT_ZERO8                                                                              \
+    float32x4_t c00 = vdupq_n_f32(0.0f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;   \
+    float32x4_t c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00;      \
+    float32x4_t c61 = c00, c70 = c00, c71 = c00
+
+/* the scores of 8 query rows against keys [0, n8) (n8 % 8 == 0): w_r[j] = fmaf(chain, scale,
+ * mask_r[j]) (chain * scale when mask is NULL; mask rows mask + r * mr, contiguous), mx[r]
+ * the lane maxima of row r */
+static void qc_att_scores8(int n8, int d, const float *const *q, const float *kt, int Lkp, float scale,
+                           const float *mask, int mr, float *const *w, float32x4_t *mx)
+{
+    int j, t, r;
+    for (r = 0; r < QC_ATT_TR; ++r) mx[r] = vdupq_n_f32(-INFINITY);
+    for (j = 0; j < n8; j += 8) {
+        QC_ATT_ZERO8;
+        for (t = 0; t + 4 <= d; t += 4) {
+            const float *kp = kt + (ptrdiff_t)t * Lkp + j;
+            float32x4_t b00 = vld1q_f32(kp), b01 = vld1q_f32(kp + 4), x;
+            float32x4_t b10 = vld1q_f32(kp + Lkp), b11 = vld1q_f32(kp + Lkp + 4);
+            float32x4_t b20 = vld1q_f32(kp + 2 * (ptrdiff_t)Lkp), b21 = vld1q_f32(kp + 2 * (ptrdiff_t)Lkp + 4);
+            float32x4_t b30 = vld1q_f32(kp + 3 * (ptrdiff_t)Lkp), b31 = vld1q_f32(kp + 3 * (ptrdiff_t)Lkp + 4);
+#define QC_ATT_QROW(r, a0, a1) x = vld1q_f32(q[r] + t); QC_ATT_LANES(a0, a1, x)
+            QC_ATT_ROWS8(QC_ATT_QROW);
+#undef QC_ATT_QROW
+        }
+        for (; t < d; ++t) {
+            const float *kp = kt + (ptrdiff_t)t * Lkp + j;
+            float32x4_t b00 = vld1q_f32(kp), b01 = vld1q_f32(kp + 4);
+#define QC_ATT_QONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, q[r][t]); a1 = vfmaq_n_f32(a1, b01, q[r][t])
+            QC_ATT_ROWS8(QC_ATT_QONE);
+#undef QC_ATT_QONE
+        }
+        if (!mask) {
+#define QC_ATT_STORE(r, a0, a1)                                                                   \
+    a0 = vmulq_n_f32(a0, scale); a1 = vmulq_n_f32(a1, scale);                                     \
+    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
+            QC_ATT_ROWS8(QC_ATT_STORE);
+#undef QC_ATT_STORE
+        } else if (mr == 0) {   /* one mask row for all 8 (a key-padding mask) */
+            float32x4_t m0 = vld1q_f32(mask + j), m1 = vld1q_f32(mask + j + 4);
+#define QC_ATT_STORE(r, a0, a1)                                                                   \
+    a0 = vfmaq_n_f32(m0, a0, scale); a1 = vfmaq_n_f32(m1, a1, scale);                             \
+    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
+            QC_ATT_ROWS8(QC_ATT_STORE);
+#undef QC_ATT_STORE
+        } else {
+#define QC_ATT_STORE(r, a0, a1)                                                                   \
+    a0 = vfmaq_n_f32(vld1q_f32(mask + (ptrdiff_t)(r) * mr + j), a0, scale);                        \
+    a1 = vfmaq_n_f32(vld1q_f32(mask + (ptrdiff_t)(r) * mr + j + 4), a1, scale);                    \
+    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
+            QC_ATT_ROWS8(QC_ATT_STORE);
+#undef QC_ATT_STORE
+        }
+    }
+}
+
+/* y_r[c .. c + 8) = inv[r] * sum_{j < n} p_r[j] * v[j * vr + c ..] for 8 rows (as qc_att_context) */
+static void qc_att_context8(int n, float *const *p, const float *v, int vr, int c, const float *inv,
+                            float *const *y)
+{
+    int j;
+    const float *vj = v + c;
+    QC_ATT_ZERO8;
+    for (j = 0; j + 4 <= n; j += 4, vj += 4 * (ptrdiff_t)vr) {
+        float32x4_t b00 = vld1q_f32(vj), b01 = vld1q_f32(vj + 4), x;
+        float32x4_t b10 = vld1q_f32(vj + vr), b11 = vld1q_f32(vj + vr + 4);
+        float32x4_t b20 = vld1q_f32(vj + 2 * (ptrdiff_t)vr), b21 = vld1q_f32(vj + 2 * (ptrdiff_t)vr + 4);
+        float32x4_t b30 = vld1q_f32(vj + 3 * (ptrdiff_t)vr), b31 = vld1q_f32(vj + 3 * (ptrdiff_t)vr + 4);
+#define QC_ATT_PROW(r, a0, a1) x = vld1q_f32(p[r] + j); QC_ATT_LANES(a0, a1, x)
+        QC_ATT_ROWS8(QC_ATT_PROW);
+#undef QC_ATT_PROW
+    }
+    for (; j < n; ++j, vj += vr) {
+        float32x4_t b00 = vld1q_f32(vj), b01 = vld1q_f32(vj + 4);
+#define QC_ATT_PONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, p[r][j]); a1 = vfmaq_n_f32(a1, b01, p[r][j])
+        QC_ATT_ROWS8(QC_ATT_PONE);
+#undef QC_ATT_PONE
+    }
+#define QC_ATT_YROW(r, a0, a1) vst1q_f32(y[r] + c, vmulq_n_f32(a0, inv[r])); vst1q_f32(y[r] + c + 4, vmulq_n_f32(a1, inv[r]))
+    QC_ATT_ROWS8(QC_ATT_YROW);
+#undef QC_ATT_YROW
+}
+#endif
+
+/* one (batch, head) of the non-causal attention: Q rows at q + i * qr, K^T in kt, V rows at
+ * v + j * vr, mask (i, j) at mask + i * mr + j * mc (mask may be NULL), output rows at
+ * y + i * yr; w: QC_ATT_TR * Lkp floats */
+static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float *q, int qr, const float *kt,
+                        int Lkp, const float *v, int vr, const float *mask, int mr, int mc, float *y, int yr,
+                        float *w)
+{
+    int i = 0;
+#if defined(QC_ATT_NEON)
+    for (; (!mask || mc == 1) && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
+        const float *qp[QC_ATT_TR];
+        float *wp[QC_ATT_TR], *yp[QC_ATT_TR], inv[QC_ATT_TR];
+        float32x4_t mx[QC_ATT_TR];
+        const float *m0 = mask ? mask + (ptrdiff_t)i * mr : NULL;
+        int r, c, n8 = Lk & ~7;
+        for (r = 0; r < QC_ATT_TR; ++r) {
+            qp[r] = q + (ptrdiff_t)(i + r) * qr;
+            yp[r] = y + (ptrdiff_t)(i + r) * yr;
+            wp[r] = w + (ptrdiff_t)r * Lkp;
+        }
+        qc_att_scores8(n8, d, qp, kt, Lkp, scale, m0, mr, wp, mx);
+        for (r = 0; r < QC_ATT_TR; ++r) {
+            float m = n8 ? vmaxnmvq_f32(mx[r]) : -INFINITY;
+            if (n8 < Lk) {
+                float mt;
+                qc_att_row_scores(n8, Lk, d, qp[r], kt, Lkp, wp[r]);
+                mt = qc_att_scale_mask_max(Lk - n8, wp[r] + n8, scale, m0 ? m0 + (ptrdiff_t)r * mr + n8 : NULL, 1);
+                m = mt > m ? mt : m;
+            }
+            inv[r] = 1.0f / qc_att_softmax_row(Lk, wp[r], m);
+        }
+        for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, wp, v, vr, c, inv, yp);
+        if (c < dv) {
+            for (r = 0; r < QC_ATT_TR; ++r) qc_att_context(Lk, dv - c, wp[r], v + c, vr, inv[r], yp[r] + c);
+        }
+    }
+#endif
+    for (; i < Lq; ++i) {
+        const float *qi = q + (ptrdiff_t)i * qr;
+        float m;
+        qc_att_row_scores(0, Lk, d, qi, kt, Lkp, w);
+        m = qc_att_scale_mask_max(Lk, w, scale, mask ? mask + (ptrdiff_t)i * mr : NULL, mc);
+        qc_att_context(Lk, dv, w, v, vr, 1.0f / qc_att_softmax_row(Lk, w, m), y + (ptrdiff_t)i * yr);
+    }
+}
 
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
                       float *work)
 {
-    int b, h, i, group = H / Hkv;
+    int b, h, i, group = H / Hkv, packed_b = -1, packed_h = -1;
     for (b = 0; b < B; ++b) {
         for (h = 0; h < H; ++h) {
             int hk = h / group;
             const float *kh = k + (ptrdiff_t)b * ks[0] + (ptrdiff_t)hk * ks[1];
             const float *vh = v + (ptrdiff_t)b * vs[0] + (ptrdiff_t)hk * vs[1];
             i = 0;
-#if defined(QC_ATT_ROWS)
-            /* QC_ATT_ROWS query rows at a time (not causal: every row reads all Lk keys) */
-            for (; !causal && (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
-                const float *qr[QC_ATT_ROWS];
-                float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
-                int r, j0, t0;
-                for (r = 0; r < QC_ATT_ROWS; ++r) {
-                    qr[r] = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)(i + r) * qs[2];
-                    yr[r] = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)(i + r) * ys[2];
-                    sr[r] = work + (ptrdiff_t)r * Lk;
+            if (!causal) {   /* every row reads all Lk keys: K^T packed once per K/V head */
+                int Lkp = (Lk + 3) & ~3;
+                float *kt = work + (ptrdiff_t)QC_ATT_TR * Lkp;
+                if (b != packed_b || hk != packed_h) {
+                    qc_att_pack_kt(Lk, d, kh, ks[2], Lkp, kt);
+                    packed_b = b;
+                    packed_h = hk;
                 }
-                j0 = qc_att_scores4(Lk, d, qr, kh, ks[2], sr);
-                for (r = 0; r < QC_ATT_ROWS; ++r) {
-                    float m;
-                    if (j0 < Lk) qc_att_scores(Lk - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
-                    m = qc_att_scale_mask_max(Lk, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
-                                              + (ptrdiff_t)(i + r) * ms[2] : NULL, ms[3]);
-                    inv[r] = 1.0f / qc_att_exp_sum(Lk, sr[r], m);
-                }
-                t0 = qc_att_context4(Lk, dv, sr, vh, vs[2], inv, yr);
-                if (t0 < dv) {
-                    for (r = 0; r < QC_ATT_ROWS; ++r) qc_att_context(Lk, dv - t0, sr[r], vh + t0, vs[2], inv[r], yr[r] + t0);
-                }
+                qc_att_head(Lq, Lk, d, dv, scale, q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1], qs[2], kt, Lkp,
+                            vh, vs[2], mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] : NULL, ms[2],
+                            ms[3], y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1], ys[2], work);
+                i = Lq;
             }
-#endif
             for (; i < Lq; ++i) {
                 const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
                 float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];
