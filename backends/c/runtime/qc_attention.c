@@ -197,18 +197,22 @@ static float qc_att_exp_sum(int n, float *w, float m)
 }
 
 /* ---- the non-causal path ------------------------------------------------------------------
- * Every query row reads every key, so K is packed once per K/V head as K^T (d rows of
- * Lkp = Lk rounded up to 4 floats, zero-padded) and, on aarch64, the scores come in register
- * tiles of 8 query rows x 8 keys (FMLA by element: Q read 4 d-elements at a time, K^T 8 keys
- * at a time) with the scale, the mask and the row maxima applied before the tile is stored;
- * the context in tiles of 8 rows x 8 columns (the probabilities 4 keys at a time, by element).
- * The arithmetic, in every variant: score(i, j) = a fused multiply-add chain over t = 0..d-1
- * from 0, then fmaf(score, scale, mask) (score * scale without a mask); m = the row maximum;
+ * Every query row reads every key, so K is packed once per K/V head as K^T in blocks of 8 keys
+ * (QC_ATT_KT: block j / 8 is d x 8 floats, t-major; Lk rounded up to Lkp = 8n, zero-padded) and,
+ * on aarch64 with d % 4 == 0, the scores come in register tiles of 8 query rows x 8 keys (FMLA
+ * by element: Q read 4 d-elements at a time, a K^T block 2 vectors per d-element) with the
+ * scale, the mask and the row maxima applied before the tile is stored;
+ * the context in tiles of 8 rows x 8 columns (the probabilities 4 keys at a time, by element;
+ * V's columns packed in blocks of 8 once per K/V head).
+ * The arithmetic, in every variant: score(i, j) = q_0 k_0, then fused multiply-adds over
+ * t = 1..d-1 in order, then fmaf(score, scale, mask) (score * scale without a mask); m = the row maximum;
  * p_j = qc_att_expf(w_j - m) (qc_expf's bits for arguments >= -86, exp(-86) = 4.4e-38 below:
  * no subnormal results, one exponent step); the row sum in 4 lane partials (j % 4) added as
  * (s0 + s1) + (s2 + s3); the context as qc_att_context, times 1 / sum. */
 #define QC_ATT_TR 8          /* query rows per tile */
 #define QC_ATT_EXP_LO -86.0f /* qc_att_expf's lower clamp: exp(-86) is a normal float */
+/* K^T element (t, j) of the packed K of d-element rows */
+#define QC_ATT_KT(kt, d, t, j) ((kt) + ((ptrdiff_t)((j) >> 3) * (d) + (t)) * 8 + ((j) & 7))
 
 /* exp(x) for x <= 0 (softmax arguments): qc_vmath's exp polynomial, 2^n applied at once */
 static inline float qc_att_expf(float x)
@@ -255,7 +259,7 @@ static inline float32x4_t qc_att_vexp(float32x4_t x)
 }
 #endif
 
-/* kt[t * Lkp + j] = k[j * kr + t] (t < d, j < Lk), 0 for Lk <= j < Lkp */
+/* K^T element (t, j) = k[j * kr + t] (t < d, j < Lk), 0 for Lk <= j < Lkp (Lkp % 8 == 0) */
 static void qc_att_pack_kt(int Lk, int d, const float *k, int kr, int Lkp, float *kt)
 {
     int j = 0, t;
@@ -268,33 +272,51 @@ static void qc_att_pack_kt(int Lk, int d, const float *k, int kr, int Lkp, float
                 float32x4_t r2 = vld1q_f32(k0 + 2 * (ptrdiff_t)kr + t), r3 = vld1q_f32(k0 + 3 * (ptrdiff_t)kr + t);
                 float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
                 float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
-                float *o = kt + (ptrdiff_t)t * Lkp + j;
+                float *o = QC_ATT_KT(kt, d, t, j);
                 vst1q_f32(o, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
-                vst1q_f32(o + Lkp, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
-                vst1q_f32(o + 2 * (ptrdiff_t)Lkp, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
-                vst1q_f32(o + 3 * (ptrdiff_t)Lkp, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+                vst1q_f32(o + 8, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+                vst1q_f32(o + 16, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+                vst1q_f32(o + 24, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
             }
         }
     }
 #endif
     for (; j < Lkp; ++j)
-        for (t = 0; t < d; ++t) kt[(ptrdiff_t)t * Lkp + j] = j < Lk ? k[(ptrdiff_t)j * kr + t] : 0.0f;
+        for (t = 0; t < d; ++t) *QC_ATT_KT(kt, d, t, j) = j < Lk ? k[(ptrdiff_t)j * kr + t] : 0.0f;
 }
 
-/* the raw scores w[j], j0 <= j < n (j0 % 4 == 0), of one query row from K^T */
-static void qc_att_row_scores(int j0, int n, int d, const float *q, const float *kt, int Lkp, float *w)
+#if defined(QC_ATT_NEON)
+/* V's columns in blocks of 8: block c / 8 holds rows j < Lk of 8 floats at vt + (c / 8) * 8 Lk + 8 j */
+static void qc_att_pack_v(int Lk, int dv, const float *v, int vr, float *vt)
+{
+    int j, c;
+    for (c = 0; c + 8 <= dv; c += 8) {
+        float *o = vt + (ptrdiff_t)c * Lk;
+        const float *vj = v + c;
+        for (j = 0; j < Lk; ++j, vj += vr, o += 8) {
+            vst1q_f32(o, vld1q_f32(vj));
+            vst1q_f32(o + 4, vld1q_f32(vj + 4));
+        }
+    }
+}
+#endif
+
+/* the raw scores w[j], j0 <= j < n (j0 % 4 == 0), of one query row from K^T: q[0] * k[0], then
+ * fmaf(q[t], k[t], .) for t = 1 .. d-1 */
+static void qc_att_row_scores(int j0, int n, int d, const float *q, const float *kt, float *w)
 {
     int j, t;
 #if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
-    for (j = j0; j < n; j += 4) {   /* Lkp % 4 == 0: whole vectors inside the row */
-        float32x4_t a = vdupq_n_f32(0.0f);
-        for (t = 0; t < d; ++t) a = vfmaq_n_f32(a, vld1q_f32(kt + (ptrdiff_t)t * Lkp + j), q[t]);
+    for (j = j0; j < n; j += 4) {   /* whole vectors: the row and K^T are padded to 8n keys */
+        const float *kj = QC_ATT_KT(kt, d, 0, j);
+        float32x4_t a = d ? vmulq_n_f32(vld1q_f32(kj), q[0]) : vdupq_n_f32(0.0f);
+        for (t = 1; t < d; ++t) a = vfmaq_n_f32(a, vld1q_f32(kj + 8 * t), q[t]);
         vst1q_f32(w + j, a);
     }
 #else
     for (j = j0; j < n; ++j) {
-        float a = 0.0f;
-        for (t = 0; t < d; ++t) a = fmaf(q[t], kt[(ptrdiff_t)t * Lkp + j], a);
+        float a = d ? q[0] * *QC_ATT_KT(kt, d, 0, j) : 0.0f;
+        for (t = 1; t < d; ++t) a = fmaf(q[t], *QC_ATT_KT(kt, d, t, j), a);
         w[j] = a;
     }
 #endif
@@ -322,47 +344,80 @@ static float qc_att_softmax_row(int n, float *w, float m)
 }
 
 #if defined(QC_ATT_NEON)
-/* acc_r0/acc_r1 (keys or columns 0-3 / 4-7) += b_l0/b_l1 * x[l] for the lanes l = 0..3 in order */
-#define QC_ATT_LANES(a0, a1, x)                                                                     \
+/* GCC's first scheduling pass hoists the tiles' loads past what 32 registers hold (8-9 register
+ * moves per 64 FMLA); without it the tile loops are the loads and the FMLAs */
+#if defined(__GNUC__) && !defined(__clang__)
+#define QC_ATT_TILE_FN __attribute__((optimize("no-schedule-insns")))
+#else
+#define QC_ATT_TILE_FN
+#endif
+/* c_r0 / c_r1 (keys or columns 0-3 / 4-7 of tile row r) += b0 / b1 * lane l of x_r, for the
+ * 8 rows; b0, b1 loaded from B (8 floats) first: 16 accumulators, 8 x and 2 b registers live */
+#define QC_ATT_LANE(l, B)                                                                         \
     do {                                                                                          \
-        a0 = vfmaq_laneq_f32(a0, b00, x, 0); a1 = vfmaq_laneq_f32(a1, b01, x, 0);                 \
-        a0 = vfmaq_laneq_f32(a0, b10, x, 1); a1 = vfmaq_laneq_f32(a1, b11, x, 1);                 \
-        a0 = vfmaq_laneq_f32(a0, b20, x, 2); a1 = vfmaq_laneq_f32(a1, b21, x, 2);                 \
-        a0 = vfmaq_laneq_f32(a0, b30, x, 3); a1 = vfmaq_laneq_f32(a1, b31, x, 3);                 \
+        const float *bp_ = (B);                                                                   \
+        float32x4_t b0 = vld1q_f32(bp_), b1 = vld1q_f32(bp_ + 4);                                 \
+        c00 = vfmaq_laneq_f32(c00, b0, x0, l); c01 = vfmaq_laneq_f32(c01, b1, x0, l);             \
+        c10 = vfmaq_laneq_f32(c10, b0, x1, l); c11 = vfmaq_laneq_f32(c11, b1, x1, l);             \
+        c20 = vfmaq_laneq_f32(c20, b0, x2, l); c21 = vfmaq_laneq_f32(c21, b1, x2, l);             \
+        c30 = vfmaq_laneq_f32(c30, b0, x3, l); c31 = vfmaq_laneq_f32(c31, b1, x3, l);             \
+        c40 = vfmaq_laneq_f32(c40, b0, x4, l); c41 = vfmaq_laneq_f32(c41, b1, x4, l);             \
+        c50 = vfmaq_laneq_f32(c50, b0, x5, l); c51 = vfmaq_laneq_f32(c51, b1, x5, l);             \
+        c60 = vfmaq_laneq_f32(c60, b0, x6, l); c61 = vfmaq_laneq_f32(c61, b1, x6, l);             \
+        c70 = vfmaq_laneq_f32(c70, b0, x7, l); c71 = vfmaq_laneq_f32(c71, b1, x7, l);             \
     } while (0)
+/* c_r0 / c_r1 = b0 / b1 * lane 0 of x_r: the first term of the chains */
+#define QC_ATT_FIRST(B)                                                                           \
+    do {                                                                                          \
+        const float *bp_ = (B);                                                                   \
+        float32x4_t b0 = vld1q_f32(bp_), b1 = vld1q_f32(bp_ + 4);                                 \
+        c00 = vmulq_laneq_f32(b0, x0, 0); c01 = vmulq_laneq_f32(b1, x0, 0);                       \
+        c10 = vmulq_laneq_f32(b0, x1, 0); c11 = vmulq_laneq_f32(b1, x1, 0);                       \
+        c20 = vmulq_laneq_f32(b0, x2, 0); c21 = vmulq_laneq_f32(b1, x2, 0);                       \
+        c30 = vmulq_laneq_f32(b0, x3, 0); c31 = vmulq_laneq_f32(b1, x3, 0);                       \
+        c40 = vmulq_laneq_f32(b0, x4, 0); c41 = vmulq_laneq_f32(b1, x4, 0);                       \
+        c50 = vmulq_laneq_f32(b0, x5, 0); c51 = vmulq_laneq_f32(b1, x5, 0);                       \
+        c60 = vmulq_laneq_f32(b0, x6, 0); c61 = vmulq_laneq_f32(b1, x6, 0);                       \
+        c70 = vmulq_laneq_f32(b0, x7, 0); c71 = vmulq_laneq_f32(b1, x7, 0);                       \
+    } while (0)
+/* x_r = 4 floats at row pointer X[r] + o */
+#define QC_ATT_LOAD8(X, o)                                                                        \
+    float32x4_t x0 = vld1q_f32(X[0] + (o)), x1 = vld1q_f32(X[1] + (o)), x2 = vld1q_f32(X[2] + (o)); \
+    float32x4_t x3 = vld1q_f32(X[3] + (o)), x4 = vld1q_f32(X[4] + (o)), x5 = vld1q_f32(X[5] + (o)); \
+    float32x4_t x6 = vld1q_f32(X[6] + (o)), x7 = vld1q_f32(X[7] + (o))
 #define QC_ATT_ROWS8(M)  M(0, c00, c01); M(1, c10, c11); M(2, c20, c21); M(3, c30, c31); \
                          M(4, c40, c41); M(5, c50, c51); M(6, c60, c61); M(7, c70, c71)
+#define QC_ATT_Z vdupq_n_f32(0.0f)
 #define QC_ATT_ZERO8                                                                              \
-    float32x4_t c00 = vdupq_n_f32(0.0f), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;   \
-    float32x4_t c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00;      \
-    float32x4_t c61 = c00, c70 = c00, c71 = c00
+    float32x4_t c00 = QC_ATT_Z, c01 = QC_ATT_Z, c10 = QC_ATT_Z, c11 = QC_ATT_Z, c20 = QC_ATT_Z;    \
+    float32x4_t c21 = QC_ATT_Z, c30 = QC_ATT_Z, c31 = QC_ATT_Z, c40 = QC_ATT_Z, c41 = QC_ATT_Z;    \
+    float32x4_t c50 = QC_ATT_Z, c51 = QC_ATT_Z, c60 = QC_ATT_Z, c61 = QC_ATT_Z, c70 = QC_ATT_Z;    \
+    float32x4_t c71 = QC_ATT_Z
 
-/* the scores of 8 query rows against keys [0, n8) (n8 % 8 == 0): w_r[j] = fmaf(chain, scale,
- * mask_r[j]) (chain * scale when mask is NULL; mask rows mask + r * mr, contiguous), mx[r]
- * the lane maxima of row r */
-static void qc_att_scores8(int n8, int d, const float *const *q, const float *kt, int Lkp, float scale,
+/* the scores of 8 query rows against keys [0, n8) (n8 % 8 == 0, d % 4 == 0, d > 0): w_r[j] =
+ * fmaf(chain, scale, mask_r[j]) (chain * scale when mask is NULL; mask rows mask + r * mr,
+ * contiguous), mx[r] the lane maxima of row r */
+QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, const float *kt, float scale,
                            const float *mask, int mr, float *const *w, float32x4_t *mx)
 {
     int j, t, r;
     for (r = 0; r < QC_ATT_TR; ++r) mx[r] = vdupq_n_f32(-INFINITY);
     for (j = 0; j < n8; j += 8) {
-        QC_ATT_ZERO8;
-        for (t = 0; t + 4 <= d; t += 4) {
-            const float *kp = kt + (ptrdiff_t)t * Lkp + j;
-            float32x4_t b00 = vld1q_f32(kp), b01 = vld1q_f32(kp + 4), x;
-            float32x4_t b10 = vld1q_f32(kp + Lkp), b11 = vld1q_f32(kp + Lkp + 4);
-            float32x4_t b20 = vld1q_f32(kp + 2 * (ptrdiff_t)Lkp), b21 = vld1q_f32(kp + 2 * (ptrdiff_t)Lkp + 4);
-            float32x4_t b30 = vld1q_f32(kp + 3 * (ptrdiff_t)Lkp), b31 = vld1q_f32(kp + 3 * (ptrdiff_t)Lkp + 4);
-#define QC_ATT_QROW(r, a0, a1) x = vld1q_f32(q[r] + t); QC_ATT_LANES(a0, a1, x)
-            QC_ATT_ROWS8(QC_ATT_QROW);
-#undef QC_ATT_QROW
+        const float *kp = QC_ATT_KT(kt, d, 0, j);
+        float32x4_t c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
+        {
+            QC_ATT_LOAD8(q, 0);
+            QC_ATT_FIRST(kp);
+            QC_ATT_LANE(1, kp + 8);
+            QC_ATT_LANE(2, kp + 16);
+            QC_ATT_LANE(3, kp + 24);
         }
-        for (; t < d; ++t) {
-            const float *kp = kt + (ptrdiff_t)t * Lkp + j;
-            float32x4_t b00 = vld1q_f32(kp), b01 = vld1q_f32(kp + 4);
-#define QC_ATT_QONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, q[r][t]); a1 = vfmaq_n_f32(a1, b01, q[r][t])
-            QC_ATT_ROWS8(QC_ATT_QONE);
-#undef QC_ATT_QONE
+        for (t = 4, kp += 32; t < d; t += 4, kp += 32) {
+            QC_ATT_LOAD8(q, t);
+            QC_ATT_LANE(0, kp);
+            QC_ATT_LANE(1, kp + 8);
+            QC_ATT_LANE(2, kp + 16);
+            QC_ATT_LANE(3, kp + 24);
         }
         if (!mask) {
 #define QC_ATT_STORE(r, a0, a1)                                                                   \
@@ -391,23 +446,21 @@ static void qc_att_scores8(int n8, int d, const float *const *q, const float *kt
     }
 }
 
-/* y_r[c .. c + 8) = inv[r] * sum_{j < n} p_r[j] * v[j * vr + c ..] for 8 rows (as qc_att_context) */
-static void qc_att_context8(int n, float *const *p, const float *v, int vr, int c, const float *inv,
-                            float *const *y)
+/* y_r[c .. c + 8) = inv[r] * sum_{j < n} p_r[j] * V[j][c ..] for 8 rows (as qc_att_context);
+ * vb: the 8 columns packed, row j at vb + 8 j */
+QC_ATT_TILE_FN static void qc_att_context8(int n, float *const *p, const float *vb, int c, const float *inv, float *const *y)
 {
     int j;
-    const float *vj = v + c;
+    const float *vj = vb;
     QC_ATT_ZERO8;
-    for (j = 0; j + 4 <= n; j += 4, vj += 4 * (ptrdiff_t)vr) {
-        float32x4_t b00 = vld1q_f32(vj), b01 = vld1q_f32(vj + 4), x;
-        float32x4_t b10 = vld1q_f32(vj + vr), b11 = vld1q_f32(vj + vr + 4);
-        float32x4_t b20 = vld1q_f32(vj + 2 * (ptrdiff_t)vr), b21 = vld1q_f32(vj + 2 * (ptrdiff_t)vr + 4);
-        float32x4_t b30 = vld1q_f32(vj + 3 * (ptrdiff_t)vr), b31 = vld1q_f32(vj + 3 * (ptrdiff_t)vr + 4);
-#define QC_ATT_PROW(r, a0, a1) x = vld1q_f32(p[r] + j); QC_ATT_LANES(a0, a1, x)
-        QC_ATT_ROWS8(QC_ATT_PROW);
-#undef QC_ATT_PROW
+    for (j = 0; j + 4 <= n; j += 4, vj += 32) {
+        QC_ATT_LOAD8(p, j);
+        QC_ATT_LANE(0, vj);
+        QC_ATT_LANE(1, vj + 8);
+        QC_ATT_LANE(2, vj + 16);
+        QC_ATT_LANE(3, vj + 24);
     }
-    for (; j < n; ++j, vj += vr) {
+    for (; j < n; ++j, vj += 8) {
         float32x4_t b00 = vld1q_f32(vj), b01 = vld1q_f32(vj + 4);
 #define QC_ATT_PONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, p[r][j]); a1 = vfmaq_n_f32(a1, b01, p[r][j])
         QC_ATT_ROWS8(QC_ATT_PONE);
@@ -421,14 +474,14 @@ static void qc_att_context8(int n, float *const *p, const float *v, int vr, int 
 
 /* one (batch, head) of the non-causal attention: Q rows at q + i * qr, K^T in kt, V rows at
  * v + j * vr, mask (i, j) at mask + i * mr + j * mc (mask may be NULL), output rows at
- * y + i * yr; w: QC_ATT_TR * Lkp floats */
+ * y + i * yr; vt: V packed by qc_att_pack_v (aarch64, Lq >= 8); w: QC_ATT_TR * Lkp floats */
 static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float *q, int qr, const float *kt,
-                        int Lkp, const float *v, int vr, const float *mask, int mr, int mc, float *y, int yr,
-                        float *w)
+                        int Lkp, const float *v, int vr, const float *vt, const float *mask, int mr, int mc,
+                        float *y, int yr, float *w)
 {
     int i = 0;
 #if defined(QC_ATT_NEON)
-    for (; (!mask || mc == 1) && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
+    for (; (!mask || mc == 1) && (d & 3) == 0 && d > 0 && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
         const float *qp[QC_ATT_TR];
         float *wp[QC_ATT_TR], *yp[QC_ATT_TR], inv[QC_ATT_TR];
         float32x4_t mx[QC_ATT_TR];
@@ -439,27 +492,30 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
             yp[r] = y + (ptrdiff_t)(i + r) * yr;
             wp[r] = w + (ptrdiff_t)r * Lkp;
         }
-        qc_att_scores8(n8, d, qp, kt, Lkp, scale, m0, mr, wp, mx);
+        qc_att_scores8(n8, d, qp, kt, scale, m0, mr, wp, mx);
         for (r = 0; r < QC_ATT_TR; ++r) {
             float m = n8 ? vmaxnmvq_f32(mx[r]) : -INFINITY;
             if (n8 < Lk) {
                 float mt;
-                qc_att_row_scores(n8, Lk, d, qp[r], kt, Lkp, wp[r]);
+                qc_att_row_scores(n8, Lk, d, qp[r], kt, wp[r]);
                 mt = qc_att_scale_mask_max(Lk - n8, wp[r] + n8, scale, m0 ? m0 + (ptrdiff_t)r * mr + n8 : NULL, 1);
                 m = mt > m ? mt : m;
             }
             inv[r] = 1.0f / qc_att_softmax_row(Lk, wp[r], m);
         }
-        for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, wp, v, vr, c, inv, yp);
+        for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, wp, vt + (ptrdiff_t)c * Lk, c, inv, yp);
         if (c < dv) {
             for (r = 0; r < QC_ATT_TR; ++r) qc_att_context(Lk, dv - c, wp[r], v + c, vr, inv[r], yp[r] + c);
         }
     }
+#else
+    (void)Lkp;
+    (void)vt;
 #endif
     for (; i < Lq; ++i) {
         const float *qi = q + (ptrdiff_t)i * qr;
         float m;
-        qc_att_row_scores(0, Lk, d, qi, kt, Lkp, w);
+        qc_att_row_scores(0, Lk, d, qi, kt, w);
         m = qc_att_scale_mask_max(Lk, w, scale, mask ? mask + (ptrdiff_t)i * mr : NULL, mc);
         qc_att_context(Lk, dv, w, v, vr, 1.0f / qc_att_softmax_row(Lk, w, m), y + (ptrdiff_t)i * yr);
     }
@@ -478,15 +534,18 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             const float *vh = v + (ptrdiff_t)b * vs[0] + (ptrdiff_t)hk * vs[1];
             i = 0;
             if (!causal) {   /* every row reads all Lk keys: K^T packed once per K/V head */
-                int Lkp = (Lk + 3) & ~3;
-                float *kt = work + (ptrdiff_t)QC_ATT_TR * Lkp;
+                int Lkp = (Lk + 7) & ~7;
+                float *kt = work + (ptrdiff_t)QC_ATT_TR * Lkp, *vt = kt + (ptrdiff_t)d * Lkp;
                 if (b != packed_b || hk != packed_h) {
                     qc_att_pack_kt(Lk, d, kh, ks[2], Lkp, kt);
+#if defined(QC_ATT_NEON)
+                    if (Lq >= QC_ATT_TR) qc_att_pack_v(Lk, dv, vh, vs[2], vt);
+#endif
                     packed_b = b;
                     packed_h = hk;
                 }
                 qc_att_head(Lq, Lk, d, dv, scale, q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1], qs[2], kt, Lkp,
-                            vh, vs[2], mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] : NULL, ms[2],
+                            vh, vs[2], vt, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1] : NULL, ms[2],
                             ms[3], y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1], ys[2], work);
                 i = Lq;
             }
