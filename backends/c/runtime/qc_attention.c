@@ -322,25 +322,38 @@ static void qc_att_row_scores(int j0, int n, int d, const float *q, const float 
 #endif
 }
 
-/* exp(w[j] - m) for j < n; returns their sum in 4 lane partials (j % 4), (s0 + s1) + (s2 + s3) */
-static float qc_att_softmax_row(int n, float *w, float m)
+/* rows r < R: w_r[j] = exp(w_r[j] - m[r]) for j < n; inv[r] = 1 / their sum, the sum in 4 lane
+ * partials (j % 4) added as (s0 + s1) + (s2 + s3) */
+static void qc_att_softmax(int R, int n, float *const *w, const float *m, float *inv)
 {
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int j = 0;
+    int r, j;
+    for (r = 0; r < R; ++r) {
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, *wr = w[r];
+        j = 0;
 #if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
-    float32x4_t sv = vdupq_n_f32(0.0f), mv = vdupq_n_f32(m);
-    for (; j + 4 <= n; j += 4) {
-        float32x4_t e = qc_att_vexp(vsubq_f32(vld1q_f32(w + j), mv));
-        vst1q_f32(w + j, e);
-        sv = vaddq_f32(sv, e);
-    }
-    vst1q_f32(s, sv);
+        {
+            float32x4_t sv = vdupq_n_f32(0.0f), mv = vdupq_n_f32(m[r]);
+            for (; j + 8 <= n; j += 8) {
+                float32x4_t e0 = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j), mv));
+                float32x4_t e1 = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j + 4), mv));
+                vst1q_f32(wr + j, e0);
+                vst1q_f32(wr + j + 4, e1);
+                sv = vaddq_f32(vaddq_f32(sv, e0), e1);
+            }
+            for (; j + 4 <= n; j += 4) {
+                float32x4_t e = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j), mv));
+                vst1q_f32(wr + j, e);
+                sv = vaddq_f32(sv, e);
+            }
+            vst1q_f32(s, sv);
+        }
 #endif
-    for (; j < n; ++j) {
-        w[j] = qc_att_expf(w[j] - m);
-        s[j & 3] += w[j];
+        for (; j < n; ++j) {
+            wr[j] = qc_att_expf(wr[j] - m[r]);
+            s[j & 3] += wr[j];
+        }
+        inv[r] = 1.0f / ((s[0] + s[1]) + (s[2] + s[3]));
     }
-    return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 #if defined(QC_ATT_NEON)
@@ -483,7 +496,7 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
 #if defined(QC_ATT_NEON)
     for (; (!mask || mc == 1) && (d & 3) == 0 && d > 0 && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
         const float *qp[QC_ATT_TR];
-        float *wp[QC_ATT_TR], *yp[QC_ATT_TR], inv[QC_ATT_TR];
+        float *wp[QC_ATT_TR], *yp[QC_ATT_TR], inv[QC_ATT_TR], m[QC_ATT_TR];
         float32x4_t mx[QC_ATT_TR];
         const float *m0 = mask ? mask + (ptrdiff_t)i * mr : NULL;
         int r, c, n8 = Lk & ~7;
@@ -494,15 +507,15 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
         }
         qc_att_scores8(n8, d, qp, kt, scale, m0, mr, wp, mx);
         for (r = 0; r < QC_ATT_TR; ++r) {
-            float m = n8 ? vmaxnmvq_f32(mx[r]) : -INFINITY;
+            m[r] = n8 ? vmaxnmvq_f32(mx[r]) : -INFINITY;
             if (n8 < Lk) {
                 float mt;
                 qc_att_row_scores(n8, Lk, d, qp[r], kt, wp[r]);
                 mt = qc_att_scale_mask_max(Lk - n8, wp[r] + n8, scale, m0 ? m0 + (ptrdiff_t)r * mr + n8 : NULL, 1);
-                m = mt > m ? mt : m;
+                m[r] = mt > m[r] ? mt : m[r];
             }
-            inv[r] = 1.0f / qc_att_softmax_row(Lk, wp[r], m);
         }
+        qc_att_softmax(QC_ATT_TR, Lk, wp, m, inv);
         for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, wp, vt + (ptrdiff_t)c * Lk, c, inv, yp);
         if (c < dv) {
             for (r = 0; r < QC_ATT_TR; ++r) qc_att_context(Lk, dv - c, wp[r], v + c, vr, inv[r], yp[r] + c);
@@ -514,10 +527,11 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
 #endif
     for (; i < Lq; ++i) {
         const float *qi = q + (ptrdiff_t)i * qr;
-        float m;
+        float m, inv;
         qc_att_row_scores(0, Lk, d, qi, kt, w);
         m = qc_att_scale_mask_max(Lk, w, scale, mask ? mask + (ptrdiff_t)i * mr : NULL, mc);
-        qc_att_context(Lk, dv, w, v, vr, 1.0f / qc_att_softmax_row(Lk, w, m), y + (ptrdiff_t)i * yr);
+        qc_att_softmax(1, Lk, &w, &m, &inv);
+        qc_att_context(Lk, dv, w, v, vr, inv, y + (ptrdiff_t)i * yr);
     }
 }
 
