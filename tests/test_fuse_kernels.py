@@ -117,6 +117,7 @@ ATT_CASES = [
     (1, 2, 1, 2, 1, 40, 24, 1, None),             # one key
     (1, 2, 2, 16, 16, 32, 32, 0, (1, 1, 1, 16)),  # MiniLM at 1x16: 8-row tiles, one mask row for all rows
     (1, 1, 1, 11, 9, 6, 8, 0, (11, 9)),           # 8 rows (+ 3) with d off 4, Lk off 8
+    (1, 1, 1, 8, 5, 16, 12, 0, (1, 1, 1, 5)),     # 8 rows, all keys past the 8-key tiles, dv = 8 + 4
 ]
 
 

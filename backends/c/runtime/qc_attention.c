@@ -211,6 +211,9 @@ static float qc_att_exp_sum(int n, float *w, float m)
  * (s0 + s1) + (s2 + s3); the context as qc_att_context, times 1 / sum. */
 #define QC_ATT_TR 8          /* query rows per tile */
 #define QC_ATT_EXP_LO -86.0f /* qc_att_expf's lower clamp: exp(-86) is a normal float */
+/* score (r, j) of a tile's 8 rows, interleaved 4 keys at a time (one contiguous 8 x 4 block
+ * per 4 keys) */
+#define QC_ATT_W(W, r, j) ((W) + (ptrdiff_t)((j) & ~3) * 8 + (r) * 4 + ((j) & 3))
 /* K^T element (t, j) of the packed K of d-element rows */
 #define QC_ATT_KT(kt, d, t, j) ((kt) + ((ptrdiff_t)((j) >> 3) * (d) + (t)) * 8 + ((j) & 7))
 
@@ -322,35 +325,39 @@ static void qc_att_row_scores(int j0, int n, int d, const float *q, const float 
 #endif
 }
 
-/* rows r < R: w_r[j] = exp(w_r[j] - m[r]) for j < n; inv[r] = 1 / their sum, the sum in 4 lane
- * partials (j % 4) added as (s0 + s1) + (s2 + s3) */
-static void qc_att_softmax(int R, int n, float *const *w, const float *m, float *inv)
+/* rows r < R of scores, element (r, j) at w + r * rs + (j / 4) * vs + j % 4 (vs = 4: plain rows;
+ * rs = 4, vs = 32: a tile's 8 rows interleaved 4 keys at a time, QC_ATT_W): (r, j) = exp((r, j) -
+ * m[r]) for j < n; inv[r] = 1 / their sum, the sum in 4 lane partials (j % 4) added as
+ * (s0 + s1) + (s2 + s3) */
+static void qc_att_softmax(int R, int n, float *w, int rs, int vs, const float *m, float *inv)
 {
     int r, j;
     for (r = 0; r < R; ++r) {
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, *wr = w[r];
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, *wr = w + (ptrdiff_t)r * rs;
         j = 0;
 #if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
         {
             float32x4_t sv = vdupq_n_f32(0.0f), mv = vdupq_n_f32(m[r]);
-            for (; j + 8 <= n; j += 8) {
-                float32x4_t e0 = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j), mv));
-                float32x4_t e1 = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j + 4), mv));
-                vst1q_f32(wr + j, e0);
-                vst1q_f32(wr + j + 4, e1);
+            float *p = wr;
+            for (; j + 8 <= n; j += 8, p += 2 * vs) {
+                float32x4_t e0 = qc_att_vexp(vsubq_f32(vld1q_f32(p), mv));
+                float32x4_t e1 = qc_att_vexp(vsubq_f32(vld1q_f32(p + vs), mv));
+                vst1q_f32(p, e0);
+                vst1q_f32(p + vs, e1);
                 sv = vaddq_f32(vaddq_f32(sv, e0), e1);
             }
-            for (; j + 4 <= n; j += 4) {
-                float32x4_t e = qc_att_vexp(vsubq_f32(vld1q_f32(wr + j), mv));
-                vst1q_f32(wr + j, e);
+            for (; j + 4 <= n; j += 4, p += vs) {
+                float32x4_t e = qc_att_vexp(vsubq_f32(vld1q_f32(p), mv));
+                vst1q_f32(p, e);
                 sv = vaddq_f32(sv, e);
             }
             vst1q_f32(s, sv);
         }
 #endif
         for (; j < n; ++j) {
-            wr[j] = qc_att_expf(wr[j] - m[r]);
-            s[j & 3] += wr[j];
+            float *x = wr + (ptrdiff_t)(j >> 2) * vs + (j & 3);
+            *x = qc_att_expf(*x - m[r]);
+            s[j & 3] += *x;
         }
         inv[r] = 1.0f / ((s[0] + s[1]) + (s[2] + s[3]));
     }
@@ -398,6 +405,11 @@ static void qc_att_softmax(int R, int n, float *const *w, const float *m, float 
     float32x4_t x0 = vld1q_f32(X[0] + (o)), x1 = vld1q_f32(X[1] + (o)), x2 = vld1q_f32(X[2] + (o)); \
     float32x4_t x3 = vld1q_f32(X[3] + (o)), x4 = vld1q_f32(X[4] + (o)), x5 = vld1q_f32(X[5] + (o)); \
     float32x4_t x6 = vld1q_f32(X[6] + (o)), x7 = vld1q_f32(X[7] + (o))
+/* x_r = 4 floats at P + 4 r (a QC_ATT_W block) */
+#define QC_ATT_LOADW(P)                                                                           \
+    float32x4_t x0 = vld1q_f32(P), x1 = vld1q_f32(P + 4), x2 = vld1q_f32(P + 8);                  \
+    float32x4_t x3 = vld1q_f32(P + 12), x4 = vld1q_f32(P + 16), x5 = vld1q_f32(P + 20);           \
+    float32x4_t x6 = vld1q_f32(P + 24), x7 = vld1q_f32(P + 28)
 #define QC_ATT_ROWS8(M)  M(0, c00, c01); M(1, c10, c11); M(2, c20, c21); M(3, c30, c31); \
                          M(4, c40, c41); M(5, c50, c51); M(6, c60, c61); M(7, c70, c71)
 #define QC_ATT_Z vdupq_n_f32(0.0f)
@@ -407,16 +419,17 @@ static void qc_att_softmax(int R, int n, float *const *w, const float *m, float 
     float32x4_t c50 = QC_ATT_Z, c51 = QC_ATT_Z, c60 = QC_ATT_Z, c61 = QC_ATT_Z, c70 = QC_ATT_Z;    \
     float32x4_t c71 = QC_ATT_Z
 
-/* the scores of 8 query rows against keys [0, n8) (n8 % 8 == 0, d % 4 == 0, d > 0): w_r[j] =
- * fmaf(chain, scale, mask_r[j]) (chain * scale when mask is NULL; mask rows mask + r * mr,
- * contiguous), mx[r] the lane maxima of row r */
+/* the scores of 8 query rows against keys [0, n8) (n8 % 8 == 0, d % 4 == 0, d > 0): (r, j) of W
+ * (QC_ATT_W) = fmaf(chain, scale, mask_r[j]) (chain * scale when mask is NULL; mask rows
+ * mask + r * mr, contiguous), mx[r] the lane maxima of row r */
 QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, const float *kt, float scale,
-                           const float *mask, int mr, float *const *w, float32x4_t *mx)
+                                          const float *mask, int mr, float *W, float32x4_t *mx)
 {
     int j, t, r;
     for (r = 0; r < QC_ATT_TR; ++r) mx[r] = vdupq_n_f32(-INFINITY);
     for (j = 0; j < n8; j += 8) {
         const float *kp = QC_ATT_KT(kt, d, 0, j);
+        float *wj = W + (ptrdiff_t)8 * j;
         float32x4_t c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
         {
             QC_ATT_LOAD8(q, 0);
@@ -435,7 +448,7 @@ QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, 
         if (!mask) {
 #define QC_ATT_STORE(r, a0, a1)                                                                   \
     a0 = vmulq_n_f32(a0, scale); a1 = vmulq_n_f32(a1, scale);                                     \
-    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    vst1q_f32(wj + 4 * (r), a0); vst1q_f32(wj + 32 + 4 * (r), a1);                                \
     mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
             QC_ATT_ROWS8(QC_ATT_STORE);
 #undef QC_ATT_STORE
@@ -443,7 +456,7 @@ QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, 
             float32x4_t m0 = vld1q_f32(mask + j), m1 = vld1q_f32(mask + j + 4);
 #define QC_ATT_STORE(r, a0, a1)                                                                   \
     a0 = vfmaq_n_f32(m0, a0, scale); a1 = vfmaq_n_f32(m1, a1, scale);                             \
-    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    vst1q_f32(wj + 4 * (r), a0); vst1q_f32(wj + 32 + 4 * (r), a1);                                \
     mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
             QC_ATT_ROWS8(QC_ATT_STORE);
 #undef QC_ATT_STORE
@@ -451,7 +464,7 @@ QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, 
 #define QC_ATT_STORE(r, a0, a1)                                                                   \
     a0 = vfmaq_n_f32(vld1q_f32(mask + (ptrdiff_t)(r) * mr + j), a0, scale);                        \
     a1 = vfmaq_n_f32(vld1q_f32(mask + (ptrdiff_t)(r) * mr + j + 4), a1, scale);                    \
-    vst1q_f32(w[r] + j, a0); vst1q_f32(w[r] + j + 4, a1);                                         \
+    vst1q_f32(wj + 4 * (r), a0); vst1q_f32(wj + 32 + 4 * (r), a1);                                \
     mx[r] = vmaxnmq_f32(mx[r], vmaxnmq_f32(a0, a1))
             QC_ATT_ROWS8(QC_ATT_STORE);
 #undef QC_ATT_STORE
@@ -459,15 +472,16 @@ QC_ATT_TILE_FN static void qc_att_scores8(int n8, int d, const float *const *q, 
     }
 }
 
-/* y_r[c .. c + 8) = inv[r] * sum_{j < n} p_r[j] * V[j][c ..] for 8 rows (as qc_att_context);
- * vb: the 8 columns packed, row j at vb + 8 j */
-QC_ATT_TILE_FN static void qc_att_context8(int n, float *const *p, const float *vb, int c, const float *inv, float *const *y)
+/* y_r[c .. c + 8) = inv[r] * sum_{j < n} p(r, j) * V[j][c ..] for 8 rows (as qc_att_context),
+ * p(r, j) at QC_ATT_W(P, r, j); vb: the 8 columns packed, row j at vb + 8 j */
+QC_ATT_TILE_FN static void qc_att_context8(int n, const float *P, const float *vb, int c, const float *inv,
+                                           float *const *y)
 {
     int j;
-    const float *vj = vb;
+    const float *vj = vb, *pj = P;
     QC_ATT_ZERO8;
-    for (j = 0; j + 4 <= n; j += 4, vj += 32) {
-        QC_ATT_LOAD8(p, j);
+    for (j = 0; j + 4 <= n; j += 4, vj += 32, pj += 32) {
+        QC_ATT_LOADW(pj);
         QC_ATT_LANE(0, vj);
         QC_ATT_LANE(1, vj + 8);
         QC_ATT_LANE(2, vj + 16);
@@ -475,7 +489,7 @@ QC_ATT_TILE_FN static void qc_att_context8(int n, float *const *p, const float *
     }
     for (; j < n; ++j, vj += 8) {
         float32x4_t b00 = vld1q_f32(vj), b01 = vld1q_f32(vj + 4);
-#define QC_ATT_PONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, p[r][j]); a1 = vfmaq_n_f32(a1, b01, p[r][j])
+#define QC_ATT_PONE(r, a0, a1) a0 = vfmaq_n_f32(a0, b00, *QC_ATT_W(P, r, j)); a1 = vfmaq_n_f32(a1, b01, *QC_ATT_W(P, r, j))
         QC_ATT_ROWS8(QC_ATT_PONE);
 #undef QC_ATT_PONE
     }
@@ -487,7 +501,8 @@ QC_ATT_TILE_FN static void qc_att_context8(int n, float *const *p, const float *
 
 /* one (batch, head) of the non-causal attention: Q rows at q + i * qr, K^T in kt, V rows at
  * v + j * vr, mask (i, j) at mask + i * mr + j * mc (mask may be NULL), output rows at
- * y + i * yr; vt: V packed by qc_att_pack_v (aarch64, Lq >= 8); w: QC_ATT_TR * Lkp floats */
+ * y + i * yr; vt: V packed by qc_att_pack_v (aarch64, Lq >= 8); w: QC_ATT_TR * Lkp floats (Lkp:
+ * Lk rounded up to 8) */
 static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float *q, int qr, const float *kt,
                         int Lkp, const float *v, int vr, const float *vt, const float *mask, int mr, int mc,
                         float *y, int yr, float *w)
@@ -496,41 +511,44 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
 #if defined(QC_ATT_NEON)
     for (; (!mask || mc == 1) && (d & 3) == 0 && d > 0 && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
         const float *qp[QC_ATT_TR];
-        float *wp[QC_ATT_TR], *yp[QC_ATT_TR], inv[QC_ATT_TR], m[QC_ATT_TR];
+        float *yp[QC_ATT_TR], inv[QC_ATT_TR], m[QC_ATT_TR];
         float32x4_t mx[QC_ATT_TR];
         const float *m0 = mask ? mask + (ptrdiff_t)i * mr : NULL;
-        int r, c, n8 = Lk & ~7;
+        int r, c, j, t, n8 = Lk & ~7;
         for (r = 0; r < QC_ATT_TR; ++r) {
             qp[r] = q + (ptrdiff_t)(i + r) * qr;
             yp[r] = y + (ptrdiff_t)(i + r) * yr;
-            wp[r] = w + (ptrdiff_t)r * Lkp;
         }
-        qc_att_scores8(n8, d, qp, kt, scale, m0, mr, wp, mx);
+        qc_att_scores8(n8, d, qp, kt, scale, m0, mr, w, mx);
         for (r = 0; r < QC_ATT_TR; ++r) {
             m[r] = n8 ? vmaxnmvq_f32(mx[r]) : -INFINITY;
-            if (n8 < Lk) {
-                float mt;
-                qc_att_row_scores(n8, Lk, d, qp[r], kt, wp[r]);
-                mt = qc_att_scale_mask_max(Lk - n8, wp[r] + n8, scale, m0 ? m0 + (ptrdiff_t)r * mr + n8 : NULL, 1);
-                m[r] = mt > m[r] ? mt : m[r];
+            for (j = n8; j < Lk; ++j) {   /* the last Lk % 8 keys: the tile's arithmetic, one score at a time */
+                float a = qp[r][0] * *QC_ATT_KT(kt, d, 0, j), *x = QC_ATT_W(w, r, j);
+                for (t = 1; t < d; ++t) a = fmaf(qp[r][t], *QC_ATT_KT(kt, d, t, j), a);
+                *x = m0 ? fmaf(a, scale, m0[(ptrdiff_t)r * mr + j]) : a * scale;
+                m[r] = *x > m[r] ? *x : m[r];
             }
         }
-        qc_att_softmax(QC_ATT_TR, Lk, wp, m, inv);
-        for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, wp, vt + (ptrdiff_t)c * Lk, c, inv, yp);
-        if (c < dv) {
-            for (r = 0; r < QC_ATT_TR; ++r) qc_att_context(Lk, dv - c, wp[r], v + c, vr, inv[r], yp[r] + c);
+        qc_att_softmax(QC_ATT_TR, Lk, w, 4, 32, m, inv);
+        for (c = 0; c + 8 <= dv; c += 8) qc_att_context8(Lk, w, vt + (ptrdiff_t)c * Lk, c, inv, yp);
+        for (; c < dv; ++c) {   /* the last dv % 8 columns, as qc_att_context's plain C */
+            for (r = 0; r < QC_ATT_TR; ++r) {
+                float a = 0.0f;
+                for (j = 0; j < Lk; ++j) a = fmaf(*QC_ATT_W(w, r, j), v[(ptrdiff_t)j * vr + c], a);
+                yp[r][c] = a * inv[r];
+            }
         }
     }
 #else
-    (void)Lkp;
     (void)vt;
 #endif
+    (void)Lkp;
     for (; i < Lq; ++i) {
         const float *qi = q + (ptrdiff_t)i * qr;
         float m, inv;
         qc_att_row_scores(0, Lk, d, qi, kt, w);
         m = qc_att_scale_mask_max(Lk, w, scale, mask ? mask + (ptrdiff_t)i * mr : NULL, mc);
-        qc_att_softmax(1, Lk, &w, &m, &inv);
+        qc_att_softmax(1, Lk, w, 0, 4, &m, &inv);
         qc_att_context(Lk, dv, w, v, vr, inv, y + (ptrdiff_t)i * yr);
     }
 }
