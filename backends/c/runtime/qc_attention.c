@@ -1,14 +1,16 @@
 /* qc C backend: the fused attention kernel (qc.Attention, see qc_ops.h and docs/c-backend.md).
  *
- * One (batch, head) at a time and one query row at a time: the Lk scores of the row live in
- * `work`, nothing larger is materialized. Q, K, V and the output are read / written through
- * strides, so the head split and merge of a model (Reshape + Transpose) cost no copy. The inner
- * loops are NEON FMLA on aarch64 (__ARM_NEON), Helium on Cortex-M55 (__ARM_FEATURE_MVE & 2),
- * plain C elsewhere. Every variant computes the same fused multiply-adds (fmaf in plain C) in
- * the same order: a dot product keeps 4 partial sums (element t into lane t % 4) and adds them
- * as (l0 + l1) + (l2 + l3); the context sums p[j] * v[j] over j in order; exp is qc_vmath.h's
- * (the same bits in every lane type). So the variants are bit-identical to each other (Helium:
- * except where its subnormal flush meets exp results below 1e-34). */
+ * One (batch, head) at a time; nothing of Lq x Lk size is materialized. Q, K, V and the output
+ * are read / written through strides, so the head split and merge of a model (Reshape +
+ * Transpose) cost no copy. The inner loops are NEON FMLA on aarch64 (__ARM_NEON), Helium on
+ * Cortex-M55 (__ARM_FEATURE_MVE & 2), plain C elsewhere, and every variant computes the same
+ * fused multiply-adds (fmaf in plain C) in the same order, so they are bit-identical to each
+ * other (Helium: except where its subnormal flush meets subnormal scores or products).
+ *
+ * Causal: one query row at a time over keys j <= i, the row's scores in `work`; a dot product
+ * keeps 4 partial sums (element t into lane t % 4) added as (l0 + l1) + (l2 + l3); the context
+ * sums p[j] * v[j] over j in order; exp is qc_vmath.h's. Not causal: see "the non-causal path"
+ * below (K^T and V packed once per K/V head, 8-row register tiles). */
 #include "qc_ops.h"
 
 #include <math.h>
