@@ -57,14 +57,16 @@ int main(int argc, char **argv)
     while (word(&op)) {
         if (op == 1) {
             /* B H Hkv Lq Lk d dv causal has_mask, qs[3] ks[3] vs[3] ms[4] ys[3], nq nk nv nm ny */
-            int h[30], i;
+            int h[30], i, nw;
             float scale, *q, *k, *v, *m, *y, *work;
             for (i = 0; i < 30; ++i) h[i] = need();
             i = need();
             memcpy(&scale, &i, 4);
             q = floats(h[25]); k = floats(h[26]); v = floats(h[27]); m = floats(h[28]);
             y = malloc((size_t)h[29] * sizeof(float));
-            work = malloc((size_t)(h[7] ? 4 * h[4] : (8 + h[5]) * ((h[4] + 7) & ~7) + (h[6] & ~7) * h[4]) * sizeof(float));
+            /* the lowering's scratch size (lower_fused.py) */
+            nw = h[7] ? 4 * h[4] : (8 + h[5]) * ((h[4] + 7) & ~7) + (h[6] & ~7) * h[4];
+            work = malloc((size_t)nw * sizeof(float));
             if (!y || !work) return 5;
             for (i = 0; i < h[29]; ++i) y[i] = 12345.0f;   /* every element must be written */
             qc_attention_f32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], scale, h[7], q, h + 9, k, h + 12,

@@ -501,9 +501,12 @@ QC_ATT_TILE_FN static void qc_att_context8(int n, const float *P, const float *v
 }
 #endif
 
+/* whether a tile of 8 rows (of Lq left) runs: d % 4 == 0, a mask with contiguous columns */
+#define QC_ATT_TILES(Lq, d, mask, mc) ((Lq) >= QC_ATT_TR && ((d) & 3) == 0 && (d) > 0 && (!(mask) || (mc) == 1))
+
 /* one (batch, head) of the non-causal attention: Q rows at q + i * qr, K^T in kt, V rows at
  * v + j * vr, mask (i, j) at mask + i * mr + j * mc (mask may be NULL), output rows at
- * y + i * yr; vt: V packed by qc_att_pack_v (aarch64, Lq >= 8); w: QC_ATT_TR * Lkp floats (Lkp:
+ * y + i * yr; vt: V packed by qc_att_pack_v (aarch64, when QC_ATT_TILES); w: QC_ATT_TR * Lkp floats (Lkp:
  * Lk rounded up to 8) */
 static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float *q, int qr, const float *kt,
                         int Lkp, const float *v, int vr, const float *vt, const float *mask, int mr, int mc,
@@ -511,7 +514,7 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
 {
     int i = 0;
 #if defined(QC_ATT_NEON)
-    for (; (!mask || mc == 1) && (d & 3) == 0 && d > 0 && i + QC_ATT_TR <= Lq; i += QC_ATT_TR) {
+    for (; QC_ATT_TILES(Lq - i, d, mask, mc); i += QC_ATT_TR) {
         const float *qp[QC_ATT_TR];
         float *yp[QC_ATT_TR], inv[QC_ATT_TR], m[QC_ATT_TR];
         float32x4_t mx[QC_ATT_TR];
@@ -573,7 +576,7 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 if (b != packed_b || hk != packed_h) {
                     qc_att_pack_kt(Lk, d, kh, ks[2], Lkp, kt);
 #if defined(QC_ATT_NEON)
-                    if (Lq >= QC_ATT_TR) qc_att_pack_v(Lk, dv, vh, vs[2], vt);
+                    if (QC_ATT_TILES(Lq, d, mask, ms[3])) qc_att_pack_v(Lk, dv, vh, vs[2], vt);
 #endif
                     packed_b = b;
                     packed_h = hk;
