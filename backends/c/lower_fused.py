@@ -113,9 +113,11 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    work = lw.scratch(DType.f32, 4 * Lk)  # the score rows of 4 queries
+    causal = int(op.attr("is_causal", 0))
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V
+    work = lw.scratch(DType.f32, 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk)
     lw.call(op, "qc_attention_f32",
-            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), int(op.attr("is_causal", 0)),
+            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
              Ptr(yb, const=False), Ints(ys[:3]), Ptr(work, const=False)], "attention f32")
 
