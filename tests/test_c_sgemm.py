@@ -301,8 +301,10 @@ def test_float_model_matches_onnxruntime(tmp_path, target):
     prepare(module, {})
     report = emit_c(module, tmp_path / "c", load_target(target), harness=True)
     text = (tmp_path / "c" / "model.c").read_text()
-    # only the Transpose read by three MatMuls is copied; the five single-use ones are views
-    assert text.count(": transpose */") == 1 and text.count("qc_sgemm_batch(") == 2, text
+    # only the Transpose read by three MatMuls is copied; the projections are qc_sgemm calls and
+    # the heads' QK^T / softmax / PV one fused qc_attention_f32 reading their Transposes as strides
+    assert text.count(": transpose */") == 1 and text.count("qc_sgemm(") == 4, text
+    assert text.count("qc_attention_f32(") == 1 and "qc_sgemm_batch(" not in text
     assert "qc_conv2d_sgemm_f32(" in text and "qc_conv2d_f32(" in text
     x = np.random.default_rng(4).standard_normal((1, 3, 4, 4)).astype(np.float32)
     exe = build_model(report, kind, target)
