@@ -25,6 +25,7 @@ from . import (  # noqa: F401
     fuse_rmsnorm,
     fuse_rope,
     fuse_silu,
+    fuse_silu_mul,
     inline_if,
     insert_qdq,
     legalize,

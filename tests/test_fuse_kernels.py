@@ -1,4 +1,4 @@
-"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm)
+"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm, SiLU * Mul)
 against a float64 numpy reference, on the host (portable C), under qemu-aarch64 (NEON:
 cortex-a53, cortex-a76, max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under
 qemu-system-arm.
@@ -24,7 +24,8 @@ from qc.backends.c import toolchain
 
 ATT_TOL = 1e-6
 LN_TOL = 1e-6
-OP_ATTENTION, OP_ADD_LN = 1, 3
+SILU_TOL = 1e-6
+OP_ATTENTION, OP_ADD_LN, OP_SILU_MUL = 1, 3, 4
 
 DRIVER = r"""
 #include <stdio.h>
@@ -83,6 +84,15 @@ int main(int argc, char **argv)
             qc_add_layernorm_f32(outer, n, eps, a, b, s, has_bias ? bias : NULL, a);  /* in place */
             fwrite(a, sizeof(float), (size_t)(outer * n), fout);
             free(a); free(b); free(s); free(bias); free(y);
+        } else if (op == 4) {
+            int outer = need(), n = need(), has_c = need();
+            float *g, *u, *c, *y;
+            g = floats(outer * n); u = floats(outer * n); c = floats(has_c ? n : 0);
+            y = malloc((size_t)(outer * n) * sizeof(float));
+            if (!y) return 5;
+            qc_silu_mul_f32(outer, n, g, u, has_c ? c : NULL, y);
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            free(g); free(u); free(c); free(y);
         } else {
             return 4;
         }
@@ -115,7 +125,14 @@ ATT_CASES = [
     (1, 2, 1, 9, 13, 32, 40, 0, (1, 1, 9, 13)),   # 4 query rows at a time (+ 1), Lk and dv off 4 / 16
     (1, 1, 1, 8, 8, 12, 36, 0, None),             # d = 12 in the 4-row scores, dv = 32 + 4
     (1, 2, 1, 2, 1, 40, 24, 1, None),             # one key
+    (1, 3, 1, 10, 10, 16, 20, 1, None),           # causal 4 query rows at a time (+ 2), dv off 16
+    (1, 2, 2, 9, 9, 8, 16, 1, (1, 2, 9, 9)),      # causal and a mask
+    (1, 3, 1, 32, 32, 40, 64, 1, None),           # SmolLM2-like GQA heads at 32 tokens, causal
+    (1, 3, 1, 32, 32, 40, 64, "mask", None),      # the same as a constant causal mask (float32 min)
 ]
+# a case whose causal flag is "mask" runs with causal = 0 and the mask a causal model builds
+# (0 on and below the diagonal, float32's min above): the C lowering gives such a constant mask
+# to the kernel's causal path (lower_fused._is_causal_mask), so both must give the same bits
 
 
 def _attention_ref(q, k, v, mask, scale, causal):
@@ -142,12 +159,21 @@ def _bstrides(shape, out):
 def _stream(rng):
     data = bytearray()
     checks = []
+    last = None
     for B, H, Hkv, Lq, Lk, d, dv, causal, mshape in ATT_CASES:
-        q = rng.standard_normal((B, H, Lq, d)).astype(np.float32)
-        k = rng.standard_normal((B, Hkv, Lk, d)).astype(np.float32)
-        v = rng.standard_normal((B, Hkv, Lk, dv)).astype(np.float32)
+        as_mask = causal == "mask"
+        if as_mask:   # the previous case's data, the causal pattern as a mask
+            q, k, v = last
+            causal, mshape = 0, (Lq, Lk)
+        else:
+            q = rng.standard_normal((B, H, Lq, d)).astype(np.float32)
+            k = rng.standard_normal((B, Hkv, Lk, d)).astype(np.float32)
+            v = rng.standard_normal((B, Hkv, Lk, dv)).astype(np.float32)
+        last = (q, k, v)
         mask = None
-        if mshape is not None:
+        if as_mask:
+            mask = np.where(np.tril(np.ones((Lq, Lk), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+        elif mshape is not None:
             mask = np.where(rng.random(mshape) < 0.25, -10000.0, rng.standard_normal(mshape)).astype(np.float32)
             mask[..., 0] = 0.0   # no row fully masked: float32 cannot resolve scores near -10000
         scale = np.float32(1.0 / np.sqrt(d))
@@ -163,8 +189,10 @@ def _stream(rng):
         data += struct.pack(f"<{1 + len(hdr)}i", OP_ATTENTION, *hdr) + struct.pack("<f", scale)
         for a in (qm, km, v, marr):
             data += np.ascontiguousarray(a, np.float32).tobytes()
-        ref = _attention_ref(q, k, v, mask, float(scale), causal).transpose(0, 2, 1, 3)   # [B, Lq, H, dv]
-        checks.append((ny, ref, ATT_TOL * float(np.abs(v).max()), f"attention {B, H, Hkv, Lq, Lk, d, dv, causal}"))
+        ref = _attention_ref(q, k, v, None if as_mask else mask, float(scale), causal or as_mask)
+        ref = ref.transpose(0, 2, 1, 3)   # [B, Lq, H, dv]
+        what = f"attention {B, H, Hkv, Lq, Lk, d, dv, causal}" + (" causal mask" if as_mask else "")
+        checks.append((ny, ref, ATT_TOL * float(np.abs(v).max()), what, len(checks) - 1 if as_mask else None))
     for outer, n, with_bias in ((3, 384, True), (2, 13, True), (1, 6, False)):
         a = (rng.standard_normal((outer, n)) * 2 + 1).astype(np.float32)
         b = rng.standard_normal((outer, n)).astype(np.float32)
@@ -178,7 +206,18 @@ def _stream(rng):
         x64 = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + float(eps))
         ref = x64 * s + (bias if with_bias else 0.0)
         for where in ("", " in place"):
-            checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+layernorm {outer}x{n}{where}"))
+            checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+layernorm {outer}x{n}{where}",
+                           None))
+    for outer, n, with_c in ((3, 1536, True), (2, 13, True), (1, 6, False)):
+        g = (rng.standard_normal((outer, n)) * 4).astype(np.float32)
+        g.flat[:3] = (-120.0, 95.0, 0.0)   # exp's clamps
+        u = rng.standard_normal((outer, n)).astype(np.float32)
+        c = rng.uniform(0.25, 4.0, n).astype(np.float32)
+        data += struct.pack("<4i", OP_SILU_MUL, outer, n, int(with_c))
+        data += g.tobytes() + u.tobytes() + (c.tobytes() if with_c else b"")
+        g64 = g.astype(np.float64)
+        ref = g64 / (1.0 + np.exp(-g64)) * u * (c if with_c else 1.0)
+        checks.append((outer * n, ref, SILU_TOL * float(np.abs(ref).max()), f"silu*mul {outer}x{n}", None))
     return bytes(data), checks
 
 
@@ -220,11 +259,16 @@ def test_fused_kernels_match_reference(kind, build_cpu, run_cpus, tmp_path):
         assert proc.returncode == 0 and "done" in proc.stdout, f"{cpu}: exit {proc.returncode}\n{proc.stderr}"
         got = np.frombuffer(out.read_bytes(), np.float32)
         pos = 0
-        for n, ref, tol, what in checks:
+        starts = []
+        for n, ref, tol, what, same_as in checks:
             y = got[pos:pos + n].reshape(ref.shape)
+            starts.append(pos)
             pos += n
             err = float(np.abs(y - ref).max())
             assert err <= tol, f"{what} on {kind} {cpu}: max error {err:.3g} > {tol:.3g}"
+            if same_as is not None:
+                a = starts[same_as]
+                assert got[a:a + n].tobytes() == y.tobytes(), f"{what} on {kind} {cpu}: not the causal path's bits"
         assert pos == got.size
         assert portable is None or out.read_bytes() == portable, \
             f"{kind} {build_cpu} on {cpu}: not bit-identical to the portable build"

@@ -7,7 +7,9 @@ the only reader of a qc.Attention result (the head merge) is not run either, the
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
 ``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
 ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
-``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU).
+``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU), ``qc.SiLUMul`` -> ``qc_silu_mul_f32``; a constant causal
+mask of a ``qc.Attention`` (0 on and below the diagonal, <= -1e30 above) becomes the kernel's
+causal path, which skips the masked keys.
 """
 from __future__ import annotations
 
@@ -86,6 +88,25 @@ def _read(lw: Lowering, v: Value) -> tuple[Buffer, tuple[int, ...]]:
     return lw.buf(v), contiguous(lw.shape(v))
 
 
+CAUSAL_MASKED = -1e30
+"""A constant mask at or below this above its diagonal (and 0 on and below it) is causal."""
+
+
+def _is_causal_mask(mask: Value, n: int) -> bool:
+    """A constant additive mask whose last two dimensions are the same square causal pattern
+    everywhere: 0 for key <= query, at most ``CAUSAL_MASKED`` (e.g. float32's min) above. The
+    kernel's causal path then skips the masked keys: their exp is exactly 0 (qc_vexp clamps its
+    argument at -104), so the result has the same bits while the scores are finite and small
+    against 1e30 (tests/test_c_llm_kernels.py)."""
+    if mask.const is None:
+        return False
+    m = mask.const.numpy()
+    if m.dtype != np.float32 or m.ndim < 2 or m.shape[-2:] != (n, n):
+        return False
+    upper = np.triu(np.ones(m.shape[-2:], dtype=bool), 1)
+    return bool(np.all(m[..., ~upper] == 0.0) and np.all(m[..., upper] <= CAUSAL_MASKED))
+
+
 @handler("Attention", domain=QC)
 def _attention(lw: Lowering, op: Op) -> None:
     q, k, v = op.operands[:3]
@@ -108,6 +129,9 @@ def _attention(lw: Lowering, op: Op) -> None:
         ys = view[1]
     else:
         yb, ys = lw.out(op), contiguous((B, H, Lq, dv))
+    causal = int(op.attr("is_causal", 0))
+    if mask is not None and not causal and Lq == Lk and _is_causal_mask(mask, Lk):
+        causal, mask = 1, None
     if mask is not None:
         ms = broadcast_strides(lw.shape(mask), (B, H, Lq, Lk))
         mptr = Ptr(lw.buf(mask))
@@ -115,7 +139,7 @@ def _attention(lw: Lowering, op: Op) -> None:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
     work = lw.scratch(DType.f32, 4 * Lk)  # the score rows of 4 queries
     lw.call(op, "qc_attention_f32",
-            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), int(op.attr("is_causal", 0)),
+            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
              Ptr(yb, const=False), Ints(ys[:3]), Ptr(work, const=False)], "attention f32")
 
@@ -133,6 +157,23 @@ def _silu(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     lw.call(op, "qc_unary_f32", [Raw("QC_SILU"), y.size, Ptr(lw.buf(x), ctype="float"), 0.0, 0.0,
                                  Ptr(y, ctype="float", const=False)], "silu f32")
+
+
+@handler("SiLUMul", domain=QC)
+def _silu_mul(lw: Lowering, op: Op) -> None:
+    for i, v in enumerate(op.operands):
+        if v is not None and lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    g, u = op.operands[:2]
+    c = op.operands[2] if len(op.operands) > 2 else None
+    shape = lw.shape(g)
+    n = shape[-1]
+    if lw.shape(u) != shape or (c is not None and math.prod(lw.shape(c)) != n):
+        raise unsupported(op, "shapes (g, u the same; c one per channel of the last axis)")
+    y = lw.out(op)
+    lw.call(op, "qc_silu_mul_f32", [math.prod(shape[:-1]), n, Ptr(lw.buf(g)), Ptr(lw.buf(u)),
+                                    Ptr(lw.buf(c)) if c is not None else Raw("NULL"), Ptr(y, const=False)],
+            "silu*mul f32")
 
 
 @handler("RMSNormalization", domain=QC)

@@ -278,27 +278,31 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             const float *vh = v + (ptrdiff_t)b * vs[0] + (ptrdiff_t)hk * vs[1];
             i = 0;
 #if defined(QC_ATT_ROWS)
-            /* QC_ATT_ROWS query rows at a time (not causal: every row reads all Lk keys) */
-            for (; !causal && (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
+            /* QC_ATT_ROWS query rows at a time; causal: the block reads the keys up to its last
+             * row, row r's scores past its own n are not used and its p there is 0 (so the
+             * context adds exact zeros: the row path's bits) */
+            for (; (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
                 const float *qr[QC_ATT_ROWS];
                 float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
-                int r, j0, t0;
+                int r, j0, t0, nb = causal ? (i + QC_ATT_ROWS < Lk ? i + QC_ATT_ROWS : Lk) : Lk;
                 for (r = 0; r < QC_ATT_ROWS; ++r) {
                     qr[r] = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)(i + r) * qs[2];
                     yr[r] = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)(i + r) * ys[2];
                     sr[r] = work + (ptrdiff_t)r * Lk;
                 }
-                j0 = qc_att_scores4(Lk, d, qr, kh, ks[2], sr);
+                j0 = qc_att_scores4(nb, d, qr, kh, ks[2], sr);
                 for (r = 0; r < QC_ATT_ROWS; ++r) {
+                    int n = causal ? (i + r + 1 < Lk ? i + r + 1 : Lk) : Lk, j;
                     float m;
-                    if (j0 < Lk) qc_att_scores(Lk - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
-                    m = qc_att_scale_mask_max(Lk, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
+                    if (j0 < n) qc_att_scores(n - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
+                    m = qc_att_scale_mask_max(n, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
                                               + (ptrdiff_t)(i + r) * ms[2] : NULL, ms[3]);
-                    inv[r] = 1.0f / qc_att_exp_sum(Lk, sr[r], m);
+                    inv[r] = 1.0f / qc_att_exp_sum(n, sr[r], m);
+                    for (j = n; j < nb; ++j) sr[r][j] = 0.0f;
                 }
-                t0 = qc_att_context4(Lk, dv, sr, vh, vs[2], inv, yr);
+                t0 = qc_att_context4(nb, dv, sr, vh, vs[2], inv, yr);
                 if (t0 < dv) {
-                    for (r = 0; r < QC_ATT_ROWS; ++r) qc_att_context(Lk, dv - t0, sr[r], vh + t0, vs[2], inv[r], yr[r] + t0);
+                    for (r = 0; r < QC_ATT_ROWS; ++r) qc_att_context(nb, dv - t0, sr[r], vh + t0, vs[2], inv[r], yr[r] + t0);
                 }
             }
 #endif

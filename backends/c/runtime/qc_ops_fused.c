@@ -87,3 +87,21 @@ void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const flo
         }
     }
 }
+
+void qc_silu_mul_f32(int outer, int n, const float *g, const float *u, const float *c, float *y)
+{
+    int o, i;
+    for (o = 0; o < outer; ++o, g += n, u += n, y += n) {
+        i = 0;
+#if defined(QC_FUSED_NEON)
+        for (; i + 4 <= n; i += 4) {
+            float32x4_t t = vmulq_f32(qc_vsilu(vld1q_f32(g + i)), vld1q_f32(u + i));
+            vst1q_f32(y + i, c ? vmulq_f32(t, vld1q_f32(c + i)) : t);
+        }
+#endif
+        for (; i < n; ++i) {
+            float t = qc_siluf(g[i]) * u[i];
+            y[i] = c ? t * c[i] : t;
+        }
+    }
+}
