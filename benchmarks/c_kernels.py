@@ -1,37 +1,36 @@
-"""Instructions per multiply-accumulate of qc_gemm_s8 (backends/c/runtime) under qemu.
+"""Instructions per multiply-accumulate of the int8 GEMM (backends/c/runtime) under qemu.
 
-    python benchmarks/c_kernels.py --check               # 128x576x1536, all rows (~5 min)
-    python benchmarks/c_kernels.py --shape 32x576x384 --variants portable,neon --check
+    python benchmarks/c_kernels.py                        # 128x576x1536, every row (~1 min)
+    python benchmarks/c_kernels.py --shape 1x576x1536 --variants dotprod,i8mm --epilogue f32
+    python benchmarks/c_kernels.py --check                # also cross-check the counter
 
-Method: Debian's qemu has no TCG plugins, so the count comes from QEMU's own logs. A small
-program (below) fills A and W in-process and calls qc_gemm_s8 once. It runs under
-`qemu-aarch64 -cpu <cpu> -d in_asm,exec,nochain`: `in_asm` prints every translated block with
-its instructions, `exec` (with chaining off, so every execution of a block is logged) prints
-one line per executed block with the block's address and symbol. The executed instructions of
-qc_gemm_s8 are the sum, over the exec lines whose symbol is qc_gemm_s8, of the length of that
-block. A block left early by an exception would be over-counted; a GEMM takes none. `--check`
-repeats the count with `-singlestep` (one instruction per block, so the count is the
-number of lines) on a small shape and asserts both methods agree. The portable kernel does the
-same work for every row of A, so it is counted at M=8 (--portable-rows) and scaled to the full
-M: a full-size run would log about 10^8 blocks.
+Method: the qemu TCG plugin benchmarks/arm/insn_count.c (built by benchmarks/arm_speed.py)
+counts every executed guest instruction, by class on aarch64 (dot, mmla, fmla_vec,
+fmadd_scalar, ldst, simd_fp_other, other). A small program (below) fills A, W and the
+epilogue arrays in-process with an LCG and calls the kernel once; it runs twice, with and
+without the call, and the difference of the two counts is the kernel's (the rest of the
+program is the same instructions both times: qemu is deterministic). The Cortex-M rows run
+the same way under qemu-system-arm, which takes the same plugin; there only the total is
+meaningful (the classes decode A64 opcodes). `--check` compares the plugin's difference with
+one from `-singlestep -d exec,nochain` (one logged line per instruction) on 8x64x32.
 
-The Cortex-M rows (M4: portable, DSP; M55: portable, Helium) run under qemu-system-arm with
-semihosting, at M=4 (--mcu-rows), and are always counted with -singlestep: there, block
-counting disagreed with single-stepping (QEMU retranslates some M-profile blocks with other
-flags: low-overhead loops, tail predication), so block lengths are not unique per address.
+--epilogue: i32 = qc_gemm_s8 (int32 out), f32 = qc_gemm_s8_f32 with per-column scale and
+int32 bias, q8 = qc_gemm_s8_q8 per-column requantization; the epilogue is part of the count.
 """
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from arm_speed import CLASSES, build_plugin  # noqa: E402
 
 from qc.backends.c import packing, toolchain  # noqa: E402
 
@@ -44,92 +43,121 @@ VARIANTS = {"portable": ("aarch64", "portable", "cortex-a53"),
             "m4-dsp": ("cortex-m", "dsp", "cortex-m4"),
             "m55-portable": ("cortex-m", "portable", "cortex-m55"),
             "m55-mve": ("cortex-m", "mve", "cortex-m55")}
+EPILOGUES = {"i32": 0, "f32": 1, "q8": 2}
 
 PROGRAM = r"""
 #include <stdlib.h>
 #include "qc_kernels.h"
-/* argv: M N K packed_size. Fills A and the packed W with an LCG, one qc_gemm_s8 call. */
+/* argv: M N K packed_size epilogue(0 i32, 1 f32, 2 q8) call(0/1). Fills A, the packed W and
+   per-column epilogue arrays with an LCG, then one GEMM call when call = 1. */
 int main(int argc, char **argv)
 {
-    int M, N, K;
+    int M, N, K, kind, call;
     size_t i, wlen;
     uint32_t s = 12345u;
-    int8_t *A, *W;
-    int32_t *C;
-    if (argc != 5) {
+    int8_t *A, *W, *Q;
+    int32_t *C, *bias, *mult, *shift;
+    float *scale, *F;
+    struct qc_epilogue ep = {0};
+    if (argc != 7) {
         return 2;
     }
     M = atoi(argv[1]); N = atoi(argv[2]); K = atoi(argv[3]); wlen = (size_t)atol(argv[4]);
-    A = malloc((size_t)M * K); W = malloc(wlen); C = malloc((size_t)M * N * 4);
-    if (!A || !W || !C) {
+    kind = atoi(argv[5]); call = atoi(argv[6]);
+    A = malloc((size_t)M * K); W = malloc(wlen); C = calloc((size_t)M * N, 4);
+    F = calloc((size_t)M * N, 4); Q = calloc((size_t)M * N, 1);
+    bias = malloc((size_t)N * 4); mult = malloc((size_t)N * 4); shift = malloc((size_t)N * 4);
+    scale = malloc((size_t)N * 4);
+    if (!A || !W || !C || !F || !Q || !bias || !mult || !shift || !scale) {
         return 3;
     }
     for (i = 0; i < (size_t)M * K; ++i) { s = s * 1664525u + 1013904223u; A[i] = (int8_t)(s >> 24); }
     for (i = 0; i < wlen; ++i) { s = s * 1664525u + 1013904223u; W[i] = (int8_t)(s >> 24); }
-    qc_gemm_s8(M, N, K, A, W, C);
-    return C[0] == 0x7fffffff ? 1 : 0;   /* keeps the call; never true for int8 sums this size */
+    for (i = 0; i < (size_t)N; ++i) {
+        s = s * 1664525u + 1013904223u;
+        bias[i] = (int32_t)(s >> 16) - 32768; mult[i] = 1073741824 + (int32_t)(s >> 4);
+        shift[i] = -8 - (int32_t)(s >> 30); scale[i] = 1e-4f * (float)(1 + (s >> 28));
+    }
+    ep.bias = bias; ep.per_channel = 1; ep.scale = scale; ep.mult = mult; ep.shift = shift;
+    ep.out_zp = 3; ep.qmin = -128; ep.qmax = 127;
+    if (call && kind == 0) {
+        qc_gemm_s8(M, N, K, A, W, C);
+    } else if (call && kind == 1) {
+        qc_gemm_s8_f32(M, N, K, A, K, W, &ep, F, N);
+    } else if (call) {
+        qc_gemm_s8_q8(M, N, K, A, K, W, &ep, Q, N);
+    }
+    /* keeps the call; never true for int8 sums this size */
+    return (C[0] == 0x7fffffff || F[0] == 1e30f || Q[0] == 99) ? 1 : 0;
 }
 """
-
-_IN = re.compile(r"^0x([0-9a-f]+):\s+[0-9a-f]{4}")
-_TRACE = re.compile(r"^Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/[0-9a-f]+/[0-9a-f]+\] (\S*)")
 
 
 def build(row: str, workdir: Path) -> Path:
     kind, variant, cpu = VARIANTS[row]
     src = workdir / "bench_gemm.c"
     src.write_text(PROGRAM)
-    sources = [src, *sorted(toolchain.RUNTIME.glob("qc_gemm_s8*.c"))]
+    sources = [src, *sorted(toolchain.RUNTIME.glob("qc_gemm_s8*.c")), toolchain.RUNTIME / "qc_quant.c"]
     return toolchain.build(sources, workdir / f"bench-{row}", kind, cpu,
                            extra_flags=packing.variant_macros(variant))
 
 
-def count(exe: Path, row: str, M: int, N: int, K: int, single_step: bool = False) -> int:
-    """Executed instructions inside qc_gemm_s8 for one M x N x K call."""
-    kind, variant, cpu = VARIANTS[row]
-    args = [str(M), str(N), str(K), str(packing.packed_size_s8(K, N, variant))]
-    flags = ["-singlestep", "-d", "exec,nochain"] if single_step else ["-d", "in_asm,exec,nochain"]
+def _args(row: str, M: int, N: int, K: int, epilogue: str, call: bool) -> list[str]:
+    variant = VARIANTS[row][1]
+    return [str(M), str(N), str(K), str(packing.packed_size_s8(K, N, variant)),
+            str(EPILOGUES[epilogue]), str(int(call))]
+
+
+def _plugin_run(exe: Path, row: str, args: list[str], plugin: Path) -> dict:
+    kind, _, cpu = VARIANTS[row]
     base = toolchain.run_command(exe, kind, cpu, args)
-    cmd = [base[0], *flags, *base[1:]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    sizes: dict[int, int] = {}
-    execs: Counter = Counter()
-    block_start: int | None = None
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("Trace"):
-            m = _TRACE.match(line)
-            if m and m.group(2) == "qc_gemm_s8":
-                execs[int(m.group(1), 16)] += 1
-            block_start = None
-        elif line.startswith("IN:"):
-            block_start = -1
-        elif block_start is not None:
-            m = _IN.match(line)
-            if m:
-                pc = int(m.group(1), 16)
-                if block_start == -1:
-                    block_start = pc
-                    sizes[block_start] = 0
-                sizes[block_start] += 1
-    if proc.wait() != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}")
-    if single_step:
-        return sum(execs.values())
-    return sum(n * sizes[pc] for pc, n in execs.items())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "counts.json"
+        cmd = [base[0], "-plugin", f"{plugin},out={out}", *base[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}: {proc.stderr}")
+        return json.loads(out.read_text())["exit"]
+
+
+def count(exe: Path, row: str, M: int, N: int, K: int, epilogue: str = "i32",
+          plugin: Path | None = None) -> dict:
+    """{"total", "classes"}: the instructions of one M x N x K kernel call (run with the call
+    minus run without)."""
+    plugin = plugin or build_plugin()
+    a = _plugin_run(exe, row, _args(row, M, N, K, epilogue, True), plugin)
+    b = _plugin_run(exe, row, _args(row, M, N, K, epilogue, False), plugin)
+    return {"total": a["total"] - b["total"],
+            "classes": {c: a["classes"][c] - b["classes"][c] for c in CLASSES}}
+
+
+def count_single_step(exe: Path, row: str, M: int, N: int, K: int, epilogue: str = "i32") -> int:
+    """The same difference from qemu's own log: -singlestep makes every block one instruction
+    and -d exec,nochain logs each execution."""
+    kind, _, cpu = VARIANTS[row]
+    totals = []
+    for call in (True, False):
+        base = toolchain.run_command(exe, kind, cpu, _args(row, M, N, K, epilogue, call))
+        cmd = [base[0], "-singlestep", "-d", "exec,nochain", *base[1:]]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        totals.append(sum(1 for line in proc.stderr if line.startswith("Trace")))
+        if proc.wait() != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}")
+    return totals[0] - totals[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="128x576x1536", help="MxKxN (default 128x576x1536)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"rows, from {','.join(VARIANTS)}")
-    ap.add_argument("--mcu-rows", type=int, default=4,
-                    help="M used for the Cortex-M rows (their tiles are 1 or 4 rows high); 0 = the full M")
+    ap.add_argument("--epilogue", default="i32", choices=sorted(EPILOGUES))
+    ap.add_argument("--mcu-rows", type=int, default=8,
+                    help="M used for the Cortex-M rows (cost per row is the same for every row); 0 = the full M")
     ap.add_argument("--portable-rows", type=int, default=8,
-                    help="M used for the portable variant (its cost per row is the same for every "
-                         "row, and a full-size run logs ~10^8 blocks); 0 = the full M")
+                    help="M used for the aarch64 portable row; 0 = the full M")
     ap.add_argument("--check", action="store_true",
-                    help="cross-check the block count against -singlestep on 8x64x32")
+                    help="cross-check the plugin against -singlestep on 8x64x32")
     args = ap.parse_args(argv)
     M, K, N = (int(x) for x in args.shape.lower().split("x"))
     rows_wanted = args.variants.split(",")
@@ -137,29 +165,33 @@ def main(argv: list[str] | None = None) -> int:
         if toolchain.find_tools(kind) is None:
             print(toolchain.missing_reason(kind), file=sys.stderr)
             return 2
+    plugin = build_plugin()
     macs = M * N * K
-    print(f"qc_gemm_s8, M={M} K={K} N={N} ({macs:,} MACs), instructions counted under qemu")
-    print("| row | variant | runs on | instructions | instructions / MAC | MACs / instruction |")
-    print("|---|---|---|---:|---:|---:|")
+    print(f"int8 GEMM ({args.epilogue} out), M={M} K={K} N={N} ({macs:,} MACs), guest instructions "
+          "counted by the insn_count plugin")
+    print("| row | variant | runs on | instructions | instructions / MAC | classes (aarch64) |")
+    print("|---|---|---|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows_wanted:
             kind, variant, cpu = VARIANTS[row]
             exe = build(row, Path(tmp))
-            single = kind == "cortex-m"
-            if args.check and not single:
-                a, b = count(exe, row, 8, 32, 64), count(exe, row, 8, 32, 64, single_step=True)
-                assert a == b, f"{row}: block count {a} != single-step count {b}"
+            if args.check:
+                a = count(exe, row, 8, 32, 64, args.epilogue, plugin)["total"]
+                b = count_single_step(exe, row, 8, 32, 64, args.epilogue)
+                assert a == b, f"{row}: plugin count {a} != single-step count {b}"
             rows = M
             if kind == "cortex-m" and args.mcu_rows:
-                rows = args.mcu_rows
+                rows = min(M, args.mcu_rows)
             elif row == "portable" and args.portable_rows:
-                rows = args.portable_rows
-            n = count(exe, row, rows, N, K, single_step=single)
-            per_mac = n / (rows * N * K)
+                rows = min(M, args.portable_rows)
+            c = count(exe, row, rows, N, K, args.epilogue, plugin)
+            per_mac = c["total"] / (rows * N * K)
             note = f" (measured at M={rows})" if rows != M else ""
             where = "qemu-aarch64 -cpu" if kind == "aarch64" else "qemu-system-arm, cpu"
+            cls = ", ".join(f"{k} {v / (rows * N * K):.4f}" for k, v in c["classes"].items() if v) \
+                if kind == "aarch64" else "-"
             print(f"| {row}{note} | {variant} | {where} {cpu} | {round(per_mac * macs):,} "
-                  f"| {per_mac:.4f} | {1 / per_mac:.1f} |", flush=True)
+                  f"| {per_mac:.4f} | {cls} |", flush=True)
     return 0
 
 

@@ -227,8 +227,9 @@ def test_int8_units_match_onnxruntime(tmp_path, kind, per_channel, out_q):
     m, x = _qdq_model(kind, np.random.RandomState(7), per_channel, out_q)
     report, (y,) = _compile_run(m, tmp_path, {}, {"x": x}, variant="portable")
     kernels = [k for _, k in report["calls"]]
-    assert "gemm s8 (portable)" in kernels and "quantize i8" in kernels
-    assert ("requant s8" + (" per-channel" if per_channel else "")) in kernels if out_q else True
+    pc = " per-channel" if per_channel else ""
+    assert ("gemm s8 requant" + pc + " (portable)" if out_q else "gemm s8 (portable)") in kernels
+    assert "quantize i8" in kernels and not any(k.startswith(("dequant acc", "requant s8")) for k in kernels)
     assert not any(k.startswith(("matmul f32", "conv2d f32", "dequantize")) for k in kernels), kernels
     ref = _ort(m, {"x": x})[0]
     if out_q:
@@ -340,7 +341,7 @@ def test_light_cnn_w8a8_cortex_a76_under_qemu(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-3)
     assert got.argmax() == ref.argmax()
     kernels = (out / "model.c").read_text()
-    assert kernels.count("qc_gemm_s8(") == 26 and "qc_conv2d_f32" not in kernels
+    assert kernels.count("qc_gemm_s8_f32(") + kernels.count("qc_gemm_s8_q8(") == 26 and "qc_conv2d_f32" not in kernels
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("QC_SLOW"), reason="SmolLM2 end to end: set QC_SLOW=1 (~3 min)")

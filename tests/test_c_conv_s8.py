@@ -166,7 +166,7 @@ def test_mobile_block_w8a8_matches_onnxruntime(tmp_path):
     # the block's depthwise conv requantizes with ReLU6 as its clamp; the last one feeds a float
     # Relu -> GlobalAveragePool (no Q after it); only the stem's Clip, read by the Add too, is a pass
     assert kernels.get("conv dw s8 -> s8 (clip)") == 1 and kernels.get("conv dw s8 -> f32") == 1, kernels
-    assert kernels.get("requant s8 per-channel (clip)") == 1 and kernels.get("clip f32") == 1, kernels
+    assert kernels.get("gemm s8 requant per-channel (clip) (dotprod)") == 1 and kernels.get("clip f32") == 1, kernels
     assert not any(k.startswith(("conv2d f32", "dequantize")) for k in kernels), kernels
     xs = [np.random.RandomState(s).rand(1, 3, 20, 20).astype(np.float32) for s in (5, 6)]
     from qc.backends.c import emit_c, prepare

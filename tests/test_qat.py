@@ -211,15 +211,20 @@ def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
     assert r.returncode == 0, r.stderr
     schedule = (out / "model.c").read_text()
     if name == "cnn-i8-fakequant":
-        assert schedule.count("qc_gemm_s8(") == 2 and "qc_im2col_s8(" in schedule and "qc_conv2d_f32" not in schedule
+        assert schedule.count("qc_gemm_s8_f32(") + schedule.count("qc_gemm_s8_q8(") == 2 and "qc_im2col_s8(" in schedule
+        assert "qc_conv2d_f32" not in schedule
     else:
-        assert "qc_gemm_s8(" not in schedule and "qc_conv2d_f32(" in schedule
+        assert "qc_gemm_s8" not in schedule and "qc_conv2d_f32(" in schedule
     report = load_report(out)
     exe = build_model(report, "aarch64", "cortex-a76")
     x = sample(name)
     (got,) = run_model(exe, report, {"x": x}, "aarch64", "cortex-a76", timeout=120)
     want = outputs(paths[name], x)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    # int8: Conv -> Relu -> Q is one requantizing GEMM (int32 fixed point, TFLite rounding: ties
+    # away from zero) where onnxruntime's reference rounds the float value half to even, so an
+    # activation code may differ by one step; the 10 outputs move by about 1e-3 of their range then
+    atol = (5e-3 if quant else 1e-5) * float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
 def test_relu_is_not_folded_when_the_zero_point_is_inside_the_range(files):

@@ -119,7 +119,7 @@ def render_calls(calls: list[Call], tables: IntTables, tasks: TaskWriter | None 
     for i, c in enumerate(calls):
         if c.block < 0:
             depth += c.block
-        if not c.text:
+        if c.fn:  # a kernel call (control-flow statements have no fn)
             out.append(f"{'    ' * (1 + depth)}QC_PROF({i});\n")
         out.append(render_call(c, tables, depth, tasks))
         if c.block > 0:
@@ -237,7 +237,7 @@ def emit(low: Lowered, out_dir: Path, prefix: str, arena: int, *, incbin: bool |
     blob = layout_weights(low.weights)
     if incbin is None:
         incbin = len(blob) > INCBIN_THRESHOLD
-    uses_kernels = any(c.fn not in ops_functions() for c in low.calls if not c.text)
+    uses_kernels = any(c.fn not in ops_functions() for c in low.calls if c.fn)
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if uses_kernels else [])
     headers += [emit_threads.HEADER] if threads is not None else []
     files = {f"{prefix}.h": model_h(low, prefix, arena, len(blob), threads),

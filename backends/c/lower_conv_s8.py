@@ -8,11 +8,12 @@ monotone, so the activation is the requantization's clamp and neither op is comp
 
     depthwise (group = C = OC):  qc_conv_dw_s8_q8 / _f32, a direct per-channel convolution
     otherwise, per image and group: qc_im2col_s8 (padding by the zero point; a 1x1 stride-1
-        unpadded conv: qc_transpose_s8) -> qc_gemm_s8 -> qc_requant_s8 (int8 pixels x channels,
-        then qc_transpose_s8 to NCHW) or qc_dequant_acc_f32 (float, then a float transpose)
+        unpadded conv: qc_transpose_s8) -> qc_gemm_s8_q8 (int8 pixels x channels, then
+        qc_transpose_s8 to NCHW) or qc_gemm_s8_f32 (float, then a float transpose): the
+        requantization / dequantization is the GEMM's fused epilogue
 
 The activation zero point is folded into an int32 bias (-zx * sum_k w[k][n]) for both; the int8
-output uses qc_requant_s8's TFLite rounding (at most 1 LSB from onnxruntime's float path).
+output uses qc_requant_s8's TFLite rounding (the same in qc_gemm_s8_q8) (at most 1 LSB from onnxruntime's float path).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from qc.ir import DType, Op, Value
 
+from .lower_gemm_s8 import gemm_s8
 from .lower_ops import conv_geometry, copy_nd
 from .lowering import Lowering, Ptr, Raw
 
@@ -167,8 +169,8 @@ def _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y) -> None:
 
 
 def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> None:
-    """Per image and group: im2col, qc_gemm_s8, requantize or dequantize into a pixels x channels
-    scratch, transpose into the NCHW output."""
+    """Per image and group: im2col, the fused GEMM (requantized or dequantized) into a pixels x
+    channels scratch, transpose into the NCHW output."""
     from .packing import pack_s8
 
     C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
@@ -179,7 +181,6 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
     w2 = w.reshape(OC, K)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
     cols = lw.scratch(DType.i8, M * K)
-    acc = lw.scratch(DType.i32, M * ocg)
     tmp = lw.scratch(DType.i8 if q is not None else DType.f32, M * ocg)
     if q is not None:
         sy, zy = _int8_q(q)
@@ -198,20 +199,16 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
                 lw.call(op, "qc_im2col_s8", [C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, g * icg, icg,
                                              Ptr(lw.buf(xq), n * C * H * W), zx, Ptr(cols, const=False)],
                         "im2col s8")
-            lw.call(op, "qc_gemm_s8", [M, ocg, K, Ptr(cols), Ptr(packed), Ptr(acc, const=False)],
-                    f"gemm s8 ({lw.variant})")
-            if q is not None:
-                lw.call(op, "qc_requant_s8", [M, ocg, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(mult[sl])),
-                                              Ptr(lw.weight(shift[sl])), 1, zy, qmin, qmax, Ptr(tmp, const=False)],
-                        "requant s8 per-channel" + (f" ({act.op_type.lower()})" if act is not None else ""))
+            out = Ptr(tmp, const=False)
+            label = f" ({act.op_type.lower()})" if act is not None else ""
+            if q is not None:   # the fused GEMM epilogue: no int32 matrix, no separate pass
+                gemm_s8(lw, op, M, ocg, K, Ptr(cols), K, packed, out, ocg, bias, mult=mult[sl], shift=shift[sl],
+                        out_zp=zy, qmin=qmin, qmax=qmax, label=label)
             else:
                 per_channel = int(scale.size > 1)
                 fbg = lw.weight(np.ascontiguousarray(fb[sl])) if fb is not None else None
-                lw.call(op, "qc_dequant_acc_f32", [M, ocg, Ptr(acc), Ptr(lw.weight(bias)),
-                                                   Ptr(lw.weight(scale[sl] if per_channel else scale)), per_channel,
-                                                   Ptr(fbg) if fbg is not None else Raw("NULL"),
-                                                   Ptr(tmp, const=False)],
-                        "dequant acc f32" + (" per-channel" if per_channel else ""))
+                gemm_s8(lw, op, M, ocg, K, Ptr(cols), K, packed, out, ocg, bias,
+                        scale=scale[sl] if per_channel else scale, fbias=fbg)
             if q is not None:
                 lw.call(op, "qc_transpose_s8", [M, ocg, Ptr(tmp), ocg, Ptr(y, (n * OC + g * ocg) * M, const=False), M],
                         "transpose s8")

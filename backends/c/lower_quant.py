@@ -3,9 +3,11 @@
 Units (recognized on the graph before the walk, like onnxruntime's QDQ node units):
 
     DQ(x int8, per-tensor) -> MatMul <- DQ(w int8 const, per-tensor or per output column, zp 0)
-        qc_gemm_s8 on the int8 activation and the packed weight, then qc_dequant_acc_f32 with
+        qc_gemm_s8_f32 on the int8 activation and the packed weight, its fused epilogue adding
         bias[n] = -zp_x * sum_k w[k][n] (the activation zero point folded into an int32 bias)
-        and scale[n] = s_x * s_w[n]. The DQ ops are not computed when nothing else reads them.
+        and scaling by scale[n] = s_x * s_w[n] (+ Gemm's C); with an int8 output Q,
+        qc_gemm_s8_q8 requantizes instead. No int32 matrix is written. The DQ ops are not
+        computed when nothing else reads them.
     MatMul(x f16, w f16 const) -> qc_matmul_f16 (the outlier half of split-outliers).
 
 Standalone QuantizeLinear / DequantizeLinear: per tensor through qc_quantize_* / qc_dequantize_*;
@@ -23,6 +25,7 @@ from qc.quant.units import Unit, node_unit
 
 from .lower_conv_s8 import lower_conv_s8
 from .lower_conv_s8 import output_q as conv_output_q
+from .lower_gemm_s8 import gemm_s8
 from .lower_ops import batch_offsets, binary
 from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
@@ -180,27 +183,20 @@ def match_unit(lw: Lowering, op: Op) -> bool:
     return False
 
 
-def _epilogue(lw: Lowering, op: Op, M: int, N: int, acc, bias: np.ndarray, scale: np.ndarray, q: Op | None,
-              out, out_elems: int = 0, fbias=None) -> None:
-    """int32 accumulators -> float (qc_dequant_acc_f32) or, with an output Q, int8 (qc_requant_s8)."""
-    per_channel = int(scale.size > 1)
+def _gemm_s8(lw: Lowering, op: Op, M: int, N: int, K: int, a: Ptr, packed, bias: np.ndarray, scale: np.ndarray,
+             q: Op | None, out: Ptr, fbias=None) -> None:
+    """The fused GEMM of a MatMul / Gemm unit: qc_gemm_s8_f32 (dequantized in its epilogue) or,
+    with an int8 output Q, qc_gemm_s8_q8 (TFLite requantization)."""
     if q is None:
-        lw.call(op, "qc_dequant_acc_f32", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(scale)), per_channel,
-                                           Ptr(fbias) if fbias is not None else Raw("NULL"),
-                                           Ptr(out, out_elems, const=False)],
-                "dequant acc f32" + (" per-channel" if per_channel else ""))
+        gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, scale=scale, fbias=fbias)
         return
     from .packing import quantize_multiplier
 
     sy, zy, _ = _qparams(q)
     real = scale.astype(np.float64) / np.float64(sy.reshape(-1)[0])
     ms = [quantize_multiplier(float(r)) for r in real.reshape(-1)]
-    mult = np.array([m for m, _ in ms], np.int32)
-    shift = np.array([s for _, s in ms], np.int32)
-    z = 0 if zy is None else int(zy.reshape(-1)[0])
-    lw.call(op, "qc_requant_s8", [M, N, Ptr(acc), Ptr(lw.weight(bias)), Ptr(lw.weight(mult)), Ptr(lw.weight(shift)),
-                                  per_channel, z, -128, 127, Ptr(out, out_elems, const=False)],
-            "requant s8" + (" per-channel" if per_channel else ""))
+    gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, mult=np.array([m for m, _ in ms], np.int32),
+            shift=np.array([s for _, s in ms], np.int32), out_zp=0 if zy is None else int(zy.reshape(-1)[0]))
 
 
 def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
@@ -212,21 +208,18 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
     M = math.prod(lw.shape(xq)[:-1])
     y = lw.out(q if q is not None else op)
     packed = lw.weight(np.frombuffer(pack_s8(np.ascontiguousarray(w), lw.variant), np.int8))
-    acc = lw.scratch(DType.i32, M * N)
     bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
     fb = _bias_value(lw, op, 2) if op.op_type == "Gemm" else None
     if fb is not None and q is not None:
         raise unsupported(op, "a Gemm bias before an output QuantizeLinear")
-    lw.call(op, "qc_gemm_s8", [M, N, K, Ptr(lw.buf(xq)), Ptr(packed), Ptr(acc, const=False)],
-            f"gemm s8 ({lw.variant})")
-    _epilogue(lw, op, M, N, acc, bias, scale, q, y,
-              fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
+    _gemm_s8(lw, op, M, N, K, Ptr(lw.buf(xq)), packed, bias, scale, q, Ptr(y, const=False),
+             fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
 
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,
                    ws: np.ndarray, q: Op | None) -> None:
-    """The Conv unit: lower_conv_s8 (depthwise, im2col + qc_gemm_s8, int8 or float output)."""
+    """The Conv unit: lower_conv_s8 (depthwise, or im2col + the fused GEMM; int8 or float output)."""
     lower_conv_s8(lw, op, dqa, dqb, sx, zx, w, ws, q, _bias_value(lw, op, 2))
 
 

@@ -53,18 +53,55 @@ def packed_size_s8(K: int, N: int, variant: str) -> int:
     """Bytes of pack_s8's output for a K x N int8 weight matrix."""
     _check_variant(variant)
     if variant in ("neon", "dotprod"):
-        return N * _round_up(K, 16)
+        return _round_up(N, 4 if variant == "dotprod" else 1) * _round_up(K, 16)
     if variant == "i8mm":
-        return _round_up(N, 2) * _round_up(K, 8)
+        return _round_up(N, 2) * _round_up(K, 16)
+    if variant == "mve":
+        return _round_up(N, 4) * K
     return K * N
+
+
+PANEL = {"dotprod": 16, "i8mm": 16, "mve": 4}
+
+
+def panel_width(variant: str) -> int:
+    """Columns per packed panel (qc_gemm_s8_panel()): a column slice must start at a multiple."""
+    return PANEL.get(_check_variant(variant), 1)
+
+
+def wp_offset(n0: int, K: int, variant: str) -> int:
+    """Byte offset of column n0 (a multiple of panel_width) in pack_s8's output (qc_gemm_s8_wp_offset)."""
+    if n0 % panel_width(variant):
+        raise QCError(f"column slice start {n0} is not a multiple of the {variant} panel width "
+                      f"{panel_width(variant)}")
+    return n0 * (_round_up(K, 16) if variant in ("neon", "dotprod", "i8mm") else K)
+
+
+def _panels(wt: np.ndarray, group: int, per: int) -> bytes:
+    """wt: N x Kp (padded), N a multiple of group. Panels of 16 columns (the last one narrower);
+    inside a panel, for each block of `per` k, the panel's groups of `group` columns side by
+    side, each group's block stored column-major (column, then its `per` k)."""
+    N, Kp = wt.shape
+    parts = []
+    for n0 in range(0, N, 16):
+        p = wt[n0:n0 + 16]                                   # w x Kp
+        w = p.shape[0]
+        # (group g, column j, kblock q, k i) -> (q, g, j, i)
+        parts.append(p.reshape(w // group, group, Kp // per, per).transpose(2, 0, 1, 3).tobytes())
+    return b"".join(parts)
 
 
 def pack_s8(w: np.ndarray, variant: str) -> bytes:
     """Pack an int8 K x N weight matrix for qc_gemm_s8 compiled as *variant*.
 
-    portable/dsp/mve: W transposed (N rows of K bytes). neon/dotprod: the same with each row
-    zero-padded to a multiple of 16 bytes. i8mm: column pairs; for each pair and each block of
-    8 k, 16 bytes = 8 k of column 2p then 8 k of column 2p+1 (N padded to even, K to 8, zeros).
+    portable/dsp: W transposed (N rows of K bytes). neon: the same with each row zero-padded
+    to Kp = roundup(K, 16). mve: N padded to 4; per group of 4 columns, each block of 16 k as
+    the 4 columns' 16 bytes in turn, then each column's K tail. dotprod: N padded to 4, panels of 16 columns (the last
+    4, 8 or 12 wide); per k-quad q, the panel's 4-column groups side by side, each 16 bytes with
+    byte 4j + i = W[4q + i][4g + j] (the lane-indexed SDOT operand). i8mm: N padded to 2, K to
+    16, panels of 16 columns (8 pairs); per k-block b of 8, the panel's column pairs side by
+    side, each 16 bytes = W[8b..8b+7][2p] then W[8b..8b+7][2p+1] (the SMMLA 8x2 operand).
+    Zeros in every padding.
     """
     _check_variant(variant)
     w = np.asarray(w)
@@ -72,18 +109,22 @@ def pack_s8(w: np.ndarray, variant: str) -> bytes:
         raise QCError(f"pack_s8 expects a 2-D int8 K x N matrix, got {w.dtype} {w.shape}")
     K, N = w.shape
     wt = np.ascontiguousarray(w.T)
-    if variant in ("neon", "dotprod"):
-        out = np.zeros((N, _round_up(K, 16)), np.int8)
-        out[:, :K] = wt
-    elif variant == "i8mm":
-        Np, Kp = _round_up(N, 2), _round_up(K, 8)
-        pad = np.zeros((Np, Kp), np.int8)
+    if variant in ("neon", "dotprod", "i8mm"):
+        group = {"neon": 1, "dotprod": 4, "i8mm": 2}[variant]
+        pad = np.zeros((_round_up(N, group), _round_up(K, 16)), np.int8)
         pad[:N, :K] = wt
-        # (pair, column-in-pair, kblock, 8) -> (pair, kblock, column-in-pair, 8)
-        out = pad.reshape(Np // 2, 2, Kp // 8, 8).transpose(0, 2, 1, 3)
+        per = 4 if variant == "dotprod" else 8
+        data = pad.tobytes() if variant == "neon" else _panels(pad, group, per)
+    elif variant == "mve":
+        pad = np.zeros((_round_up(N, 4), K), np.int8)
+        pad[:N] = wt
+        full = K // 16 * 16
+        groups = pad.reshape(-1, 4, K)
+        g = len(groups)
+        body = groups[:, :, :full].reshape(g, 4, full // 16, 16).transpose(0, 2, 1, 3).reshape(g, -1)
+        data = np.concatenate([body, groups[:, :, full:].reshape(g, -1)], axis=1).tobytes()
     else:
-        out = wt
-    data = np.ascontiguousarray(out).tobytes()
+        data = wt.tobytes()
     assert len(data) == packed_size_s8(K, N, variant)
     return data
 

@@ -8,7 +8,7 @@
 #include "qc_kernels.h"
 
 enum { OP_GEMM = 1, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8,
-       OP_DQ_U8, OP_MBQM, OP_CVT_F16, OP_IM2COL };
+       OP_DQ_U8, OP_MBQM, OP_CVT_F16, OP_IM2COL, OP_GEMM_EP };
 
 static FILE *fin, *fout;
 
@@ -62,6 +62,47 @@ static void one(int32_t op)
         qc_gemm_s8(M, N, K, A, W, C);
         emit(C, (size_t)M * N * 4);
         free(A); free(W); free(C);
+    } else if (op == OP_GEMM_EP) {
+        /* header: M N K wlen lda ldo kind(1 f32, 2 q8) per_channel has_bias has_fbias act
+           lo hi (float bits) out_zp qmin qmax; then A (M x lda), Wp, bias, scale or
+           mult + shift, fbias. The output is M x ldo, pre-filled with 0x5A (untouched
+           padding columns must survive). */
+        int M = word(), N = word(), K = word(), wlen = word(), lda = word(), ldo = word();
+        int kind = word(), pc = word(), hb = word(), hf = word();
+        struct qc_epilogue ep;
+        size_t nc, osz;
+        int8_t *A, *W;
+        void *out;
+        memset(&ep, 0, sizeof ep);
+        ep.per_channel = pc;
+        ep.act = word();
+        ep.lo = fword();
+        ep.hi = fword();
+        ep.out_zp = word();
+        ep.qmin = word();
+        ep.qmax = word();
+        nc = pc ? (size_t)N : 1;
+        A = take((size_t)M * lda);
+        W = take((size_t)wlen);
+        ep.bias = opt(hb, (size_t)N * 4);
+        if (kind == 1) {
+            ep.scale = take(nc * 4);
+        } else {
+            ep.mult = take(nc * 4);
+            ep.shift = take(nc * 4);
+        }
+        ep.fbias = opt(hf, (size_t)N * 4);
+        osz = (size_t)M * ldo * (kind == 1 ? 4 : 1);
+        out = malloc(osz + 4);
+        memset(out, 0x5A, osz);
+        if (kind == 1) {
+            qc_gemm_s8_f32(M, N, K, A, lda, W, &ep, out, ldo);
+        } else {
+            qc_gemm_s8_q8(M, N, K, A, lda, W, &ep, out, ldo);
+        }
+        emit(out, osz);
+        free(A); free(W); free((void *)ep.bias); free((void *)ep.scale); free((void *)ep.mult);
+        free((void *)ep.shift); free((void *)ep.fbias); free(out);
     } else if (op == OP_REQUANT) {
         int M = word(), N = word(), pc = word(), zp = word(), lo = word(), hi = word();
         int hb = word();

@@ -12,6 +12,7 @@
 #endif
 #include <arm_acle.h>
 #include <string.h>
+#include "qc_gemm_s8_tile.h"
 
 static inline uint32_t qc_ld32(const int8_t *p)
 {
@@ -29,12 +30,13 @@ static inline int16x2_t qc_sxtb16_ror8(uint32_t x)
     return r;
 }
 
-void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t *C)
+void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                    const struct qc_ep_ctx *ctx)
 {
     int m, n, k;
     for (m = 0; m < M; m += 2) {
-        const int8_t *a0 = A + (size_t)m * K;
-        const int8_t *a1 = A + (size_t)(m + 1 < M ? m + 1 : m) * K;
+        const int8_t *a0 = A + (size_t)m * (size_t)lda;
+        const int8_t *a1 = A + (size_t)(m + 1 < M ? m + 1 : m) * (size_t)lda;
         for (n = 0; n < N; n += 2) {
             const int8_t *pa0 = a0, *pa1 = a1;
             const int8_t *pw0 = Wp + (size_t)n * K;
@@ -65,14 +67,14 @@ void qc_gemm_s8(int M, int N, int K, const int8_t *A, const int8_t *Wp, int32_t 
                 c10 += (int32_t)*pa1 * *pw0++;
                 c11 += (int32_t)*pa1++ * *pw1++;
             }
-            C[(size_t)m * N + n] = c00;
+            qc_ep_one(ctx, c00, m, n);
             if (n + 1 < N) {
-                C[(size_t)m * N + n + 1] = c01;
+                qc_ep_one(ctx, c01, m, n + 1);
             }
             if (m + 1 < M) {
-                C[(size_t)(m + 1) * N + n] = c10;
+                qc_ep_one(ctx, c10, m + 1, n);
                 if (n + 1 < N) {
-                    C[(size_t)(m + 1) * N + n + 1] = c11;
+                    qc_ep_one(ctx, c11, m + 1, n + 1);
                 }
             }
         }

@@ -65,6 +65,43 @@ void qc_quantize_u8(size_t n, const float *x, float scale, int32_t zp, uint8_t *
 void qc_dequantize_s8(size_t n, const int8_t *x, float scale, int32_t zp, float *y);
 void qc_dequantize_u8(size_t n, const uint8_t *x, float scale, int32_t zp, float *y);
 
+/* ---- int8 GEMM with the epilogue fused (i8gemm; docs/c-kernels.md "Fused epilogue") ----
+   out[m][n] = epilogue(sum_k A[m * lda + k] * W[k][n], n), written at out[m * ldo + n]. The
+   epilogue runs on the register tile before the store, so no int32 matrix is written:
+     acc = sum + bias[n]                       (int32, wraps; bias NULL = 0: the zero-point fold)
+     qc_gemm_s8_f32: v = (float)acc * scale[c] (+ fbias[n]), then act: QC_ACT_RELU max(v, 0),
+                     QC_ACT_CLIP min(max(v, lo), hi)   (c = n if per_channel else 0)
+     qc_gemm_s8_q8:  clamp(out_zp + MBQM(acc, mult[c], shift[c]), qmin, qmax), bit-exact with
+                     qc_requant_s8 (ReLU / clip of a requantized output: narrow qmin / qmax)
+   Every field not used by the output kind may be 0 / NULL; initialise the struct with
+   designated initializers (C99) so fields added later (new activations, a residual input)
+   default to "off". Slicing for a thread pool (no kernel change): rows [m0, m1) = A + m0 * lda,
+   out + m0 * ldo, M = m1 - m0; columns [n0, n1) with n0 a multiple of qc_gemm_s8_panel() =
+   N = n1 - n0, Wp + qc_gemm_s8_wp_offset(n0, K), out + n0 and qc_epilogue_slice(ep, n0). */
+enum qc_act { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_CLIP = 2 };
+
+struct qc_epilogue {
+    const int32_t *bias;                 /* [N] int32 added to the sums, or NULL */
+    int per_channel;                     /* scale / mult / shift indexed by n (else [0]) */
+    const float *scale;                  /* f32 output */
+    const float *fbias;                  /* f32 output: [N] float bias added after scaling, or NULL */
+    int act;                             /* f32 output: enum qc_act */
+    float lo, hi;                        /* f32 output: QC_ACT_CLIP bounds */
+    const int32_t *mult, *shift;         /* q8 output: Q31 multiplier, shift (> 0 = left) */
+    int32_t out_zp, qmin, qmax;          /* q8 output */
+};
+
+void qc_gemm_s8_f32(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                    const struct qc_epilogue *ep, float *out, int ldo);
+void qc_gemm_s8_q8(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                   const struct qc_epilogue *ep, int8_t *out, int ldo);
+/* Columns per packed weight panel of the variant compiled in (a column slice starts at a
+   multiple), and the byte offset in Wp of column n0 (a multiple of it) for a K-deep matrix. */
+int qc_gemm_s8_panel(void);
+size_t qc_gemm_s8_wp_offset(int n0, int K);
+/* *out = *ep with its per-column arrays advanced by n0 (per-tensor arrays unchanged). */
+void qc_epilogue_slice(const struct qc_epilogue *ep, int n0, struct qc_epilogue *out);
+
 /* ---- Additions beyond the fixed contract ---- */
 
 /* The variant compiled in: "portable", "neon", "dotprod", "i8mm", "mve" or "dsp". */

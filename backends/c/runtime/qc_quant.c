@@ -1,100 +1,17 @@
-/* Requantization, accumulator dequantization and elementwise (de)quantization. Portable C99,
-   except qc_requant_s8, which runs 4 columns at a time with NEON (QC_KERNEL_NEON / DOTPROD /
-   I8MM) or Helium (QC_KERNEL_MVE), bit-exact with the scalar path. */
+/* Requantization, accumulator dequantization and elementwise (de)quantization. Portable C99;
+   with NEON (QC_KERNEL_NEON / DOTPROD / I8MM) every function here also has a vector path, and
+   qc_requant_s8 one with Helium (QC_KERNEL_MVE), all bit-exact with the scalar code (the
+   scalar loops finish the tails). */
 #include <string.h>
-#include "qc_kernels.h"
-
-/* TFLite / gemmlowp SaturatingRoundingDoublingHighMul. */
-static int32_t qc_srdhm(int32_t a, int32_t b)
-{
-    int64_t ab, nudge, q;
-    if (a == INT32_MIN && b == INT32_MIN) {
-        return INT32_MAX;
-    }
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    /* (ab + nudge) / 2^31 truncating toward zero, as TFLite, without a 64-bit division
-       (a library call on 32-bit cores); |ab + nudge| < 2^62 so the negation is safe. */
-    q = ab + nudge;
-    q = q >= 0 ? (q >> 31) : -((-q) >> 31);
-    return (int32_t)q;
-}
-
-/* gemmlowp RoundingDivideByPOT: round to nearest, ties away from zero. */
-static int32_t qc_rdbpot(int32_t x, int exponent)
-{
-    int32_t mask, remainder, threshold;
-    if (exponent <= 0) {
-        return x;
-    }
-    if (exponent > 31) {
-        exponent = 31;
-    }
-    mask = (int32_t)(((uint32_t)1 << exponent) - 1u);
-    remainder = x & mask;
-    threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-    return (x >> exponent) + (remainder > threshold ? 1 : 0);
-}
+#include "qc_gemm_s8_tile.h"
 
 int32_t qc_multiply_by_quantized_multiplier(int32_t x, int32_t mult, int32_t shift)
 {
-    int left = shift > 0 ? shift : 0;
-    int right = shift > 0 ? 0 : -shift;
-    if (left > 31) {
-        left = 31;
-    }
-    x = (int32_t)((uint32_t)x << left);   /* wraps like TFLite's x * (1 << left_shift) */
-    return qc_rdbpot(qc_srdhm(x, mult), right);
+    return qc_mbqm(x, mult, shift);
 }
 
-static int8_t qc_requant_one(int32_t acc, int32_t mult, int32_t shift, int32_t out_zp,
-                             int32_t qmin, int32_t qmax)
-{
-    int32_t v = qc_multiply_by_quantized_multiplier(acc, mult, shift);
-    v = (int32_t)((uint32_t)v + (uint32_t)out_zp);
-    v = v < qmin ? qmin : v;
-    v = v > qmax ? qmax : v;
-    return (int8_t)v;
-}
-
-#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
-#include <arm_neon.h>
+#if defined(QC_VEC_NEON) || defined(QC_VEC_MVE)
 #define QC_REQUANT_SIMD 1
-#define QC_LD4(p) vld1q_s32(p)
-#elif defined(QC_KERNEL_MVE)
-#include <arm_mve.h>
-#define QC_REQUANT_SIMD 1
-#define QC_LD4(p) vldrwq_s32(p)
-#endif
-
-#if defined(QC_REQUANT_SIMD)
-/* gemmlowp's vector MultiplyByQuantizedMultiplier, 4 lanes (NEON or Helium, same intrinsic
-   names): SQRDMULH is SaturatingRoundingDoublingHighMul; RoundingDivideByPOT is a fix-up
-   (x - 1, saturating, for negative x when shifting right) then a rounding shift right
-   (SRSHL / VRSHL by a negative count). The left shift (SSHL) wraps like the scalar code.
-   Bit-exact with the scalar path for shifts in -31..30 (tests). */
-static inline int32x4_t qc_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t shift)
-{
-    const int32x4_t zero = vdupq_n_s32(0);
-    const int32x4_t right = vminq_s32(shift, zero);
-    int32x4_t fixup;
-    x = vshlq_s32(x, vmaxq_s32(shift, zero));
-    x = vqrdmulhq_s32(x, mult);
-    fixup = vshrq_n_s32(vandq_s32(x, right), 31);
-    return vrshlq_s32(vqaddq_s32(x, fixup), right);
-}
-
-static inline void qc_store4_s8(int8_t *dst, int32x4_t v)
-{
-#if defined(QC_KERNEL_MVE)
-    vstrbq_s32(dst, v);
-#else
-    int8_t tmp[8];
-    int16x4_t h = vmovn_s32(v);
-    vst1_s8(tmp, vmovn_s16(vcombine_s16(h, h)));
-    memcpy(dst, tmp, 4);
-#endif
-}
 #endif
 
 void qc_requant_s8(int M, int N, const int32_t *C, const int32_t *bias, const int32_t *mult,
@@ -137,19 +54,27 @@ void qc_requant_s8(int M, int N, const int32_t *C, const int32_t *bias, const in
 void qc_dequant_acc_f32(int M, int N, const int32_t *C, const int32_t *bias, const float *scale,
                         int per_channel, const float *fbias, float *out)
 {
+    struct qc_epilogue ep;
+    struct qc_ep_ctx c;
     int m, n;
-    for (m = 0; m < M; ++m) {
-        for (n = 0; n < N; ++n) {
-            int32_t acc = C[(size_t)m * N + n];
-            float v;
-            if (bias) {
-                acc = (int32_t)((uint32_t)acc + (uint32_t)bias[n]);
-            }
-            v = (float)acc * scale[per_channel ? n : 0];
-            if (fbias) {
-                v += fbias[n];
-            }
-            out[(size_t)m * N + n] = v;
+    memset(&ep, 0, sizeof ep);
+    ep.bias = bias;
+    ep.per_channel = per_channel;
+    ep.scale = scale;
+    ep.fbias = fbias;
+    c.ep = &ep;
+    c.mode = QC_OUT_F32;
+    c.out = out;
+    c.ldo = N;
+    for (m = 0; m < M; ++m) {   /* the GEMM epilogue's arithmetic (vector on NEON), row by row */
+        n = 0;
+#if defined(QC_VEC_NEON)
+        for (; n + 4 <= N; n += 4) {
+            qc_ep_group(&c, C + (size_t)m * N + n, N, 1, m, n);
+        }
+#endif
+        for (; n < N; ++n) {
+            qc_ep_one(&c, C[(size_t)m * N + n], m, n);
         }
     }
 }
@@ -176,34 +101,82 @@ static int32_t qc_quantize_one(float x, float scale, int32_t zp, int32_t lo, int
     return (int32_t)qc_round_half_even(v) + zp;
 }
 
+#if defined(QC_VEC_NEON)
+/* 8 values of QuantizeLinear before the narrowing: clamp(x / scale) to [flo, fhi] (FMAXNM maps
+   NaN to flo, as the scalar !(v >= flo)), FCVTNS rounds half to even, + zp. */
+QC_INLINE int16x8_t qc_quantize8(const float *x, float32x4_t s, float32x4_t flo, float32x4_t fhi,
+                                  int32x4_t zp)
+{
+    float32x4_t a = vminq_f32(vmaxnmq_f32(vdivq_f32(vld1q_f32(x), s), flo), fhi);
+    float32x4_t b = vminq_f32(vmaxnmq_f32(vdivq_f32(vld1q_f32(x + 4), s), flo), fhi);
+    return vcombine_s16(vmovn_s32(vaddq_s32(vcvtnq_s32_f32(a), zp)),
+                        vmovn_s32(vaddq_s32(vcvtnq_s32_f32(b), zp)));
+}
+
+#define QC_QUANT_VEC(lo, hi, store)                                                       \
+    do {                                                                                  \
+        const float32x4_t s = vdupq_n_f32(scale), flo = vdupq_n_f32((float)((lo) - zp));    \
+        const float32x4_t fhi = vdupq_n_f32((float)((hi) - zp));                            \
+        const int32x4_t z = vdupq_n_s32(zp);                                              \
+        for (; i + 8 <= n; i += 8) {                                                      \
+            int16x8_t q = qc_quantize8(x + i, s, flo, fhi, z);                              \
+            store;                                                                        \
+        }                                                                                 \
+    } while (0)
+#endif
+
 void qc_quantize_s8(size_t n, const float *x, float scale, int32_t zp, int8_t *y)
 {
-    size_t i;
-    for (i = 0; i < n; ++i) {
+    size_t i = 0;
+#if defined(QC_VEC_NEON)
+    QC_QUANT_VEC(-128, 127, vst1_s8(y + i, vmovn_s16(q)));
+#endif
+    for (; i < n; ++i) {
         y[i] = (int8_t)qc_quantize_one(x[i], scale, zp, -128, 127);
     }
 }
 
 void qc_quantize_u8(size_t n, const float *x, float scale, int32_t zp, uint8_t *y)
 {
-    size_t i;
-    for (i = 0; i < n; ++i) {
+    size_t i = 0;
+#if defined(QC_VEC_NEON)
+    QC_QUANT_VEC(0, 255, vst1_u8(y + i, vmovn_u16(vreinterpretq_u16_s16(q))));
+#endif
+    for (; i < n; ++i) {
         y[i] = (uint8_t)qc_quantize_one(x[i], scale, zp, 0, 255);
     }
 }
 
 void qc_dequantize_s8(size_t n, const int8_t *x, float scale, int32_t zp, float *y)
 {
-    size_t i;
-    for (i = 0; i < n; ++i) {
+    size_t i = 0;
+#if defined(QC_VEC_NEON)
+    const float32x4_t s = vdupq_n_f32(scale);
+    const int32x4_t z = vdupq_n_s32(zp);
+    for (; i + 8 <= n; i += 8) {
+        int16x8_t h = vmovl_s8(vld1_s8(x + i));
+        vst1q_f32(y + i, vmulq_f32(vcvtq_f32_s32(vsubq_s32(vmovl_s16(vget_low_s16(h)), z)), s));
+        vst1q_f32(y + i + 4, vmulq_f32(vcvtq_f32_s32(vsubq_s32(vmovl_high_s16(h), z)), s));
+    }
+#endif
+    for (; i < n; ++i) {
         y[i] = (float)((int32_t)x[i] - zp) * scale;
     }
 }
 
 void qc_dequantize_u8(size_t n, const uint8_t *x, float scale, int32_t zp, float *y)
 {
-    size_t i;
-    for (i = 0; i < n; ++i) {
+    size_t i = 0;
+#if defined(QC_VEC_NEON)
+    const float32x4_t s = vdupq_n_f32(scale);
+    const int32x4_t z = vdupq_n_s32(zp);
+    for (; i + 8 <= n; i += 8) {
+        int16x8_t h = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(x + i)));
+        vst1q_f32(y + i, vmulq_f32(vcvtq_f32_s32(vsubq_s32(vmovl_s16(vget_low_s16(h)), z)), s));
+        vst1q_f32(y + i + 4, vmulq_f32(vcvtq_f32_s32(vsubq_s32(vmovl_high_s16(h), z)), s));
+    }
+#endif
+    for (; i < n; ++i) {
         y[i] = (float)((int32_t)x[i] - zp) * scale;
     }
 }

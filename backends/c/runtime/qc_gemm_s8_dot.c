@@ -1,0 +1,212 @@
+/* qc_gemm_s8 for aarch64 with the dot-product extension (QC_KERNEL_DOTPROD, SDOT,
+   Armv8.2-A+dotprod). Packing (packing.py pack_s8 "dotprod"): N padded to 4, K to Kp (16);
+   panels of 16 columns (the last one 4, 8 or 12 wide); inside a panel of width w, for each
+   k-quad q, w/4 vectors of 16 bytes, vector g byte 4j + i = W[4q + i][panel + 4g + j].
+   So a lane-indexed SDOT (vdotq_laneq_s32(acc, wvec, a16, lane)) multiplies 4 columns by 4 k
+   of an A row read straight from row-major A (no A packing): 4 bytes of A broadcast by lane.
+   Register tile 4 rows x 16 columns: 16 accumulators (each 4 consecutive columns of a row),
+   4 A rows of 16 k and 4 weight vectors (one LD1 of 64 bytes per k-quad) live; 64 SDOT per 16 k.
+   M = 1..3 (decode) runs the same code with 1..3 rows: weight-bound, one LD1 per 64 weight
+   bytes and one SDOT per 16. The K tail (K % 16) goes through a zero-padded copy of the A rows.
+   The epilogue runs on the accumulators before the store. Exact integer sums: bit-exact with
+   the portable kernel. */
+#include "qc_kernels.h"
+
+#if defined(QC_KERNEL_DOTPROD)
+#if !defined(__ARM_NEON) || !defined(__ARM_FEATURE_DOTPROD)
+#error "QC_KERNEL_DOTPROD needs -march=armv8.2-a+dotprod (or a -mcpu with dotprod)"
+#endif
+#include <arm_neon.h>
+#include "qc_gemm_s8_tile.h"
+
+/* Load the NG weight vectors of one k-quad (LD1 of 16 * NG bytes). */
+#define QC_LDW()                                                                      \
+    do {                                                                              \
+        if (NG == 4) {                                                                \
+            int8x16x4_t v = vld1q_s8_x4(w);                                           \
+            w0 = v.val[0]; w1 = v.val[1]; w2 = v.val[2]; w3 = v.val[3];               \
+        } else if (NG == 3) {                                                         \
+            int8x16x3_t v = vld1q_s8_x3(w);                                           \
+            w0 = v.val[0]; w1 = v.val[1]; w2 = v.val[2];                              \
+        } else if (NG == 2) {                                                         \
+            int8x16x2_t v = vld1q_s8_x2(w);                                           \
+            w0 = v.val[0]; w1 = v.val[1];                                             \
+        } else {                                                                      \
+            w0 = vld1q_s8(w);                                                         \
+        }                                                                             \
+        w += 16 * NG;                                                                 \
+    } while (0)
+
+#define QC_DOTR(r, a, l)                                                              \
+    do {                                                                              \
+        if (MR > r) {                                                                 \
+            c##r##0 = vdotq_laneq_s32(c##r##0, w0, a, l);                             \
+            if (NG > 1) { c##r##1 = vdotq_laneq_s32(c##r##1, w1, a, l); }             \
+            if (NG > 2) { c##r##2 = vdotq_laneq_s32(c##r##2, w2, a, l); }             \
+            if (NG > 3) { c##r##3 = vdotq_laneq_s32(c##r##3, w3, a, l); }             \
+        }                                                                             \
+    } while (0)
+
+#define QC_QUAD(l)                                                                    \
+    do {                                                                              \
+        QC_LDW();                                                                     \
+        QC_DOTR(0, x0, l); QC_DOTR(1, x1, l); QC_DOTR(2, x2, l); QC_DOTR(3, x3, l);  \
+    } while (0)
+
+/* 16 k: one 16-byte load per A row, 4 k-quads of weights. */
+#define QC_STEP(p0, p1, p2, p3)                                                       \
+    do {                                                                              \
+        x0 = vld1q_s8(p0);                                                            \
+        if (MR > 1) { x1 = vld1q_s8(p1); }                                            \
+        if (MR > 2) { x2 = vld1q_s8(p2); }                                            \
+        if (MR > 3) { x3 = vld1q_s8(p3); }                                            \
+        QC_QUAD(0); QC_QUAD(1); QC_QUAD(2); QC_QUAD(3);                               \
+    } while (0)
+
+#if defined(__GNUC__) && defined(__aarch64__)
+/* The full tile's 16-k steps in assembly (GCC's register allocation of the intrinsic form
+   spills accumulators and copies registers): accumulators in v16-v31 (row r, group g in
+   v(16 + 4r + g)), A rows in v0-v3, the weight k-quads alternately in v4-v7 and v8-v11 (one
+   LD1 of 64 bytes each), 64 lane-indexed SDOT per 16 k, post-indexed loads; two steps per
+   loop turn, then an odd one; the accumulators go to tile[4][16] (4 ST1 of 64 bytes). */
+#define QC_DQ(w0, w1, w2, w3, l)                                                       \
+    "sdot v16.4s, " w0 ".16b, v0.4b[" l "]\n\tsdot v17.4s, " w1 ".16b, v0.4b[" l "]\n\t" \
+    "sdot v18.4s, " w2 ".16b, v0.4b[" l "]\n\tsdot v19.4s, " w3 ".16b, v0.4b[" l "]\n\t" \
+    "sdot v20.4s, " w0 ".16b, v1.4b[" l "]\n\tsdot v21.4s, " w1 ".16b, v1.4b[" l "]\n\t" \
+    "sdot v22.4s, " w2 ".16b, v1.4b[" l "]\n\tsdot v23.4s, " w3 ".16b, v1.4b[" l "]\n\t" \
+    "sdot v24.4s, " w0 ".16b, v2.4b[" l "]\n\tsdot v25.4s, " w1 ".16b, v2.4b[" l "]\n\t" \
+    "sdot v26.4s, " w2 ".16b, v2.4b[" l "]\n\tsdot v27.4s, " w3 ".16b, v2.4b[" l "]\n\t" \
+    "sdot v28.4s, " w0 ".16b, v3.4b[" l "]\n\tsdot v29.4s, " w1 ".16b, v3.4b[" l "]\n\t" \
+    "sdot v30.4s, " w2 ".16b, v3.4b[" l "]\n\tsdot v31.4s, " w3 ".16b, v3.4b[" l "]\n\t"
+#define QC_DSTEP                                                                       \
+    "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\t"          \
+    "ldr q3, [%[p3]], #16\n\tld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"                      \
+    "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"                                             \
+    QC_DQ("v4", "v5", "v6", "v7", "0") "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"          \
+    QC_DQ("v8", "v9", "v10", "v11", "1") "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"       \
+    QC_DQ("v4", "v5", "v6", "v7", "2") QC_DQ("v8", "v9", "v10", "v11", "3")
+#define QC_Z4(a, b, c_, d) "movi " a ".4s, #0\n\tmovi " b ".4s, #0\n\tmovi " c_ ".4s, #0\n\tmovi " d ".4s, #0\n\t"
+
+/* steps >= 1 full 16-k steps of the 4 x 16 tile from zero; advances p0..p3 and w. */
+#define QC_DOT_ASM(steps, tile)                                                        \
+    do {                                                                               \
+        long qc_pairs = (steps) >> 1, qc_odd = (steps) & 1;                            \
+        int32_t *qc_t = (tile);                                                        \
+        __asm__ volatile(QC_Z4("v16", "v17", "v18", "v19") QC_Z4("v20", "v21", "v22", "v23") \
+                         QC_Z4("v24", "v25", "v26", "v27") QC_Z4("v28", "v29", "v30", "v31") \
+                         "cbz %[n], 2f\n"                                              \
+                         "1:\n\t" QC_DSTEP QC_DSTEP "subs %[n], %[n], #1\n\tb.ne 1b\n"  \
+                         "2:\n\tcbz %[odd], 3f\n\t" QC_DSTEP                            \
+                         "3:\n\tst1 {v16.4s-v19.4s}, [%[t]], #64\n\t"                  \
+                         "st1 {v20.4s-v23.4s}, [%[t]], #64\n\t"                         \
+                         "st1 {v24.4s-v27.4s}, [%[t]], #64\n\t"                         \
+                         "st1 {v28.4s-v31.4s}, [%[t]], #64\n\t"                         \
+                         : [p0] "+r"(p0), [p1] "+r"(p1), [p2] "+r"(p2), [p3] "+r"(p3), \
+                           [w] "+r"(w), [n] "+r"(qc_pairs), [t] "+r"(qc_t)             \
+                         : [odd] "r"(qc_odd)                                           \
+                         : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", \
+                           "v10", "v11", "v16", "v17", "v18", "v19", "v20", "v21", "v22", \
+                           "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", \
+                           "memory", "cc");                                            \
+    } while (0)
+#endif
+
+#define QC_EPROW(r)                                                                   \
+    do {                                                                              \
+        if (MR > r) {                                                                 \
+            qc_ep_part4(c, c##r##0, m + r, n, cols);                                  \
+            if (NG > 1) { qc_ep_part4(c, c##r##1, m + r, n + 4, cols - 4); }          \
+            if (NG > 2) { qc_ep_part4(c, c##r##2, m + r, n + 8, cols - 8); }          \
+            if (NG > 3) { qc_ep_part4(c, c##r##3, m + r, n + 12, cols - 12); }        \
+        }                                                                             \
+    } while (0)
+
+/* Rows m .. m+MR-1 x the panel at wp (NG groups of 4 columns, cols of them valid). MR and NG
+   are constants at every call, so the unused accumulators and branches fold away. */
+QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, int lda,
+                           const int8_t *wp, const struct qc_ep_ctx *cin, int m, int n, int cols)
+{
+    const struct qc_ep_ctx cl = *cin, *c = &cl;   /* a local copy: stays in registers */
+    const int full = K & ~15;
+    const int32x4_t z = vdupq_n_s32(0);
+    int32x4_t c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    int32x4_t c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    int8x16_t x0, x1 = vdupq_n_s8(0), x2 = x1, x3 = x1, w0, w1 = x1, w2 = x1, w3 = x1;
+    const int8_t *w = wp;
+    const int8_t *p0 = A + (size_t)m * (size_t)lda, *p1 = p0 + lda, *p2 = p1 + lda;
+    const int8_t *p3 = p2 + lda;
+    int k;
+#if defined(QC_DOT_ASM)
+    if (MR == 4 && NG == 4 && full) {
+        int32_t t[64];
+        QC_DOT_ASM(full >> 4, t);
+        if (K == full && cols == 16 && c->mode == QC_OUT_I32) {   /* 4 LD1 + 4 ST1 */
+            int32_t *o = (int32_t *)c->out + (size_t)m * (size_t)c->ldo + (size_t)n;
+            const size_t ldo = (size_t)c->ldo;
+            vst1q_s32_x4(o, vld1q_s32_x4(t));
+            vst1q_s32_x4(o + ldo, vld1q_s32_x4(t + 16));
+            vst1q_s32_x4(o + 2 * ldo, vld1q_s32_x4(t + 32));
+            vst1q_s32_x4(o + 3 * ldo, vld1q_s32_x4(t + 48));
+            return;
+        }
+        if (K == full) {
+            qc_ep_tile(c, t, 16, 4, cols, m, n);
+            return;
+        }
+        c00 = vld1q_s32(t); c01 = vld1q_s32(t + 4); c02 = vld1q_s32(t + 8); c03 = vld1q_s32(t + 12);
+        c10 = vld1q_s32(t + 16); c11 = vld1q_s32(t + 20); c12 = vld1q_s32(t + 24); c13 = vld1q_s32(t + 28);
+        c20 = vld1q_s32(t + 32); c21 = vld1q_s32(t + 36); c22 = vld1q_s32(t + 40); c23 = vld1q_s32(t + 44);
+        c30 = vld1q_s32(t + 48); c31 = vld1q_s32(t + 52); c32 = vld1q_s32(t + 56); c33 = vld1q_s32(t + 60);
+    } else
+#endif
+    {
+        for (k = full >> 4; k > 0; --k) {
+            QC_STEP(p0, p1, p2, p3);
+            p0 += 16; p1 += 16; p2 += 16; p3 += 16;
+        }
+    }
+    if (K > full) {   /* the tail through zero-padded copies (the packed weights are zero there) */
+        int8_t t[4][16];
+        memset(t, 0, sizeof t);
+        memcpy(t[0], p0, (size_t)(K - full));
+        if (MR > 1) { memcpy(t[1], p1, (size_t)(K - full)); }
+        if (MR > 2) { memcpy(t[2], p2, (size_t)(K - full)); }
+        if (MR > 3) { memcpy(t[3], p3, (size_t)(K - full)); }
+        QC_STEP(t[0], t[1], t[2], t[3]);
+    }
+    QC_EPROW(0); QC_EPROW(1); QC_EPROW(2); QC_EPROW(3);
+}
+
+#define QC_ROWS(mr)                                                                   \
+    do {                                                                              \
+        switch (ng) {                                                                 \
+        case 4: qc_dot_tile(mr, 4, K, A, lda, wp, c, m, n, cols); break;              \
+        case 3: qc_dot_tile(mr, 3, K, A, lda, wp, c, m, n, cols); break;              \
+        case 2: qc_dot_tile(mr, 2, K, A, lda, wp, c, m, n, cols); break;              \
+        default: qc_dot_tile(mr, 1, K, A, lda, wp, c, m, n, cols); break;             \
+        }                                                                             \
+    } while (0)
+
+void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
+                    const struct qc_ep_ctx *c)
+{
+    const size_t Kp = (size_t)((K + 15) & ~15);
+    int m, n;
+    for (n = 0; n < N; n += 16) {   /* one weight panel (16 x Kp bytes) against every row */
+        const int cols = N - n < 16 ? N - n : 16, ng = (cols + 3) / 4;
+        const int8_t *wp = Wp + (size_t)n * Kp;
+        for (m = 0; m + 4 <= M; m += 4) {
+            QC_ROWS(4);
+        }
+        if (M - m == 3) {
+            QC_ROWS(3);
+        } else if (M - m == 2) {
+            QC_ROWS(2);
+        } else if (M - m == 1) {
+            QC_ROWS(1);
+        }
+    }
+}
+#else
+typedef int qc_gemm_s8_dot_not_compiled; /* ISO C: no empty translation unit */
+#endif
