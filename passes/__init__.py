@@ -19,6 +19,7 @@ from . import (  # noqa: F401
     fold_qdq,
     fold_shapes,
     fuse_add_layernorm,
+    fuse_add_rmsnorm,
     fuse_attention,
     fuse_gelu,
     fuse_layernorm,

@@ -1,4 +1,5 @@
-"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm, SiLU * Mul)
+"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm, SiLU * Mul,
+Add + RMSNorm)
 against a float64 numpy reference, on the host (portable C), under qemu-aarch64 (NEON:
 cortex-a53, cortex-a76, max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under
 qemu-system-arm.
@@ -25,7 +26,7 @@ from qc.backends.c import toolchain
 ATT_TOL = 1e-6
 LN_TOL = 1e-6
 SILU_TOL = 1e-6
-OP_ATTENTION, OP_ADD_LN, OP_SILU_MUL = 1, 3, 4
+OP_ATTENTION, OP_ADD_LN, OP_SILU_MUL, OP_ADD_RMS = 1, 3, 4, 5
 
 DRIVER = r"""
 #include <stdio.h>
@@ -93,6 +94,22 @@ int main(int argc, char **argv)
             qc_silu_mul_f32(outer, n, g, u, has_c ? c : NULL, y);
             fwrite(y, sizeof(float), (size_t)(outer * n), fout);
             free(g); free(u); free(c); free(y);
+        } else if (op == 5) {
+            int outer = need(), n = need(), e = need();
+            float eps, *a, *b, *sc, *s, *y;
+            memcpy(&eps, &e, 4);
+            a = floats(outer * n); b = floats(outer * n); sc = floats(n);
+            s = malloc((size_t)(outer * n) * sizeof(float));
+            y = malloc((size_t)(outer * n) * sizeof(float));
+            if (!s || !y) return 5;
+            qc_add_rmsnorm_f32(outer, n, eps, a, b, sc, s, y);
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            fwrite(s, sizeof(float), (size_t)(outer * n), fout);
+            qc_rmsnorm_f32(outer, n, eps, s, sc, y);              /* unfused: the same bits */
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            qc_add_rmsnorm_f32(outer, n, eps, a, b, sc, a, y);   /* the sum over a */
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            free(a); free(b); free(sc); free(s); free(y);
         } else {
             return 4;
         }
@@ -218,13 +235,29 @@ def _stream(rng):
         g64 = g.astype(np.float64)
         ref = g64 / (1.0 + np.exp(-g64)) * u * (c if with_c else 1.0)
         checks.append((outer * n, ref, SILU_TOL * float(np.abs(ref).max()), f"silu*mul {outer}x{n}", None))
+    for outer, n in ((3, 576), (2, 13), (1, 3)):
+        a = (rng.standard_normal((outer, n)) * 2 + 1).astype(np.float32)
+        b = rng.standard_normal((outer, n)).astype(np.float32)
+        sc = rng.standard_normal(n).astype(np.float32)
+        eps = np.float32(1e-5)
+        data += struct.pack("<4i", OP_ADD_RMS, outer, n, struct.unpack("<i", struct.pack("<f", eps))[0])
+        data += a.tobytes() + b.tobytes() + sc.tobytes()
+        s64 = a.astype(np.float64) + b
+        ref = s64 / np.sqrt((s64 * s64).mean(-1, keepdims=True) + float(eps)) * sc
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n}", None))
+        checks.append((outer * n, (a + b).astype(np.float64), 0.0, f"add+rmsnorm {outer}x{n}: the sum", None))
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n}: unfused",
+                       len(checks) - 2))
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n} over a",
+                       len(checks) - 3))
     return bytes(data), checks
 
 
 def _run(kind: str, build_cpu: str | None, cpu: str | None, tmp_path, extra=()) -> bytes:
     src = tmp_path / "fused_driver.c"
     src.write_text(DRIVER)
-    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c"]
+    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c",
+               toolchain.RUNTIME / "qc_ops_nn.c"]
     exe = toolchain.build(sources, tmp_path / f"ref-{kind}-{build_cpu}", kind, build_cpu, extra_flags=extra)
     data, _ = _stream(np.random.default_rng(3))
     inp, out = tmp_path / f"{cpu}.in", tmp_path / f"{cpu}.out"
@@ -248,7 +281,8 @@ def test_fused_kernels_match_reference(kind, build_cpu, run_cpus, tmp_path):
     toolchain.require_tools(kind)
     src = tmp_path / "fused_driver.c"
     src.write_text(DRIVER)
-    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c"]
+    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c",
+               toolchain.RUNTIME / "qc_ops_nn.c"]
     exe = toolchain.build(sources, tmp_path / f"driver-{kind}-{build_cpu}", kind, build_cpu)
     data, checks = _stream(np.random.default_rng(3))
     portable = _portable(kind, build_cpu, tmp_path)
@@ -268,7 +302,7 @@ def test_fused_kernels_match_reference(kind, build_cpu, run_cpus, tmp_path):
             assert err <= tol, f"{what} on {kind} {cpu}: max error {err:.3g} > {tol:.3g}"
             if same_as is not None:
                 a = starts[same_as]
-                assert got[a:a + n].tobytes() == y.tobytes(), f"{what} on {kind} {cpu}: not the causal path's bits"
+                assert got[a:a + n].tobytes() == y.tobytes(), f"{what} on {kind} {cpu}: not the bits of check {same_as}"
         assert pos == got.size
         assert portable is None or out.read_bytes() == portable, \
             f"{kind} {build_cpu} on {cpu}: not bit-identical to the portable build"

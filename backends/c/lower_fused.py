@@ -5,7 +5,7 @@ mask through strides: a Transpose whose only reader is a qc.Attention (the head 
 model) is not run, the kernel reads its input in place (``plan_views``); a Transpose that is
 the only reader of a qc.Attention result (the head merge) is not run either, the kernel writes
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
-``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
+``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddRMSNormalization`` -> ``qc_add_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
 ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
 ``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU), ``qc.SiLUMul`` -> ``qc_silu_mul_f32``; a constant causal
 mask of a ``qc.Attention`` (0 on and below the diagonal, <= -1e30 above) becomes the kernel's
@@ -195,6 +195,29 @@ def _rmsnorm(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     lw.call(op, "qc_rmsnorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)), Ptr(lw.buf(x)), sp,
                                    Ptr(y, const=False)], "rmsnorm f32")
+
+
+@handler("AddRMSNormalization", domain=QC)
+def _add_rmsnorm(lw: Lowering, op: Op) -> None:
+    a, b, scale = op.operands[:3]
+    for i, v in enumerate((a, b, scale)):
+        if lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    shape = lw.shape(a)
+    axis = int(op.attr("axis", -1))
+    axis = axis + len(shape) if axis < 0 else axis
+    n = math.prod(shape[axis:])
+    if lw.shape(b) != shape:
+        raise unsupported(op, "A and B of different shapes")
+    if math.prod(lw.shape(scale)) == n:
+        sp = Ptr(lw.buf(scale))
+    else:
+        arr = lw.const(op, 2, "a broadcast scale")
+        sp = Ptr(lw.weight(np.broadcast_to(arr, tuple(shape[axis:])).astype(np.float32)))
+    y, s = lw.out(op, 0), lw.out(op, 1)
+    lw.call(op, "qc_add_rmsnorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)), Ptr(lw.buf(a)),
+                                       Ptr(lw.buf(b)), sp, Ptr(s, const=False), Ptr(y, const=False)],
+            "add+rmsnorm f32")
 
 
 @handler("Rope", domain=QC)

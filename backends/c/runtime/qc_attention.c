@@ -279,8 +279,9 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             i = 0;
 #if defined(QC_ATT_ROWS)
             /* QC_ATT_ROWS query rows at a time; causal: the block reads the keys up to its last
-             * row, row r's scores past its own n are not used and its p there is 0 (so the
-             * context adds exact zeros: the row path's bits) */
+             * row (nb), row r's scores past its own n are set to -inf, so their exp is exactly 0
+             * and softmax and context add exact zeros: the row path's bits, with no scalar
+             * tails in the exp */
             for (; (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
                 const float *qr[QC_ATT_ROWS];
                 float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
@@ -292,13 +293,15 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 }
                 j0 = qc_att_scores4(nb, d, qr, kh, ks[2], sr);
                 for (r = 0; r < QC_ATT_ROWS; ++r) {
-                    int n = causal ? (i + r + 1 < Lk ? i + r + 1 : Lk) : Lk, j;
+                    int n = causal ? (i + r + 1 < Lk ? i + r + 1 : Lk) : Lk, ne, j;
                     float m;
                     if (j0 < n) qc_att_scores(n - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
-                    m = qc_att_scale_mask_max(n, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
+                    ne = scale > 0.0f ? nb : n;   /* -inf * scale must stay -inf */
+                    for (j = n; j < ne; ++j) sr[r][j] = -INFINITY;
+                    m = qc_att_scale_mask_max(ne, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
                                               + (ptrdiff_t)(i + r) * ms[2] : NULL, ms[3]);
-                    inv[r] = 1.0f / qc_att_exp_sum(n, sr[r], m);
-                    for (j = n; j < nb; ++j) sr[r][j] = 0.0f;
+                    inv[r] = 1.0f / qc_att_exp_sum(ne, sr[r], m);
+                    for (j = ne; j < nb; ++j) sr[r][j] = 0.0f;
                 }
                 t0 = qc_att_context4(nb, dv, sr, vh, vs[2], inv, yr);
                 if (t0 < dv) {
