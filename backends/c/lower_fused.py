@@ -5,8 +5,8 @@ mask through strides: a Transpose whose only reader is a qc.Attention (the head 
 model) is not run, the kernel reads its input in place (``plan_views``); a Transpose that is
 the only reader of a qc.Attention result (the head merge) is not run either, the kernel writes
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
-``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddRMSNormalization`` -> ``qc_add_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
-``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
+``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddRMSNormalization`` -> ``qc_add_rmsnorm_f32``,
+``qc.AddLayerNormalization`` -> ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
 ``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU), ``qc.SiLUMul`` -> ``qc_silu_mul_f32``; a constant causal
 mask of a ``qc.Attention`` (0 on and below the diagonal, <= -1e30 above) becomes the kernel's
 causal path, which skips the masked keys.
