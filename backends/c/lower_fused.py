@@ -95,9 +95,8 @@ CAUSAL_MASKED = -1e30
 def _is_causal_mask(mask: Value, n: int) -> bool:
     """A constant additive mask whose last two dimensions are the same square causal pattern
     everywhere: 0 for key <= query, at most ``CAUSAL_MASKED`` (e.g. float32's min) above. The
-    kernel's causal path then skips the masked keys: their exp is exactly 0 (qc_vexp clamps its
-    argument at -104), so the result has the same bits while the scores are finite and small
-    against 1e30 (tests/test_c_llm_kernels.py)."""
+    kernel's causal path then reads only the unmasked keys (their masked exp is below 4.4e-38:
+    the result agrees with the masked computation within rounding, tests/test_fuse_kernels.py)."""
     if mask.const is None:
         return False
     m = mask.const.numpy()
@@ -137,7 +136,8 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    work = lw.scratch(DType.f32, 4 * Lk)  # the score rows of 4 queries
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V
+    work = lw.scratch(DType.f32, 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk)
     lw.call(op, "qc_attention_f32",
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
