@@ -113,7 +113,9 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    work = lw.scratch(DType.f32, 4 * Lk)  # the score rows of 4 queries
+    # the score rows of 4 queries, for each task of a --threads split (split.py: per batch, or per
+    # K / V head when B = 1)
+    work = lw.scratch(DType.f32, 4 * Lk * (B if B > 1 else Hkv))
     lw.call(op, "qc_attention_f32",
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), int(op.attr("is_causal", 0)),
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
