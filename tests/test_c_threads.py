@@ -175,9 +175,15 @@ def test_fused_kernels_bit_identical_under_qemu(tmp_path, split_everything, targ
         return emit_c(module, out, tgt, harness=True, threads=threads)
 
     one, four = emit(tmp_path / "one", None), emit(tmp_path / "four", 4)
-    split_fns = [c.fn for c in _lowered(_fused_model(), tgt).calls if split.describe(c) is not None]
+    calls = _lowered(_fused_model(), tgt).calls
+    # the bias Add and the GELU are the float GEMM's epilogue: no call of their own
+    assert [c.kernel.split(" (")[0] for c in calls if c.fn == "qc_gemm_s8_f32"] == ["gemm s8 + gelu"]
+    src = (tmp_path / "one" / "model.c").read_text()
+    assert src.count(".act = QC_ACT_GELU") == 1 and src.count(".fbias = NULL") == 0
+    assert not any(c.fn in ("qc_unary_f32", "qc_binary") for c in calls), [c.fn for c in calls]
+    split_fns = [c.fn for c in calls if split.describe(c) is not None]
     assert sorted(set(split_fns)) == ["qc_attention_f32", "qc_gemm_s4a8", "qc_gemm_s8_f32", "qc_gemm_s8_q8",
-                                      "qc_quantize_q8b32", "qc_quantize_s8", "qc_unary_f32"], split_fns
+                                      "qc_quantize_q8b32", "qc_quantize_s8"], split_fns
     assert four["split_calls"] == len(split_fns)
     x = np.random.RandomState(3).randn(1, S, 64).astype(np.float32)
     ref = run_model(build_model(one, "aarch64", cpu), one, {"x": x}, "aarch64", cpu)

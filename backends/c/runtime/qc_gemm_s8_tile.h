@@ -6,6 +6,7 @@
 
 #include <string.h>
 #include "qc_kernels.h"
+#include "qc_vmath.h"
 
 #if defined(__GNUC__)
 #define QC_INLINE static inline __attribute__((always_inline))
@@ -101,6 +102,8 @@ static inline float qc_ep_f32_one(const struct qc_epilogue *ep, int32_t acc, int
     } else if (ep->act == QC_ACT_CLIP) {
         v = v > ep->lo ? v : ep->lo;
         v = v < ep->hi ? v : ep->hi;
+    } else if (ep->act == QC_ACT_GELU) {
+        v = qc_geluf(v);
     }
     return v;
 }
@@ -175,6 +178,22 @@ QC_INLINE int32x4_t qc_ep_q8_vec4(const struct qc_epilogue *ep, int32x4_t v, int
 #endif
 
 #if defined(QC_VEC_NEON)
+/* GELU of 4 lanes: qc_vmath.h's vector form (the same bits as qc_geluf on each lane). */
+QC_INLINE float32x4_t qc_gelu4(float32x4_t f)
+{
+#if defined(QC_VM_NEON)
+    return qc_vgelu(f);
+#else
+    float t[4];
+    int j;
+    vst1q_f32(t, f);
+    for (j = 0; j < 4; ++j) {
+        t[j] = qc_geluf(t[j]);
+    }
+    return vld1q_f32(t);
+#endif
+}
+
 /* The epilogue of columns n..n+3 of row m, all four valid, from a register. */
 QC_INLINE void qc_ep_vec4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n)
 {
@@ -196,6 +215,8 @@ QC_INLINE void qc_ep_vec4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n)
             f = vmaxnmq_f32(f, vdupq_n_f32(0.0f));
         } else if (ep->act == QC_ACT_CLIP) {
             f = vminnmq_f32(vmaxnmq_f32(f, vdupq_n_f32(ep->lo)), vdupq_n_f32(ep->hi));
+        } else if (ep->act == QC_ACT_GELU) {
+            f = qc_gelu4(f);
         }
         vst1q_f32((float *)c->out + at, f);
     } else {
@@ -247,11 +268,13 @@ static inline void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, i
             if (has_fb) {   /* x + 0.0f would turn -0.0f into +0.0f */
                 f = vaddq_f32(f, fb);
             }
-            if (act != QC_ACT_NONE) {
+            if (act == QC_ACT_RELU || act == QC_ACT_CLIP) {
                 f = vmaxnmq_f32(f, lo);
             }
             if (act == QC_ACT_CLIP) {
                 f = vminnmq_f32(f, hi);
+            } else if (act == QC_ACT_GELU) {
+                f = qc_gelu4(f);
             }
             vst1q_f32(o, f);
         }
