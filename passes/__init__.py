@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     fix_shapes,
     fold_batchnorm,
     fold_constants,
+    fold_outlier_gather,
     fold_qdq,
     fold_shapes,
     fuse_add_layernorm,

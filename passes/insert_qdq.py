@@ -105,6 +105,15 @@ class InsertQDQ(Pass):
     observed there; the pair goes where the activation is defined, so a main-graph value read
     in both branches of an If is quantized once, before the If. An op whose input has no
     statistics (inside a Scan body) keeps it float, with a remark.
+    A Conv input made from a float tensor by a chain of single-use shape-only ops (a channel
+    shuffle: Reshape -> Transpose -> Reshape) gets its pair before the chain instead, with the
+    Conv input's statistics (the ops only move values), and one pair of the same parameters
+    between consecutive shape ops, so that ``fold-qdq`` runs them on the integers::
+
+        %r = onnx.Relu(%c)                       ->  %r.q = onnx.QuantizeLinear(%r, @s.scale, @s.zp)
+        %s = Reshape(Transpose(Reshape(%r)))         %s.q = Reshape(Transpose(Reshape(%r.q)))  (int8)
+        %y = onnx.Conv(%s, %w.dq)                    %y = onnx.Conv(DequantizeLinear(%s.q), %w.dq)
+
     Only the inputs of compute ops are quantized, never the pieces of a decomposed
     LayerNorm / RMSNorm or an attention mask.
     """
@@ -163,6 +172,10 @@ class InsertQDQ(Pass):
                                    "point are kept")
                     continue
                 dq = pairs.get(id(x))
+                if dq is None and op.op_type == "Conv" and self._hoist_over_shape_ops(
+                        x, pairs, homes, module, dtype, calib, method, ctx, op):
+                    ctx.remark(op, f"%{x.name} is quantized before the shape-only ops producing it "
+                                   "(same values, its statistics): they run on the integers")
                 learned = learned_dequantize(x) if dq is None else None
                 if learned is not None:
                     dq = _repeat_pair(x.producer_op.graph, x, learned)
@@ -201,8 +214,40 @@ class InsertQDQ(Pass):
             raise QCError(f"insert-qdq: {dtype} activations need opset {need}, the model has opset {opset}",
                           hint=f"recompile with --upgrade-opset {max(need, 13)}")
 
+    def _hoist_over_shape_ops(self, x: Value, pairs: dict[int, Value], homes: _Homes, module: Module,
+                              dtype: DType, calib, method: str, ctx: PassContext, consumer: Op) -> bool:
+        """A Conv input made by a chain of single-use shape-only ops (a channel shuffle's
+        Reshape / Transpose / Reshape) from a float y: put the pair on y instead, with x's
+        statistics (the ops only move y's values), so that ``fold-qdq`` runs them on the
+        integers and the op before y can write int8. True when it did."""
+        from .fold_qdq import SHAPE_ONLY
+
+        if self.dynamic or is_quantized(x) or learned_dequantize(x) is not None:
+            return False
+        v, chain = x, []
+        while (v.producer is not None and v.producer.op_type in SHAPE_ONLY and v.producer.domain in ("", "ai.onnx")
+               and v.producer.operands and v.producer.operands[0] is not None
+               and len(list(v.producer.results[0].users())) == 1):
+            chain.insert(0, v.producer)
+            v = v.producer.operands[0]
+        if not chain or is_weight(v) or not _is_float(v) or is_quantized(v) or v.producer is None:
+            return False
+        dq = pairs.get(id(v))
+        if dq is None:
+            dq = self._insert_pair(homes.of(v), homes.consts_for(module, v), v, dtype, calib, method, ctx, consumer,
+                                   stats_name=x.name)
+            if dq is None:
+                return False
+            pairs[id(v)] = dq
+        chain[0].set_operand(0, dq)
+        # a pair (same parameters) between consecutive shape ops: fold-qdq moves one shape op
+        # between a DequantizeLinear and a QuantizeLinear at a time
+        for prev, nxt in zip(chain, chain[1:]):
+            nxt.set_operand(0, _repeat_pair(prev.graph, prev.results[0], dq.producer))
+        return True
+
     def _insert_pair(self, graph: Graph, consts: Graph, x: Value, dtype: DType, calib, method: str,
-                     ctx: PassContext, consumer: Op) -> Value | None:
+                     ctx: PassContext, consumer: Op, stats_name: str | None = None) -> Value | None:
         """The pair on ``x`` in ``graph`` (where ``x`` is defined, so that every consumer sees it,
         in the branches of an If too), its scale and zero point consts in ``consts``."""
         float_dtype = x.type.dtype
@@ -214,7 +259,7 @@ class InsertQDQ(Pass):
             quant = Op("DynamicQuantizeLinear", [x], results=[q, scale, zp], name=f"{x.name}.quantize")
             q.type = TensorType(DType.u8, shape, QuantParams(scale=scale, zero_point=zp))
         else:
-            stats = calib.tensors.get(x.name)
+            stats = calib.tensors.get(stats_name or x.name)
             if stats is None:
                 ctx.remark(consumer, f"no calibration statistics for %{x.name}; input left float")
                 return None

@@ -341,7 +341,8 @@ def test_light_cnn_w8a8_cortex_a76_under_qemu(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-3)
     assert got.argmax() == ref.argmax()
     kernels = (out / "model.c").read_text()
-    assert kernels.count("qc_gemm_s8_f32(") + kernels.count("qc_gemm_s8_q8(") == 26 and "qc_conv2d_f32" not in kernels
+    # the 26 int8 convs run the direct SDOT conv (1x1 ones on the NCHW planes, 3x3 on qc_im2row_s8)
+    assert kernels.count("qc_conv1x1_s8_") == 26 and "qc_gemm_s8(" not in kernels and "qc_conv2d_f32" not in kernels
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("QC_SLOW"), reason="SmolLM2 end to end: set QC_SLOW=1 (~3 min)")

@@ -1,4 +1,4 @@
-"""The int8 depthwise convolution and transpose (runtime/qc_conv_s8.c) against numpy, on the
+"""The int8 depthwise and pointwise convolutions and the transpose (runtime/qc_conv_s8*.c) against numpy, on the
 host (portable) and under qemu-aarch64 (neon on cortex-a53, dotprod on cortex-a76, i8mm on max),
 and a small int8 MobileNet-style CNN compiled end to end against onnxruntime.
 
@@ -21,7 +21,8 @@ from qc.backends.c import packing, toolchain
 from qc.onnx.evaluator import ort_session
 
 DRIVER = Path(__file__).parent / "c_conv_s8" / "driver.c"
-SOURCES = [DRIVER, toolchain.RUNTIME / "qc_conv_s8.c", toolchain.RUNTIME / "qc_quant.c"]
+SOURCES = [DRIVER, toolchain.RUNTIME / "qc_conv_s8.c", toolchain.RUNTIME / "qc_conv_s8_1x1.c",
+           toolchain.RUNTIME / "qc_quant.c"]
 
 CONFIGS = [("host", None, "portable", None), ("aarch64", "cortex-a53", "neon", "cortex-a53"),
            ("aarch64", "cortex-a76", "dotprod", "cortex-a76"), ("aarch64", "max", "i8mm", "max")]
@@ -33,7 +34,16 @@ CASES = [(5, 9, 19, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (3, 16, 16, 3, 3, (2, 2
          (4, 11, 13, 3, 3, (2, 2), (0, 0, 1, 1), (1, 1)), (2, 12, 23, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2)),
          (3, 10, 37, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1)), (2, 14, 20, 7, 7, (2, 1), (3, 3, 3, 3), (1, 1)),
          (2, 6, 40, 1, 3, (1, 2), (0, 1, 0, 1), (1, 1)), (2, 9, 50, 3, 3, (1, 5), (1, 1, 1, 1), (1, 1)),
-         (1, 5, 33, 3, 3, (1, 1), (0, 0, 0, 0), (1, 4)), (6, 1, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))]
+         (1, 5, 33, 3, 3, (1, 1), (0, 0, 0, 0), (1, 4)), (6, 1, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+         (7, 4, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (3, 12, 25, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+         (4, 5, 12, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1))]
+# qc_conv_dw3x3_s8_q8_nhwc (channels x 16, small planes; C % 16 != 0 falls back): C, H, W, stride, pads
+NHWC_CASES = [(16, 8, 8, 1, (1, 1, 1, 1)), (32, 8, 8, 2, (1, 1, 1, 1)), (48, 4, 4, 1, (1, 1, 1, 1)),
+              (16, 5, 7, 1, (1, 1, 1, 1)), (16, 7, 7, 2, (0, 0, 1, 1)), (24, 4, 4, 1, (1, 1, 1, 1))]
+# qc_conv1x1_s8 (K input channels, P pixels, OC output channels): one 16-pixel block with and
+# without a pixel tail, K and OC not multiples of 4, one pixel, many blocks, a deep K (all -128 in
+# the first case: the largest sums)
+POINTWISE = [(160, 16, 33), (3, 5, 1), (8, 16, 4), (17, 37, 10), (16, 64, 48), (1, 1, 1), (5, 100, 7)]
 
 
 def _ref_acc(x, w, bias, stride, pads, dil, zx):
@@ -85,6 +95,25 @@ def _stream(rng):
         for a in (x, w, bias, scale) + ((fb,) if has_fb else ()):
             data += a.tobytes()
         want.append(("f32", exp_f.astype(np.float32)))
+    for i, (K, P, OC) in enumerate(POINTWISE):
+        _pointwise_case(rng, i, K, P, OC, data, want)
+    for i, (C, H, W, st, pads) in enumerate(NHWC_CASES):
+        x = rng.integers(-128, 128, (C, H, W), dtype=np.int8) if i else np.full((C, H, W), -128, np.int8)
+        w = rng.integers(-128, 128, (C, 3, 3), dtype=np.int8) if i else np.full((C, 3, 3), -128, np.int8)
+        zx = int(rng.integers(-128, 128))
+        bias = rng.integers(-2**16, 2**16, C).astype(np.int32)
+        acc = _ref_acc(x, w, bias.astype(np.int64), (st, st), pads, (1, 1), zx)
+        OH, OW = acc.shape[1:]
+        qm = [packing.quantize_multiplier(float(r)) for r in np.exp(rng.uniform(np.log(1e-5), np.log(0.5), C))]
+        mult = np.array([m for m, _ in qm], np.int32)
+        shift = np.array([s for _, s in qm], np.int32)
+        zy, lo, hi = int(rng.integers(-20, 20)), (-128, 0)[i % 2], (127, 100)[i % 2]
+        want.append(("q8", np.stack([packing.requantize_ref(acc[c], mult[c], shift[c], zy, lo, hi)
+                                     for c in range(C)])))
+        data += struct.pack("<20i", C, H, W, 3, 3, st, st, pads[0], pads[1], 1, 1, OH, OW, zx, 6, zy, lo, hi, 1, 0)
+        for a in (x, w, bias, mult, shift):
+            data += a.tobytes()
+    _quantize_cases(rng, data, want)
     for R, Cn, ld in [(8, 8, 8), (17, 33, 40), (96, 1024, 1024), (3, 5, 5), (64, 9, 9)]:
         x = rng.integers(-128, 128, (R, ld), dtype=np.int8)
         data += struct.pack("<20i", R, Cn, ld, *[0] * 11, 2, *[0] * 5) + x.tobytes()
@@ -92,9 +121,53 @@ def _stream(rng):
     return bytes(data), want
 
 
+def _quantize_cases(rng, data, want) -> None:
+    """qc_quantize_s8 (the conv units' standalone Q; NEON on aarch64) on ties at .5, out of range,
+    +-inf, NaN, 41 values (a vector tail), against numpy: clamp(rint(x / s), -128 - z, 127 - z) + z."""
+    for scale, zp in ((0.05, 3), (1.0, -128), (0.0123, 0)):
+        x = np.concatenate([rng.standard_normal(20) * 8, (np.arange(-8, 8) + 0.5) * scale,
+                            [np.inf, -np.inf, np.nan, 1e30, -1e30]]).astype(np.float32)
+        v = x / np.float32(scale)
+        v = np.where(np.isnan(v), np.float32(-128 - zp), v)
+        exp = (np.rint(np.clip(v, -128 - zp, 127 - zp)) + zp).astype(np.int8)
+        data += struct.pack("<20i", x.size, *struct.unpack("<i", struct.pack("<f", scale)), *[0] * 12, 5, zp,
+                            0, 0, 0, 0) + x.tobytes()
+        want.append(("q8", exp))
+
+
+def _pointwise_case(rng, i, K, P, OC, data, want) -> None:
+    """A qc_conv1x1_s8_q8 and a _f32 case: acc = bias + w @ x in int64, packed as lower_conv_s8 does."""
+    from qc.backends.c.lower_conv_s8 import pack_pointwise
+
+    extreme = i == 0
+    x = np.full((K, P), -128, np.int8) if extreme else rng.integers(-128, 128, (K, P), dtype=np.int8)
+    w = np.full((OC, K), -128, np.int8) if extreme else rng.integers(-128, 128, (OC, K), dtype=np.int8)
+    bias = rng.integers(-2**16, 2**16, OC).astype(np.int32)
+    acc = bias.astype(np.int64)[:, None] + w.astype(np.int64) @ x.astype(np.int64)
+    qm = [packing.quantize_multiplier(float(r)) for r in np.exp(rng.uniform(np.log(1e-6), np.log(3.0), OC))]
+    mult = np.array([m for m, _ in qm], np.int32)
+    shift = np.array([s for _, s in qm], np.int32)
+    zy, lo, hi = int(rng.integers(-20, 20)), (-128, 0)[i % 2], (127, 100)[i % 2]
+    want.append(("q8", np.stack([packing.requantize_ref(acc[c], mult[c], shift[c], zy, lo, hi) for c in range(OC)])))
+    data += struct.pack("<20i", K, P, OC, *[0] * 11, 3, zy, lo, hi, 1, 0)
+    for a in (x, pack_pointwise(w), bias, mult, shift):
+        data += a.tobytes()
+    per_channel, has_fb = (1, 1) if i % 2 == 0 else (0, 0)
+    scale = rng.uniform(1e-5, 1e-2, OC if per_channel else 1).astype(np.float32)
+    fb = rng.standard_normal(OC).astype(np.float32)
+    exp_f = acc.astype(np.float32) * scale[:, None]
+    if has_fb:
+        exp_f = (exp_f + fb[:, None]).astype(np.float32)
+    data += struct.pack("<20i", K, P, OC, *[0] * 11, 4, 0, 0, 0, per_channel, has_fb)
+    for a in (x, pack_pointwise(w), bias, scale) + ((fb,) if has_fb else ()):
+        data += a.tobytes()
+    want.append(("f32", exp_f.astype(np.float32)))
+
+
 @pytest.mark.parametrize("kind,cpu,variant,qemu_cpu", CONFIGS)
 def test_depthwise_kernel_bit_exact(tmp_path, kind, cpu, variant, qemu_cpu):
-    """qc_conv_dw_s8_q8 / _f32 of every variant equal the numpy int64 model bit for bit, and
+    """qc_conv_dw_s8_q8 / _f32 (the 3x3 requantize-in-registers path on SDOT builds too),
+    qc_conv1x1_s8_q8 / _f32 and qc_quantize_s8 of every variant equal the numpy model bit for bit, and
     qc_transpose_s8 (8 x 8 NEON blocks, edges, row strides) equals numpy's transpose."""
     toolchain.require_tools(kind)
     data, want = _stream(np.random.default_rng(11))
@@ -166,7 +239,9 @@ def test_mobile_block_w8a8_matches_onnxruntime(tmp_path):
     # the block's depthwise conv requantizes with ReLU6 as its clamp; the last one feeds a float
     # Relu -> GlobalAveragePool (no Q after it); only the stem's Clip, read by the Add too, is a pass
     assert kernels.get("conv dw s8 -> s8 (clip)") == 1 and kernels.get("conv dw s8 -> f32") == 1, kernels
-    assert kernels.get("gemm s8 requant per-channel (clip) (dotprod)") == 1 and kernels.get("clip f32") == 1, kernels
+    # its 1x1 convs run qc_conv1x1_s8 (SDOT, NCHW in and out), the expand one with ReLU6 as its clamp
+    assert kernels.get("conv 1x1 s8 -> s8 (clip)") == 1 and kernels.get("conv 1x1 s8 -> f32") == 1, kernels
+    assert kernels.get("clip f32") == 1 and "transpose s8" not in kernels, kernels
     assert not any(k.startswith(("conv2d f32", "dequantize")) for k in kernels), kernels
     xs = [np.random.RandomState(s).rand(1, 3, 20, 20).astype(np.float32) for s in (5, 6)]
     from qc.backends.c import emit_c, prepare

@@ -119,8 +119,12 @@ def test_dump_ir_dir_of_a_c_compile_holds_every_pass_of_the_one_pipeline(mlp, tm
     stages = sorted(os.listdir(dump))
     names = [s.split("-", 1)[1][:-4] for s in stages if s.endswith(".qir") and not s.startswith("00-")]
     assert names[:6] == ["propagate-shapes", "remove-identity", "fold-constants", "fold-batchnorm", "cse", "dce"]
-    assert names[6:9] == ["legalize", "check-kernels", "fix-shapes"]
-    rounds = names[9:]  # the fixpoint group: at least one round, each the same six passes
+    assert names[6:11] == ["legalize", "check-kernels", "fix-shapes", "propagate-shapes", "fold-outlier-gather"]
+    from qc.backends.c.prepare import FUSE
+
+    fuse = FUSE.split(",")
+    assert names[-len(fuse):] == fuse  # the fusions, once, last
+    rounds = names[11:-len(fuse)]  # the fixpoint group: at least one round, each the same six passes
     assert rounds and len(rounds) % 6 == 0
     assert rounds[:6] == ["propagate-shapes", "fold-constants", "inline-if", "dce", "propagate-shapes", "fold-shapes"]
     assert (out / "model.c").is_file() and (out / "model.onnx").is_file()

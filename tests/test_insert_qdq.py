@@ -118,3 +118,40 @@ def test_printed_ir_shows_the_quantization_parameters():
     text = qc.print_ir(module)
     scale = float(consts(module)["x.scale"])
     assert f"%x.q = onnx.QuantizeLinear(%x, @x.scale, @x.zp) : u8[8, 16] q(scale = {scale!r}" in text
+
+
+def test_conv_input_behind_a_channel_shuffle_is_quantized_before_it():
+    """A Conv reading Relu -> Reshape -> Transpose -> Reshape (ShuffleNet's channel shuffle): the
+    pair goes on the Relu's output with the Conv input's statistics and fold-qdq runs the three
+    shape ops on the int8 values, so the op before them can produce int8; the result in
+    onnxruntime is the numpy model of quantizing the shuffled tensor (the same values)."""
+    wc = RNG.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    shapes = [onnx.numpy_helper.from_array(np.array(s, np.int64), n)
+              for s, n in (([1, 2, 3, 4, 4], "s5"), ([1, 6, 4, 4], "s4"))]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s5"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["b"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["b", "s4"], ["s"]), helper.make_node("Conv", ["s", "wc"], ["y"])]
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [onnx.numpy_helper.from_array(wc, "wc"), *shapes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    samples = [RNG.standard_normal((1, 6, 4, 4)).astype(np.float32) for _ in range(3)]
+    stats = TensorStats()
+    for x in samples:
+        stats.update(np.maximum(x, 0).reshape(1, 2, 3, 4, 4).transpose(0, 2, 1, 3, 4).reshape(1, 6, 4, 4))
+    module, _ = run_pass("insert-qdq{dtype=i8},fold-qdq,dce", model,
+                         CalibrationStats(tensors={"s": stats}, samples=len(samples)))
+    ops = [op.op_type for op in module.graph]
+    assert ops == ["Relu", "QuantizeLinear", "Reshape", "Transpose", "Reshape", "DequantizeLinear", "Conv"], ops
+    assert [op.results[0].type.dtype.name for op in module.graph if op.op_type in ("Reshape", "Transpose")] \
+        == ["i8"] * 3
+    q = next(op for op in module.graph if op.op_type == "QuantizeLinear")
+    scale, zp = float(q.operands[1].const.numpy()), int(q.operands[2].const.numpy())
+    proto = qc.export_onnx(module)
+    onnx.checker.check_model(proto, full_check=True)
+    sess = ort_session(proto, optimize=False)
+    for x in samples:
+        (y,) = sess.run(None, {"x": x})
+        s = np.maximum(x, 0).reshape(1, 2, 3, 4, 4).transpose(0, 2, 1, 3, 4).reshape(6, 16)
+        sq = ((np.clip(np.rint(s / np.float32(scale)) + zp, -128, 127) - zp) * np.float32(scale)).astype(np.float32)
+        np.testing.assert_allclose(y.reshape(4, 16), wc.reshape(4, 6) @ sq, rtol=1e-5, atol=1e-5)

@@ -26,6 +26,7 @@ from qc.ir.printer import format_type
 
 from . import lower_control, lower_ops, lower_resize, lower_rnn  # noqa: F401 - register their handlers
 from .lower_fused import plan_views
+from .lower_outliers import match_outliers, plan_outliers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers
 from .lowering import DOMAIN_HANDLERS, HANDLERS, HINT, Buffer, Call, Lowered, Lowering, Ptr, Unsupported, unsupported
 from .packing import variant_for
@@ -72,7 +73,7 @@ def _check(lw: Lowering, op: Op, outputs: set[int]) -> Callable | None:
         why = "it depends on the iterations" if subgraphs else "it is not known at compile time"
         raise unsupported(op, f"output '{dyn.name}' has no static shape ({format_type(dyn.type)}): {why}",
                           hint=SHAPE_HINT)
-    if match_unit(lw, op):
+    if match_unit(lw, op) or match_outliers(lw, op):
         return None
     if op.domain not in ("", "ai.onnx") and handler is None:
         raise unsupported(op, f"domain '{op.domain}'")
@@ -154,6 +155,7 @@ def lower(lw: Lowering) -> Lowered:
         # else: the node that computes it is reported by lower_graph
     plan_units(lw)
     plan_views(lw)
+    plan_outliers(lw)
     lw.walk = lambda graph: lower_graph(lw, graph)
     lower_graph(lw, g)
     if lw.problems:

@@ -7,6 +7,9 @@ constant bounds (``output_q``), int8: Q(clip(y, lo, hi)) = clamp(Q(y), Q(lo), Q(
 monotone, so the activation is the requantization's clamp and neither op is computed.
 
     depthwise (group = C = OC):  qc_conv_dw_s8_q8 / _f32, a direct per-channel convolution
+        (qc_conv_dw3x3_s8_q8_nhwc, 16 channels a vector, for 3x3 planes narrower than 16)
+    SDOT targets (dotprod / i8mm), per image and group: qc_conv1x1_s8_q8 / _f32 on the NCHW planes
+        (K x pixels) straight into the NCHW output, after qc_im2row_s8 unless 1x1 stride 1 unpadded
     otherwise, per image and group: qc_im2col_s8 (padding by the zero point; a 1x1 stride-1
         unpadded conv: qc_transpose_s8) -> qc_gemm_s8_q8 (int8 pixels x channels, then
         qc_transpose_s8 to NCHW) or qc_gemm_s8_f32 (float, then a float transpose): the
@@ -26,6 +29,9 @@ from .lower_ops import conv_geometry, copy_nd
 from .lowering import Lowering, Ptr, Raw
 
 _ACTS = ("Relu", "Clip")
+_SDOT_VARIANTS = ("dotprod", "i8mm")  # kernel variants whose targets have SDOT (qc_conv1x1_s8)
+_NEON_VARIANTS = ("neon", "dotprod", "i8mm")
+_DW_NHWC_MAX_OW = 15  # narrower depthwise planes vectorize across channels (per-channel setup, row tails)
 
 
 def _const(v: Value | None) -> np.ndarray | None:
@@ -147,7 +153,15 @@ def _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y) -> None:
     C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     PH, PW = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     stride = ((PW + 15) & ~15) + 16  # QC_DW_STRIDE
-    scratch = lw.scratch(DType.i8, PH * stride + 16 + OH * OW * 4)
+    nbytes = PH * stride + 16 + OH * OW * 4  # qc_conv_dw_s8_scratch
+    small = (q is not None and (KH, KW, dh, dw) == (3, 3, 1, 1) and sh == sw <= 2 and C % 16 == 0
+             and OW <= _DW_NHWC_MAX_OW and lw.variant in _NEON_VARIANTS)
+    if small:
+        sy, zy = _int8_q(q)
+        small = bool(np.all(_requant_params(scale, sy, C)[1] <= 0))
+    if small:  # qc_conv_dw3x3_s8_nhwc_scratch
+        nbytes = max(nbytes, (PH * PW + OH * OW + 9) * C + 64)
+    scratch = lw.scratch(DType.i8, nbytes)
     wbuf = lw.weight(np.ascontiguousarray(w.reshape(C, KH * KW)).astype(np.int8))
     bbuf = lw.weight(bias)
     for n in range(N):
@@ -156,6 +170,12 @@ def _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y) -> None:
             sy, zy = _int8_q(q)
             mult, shift = _requant_params(scale, sy, C)
             qmin, qmax = _clamp(q, act)
+            if small:
+                lw.call(op, "qc_conv_dw3x3_s8_q8_nhwc", [C, H, W, sh, pt, pl, OH, OW, x_at, zx, Ptr(wbuf), Ptr(bbuf),
+                                                         Ptr(lw.weight(mult)), Ptr(lw.weight(shift)), zy, qmin, qmax,
+                                                         Ptr(scratch, const=False), Ptr(y, y_at, const=False)],
+                        "conv dw 3x3 s8 -> s8 nhwc" + (f" ({act.op_type.lower()})" if act is not None else ""))
+                continue
             lw.call(op, "qc_conv_dw_s8_q8", [*geo, x_at, zx, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult)),
                                              Ptr(lw.weight(shift)), zy, qmin, qmax, Ptr(scratch, const=False),
                                              Ptr(y, y_at, const=False)],
@@ -180,6 +200,9 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
     pointwise = KH == KW == 1 and (sh, sw, pt, pl, OH, OW) == (1, 1, 0, 0, H, W)
     w2 = w.reshape(OC, K)
     scale = np.broadcast_to(scale, (OC,)).astype(np.float32) if scale.size > 1 else scale
+    if lw.variant in _SDOT_VARIANTS:
+        _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, None if pointwise else geo)
+        return
     cols = lw.scratch(DType.i8, M * K)
     tmp = lw.scratch(DType.i8 if q is not None else DType.f32, M * ocg)
     if q is not None:
@@ -215,3 +238,61 @@ def _im2col_gemm(lw, op, geo, N, group, xq, zx, w, ib, scale, fb, q, act, y) -> 
                 continue
             tmp.shape = (M, ocg)
             copy_nd(lw, op, tmp, 0, (ocg, M), (1, ocg), y, (n * OC + g * ocg) * M, kernel="transpose")
+
+
+def pack_pointwise(w: np.ndarray) -> np.ndarray:
+    """An OC x K int8 weight in qc_conv1x1_s8's layout: [ceil(OC/4)][ceil(K/4)][4 oc][4 k], zero padded."""
+    oc, k = w.shape
+    ocp, kp = -(-oc // 4) * 4, -(-k // 4) * 4
+    padded = np.zeros((ocp, kp), np.int8)
+    padded[:oc, :k] = w
+    return np.ascontiguousarray(padded.reshape(ocp // 4, 4, kp // 4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, geo) -> None:
+    """SDOT targets: qc_conv1x1_s8_q8 / _f32 per image and group on the K x pixels matrix -- the
+    NCHW planes themselves for a 1x1 stride-1 unpadded conv, else qc_im2row_s8's rows (geo: the
+    conv geometry) -- straight into the NCHW output; no transposes, no int32 matrix in memory."""
+    OC, K = w2.shape
+    ocg = OC // group
+    if geo is None:
+        icg = K
+    else:
+        C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
+        icg = K // (KH * KW)
+        rows = lw.scratch(DType.i8, K * M)
+        pad_bytes = ((OH - 1) * sh + (KH - 1) * dh + 1) * ((((OW - 1) * sw + (KW - 1) * dw + 1 + 15) & ~15) + 16) + 32
+        pad = lw.scratch(DType.i8, pad_bytes)  # qc_im2row_s8_pad_bytes
+    C = icg * group
+    scratch = lw.scratch(DType.i8, 64 * (-(-K // 4)))  # qc_conv1x1_s8_scratch
+    if q is not None:
+        sy, zy = _int8_q(q)
+        mult, shift = _requant_params(scale, sy, OC)
+        qmin, qmax = _clamp(q, act)
+    per_channel = int(scale.size > 1)
+    plane = M if geo is None else H * W
+    for g in range(group):
+        sl = slice(g * ocg, (g + 1) * ocg)
+        wg = w2[sl]
+        wbuf = lw.weight(pack_pointwise(wg))
+        bbuf = lw.weight((ib[sl] - zx * wg.astype(np.int64).sum(axis=1)).astype(np.int32))
+        for n in range(N):
+            x_at = Ptr(lw.buf(xq), (n * C + g * icg) * plane)
+            if geo is not None:
+                lw.call(op, "qc_im2row_s8", [*geo, g * icg, icg, Ptr(lw.buf(xq), n * C * H * W), zx,
+                                             Ptr(pad, const=False), Ptr(rows, const=False)], "im2row s8")
+                x_at = Ptr(rows)
+            y_at = Ptr(y, (n * OC + g * ocg) * M, const=False)
+            what = "conv 1x1" if geo is None else "conv im2row"
+            if q is not None:
+                lw.call(op, "qc_conv1x1_s8_q8", [K, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(lw.weight(mult[sl])),
+                                                 Ptr(lw.weight(shift[sl])), zy, qmin, qmax,
+                                                 Ptr(scratch, const=False), y_at],
+                        f"{what} s8 -> s8" + (f" ({act.op_type.lower()})" if act is not None else ""))
+            else:
+                sc = lw.weight(np.ascontiguousarray(scale[sl]) if per_channel else scale)
+                fbg = lw.weight(np.ascontiguousarray(fb[sl])) if fb is not None else None
+                lw.call(op, "qc_conv1x1_s8_f32", [K, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(sc), per_channel,
+                                                  Ptr(fbg) if fbg is not None else Raw("NULL"),
+                                                  Ptr(scratch, const=False), y_at],
+                        f"{what} s8 -> f32")

@@ -1,9 +1,10 @@
 """The pipeline that readies a module for the C backend: static input shapes, folded shape arithmetic.
 
-It is made of ordinary passes (``fix-shapes``, ``propagate-shapes``, ``fold-constants``, ``dce``,
-``fold-shapes``, the ``fuse-*`` passes)::
+It is made of ordinary passes (``fix-shapes``, ``fold-outlier-gather``, ``propagate-shapes``,
+``fold-constants``, ``dce``, ``fold-shapes``, the ``fuse-*`` passes)::
 
     fix-shapes{shapes=input_ids:1x16,attention_mask:1x16}
+    propagate-shapes,fold-outlier-gather
     then, until fold-shapes reports no change (at most 16 rounds):
         propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes
     then once: fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce
@@ -28,6 +29,9 @@ FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propa
 MAX_ROUNDS = 16
 FUSE = "fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce"
 """The fusions the C backend has kernels for, run once after the folding group."""
+OUTLIER_FOLD = "propagate-shapes,fold-outlier-gather"
+"""split-outliers' int8 part reads x itself, not a Gather of its rest columns (exact; before the
+folding group, whose fold-constants would turn small weight DequantizeLinears into floats)."""
 
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
@@ -53,12 +57,14 @@ def fix_shapes_spec(shapes: Mapping[str, Sequence[int]]) -> str:
     return "fix-shapes{shapes=" + ",".join(items) + "}" if items else "fix-shapes"
 
 
-def c_prepare_pipeline(shapes: Mapping[str, Sequence[int]]) -> str:
+def c_prepare_pipeline(shapes: Mapping[str, Sequence[int]], *, fold_outliers: bool = True) -> str:
     """The passes that give the C backend static shapes: ``fix-shapes`` for the inputs, then the
     shape arithmetic folded to a fixpoint (each round: shape inference, small constants, the
     taken branch of an If with a constant condition, dce, Shape/Size/ConstantOfShape and the
-    contrib ops' types), then the fusions (``FUSE``)."""
-    return f"{fix_shapes_spec(shapes)},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND}),{FUSE}"
+    contrib ops' types), then the fusions (``FUSE``). ``fold_outliers``: run ``OUTLIER_FOLD``
+    after ``fix-shapes``."""
+    head = fix_shapes_spec(shapes) + ("," + OUTLIER_FOLD if fold_outliers else "")
+    return f"{head},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND}),{FUSE}"
 
 
 def prepare(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:

@@ -26,6 +26,34 @@
 
 /* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
    (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW). */
+static void qc_dw_fill(int8_t *dst, size_t n, int8_t v)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int8x16_t d = vdupq_n_s8(v);
+    for (; n >= 16; n -= 16, dst += 16) {
+        vst1q_s8(dst, d);
+    }
+#endif
+    for (; n > 0; --n) {
+        *dst++ = v;
+    }
+}
+
+static void qc_dw_copy(int8_t *dst, const int8_t *src, size_t n)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    for (; n >= 16; n -= 16, dst += 16, src += 16) {
+        vst1q_s8(dst, vld1q_s8(src));
+    }
+#endif
+    for (; n > 0; --n) {
+        *dst++ = *src++;
+    }
+}
+
+/* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
+   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16:
+   each row is filled with the zero point in 16-byte stores, then the image row copied in). */
 static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int pad_left, int PH,
                             int PW, int8_t pad_value, int8_t *xp)
 {
@@ -34,23 +62,17 @@ static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int 
     for (r = 0; r < PH; ++r) {
         int8_t *dst = xp + (size_t)r * ps;
         const int ih = r - pad_top;
-        if (ih < 0 || ih >= H) {
-            memset(dst, (unsigned char)pad_value, ps);
-            continue;
-        }
-        {
+        qc_dw_fill(dst, ps, pad_value);
+        if (ih >= 0 && ih < H) {
             const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
             const int src0 = lo - pad_left;    /* first image column copied */
             int n = W - src0;
             if (n > (int)ps - lo) {
                 n = (int)ps - lo;
             }
-            if (n < 0) {
-                n = 0;
+            if (n > 0) {
+                qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
             }
-            memset(dst, (unsigned char)pad_value, (size_t)lo);
-            memcpy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
-            memset(dst + lo + n, (unsigned char)pad_value, ps - (size_t)lo - (size_t)n);
         }
     }
 }
@@ -184,6 +206,72 @@ static void qc_dw_channel(int H, int W, int KH, int KW, int sh, int sw, int pad_
     }
 }
 
+#if defined(QC_DW_SDOT)
+/* 3 x 3, dilation 1, stride 1 or 2, requantized in registers: per output row, 8 (then 4)
+   outputs take per kernel row one 16-byte load, one TBL and one SDOT per 4 outputs (the three
+   taps' rows held in registers), then the vector requantization of qc_requant_s8 (bit-exact:
+   the same SQRDMULH / fix-up / SRSHL steps, shift split into its left and right parts once per
+   channel) and one 8- (4-) byte store; the last OW % 4 outputs are scalar. */
+static inline int32x4_t qc_dw_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t left, int32x4_t right)
+{
+    x = vqrdmulhq_s32(vshlq_s32(x, left), mult);
+    return vrshlq_s32(vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31)), right);
+}
+
+static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left, int OH, int OW,
+                                const int8_t *plane, int8_t pad_value, const int8_t *w, int32_t b,
+                                int32_t mult, int32_t shift, int32_t out_zp, int32_t qmin, int32_t qmax,
+                                uint8x16_t idx, int8_t *xp, int8_t *y)
+{
+    const int PH = (OH - 1) * sw + 3, PW = (OW - 1) * sw + 3;
+    const size_t ps = (size_t)QC_DW_STRIDE(PW);
+    const int32x4_t b4 = vdupq_n_s32(b), m4 = vdupq_n_s32(mult), zp = vdupq_n_s32(out_zp);
+    const int32x4_t left = vdupq_n_s32(shift > 0 ? shift : 0), right = vdupq_n_s32(shift > 0 ? 0 : shift);
+    const int32x4_t lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+#define QC_DW_TAPS(j) vreinterpretq_s8_u32(vdupq_n_u32((uint32_t)(uint8_t)w[3 * (j)]                  \
+                                                      | (uint32_t)(uint8_t)w[3 * (j) + 1] << 8          \
+                                                      | (uint32_t)(uint8_t)w[3 * (j) + 2] << 16))
+    const int8x16_t wk0 = QC_DW_TAPS(0), wk1 = QC_DW_TAPS(1), wk2 = QC_DW_TAPS(2);
+#undef QC_DW_TAPS
+    int oh;
+    qc_dw_pad_plane(plane, H, W, pad_top, pad_left, PH, PW, pad_value, xp);
+    for (oh = 0; oh < OH; ++oh) {
+        const int8_t *r0 = xp + (size_t)oh * sw * ps, *r1 = r0 + ps, *r2 = r1 + ps;
+        int8_t *dst = y + (size_t)oh * OW;
+        int ow = 0;
+        for (; ow + 8 <= OW; ow += 8) {
+            const size_t a = (size_t)ow * sw, c = a + 4u * (size_t)sw;
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk0);
+            int32x4_t s1 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + c), idx), wk0);
+            int16x8_t h;
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r1 + c), idx), wk1);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
+            s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r2 + c), idx), wk2);
+            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
+            s1 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s1, m4, left, right), zp), lo), hi);
+            h = vcombine_s16(vmovn_s32(s0), vmovn_s32(s1));
+            vst1_s8(dst + ow, vmovn_s16(h));
+        }
+        for (; ow + 4 <= OW; ow += 4) {
+            const size_t a = (size_t)ow * sw;
+            int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk0);
+            int8_t tmp[8];
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
+            s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
+            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
+            vst1_s8(tmp, vmovn_s16(vcombine_s16(vmovn_s32(s0), vmovn_s32(s0))));
+            memcpy(dst + ow, tmp, 4);
+        }
+        if (ow < OW) {
+            int32_t acc[4];
+            qc_dw_row_scalar(r0 + (size_t)ow * sw, ps, w, 3, 3, sw, 1, 1, 0, OW - ow, b, acc);
+            qc_requant_s8(1, OW - ow, acc, NULL, &mult, &shift, 0, out_zp, qmin, qmax, dst + ow);
+        }
+    }
+}
+#endif
+
 size_t qc_conv_dw_s8_scratch(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH,
                              int OW)
 {
@@ -211,6 +299,20 @@ void qc_conv_dw_s8_q8(int C, int H, int W, int KH, int KW, int stride_h, int str
     int32_t *acc = qc_dw_acc_area(scratch, KH, KW, stride_h, stride_w, dil_h, dil_w, OH, OW);
     const size_t plane = (size_t)H * W, oplane = (size_t)OH * OW;
     int c;
+#if defined(QC_DW_SDOT)
+    if (KH == 3 && KW == 3 && dil_h == 1 && dil_w == 1 && stride_h == stride_w && stride_w <= 2) {
+        /* TBL indices: lane j's 4 bytes are the taps j*sw + t, t = 0..3 (t = 3 times a zero weight) */
+        static const uint8_t ix[2][16] = {{0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6},
+                                          {0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9}};
+        const uint8x16_t idx = vld1q_u8(ix[stride_w - 1]);
+        for (c = 0; c < C; ++c) {
+            qc_dw3x3_channel_q8(H, W, stride_w, pad_top, pad_left, OH, OW, x + c * plane, pad_value,
+                                w + (size_t)c * 9, bias ? bias[c] : 0, mult[c], shift[c], out_zp, qmin, qmax,
+                                idx, scratch, y + c * oplane);
+        }
+        return;
+    }
+#endif
     for (c = 0; c < C; ++c) {
         qc_dw_channel(H, W, KH, KW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
                       x + c * plane, pad_value, w + (size_t)c * KH * KW, bias ? bias[c] : 0, scratch, acc);
@@ -240,6 +342,156 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
                 v += fb;
             }
             dst[i] = v;
+        }
+    }
+}
+
+/* Small planes (a few pixels, many channels): the per-channel loops above pay their setup per
+   channel for a handful of outputs. qc_conv_dw3x3_s8_q8_nhwc vectorizes across 16 channels
+   instead: the image is transposed into a zero-point padded pixels x channels scratch, each
+   output pixel takes per tap one 16-channel load, SMULL / SMULL2 by the tap's 16 weights and
+   SADDW / SADDW2 into 4 int32 accumulators, then the vector requantization (no left shift:
+   the caller guarantees shift <= 0), and the pixels x channels result is transposed back. */
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+/* 4 channels' accumulators requantized with their own multipliers and right shifts (shift <= 0),
+   the steps of qc_requant_s8's vector path; the parameters are reloaded (L1) to spare registers. */
+static inline int32x4_t qc_dw_rq4(int32x4_t a, const int32_t *mult, const int32_t *shift, int32x4_t zp,
+                                  int32x4_t lo, int32x4_t hi)
+{
+    const int32x4_t s = vld1q_s32(shift);
+    a = vqrdmulhq_s32(a, vld1q_s32(mult));
+    a = vrshlq_s32(vqaddq_s32(a, vshrq_n_s32(vandq_s32(a, s), 31)), s);
+    return vminq_s32(vmaxq_s32(vaddq_s32(a, zp), lo), hi);
+}
+#endif
+
+size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW)
+{
+    const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
+    const int PH = (OH - 1) * stride + 3, PW = (OW - 1) * stride + 3;
+    (void)H; (void)W; (void)pad_top; (void)pad_left;
+    return ((size_t)PH * PW + (size_t)OH * OW + 9u) * cp + 64u;
+}
+
+void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW,
+                              const int8_t *x, int8_t pad_value, const int8_t *w, const int32_t *bias,
+                              const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                              int32_t qmax, int8_t *scratch, int8_t *y)
+{
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int PH = (OH - 1) * stride + 3, PW = (OW - 1) * stride + 3;
+    const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
+    int8_t *xp = scratch, *yt = xp + (size_t)PH * PW * cp, *wt = yt + (size_t)OH * OW * cp;
+    const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    int ih, c0, oh, ow;
+    if ((C & 15) == 0) {
+        qc_dw_fill(xp, (size_t)PH * PW * cp, pad_value);
+        for (ih = 0; ih < H; ++ih) {
+            const int r = ih + pad_top;
+            int iw0 = 0, n = W;
+            if (r < 0 || r >= PH) {
+                continue;
+            }
+            if (pad_left < 0) {
+                iw0 = -pad_left;
+            }
+            if (n > PW - pad_left) {
+                n = PW - pad_left;
+            }
+            if (n > iw0) {
+                qc_transpose_s8(C, n - iw0, x + (size_t)ih * W + iw0, H * W,
+                                xp + ((size_t)r * PW + (size_t)(iw0 + pad_left)) * cp, (int)cp);
+            }
+        }
+        qc_transpose_s8(C, 9, w, 9, wt, (int)cp);
+        for (c0 = 0; c0 < C; c0 += 16) {
+            const int8_t *wc = wt + c0;
+            const int8x16_t w0 = vld1q_s8(wc), w1 = vld1q_s8(wc + cp), w2 = vld1q_s8(wc + 2 * cp);
+            const int8x16_t w3 = vld1q_s8(wc + 3 * cp), w4 = vld1q_s8(wc + 4 * cp), w5 = vld1q_s8(wc + 5 * cp);
+            const int8x16_t w6 = vld1q_s8(wc + 6 * cp), w7 = vld1q_s8(wc + 7 * cp), w8 = vld1q_s8(wc + 8 * cp);
+            const int32x4_t b0 = vld1q_s32(bias + c0), b1 = vld1q_s32(bias + c0 + 4);
+            const int32x4_t b2 = vld1q_s32(bias + c0 + 8), b3 = vld1q_s32(bias + c0 + 12);
+            const size_t rs = (size_t)PW * cp;   /* one padded row */
+            for (oh = 0; oh < OH; ++oh) {
+                for (ow = 0; ow < OW; ++ow) {
+                    const int8_t *r0 = xp + ((size_t)oh * stride * PW + (size_t)ow * stride) * cp + c0;
+                    const int8_t *r1 = r0 + rs, *r2 = r1 + rs;
+                    int32x4_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+                    int16x8_t h0, h1;
+#define QC_DW_TAP(p, wk)                                                    \
+    do {                                                                    \
+        const int8x16_t v_ = vld1q_s8(p);                                   \
+        const int16x8_t pl_ = vmull_s8(vget_low_s8(v_), vget_low_s8(wk));   \
+        const int16x8_t ph_ = vmull_high_s8(v_, wk);                        \
+        a0 = vaddw_s16(a0, vget_low_s16(pl_));                              \
+        a1 = vaddw_high_s16(a1, pl_);                                       \
+        a2 = vaddw_s16(a2, vget_low_s16(ph_));                              \
+        a3 = vaddw_high_s16(a3, ph_);                                       \
+    } while (0)
+                    QC_DW_TAP(r0, w0); QC_DW_TAP(r0 + cp, w1); QC_DW_TAP(r0 + 2 * cp, w2);
+                    QC_DW_TAP(r1, w3); QC_DW_TAP(r1 + cp, w4); QC_DW_TAP(r1 + 2 * cp, w5);
+                    QC_DW_TAP(r2, w6); QC_DW_TAP(r2 + cp, w7); QC_DW_TAP(r2 + 2 * cp, w8);
+#undef QC_DW_TAP
+                    h0 = vcombine_s16(vmovn_s32(qc_dw_rq4(a0, mult + c0, shift + c0, zp, lo, hi)),
+                                      vmovn_s32(qc_dw_rq4(a1, mult + c0 + 4, shift + c0 + 4, zp, lo, hi)));
+                    h1 = vcombine_s16(vmovn_s32(qc_dw_rq4(a2, mult + c0 + 8, shift + c0 + 8, zp, lo, hi)),
+                                      vmovn_s32(qc_dw_rq4(a3, mult + c0 + 12, shift + c0 + 12, zp, lo, hi)));
+                    vst1q_s8(yt + ((size_t)oh * OW + ow) * cp + c0, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+                }
+            }
+        }
+        qc_transpose_s8(OH * OW, C, yt, (int)cp, y, OH * OW);
+        return;
+    }
+#endif
+    qc_conv_dw_s8_q8(C, H, W, 3, 3, stride, stride, pad_top, pad_left, 1, 1, OH, OW, x, pad_value, w, bias,
+                     mult, shift, out_zp, qmin, qmax, scratch, y);
+}
+
+/* The K x P "rows" form of im2col for a direct pointwise kernel: row (c - c0)*KH*KW + kh*KW + kw
+   holds, for every output pixel p = oh*OW + ow, x[c][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw]
+   (pad_value outside). Per channel the plane is padded once into pad (qc_conv_s8_pad_bytes),
+   then each row is a copy (stride 1) or an even-lane de-interleave (stride 2, LD2). */
+size_t qc_im2row_s8_pad_bytes(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH, int OW)
+{
+    const int PH = (OH - 1) * stride_h + (KH - 1) * dil_h + 1;
+    const int PW = (OW - 1) * stride_w + (KW - 1) * dil_w + 1;
+    return (size_t)PH * (size_t)QC_DW_STRIDE(PW) + 32u;
+}
+
+void qc_im2row_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *pad, int8_t *rows)
+{
+    const int PH = (OH - 1) * stride_h + (KH - 1) * dil_h + 1;
+    const int PW = (OW - 1) * stride_w + (KW - 1) * dil_w + 1;
+    const size_t ps = (size_t)QC_DW_STRIDE(PW), P = (size_t)OH * OW;
+    int c, kh, kw, oh, ow;
+    (void)C;
+    for (c = 0; c < cg; ++c) {
+        qc_dw_pad_plane(x + (size_t)(c0 + c) * H * W, H, W, pad_top, pad_left, PH, PW, pad_value, pad);
+        for (kh = 0; kh < KH; ++kh) {
+            for (kw = 0; kw < KW; ++kw) {
+                int8_t *dst = rows + ((size_t)(c * KH + kh) * KW + kw) * P;
+                for (oh = 0; oh < OH; ++oh, dst += OW) {
+                    const int8_t *src = pad + (size_t)(oh * stride_h + kh * dil_h) * ps + (size_t)kw * dil_w;
+                    ow = 0;
+                    if (stride_w == 1) {
+                        qc_dw_copy(dst, src, (size_t)OW);
+                        continue;
+                    }
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+                    if (stride_w == 2) {
+                        for (; ow + 16 <= OW; ow += 16) {
+                            vst1q_s8(dst + ow, vld2q_s8(src + 2 * ow).val[0]);
+                        }
+                    }
+#endif
+                    for (; ow < OW; ++ow) {
+                        dst[ow] = src[(size_t)ow * stride_w];
+                    }
+                }
+            }
         }
     }
 }

@@ -167,10 +167,49 @@ void qc_conv_dw_s8_f32(int C, int H, int W, int KH, int KW, int stride_h, int st
                        int8_t pad_value, const int8_t *w, const int32_t *bias, const float *scale,
                        int per_channel, const float *fbias, int8_t *scratch, float *y);
 
+/* The 3x3 (dilation 1, stride_h = stride_w = stride) case of qc_conv_dw_s8_q8 for small planes
+   and C % 16 == 0, vectorized across 16 channels in a pixels x channels scratch (NEON builds;
+   otherwise, or C % 16 != 0, it is qc_conv_dw_s8_q8). Requires shift[c] <= 0 for every c.
+   scratch: max(qc_conv_dw3x3_s8_nhwc_scratch, qc_conv_dw_s8_scratch) bytes. Bit-exact with
+   qc_conv_dw_s8_q8. */
+size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW);
+void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW,
+                              const int8_t *x, int8_t pad_value, const int8_t *w, const int32_t *bias,
+                              const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                              int32_t qmax, int8_t *scratch, int8_t *y);
+
 /* y[j][i] = x[i][j]: an R x Cn int8 matrix (row stride ldx) into Cn x R (row stride ldy); NEON
    8 x 8 blocks on aarch64. The int8 Conv path's im2col of a 1x1 stride-1 unpadded conv and its
    pixels x channels -> NCHW output. */
 void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy);
+
+/* Pointwise (1x1, stride 1, unpadded, group 1) conv of one NCHW image x (K x P int8, P = H*W)
+   (qc_conv_s8_1x1.c): acc[oc][p] = bias[oc] + sum_k w[oc][k] * x[k][p] in exact int32, w packed
+   as [ceil(OC/4)][ceil(K/4)][4 oc][4 k] (zero past OC and K). _q8: y[oc][p] = the requantization
+   of qc_requant_s8 with mult[oc], shift[oc], out_zp, clamp [qmin, qmax]; _f32: (float)acc *
+   scale[per_channel ? oc : 0] (+ fbias[oc]). y is OC x P (NCHW). scratch: qc_conv1x1_s8_scratch(K)
+   bytes. SDOT on dotprod / i8mm, else portable; bit-exact with the portable loops. */
+/* im2col in the K x P form qc_conv1x1_s8 reads (qc_conv_s8.c): row (c - c0)*KH*KW + kh*KW + kw
+   (c in [c0, c0 + cg)) is x[c] at (oh*stride_h - pad_top + kh*dil_h, ow*stride_w - pad_left +
+   kw*dil_w) for the OH*OW output pixels, pad_value outside; pad: qc_im2row_s8_pad_bytes bytes. */
+size_t qc_im2row_s8_pad_bytes(int KH, int KW, int stride_h, int stride_w, int dil_h, int dil_w, int OH, int OW);
+void qc_im2row_s8(int C, int H, int W, int KH, int KW, int stride_h, int stride_w, int pad_top,
+                  int pad_left, int dil_h, int dil_w, int OH, int OW, int c0, int cg,
+                  const int8_t *x, int8_t pad_value, int8_t *pad, int8_t *rows);
+size_t qc_conv1x1_s8_scratch(int K);
+void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
+                      const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
+                      int32_t qmax, int8_t *scratch, int8_t *y);
+void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
+                       const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y);
+
+/* -- outliers (split-outliers, lower_outliers.py) ------------------------------------------------
+   y[m][n] = y_in[m][n] + f32(f16(sum_k a[k] * W[k][n])), a[k] = f32(f16(x[m * ldx + cols[k]])),
+   the sum in float32 over k ascending: bit-identical with Gather, Cast to f16, qc_matmul_f16,
+   Cast to f32 and Add. W: ncols x N binary16 values stored widened to float32 (exact); y may be
+   y_in (in place); scratch: ncols floats. */
+void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
+                        const float *W, const float *y_in, float *y, float *scratch);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,138 @@
+"""The outlier half of split-outliers as one kernel call (runtime/qc_outliers.c).
+
+``split-outliers`` leaves, for each MatMul it splits::
+
+    %x.outliers = onnx.Gather(%x, @cols) {axis = -1}
+    %x.outliers.f16 = onnx.Cast(%x.outliers) {to = 10}
+    %y.outliers.f16 = onnx.MatMul(%x.outliers.f16, @w.outliers)      : f16 [ncols, N] constant
+    %y.outliers = onnx.Cast(%y.outliers.f16) {to = 1}
+    %y = onnx.Add(%y.rest, %y.outliers)
+
+which lowers here to ``qc_outlier_acc_f16`` at the Add: it reads the outlier columns of x in
+place, rounds them to float16, sums their products with the float16 weight rows in float32 (the
+arithmetic of qc_matmul_f16; the rows are stored widened to float32, which is exact), rounds once
+to float16 and adds into y.rest: the same bits as the five ops one by one. The Add writes into
+y.rest's buffer when y.rest has no other reader. The MatMul and its Cast are consumed; the Gather
+and the first Cast too when every reader of them is such an Add's chain (q, k and v share them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from qc.ir import DType, Op, Value
+
+from .lowering import Buffer, Lowering, Ptr
+
+_FLOAT16, _FLOAT = 10, 1
+
+
+@dataclass(frozen=True)
+class OutlierUnit:
+    """One matched chain, anchored at its Add."""
+
+    rest: Value        # y.rest, the Add's other operand
+    x: Value           # the Gather's input
+    cols: np.ndarray   # outlier columns of x's last axis
+    weight: Value      # the float16 constant [ncols, N]
+    chain: tuple[Op, ...]  # Gather, Cast f16, MatMul, Cast f32
+
+
+def _producer(v: Value | None, op_type: str) -> Op | None:
+    if v is None or v.const is not None or v.producer is None:
+        return None
+    p = v.producer
+    return p if p.domain in ("", "ai.onnx") and p.op_type == op_type and p.results[0] is v else None
+
+
+def _only_reader(v: Value, op: Op, outputs: set[int]) -> bool:
+    return id(v) not in outputs and len(v.uses()) == 1 and v.users() == [op]
+
+
+def _match(lw: Lowering, add: Op, outputs: set[int]) -> OutlierUnit | None:
+    if add.domain not in ("", "ai.onnx") or add.op_type != "Add" or len(add.operands) != 2:
+        return None
+    for side in (1, 0):
+        unit = _chain(lw, add, add.operands[side], add.operands[1 - side], outputs)
+        if unit is not None:
+            return unit
+    return None
+
+
+def _chain(lw: Lowering, add: Op, yo: Value, rest: Value, outputs: set[int]) -> OutlierUnit | None:
+    back = _producer(yo, "Cast")
+    if back is None or back.attr("to", 0) != _FLOAT or not _only_reader(yo, add, outputs):
+        return None
+    mm = _producer(back.operands[0], "MatMul")
+    if mm is None or not _only_reader(back.operands[0], back, outputs):
+        return None
+    xo16, w = mm.operands
+    if w is None or w.const is None or w.const.dtype != DType.f16 or len(w.const.shape) != 2:
+        return None
+    to16 = _producer(xo16, "Cast")
+    gather = _producer(to16.operands[0], "Gather") if to16 is not None and to16.attr("to", 0) == _FLOAT16 else None
+    if gather is None:
+        return None
+    x, idx = gather.operands
+    if idx is None or idx.const is None or lw.dtype(x) != DType.f32 or lw.dtype(rest) != DType.f32:
+        return None
+    xshape, cols = lw.shape(x), idx.const.numpy().astype(np.int64)
+    if not xshape or gather.attr("axis", 0) % len(xshape) != len(xshape) - 1 or cols.ndim != 1:
+        return None
+    k = xshape[-1]
+    cols = np.where(cols < 0, cols + k, cols)
+    n = w.const.shape[1]
+    out = lw.shape(add.results[0])
+    if cols.size != w.const.shape[0] or cols.size == 0 or np.any((cols < 0) | (cols >= k)) \
+            or lw.shape(rest) != out or lw.shape(yo) != out or out != (*xshape[:-1], n):
+        return None
+    return OutlierUnit(rest, x, cols, w, (gather, to16, mm, back))
+
+
+def plan_outliers(lw: Lowering) -> None:
+    """Find the chains of the main graph (``lw.outlier_units``, by Add) and consume their ops."""
+    outputs = {id(v) for v in lw.module.graph.outputs}
+    units: dict[int, OutlierUnit] = {}
+    for op in lw.module.graph:
+        if id(op) in lw.consumed:
+            continue
+        unit = _match(lw, op, outputs)
+        if unit is not None:
+            units[id(op)] = unit
+            lw.consumed.update(id(o) for o in unit.chain[2:])
+    lw.outlier_units = units  # type: ignore[attr-defined]
+    for unit in units.values():  # the Gather and Cast f16, when every reader is consumed
+        for op in unit.chain[1::-1]:
+            r = op.results[0]
+            if id(r) not in outputs and all(id(u) in lw.consumed for u in r.users()):
+                lw.consumed.add(id(op))
+
+
+def match_outliers(lw: Lowering, op: Op) -> bool:
+    """Lower op when it is the Add of a planned chain."""
+    unit = getattr(lw, "outlier_units", {}).get(id(op))
+    if unit is None:
+        return False
+    _lower(lw, op, unit)
+    return True
+
+
+def _lower(lw: Lowering, add: Op, u: OutlierUnit) -> None:
+    rest = lw.buf(u.rest)
+    r = add.results[0]
+    if id(r) not in lw.bufs and rest.root.kind == "arena" and len(u.rest.uses()) == 1 \
+            and id(u.rest) not in {id(v) for v in lw.module.graph.outputs}:
+        dt, shape = lw.type_of(add, r)
+        lw.bufs[id(r)] = Buffer(lw.fresh("a"), dt, shape, "alias", base=rest)  # in place: y.rest dies here
+    y = lw.out(add)
+    xshape = lw.shape(u.x)
+    n = u.weight.const.shape[1]
+    m = math.prod(xshape[:-1])
+    cols = lw.weight(u.cols.astype(np.int32))
+    w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # exact: no conversion per row of x
+    scratch = lw.scratch(DType.f32, int(u.cols.size))
+    lw.call(add, "qc_outlier_acc_f16", [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
+                                        Ptr(w32), Ptr(rest), Ptr(y, const=False),
+                                        Ptr(scratch, const=False)], "outlier acc f16")
