@@ -337,8 +337,8 @@ QC_INLINE void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, int l
 #endif
 
 /* The epilogue of the valid rows x cols part of an int32 tile (row stride ld) at (m, n). */
-static inline void qc_ep_tile(const struct qc_ep_ctx *c, const int32_t *tile, int ld, int rows,
-                              int cols, int m, int n)
+QC_INLINE void qc_ep_tile(const struct qc_ep_ctx *c, const int32_t *tile, int ld, int rows,
+                           int cols, int m, int n)
 {
     int r, j = 0;
 #if defined(QC_VEC_NEON)
