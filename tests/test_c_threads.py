@@ -92,9 +92,9 @@ def test_threads_bit_identical_under_qemu(tmp_path, split_everything):
     one = _emit(tmp_path / "one", None)
     four = _emit(tmp_path / "four", 4)
     kinds = {k for _, k in four["calls"]}
-    assert four["split_calls"] == 13 and {"gemm s8 (dotprod)", "gemm s8 requant (dotprod)", "matmul f32",
+    assert four["split_calls"] == 10 and {"gemm s8 (dotprod)", "gemm s8 requant (dotprod)", "matmul f32",
                                           "softmax f32", "layernorm f32", "erf f32", "quantize i8",
-                                          "dequantize i8", "transpose s8", "gemm s8 requant per-channel (dotprod)"} <= kinds
+                                          "dequantize i8"} <= kinds
     x = np.random.RandomState(1).randn(S, D).astype(np.float32)
     ref = run_model(build_model(one, "aarch64", "cortex-a76"), one, {"x": x}, "aarch64", "cortex-a76")
     exe = build_model(four, "aarch64", "cortex-a76")
@@ -294,12 +294,11 @@ def test_split_plan_and_determinism(tmp_path):
     for f in names:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     split_kinds = sorted(k for (_, k), c in zip(a["calls"], _planned()) if c)
-    # not split: quantize (4 x 7,808 work), dequant (4 x), layernorm (8 x 7,808 = 62,464),
-    # the conv's int8 transposes (2 x 7,808 and 2 x 3,904), the q k^T qc_sgemm_batch (it packs B into
-    # a shared work buffer)
+    # not split: quantize (4 x 7,808 work), dequant (4 x), layernorm (8 x 7,808 = 62,464), the
+    # direct 1x1 int8 conv (no splitter), the q k^T qc_sgemm_batch (it packs B into a shared work buffer)
     assert split_kinds == ["erf f32", "gemm s8 (dotprod)", "gemm s8 requant (dotprod)",
-                           "gemm s8 requant per-channel (dotprod)", "matmul f32", "matmul f32", "softmax f32"], split_kinds
-    assert a["split_calls"] == 7 and "-DQC_THREADS=1" in a["macros"]
+                           "matmul f32", "matmul f32", "softmax f32"], split_kinds
+    assert a["split_calls"] == 6 and "-DQC_THREADS=1" in a["macros"]
     assert "CFLAGS = -O2 -static -mcpu=cortex-a76 -DQC_KERNEL_DOTPROD -DQC_THREADS=1 -pthread" in \
         (tmp_path / "a" / "Makefile").read_text()
     off = _emit(tmp_path / "off", None)
