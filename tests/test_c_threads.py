@@ -191,7 +191,8 @@ def test_fused_kernels_bit_identical_under_qemu(tmp_path, split_everything, targ
     (tmp_path / "x.bin").write_bytes(x.tobytes())
     for n in (1, 2, 3, 4):
         outs = [tmp_path / f"{name}{n}.bin" for name in ("yq", "att", "w4")]
-        cmd = toolchain.run_command(exe, "aarch64", cpu, ["-t", str(n), str(tmp_path / "x.bin")] + [str(p) for p in outs])
+        args = ["-t", str(n), str(tmp_path / "x.bin")] + [str(p) for p in outs]
+        cmd = toolchain.run_command(exe, "aarch64", cpu, args)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert [p.read_bytes() for p in outs] == [r.tobytes() for r in ref], n
