@@ -57,14 +57,16 @@ int main(int argc, char **argv)
     while (word(&op)) {
         if (op == 1) {
             /* B H Hkv Lq Lk d dv causal has_mask, qs[3] ks[3] vs[3] ms[4] ys[3], nq nk nv nm ny */
-            int h[30], i;
+            int h[30], i, nw;
             float scale, *q, *k, *v, *m, *y, *work;
             for (i = 0; i < 30; ++i) h[i] = need();
             i = need();
             memcpy(&scale, &i, 4);
             q = floats(h[25]); k = floats(h[26]); v = floats(h[27]); m = floats(h[28]);
             y = malloc((size_t)h[29] * sizeof(float));
-            work = malloc((size_t)(4 * h[4]) * sizeof(float));
+            /* the lowering's scratch size (lower_fused.py) */
+            nw = h[7] ? 4 * h[4] : (8 + h[5]) * ((h[4] + 7) & ~7) + (h[6] & ~7) * h[4];
+            work = malloc((size_t)nw * sizeof(float));
             if (!y || !work) return 5;
             for (i = 0; i < h[29]; ++i) y[i] = 12345.0f;   /* every element must be written */
             qc_attention_f32(h[0], h[1], h[2], h[3], h[4], h[5], h[6], scale, h[7], q, h + 9, k, h + 12,
@@ -115,6 +117,9 @@ ATT_CASES = [
     (1, 2, 1, 9, 13, 32, 40, 0, (1, 1, 9, 13)),   # 4 query rows at a time (+ 1), Lk and dv off 4 / 16
     (1, 1, 1, 8, 8, 12, 36, 0, None),             # d = 12 in the 4-row scores, dv = 32 + 4
     (1, 2, 1, 2, 1, 40, 24, 1, None),             # one key
+    (1, 2, 2, 16, 16, 32, 32, 0, (1, 1, 1, 16)),  # MiniLM at 1x16: 8-row tiles, one mask row for all rows
+    (1, 1, 1, 11, 9, 6, 8, 0, (11, 9)),           # 8 rows (+ 3) with d off 4, Lk off 8
+    (1, 1, 1, 8, 5, 16, 12, 0, (1, 1, 1, 5)),     # 8 rows, all keys past the 8-key tiles, dv = 8 + 4
 ]
 
 

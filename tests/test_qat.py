@@ -197,7 +197,7 @@ def test_gptq_on_a_mixed_model_rounds_the_qat_activation_layer_to_nearest(files)
 def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
     """qc compile --target cortex-a76 --emit c on a QAT model, built for aarch64 and run under
     qemu -cpu cortex-a76, against onnxruntime on the input model. int8 activations become the
-    backend's int8 units (im2col + qc_gemm_s8 with the learned scales); uint8 ones (PyTorch's
+    backend's int8 units (the direct int8 conv and the fused int8 GEMM, with the learned scales); uint8 ones (PyTorch's
     default) run as dequantize + float there (no integer kernel for u8 x s8 on this target)."""
     from qc.backends.c import toolchain
     from qc.backends.c.runner import build_model, load_report, run_model
@@ -211,7 +211,9 @@ def test_c_backend_runs_a_qat_model_under_qemu(files, name, quant):
     assert r.returncode == 0, r.stderr
     schedule = (out / "model.c").read_text()
     if name == "cnn-i8-fakequant":
-        assert schedule.count("qc_gemm_s8_f32(") + schedule.count("qc_gemm_s8_q8(") == 2 and "qc_im2col_s8(" in schedule
+        # the conv: im2row + the direct SDOT conv requantizing to int8; the FC: the fused int8 GEMM
+        assert schedule.count("qc_im2row_s8(") == 1 and schedule.count("qc_conv1x1_s8_q8(") == 1
+        assert schedule.count("qc_gemm_s8_f32(") == 1
         assert "qc_conv2d_f32" not in schedule
     else:
         assert "qc_gemm_s8" not in schedule and "qc_conv2d_f32(" in schedule

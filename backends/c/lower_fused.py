@@ -20,6 +20,7 @@ from qc.ir import DType, Op, Value
 
 from . import lower_ops
 from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, contiguous, handler, unsupported
+from .split import attention_call_work, attention_work
 
 QC = "qc"
 _VIEW_READERS = {("qc", "Attention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
@@ -113,11 +114,12 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    # the score rows of 4 queries, for each task of a --threads split (split.py: per batch, or per
-    # K / V head when B = 1)
-    work = lw.scratch(DType.f32, 4 * Lk * (B if B > 1 else Hkv))
+    causal = int(op.attr("is_causal", 0))
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V; one
+    # such area per slice of a --threads split (split.attention_work: at most 4 slices)
+    work = lw.scratch(DType.f32, attention_work(B, Hkv, attention_call_work(causal, Lk, d, dv)))
     lw.call(op, "qc_attention_f32",
-            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), int(op.attr("is_causal", 0)),
+            [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
              Ptr(yb, const=False), Ints(ys[:3]), Ptr(work, const=False)], "attention f32")
 

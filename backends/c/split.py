@@ -150,24 +150,48 @@ def _matmul_f32(a: list) -> Split | None:
     return Split(batch, 1, batch * M * N * K, {0: 1}, {1: 1, 2: 1, 8: M * N})
 
 
+ATTENTION_TASKS = 4
+"""qc_attention_f32 splits into at most this many slices: each needs its own work area."""
+
+
+def attention_call_work(causal: int, Lk: int, d: int, dv: int) -> int:
+    """Floats of qc_attention_f32's work for one call (qc_ops.h): causal, the score rows of 4
+    queries; else those of 8, K^T (Lk rounded up to 8) and V."""
+    return 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk
+
+
+def _attention_units(B: int, Hkv: int, per_call: int) -> tuple[int, int, int]:
+    """(extent, granule, work floats per unit): batches when B > 1, else K / V heads, in at
+    most ATTENTION_TASKS granules; a slice starting at unit lo uses work + lo * per_unit."""
+    extent = B if B > 1 else Hkv
+    g = -(-extent // ATTENTION_TASKS)
+    return extent, g, -(-per_call // g)
+
+
+def attention_work(B: int, Hkv: int, per_call: int) -> int:
+    """Floats the lowering gives qc_attention_f32's work: one call's area for every slice."""
+    extent, g, per_unit = _attention_units(B, Hkv, per_call)
+    return (-(-extent // g) - 1) * g * per_unit + per_call
+
+
 @splitter("qc_attention_f32")
 def _attention(a: list) -> Split | None:
     # (B, H, Hkv, Lq, Lk, d, dv, scale, causal, q, qs, k, ks, v, vs, mask, ms, y, ys, work): one
-    # batch (B > 1) or one group of H / Hkv query heads sharing a K / V head (B = 1) per unit. Each
-    # task uses its own 4 * Lk floats of `work` (at lo * 4 * Lk): only when the lowering gave
-    # `work` room for every unit.
-    B, H, Hkv, Lk = a[0], a[1], a[2], a[4]
+    # batch (B > 1) or one group of H / Hkv query heads sharing a K / V head (B = 1) per unit;
+    # each slice uses its own work area, only when the lowering sized `work` for them all
+    B, H, Hkv, Lq, Lk, d, dv, causal = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[8]
     qs, ks, vs, ms, ys, work = a[10], a[12], a[14], a[16], a[18], a[19]
-    extent = B if B > 1 else Hkv
-    if not isinstance(work, Ptr) or work.buf.size - work.elems < extent * 4 * Lk:
+    per_call = attention_call_work(causal, Lk, d, dv)
+    extent, g, per_unit = _attention_units(B, Hkv, per_call)
+    if not isinstance(work, Ptr) or work.buf.size - work.elems < attention_work(B, Hkv, per_call):
         return None
-    g = H // Hkv
-    work_units = B * H * a[3] * Lk * (a[5] + a[6])
+    cost = B * H * Lq * Lk * (d + dv)
     if B > 1:
         per = {9: qs.values[0], 11: ks.values[0], 13: vs.values[0], 15: ms.values[0], 17: ys.values[0]}
-        return Split(B, 1, work_units, {0: 1}, _ptrs(a, per) | {19: 4 * Lk})
-    per = {9: g * qs.values[1], 11: ks.values[1], 13: vs.values[1], 15: g * ms.values[1], 17: g * ys.values[1]}
-    return Split(Hkv, 1, work_units, {1: g, 2: 1}, {i: v for i, v in _ptrs(a, per).items() if v} | {19: 4 * Lk})
+        return Split(B, g, cost, {0: 1}, _ptrs(a, per) | {19: per_unit})
+    grp = H // Hkv
+    per = {9: grp * qs.values[1], 11: ks.values[1], 13: vs.values[1], 15: grp * ms.values[1], 17: grp * ys.values[1]}
+    return Split(Hkv, g, cost, {1: grp, 2: 1}, {i: v for i, v in _ptrs(a, per).items() if v} | {19: per_unit})
 
 
 def _w4a8_rows(a: list, M: int, K: int, sa: Ptr) -> tuple[int, int]:

@@ -52,28 +52,57 @@ static void qc_dw_copy(int8_t *dst, const int8_t *src, size_t n)
 }
 
 /* The padded plane of channel c: rows [0, PH) x columns [0, PW) of the image shifted by
-   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16:
-   each row is filled with the zero point in 16-byte stores, then the image row copied in). */
+   (pad_top, pad_left), zero point outside; row stride QC_DW_STRIDE(PW) (a multiple of 16).
+   Padding rows are filled in 16-byte stores; image rows get the image row copied in and only
+   their border columns below PW set (the bytes from PW to the stride are left as they are:
+   every reader multiplies them by zero taps or does not read them). */
 static void qc_dw_pad_plane(const int8_t *plane, int H, int W, int pad_top, int pad_left, int PH,
                             int PW, int8_t pad_value, int8_t *xp)
 {
     const size_t ps = (size_t)QC_DW_STRIDE(PW);
-    int r;
+    const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
+    const int src0 = lo - pad_left;    /* first image column copied */
+    int n = W - src0, r, j;
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+    const int8x16_t pv = vdupq_n_s8(pad_value);
+#endif
+    if (n > (int)ps - lo) {
+        n = (int)ps - lo;
+    }
+    if (n < 0) {
+        n = 0;
+    }
     for (r = 0; r < PH; ++r) {
         int8_t *dst = xp + (size_t)r * ps;
         const int ih = r - pad_top;
-        qc_dw_fill(dst, ps, pad_value);
-        if (ih >= 0 && ih < H) {
-            const int lo = pad_left < 0 ? 0 : (pad_left > (int)ps ? (int)ps : pad_left);
-            const int src0 = lo - pad_left;    /* first image column copied */
-            int n = W - src0;
-            if (n > (int)ps - lo) {
-                n = (int)ps - lo;
-            }
-            if (n > 0) {
-                qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
-            }
+        if (ih < 0 || ih >= H) {
+            qc_dw_fill(dst, ps, pad_value);
+            continue;
         }
+#if defined(QC_KERNEL_NEON) || defined(QC_KERNEL_DOTPROD) || defined(QC_KERNEL_I8MM)
+        /* 16-byte stores: the left ones may run into the copy (written after them) or the next
+           row (written later; the scratch has 16 bytes past the last), the right ones stay
+           below PW + 16 <= ps */
+        for (j = 0; j < lo; j += 16) {
+            vst1q_s8(dst + j, pv);
+        }
+        if (n > 0) {
+            qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
+        }
+        for (j = lo + n; j < PW; j += 16) {
+            vst1q_s8(dst + j, pv);
+        }
+#else
+        for (j = 0; j < lo; ++j) {
+            dst[j] = pad_value;
+        }
+        if (n > 0) {
+            qc_dw_copy(dst + lo, plane + (size_t)ih * W + src0, (size_t)n);
+        }
+        for (j = lo + n; j < PW; ++j) {
+            dst[j] = pad_value;
+        }
+#endif
     }
 }
 
@@ -218,6 +247,29 @@ static inline int32x4_t qc_dw_mbqm4(int32x4_t x, int32x4_t mult, int32x4_t left,
     return vrshlq_s32(vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31)), right);
 }
 
+/* 8 accumulators of one channel to int8. A right shift (shift < 0) takes the short form:
+   SQRDMULH, the fix-up as one SSRA (a + (a >> 31) equals qc_requant_s8's saturating
+   a + ((a & shift) >> 31): a > INT32_MIN after SQRDMULH), SRSHL; then |a| < 2^30, so the
+   saturating narrows with the zero point added in int16 clamp exactly as the int32 clamp would.
+   Otherwise the steps of qc_requant_s8's vector path. */
+static inline int8x8_t qc_dw_rq8(int32x4_t s0, int32x4_t s1, int neg, int32x4_t m4, int32x4_t left,
+                                 int32x4_t right, int32x4_t zp, int32x4_t lo, int32x4_t hi)
+{
+    if (neg) {
+        int16x8_t h;
+        s0 = vqrdmulhq_s32(s0, m4);
+        s1 = vqrdmulhq_s32(s1, m4);
+        s0 = vrshlq_s32(vsraq_n_s32(s0, s0, 31), right);
+        s1 = vrshlq_s32(vsraq_n_s32(s1, s1, 31), right);
+        h = vqaddq_s16(vcombine_s16(vqmovn_s32(s0), vqmovn_s32(s1)), vdupq_n_s16((int16_t)vgetq_lane_s32(zp, 0)));
+        return vmin_s8(vmax_s8(vqmovn_s16(h), vdup_n_s8((int8_t)vgetq_lane_s32(lo, 0))),
+                       vdup_n_s8((int8_t)vgetq_lane_s32(hi, 0)));
+    }
+    s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
+    s1 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s1, m4, left, right), zp), lo), hi);
+    return vmovn_s16(vcombine_s16(vmovn_s32(s0), vmovn_s32(s1)));
+}
+
 static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left, int OH, int OW,
                                 const int8_t *plane, int8_t pad_value, const int8_t *w, int32_t b,
                                 int32_t mult, int32_t shift, int32_t out_zp, int32_t qmin, int32_t qmax,
@@ -228,6 +280,7 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
     const int32x4_t b4 = vdupq_n_s32(b), m4 = vdupq_n_s32(mult), zp = vdupq_n_s32(out_zp);
     const int32x4_t left = vdupq_n_s32(shift > 0 ? shift : 0), right = vdupq_n_s32(shift > 0 ? 0 : shift);
     const int32x4_t lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    const int neg = shift < 0;
 #define QC_DW_TAPS(j) vreinterpretq_s8_u32(vdupq_n_u32((uint32_t)(uint8_t)w[3 * (j)]                  \
                                                       | (uint32_t)(uint8_t)w[3 * (j) + 1] << 8          \
                                                       | (uint32_t)(uint8_t)w[3 * (j) + 2] << 16))
@@ -243,15 +296,11 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
             const size_t a = (size_t)ow * sw, c = a + 4u * (size_t)sw;
             int32x4_t s0 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + a), idx), wk0);
             int32x4_t s1 = vdotq_s32(b4, vqtbl1q_s8(vld1q_s8(r0 + c), idx), wk0);
-            int16x8_t h;
             s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
             s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r1 + c), idx), wk1);
             s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
             s1 = vdotq_s32(s1, vqtbl1q_s8(vld1q_s8(r2 + c), idx), wk2);
-            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
-            s1 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s1, m4, left, right), zp), lo), hi);
-            h = vcombine_s16(vmovn_s32(s0), vmovn_s32(s1));
-            vst1_s8(dst + ow, vmovn_s16(h));
+            vst1_s8(dst + ow, qc_dw_rq8(s0, s1, neg, m4, left, right, zp, lo, hi));
         }
         for (; ow + 4 <= OW; ow += 4) {
             const size_t a = (size_t)ow * sw;
@@ -259,8 +308,7 @@ static void qc_dw3x3_channel_q8(int H, int W, int sw, int pad_top, int pad_left,
             int8_t tmp[8];
             s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r1 + a), idx), wk1);
             s0 = vdotq_s32(s0, vqtbl1q_s8(vld1q_s8(r2 + a), idx), wk2);
-            s0 = vminq_s32(vmaxq_s32(vaddq_s32(qc_dw_mbqm4(s0, m4, left, right), zp), lo), hi);
-            vst1_s8(tmp, vmovn_s16(vcombine_s16(vmovn_s32(s0), vmovn_s32(s0))));
+            vst1_s8(tmp, qc_dw_rq8(s0, s0, neg, m4, left, right, zp, lo, hi));
             memcpy(dst + ow, tmp, 4);
         }
         if (ow < OW) {
@@ -363,6 +411,14 @@ static inline int32x4_t qc_dw_rq4(int32x4_t a, const int32_t *mult, const int32_
     a = vrshlq_s32(vqaddq_s32(a, vshrq_n_s32(vandq_s32(a, s), 31)), s);
     return vminq_s32(vmaxq_s32(vaddq_s32(a, zp), lo), hi);
 }
+
+/* The same for shifts all < 0, the fix-up as one SSRA (see qc_dw_rq8), zero point and clamp left
+   to the caller's saturating narrows. */
+static inline int32x4_t qc_dw_rq4_right(int32x4_t a, const int32_t *mult, const int32_t *shift)
+{
+    a = vqrdmulhq_s32(a, vld1q_s32(mult));
+    return vrshlq_s32(vsraq_n_s32(a, a, 31), vld1q_s32(shift));
+}
 #endif
 
 size_t qc_conv_dw3x3_s8_nhwc_scratch(int C, int H, int W, int stride, int pad_top, int pad_left, int OH, int OW)
@@ -383,7 +439,12 @@ void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int 
     const size_t cp = ((size_t)C + 15u) & ~(size_t)15u;
     int8_t *xp = scratch, *yt = xp + (size_t)PH * PW * cp, *wt = yt + (size_t)OH * OW * cp;
     const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
-    int ih, c0, oh, ow;
+    const int16x8_t zp16 = vdupq_n_s16((int16_t)out_zp);
+    const int8x16_t lo8 = vdupq_n_s8((int8_t)qmin), hi8 = vdupq_n_s8((int8_t)qmax);
+    int ih, c0, oh, ow, neg = 1;
+    for (c0 = 0; c0 < C; ++c0) {
+        neg &= shift[c0] < 0;
+    }
     if ((C & 15) == 0) {
         qc_dw_fill(xp, (size_t)PH * PW * cp, pad_value);
         for (ih = 0; ih < H; ++ih) {
@@ -432,6 +493,17 @@ void qc_conv_dw3x3_s8_q8_nhwc(int C, int H, int W, int stride, int pad_top, int 
                     QC_DW_TAP(r1, w3); QC_DW_TAP(r1 + cp, w4); QC_DW_TAP(r1 + 2 * cp, w5);
                     QC_DW_TAP(r2, w6); QC_DW_TAP(r2 + cp, w7); QC_DW_TAP(r2 + 2 * cp, w8);
 #undef QC_DW_TAP
+                    if (neg) {
+                        h0 = vqaddq_s16(vcombine_s16(vqmovn_s32(qc_dw_rq4_right(a0, mult + c0, shift + c0)),
+                                                     vqmovn_s32(qc_dw_rq4_right(a1, mult + c0 + 4, shift + c0 + 4))),
+                                        zp16);
+                        h1 = vqaddq_s16(vcombine_s16(vqmovn_s32(qc_dw_rq4_right(a2, mult + c0 + 8, shift + c0 + 8)),
+                                                     vqmovn_s32(qc_dw_rq4_right(a3, mult + c0 + 12, shift + c0 + 12))),
+                                        zp16);
+                        vst1q_s8(yt + ((size_t)oh * OW + ow) * cp + c0,
+                                 vminq_s8(vmaxq_s8(vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1)), lo8), hi8));
+                        continue;
+                    }
                     h0 = vcombine_s16(vmovn_s32(qc_dw_rq4(a0, mult + c0, shift + c0, zp, lo, hi)),
                                       vmovn_s32(qc_dw_rq4(a1, mult + c0 + 4, shift + c0 + 4, zp, lo, hi)));
                     h1 = vcombine_s16(vmovn_s32(qc_dw_rq4(a2, mult + c0 + 8, shift + c0 + 8, zp, lo, hi)),

@@ -116,20 +116,52 @@ static inline int32x4_t qc_pw_rq(int32x4_t a, int32x4_t m, int32x4_t left, int32
     return vminq_s32(vmaxq_s32(vaddq_s32(a, zp), lo), hi);
 }
 
+/* Right shift only (shift < 0): qc_requant_s8's SQRDMULH, then its fix-up "+ (a & shift) >> 31"
+   as one SSRA (a + (a >> 31): the same value, a > INT32_MIN after SQRDMULH) and the rounding
+   SRSHL; |a| < 2^30 after it, so the zero point cannot wrap and the saturating narrows below
+   clamp exactly as the int32 clamp would. */
+static inline int32x4_t qc_pw_rq_right(int32x4_t a, int32x4_t m, int32x4_t right)
+{
+    a = vqrdmulhq_s32(a, m);
+    return vrshlq_s32(vsraq_n_s32(a, a, 31), right);
+}
+
+/* 16 int32 values (before the zero point) to int8: SQXTN to int16, + zp saturating, SQXTN to
+   int8, then the [qmin, qmax] clamp on 16 lanes at once (none when clamp is 0: [-128, 127], which
+   the narrow already gives). */
+static inline int8x16_t qc_pw_narrow16(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int16x8_t zp16,
+                                       int clamp, int8x16_t lo8, int8x16_t hi8)
+{
+    const int16x8_t h0 = vqaddq_s16(vcombine_s16(vqmovn_s32(a0), vqmovn_s32(a1)), zp16);
+    const int16x8_t h1 = vqaddq_s16(vcombine_s16(vqmovn_s32(a2), vqmovn_s32(a3)), zp16);
+    const int8x16_t q = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
+    return clamp ? vminq_s8(vmaxq_s8(q, lo8), hi8) : q;
+}
+
 /* Output channel c's 16 accumulators (pixels p0 .. p0+n-1) requantized into y[c]: the steps of
-   qc_quant.c's vector qc_requant_s8, the shift split into its left and right parts. */
+   qc_quant.c's vector qc_requant_s8, the shift split into its left and right parts; channels
+   with a right shift take the shorter qc_pw_rq_right + qc_pw_narrow16 (bit-exact with it). */
 static inline void qc_pw_store_q8(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int c, int P,
                                   int p0, int n, const int32_t *mult, const int32_t *shift, int32x4_t zp,
-                                  int32x4_t lo, int32x4_t hi, int8_t *y)
+                                  int32x4_t lo, int32x4_t hi, int clamp, int8_t *y)
 {
     const int32x4_t m = vdupq_n_s32(mult[c]);
-    const int32x4_t left = vdupq_n_s32(shift[c] > 0 ? shift[c] : 0);
-    const int32x4_t right = vdupq_n_s32(shift[c] > 0 ? 0 : shift[c]);
-    const int16x8_t h0 = vcombine_s16(vmovn_s32(qc_pw_rq(a0, m, left, right, zp, lo, hi)),
-                                      vmovn_s32(qc_pw_rq(a1, m, left, right, zp, lo, hi)));
-    const int16x8_t h1 = vcombine_s16(vmovn_s32(qc_pw_rq(a2, m, left, right, zp, lo, hi)),
-                                      vmovn_s32(qc_pw_rq(a3, m, left, right, zp, lo, hi)));
-    const int8x16_t q8 = vcombine_s8(vmovn_s16(h0), vmovn_s16(h1));
+    int8x16_t q8;
+    if (shift[c] < 0) {
+        const int32x4_t right = vdupq_n_s32(shift[c]);
+        q8 = qc_pw_narrow16(qc_pw_rq_right(a0, m, right), qc_pw_rq_right(a1, m, right),
+                            qc_pw_rq_right(a2, m, right), qc_pw_rq_right(a3, m, right),
+                            vdupq_n_s16((int16_t)vgetq_lane_s32(zp, 0)), clamp, vdupq_n_s8((int8_t)vgetq_lane_s32(lo, 0)),
+                            vdupq_n_s8((int8_t)vgetq_lane_s32(hi, 0)));
+    } else {
+        const int32x4_t left = vdupq_n_s32(shift[c]);
+        const int32x4_t right = vdupq_n_s32(0);
+        const int16x8_t h0 = vcombine_s16(vmovn_s32(qc_pw_rq(a0, m, left, right, zp, lo, hi)),
+                                          vmovn_s32(qc_pw_rq(a1, m, left, right, zp, lo, hi)));
+        const int16x8_t h1 = vcombine_s16(vmovn_s32(qc_pw_rq(a2, m, left, right, zp, lo, hi)),
+                                          vmovn_s32(qc_pw_rq(a3, m, left, right, zp, lo, hi)));
+        q8 = vcombine_s8(vmovn_s16(h0), vmovn_s16(h1));
+    }
     if (n == QC_PW_BLOCK) {
         vst1q_s8(y + (size_t)c * P + p0, q8);
     } else {
@@ -180,6 +212,7 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
 #if defined(QC_PW_SDOT)
     const int kq = (K + 3) / 4;
     const int32x4_t zp = vdupq_n_s32(out_zp), lo = vdupq_n_s32(qmin), hi = vdupq_n_s32(qmax);
+    const int clamp = qmin > -128 || qmax < 127;
     for (; p0 < P; p0 += QC_PW_BLOCK) {
         const int n = P - p0 < QC_PW_BLOCK ? P - p0 : QC_PW_BLOCK;
         int ob;
@@ -189,15 +222,15 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
             const int8_t *wb = wp + (size_t)ob * kq * 16, *xs = scratch;
             QC_PW_ACC_DECL;
             QC_PW_TILE();
-            qc_pw_store_q8(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, mult, shift, zp, lo, hi, y);
+            qc_pw_store_q8(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             if (oc0 + 1 < OC) {
-                qc_pw_store_q8(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
             if (oc0 + 2 < OC) {
-                qc_pw_store_q8(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
             if (oc0 + 3 < OC) {
-                qc_pw_store_q8(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, mult, shift, zp, lo, hi, y);
+                qc_pw_store_q8(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, mult, shift, zp, lo, hi, clamp, y);
             }
         }
     }

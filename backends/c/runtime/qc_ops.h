@@ -174,7 +174,8 @@ void qc_gru_f32(int T, int B, int I, int H, int reverse, int linear_before_reset
  * + mask_i) V for the Lq query rows i, Lk keys, head size d (Q, K) and dv (V). Q row i of head h
  * is at q + b*qs[0] + h*qs[1] + i*qs[2] (d contiguous floats), likewise K, V (ks, vs) and y
  * (ys); mask (may be NULL) element (i, j) at mask + b*ms[0] + h*ms[1] + i*ms[2] + j*ms[3].
- * causal != 0: key j > i is left out. work: 4 * Lk floats (4 query rows at a time). */
+ * causal != 0: key j > i is left out. work: 4 * Lk floats when causal, else (8 + d) * Lkp +
+ * (dv & ~7) * Lk floats, Lkp = Lk rounded up to 8 (K^T, V and 8 score rows, packed). */
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
