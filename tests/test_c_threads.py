@@ -163,7 +163,7 @@ def _fused_model() -> onnx.ModelProto:
 @pytest.mark.parametrize("target,cpu", [("cortex-a76", "cortex-a76"), ("armv8.6-i8mm", "max")])
 def test_fused_kernels_bit_identical_under_qemu(tmp_path, split_everything, target, cpu):
     """The fused int8 GEMMs (float and int8 epilogues), qc_attention_f32 (per head, a work area
-    buffer per task) and W4A8 (qc_quantize_q8b32 + qc_gemm_s4a8; i8mm: row pairs) split at every
+    area per slice) and W4A8 (qc_quantize_q8b32 + qc_gemm_s4a8; i8mm: row pairs) split at every
     granule: -t 1..4 give the bytes of the build without threads (61 rows: a short last slice,
     an odd row in the last i8mm pair); the results match onnxruntime."""
     toolchain.require_tools("aarch64")
