@@ -22,6 +22,7 @@ from qc.ir import DType, Op, Value
 
 from . import lower_ops
 from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, contiguous, handler, unsupported
+from .split import attention_call_work, attention_work
 
 QC = "qc"
 _VIEW_READERS = {("qc", "Attention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
@@ -136,8 +137,9 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V
-    work = lw.scratch(DType.f32, 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk)
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V; one
+    # such area per slice of a --threads split (split.attention_work: at most 4 slices)
+    work = lw.scratch(DType.f32, attention_work(B, Hkv, attention_call_work(causal, Lk, d, dv)))
     lw.call(op, "qc_attention_f32",
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
