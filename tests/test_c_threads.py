@@ -208,7 +208,9 @@ def _lowered(model: onnx.ModelProto, target):
 
     module = import_onnx(model)
     prepare(module, {})
-    return lower(Lowering(module, tuple(target.features), gemm_variant(target), tuple(target.kernels.get("cpu", ()))))
+    lw = Lowering(module, tuple(target.features), gemm_variant(target), tuple(target.kernels.get("cpu", ())))
+    lw.threads = True  # as emit_c(threads=N) lowers: scratch sized for every slice
+    return lower(lw)
 
 
 _POOL_TEST = r"""

@@ -137,9 +137,10 @@ def _attention(lw: Lowering, op: Op) -> None:
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V; one
-    # such area per slice of a --threads split (split.attention_work: at most 4 slices)
-    work = lw.scratch(DType.f32, attention_work(B, Hkv, attention_call_work(causal, Lk, d, dv)))
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V; with
+    # --threads one such area per slice of a split (split.attention_work: at most 4 slices)
+    per_call = attention_call_work(causal, Lk, d, dv)
+    work = lw.scratch(DType.f32, attention_work(B, Hkv, per_call) if lw.threads else per_call)
     lw.call(op, "qc_attention_f32",
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
