@@ -8,6 +8,7 @@ model; float paths are checked within the tolerances stated at each assertion.
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ KERNEL_SOURCES = sorted(toolchain.RUNTIME.glob("qc_gemm*.c")) + sorted(
     toolchain.RUNTIME.glob("qc_quant*.c")) + sorted(toolchain.RUNTIME.glob("qc_f16*.c"))
 
 OP_GEMM, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8, OP_DQ_U8, \
-    OP_MBQM, OP_CVT_F16, OP_IM2COL, OP_GEMM_EP = range(1, 14)
+    OP_MBQM, OP_CVT_F16, OP_IM2COL, OP_GEMM_EP, OP_GELU = range(1, 15)
 
 # Shapes with M, N, K off every SIMD width (1, 3, 17, 33, 65) so the tails run.
 # K % 16 in 9..15 reaches the second packed k-block of the i8mm tail.
@@ -98,12 +99,17 @@ EP_CASES = [(1, 33, 17, 0, 0, "f32", 1, 1, 1, 0, 0), (3, 17, 65, 5, 3, "f32", 0,
             (5, 40, 48, 0, 0, "f32", 1, 0, 1, 2, 16), (9, 20, 29, 3, 1, "q8", 1, 1, 0, 0, 0),
             (2, 7, 3, 0, 2, "q8", 0, 0, 0, 0, 0), (4, 48, 64, 0, 0, "q8", 1, 1, 0, 0, 32),
             (8, 16, 32, 0, 0, "f32", 1, 1, 1, 2, 0), (8, 32, 160, 16, 4, "q8", 0, 1, 0, 0, 16),
-            (4, 16, 576, 0, 0, "f32", 1, 1, 0, 1, 0), (3, 16, 576, 0, 0, "q8", 1, 1, 0, 0, 0)]
+            (4, 16, 576, 0, 0, "f32", 1, 1, 0, 1, 0), (3, 16, 576, 0, 0, "q8", 1, 1, 0, 0, 0),
+            (3, 17, 65, 5, 3, "f32", 0, 1, 1, 3, 0), (8, 40, 48, 0, 0, "f32", 1, 1, 1, 3, 16),
+            (5, 7, 33, 0, 1, "f32", 1, 0, 0, 3, 0), (8, 32, 45, 3, 2, "f32", 1, 1, 1, 0, 0),
+            (4, 16, 381, 0, 0, "f32", 1, 1, 1, 3, 0)]   # act 3: GELU; K % 16 != 0 on full 4 x 16 tiles
 
 
 def _gemm_ep_cases(s: Stream, variant: str, rng: np.random.Generator) -> None:
     """qc_gemm_s8_f32 / _q8 (fused epilogue, row strides lda / ldo, a column slice through the
-    panel rule) against numpy: float32 arithmetic in the same order (bit-exact), requantize_ref."""
+    panel rule) against numpy: float32 arithmetic in the same order (bit-exact), requantize_ref.
+    The GELU epilogue: the bits of the standalone GELU (qc_vmath.h, OP_GELU) of numpy's
+    pre-activation values, and within 2e-6 of float64 GELU."""
     for M, N, K, xa, xo, kind, pc, hb, hf, act, n0 in EP_CASES:
         lda, ldo = K + xa, N - n0 + xo
         a = rng.integers(-128, 128, (M, lda), dtype=np.int8)
@@ -128,6 +134,8 @@ def _gemm_ep_cases(s: Stream, variant: str, rng: np.random.Generator) -> None:
                 want = np.where(want > 0, want, np.float32(0)).astype(np.float32)
             elif act == 2:
                 want = np.minimum(np.maximum(want, np.float32(lo)), np.float32(hi)).astype(np.float32)
+            elif act == 3:
+                pre, want = np.ascontiguousarray(want, np.float32), None
             arrays = [a] + [wp] + ([bias] if hb else []) + [scale] + ([fbias] if hf else [])
             hdr = [M, Ns, K, wp.size, lda, ldo, 1, pc, hb, hf, act, _f32_bits(lo), _f32_bits(hi), 0, 0, 0]
             dtype, itemsize = "<f4", 4
@@ -143,14 +151,30 @@ def _gemm_ep_cases(s: Stream, variant: str, rng: np.random.Generator) -> None:
             hdr = [M, Ns, K, wp.size, lda, ldo, 2, pc, hb, 0, 0, 0, 0, zp, qmin, qmax]
             dtype, itemsize = np.int8, 1
 
-        def check(raw, where, want=want, dtype=dtype, M=M, Ns=Ns, ldo=ldo, case=(M, N, K, kind, n0)):
+        got_gelu: list[np.ndarray] = []
+
+        def check(raw, where, want=want, dtype=dtype, M=M, Ns=Ns, ldo=ldo, case=(M, N, K, kind, n0),
+                  got_gelu=got_gelu):
             got = np.frombuffer(raw, dtype).reshape(M, ldo)
-            np.testing.assert_array_equal(got[:, :Ns].view(np.uint32 if dtype == "<f4" else np.uint8),
-                                          want.view(np.uint32 if dtype == "<f4" else np.uint8),
-                                          err_msg=f"{where}: qc_gemm_s8 epilogue {case}")
+            if want is None:   # GELU: compared with the standalone GELU's output below
+                got_gelu.append(got[:, :Ns].copy())
+            else:
+                np.testing.assert_array_equal(got[:, :Ns].view(np.uint32 if dtype == "<f4" else np.uint8),
+                                              want.view(np.uint32 if dtype == "<f4" else np.uint8),
+                                              err_msg=f"{where}: qc_gemm_s8 epilogue {case}")
             pad = np.frombuffer(raw, np.uint8).reshape(M, -1)[:, Ns * (4 if dtype == "<f4" else 1):]
             assert np.all(pad == 0x5A), f"{where}: {case} wrote past N in the ldo padding"
         s.add(OP_GEMM_EP, hdr, arrays, M * ldo * itemsize, check)
+        if kind == "f32" and act == 3:
+            def check_gelu(raw, where, pre=pre, got_gelu=got_gelu, case=(M, N, K, n0)):
+                ref = np.frombuffer(raw, "<f4").reshape(pre.shape)
+                np.testing.assert_array_equal(got_gelu.pop().view(np.uint32), ref.view(np.uint32),
+                                              err_msg=f"{where}: GELU epilogue {case} vs the standalone GELU")
+                x = pre.astype(np.float64)
+                exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+                assert np.abs(ref - exact).max() <= 2e-6 * max(1.0, np.abs(exact).max()), (where, case)
+                assert np.abs(pre).max() > 2 and pre.min() < -1, case   # both tails of GELU reached
+            s.add(OP_GELU, [pre.size], [pre], pre.size * 4, check_gelu)
 
 
 def _requant_cases(s: Stream, rng: np.random.Generator) -> None:

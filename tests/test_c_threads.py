@@ -92,9 +92,9 @@ def test_threads_bit_identical_under_qemu(tmp_path, split_everything):
     one = _emit(tmp_path / "one", None)
     four = _emit(tmp_path / "four", 4)
     kinds = {k for _, k in four["calls"]}
-    assert four["split_calls"] == 16 and {"gemm s8 (dotprod)", "requant s8", "dequant acc f32", "matmul f32",
+    assert four["split_calls"] == 10 and {"gemm s8 (dotprod)", "gemm s8 requant (dotprod)", "matmul f32",
                                           "softmax f32", "layernorm f32", "erf f32", "quantize i8",
-                                          "dequantize i8", "transpose s8", "requant s8 per-channel"} <= kinds
+                                          "dequantize i8"} <= kinds
     x = np.random.RandomState(1).randn(S, D).astype(np.float32)
     ref = run_model(build_model(one, "aarch64", "cortex-a76"), one, {"x": x}, "aarch64", "cortex-a76")
     exe = build_model(four, "aarch64", "cortex-a76")
@@ -113,6 +113,104 @@ def test_threads_bit_identical_under_qemu(tmp_path, split_everything):
     assert np.abs(ref[1].astype(np.int32) - h1q).max() <= 1  # requantization rounds once, onnxruntime twice
     assert np.abs(ref[2].astype(np.int32) - c).max() <= 1
     assert np.abs(ref[0] - y).max() < 0.05 * np.abs(y).max()
+
+
+def _fused_model() -> onnx.ModelProto:
+    """x f32[1, S, D2] -> int8 MatMul + bias (dequantized in the GEMM's epilogue) -> GELU (erf form)
+    -> int8 MatMul (requantized: an int8 output); softmax(q k^T / 4 + mask) q over H heads of x
+    (fused into qc.Attention); a 4-bit MatMulNBits with accuracy_level 4 (W4A8) on x."""
+    rng = np.random.RandomState(2)
+    D2, F, dh = 64, 128, 16
+
+    def q8(a):
+        s = float(np.abs(a).max() / 127)
+        return np.clip(np.round(a / s), -127, 127).astype(np.int8), np.float32(s)
+
+    w1, s1 = q8(rng.randn(D2, F) / np.sqrt(D2))
+    w2, s2 = q8(rng.randn(F, D2) / np.sqrt(F))
+    blocks = D2 // 32
+    qn = rng.randint(0, 16, (48, blocks * 32)).astype(np.uint8)
+    arrays = {"w1": w1, "s1": s1, "w2": w2, "s2": s2, "sx": np.float32(0.03), "z0": np.int8(0),
+              "sg": np.float32(0.02), "sy": np.float32(0.05), "b1": (rng.randn(F) * 0.1).astype(np.float32),
+              "sq2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5),
+              "split": np.array([1, S, H, dh], np.int64), "dk": np.float32(4),
+              "mask": np.where(rng.rand(1, 1, 1, S) < 0.2, -1e4, 0).astype(np.float32),
+              "B": (qn[:, 0::2] | (qn[:, 1::2] << 4)).reshape(48, blocks, 16),
+              "S": (rng.rand(48, blocks) * 0.02 + 0.01).astype(np.float32)}
+    N = helper.make_node
+    nodes = [N("QuantizeLinear", ["x", "sx", "z0"], ["xq"]), N("DequantizeLinear", ["xq", "sx", "z0"], ["xd"]),
+             N("DequantizeLinear", ["w1", "s1"], ["w1d"]), N("MatMul", ["xd", "w1d"], ["h"]),
+             N("Add", ["h", "b1"], ["hb"]), N("Div", ["hb", "sq2"], ["g0"]), N("Erf", ["g0"], ["g1"]),
+             N("Add", ["g1", "one"], ["g2"]), N("Mul", ["hb", "g2"], ["g3"]), N("Mul", ["g3", "half"], ["g"]),
+             N("QuantizeLinear", ["g", "sg", "z0"], ["gq"]), N("DequantizeLinear", ["gq", "sg", "z0"], ["gd"]),
+             N("DequantizeLinear", ["w2", "s2"], ["w2d"]), N("MatMul", ["gd", "w2d"], ["y2"]),
+             N("QuantizeLinear", ["y2", "sy", "z0"], ["yq"]),
+             N("Reshape", ["x", "split"], ["r"]), N("Transpose", ["r"], ["q"], perm=[0, 2, 1, 3]),
+             N("Transpose", ["r"], ["kt"], perm=[0, 2, 3, 1]), N("MatMul", ["q", "kt"], ["sc"]),
+             N("Div", ["sc", "dk"], ["scd"]), N("Add", ["scd", "mask"], ["scm"]),
+             N("Softmax", ["scm"], ["p"], axis=-1), N("MatMul", ["p", "q"], ["att"]),
+             N("MatMulNBits", ["x", "B", "S"], ["w4"], domain="com.microsoft", K=D2, N=48, bits=4,
+               block_size=32, accuracy_level=4)]
+    g = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TP.FLOAT, [1, S, D2])],
+                          [helper.make_tensor_value_info("yq", TP.INT8, [1, S, D2]),
+                           helper.make_tensor_value_info("att", TP.FLOAT, [1, H, S, dh]),
+                           helper.make_tensor_value_info("w4", TP.FLOAT, [1, S, 48])],
+                          [numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=8)
+
+
+@pytest.mark.parametrize("target,cpu", [("cortex-a76", "cortex-a76"), ("armv8.6-i8mm", "max")])
+def test_fused_kernels_bit_identical_under_qemu(tmp_path, split_everything, target, cpu):
+    """The fused int8 GEMMs (float and int8 epilogues), qc_attention_f32 (per head, a work area
+    area per slice) and W4A8 (qc_quantize_q8b32 + qc_gemm_s4a8; i8mm: row pairs) split at every
+    granule: -t 1..4 give the bytes of the build without threads (61 rows: a short last slice,
+    an odd row in the last i8mm pair); the results match onnxruntime."""
+    toolchain.require_tools("aarch64")
+    tgt = load_target(target)
+
+    def emit(out, threads):
+        module = import_onnx(_fused_model())
+        prepare(module, {})
+        return emit_c(module, out, tgt, harness=True, threads=threads)
+
+    one, four = emit(tmp_path / "one", None), emit(tmp_path / "four", 4)
+    calls = _lowered(_fused_model(), tgt).calls
+    # the bias Add and the GELU are the float GEMM's epilogue: no call of their own
+    assert [c.kernel.split(" (")[0] for c in calls if c.fn == "qc_gemm_s8_f32"] == ["gemm s8 + gelu"]
+    src = (tmp_path / "one" / "model.c").read_text()
+    assert src.count(".act = QC_ACT_GELU") == 1 and src.count(".fbias = NULL") == 0
+    assert not any(c.fn in ("qc_unary_f32", "qc_binary") for c in calls), [c.fn for c in calls]
+    split_fns = [c.fn for c in calls if split.describe(c) is not None]
+    assert sorted(set(split_fns)) == ["qc_attention_f32", "qc_gemm_s4a8", "qc_gemm_s8_f32", "qc_gemm_s8_q8",
+                                      "qc_quantize_q8b32", "qc_quantize_s8"], split_fns
+    assert four["split_calls"] == len(split_fns)
+    x = np.random.RandomState(3).randn(1, S, 64).astype(np.float32)
+    ref = run_model(build_model(one, "aarch64", cpu), one, {"x": x}, "aarch64", cpu)
+    exe = build_model(four, "aarch64", cpu)
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    for n in (1, 2, 3, 4):
+        outs = [tmp_path / f"{name}{n}.bin" for name in ("yq", "att", "w4")]
+        args = ["-t", str(n), str(tmp_path / "x.bin")] + [str(p) for p in outs]
+        cmd = toolchain.run_command(exe, "aarch64", cpu, args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert [p.read_bytes() for p in outs] == [r.tobytes() for r in ref], n
+    yq, att, w4 = ort_session(_fused_model()).run(None, {"x": x})
+    assert np.abs(ref[0].astype(np.int32) - yq).max() <= 1
+    assert np.abs(ref[1] - att).max() < 1e-5
+    assert np.abs(ref[2] - w4).max() < 0.02 * np.abs(w4).max()
+
+
+def _lowered(model: onnx.ModelProto, target):
+    from qc.backends.c.kernels import gemm_variant
+    from qc.backends.c.lower import Lowering, lower
+
+    module = import_onnx(model)
+    prepare(module, {})
+    lw = Lowering(module, tuple(target.features), gemm_variant(target), tuple(target.kernels.get("cpu", ())))
+    lw.threads = True  # as emit_c(threads=N) lowers: scratch sized for every slice
+    return lower(lw)
 
 
 _POOL_TEST = r"""
@@ -199,12 +297,11 @@ def test_split_plan_and_determinism(tmp_path):
     for f in names:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     split_kinds = sorted(k for (_, k), c in zip(a["calls"], _planned()) if c)
-    # not split: quantize (4 x 7,808 work), requant (6 x), dequant (3 x), layernorm (8 x 7,808 = 62,464),
-    # the conv's int8 transposes (2 x 7,808 and 2 x 3,904), the q k^T qc_sgemm_batch (it packs B into
-    # a shared work buffer)
-    assert split_kinds == ["erf f32", "gemm s8 (dotprod)", "gemm s8 (dotprod)", "gemm s8 (dotprod)", "matmul f32",
-                           "matmul f32", "softmax f32"], split_kinds
-    assert a["split_calls"] == 7 and "-DQC_THREADS=1" in a["macros"]
+    # not split: quantize (4 x 7,808 work), dequant (4 x), layernorm (8 x 7,808 = 62,464), the
+    # direct 1x1 int8 conv (no splitter), the q k^T qc_sgemm_batch (it packs B into a shared work buffer)
+    assert split_kinds == ["erf f32", "gemm s8 (dotprod)", "gemm s8 requant (dotprod)",
+                           "matmul f32", "matmul f32", "softmax f32"], split_kinds
+    assert a["split_calls"] == 6 and "-DQC_THREADS=1" in a["macros"]
     assert "CFLAGS = -O2 -static -mcpu=cortex-a76 -DQC_KERNEL_DOTPROD -DQC_THREADS=1 -pthread" in \
         (tmp_path / "a" / "Makefile").read_text()
     off = _emit(tmp_path / "off", None)

@@ -159,10 +159,23 @@ def test_every_pattern_fused(compiled):
     _, report, _ = compiled
     k = report["kernels"]
     assert k.get("attention f32") == 2 and k.get("layernorm f32") == 1 and k.get("add+layernorm f32") == 2, k
-    assert k.get("rmsnorm f32") == 2, k
-    assert k.get("gelu f32") == 1 and k.get("silu f32") == 1 and k.get("rope f32") == 2, k
+    assert k.get("rmsnorm f32") == 1 and k.get("add+rmsnorm f32") == 1, k
+    assert k.get("gelu f32") == 1 and k.get("silu*mul f32") == 1 and k.get("rope f32") == 2, k
+    assert "silu f32" not in k and "mul f32" not in k, k
     assert not any(name.startswith(("transpose", "softmax", "expand", "reducemean", "pow", "erf", "sqrt", "neg"))
                    for name in k), k
+
+
+def test_constant_causal_mask_is_the_causal_path(compiled, tmp_path):
+    """The llama block's constant mask (float32 min above the diagonal) is not passed: causal = 1,
+    mask NULL; the BERT block's run-time mask is."""
+    model = import_onnx(compiled[0])
+    prepare(model, {})
+    out = tmp_path / "c"
+    emit_c(model, out, load_target("cortex-a76"))
+    att = [line.split(",") for line in (out / "model.c").read_text().splitlines() if "qc_attention_f32(" in line]
+    # qc_attention_f32(B, H, Hkv, Lq, Lk, d, dv, scale, causal, q, qs, k, ks, v, vs, mask, ...)
+    assert sorted((a[8].strip(), a[15].strip() == "NULL") for a in att) == [("0", False), ("1", True)], att
 
 
 @pytest.mark.parametrize("kind,cpu", [("host", None), ("aarch64", "cortex-a76")])

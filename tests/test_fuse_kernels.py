@@ -1,4 +1,5 @@
-"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm)
+"""The fused-op kernels (runtime/qc_attention.c, qc_ops_fused.c: attention, Add + LayerNorm, SiLU * Mul,
+Add + RMSNorm)
 against a float64 numpy reference, on the host (portable C), under qemu-aarch64 (NEON:
 cortex-a53, cortex-a76, max) and on Cortex-M4 (portable) / Cortex-M55 (Helium) under
 qemu-system-arm.
@@ -24,7 +25,8 @@ from qc.backends.c import toolchain
 
 ATT_TOL = 1e-6
 LN_TOL = 1e-6
-OP_ATTENTION, OP_ADD_LN = 1, 3
+SILU_TOL = 1e-6
+OP_ATTENTION, OP_ADD_LN, OP_SILU_MUL, OP_ADD_RMS = 1, 3, 4, 5
 
 DRIVER = r"""
 #include <stdio.h>
@@ -85,6 +87,31 @@ int main(int argc, char **argv)
             qc_add_layernorm_f32(outer, n, eps, a, b, s, has_bias ? bias : NULL, a);  /* in place */
             fwrite(a, sizeof(float), (size_t)(outer * n), fout);
             free(a); free(b); free(s); free(bias); free(y);
+        } else if (op == 4) {
+            int outer = need(), n = need(), has_c = need();
+            float *g, *u, *c, *y;
+            g = floats(outer * n); u = floats(outer * n); c = floats(has_c ? n : 0);
+            y = malloc((size_t)(outer * n) * sizeof(float));
+            if (!y) return 5;
+            qc_silu_mul_f32(outer, n, g, u, has_c ? c : NULL, y);
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            free(g); free(u); free(c); free(y);
+        } else if (op == 5) {
+            int outer = need(), n = need(), e = need();
+            float eps, *a, *b, *sc, *s, *y;
+            memcpy(&eps, &e, 4);
+            a = floats(outer * n); b = floats(outer * n); sc = floats(n);
+            s = malloc((size_t)(outer * n) * sizeof(float));
+            y = malloc((size_t)(outer * n) * sizeof(float));
+            if (!s || !y) return 5;
+            qc_add_rmsnorm_f32(outer, n, eps, a, b, sc, s, y);
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            fwrite(s, sizeof(float), (size_t)(outer * n), fout);
+            qc_rmsnorm_f32(outer, n, eps, s, sc, y);              /* unfused: the same bits */
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            qc_add_rmsnorm_f32(outer, n, eps, a, b, sc, a, y);   /* the sum over a */
+            fwrite(y, sizeof(float), (size_t)(outer * n), fout);
+            free(a); free(b); free(sc); free(s); free(y);
         } else {
             return 4;
         }
@@ -117,10 +144,18 @@ ATT_CASES = [
     (1, 2, 1, 9, 13, 32, 40, 0, (1, 1, 9, 13)),   # 4 query rows at a time (+ 1), Lk and dv off 4 / 16
     (1, 1, 1, 8, 8, 12, 36, 0, None),             # d = 12 in the 4-row scores, dv = 32 + 4
     (1, 2, 1, 2, 1, 40, 24, 1, None),             # one key
+    (1, 3, 1, 10, 10, 16, 20, 1, None),           # causal, dv off 16
+    (1, 2, 2, 9, 9, 8, 16, 1, (1, 2, 9, 9)),      # causal and a mask
+    (1, 3, 1, 32, 32, 40, 64, 1, None),           # SmolLM2-like GQA heads at 32 tokens, causal
+    (1, 3, 1, 32, 32, 40, 64, "mask", None),      # the same as a constant causal mask (float32 min)
     (1, 2, 2, 16, 16, 32, 32, 0, (1, 1, 1, 16)),  # MiniLM at 1x16: 8-row tiles, one mask row for all rows
     (1, 1, 1, 11, 9, 6, 8, 0, (11, 9)),           # 8 rows (+ 3) with d off 4, Lk off 8
     (1, 1, 1, 8, 5, 16, 12, 0, (1, 1, 1, 5)),     # 8 rows, all keys past the 8-key tiles, dv = 8 + 4
 ]
+# a case whose causal flag is "mask" runs the previous case's data with causal = 0 and the mask a
+# causal model builds (0 on and below the diagonal, float32's min above), which the C lowering
+# gives to the causal path instead (lower_fused._is_causal_mask): both within ATT_TOL of the
+# reference (not the same bits: the non-causal path's exp clamps at -86, its tiles sum in 8s)
 
 
 def _attention_ref(q, k, v, mask, scale, causal):
@@ -147,12 +182,21 @@ def _bstrides(shape, out):
 def _stream(rng):
     data = bytearray()
     checks = []
+    last = None
     for B, H, Hkv, Lq, Lk, d, dv, causal, mshape in ATT_CASES:
-        q = rng.standard_normal((B, H, Lq, d)).astype(np.float32)
-        k = rng.standard_normal((B, Hkv, Lk, d)).astype(np.float32)
-        v = rng.standard_normal((B, Hkv, Lk, dv)).astype(np.float32)
+        as_mask = causal == "mask"
+        if as_mask:   # the previous case's data, the causal pattern as a mask
+            q, k, v = last
+            causal, mshape = 0, (Lq, Lk)
+        else:
+            q = rng.standard_normal((B, H, Lq, d)).astype(np.float32)
+            k = rng.standard_normal((B, Hkv, Lk, d)).astype(np.float32)
+            v = rng.standard_normal((B, Hkv, Lk, dv)).astype(np.float32)
+        last = (q, k, v)
         mask = None
-        if mshape is not None:
+        if as_mask:
+            mask = np.where(np.tril(np.ones((Lq, Lk), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+        elif mshape is not None:
             mask = np.where(rng.random(mshape) < 0.25, -10000.0, rng.standard_normal(mshape)).astype(np.float32)
             mask[..., 0] = 0.0   # no row fully masked: float32 cannot resolve scores near -10000
         scale = np.float32(1.0 / np.sqrt(d))
@@ -168,8 +212,10 @@ def _stream(rng):
         data += struct.pack(f"<{1 + len(hdr)}i", OP_ATTENTION, *hdr) + struct.pack("<f", scale)
         for a in (qm, km, v, marr):
             data += np.ascontiguousarray(a, np.float32).tobytes()
-        ref = _attention_ref(q, k, v, mask, float(scale), causal).transpose(0, 2, 1, 3)   # [B, Lq, H, dv]
-        checks.append((ny, ref, ATT_TOL * float(np.abs(v).max()), f"attention {B, H, Hkv, Lq, Lk, d, dv, causal}"))
+        ref = _attention_ref(q, k, v, None if as_mask else mask, float(scale), causal or as_mask)
+        ref = ref.transpose(0, 2, 1, 3)   # [B, Lq, H, dv]
+        what = f"attention {B, H, Hkv, Lq, Lk, d, dv, causal}" + (" causal mask" if as_mask else "")
+        checks.append((ny, ref, ATT_TOL * float(np.abs(v).max()), what, None))
     for outer, n, with_bias in ((3, 384, True), (2, 13, True), (1, 6, False)):
         a = (rng.standard_normal((outer, n)) * 2 + 1).astype(np.float32)
         b = rng.standard_normal((outer, n)).astype(np.float32)
@@ -183,14 +229,41 @@ def _stream(rng):
         x64 = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + float(eps))
         ref = x64 * s + (bias if with_bias else 0.0)
         for where in ("", " in place"):
-            checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+layernorm {outer}x{n}{where}"))
+            checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+layernorm {outer}x{n}{where}",
+                           None))
+    for outer, n, with_c in ((3, 1536, True), (2, 13, True), (1, 6, False)):
+        g = (rng.standard_normal((outer, n)) * 4).astype(np.float32)
+        g.flat[:3] = (-120.0, 95.0, 0.0)   # exp's clamps
+        u = rng.standard_normal((outer, n)).astype(np.float32)
+        c = rng.uniform(0.25, 4.0, n).astype(np.float32)
+        data += struct.pack("<4i", OP_SILU_MUL, outer, n, int(with_c))
+        data += g.tobytes() + u.tobytes() + (c.tobytes() if with_c else b"")
+        g64 = g.astype(np.float64)
+        ref = g64 / (1.0 + np.exp(-g64)) * u * (c if with_c else 1.0)
+        checks.append((outer * n, ref, SILU_TOL * float(np.abs(ref).max()), f"silu*mul {outer}x{n}", None))
+    for outer, n in ((3, 576), (2, 13), (1, 3)):
+        a = (rng.standard_normal((outer, n)) * 2 + 1).astype(np.float32)
+        b = rng.standard_normal((outer, n)).astype(np.float32)
+        sc = rng.standard_normal(n).astype(np.float32)
+        eps = np.float32(1e-5)
+        data += struct.pack("<4i", OP_ADD_RMS, outer, n, struct.unpack("<i", struct.pack("<f", eps))[0])
+        data += a.tobytes() + b.tobytes() + sc.tobytes()
+        s64 = a.astype(np.float64) + b
+        ref = s64 / np.sqrt((s64 * s64).mean(-1, keepdims=True) + float(eps)) * sc
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n}", None))
+        checks.append((outer * n, (a + b).astype(np.float64), 0.0, f"add+rmsnorm {outer}x{n}: the sum", None))
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n}: unfused",
+                       len(checks) - 2))
+        checks.append((outer * n, ref, LN_TOL * float(np.abs(ref).max()), f"add+rmsnorm {outer}x{n} over a",
+                       len(checks) - 3))
     return bytes(data), checks
 
 
 def _run(kind: str, build_cpu: str | None, cpu: str | None, tmp_path, extra=()) -> bytes:
     src = tmp_path / "fused_driver.c"
     src.write_text(DRIVER)
-    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c"]
+    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c",
+               toolchain.RUNTIME / "qc_ops_nn.c"]
     exe = toolchain.build(sources, tmp_path / f"ref-{kind}-{build_cpu}", kind, build_cpu, extra_flags=extra)
     data, _ = _stream(np.random.default_rng(3))
     inp, out = tmp_path / f"{cpu}.in", tmp_path / f"{cpu}.out"
@@ -214,7 +287,8 @@ def test_fused_kernels_match_reference(kind, build_cpu, run_cpus, tmp_path):
     toolchain.require_tools(kind)
     src = tmp_path / "fused_driver.c"
     src.write_text(DRIVER)
-    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c"]
+    sources = [src, toolchain.RUNTIME / "qc_attention.c", toolchain.RUNTIME / "qc_ops_fused.c",
+               toolchain.RUNTIME / "qc_ops_nn.c"]
     exe = toolchain.build(sources, tmp_path / f"driver-{kind}-{build_cpu}", kind, build_cpu)
     data, checks = _stream(np.random.default_rng(3))
     portable = _portable(kind, build_cpu, tmp_path)
@@ -225,11 +299,16 @@ def test_fused_kernels_match_reference(kind, build_cpu, run_cpus, tmp_path):
         assert proc.returncode == 0 and "done" in proc.stdout, f"{cpu}: exit {proc.returncode}\n{proc.stderr}"
         got = np.frombuffer(out.read_bytes(), np.float32)
         pos = 0
-        for n, ref, tol, what in checks:
+        starts = []
+        for n, ref, tol, what, same_as in checks:
             y = got[pos:pos + n].reshape(ref.shape)
+            starts.append(pos)
             pos += n
             err = float(np.abs(y - ref).max())
             assert err <= tol, f"{what} on {kind} {cpu}: max error {err:.3g} > {tol:.3g}"
+            if same_as is not None:
+                a = starts[same_as]
+                assert got[a:a + n].tobytes() == y.tobytes(), f"{what} on {kind} {cpu}: not the bits of check {same_as}"
         assert pos == got.size
         assert portable is None or out.read_bytes() == portable, \
             f"{kind} {build_cpu} on {cpu}: not bit-identical to the portable build"

@@ -81,6 +81,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
     table = tuple(getattr(target, "kernels", {}).get("cpu", ()))
     lw = Lowering(module, features, variant or gemm_variant(target), table)
+    lw.threads = threads is not None
     low = lower(lw)
     arena = plan(low.calls, low.arena_buffers)
     if threads is not None:

@@ -67,7 +67,8 @@ def task_function(c: Call, name: str, prefix: str, render_arg) -> str:
         elif s.offsets.get(i) and isinstance(a, (Ptr, Ints)):
             text = f"({text} + (ptrdiff_t)qc_lo * {s.offsets[i]})"
         args.append(text)
-    lines += [f"    {c.fn}({', '.join(args)});", "}", ""]
+    call = c.text.format(*args) if c.text else f"{c.fn}({', '.join(args)});"
+    lines += [f"    {call}", "}", ""]
     return "\n".join(lines)
 
 

@@ -5,9 +5,11 @@ mask through strides: a Transpose whose only reader is a qc.Attention (the head 
 model) is not run, the kernel reads its input in place (``plan_views``); a Transpose that is
 the only reader of a qc.Attention result (the head merge) is not run either, the kernel writes
 its output in place. ``qc.Gelu`` -> ``qc_unary_f32`` (QC_GELU / QC_GELU_TANH),
-``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddLayerNormalization`` ->
-``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
-``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU).
+``qc.RMSNormalization`` -> ``qc_rmsnorm_f32``, ``qc.AddRMSNormalization`` -> ``qc_add_rmsnorm_f32``,
+``qc.AddLayerNormalization`` -> ``qc_add_layernorm_f32``, ``qc.Rope`` -> ``qc_rope_f32`` (reads X through strides too),
+``qc.SiLU`` -> ``qc_unary_f32`` (QC_SILU), ``qc.SiLUMul`` -> ``qc_silu_mul_f32``; a constant causal
+mask of a ``qc.Attention`` (0 on and below the diagonal, <= -1e30 above) becomes the kernel's
+causal path, which skips the masked keys.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from qc.ir import DType, Op, Value
 
 from . import lower_ops
 from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, contiguous, handler, unsupported
+from .split import attention_call_work, attention_work
 
 QC = "qc"
 _VIEW_READERS = {("qc", "Attention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
@@ -86,6 +89,24 @@ def _read(lw: Lowering, v: Value) -> tuple[Buffer, tuple[int, ...]]:
     return lw.buf(v), contiguous(lw.shape(v))
 
 
+CAUSAL_MASKED = -1e30
+"""A constant mask at or below this above its diagonal (and 0 on and below it) is causal."""
+
+
+def _is_causal_mask(mask: Value, n: int) -> bool:
+    """A constant additive mask whose last two dimensions are the same square causal pattern
+    everywhere: 0 for key <= query, at most ``CAUSAL_MASKED`` (e.g. float32's min) above. The
+    kernel's causal path then reads only the unmasked keys (their masked exp is below 4.4e-38:
+    the result agrees with the masked computation within rounding, tests/test_fuse_kernels.py)."""
+    if mask.const is None:
+        return False
+    m = mask.const.numpy()
+    if m.dtype != np.float32 or m.ndim < 2 or m.shape[-2:] != (n, n):
+        return False
+    upper = np.triu(np.ones(m.shape[-2:], dtype=bool), 1)
+    return bool(np.all(m[..., ~upper] == 0.0) and np.all(m[..., upper] <= CAUSAL_MASKED))
+
+
 @handler("Attention", domain=QC)
 def _attention(lw: Lowering, op: Op) -> None:
     q, k, v = op.operands[:3]
@@ -108,14 +129,18 @@ def _attention(lw: Lowering, op: Op) -> None:
         ys = view[1]
     else:
         yb, ys = lw.out(op), contiguous((B, H, Lq, dv))
+    causal = int(op.attr("is_causal", 0))
+    if mask is not None and not causal and Lq == Lk and _is_causal_mask(mask, Lk):
+        causal, mask = 1, None
     if mask is not None:
         ms = broadcast_strides(lw.shape(mask), (B, H, Lq, Lk))
         mptr = Ptr(lw.buf(mask))
     else:
         ms, mptr = (0, 0, 0, 0), Raw("NULL")
-    causal = int(op.attr("is_causal", 0))
-    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V
-    work = lw.scratch(DType.f32, 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk)
+    # causal: the score rows of 4 queries; else those of 8, K^T (Lk rounded up to 8) and V; with
+    # --threads one such area per slice of a split (split.attention_work: at most 4 slices)
+    per_call = attention_call_work(causal, Lk, d, dv)
+    work = lw.scratch(DType.f32, attention_work(B, Hkv, per_call) if lw.threads else per_call)
     lw.call(op, "qc_attention_f32",
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
@@ -137,6 +162,23 @@ def _silu(lw: Lowering, op: Op) -> None:
                                  Ptr(y, ctype="float", const=False)], "silu f32")
 
 
+@handler("SiLUMul", domain=QC)
+def _silu_mul(lw: Lowering, op: Op) -> None:
+    for i, v in enumerate(op.operands):
+        if v is not None and lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    g, u = op.operands[:2]
+    c = op.operands[2] if len(op.operands) > 2 else None
+    shape = lw.shape(g)
+    n = shape[-1]
+    if lw.shape(u) != shape or (c is not None and math.prod(lw.shape(c)) != n):
+        raise unsupported(op, "shapes (g, u the same; c one per channel of the last axis)")
+    y = lw.out(op)
+    lw.call(op, "qc_silu_mul_f32", [math.prod(shape[:-1]), n, Ptr(lw.buf(g)), Ptr(lw.buf(u)),
+                                    Ptr(lw.buf(c)) if c is not None else Raw("NULL"), Ptr(y, const=False)],
+            "silu*mul f32")
+
+
 @handler("RMSNormalization", domain=QC)
 def _rmsnorm(lw: Lowering, op: Op) -> None:
     x, scale = op.operands[:2]
@@ -156,6 +198,29 @@ def _rmsnorm(lw: Lowering, op: Op) -> None:
     y = lw.out(op)
     lw.call(op, "qc_rmsnorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)), Ptr(lw.buf(x)), sp,
                                    Ptr(y, const=False)], "rmsnorm f32")
+
+
+@handler("AddRMSNormalization", domain=QC)
+def _add_rmsnorm(lw: Lowering, op: Op) -> None:
+    a, b, scale = op.operands[:3]
+    for i, v in enumerate((a, b, scale)):
+        if lw.dtype(v) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(v)}; only float32")
+    shape = lw.shape(a)
+    axis = int(op.attr("axis", -1))
+    axis = axis + len(shape) if axis < 0 else axis
+    n = math.prod(shape[axis:])
+    if lw.shape(b) != shape:
+        raise unsupported(op, "A and B of different shapes")
+    if math.prod(lw.shape(scale)) == n:
+        sp = Ptr(lw.buf(scale))
+    else:
+        arr = lw.const(op, 2, "a broadcast scale")
+        sp = Ptr(lw.weight(np.broadcast_to(arr, tuple(shape[axis:])).astype(np.float32)))
+    y, s = lw.out(op, 0), lw.out(op, 1)
+    lw.call(op, "qc_add_rmsnorm_f32", [math.prod(shape[:axis]), n, float(op.attr("epsilon", 1e-5)), Ptr(lw.buf(a)),
+                                       Ptr(lw.buf(b)), sp, Ptr(s, const=False), Ptr(y, const=False)],
+            "add+rmsnorm f32")
 
 
 @handler("Rope", domain=QC)

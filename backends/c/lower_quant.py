@@ -25,7 +25,7 @@ from qc.quant.units import Unit, node_unit
 
 from .lower_conv_s8 import lower_conv_s8
 from .lower_conv_s8 import output_q as conv_output_q
-from .lower_gemm_s8 import gemm_s8
+from .lower_gemm_s8 import Tail, epilogue_tail, gemm_s8
 from .lower_ops import batch_offsets, binary
 from .lowering import Lowering, Ptr, Raw, handler, unsupported
 
@@ -150,12 +150,18 @@ def _bias_value(lw: Lowering, op: Op, index: int) -> np.ndarray | None:
 def plan_units(lw: Lowering) -> None:
     """Find the units of the main graph; DQ ops read only by units, and a unit's output Q, are consumed."""
     lw.units = {}
+    lw.unit_tails = {}  # id(MatMul / Gemm) -> the Tail its epilogue computes
     readers: dict[int, set[int]] = {}
     for op in lw.module.graph:
         unit = _find_unit(lw, op)
         if unit is None:
             continue
         lw.units[id(op)] = unit
+        if unit[0] == "matmul" and unit[-1] is None:
+            tail = epilogue_tail(lw, op, unit[5].shape[1], may_add=op.op_type == "MatMul")
+            if tail is not None:
+                lw.unit_tails[id(op)] = tail
+                lw.consumed.update(id(t) for t in tail.ops)
         for dq in unit[1:3]:
             readers.setdefault(id(dq), set()).add(id(op))
         if unit[-1] is not None:
@@ -184,11 +190,11 @@ def match_unit(lw: Lowering, op: Op) -> bool:
 
 
 def _gemm_s8(lw: Lowering, op: Op, M: int, N: int, K: int, a: Ptr, packed, bias: np.ndarray, scale: np.ndarray,
-             q: Op | None, out: Ptr, fbias=None) -> None:
-    """The fused GEMM of a MatMul / Gemm unit: qc_gemm_s8_f32 (dequantized in its epilogue) or,
-    with an int8 output Q, qc_gemm_s8_q8 (TFLite requantization)."""
+             q: Op | None, out: Ptr, fbias=None, act: str | None = None) -> None:
+    """The fused GEMM of a MatMul / Gemm unit: qc_gemm_s8_f32 (dequantized in its epilogue, then
+    *act*) or, with an int8 output Q, qc_gemm_s8_q8 (TFLite requantization)."""
     if q is None:
-        gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, scale=scale, fbias=fbias)
+        gemm_s8(lw, op, M, N, K, a, K, packed, out, N, bias, scale=scale, fbias=fbias, act=act)
         return
     from .packing import quantize_multiplier
 
@@ -206,15 +212,19 @@ def _lower_matmul_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int,
     xq = dqa.operands[0]
     K, N = w.shape
     M = math.prod(lw.shape(xq)[:-1])
-    y = lw.out(q if q is not None else op)
+    tail: Tail | None = getattr(lw, "unit_tails", {}).get(id(op))
+    y = lw.out(q if q is not None else (tail.ops[-1] if tail is not None else op))
     packed = lw.weight(np.frombuffer(pack_s8(np.ascontiguousarray(w), lw.variant), np.int8))
     bias = (-zx * w.astype(np.int64).sum(axis=0)).astype(np.int32)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
     fb = _bias_value(lw, op, 2) if op.op_type == "Gemm" else None
     if fb is not None and q is not None:
         raise unsupported(op, "a Gemm bias before an output QuantizeLinear")
+    if tail is not None and tail.fbias is not None:
+        fb = tail.fbias
     _gemm_s8(lw, op, M, N, K, Ptr(lw.buf(xq)), packed, bias, scale, q, Ptr(y, const=False),
-             fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None)
+             fbias=lw.weight(fb.reshape(-1).astype(np.float32)) if fb is not None else None,
+             act="QC_ACT_GELU" if tail is not None and tail.gelu is not None else None)
 
 
 def _lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w: np.ndarray,

@@ -204,6 +204,7 @@ class Lowering:
         self.module = module
         self.features = features
         self.table = table  # the target's cpu kernel-table entries (qc.targets.Kernel)
+        self.threads = False  # --threads: scratch of splittable calls sized for every slice
         self.opset = module.opset("") or 13
         self.bufs: dict[int, Buffer] = {}
         self.calls: list[Call] = []

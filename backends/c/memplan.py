@@ -9,7 +9,8 @@ from .lowering import ALIGN, Buffer, Call, Ints, Ptr, contiguous
 # fn -> (positions of the inputs that may, position of the output)
 # (each reads element i of that input before it writes element i of the output, nothing else)
 _IN_PLACE = {"qc_unary_f32": ((2,), 5), "qc_unary_int": ((3,), 6), "qc_binary": ((6, 7), 8),
-             "qc_dequant_acc_f32": ((2,), 7), "qc_add_layernorm_f32": ((3, 4), 7)}
+             "qc_dequant_acc_f32": ((2,), 7), "qc_add_layernorm_f32": ((3, 4), 7), "qc_silu_mul_f32": ((2, 3), 5),
+             "qc_add_rmsnorm_f32": ((3, 4), 6)}
 
 
 def _align(n: int) -> int:

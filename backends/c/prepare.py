@@ -7,7 +7,8 @@ It is made of ordinary passes (``fix-shapes``, ``fold-outlier-gather``, ``propag
     propagate-shapes,fold-outlier-gather
     then, until fold-shapes reports no change (at most 16 rounds):
         propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes
-    then once: fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce
+    then once: fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,
+    fuse-rope,fuse-attention,dce
 
 The fusions run last, on static shapes; the C backend has kernels for what they produce
 (lower_fused.py, docs/c-backend.md "Fused ops").
@@ -27,7 +28,8 @@ from qc.ir import Module
 FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes"
 """One round of the folding group; it repeats until its last pass, fold-shapes, changes nothing."""
 MAX_ROUNDS = 16
-FUSE = "fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-gelu,fuse-silu,fuse-rope,fuse-attention,dce"
+FUSE = ("fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,fuse-rope,"
+        "fuse-attention,dce")
 """The fusions the C backend has kernels for, run once after the folding group."""
 OUTLIER_FOLD = "propagate-shapes,fold-outlier-gather"
 """split-outliers' int8 part reads x itself, not a Gather of its rest columns (exact; before the

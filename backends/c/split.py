@@ -84,6 +84,14 @@ def _gemm_s8(a: list) -> Split:
     return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, {3: K, 5: N})
 
 
+@splitter("qc_gemm_s8_f32", "qc_gemm_s8_q8")
+def _gemm_s8_fused(a: list) -> Split:
+    # (M, N, K, A, lda, Wp, <the epilogue's fields>, out, ldo): rows of A and out; each output is
+    # its exact int32 sum through the same epilogue whatever the tile (vector and scalar forms agree)
+    M, N, K, lda, ldo = a[0], a[1], a[2], a[4], a[-1]
+    return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, {3: lda, len(a) - 2: ldo})
+
+
 @splitter("qc_dequant_acc_f32")
 def _dequant_acc(a: list) -> Split:
     # (M, N, C, bias, scale, per_channel, fbias, out): bias / scale / fbias are per column
@@ -142,6 +150,74 @@ def _matmul_f32(a: list) -> Split | None:
     return Split(batch, 1, batch * M * N * K, {0: 1}, {1: 1, 2: 1, 8: M * N})
 
 
+ATTENTION_TASKS = 4
+"""qc_attention_f32 splits into at most this many slices: each needs its own work area."""
+
+
+def attention_call_work(causal: int, Lk: int, d: int, dv: int) -> int:
+    """Floats of qc_attention_f32's work for one call (qc_ops.h): causal, the score rows of 4
+    queries; else those of 8, K^T (Lk rounded up to 8) and V."""
+    return 4 * Lk if causal else (8 + d) * ((Lk + 7) & ~7) + (dv & ~7) * Lk
+
+
+def _attention_units(B: int, Hkv: int, per_call: int) -> tuple[int, int, int]:
+    """(extent, granule, work floats per unit): batches when B > 1, else K / V heads, in at
+    most ATTENTION_TASKS granules; a slice starting at unit lo uses work + lo * per_unit."""
+    extent = B if B > 1 else Hkv
+    g = -(-extent // ATTENTION_TASKS)
+    return extent, g, -(-per_call // g)
+
+
+def attention_work(B: int, Hkv: int, per_call: int) -> int:
+    """Floats the lowering gives qc_attention_f32's work: one call's area for every slice."""
+    extent, g, per_unit = _attention_units(B, Hkv, per_call)
+    return (-(-extent // g) - 1) * g * per_unit + per_call
+
+
+@splitter("qc_attention_f32")
+def _attention(a: list) -> Split | None:
+    # (B, H, Hkv, Lq, Lk, d, dv, scale, causal, q, qs, k, ks, v, vs, mask, ms, y, ys, work): one
+    # batch (B > 1) or one group of H / Hkv query heads sharing a K / V head (B = 1) per unit;
+    # each slice uses its own work area, only when the lowering sized `work` for them all
+    B, H, Hkv, Lq, Lk, d, dv, causal = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[8]
+    qs, ks, vs, ms, ys, work = a[10], a[12], a[14], a[16], a[18], a[19]
+    per_call = attention_call_work(causal, Lk, d, dv)
+    extent, g, per_unit = _attention_units(B, Hkv, per_call)
+    if not isinstance(work, Ptr) or work.buf.size - work.elems < attention_work(B, Hkv, per_call):
+        return None
+    cost = B * H * Lq * Lk * (d + dv)
+    if B > 1:
+        per = {9: qs.values[0], 11: ks.values[0], 13: vs.values[0], 15: ms.values[0], 17: ys.values[0]}
+        return Split(B, g, cost, {0: 1}, _ptrs(a, per) | {19: per_unit})
+    grp = H // Hkv
+    per = {9: grp * qs.values[1], 11: ks.values[1], 13: vs.values[1], 15: grp * ms.values[1], 17: grp * ys.values[1]}
+    return Split(Hkv, g, cost, {1: grp, 2: 1}, {i: v for i, v in _ptrs(a, per).items() if v} | {19: per_unit})
+
+
+def _w4a8_rows(a: list, M: int, K: int, sa: Ptr) -> tuple[int, int]:
+    """(qa, sa) elements per row of qc_quantize_q8b32's outputs: the i8mm layout (row pairs, sa
+    and suma twice; told apart by sa's size, packing_s4.scratch_elems) has 2 per row and block."""
+    nb = -(-K // 32)
+    dup = 2 if sa.buf.size >= 2 * (M + M % 2) * nb else 1
+    return nb * 32, dup * nb
+
+
+@splitter("qc_quantize_q8b32")
+def _quantize_q8b32(a: list) -> Split:
+    # (M, K, A, qa, sa, suma): rows, in granules of 8 (whole i8mm row pairs)
+    M, K = a[0], a[1]
+    nq, ns = _w4a8_rows(a, M, K, a[4])
+    return Split(M, ROW_GRANULE, 8 * M * K, {0: 1}, {2: K, 3: nq, 4: ns, 5: ns})
+
+
+@splitter("qc_gemm_s4a8")
+def _gemm_s4a8(a: list) -> Split:
+    # (M, N, K, qa, sa, suma, Wp, ws, wzp, bias, out): rows of the activations and out
+    M, N, K = a[0], a[1], a[2]
+    nq, ns = _w4a8_rows(a, M, K, a[4])
+    return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, {3: nq, 4: ns, 5: ns, 10: N})
+
+
 # qc_unary_f32's ops by cost per element (about instructions; libm calls cost more)
 _CHEAP_UNARY = {"QC_NEG", "QC_ABS", "QC_RELU", "QC_CLIP", "QC_LEAKYRELU", "QC_HARDSIGMOID", "QC_HARDSWISH",
                 "QC_FLOOR", "QC_CEIL", "QC_ROUND", "QC_SIGN", "QC_NOT", "QC_RECIP", "QC_SQRT",
@@ -187,7 +263,7 @@ def _rmsnorm(a: list) -> Split:
 def describe(c: Call) -> Split | None:
     """How *c* splits (None: its kernel has no splitter, or this call cannot split)."""
     fn = SPLITTERS.get(c.fn)
-    if fn is None or c.text:
+    if fn is None or c.block:  # control flow, or a kernel without a splitter
         return None
     s = fn(c.args)
     if s is None or s.extent < 2:

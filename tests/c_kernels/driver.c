@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "qc_kernels.h"
+#include "qc_vmath.h"
 
 enum { OP_GEMM = 1, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8,
-       OP_DQ_U8, OP_MBQM, OP_CVT_F16, OP_IM2COL, OP_GEMM_EP };
+       OP_DQ_U8, OP_MBQM, OP_CVT_F16, OP_IM2COL, OP_GEMM_EP, OP_GELU };
 
 static FILE *fin, *fout;
 
@@ -202,6 +203,21 @@ static void one(int32_t op)
                      h[12], h[13], h[14], x, (int8_t)h[15], cols);
         emit(cols, rows * K);
         free(x); free(cols);
+    } else if (op == OP_GELU) {
+        /* header: n; then n floats. GELU as qc_unary_f32's QC_GELU computes it: qc_vgelu on
+           whole vectors, qc_geluf on the rest */
+        size_t n = (size_t)word(), i = 0;
+        float *x = take(n * 4), *y = malloc(n * 4 + 4);
+#if defined(QC_VM_NEON) || defined(QC_VM_MVE)
+        for (; i + 4 <= n; i += 4) {
+            qc_vf_store(y + i, qc_vgelu(qc_vf_load(x + i)));
+        }
+#endif
+        for (; i < n; ++i) {
+            y[i] = qc_geluf(x[i]);
+        }
+        emit(y, n * 4);
+        free(x); free(y);
     } else {
         fprintf(stderr, "unknown op %d\n", (int)op);
         exit(5);

@@ -558,6 +558,77 @@ static void qc_att_head(int Lq, int Lk, int d, int dv, float scale, const float 
     }
 }
 
+#if defined(QC_ATT_NEON) || defined(QC_ATT_MVE)
+#define QC_ATT_ROWS 4
+/* causal: the scores of 4 query rows at once (each K load serves 4 rows): s_r[j] as qc_att_scores
+ * computes them (the same lane partial sums, the same reduction), d % 4 == 0 */
+static int qc_att_scores4(int n, int d, const float *const *q, const float *k, int kr, float *const *s)
+{
+    int j, t;
+    for (j = 0; j + 4 <= n; j += 4) {
+        const float *k0 = k + (ptrdiff_t)j * kr, *k1 = k0 + kr, *k2 = k1 + kr, *k3 = k2 + kr;
+        float32x4_t z = vdupq_n_f32(0.0f);
+        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+        for (t = 0; t < d; t += 4) {
+            float32x4_t x0 = vld1q_f32(k0 + t), x1 = vld1q_f32(k1 + t), x2 = vld1q_f32(k2 + t);
+            float32x4_t x3 = vld1q_f32(k3 + t), r;
+            r = vld1q_f32(q[0] + t);
+            a00 = vfmaq_f32(a00, r, x0); a01 = vfmaq_f32(a01, r, x1); a02 = vfmaq_f32(a02, r, x2); a03 = vfmaq_f32(a03, r, x3);
+            r = vld1q_f32(q[1] + t);
+            a10 = vfmaq_f32(a10, r, x0); a11 = vfmaq_f32(a11, r, x1); a12 = vfmaq_f32(a12, r, x2); a13 = vfmaq_f32(a13, r, x3);
+            r = vld1q_f32(q[2] + t);
+            a20 = vfmaq_f32(a20, r, x0); a21 = vfmaq_f32(a21, r, x1); a22 = vfmaq_f32(a22, r, x2); a23 = vfmaq_f32(a23, r, x3);
+            r = vld1q_f32(q[3] + t);
+            a30 = vfmaq_f32(a30, r, x0); a31 = vfmaq_f32(a31, r, x1); a32 = vfmaq_f32(a32, r, x2); a33 = vfmaq_f32(a33, r, x3);
+        }
+        vst1q_f32(s[0] + j, qc_att_pair(qc_att_pair(a00, a01), qc_att_pair(a02, a03)));
+        vst1q_f32(s[1] + j, qc_att_pair(qc_att_pair(a10, a11), qc_att_pair(a12, a13)));
+        vst1q_f32(s[2] + j, qc_att_pair(qc_att_pair(a20, a21), qc_att_pair(a22, a23)));
+        vst1q_f32(s[3] + j, qc_att_pair(qc_att_pair(a30, a31), qc_att_pair(a32, a33)));
+    }
+    return j;
+}
+
+/* y_r[0..dv) = scale_r * sum_j p_r[j] v[j] for 4 rows at once (each V load serves 4 rows), as
+ * qc_att_context computes each row; returns how many leading columns it did */
+static int qc_att_context4(int n, int dv, float *const *p, const float *v, int vr, const float *scale,
+                           float *const *y)
+{
+    int j, t, r;
+    for (t = 0; t + 16 <= dv; t += 16) {
+        float32x4_t z = vdupq_n_f32(0.0f);
+        float32x4_t a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+        float32x4_t a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+        const float *vj = v + t;
+        for (j = 0; j < n; ++j, vj += vr) {
+            float32x4_t x0 = vld1q_f32(vj), x1 = vld1q_f32(vj + 4), x2 = vld1q_f32(vj + 8), x3 = vld1q_f32(vj + 12);
+            float w = p[0][j];
+            a00 = vfmaq_n_f32(a00, x0, w); a01 = vfmaq_n_f32(a01, x1, w); a02 = vfmaq_n_f32(a02, x2, w); a03 = vfmaq_n_f32(a03, x3, w);
+            w = p[1][j];
+            a10 = vfmaq_n_f32(a10, x0, w); a11 = vfmaq_n_f32(a11, x1, w); a12 = vfmaq_n_f32(a12, x2, w); a13 = vfmaq_n_f32(a13, x3, w);
+            w = p[2][j];
+            a20 = vfmaq_n_f32(a20, x0, w); a21 = vfmaq_n_f32(a21, x1, w); a22 = vfmaq_n_f32(a22, x2, w); a23 = vfmaq_n_f32(a23, x3, w);
+            w = p[3][j];
+            a30 = vfmaq_n_f32(a30, x0, w); a31 = vfmaq_n_f32(a31, x1, w); a32 = vfmaq_n_f32(a32, x2, w); a33 = vfmaq_n_f32(a33, x3, w);
+        }
+        r = 0;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a00, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a01, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a02, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a03, scale[r]));
+        r = 1;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a10, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a11, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a12, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a13, scale[r]));
+        r = 2;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a20, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a21, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a22, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a23, scale[r]));
+        r = 3;
+        vst1q_f32(y[r] + t, vmulq_n_f32(a30, scale[r])); vst1q_f32(y[r] + t + 4, vmulq_n_f32(a31, scale[r]));
+        vst1q_f32(y[r] + t + 8, vmulq_n_f32(a32, scale[r])); vst1q_f32(y[r] + t + 12, vmulq_n_f32(a33, scale[r]));
+    }
+    return t;
+}
+#endif
+
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
@@ -586,6 +657,38 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                             ms[3], y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1], ys[2], work);
                 i = Lq;
             }
+#if defined(QC_ATT_ROWS)
+            /* QC_ATT_ROWS query rows at a time; causal: the block reads the keys up to its last
+             * row (nb), row r's scores past its own n are set to -inf, so their exp is exactly 0
+             * and softmax and context add exact zeros: the row path's bits, with no scalar
+             * tails in the exp */
+            for (; causal && (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
+                const float *qr[QC_ATT_ROWS];
+                float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
+                int r, j0, t0, nb = i + QC_ATT_ROWS < Lk ? i + QC_ATT_ROWS : Lk;
+                for (r = 0; r < QC_ATT_ROWS; ++r) {
+                    qr[r] = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)(i + r) * qs[2];
+                    yr[r] = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)(i + r) * ys[2];
+                    sr[r] = work + (ptrdiff_t)r * Lk;
+                }
+                j0 = qc_att_scores4(nb, d, qr, kh, ks[2], sr);
+                for (r = 0; r < QC_ATT_ROWS; ++r) {
+                    int n = i + r + 1 < Lk ? i + r + 1 : Lk, ne, j;
+                    float m;
+                    if (j0 < n) qc_att_scores(n - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
+                    ne = scale > 0.0f ? nb : n;   /* -inf * scale must stay -inf */
+                    for (j = n; j < ne; ++j) sr[r][j] = -INFINITY;
+                    m = qc_att_scale_mask_max(ne, sr[r], scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
+                                              + (ptrdiff_t)(i + r) * ms[2] : NULL, ms[3]);
+                    inv[r] = 1.0f / qc_att_exp_sum(ne, sr[r], m);
+                    for (j = ne; j < nb; ++j) sr[r][j] = 0.0f;
+                }
+                t0 = qc_att_context4(nb, dv, sr, vh, vs[2], inv, yr);
+                if (t0 < dv) {
+                    for (r = 0; r < QC_ATT_ROWS; ++r) qc_att_context(nb, dv - t0, sr[r], vh + t0, vs[2], inv[r], yr[r] + t0);
+                }
+            }
+#endif
             for (; i < Lq; ++i) {
                 const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
                 float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];

@@ -78,36 +78,50 @@
     "sdot v26.4s, " w2 ".16b, v2.4b[" l "]\n\tsdot v27.4s, " w3 ".16b, v2.4b[" l "]\n\t" \
     "sdot v28.4s, " w0 ".16b, v3.4b[" l "]\n\tsdot v29.4s, " w1 ".16b, v3.4b[" l "]\n\t" \
     "sdot v30.4s, " w2 ".16b, v3.4b[" l "]\n\tsdot v31.4s, " w3 ".16b, v3.4b[" l "]\n\t"
-#define QC_DSTEP                                                                       \
-    "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\t"          \
-    "ldr q3, [%[p3]], #16\n\tld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"                      \
+#define QC_DWSTEP                                                                      \
+    "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"                                              \
     "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"                                             \
     QC_DQ("v4", "v5", "v6", "v7", "0") "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"          \
     QC_DQ("v8", "v9", "v10", "v11", "1") "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"       \
     QC_DQ("v4", "v5", "v6", "v7", "2") QC_DQ("v8", "v9", "v10", "v11", "3")
+#define QC_DSTEP                                                                       \
+    "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\t"          \
+    "ldr q3, [%[p3]], #16\n\t" QC_DWSTEP
+/* The K tail (tl = K % 16 > 0 bytes): the 16 bytes ending at the row's end, moved down by
+   16 - tl with TBL (index >= 16 gives 0): the tail at bytes 0 .. tl-1, zeros above (the
+   packed weights are zero there too). In bounds: it reads inside the row. */
+#define QC_DTAIL                                                                       \
+    "ldr q12, [%[ix]]\n\tsub %[p0], %[p0], %[bk]\n\tsub %[p1], %[p1], %[bk]\n\t"        \
+    "sub %[p2], %[p2], %[bk]\n\tsub %[p3], %[p3], %[bk]\n\t"                             \
+    "ldr q0, [%[p0]]\n\tldr q1, [%[p1]]\n\tldr q2, [%[p2]]\n\tldr q3, [%[p3]]\n\t"        \
+    "tbl v0.16b, {v0.16b}, v12.16b\n\ttbl v1.16b, {v1.16b}, v12.16b\n\t"                 \
+    "tbl v2.16b, {v2.16b}, v12.16b\n\ttbl v3.16b, {v3.16b}, v12.16b\n\t" QC_DWSTEP
 #define QC_Z4(a, b, c_, d) "movi " a ".4s, #0\n\tmovi " b ".4s, #0\n\tmovi " c_ ".4s, #0\n\tmovi " d ".4s, #0\n\t"
 
-/* steps >= 1 full 16-k steps of the 4 x 16 tile from zero; advances p0..p3 and w. */
-#define QC_DOT_ASM(steps, tile)                                                        \
+/* steps >= 1 full 16-k steps of the 4 x 16 tile from zero, then the K tail of `tail` bytes
+   (0: none; index: its TBL indices, see qc_gemm_s8_run); advances p0..p3 and w. */
+#define QC_DOT_ASM(steps, tail, index, tile)                                            \
     do {                                                                               \
-        long qc_pairs = (steps) >> 1, qc_odd = (steps) & 1;                            \
+        long qc_pairs = (steps) >> 1, qc_odd = (steps) & 1, qc_tl = (tail), qc_bk = 16 - (tail); \
+        const uint8_t *qc_ix = (index);                                                \
         int32_t *qc_t = (tile);                                                        \
         __asm__ volatile(QC_Z4("v16", "v17", "v18", "v19") QC_Z4("v20", "v21", "v22", "v23") \
                          QC_Z4("v24", "v25", "v26", "v27") QC_Z4("v28", "v29", "v30", "v31") \
                          "cbz %[n], 2f\n"                                              \
                          "1:\n\t" QC_DSTEP QC_DSTEP "subs %[n], %[n], #1\n\tb.ne 1b\n"  \
-                         "2:\n\tcbz %[odd], 3f\n\t" QC_DSTEP                            \
+                         "2:\n\tcbz %[odd], 4f\n\t" QC_DSTEP                            \
+                         "4:\n\tcbz %[tl], 3f\n\t" QC_DTAIL                              \
                          "3:\n\tst1 {v16.4s-v19.4s}, [%[t]], #64\n\t"                  \
                          "st1 {v20.4s-v23.4s}, [%[t]], #64\n\t"                         \
                          "st1 {v24.4s-v27.4s}, [%[t]], #64\n\t"                         \
                          "st1 {v28.4s-v31.4s}, [%[t]], #64\n\t"                         \
                          : [p0] "+r"(p0), [p1] "+r"(p1), [p2] "+r"(p2), [p3] "+r"(p3), \
                            [w] "+r"(w), [n] "+r"(qc_pairs), [t] "+r"(qc_t)             \
-                         : [odd] "r"(qc_odd)                                           \
+                         : [odd] "r"(qc_odd), [tl] "r"(qc_tl), [bk] "r"(qc_bk), [ix] "r"(qc_ix) \
                          : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", \
-                           "v10", "v11", "v16", "v17", "v18", "v19", "v20", "v21", "v22", \
-                           "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31", \
-                           "memory", "cc");                                            \
+                           "v10", "v11", "v12", "v16", "v17", "v18", "v19", "v20", "v21", \
+                           "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", \
+                           "v31", "memory", "cc");                                     \
     } while (0)
 #endif
 
@@ -124,7 +138,8 @@
 /* Rows m .. m+MR-1 x the panel at wp (NG groups of 4 columns, cols of them valid). MR and NG
    are constants at every call, so the unused accumulators and branches fold away. */
 QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, int lda,
-                           const int8_t *wp, const struct qc_ep_ctx *cin, int m, int n, int cols)
+                           const int8_t *wp, const struct qc_ep_ctx *cin, int m, int n, int cols,
+                           const uint8_t *ix)
 {
     const struct qc_ep_ctx cl = *cin, *c = &cl;   /* a local copy: stays in registers */
     const int full = K & ~15;
@@ -136,11 +151,12 @@ QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, i
     const int8_t *p0 = A + (size_t)m * (size_t)lda, *p1 = p0 + lda, *p2 = p1 + lda;
     const int8_t *p3 = p2 + lda;
     int k;
+    (void)ix;
 #if defined(QC_DOT_ASM)
     if (MR == 4 && NG == 4 && full) {
         int32_t t[64];
-        QC_DOT_ASM(full >> 4, t);
-        if (K == full && cols == 16 && c->mode == QC_OUT_I32) {   /* 4 LD1 + 4 ST1 */
+        QC_DOT_ASM(full >> 4, K - full, ix, t);
+        if (cols == 16 && c->mode == QC_OUT_I32) {   /* 4 LD1 + 4 ST1 */
             int32_t *o = (int32_t *)c->out + (size_t)m * (size_t)c->ldo + (size_t)n;
             const size_t ldo = (size_t)c->ldo;
             vst1q_s32_x4(o, vld1q_s32_x4(t));
@@ -149,14 +165,8 @@ QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, i
             vst1q_s32_x4(o + 3 * ldo, vld1q_s32_x4(t + 48));
             return;
         }
-        if (K == full) {
-            qc_ep_tile(c, t, 16, 4, cols, m, n);
-            return;
-        }
-        c00 = vld1q_s32(t); c01 = vld1q_s32(t + 4); c02 = vld1q_s32(t + 8); c03 = vld1q_s32(t + 12);
-        c10 = vld1q_s32(t + 16); c11 = vld1q_s32(t + 20); c12 = vld1q_s32(t + 24); c13 = vld1q_s32(t + 28);
-        c20 = vld1q_s32(t + 32); c21 = vld1q_s32(t + 36); c22 = vld1q_s32(t + 40); c23 = vld1q_s32(t + 44);
-        c30 = vld1q_s32(t + 48); c31 = vld1q_s32(t + 52); c32 = vld1q_s32(t + 56); c33 = vld1q_s32(t + 60);
+        qc_ep_tile(c, t, 16, 4, cols, m, n);
+        return;
     } else
 #endif
     {
@@ -180,10 +190,10 @@ QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, i
 #define QC_ROWS(mr)                                                                   \
     do {                                                                              \
         switch (ng) {                                                                 \
-        case 4: qc_dot_tile(mr, 4, K, A, lda, wp, c, m, n, cols); break;              \
-        case 3: qc_dot_tile(mr, 3, K, A, lda, wp, c, m, n, cols); break;              \
-        case 2: qc_dot_tile(mr, 2, K, A, lda, wp, c, m, n, cols); break;              \
-        default: qc_dot_tile(mr, 1, K, A, lda, wp, c, m, n, cols); break;             \
+        case 4: qc_dot_tile(mr, 4, K, A, lda, wp, c, m, n, cols, ix); break;              \
+        case 3: qc_dot_tile(mr, 3, K, A, lda, wp, c, m, n, cols, ix); break;              \
+        case 2: qc_dot_tile(mr, 2, K, A, lda, wp, c, m, n, cols, ix); break;              \
+        default: qc_dot_tile(mr, 1, K, A, lda, wp, c, m, n, cols, ix); break;             \
         }                                                                             \
     } while (0)
 
@@ -191,7 +201,12 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
                     const struct qc_ep_ctx *c)
 {
     const size_t Kp = (size_t)((K + 15) & ~15);
+    const int tl = K & 15;
+    uint8_t ix[16];   /* the K tail's TBL indices (QC_DTAIL): byte i <- byte i + 16 - tl */
     int m, n;
+    for (m = 0; m < 16; ++m) {
+        ix[m] = (uint8_t)(m < tl ? m + 16 - tl : 255);
+    }
     for (n = 0; n < N; n += 16) {   /* one weight panel (16 x Kp bytes) against every row */
         const int cols = N - n < 16 ? N - n : 16, ng = (cols + 3) / 4;
         const int8_t *wp = Wp + (size_t)n * Kp;

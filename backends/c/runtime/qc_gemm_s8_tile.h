@@ -6,6 +6,7 @@
 
 #include <string.h>
 #include "qc_kernels.h"
+#include "qc_vmath.h"
 
 #if defined(__GNUC__)
 #define QC_INLINE static inline __attribute__((always_inline))
@@ -101,6 +102,8 @@ static inline float qc_ep_f32_one(const struct qc_epilogue *ep, int32_t acc, int
     } else if (ep->act == QC_ACT_CLIP) {
         v = v > ep->lo ? v : ep->lo;
         v = v < ep->hi ? v : ep->hi;
+    } else if (ep->act == QC_ACT_GELU) {
+        v = qc_geluf(v);
     }
     return v;
 }
@@ -175,6 +178,22 @@ QC_INLINE int32x4_t qc_ep_q8_vec4(const struct qc_epilogue *ep, int32x4_t v, int
 #endif
 
 #if defined(QC_VEC_NEON)
+/* GELU of 4 lanes: qc_vmath.h's vector form (the same bits as qc_geluf on each lane). */
+QC_INLINE float32x4_t qc_gelu4(float32x4_t f)
+{
+#if defined(QC_VM_NEON)
+    return qc_vgelu(f);
+#else
+    float t[4];
+    int j;
+    vst1q_f32(t, f);
+    for (j = 0; j < 4; ++j) {
+        t[j] = qc_geluf(t[j]);
+    }
+    return vld1q_f32(t);
+#endif
+}
+
 /* The epilogue of columns n..n+3 of row m, all four valid, from a register. */
 QC_INLINE void qc_ep_vec4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n)
 {
@@ -196,6 +215,8 @@ QC_INLINE void qc_ep_vec4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n)
             f = vmaxnmq_f32(f, vdupq_n_f32(0.0f));
         } else if (ep->act == QC_ACT_CLIP) {
             f = vminnmq_f32(vmaxnmq_f32(f, vdupq_n_f32(ep->lo)), vdupq_n_f32(ep->hi));
+        } else if (ep->act == QC_ACT_GELU) {
+            f = qc_gelu4(f);
         }
         vst1q_f32((float *)c->out + at, f);
     } else {
@@ -220,11 +241,75 @@ QC_INLINE void qc_ep_part4(const struct qc_ep_ctx *c, int32x4_t v, int m, int n,
 #endif
 
 #if defined(QC_VEC_NEON)
+/* One output vector of the float32 epilogue: row r of the 4 columns at t / o. */
+#define QC_EPF_ROW(r, STEP)                                                                \
+    do {                                                                                  \
+        float32x4_t f = vmulq_f32(vcvtq_f32_s32(vaddq_s32(vld1q_s32(t + (r) * ld), b)), s); \
+        STEP;                                                                             \
+        vst1q_f32(o + (size_t)(r) * ldo, f);                                              \
+    } while (0)
+/* Every 4-column group, rows unrolled when there are 4 (the register tile's height). */
+#define QC_EPF_GROUPS(STEP)                                                               \
+    for (j = 0; j < cols4; j += 4) {                                                      \
+        const int32x4_t b = bias ? vld1q_s32(bias + j) : vdupq_n_s32(0);                  \
+        const float32x4_t s = pc ? vld1q_f32(scale + j) : s0;                             \
+        const float32x4_t fb = fbias ? vld1q_f32(fbias + j) : vdupq_n_f32(0.0f);          \
+        const int32_t *t = tile + j;                                                      \
+        float *o = out + j;                                                               \
+        (void)fb;                                                                         \
+        if (rows == 4) {                                                                  \
+            QC_EPF_ROW(0, STEP); QC_EPF_ROW(1, STEP); QC_EPF_ROW(2, STEP); QC_EPF_ROW(3, STEP); \
+        } else {                                                                          \
+            for (r = 0; r < rows; ++r) {                                                  \
+                QC_EPF_ROW(r, STEP);                                                      \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+/* The float32 epilogue of rows x cols4 (a multiple of 4, all valid) of an int32 tile at (m, n):
+   the epilogue's fields read once into locals (the stores could alias *ep as far as the
+   compiler knows), one loop nest per (fbias, activation) so no test runs per vector and the
+   GELU constants load only for GELU. x + 0.0f would turn -0.0f into +0.0f: no fbias, no add. */
+QC_INLINE void qc_ep_f32_tile(const struct qc_ep_ctx *c, const int32_t *tile, int ld, int rows,
+                              int cols4, int m, int n)
+{
+    const struct qc_epilogue *ep = c->ep;
+    const int pc = ep->per_channel, act = ep->act;
+    const int32_t *bias = ep->bias ? ep->bias + n : NULL;
+    const float *scale = ep->scale + (pc ? n : 0);
+    const float *fbias = ep->fbias ? ep->fbias + n : NULL;
+    const float32x4_t s0 = vdupq_n_f32(scale[0]);
+    const float32x4_t lo = vdupq_n_f32(act == QC_ACT_CLIP ? ep->lo : 0.0f);
+    const float32x4_t hi = vdupq_n_f32(act == QC_ACT_CLIP ? ep->hi : INFINITY);
+    const size_t ldo = (size_t)c->ldo;
+    float *out = (float *)c->out + (size_t)m * ldo + (size_t)n;
+    int j, r;
+    if (fbias) {
+        if (act == QC_ACT_NONE) {
+            QC_EPF_GROUPS(f = vaddq_f32(f, fb))
+        } else if (act == QC_ACT_GELU) {
+            QC_EPF_GROUPS(f = qc_gelu4(vaddq_f32(f, fb)))
+        } else {
+            QC_EPF_GROUPS(f = vminnmq_f32(vmaxnmq_f32(vaddq_f32(f, fb), lo), hi))
+        }
+    } else if (act == QC_ACT_NONE) {
+        QC_EPF_GROUPS((void)0)
+    } else if (act == QC_ACT_GELU) {
+        QC_EPF_GROUPS(f = qc_gelu4(f))
+    } else {
+        QC_EPF_GROUPS(f = vminnmq_f32(vmaxnmq_f32(f, lo), hi))
+    }
+}
+#undef QC_EPF_GROUPS
+#undef QC_EPF_ROW
+#endif
+
+#if defined(QC_VEC_NEON)
 /* The epilogue of rows x 4 columns n..n+3 (all valid) of an int32 tile, column group outer:
    the per-column parameters are loaded once for all rows, into locals (the output stores
    could alias *ep as far as the compiler knows). */
-static inline void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, int ld,
-                               int rows, int m, int n)
+QC_INLINE void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, int ld,
+                            int rows, int m, int n)
 {
     const struct qc_epilogue *ep = c->ep;
     const size_t ldo = (size_t)c->ldo;
@@ -235,26 +320,7 @@ static inline void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, i
             vst1q_s32(o, vld1q_s32(tile + r * ld));
         }
     } else if (c->mode == QC_OUT_F32) {
-        const int32x4_t b = ep->bias ? vld1q_s32(ep->bias + n) : vdupq_n_s32(0);
-        const float32x4_t s = ep->per_channel ? vld1q_f32(ep->scale + n) : vdupq_n_f32(ep->scale[0]);
-        const int has_fb = ep->fbias != NULL, act = ep->act;
-        const float32x4_t fb = has_fb ? vld1q_f32(ep->fbias + n) : vdupq_n_f32(0.0f);
-        const float32x4_t lo = vdupq_n_f32(act == QC_ACT_CLIP ? ep->lo : 0.0f);
-        const float32x4_t hi = vdupq_n_f32(ep->hi);
-        float *o = (float *)c->out + (size_t)m * ldo + (size_t)n;
-        for (r = 0; r < rows; ++r, o += ldo) {
-            float32x4_t f = vmulq_f32(vcvtq_f32_s32(vaddq_s32(vld1q_s32(tile + r * ld), b)), s);
-            if (has_fb) {   /* x + 0.0f would turn -0.0f into +0.0f */
-                f = vaddq_f32(f, fb);
-            }
-            if (act != QC_ACT_NONE) {
-                f = vmaxnmq_f32(f, lo);
-            }
-            if (act == QC_ACT_CLIP) {
-                f = vminnmq_f32(f, hi);
-            }
-            vst1q_f32(o, f);
-        }
+        qc_ep_f32_tile(c, tile, ld, rows, 4, m, n);
     } else {
         const int32x4_t b = ep->bias ? vld1q_s32(ep->bias + n) : vdupq_n_s32(0);
         const int32x4_t mu = ep->per_channel ? vld1q_s32(ep->mult + n) : vdupq_n_s32(ep->mult[0]);
@@ -271,11 +337,15 @@ static inline void qc_ep_group(const struct qc_ep_ctx *c, const int32_t *tile, i
 #endif
 
 /* The epilogue of the valid rows x cols part of an int32 tile (row stride ld) at (m, n). */
-static inline void qc_ep_tile(const struct qc_ep_ctx *c, const int32_t *tile, int ld, int rows,
-                              int cols, int m, int n)
+QC_INLINE void qc_ep_tile(const struct qc_ep_ctx *c, const int32_t *tile, int ld, int rows,
+                           int cols, int m, int n)
 {
     int r, j = 0;
 #if defined(QC_VEC_NEON)
+    if (c->mode == QC_OUT_F32) {
+        j = cols & ~3;
+        qc_ep_f32_tile(c, tile, ld, rows, j, m, n);
+    }
     for (; j + 4 <= cols; j += 4) {
         qc_ep_group(c, tile + j, ld, rows, m, n + j);
     }

@@ -78,7 +78,8 @@ void qc_dequantize_u8(size_t n, const uint8_t *x, float scale, int32_t zp, float
    default to "off". Slicing for a thread pool (no kernel change): rows [m0, m1) = A + m0 * lda,
    out + m0 * ldo, M = m1 - m0; columns [n0, n1) with n0 a multiple of qc_gemm_s8_panel() =
    N = n1 - n0, Wp + qc_gemm_s8_wp_offset(n0, K), out + n0 and qc_epilogue_slice(ep, n0). */
-enum qc_act { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_CLIP = 2 };
+/* QC_ACT_GELU: GELU, erf form, qc_vmath.h's qc_vgelu / qc_geluf (the bits of qc_unary_f32 QC_GELU) */
+enum qc_act { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_CLIP = 2, QC_ACT_GELU = 3 };
 
 struct qc_epilogue {
     const int32_t *bias;                 /* [N] int32 added to the sums, or NULL */

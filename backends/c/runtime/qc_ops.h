@@ -191,5 +191,12 @@ void qc_rope_f32(int n0, int n1, int n2, int D, const float *x, const int *xs, c
  * floats, bias: n floats or NULL); y may be a or b. NEON / Helium / plain C give the same bits. */
 void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const float *b,
                           const float *scale, const float *bias, float *y);
+/* qc.SiLUMul (fuse-silu-mul, a SwiGLU MLP's gate): y = (silu(g) * u) * c over rows of n floats,
+ * c: n floats or NULL (then y = silu(g) * u); the unfused SiLU, Mul, Mul's bits. y may be g or u. */
+void qc_silu_mul_f32(int outer, int n, const float *g, const float *u, const float *c, float *y);
+/* qc.AddRMSNormalization (fuse-add-rmsnorm): s = a + b, y = RMSNormalization(s) (scale: n floats)
+ * over rows of n floats; the bits of an Add then qc_rmsnorm_f32. s may be a or b, y neither. */
+void qc_add_rmsnorm_f32(int outer, int n, float eps, const float *a, const float *b, const float *scale,
+                        float *s, float *y);
 
 #endif

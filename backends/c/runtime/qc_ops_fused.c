@@ -87,3 +87,61 @@ void qc_add_layernorm_f32(int outer, int n, float eps, const float *a, const flo
         }
     }
 }
+
+void qc_silu_mul_f32(int outer, int n, const float *g, const float *u, const float *c, float *y)
+{
+    int o, i;
+    for (o = 0; o < outer; ++o, g += n, u += n, y += n) {
+        i = 0;
+#if defined(QC_FUSED_NEON)
+        for (; i + 4 <= n; i += 4) {
+            float32x4_t t = vmulq_f32(qc_vsilu(vld1q_f32(g + i)), vld1q_f32(u + i));
+            vst1q_f32(y + i, c ? vmulq_f32(t, vld1q_f32(c + i)) : t);
+        }
+#endif
+        for (; i < n; ++i) {
+            float t = qc_siluf(g[i]) * u[i];
+            y[i] = c ? t * c[i] : t;
+        }
+    }
+}
+
+void qc_add_rmsnorm_f32(int outer, int n, float eps, const float *a, const float *b, const float *scale,
+                        float *s, float *y)
+{
+    int o, i;
+    for (o = 0; o < outer; ++o, a += n, b += n, s += n, y += n) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, t, inv;
+        i = 0;
+#if defined(QC_FUSED_NEON)
+        {
+            float32x4_t s4 = vdupq_n_f32(0.0f);
+            for (; i + 4 <= n; i += 4) {
+                float32x4_t v = vaddq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
+                vst1q_f32(s + i, v);
+                s4 = vfmaq_f32(s4, v, v);
+            }
+            vst1q_f32(acc, s4);
+        }
+#else
+        for (; i + 4 <= n; i += 4) {
+            int j;
+            for (j = 0; j < 4; ++j) {
+                s[i + j] = a[i + j] + b[i + j];
+                acc[j] = fmaf(s[i + j], s[i + j], acc[j]);
+            }
+        }
+#endif
+        t = qc_lanes_sum(acc);   /* then the tail in order: qc_row_sum's order */
+        for (; i < n; ++i) {
+            s[i] = a[i] + b[i];
+            t = fmaf(s[i], s[i], t);
+        }
+        inv = 1.0f / sqrtf(t / (float)n + eps);
+        i = 0;
+#if defined(QC_FUSED_NEON)
+        for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vmulq_f32(vmulq_n_f32(vld1q_f32(s + i), inv), vld1q_f32(scale + i)));
+#endif
+        for (; i < n; ++i) y[i] = s[i] * inv * scale[i];
+    }
+}
