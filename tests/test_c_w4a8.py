@@ -135,7 +135,8 @@ def test_w4a8_kernels_bit_exact_with_numpy(kind, build_cpu, variant, run_cpus, t
     toolchain.require_tools(kind)
     drv = tmp_path / "w4a8_driver.c"
     drv.write_text(DRIVER)
-    exe = toolchain.build([drv, *SOURCES, *sorted(toolchain.RUNTIME.glob("qc_gemm_s8*.c"))], tmp_path / f"drv-{variant}", kind,
+    gemm_s8 = sorted(toolchain.RUNTIME.glob("qc_gemm_s8*.c"))  # the entry points and every variant file
+    exe = toolchain.build([drv, *SOURCES, *gemm_s8], tmp_path / f"drv-{variant}", kind,
                           build_cpu, extra_flags=packing.variant_macros(variant))
     data, wants = _cases(variant)
     (tmp_path / "in").write_bytes(data)
