@@ -104,12 +104,19 @@ def test_ort_arm_matches_host_and_is_stable(tmp_path):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ref = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    a = arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=2, work=tmp_path / "a",
-                            optimized=tmp_path / "opt.onnx")
+    a = arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=2, work=tmp_path / "a")
     b = arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=2, work=tmp_path / "b")
     np.testing.assert_allclose(a["outputs"][0], ref, rtol=1e-5, atol=1e-5)
-    assert a["per_inference"] == b["per_inference"] and a["per_inference"]["total"] > 1000
+    # the arithmetic is the same instruction for instruction; the total is not: on a loaded CI
+    # machine two processes differed by 252 of 21,991 instructions, all loads/stores and branches
+    # (onnxruntime's helper threads start beside the measured run, so its bookkeeping varies)
+    pa, pb = a["per_inference"], b["per_inference"]
+    assert all(pa["classes"][k] == pb["classes"][k] for k in ("dot", "mmla", "fmla_vec", "fmadd_scalar")), (pa, pb)
+    assert abs(pa["total"] - pb["total"]) <= 0.02 * pa["total"] and pa["total"] > 1000, (pa, pb)
     assert a["per_inference"]["classes"]["fmla_vec"] > 0
+    # saving the optimized model changes the heap that the measured run's allocations walk, so its
+    # count is not compared with a and b; the model it saves is what this run checks
+    arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=1, work=tmp_path / "s", optimized=tmp_path / "opt.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert "MatMul" not in ops and ("Gemm" in ops or "FusedMatMul" in ops or "FusedGemm" in ops), ops
     arm_speed.ort_model(model, {"x": x}, [("y", ref)], runs=1, work=tmp_path / "c", optimized=tmp_path / "o0.onnx",
