@@ -495,10 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     ap.add_argument("--model", help="side by side: minilm-l6, smollm2-135m or PATH.onnx")
     ap.add_argument("--seq", type=int, default=128, help="--model minilm-l6 / smollm2-135m: tokens (default 128)")
-    ap.add_argument("--shape", help="--model PATH.onnx: NAME=1x3x224x224,...")
+    ap.add_argument("--shape", action="append", default=[],
+                    help="--model PATH.onnx: NAME=1x3x224x224,...; with --suite one per --cnn, in order")
     ap.add_argument("--suite", action="store_true", help="the acceptance rows: MiniLM 1x128, 1x16, SmolLM2 1x32 "
                     "(and --cnn PATH.onnx --shape ...), markdown tables")
-    ap.add_argument("--cnn", type=Path, help="--suite: also this ONNX (with --shape)")
+    ap.add_argument("--cnn", type=Path, action="append", default=[],
+                    help="--suite: also this ONNX (repeatable, each with its --shape)")
     ap.add_argument("--variants", help="comma list (default all): ort-fp32, " + ", ".join(
         ["ort-dynamic", "ort-dynamic-matmul", "ort-static-s8s8", "ort-static-s8s8-matmul"]) + ", ort-qc-onnx, qc-c")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "armbench",
@@ -510,10 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.fetch:
         print(_ort_arm().fetch())
     if args.model or args.suite:
-        rows = [(args.model, args.seq if not args.model.endswith(".onnx") else _parse_shapes(args.shape))] \
+        if args.model and args.model.endswith(".onnx") and len(args.shape) != 1:
+            ap.error("--model PATH.onnx needs one --shape NAME=DIMS,...")
+        if args.suite and len(args.cnn) != len(args.shape):
+            ap.error(f"--suite: give one --shape per --cnn ({len(args.cnn)} --cnn, {len(args.shape)} --shape)")
+        rows = [(args.model, args.seq if not args.model.endswith(".onnx") else _parse_shapes(args.shape[0]))] \
             if args.model else list(SUITE)
-        if args.suite and args.cnn:
-            rows.append((str(args.cnn), _parse_shapes(args.shape)))
+        if args.suite:
+            rows += [(str(cnn), _parse_shapes(shape)) for cnn, shape in zip(args.cnn, args.shape)]
         results = []
         for model, shape in rows:
             res = bench(model, shape, args.work, check_marks=not args.no_marks_check,
