@@ -210,8 +210,17 @@ void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const 
                         float *scratch)
 {
 #if defined(QC_OUTL_NEON)
-    if (bias == NULL && act == QC_OUTL_NONE) {  /* the plain accumulate, without the epilogue's tests */
-        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, QC_OUTL_NONE, y, scratch);
+    /* one copy per epilogue, with no test of bias / act per vector */
+    if (bias == NULL) {
+        if (act == QC_OUTL_NONE) {
+            qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, QC_OUTL_NONE, y, scratch);
+        } else {
+            qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, act, y, scratch);
+        }
+    } else if (act == QC_OUTL_NONE) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_NONE, y, scratch);
+    } else if (act == QC_OUTL_GELU) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_GELU, y, scratch);
     } else {
         qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, act, y, scratch);
     }
