@@ -16,12 +16,14 @@ are consumed; the Gather and the first Cast too when every reader of them is suc
 (q, k and v share them).
 
 The model's own bias Add and GELU after the split MatMul (MiniLM's dense layers; the int8 GEMM's
-epilogue cannot take them, the outlier Add sits in between) run in the same pass when each is the
-only reader of the value before it (none a graph output)::
+epilogue cannot take them, the outlier Add sits in between) and a Mul by N constants after those
+(smooth-quant's scale of the next MatMul's input) run in the same pass, in this order, each
+optional and the only reader of the value before it (none a graph output)::
 
     %y = onnx.Add(%y.rest, %y.outliers)
-    %yb = onnx.Add(%y, @b)                    ->  qc_outlier_acc_f16(..., b, QC_OUTL_GELU, %g)
-    %g = onnx.Gelu(%yb) {approximate = "none"}    : b [N] float32; Gelu erf or tanh (onnx or qc)
+    %yb = onnx.Add(%y, @b)                        ->  qc_outlier_acc_f16(..., b, QC_OUTL_GELU, s, %gs)
+    %g = onnx.Gelu(%yb) {approximate = "none"}        : b, s [N] float32; Gelu erf or tanh (onnx or qc)
+    %gs = onnx.Mul(%g, @s)
 
 The kernel writes the last folded result, into y.rest's buffer when y.rest has no other reader.
 """
@@ -53,10 +55,12 @@ class OutlierUnit:
     bias: Value | None = None      # b: N float32 values
     gelu: Op | None = None         # the Gelu after it (or after the chain's Add)
     act: str = "QC_OUTL_NONE"
+    scale_mul: Op | None = None    # Mul(., s) last (smooth-quant's scale of the next layer's input)
+    scale: Value | None = None     # s: N float32 values
 
     @property
     def tail(self) -> list[Op]:
-        return [o for o in (self.bias_add, self.gelu) if o is not None]
+        return [o for o in (self.bias_add, self.gelu, self.scale_mul) if o is not None]
 
 
 def _producer(v: Value | None, op_type: str) -> Op | None:
@@ -81,26 +85,46 @@ def _next(v: Value, outputs: set[int]) -> Op | None:
 _GELU = {"none": "QC_OUTL_GELU", "tanh": "QC_OUTL_GELU_TANH"}
 
 
+def _vector_operand(lw: Lowering, op: Op, y: Value, n: int) -> Value | None:
+    """op's other operand when it is a float32 constant of n values along the last axis of y."""
+    b = op.operands[1] if op.operands[0] is y else op.operands[0]
+    bs = tuple(b.const.shape) if b is not None and b.const is not None else ()
+    shape = lw.shape(y)
+    if bs and b.const.dtype == DType.f32 and math.prod(bs) == n and bs[-1] == n and len(bs) <= len(shape) \
+            and lw.shape(op.results[0]) == shape:
+        return b
+    return None
+
+
+def _is(op: Op | None, op_type: str, lw: Lowering) -> bool:
+    return op is not None and op.domain in ("", "ai.onnx") and op.op_type == op_type and id(op) not in lw.consumed
+
+
 def _with_tail(lw: Lowering, add: Op, unit: OutlierUnit, outputs: set[int]) -> OutlierUnit:
-    """unit with the bias Add (a float32 constant of N values along the last axis) and / or the
-    Gelu that follow its Add, each the only reader of the value before it."""
+    """unit with the bias Add, the Gelu and the Mul (a float32 constant of N values along the last
+    axis, e.g. smooth-quant's scale) that follow its Add, in this order, each optional and the
+    only reader of the value before it."""
     y = add.results[0]
     shape, n = lw.shape(y), lw.shape(y)[-1]
     nxt = _next(y, outputs)
-    bias_add, bias, gelu, act = None, None, None, "QC_OUTL_NONE"
-    if nxt is not None and nxt.domain in ("", "ai.onnx") and nxt.op_type == "Add" and id(nxt) not in lw.consumed:
-        b = nxt.operands[1] if nxt.operands[0] is y else nxt.operands[0]
-        bs = tuple(b.const.shape) if b is not None and b.const is not None else ()
-        if bs and b.const.dtype == DType.f32 and math.prod(bs) == n and bs[-1] == n and len(bs) <= len(shape) \
-                and lw.shape(nxt.results[0]) == shape:
-            bias_add, bias = nxt, b
+    fields: dict = {}
+    if _is(nxt, "Add", lw) and nxt is not None:
+        b = _vector_operand(lw, nxt, y, n)
+        if b is not None:
+            fields.update(bias_add=nxt, bias=b)
             y = nxt.results[0]
             nxt = _next(y, outputs)
     if nxt is not None and nxt.op_type == "Gelu" and nxt.domain in ("", "ai.onnx", "qc") \
             and str_attr(nxt, "approximate", "none") in _GELU and id(nxt) not in lw.consumed \
             and lw.shape(nxt.results[0]) == shape and lw.dtype(nxt.results[0]) == DType.f32:
-        gelu, act = nxt, _GELU[str_attr(nxt, "approximate", "none")]
-    return replace(unit, bias_add=bias_add, bias=bias, gelu=gelu, act=act)
+        fields.update(gelu=nxt, act=_GELU[str_attr(nxt, "approximate", "none")])
+        y = nxt.results[0]
+        nxt = _next(y, outputs)
+    if _is(nxt, "Mul", lw) and nxt is not None:
+        s = _vector_operand(lw, nxt, y, n)
+        if s is not None:
+            fields.update(scale_mul=nxt, scale=s)
+    return replace(unit, **fields)
 
 
 def _match(lw: Lowering, add: Op, outputs: set[int]) -> OutlierUnit | None:
@@ -188,8 +212,10 @@ def _lower(lw: Lowering, add: Op, u: OutlierUnit) -> None:
     w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # exact: no conversion per row of x
     scratch = lw.scratch(DType.f32, 4 * int(u.cols.size))
     bias = Ptr(lw.buf(u.bias)) if u.bias is not None else Raw("NULL")
+    scale = Ptr(lw.buf(u.scale)) if u.scale is not None else Raw("NULL")
     label = "outlier acc f16" + (" + bias" if u.bias is not None else "") \
-        + {"QC_OUTL_NONE": "", "QC_OUTL_GELU": " + gelu", "QC_OUTL_GELU_TANH": " + gelu_tanh"}[u.act]
+        + {"QC_OUTL_NONE": "", "QC_OUTL_GELU": " + gelu", "QC_OUTL_GELU_TANH": " + gelu_tanh"}[u.act] \
+        + (" * scale" if u.scale is not None else "")
     lw.call(add, "qc_outlier_acc_f16", [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
-                                        Ptr(w32), Ptr(rest), bias, Raw(u.act), Ptr(y, const=False),
-                                        Ptr(scratch, const=False)], label)
+                                        Ptr(w32), Ptr(rest), bias, Raw(u.act), scale,
+                                        Ptr(y, const=False), Ptr(scratch, const=False)], label)

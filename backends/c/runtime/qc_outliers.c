@@ -34,9 +34,9 @@ static float qc_outl_one(int ncols, const float *a, int as, const float *W, int 
 /* f32 -> binary16 (round to nearest even) -> f32, four lanes */
 QC_OUTL_INLINE float32x4_t qc_outl_round16(float32x4_t v) { return vcvt_f32_f16(vcvt_f16_f32(v)); }
 
-/* four outputs: act(y_in + f32(f16(c)) (+ b)); b is read only when has_bias */
+/* four outputs: act(y_in + f32(f16(c)) (+ b)) (* s); b is read only when has_bias, s when sc */
 QC_OUTL_INLINE void qc_outl_put(float32x4_t c, const float *yi, int has_bias, float32x4_t b, int act,
-                                float *yo)
+                                const float *sc, float *yo)
 {
     float32x4_t v = vaddq_f32(vld1q_f32(yi), qc_outl_round16(c));
     if (has_bias) {
@@ -47,12 +47,16 @@ QC_OUTL_INLINE void qc_outl_put(float32x4_t c, const float *yi, int has_bias, fl
     } else if (act == QC_OUTL_GELU_TANH) {
         v = qc_vgelu_tanh(v);
     }
+    if (sc != NULL) {
+        v = vmulq_f32(v, vld1q_f32(sc));
+    }
     vst1q_f32(yo, v);
 }
 
-QC_OUTL_INLINE float qc_outl_act1(float v, int act)
+QC_OUTL_INLINE float qc_outl_act1(float v, int act, const float *scale, int n)
 {
-    return act == QC_OUTL_GELU ? qc_geluf(v) : act == QC_OUTL_GELU_TANH ? qc_gelu_tanhf(v) : v;
+    v = act == QC_OUTL_GELU ? qc_geluf(v) : act == QC_OUTL_GELU_TANH ? qc_gelu_tanhf(v) : v;
+    return scale != NULL ? v * scale[n] : v;
 }
 
 /* Products of two binary16 values are exact in float32, so each FMLA adds exactly the product
@@ -62,7 +66,7 @@ QC_OUTL_INLINE float qc_outl_act1(float v, int act)
 /* Rows m .. m+3: a holds their rounded outlier values interleaved, a[4 k + r]. 4 x 16 tiles (one
    64-byte load of W and one of a per k, 16 lane-indexed FMLAs), then 4 x 4, then scalar. */
 QC_OUTL_INLINE void qc_outl_rows4(int N, int ncols, const float *a, const float *W, const float *y_in,
-                                  const float *bias, int act, float *y)
+                                  const float *bias, int act, const float *scale, float *y)
 {
     const float *yi0 = y_in, *yi1 = y_in + N, *yi2 = y_in + 2 * (size_t)N, *yi3 = y_in + 3 * (size_t)N;
     float *yo0 = y, *yo1 = y + N, *yo2 = y + 2 * (size_t)N, *yo3 = y + 3 * (size_t)N;
@@ -98,22 +102,22 @@ QC_OUTL_INLINE void qc_outl_rows4(int N, int ncols, const float *a, const float 
             const float32x4x4_t bv = vld1q_f32_x4(bias + n);
             b0 = bv.val[0], b1 = bv.val[1], b2 = bv.val[2], b3 = bv.val[3];
         }
-        qc_outl_put(c00, yi0 + n, hb, b0, act, yo0 + n);
-        qc_outl_put(c01, yi0 + n + 4, hb, b1, act, yo0 + n + 4);
-        qc_outl_put(c02, yi0 + n + 8, hb, b2, act, yo0 + n + 8);
-        qc_outl_put(c03, yi0 + n + 12, hb, b3, act, yo0 + n + 12);
-        qc_outl_put(c10, yi1 + n, hb, b0, act, yo1 + n);
-        qc_outl_put(c11, yi1 + n + 4, hb, b1, act, yo1 + n + 4);
-        qc_outl_put(c12, yi1 + n + 8, hb, b2, act, yo1 + n + 8);
-        qc_outl_put(c13, yi1 + n + 12, hb, b3, act, yo1 + n + 12);
-        qc_outl_put(c20, yi2 + n, hb, b0, act, yo2 + n);
-        qc_outl_put(c21, yi2 + n + 4, hb, b1, act, yo2 + n + 4);
-        qc_outl_put(c22, yi2 + n + 8, hb, b2, act, yo2 + n + 8);
-        qc_outl_put(c23, yi2 + n + 12, hb, b3, act, yo2 + n + 12);
-        qc_outl_put(c30, yi3 + n, hb, b0, act, yo3 + n);
-        qc_outl_put(c31, yi3 + n + 4, hb, b1, act, yo3 + n + 4);
-        qc_outl_put(c32, yi3 + n + 8, hb, b2, act, yo3 + n + 8);
-        qc_outl_put(c33, yi3 + n + 12, hb, b3, act, yo3 + n + 12);
+        qc_outl_put(c00, yi0 + n, hb, b0, act, scale ? scale + n : NULL, yo0 + n);
+        qc_outl_put(c01, yi0 + n + 4, hb, b1, act, scale ? scale + n + 4 : NULL, yo0 + n + 4);
+        qc_outl_put(c02, yi0 + n + 8, hb, b2, act, scale ? scale + n + 8 : NULL, yo0 + n + 8);
+        qc_outl_put(c03, yi0 + n + 12, hb, b3, act, scale ? scale + n + 12 : NULL, yo0 + n + 12);
+        qc_outl_put(c10, yi1 + n, hb, b0, act, scale ? scale + n : NULL, yo1 + n);
+        qc_outl_put(c11, yi1 + n + 4, hb, b1, act, scale ? scale + n + 4 : NULL, yo1 + n + 4);
+        qc_outl_put(c12, yi1 + n + 8, hb, b2, act, scale ? scale + n + 8 : NULL, yo1 + n + 8);
+        qc_outl_put(c13, yi1 + n + 12, hb, b3, act, scale ? scale + n + 12 : NULL, yo1 + n + 12);
+        qc_outl_put(c20, yi2 + n, hb, b0, act, scale ? scale + n : NULL, yo2 + n);
+        qc_outl_put(c21, yi2 + n + 4, hb, b1, act, scale ? scale + n + 4 : NULL, yo2 + n + 4);
+        qc_outl_put(c22, yi2 + n + 8, hb, b2, act, scale ? scale + n + 8 : NULL, yo2 + n + 8);
+        qc_outl_put(c23, yi2 + n + 12, hb, b3, act, scale ? scale + n + 12 : NULL, yo2 + n + 12);
+        qc_outl_put(c30, yi3 + n, hb, b0, act, scale ? scale + n : NULL, yo3 + n);
+        qc_outl_put(c31, yi3 + n + 4, hb, b1, act, scale ? scale + n + 4 : NULL, yo3 + n + 4);
+        qc_outl_put(c32, yi3 + n + 8, hb, b2, act, scale ? scale + n + 8 : NULL, yo3 + n + 8);
+        qc_outl_put(c33, yi3 + n + 12, hb, b3, act, scale ? scale + n + 12 : NULL, yo3 + n + 12);
     }
     for (; n + 4 <= N; n += 4) {
         float32x4_t c0 = z, c1 = z, c2 = z, c3 = z;
@@ -125,22 +129,22 @@ QC_OUTL_INLINE void qc_outl_rows4(int N, int ncols, const float *a, const float 
             c2 = vfmaq_laneq_f32(c2, wv, av, 2);
             c3 = vfmaq_laneq_f32(c3, wv, av, 3);
         }
-        qc_outl_put(c0, yi0 + n, hb, b, act, yo0 + n);
-        qc_outl_put(c1, yi1 + n, hb, b, act, yo1 + n);
-        qc_outl_put(c2, yi2 + n, hb, b, act, yo2 + n);
-        qc_outl_put(c3, yi3 + n, hb, b, act, yo3 + n);
+        qc_outl_put(c0, yi0 + n, hb, b, act, scale ? scale + n : NULL, yo0 + n);
+        qc_outl_put(c1, yi1 + n, hb, b, act, scale ? scale + n : NULL, yo1 + n);
+        qc_outl_put(c2, yi2 + n, hb, b, act, scale ? scale + n : NULL, yo2 + n);
+        qc_outl_put(c3, yi3 + n, hb, b, act, scale ? scale + n : NULL, yo3 + n);
     }
     for (; n < N; ++n) {
         for (r = 0; r < 4; ++r) {
             const size_t at = (size_t)r * N + n;
-            y[at] = qc_outl_act1(qc_outl_one(ncols, a + r, 4, W, N, n, y_in[at], bias), act);
+            y[at] = qc_outl_act1(qc_outl_one(ncols, a + r, 4, W, N, n, y_in[at], bias), act, scale, n);
         }
     }
 }
 
 /* One row: a holds its rounded outlier values. 1 x 16 tiles, 1 x 4, then scalar. */
 QC_OUTL_INLINE void qc_outl_row1(int N, int ncols, const float *a, const float *W, const float *yi,
-                                 const float *bias, int act, float *yo)
+                                 const float *bias, int act, const float *scale, float *yo)
 {
     const int hb = bias != NULL;
     const float32x4_t z = vdupq_n_f32(0.0f);
@@ -160,26 +164,26 @@ QC_OUTL_INLINE void qc_outl_row1(int N, int ncols, const float *a, const float *
             const float32x4x4_t bv = vld1q_f32_x4(bias + n);
             b0 = bv.val[0], b1 = bv.val[1], b2 = bv.val[2], b3 = bv.val[3];
         }
-        qc_outl_put(c0, yi + n, hb, b0, act, yo + n);
-        qc_outl_put(c1, yi + n + 4, hb, b1, act, yo + n + 4);
-        qc_outl_put(c2, yi + n + 8, hb, b2, act, yo + n + 8);
-        qc_outl_put(c3, yi + n + 12, hb, b3, act, yo + n + 12);
+        qc_outl_put(c0, yi + n, hb, b0, act, scale ? scale + n : NULL, yo + n);
+        qc_outl_put(c1, yi + n + 4, hb, b1, act, scale ? scale + n + 4 : NULL, yo + n + 4);
+        qc_outl_put(c2, yi + n + 8, hb, b2, act, scale ? scale + n + 8 : NULL, yo + n + 8);
+        qc_outl_put(c3, yi + n + 12, hb, b3, act, scale ? scale + n + 12 : NULL, yo + n + 12);
     }
     for (; n + 4 <= N; n += 4) {
         float32x4_t c0 = z;
         for (k = 0; k < ncols; ++k) {
             c0 = vfmaq_f32(c0, vdupq_n_f32(a[k]), vld1q_f32(W + (size_t)k * N + n));
         }
-        qc_outl_put(c0, yi + n, hb, hb ? vld1q_f32(bias + n) : z, act, yo + n);
+        qc_outl_put(c0, yi + n, hb, hb ? vld1q_f32(bias + n) : z, act, scale ? scale + n : NULL, yo + n);
     }
     for (; n < N; ++n) {
-        yo[n] = qc_outl_act1(qc_outl_one(ncols, a, 1, W, N, n, yi[n], bias), act);
+        yo[n] = qc_outl_act1(qc_outl_one(ncols, a, 1, W, N, n, yi[n], bias), act, scale, n);
     }
 }
 
 QC_OUTL_INLINE void qc_outl_neon(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
-                                 const float *W, const float *y_in, const float *bias, int act, float *y,
-                                 float *a)
+                                 const float *W, const float *y_in, const float *bias, int act,
+                                 const float *scale, float *y, float *a)
 {
     int m = 0, k;
     for (; m + 4 <= M; m += 4) {
@@ -193,39 +197,38 @@ QC_OUTL_INLINE void qc_outl_neon(int M, int N, int ncols, const float *x, int ld
             v = vld1q_lane_f32(p + 3 * (size_t)ldx, v, 3);
             vst1q_f32(a + 4 * k, qc_outl_round16(v));
         }
-        qc_outl_rows4(N, ncols, a, W, y_in + at, bias, act, y + at);
+        qc_outl_rows4(N, ncols, a, W, y_in + at, bias, act, scale, y + at);
     }
     for (; m < M; ++m) {
         const float *xr = x + (size_t)m * ldx;
         for (k = 0; k < ncols; ++k) {
             a[k] = qc_f16_to_f32(qc_f32_to_f16(xr[cols[k]]));
         }
-        qc_outl_row1(N, ncols, a, W, y_in + (size_t)m * N, bias, act, y + (size_t)m * N);
+        qc_outl_row1(N, ncols, a, W, y_in + (size_t)m * N, bias, act, scale, y + (size_t)m * N);
     }
 }
 #endif
 
 void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
-                        const float *W, const float *y_in, const float *bias, int act, float *y,
-                        float *scratch)
+                        const float *W, const float *y_in, const float *bias, int act, const float *scale,
+                        float *y, float *scratch)
 {
 #if defined(QC_OUTL_NEON)
-    /* one copy per epilogue, with no test of bias / act per vector */
-    if (bias == NULL) {
-        if (act == QC_OUTL_NONE) {
-            qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, QC_OUTL_NONE, y, scratch);
-        } else {
-            qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, act, y, scratch);
-        }
-    } else if (act == QC_OUTL_NONE) {
-        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_NONE, y, scratch);
-    } else if (act == QC_OUTL_GELU) {
-        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_GELU, y, scratch);
+    /* one copy per epilogue of the models (no test of bias / act / scale per vector), one for the rest */
+    if (bias == NULL && act == QC_OUTL_NONE && scale == NULL) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, NULL, QC_OUTL_NONE, NULL, y, scratch);
+    } else if (bias != NULL && act == QC_OUTL_NONE && scale == NULL) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_NONE, NULL, y, scratch);
+    } else if (bias != NULL && act == QC_OUTL_GELU && scale != NULL) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_GELU, scale, y, scratch);
+    } else if (bias != NULL && act == QC_OUTL_GELU) {
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, QC_OUTL_GELU, NULL, y, scratch);
     } else {
-        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, act, y, scratch);
+        qc_outl_neon(M, N, ncols, x, ldx, cols, W, y_in, bias, act, scale, y, scratch);
     }
 #else
     int m, n, k;
+    size_t i;
     for (m = 0; m < M; ++m) {
         const float *xr = x + (size_t)m * ldx;
         for (k = 0; k < ncols; ++k) {
@@ -239,6 +242,11 @@ void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const 
     /* the standalone kernel's pass: on Helium its vector and scalar lanes differ for subnormals */
     if (act != QC_OUTL_NONE) {
         qc_unary_f32(act == QC_OUTL_GELU ? QC_GELU : QC_GELU_TANH, (size_t)M * N, y, 0.0f, 0.0f, y);
+    }
+    if (scale != NULL) {
+        for (i = 0; i < (size_t)M * N; ++i) {
+            y[i] = y[i] * scale[i % (size_t)N];
+        }
     }
 #endif
 }
