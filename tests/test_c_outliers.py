@@ -30,20 +30,25 @@ QUANT = QuantOptions("w8a8", outlier_fraction=0.04)  # 2 of x's 64 columns, 3 of
 
 
 def _model(path: Path) -> Path:
-    """x -> (x @ wa + ba -> Relu -> @ w2) and x @ wb: two MatMuls share x's outlier Gathers."""
+    """x -> (x @ wa + ba -> Gelu -> @ w2 + b2 -> Gelu tanh) and x @ wb + bb: three split MatMuls
+    share x's outlier Gathers; two with their bias Add and Gelu after them, one with its bias Add
+    writing a graph output."""
     rng = np.random.RandomState(7)
     wa, wb = (rng.randn(K, H) / 8).astype(np.float32), (rng.randn(K, N2) / 8).astype(np.float32)
     w2 = (rng.randn(H, N2) / 10).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"]), helper.make_node("Add", ["a", "ba"], ["ab"]),
-             helper.make_node("Relu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"]),
-             helper.make_node("MatMul", ["x", "wb"], ["z"])]
+             helper.make_node("Gelu", ["ab"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["h"]),
+             helper.make_node("Add", ["b2", "h"], ["hb"]), helper.make_node("Gelu", ["hb"], ["y"], approximate="tanh"),
+             helper.make_node("MatMul", ["x", "wb"], ["z0"]), helper.make_node("Add", ["z0", "bb"], ["z"])]
     g = helper.make_graph(nodes, "outl", [helper.make_tensor_value_info("x", TP.FLOAT, [1, T, K])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [1, T, N2]),
                            helper.make_tensor_value_info("z", TP.FLOAT, [1, T, N2])],
                           [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb"),
                            numpy_helper.from_array(w2, "w2"),
-                           numpy_helper.from_array((rng.randn(H) * 0.1).astype(np.float32), "ba")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+                           numpy_helper.from_array((rng.randn(H) * 0.1).astype(np.float32), "ba"),
+                           numpy_helper.from_array((rng.randn(N2) * 0.1).astype(np.float32), "b2"),
+                           numpy_helper.from_array((rng.randn(N2) * 0.1).astype(np.float32), "bb")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), path)
     return path
 
 
@@ -80,6 +85,16 @@ def _emit(q_onnx: Path, out: Path, monkeypatch, *, fold: bool, fuse: bool, varia
         return emit_c(module, out, load_target("cortex-a76"), harness=True, variant=variant)
 
 
+# the three split MatMuls' kernel calls: wa's bias Add + Gelu + smooth-quant's Mul of r, w2's bias Add +
+# Gelu tanh, wb's bias Add
+FOLDED = {"outlier acc f16 + bias + gelu * scale": 1, "outlier acc f16 + bias + gelu_tanh": 1,
+          "outlier acc f16 + bias": 1}
+
+
+def _outlier_calls(report: dict) -> dict:
+    return {k: v for k, v in report["kernels"].items() if k.startswith("outlier acc")}
+
+
 def _gathers(out: Path) -> int:
     return (out / "model.c").read_text().count("qc_gather")
 
@@ -105,8 +120,13 @@ def test_fold_and_kernel_bit_identical_on_the_host(quantized, tmp_path, monkeypa
         reports[name] = rep
     assert outs["fold"] == outs["none"] and outs["both"] == outs["none"]
     splits = sum(len(s.ops) for s in res.context.outlier_splits)
-    assert reports["both"]["kernels"].get("outlier acc f16") == splits == 3, reports["both"]["kernels"]
-    assert "matmul f16" not in reports["both"]["kernels"]
+    assert splits == 3 and _outlier_calls(reports["both"]) == FOLDED, reports["both"]["kernels"]
+    # the bias Adds and the Gelus ran in the outlier kernel: no pass of their own is left
+    for kernel in ("matmul f16", "add f32", "gelu f32", "gelu_tanh f32"):
+        assert kernel not in reports["both"]["kernels"], (kernel, reports["both"]["kernels"])
+    assert {"add f32", "gelu f32", "gelu_tanh f32"} <= set(reports["fold"]["kernels"]), reports["fold"]["kernels"]
+    # x.smooth = x * s stays; r.smooth = r * s ran in wa's outlier call
+    assert reports["both"]["kernels"].get("mul f32") == reports["fold"]["kernels"]["mul f32"] - 1 == 1
     assert _gathers(tmp_path / "none") > 0 and _gathers(tmp_path / "both") == 0
     # x and r stay live until their outlier Adds (MiniLM's arena shrinks; here it may grow by them)
     assert reports["both"]["arena_bytes"] <= reports["none"]["arena_bytes"] + 4 * T * (K + H)
@@ -130,7 +150,7 @@ def test_qc_compile_cortex_a76_under_qemu_matches_unfused(quantized, tmp_path, m
     qc.compile(str(src), target="cortex-a76", quant=QUANT, calibration=str(q_onnx.parent / "calib.npz"),
                holdout=0, emit="c").write(str(tmp_path / "fused"), harness=True)
     fused = load_report(tmp_path / "fused")
-    assert fused["kernels"].get("outlier acc f16") == 3 and _gathers(tmp_path / "fused") == 0
+    assert _outlier_calls(fused) == FOLDED and _gathers(tmp_path / "fused") == 0
     plain = _emit(q_onnx, tmp_path / "plain", monkeypatch, fold=False, fuse=False)
     x = _x(np.random.default_rng(12))
     got = {}
@@ -162,13 +182,14 @@ int main(int argc, char **argv) {
     if (argc < 3 || !(fin = fopen(argv[1], "rb")) || !(fout = fopen(argv[2], "wb"))) return 2;
     cases = word();
     for (i = 0; i < cases; ++i) {
-        int M = word(), N = word(), K = word(), nc = word(), m, j;
+        int M = word(), N = word(), K = word(), nc = word(), hb = word(), act = word(), hs = word(), m, j;
         float *x = take((size_t)M * K * 4), *yr = take((size_t)M * N * 4);
         int32_t *cols = take((size_t)nc * 4);
         qc_f16 *w = take((size_t)nc * N * 2);
+        float *bias = take((size_t)N * 4), *scale = take((size_t)N * 4);
         float *g = malloc((size_t)M * nc * 4 + 4), *o32 = malloc((size_t)M * N * 4 + 4);
         float *ref = malloc((size_t)M * N * 4 + 4), *fused = malloc((size_t)M * N * 4 + 4);
-        float *a = malloc((size_t)nc * 4 + 4), *w32 = malloc((size_t)nc * N * 4 + 4);
+        float *a = malloc((size_t)nc * 16 + 4), *w32 = malloc((size_t)nc * N * 4 + 4);
         uint16_t *g16 = malloc((size_t)M * nc * 2 + 2), *o16 = malloc((size_t)M * N * 2 + 2);
         for (m = 0; m < M; ++m)
             for (j = 0; j < nc; ++j) g[m * nc + j] = x[m * K + cols[j]];
@@ -176,22 +197,33 @@ int main(int argc, char **argv) {
         qc_matmul_f16(M, N, nc, (const qc_f16 *)g16, w, (qc_f16 *)o16);
         qc_cast((size_t)M * N, 10, o16, 1, o32);
         for (j = 0; j < M * N; ++j) ref[j] = yr[j] + o32[j];
+        if (hb)  /* the bias Add: qc_binary's float addition */
+            for (j = 0; j < M * N; ++j) ref[j] = ref[j] + bias[j % N];
+        if (act)  /* the standalone Gelu over the whole tensor */
+            qc_unary_f32(act == QC_OUTL_GELU ? QC_GELU : QC_GELU_TANH, (size_t)M * N, ref, 0.0f, 0.0f, ref);
+        if (hs)  /* the smooth-quant Mul after it */
+            for (j = 0; j < M * N; ++j) ref[j] = ref[j] * scale[j % N];
         for (j = 0; j < nc * N; ++j) w32[j] = qc_f16_to_f32(w[j]);
-        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, fused, a);
-        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, yr, a);    /* in place */
+        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, hb ? bias : NULL, act, hs ? scale : NULL, fused, a);
+        qc_outlier_acc_f16(M, N, nc, x, K, cols, w32, yr, hb ? bias : NULL, act, hs ? scale : NULL, yr, a);
+        /* (the second call in place) */
         fwrite(ref, 4, (size_t)M * N, fout);
         fwrite(fused, 4, (size_t)M * N, fout);
         fwrite(yr, 4, (size_t)M * N, fout);
         free(x); free(yr); free(cols); free(w); free(g); free(o32); free(ref); free(fused); free(a);
-        free(g16); free(o16); free(w32);
+        free(g16); free(o16); free(w32); free(bias); free(scale);
     }
     fclose(fout);
     return 0;
 }
 """
 
-# (M, N, K, outlier columns): N off the 16- and 4-wide NEON blocks, one column, many columns
-KSHAPES = [(1, 1, 8, 1), (3, 5, 16, 2), (4, 16, 32, 3), (5, 37, 64, 4), (16, 384, 384, 3), (2, 20, 100, 25)]
+# (M, N, K, outlier columns, bias, act: 0 none, 1 GELU erf, 2 GELU tanh, scale): N off the 16- and
+# 4-wide NEON blocks, M off the 4-row tile, one column, many columns; with and without the epilogue
+KSHAPES = [(1, 1, 8, 1, 0, 0, 0), (3, 5, 16, 2, 0, 0, 0), (4, 16, 32, 3, 0, 0, 0), (5, 37, 64, 4, 0, 0, 0),
+           (16, 384, 384, 3, 0, 0, 0), (2, 20, 100, 25, 0, 0, 0), (9, 53, 64, 4, 1, 0, 0), (7, 21, 32, 3, 0, 1, 0),
+           (6, 39, 48, 5, 1, 1, 0), (5, 22, 16, 2, 1, 2, 0), (12, 96, 128, 6, 1, 1, 0), (1, 19, 8, 1, 1, 2, 0),
+           (10, 45, 64, 3, 1, 1, 1), (3, 23, 32, 2, 0, 2, 1), (8, 40, 16, 2, 1, 0, 1)]
 KCONFIGS = [("host", None, [None]), ("aarch64", "cortex-a53", ["cortex-a53"]),
             ("aarch64", "cortex-a76", ["cortex-a76", "max"]), ("aarch64", "max", ["max"]),
             ("cortex-m", "cortex-m4", ["cortex-m4"]), ("cortex-m", "cortex-m55", ["cortex-m55"])]
@@ -200,7 +232,7 @@ KCONFIGS = [("host", None, [None]), ("aarch64", "cortex-a53", ["cortex-a53"]),
 def _kernel_cases() -> tuple[bytes, list[tuple]]:
     rng = np.random.default_rng(5)
     data, shapes = bytearray(struct.pack("<i", len(KSHAPES))), []
-    for M, N, K, nc in KSHAPES:
+    for M, N, K, nc, hb, act, hs in KSHAPES:
         x = (rng.standard_normal((M, K)) * 3).astype(np.float32)
         cols = np.sort(rng.choice(K, nc, replace=False)).astype(np.int32)
         x[:, cols] *= 300.0
@@ -212,7 +244,12 @@ def _kernel_cases() -> tuple[bytes, list[tuple]]:
         x[:, cols] = flat.reshape(M, nc)
         w = (rng.standard_normal((nc, N)) * 0.01).astype(np.float16)
         yr = rng.standard_normal((M, N)).astype(np.float32)
-        data += struct.pack("<4i", M, N, K, nc) + x.tobytes() + yr.tobytes() + cols.tobytes() + w.tobytes()
+        if act:  # GELU's edges in y.rest: the saturated tails, subnormal and signed-zero sums
+            yr.reshape(-1)[:6] = np.array([-12.0, 11.0, 3e-39, -3e-39, -0.0, 0.0], np.float32)[:yr.size]
+        bias = (rng.standard_normal(N) * 0.5).astype(np.float32)
+        scale = np.exp(rng.standard_normal(N)).astype(np.float32)
+        data += struct.pack("<7i", M, N, K, nc, hb, act, hs) + x.tobytes() + yr.tobytes() + cols.tobytes() \
+            + w.tobytes() + bias.tobytes() + scale.tobytes()
         shapes.append((M, N))
     return bytes(data), shapes
 

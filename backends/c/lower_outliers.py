@@ -11,20 +11,33 @@
 which lowers here to ``qc_outlier_acc_f16`` at the Add: it reads the outlier columns of x in
 place, rounds them to float16, sums their products with the float16 weight rows in float32 (the
 arithmetic of qc_matmul_f16; the rows are stored widened to float32, which is exact), rounds once
-to float16 and adds into y.rest: the same bits as the five ops one by one. The Add writes into
-y.rest's buffer when y.rest has no other reader. The MatMul and its Cast are consumed; the Gather
-and the first Cast too when every reader of them is such an Add's chain (q, k and v share them).
+to float16 and adds into y.rest: the same bits as the five ops one by one. The MatMul and its Cast
+are consumed; the Gather and the first Cast too when every reader of them is such an Add's chain
+(q, k and v share them).
+
+The model's own bias Add and GELU after the split MatMul (MiniLM's dense layers; the int8 GEMM's
+epilogue cannot take them, the outlier Add sits in between) and a Mul by N constants after those
+(smooth-quant's scale of the next MatMul's input) run in the same pass, in this order, each
+optional and the only reader of the value before it (none a graph output)::
+
+    %y = onnx.Add(%y.rest, %y.outliers)
+    %yb = onnx.Add(%y, @b)                        ->  qc_outlier_acc_f16(..., b, QC_OUTL_GELU, s, %gs)
+    %g = onnx.Gelu(%yb) {approximate = "none"}        : b, s [N] float32; Gelu erf or tanh (onnx or qc)
+    %gs = onnx.Mul(%g, @s)
+
+The kernel writes the last folded result, into y.rest's buffer when y.rest has no other reader.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from qc.ir import DType, Op, Value
 
-from .lowering import Buffer, Lowering, Ptr
+from .lower_ops import str_attr
+from .lowering import Buffer, Lowering, Ptr, Raw
 
 _FLOAT16, _FLOAT = 10, 1
 
@@ -38,6 +51,16 @@ class OutlierUnit:
     cols: np.ndarray   # outlier columns of x's last axis
     weight: Value      # the float16 constant [ncols, N]
     chain: tuple[Op, ...]  # Gather, Cast f16, MatMul, Cast f32
+    bias_add: Op | None = None     # Add(y, b) after the chain's Add
+    bias: Value | None = None      # b: N float32 values
+    gelu: Op | None = None         # the Gelu after it (or after the chain's Add)
+    act: str = "QC_OUTL_NONE"
+    scale_mul: Op | None = None    # Mul(., s) last (smooth-quant's scale of the next layer's input)
+    scale: Value | None = None     # s: N float32 values
+
+    @property
+    def tail(self) -> list[Op]:
+        return [o for o in (self.bias_add, self.gelu, self.scale_mul) if o is not None]
 
 
 def _producer(v: Value | None, op_type: str) -> Op | None:
@@ -49,6 +72,59 @@ def _producer(v: Value | None, op_type: str) -> Op | None:
 
 def _only_reader(v: Value, op: Op, outputs: set[int]) -> bool:
     return id(v) not in outputs and len(v.uses()) == 1 and v.users() == [op]
+
+
+def _next(v: Value, outputs: set[int]) -> Op | None:
+    """The only reader of v (reading it once), when v is not a graph output."""
+    users = v.users()
+    if id(v) in outputs or len(users) != 1 or sum(x is v for x in users[0].operands) != 1:
+        return None
+    return users[0]
+
+
+_GELU = {"none": "QC_OUTL_GELU", "tanh": "QC_OUTL_GELU_TANH"}
+
+
+def _vector_operand(lw: Lowering, op: Op, y: Value, n: int) -> Value | None:
+    """op's other operand when it is a float32 constant of n values along the last axis of y."""
+    b = op.operands[1] if op.operands[0] is y else op.operands[0]
+    bs = tuple(b.const.shape) if b is not None and b.const is not None else ()
+    shape = lw.shape(y)
+    if bs and b.const.dtype == DType.f32 and math.prod(bs) == n and bs[-1] == n and len(bs) <= len(shape) \
+            and lw.shape(op.results[0]) == shape:
+        return b
+    return None
+
+
+def _is(op: Op | None, op_type: str, lw: Lowering) -> bool:
+    return op is not None and op.domain in ("", "ai.onnx") and op.op_type == op_type and id(op) not in lw.consumed
+
+
+def _with_tail(lw: Lowering, add: Op, unit: OutlierUnit, outputs: set[int]) -> OutlierUnit:
+    """unit with the bias Add, the Gelu and the Mul (a float32 constant of N values along the last
+    axis, e.g. smooth-quant's scale) that follow its Add, in this order, each optional and the
+    only reader of the value before it."""
+    y = add.results[0]
+    shape, n = lw.shape(y), lw.shape(y)[-1]
+    nxt = _next(y, outputs)
+    fields: dict = {}
+    if _is(nxt, "Add", lw) and nxt is not None:
+        b = _vector_operand(lw, nxt, y, n)
+        if b is not None:
+            fields.update(bias_add=nxt, bias=b)
+            y = nxt.results[0]
+            nxt = _next(y, outputs)
+    if nxt is not None and nxt.op_type == "Gelu" and nxt.domain in ("", "ai.onnx", "qc") \
+            and str_attr(nxt, "approximate", "none") in _GELU and id(nxt) not in lw.consumed \
+            and lw.shape(nxt.results[0]) == shape and lw.dtype(nxt.results[0]) == DType.f32:
+        fields.update(gelu=nxt, act=_GELU[str_attr(nxt, "approximate", "none")])
+        y = nxt.results[0]
+        nxt = _next(y, outputs)
+    if _is(nxt, "Mul", lw) and nxt is not None:
+        s = _vector_operand(lw, nxt, y, n)
+        if s is not None:
+            fields.update(scale_mul=nxt, scale=s)
+    return replace(unit, **fields)
 
 
 def _match(lw: Lowering, add: Op, outputs: set[int]) -> OutlierUnit | None:
@@ -100,8 +176,9 @@ def plan_outliers(lw: Lowering) -> None:
             continue
         unit = _match(lw, op, outputs)
         if unit is not None:
+            unit = _with_tail(lw, op, unit, outputs)
             units[id(op)] = unit
-            lw.consumed.update(id(o) for o in unit.chain[2:])
+            lw.consumed.update(id(o) for o in (*unit.chain[2:], *unit.tail))
     lw.outlier_units = units  # type: ignore[attr-defined]
     for unit in units.values():  # the Gather and Cast f16, when every reader is consumed
         for op in unit.chain[1::-1]:
@@ -121,18 +198,24 @@ def match_outliers(lw: Lowering, op: Op) -> bool:
 
 def _lower(lw: Lowering, add: Op, u: OutlierUnit) -> None:
     rest = lw.buf(u.rest)
-    r = add.results[0]
+    last = u.tail[-1] if u.tail else add
+    r = last.results[0]
     if id(r) not in lw.bufs and rest.root.kind == "arena" and len(u.rest.uses()) == 1 \
             and id(u.rest) not in {id(v) for v in lw.module.graph.outputs}:
-        dt, shape = lw.type_of(add, r)
+        dt, shape = lw.type_of(last, r)
         lw.bufs[id(r)] = Buffer(lw.fresh("a"), dt, shape, "alias", base=rest)  # in place: y.rest dies here
-    y = lw.out(add)
+    y = lw.out(last)
     xshape = lw.shape(u.x)
     n = u.weight.const.shape[1]
     m = math.prod(xshape[:-1])
     cols = lw.weight(u.cols.astype(np.int32))
     w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # exact: no conversion per row of x
-    scratch = lw.scratch(DType.f32, int(u.cols.size))
+    scratch = lw.scratch(DType.f32, 4 * int(u.cols.size))
+    bias = Ptr(lw.buf(u.bias)) if u.bias is not None else Raw("NULL")
+    scale = Ptr(lw.buf(u.scale)) if u.scale is not None else Raw("NULL")
+    label = "outlier acc f16" + (" + bias" if u.bias is not None else "") \
+        + {"QC_OUTL_NONE": "", "QC_OUTL_GELU": " + gelu", "QC_OUTL_GELU_TANH": " + gelu_tanh"}[u.act] \
+        + (" * scale" if u.scale is not None else "")
     lw.call(add, "qc_outlier_acc_f16", [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
-                                        Ptr(w32), Ptr(rest), Ptr(y, const=False),
-                                        Ptr(scratch, const=False)], "outlier acc f16")
+                                        Ptr(w32), Ptr(rest), bias, Raw(u.act), scale,
+                                        Ptr(y, const=False), Ptr(scratch, const=False)], label)

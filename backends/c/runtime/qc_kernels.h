@@ -204,12 +204,16 @@ void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, 
                        const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y);
 
 /* -- outliers (split-outliers, lower_outliers.py) ------------------------------------------------
-   y[m][n] = y_in[m][n] + f32(f16(sum_k a[k] * W[k][n])), a[k] = f32(f16(x[m * ldx + cols[k]])),
-   the sum in float32 over k ascending: bit-identical with Gather, Cast to f16, qc_matmul_f16,
-   Cast to f32 and Add. W: ncols x N binary16 values stored widened to float32 (exact); y may be
-   y_in (in place); scratch: ncols floats. */
+   y[m][n] = act(y_in[m][n] + f32(f16(sum_k a[k] * W[k][n])) (+ bias[n])) (* scale[n]),
+   a[k] = f32(f16(x[m * ldx + cols[k]])), the sum in float32 over k ascending: bit-identical with
+   Gather, Cast to f16, qc_matmul_f16, Cast to f32, Add, then Add(bias), qc_unary_f32's GELU
+   (QC_OUTL_GELU erf form, QC_OUTL_GELU_TANH tanh form) and Mul(scale). W: ncols x N binary16
+   values stored widened to float32 (exact); bias, scale: N floats or NULL; y may be y_in (in
+   place); scratch: 4 * ncols floats. */
+enum qc_outl_act { QC_OUTL_NONE = 0, QC_OUTL_GELU = 1, QC_OUTL_GELU_TANH = 2 };
 void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
-                        const float *W, const float *y_in, float *y, float *scratch);
+                        const float *W, const float *y_in, const float *bias, int act, const float *scale,
+                        float *y, float *scratch);
 
 #ifdef __cplusplus
 }
