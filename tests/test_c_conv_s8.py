@@ -158,8 +158,12 @@ def _pointwise_case(rng, i, K, P, OC, data, want) -> None:
     exp_f = acc.astype(np.float32) * scale[:, None]
     if has_fb:
         exp_f = (exp_f + fb[:, None]).astype(np.float32)
-    data += struct.pack("<20i", K, P, OC, *[0] * 11, 4, 0, 0, 0, per_channel, has_fb)
-    for a in (x, pack_pointwise(w), bias, scale) + ((fb,) if has_fb else ()):
+    # a fused Relu / ReLU6 clamp (lower_conv_s8): bounds inside the range on every other case
+    clip = np.array([0.0, np.float32(np.median(exp_f))], np.float32) if i % 4 < 2 else None
+    if clip is not None:
+        exp_f = np.minimum(np.maximum(exp_f, clip[0]), clip[1]).astype(np.float32)
+    data += struct.pack("<20i", K, P, OC, *[0] * 11, 4, int(clip is not None), 0, 0, per_channel, has_fb)
+    for a in (x, pack_pointwise(w), bias, scale) + ((fb,) if has_fb else ()) + ((clip,) if clip is not None else ()):
         data += a.tobytes()
     want.append(("f32", exp_f.astype(np.float32)))
 
@@ -237,11 +241,13 @@ def test_mobile_block_w8a8_matches_onnxruntime(tmp_path):
     report = load_report(out)
     kernels = report["kernels"]
     # the block's depthwise conv requantizes with ReLU6 as its clamp; the last one feeds a float
-    # Relu -> GlobalAveragePool (no Q after it); only the stem's Clip, read by the Add too, is a pass
+    # Relu -> GlobalAveragePool (no Q after it); the stem's ReLU6, read by the Add too (float), is
+    # the clamp of its float epilogue
     assert kernels.get("conv dw s8 -> s8 (clip)") == 1 and kernels.get("conv dw s8 -> f32") == 1, kernels
     # its 1x1 convs run qc_conv1x1_s8 (SDOT, NCHW in and out), the expand one with ReLU6 as its clamp
     assert kernels.get("conv 1x1 s8 -> s8 (clip)") == 1 and kernels.get("conv 1x1 s8 -> f32") == 1, kernels
-    assert kernels.get("clip f32") == 1 and "transpose s8" not in kernels, kernels
+    assert kernels.get("conv im2row s8 -> f32 (clip)") == 1, kernels
+    assert "clip f32" not in kernels and "transpose s8" not in kernels, kernels
     assert not any(k.startswith(("conv2d f32", "dequantize")) for k in kernels), kernels
     xs = [np.random.RandomState(s).rand(1, 3, 20, 20).astype(np.float32) for s in (5, 6)]
     from qc.backends.c import emit_c, prepare

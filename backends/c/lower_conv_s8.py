@@ -96,6 +96,19 @@ def output_q(lw: Lowering, op: Op) -> Op | None:
     return user
 
 
+def _float_act(lw: Lowering, op: Op) -> Op | None:
+    """The Relu / constant Clip that is the only reader of a float Conv result (marked consumed:
+    qc_conv1x1_s8_f32 clamps in its epilogue), or None."""
+    outputs = {id(v) for v in lw.module.graph.outputs}
+    user = _only_user(op.results[0], outputs)
+    if user is None or _act_bounds(user) is None or user.operands[0] is not op.results[0]:
+        return None
+    if lw.dtype(user.results[0]) != DType.f32:
+        return None
+    lw.consumed.add(id(user))
+    return user
+
+
 def _clamp(q: Op, act: Op | None) -> tuple[int, int]:
     """int8 [qmin, qmax] of Q(act(y)): the activation's bounds quantized as QuantizeLinear does."""
     sy, zy = _int8_q(q)
@@ -125,12 +138,15 @@ def lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w:
     """Lower one int8 Conv unit (see the module docstring); fb: the float bias or None."""
     xq = dqa.operands[0]
     act = q.operands[0].producer if q is not None and q.operands[0] is not op.results[0] else None
-    y = lw.out(q if q is not None else op)
-    xshape = lw.shape(xq)
     OC = w.shape[0]
+    group = op.attr("group", 1)
+    depthwise = group == lw.shape(xq)[1] == OC and w.shape[1] == 1
+    if q is None and not depthwise and lw.variant in _SDOT_VARIANTS:
+        act = _float_act(lw, op)
+    y = lw.out(q if q is not None else act if act is not None else op)
+    xshape = lw.shape(xq)
     N, C, H, W, OH, OW, KH, KW, s, d, p = conv_geometry(lw, op, xshape, w.shape[2:], y.shape)
     geo = (C, H, W, KH, KW, s[0], s[1], p[0], p[1], d[0], d[1], OH, OW)
-    group = op.attr("group", 1)
     scale = (np.float32(sx) * ws.astype(np.float32)).astype(np.float32)
     fb = None if fb is None else fb.reshape(-1).astype(np.float32)
     if q is not None and fb is not None:
@@ -142,7 +158,7 @@ def lower_conv_s8(lw: Lowering, op: Op, dqa: Op, dqb: Op, sx: float, zx: int, w:
     else:
         ib = np.zeros(OC, np.int64)
     w64 = w.reshape(OC, -1).astype(np.int64)
-    if group == C == OC and w.shape[1] == 1:
+    if depthwise:
         bias = (ib - zx * w64.sum(axis=1)).astype(np.int32)
         _depthwise(lw, op, geo, N, xq, zx, w, bias, scale, fb, q, act, y)
         return
@@ -270,6 +286,10 @@ def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, geo) -
         mult, shift = _requant_params(scale, sy, OC)
         qmin, qmax = _clamp(q, act)
     per_channel = int(scale.size > 1)
+    clip = None
+    if q is None and act is not None:  # a float Relu / Clip fused as the epilogue's clamp
+        lo, hi = _act_bounds(act)
+        clip = lw.weight(np.array([lo, hi], np.float32))
     plane = M if geo is None else H * W
     for g in range(group):
         sl = slice(g * ocg, (g + 1) * ocg)
@@ -294,5 +314,6 @@ def _pointwise(lw, op, N, group, xq, zx, w2, ib, scale, fb, q, act, y, M, geo) -
                 fbg = lw.weight(np.ascontiguousarray(fb[sl])) if fb is not None else None
                 lw.call(op, "qc_conv1x1_s8_f32", [K, M, ocg, x_at, Ptr(wbuf), Ptr(bbuf), Ptr(sc), per_channel,
                                                   Ptr(fbg) if fbg is not None else Raw("NULL"),
+                                                  Ptr(clip) if clip is not None else Raw("NULL"),
                                                   Ptr(scratch, const=False), y_at],
-                        f"{what} s8 -> f32")
+                        f"{what} s8 -> f32" + (f" ({act.op_type.lower()})" if act is not None else ""))

@@ -62,10 +62,11 @@ int main(int argc, char **argv)
             } else {
                 float *scale = read_n(in, (size_t)(h[18] ? OC : 1) * 4);
                 float *fbias = h[19] ? read_n(in, (size_t)OC * 4) : NULL;
+                float *clip = h[15] ? read_n(in, 8) : NULL;   /* h[15]: a [lo, hi] clamp follows */
                 float *y = malloc(ny * 4);
-                qc_conv1x1_s8_f32(K, P, OC, x, wp, bias, scale, h[18], fbias, scratch, y);
+                qc_conv1x1_s8_f32(K, P, OC, x, wp, bias, scale, h[18], fbias, clip, scratch, y);
                 fwrite(y, 4, ny, out);
-                free(scale); free(fbias); free(y);
+                free(scale); free(fbias); free(clip); free(y);
             }
             free(x); free(wp); free(bias); free(scratch);
             continue;

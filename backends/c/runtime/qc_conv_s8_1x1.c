@@ -175,6 +175,7 @@ static inline void qc_pw_store_q8(int32x4_t a0, int32x4_t a1, int32x4_t a2, int3
    separate roundings, as the scalar code). */
 static inline void qc_pw_store_f32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int32x4_t a3, int c, int P,
                                    int p0, int n, const float *scale, int per_channel, const float *fbias,
+                                   const float *clip,
                                    float *y)
 {
     const float32x4_t s = vdupq_n_f32(scale[per_channel ? c : 0]);
@@ -188,6 +189,13 @@ static inline void qc_pw_store_f32(int32x4_t a0, int32x4_t a1, int32x4_t a2, int
         v1 = vaddq_f32(v1, fb);
         v2 = vaddq_f32(v2, fb);
         v3 = vaddq_f32(v3, fb);
+    }
+    if (clip) {
+        const float32x4_t lo = vdupq_n_f32(clip[0]), hi = vdupq_n_f32(clip[1]);
+        v0 = vminq_f32(vmaxq_f32(v0, lo), hi);
+        v1 = vminq_f32(vmaxq_f32(v1, lo), hi);
+        v2 = vminq_f32(vmaxq_f32(v2, lo), hi);
+        v3 = vminq_f32(vmaxq_f32(v3, lo), hi);
     }
     vst1q_f32(dst, v0);
     vst1q_f32(dst + 4, v1);
@@ -246,7 +254,8 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
 }
 
 void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
-                       const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y)
+                       const float *scale, int per_channel, const float *fbias, const float *clip, int8_t *scratch,
+                       float *y)
 {
     int p0 = 0, oc, p;
 #if defined(QC_PW_SDOT)
@@ -260,15 +269,15 @@ void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, 
             const int8_t *wb = wp + (size_t)ob * kq * 16, *xs = scratch;
             QC_PW_ACC_DECL;
             QC_PW_TILE();
-            qc_pw_store_f32(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, scale, per_channel, fbias, y);
+            qc_pw_store_f32(a0_0, a0_1, a0_2, a0_3, oc0, P, p0, n, scale, per_channel, fbias, clip, y);
             if (oc0 + 1 < OC) {
-                qc_pw_store_f32(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, scale, per_channel, fbias, y);
+                qc_pw_store_f32(a1_0, a1_1, a1_2, a1_3, oc0 + 1, P, p0, n, scale, per_channel, fbias, clip, y);
             }
             if (oc0 + 2 < OC) {
-                qc_pw_store_f32(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, scale, per_channel, fbias, y);
+                qc_pw_store_f32(a2_0, a2_1, a2_2, a2_3, oc0 + 2, P, p0, n, scale, per_channel, fbias, clip, y);
             }
             if (oc0 + 3 < OC) {
-                qc_pw_store_f32(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, scale, per_channel, fbias, y);
+                qc_pw_store_f32(a3_0, a3_1, a3_2, a3_3, oc0 + 3, P, p0, n, scale, per_channel, fbias, clip, y);
             }
         }
     }
@@ -280,6 +289,10 @@ void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, 
             float v = (float)qc_pw_acc_portable(K, P, oc, p, x, wp, bias) * scale[per_channel ? oc : 0];
             if (fbias) {
                 v += fbias[oc];
+            }
+            if (clip) {
+                v = v < clip[0] ? clip[0] : v;
+                v = v > clip[1] ? clip[1] : v;
             }
             y[(size_t)oc * P + p] = v;
         }

@@ -187,7 +187,8 @@ void qc_transpose_s8(int R, int Cn, const int8_t *x, int ldx, int8_t *y, int ldy
    (qc_conv_s8_1x1.c): acc[oc][p] = bias[oc] + sum_k w[oc][k] * x[k][p] in exact int32, w packed
    as [ceil(OC/4)][ceil(K/4)][4 oc][4 k] (zero past OC and K). _q8: y[oc][p] = the requantization
    of qc_requant_s8 with mult[oc], shift[oc], out_zp, clamp [qmin, qmax]; _f32: (float)acc *
-   scale[per_channel ? oc : 0] (+ fbias[oc]). y is OC x P (NCHW). scratch: qc_conv1x1_s8_scratch(K)
+   scale[per_channel ? oc : 0] (+ fbias[oc]), then clamped to [clip[0], clip[1]] unless clip is NULL (a
+   Relu / Clip after the conv). y is OC x P (NCHW). scratch: qc_conv1x1_s8_scratch(K)
    bytes. SDOT on dotprod / i8mm, else portable; bit-exact with the portable loops. */
 /* im2col in the K x P form qc_conv1x1_s8 reads (qc_conv_s8.c): row (c - c0)*KH*KW + kh*KW + kw
    (c in [c0, c0 + cg)) is x[c] at (oh*stride_h - pad_top + kh*dil_h, ow*stride_w - pad_left +
@@ -201,7 +202,8 @@ void qc_conv1x1_s8_q8(int K, int P, int OC, const int8_t *x, const int8_t *wp, c
                       const int32_t *mult, const int32_t *shift, int32_t out_zp, int32_t qmin,
                       int32_t qmax, int8_t *scratch, int8_t *y);
 void qc_conv1x1_s8_f32(int K, int P, int OC, const int8_t *x, const int8_t *wp, const int32_t *bias,
-                       const float *scale, int per_channel, const float *fbias, int8_t *scratch, float *y);
+                       const float *scale, int per_channel, const float *fbias, const float *clip, int8_t *scratch,
+                       float *y);
 
 /* -- outliers (split-outliers, lower_outliers.py) ------------------------------------------------
    y[m][n] = act(y_in[m][n] + f32(f16(sum_k a[k] * W[k][n])) (+ bias[n])) (* scale[n]),
