@@ -5,7 +5,8 @@ against what the target's runtime loads (the target file's ``[onnx]`` table).
 - opset, per domain the onnx package has schemas for: the highest ``since_version`` of the
   schemas its nodes resolve to (graph, subgraphs, functions). Every node then resolves to the
   same schema as before, so nothing changes meaning; ``opset 21`` with only Relu-14 /
-  MatMul-13 / Add-14 nodes -> ``opset 14``. Domains without schemas (com.microsoft) stay.
+  MatMul-13 / Add-14 nodes -> ``opset 14``. Never below ai.onnx 13 (unless the file declared
+  less). Domains without schemas (com.microsoft) stay.
 - IR version: the highest of what the opsets need (``onnx.helper.VERSION_TABLE``; no more than
   the file declared), what the
   element types need (float8 9, int4 10, float4 11, float8e8m0 12, int2 13, float6 14) and
@@ -29,6 +30,7 @@ from qc.targets import Target
 DTYPE_IR = {17: 9, 18: 9, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13, 27: 14, 28: 14}
 DTYPE_ATTRS = ("to", "dtype", "output_dtype")  # integer attributes that name an element type
 _SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
+FLOOR = {"": 13}
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ def needed(model: ModelProto, extra_dtypes: Iterable[int] = ()) -> Versions:
     """The lowest IR version and opsets ``model`` can declare (``extra_dtypes``: element types of
     initializers the caller writes separately)."""
     opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
-    lowest: dict[str, int] = {d: 1 for d in opsets if d in _SCHEMA_DOMAINS}
+    # floor: ai.onnx 13 (or the declared opset when lower), so that a tool adding ops to the file
+    # later (a Cast of a contrib-only model) does not get opset 1's schemas
+    lowest: dict[str, int] = {d: min(v, FLOOR.get(d, 1)) for d, v in opsets.items() if d in _SCHEMA_DOMAINS}
     why_opset: dict[str, str] = {}
     ir, why_ir = 3, "the oldest IR version onnxruntime reads"
     tensor_dtypes: set[int] = set(extra_dtypes)
