@@ -414,7 +414,9 @@ def bench(model: str, shape, work_root: Path, cpu: str = "cortex-a76", check_mar
             src, what = am.qc_c(c, cpu) / "model.onnx", "onnxruntime on qc's quantized ONNX (qc compile --quant w8a8)"
         else:
             src, what = am.ort_quantized(c, name), f"onnxruntime on its {am.ORT_VARIANTS[name]}"
-        arm_path, lowered = am.for_arm(src)
+        # qc writes the IR version the target's runtime loads; the float model and onnxruntime's
+        # own quantized models (helper.make_model: the onnx package's IR version) get a copy
+        arm_path, lowered = (src, False) if name == "ort-qc-onnx" else am.for_arm(src)
         if lowered:
             what += f" [ir_version lowered to {am.ORT_ARM_MAX_IR} on a copy: onnxruntime 1.30 loads <= 13]"
         r = ort_model(arm_path, c.feeds, out_spec, runs=2, cpu=cpu, work=c.work / "io-ort")

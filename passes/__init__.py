@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     check_kernels,
     cse,
     dce,
+    dynamic_per_token,
     fix_shapes,
     fold_batchnorm,
     fold_constants,

@@ -68,17 +68,18 @@ def load_model(source: ModelSource, *, upgrade_opset: int | None = None, infer_s
 
 
 def save_module(module: Module, path: str, *, elide_above: int | None = 16, external: bool | None = None,
-                inputs: Sequence[str] = ()) -> None:
+                inputs: Sequence[str] = (), target: Target | None = None) -> None:
     """Write by extension, atomically: ``.onnx`` (external data over 2 GB, or as ``external`` says)
     or ``.qir`` (text IR, tensors over ``elide_above`` elements in a ``.weights`` sidecar, so the
-    file reloads completely). Refuses to overwrite any of ``inputs``."""
+    file reloads completely). Refuses to overwrite any of ``inputs``. ``target``: the ONNX declares
+    versions its runtime loads, or the write fails (``qc.backends.onnx.versions``)."""
     refuse_overwrite(path, inputs)
     if path.endswith(".qir"):
         write_qir(module, path, elide_above)
     elif path.endswith(".onnx"):
         from qc.backends.onnx import save_onnx
 
-        save_onnx(module, path, external=external)
+        save_onnx(module, path, external=external, target=target)
     else:
         raise QCError("unknown output kind", where=path, hint="use a .onnx or .qir file name")
 
@@ -268,7 +269,8 @@ class CompileResult:
         inputs = [self.source] if self.source else []
         t0 = time.perf_counter()
         if kind == "onnx":
-            save_module(self.module, path, elide_above=elide_above, external=external, inputs=inputs)
+            save_module(self.module, path, elide_above=elide_above, external=external, inputs=inputs,
+                        target=self.target)
             onnx_path = path
         else:
             from qc.backends.c import emit_c
@@ -350,9 +352,10 @@ class _OracleSnapshot(Instrument):
     """Saves the module as ONNX once the target passes are done and before the C preparation:
     the C output directory holds it as ``model.onnx`` (onnxruntime runs it; the oracle)."""
 
-    def __init__(self, before_index: int, external: bool | None):
+    def __init__(self, before_index: int, external: bool | None, target: Target | None = None):
         self.before_index = before_index
         self.external = external
+        self.target = target
         self.path: str | None = None
 
     def before_pass(self, p: Pass, module: Module, index: int) -> None:
@@ -360,7 +363,7 @@ class _OracleSnapshot(Instrument):
             from qc.backends.onnx import save_onnx
 
             self.path = os.path.join(tempfile.mkdtemp(prefix="qc-oracle-"), "model.onnx")
-            save_onnx(module, self.path, external=self.external)
+            save_onnx(module, self.path, external=self.external, target=self.target)
 
 
 def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: QuantOptions | str | None = None,
@@ -416,7 +419,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
     if emit == "c":
         snapshot = _OracleSnapshot(len(pass_names(PassManager.parse(compile_pipeline(
-            spec, target_passes(fallback, "onnx", None))).passes)), external)
+            spec, target_passes(fallback, "onnx", None))).passes)), external, tgt)
         extra.append(snapshot)
     pm_all.instruments = list(instruments) + extra
     pm_all.check_instruments()

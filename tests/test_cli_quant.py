@@ -39,7 +39,7 @@ def model_and_data(tmp_path_factory):
 
 @pytest.mark.parametrize("scheme,ops", [
     ("w8a8", {"QuantizeLinear", "DequantizeLinear"}), ("w8a16", {"QuantizeLinear"}),
-    ("dyn8", {"DynamicQuantizeMatMul"}), ("w8", {"DequantizeLinear"}), ("w4", {"MatMulNBits"}),
+    ("dyn8", {"MatMulInteger", "ReduceMax"}), ("w8", {"DequantizeLinear"}), ("w4", {"MatMulNBits"}),
     ("w4a8", {"MatMulNBits"}), ("w4a4", {"QuantizeLinear"}), ("fp16", {"Cast"}),
     ("w8a8 --format qop", {"MatMulInteger"})])
 def test_every_scheme_compiles_checks_and_runs(model_and_data, scheme, ops):

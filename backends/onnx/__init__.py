@@ -1,7 +1,8 @@
 """The ONNX backend: qc IR -> .onnx file, atomically, with external data for large models.
 
 The in-memory conversion (IR -> ModelProto) is the interop layer's, ``qc.onnx.writer``; this
-module adds only the files: the weights' data file and the streamed initializers.
+module adds only the files: the weights' data file and the streamed initializers, and writes
+the lowest IR version and opsets the model needs, within the target's runtime (``versions``).
 """
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ from qc.fileio import atomic_write
 from qc.ir.core import Module
 from qc.ir.tensor import SparseTensor, Tensor
 from qc.onnx.writer import PROTOBUF_LIMIT, ModelWriter, all_consts, const_bytes, export_onnx
+from qc.targets import Target
+
+from . import versions
 
 __all__ = ["export_onnx", "save_onnx"]
 
 
 def save_onnx(module: Module, path: str, *, external: bool | None = None,
-              external_min_bytes: int = 1024) -> None:
+              external_min_bytes: int = 1024, target: Target | None = None) -> None:
     """Write ``module`` to ``path`` atomically.
 
     ``external=None`` puts weights in ``<path>.data`` only when the model would exceed the
     2 GB protobuf limit; ``True`` always does (for tensors of ``external_min_bytes`` or more).
+    The file declares the lowest IR version and opsets the model needs; a QCError (nothing
+    written) when that is more than ``target``'s runtime loads (its ``[onnx]`` table).
     """
     path = os.fspath(path)
     total = sum(const_bytes(v) for v in all_consts(module))
@@ -37,7 +43,10 @@ def save_onnx(module: Module, path: str, *, external: bool | None = None,
             data_file = stack.enter_context(atomic_write(data_path))
             sink = _ExternalSink(data_file, data_name, external_min_bytes)
         writer = ModelWriter(external=sink, defer_initializers=not external)
-        blob = writer.model(module).SerializeToString(deterministic=True)
+        proto = writer.model(module)
+        versions.fit(proto, target, extra_dtypes=(int(v.const.dtype) for v in writer.deferred
+                                                  if not isinstance(v.const, SparseTensor)))
+        blob = proto.SerializeToString(deterministic=True)
     with atomic_write(path) as f:
         f.write(blob)
         # The main graph's initializers follow one at a time, each as a ModelProto holding only

@@ -33,6 +33,7 @@ class QuantOptions:
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
     smooth_alpha: float = 0.5
+    act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
     target_features: tuple[str, ...] = ()
 
 
@@ -52,8 +53,8 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
            8, "channel", "int8", calibrated=True),
     Scheme("w8a16", "int8 weights (per channel), int16 activations with calibrated static scales",
            8, "channel", "int16", calibrated=True),
-    Scheme("dyn8", "int8 weights (per channel), activations quantized at run time (per tensor)",
-           8, "channel", "uint8", dynamic=True),
+    Scheme("dyn8", "int8 weights (per channel), int8 activations quantized at run time per token "
+           "(LLM.int8() vector-wise; MatMulInteger)", 8, "channel", "uint8", dynamic=True),
     Scheme("w8", "int8 weights (per channel) only; float activations", 8, "channel", None),
     Scheme("w4", "int4 weights in blocks of 32 along the input dimension; float activations",
            4, "block", None),
@@ -90,6 +91,20 @@ def weight_dtype(opts: QuantOptions, s: Scheme) -> str:
     if bits == 4:
         return "i4" if symmetric else "u4"
     return "i8" if symmetric else "u8"
+
+
+ACT_GRANULARITIES = ("token", "tensor")
+
+
+def per_token(opts: QuantOptions, s: Scheme) -> bool:
+    """dyn8's activations one scale per row (``dynamic-per-token``), unless ``act_granularity``
+    is "tensor" (DynamicQuantizeLinear, one scale per tensor) or the weights are not symmetric int8."""
+    g = opts.act_granularity or ("token" if s.name == "dyn8" else "tensor")
+    if g not in ACT_GRANULARITIES:
+        raise QCError(f"unknown activation granularity '{g}'", hint="one of " + ", ".join(ACT_GRANULARITIES))
+    if g == "token" and s.name != "dyn8":
+        raise QCError(f"per-token activations apply to dyn8, not {s.name}")
+    return g == "token" and _weight_symmetric(opts, s) and not opts.reduce_range and opts.form != "qop"
 
 
 def _weight_symmetric(opts: QuantOptions, s: Scheme) -> bool:
@@ -171,6 +186,8 @@ def pipeline(opts: QuantOptions) -> str:
     if opts.exclude:
         qw.append(f"exclude={opts.exclude}")
     passes.append("quantize-weights{" + ",".join(qw) + "}")
+    if per_token(opts, s):
+        passes.append("dynamic-per-token")  # the ops it does not take keep the per-tensor form below
     if act is not None:
         qa = [f"ops={ops}", f"dtype={act}"]
         if s.dynamic:

@@ -78,6 +78,17 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class OnnxLimits:
+    """The ``[onnx]`` table: the highest ONNX IR version and ai.onnx opset the target's runtime
+    loads. The ONNX backend writes the lowest versions the model needs and refuses a model that
+    needs more (``None``: no limit beyond the onnx package's own)."""
+    runtime: str
+    max_ir_version: int | None
+    max_opset: int | None
+    source: str
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -94,6 +105,7 @@ class Target:
     unsupported_ops: dict = field(default_factory=dict, compare=False)
     copy_cost: float = 0.0
     memory: Memory | None = None
+    onnx: OnnxLimits | None = None
     data: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kernel_for(self, op: str, act_dtype: str, weight_dtype: str, out_dtype: str,
@@ -146,16 +158,19 @@ def load_target(name_or_path: str) -> Target:
 
 _TOP = {"name": str, "description": str, "features": list, "devices": list, "preferred_device": str,
         "backend": str, "compiler": dict, "qemu": dict, "kernels": dict, "other_ops": dict,
-        "unsupported_ops": dict, "copy_cost": (int, float), "memory": dict}
+        "unsupported_ops": dict, "copy_cost": (int, float), "memory": dict,
+        "onnx": dict}
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
 _MEMORY = {"ram": int, "flash": int, "ram_range": list, "flash_range": list, "enforce": bool, "source": str,
            "note": str}
 _MEMORY_REQUIRED = ("ram", "flash", "source")
+_ONNX = {"runtime": str, "max_ir_version": int, "max_opset": int, "source": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
            "const_weight": bool, "cost": (int, float), "status": str, "source": str, "c_kernel": str}
 _KERNEL_REQUIRED = ("op", "act", "weight", "out", "cost", "source")
-_TYPE_NAMES = {str: "a string", list: "an array", dict: "a table", bool: "a boolean", (int, float): "a number"}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table", bool: "a boolean",
+               (int, float): "a number"}
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -299,11 +314,12 @@ def _validate(data: dict, text: str, path: str) -> Target:
     if copy_cost < 0:
         fail("copy_cost", f"must not be negative, got {copy_cost}")
     memory = _memory(data.get("memory"), fail, check_keys)
+    onnx_limits = _onnx(data.get("onnx"), fail, check_keys)
     return Target(name=data["name"], description=data.get("description", ""), features=features,
                   devices=devices, backend=backend, preferred_device=preferred, cc=compiler.get("cc"),
                   cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels,
                   other_ops=other_ops, unsupported_ops=unsupported, copy_cost=copy_cost, memory=memory,
-                  data=data)
+                  onnx=onnx_limits, data=data)
 
 
 def _memory(table: dict | None, fail, check_keys) -> Memory | None:
@@ -326,3 +342,19 @@ def _memory(table: dict | None, fail, check_keys) -> Memory | None:
     return Memory(ram=sizes["ram"][0], flash=sizes["flash"][0], ram_range=sizes["ram"][1],
                   flash_range=sizes["flash"][1], enforce=table.get("enforce", True), source=table["source"],
                   note=table.get("note"))
+
+
+def _onnx(table: dict | None, fail, check_keys) -> OnnxLimits | None:
+    """The ``[onnx]`` table: ``runtime`` and ``source`` (strings), ``max_ir_version`` (3 or more)
+    and ``max_opset`` (7 or more), each optional."""
+    if table is None:
+        return None
+    check_keys(table, _ONNX, "onnx.")
+    for k in ("runtime", "source"):
+        if k not in table:
+            fail(f"onnx.{k}", "missing", hint="[onnx] names the runtime and where its limits come from")
+    for k, lowest in (("max_ir_version", 3), ("max_opset", 7)):
+        if k in table and (isinstance(table[k], bool) or table[k] < lowest):
+            fail(f"onnx.{k}", f"must be an integer of at least {lowest}, got {table[k]!r}")
+    return OnnxLimits(runtime=table["runtime"], max_ir_version=table.get("max_ir_version"),
+                      max_opset=table.get("max_opset"), source=table["source"])
