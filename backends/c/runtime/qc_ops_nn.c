@@ -365,6 +365,49 @@ static int qc_reduce_rows(int op, int rank, const int *shape, const int *ys, siz
     return 1;
 }
 
+/* Sum / mean / sum of squares over one run of middle axes (kept leading dims, the reduced run,
+   kept trailing dims of `inner` >= 4 contiguous floats; e.g. mean pooling over the sequence):
+   rows of x added into y in turn, four outputs a vector. Each output takes its terms in the
+   order the generic loop below does (reduced index ascending, from 0.0f), so the same bits. */
+static int qc_reduce_middle(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
+                            const float *x, float *y)
+{
+    size_t outer = 1, n = 1, inner = 1, want = 1, o, j, i;
+    int d = rank - 1;
+    if (op != QC_RSUM && op != QC_RMEAN && op != QC_RSUMSQ) return 0;
+    for (; d >= 0 && (ys[d] != 0 || shape[d] == 1); --d) {   /* trailing kept dims */
+        if (shape[d] != 1 && (size_t)ys[d] != want) return 0;
+        want *= (size_t)shape[d];
+    }
+    inner = want;
+    for (; d >= 0 && (ys[d] == 0 || shape[d] == 1); --d) n *= (size_t)shape[d];   /* the reduced run */
+    for (; d >= 0; --d) {   /* leading kept dims: nothing reduced among them */
+        if (shape[d] != 1 && (ys[d] == 0 || (size_t)ys[d] != want)) return 0;
+        want *= (size_t)shape[d];
+        outer *= (size_t)shape[d];
+    }
+    if (inner < 4 || n != count || outer * inner != ny) return 0;
+    for (i = 0; i < ny; ++i) y[i] = 0.0f;
+    for (o = 0; o < outer; ++o) {
+        float *yo = y + o * inner;
+        for (j = 0; j < n; ++j) {
+            const float *xp = x + (o * n + j) * inner;
+            i = 0;
+#if defined(QC_VM_NEON)
+            for (; i + 4 <= inner; i += 4) {
+                const float32x4_t v = vld1q_f32(xp + i);
+                vst1q_f32(yo + i, vaddq_f32(vld1q_f32(yo + i), op == QC_RSUMSQ ? vmulq_f32(v, v) : v));
+            }
+#endif
+            for (; i < inner; ++i) yo[i] += op == QC_RSUMSQ ? xp[i] * xp[i] : xp[i];
+        }
+    }
+    if (op == QC_RMEAN) {
+        for (i = 0; i < ny; ++i) y[i] /= (float)count;
+    }
+    return 1;
+}
+
 void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny, size_t count,
                    const float *x, float *y)
 {
@@ -373,6 +416,7 @@ void qc_reduce_f32(int op, int rank, const int *shape, const int *ys, size_t ny,
     size_t i, total = 1;
     float init = 0.0f;
     if (qc_reduce_rows(op, rank, shape, ys, ny, count, x, y)) return;
+    if (qc_reduce_middle(op, rank, shape, ys, ny, count, x, y)) return;
     if (op == QC_RMAX) init = -INFINITY;
     if (op == QC_RMIN) init = INFINITY;
     if (op == QC_RPROD) init = 1.0f;
