@@ -34,7 +34,8 @@ class FuseAddLayerNorm(Pass):
             if fn is not None:
                 continue
             for op in list(g.ops):
-                if op.graph is not g or not is_default_domain(op) or op.op_type != "LayerNormalization":
+                if op.graph is not g or op.op_type != "LayerNormalization" \
+                        or not (is_default_domain(op) or op.domain == F.QC_DOMAIN):
                     continue
                 if any(r is not None and r.uses() for r in op.results[1:]) or len(op.operands) < 2:
                     continue

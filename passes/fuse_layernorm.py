@@ -14,7 +14,7 @@ from ._util import constant_consts, graphs, is_default_domain, opsets_for
 @dataclass(frozen=True)
 class FuseLayerNorm(Pass):
     """fuse-layernorm: LayerNorm spelled in primitive ops (a Hugging Face export) -> one
-    LayerNormalization (opset 17 semantics)::
+    LayerNormalization (opset 17 semantics; ``qc.LayerNormalization`` below opset 17)::
 
         %m = onnx.ReduceMean(%x) {axes = [-1], keepdims = 1}
         %d = onnx.Sub(%x, %m)
@@ -25,20 +25,20 @@ class FuseLayerNorm(Pass):
         %n = onnx.Div(%d, %s)
         %w = onnx.Mul(%n, @scale)                    (either order)
         %y = onnx.Add(%w, @bias)                     (either order; optional)
-            ->  %y = onnx.LayerNormalization(%x, @scale, @bias) {axis = -k, epsilon = eps}
+            ->  %y = onnx.LayerNormalization(%x, @scale, @bias) {axis = -k, epsilon = eps}   (opset >= 17)
+            ->  %y = qc.LayerNormalization(%x, @scale, @bias) {axis = -k, epsilon = eps}     (opset < 17)
 
     The reductions may be over the last k axes (axes as attribute, or as a constant input from
     opset 18) and must be the same; @scale and @bias are constants with the normalized shape's
     element count, broadcasting along the last k axes only (so the result's shape is %x's).
-    Left alone: a value inside the chain read by anything else (%x itself may be); models
-    below opset 17 (no LayerNormalization); non-float or non-static shapes; function bodies.
+    Left alone: a value inside the chain read by anything else (%x itself may be); non-float or
+    non-static shapes; function bodies. (qc writes its ONNX at the lowest opset a model needs, so
+    a decomposed LayerNorm of qc's own output may sit below opset 17.)
     """
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         constants = constant_consts(module)
         opset = opsets_for(module, None).get("", 0)
-        if opset < 17:
-            return False
         changed = False
         for g, fn in list(graphs(module)):
             if fn is not None:
@@ -47,6 +47,8 @@ class FuseLayerNorm(Pass):
                 if op.graph is g and is_default_domain(op) and op.op_type in ("Add", "Mul"):
                     if _fuse(op, constants, opset):
                         changed = True
+        if changed and opset < 17:
+            F.ensure_domain(module)
         return changed
 
 
@@ -106,7 +108,7 @@ def _fuse(tail: Op, constants: set[int], opset: int) -> bool:
         if bias is None or bias[0] is not mul.results[0]:
             return False
     operands = [x, scale[1]] + ([bias[1]] if bias is not None else [])
-    ln = Op("LayerNormalization", operands, results=0,
+    ln = Op("LayerNormalization", operands, results=0, domain="" if opset >= 17 else F.QC_DOMAIN,
             attrs={"axis": -k, "epsilon": float(F.scalar(eps_v, constants))})
     F.apply(tail, ln, [mul, div, sqrt, add_eps, var, pow_, sub, mean])
     return True

@@ -555,6 +555,7 @@ def _softmax(lw: Lowering, op: Op) -> None:
 
 
 @handler("LayerNormalization")
+@handler("LayerNormalization", domain="qc")   # fuse-layernorm below opset 17
 def _layernorm(lw: Lowering, op: Op) -> None:
     x, scale = op.operands[:2]
     bias = op.operands[2] if len(op.operands) > 2 else None
