@@ -32,7 +32,8 @@ OP_GEMM, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8, 
 # Shapes with M, N, K off every SIMD width (1, 3, 17, 33, 65) so the tails run.
 # K % 16 in 9..15 reaches the second packed k-block of the i8mm tail.
 GEMM_SHAPES = [(1, 1, 1), (3, 17, 33), (17, 3, 65), (1, 33, 17), (5, 65, 128), (33, 1, 3),
-               (2, 16, 16), (4, 8, 64), (3, 5, 7), (7, 9, 29), (6, 13, 45), (4, 24, 11)]
+               (2, 16, 16), (4, 8, 64), (3, 5, 7), (7, 9, 29), (6, 13, 45), (4, 24, 11),
+               (8, 32, 144), (4, 16, 208)]   # the dot-product kernel's 48-k turns (+ one 16-k step)
 
 # (kind, cpu the binary is compiled for, variant, qemu cpus it must run on)
 CONFIGS = [
@@ -102,7 +103,11 @@ EP_CASES = [(1, 33, 17, 0, 0, "f32", 1, 1, 1, 0, 0), (3, 17, 65, 5, 3, "f32", 0,
             (4, 16, 576, 0, 0, "f32", 1, 1, 0, 1, 0), (3, 16, 576, 0, 0, "q8", 1, 1, 0, 0, 0),
             (3, 17, 65, 5, 3, "f32", 0, 1, 1, 3, 0), (8, 40, 48, 0, 0, "f32", 1, 1, 1, 3, 16),
             (5, 7, 33, 0, 1, "f32", 1, 0, 0, 3, 0), (8, 32, 45, 3, 2, "f32", 1, 1, 1, 0, 0),
-            (4, 16, 381, 0, 0, "f32", 1, 1, 1, 3, 0)]   # act 3: GELU; K % 16 != 0 on full 4 x 16 tiles
+            (4, 16, 381, 0, 0, "f32", 1, 1, 1, 3, 0),   # act 3: GELU; K % 16 != 0 on full 4 x 16 tiles
+            # full 4 x 16 tiles with the float32 epilogue in registers: per-tensor scale without
+            # bias, 48-k turns + one 16-k step; row strides, a K tail, bias + fbias, a slice
+            (4, 32, 112, 0, 0, "f32", 0, 0, 0, 0, 0), (8, 48, 200, 7, 5, "f32", 1, 1, 1, 0, 16),
+            (4, 16, 96, 0, 0, "f32", 0, 1, 1, 0, 0)]
 
 
 def _gemm_ep_cases(s: Stream, variant: str, rng: np.random.Generator) -> None:

@@ -66,62 +66,107 @@
 #if defined(__GNUC__) && defined(__aarch64__)
 /* The full tile's 16-k steps in assembly (GCC's register allocation of the intrinsic form
    spills accumulators and copies registers): accumulators in v16-v31 (row r, group g in
-   v(16 + 4r + g)), A rows in v0-v3, the weight k-quads alternately in v4-v7 and v8-v11 (one
-   LD1 of 64 bytes each), 64 lane-indexed SDOT per 16 k, post-indexed loads; two steps per
-   loop turn, then an odd one; the accumulators go to tile[4][16] (4 ST1 of 64 bytes). */
-#define QC_DQ(w0, w1, w2, w3, l)                                                       \
-    "sdot v16.4s, " w0 ".16b, v0.4b[" l "]\n\tsdot v17.4s, " w1 ".16b, v0.4b[" l "]\n\t" \
-    "sdot v18.4s, " w2 ".16b, v0.4b[" l "]\n\tsdot v19.4s, " w3 ".16b, v0.4b[" l "]\n\t" \
-    "sdot v20.4s, " w0 ".16b, v1.4b[" l "]\n\tsdot v21.4s, " w1 ".16b, v1.4b[" l "]\n\t" \
-    "sdot v22.4s, " w2 ".16b, v1.4b[" l "]\n\tsdot v23.4s, " w3 ".16b, v1.4b[" l "]\n\t" \
-    "sdot v24.4s, " w0 ".16b, v2.4b[" l "]\n\tsdot v25.4s, " w1 ".16b, v2.4b[" l "]\n\t" \
-    "sdot v26.4s, " w2 ".16b, v2.4b[" l "]\n\tsdot v27.4s, " w3 ".16b, v2.4b[" l "]\n\t" \
-    "sdot v28.4s, " w0 ".16b, v3.4b[" l "]\n\tsdot v29.4s, " w1 ".16b, v3.4b[" l "]\n\t" \
-    "sdot v30.4s, " w2 ".16b, v3.4b[" l "]\n\tsdot v31.4s, " w3 ".16b, v3.4b[" l "]\n\t"
-#define QC_DWSTEP                                                                      \
-    "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"                                              \
-    "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"                                             \
-    QC_DQ("v4", "v5", "v6", "v7", "0") "ld1 {v4.16b-v7.16b}, [%[w]], #64\n\t"          \
-    QC_DQ("v8", "v9", "v10", "v11", "1") "ld1 {v8.16b-v11.16b}, [%[w]], #64\n\t"       \
-    QC_DQ("v4", "v5", "v6", "v7", "2") QC_DQ("v8", "v9", "v10", "v11", "3")
-#define QC_DSTEP                                                                       \
-    "ldr q0, [%[p0]], #16\n\tldr q1, [%[p1]], #16\n\tldr q2, [%[p2]], #16\n\t"          \
-    "ldr q3, [%[p3]], #16\n\t" QC_DWSTEP
+   v(16 + 4r + g)); per loop turn 48 k: each A row's 48 bytes in one LD1 of three registers
+   (row r in v(3r) .. v(3r + 2)), so 4 A loads serve 192 SDOT; each weight k-quad in v12-v15 (one
+   LD1 of 64 bytes), 16 lane-indexed SDOT per k-quad; post-indexed loads. The steps left over
+   (steps % 3) take one 16-byte load per row (v0, v3, v6, v9), then the K tail. */
+#define QC_DQ(a0, a1, a2, a3, l)                                                        \
+    "ld1 {v12.16b-v15.16b}, [%[w]], #64\n\t"                                             \
+    "sdot v16.4s, v12.16b, " a0 ".4b[" l "]\n\tsdot v17.4s, v13.16b, " a0 ".4b[" l "]\n\t" \
+    "sdot v18.4s, v14.16b, " a0 ".4b[" l "]\n\tsdot v19.4s, v15.16b, " a0 ".4b[" l "]\n\t" \
+    "sdot v20.4s, v12.16b, " a1 ".4b[" l "]\n\tsdot v21.4s, v13.16b, " a1 ".4b[" l "]\n\t" \
+    "sdot v22.4s, v14.16b, " a1 ".4b[" l "]\n\tsdot v23.4s, v15.16b, " a1 ".4b[" l "]\n\t" \
+    "sdot v24.4s, v12.16b, " a2 ".4b[" l "]\n\tsdot v25.4s, v13.16b, " a2 ".4b[" l "]\n\t" \
+    "sdot v26.4s, v14.16b, " a2 ".4b[" l "]\n\tsdot v27.4s, v15.16b, " a2 ".4b[" l "]\n\t" \
+    "sdot v28.4s, v12.16b, " a3 ".4b[" l "]\n\tsdot v29.4s, v13.16b, " a3 ".4b[" l "]\n\t" \
+    "sdot v30.4s, v14.16b, " a3 ".4b[" l "]\n\tsdot v31.4s, v15.16b, " a3 ".4b[" l "]\n\t"
+/* 16 k of the four rows held in a0..a3 */
+#define QC_D16(a0, a1, a2, a3)                                                          \
+    QC_DQ(a0, a1, a2, a3, "0") QC_DQ(a0, a1, a2, a3, "1")                              \
+    QC_DQ(a0, a1, a2, a3, "2") QC_DQ(a0, a1, a2, a3, "3")
+#define QC_D48                                                                          \
+    "ld1 {v0.16b-v2.16b}, [%[p0]], #48\n\tld1 {v3.16b-v5.16b}, [%[p1]], #48\n\t"         \
+    "ld1 {v6.16b-v8.16b}, [%[p2]], #48\n\tld1 {v9.16b-v11.16b}, [%[p3]], #48\n\t"        \
+    QC_D16("v0", "v3", "v6", "v9") QC_D16("v1", "v4", "v7", "v10")                      \
+    QC_D16("v2", "v5", "v8", "v11")
+#define QC_D16LD                                                                        \
+    "ldr q0, [%[p0]], #16\n\tldr q3, [%[p1]], #16\n\tldr q6, [%[p2]], #16\n\t"          \
+    "ldr q9, [%[p3]], #16\n\t" QC_D16("v0", "v3", "v6", "v9")
 /* The K tail (tl = K % 16 > 0 bytes): the 16 bytes ending at the row's end, moved down by
    16 - tl with TBL (index >= 16 gives 0): the tail at bytes 0 .. tl-1, zeros above (the
    packed weights are zero there too). In bounds: it reads inside the row. */
 #define QC_DTAIL                                                                       \
-    "ldr q12, [%[ix]]\n\tsub %[p0], %[p0], %[bk]\n\tsub %[p1], %[p1], %[bk]\n\t"        \
+    "ldr q1, [%[ix]]\n\tsub %[p0], %[p0], %[bk]\n\tsub %[p1], %[p1], %[bk]\n\t"         \
     "sub %[p2], %[p2], %[bk]\n\tsub %[p3], %[p3], %[bk]\n\t"                             \
-    "ldr q0, [%[p0]]\n\tldr q1, [%[p1]]\n\tldr q2, [%[p2]]\n\tldr q3, [%[p3]]\n\t"        \
-    "tbl v0.16b, {v0.16b}, v12.16b\n\ttbl v1.16b, {v1.16b}, v12.16b\n\t"                 \
-    "tbl v2.16b, {v2.16b}, v12.16b\n\ttbl v3.16b, {v3.16b}, v12.16b\n\t" QC_DWSTEP
+    "ldr q0, [%[p0]]\n\tldr q3, [%[p1]]\n\tldr q6, [%[p2]]\n\tldr q9, [%[p3]]\n\t"        \
+    "tbl v0.16b, {v0.16b}, v1.16b\n\ttbl v3.16b, {v3.16b}, v1.16b\n\t"                   \
+    "tbl v6.16b, {v6.16b}, v1.16b\n\ttbl v9.16b, {v9.16b}, v1.16b\n\t"                   \
+    QC_D16("v0", "v3", "v6", "v9")
 #define QC_Z4(a, b, c_, d) "movi " a ".4s, #0\n\tmovi " b ".4s, #0\n\tmovi " c_ ".4s, #0\n\tmovi " d ".4s, #0\n\t"
+#define QC_OP16(op, r0, r1, r2, r3)                                                     \
+    op " v16.4s, v16.4s, " r0 ".4s\n\t" op " v17.4s, v17.4s, " r1 ".4s\n\t"             \
+    op " v18.4s, v18.4s, " r2 ".4s\n\t" op " v19.4s, v19.4s, " r3 ".4s\n\t"             \
+    op " v20.4s, v20.4s, " r0 ".4s\n\t" op " v21.4s, v21.4s, " r1 ".4s\n\t"             \
+    op " v22.4s, v22.4s, " r2 ".4s\n\t" op " v23.4s, v23.4s, " r3 ".4s\n\t"             \
+    op " v24.4s, v24.4s, " r0 ".4s\n\t" op " v25.4s, v25.4s, " r1 ".4s\n\t"             \
+    op " v26.4s, v26.4s, " r2 ".4s\n\t" op " v27.4s, v27.4s, " r3 ".4s\n\t"             \
+    op " v28.4s, v28.4s, " r0 ".4s\n\t" op " v29.4s, v29.4s, " r1 ".4s\n\t"             \
+    op " v30.4s, v30.4s, " r2 ".4s\n\t" op " v31.4s, v31.4s, " r3 ".4s\n\t"
+#define QC_SCVTF4(a, b, c_, d)                                                          \
+    "scvtf " a ".4s, " a ".4s\n\tscvtf " b ".4s, " b ".4s\n\t"                          \
+    "scvtf " c_ ".4s, " c_ ".4s\n\tscvtf " d ".4s, " d ".4s\n\t"
+/* The full 4 x 16 tile stored from registers, one ST1 of 64 bytes per output row at fo: the
+   int32 sums (f32 = 0), or after the float32 epilogue (f32 = 1; act none; the same operations in
+   the same order as qc_ep_f32_one: int32 bias, convert, times scale, plus fbias). With fo NULL
+   the sums go to tile[4][16] instead. */
+#define QC_DEPF32                                                                       \
+    "cbz %[fo], 20f\n\tcbz %[f32], 24f\n\t"                                              \
+    "cbz %[bias], 21f\n\tld1 {v0.4s-v3.4s}, [%[bias]]\n\t"                               \
+    QC_OP16("add", "v0", "v1", "v2", "v3") "21:\n\t"                                     \
+    QC_SCVTF4("v16", "v17", "v18", "v19") QC_SCVTF4("v20", "v21", "v22", "v23")         \
+    QC_SCVTF4("v24", "v25", "v26", "v27") QC_SCVTF4("v28", "v29", "v30", "v31")         \
+    "cbz %[pc], 22f\n\tld1 {v0.4s-v3.4s}, [%[scale]]\n\tb 23f\n"                         \
+    "22:\n\tld1r {v0.4s}, [%[scale]]\n\tmov v1.16b, v0.16b\n\tmov v2.16b, v0.16b\n\t"    \
+    "mov v3.16b, v0.16b\n"                                                               \
+    "23:\n\t" QC_OP16("fmul", "v0", "v1", "v2", "v3")                                   \
+    "cbz %[fbias], 24f\n\tld1 {v0.4s-v3.4s}, [%[fbias]]\n\t"                             \
+    QC_OP16("fadd", "v0", "v1", "v2", "v3") "24:\n\t"                                    \
+    "st1 {v16.4s-v19.4s}, [%[fo]], %[ldo]\n\tst1 {v20.4s-v23.4s}, [%[fo]], %[ldo]\n\t"   \
+    "st1 {v24.4s-v27.4s}, [%[fo]], %[ldo]\n\tst1 {v28.4s-v31.4s}, [%[fo]]\n\tb 25f\n"    \
+    "20:\n\tst1 {v16.4s-v19.4s}, [%[t]], #64\n\tst1 {v20.4s-v23.4s}, [%[t]], #64\n\t"    \
+    "st1 {v24.4s-v27.4s}, [%[t]], #64\n\tst1 {v28.4s-v31.4s}, [%[t]], #64\n"             \
+    "25:\n\t"
 
 /* steps >= 1 full 16-k steps of the 4 x 16 tile from zero, then the K tail of `tail` bytes
-   (0: none; index: its TBL indices, see qc_gemm_s8_run); advances p0..p3 and w. */
-#define QC_DOT_ASM(steps, tail, index, tile)                                            \
+   (0: none; index: its TBL indices, see qc_gemm_s8_run); advances p0..p3 and w. With fout
+   (the output at row m, column n; row stride ldo_bytes) the tile is stored there: int32 sums,
+   or with f32_ the float32 epilogue ep_bias / ep_scale (per channel: pc_) / ep_fbias run in
+   registers (QC_DEPF32). Without fout the int32 sums go to tile. */
+#define QC_DOT_ASM(steps, tail, index, tile, fout, ldo_bytes, f32_, ep_bias, ep_scale, pc_, ep_fbias) \
     do {                                                                               \
-        long qc_pairs = (steps) >> 1, qc_odd = (steps) & 1, qc_tl = (tail), qc_bk = 16 - (tail); \
+        long qc_tri = (steps) / 3, qc_one = (steps) % 3, qc_tl = (tail), qc_bk = 16 - (tail); \
         const uint8_t *qc_ix = (index);                                                \
         int32_t *qc_t = (tile);                                                        \
+        float *qc_fo = (fout);                                                         \
         __asm__ volatile(QC_Z4("v16", "v17", "v18", "v19") QC_Z4("v20", "v21", "v22", "v23") \
                          QC_Z4("v24", "v25", "v26", "v27") QC_Z4("v28", "v29", "v30", "v31") \
                          "cbz %[n], 2f\n"                                              \
-                         "1:\n\t" QC_DSTEP QC_DSTEP "subs %[n], %[n], #1\n\tb.ne 1b\n"  \
-                         "2:\n\tcbz %[odd], 4f\n\t" QC_DSTEP                            \
+                         "1:\n\t" QC_D48 "subs %[n], %[n], #1\n\tb.ne 1b\n"            \
+                         "2:\n\tcbz %[one], 4f\n"                                       \
+                         "5:\n\t" QC_D16LD "subs %[one], %[one], #1\n\tb.ne 5b\n"      \
                          "4:\n\tcbz %[tl], 3f\n\t" QC_DTAIL                              \
-                         "3:\n\tst1 {v16.4s-v19.4s}, [%[t]], #64\n\t"                  \
-                         "st1 {v20.4s-v23.4s}, [%[t]], #64\n\t"                         \
-                         "st1 {v24.4s-v27.4s}, [%[t]], #64\n\t"                         \
-                         "st1 {v28.4s-v31.4s}, [%[t]], #64\n\t"                         \
+                         "3:\n\t" QC_DEPF32                                             \
                          : [p0] "+r"(p0), [p1] "+r"(p1), [p2] "+r"(p2), [p3] "+r"(p3), \
-                           [w] "+r"(w), [n] "+r"(qc_pairs), [t] "+r"(qc_t)             \
-                         : [odd] "r"(qc_odd), [tl] "r"(qc_tl), [bk] "r"(qc_bk), [ix] "r"(qc_ix) \
+                           [w] "+r"(w), [n] "+r"(qc_tri), [one] "+r"(qc_one), [t] "+r"(qc_t), \
+                           [fo] "+r"(qc_fo)                                            \
+                         : [tl] "r"(qc_tl), [bk] "r"(qc_bk), [ix] "r"(qc_ix),           \
+                           [ldo] "r"((long)(ldo_bytes)), [f32] "r"((long)(f32_)),       \
+                           [bias] "r"(ep_bias),                                         \
+                           [scale] "r"(ep_scale), [pc] "r"((long)(pc_)), [fbias] "r"(ep_fbias) \
                          : "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", \
-                           "v10", "v11", "v12", "v16", "v17", "v18", "v19", "v20", "v21", \
-                           "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", \
-                           "v31", "memory", "cc");                                     \
+                           "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", \
+                           "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", \
+                           "v28", "v29", "v30", "v31", "memory", "cc");                \
     } while (0)
 #endif
 
@@ -155,14 +200,18 @@ QC_INLINE void qc_dot_tile(const int MR, const int NG, int K, const int8_t *A, i
 #if defined(QC_DOT_ASM)
     if (MR == 4 && NG == 4 && full) {
         int32_t t[64];
-        QC_DOT_ASM(full >> 4, K - full, ix, t);
-        if (cols == 16 && c->mode == QC_OUT_I32) {   /* 4 LD1 + 4 ST1 */
-            int32_t *o = (int32_t *)c->out + (size_t)m * (size_t)c->ldo + (size_t)n;
-            const size_t ldo = (size_t)c->ldo;
-            vst1q_s32_x4(o, vld1q_s32_x4(t));
-            vst1q_s32_x4(o + ldo, vld1q_s32_x4(t + 16));
-            vst1q_s32_x4(o + 2 * ldo, vld1q_s32_x4(t + 32));
-            vst1q_s32_x4(o + 3 * ldo, vld1q_s32_x4(t + 48));
+        const struct qc_epilogue *ep = c->ep;
+        const int f32 = c->mode == QC_OUT_F32;
+        void *direct = NULL;   /* the tile goes straight to the output from registers */
+        if (cols == 16 && (c->mode == QC_OUT_I32 || (f32 && ep->act == QC_ACT_NONE))) {
+            direct = f32 ? (void *)((float *)c->out + (size_t)m * (size_t)c->ldo + (size_t)n)
+                         : (void *)((int32_t *)c->out + (size_t)m * (size_t)c->ldo + (size_t)n);
+        }
+        QC_DOT_ASM(full >> 4, K - full, ix, t, direct, (long)c->ldo * 4, f32,
+                   f32 && ep->bias ? ep->bias + n : NULL,
+                   f32 ? ep->scale + (ep->per_channel ? n : 0) : NULL, f32 && ep->per_channel,
+                   f32 && ep->fbias ? ep->fbias + n : NULL);
+        if (direct) {
             return;
         }
         qc_ep_tile(c, t, 16, 4, cols, m, n);
