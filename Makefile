@@ -5,14 +5,16 @@
 #   make demo    build SmolLM2-135M, quantize it for the x86 CPU (w8a8; 16 calibration windows,
 #                none held aside: qc eval measures the result), show size, pass timings
 #                and perplexity before / after
-#   make test    the whole test suite (pytest, which also runs the lit/FileCheck pass tests)
+#   make test    the whole test suite (pytest, which also runs the lit/FileCheck pass tests), one
+#                worker per core (pytest-xdist; each test file stays in one worker)
 #   make lint    static checks (.ci/lint): import layering (import-linter, contracts in
 #                pyproject.toml), import cycles, ruff, mypy on qc/ir, qc/pm.py and qc/onnx
 #   make bench   import/export/print/parse times for 1k, 10k and 100k-node graphs
 #   make clean   remove .venv, out/ and test and build caches
 #
 # Variables: PYTHON (the interpreter that creates the venv, default python3),
-# PYTEST_ARGS (e.g. make test PYTEST_ARGS='-x tests/test_cli.py'), BENCH_ARGS, LINT_ARGS (the
+# PYTEST_ARGS (e.g. make test PYTEST_ARGS='-x tests/test_cli.py'), TEST_JOBS (pytest workers,
+# default auto = one per core; 0 runs in-process), BENCH_ARGS, LINT_ARGS (the
 # checks to run, e.g. make lint LINT_ARGS='imports cycles').
 
 PYTHON ?= python3
@@ -22,6 +24,7 @@ STAMP := $(VENV)/.qc-installed
 # qc, lit and filecheck are console scripts in the venv: put them first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 PYTEST_ARGS ?=
+TEST_JOBS ?= auto
 BENCH_ARGS ?=
 LINT_ARGS ?=
 
@@ -62,7 +65,7 @@ demo: $(STAMP)
 	@$(RUN) qc eval out/smollm2-135m-w8a8.onnx --ref out/smollm2-135m.onnx --samples 16
 
 test: $(STAMP)
-	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(RUN) $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(RUN) $(BIN)/python .ci/lint $(LINT_ARGS)

@@ -40,13 +40,26 @@ def _newer(out: Path, *srcs: Path) -> bool:
     return out.exists() and all(out.stat().st_mtime >= s.stat().st_mtime for s in srcs)
 
 
+def compile_to(cmd: list[str], out: Path) -> Path:
+    """Run the compiler command ``cmd`` with ``-o`` a temporary beside ``out``, then rename it
+    into place: processes that build the same cached tool at once (parallel tests) never see
+    a half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    try:
+        subprocess.run([*cmd, "-o", str(tmp)], check=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def build_plugin(out: Path | None = None) -> Path:
     """Compile insn_count.c into a host shared object (cached in benchmarks/arm/build/)."""
     out = Path(out or BUILD / "insn_count.so")
     if not _newer(out, PLUGIN_SRC):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-                        "-fvisibility=hidden", str(PLUGIN_SRC), "-o", str(out)], check=True)
+        compile_to(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+                    "-fvisibility=hidden", str(PLUGIN_SRC)], out)
     return out
 
 
@@ -55,9 +68,8 @@ def build_marker_test(out: Path | None = None) -> Path:
     src = ARM / "marker_test.c"
     out = Path(out or BUILD / "marker_test")
     if not _newer(out, src):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-Wall", "-Wextra", "-static",
-                        "-march=armv8.2-a+dotprod", str(src), "-o", str(out)], check=True)
+        compile_to(["aarch64-linux-gnu-gcc", "-O2", "-Wall", "-Wextra", "-static",
+                    "-march=armv8.2-a+dotprod", str(src)], out)
     return out
 
 

