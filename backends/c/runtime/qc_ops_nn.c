@@ -119,62 +119,171 @@ void qc_conv2d_f32(int N, int C, int H, int W, int OC, int OH, int OW, int KH, i
     }
 }
 
-void qc_maxpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
+/* One pooling output (any position: the window's taps are bounds-checked): the reference the
+ * interior fast paths below follow tap for tap. */
+static float qc_maxpool_one(int H, int W, const int *p, const float *xp, int oh, int ow)
 {
     const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
-    int c, oh, ow, i, j;
+    float m = -FLT_MAX;
+    int any = 0, i, j;
+    for (i = 0; i < kh; ++i) {
+        const int ih = oh * sh - pt + i * dh;
+        if (ih < 0 || ih >= H) continue;
+        for (j = 0; j < kw; ++j) {
+            const int iw = ow * sw - pl + j * dw;
+            float v;
+            if (iw < 0 || iw >= W) continue;
+            v = xp[(size_t)ih * (size_t)W + (size_t)iw];
+            if (!any || v > m || v != v) m = v;
+            any = 1;
+        }
+    }
+    return m;
+}
+
+static float qc_avgpool_one(int H, int W, const int *p, const float *xp, int oh, int ow)
+{
+    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
+    const int include_pad = p[8], pb = p[9], pr = p[10];
+    float acc = 0.0f;
+    int valid = 0, padded = 0, i, j;
+    for (i = 0; i < kh; ++i) {
+        const int ih = oh * sh - pt + i * dh;
+        if (ih < -pt || ih >= H + pb) continue; /* beyond the padding (ceil_mode) */
+        for (j = 0; j < kw; ++j) {
+            const int iw = ow * sw - pl + j * dw;
+            if (iw < -pl || iw >= W + pr) continue;
+            padded++;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+            acc += xp[(size_t)ih * (size_t)W + (size_t)iw];
+            valid++;
+        }
+    }
+    if (include_pad) valid = padded;
+    return valid > 0 ? acc / (float)valid : 0.0f;
+}
+
+/* The output columns [*lo, *hi) whose kw taps all fall inside 0 .. W-1 (empty: *lo == *hi). */
+static void qc_pool_inner_cols(int W, int OW, const int *p, int *lo, int *hi)
+{
+    const int kw = p[1], sw = p[3], pl = p[5], dw = p[7];
+    const int last = W - 1 + pl - (kw - 1) * dw;   /* ow * sw may reach this */
+    int a = (pl + sw - 1) / sw, b = last < 0 ? 0 : last / sw + 1;
+    if (b > OW) b = OW;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
+/* The kernel rows of output row oh inside the image (their ih), and for AveragePool how many
+ * lie inside the padded range (count_include_pad). */
+static int qc_pool_rows(int H, const int *p, int oh, int *ih, int *in_pad)
+{
+    const int kh = p[0], sh = p[2], pt = p[4], dh = p[6], pb = p[9];
+    int i, n = 0;
+    *in_pad = 0;
+    for (i = 0; i < kh; ++i) {
+        const int r = oh * sh - pt + i * dh;
+        if (r >= -pt && r < H + pb) ++*in_pad;
+        if (r >= 0 && r < H) ih[n++] = r;
+    }
+    return n;
+}
+
+#define QC_POOL_MAX_KH 16
+
+/* MaxPool / AveragePool, NCHW planes. Per output row, the columns whose whole window row lies
+ * inside the image take a fast path without bounds tests (4 outputs a vector for strides 1 and,
+ * on NEON, 2); the taps are visited in the reference order (kernel rows, then columns), so the
+ * results are the bits of qc_maxpool_one / qc_avgpool_one: max by compare-and-select (the
+ * first of equal values, a NaN wins), sums added in order, one IEEE division. */
+static void qc_pool2d_f32(int avg, int NC, int H, int W, int OH, int OW, const int *p, const float *x,
+                          float *y)
+{
+    const int kh = p[0], kw = p[1], sw = p[3], pl = p[5], dw = p[7], include_pad = p[8];
+    int c, oh, ow, lo, hi;
+    qc_pool_inner_cols(W, OW, p, &lo, &hi);
     for (c = 0; c < NC; ++c) {
         const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
-        for (oh = 0; oh < OH; ++oh) {
-            for (ow = 0; ow < OW; ++ow) {
-                float m = -FLT_MAX;
-                int any = 0;
-                for (i = 0; i < kh; ++i) {
-                    const int ih = oh * sh - pt + i * dh;
-                    if (ih < 0 || ih >= H) continue;
+        for (oh = 0; oh < OH; ++oh, y += OW) {
+            int ih[QC_POOL_MAX_KH], in_pad, n, valid, r, j;
+            n = kh <= QC_POOL_MAX_KH ? qc_pool_rows(H, p, oh, ih, &in_pad) : 0;
+            valid = (include_pad ? in_pad : n) * kw;
+            if (n == 0 || (avg && valid == 0)) {   /* no tap inside: the reference everywhere */
+                for (ow = 0; ow < OW; ++ow)
+                    y[ow] = avg ? qc_avgpool_one(H, W, p, xp, oh, ow) : qc_maxpool_one(H, W, p, xp, oh, ow);
+                continue;
+            }
+            for (ow = 0; ow < lo; ++ow)
+                y[ow] = avg ? qc_avgpool_one(H, W, p, xp, oh, ow) : qc_maxpool_one(H, W, p, xp, oh, ow);
+            ow = lo;
+#if defined(QC_VM_SIMD)
+            if (sw == 1
+#if defined(QC_VM_NEON)
+                || sw == 2
+#endif
+            ) {
+                const qc_vf fvalid = qc_vf_dup((float)valid);
+                /* stride 2 loads 8 floats a tap (LD2): only while they end inside the row */
+                for (; ow + 4 <= hi && (sw == 1 || ow * 2 - pl + (kw - 1) * dw + 8 <= W); ow += 4) {
+                    const float *xc = xp + (size_t)(ow * sw - pl);
+                    qc_vf m = qc_vf_dup(0.0f);
+                    int first = 1;
+                    for (r = 0; r < n; ++r) {
+                        const float *xr = xc + (size_t)ih[r] * (size_t)W;
+                        for (j = 0; j < kw; ++j) {
+                            qc_vf v;
+#if defined(QC_VM_NEON)
+                            v = sw == 2 ? vld2q_f32(xr + j * dw).val[0] : qc_vf_load(xr + j * dw);
+#else
+                            v = qc_vf_load(xr + j * dw);
+#endif
+                            if (avg) {
+                                m = qc_vf_add(m, v);
+                            } else if (first) {
+                                m = v;
+                            } else {   /* v > m or v is NaN: v */
+                                m = qc_vf_sel(qc_vf_eq(v, v), qc_vf_sel(qc_vf_gt(v, m), v, m), v);
+                            }
+                            first = 0;
+                        }
+                    }
+                    qc_vf_store(y + ow, avg ? qc_vf_div(m, fvalid) : m);
+                }
+            }
+#endif
+            for (; ow < hi; ++ow) {
+                const float *xc = xp + (size_t)(ow * sw - pl);
+                float m = 0.0f;
+                int first = 1;
+                for (r = 0; r < n; ++r) {
+                    const float *xr = xc + (size_t)ih[r] * (size_t)W;
                     for (j = 0; j < kw; ++j) {
-                        const int iw = ow * sw - pl + j * dw;
-                        float v;
-                        if (iw < 0 || iw >= W) continue;
-                        v = xp[(size_t)ih * (size_t)W + (size_t)iw];
-                        if (!any || v > m || v != v) m = v;
-                        any = 1;
+                        const float v = xr[j * dw];
+                        if (avg) {
+                            m += v;
+                        } else if (first || v > m || v != v) {
+                            m = v;
+                        }
+                        first = 0;
                     }
                 }
-                *y++ = m;
+                y[ow] = avg ? m / (float)valid : m;
             }
+            for (ow = hi; ow < OW; ++ow)
+                y[ow] = avg ? qc_avgpool_one(H, W, p, xp, oh, ow) : qc_maxpool_one(H, W, p, xp, oh, ow);
         }
     }
 }
 
+void qc_maxpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
+{
+    qc_pool2d_f32(0, NC, H, W, OH, OW, p, x, y);
+}
+
 void qc_avgpool2d_f32(int NC, int H, int W, int OH, int OW, const int *p, const float *x, float *y)
 {
-    const int kh = p[0], kw = p[1], sh = p[2], sw = p[3], pt = p[4], pl = p[5], dh = p[6], dw = p[7];
-    const int include_pad = p[8], pb = p[9], pr = p[10];
-    int c, oh, ow, i, j;
-    for (c = 0; c < NC; ++c) {
-        const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
-        for (oh = 0; oh < OH; ++oh) {
-            for (ow = 0; ow < OW; ++ow) {
-                float acc = 0.0f;
-                int valid = 0, padded = 0;
-                for (i = 0; i < kh; ++i) {
-                    const int ih = oh * sh - pt + i * dh;
-                    if (ih < -pt || ih >= H + pb) continue; /* beyond the padding (ceil_mode) */
-                    for (j = 0; j < kw; ++j) {
-                        const int iw = ow * sw - pl + j * dw;
-                        if (iw < -pl || iw >= W + pr) continue;
-                        padded++;
-                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                        acc += xp[(size_t)ih * (size_t)W + (size_t)iw];
-                        valid++;
-                    }
-                }
-                if (include_pad) valid = padded;
-                *y++ = valid > 0 ? acc / (float)valid : 0.0f;
-            }
-        }
-    }
+    qc_pool2d_f32(1, NC, H, W, OH, OW, p, x, y);
 }
 
 void qc_channel_affine_f32(int outer, int C, int inner, const float *a, const float *b,
