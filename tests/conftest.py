@@ -75,3 +75,24 @@ def minilm_fp32(tmp_path_factory):
     path = tmp_path_factory.mktemp("minilm") / "minilm-l6-fp32.onnx"
     minilm.build_onnx(str(path))
     return path
+
+
+def c_outputs_portable_and_neon(model: onnx.ModelProto, feeds: dict, tmp_path) -> dict:
+    """The C backend's outputs of ``model`` on ``feeds``, built twice for the cortex-a76 target:
+    {"portable": host build with the portable kernels, "neon": the target's own build run under
+    qemu-aarch64 -cpu cortex-a76}. Needs the aarch64 toolchain (skips or fails as require_tools)."""
+    from qc.backends.c import emit_c, prepare, toolchain
+    from qc.backends.c.runner import build_model, run_model
+    from qc.frontend.onnx import import_onnx
+    from qc.targets import load_target
+
+    toolchain.require_tools("aarch64")
+    outs = {}
+    for name, variant, arch, cpu in (("portable", "portable", "host", None), ("neon", None, "aarch64", "cortex-a76")):
+        module = import_onnx(model)
+        prepare(module, {})
+        report = emit_c(module, tmp_path / name, load_target("cortex-a76"), harness=True,
+                        **({"variant": variant} if variant else {}))
+        exe = build_model(report, arch, cpu) if cpu else build_model(report, arch)
+        outs[name] = run_model(exe, report, feeds, arch, cpu) if cpu else run_model(exe, report, feeds, arch)
+    return outs

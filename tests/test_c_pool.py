@@ -8,23 +8,21 @@ import numpy as np
 from onnx import TensorProto as TP
 from onnx import helper
 
-from qc.backends.c import emit_c, prepare, toolchain
-from qc.backends.c.runner import build_model, run_model
-from qc.frontend.onnx import import_onnx
+from conftest import c_outputs_portable_and_neon
 from qc.onnx.evaluator import ort_session
-from qc.targets import load_target
 
 # (op, input, attributes): ShuffleNet's stem and stride-2 units, stride 1, dilation, ceil_mode,
 # a stride the vector path does not take, a window wider than the padded edge
-POOLS = [("MaxPool", "x", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
-         ("AveragePool", "x", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
-         ("AveragePool", "x", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
-         ("MaxPool", "x", dict(kernel_shape=[2, 2], strides=[1, 1])),
-         ("MaxPool", "x", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[2, 2, 2, 2], dilations=[2, 2])),
-         ("AveragePool", "x", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
-         ("MaxPool", "x", dict(kernel_shape=[3, 3], strides=[3, 3], pads=[0, 1, 0, 1])),
-         ("AveragePool", "x", dict(kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])),
-         ("MaxPool", "xn", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))]
+POOLS = [("MaxPool", "x", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+         ("AveragePool", "x", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+         ("AveragePool", "x", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                               "count_include_pad": 1}),
+         ("MaxPool", "x", {"kernel_shape": [2, 2], "strides": [1, 1]}),
+         ("MaxPool", "x", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+         ("AveragePool", "x", {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+         ("MaxPool", "x", {"kernel_shape": [3, 3], "strides": [3, 3], "pads": [0, 1, 0, 1]}),
+         ("AveragePool", "x", {"kernel_shape": [5, 5], "strides": [1, 1], "pads": [2, 2, 2, 2]}),
+         ("MaxPool", "xn", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]})]
 SHAPE = (1, 3, 17, 37)
 
 
@@ -37,7 +35,6 @@ def _model():
 
 
 def test_pools_neon_bits_equal_portable_and_match_onnxruntime(tmp_path):
-    toolchain.require_tools("aarch64")
     model = _model()
     rng = np.random.RandomState(5)
     x = rng.randn(*SHAPE).astype(np.float32)
@@ -47,14 +44,7 @@ def test_pools_neon_bits_equal_portable_and_match_onnxruntime(tmp_path):
     xn[0, 2, 7:10, 7:13] = np.minimum(xn[0, 2, 7:10, 7:13], -1.0)
     xn[0, 2, 8, 8:12] = [0.0, -0.0, -0.0, 0.0]   # ties of signed zeros: the first one stays
     feeds = {"x": x, "xn": xn}
-    outs = {}
-    for name, variant, arch, cpu in (("portable", "portable", "host", None), ("neon", None, "aarch64", "cortex-a76")):
-        module = import_onnx(model)
-        prepare(module, {})
-        report = emit_c(module, tmp_path / name, load_target("cortex-a76"), harness=True,
-                        **({"variant": variant} if variant else {}))
-        exe = build_model(report, arch, cpu) if cpu else build_model(report, arch)
-        outs[name] = run_model(exe, report, feeds, arch, cpu) if cpu else run_model(exe, report, feeds, arch)
+    outs = c_outputs_portable_and_neon(model, feeds, tmp_path)
     ref = ort_session(model).run(None, feeds)
     for i, (op, src, attrs) in enumerate(POOLS):
         neon, portable = outs["neon"][i], outs["portable"][i]

@@ -8,11 +8,8 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper
 
-from qc.backends.c import emit_c, prepare, toolchain
-from qc.backends.c.runner import build_model, run_model
-from qc.frontend.onnx import import_onnx
+from conftest import c_outputs_portable_and_neon
 from qc.onnx.evaluator import ort_session
-from qc.targets import load_target
 
 # (op, input shape, axes, keepdims): middle runs, a trailing run kept, a run of two, an odd inner
 CASES = [("ReduceSum", (2, 7, 12), [1], 0), ("ReduceMean", (1, 128, 20), [1], 1),
@@ -30,17 +27,9 @@ def _model(op: str, shape, axes, keepdims: int):
 
 @pytest.mark.parametrize("op,shape,axes,keepdims", CASES)
 def test_middle_axis_reductions(tmp_path, op, shape, axes, keepdims):
-    toolchain.require_tools("aarch64")
     model = _model(op, shape, axes, keepdims)
     x = np.random.RandomState(3).randn(*shape).astype(np.float32)
     ref = ort_session(model).run(None, {"x": x})[0]
-    outs = {}
-    for name, variant, arch, cpu in (("portable", "portable", "host", None), ("neon", None, "aarch64", "cortex-a76")):
-        module = import_onnx(model)
-        prepare(module, {})
-        report = emit_c(module, tmp_path / name, load_target("cortex-a76"), harness=True,
-                        **({"variant": variant} if variant else {}))
-        exe = build_model(report, arch, cpu) if cpu else build_model(report, arch)
-        outs[name] = (run_model(exe, report, {"x": x}, arch, cpu) if cpu else run_model(exe, report, {"x": x}, arch))[0]
-    assert outs["neon"].tobytes() == outs["portable"].tobytes()
-    np.testing.assert_allclose(outs["portable"].reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
+    outs = c_outputs_portable_and_neon(model, {"x": x}, tmp_path)
+    assert outs["neon"][0].tobytes() == outs["portable"][0].tobytes()
+    np.testing.assert_allclose(outs["portable"][0].reshape(ref.shape), ref, rtol=1e-5, atol=1e-5)
