@@ -40,95 +40,151 @@
     } while (0)
 
 #if defined(__GNUC__)
-/* "Te": an even core register (the VMLADAVA accumulator). An odd block count runs one step
-   before the loop; the loop does two per turn. */
-#define QC_MVE_LOOP(STEP, ...)                                                      \
-    __asm__ volatile("lsrs %[nb], %[nb], #1\n\t"                                         \
-                     "bcc 3f\n\t"                                                        \
-                     STEP                                                                \
-                     "3:\n\t"                                                            \
-                     "wls lr, %[nb], 2f\n"                                               \
-                     "1:\n\t"                                                            \
-                     STEP STEP                                                           \
-                     "le lr, 1b\n"                                                       \
-                     "2:\n"                                                              \
-                     : [c0] "+Te"(c0), [c1] "+Te"(c1), [c2] "+Te"(c2), [c3] "+Te"(c3),   \
-                       [c4] "+Te"(c4), [c5] "+Te"(c5), [nb] "+r"(nb), __VA_ARGS__        \
-                     :                                                                   \
-                     : "q0", "q1", "q2", "q3", "q4", "lr", "memory", "cc")
-#define QC_MVE_ASM32                                                                     \
+/* The asm forms (GCC): "Te" is an even core register (the VMLADAVA accumulator). nb >= 1
+   16-k blocks: the first step uses VMLADAV (no accumulate: no zeroing), an odd count n = nb - 1
+   of the rest runs one more step, then two steps per turn of a WLS / LE loop. n lives in LR
+   (a register variable: an "lr" clobber leaves too few registers for the operands). */
+#define QC_MVE_LOOP(FIRST, STEP, L)                                                      \
+    FIRST                                                                                \
+    "lsrs %[n], %[n], #1\n\t"                                                            \
+    "bcc " #L "1f\n\t"                                                                   \
+    STEP                                                                                 \
+    #L "1:\n\t"                                                                          \
+    "wls lr, %[n], " #L "3f\n"                                                           \
+    #L "2:\n\t"                                                                          \
+    STEP STEP                                                                            \
+    "le lr, " #L "2b\n"                                                                  \
+    #L "3:\n\t"
+/* 3 x 2, columns h, h + 1 of each 64-byte block, walking forward (h = 0, pointers at block 0). */
+#define QC_MVE_FWD32(OP)                                                                 \
     "vldrb.8 q0, [%[a0]], #16\n\t"                                                       \
     "vldrb.8 q3, [%[w], #16]\n\t"                                                        \
     "vldrb.8 q4, [%[w]], #64\n\t"                                                        \
     "vldrb.8 q1, [%[a1]], #16\n\t"                                                       \
-    "vmladava.s8 %[c0], q0, q4\n\t"                                                      \
+    OP " %[c0], q0, q4\n\t"                                                              \
     "vldrb.8 q2, [%[a2]], #16\n\t"                                                       \
-    "vmladava.s8 %[c1], q1, q4\n\t"                                                      \
-    "vmladava.s8 %[c2], q2, q4\n\t"                                                      \
-    "vmladava.s8 %[c3], q0, q3\n\t"                                                      \
-    "vmladava.s8 %[c4], q1, q3\n\t"                                                      \
-    "vmladava.s8 %[c5], q2, q3\n\t"
-#define QC_MVE_ASM23                                                                     \
+    OP " %[c1], q1, q4\n\t"                                                              \
+    OP " %[c2], q2, q4\n\t"                                                              \
+    OP " %[c3], q0, q3\n\t"                                                              \
+    OP " %[c4], q1, q3\n\t"                                                              \
+    OP " %[c5], q2, q3\n\t"
+/* The same walking backward from the end: h = 2 (w 32 bytes past the last block's end). */
+#define QC_MVE_BWD32(OP)                                                                 \
+    "vldrb.8 q0, [%[a0], #-16]!\n\t"                                                     \
+    "vldrb.8 q4, [%[w], #-64]!\n\t"                                                      \
+    "vldrb.8 q3, [%[w], #16]\n\t"                                                        \
+    "vldrb.8 q1, [%[a1], #-16]!\n\t"                                                     \
+    OP " %[c0], q0, q4\n\t"                                                              \
+    "vldrb.8 q2, [%[a2], #-16]!\n\t"                                                     \
+    OP " %[c1], q1, q4\n\t"                                                              \
+    OP " %[c2], q2, q4\n\t"                                                              \
+    OP " %[c3], q0, q3\n\t"                                                              \
+    OP " %[c4], q1, q3\n\t"                                                              \
+    OP " %[c5], q2, q3\n\t"
+#define QC_MVE_ASM23(OP)                                                                 \
     "vldrb.8 q0, [%[a0]], #16\n\t"                                                       \
     "vldrb.8 q2, [%[w0]], #64\n\t"                                                       \
     "vldrb.8 q1, [%[a1]], #16\n\t"                                                       \
-    "vmladava.s8 %[c0], q0, q2\n\t"                                                      \
+    OP " %[c0], q0, q2\n\t"                                                              \
     "vldrb.8 q3, [%[w1]], #64\n\t"                                                       \
-    "vmladava.s8 %[c1], q1, q2\n\t"                                                      \
+    OP " %[c1], q1, q2\n\t"                                                              \
     "vldrb.8 q4, [%[w2]], #64\n\t"                                                       \
-    "vmladava.s8 %[c2], q0, q3\n\t"                                                      \
-    "vmladava.s8 %[c3], q1, q3\n\t"                                                      \
-    "vmladava.s8 %[c4], q0, q4\n\t"                                                      \
-    "vmladava.s8 %[c5], q1, q4\n\t"
+    OP " %[c2], q0, q3\n\t"                                                              \
+    OP " %[c3], q1, q3\n\t"                                                              \
+    OP " %[c4], q0, q4\n\t"                                                              \
+    OP " %[c5], q1, q4\n\t"
 #endif
 
-/* Rows a0..a2 x columns h, h+1 of the group at g (layout above): c[r][h], c[r][h + 1]. */
-static inline void qc_mve_3x2(const int8_t *a0, const int8_t *a1, const int8_t *a2,
-                              const int8_t *g, int h, int K, int32_t c[3][4])
+/* Rows a0..a2 x the 4 columns of the group at g (layout above) to d0[0..3], d1[..], d2[..]
+   (the output rows or a tile). Columns 0, 1 walk the group forward, columns 2, 3 backward, so
+   every pointer ends where it started. */
+QC_INLINE void qc_mve_3x4(const int8_t *a0, const int8_t *a1, const int8_t *a2,
+                          const int8_t *g, int K, int32_t *d0, int32_t *d1, int32_t *d2)
 {
-    const int rem = K & 15;
-    const int8_t *pw = g + 16 * h;
-    int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0;
-    int nb = K >> 4;
+    const int rem = K & 15, nb = K >> 4;
 #if defined(__GNUC__)
-    QC_MVE_LOOP(QC_MVE_ASM32, [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
-               , [w] "+r"(pw));
+    int32_t c0, c1, c2, c3, c4, c5;
+    const int8_t *pw = g;
+    register int n __asm__("lr");
+    if (nb == 0) {
+        d0[0] = d0[1] = d0[2] = d0[3] = 0;
+        d1[0] = d1[1] = d1[2] = d1[3] = 0;
+        d2[0] = d2[1] = d2[2] = d2[3] = 0;
+    } else {
+        n = nb - 1;
+        __asm__ volatile(QC_MVE_LOOP(QC_MVE_FWD32("vmladav.s8"), QC_MVE_FWD32("vmladava.s8"), 1)
+                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
+                           [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),
+                           [a2] "+r"(a2), [w] "+r"(pw), [n] "+r"(n)
+                         :
+                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+        d0[0] = c0; d1[0] = c1; d2[0] = c2; d0[1] = c3; d1[1] = c4; d2[1] = c5;
+        pw += 32;
+        n = nb - 1;
+        __asm__ volatile(QC_MVE_LOOP(QC_MVE_BWD32("vmladav.s8"), QC_MVE_BWD32("vmladava.s8"), 1)
+                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
+                           [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),
+                           [a2] "+r"(a2), [w] "+r"(pw), [n] "+r"(n)
+                         :
+                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+        d0[2] = c0; d1[2] = c1; d2[2] = c2; d0[3] = c3; d1[3] = c4; d2[3] = c5;
+    }
 #else
-    for (; nb > 0; --nb) {
-        QC_MVE_STEP32(vldrbq_s8(a0), vldrbq_s8(a1), vldrbq_s8(a2), vldrbq_s8(pw), vldrbq_s8(pw + 16));
-        a0 += 16; a1 += 16; a2 += 16; pw += 64;
+    int h, k;
+    for (h = 0; h < 4; h += 2) {
+        const int8_t *x0 = a0, *x1 = a1, *x2 = a2, *pw = g + 16 * h;
+        int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0;
+        for (k = nb; k > 0; --k) {
+            QC_MVE_STEP32(vldrbq_s8(x0), vldrbq_s8(x1), vldrbq_s8(x2), vldrbq_s8(pw),
+                          vldrbq_s8(pw + 16));
+            x0 += 16; x1 += 16; x2 += 16; pw += 64;
+        }
+        d0[h] = c0; d1[h] = c1; d2[h] = c2; d0[h + 1] = c3; d1[h + 1] = c4; d2[h + 1] = c5;
     }
 #endif
     if (rem) {   /* tail: zeroing loads stop at K; the group's column tails are rem apart */
         const mve_pred16_t p = vctp8q((uint32_t)rem);
-        pw = g + (size_t)(K - rem) * 4 + (size_t)(h * rem);
-        QC_MVE_STEP32(vldrbq_z_s8(a0, p), vldrbq_z_s8(a1, p), vldrbq_z_s8(a2, p),
-                      vldrbq_z_s8(pw, p), vldrbq_z_s8(pw + rem, p));
+        const int8_t *pt = g + (size_t)(K - rem) * 4;
+        const int8x16_t x0 = vldrbq_z_s8(a0 + (K - rem), p), x1 = vldrbq_z_s8(a1 + (K - rem), p);
+        const int8x16_t x2 = vldrbq_z_s8(a2 + (K - rem), p);
+        int j;
+        for (j = 0; j < 4; ++j, pt += rem) {
+            const int8x16_t y = vldrbq_z_s8(pt, p);
+            d0[j] = vmladavaq_s8(d0[j], x0, y);
+            d1[j] = vmladavaq_s8(d1[j], x1, y);
+            d2[j] = vmladavaq_s8(d2[j], x2, y);
+        }
     }
-    c[0][h] = c0; c[1][h] = c1; c[2][h] = c2;
-    c[0][h + 1] = c3; c[1][h + 1] = c4; c[2][h + 1] = c5;
 }
 
-/* Column n of the packing (n < N padded to 4): its first 16-k block, and its K tail. */
-#define QC_MVE_COL(Wp, n, K) ((Wp) + (size_t)((n) & ~3) * (size_t)(K) + 16 * ((n) & 3))
-#define QC_MVE_TAIL(Wp, n, K, rem)                                                       \
-    ((Wp) + (size_t)((n) & ~3) * (size_t)(K) + (size_t)((K) - (rem)) * 4 + (size_t)((n) & 3) * (rem))
+/* Column j of the packing from the group at g (j may pass the group: j / 4 groups on): its
+   first 16-k block, and its K tail. */
+#define QC_MVE_COL(g, j, K) ((g) + (size_t)((j) >> 2) * 4 * (size_t)(K) + 16 * ((j) & 3))
+#define QC_MVE_TAIL(g, j, K, rem)                                                        \
+    ((g) + (size_t)((j) >> 2) * 4 * (size_t)(K) + (size_t)((K) - (rem)) * 4 + (size_t)((j) & 3) * (rem))
 
-/* Rows a0, a1 x columns n..n+2 (each clamped to last, the last padded column): c[r][j..j+2]. */
-static inline void qc_mve_2x3(const int8_t *a0, const int8_t *a1, const int8_t *Wp, int n,
-                              int last, int K, int32_t c[2][12], int j)
+/* Rows a0, a1 x columns j0, j1, j2 counted from the group at g, to d0[0..2], d1[0..2]. */
+QC_INLINE void qc_mve_2x3(const int8_t *a0, const int8_t *a1, const int8_t *g, int K, int j0,
+                          int j1, int j2, int32_t *d0, int32_t *d1)
 {
-    const int rem = K & 15;
-    const int n1 = n + 1 < last ? n + 1 : last, n2 = n + 2 < last ? n + 2 : last;
-    const int8_t *w0 = QC_MVE_COL(Wp, n, K), *w1 = QC_MVE_COL(Wp, n1, K);
-    const int8_t *w2 = QC_MVE_COL(Wp, n2, K);
+    const int rem = K & 15, nb = K >> 4;
+    const int8_t *w0 = QC_MVE_COL(g, j0, K), *w1 = QC_MVE_COL(g, j1, K);
+    const int8_t *w2 = QC_MVE_COL(g, j2, K);
     int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0;
-    int nb = K >> 4;
 #if defined(__GNUC__)
-    QC_MVE_LOOP(QC_MVE_ASM23, [a0] "+r"(a0), [a1] "+r"(a1), [w0] "+r"(w0)
-               , [w1] "+r"(w1), [w2] "+r"(w2));
+    register int n __asm__("lr");
+    if (nb > 0) {
+        n = nb - 1;
+        __asm__ volatile(QC_MVE_LOOP(QC_MVE_ASM23("vmladav.s8"), QC_MVE_ASM23("vmladava.s8"), 1)
+                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
+                           [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),
+                           [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [n] "+r"(n)
+                         :
+                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+    }
 #else
-    for (; nb > 0; --nb) {
+    int k;
+    for (k = nb; k > 0; --k) {
         QC_MVE_STEP23(vldrbq_s8(a0), vldrbq_s8(a1), vldrbq_s8(w0), vldrbq_s8(w1), vldrbq_s8(w2));
         a0 += 16; a1 += 16; w0 += 64; w1 += 64; w2 += 64;
     }
@@ -136,46 +192,29 @@ static inline void qc_mve_2x3(const int8_t *a0, const int8_t *a1, const int8_t *
     if (rem) {
         const mve_pred16_t p = vctp8q((uint32_t)rem);
         QC_MVE_STEP23(vldrbq_z_s8(a0, p), vldrbq_z_s8(a1, p),
-                      vldrbq_z_s8(QC_MVE_TAIL(Wp, n, K, rem), p),
-                      vldrbq_z_s8(QC_MVE_TAIL(Wp, n1, K, rem), p),
-                      vldrbq_z_s8(QC_MVE_TAIL(Wp, n2, K, rem), p));
+                      vldrbq_z_s8(QC_MVE_TAIL(g, j0, K, rem), p),
+                      vldrbq_z_s8(QC_MVE_TAIL(g, j1, K, rem), p),
+                      vldrbq_z_s8(QC_MVE_TAIL(g, j2, K, rem), p));
     }
-    c[0][j] = c0; c[1][j] = c1;
-    c[0][j + 1] = c2; c[1][j + 1] = c3;
-    c[0][j + 2] = c4; c[1][j + 2] = c5;
-}
-
-/* int32 output of a full tile: rows x (4 * q) values from t (row stride ld) by vector stores. */
-static inline void qc_mve_store_i32(const struct qc_ep_ctx *ctx, const int32_t *t, int ld,
-                                    int rows, int q, int m, int n)
-{
-    int32_t *o = (int32_t *)ctx->out + (size_t)m * (size_t)ctx->ldo + (size_t)n;
-    int r, j;
-    for (r = 0; r < rows; ++r, o += ctx->ldo, t += ld) {
-        for (j = 0; j < q; ++j) {
-            vstrwq_s32(o + 4 * j, vldrwq_s32(t + 4 * j));
-        }
-    }
+    d0[0] = c0; d1[0] = c1; d0[1] = c2; d1[1] = c3; d0[2] = c4; d1[2] = c5;
 }
 
 void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
                     const struct qc_ep_ctx *ctx)
 {
-    const int last = ((N + 3) & ~3) - 1;   /* the last (padded) column of the packing */
+    const size_t ldo = (size_t)ctx->ldo;
     int m = 0, n;
     for (; M - m >= 3 && M - m != 4; m += 3) {   /* 4 rows go as 2 + 2 */
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + lda, *a2 = a1 + lda;
+        int32_t *o = (int32_t *)ctx->out + (size_t)m * ldo;
         for (n = 0; n < N; n += 4) {
             const int cols = N - n < 4 ? N - n : 4;
             const int8_t *g = Wp + (size_t)n * K;
-            int32_t c[3][4];
-            qc_mve_3x2(a0, a1, a2, g, 0, K, c);
-            if (cols > 2) {
-                qc_mve_3x2(a0, a1, a2, g, 2, K, c);
-            }
-            if (ctx->mode == QC_OUT_I32 && cols == 4) {
-                qc_mve_store_i32(ctx, &c[0][0], 4, 3, 1, m, n);
+            if (ctx->mode == QC_OUT_I32 && cols == 4) {   /* straight to the output rows */
+                qc_mve_3x4(a0, a1, a2, g, K, o + n, o + ldo + n, o + 2 * ldo + n);
             } else {
+                int32_t c[3][4];
+                qc_mve_3x4(a0, a1, a2, g, K, c[0], c[1], c[2]);
                 qc_ep_tile(ctx, &c[0][0], 4, 3, cols, m, n);
             }
         }
@@ -183,16 +222,23 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
     for (; m < M; m += 2) {   /* the last 1, 2 or 4 rows: 2 x 3 tiles, 4 of them per 12 columns */
         const int rows = M - m < 2 ? 1 : 2;
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + (size_t)(rows - 1) * lda;
+        int32_t *o0 = (int32_t *)ctx->out + (size_t)m * ldo, *o1 = o0 + ldo;
         for (n = 0; n < N; n += 12) {
             const int cols = N - n < 12 ? N - n : 12;
-            int32_t c[2][12];
-            int j;
-            for (j = 0; j < cols; j += 3) {
-                qc_mve_2x3(a0, a1, Wp, n + j, last, K, c, j);
-            }
-            if (ctx->mode == QC_OUT_I32 && cols == 12) {
-                qc_mve_store_i32(ctx, &c[0][0], 12, rows, 3, m, n);
-            } else {
+            const int8_t *g = Wp + (size_t)n * K;
+            if (ctx->mode == QC_OUT_I32 && cols == 12 && rows == 2) {
+                qc_mve_2x3(a0, a1, g, K, 0, 1, 2, o0 + n, o1 + n);
+                qc_mve_2x3(a0, a1, g, K, 3, 4, 5, o0 + n + 3, o1 + n + 3);
+                qc_mve_2x3(a0, a1, g, K, 6, 7, 8, o0 + n + 6, o1 + n + 6);
+                qc_mve_2x3(a0, a1, g, K, 9, 10, 11, o0 + n + 9, o1 + n + 9);
+            } else {   /* columns past the padded N repeat its last column */
+                const int lastj = ((cols + 3) & ~3) - 1;
+                int32_t c[2][12];
+                int j;
+                for (j = 0; j < cols; j += 3) {
+                    qc_mve_2x3(a0, a1, g, K, j, j + 1 < lastj ? j + 1 : lastj,
+                               j + 2 < lastj ? j + 2 : lastj, c[0] + j, c[1] + j);
+                }
                 qc_ep_tile(ctx, &c[0][0], 12, rows, cols, m, n);
             }
         }
