@@ -41,8 +41,8 @@
 
 #if defined(__GNUC__)
 /* The asm forms (GCC): "Te" is an even core register (the VMLADAVA accumulator). nb >= 1
-   16-k blocks: the first step uses VMLADAV (no accumulate: no zeroing), an odd count n = nb - 1
-   of the rest runs one more step, then two steps per turn of a WLS / LE loop. n lives in LR
+   16-k blocks: the first step uses VMLADAV (no accumulate: no zeroing), then of the other
+   n = nb - 1: n % 2 steps, 2 * (n / 2 % 2) steps, and four per turn of a WLS / LE loop. n lives in LR
    (a register variable: an "lr" clobber leaves too few registers for the operands). */
 #define QC_MVE_LOOP(FIRST, STEP, L)                                                      \
     FIRST                                                                                \
@@ -50,9 +50,13 @@
     "bcc " #L "1f\n\t"                                                                   \
     STEP                                                                                 \
     #L "1:\n\t"                                                                          \
+    "lsrs %[n], %[n], #1\n\t"                                                            \
+    "bcc " #L "4f\n\t"                                                                   \
+    STEP STEP                                                                            \
+    #L "4:\n\t"                                                                          \
     "wls lr, %[n], " #L "3f\n"                                                           \
     #L "2:\n\t"                                                                          \
-    STEP STEP                                                                            \
+    STEP STEP STEP STEP                                                                  \
     "le lr, " #L "2b\n"                                                                  \
     #L "3:\n\t"
 /* 3 x 2, columns h, h + 1 of each 64-byte block, walking forward (h = 0, pointers at block 0). */
@@ -202,45 +206,46 @@ QC_INLINE void qc_mve_2x3(const int8_t *a0, const int8_t *a1, const int8_t *g, i
 void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t *Wp,
                     const struct qc_ep_ctx *ctx)
 {
-    const size_t ldo = (size_t)ctx->ldo;
+    const size_t ldo = (size_t)ctx->ldo, gs = (size_t)4 * (size_t)K;   /* gs: bytes per group */
+    const int i32 = ctx->mode == QC_OUT_I32;
+    const int full4 = i32 ? N & ~3 : 0, full12 = i32 ? N / 12 * 12 : 0;   /* straight stores */
     int m = 0, n;
     for (; M - m >= 3 && M - m != 4; m += 3) {   /* 4 rows go as 2 + 2 */
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + lda, *a2 = a1 + lda;
-        int32_t *o = (int32_t *)ctx->out + (size_t)m * ldo;
-        for (n = 0; n < N; n += 4) {
-            const int cols = N - n < 4 ? N - n : 4;
-            const int8_t *g = Wp + (size_t)n * K;
-            if (ctx->mode == QC_OUT_I32 && cols == 4) {   /* straight to the output rows */
-                qc_mve_3x4(a0, a1, a2, g, K, o + n, o + ldo + n, o + 2 * ldo + n);
-            } else {
-                int32_t c[3][4];
-                qc_mve_3x4(a0, a1, a2, g, K, c[0], c[1], c[2]);
-                qc_ep_tile(ctx, &c[0][0], 4, 3, cols, m, n);
-            }
+        const int8_t *g = Wp;
+        int32_t *o0 = (int32_t *)ctx->out + (size_t)m * ldo, *o1 = o0 + ldo, *o2 = o1 + ldo;
+        for (n = 0; n < full4; n += 4, g += gs) {   /* int32 out: straight to the output rows */
+            qc_mve_3x4(a0, a1, a2, g, K, o0 + n, o1 + n, o2 + n);
+        }
+        for (; n < N; n += 4, g += gs) {
+            int32_t c[3][4];
+            qc_mve_3x4(a0, a1, a2, g, K, c[0], c[1], c[2]);
+            qc_ep_tile(ctx, &c[0][0], 4, 3, N - n < 4 ? N - n : 4, m, n);
         }
     }
     for (; m < M; m += 2) {   /* the last 1, 2 or 4 rows: 2 x 3 tiles, 4 of them per 12 columns */
         const int rows = M - m < 2 ? 1 : 2;
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + (size_t)(rows - 1) * lda;
+        const int8_t *g = Wp;
         int32_t *o0 = (int32_t *)ctx->out + (size_t)m * ldo, *o1 = o0 + ldo;
-        for (n = 0; n < N; n += 12) {
-            const int cols = N - n < 12 ? N - n : 12;
-            const int8_t *g = Wp + (size_t)n * K;
-            if (ctx->mode == QC_OUT_I32 && cols == 12 && rows == 2) {
+        n = 0;
+        if (rows == 2) {
+            for (; n < full12; n += 12, g += 3 * gs) {
                 qc_mve_2x3(a0, a1, g, K, 0, 1, 2, o0 + n, o1 + n);
                 qc_mve_2x3(a0, a1, g, K, 3, 4, 5, o0 + n + 3, o1 + n + 3);
                 qc_mve_2x3(a0, a1, g, K, 6, 7, 8, o0 + n + 6, o1 + n + 6);
                 qc_mve_2x3(a0, a1, g, K, 9, 10, 11, o0 + n + 9, o1 + n + 9);
-            } else {   /* columns past the padded N repeat its last column */
-                const int lastj = ((cols + 3) & ~3) - 1;
-                int32_t c[2][12];
-                int j;
-                for (j = 0; j < cols; j += 3) {
-                    qc_mve_2x3(a0, a1, g, K, j, j + 1 < lastj ? j + 1 : lastj,
-                               j + 2 < lastj ? j + 2 : lastj, c[0] + j, c[1] + j);
-                }
-                qc_ep_tile(ctx, &c[0][0], 12, rows, cols, m, n);
             }
+        }
+        for (; n < N; n += 12, g += 3 * gs) {   /* columns past the padded N repeat its last */
+            const int cols = N - n < 12 ? N - n : 12, lastj = ((cols + 3) & ~3) - 1;
+            int32_t c[2][12];
+            int j;
+            for (j = 0; j < cols; j += 3) {
+                qc_mve_2x3(a0, a1, g, K, j, j + 1 < lastj ? j + 1 : lastj,
+                           j + 2 < lastj ? j + 2 : lastj, c[0] + j, c[1] + j);
+            }
+            qc_ep_tile(ctx, &c[0][0], 12, rows, cols, m, n);
         }
     }
 }
