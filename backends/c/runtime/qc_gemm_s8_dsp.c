@@ -55,98 +55,138 @@ struct qc_dsp_job {
     int32_t *acc;          /* 20 */
 };
 
-#if defined(__GNUC__)
-void qc_dsp_cols4(const struct qc_dsp_job *job);
-/* r0 A pointer, r1 W pointer, r2 quad-pair count, r3 sums; r4-r7 the 4 sums, r8-r11 one LDM
-   of A (two rows), r12 the even W halfwords, lr the W word then its odd halfwords. [sp] the
-   job, [sp, #4] columns left. */
-#define QC_DSP_QUAD                                                                      \
+/* The SMLADs of one quad: row r's two widened words (RE, RO) with W's halfwords. */
+#define QC_DSP_MAC(C, RE, RO)                                                            \
+    "smlad " C ", " RE ", r12, " C "\n\t"                                                \
+    "smlad " C ", " RO ", lr, " C "\n\t"
+#define QC_DSP_WLOAD                                                                     \
     "ldr lr, [r1], #4\n\t"                                                               \
-    "ldmia r0!, {r8, r9, r10, r11}\n\t"                                                  \
     "sxtb16 r12, lr\n\t"                                                                 \
-    "sxtb16 lr, lr, ror #8\n\t"                                                          \
-    "smlad r4, r8, r12, r4\n\t"                                                          \
-    "smlad r4, r9, lr, r4\n\t"                                                           \
-    "smlad r5, r10, r12, r5\n\t"                                                         \
-    "smlad r5, r11, lr, r5\n\t"                                                          \
+    "sxtb16 lr, lr, ror #8\n\t"
+#define QC_DSP_QUAD4                                                                     \
+    "ldmia r0!, {r8, r9, r10, r11}\n\t" QC_DSP_WLOAD                                     \
+    QC_DSP_MAC("r4", "r8", "r9") QC_DSP_MAC("r5", "r10", "r11")                          \
     "ldmia r0!, {r8, r9, r10, r11}\n\t"                                                  \
-    "smlad r6, r8, r12, r6\n\t"                                                          \
-    "smlad r6, r9, lr, r6\n\t"                                                           \
-    "smlad r7, r10, r12, r7\n\t"                                                         \
-    "smlad r7, r11, lr, r7\n\t"
-__asm__(".text\n\t"
-        ".syntax unified\n\t"
-        ".thumb\n\t"
-        ".balign 4\n\t"
-        ".type qc_dsp_cols4, %function\n\t"
-        ".thumb_func\n"
-        "qc_dsp_cols4:\n\t"
-        "push {r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"
-        "sub sp, sp, #8\n\t"
-        "str r0, [sp]\n\t"
-        "ldr r12, [r0, #12]\n\t"
-        "str r12, [sp, #4]\n\t"
-        "ldr r1, [r0, #4]\n\t"
-        "ldr r3, [r0, #20]\n"
-        "1:\n\t"
-        "ldmia r3, {r4, r5, r6, r7}\n\t"
-        "ldr lr, [sp]\n\t"
-        "ldr r0, [lr]\n\t"
-        "ldr r2, [lr, #8]\n\t"
-        "lsrs r2, r2, #1\n\t"   /* C: an odd quad; Z: no pair (no flag changes below) */
-        "bcc 2f\n\t"
-        QC_DSP_QUAD
-        "2:\n\t"
-        "beq 4f\n"
-        "3:\n\t"
-        QC_DSP_QUAD QC_DSP_QUAD
-        "subs r2, r2, #1\n\t"
-        "bne 3b\n"
-        "4:\n\t"
-        "stmia r3!, {r4, r5, r6, r7}\n\t"
-        "ldr lr, [sp]\n\t"
-        "ldr r12, [lr, #16]\n\t"
-        "add r1, r1, r12\n\t"
-        "ldr r12, [sp, #4]\n\t"
-        "subs r12, r12, #1\n\t"
-        "str r12, [sp, #4]\n\t"
-        "bne 1b\n\t"
-        "add sp, sp, #8\n\t"
-        "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"
-        ".size qc_dsp_cols4, .-qc_dsp_cols4\n");
+    QC_DSP_MAC("r6", "r8", "r9") QC_DSP_MAC("r7", "r10", "r11")
+#define QC_DSP_QUAD3                                                                     \
+    "ldmia r0!, {r8, r9, r10, r11}\n\t" QC_DSP_WLOAD                                     \
+    QC_DSP_MAC("r4", "r8", "r9") QC_DSP_MAC("r5", "r10", "r11")                          \
+    "ldmia r0!, {r8, r9}\n\t"                                                            \
+    QC_DSP_MAC("r6", "r8", "r9")
+#define QC_DSP_QUAD2                                                                     \
+    "ldmia r0!, {r8, r9, r10, r11}\n\t" QC_DSP_WLOAD                                     \
+    QC_DSP_MAC("r4", "r8", "r9") QC_DSP_MAC("r5", "r10", "r11")
+#define QC_DSP_QUAD1                                                                     \
+    "ldmia r0!, {r8, r9}\n\t" QC_DSP_WLOAD                                               \
+    QC_DSP_MAC("r4", "r8", "r9")
+
+#if defined(__GNUC__)
+/* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad-pair count, r3 sums;
+   r4-r7 the 4 sums (all 4 loaded and stored whatever R), r8-r11 one LDM of A (two rows),
+   r12 the even W halfwords, lr the W word then its odd halfwords. [sp] the job,
+   [sp, #4] columns left. */
+#define QC_DSP_COLS(NAME, QUAD)                                                          \
+    __asm__(".text\n\t"                                                                  \
+            ".syntax unified\n\t"                                                        \
+            ".thumb\n\t"                                                                 \
+            ".balign 4\n\t"                                                              \
+            ".type " NAME ", %function\n\t"                                              \
+            ".thumb_func\n"                                                              \
+            NAME ":\n\t"                                                                 \
+            "push {r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"                            \
+            "sub sp, sp, #8\n\t"                                                         \
+            "str r0, [sp]\n\t"                                                           \
+            "ldr r12, [r0, #12]\n\t"                                                     \
+            "str r12, [sp, #4]\n\t"                                                      \
+            "ldr r1, [r0, #4]\n\t"                                                       \
+            "ldr r3, [r0, #20]\n"                                                        \
+            "1:\n\t"                                                                     \
+            "ldmia r3, {r4, r5, r6, r7}\n\t"                                             \
+            "ldr lr, [sp]\n\t"                                                           \
+            "ldr r0, [lr]\n\t"                                                           \
+            "ldr r2, [lr, #8]\n\t"                                                       \
+            "lsrs r2, r2, #1\n\t"  /* C: an odd quad; Z: no pair (no flag changes below) */ \
+            "bcc 2f\n\t"                                                                 \
+            QUAD                                                                         \
+            "2:\n\t"                                                                     \
+            "beq 4f\n"                                                                   \
+            "3:\n\t"                                                                     \
+            QUAD QUAD                                                                    \
+            "subs r2, r2, #1\n\t"                                                        \
+            "bne 3b\n"                                                                   \
+            "4:\n\t"                                                                     \
+            "stmia r3!, {r4, r5, r6, r7}\n\t"                                            \
+            "ldr lr, [sp]\n\t"                                                           \
+            "ldr r12, [lr, #16]\n\t"                                                     \
+            "add r1, r1, r12\n\t"                                                        \
+            "ldr r12, [sp, #4]\n\t"                                                      \
+            "subs r12, r12, #1\n\t"                                                      \
+            "str r12, [sp, #4]\n\t"                                                      \
+            "bne 1b\n\t"                                                                 \
+            "add sp, sp, #8\n\t"                                                         \
+            "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"                             \
+            ".size " NAME ", .-" NAME "\n")
+void qc_dsp_cols4(const struct qc_dsp_job *job);
+void qc_dsp_cols3(const struct qc_dsp_job *job);
+void qc_dsp_cols2(const struct qc_dsp_job *job);
+void qc_dsp_cols1(const struct qc_dsp_job *job);
+QC_DSP_COLS("qc_dsp_cols4", QC_DSP_QUAD4);
+QC_DSP_COLS("qc_dsp_cols3", QC_DSP_QUAD3);
+QC_DSP_COLS("qc_dsp_cols2", QC_DSP_QUAD2);
+QC_DSP_COLS("qc_dsp_cols1", QC_DSP_QUAD1);
+
+static void qc_dsp_cols(const struct qc_dsp_job *job, int rows)
+{
+    if (rows == 4) {
+        qc_dsp_cols4(job);
+    } else if (rows == 3) {
+        qc_dsp_cols3(job);
+    } else if (rows == 2) {
+        qc_dsp_cols2(job);
+    } else {
+        qc_dsp_cols1(job);
+    }
+}
 #else
-static void qc_dsp_cols4(const struct qc_dsp_job *job)
+static void qc_dsp_cols(const struct qc_dsp_job *job, int rows)
 {
     const int8_t *w = job->w;
     int32_t *acc = job->acc;
-    int j, q;
+    int j, q, r;
     for (j = 0; j < job->ncols; ++j, acc += 4, w += job->wskip) {
         const uint32_t *b = job->buf;
-        int32_t c0 = acc[0], c1 = acc[1], c2 = acc[2], c3 = acc[3];
-        for (q = 0; q < job->quads; ++q, b += 8, w += 4) {
+        for (q = 0; q < job->quads; ++q, w += 4) {
             const uint32_t x = qc_ld32(w);
             const int16x2_t xe = __sxtb16(x), xo = qc_sxtb16_ror8(x);
-            c0 = __smlad((int16x2_t)b[0], xe, c0); c0 = __smlad((int16x2_t)b[1], xo, c0);
-            c1 = __smlad((int16x2_t)b[2], xe, c1); c1 = __smlad((int16x2_t)b[3], xo, c1);
-            c2 = __smlad((int16x2_t)b[4], xe, c2); c2 = __smlad((int16x2_t)b[5], xo, c2);
-            c3 = __smlad((int16x2_t)b[6], xe, c3); c3 = __smlad((int16x2_t)b[7], xo, c3);
+            for (r = 0; r < rows; ++r, b += 2) {
+                acc[r] = __smlad((int16x2_t)b[1], xo, __smlad((int16x2_t)b[0], xe, acc[r]));
+            }
         }
-        acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3;
     }
 }
 #endif
 
-/* Widen k0 .. k0 + 4 * quads - 1 of rows a[0..3] into buf (layout above). */
-static void qc_dsp_widen(const int8_t *const a[4], int k0, int quads, uint32_t *buf)
+/* Widen k0 .. k0 + 4 * quads - 1 of rows a[0..rows-1] into buf (layout above). */
+static void qc_dsp_widen(const int8_t *const a[4], int rows, int k0, int quads, uint32_t *buf)
 {
-    const int8_t *a0 = a[0] + k0, *a1 = a[1] + k0, *a2 = a[2] + k0, *a3 = a[3] + k0;
-    int q;
-    for (q = 0; q < quads; ++q, buf += 8, a0 += 4, a1 += 4, a2 += 4, a3 += 4) {
-        const uint32_t x0 = qc_ld32(a0), x1 = qc_ld32(a1), x2 = qc_ld32(a2), x3 = qc_ld32(a3);
-        buf[0] = (uint32_t)__sxtb16(x0); buf[1] = (uint32_t)qc_sxtb16_ror8(x0);
-        buf[2] = (uint32_t)__sxtb16(x1); buf[3] = (uint32_t)qc_sxtb16_ror8(x1);
-        buf[4] = (uint32_t)__sxtb16(x2); buf[5] = (uint32_t)qc_sxtb16_ror8(x2);
-        buf[6] = (uint32_t)__sxtb16(x3); buf[7] = (uint32_t)qc_sxtb16_ror8(x3);
+    int q, r;
+    if (rows == 4) {
+        const int8_t *a0 = a[0] + k0, *a1 = a[1] + k0, *a2 = a[2] + k0, *a3 = a[3] + k0;
+        for (q = 0; q < quads; ++q, buf += 8, a0 += 4, a1 += 4, a2 += 4, a3 += 4) {
+            const uint32_t x0 = qc_ld32(a0), x1 = qc_ld32(a1), x2 = qc_ld32(a2), x3 = qc_ld32(a3);
+            buf[0] = (uint32_t)__sxtb16(x0); buf[1] = (uint32_t)qc_sxtb16_ror8(x0);
+            buf[2] = (uint32_t)__sxtb16(x1); buf[3] = (uint32_t)qc_sxtb16_ror8(x1);
+            buf[4] = (uint32_t)__sxtb16(x2); buf[5] = (uint32_t)qc_sxtb16_ror8(x2);
+            buf[6] = (uint32_t)__sxtb16(x3); buf[7] = (uint32_t)qc_sxtb16_ror8(x3);
+        }
+        return;
+    }
+    for (q = 0; q < quads; ++q) {
+        for (r = 0; r < rows; ++r, buf += 2) {
+            const uint32_t x = qc_ld32(a[r] + k0 + 4 * q);
+            buf[0] = (uint32_t)__sxtb16(x);
+            buf[1] = (uint32_t)qc_sxtb16_ror8(x);
+        }
     }
 }
 
@@ -164,7 +204,7 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
             a[r] = A + (size_t)(m + (r < rows ? r : rows - 1)) * (size_t)lda;
         }
         if (single) {
-            qc_dsp_widen(a, 0, kq >> 2, buf);
+            qc_dsp_widen(a, rows, 0, kq >> 2, buf);
         }
         for (n0 = 0; n0 < N; n0 += QC_DSP_NB) {
             const int nc = N - n0 < QC_DSP_NB ? N - n0 : QC_DSP_NB;
@@ -174,7 +214,7 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
                 const int kc = kq - k0 < QC_DSP_KC ? kq - k0 : QC_DSP_KC;
                 struct qc_dsp_job job;
                 if (!single) {
-                    qc_dsp_widen(a, k0, kc >> 2, buf);
+                    qc_dsp_widen(a, rows, k0, kc >> 2, buf);
                 }
                 job.buf = buf;
                 job.w = w + k0;
@@ -182,13 +222,13 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
                 job.ncols = nc;
                 job.wskip = K - kc;
                 job.acc = acc;
-                qc_dsp_cols4(&job);
+                qc_dsp_cols(&job, rows);
             }
             if (K > kq) {   /* the K % 4 tail, scalar */
                 for (j = 0; j < nc; ++j) {
                     const int8_t *wj = w + (size_t)j * (size_t)K;
                     for (k = kq; k < K; ++k) {
-                        for (r = 0; r < 4; ++r) {
+                        for (r = 0; r < rows; ++r) {
                             acc[4 * j + r] = (int32_t)((uint32_t)acc[4 * j + r] + (uint32_t)(a[r][k] * wj[k]));
                         }
                     }
