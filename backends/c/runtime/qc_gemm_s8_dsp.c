@@ -6,7 +6,7 @@
    trick): per k-quad q and row r, the words SXTB16(x) = (a[4q], a[4q+2]) and
    SXTB16(x ror 8) = (a[4q+1], a[4q+3]) of the row's word x, the 4 rows' 8 words in turn, so
    one pointer walks them with LDM. Per quad the inner loop then does 1 LDR of W (post-indexed)
-   + 2 SXTB16 + 2 LDM of A + 8 SMLAD (hand-written asm under GCC, two quads per turn; a C
+   + 2 SXTB16 + 2 LDM of A + 8 SMLAD (hand-written asm under GCC, four quads per turn; a C
    loop otherwise). Bounded stack: chunks of QC_DSP_KC k (1 KB of int16 A) and blocks of
    QC_DSP_NB columns whose int32 sums stay in a 1 KB buffer across chunks. The K % 4 tail is
    scalar. Past M the last row repeats (its sums are not stored); only valid results are
@@ -81,7 +81,7 @@ struct qc_dsp_job {
     QC_DSP_MAC("r4", "r8", "r9")
 
 #if defined(__GNUC__)
-/* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad-pair count, r3 sums;
+/* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad count (then turns of 4), r3 sums;
    r4-r7 the 4 sums (all 4 loaded and stored whatever R), r8-r11 one LDM of A (two rows),
    r12 the even W halfwords, lr the W word then its odd halfwords. [sp] the job,
    [sp, #4] columns left. */
@@ -105,13 +105,17 @@ struct qc_dsp_job {
             "ldr lr, [sp]\n\t"                                                           \
             "ldr r0, [lr]\n\t"                                                           \
             "ldr r2, [lr, #8]\n\t"                                                       \
-            "lsrs r2, r2, #1\n\t"  /* C: an odd quad; Z: no pair (no flag changes below) */ \
+            "lsrs r2, r2, #1\n\t"   /* C: an odd quad */                                  \
             "bcc 2f\n\t"                                                                 \
             QUAD                                                                         \
             "2:\n\t"                                                                     \
+            "lsrs r2, r2, #1\n\t"   /* C: a pair; Z: no turn (no flag changes below) */   \
+            "bcc 5f\n\t"                                                                 \
+            QUAD QUAD                                                                    \
+            "5:\n\t"                                                                     \
             "beq 4f\n"                                                                   \
             "3:\n\t"                                                                     \
-            QUAD QUAD                                                                    \
+            QUAD QUAD QUAD QUAD                                                          \
             "subs r2, r2, #1\n\t"                                                        \
             "bne 3b\n"                                                                   \
             "4:\n\t"                                                                     \
