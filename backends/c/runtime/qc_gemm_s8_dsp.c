@@ -35,12 +35,12 @@ static inline uint32_t qc_ld32(const int8_t *p)
    rotate into SXTB16, so one instruction in asm. */
 static inline int16x2_t qc_sxtb16_ror8(uint32_t x)
 {
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
     int16x2_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
     return r;
 #else
-    return __sxtb16(__ror(x, 8));
+    return __sxtb16((x >> 8) | (x << 24));
 #endif
 }
 
@@ -80,7 +80,7 @@ struct qc_dsp_job {
     "ldmia r0!, {r8, r9}\n\t" QC_DSP_WLOAD                                               \
     QC_DSP_MAC("r4", "r8", "r9")
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
 /* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad count (then turns of 4), r3 sums;
    r4-r7 the 4 sums (all 4 loaded and stored whatever R), r8-r11 one LDM of A (two rows),
    r12 the even W halfwords, lr the W word then its odd halfwords. [sp] the job,

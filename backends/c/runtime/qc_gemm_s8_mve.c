@@ -39,7 +39,7 @@
         c4 = vmladavaq_s8(c4, qa0, qw2); c5 = vmladavaq_s8(c5, qa1, qw2);                \
     } while (0)
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
 /* The asm forms (GCC): "Te" is an even core register (the VMLADAVA accumulator). nb >= 1
    16-k blocks: the first step uses VMLADAV (no accumulate: no zeroing), then of the other
    n = nb - 1: n % 2 steps, 2 * (n / 2 % 2) steps, and four per turn of a WLS / LE loop. n lives in LR
@@ -106,7 +106,7 @@ QC_INLINE void qc_mve_3x4(const int8_t *a0, const int8_t *a1, const int8_t *a2,
                           const int8_t *g, int K, int32_t *d0, int32_t *d1, int32_t *d2)
 {
     const int rem = K & 15, nb = K >> 4;
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
     int32_t c0, c1, c2, c3, c4, c5;
     const int8_t *pw = g;
     register int n __asm__("lr");
@@ -175,7 +175,7 @@ QC_INLINE void qc_mve_2x3(const int8_t *a0, const int8_t *a1, const int8_t *g, i
     const int8_t *w0 = QC_MVE_COL(g, j0, K), *w1 = QC_MVE_COL(g, j1, K);
     const int8_t *w2 = QC_MVE_COL(g, j2, K);
     int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0;
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
     register int n __asm__("lr");
     if (nb > 0) {
         n = nb - 1;
