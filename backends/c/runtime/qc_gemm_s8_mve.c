@@ -97,7 +97,56 @@
     OP " %[c3], q1, q3\n\t"                                                              \
     OP " %[c4], q0, q4\n\t"                                                              \
     OP " %[c5], q1, q4\n\t"
+/* 1 x 4: one row, the 4 columns of a group. */
+#define QC_MVE_ASM14(OP)                                                                 \
+    "vldrb.8 q0, [%[a0]], #16\n\t"                                                       \
+    "vldrb.8 q1, [%[w], #16]\n\t"                                                        \
+    "vldrb.8 q2, [%[w], #32]\n\t"                                                        \
+    "vldrb.8 q3, [%[w], #48]\n\t"                                                        \
+    "vldrb.8 q4, [%[w]], #64\n\t"                                                        \
+    OP " %[c0], q0, q4\n\t"                                                              \
+    OP " %[c1], q0, q1\n\t"                                                              \
+    OP " %[c2], q0, q2\n\t"                                                              \
+    OP " %[c3], q0, q3\n\t"
 #endif
+
+/* Row a0 x the 4 columns of the group at g to d[0..3] (M = 1: 5 loads per 4 VMLADAVA). */
+QC_INLINE void qc_mve_1x4(const int8_t *a0, const int8_t *g, int K, int32_t *d)
+{
+    const int rem = K & 15, nb = K >> 4;
+    const int8_t *pw = g;
+    int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
+    register int n __asm__("lr");
+    if (nb > 0) {
+        n = nb - 1;
+        __asm__ volatile(QC_MVE_LOOP(QC_MVE_ASM14("vmladav.s8"), QC_MVE_ASM14("vmladava.s8"), 1)
+                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
+                           [a0] "+r"(a0), [w] "+r"(pw), [n] "+r"(n)
+                         :
+                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+    }
+#else
+    int k;
+    for (k = nb; k > 0; --k, a0 += 16, pw += 64) {
+        const int8x16_t x = vldrbq_s8(a0);
+        c0 = vmladavaq_s8(c0, x, vldrbq_s8(pw));
+        c1 = vmladavaq_s8(c1, x, vldrbq_s8(pw + 16));
+        c2 = vmladavaq_s8(c2, x, vldrbq_s8(pw + 32));
+        c3 = vmladavaq_s8(c3, x, vldrbq_s8(pw + 48));
+    }
+#endif
+    if (rem) {
+        const mve_pred16_t p = vctp8q((uint32_t)rem);
+        const int8_t *pt = g + (size_t)(K - rem) * 4;
+        const int8x16_t x = vldrbq_z_s8(a0, p);
+        c0 = vmladavaq_s8(c0, x, vldrbq_z_s8(pt, p));
+        c1 = vmladavaq_s8(c1, x, vldrbq_z_s8(pt + rem, p));
+        c2 = vmladavaq_s8(c2, x, vldrbq_z_s8(pt + 2 * rem, p));
+        c3 = vmladavaq_s8(c3, x, vldrbq_z_s8(pt + 3 * rem, p));
+    }
+    d[0] = c0; d[1] = c1; d[2] = c2; d[3] = c3;
+}
 
 /* Rows a0..a2 x the 4 columns of the group at g (layout above) to d0[0..3], d1[..], d2[..]
    (the output rows or a tile). Columns 0, 1 walk the group forward, columns 2, 3 backward, so
@@ -210,6 +259,19 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
     const int i32 = ctx->mode == QC_OUT_I32;
     const int full4 = i32 ? N & ~3 : 0, full12 = i32 ? N / 12 * 12 : 0;   /* straight stores */
     int m = 0, n;
+    if (M == 1) {   /* one row: 1 x 4 tiles */
+        const int8_t *g = Wp;
+        int32_t *o = (int32_t *)ctx->out;
+        for (n = 0; n < full4; n += 4, g += gs) {
+            qc_mve_1x4(A, g, K, o + n);
+        }
+        for (; n < N; n += 4, g += gs) {
+            int32_t c[4];
+            qc_mve_1x4(A, g, K, c);
+            qc_ep_tile(ctx, c, 4, 1, N - n < 4 ? N - n : 4, 0, n);
+        }
+        return;
+    }
     for (; M - m >= 3 && M - m != 4; m += 3) {   /* 4 rows go as 2 + 2 */
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + lda, *a2 = a1 + lda;
         const int8_t *g = Wp;
@@ -223,7 +285,7 @@ void qc_gemm_s8_run(int M, int N, int K, const int8_t *A, int lda, const int8_t 
             qc_ep_tile(ctx, &c[0][0], 4, 3, N - n < 4 ? N - n : 4, m, n);
         }
     }
-    for (; m < M; m += 2) {   /* the last 1, 2 or 4 rows: 2 x 3 tiles, 4 of them per 12 columns */
+    for (; m < M; m += 2) {   /* the last 2 or 4 rows: 2 x 3 tiles, 4 of them per 12 columns */
         const int rows = M - m < 2 ? 1 : 2;
         const int8_t *a0 = A + (size_t)m * (size_t)lda, *a1 = a0 + (size_t)(rows - 1) * lda;
         const int8_t *g = Wp;
