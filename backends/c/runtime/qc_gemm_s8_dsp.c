@@ -1,16 +1,17 @@
 /* qc_gemm_s8 for Cortex-M4 DSP (QC_KERNEL_DSP, Armv7E-M). Portable packing (W transposed,
    N rows of K bytes: a column's K bytes are contiguous).
-   Tiles of 4 rows x 1 column, four k at a time: SMLAD multiplies two signed halfword pairs and
-   adds both products to an int32 accumulator (the same modular int32 sum as the portable
-   kernel). A is widened once per 4-row band and k chunk into a stack buffer (the CMSIS-NN
-   trick): per k-quad q and row r, the words SXTB16(x) = (a[4q], a[4q+2]) and
-   SXTB16(x ror 8) = (a[4q+1], a[4q+3]) of the row's word x, the 4 rows' 8 words in turn, so
-   one pointer walks them with LDM. Per quad the inner loop then does 1 LDR of W (post-indexed)
-   + 2 SXTB16 + 2 LDM of A + 8 SMLAD (hand-written asm under GCC, four quads per turn; a C
-   loop otherwise). Bounded stack: chunks of QC_DSP_KC k (1 KB of int16 A) and blocks of
-   QC_DSP_NB columns whose int32 sums stay in a 1 KB buffer across chunks. The K % 4 tail is
-   scalar. Past M the last row repeats (its sums are not stored); only valid results are
-   stored (the epilogue of qc_gemm_s8_tile.h). */
+   Tiles of 4 rows x 1 column (the bottom band 1, 2 or 3 rows), four k at a time: SMLAD
+   multiplies two signed halfword pairs and adds both products to an int32 accumulator (the
+   same modular int32 sum as the portable kernel). A is widened once per row band and k chunk
+   into a stack buffer (the CMSIS-NN trick): per k-quad q and row r, the words SXTB16(x) =
+   (a[4q], a[4q+2]) and SXTB16(x ror 8) = (a[4q+1], a[4q+3]) of the row's word x, the band's
+   rows in turn, so one pointer walks them with LDM. Per quad the inner loop then does 1 LDR
+   of W (post-indexed) + 2 SXTB16 + 2 LDM of A + 8 SMLAD for 4 rows (hand-written asm under
+   GCC, four quads per turn; a C loop with other compilers or -DQC_GEMM_S8_NO_ASM). Bounded
+   stack, any K: chunks of QC_DSP_KC k (1 KB of widened A) and blocks of QC_DSP_NB columns
+   whose int32 sums stay in a 1 KB buffer across the chunks (~2.1 KB in all with the asm's
+   saved registers). The K % 4 tail is scalar. Only valid results are stored (int32 copied
+   out, else the epilogue of qc_gemm_s8_tile.h). */
 #include "qc_kernels.h"
 
 #if defined(QC_KERNEL_DSP)

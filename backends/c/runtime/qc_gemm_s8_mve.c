@@ -1,17 +1,19 @@
-/* qc_gemm_s8 for Cortex-M55 Helium (QC_KERNEL_MVE, -mcpu=cortex-m55). Portable packing
+/* qc_gemm_s8 for Cortex-M55 Helium (QC_KERNEL_MVE, -mcpu=cortex-m55).
    Packing (packing.py pack_s8 "mve"): N padded to 4; per group of 4 columns, for each 16 k the
    4 columns' 16 bytes in turn, then the K tail (K % 16 bytes) of each column in turn; so a
    column's 16-k blocks are 64 bytes apart and one pointer walks a group.
-   Tiles of 6 dot products: VMLADAVA.S8 multiplies 16 int8 pairs and adds them to a scalar int32
-   accumulator, which must be an even core register (7 exist): 3 rows x 2 columns (3 A and 2 W
-   loads per 16 k; two such pairs make a 3 x 4 tile over one group) while 3 or more rows remain,
-   else 2 rows x 3 columns (2 A and 3 W loads; four triples make a 2 x 12 tile over three
-   groups). The 16-k loop is inline asm (GCC: post-incremented VLDRB, two steps per turn of a
-   WLS / LE low-overhead loop; else the same steps in intrinsics); the K tail (K % 16) uses
-   predicated loads (VCTP8: zeroing loads never touch memory past K). At the bottom edge the
-   tile repeats the last row, past N it repeats the last (padding) column of the group; only
-   valid results are stored (the epilogue of qc_gemm_s8_tile.h; int32 output of a full tile
-   from vector stores). Exact integer sums: bit-exact with the portable kernel. */
+   VMLADAVA.S8 multiplies 16 int8 pairs and adds them to a scalar int32 accumulator, which must
+   be an even core register (7 exist), so tiles have at most 6 dot products: 3 rows x 4 columns
+   (one group) as two 3 x 2 passes (3 A and 2 W loads per 16 k; columns 0-1 walk the group
+   forward, 2-3 backward, so the pointers end where they started) while 3 or more rows remain
+   (4 rows go as 2 + 2); 2 rows x 12 columns as four 2 x 3 triples (2 A and 3 W loads); M = 1
+   as 1 x 4 tiles (1 A and 4 W loads). The 16-k loop is inline asm under GCC: post-incremented
+   VLDRB, the first step VMLADAV (no zeroing), four steps per turn of a WLS / LE low-overhead
+   loop; with other compilers (or -DQC_GEMM_S8_NO_ASM) the same steps in intrinsics. The K
+   tail (K % 16) uses predicated loads (VCTP8: zeroing loads never touch memory past K). Past
+   N a triple repeats the group's last (padding) column. int32 results of full tiles go straight
+   to the output rows; the rest through the epilogue of qc_gemm_s8_tile.h (only valid results
+   are stored). Exact integer sums: bit-exact with the portable kernel. */
 #include "qc_kernels.h"
 
 #if defined(QC_KERNEL_MVE)
