@@ -82,10 +82,11 @@ struct qc_dsp_job {
     QC_DSP_MAC("r4", "r8", "r9")
 
 #if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
-/* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad count (then turns of 4), r3 sums;
-   r4-r7 the 4 sums (all 4 loaded and stored whatever R), r8-r11 one LDM of A (two rows),
-   r12 the even W halfwords, lr the W word then its odd halfwords. [sp] the job,
-   [sp, #4] columns left. */
+/* qc_dsp_colsR(job), R = 1..4 rows: r0 A pointer, r1 W pointer, r2 quad count (then turns of
+   4), r3 sums; r4-r7 the 4 sums (all 4 loaded and stored whatever R), r8-r11 one LDM of A
+   (two rows), r12 the even W halfwords, lr the W word then its odd halfwords. Frame: [sp] buf,
+   [sp, #4] quads (or turns), [sp, #8] wskip, [sp, #12] the end of the sums. A quad count that
+   is a multiple of 4 (every full chunk) takes a column loop without the remainder tests. */
 #define QC_DSP_COLS(NAME, QUAD)                                                          \
     __asm__(".text\n\t"                                                                  \
             ".syntax unified\n\t"                                                        \
@@ -94,42 +95,66 @@ struct qc_dsp_job {
             ".type " NAME ", %function\n\t"                                              \
             ".thumb_func\n"                                                              \
             NAME ":\n\t"                                                                 \
-            "push {r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"                            \
-            "sub sp, sp, #8\n\t"                                                         \
-            "str r0, [sp]\n\t"                                                           \
-            "ldr r12, [r0, #12]\n\t"                                                     \
-            "str r12, [sp, #4]\n\t"                                                      \
-            "ldr r1, [r0, #4]\n\t"                                                       \
-            "ldr r3, [r0, #20]\n"                                                        \
-            "1:\n\t"                                                                     \
-            "ldmia r3, {r4, r5, r6, r7}\n\t"                                             \
-            "ldr lr, [sp]\n\t"                                                           \
-            "ldr r0, [lr]\n\t"                                                           \
-            "ldr r2, [lr, #8]\n\t"                                                       \
-            "lsrs r2, r2, #1\n\t"   /* C: an odd quad */                                  \
-            "bcc 2f\n\t"                                                                 \
-            QUAD                                                                         \
-            "2:\n\t"                                                                     \
-            "lsrs r2, r2, #1\n\t"   /* C: a pair; Z: no turn (no flag changes below) */   \
-            "bcc 5f\n\t"                                                                 \
-            QUAD QUAD                                                                    \
-            "5:\n\t"                                                                     \
-            "beq 4f\n"                                                                   \
-            "3:\n\t"                                                                     \
-            QUAD QUAD QUAD QUAD                                                          \
-            "subs r2, r2, #1\n\t"                                                        \
-            "bne 3b\n"                                                                   \
-            "4:\n\t"                                                                     \
-            "stmia r3!, {r4, r5, r6, r7}\n\t"                                            \
-            "ldr lr, [sp]\n\t"                                                           \
-            "ldr r12, [lr, #16]\n\t"                                                     \
-            "add r1, r1, r12\n\t"                                                        \
-            "ldr r12, [sp, #4]\n\t"                                                      \
-            "subs r12, r12, #1\n\t"                                                      \
-            "str r12, [sp, #4]\n\t"                                                      \
-            "bne 1b\n\t"                                                                 \
-            "add sp, sp, #8\n\t"                                                         \
-            "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"                             \
+            "push {r4, r5, r6, r7, r8, r9, r10, r11, lr}\n\t"                           \
+            "sub sp, sp, #16\n\t"                                                       \
+            "ldr r12, [r0]\n\t"                                                         \
+            "str r12, [sp]\n\t"                                                         \
+            "ldr r2, [r0, #8]\n\t"                                                      \
+            "ldr r12, [r0, #16]\n\t"                                                    \
+            "str r12, [sp, #8]\n\t"                                                     \
+            "ldr r1, [r0, #4]\n\t"                                                      \
+            "ldr r3, [r0, #20]\n\t"                                                     \
+            "ldr r12, [r0, #12]\n\t"                                                    \
+            "add r12, r3, r12, lsl #4\n\t"                                              \
+            "str r12, [sp, #12]\n\t"                                                    \
+            "tst r2, #3\n\t"   /* quads % 4 != 0: the general loop */                   \
+            "bne 6f\n\t"                                                                \
+            "lsrs r2, r2, #2\n\t"                                                       \
+            "str r2, [sp, #4]\n\t"                                                      \
+            "1:\n\t"                                                                    \
+            "ldmia r3, {r4, r5, r6, r7}\n\t"                                            \
+            "ldr r0, [sp]\n\t"                                                          \
+            "ldr r2, [sp, #4]\n\t"                                                      \
+            "3:\n\t"                                                                    \
+            QUAD QUAD QUAD QUAD                                                         \
+            "subs r2, r2, #1\n\t"                                                       \
+            "bne 3b\n\t"                                                                \
+            "stmia r3!, {r4, r5, r6, r7}\n\t"                                           \
+            "ldr r12, [sp, #8]\n\t"                                                     \
+            "add r1, r1, r12\n\t"                                                       \
+            "ldr r12, [sp, #12]\n\t"                                                    \
+            "cmp r3, r12\n\t"                                                           \
+            "bne 1b\n\t"                                                                \
+            "b 9f\n\t"                                                                  \
+            "6:\n\t"                                                                    \
+            "str r2, [sp, #4]\n\t"                                                      \
+            "7:\n\t"                                                                    \
+            "ldmia r3, {r4, r5, r6, r7}\n\t"                                            \
+            "ldr r0, [sp]\n\t"                                                          \
+            "ldr r2, [sp, #4]\n\t"                                                      \
+            "lsrs r2, r2, #1\n\t"   /* C: an odd quad */                                \
+            "bcc 2f\n\t"                                                                \
+            QUAD                                                                        \
+            "2:\n\t"                                                                    \
+            "lsrs r2, r2, #1\n\t"   /* C: a pair; Z: no turn (no flag changes below) */ \
+            "bcc 5f\n\t"                                                                \
+            QUAD QUAD                                                                   \
+            "5:\n\t"                                                                    \
+            "beq 4f\n\t"                                                                \
+            "8:\n\t"                                                                    \
+            QUAD QUAD QUAD QUAD                                                         \
+            "subs r2, r2, #1\n\t"                                                       \
+            "bne 8b\n\t"                                                                \
+            "4:\n\t"                                                                    \
+            "stmia r3!, {r4, r5, r6, r7}\n\t"                                           \
+            "ldr r12, [sp, #8]\n\t"                                                     \
+            "add r1, r1, r12\n\t"                                                       \
+            "ldr r12, [sp, #12]\n\t"                                                    \
+            "cmp r3, r12\n\t"                                                           \
+            "bne 7b\n\t"                                                                \
+            "9:\n\t"                                                                    \
+            "add sp, sp, #16\n\t"                                                       \
+            "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"                            \
             ".size " NAME ", .-" NAME "\n")
 void qc_dsp_cols4(const struct qc_dsp_job *job);
 void qc_dsp_cols3(const struct qc_dsp_job *job);
