@@ -88,7 +88,7 @@ struct qc_dsp_job {
    [sp, #4] quads (or turns), [sp, #8] wskip, [sp, #12] the end of the sums. A quad count that
    is a multiple of 4 (every full chunk) takes a column loop without the remainder tests. */
 #define QC_DSP_COLS(NAME, QUAD)                                                          \
-    __asm__(".text\n\t"                                                                  \
+    __asm__(".pushsection .text\n\t"                                                     \
             ".syntax unified\n\t"                                                        \
             ".thumb\n\t"                                                                 \
             ".balign 4\n\t"                                                              \
@@ -155,7 +155,8 @@ struct qc_dsp_job {
             "9:\n\t"                                                                    \
             "add sp, sp, #16\n\t"                                                       \
             "pop {r4, r5, r6, r7, r8, r9, r10, r11, pc}\n\t"                            \
-            ".size " NAME ", .-" NAME "\n")
+            ".size " NAME ", .-" NAME "\n\t"                                               \
+            ".popsection\n")
 void qc_dsp_cols4(const struct qc_dsp_job *job);
 void qc_dsp_cols3(const struct qc_dsp_job *job);
 void qc_dsp_cols2(const struct qc_dsp_job *job);
