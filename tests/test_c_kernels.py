@@ -33,7 +33,9 @@ OP_GEMM, OP_REQUANT, OP_DEQUANT_ACC, OP_S4, OP_F16, OP_Q_S8, OP_Q_U8, OP_DQ_S8, 
 # K % 16 in 9..15 reaches the second packed k-block of the i8mm tail.
 GEMM_SHAPES = [(1, 1, 1), (3, 17, 33), (17, 3, 65), (1, 33, 17), (5, 65, 128), (33, 1, 3),
                (2, 16, 16), (4, 8, 64), (3, 5, 7), (7, 9, 29), (6, 13, 45), (4, 24, 11),
-               (8, 32, 144), (4, 16, 208)]   # the dot-product kernel's 48-k turns (+ one 16-k step)
+               (8, 32, 144), (4, 16, 208),   # the dot-product kernel's 48-k turns (+ one 16-k step)
+               (8, 24, 48), (11, 36, 112),   # Helium: 16-k step counts 3 and 7, 3- and 2-row tiles
+               (5, 70, 150), (9, 66, 259)]   # M4 DSP: several k chunks and column blocks, K % 4 tails
 
 # (kind, cpu the binary is compiled for, variant, qemu cpus it must run on)
 CONFIGS = [
