@@ -270,7 +270,8 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--activation-pairs", action="store_true", help="also quantize MatMuls of two activations "
                    "(attention scores and context); by default they stay float")
     q.add_argument("--outliers", choices=("none", "split", "smooth", "both"),
-                   help="static schemes: float16 outlier columns (split-outliers), SmoothQuant, or both")
+                   help="static schemes: float16 outlier columns (split-outliers), SmoothQuant, or both "
+                        "(default both); dyn8: split (the default when calibration data is given) or none")
     q.add_argument("--outlier-mode", choices=("threshold", "budget", "error"), default="budget",
                    help="how split-outliers picks columns (default %(default)s)")
     q.add_argument("--outlier-threshold", type=float, default=6.0, metavar="X",
@@ -438,7 +439,8 @@ def cmd_compile(args) -> int:
     try:
         result = driver.compile(
             args.model, target=target, quant=quant, pipeline=pipeline,
-            calibration=(lambda module: _calibration_from_flags(args, module)) if quant is not None else None,
+            calibration=((lambda module: _calibration_from_flags(args, module))
+                         if quant is not None and (args.calib or args.calib_text) else None),
             calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
             bind=_bind(args), fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
             upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes, external=external,

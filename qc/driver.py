@@ -400,6 +400,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     opts = quant_options(quant, tgt)
     if opts is None and calibration is not None:
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
+    if opts is not None and calibration is not None:
+        opts = schemes.with_calibration(opts)
     if opts is not None:
         if pipeline is not None:
             raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "

@@ -82,3 +82,52 @@ def test_c_target_keeps_the_per_tensor_form(tmp_path):
                         "--quant", "dyn8", "-o", str(tmp_path / "c")], capture_output=True, text=True)
     assert r.returncode == 2 and "DynamicQuantizeMatMul" in r.stderr and "not supported by the C backend" in r.stderr, \
         r.stderr
+
+
+def _feature_outlier_x(rows: int, seed: int) -> np.ndarray:
+    """Activations whose feature 5 is an outlier in every token (LLM.int8()'s systematic
+    outlier dimension), at 50x the others' scale."""
+    x = np.random.RandomState(seed).randn(1, rows, 64).astype(np.float32)
+    x[..., 5] *= 50.0
+    return x
+
+
+def test_calibration_data_gives_dyn8_float16_outlier_columns(tmp_path):
+    """With calibration data dyn8 splits the outlier feature columns off in float16 (the
+    split-outliers pass before the per-token int8 MatMul); they cut its error on a systematic
+    outlier feature; `--outliers none` keeps the plain form."""
+    _model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.stack([_feature_outlier_x(8, s) for s in range(4)]))   # 4 samples of [1, 8, 64]
+    x = _feature_outlier_x(8, 9)
+    fp = _run(tmp_path / "m.onnx", x)
+    err, ops = {}, {}
+    for outliers in (None, "none"):
+        out = tmp_path / f"{outliers}.onnx"
+        res = qc.compile(str(tmp_path / "m.onnx"), target="x86-avx2", emit="onnx", calibration=str(calib),
+                         holdout=0, quant=QuantOptions("dyn8", outliers=outliers))
+        res.write(str(out))
+        ops[outliers] = [n.op_type for n in onnx.load(str(out)).graph.node]
+        got = _run(out, x)
+        err[outliers] = np.linalg.norm(got - fp) / np.linalg.norm(fp)
+    assert "MatMulInteger" in ops[None] and "Gather" in ops[None] and "MatMul" in ops[None]   # the f16 part
+    assert "Gather" not in ops["none"] and "MatMul" not in ops["none"]
+    assert err[None] < 0.5 * err["none"], err
+
+
+def test_dyn8_outlier_choices():
+    from qc.errors import QCError
+    from qc.quant import schemes
+
+    opts = schemes.with_calibration(QuantOptions("dyn8"))
+    assert opts.outliers == "split" and schemes.needs_calibration(opts)
+    spec = schemes.pipeline(opts)
+    assert spec.index("calibrate{") < spec.index("split-outliers{") < spec.index("quantize-weights{") \
+        < spec.index("dynamic-per-token")
+    assert "split-outliers" not in schemes.pipeline(QuantOptions("dyn8"))   # no data: no columns
+    assert not schemes.needs_calibration(QuantOptions("dyn8"))
+    assert schemes.with_calibration(QuantOptions("dyn8", outliers="none")).outliers == "none"
+    with pytest.raises(QCError, match="--outliers smooth applies to static schemes .* and --outliers split to dyn8"):
+        schemes.pipeline(QuantOptions("dyn8", outliers="smooth"))
+    with pytest.raises(QCError, match="--outliers split applies to static schemes"):
+        schemes.pipeline(QuantOptions("w4a8", outliers="split"))

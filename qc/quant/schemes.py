@@ -7,7 +7,7 @@ pipelines (``w8a8``, ``dyn8``, ...).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qc.errors import QCError
 
@@ -135,7 +135,18 @@ def activation_dtype(opts: QuantOptions, s: Scheme) -> str | None:
 
 def needs_calibration(opts: QuantOptions) -> bool:
     s = scheme(opts.scheme)
-    return s.calibrated or (opts.weight_algo or "rtn") in ("gptq", "awq")
+    return (s.calibrated or (opts.weight_algo or "rtn") in ("gptq", "awq")
+            or (s.dynamic and (opts.outliers or "none") != "none"))
+
+
+def with_calibration(opts: QuantOptions) -> QuantOptions:
+    """The options when calibration data is given: dyn8 then keeps its outlier columns in
+    float16 (``--outliers split``, LLM.int8()'s decomposition with the columns chosen from the
+    data) unless ``--outliers`` says otherwise."""
+    s = scheme(opts.scheme)
+    if s.name in DYNAMIC_SPLIT and opts.outliers is None:
+        return replace(opts, outliers="split")
+    return opts
 
 
 # The optimization pipeline `qc compile` runs before the backend (registered as `default`).
@@ -174,7 +185,7 @@ def pipeline(opts: QuantOptions) -> str:
             collect.append("hessian=true")
         if algo == "awq":
             collect.append("rows=512")
-        if s.calibrated and not opts.activation_pairs:
+        if (s.calibrated or s.dynamic) and not opts.activation_pairs:
             collect.append("activation-pairs=false")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
     bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
@@ -210,16 +221,19 @@ def pipeline(opts: QuantOptions) -> str:
 
 OUTLIER_CHOICES = ("none", "split", "smooth", "both")
 DEFAULT_OUTLIERS = "both"
+DYNAMIC_SPLIT = ("dyn8",)   # dynamic schemes that take float16 outlier columns (from calibration data)
 
 
 def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
-    """smooth-quant and / or split-outliers for static schemes, after calibrate."""
+    """smooth-quant and / or split-outliers for static schemes, after calibrate; split-outliers
+    for dyn8 given calibration data (``with_calibration``)."""
     choice = opts.outliers or (DEFAULT_OUTLIERS if s.calibrated else "none")
     if choice not in OUTLIER_CHOICES:
         raise QCError(f"unknown --outliers '{choice}'", hint="one of " + ", ".join(OUTLIER_CHOICES))
-    if choice != "none" and not s.calibrated:
-        raise QCError(f"--outliers {choice} applies to static schemes (w8a8, w8a16, w4a4), not {s.name}",
-                      hint="its activations are not calibrated")
+    if choice != "none" and not s.calibrated and not (choice == "split" and s.name in DYNAMIC_SPLIT):
+        raise QCError(f"--outliers {choice} applies to static schemes (w8a8, w8a16, w4a4)"
+                      + (" and --outliers split to dyn8" if choice != "split" or s.name not in DYNAMIC_SPLIT else "")
+                      + f", not {s.name}", hint="its activations are not calibrated")
     out = []
     if choice in ("smooth", "both"):
         out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}}}")
