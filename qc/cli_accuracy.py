@@ -194,6 +194,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     quant = cli_common._quant_options(args, target)
     if not quant.scheme:
         raise QCError("qc analyze needs --quant SCHEME")
+    quant = schemes.with_calibration(quant)   # analyze always has calibration data (checked below)
     spec = schemes.pipeline(quant)
     args.upgrade_opset = max(args.upgrade_opset or 0, schemes.needs_opset(quant))
     ctx = PassContext(target=target)
