@@ -150,6 +150,18 @@ QC_INLINE void qc_mve_1x4(const int8_t *a0, const int8_t *g, int K, int32_t *d)
     d[0] = c0; d[1] = c1; d[2] = c2; d[3] = c3;
 }
 
+#if defined(__GNUC__) && !defined(QC_GEMM_S8_NO_ASM)
+/* The 16-k loop of rows a0..a2 x one column pair (STEP: QC_MVE_FWD32 / QC_MVE_BWD32) into
+   c0..c5, with the locals of qc_mve_3x4 (a0..a2, pw, n in LR). */
+#define QC_MVE_3ROWS_ASM(STEP)                                                           \
+    __asm__ volatile(QC_MVE_LOOP(STEP("vmladav.s8"), STEP("vmladava.s8"), 1)             \
+                     : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),   \
+                       [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),     \
+                       [a2] "+r"(a2), [w] "+r"(pw), [n] "+r"(n)                          \
+                     :                                                                   \
+                     : "q0", "q1", "q2", "q3", "q4", "memory", "cc")
+#endif
+
 /* Rows a0..a2 x the 4 columns of the group at g (layout above) to d0[0..3], d1[..], d2[..]
    (the output rows or a tile). Columns 0, 1 walk the group forward, columns 2, 3 backward, so
    every pointer ends where it started. */
@@ -167,21 +179,11 @@ QC_INLINE void qc_mve_3x4(const int8_t *a0, const int8_t *a1, const int8_t *a2,
         d2[0] = d2[1] = d2[2] = d2[3] = 0;
     } else {
         n = nb - 1;
-        __asm__ volatile(QC_MVE_LOOP(QC_MVE_FWD32("vmladav.s8"), QC_MVE_FWD32("vmladava.s8"), 1)
-                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
-                           [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),
-                           [a2] "+r"(a2), [w] "+r"(pw), [n] "+r"(n)
-                         :
-                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+        QC_MVE_3ROWS_ASM(QC_MVE_FWD32);
         d0[0] = c0; d1[0] = c1; d2[0] = c2; d0[1] = c3; d1[1] = c4; d2[1] = c5;
         pw += 32;
         n = nb - 1;
-        __asm__ volatile(QC_MVE_LOOP(QC_MVE_BWD32("vmladav.s8"), QC_MVE_BWD32("vmladava.s8"), 1)
-                         : [c0] "=Te"(c0), [c1] "=Te"(c1), [c2] "=Te"(c2), [c3] "=Te"(c3),
-                           [c4] "=Te"(c4), [c5] "=Te"(c5), [a0] "+r"(a0), [a1] "+r"(a1),
-                           [a2] "+r"(a2), [w] "+r"(pw), [n] "+r"(n)
-                         :
-                         : "q0", "q1", "q2", "q3", "q4", "memory", "cc");
+        QC_MVE_3ROWS_ASM(QC_MVE_BWD32);
         d0[2] = c0; d1[2] = c1; d2[2] = c2; d0[3] = c3; d1[3] = c4; d2[3] = c5;
     }
 #else

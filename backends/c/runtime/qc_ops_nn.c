@@ -206,7 +206,7 @@ static void qc_pool2d_f32(int avg, int NC, int H, int W, int OH, int OW, const i
     for (c = 0; c < NC; ++c) {
         const float *xp = x + (size_t)c * (size_t)H * (size_t)W;
         for (oh = 0; oh < OH; ++oh, y += OW) {
-            int ih[QC_POOL_MAX_KH], in_pad, n, valid, r, j;
+            int ih[QC_POOL_MAX_KH], in_pad = 0, n, valid, r, j;
             n = kh <= QC_POOL_MAX_KH ? qc_pool_rows(H, p, oh, ih, &in_pad) : 0;
             valid = (include_pad ? in_pad : n) * kw;
             if (n == 0 || (avg && valid == 0)) {   /* no tap inside: the reference everywhere */
