@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 from onnx import ModelProto
@@ -41,7 +42,7 @@ class Port:
     dims: tuple[Dim, ...]
 
     @property
-    def numpy_dtype(self):
+    def numpy_dtype(self) -> Any:
         return onnx.helper.tensor_dtype_to_np_dtype(self.elem_type)
 
 

@@ -94,7 +94,8 @@ class GenerationResult:
         return {"prompt_ids": self.prompt_ids, "generated_ids": self.generated_ids,
                 "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 3),
                 "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
-                "decode_steps": self.decode_steps, "cache_bytes": self.cache_bytes, "stopped_at_eos": self.stopped_at_eos}
+                "decode_steps": self.decode_steps, "cache_bytes": self.cache_bytes,
+                "stopped_at_eos": self.stopped_at_eos}
 
 
 def generate(stepper: Stepper, prompt_ids: Sequence[int], max_new_tokens: int, sampler: Sampler | None = None,
@@ -205,7 +206,8 @@ class OrtStepper:
         if layout.attention_mask is not None:
             feeds[layout.attention_mask.name] = np.ones((1, past + len(ids)), layout.attention_mask.numpy_dtype)
         if layout.position_ids is not None:
-            feeds[layout.position_ids.name] = np.arange(past, past + len(ids), dtype=layout.position_ids.numpy_dtype)[None]
+            positions = np.arange(past, past + len(ids), dtype=layout.position_ids.numpy_dtype)
+            feeds[layout.position_ids.name] = positions[None]
         feeds.update(cache)
         out = self.session.run(self._outputs, feeds)
         logits = out[0]
