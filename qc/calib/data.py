@@ -231,6 +231,55 @@ def from_text(text: str | os.PathLike | None, tokenizer: Any, *, seq_len: int, s
                            description=f"{len(windows)} windows x {seq_len} tokens of {where or 'text'}")
 
 
+def kv_from_text(module: Module, layout: Any, text: str | os.PathLike | None, tokenizer: Any, *, seq_len: int,
+                 samples: int | None, decode_steps: int = 4) -> CalibrationData:
+    """Calibration samples for a KV-cache decoder: per token window, the prefill of its first
+    ``seq_len - decode_steps`` tokens (empty cache) and then ``decode_steps`` one-token steps
+    against the cache the float model wrote (activation statistics differ between the two:
+    a decode step's rows are one token over a long cache). The caches come from running
+    ``module`` itself (float) in onnxruntime, one window at a time."""
+    from qc.onnx.evaluator import module_session
+
+    windows = from_text(text, tokenizer, seq_len=seq_len, samples=samples)
+    steps = min(decode_steps, seq_len // 4)
+    per_window = 1 + steps
+    session: list[Any] = []
+    memo: dict[int, list[Sample]] = {}
+
+    def window_samples(w: int) -> list[Sample]:
+        if w not in memo:
+            if not session:
+                session.append(module_session(module, optimize=True))
+            memo.clear()
+            memo[w] = _kv_window(session[0], layout, windows.sample(w)["input_ids"][0], steps)
+        return memo[w]
+
+    return CalibrationData(len(windows) * per_window, lambda i: window_samples(i // per_window)[i % per_window],
+                           key=f"{windows.key}-kv{steps}", source=windows.source,
+                           description=f"{windows.description}, each as a prefill of {seq_len - steps} tokens and "
+                                       f"{steps} decode steps through the KV cache")
+
+
+def _kv_window(session: Any, layout: Any, ids: np.ndarray, steps: int) -> list[Sample]:
+    prefill = len(ids) - steps
+    cache = {p.past.name: np.zeros([0 if a == p.seq_axis else (1 if a == 0 else int(d))
+                                    for a, d in enumerate(p.past.dims)], p.past.numpy_dtype) for p in layout.pairs}
+    outputs = [p.present.name for p in layout.pairs]
+    out: list[Sample] = []
+    start = 0
+    for end in [prefill, *range(prefill + 1, len(ids) + 1)]:
+        sample: Sample = {layout.input_ids.name: ids[None, start:end].astype(layout.input_ids.numpy_dtype), **cache}
+        if layout.attention_mask is not None:
+            sample[layout.attention_mask.name] = np.ones((1, end), layout.attention_mask.numpy_dtype)
+        if layout.position_ids is not None:
+            sample[layout.position_ids.name] = np.arange(start, end, dtype=layout.position_ids.numpy_dtype)[None]
+        out.append(sample)
+        if end < len(ids):
+            cache = dict(zip(cache, session.run(outputs, sample)))
+        start = end
+    return out
+
+
 class _InputList:
     """Just enough of an onnxruntime session (``get_inputs``) for ``qc.metrics.token_feeds``."""
 
@@ -393,8 +442,15 @@ def load_inputs(module: Module, tokenizer: Callable[[], Any], *, npz: str | None
     elif text:
         from qc.data import text as textdata
 
-        data = from_text(textdata.resolve_text(text), tokenizer(), seq_len=seq_len,
-                         samples=samples, input_names=text_input_names(module))
+        from qc.onnx.kv_layout import recognize_module
+
+        layout = recognize_module(module)
+        if layout is not None:
+            data = kv_from_text(module, layout, textdata.resolve_text(text), tokenizer(), seq_len=seq_len,
+                                samples=samples)
+        else:
+            data = from_text(textdata.resolve_text(text), tokenizer(), seq_len=seq_len,
+                             samples=samples, input_names=text_input_names(module))
     else:
         return None
     check_against(data, module)

@@ -124,6 +124,14 @@ def recognize(model: ModelProto, override: Mapping[str, str] | None = None, *, w
     return recognize_ports(inputs, ports(model.graph.output), override, where=where)
 
 
+def recognize_module(module: Any, override: Mapping[str, str] | None = None, *, where: str = "") -> KVLayout | None:
+    """:func:`recognize` for a qc IR module (its non-constant graph inputs and its outputs)."""
+    from .writer import value_info
+
+    inputs = ports(value_info(v) for v in module.graph.inputs if v.const is None)
+    return recognize_ports(inputs, ports(value_info(v) for v in module.graph.outputs), override, where=where)
+
+
 def recognize_ports(inputs: Sequence[Port], outputs: Sequence[Port], override: Mapping[str, str] | None = None,
                     *, where: str = "") -> KVLayout | None:
     names = {**_DEFAULT, **(override or {})}
