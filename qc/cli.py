@@ -211,6 +211,13 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sentences", metavar="FILE", help="encoder: one sentence per line instead of sentences "
                                                         "taken from the text")
     ev.add_argument("--batch-size", type=int, default=1, metavar="N", help="windows per run (default %(default)s)")
+    ev.add_argument("--decode", action="store_true", help="KV-cache decoders: perplexity also through the decode "
+                    "path (one token per step through the cache); with --ref also greedy agreement")
+    ev.add_argument("--prompts", type=int, default=8, metavar="N",
+                    help="--decode --ref: prompts (the first 16 tokens of N windows) for greedy agreement "
+                         "(default %(default)s)")
+    ev.add_argument("--new-tokens", type=int, default=32, metavar="N",
+                    help="--decode --ref: greedy tokens per prompt (default %(default)s)")
     ev.set_defaults(func=cmd_eval)
 
     from .cli_generate import add_generate_parser
@@ -657,6 +664,8 @@ def cmd_eval(args) -> int:
         out.write(f"qc eval: {args.model} (language model), tokenizer {tok_name}\n"
                   f"text: {path}: {len(windows)} windows x {args.seq_len} tokens\n")
         ppl = metrics.perplexity(sess, windows, batch_size=args.batch_size)
+        if args.decode:
+            return _eval_decode(args, out, windows, ppl, tok_name)
         if ref is not None:
             ref_ppl = metrics.perplexity(ref, windows, batch_size=args.batch_size)
             out.write(f"perplexity: {ppl:.3f} (ref {ref_ppl:.3f}, {100 * (ppl / ref_ppl - 1):+.2f}%)\n")
@@ -705,6 +714,27 @@ def _write_sqnr(out, values: dict, over: str) -> None:
 def _refuse_same(model: str, ref: str) -> None:
     if os.path.realpath(model) == os.path.realpath(ref):
         raise QCError("--ref is the model itself", where=ref, hint="give the float32 model the quantized one came from")
+
+
+def _eval_decode(args, out, windows, ppl: float, tok_name: str) -> int:
+    """qc eval --decode: perplexity through the KV cache beside the one-pass figure, and with
+    --ref the same for the reference and greedy agreement over --prompts prompts."""
+    from .tools import metrics
+
+    decode = metrics.decode_perplexity(args.model, windows)
+    out.write(f"perplexity: {ppl:.3f} in one pass, {decode:.3f} through the decode path "
+              f"({100 * (decode / ppl - 1):+.2f}%)\n")
+    if args.ref is None:
+        return 0
+    ref_decode = metrics.decode_perplexity(args.ref, windows)
+    out.write(f"reference: {ref_decode:.3f} through the decode path; model vs reference "
+              f"{100 * (decode / ref_decode - 1):+.2f}%\n")
+    prompts = [list(map(int, w[:16])) for w in windows[:args.prompts]]
+    agree = metrics.greedy_agreement(args.model, args.ref, prompts, args.new_tokens)
+    out.write(f"greedy agreement over {len(prompts)} prompts x {args.new_tokens} tokens: "
+              f"{100 * agree['same_tokens']:.1f}% of tokens, first difference at token "
+              f"{agree['first_divergence']:.1f} on average, {100 * agree['identical']:.0f}% identical\n")
+    return 0
 
 
 def cmd_models(args) -> int:

@@ -132,6 +132,46 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
     return math.exp(total / count)
 
 
+def decode_perplexity(model_path: str, windows: np.ndarray, *, prefill: int = 1, progress: bool = True) -> float:
+    """Perplexity of a KV-cache decoder through its decode path: per window, the first
+    ``prefill`` tokens in one step, then one token per step through the cache (what generation
+    runs), each step's logits predicting the next token. Equals :func:`perplexity` over
+    ``windows[:, prefill - 1:]``'s predictions when caching is exact."""
+    from .generate import OrtStepper, decode_nll
+
+    stepper = OrtStepper.load(model_path)
+    total, count = 0.0, 0
+    bar = _progress(None, total=len(windows), desc="decode perplexity", unit="window", enabled=progress)
+    for window in np.asarray(windows):
+        value, n = decode_nll(stepper, [int(t) for t in window], prefill)
+        total, count = total + value, count + n
+        bar.update(1)
+    bar.close()
+    return math.exp(total / count)
+
+
+def greedy_agreement(model_path: str, ref_path: str, prompts: Sequence[Sequence[int]], new_tokens: int,
+                     eos: int | None = None) -> dict[str, float]:
+    """Greedy generation of ``model_path`` vs ``ref_path`` (both through their KV caches) from the same
+    prompts: ``same_tokens`` (share of positions where the two generations agree, over the
+    reference's length), ``first_divergence`` (mean position of the first difference, = length
+    when none) and ``identical`` (share of prompts generated identically)."""
+    from .generate import OrtStepper, generate
+
+    got, want = OrtStepper.load(model_path), OrtStepper.load(ref_path)
+    same = total = diverge = identical = 0
+    for prompt in prompts:
+        a = generate(got, prompt, new_tokens, eos=eos).generated_ids
+        b = generate(want, prompt, new_tokens, eos=eos).generated_ids
+        same += sum(x == y for x, y in zip(a, b))
+        total += max(len(b), 1)
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        diverge += first
+        identical += a == b
+    n = max(len(prompts), 1)
+    return {"same_tokens": same / total, "first_divergence": diverge / n, "identical": identical / n}
+
+
 # -- embeddings -----------------------------------------------------------------------------------
 def _encode(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     if tokenizer is None:
