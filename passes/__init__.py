@@ -34,6 +34,7 @@ from . import (  # noqa: F401
     legalize,
     lower_qop,
     propagate_shapes,
+    quantize_kv_cache,
     quantize_weights,
     remove_identity,
     smooth_quant,

@@ -295,6 +295,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="SmoothQuant migration strength (default %(default)s)")
     q.add_argument("--reduce-range", action="store_true", help="8-bit weights with 7-bit codes (faster u8 x s8 "
                    "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
+    q.add_argument("--kv-cache-dtype", choices=("float32", "int8"), default="float32",
+                   help="KV-cache decoders: the cache's element type; int8 keeps a float32 scale per token "
+                        "and head beside it (quantize-kv-cache)")
     q.add_argument("--format", choices=("qdq", "qop"), default="qdq",
                    help="QDQ pairs (default) or onnxruntime's QOperator / contrib ops")
     _add_calib_options(q)

@@ -441,7 +441,6 @@ def load_inputs(module: Module, tokenizer: Callable[[], Any], *, npz: str | None
         data = from_npz(npz)
     elif text:
         from qc.data import text as textdata
-
         from qc.onnx.kv_layout import recognize_module
 
         layout = recognize_module(module)

@@ -206,3 +206,37 @@ def _pair(past: Port, present: Port, layer: int | None, kind: str, where: str) -
                       f"vs output {list(present.dims)}", where=where,
                       hint="the past and present shapes must differ in exactly one symbolic axis after the batch")
     return CachePair(past, present, growing[0], layer, kind)
+
+
+# -- int8 caches (passes/quantize_kv_cache.py) as seen from outside ------------------------------
+
+SCALE_SUFFIX = "_scale"
+
+
+def quantize_cache_feed(feed: Mapping[str, Any], int8_inputs: Iterable[str]) -> dict[str, Any]:
+    """A feed with float caches for a model whose caches are int8: each float ``X`` named in
+    ``int8_inputs`` becomes int8 codes and ``X_scale`` (per token and head, as the pass rounds)."""
+    import numpy as np
+
+    out = dict(feed)
+    for name in int8_inputs:
+        x = out.get(name)
+        if x is None or x.dtype == np.int8:
+            continue
+        scale = (np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-8)) / np.float32(127.0))
+        scale = scale.astype(np.float32)
+        out[name] = np.clip(np.round(x / scale), -127, 127).astype(np.int8)
+        out[name + SCALE_SUFFIX] = scale
+    return out
+
+
+def dequantize_cache_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Outputs with each int8 ``X`` that has an ``X_scale`` beside it replaced by ``X * X_scale``."""
+    import numpy as np
+
+    out = dict(outputs)
+    for name, x in outputs.items():
+        scale = outputs.get(name + SCALE_SUFFIX)
+        if scale is not None and x.dtype == np.int8:
+            out[name] = x.astype(np.float32) * scale
+    return out

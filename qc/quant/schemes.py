@@ -34,6 +34,7 @@ class QuantOptions:
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
     smooth_alpha: float = 0.5
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
+    kv_cache_dtype: str = "float32"     # KV-cache decoders: float32 | int8 (quantize-kv-cache)
     target_features: tuple[str, ...] = ()
 
 
@@ -214,6 +215,10 @@ def pipeline(opts: QuantOptions) -> str:
     if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
         lower = ["accuracy-level=4"] if s.name == "w4a8" else []
         passes.append("lower-qop" + ("{" + ",".join(lower) + "}" if lower else ""))
+    if opts.kv_cache_dtype == "int8":
+        passes.append("quantize-kv-cache")
+    elif opts.kv_cache_dtype != "float32":
+        raise QCError(f"unknown KV cache type '{opts.kv_cache_dtype}'", hint="float32 or int8")
     passes.append("dce")
     return ",".join(passes)
 

@@ -29,6 +29,7 @@ import numpy as np
 from qc.errors import QCError
 from qc.ir.core import Module, Value
 from qc.ir.types import TensorType
+from qc.onnx.kv_layout import SCALE_SUFFIX, dequantize_cache_outputs, quantize_cache_feed
 from qc.tools.metrics import sqnr_from
 
 Feeds = dict[str, np.ndarray]
@@ -258,12 +259,18 @@ def compare_groups(model: Any, reference: Any, groups: Mapping[str, Sequence[Map
                       hint="outputs: " + ", ".join(sorted(have)))
     model_inputs = {i.name for i in sess.get_inputs()}
     ref_inputs = {i.name for i in ref.get_inputs()}
+    # an int8 KV cache (quantize-kv-cache): feed it the quantized float caches, compare it dequantized
+    int8_caches = [i.name for i in sess.get_inputs()
+                   if i.type == "tensor(int8)" and i.name + SCALE_SUFFIX in model_inputs]
+    fetch = names + [n + SCALE_SUFFIX for n in names if n + SCALE_SUFFIX in have]
     tagged = [(g, f) for g, feeds in groups.items() for f in feeds]
     if not tagged:
         raise QCError("no inputs to compare the models on")
     stats = {g: {n: _Stats() for n in names} for g in {*groups, "all"} if g == "all" or groups[g]}
     for g, f in metrics._progress(tagged, total=len(tagged), desc="eval", unit="input", enabled=progress):
-        got = metrics.run(sess, names, _only(f, model_inputs), metrics._where(model))
+        feed = quantize_cache_feed(f, int8_caches) if int8_caches else f
+        fetched = dict(zip(fetch, metrics.run(sess, fetch, _only(feed, model_inputs), metrics._where(model))))
+        got = [dequantize_cache_outputs(fetched)[n] for n in names]
         want = metrics.run(ref, names, _only(f, ref_inputs), metrics._where(reference))
         for n, x, w in zip(names, got, want):
             stats["all"][n].add(w, x)
