@@ -1,0 +1,142 @@
+"""LLM generation through the KV cache in onnxruntime (x86 host): exactness, speed by context, and
+the accuracy of each scheme through the decode path.
+
+    python benchmarks/generate.py --exact          # cached greedy == recomputed greedy, 5 prompts x 64 tokens
+    python benchmarks/generate.py --speed          # decode tokens/s at 16, 256 and 1024 tokens of context
+    python benchmarks/generate.py --schemes        # w8a8 / dyn8 / w4a8, float and int8 cache: perplexity
+                                                   # in one pass vs through the decode path
+    python benchmarks/generate.py --all --work DIR --json OUT.json
+
+Models are SmolLM2-135M-Instruct as ``qc models build smollm2-135m --kv-cache`` writes it,
+cached in ``--work``. Speed figures are wall-clock on this machine (one run, interleaved by
+context); the deterministic Arm figures live in arm_speed.py and llama_cpp.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
+           "Explain what a compiler does in two sentences.", "List three uses of a raspberry pi.",
+           "Tell me a short story about a robot who learns to paint.")
+SCHEMES = ("w8a8", "dyn8", "w4a8")
+
+
+def build(work: Path) -> Path:
+    path = work / "smollm2-kv.onnx"
+    if not path.exists():
+        import qc.models
+
+        qc.models.build("smollm2-135m", str(path), kv_cache=True)
+    return path
+
+
+def exact(model: Path, tokens: int = 64) -> dict:
+    """Greedy tokens through the cache vs recomputed from the whole prefix, per prompt."""
+    from qc.models import smollm2
+    from qc.tools.generate import OrtStepper, generate
+
+    tok = smollm2.tokenizer()
+    cached, recomputed = OrtStepper.load(str(model)), OrtStepper.load(str(model), recompute=True)
+    rows = []
+    for prompt in PROMPTS:
+        ids = tok.encode(smollm2.chat_prompt(prompt)).ids
+        a = generate(cached, ids, tokens).generated_ids       # no eos stop: all 64 tokens compared
+        b = generate(recomputed, ids, tokens).generated_ids
+        rows.append({"prompt": prompt, "tokens": len(a), "identical": a == b,
+                     "first_difference": next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None),
+                     "text": tok.decode(a, skip_special_tokens=True)})
+        print(f"  {'same' if a == b else 'DIFFERENT'} {len(a)} tokens: {prompt!r} -> {rows[-1]['text'][:60]!r}",
+              flush=True)
+    return {"prompts": rows, "all_identical": all(r["identical"] for r in rows)}
+
+
+def speed(model: Path, contexts: tuple[int, ...] = (16, 256, 1024), steps: int = 16, rounds: int = 3) -> dict:
+    """Decode tokens/s after prefilling ``context`` tokens; rounds interleave the contexts."""
+    from qc.tools.generate import OrtStepper
+
+    stepper = OrtStepper.load(str(model), threads=1)
+    rng = np.random.default_rng(0)
+    best: dict[int, float] = {}
+    for _ in range(rounds):
+        for context in contexts:
+            stepper.reset()
+            stepper.step(rng.integers(100, 40000, context).tolist())
+            t0 = time.perf_counter()
+            for token in rng.integers(100, 40000, steps).tolist():
+                stepper.step([token])
+            rate = steps / (time.perf_counter() - t0)
+            best[context] = max(best.get(context, 0.0), rate)
+    for context in contexts:
+        print(f"  context {context:5d}: {best[context]:7.2f} decode tokens/s (1 thread, best of {rounds})", flush=True)
+    return {"decode_tokens_per_s": best, "threads": 1, "steps": steps}
+
+
+def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int) -> dict:
+    """Per scheme and cache type: compile (calibrated on `licenses`), then perplexity on the
+    evaluation text in one pass and through the decode path."""
+    from qc.data import text as textdata
+    from qc.models import smollm2
+    from qc.tools import metrics
+
+    tok = smollm2.tokenizer()
+    ids = textdata.token_windows(textdata.resolve_text(None), tok, seq_len, samples=windows)
+    rows = {}
+    variants = [("fp32", None, "float32")] + [(f"{s}{'-kv8' if kv == 'int8' else ''}", s, kv)
+                                               for s in SCHEMES for kv in ("float32", "int8")]
+    for name, scheme, kv in variants:
+        path = model if scheme is None else work / f"smollm2-kv-{name}.onnx"
+        if scheme is not None and not path.exists():
+            cmd = [str(Path(sys.executable).parent / "qc"), "compile", str(model), "--target", "x86-avx2",
+                   "--quant", scheme, "--calib-text", "licenses", "--samples", str(samples),
+                   "--kv-cache-dtype", kv, "-o", str(path)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        one_pass = metrics.perplexity(str(path), ids, progress=False)
+        decode = metrics.decode_perplexity(str(path), ids, progress=False)
+        rows[name] = {"one_pass": one_pass, "decode": decode, "decode_vs_one_pass": decode / one_pass - 1}
+        print(f"  {name:10s} perplexity {one_pass:8.3f} one pass, {decode:8.3f} decode path "
+              f"({100 * (decode / one_pass - 1):+.2f}%)", flush=True)
+    for s in SCHEMES:
+        rows[f"{s}-kv8"]["kv8_cost"] = rows[f"{s}-kv8"]["decode"] / rows[s]["decode"] - 1
+        print(f"  {s}: int8 KV cache costs {100 * rows[f'{s}-kv8']['kv8_cost']:+.2f}% perplexity (decode path)")
+    return {"windows": windows, "seq_len": seq_len, "calibration_windows": samples, "text": "default eval text",
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exact", action="store_true")
+    p.add_argument("--speed", action="store_true")
+    p.add_argument("--schemes", action="store_true")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--work", type=Path, default=Path("out/generate"))
+    p.add_argument("--windows", type=int, default=8, help="evaluation windows (default %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--samples", type=int, default=16, help="calibration windows (default %(default)s)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = build(args.work)
+    result: dict = {}
+    if args.exact or args.all:
+        print("greedy through the cache vs recomputed from the whole prefix (FP32):")
+        result["exact"] = exact(model)
+    if args.speed or args.all:
+        print("decode speed by context (onnxruntime, x86):")
+        result["speed"] = speed(model)
+    if args.schemes or args.all:
+        print(f"perplexity, {args.windows} windows x {args.seq_len} tokens:")
+        result["schemes"] = schemes(model, args.work, args.windows, args.seq_len, args.samples)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
