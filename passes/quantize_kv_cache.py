@@ -10,7 +10,7 @@ from qc.ir.core import Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
-from qc.onnx.kv_layout import CachePair, recognize_module
+from qc.onnx.kv_layout import CachePair, module_cache_pairs
 from qc.pm import Pass, PassContext, register_pass
 
 from ._scaling import NameTable
@@ -42,15 +42,13 @@ class QuantizeKVCache(Pass):
     """
 
     def run(self, module: Module, ctx: PassContext) -> bool:
-        layout = recognize_module(module, where=module.graph.name)
-        if layout is None:
-            raise QCError("quantize-kv-cache: the model has no key/value cache (past_key_values.* inputs)",
-                          hint="build a decoder with --kv-cache")
-        pairs = [p for p in layout.pairs if p.kind in ("key", "value")]
-        if not pairs:
-            raise QCError("quantize-kv-cache: no key/value cache pairs", hint=layout.describe())
-        if any(p.kind.endswith("_scale") for p in layout.pairs):
+        every = module_cache_pairs(module, where=module.graph.name)
+        if not every:
+            raise QCError("quantize-kv-cache: the model has no key/value cache (past_key_values.* inputs "
+                          "with present.* outputs)", hint="build a decoder with --kv-cache")
+        if any(p.kind.endswith("_scale") for p in every):
             return False  # already int8
+        pairs = [p for p in every if p.kind in ("key", "value")]
         names = NameTable(module.graph)
         opset = module.opset_imports.get("", 17)
         for pair in pairs:
@@ -87,10 +85,10 @@ def _quantize_pair(module: Module, pair: CachePair, names: NameTable, opset: int
     else:
         peak = op("ReduceMax", [magnitude], "absmax", axes=[-1], keepdims=1)
     floor = op("Max", [peak, const("eps", np.float32(1e-8))], "absmax_floor")
-    scale = op("Div", [floor, const("qmax", np.float32(_INT8_MAX))], "scale")
+    qmax = const("qmax", np.float32(_INT8_MAX))
+    scale = op("Div", [floor, qmax], "scale")
     rounded = op("Round", [op("Div", [new, scale], "scaled")], "round")
-    clipped = op("Clip", [rounded, const("qmin", np.float32(-_INT8_MAX)), const("qmax_clip", np.float32(_INT8_MAX))],
-                 "clip")
+    clipped = op("Clip", [rounded, const("qmin", np.float32(-_INT8_MAX)), qmax], "clip")
     codes = op("Cast", [clipped], "codes", to=_ONNX_INT8)
     concat.set_operand(1, codes)
 

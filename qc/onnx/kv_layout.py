@@ -132,6 +132,14 @@ def recognize_module(module: Any, override: Mapping[str, str] | None = None, *, 
     return recognize_ports(inputs, ports(value_info(v) for v in module.graph.outputs), override, where=where)
 
 
+def module_cache_pairs(module: Any, *, where: str = "") -> list[CachePair]:
+    """Only the cache pairs of a qc IR module (the named-pair rule), whatever its other inputs."""
+    from .writer import value_info
+
+    inputs = {p.name: p for p in ports(value_info(v) for v in module.graph.inputs if v.const is None)}
+    return _named_pairs(inputs, {p.name: p for p in ports(value_info(v) for v in module.graph.outputs)}, where)
+
+
 def recognize_ports(inputs: Sequence[Port], outputs: Sequence[Port], override: Mapping[str, str] | None = None,
                     *, where: str = "") -> KVLayout | None:
     names = {**_DEFAULT, **(override or {})}

@@ -132,14 +132,16 @@ def perplexity(model_path_or_proto: Any, windows: np.ndarray, batch_size: int = 
     return math.exp(total / count)
 
 
-def decode_perplexity(model_path: str, windows: np.ndarray, *, prefill: int = 1, progress: bool = True) -> float:
+def decode_perplexity(model_path: str, windows: np.ndarray, *, prefill: int = 1, progress: bool = True,
+                      optimize: bool = False) -> float:
     """Perplexity of a KV-cache decoder through its decode path: per window, the first
     ``prefill`` tokens in one step, then one token per step through the cache (what generation
     runs), each step's logits predicting the next token. Equals :func:`perplexity` over
-    ``windows[:, prefill - 1:]``'s predictions when caching is exact."""
+    ``windows[:, prefill - 1:]``'s predictions when caching is exact; graph optimizations off
+    by default, as there (onnxruntime's fused int8 kernels round otherwise than QDQ)."""
     from .generate import OrtStepper, decode_nll
 
-    stepper = OrtStepper.load(model_path)
+    stepper = OrtStepper.load(model_path, optimize=optimize)
     total, count = 0.0, 0
     bar = _progress(None, total=len(windows), desc="decode perplexity", unit="window", enabled=progress)
     for window in np.asarray(windows):
