@@ -343,6 +343,7 @@ def _attention(g: _Graph, x: str, i: int, cos: str, sin: str, mask: str, config:
         k = g.named("Concat", [f"past_key_values.{i}.key", k], f"present.{i}.key", f"{path}/k_cache/Concat", axis=2)
         v = g.named("Concat", [f"past_key_values.{i}.value", v], f"present.{i}.value", f"{path}/v_cache/Concat",
                     axis=2)
+        return _grouped_attention(g, q, k, v, mask, prefix, path)
     k, v = (_repeat_kv(g, t, f"{path}/{n}_repeat") for t, n in ((k, "k"), (v, "v")))
     kt = g.op("Transpose", [k], f"{path}/k_transpose", perm=[0, 1, 3, 2])
     scores = g.op("Mul", [g.op("MatMul", [q, kt], f"{path}/qk/MatMul"), "const.attn_scale"], f"{path}/qk/Mul")
@@ -350,6 +351,23 @@ def _attention(g: _Graph, x: str, i: int, cos: str, sin: str, mask: str, config:
     context = g.op("Transpose", [g.op("MatMul", [probs, v], f"{path}/pv/MatMul")], f"{path}/pv/Transpose",
                    perm=[0, 2, 1, 3])
     merged = g.op("Reshape", [context, "const.hidden_shape"], f"{path}/pv/Reshape")
+    return _linear(g, merged, prefix + ".o_proj")
+
+
+def _grouped_attention(g: _Graph, q: str, k: str, v: str, mask: str, prefix: str, path: str) -> str:
+    """Grouped-query attention without repeating the cache: the queries of a key/value head's
+    group are rows of one MatMul, ``q [b, heads, s, d] -> [b, kv_heads, group * s, d]``, so a
+    decode step reads each cached key and value once (no Expand copy of the whole cache)."""
+    grouped = g.op("Reshape", [q, "const.grouped_q_shape"], f"{path}/q_group/Reshape")
+    kt = g.op("Transpose", [k], f"{path}/k_transpose", perm=[0, 1, 3, 2])
+    scores = g.op("Mul", [g.op("MatMul", [grouped, kt], f"{path}/qk/MatMul"), "const.attn_scale"], f"{path}/qk/Mul")
+    per_head = g.op("Reshape", [scores, "const.per_head_shape"], f"{path}/qk/Reshape")
+    probs = g.op("Softmax", [g.op("Add", [per_head, mask], f"{path}/mask/Add")], f"{path}/Softmax", axis=-1)
+    regrouped = g.op("Reshape", [probs, "const.grouped_shape"], f"{path}/probs/Reshape")
+    context = g.op("Reshape", [g.op("MatMul", [regrouped, v], f"{path}/pv/MatMul"), "const.per_head_shape"],
+                   f"{path}/pv/Reshape_heads")
+    merged = g.op("Reshape", [g.op("Transpose", [context], f"{path}/pv/Transpose", perm=[0, 2, 1, 3]),
+                              "const.hidden_shape"], f"{path}/pv/Reshape")
     return _linear(g, merged, prefix + ".o_proj")
 
 
@@ -401,9 +419,11 @@ def _cached_positions_and_mask(g: _Graph) -> tuple[str, str]:
     return positions, mask
 
 
-def _constants(g: _Graph, config: LlamaConfig) -> None:
+def _constants(g: _Graph, config: LlamaConfig, kv_cache: bool = False) -> None:
     """The small shape and scalar constants the graph uses, named ``const.*``."""
     half = config.head_dim // 2
+    unused = ({"const.axis_2", "const.kv_expand", "const.repeated_shape"} if kv_cache else
+              {"const.axes_1_2", "const.grouped_q_shape", "const.grouped_shape", "const.per_head_shape"})
     for name, value in {
         "const.zero": np.int64(0), "const.one": np.int64(1),
         "const.axis_0": [0], "const.axis_1": [1], "const.axis_2": [2], "const.axes_1_2": [1, 2],
@@ -413,8 +433,12 @@ def _constants(g: _Graph, config: LlamaConfig) -> None:
         "const.repeated_shape": [0, config.heads, -1, config.head_dim],
         "const.hidden_shape": [0, 0, config.hidden],
         "const.rope_split": [half, half],
+        "const.grouped_q_shape": [0, config.kv_heads, -1, config.head_dim],
+        "const.grouped_shape": [0, config.kv_heads, -1, 0],
+        "const.per_head_shape": [0, config.heads, -1, 0],
     }.items():
-        g.const(name, np.asarray(value, dtype=np.int64))
+        if name not in unused:
+            g.const(name, np.asarray(value, dtype=np.int64))
     for name, value in {
         "const.two": 2.0, "const.rms_eps": config.rms_eps, "const.attn_scale": 1.0 / np.sqrt(config.head_dim),
         "const.mask_min": np.finfo(np.float32).min, "const.mask_zero": 0.0,
@@ -438,7 +462,7 @@ def make_model(weights: Weights, layers: int | None = None, *, kv_cache: bool = 
     cos_table, sin_table = _rope_tables(config)
     g.const("model.rotary_emb.cos_cached", cos_table)
     g.const("model.rotary_emb.sin_cached", sin_table)
-    _constants(g, config)
+    _constants(g, config, kv_cache)
 
     positions, mask = _cached_positions_and_mask(g) if kv_cache else _positions_and_mask(g)
     cos = g.op("Gather", ["model.rotary_emb.cos_cached", positions], "/model/rotary_emb/cos", axis=0)
