@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import arm_speed  # noqa: E402
+import arm_speed
 
 ROOT = arm_speed.ROOT
 ARM = arm_speed.ARM
@@ -281,3 +281,128 @@ def measure(quant: str, prompt: list[int], decode_tokens: int = 16, cpu: str = "
         "whole_program": res["exit"], "vcpus": len(res.get("vcpus", [])), "info": info,
         "prompt": prompt, "generated": info["ids"],
     }
+
+
+# -- the table, the self-check and the command line ----------------------------------------------
+
+SHOWN = ("dot", "fmla_vec", "ldst", "simd_fp_other", "other")
+
+
+def _classes(c: dict) -> str:
+    """The per-token classes in M, the dot share first."""
+    tot = c["total"] or 1
+    dot = c["classes"]["dot"]
+    rest = ", ".join(f"{k} {c['classes'][k] / 1e6:.1f}" for k in SHOWN[1:] if c["classes"][k] >= 5e4)
+    return f"{100 * dot / tot:.0f}% ({dot / 1e6:.2f} M); {rest}"
+
+
+def table(rows: list[dict]) -> str:
+    """One markdown row per measure() result."""
+    head = ["quant", "context", "weight MB", "KV MB @context", "prefill M insns/token",
+            "prefill SDOT share; classes (M/token)", "decode M insns/token", "decode SDOT share; classes (M/token)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        cells = [r["quant"], str(r["prompt_tokens"]), f"{r['weights']['total'] / 1e6:.1f}",
+                 f"{r['kv_bytes_at_context'] / 1e6:.2f}", f"{r['prefill_per_token']['total'] / 1e6:.2f}",
+                 _classes(r["prefill_per_token"]), f"{r['decode_per_token']['total'] / 1e6:.2f}",
+                 _classes(r["decode_per_token"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(r: dict) -> list[str]:
+    """The figures beside a row: steps, KV as allocated, the generated text."""
+    first, last = r["decode_first"], r["decode_last"]
+    return [
+        f"{r['quant']} @{r['prompt_tokens']}: decode steps {r['decode_tokens']} (positions {r['prompt_tokens']}.."
+        f"{r['prompt_tokens'] + r['decode_tokens'] - 1}): first {first['total'] / 1e6:.2f} M, last "
+        f"{last['total'] / 1e6:.2f} M, min {min(r['decode_steps']) / 1e6:.2f} M, "
+        f"max {max(r['decode_steps']) / 1e6:.2f} M",
+        f"{r['quant']} @{r['prompt_tokens']}: weights {r['weights']['total']:,} B of tensor data "
+        f"({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sorted(r['weights']['by_type'].items()))}; "
+        f"llama_model_size {r['model_size_llama']:,}); KV {r['kv_bytes_per_token']:,} B/token "
+        f"(2 x {r['info']['n_layer']} layers x {r['info']['n_head_kv']} kv heads x "
+        f"{r['info']['n_embd'] // r['info']['n_head']} x 2 B), allocated for n_ctx {r['n_ctx_allocated']}: "
+        f"{r['kv_bytes_allocated'] / 2**20:.2f} MiB (llama.cpp's log: {r['kv_log_mib']} MiB)",
+        f"{r['quant']} @{r['prompt_tokens']}: greedy ids {r['generated']} -> {decode_text(r['generated'])!r}",
+    ]
+
+
+def reference_agreement(prompt: list[int], generated: list[int]) -> list[bool]:
+    """Whether each generated id is the argmax of qc's float64 numpy reference (qc.models.smollm2,
+    the shipped Q4_1 weights dequantized) given the prompt and the ids before it (teacher forcing)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from qc.models.smollm2 import load_weights, reference_forward
+
+    seq = prompt + generated[:-1]
+    logits = reference_forward(load_weights(), np.asarray([seq]))[0]
+    return [int(np.argmax(logits[len(prompt) - 1 + i])) == g for i, g in enumerate(generated)]
+
+
+def selftest(quant: str = "Q8_0", context: int = 16, decode_tokens: int = 4, cpu: str = "cortex-a76") -> bool:
+    """A short run with per-thread counting: one guest thread only, all marks, the greedy ids
+    those of qc's numpy reference (the first one, and most of the rest)."""
+    r = measure(quant, prompt_ids(context), decode_tokens, cpu, percpu=True)
+    agree = reference_agreement(r["prompt"], r["generated"])
+    checks = {
+        "one guest thread (no helper threads)": r["vcpus"] == 1,
+        "every step counted": len(r["decode_steps"]) == decode_tokens and min(r["decode_steps"]) > 0,
+        "first greedy id = the numpy reference's": agree[0],
+        "at least 3/4 of the greedy ids = the reference's (teacher-forced)": sum(agree) >= 0.75 * len(agree),
+        "KV cache as llama.cpp logs it": r["kv_log_mib"] is None
+        or abs(r["kv_log_mib"] - r["kv_bytes_allocated"] / 2**20) < 0.01,
+    }
+    print(table([r]))
+    for line in notes(r):
+        print(f"- {line}")
+    print(f"- reference agreement per generated id: {agree}")
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+    return all(checks.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quant", nargs="+", default=list(QUANTS), help="GGUF types (llama-quantize names)")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="prompt length, when no --context is given")
+    ap.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded one at a time after the prompt")
+    ap.add_argument("--context", type=int, nargs="+",
+                    help="prompt lengths (one row each): decode is measured from that position on")
+    ap.add_argument("--cpu", default="cortex-a76", help="qemu -cpu")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--selftest", action="store_true", help="a short Q8_0 run, checked (threads, marks, "
+                    "greedy ids against qc's numpy reference)")
+    ap.add_argument("--build", action="store_true", help="only fetch and build (llama-quantize, the driver, the GGUFs)")
+    args = ap.parse_args(argv)
+    if args.build:
+        print(build_driver())
+        for q in args.quant:
+            print(gguf(q))
+        return 0
+    if args.selftest:
+        return 0 if selftest(cpu=args.cpu) else 1
+    if args.decode_tokens < 1:
+        ap.error("--decode-tokens must be >= 1")
+    rows = []
+    for ctx in args.context or [args.prompt_tokens]:
+        prompt = prompt_ids(ctx)
+        for q in args.quant:
+            _log(f"llama.cpp {q}: {ctx}-token prompt, {args.decode_tokens} decoded tokens, -cpu {args.cpu}")
+            rows.append(measure(q, prompt, args.decode_tokens, args.cpu))
+    print(f"llama.cpp (llama-cpp-python {LLAMA_CPP_PYTHON}'s vendored copy), SmolLM2-135M-Instruct, "
+          f"qemu-aarch64 -cpu {args.cpu}, one thread; guest instructions per token; decode = the mean of "
+          f"{args.decode_tokens} steps after a prompt of `context` tokens\n")
+    print(table(rows))
+    print()
+    for r in rows:
+        for line in notes(r):
+            print(f"- {line}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
