@@ -18,7 +18,8 @@ The driver (one thread for tokens and batches, default KV cache: F16, flash atte
 llama.cpp decides, greedy argmax) decodes the prompt as one batch between marks 1 and 2 (logits
 of the last token only), then one token at a time, marking after each. A row of the table is
 one prompt length C (--context, default --prompt-tokens): prefill = (mark 2 - mark 1) / C; decode
-= the mean over the N steps (positions C .. C+N-1; first and last step beside, in the JSON). The
+= the mean over the N steps (positions C .. C+N-1; the first and last step below the table and in
+the JSON). The
 prompt is a ChatML user turn holding the start of qc's evaluation text, cut to C tokens; the
 greedy ids are printed decoded, so a reader sees that the model runs coherently.
 
