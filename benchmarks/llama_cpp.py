@@ -19,9 +19,8 @@ llama.cpp decides, greedy argmax) decodes the prompt as one batch between marks 
 of the last token only), then one token at a time, marking after each. A row of the table is
 one prompt length C (--context, default --prompt-tokens): prefill = (mark 2 - mark 1) / C; decode
 = the mean over the N steps (positions C .. C+N-1; the first and last step below the table and in
-the JSON). The
-prompt is a ChatML user turn holding the start of qc's evaluation text, cut to C tokens; the
-greedy ids are printed decoded, so a reader sees that the model runs coherently.
+the JSON). The prompt is a ChatML user turn holding the start of qc's evaluation text, cut to C
+tokens; the greedy ids are printed decoded, so a reader sees that the model runs coherently.
 
 Weight bytes are the GGUF's tensor data (gguf.GGUFReader); KV bytes at C are
 2 (K and V) * layers * kv_heads * head_dim * C * 2 (F16), from the model's figures that the driver
