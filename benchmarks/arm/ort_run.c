@@ -47,16 +47,7 @@ typedef struct { const void *(*GetApi)(uint32_t version); const char *(*GetVersi
 static void *const *api; /* const OrtApi *, as an array of function pointers */
 #define FN(slot, type) ((type)api[slot])
 
-static void mark(unsigned long label)
-{
-    register long x0 __asm__("x0") = -1;
-    register long x1 __asm__("x1") = 0;
-    register long x2 __asm__("x2") = 0;
-    register unsigned long x3 __asm__("x3") = 0x71634d41524bul;
-    register unsigned long x4 __asm__("x4") = label;
-    register long x8 __asm__("x8") = 64;
-    __asm__ volatile("svc #0" : "+r"(x0) : "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x8) : "memory");
-}
+#include "qc_mark.h"
 
 static void check(OrtStatus *st, const char *what)
 {
