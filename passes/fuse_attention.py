@@ -51,7 +51,7 @@ class FuseAttention(Pass):
                 continue
             for op in list(g.ops):
                 if op.graph is g and is_default_domain(op) and op.op_type == "MatMul":
-                    if _fuse(module, g, op, constants, opset):
+                    if _fuse(module, g, op, constants, opset) or _fuse_grouped(module, g, op, constants, opset):
                         changed = True
         return changed
 
@@ -93,50 +93,131 @@ def _ungroup(g: Graph, v: Value, users: tuple[Op, ...]) -> tuple[Value, list[Op]
 
 
 def _scores(g: Graph, x: Value | None) -> bool:
-    """x = MatMul(...) or Div/Mul(MatMul(...), ...): the scores side of the mask Add."""
+    """x = MatMul(...) or Div/Mul(MatMul(...), ...), or a Reshape of one of them (grouped
+    queries): the scores side of the mask Add."""
+    rs = F.producer(x, "Reshape", graph=g)
+    if rs is not None:
+        x = rs.operands[0]
     op = F.producer(x, "Div", "Mul", graph=g)
     if op is not None:
         x = op.operands[0] if F.producer(op.operands[0], "MatMul", graph=g) is not None else op.operands[1]
     return F.producer(x, "MatMul", graph=g) is not None
 
 
+def _masked(g: Graph, a: Value, dead: list[Op]) -> tuple[Value, Value | None] | None:
+    """(scores, mask) for the Softmax input a = Add(scores, mask) (or a alone, no mask); the Add
+    joins *dead*."""
+    add = F.producer(a, "Add", graph=g)
+    if add is None:
+        return a, None
+    for x, m in (add.operands[:2], tuple(reversed(add.operands[:2]))):
+        if _scores(g, x) and F.only_used_by(x, add):
+            if not F.is_float(m) or F.static_shape(add.results[0]) != F.static_shape(x):
+                return None
+            dead.append(add)
+            return x, m
+    return None
+
+
+def _scaled(g: Graph, s: Value, constants: set[int], dead: list[Op]) -> tuple[Value, float] | None:
+    """(product, scale) for s = Div/Mul(product, @c) (or s alone, scale 1); the op joins *dead*."""
+    sc = F.producer(s, "Div", "Mul", graph=g)
+    if sc is None:
+        return s, 1.0
+    c = F.scalar(sc.operands[1], constants)
+    if sc.op_type == "Mul" and c is None:
+        c = F.scalar(sc.operands[0], constants)
+        s2 = sc.operands[1]
+    else:
+        s2 = sc.operands[0]
+    if c is None or c == 0.0 or not F.only_used_by(s2, sc):
+        return None
+    dead.append(sc)
+    return s2, (1.0 / c if sc.op_type == "Div" else c)
+
+
+def _softmax_of(g: Graph, p: Value, users: tuple[Op, ...], opset: int, dead: list[Op]) -> Value | None:
+    """The input of p = Softmax(x) over the last axis of a rank-4 value read by *users* only."""
+    sm = F.producer(p, "Softmax", graph=g)
+    if sm is None or not F.only_used_by(p, *users) or _shape4(p) is None:
+        return None
+    if sm.attr("axis", -1 if opset >= 13 else 1) not in (-1, 3) or not F.only_used_by(sm.operands[0], sm):
+        return None
+    dead.append(sm)
+    return sm.operands[0]
+
+
+def _reshape_to(g: Graph, v: Value, shape: tuple[int, ...], users: tuple[Op, ...]) -> Op | None:
+    """The Reshape that makes v with static *shape*, read by *users* only."""
+    rs = F.producer(v, "Reshape", graph=g)
+    if rs is None or F.static_shape(v) != shape or not F.only_used_by(v, *users):
+        return None
+    return rs
+
+
+def _fuse_grouped(module: Module, g: Graph, tail: Op, constants: set[int], opset: int) -> bool:
+    """Grouped-query attention written as one MatMul per key/value head (qc's KV-cache SmolLM2):
+    ``Reshape(MatMul(Reshape(P, [B, Hkv, G*Lq, Lk]), %v), [B, H, Lq, dv])`` with P the Softmax
+    of ``Add(Reshape(Mul(MatMul(Reshape(%q, [B, Hkv, G*Lq, d]), %kt), @c), [B, H, Lq, Lk]), %mask)``."""
+    out = tail.results[0]
+    users = out.users()
+    if len(users) != 1 or users[0].op_type != "Reshape" or not is_default_domain(users[0]):
+        return False
+    final, (p, v) = users[0], tail.operands[:2]
+    ys, vs = _shape4(final.results[0]), _shape4(v)
+    if ys is None or vs is None or F.static_shape(out) is None:
+        return False
+    B, H, Lq, dv = ys
+    Hkv, Lk = vs[1], vs[2]
+    if H % Hkv or vs != (B, Hkv, Lk, dv) or F.static_shape(out) != (B, Hkv, H // Hkv * Lq, dv):
+        return False
+    dead: list[Op] = [tail]
+    regroup = _reshape_to(g, p, (B, Hkv, H // Hkv * Lq, Lk), (tail,))
+    a = _softmax_of(g, regroup.operands[0], (regroup,), opset, dead) if regroup is not None else None
+    masked = _masked(g, a, dead) if a is not None else None
+    if masked is None:
+        return False
+    dead.append(regroup)
+    per_head = _reshape_to(g, masked[0], (B, H, Lq, Lk), tuple(masked[0].users()))
+    scaled = _scaled(g, per_head.operands[0], constants, dead) if per_head is not None else None
+    qk = F.producer(scaled[0], "MatMul", graph=g) if scaled is not None else None
+    if qk is None or not F.only_used_by(scaled[0], *scaled[0].users()):
+        return False
+    dead += [per_head, qk]
+    gq, kt = qk.operands[:2]
+    gqs = _shape4(gq)
+    grouped_q = _reshape_to(g, gq, (B, Hkv, H // Hkv * Lq, gqs[3]), (qk,)) if gqs is not None else None
+    if grouped_q is None:
+        return False
+    q, d = grouped_q.operands[0], gqs[3]
+    if _shape4(q) != (B, H, Lq, d) or _shape4(kt) != (B, Hkv, d, Lk) or not all(F.is_float(x) for x in (q, kt, v)):
+        return False
+    dead.append(grouped_q)
+    kt_op = F.producer(kt, "Transpose", graph=g)
+    k_src, k_perm = kt, SWAP_LAST
+    if kt_op is not None and F.only_used_by(kt, qk):
+        perm = tuple(int(i) for i in kt_op.attr("perm") or (3, 2, 1, 0))
+        k_src, k_perm = kt_op.operands[0], tuple(perm[i] for i in SWAP_LAST)
+        dead.append(kt_op)
+    k = _transpose(g, final, k_src, k_perm)
+    F.ensure_domain(module)
+    operands = [q, k, v] + ([masked[1]] if masked[1] is not None else [])
+    F.apply(final, Op("Attention", operands, domain=F.QC_DOMAIN, results=0, attrs={"scale": float(scaled[1])}), dead)
+    return True
+
+
 def _fuse(module: Module, g: Graph, tail: Op, constants: set[int], opset: int) -> bool:
     p, v = tail.operands[:2]
-    sm = F.producer(p, "Softmax", graph=g)
-    if sm is None or not F.only_used_by(p, tail):
-        return False
     ps, vs = _shape4(p), _shape4(v)
-    if ps is None or vs is None or sm.attr("axis", -1 if opset >= 13 else 1) not in (-1, 3):
+    dead: list[Op] = []
+    a = _softmax_of(g, p, (tail,), opset, dead)
+    if a is None or vs is None:
         return False
-    a = sm.operands[0]
-    if not F.only_used_by(a, sm):
+    masked = _masked(g, a, dead)
+    scaled = _scaled(g, masked[0], constants, dead) if masked is not None else None
+    if scaled is None:
         return False
-    dead: list[Op] = [sm]
-    mask = None
-    add = F.producer(a, "Add", graph=g)
-    s = a
-    if add is not None:
-        for x, m in (add.operands[:2], tuple(reversed(add.operands[:2]))):
-            if _scores(g, x) and F.only_used_by(x, add):
-                s, mask = x, m
-                break
-        if mask is None or not F.is_float(mask) or F.static_shape(add.results[0]) != F.static_shape(s):
-            return False
-        dead.append(add)
-    scale = 1.0
-    sc = F.producer(s, "Div", "Mul", graph=g)
-    if sc is not None:
-        c = F.scalar(sc.operands[1], constants)
-        if sc.op_type == "Mul" and c is None:
-            c = F.scalar(sc.operands[0], constants)
-            s2 = sc.operands[1]
-        else:
-            s2 = sc.operands[0]
-        if c is None or c == 0.0 or not F.only_used_by(s2, sc):
-            return False
-        scale = 1.0 / c if sc.op_type == "Div" else c
-        dead.append(sc)
-        s = s2
+    (s, scale), mask = scaled, masked[1]
     qk = F.producer(s, "MatMul", graph=g)
     if qk is None:
         return False

@@ -77,6 +77,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     features = tuple(getattr(target, "features", ()) or ())
     check_threads(target, threads)
     check_static_shapes(module)
+    if threads is not None and any(op.op_type == "CachedAttention" for op in module.graph):
+        raise QCError("--threads is not available for the C decode runtime yet", hint="drop --threads")
     from .kernels import gemm_variant
 
     table = tuple(getattr(target, "kernels", {}).get("cpu", ()))
@@ -92,7 +94,13 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     info = E.emit(low, out, prefix, arena, incbin=incbin, threads=threads)
     files = list(info["files"])
     if harness:
-        E.write_text(out / "harness.c", harness_c(low, prefix, threads))
+        if low.cache_slots:
+            from .decode import decode_harness_c, decode_roles
+
+            text = decode_harness_c(low, prefix, decode_roles(module.metadata))
+        else:
+            text = harness_c(low, prefix, threads)
+        E.write_text(out / "harness.c", text)
         files.append("harness.c")
     cc = getattr(target, "cc", None) or "cc"
     flags = list(getattr(target, "cflags", ()) or ("-O2",))
@@ -116,6 +124,11 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
             "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
             "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
             "calls": [(c.node, c.kernel) for c in low.calls], "kernels": dict(sorted(low.kernels.items()))}
+    if low.cache_slots:
+        report["decode"] = {"max_context": low.max_context, "step_tokens": low.step_tokens,
+                            "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
+                            "vocab": low.outputs[0].size // low.step_tokens,
+                            "ram_bytes": arena + E.cache_slot_offsets(low)[-1] * 4}
     if threads is not None:
         report["threads"] = threads
         report["split_calls"] = sum(c.split is not None for c in low.calls)

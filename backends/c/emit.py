@@ -131,7 +131,18 @@ def signature(low: Lowered, prefix: str) -> str:
     params = [f"const {b.ctype} *{b.name}" for b in low.inputs]
     params += [f"{b.ctype} *{b.name}" for b in low.outputs]
     params.append("void *arena")
+    if low.cache_slots:  # the decode runtime: the KV cache and how many tokens it holds
+        params += ["float *kv_cache", "int past_len"]
     return f"int {prefix}_run({', '.join(params)})"
+
+
+def cache_slot_offsets(low: Lowered) -> list[int]:
+    """Float offsets of the KV-cache slots in ``kv_cache`` (each 16-byte aligned)."""
+    offsets, at = [], 0
+    for n in low.cache_slots:
+        offsets.append(at)
+        at += (n + 3) & ~3
+    return offsets + [at]
 
 
 def model_h(low: Lowered, prefix: str, arena: int, weight_bytes: int, threads: int | None = None) -> str:
@@ -146,8 +157,20 @@ def model_h(low: Lowered, prefix: str, arena: int, weight_bytes: int, threads: i
             lines.append(f"#define {P}_{kind}{i}_ELEMS {b.size}u  /* {b.name}: {b.ctype}"
                          f"[{', '.join(map(str, b.shape))}] */")
             lines.append(f"#define {P}_{kind}{i}_BYTES {b.nbytes}u")
-    lines += ["", "/* Returns 0. Inputs and outputs are row-major arrays of the sizes above. */",
-              signature(low, prefix) + ";", ""]
+    if low.cache_slots:
+        offsets = cache_slot_offsets(low)
+        lines += [f"#define {P}_KV_CACHE_BYTES {offsets[-1] * 4}u  /* the KV cache the caller passes as `kv_cache` "
+                  "(16-byte aligned; its contents are the step's state) */",
+                  f"#define {P}_KV_CACHE_SLOTS {len(low.cache_slots)}",
+                  f"#define {P}_MAX_CONTEXT {low.max_context}u  /* past_len + new tokens never exceed this */",
+                  f"#define {P}_STEP_TOKENS {low.step_tokens}u  /* tokens per {prefix}_run */"]
+        lines += ["", f"/* Returns 0. Inputs and outputs are row-major arrays of the sizes above. The decode "
+                  f"runtime: past_len tokens are in kv_cache; the call appends {P}_STEP_TOKENS more "
+                  f"(past_len + {P}_STEP_TOKENS <= {P}_MAX_CONTEXT, else it returns 1 and computes nothing). */",
+                  signature(low, prefix) + ";", ""]
+    else:
+        lines += ["", "/* Returns 0. Inputs and outputs are row-major arrays of the sizes above. */",
+                  signature(low, prefix) + ";", ""]
     if threads is not None:
         lines += emit_threads.api_h(prefix, threads) + [""]
     lines += ["#endif", ""]
@@ -181,10 +204,15 @@ def model_c(low: Lowered, prefix: str, headers: list[str], threads: int | None =
     tables = IntTables(prefix)
     tasks = TaskWriter(prefix, lambda a: render_arg(a, tables)) if threads is not None else None
     body = render_calls(low.calls, tables, tasks)
+    if low.cache_slots:
+        offs = cache_slot_offsets(low)[:-1]
+        tables.names[("long", tuple(offs))] = f"{prefix}_cache_offsets"
     out += ["#include <math.h>", "#include <stddef.h>", "", PROFILE_HOOK,
             f"extern const uint64_t {prefix}_weights[];", "",
             "/* shapes, strides and offsets of the calls below */",
             tables.declarations()]
+    if low.cache_slots:
+        out += [f"#define qc_cache_slot(cache, i) ((cache) + {prefix}_cache_offsets[i])", ""]
     if tasks is not None:
         out += [emit_threads.api_c(prefix)] + ([emit_threads.ctx_struct(low, prefix)] + tasks.functions
                                                if tasks.functions else [])
@@ -193,6 +221,9 @@ def model_c(low: Lowered, prefix: str, headers: list[str], threads: int | None =
             f"    const unsigned char *qc_w = (const unsigned char *){prefix}_weights;",
             "    (void)qc_a;", "    (void)qc_w;"]
     out += [f"    (void){b.name};" for b in low.inputs + low.outputs]
+    if low.cache_slots:
+        P = prefix.upper()
+        out += [f"    if (past_len < 0 || past_len + {P}_STEP_TOKENS > {P}_MAX_CONTEXT) return 1;"]
     if tasks is not None and tasks.functions:
         out += emit_threads.ctx_init(low, prefix)
     return "\n".join(out) + "\n" + body + f"    QC_PROF({len(low.calls)});\n    return 0;\n}}\n"

@@ -25,7 +25,7 @@ from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, conti
 from .split import attention_call_work, attention_work
 
 QC = "qc"
-_VIEW_READERS = {("qc", "Attention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
+_VIEW_READERS = {("qc", "Attention"): 3, ("qc", "CachedAttention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
 
 
 def _transpose_of(v: Value | None) -> Op | None:
@@ -145,6 +145,44 @@ def _attention(lw: Lowering, op: Op) -> None:
             [B, H, Hkv, Lq, Lk, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))), causal,
              Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]), mptr, Ints(tuple(ms)),
              Ptr(yb, const=False), Ints(ys[:3]), Ptr(work, const=False)], "attention f32")
+
+
+@handler("CachedAttention", domain=QC)
+def _cached_attention(lw: Lowering, op: Op) -> None:
+    """The C decode runtime's attention: the cache is the step's state (``kv_cache``, slots of
+    [Hkv, max_context, d] floats in the order of key_cache / value_cache), ``past_len`` the
+    run-time count of cached tokens."""
+    q, k, v = op.operands[:3]
+    for i, x in enumerate((q, k, v)):
+        if lw.dtype(x) != DType.f32:
+            raise unsupported(op, f"input {i} of dtype {lw.dtype(x)}; only float32")
+    _, H, S, d = lw.shape(q)
+    _, Hkv, Sk, dk = lw.shape(k)
+    dv = lw.shape(v)[3]
+    n = int(op.attr("max_context"))
+    if dk != d or Sk != S or lw.shape(v)[:3] != (1, Hkv, S) or H % Hkv:
+        raise unsupported(op, "Q, K, V shapes")
+    if lw.max_context not in (0, n) or lw.step_tokens not in (0, S):
+        raise unsupported(op, "cached attentions of different context or step lengths")
+    lw.max_context, lw.step_tokens = n, S
+    slots = lw.cache_slots
+    for attr, width in (("key_cache", d), ("value_cache", dv)):
+        slots[int(op.attr(attr))] = Hkv * n * width
+    (qb, qs), (kb, ks), (vb, vs) = (_read(lw, x) for x in (q, k, v))
+    r = op.results[0]
+    view = lw.views.get(id(r))
+    if view is not None:
+        yb = lw.bufs.get(id(view[0])) or lw.out(view[0].producer)
+        ys = view[1]
+    else:
+        yb, ys = lw.out(op), contiguous((1, H, S, dv))
+    work = lw.scratch(DType.f32, attention_call_work(1, n, d, dv))
+    lw.call(op, "qc_cached_attention_f32",
+            [H, Hkv, S, Raw("past_len"), n, d, dv, float(op.attr("scale", 1.0 / math.sqrt(d))),
+             Ptr(qb), Ints(qs[:3]), Ptr(kb), Ints(ks[:3]), Ptr(vb), Ints(vs[:3]),
+             Raw(f"qc_cache_slot(kv_cache, {int(op.attr('key_cache'))})"),
+             Raw(f"qc_cache_slot(kv_cache, {int(op.attr('value_cache'))})"),
+             Ptr(yb, const=False), Ints(ys[:3]), Ptr(work, const=False)], "attention over the KV cache f32")
 
 
 @handler("Gelu", domain=QC)

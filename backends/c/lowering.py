@@ -25,7 +25,7 @@ ALIGN = 16
 RESERVED = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "
     "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
-    "arena qc_a qc_w main qc_c qc_lo qc_hi qc_ctx qc_task qc_ntasks".split())
+    "arena qc_a qc_w main qc_c qc_lo qc_hi qc_ctx qc_task qc_ntasks kv_cache past_len qc_cache_slot".split())
 
 
 @dataclass(eq=False)
@@ -120,6 +120,9 @@ class Lowered:
     kernels: dict[str, int] = field(default_factory=dict)  # kernel description -> count
     input_names: list[str] = field(default_factory=list)  # the model's names of inputs / outputs
     output_names: list[str] = field(default_factory=list)
+    cache_slots: list[int] = field(default_factory=list)  # the decode runtime's KV-cache slots, floats each
+    max_context: int = 0  # the decode runtime: cache slots per head, and tokens per run
+    step_tokens: int = 0
 
 
 def node_name(op: Op) -> str:
@@ -211,6 +214,8 @@ class Lowering:
         self.weights: list[Buffer] = []
         self.arena: list[Buffer] = []
         self.kernels: dict[str, int] = {}
+        self.cache_slots: dict[int, int] = {}  # qc.CachedAttention: KV-cache slot -> floats (the decode runtime)
+        self.max_context = self.step_tokens = 0
         self._names: set[str] = set(RESERVED)
         self._counter = 0
         self.problems: list[QCError] = []  # the nodes lower_graph could not lower (one error at the end)

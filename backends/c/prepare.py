@@ -69,6 +69,17 @@ def c_prepare_pipeline(shapes: Mapping[str, Sequence[int]], *, fold_outliers: bo
     return f"{head},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND}),{FUSE}"
 
 
+def c_decode_pipeline(max_context: int, seq: int = 1) -> str:
+    """The passes that give the C decode runtime one step of a KV-cache decoder: ``fix-decoder-shapes``
+    (``seq`` new tokens, ``max_context`` cache slots, the attention mask all ones), the folding
+    group (its constants bound raised to fold the model's own mask of seq x max_context), the
+    fusions, then ``fuse-cached-attention`` (the cache becomes the step's state, docs/c-backend.md
+    "KV-cache decoders")."""
+    fold = FOLD_ROUND.replace("max-size=4096", f"max-size={max(4096, seq * max_context)}")
+    return (f"fix-decoder-shapes{{max-context={max_context},seq={seq}}},{OUTLIER_FOLD},"
+            f"fixpoint{{max-rounds={MAX_ROUNDS}}}({fold}),{FUSE},fuse-cached-attention,dce")
+
+
 def prepare(module: Module, shapes: Mapping[str, Sequence[int]]) -> None:
     """Run ``c_prepare_pipeline(shapes)`` on *module*, in place (for callers outside ``qc.compile``,
     whose one pipeline already holds these passes)."""

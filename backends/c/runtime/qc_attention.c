@@ -665,7 +665,7 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             for (; causal && (d & 3) == 0 && i + QC_ATT_ROWS <= Lq; i += QC_ATT_ROWS) {
                 const float *qr[QC_ATT_ROWS];
                 float *sr[QC_ATT_ROWS], *yr[QC_ATT_ROWS], inv[QC_ATT_ROWS];
-                int r, j0, t0, nb = i + QC_ATT_ROWS < Lk ? i + QC_ATT_ROWS : Lk;
+                int r, j0, t0, nb = i + causal - 1 + QC_ATT_ROWS < Lk ? i + causal - 1 + QC_ATT_ROWS : Lk;
                 for (r = 0; r < QC_ATT_ROWS; ++r) {
                     qr[r] = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)(i + r) * qs[2];
                     yr[r] = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)(i + r) * ys[2];
@@ -673,7 +673,7 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
                 }
                 j0 = qc_att_scores4(nb, d, qr, kh, ks[2], sr);
                 for (r = 0; r < QC_ATT_ROWS; ++r) {
-                    int n = i + r + 1 < Lk ? i + r + 1 : Lk, ne, j;
+                    int n = i + r + causal < Lk ? i + r + causal : Lk, ne, j;
                     float m;
                     if (j0 < n) qc_att_scores(n - j0, d, qr[r], kh + (ptrdiff_t)j0 * ks[2], ks[2], sr[r] + j0);
                     ne = scale > 0.0f ? nb : n;   /* -inf * scale must stay -inf */
@@ -692,7 +692,7 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             for (; i < Lq; ++i) {
                 const float *qi = q + (ptrdiff_t)b * qs[0] + (ptrdiff_t)h * qs[1] + (ptrdiff_t)i * qs[2];
                 float *yi = y + (ptrdiff_t)b * ys[0] + (ptrdiff_t)h * ys[1] + (ptrdiff_t)i * ys[2];
-                int n = causal ? (i + 1 < Lk ? i + 1 : Lk) : Lk;
+                int n = causal ? (i + causal < Lk ? i + causal : Lk) : Lk;
                 float m;
                 qc_att_scores(n, d, qi, kh, ks[2], work);
                 m = qc_att_scale_mask_max(n, work, scale, mask ? mask + (ptrdiff_t)b * ms[0] + (ptrdiff_t)h * ms[1]
@@ -701,4 +701,29 @@ void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, floa
             }
         }
     }
+}
+
+void qc_cached_attention_f32(int H, int Hkv, int S, int past, int max_context, int d, int dv, float scale,
+                             const float *q, const int *qs, const float *k_new, const int *kns,
+                             const float *v_new, const int *vns, float *cache_k, float *cache_v, float *y,
+                             const int *ys, float *work)
+{
+    int hk, i, t;
+    int ks[3] = {0, 0, 0}, vs[3] = {0, 0, 0}, ms[4] = {0, 0, 0, 0};
+    ks[1] = max_context * d;
+    ks[2] = d;
+    vs[1] = max_context * dv;
+    vs[2] = dv;
+    for (hk = 0; hk < Hkv; ++hk) {
+        for (i = 0; i < S; ++i) {
+            const float *kr = k_new + (ptrdiff_t)hk * kns[1] + (ptrdiff_t)i * kns[2];
+            const float *vr = v_new + (ptrdiff_t)hk * vns[1] + (ptrdiff_t)i * vns[2];
+            float *kc = cache_k + (ptrdiff_t)hk * ks[1] + (ptrdiff_t)(past + i) * d;
+            float *vc = cache_v + (ptrdiff_t)hk * vs[1] + (ptrdiff_t)(past + i) * dv;
+            for (t = 0; t < d; ++t) kc[t] = kr[t];
+            for (t = 0; t < dv; ++t) vc[t] = vr[t];
+        }
+    }
+    qc_attention_f32(1, H, Hkv, S, past + S, d, dv, scale, past + 1, q, qs, cache_k, ks, cache_v, vs, NULL, ms, y,
+                     ys, work);
 }

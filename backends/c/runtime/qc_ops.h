@@ -174,12 +174,22 @@ void qc_gru_f32(int T, int B, int I, int H, int reverse, int linear_before_reset
  * + mask_i) V for the Lq query rows i, Lk keys, head size d (Q, K) and dv (V). Q row i of head h
  * is at q + b*qs[0] + h*qs[1] + i*qs[2] (d contiguous floats), likewise K, V (ks, vs) and y
  * (ys); mask (may be NULL) element (i, j) at mask + b*ms[0] + h*ms[1] + i*ms[2] + j*ms[3].
- * causal != 0: key j > i is left out. work: 4 * Lk floats when causal, else (8 + d) * Lkp +
+ * causal != 0: row i reads keys j < i + causal (causal = 1: j <= i; a cache of past keys before
+ * the Lq new ones: causal = past + 1). work: 4 * Lk floats when causal, else (8 + d) * Lkp +
  * (dv & ~7) * Lk floats, Lkp = Lk rounded up to 8 (K^T, V and 8 score rows, packed). */
 void qc_attention_f32(int B, int H, int Hkv, int Lq, int Lk, int d, int dv, float scale, int causal,
                       const float *q, const int *qs, const float *k, const int *ks, const float *v,
                       const int *vs, const float *mask, const int *ms, float *y, const int *ys,
                       float *work);
+/* qc.CachedAttention (the C decode runtime): appends the S new key / value rows of each of the
+ * Hkv heads (row i of head h at k_new + h*kns[1] + i*kns[2], likewise v_new) to the cache at slot
+ * past + i (cache_k: [Hkv][max_context][d], cache_v: [Hkv][max_context][dv]), then attends query
+ * row i to slots 0 .. past + i: qc_attention_f32 with causal = past + 1. work: 4 * (past + S)
+ * floats. */
+void qc_cached_attention_f32(int H, int Hkv, int S, int past, int max_context, int d, int dv, float scale,
+                             const float *q, const int *qs, const float *k_new, const int *kns,
+                             const float *v_new, const int *vns, float *cache_k, float *cache_v, float *y,
+                             const int *ys, float *work);
 /* qc.RMSNormalization: qc_rmsnorm_f32 above (qc_ops_nn.c) */
 /* qc.Rope, rotate-half: y = x * cos + concat(-x[D/2:], x[:D/2]) * sin per row of D floats. y is
  * contiguous [n0][n1][n2][D]; row (i0, i1, i2) of x at x + i0*xs[0] + i1*xs[1] + i2*xs[2], of
