@@ -123,6 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
                            "is ONNX, a directory C)")
     comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
                       help="--emit c: static shapes of the model inputs that have symbolic dimensions")
+    comp.add_argument("--max-context", type=int, metavar="N",
+                      help="--emit c of a KV-cache decoder: the cache length of the C decode runtime (prompt + "
+                           f"generated tokens; default {2048}; docs/c-backend.md, 'KV-cache decoders')")
     _add_bind_option(comp)
     comp.add_argument("--emit-harness", action="store_true",
                       help="--emit c: also write harness.c, a main() that reads inputs from files and writes outputs")
@@ -416,8 +419,12 @@ def cmd_compile(args) -> int:
     target = load_target(args.target)  # an unknown target or a bad option fails before the model is read
     kind = driver.output_kind(args.output, target, args.emit)
     driver.check_output_path(args.output, kind)
-    if kind != "c" and (args.shape or args.emit_harness):
-        raise QCError("--shape and --emit-harness describe C output", hint="add --emit c (or -o a directory)")
+    if kind != "c" and (args.shape or args.emit_harness or args.max_context is not None):
+        raise QCError("--shape, --max-context and --emit-harness describe C output",
+                      hint="add --emit c (or -o a directory)")
+    if args.shape and args.max_context is not None:
+        raise QCError("give --shape (a fixed-shape forward pass) or --max-context (the C decode runtime "
+                      "of a KV-cache decoder), not both")
     if args.threads is not None:
         if kind != "c":
             raise QCError("--threads describes C output", hint="add --emit c (or -o a directory)")
@@ -460,7 +467,7 @@ def cmd_compile(args) -> int:
             calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
             bind=_bind(args), fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
             upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes, external=external,
-            quiet=args.quiet, search=search, executor=executor)
+            quiet=args.quiet, search=search, executor=executor, max_context=args.max_context)
     finally:
         if executor is not None:
             executor.close()

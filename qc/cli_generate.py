@@ -57,9 +57,13 @@ def cmd_generate(args) -> int:
     sampler = Sampler(temperature=args.temperature or 0.0, top_k=args.top_k, seed=args.seed)
     stepper: Any
     if os.path.isdir(args.model):
-        raise QCError("qc generate runs ONNX models only so far: the C decode runtime is not written yet",
-                      where=args.model, hint="give the KV-cache .onnx file")
-    if os.path.isfile(args.model):
+        from .backends.c.decode import open_stepper
+
+        if args.recompute or args.kv_layout or args.threads is not None:
+            raise QCError("--recompute, --kv-layout and --threads are for ONNX models", where=args.model)
+        stepper = open_stepper(args.model)
+        onnx_path = os.path.join(args.model, "model.onnx")
+    elif os.path.isfile(args.model):
         stepper = OrtStepper.load(args.model, override=override, threads=args.threads, recompute=args.recompute)
         onnx_path = args.model
     else:
@@ -68,8 +72,12 @@ def cmd_generate(args) -> int:
     prompt_ids = _prompt_ids(args, tokenizer, name)
     eos = args.eos if args.eos is not None else _eos(tokenizer, name)
     streamer = None if args.json or tokenizer is None else _Streamer(tokenizer)
-    result = generate(stepper, prompt_ids, args.max_new_tokens, sampler, eos=eos,
-                      on_token=streamer.add if streamer else None)
+    try:
+        result = generate(stepper, prompt_ids, args.max_new_tokens, sampler, eos=eos,
+                          on_token=streamer.add if streamer else None)
+    finally:
+        if hasattr(stepper, "close"):
+            stepper.close()
     if args.json:
         sys.stdout.write(json.dumps({**result.as_json(), "cache_length": stepper.cache_length}) + "\n")
         return 0

@@ -191,15 +191,38 @@ def quant_options(quant: QuantOptions | str | None, target: Target) -> QuantOpti
     return opts
 
 
-def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]] | None) -> list[str]:
+def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]] | None,
+                  max_context: int | None = None) -> list[str]:
     """The passes every compile ends with: legalize and check-kernels for the target, then for C
-    the static shapes the C backend needs."""
+    the static shapes the C backend needs (*max_context*: a KV-cache decoder's step for the C
+    decode runtime, ``c_decode_pipeline``)."""
     tail = ["legalize", f"check-kernels{{fallback={fallback}}}"]
     if emit == "c":
         from qc.backends.c import c_prepare_pipeline
+        from qc.backends.c.prepare import c_decode_pipeline
 
-        tail.append(c_prepare_pipeline(shapes or {}))
+        tail.append(c_decode_pipeline(max_context) if max_context else c_prepare_pipeline(shapes or {}))
     return tail
+
+
+DEFAULT_MAX_CONTEXT = 2048
+"""The C decode runtime's cache length when neither --max-context nor the model says otherwise."""
+
+
+def decoder_context(module: Module, max_context: int | None) -> int | None:
+    """The cache length of the C decode runtime for *module*: None for a model without a KV cache
+    (and no *max_context*), else *max_context* or ``DEFAULT_MAX_CONTEXT``."""
+    from qc.onnx.kv_layout import recognize_module
+
+    if recognize_module(module) is None:
+        if max_context is not None:
+            raise QCError("--max-context is for KV-cache decoders; this model has no past_key_values inputs")
+        return None
+    if max_context is not None:
+        if max_context < 2:
+            raise QCError(f"--max-context must be at least 2 (got {max_context})")
+        return max_context
+    return DEFAULT_MAX_CONTEXT
 
 
 def compile_pipeline(spec: str, tail: Iterable[str]) -> str:
@@ -373,7 +396,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             bind: Mapping[str, Any] | None = None, fallback: Literal["allow", "warn", "error"] = "allow",
             instruments: Sequence[Instrument] = (),
             verify_each: bool = True, upgrade_opset: int | None = None, infer_shapes: bool = True,
-            external: bool | None = None, quiet: bool = True,
+            external: bool | None = None, quiet: bool = True, max_context: int | None = None,
             search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None,
             executor: Executor | None = None) -> CompileResult:
     """Compile ``model`` for ``target``: the default pipeline (or ``pipeline``, or the ``quant``
@@ -432,6 +455,14 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     for inst in instruments:
         if hasattr(inst, "add"):
             inst.add("(import)", seconds["import"])  # the Timing table's first row
+    decode_context = decoder_context(module, max_context) if emit == "c" and not shapes else None
+    if decode_context is None and max_context is not None:
+        raise QCError("--max-context is for the C decode runtime of a KV-cache decoder",
+                      hint="add --emit c (and no --shape)")
+    if decode_context is not None:
+        full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes, decode_context))
+        pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
+        pm_all.instruments = list(instruments) + extra
     before = summarize(module)
     source_ops = collections.Counter(op.qualified_type for op in module.walk())
     held: list[dict[str, Any]] = []
@@ -458,7 +489,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             return PassManager.parse(s, instruments=pm_all.instruments, verify_each=verify_each, ctx=ctx)
 
         _, accuracy = search(make_pm, spec, module, ctx, held)
-        make_pm(",".join(target_passes(fallback, emit, shapes))).run(module)
+        make_pm(",".join(target_passes(fallback, emit, shapes, decode_context))).run(module)
     else:
         pm_all.run(module)
     seconds["passes"] = time.perf_counter() - t0

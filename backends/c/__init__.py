@@ -56,7 +56,12 @@ def memory_plan(module: Module, target, *, variant: str | None = None, top: int 
         node, kernel = writer.get(id(b), ("?", "?"))
         largest.append({"name": names.get(id(b), b.name), "bytes": b.nbytes, "node": node, "kernel": kernel,
                         "dtype": str(b.dtype), "shape": list(b.shape)})
-    return {"arena_bytes": arena, "weight_bytes": len(layout_weights(low.weights)), "largest": largest}
+    plan_ = {"arena_bytes": arena, "weight_bytes": len(layout_weights(low.weights)), "largest": largest}
+    if low.cache_slots:
+        from .emit import cache_slot_offsets
+
+        plan_["kv_cache_bytes"] = cache_slot_offsets(low)[-1] * 4
+    return plan_
 
 
 def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False, prefix: str = "model",
@@ -119,7 +124,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
                                               [f for f in extra if f.endswith(".c")]))
     E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros, threads is not None))
     files += ["Makefile", f"{prefix}.cmake", "report.json"]
-    report = {"prefix": prefix, "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
+    report = {"prefix": prefix, "target": getattr(target, "name", ""), "cc": cc,
+              "qemu": list(getattr(target, "qemu", ()) or ()), "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
             "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
             "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
             "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
@@ -177,6 +183,10 @@ def format_report(report: dict) -> str:
              + (f", {' '.join(report['macros'])}" if report["macros"] else "") + ")",
              f"  arena (RAM): {report['arena_bytes']} bytes, weights (flash): {report['weight_bytes']} bytes"
              + (" (.incbin model_weights.bin)" if report["incbin"] else ""),
+             *([f"  decode runtime: KV cache {report['decode']['kv_cache_bytes']} bytes for "
+                f"{report['decode']['max_context']} tokens (--max-context), RAM = arena + cache = "
+                f"{report['decode']['ram_bytes']} bytes; {report['decode']['step_tokens']} token per "
+                f"{report['prefix']}_run"] if "decode" in report else []),
              f"  schedule: {len(report['calls'])} kernel calls; per node in {report['out_dir']}/report.json",
              *([f"  threads: {report['threads']} by default ({report['split_calls']} calls split across them; "
                 "-t N or QC_THREADS=N at run time)"] if "threads" in report else []),

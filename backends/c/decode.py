@@ -126,6 +126,49 @@ int main(void)
 """
 
 
+def open_stepper(out_dir: str, *, build: bool = True) -> CStepper:
+    """A CStepper on the C output directory *out_dir* of a KV-cache decoder (``qc compile ...
+    --emit c --emit-harness``): its harness built with its Makefile (``make harness``) and run
+    natively when the target's compiler makes host code, else under the target's qemu."""
+    from .runner import load_report
+
+    path = os.path.join(out_dir, "report.json")
+    if not os.path.isfile(path):
+        raise QCError("not a C output directory (no report.json)", where=out_dir,
+                      hint="compile the model with qc compile ... --emit c --emit-harness -o DIR")
+    report = load_report(out_dir)
+    decode = report.get("decode")
+    if decode is None:
+        raise QCError("this C output is a fixed-shape forward pass, not the decode runtime", where=out_dir,
+                      hint="compile a KV-cache decoder (qc models build ... --kv-cache) with --emit c and no --shape")
+    if not os.path.isfile(os.path.join(out_dir, "harness.c")):
+        raise QCError("the C output has no step harness", where=out_dir, hint="compile it again with --emit-harness")
+    cc = str(report.get("cc") or _makefile_cc(out_dir))
+    if "none-eabi" in cc:
+        raise QCError("qc generate runs the C decode runtime of Cortex-A and host targets; a Cortex-M build "
+                      "runs its harness under qemu-system-arm (tests/test_c_decode.py)", where=out_dir)
+    if build:
+        done = subprocess.run(["make", "-s", "-C", out_dir, "harness"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise QCError(f"make harness failed: {done.stderr.strip()[-2000:]}", where=out_dir)
+    runner: list[str] = []
+    env: dict[str, str] = {}
+    import platform
+
+    if "aarch64" in cc and platform.machine() not in ("aarch64", "arm64"):
+        runner = list(report.get("qemu") or ["qemu-aarch64"])
+        env["QEMU_LD_PREFIX"] = "/usr/aarch64-linux-gnu"
+    return CStepper(os.path.join(out_dir, "harness"), runner=runner, report=decode, env=env)
+
+
+def _makefile_cc(out_dir: str) -> str:
+    try:
+        with open(os.path.join(out_dir, "Makefile")) as f:
+            return next((line.split("=", 1)[1].strip() for line in f if line.startswith("CC =")), "cc")
+    except OSError:
+        return "cc"
+
+
 class CStepper:
     """qc.tools.generate's Stepper over a running step harness (a C output directory's
     ``decode_harness``, natively or under *runner*, e.g. ``["qemu-aarch64", "-cpu", "cortex-a76",
@@ -135,8 +178,12 @@ class CStepper:
                  env: dict[str, str] | None = None):
         self.binary = binary
         self.report = report or {}
-        self._proc = subprocess.Popen([*runner, binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      env={**os.environ, **(env or {})})
+        try:
+            self._proc = subprocess.Popen([*runner, binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          env={**os.environ, **(env or {})})
+        except OSError as e:
+            raise QCError(f"cannot run the C decoder: {e.strerror}", where=binary,
+                          hint="a harness built for another CPU runs under its qemu (see report.json 'qemu')") from None
         self._length = 0
         self.vocab = int(self.report.get("vocab", 0))
         self.max_context = int(self.report.get("max_context", 0))

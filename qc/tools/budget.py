@@ -68,11 +68,12 @@ class BudgetReport:
 
 def check(target: Target, plan: Mapping[str, Any], *, quantized: bool, shapes: Mapping[str, Sequence[int]] | None
           = None) -> BudgetReport:
-    """``plan`` (``qc.backends.c.memory_plan``: arena_bytes, weight_bytes, largest) against
+    """``plan`` (``qc.backends.c.memory_plan``: arena_bytes, weight_bytes, largest, and for the
+    C decode runtime kv_cache_bytes, counted as RAM with the arena) against
     ``target.memory``. ``quantized``: the compile ran a quantization scheme (else int8 is the
     first thing to suggest); ``shapes``: the static input shapes given (``--shape``)."""
     mem = target.memory
-    arena, weights = int(plan["arena_bytes"]), int(plan["weight_bytes"])
+    arena, weights = int(plan["arena_bytes"]) + int(plan.get("kv_cache_bytes", 0)), int(plan["weight_bytes"])
     report = BudgetReport(target.name, arena, weights, mem.ram if mem else None, mem.flash if mem else None,
                           list(plan.get("largest", ())))
     if mem is None or not mem.enforce:
