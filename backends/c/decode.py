@@ -60,6 +60,7 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str]) -> str:
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "{prefix}.h"
 
@@ -90,10 +91,41 @@ static int put(const void *data, size_t size, size_t count)
     return fwrite(data, size, count, stdout) == count;
 }}
 
-int main(void)
+/* harness --bench N ID...: prefill the prompt ids between marks 1 and 2, then decode N tokens
+ * greedily, marking after each (3 ..), as benchmarks/arm/llama_driver.c does; prints the ids */
+static int bench(int argc, char **argv)
+{{
+    int64_t ids[1], pos[1] = {{0}};
+    long n = atol(argv[2]), past = 0, i, k, best;
+    if (argc < 4 || n < 0 || argc - 3 + n > (long){P}_MAX_CONTEXT) return 2;
+    mark(1u);
+    for (i = 3; i < argc; ++i, ++past) {{
+        ids[0] = atol(argv[i]);
+        pos[0] = past;
+        (void)pos;
+        {call.replace("past + i", "past")};
+    }}
+    mark(2u);
+    for (k = 0; k < n; ++k, ++past) {{
+        for (best = 0, i = 1; i < (long)VOCAB; ++i) best = logits[i] > logits[best] ? i : best;
+        printf("%ld%s", best, k + 1 < n ? "," : "\\n");
+        ids[0] = best;
+        pos[0] = past;
+        {call.replace("past + i", "past")};
+        mark((unsigned long)(3 + k));
+    }}
+    return 0;
+}}
+
+int main(int argc, char **argv)
 {{
     int32_t head[2];
     long past = 0;
+    if (argc > 2 && strcmp(argv[1], "--bench") == 0) return bench(argc, argv);
+    if (argc > 1) {{
+        fprintf(stderr, "usage: %s  (steps over stdin/stdout)  |  %s --bench N ID...\\n", argv[0], argv[0]);
+        return 2;
+    }}
     while (fread(head, sizeof head[0], 2, stdin) == 2) {{
         int32_t n = head[0], all = head[1] & 1, reply[2];
         int64_t *tokens, ids[1], pos[1] = {{0}};
@@ -108,7 +140,6 @@ int main(void)
         reply[0] = past + n > (long){P}_MAX_CONTEXT;
         reply[1] = reply[0] ? 0 : (all ? n : 1);
         if (!put(reply, sizeof reply[0], 2)) return 4;
-        mark(n > 1 ? 1u : 2u);
         for (i = 0; !reply[0] && i < n; ++i) {{
             ids[0] = tokens[i];
             pos[0] = past + i;
@@ -116,7 +147,6 @@ int main(void)
             {call};
             if ((all || i == n - 1) && !put(logits, sizeof logits[0], VOCAB)) return 4;
         }}
-        mark(0u);
         if (!reply[0]) past += n;
         free(tokens);
         fflush(stdout);
