@@ -126,6 +126,8 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--max-context", type=int, metavar="N",
                       help="--emit c of a KV-cache decoder: the cache length of the C decode runtime (prompt + "
                            f"generated tokens; default {2048}; docs/c-backend.md, 'KV-cache decoders')")
+    comp.add_argument("--prefill-chunk", type=int, metavar="C",
+                      help="the C decode runtime: prompt tokens per prefill_run (default 16; 1: token by token)")
     _add_bind_option(comp)
     comp.add_argument("--emit-harness", action="store_true",
                       help="--emit c: also write harness.c, a main() that reads inputs from files and writes outputs")
@@ -467,7 +469,8 @@ def cmd_compile(args) -> int:
             calibration_cache=args.calib_cache, holdout=args.holdout, jobs=args.jobs, emit=kind, shapes=shapes,
             bind=_bind(args), fallback=args.fallback, instruments=instruments, verify_each=not args.no_verify_each,
             upgrade_opset=args.upgrade_opset, infer_shapes=not args.no_infer_shapes, external=external,
-            quiet=args.quiet, search=search, executor=executor, max_context=args.max_context)
+            quiet=args.quiet, search=search, executor=executor, max_context=args.max_context,
+            prefill_chunk=args.prefill_chunk)
     finally:
         if executor is not None:
             executor.close()

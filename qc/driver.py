@@ -206,6 +206,8 @@ def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]]
 
 
 DEFAULT_MAX_CONTEXT = 2048
+DEFAULT_PREFILL_CHUNK = 16
+"""Prompt tokens per prefill_run of the C decode runtime (a chunk: one GEMM of 16 rows per weight)."""
 """The C decode runtime's cache length when neither --max-context nor the model says otherwise."""
 
 
@@ -257,6 +259,8 @@ class CompileResult:
     budget: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     holdout_requested: int | None = None
+    decode_context: int | None = None  # the C decode runtime's --max-context (a KV-cache decoder)
+    prefill_chunk: int = 1
     _oracle: str | None = None
 
     @property
@@ -307,7 +311,13 @@ class CompileResult:
             for name in sorted(os.listdir(snapshot), reverse=True):  # model.onnx.data (over 2 GB) first
                 with open(os.path.join(snapshot, name), "rb") as src, atomic_write(os.path.join(path, name)) as dst:
                     shutil.copyfileobj(src, dst, 1 << 24)
-            self.c_report = emit_c(self.module, path, self.target, harness=harness, threads=threads)
+            prefill = None
+            if self.decode_context and self.prefill_chunk > 1:
+                from qc.backends.c.prepare import c_decode_pipeline
+
+                prefill = load_model(self._oracle)
+                PassManager.parse(c_decode_pipeline(self.decode_context, self.prefill_chunk)).run(prefill)
+            self.c_report = emit_c(self.module, path, self.target, harness=harness, threads=threads, prefill=prefill)
         self.seconds["export"] = time.perf_counter() - t0
         if self.quant is not None:
             self.report = _quant_report(self, onnx_path, measure)
@@ -397,6 +407,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             instruments: Sequence[Instrument] = (),
             verify_each: bool = True, upgrade_opset: int | None = None, infer_shapes: bool = True,
             external: bool | None = None, quiet: bool = True, max_context: int | None = None,
+            prefill_chunk: int | None = None,
             search: Callable[..., tuple[PassManager, dict[str, Any]]] | None = None,
             executor: Executor | None = None) -> CompileResult:
     """Compile ``model`` for ``target``: the default pipeline (or ``pipeline``, or the ``quant``
@@ -459,6 +470,11 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     if decode_context is None and max_context is not None:
         raise QCError("--max-context is for the C decode runtime of a KV-cache decoder",
                       hint="add --emit c (and no --shape)")
+    if prefill_chunk is not None and decode_context is None:
+        raise QCError("--prefill-chunk is for the C decode runtime of a KV-cache decoder", hint="add --emit c")
+    chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
+    if decode_context is not None and not 1 <= chunk < decode_context:
+        raise QCError(f"--prefill-chunk must be 1 .. {decode_context - 1} (--max-context - 1), got {chunk}")
     if decode_context is not None:
         full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes, decode_context))
         pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
@@ -502,6 +518,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
                            source_ops=dict(source_ops), imitated=imitated,
                            _oracle=snapshot.path if snapshot else None)
     result.after = summarize(module)
+    result.decode_context = decode_context
+    result.prefill_chunk = chunk if decode_context is not None else 1
     result.quant = opts
     result.holdout_requested = holdout
     if emit == "c" and tgt.memory is not None and tgt.memory.enforce:

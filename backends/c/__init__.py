@@ -65,7 +65,8 @@ def memory_plan(module: Module, target, *, variant: str | None = None, top: int 
 
 
 def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False, prefix: str = "model",
-           incbin: bool | None = None, variant: str | None = None, threads: int | None = None) -> dict:
+           incbin: bool | None = None, variant: str | None = None, threads: int | None = None,
+           prefill: Module | None = None) -> dict:
     """Compile *module* (prepared: every value has a static shape, see ``prepare``) to C in
     *out_dir*; return the report.
 
@@ -73,7 +74,10 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     e.g. "portable" to run an Arm target's code on the host; *incbin* forces (True) or forbids
     (False) pulling the weights in with .incbin (default: above 8 MB). *threads* (``--threads``,
     not for Cortex-M: see ``check_threads``) adds the worker pool with that default thread count
-    and splits the big calls (``split.plan``); None writes the single-threaded code."""
+    and splits the big calls (``split.plan``); None writes the single-threaded code. *prefill*:
+    for the C decode runtime, the same decoder prepared for a chunk of tokens per step
+    (``c_decode_pipeline(N, chunk)``), written as ``prefill_run`` beside ``model_run`` with the
+    same weights and cache (docs/c-backend.md, "KV-cache decoders")."""
     from . import emit as E
     from .harness import harness_c
     from .lower import Lowering, lower
@@ -98,11 +102,15 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     out = Path(out_dir)
     info = E.emit(low, out, prefix, arena, incbin=incbin, threads=threads)
     files = list(info["files"])
+    chunk, chunk_arena = None, 0
+    if prefill is not None:
+        chunk, chunk_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table)
+        files += ["prefill.h", "prefill.c"]
     if harness:
         if low.cache_slots:
             from .decode import decode_harness_c, decode_roles
 
-            text = decode_harness_c(low, prefix, decode_roles(module.metadata))
+            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk)
         else:
             text = harness_c(low, prefix, threads)
         E.write_text(out / "harness.c", text)
@@ -134,7 +142,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         report["decode"] = {"max_context": low.max_context, "step_tokens": low.step_tokens,
                             "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
                             "vocab": low.outputs[0].size // low.step_tokens,
-                            "ram_bytes": arena + E.cache_slot_offsets(low)[-1] * 4}
+                            "ram_bytes": max(arena, chunk_arena if chunk else 0) + E.cache_slot_offsets(low)[-1] * 4,
+                            "prefill_chunk": chunk.step_tokens if chunk else 1}
     if threads is not None:
         report["threads"] = threads
         report["split_calls"] = sum(c.split is not None for c in low.calls)
@@ -143,6 +152,28 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
 
 THREADS_MACRO = "-DQC_THREADS=1"
+
+
+def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table):
+    """Lower *module* (the decoder prepared for a chunk of tokens) and write prefill.h / prefill.c,
+    reading *step*'s weights (they must be the same bytes in the same order) and cache."""
+    from . import emit as E
+    from .lower import Lowering, lower
+    from .memplan import plan
+
+    check_static_shapes(module)
+    low = lower(Lowering(module, features, variant, table))
+    arena = plan(low.calls, low.arena_buffers)
+    if [w.data for w in low.weights] != [w.data for w in step.weights]:
+        raise QCError("the prefill program's constants differ from the decode step's: they cannot share "
+                      "one weight blob", hint="compile with --prefill-chunk 1")
+    if low.cache_slots != step.cache_slots or low.max_context != step.max_context:
+        raise QCError("the prefill program's KV cache differs from the decode step's")
+    E.layout_weights(low.weights)  # the same offsets as the step's blob
+    headers = ["qc_ops.h"] + (["qc_kernels.h"] if any(c.fn not in E.ops_functions() for c in low.calls if c.fn) else [])
+    E.write_text(out / "prefill.h", E.model_h(low, "prefill", arena, 0))
+    E.write_text(out / "prefill.c", E.model_c(low, "prefill", headers, weights=prefix))
+    return low, arena
 
 
 def check_threads(target, threads: int | None) -> None:
