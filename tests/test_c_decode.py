@@ -87,7 +87,7 @@ def test_qc_generate_on_the_c_directory_prints_the_onnxruntime_tokens(smol_kv, f
     assert c.returncode == 0 and o.returncode == 0, c.stderr + o.stderr
     got, want = json.loads(c.stdout), json.loads(o.stdout)
     assert got["generated_ids"] == want["generated_ids"] and len(got["generated_ids"]) == 8
-    assert got["decode_tokens_per_s"] > 0 and got["cache_length"] == 12
+    assert got["decode_tokens_per_s"] > 0 and got["cache_length"] == want["cache_length"] == 11
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a8"])

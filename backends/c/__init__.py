@@ -133,7 +133,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     E.write_text(out / f"{prefix}.cmake", E.cmake(prefix, sources, macros, threads is not None))
     files += ["Makefile", f"{prefix}.cmake", "report.json"]
     report = {"prefix": prefix, "target": getattr(target, "name", ""), "cc": cc,
-              "qemu": list(getattr(target, "qemu", ()) or ()), "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
+              "qemu": list(getattr(target, "qemu", ()) or ()),
+              "arena_bytes": arena, "weight_bytes": info["weight_bytes"],
             "incbin": info["incbin"], "variant": lw.variant, "macros": macros, "sources": sources, "files": files,
             "inputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.input_names, low.inputs)],
             "outputs": [(n, str(b.dtype), b.shape) for n, b in zip(low.output_names, low.outputs)],
@@ -142,7 +143,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         report["decode"] = {"max_context": low.max_context, "step_tokens": low.step_tokens,
                             "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
                             "vocab": low.outputs[0].size // low.step_tokens,
-                            "ram_bytes": max(arena, chunk_arena if chunk else 0) + E.cache_slot_offsets(low)[-1] * 4,
+                            "ram_bytes": max(arena, chunk_arena) + E.cache_slot_offsets(low)[-1] * 4,
                             "prefill_chunk": chunk.step_tokens if chunk else 1}
     if threads is not None:
         report["threads"] = threads

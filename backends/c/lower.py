@@ -167,7 +167,8 @@ def lower(lw: Lowering) -> Lowered:
                 lw.calls.append(Call("qc_copy", [b.nbytes, Ptr(src), Ptr(b, const=False)], f"output {v.name}", "copy"))
     slots = [lw.cache_slots[i] for i in range(len(lw.cache_slots))] if lw.cache_slots else []
     if sorted(lw.cache_slots) != list(range(len(lw.cache_slots))):
-        raise QCError(f"the KV-cache slots of the model's cached attentions are not 0 .. n-1 ({sorted(lw.cache_slots)})")
+        raise QCError("the KV-cache slots of the model's cached attentions are not 0 .. n-1 "
+                      f"({sorted(lw.cache_slots)})")
     return Lowered(inputs, [b for _, b, _ in outputs], lw.calls, lw.weights, lw.arena, lw.kernels,
                    [v.name for v in g.inputs if v.const is None], [v.name for v, _, _ in outputs], slots,
                    lw.max_context, lw.step_tokens)

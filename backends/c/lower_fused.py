@@ -25,7 +25,8 @@ from .lowering import Buffer, Ints, Lowering, Ptr, Raw, broadcast_strides, conti
 from .split import attention_call_work, attention_work
 
 QC = "qc"
-_VIEW_READERS = {("qc", "Attention"): 3, ("qc", "CachedAttention"): 3, ("qc", "Rope"): 1}  # fused op -> how many leading operands may be views
+# fused op -> how many leading operands may be views
+_VIEW_READERS = {("qc", "Attention"): 3, ("qc", "CachedAttention"): 3, ("qc", "Rope"): 1}
 
 
 def _transpose_of(v: Value | None) -> Op | None:
