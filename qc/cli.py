@@ -117,10 +117,11 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", help=".onnx or .qir file")
     comp.add_argument("--target", required=True, help="target name (see `qc targets`) or a .toml file")
     comp.add_argument("-o", "--output", required=True,
-                      help="output: NAME.onnx (any target) or a directory (C, for the C targets)")
-    comp.add_argument("--emit", choices=("c", "onnx"), default=None,
-                      help="write C sources (docs/c-backend.md) or ONNX (default: what -o names: NAME.onnx "
-                           "is ONNX, a directory C)")
+                      help="output: NAME.onnx (any target), a directory (C, for the C targets) or NAME.tflite "
+                           "(int8 TFLite; Ethos-U targets then run Vela)")
+    comp.add_argument("--emit", choices=("c", "onnx", "tflite"), default=None,
+                      help="write C sources (docs/c-backend.md), ONNX or int8 TFLite (docs/targets.md) (default: "
+                           "what -o names: NAME.onnx is ONNX, NAME.tflite TFLite, a directory C)")
     comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
                       help="--emit c: static shapes of the model inputs that have symbolic dimensions")
     _add_bind_option(comp)
@@ -492,6 +493,15 @@ def _print_compile(args, result, onnx_path: str) -> None:
         from .backends.c import format_report as format_c_report
 
         out.write(format_c_report(result.c_report))
+    if result.tflite_report is not None:
+        r = result.tflite_report
+        out.write(f"tflite: {r['operators']} operators ("
+                  + ", ".join(f"{n} x {k}" for k, n in r["by_type"].items()) + "), int8 NHWC inputs "
+                  + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in r["inputs"]) + "\n")
+    if result.vela is not None:
+        from .backends.tflite.vela import format_vela
+
+        out.write(format_vela(result.vela))
     if result.report is not None:
         from .tools.report import format_report
 

@@ -104,4 +104,5 @@ def graph_report(graph: TflGraph) -> dict[str, Any]:
                 "zero_point": int(q.zero_point[0]) if q is not None else None}
 
     return {"operators": len(graph.ops), "by_type": dict(sorted(ops.items())), "tensors": len(graph.tensors),
-            "inputs": [io(i) for i in graph.inputs], "outputs": [io(i) for i in graph.outputs]}
+            "inputs": [io(i) for i in graph.inputs], "outputs": [io(i) for i in graph.outputs],
+            "ops": [{"op": o.op, "node": o.source, "output": graph.tensors[o.outputs[0]].name} for o in graph.ops]}

@@ -102,6 +102,7 @@ class Lowering:
         self.out = TflGraph()
         self.acts: dict[str, _Act] = {}
         self.fused: set[str] = set()
+        self.current = ""
         self.requantized: dict[str, tuple[float, int]] = {}  # float tensors given an int8 range here
         self.biases: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # node output -> (bias, int32, scale)
 
@@ -182,7 +183,8 @@ class Lowering:
         return a
 
     def emit(self, op: str, ins: list[int], outs: list[int], options: Any = None, source: str = "") -> None:
-        self.out.ops.append(TflOp(op, ins, outs, options, source))
+        # source: the node being lowered, named as qc's units name it (its name, else its first output)
+        self.out.ops.append(TflOp(op, ins, outs, options, self.current))
 
     def to_nchw(self, a: _Act, x: str) -> int:
         t = self.out.tensors[a.tensor]
@@ -250,6 +252,7 @@ class Lowering:
                 continue
             if self.weight(n.output[0]) is not None:
                 continue
+            self.current = n.name or n.output[0]
             handler = getattr(self, f"_op_{n.op_type}", None)
             if handler is None:
                 raise Unsupported(n.name or n.output[0], n.op_type, "no TFLite lowering for this op")

@@ -153,9 +153,49 @@ def format_vela(v: dict[str, Any]) -> str:
              f"at {v['clock_hz'] / 1e6:.0f} MHz",
              f"  memory: SRAM {v['sram_kib']:.1f} KiB, flash {v['flash_kib']:.1f} KiB"
              + (f", DRAM {v['dram_kib']:.1f} KiB" if v["dram_kib"] else "")]
+    diff = v.get("disagreements")
+    if diff is not None:
+        lines.append(f"  qc's table and Vela: {len(diff)} of {v.get('units', '?')} node units placed differently"
+                     + (":" if diff else ""))
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for d in diff:
+            groups.setdefault((d["qc"], d["vela"], d["explanation"]), []).append(d["node"])
+        for (qc_dev, vela_dev, why), nodes in groups.items():
+            lines.append(f"    {len(nodes)} x qc {qc_dev}, Vela {vela_dev}: {why} (e.g. {', '.join(nodes[:3])})")
     if v["cpu"]:
         kinds: dict[str, int] = {}
         for op in v["cpu"]:
             kinds[op["op"]] = kinds.get(op["op"], 0) + 1
         lines.append("  on the CPU: " + ", ".join(f"{n} x {k}" for k, n in sorted(kinds.items())))
     return "\n".join(lines) + "\n"
+
+
+def compare_placement(units: list[dict[str, Any]], tflite_ops: list[dict[str, Any]],
+                      vela: dict[str, Any]) -> list[dict[str, Any]]:
+    """The node units where qc's table (``units``: check-kernels' placement) and Vela disagree.
+    A unit is on Vela's CPU when one of the TFLite operators lowered from its node is a CPU
+    operator of Vela's output, else on the NPU."""
+    cpu_outputs = {op["output"] for op in vela["cpu"]}
+    lowered: dict[str, str] = {}
+    for op in tflite_ops:
+        dev = "cpu" if op["output"] in cpu_outputs else "npu"
+        if lowered.get(op["node"]) != "cpu":
+            lowered[op["node"]] = dev
+    out = []
+    for u in units:
+        dev = lowered.get(u["node"])
+        if dev is None or dev == u["to"]:
+            continue
+        why = u.get("reason") or ""
+        if u["to"] == "cpu" and dev == "npu":
+            because = ("the TFLite backend requantizes the unit's float output (from the next "
+                       "QuantizeLinear or the calibration range), and Vela runs it on the NPU"
+                       if "float32" in " ".join(u.get("dtypes", [])) or "no kernel" in why
+                       else "Vela supports it on the NPU; qc's table has no entry")
+        else:
+            because = "Vela leaves the operator on the CPU (" + ", ".join(
+                sorted({op["op"] for op in vela["cpu"] if op["output"] in
+                        {t["output"] for t in tflite_ops if t["node"] == u["node"]}})) + ")"
+        out.append({"node": u["node"], "op": u["op"], "dtypes": u.get("dtypes"), "qc": u["to"], "vela": dev,
+                    "qc_reason": why, "explanation": because})
+    return out
