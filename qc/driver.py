@@ -453,6 +453,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     if emit != "c" and shapes:
         raise QCError("static input shapes describe C output", hint="add --emit c")
     opts = quant_options(quant, tgt)
+    if emit == "tflite" and opts is not None and opts.outliers is None:
+        opts = dataclasses.replace(opts, outliers="none")  # int8 throughout: no float16 columns, no smoothing Mul
     if opts is None and calibration is not None:
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
     if opts is not None and calibration is not None:

@@ -256,7 +256,12 @@ class Lowering:
             handler = getattr(self, f"_op_{n.op_type}", None)
             if handler is None:
                 raise Unsupported(n.name or n.output[0], n.op_type, "no TFLite lowering for this op")
-            handler(n)
+            try:
+                handler(n)
+            except Unsupported as e:
+                if e.node:
+                    raise
+                raise Unsupported(self.current, e.op, e.reason) from None
         for o in self.g.output:
             x = self.name(o.name)
             if x not in self.acts:
@@ -396,7 +401,7 @@ class Lowering:
             q, s_w, zp_w, axis = w
             if q.ndim != 2 or np.any(zp_w != 0) or (s_w.size > 1 and axis not in (1, -1)):
                 raise Unsupported(n.name, "MatMul", "weights must be 2-D, symmetric, per tensor or per column")
-            self._fc(n, n.input[0], q.T, s_w, onnx.helper.make_node("MatMul", [], [], name=n.name))
+            self._fc(n, n.input[0], q.T, s_w, onnx.helper.make_node("MatMul", [], [n.output[0]], name=n.name))
             return
         a, b = self.act_tensor(n.input[0], n), self.act_tensor(n.input[1], n)
         y, _ = n.output[0], 0
@@ -474,11 +479,14 @@ class Lowering:
             raise Unsupported(n.name, n.op_type, "only 2-D pooling without dilation or ceil_mode lowers")
         in_shape = self.shape(n.input[0])
         padding, explicit = self._pads(n, (in_shape[2], in_shape[3]), k, s)
+        a = self.act_tensor(n.input[0], n)
         if explicit is not None:
-            raise Unsupported(n.name, n.op_type, f"pads {explicit} are neither SAME nor VALID")
+            # PAD writes the zero point: a max over it is right when that is the lowest code (x >= 0)
+            if op != "MAX_POOL_2D" or self.quant_of(n.input[0])[1] != QMIN:
+                raise Unsupported(n.name, n.op_type, f"pads {explicit} are neither SAME nor VALID")
+            a = self._explicit_pad(a, n.input[0], explicit, n)
         if op == "AVERAGE_POOL_2D" and padding == 0 and not attrs.get("count_include_pad", 0) == 0:
             raise Unsupported(n.name, n.op_type, "count_include_pad with SAME padding")
-        a = self.act_tensor(n.input[0], n)
         q = self.quant_of(n.input[0]) if op == "MAX_POOL_2D" else None
         out = self.new_act(n.output[0], self.shape(n.output[0]), True, q=q, node=n)
         opts = {"Padding": padding, "StrideW": s[1], "StrideH": s[0], "FilterWidth": k[1], "FilterHeight": k[0],
@@ -572,11 +580,14 @@ def float_tensors_without_q(model: onnx.ModelProto) -> list[str]:
     """The float activations no QuantizeLinear reads: they need a calibration range."""
     q_read = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     consts = {i.name for i in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    floats = {vi.name for vi in list(inferred.value_info) + list(inferred.output)
+              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     names = []
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
         for o in n.output:
-            if o not in q_read and o not in consts:
+            if o not in q_read and o not in consts and o in floats:
                 names.append(o)
     return names
