@@ -186,6 +186,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
                      help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
                           "without it each dynamic dimension counts as 1, and the report lists them")
+    chk.add_argument("--calib", metavar="DATA.npz", help="Ethos-U targets, a quantized model: calibration samples "
+                     "for the ranges of the float tensors the TFLite requantizes (Vela then checks the placement)")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -623,6 +625,8 @@ def cmd_check(args) -> int:
     memory = estimate(target, module, assumed_dims=bool(assumed))
     if memory is not None:
         report["memory"] = memory
+    if target.vela is not None and any(op.qualified_type == "onnx.QuantizeLinear" for op in module.walk()):
+        report["vela"] = _vela_check(args, module, target, report)
     if args.report_json:
         from .fileio import atomic_write
 
@@ -635,7 +639,33 @@ def cmd_check(args) -> int:
     else:
         sys.stdout.write(format_placement(report, units=not args.brief))
         sys.stdout.writelines(f"{line}\n" for line in (memory or {}).get("lines", ()))
+        if "vela" in report and "not_run" in report["vela"]:
+            sys.stdout.write(f"vela: not run: {report['vela']['not_run']}\n")
+        elif "vela" in report:
+            from .backends.tflite.vela import format_vela
+
+            sys.stdout.write(format_vela(report["vela"]))
     return 0
+
+
+def _vela_check(args, module, target, report) -> dict:
+    """Vela's placement of the quantized model (the truth) beside qc's table (backends/tflite)."""
+    from .backends.tflite import vela_check
+
+    samples = []
+    if args.calib:
+        from .calib.data import load_inputs
+
+        data = load_inputs(module, lambda: None, npz=args.calib, text=None, samples=None, seq_len=0,
+                           flags=("--calib", "--calib-text"))
+        samples = list(data.feeds(module)) if data is not None else []
+    try:
+        return vela_check(module, target, samples, report["placement"], source=args.model)
+    except QCError as e:
+        if args.calib or "no calibration range" not in str(e):
+            raise
+        why = str(e).split("; the TFLite backend")[0].replace(f"{args.model}: ", "", 1)
+        return {"not_run": f"{why}; give --calib DATA.npz (the samples qc compile was calibrated with)"}
 
 
 def _fmt_db(value: float) -> str:

@@ -25,7 +25,7 @@ from .oracle import onnx_twin
 from .schema import TflGraph, serialize
 
 __all__ = ["Lowering", "Unsupported", "emit_tflite", "lower", "onnx_twin", "serialize", "tensor_ranges", "tflite_bytes",
-           "to_tflite"]
+           "to_tflite", "vela_check"]
 
 
 def tensor_ranges(model: onnx.ModelProto, names: Sequence[str],
@@ -106,3 +106,24 @@ def graph_report(graph: TflGraph) -> dict[str, Any]:
     return {"operators": len(graph.ops), "by_type": dict(sorted(ops.items())), "tensors": len(graph.tensors),
             "inputs": [io(i) for i in graph.inputs], "outputs": [io(i) for i in graph.outputs],
             "ops": [{"op": o.op, "node": o.source, "output": graph.tensors[o.outputs[0]].name} for o in graph.ops]}
+
+
+def vela_check(module: Module, target: Any, samples: Sequence[dict[str, np.ndarray]], units: list[dict[str, Any]],
+               *, source: str | None = None) -> dict[str, Any]:
+    """``qc check`` for an Ethos-U target: lower the quantized module to TFLite, run Vela with
+    the target's configuration (in a scratch directory) and compare its CPU / NPU split with
+    qc's table (``units``: the placement report's units). Vela's split is the truth."""
+    import tempfile
+
+    from .vela import compare_placement, run_vela
+
+    vc = target.vela
+    with tempfile.TemporaryDirectory(prefix="qc-check-vela-") as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        report = emit_tflite(module, path, samples=samples, source=source)
+        v = run_vela(path, tmp, accelerator_config=vc.accelerator_config, system_config=vc.system_config,
+                     memory_mode=vc.memory_mode)
+    v["output"] = None
+    v["units"] = len(units)
+    v["disagreements"] = compare_placement(units, report["ops"], v)
+    return v

@@ -142,8 +142,8 @@ def _macs(kind: str, ins: list, out: Any) -> int:
 
 def format_vela(v: dict[str, Any]) -> str:
     ops = v["npu_operators"] + v["cpu_operators"]
-    lines = [f"vela {v['vela']} ({v['accelerator_config']}, {v['system_config']}, {v['memory_mode']}): "
-             f"{v['output']}",
+    lines = [f"vela {v['vela']} ({v['accelerator_config']}, {v['system_config']}, {v['memory_mode']})"
+             + (f": {v['output']}" if v.get("output") else ", the truth for placement:"),
              f"  operators: {v['npu_operators']} on the NPU, {v['cpu_operators']} on the CPU"
              + (f" ({100 * v['npu_operators'] / ops:.1f}% on the NPU)" if ops else "")
              + f"; {v['command_streams']} NPU command stream(s)",
