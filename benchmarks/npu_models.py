@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cnn_models import _Builder, _he, calibration, cnn_model, recalibrate_batchnorm  # noqa: E402
+from cnn_models import _Builder, _he, calibration, cnn_model, recalibrate_batchnorm
 
 SEED = 0
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from npu_models import build, calibration_npz  # noqa: E402
+from npu_models import build, calibration_npz
 
 
 def main(argv: list[str] | None = None) -> int:

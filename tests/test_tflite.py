@@ -86,7 +86,7 @@ def test_cnn_macs_on_the_npu_through_vela(models, name, target, tmp_path):
     assert p.returncode == 0, p.stderr
     assert out.is_file() and (tmp_path / f"{name}_vela.tflite").is_file() and (tmp_path / f"{name}.qdq.onnx").is_file()
     acc = load_target(target).vela.accelerator_config
-    assert f"vela 5." in p.stdout and acc in p.stdout
+    assert "vela 5." in p.stdout and acc in p.stdout
     share = float(re.search(r"MACs: [\d,]+ on the NPU, [\d,]+ on the CPU \(([\d.]+)% on the NPU\)", p.stdout)[1])
     assert share >= 95.0
     vela = json.loads(report.read_text())["placement"]["vela"]

@@ -74,7 +74,7 @@ def run_vela(tflite_path: str, out_dir: str, *, accelerator_config: str, system_
         "memory_mode": memory_mode, "output": dest,
         "npu_operators": counts.get("NPU", 0), "cpu_operators": counts.get("CPU", len(split["cpu"])),
         "command_streams": split["npu_ops"],
-        "cpu": [{k: v for k, v in op.items()} for op in split["cpu"]],
+        "cpu": [dict(op) for op in split["cpu"]],
         "npu_macs": npu_macs, "cpu_macs": cpu_macs,
         "npu_mac_share": npu_macs / (npu_macs + cpu_macs) if npu_macs + cpu_macs else 0.0,
         "cycles_total": int(float(row["cycles_total"])), "cycles_npu": int(float(row["cycles_npu"])),
