@@ -568,7 +568,7 @@ def cmd_targets(args) -> int:
         for t in rows:
             devices = ",".join(d + ("*" if d == t.preferred_device and len(t.devices) > 1 else "")
                                for d in t.devices)
-            sys.stdout.write(f"{t.name:<{w}}  {t.backend:<4}  {devices:<12}  {t.description}\n")
+            sys.stdout.write(f"{t.name:<{w}}  {t.backend:<6}  {devices:<12}  {t.description}\n")
         sys.stdout.write("(* = preferred device; `qc targets NAME` shows a target's kernel table)\n")
         return 0
     t = load_target(args.name)

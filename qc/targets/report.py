@@ -159,8 +159,8 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
     note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
     out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
                f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
-    if "realized" in report:
-        out.append(f"realized: {report['realized']['note']}")
+    if real is not None and len(report["units_per_device"]) > 1:  # one device: nothing to realize
+        out.append(f"realized: {real['note']}")
     legal = report.get("legalized", [])
     if legal:
         kinds = collections.Counter(r["change"] for r in legal)
