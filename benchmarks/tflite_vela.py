@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             twin = end_to_end(onnx_twin(model, lowering), lowering, samples[8])
             ops = per_op(model, lowering, samples[8])
             worst = max(ops, key=lambda m: m.over_one)
+            ref, qdq, tfl = _outputs(path, model, lowering, samples[8])
+            print(f"{name:<12} SQNR against the float model: onnxruntime on qc's ONNX {_sqnr(ref, qdq):.2f} dB, "
+                  f"LiteRT on qc's TFLite {_sqnr(ref, tfl):.2f} dB")
             for m in e2e:
                 print(f"{name:<12} LiteRT vs onnxruntime on qc's ONNX, end to end: {m.row()}")
             for m in twin:
@@ -69,6 +72,37 @@ def main(argv: list[str] | None = None) -> int:
                   f"{worst.row()}; median >1 LSB "
                   f"{100 * float(np.median([m.over_one for m in ops])):.2f}%")
     return 0
+
+
+def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - x) ** 2), 1e-30)))
+
+
+def _outputs(float_path, model, lowering, sample):
+    """The first output of the float model and of qc's ONNX (onnxruntime, optimizations off), and
+    of the TFLite (LiteRT, dequantized, back in the ONNX layout)."""
+    import onnxruntime as ort
+
+    from qc.backends.tflite.check import interpreter, quantize_input
+    from qc.backends.tflite.schema import serialize
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(float_path), so).run(None, sample)[0]
+    qdq = ort.InferenceSession(model.SerializeToString(), so).run(None, sample)[0]
+    g = lowering.out
+    it = interpreter(serialize(g))
+    for d, i in zip(it.get_input_details(), g.inputs):
+        t = g.tensors[i]
+        s, zp = d["quantization"]
+        it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4))
+    it.invoke()
+    d = it.get_output_details()[0]
+    s, zp = d["quantization"]
+    out = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s
+    if out.ndim == 4:
+        out = out.transpose(0, 3, 1, 2)
+    return ref, qdq, out.reshape(ref.shape)
 
 
 if __name__ == "__main__":
