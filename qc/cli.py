@@ -627,6 +627,9 @@ def cmd_check(args) -> int:
         report["memory"] = memory
     if target.vela is not None and any(op.qualified_type == "onnx.QuantizeLinear" for op in module.walk()):
         report["vela"] = _vela_check(args, module, target, report)
+    elif target.vela is not None:
+        report["vela"] = {"not_run": "the model is not quantized, and Vela compiles int8 TFLite (qc compile "
+                                     "--quant w8a8 writes it; qc check of its NAME.qdq.onnx with --calib runs Vela)"}
     if args.report_json:
         from .fileio import atomic_write
 

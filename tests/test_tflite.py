@@ -97,6 +97,30 @@ def test_cnn_macs_on_the_npu_through_vela(models, name, target, tmp_path):
     assert all(d["explanation"] for d in vela["disagreements"])
 
 
+def test_check_puts_velas_split_beside_the_table(models, tmp_path):
+    """qc check of the quantized model for ethos-u55: Vela's split (the truth) and every unit
+    the table places differently; without --calib it says why Vela did not run."""
+    path, _, calib = models["mobilenetv2"]
+    p = run_qc("compile", str(path), "--target", "ethos-u55", "--quant", "w8a8", "--calib", str(calib),
+               "-o", str(tmp_path / "m.tflite"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    qdq = str(tmp_path / "m.qdq.onnx")
+    p = run_qc("check", qdq, "--target", "ethos-u55", "--calib", str(calib), "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    vela = report["vela"]
+    assert vela["npu_operators"] + vela["cpu_operators"] > 0 and vela["units"] == report["units"]
+    table_cpu = {u["node"] for u in report["placement"] if u["to"] == "cpu"}
+    listed = {d["node"] for d in vela["disagreements"] if d["qc"] == "cpu"}
+    vela_cpu_nodes = {d["node"] for d in vela["disagreements"] if d["vela"] == "cpu"}
+    assert listed == table_cpu - vela_cpu_nodes  # a unit on the table's cpu that Vela runs on the npu is listed
+    assert all("float32" in u["reason"] for u in report["placement"] if u["node"] in listed and u["op"] == "onnx.Conv")
+    p = run_qc("check", qdq, "--target", "ethos-u55", "--brief")
+    assert p.returncode == 0 and "vela: not run: " in p.stdout and "give --calib DATA.npz" in p.stdout
+    p = run_qc("check", str(path), "--target", "ethos-u55", "--brief")
+    assert p.returncode == 0 and "vela: not run: the model is not quantized" in p.stdout
+
+
 def test_tflite_output_is_deterministic(models, tmp_path):
     path, _, calib = models["resnet"]
     blobs = []
