@@ -107,6 +107,11 @@ def place_unit(target, u: Unit) -> dict:
     if pref not in options:
         extra = "" if to in kernels else " (dequantize + float there)"
         reason = f"{desc}: no kernel on {pref} -> {to}{extra}"
+        wants = sorted({k.out for k in target.kernels.get(pref, ()) if k.op in unit_kinds(u)
+                        and k.matches(k.op, u.act, u.weight, k.out, u.granularity, u.zero_point, u.const_weight)})
+        if wants and any(o.startswith("float") for o in u.outs) and not set(wants) & set(u.outs):
+            reason = (f"{desc}: its output is {u.outs[0]}, and {pref}'s kernels write {', '.join(wants)} "
+                      f"(no QuantizeLinear requantizes the output) -> {to}{extra}")
     elif to != pref:
         reason = f"{desc}: cheaper on {to} (cost {options[to]:g} vs {options[pref]:g} on {pref}) -> {to}"
     else:

@@ -117,10 +117,11 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", help=".onnx or .qir file")
     comp.add_argument("--target", required=True, help="target name (see `qc targets`) or a .toml file")
     comp.add_argument("-o", "--output", required=True,
-                      help="output: NAME.onnx (any target) or a directory (C, for the C targets)")
-    comp.add_argument("--emit", choices=("c", "onnx"), default=None,
-                      help="write C sources (docs/c-backend.md) or ONNX (default: what -o names: NAME.onnx "
-                           "is ONNX, a directory C)")
+                      help="output: NAME.onnx (any target), a directory (C, for the C targets) or NAME.tflite "
+                           "(int8 TFLite; Ethos-U targets then run Vela)")
+    comp.add_argument("--emit", choices=("c", "onnx", "tflite"), default=None,
+                      help="write C sources (docs/c-backend.md), ONNX or int8 TFLite (docs/targets.md) (default: "
+                           "what -o names: NAME.onnx is ONNX, NAME.tflite TFLite, a directory C)")
     comp.add_argument("--shape", default="", metavar="NAME=AxB,...",
                       help="--emit c: static shapes of the model inputs that have symbolic dimensions")
     comp.add_argument("--max-context", type=int, metavar="N",
@@ -190,6 +191,8 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
                      help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
                           "without it each dynamic dimension counts as 1, and the report lists them")
+    chk.add_argument("--calib", metavar="DATA.npz", help="Ethos-U targets, a quantized model: calibration samples "
+                     "for the ranges of the float tensors the TFLite requantizes (Vela then checks the placement)")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -502,6 +505,15 @@ def _print_compile(args, result, onnx_path: str) -> None:
         from .backends.c import format_report as format_c_report
 
         out.write(format_c_report(result.c_report))
+    if result.tflite_report is not None:
+        r = result.tflite_report
+        out.write(f"tflite: {r['operators']} operators ("
+                  + ", ".join(f"{n} x {k}" for k, n in r["by_type"].items()) + "), int8 NHWC inputs "
+                  + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in r["inputs"]) + "\n")
+    if result.vela is not None:
+        from .backends.tflite.vela import format_vela
+
+        out.write(format_vela(result.vela))
     if result.report is not None:
         from .tools.report import format_report
 
@@ -566,7 +578,7 @@ def cmd_targets(args) -> int:
         for t in rows:
             devices = ",".join(d + ("*" if d == t.preferred_device and len(t.devices) > 1 else "")
                                for d in t.devices)
-            sys.stdout.write(f"{t.name:<{w}}  {t.backend:<4}  {devices:<12}  {t.description}\n")
+            sys.stdout.write(f"{t.name:<{w}}  {t.backend:<6}  {devices:<12}  {t.description}\n")
         sys.stdout.write("(* = preferred device; `qc targets NAME` shows a target's kernel table)\n")
         return 0
     t = load_target(args.name)
@@ -623,6 +635,11 @@ def cmd_check(args) -> int:
     memory = estimate(target, module, assumed_dims=bool(assumed))
     if memory is not None:
         report["memory"] = memory
+    if target.vela is not None and any(op.qualified_type == "onnx.QuantizeLinear" for op in module.walk()):
+        report["vela"] = _vela_check(args, module, target, report)
+    elif target.vela is not None:
+        report["vela"] = {"not_run": "the model is not quantized, and Vela compiles int8 TFLite (qc compile "
+                                     "--quant w8a8 writes it; qc check of its NAME.qdq.onnx with --calib runs Vela)"}
     if args.report_json:
         from .fileio import atomic_write
 
@@ -635,7 +652,33 @@ def cmd_check(args) -> int:
     else:
         sys.stdout.write(format_placement(report, units=not args.brief))
         sys.stdout.writelines(f"{line}\n" for line in (memory or {}).get("lines", ()))
+        if "vela" in report and "not_run" in report["vela"]:
+            sys.stdout.write(f"vela: not run: {report['vela']['not_run']}\n")
+        elif "vela" in report:
+            from .backends.tflite.vela import format_vela
+
+            sys.stdout.write(format_vela(report["vela"]))
     return 0
+
+
+def _vela_check(args, module, target, report) -> dict:
+    """Vela's placement of the quantized model (the truth) beside qc's table (backends/tflite)."""
+    from .backends.tflite import vela_check
+
+    samples = []
+    if args.calib:
+        from .calib.data import load_inputs
+
+        data = load_inputs(module, lambda: None, npz=args.calib, text=None, samples=None, seq_len=0,
+                           flags=("--calib", "--calib-text"))
+        samples = list(data.feeds(module)) if data is not None else []
+    try:
+        return vela_check(module, target, samples, report["placement"], source=args.model)
+    except QCError as e:
+        if args.calib or "no calibration range" not in str(e):
+            raise
+        why = str(e).split("; the TFLite backend")[0].replace(f"{args.model}: ", "", 1)
+        return {"not_run": f"{why}; give --calib DATA.npz (the samples qc compile was calibrated with)"}
 
 
 def _fmt_db(value: float) -> str:

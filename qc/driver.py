@@ -38,7 +38,7 @@ from qc.targets import Target, load_target
 
 ModelSource = str | os.PathLike | ModelProto | Module
 CalibrationSource = CalibrationData | str | os.PathLike | Callable[[Module], "CalibrationData | None"] | None
-Emit = Literal["onnx", "c"]
+Emit = Literal["onnx", "c", "tflite"]
 
 
 # -- models in and out -------------------------------------------------------------------------
@@ -113,6 +113,8 @@ def output_kind(path: str, target: Target, emit: Emit | None = None) -> Emit:
     by_path: Emit | None
     if path.endswith((".onnx", ".qir")):
         by_path = "onnx"
+    elif path.endswith(".tflite"):
+        by_path = "tflite"
     elif os.path.isdir(path) or path.endswith("/") or not os.path.splitext(os.path.basename(path))[1]:
         by_path = "c"
     elif emit == "c":
@@ -121,13 +123,16 @@ def output_kind(path: str, target: Target, emit: Emit | None = None) -> Emit:
         raise QCError("cannot tell the output kind from the file name", where=path,
                       hint="use NAME.onnx for ONNX, or a directory (no suffix) for C sources")
     if emit is not None and by_path is not None and emit != by_path:
-        wants = "a .onnx file" if emit == "onnx" else "a directory"
-        kind = by_path.upper() if by_path == "c" else "ONNX"
+        wants = {"onnx": "a .onnx file", "c": "a directory", "tflite": "a .tflite file"}[emit]
+        kind = {"c": "C", "onnx": "ONNX", "tflite": "TFLite"}[by_path]
+        example = {"onnx": "model.onnx", "c": "out_dir", "tflite": "model.tflite"}[emit]
         raise QCError(f"--emit {emit} writes {wants}, and this path is for {kind}",
-                      where=path, hint=f"use -o {'model.onnx' if emit == 'onnx' else 'out_dir'} or --emit {by_path}")
+                      where=path, hint=f"use -o {example} or --emit {by_path}")
     if emit is None and by_path == "c" and target.backend != "c":
-        raise QCError(f"target {target.name} emits ONNX (its backend), so the output must be a .onnx file",
-                      where=path, hint="use -o NAME.onnx, or a C target such as cortex-a76")
+        suffix = "tflite" if target.backend == "tflite" else "onnx"
+        raise QCError(f"target {target.name} emits {'TFLite' if suffix == 'tflite' else 'ONNX'} (its backend), "
+                      f"so the output must be a .{suffix} file",
+                      where=path, hint=f"use -o NAME.{suffix}, or a C target such as cortex-a76")
     return emit or by_path
 
 
@@ -138,8 +143,8 @@ def check_output_path(path: str, kind: Emit) -> None:
         raise QCError("not a regular file or directory to write", where=path, hint="give -o a file or directory path")
     if kind == "c" and os.path.isfile(path):
         raise QCError("C output is a directory, and this is a file", where=path, hint="give -o a directory")
-    if kind == "onnx" and os.path.isdir(path):
-        raise QCError("is a directory, expected an .onnx file name", where=path)
+    if kind in ("onnx", "tflite") and os.path.isdir(path):
+        raise QCError(f"is a directory, expected a .{kind} file name", where=path)
     parent = path.rstrip("/") if kind == "c" else os.path.dirname(os.path.abspath(path))
     parent = os.path.dirname(os.path.abspath(parent)) if kind == "c" and not os.path.isdir(parent) else parent
     if not os.path.isdir(parent):
@@ -253,6 +258,8 @@ class CompileResult:
     holdout: list[dict[str, Any]] = field(default_factory=list)
     source: str | None = None
     c_report: dict[str, Any] | None = None
+    tflite_report: dict[str, Any] | None = None
+    vela: dict[str, Any] | None = None
     quant: QuantOptions | None = None
     source_ops: dict[str, int] = field(default_factory=dict)
     imitated: CalibrationData | None = None
@@ -299,6 +306,8 @@ class CompileResult:
             save_module(self.module, path, elide_above=elide_above, external=external, inputs=inputs,
                         target=self.target)
             onnx_path = path
+        elif kind == "tflite":
+            onnx_path = self._write_tflite(path, inputs)
         else:
             from qc.backends.c import emit_c
             from qc.ir.fileio import atomic_write
@@ -323,6 +332,33 @@ class CompileResult:
             self.report = _quant_report(self, onnx_path, measure)
         return onnx_path
 
+    def _write_tflite(self, path: str, inputs: list[str]) -> str:
+        """NAME.tflite, its oracle NAME.qdq.onnx (the same model for onnxruntime) and, for an
+        Ethos-U target, Vela's NAME_vela.tflite; the placement then says what Vela placed."""
+        from qc.backends.onnx import save_onnx
+        from qc.backends.tflite import emit_tflite
+
+        onnx_path = tflite_oracle_path(path)
+        refuse_overwrite(onnx_path, inputs)
+        save_onnx(self.module, onnx_path, target=self.target)
+        data = self.context.calibration_data
+        self.tflite_report = emit_tflite(self.module, path, samples=list(data.feeds(self.module)) if data else (),
+                                         source=self.source)
+        vc = self.target.vela
+        if vc is not None:
+            from qc.backends.tflite.vela import run_vela
+
+            self.vela = run_vela(path, os.path.dirname(os.path.abspath(path)),
+                                 accelerator_config=vc.accelerator_config, system_config=vc.system_config,
+                                 memory_mode=vc.memory_mode)
+            from qc.backends.tflite.vela import compare_placement
+
+            units = self.placement.get("placement", [])
+            self.vela["units"] = len(units)
+            self.vela["disagreements"] = compare_placement(units, self.tflite_report["ops"], self.vela)
+            self.placement["vela"] = self.vela
+        return onnx_path
+
     def close(self) -> None:
         if self._oracle is not None:
             shutil.rmtree(os.path.dirname(self._oracle), ignore_errors=True)
@@ -330,6 +366,11 @@ class CompileResult:
 
     def __del__(self) -> None:
         self.close()
+
+
+def tflite_oracle_path(path: str) -> str:
+    """NAME.qdq.onnx beside NAME.tflite: the ONNX the TFLite model is checked against."""
+    return os.path.splitext(path)[0] + ".qdq.onnx"
 
 
 def _output_files(path: str, kind: Emit) -> list[str] | None:
@@ -340,6 +381,9 @@ def _output_files(path: str, kind: Emit) -> list[str] | None:
         if not os.path.isdir(path):
             return None
         names = [os.path.join(path, n) for n in sorted(os.listdir(path))]
+    elif kind == "tflite":
+        stem = os.path.splitext(path)[0]
+        names = [path, tflite_oracle_path(path), stem + "_vela.tflite"]
     else:
         names = [path, path + ".data", path + ".weights"]
     return [n for n in names if os.path.isfile(n)]
@@ -426,12 +470,25 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     """
     t_start = time.perf_counter()
     tgt = target if isinstance(target, Target) else load_target(target)
-    emit = emit or ("c" if tgt.backend == "c" else "onnx")
-    if emit not in ("onnx", "c"):
-        raise QCError(f"unknown output kind '{emit}'", hint="emit onnx or c")
+    emit = emit or tgt.backend  # type: ignore[assignment]
+    if emit not in ("onnx", "c", "tflite"):
+        raise QCError(f"unknown output kind '{emit}'", hint="emit onnx, c or tflite")
+    if emit == "c" and tgt.cc is None and tgt.backend == "tflite":
+        raise QCError(f"target {tgt.name} has no C compiler ([compiler] table): the C backend does not "
+                      "write code for it", hint=f"--emit {tgt.backend}")
+    if emit == "tflite":
+        from qc.backends.tflite.vela import MISSING, have_vela
+
+        if not have_vela():  # the TFLite schema and the Ethos-U compiler both come with Vela
+            raise QCError(MISSING[0], hint=MISSING[1])
+        if quant is None:
+            raise QCError("--emit tflite writes an int8 TFLite model, from a quantized one",
+                          hint="add --quant w8a8 and calibration data (--calib DATA.npz)")
     if emit != "c" and shapes:
         raise QCError("static input shapes describe C output", hint="add --emit c")
     opts = quant_options(quant, tgt)
+    if emit == "tflite" and opts is not None and opts.outliers is None:
+        opts = dataclasses.replace(opts, outliers="none")  # int8 throughout: no float16 columns, no smoothing Mul
     if opts is None and calibration is not None:
         raise QCError("calibration data is only used with --quant", hint="add --quant w8a8 (or another scheme)")
     if opts is not None and calibration is not None:
@@ -520,6 +577,9 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     result.after = summarize(module)
     result.decode_context = decode_context
     result.prefill_chunk = chunk if decode_context is not None else 1
+    from qc.targets.report import realized
+
+    result.placement["realized"] = realized(tgt, emit)
     result.quant = opts
     result.holdout_requested = holdout
     if emit == "c" and tgt.memory is not None and tgt.memory.enforce:

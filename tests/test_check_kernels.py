@@ -236,6 +236,8 @@ _CLAIMS = {
     "cortex-m4": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
     "cortex-m55": (("cpu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
     "ethos-u55": (("npu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "ethos-u65": (("npu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
+    "ethos-u85": (("npu", "native"), ("cpu", "dequantize + float"), ("cpu", "native")),
     "mali-gpu": (("gpu", "native"), ("cpu", "dequantize + float"), ("gpu", "native")),
 }
 

@@ -16,7 +16,8 @@ from qc.targets import DEVICES, Kernel, builtin_targets, load_target
 from tests.conftest import run_qc
 
 BUILTIN = ["armv8.6-i8mm", "cortex-a53", "cortex-a76", "cortex-m4", "cortex-m55", "cuda", "ethos-u55",
-           "mali-gpu", "x86-avx2"]
+           "ethos-u65", "ethos-u85", "mali-gpu", "x86-avx2"]
+ETHOS = ("ethos-u55", "ethos-u65", "ethos-u85")
 
 
 def test_builtin_list():
@@ -31,11 +32,13 @@ def test_builtin_target_loads_with_a_float_matmul(name):
     assert all(isinstance(k, Kernel) and k.source for ks in t.kernels.values() for k in ks)
     hits = t.kernel_for("MatMul", "float32", "float32", "float32", const_weight=False)
     # Ethos-U55 has no float on the NPU (Vela: feature maps are integer): float runs on the host.
-    want = "cpu" if name == "ethos-u55" else t.preferred_device
+    want = "cpu" if name in ETHOS else t.preferred_device
     assert want in {dev for dev, _ in hits}
-    assert t.backend == ("onnx" if name in ("x86-avx2", "cuda") else "c")
-    if t.backend == "c":
+    assert t.backend == ("onnx" if name in ("x86-avx2", "cuda") else "tflite" if name in ETHOS else "c")
+    if t.backend == "c" or name == "ethos-u55":  # the U55's Cortex-M55 host: --emit c
         assert t.cc and t.cflags and t.qemu
+    if t.backend == "tflite":
+        assert t.vela is not None and t.vela.accelerator_config.startswith(name)
 
 
 _PRIVATE = ("shared/", "notes §", "anchors-", "§")

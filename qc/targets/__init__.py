@@ -27,7 +27,7 @@ DEVICES = ("cpu", "gpu", "npu")
 GRANULARITIES = ("tensor", "channel", "block", "any")
 ZERO_POINTS = ("symmetric", "asymmetric", "any")
 STATUSES = ("native", "emulated")
-BACKENDS = ("onnx", "c")
+BACKENDS = ("onnx", "c", "tflite")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,18 @@ class OnnxLimits:
 
 
 @dataclass(frozen=True)
+class VelaConfig:
+    """The ``[vela]`` table of an Ethos-U target: how Arm's Vela compiles its TFLite
+    (``vela --accelerator-config ... --system-config ... --memory-mode ...``, configurations of
+    Vela's own ``Arm/vela.ini``)."""
+
+    accelerator_config: str
+    system_config: str
+    memory_mode: str
+    source: str
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -106,6 +118,7 @@ class Target:
     copy_cost: float = 0.0
     memory: Memory | None = None
     onnx: OnnxLimits | None = None
+    vela: VelaConfig | None = None
     data: dict = field(default_factory=dict, compare=False, repr=False)
 
     def kernel_for(self, op: str, act_dtype: str, weight_dtype: str, out_dtype: str,
@@ -159,12 +172,13 @@ def load_target(name_or_path: str) -> Target:
 _TOP = {"name": str, "description": str, "features": list, "devices": list, "preferred_device": str,
         "backend": str, "compiler": dict, "qemu": dict, "kernels": dict, "other_ops": dict,
         "unsupported_ops": dict, "copy_cost": (int, float), "memory": dict,
-        "onnx": dict}
+        "onnx": dict, "vela": dict}
 _COMPILER = {"cc": str, "flags": list}
 _QEMU = {"command": str, "args": list, "note": str}
 _MEMORY = {"ram": int, "flash": int, "ram_range": list, "flash_range": list, "enforce": bool, "source": str,
            "note": str}
 _MEMORY_REQUIRED = ("ram", "flash", "source")
+_VELA = {"accelerator_config": str, "system_config": str, "memory_mode": str, "source": str}
 _ONNX = {"runtime": str, "max_ir_version": int, "max_opset": int, "source": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
            "const_weight": bool, "cost": (int, float), "status": str, "source": str, "c_kernel": str}
@@ -282,9 +296,9 @@ def _validate(data: dict, text: str, path: str) -> Target:
             if e["cost"] <= 0:
                 fail(prefix + "cost", f"must be positive, got {e['cost']}")
             if "c_kernel" in e:
-                if backend != "c":
+                if backend != "c" and "compiler" not in data:
                     fail(prefix + "c_kernel", f"names a C kernel, but the target's backend is '{backend}'",
-                         hint='only targets with backend = "c" name the C kernels of their entries')
+                         hint='only targets with backend = "c" (or a [compiler] for --emit c) name C kernels')
                 if not re.fullmatch(r"qc_[a-z0-9_]+", e["c_kernel"]):
                     fail(prefix + "c_kernel", f"'{e['c_kernel']}' is not a C kernel name",
                          hint="a qc_* function of the C runtime, e.g. qc_gemm_s8_dotprod (docs/c-backend.md)")
@@ -315,11 +329,21 @@ def _validate(data: dict, text: str, path: str) -> Target:
         fail("copy_cost", f"must not be negative, got {copy_cost}")
     memory = _memory(data.get("memory"), fail, check_keys)
     onnx_limits = _onnx(data.get("onnx"), fail, check_keys)
+    vela = None
+    if "vela" in data:
+        check_keys(data["vela"], _VELA, "vela.")
+        for k in _VELA:
+            if k not in data["vela"]:
+                fail(f"vela.{k}", "missing", hint="[vela] gives Vela's accelerator_config, system_config, "
+                     "memory_mode and where they come from")
+        vela = VelaConfig(**data["vela"])
+    if backend == "tflite" and vela is None:
+        fail("backend", "backend 'tflite' compiles through Vela: the target needs a [vela] table")
     return Target(name=data["name"], description=data.get("description", ""), features=features,
                   devices=devices, backend=backend, preferred_device=preferred, cc=compiler.get("cc"),
                   cflags=cflags, qemu=qemu_cmd, qemu_note=qemu.get("note"), kernels=kernels,
                   other_ops=other_ops, unsupported_ops=unsupported, copy_cost=copy_cost, memory=memory,
-                  onnx=onnx_limits, data=data)
+                  onnx=onnx_limits, vela=vela, data=data)
 
 
 def _memory(table: dict | None, fail, check_keys) -> Memory | None:

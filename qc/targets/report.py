@@ -42,6 +42,32 @@ def placement_report(target, found: Placement, legalized: list[dict] | None = No
     return report
 
 
+_RUNTIME = {"gpu": "the gpu placement needs a runtime qc does not emit for",
+            "npu": "the npu placement needs Vela's command stream: --emit tflite"}
+
+
+def realized(target, emit: str) -> dict[str, Any]:
+    """What the artifact of ``emit`` does with the target's devices: ``devices`` it programs,
+    ``note`` in words. The per-device counts above it are qc's table; this is the output."""
+    accel = [d for d in target.devices if d != "cpu"]
+    if not accel:
+        return {"emit": emit, "devices": ["cpu"], "note": f"backend {emit} runs every unit on the cpu"}
+    if emit == "onnx" and target.backend == "onnx":
+        return {"emit": emit, "devices": list(target.devices),
+                "note": f"backend onnx: onnxruntime places the nodes when the session starts ({target.description}); "
+                        "the per-device counts model its kernel registrations"}
+    if emit == "tflite" and target.vela is not None:
+        return {"emit": emit, "devices": list(target.devices), "note": "backend tflite: Vela's split below is the "
+                "artifact's placement; qc's table above is an estimate (differences listed)"}
+    if emit == "tflite":
+        return {"emit": emit, "devices": ["cpu"],
+                "note": f"backend tflite runs every unit on the cpu of {target.name} in the TFLite interpreter; "
+                        + "; ".join(_RUNTIME.get(d, f"the {d} placement is not realized") for d in accel)}
+    return {"emit": emit, "devices": ["cpu"],
+            "note": f"backend {emit} runs every unit on the cpu of {target.name}; "
+                    + "; ".join(_RUNTIME.get(d, f"the {d} placement is not realized") for d in accel)}
+
+
 def _shape_lines(shapes: dict[str, Any]) -> list[str]:
     """``input shapes: x [1, 3, 1, 1] (assumed 1: axis 0 (-1), axis 2 (?)), ...`` and what to do;
     nothing for a model with static inputs and no --shape."""
@@ -94,10 +120,18 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
     """The terminal table: per device its units, then fallbacks, copies and the cost estimate.
     ``units=False`` (``qc check --brief``, the compile summary): only counts, and the fallbacks
     grouped by reason with a few examples each when there are more than 8."""
-    out = [f"{report['target']}: {report['units']} node units, preferred device {report['preferred_device']}"]
+    real = report.get("realized")
+    cpu_only = real is not None and real["devices"] == ["cpu"] and len(report["units_per_device"]) > 1
+    if cpu_only:
+        out = [f"{report['target']}: {report['units']} node units, all on the cpu in this output "
+               f"(the table's placement for preferred device {report['preferred_device']}, not realized:)"]
+    else:
+        out = [f"{report['target']}: {report['units']} node units, preferred device {report['preferred_device']}"
+               + (" (qc's table)" if real is not None and len(report["units_per_device"]) > 1 else "")]
     for dev, n in report["units_per_device"].items():
         ops = report["ops_per_device"].get(dev)
-        out.append(f"  on {dev}: {n} units" + (f", {ops} ops in all" if ops is not None else ""))
+        out.append(f"  {'table: ' if cpu_only else ''}on {dev}: {n} units"
+                   + (f", {ops} ops in all" if ops is not None else ""))
         if units:
             for p in report["placement"]:
                 if p["to"] != dev:
@@ -125,6 +159,8 @@ def format_placement(report: dict[str, Any], *, units: bool = True) -> str:
     note = f"; {c['units_without_shapes']} units without shapes not counted" if c["units_without_shapes"] else ""
     out.append(f"estimated cost: {_fmt_num(c['total'])} (compute {_fmt_num(c['compute'])} + copies "
                f"{_fmt_num(c['copy'])}; float32 CPU MAC = 1, nominal{note})")
+    if real is not None and len(report["units_per_device"]) > 1:  # one device: nothing to realize
+        out.append(f"realized: {real['note']}")
     legal = report.get("legalized", [])
     if legal:
         kinds = collections.Counter(r["change"] for r in legal)

@@ -1,0 +1,105 @@
+"""The models of issue 19 (Ethos-U through Vela) that benchmarks/cnn_models.py does not build.
+
+- ``resnet``: a ResNet-style CNN (stem 3x3/2 + MaxPool 3x3/2, basic blocks of two 3x3 convs with
+  BatchNormalization, Relu and a residual Add, 1x1/2 projection shortcuts, GlobalAveragePool,
+  Flatten, Gemm to 1000 classes), random He weights, 1x3x96x96; the batch norms recalibrated
+  on one random image as in cnn_models.py.
+- ``smollm2_mlp``: SmolLM2-135M's MLP block with random weights of its shapes (hidden 576,
+  intermediate 1536): down(silu(gate(x)) * up(x)), x 1x16x576; SiLU as x * Sigmoid(x).
+
+``build(name, out_dir)`` returns (model path, calibration samples as a list of feed dicts).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cnn_models import _Builder, _he, calibration, cnn_model, recalibrate_batchnorm
+
+SEED = 0
+
+
+def resnet(out: Path, hw: int = 96, widths: tuple[int, ...] = (32, 64, 128, 256), seed: int = SEED) -> Path:
+    b = _Builder(seed)
+
+    def relu(x: str) -> str:
+        y = b.name("relu")
+        b.nodes.append(helper.make_node("Relu", [x], [y]))
+        return y
+
+    x = relu(b.conv_bn("input", 3, widths[0], 3, 2, 1, False))
+    b.nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    x, cin = "pool", widths[0]
+    for stage, cout in enumerate(widths):
+        for i in range(2):
+            stride = 2 if stage > 0 and i == 0 else 1
+            h = relu(b.conv_bn(x, cin, cout, 3, stride, 1, False))
+            h = b.conv_bn(h, cout, cout, 3, 1, 1, False)
+            skip = x if stride == 1 and cin == cout else b.conv_bn(x, cin, cout, 1, stride, 1, False)
+            y = b.name("add")
+            b.nodes.append(helper.make_node("Add", [h, skip], [y]))
+            x, cin = relu(y), cout
+    b.nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
+                helper.make_node("Flatten", ["gap"], ["flat"]),
+                helper.make_node("Gemm", ["flat", b.const("fc_w", _he(b.rng, (1000, cin))),
+                                          b.const("fc_b", b.rng.uniform(-0.1, 0.1, 1000).astype(np.float32))],
+                                 ["logits"], transB=1)]
+    g = helper.make_graph(b.nodes, "resnet",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], b.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    recalibrate_batchnorm(model, "input", calibration((1, 3, hw, hw), 1, seed + 1)[0])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def smollm2_mlp(out: Path, tokens: int = 16, hidden: int = 576, inner: int = 1536, seed: int = SEED) -> Path:
+    rng = np.random.RandomState(seed)
+
+    def w(k: int, n: int) -> onnx.TensorProto:
+        return rng.randn(k, n).astype(np.float32) * np.float32(1 / np.sqrt(k))
+
+    inits = [numpy_helper.from_array(w(hidden, inner), "gate_w"), numpy_helper.from_array(w(hidden, inner), "up_w"),
+             numpy_helper.from_array(w(inner, hidden), "down_w")]
+    nodes = [helper.make_node("MatMul", ["x", "gate_w"], ["gate"]),
+             helper.make_node("Sigmoid", ["gate"], ["gate_sig"]),
+             helper.make_node("Mul", ["gate", "gate_sig"], ["silu"]),
+             helper.make_node("MatMul", ["x", "up_w"], ["up"]),
+             helper.make_node("Mul", ["silu", "up"], ["h"]),
+             helper.make_node("MatMul", ["h", "down_w"], ["y"])]
+    g = helper.make_graph(nodes, "smollm2_mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, hidden])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, hidden])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def build(name: str, out_dir: Path, samples: int = 8) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    out_dir = Path(out_dir)
+    if name == "mobilenetv2":
+        path, shape, _ = cnn_model(name, out_dir)
+        return path, [{"input": x} for x in calibration(shape, samples, SEED)]
+    if name == "resnet":
+        path = resnet(out_dir / "resnet.onnx")
+        return path, [{"input": x} for x in calibration((1, 3, 96, 96), samples, SEED)]
+    if name == "smollm2_mlp":
+        path = smollm2_mlp(out_dir / "smollm2_mlp.onnx")
+        rng = np.random.RandomState(SEED + 2)
+        return path, [{"x": rng.randn(1, 16, 576).astype(np.float32)} for _ in range(samples)]
+    raise ValueError(f"unknown model {name}")
+
+
+def calibration_npz(samples: list[dict[str, np.ndarray]], path: Path) -> Path:
+    name = next(iter(samples[0]))
+    np.savez(path, **{name: np.stack([s[name] for s in samples])})
+    return path

@@ -1,0 +1,109 @@
+"""Issue 19's figures: qc's int8 TFLite through Arm's Vela, and LiteRT against onnxruntime.
+
+    python benchmarks/tflite_vela.py [--models mobilenetv2,resnet,smollm2_mlp] [--targets ethos-u55,ethos-u65]
+
+For each model and Ethos-U target: `qc compile --quant w8a8 --emit tflite` (8 calibration samples),
+then Vela's summary (operators and MACs on the NPU, cycles, SRAM, flash) and how qc's table and
+Vela place the node units; once per model, LiteRT's interpreter on the TFLite against
+onnxruntime on qc's ONNX (the .qdq.onnx beside it), on a sample the calibration did not see:
+end to end against qc's ONNX and against its twin (qc's ONNX with the int32 biases and the
+requantization points the TFLite model adds, backends/tflite/oracle.py), and each TFLite operator
+alone on onnxruntime's int8 inputs (backends/tflite/check.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from npu_models import build, calibration_npz
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mobilenetv2,resnet,smollm2_mlp")
+    ap.add_argument("--targets", default="ethos-u55,ethos-u65")
+    args = ap.parse_args(argv)
+    import qc
+    from qc.backends.tflite import onnx_twin, to_tflite
+    from qc.backends.tflite.check import end_to_end, per_op
+
+    with tempfile.TemporaryDirectory(prefix="qc-tflite-bench-") as tmp:
+        work = Path(tmp)
+        for name in args.models.split(","):
+            path, samples = build(name, work, samples=9)
+            calib = calibration_npz(samples[:8], work / f"{name}_calib.npz")
+            for target in args.targets.split(","):
+                result = qc.compile(str(path), target=target, quant="w8a8", calibration=str(calib), emit="tflite",
+                                    holdout=0)
+                out = work / f"{name}-{target}.tflite"
+                oracle = result.write(str(out), measure=False)
+                v = result.vela
+                assert v is not None
+                diff = v["disagreements"]
+                print(f"{name:<12} {target:<10} NPU ops {v['npu_operators']}/{v['npu_operators'] + v['cpu_operators']}"
+                      f"  NPU MACs {100 * v['npu_mac_share']:.1f}% ({v['npu_macs']:,} of "
+                      f"{v['npu_macs'] + v['cpu_macs']:,})  cycles {v['cycles_total']:,} "
+                      f"({1e3 * v['inference_seconds']:.2f} ms)  SRAM {v['sram_kib']:.0f} KiB  "
+                      f"flash {v['flash_kib']:.0f} KiB  DRAM {v['dram_kib']:.0f} KiB  "
+                      f"CPU ops: {', '.join(sorted({c['op'] for c in v['cpu']})) or 'none'}  "
+                      f"qc table vs Vela: {len(diff)} of {v['units']} units differ")
+                result.close()
+            model = onnx.load(oracle)
+            lowering = to_tflite(model, samples[:8])
+            e2e = end_to_end(model, lowering, samples[8])
+            twin = end_to_end(onnx_twin(model, lowering), lowering, samples[8])
+            ops = per_op(model, lowering, samples[8])
+            worst = max(ops, key=lambda m: m.over_one)
+            ref, qdq, tfl = _outputs(path, model, lowering, samples[8])
+            print(f"{name:<12} SQNR against the float model: onnxruntime on qc's ONNX {_sqnr(ref, qdq):.2f} dB, "
+                  f"LiteRT on qc's TFLite {_sqnr(ref, tfl):.2f} dB")
+            for m in e2e:
+                print(f"{name:<12} LiteRT vs onnxruntime on qc's ONNX, end to end: {m.row()}")
+            for m in twin:
+                print(f"{name:<12} LiteRT vs onnxruntime on the twin (TFLite's requantization points), end to end: "
+                      f"{m.row()}")
+            print(f"{name:<12} LiteRT vs onnxruntime, per operator ({len(ops)} compared): worst "
+                  f"{worst.row()}; median >1 LSB "
+                  f"{100 * float(np.median([m.over_one for m in ops])):.2f}%")
+    return 0
+
+
+def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - x) ** 2), 1e-30)))
+
+
+def _outputs(float_path, model, lowering, sample):
+    """The first output of the float model and of qc's ONNX (onnxruntime, optimizations off), and
+    of the TFLite (LiteRT, dequantized, back in the ONNX layout)."""
+    import onnxruntime as ort
+
+    from qc.backends.tflite.check import interpreter, quantize_input
+    from qc.backends.tflite.schema import serialize
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(float_path), so).run(None, sample)[0]
+    qdq = ort.InferenceSession(model.SerializeToString(), so).run(None, sample)[0]
+    g = lowering.out
+    it = interpreter(serialize(g))
+    for d, i in zip(it.get_input_details(), g.inputs):
+        t = g.tensors[i]
+        s, zp = d["quantization"]
+        it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4))
+    it.invoke()
+    d = it.get_output_details()[0]
+    s, zp = d["quantization"]
+    out = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s
+    if out.ndim == 4:
+        out = out.transpose(0, 3, 1, 2)
+    return ref, qdq, out.reshape(ref.shape)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
