@@ -144,7 +144,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
                             "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
                             "vocab": low.outputs[0].size // low.step_tokens,
                             "ram_bytes": max(arena, chunk_arena) + E.cache_slot_offsets(low)[-1] * 4,
-                            "prefill_chunk": chunk.step_tokens if chunk else 1}
+                            "prefill_chunk": chunk.step_tokens if chunk else 1, "prefill_arena_bytes": chunk_arena}
     if threads is not None:
         report["threads"] = threads
         report["split_calls"] = sum(c.split is not None for c in low.calls)
