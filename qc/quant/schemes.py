@@ -188,6 +188,8 @@ def pipeline(opts: QuantOptions) -> str:
             collect.append("rows=512")
         if (s.calibrated or s.dynamic) and not opts.activation_pairs:
             collect.append("activation-pairs=false")
+        if _requantizes_conv(opts, s):
+            collect.append("output-ops=Conv")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
     bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
     passes.extend(outlier_passes(opts, s))
@@ -211,6 +213,9 @@ def pipeline(opts: QuantOptions) -> str:
         if opts.exclude:
             qa.append(f"exclude={opts.exclude}")
         passes.append("insert-qdq{" + ",".join(qa) + "}")
+        if _requantizes_conv(opts, s):
+            rq = [f"dtype={act}", f"method={method}"] + ([f"exclude={opts.exclude}"] if opts.exclude else [])
+            passes.append("requantize-outputs{" + ",".join(rq) + "}")
         passes.append("fold-qdq")
     if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
         lower = ["accuracy-level=4"] if s.name == "w4a8" else []
@@ -222,6 +227,12 @@ def pipeline(opts: QuantOptions) -> str:
     passes.append("dce")
     return ",".join(passes)
 
+
+
+def _requantizes_conv(opts: QuantOptions, s: Scheme) -> bool:
+    """Static schemes quantizing Convs give each Conv an output QuantizeLinear (requantize-outputs):
+    the Conv, its Relu / Clip and the requantization are then one integer unit."""
+    return s.calibrated and s.activations is not None and "Conv" in (opts.ops or DEFAULT_OPS).split(",")
 
 
 OUTLIER_CHOICES = ("none", "split", "smooth", "both")
