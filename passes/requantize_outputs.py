@@ -58,6 +58,9 @@ class RequantizeOutputs(Pass):
     only reader a QuantizeLinear), the Concat's scale and zero point are used instead: every
     input then has the Concat's parameters, and the Concat moves integers unchanged.
 
+    A result that is already quantized for one of its readers (the next Conv's input) and also read
+    as float (a residual Add) has its float readers read that pair's DequantizeLinear instead.
+
     Left alone: Convs whose input or weight is not quantized, Convs already followed by a
     QuantizeLinear (insert-qdq's pair of the next Conv), results that are graph outputs, and
     results without statistics (a remark each).
@@ -110,6 +113,11 @@ class RequantizeOutputs(Pass):
             if is_any_output(end) or not end.users():
                 ctx.remark(op, f"%{end.name} is a graph output; left float")
                 continue
+            if self._reuse_quantize(end):
+                ctx.remark(op, f"%{end.name}: its float readers now read the QuantizeLinear -> DequantizeLinear "
+                               "already there (the next Conv's input)")
+                changed = True
+                continue
             params = self._shared_concat_params(end)
             if params is None:
                 stats = calib.tensors.get(op.results[0].name)
@@ -140,6 +148,23 @@ class RequantizeOutputs(Pass):
         return scale, zp
 
     @staticmethod
+    def _reuse_quantize(end: Value) -> bool:
+        """``end`` is already quantized for one reader (insert-qdq's pair of a Conv input) but also
+        read as float (a residual Add): the float readers read that pair's DequantizeLinear too,
+        so that the QuantizeLinear is ``end``'s only reader and closes the unit."""
+        q = next((u for u in end.users() if u.op_type == "QuantizeLinear" and is_default_domain(u)
+                  and u.graph is end.producer.graph and u.operands[0] is end), None)
+        if q is None or q.results[0] is None:
+            return False
+        dq = next((u for u in q.results[0].users() if u.op_type == "DequantizeLinear" and is_default_domain(u)
+                   and u.graph is q.graph), None)
+        if dq is None or dq.operands[1:] != q.operands[1:]:
+            return False
+        for user, i in [(u, i) for u, i in end.uses() if isinstance(u, Op) and u is not q]:
+            user.set_operand(i, dq.results[0])
+        return True
+
+    @staticmethod
     def _shared_concat_params(end: Value) -> tuple[Value, Value] | None:
         """The scale and zero point of the QuantizeLinear that is the only reader of the Concat
         that is the only reader of ``end``, if so (with constant per-tensor parameters)."""
@@ -165,10 +190,10 @@ def _insert_pair(graph: Graph, end: Value, scale: Value, zp: Value) -> None:
     dtype = zp.const.dtype if zp.const is not None else DType.u8
     s = float(np.asarray(scale.const.numpy()).reshape(-1)[0])
     z = int(np.asarray(zp.const.numpy()).reshape(-1)[0])
-    q = Value(f"{end.name}.q", TensorType(dtype, shape, QuantParams(scale=s, zero_point=z)))
-    quant = Op("QuantizeLinear", [end, scale, zp], results=[q], name=f"{end.name}.quantize")
-    dq = Value(f"{end.name}.dq", TensorType(end.type.dtype, shape))
-    dequant = Op("DequantizeLinear", [q, scale, zp], results=[dq], name=f"{end.name}.dequantize")
+    q = Value(f"{end.name}.out.q", TensorType(dtype, shape, QuantParams(scale=s, zero_point=z)))
+    quant = Op("QuantizeLinear", [end, scale, zp], results=[q], name=f"{end.name}.out.quantize")
+    dq = Value(f"{end.name}.out.dq", TensorType(end.type.dtype, shape))
+    dequant = Op("DequantizeLinear", [q, scale, zp], results=[dq], name=f"{end.name}.out.dequantize")
     graph.insert_after(end.producer, quant)
     graph.insert_after(quant, dequant)
     for user, i in uses:
