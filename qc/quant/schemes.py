@@ -199,7 +199,16 @@ def pipeline(opts: QuantOptions) -> str:
         qw.append(f"block-size={block}")
     if opts.exclude:
         qw.append(f"exclude={opts.exclude}")
-    passes.append("quantize-weights{" + ",".join(qw) + "}")
+    conv7 = _conv_weights_7bit(opts, s, ops)
+    if conv7:
+        rest = ",".join(o for o in ops.split(",") if o != "Conv")
+        qw[qw.index(f"ops={ops}")] = f"ops={rest}"
+        if rest:
+            passes.append("quantize-weights{" + ",".join(qw) + "}")
+        c7 = ["bits=7", f"granularity={granularity}", "symmetric=true", "dtype=i8", f"algo={algo}", "ops=Conv"]
+        passes.append("quantize-weights{" + ",".join(c7 + [f"exclude={opts.exclude}"] * bool(opts.exclude)) + "}")
+    else:
+        passes.append("quantize-weights{" + ",".join(qw) + "}")
     if per_token(opts, s):
         passes.append("dynamic-per-token")  # the ops it does not take keep the per-tensor form below
     if act is not None:
@@ -227,6 +236,15 @@ def pipeline(opts: QuantOptions) -> str:
     passes.append("dce")
     return ",".join(passes)
 
+
+
+def _conv_weights_7bit(opts: QuantOptions, s: Scheme, ops: str) -> bool:
+    """Conv weights int8 with 7-bit codes (-63..63) where ``weight_dtype`` would store them u8 (x86
+    without VNNI, u8 activations): onnxruntime's u8 x u8 QLinearConv is many times slower than its
+    u8 x s8 one there (MobileNet-v2: 13x FP32's latency, benchmarks/cnn_w8a8.py), and 7-bit codes keep
+    the u8 x s8 pairwise int16 sums from saturating (onnxruntime's ``reduce_range`` advice)."""
+    return (s.weight_bits == 8 and "Conv" in ops.split(",") and (opts.weights or s.weights) != "block"
+            and weight_dtype(opts, s) == "u8" and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8")
 
 
 def _requantizes_conv(opts: QuantOptions, s: Scheme) -> bool:
