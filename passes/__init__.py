@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     cse,
     dce,
     dynamic_per_token,
+    equalize,
     fix_shapes,
     fold_batchnorm,
     fold_constants,

@@ -180,6 +180,8 @@ def pipeline(opts: QuantOptions) -> str:
     block = opts.block_size or 32
     act = activation_dtype(opts, s)
     method = opts.calib_method or "minmax"
+    if _requantizes_conv(opts, s):
+        passes.append("equalize")
     if needs_calibration(opts):
         collect = []
         if algo == "gptq":
