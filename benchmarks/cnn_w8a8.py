@@ -15,7 +15,7 @@ other ones):
   and onnxruntime's ``quantize_static`` (QDQ, u8 activations, s8 per-channel weights, MinMax,
   the same calibration images, ``op_types_to_quantize`` Conv / MatMul / Gemm like qc's: with
   its default op list it also quantizes the Softmax output to u8, which ruins the probabilities);
-- **latency**: onnxruntime CPU (all optimizations, default threads), every model's session
+- **latency**: onnxruntime CPU (all optimizations, ``--threads``), every model's session
   opened first, then ``--rounds`` interleaved rounds of ``--runs`` runs (benchmarks/latency.py's
   method); median ms and ratio to FP32.
 """
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", type=int, default=8, help="evaluation images (SQNR)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime intra-op threads (default: its own; 1 is steadier on a loaded machine)")
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static")
     ap.add_argument("--out", type=Path, default=None, help="keep the models here (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     sig += float(np.sum(a.astype(np.float64) ** 2))
                     noise += float(np.sum((a.astype(np.float64) - b) ** 2))
                 row[f"sqnr_{key}"] = metrics.sqnr_from(sig, noise)
-            sessions = {k: metrics.session(str(p), optimize=True) for k, p in paths.items()}
+            sessions = {k: metrics.session(str(p), optimize=True, threads=args.threads) for k, p in paths.items()}
             times: dict[str, list[float]] = {k: [] for k in paths}
             feeds = {input_name: evals[0]}
             for _ in range(args.rounds):
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_line(row), flush=True)
     print()
     print(f"w8a8, {args.calib} calibration / {args.eval} evaluation images, latency median of {args.rounds} "
-          f"interleaved rounds x {args.runs} runs (onnxruntime CPU, {os.cpu_count()} cores)")
+          f"interleaved rounds x {args.runs} runs (onnxruntime CPU, {os.cpu_count()} cores, "
+          f"{args.threads or 'default'} threads)")
     print("| model | float Conv units x86 / a76 / u55 | on NPU (u55) | SQNR qc | SQNR ort | fp32 ms | qc ms (vs fp32) "
           "| ort ms (vs fp32) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -8,6 +8,7 @@ from qc.pm import Pass, PassContext, register_pass, register_pipeline
 from qc.quant.schemes import OPTIMIZATION_PIPELINE
 
 from . import (  # noqa: F401
+    bias_correction,
     bind_inputs,
     calibrate,
     check_kernels,

@@ -39,7 +39,7 @@ class Observed:
     is_result: bool = False
 
 
-STATS_FORMAT = 2
+STATS_FORMAT = 3
 """Bumped when TensorStats gains fields, so that older --calib-cache files are recomputed."""
 
 
