@@ -13,7 +13,7 @@ from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
-from qc.quant.units import FLOATS, node_unit
+from qc.quant.units import FLOATS, clip_exact, node_unit
 
 from ._util import const_array, is_any_output, is_default_domain
 from .insert_qdq import ACTIVATION_DTYPES, storage_range
@@ -56,7 +56,8 @@ class RequantizeOutputs(Pass):
     sits at the lowest code and the QuantizeLinear's clamp does its work exactly (onnxruntime's
     ClipQuantFusion drops it). When the value's only reader is a Concat that is quantized (its
     only reader a QuantizeLinear), the Concat's scale and zero point are used instead: every
-    input then has the Concat's parameters, and the Concat moves integers unchanged.
+    input then has the Concat's parameters, and the Concat moves integers unchanged (only when the
+    activation's bounds still fall on its lowest and highest codes, so that the unit stays closed).
 
     A result that is already quantized for one of its readers (the next Conv's input) and also read
     as float (a residual Add) has its float readers read that pair's DequantizeLinear instead.
@@ -113,12 +114,12 @@ class RequantizeOutputs(Pass):
             if is_any_output(end) or not end.users():
                 ctx.remark(op, f"%{end.name} is a graph output; left float")
                 continue
-            if self._reuse_quantize(end):
+            if self._reuse_quantize(end, lo_b, hi_b):
                 ctx.remark(op, f"%{end.name}: its float readers now read the QuantizeLinear -> DequantizeLinear "
                                "already there (the next Conv's input)")
                 changed = True
                 continue
-            params = self._shared_concat_params(end)
+            params = self._shared_concat_params(end, lo_b, hi_b)
             if params is None:
                 stats = calib.tensors.get(op.results[0].name)
                 if stats is None or stats.count == 0:
@@ -148,13 +149,13 @@ class RequantizeOutputs(Pass):
         return scale, zp
 
     @staticmethod
-    def _reuse_quantize(end: Value) -> bool:
+    def _reuse_quantize(end: Value, lo: float, hi: float) -> bool:
         """``end`` is already quantized for one reader (insert-qdq's pair of a Conv input) but also
         read as float (a residual Add): the float readers read that pair's DequantizeLinear too,
         so that the QuantizeLinear is ``end``'s only reader and closes the unit."""
         q = next((u for u in end.users() if u.op_type == "QuantizeLinear" and is_default_domain(u)
                   and u.graph is end.producer.graph and u.operands[0] is end), None)
-        if q is None or q.results[0] is None:
+        if q is None or q.results[0] is None or not clip_exact(q, lo, hi):
             return False
         dq = next((u for u in q.results[0].users() if u.op_type == "DequantizeLinear" and is_default_domain(u)
                    and u.graph is q.graph), None)
@@ -165,9 +166,10 @@ class RequantizeOutputs(Pass):
         return True
 
     @staticmethod
-    def _shared_concat_params(end: Value) -> tuple[Value, Value] | None:
+    def _shared_concat_params(end: Value, lo: float, hi: float) -> tuple[Value, Value] | None:
         """The scale and zero point of the QuantizeLinear that is the only reader of the Concat
-        that is the only reader of ``end``, if so (with constant per-tensor parameters)."""
+        that is the only reader of ``end``, if so (with constant per-tensor parameters, and the
+        activation's bounds ``lo``, ``hi`` at its lowest and highest codes, so the unit stays closed)."""
         users = end.users()
         if len(users) != 1 or users[0].op_type != "Concat" or not is_default_domain(users[0]):
             return None
@@ -179,7 +181,7 @@ class RequantizeOutputs(Pass):
         if len(q.operands) < 3 or q.attr("block_size", 0):
             return None
         s, z = const_array(q.operands[1]), const_array(q.operands[2])
-        if s is None or z is None or s.size != 1 or z.size != 1:
+        if s is None or z is None or s.size != 1 or z.size != 1 or not clip_exact(q, lo, hi):
             return None
         return q.operands[1], q.operands[2]
 

@@ -206,7 +206,7 @@ def _clip_bounds(op: Op) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-def _clip_exact(q: Op, lo: float, hi: float) -> bool:
+def clip_exact(q: Op, lo: float, hi: float) -> bool:
     """Is ``Q(Clip(x, lo, hi)) == Q(x)`` for every x: lo quantizes to the lowest code and hi to the
     highest (Q is monotone), so that the QuantizeLinear's own clamp does the Clip's work?"""
     s = const_array(q.operands[1]) if len(q.operands) > 1 else None
@@ -239,7 +239,7 @@ def output_quantize(res: Value | None, graph: Graph | None = None) -> Op | None:
         if u.op_type == "QuantizeLinear":
             if relu and not _lowest_code(u):
                 return None
-            return u if clip == (-np.inf, np.inf) or _clip_exact(u, *clip) else None
+            return u if clip == (-np.inf, np.inf) or clip_exact(u, *clip) else None
         if u.op_type == "Relu":
             relu = True
         elif u.op_type == "Clip":
