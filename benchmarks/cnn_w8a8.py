@@ -11,7 +11,8 @@ other ones):
 - **float Conv units** on x86-avx2, cortex-a76 and ethos-u55: the Conv units ``qc check`` reports
   as "dequantize + float" on the target's preferred device (no integer kernel, no speed-up), of
   all Conv units; for ethos-u55 also how many Conv units are placed on the NPU;
-- **SQNR** (dB) of the output vs FP32 in onnxruntime (graph optimizations off), qc's x86 ONNX
+- **SQNR** (dB) of the output vs FP32 in onnxruntime (graph optimizations off; of the logits,
+  the input of the final Softmax, where the model ends in one), qc's x86 ONNX
   and onnxruntime's ``quantize_static`` (QDQ, u8 activations, s8 per-channel weights, MinMax,
   the same calibration images, ``op_types_to_quantize`` Conv / MatMul / Gemm like qc's: with
   its default op list it also quantizes the Softmax output to u8, which ruins the probabilities);
@@ -52,6 +53,21 @@ def conv_placement(placement: dict, preferred: str) -> tuple[int, int, int]:
     floats = [p for p in convs if p["to"] == preferred and not p["kernel"]]
     npu = [p for p in convs if p["to"] == "npu"]
     return len(convs), len(floats), len(npu)
+
+
+def _with_logits(path: Path, dst: Path) -> Path:
+    """The model with the input of the Softmax that makes its first output as a last output (a
+    saturated Softmax hides the error: its SQNR says nothing), or the model itself."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(model.graph.output[0].name)
+    if node is None or node.op_type != "Softmax":
+        return path
+    model.graph.output.append(onnx.ValueInfoProto(name=node.input[0]))
+    onnx.save(model, str(dst))
+    return dst
 
 
 def ort_static(src: Path, dst: Path, input_name: str, calib: np.ndarray) -> Path:
@@ -114,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
                     paths["qc"] = Path(res.write(out / f"{name}-qc-w8a8.onnx", measure=False))
             if not args.no_ort:
                 paths["ort"] = ort_static(src, out / f"{name}-ort-s8.onnx", input_name, calib)
-            ref = metrics.session(str(src))
+            ref = metrics.session(str(_with_logits(src, out / f"{name}-fp32-logits.onnx")))
             for key in ("qc", "ort"):
                 if key not in paths:
                     continue
-                sess = metrics.session(str(paths[key]))
+                sess = metrics.session(str(_with_logits(paths[key], out / f"{name}-{key}-logits.onnx")))
                 sig = noise = 0.0
                 for x in evals:
-                    (a,) = ref.run(None, {input_name: x})[:1]
-                    (b,) = sess.run(None, {input_name: x})[:1]
+                    a = ref.run(None, {input_name: x})[-1]
+                    b = sess.run(None, {input_name: x})[-1]
                     sig += float(np.sum(a.astype(np.float64) ** 2))
                     noise += float(np.sum((a.astype(np.float64) - b) ** 2))
                 row[f"sqnr_{key}"] = metrics.sqnr_from(sig, noise)

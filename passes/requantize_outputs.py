@@ -63,7 +63,8 @@ class RequantizeOutputs(Pass):
     as float (a residual Add) has its float readers read that pair's DequantizeLinear instead.
 
     Left alone: Convs whose input or weight is not quantized, Convs already followed by a
-    QuantizeLinear (insert-qdq's pair of the next Conv), results that are graph outputs, and
+    QuantizeLinear (insert-qdq's pair of the next Conv; a QAT model's learned one, even where the
+    activation cannot fold into it), results that are graph outputs, and
     results without statistics (a remark each).
     """
 
@@ -118,6 +119,10 @@ class RequantizeOutputs(Pass):
                 ctx.remark(op, f"%{end.name}: its float readers now read the QuantizeLinear -> DequantizeLinear "
                                "already there (the next Conv's input)")
                 changed = True
+                continue
+            if any(u.op_type == "QuantizeLinear" and is_default_domain(u) for u in end.users()):
+                ctx.remark(op, f"%{end.name} is already quantized with parameters its activation does not fold into "
+                               "(a QAT model's learned ones are kept); output left as it is")
                 continue
             params = self._shared_concat_params(end, lo_b, hi_b)
             if params is None:
