@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qc.errors import QCError
-from qc.ir.core import Module, Op
+from qc.ir.core import Module
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
 from qc.pm import Pass, PassContext, register_pass

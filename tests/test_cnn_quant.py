@@ -102,8 +102,8 @@ def test_requantized_conv_chain_runs_as_qlinearconv(tmp_path, target):
     npz = tmp_path / "calib.npz"
     np.savez(npz, x=images(8, 1))
     onnx.save(model, tmp_path / "chain.onnx")
-    res = qc.compile(str(tmp_path / "chain.onnx"), target=target, quant=QuantOptions("w8a8", form="qop"), calibration=str(npz),
-                     emit="onnx")
+    res = qc.compile(str(tmp_path / "chain.onnx"), target=target, quant=QuantOptions("w8a8", form="qop"),
+                     calibration=str(npz), emit="onnx")
     assert res.placement["emulated"] == [], res.placement["emulated"]
     path = res.write(tmp_path / "q.onnx", measure=False)
     q = onnx.load(path)

@@ -206,7 +206,8 @@ def pipeline(opts: QuantOptions) -> str:
         # the Conv weights' rounding error, as the quantize-weights below rounds them
         sym = "true" if conv7 else str(_weight_symmetric(opts, s)).lower()
         bc = [f"bits={7 if conv7 else bits}", f"granularity={granularity}", f"symmetric={sym}",
-              f"dtype={'i8' if conv7 else weight_dtype(opts, s)}"] + ([f"exclude={opts.exclude}"] if opts.exclude else [])
+              f"dtype={'i8' if conv7 else weight_dtype(opts, s)}"]
+        bc += [f"exclude={opts.exclude}"] if opts.exclude else []
         passes.append("bias-correction{" + ",".join(bc) + "}")
     if conv7:
         rest = ",".join(o for o in ops.split(",") if o != "Conv")

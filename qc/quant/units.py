@@ -21,6 +21,7 @@ the passes and the backends: this module imports only qc.ir, qc.errors and numpy
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,7 +219,10 @@ def clip_exact(q: Op, lo: float, hi: float) -> bool:
     s0, z0 = float(np.asarray(s, np.float32).reshape(())), int(z.reshape(()))
     if s0 <= 0:
         return False
-    code = lambda x: -np.inf if x == -np.inf else np.inf if x == np.inf else np.rint(np.float32(x) / np.float32(s0)) + z0  # noqa: E731
+
+    def code(x: float) -> float:
+        return x if math.isinf(x) else float(np.rint(np.float32(x) / np.float32(s0))) + z0
+
     return code(lo) <= info.min and code(hi) >= info.max
 
 
