@@ -79,15 +79,32 @@ def _unshare_initializers(model: onnx.ModelProto) -> None:
             seen.add(node.input[i])
 
 
+LIGHT = ("squeezenet", "resnet50", "shufflenet", "vgg19", "densenet121", "inception_v1", "inception_v2",
+         "bvlc_alexnet", "zfnet512")
+"""onnx/backend/test/data/light/light_NAME.onnx"""
+
+
+def light_input(name: str) -> str:
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
 def light_shufflenet(out: Path, seed: int = SEED) -> Path:
-    """light_shufflenet.onnx with its constant-folded weights replaced by He-scaled random ones
-    (BatchNormalization: scale 1 +- 0.1, bias +- 0.1, mean +- 0.1, variance 1 +- 0.1)."""
+    return light_model("shufflenet", out, seed)
+
+
+def light_model(name: str, out: Path, seed: int = SEED) -> Path:
+    """light_NAME.onnx with its constant-folded weights replaced by He-scaled random ones
+    (BatchNormalization: scale 1 +- 0.1, bias +- 0.1, mean +- 0.1, variance 1 +- 0.1; other 1-D
+    constants, biases: +- 0.1), each BatchNormalization's statistics then set from one image."""
     sys.path.insert(0, str(ROOT))
     from qc.backends.onnx import save_onnx
     from qc.frontend.onnx import import_onnx
     from qc.pm import PassManager
 
-    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_shufflenet.onnx"
+    src = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
     module = import_onnx(str(src))
     PassManager.parse("fold-constants{max-size=100000000,max-growth=100000000},dce").run(module)
     tmp = out.with_suffix(".folded.onnx")
@@ -113,7 +130,7 @@ def light_shufflenet(out: Path, seed: int = SEED) -> Path:
     del model.graph.input[:]
     model.graph.input.extend(keep)
     model.ir_version = max(model.ir_version, 7)
-    recalibrate_batchnorm(model, INPUT_NAME["shufflenet"], calibration(SHAPES["shufflenet"], 1, seed + 1)[0])
+    recalibrate_batchnorm(model, light_input(name), calibration((1, 3, 224, 224), 1, seed + 1)[0])
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out

@@ -8,12 +8,14 @@ from qc.pm import Pass, PassContext, register_pass, register_pipeline
 from qc.quant.schemes import OPTIMIZATION_PIPELINE
 
 from . import (  # noqa: F401
+    bias_correction,
     bind_inputs,
     calibrate,
     check_kernels,
     cse,
     dce,
     dynamic_per_token,
+    equalize,
     fix_decoder_shapes,
     fix_shapes,
     fold_batchnorm,
@@ -39,6 +41,7 @@ from . import (  # noqa: F401
     quantize_kv_cache,
     quantize_weights,
     remove_identity,
+    requantize_outputs,
     smooth_quant,
     split_outliers,
     to_fp16,

@@ -39,7 +39,7 @@ class Observed:
     is_result: bool = False
 
 
-STATS_FORMAT = 2
+STATS_FORMAT = 3
 """Bumped when TensorStats gains fields, so that older --calib-cache files are recomputed."""
 
 
@@ -56,7 +56,8 @@ class Calibrate(Pass):
 
     Observed (main graph, If branches, Loop bodies): the float, non-constant operands of the ops named in ``ops`` --
     MatMul A (features: last axis) and B (axis -2), Gemm A and B (transA/transB honoured),
-    Conv X (channels: axis 1) -- and, with ``outputs=true``, their results. Per-feature
+    Conv X (channels: axis 1) -- and, with ``outputs=true``, their results (``output-ops``: the
+    results of these op types only). Per-feature
     statistics (``channels``) are kept for operands multiplying a constant weight and for Conv
     inputs. Operands computed
     from constants only (Cast or DequantizeLinear of a weight) count as constants. Operands
@@ -104,6 +105,8 @@ class Calibrate(Pass):
     """samples per onnxruntime run (concatenated on axis 0; only with a symbolic batch dimension)"""
     outputs: bool = False
     """also observe the results of the ops (min/max/histogram only)"""
+    output_ops: str = ""
+    """also observe the results of these op types (comma-separated; requantize-outputs)"""
     activation_pairs: bool = True
     """also observe MatMuls of two activations (attention); insert-qdq's option of the same name"""
     jobs: int = 0
@@ -188,9 +191,10 @@ class Calibrate(Pass):
                 continue
             for v, axis, feeds_weight, per_feature in _operand_roles(op, constant):
                 add(v, axis, feeds_weight, per_feature)
-        if self.outputs:
+        result_types = types if self.outputs else frozenset(t.strip() for t in self.output_ops.split(",") if t.strip())
+        if result_types:
             for op in calibrated_ops(module):
-                if op.op_type in types and is_default_domain(op):
+                if op.op_type in result_types and is_default_domain(op):
                     for r in op.results:
                         add(r, -1, False, False, True)
         return out
@@ -204,7 +208,7 @@ class Calibrate(Pass):
         return {"stats_format": STATS_FORMAT, "ops": sorted(self.op_types()), "activation_pairs": self.activation_pairs,
                 "histogram": self.histogram, "channels": self.channels,
                 "hessian": self.hessian, "rows": self.rows, "outputs": self.outputs, "bins": DEFAULT_BINS,
-                "format": FORMAT_VERSION}
+                "format": FORMAT_VERSION, **({"output_ops": self.output_ops} if self.output_ops else {})}
 
     def _key(self, module: Module, observed: dict[str, Observed], data: CalibrationData) -> str:
         digest = hashlib.sha256()

@@ -92,7 +92,8 @@ class LowerQOp(Pass):
 
     conv (weights per-tensor or per-channel along axis 0; a Relu between the Conv and the
     QuantizeLinear is folded in when ``@yz`` is the bottom of the range, 0 for u8 or -128 for i8,
-    where the QuantizeLinear's clamp does the Relu's work exactly)::
+    where the QuantizeLinear's clamp does the Relu's work exactly; so is a Clip with constant
+    bounds that quantize to the lowest and highest codes, ReLU6 at a scale of 6/255)::
 
         %y = onnx.Conv(%x.dq, %W.dq, @B) {...}
         %y.q = onnx.QuantizeLinear(%y, @ys, @yz)
@@ -217,8 +218,9 @@ class _Lowerer:
         between = None
         if q.operands[0] is not y:
             between = q.operands[0].producer
-            if not relu or between is None or between.op_type != "Relu" or between.operands[0] is not y:
-                return None, None
+            if (not relu or between is None or between.op_type not in ("Relu", "Clip")
+                    or between.operands[0] is not y):
+                return None, None  # (a Clip there is exact: node_unit checked its bounds against Q's codes)
         if (len(q.operands) < 3 or q.operands[2] is None or q.attr("block_size", 0)
                 or q.attr("saturate", 1) != 1 or len(q.results) != 1 or q.results[0] is None):
             return None, None
@@ -226,7 +228,7 @@ class _Lowerer:
             return None, None
         if _dtype(q.results[0]) not in (DType.u8, DType.i8):
             return None, None
-        if between is not None:
+        if between is not None and between.op_type == "Relu":
             zp = const_array(q.operands[2], self.constants)
             bottom = {DType.u8: 0, DType.i8: -128}[_dtype(q.results[0])]
             if zp is None or int(np.asarray(zp).reshape(-1)[0]) != bottom:
@@ -464,7 +466,7 @@ class _Lowerer:
         if bias_q is not None:
             operands.append(bias_q)
         new = Op("QLinearConv", operands, results=0, name=op.name, attrs=dict(op.attrs))
-        what = "QLinearConv" + (" (the Relu folded in)" if relu else "")
+        what = "QLinearConv" + (f" (the {relu.op_type} folded in)" if relu else "")
         if not self._replace(g, quant, new, quant.results[0], what):
             return False
         if relu is not None and op.graph is g and not op.results[0]._uses:

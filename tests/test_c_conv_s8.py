@@ -240,15 +240,17 @@ def test_mobile_block_w8a8_matches_onnxruntime(tmp_path):
                emit="c").write(str(out), harness=True)
     report = load_report(out)
     kernels = report["kernels"]
-    # the block's depthwise conv requantizes with ReLU6 as its clamp; the last one feeds a float
-    # Relu -> GlobalAveragePool (no Q after it); the stem's ReLU6, read by the Add too (float), is
-    # the clamp of its float epilogue
-    assert kernels.get("conv dw s8 -> s8 (clip)") == 1 and kernels.get("conv dw s8 -> f32") == 1, kernels
+    # every conv requantizes to int8 (w8a8's requantize-outputs), its ReLU6 / Relu the clamp: the
+    # block's depthwise conv, the last one (a Relu -> GlobalAveragePool after it), the stem (its
+    # ReLU6 read by the Add too, which reads the next conv's int8 input dequantized)
+    assert kernels.get("conv dw s8 -> s8 (clip)") == 1 and kernels.get("conv dw s8 -> s8 (relu)") == 1, kernels
     # its 1x1 convs run qc_conv1x1_s8 (SDOT, NCHW in and out), the expand one with ReLU6 as its clamp
-    assert kernels.get("conv 1x1 s8 -> s8 (clip)") == 1 and kernels.get("conv 1x1 s8 -> f32") == 1, kernels
-    assert kernels.get("conv im2row s8 -> f32 (clip)") == 1, kernels
+    assert kernels.get("conv 1x1 s8 -> s8 (clip)") == 1 and kernels.get("conv 1x1 s8 -> s8") == 1, kernels
+    assert kernels.get("conv im2row s8 -> s8 (clip)") == 1, kernels
     assert "clip f32" not in kernels and "transpose s8" not in kernels, kernels
-    assert not any(k.startswith(("conv2d f32", "dequantize")) for k in kernels), kernels
+    assert not any(k.startswith("conv") and "-> f32" in k or k.startswith("conv2d f32") for k in kernels), kernels
+    # float only between the units: the residual Add's and the pooling's inputs
+    assert kernels.get("dequantize i8") == 3 and kernels.get("add f32") == 1, kernels
     xs = [np.random.RandomState(s).rand(1, 3, 20, 20).astype(np.float32) for s in (5, 6)]
     from qc.backends.c import emit_c, prepare
     from qc.frontend.onnx import import_onnx

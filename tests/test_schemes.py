@@ -22,7 +22,7 @@ def test_every_scheme_parses_into_registered_passes(name):
 
 
 def test_x86_without_vnni_keeps_uint8_on_both_sides():
-    p = passes(QuantOptions("w8a8", target_features=X86))
+    p = passes(QuantOptions("w8a8", ops="MatMul,Gemm", target_features=X86))
     assert "dtype=u8" in p["quantize-weights"] and "dtype=u8" in p["insert-qdq"]
     rr = passes(QuantOptions("w8a8", reduce_range=True, target_features=X86))
     assert "bits=7" in rr["quantize-weights"] and "dtype=i8" in rr["quantize-weights"]
@@ -61,3 +61,24 @@ def test_unknown_choices_are_errors():
         pipeline(QuantOptions("w3"))
     with pytest.raises(QCError, match="unknown weight algorithm 'hqq'"):
         pipeline(QuantOptions("w4", weight_algo="hqq"))
+
+
+def test_static_schemes_close_integer_conv_units():
+    """w8a8 with Convs: equalize before calibrating (the Conv results observed too), bias correction
+    right before the Conv weights are rounded, with their options, and an output QuantizeLinear per Conv;
+    on x86 without VNNI the Conv weights are int8 with 7-bit codes, the other weights u8."""
+    spec = pipeline(QuantOptions("w8a8", target_features=X86))
+    names = [p.name for p in PassManager.parse(spec).passes]
+    assert names.index("equalize") < names.index("calibrate") < names.index("bias-correction")
+    assert names[names.index("bias-correction") + 1] == "quantize-weights"
+    assert names.index("insert-qdq") + 1 == names.index("requantize-outputs") < names.index("fold-qdq")
+    assert "output-ops=Conv" in spec and "requantize-outputs{dtype=u8,method=minmax}" in spec
+    assert ("bias-correction{bits=7,granularity=channel,symmetric=true,dtype=i8},"
+            "quantize-weights{bits=8,granularity=channel,symmetric=true,dtype=u8,algo=rtn,ops=MatMul,Gemm},"
+            "quantize-weights{bits=7,granularity=channel,symmetric=true,dtype=i8,algo=rtn,ops=Conv}") in spec
+    arm = pipeline(QuantOptions("w8a8", target_features=ARM))
+    assert "bias-correction{bits=8,granularity=channel,symmetric=true,dtype=i8},quantize-weights{bits=8," in arm
+    assert "requantize-outputs{dtype=i8" in arm
+    for opts in (QuantOptions("w8a8", ops="MatMul,Gemm", target_features=ARM), QuantOptions("dyn8"),
+                 QuantOptions("w4")):
+        assert "requantize-outputs" not in pipeline(opts) and "equalize" not in pipeline(opts)

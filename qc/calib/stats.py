@@ -6,7 +6,7 @@ with another (``merge``); nothing keeps the activations themselves. It holds
 - ``min`` / ``max`` / ``count`` over the finite elements (``nonfinite`` counts NaN and +-inf,
   which are left out of every statistic);
 - per feature (the contraction axis ``axis``, by default the last): ``channel_absmax`` (max |x|)
-  and ``channel_abssum`` (sum |x|, float64), over ``rows`` rows;
+  and ``channel_abssum`` (sum |x|, float64) and ``channel_sum`` (sum x, float64), over ``rows`` rows;
 - a :class:`Histogram` of x;
 - optionally ``hessian``: ``sum_r x_r^T x_r`` in float64 over the rows of x reshaped to [-1, K]
   (what GPTQ needs; K*K float64, so only on request);
@@ -174,6 +174,7 @@ class TensorStats:
     rows: int = 0
     channel_absmax: np.ndarray | None = None
     channel_abssum: np.ndarray | None = None
+    channel_sum: np.ndarray | None = None      # per feature sum x, float64 (the means bias-correction needs)
     channel_min: np.ndarray | None = None      # per feature, float32 [K] (the range of any subset of columns)
     channel_max: np.ndarray | None = None
     hist: Histogram | None = None
@@ -259,12 +260,16 @@ class TensorStats:
             cmax = rows.max(axis=0).astype(np.float32)
             absmax = np.maximum(-cmin, cmax)
             abssum = np.abs(rows).sum(axis=0, dtype=np.float64)
+            total = rows.sum(axis=0, dtype=np.float64)
             if self.channel_absmax is None:
                 self.channel_absmax, self.channel_abssum = absmax, abssum
                 self.channel_min, self.channel_max = cmin, cmax
+                self.channel_sum = total
             else:
                 np.maximum(self.channel_absmax, absmax, out=self.channel_absmax)
                 self.channel_abssum += abssum
+                if self.channel_sum is not None:
+                    self.channel_sum += total
                 np.minimum(self.channel_min, cmin, out=self.channel_min)
                 np.maximum(self.channel_max, cmax, out=self.channel_max)
         if self.hessian_enabled:
@@ -308,11 +313,14 @@ class TensorStats:
             if self.channel_absmax is None:
                 self.channel_absmax = other.channel_absmax.copy()
                 self.channel_abssum = other.channel_abssum.copy()
+                self.channel_sum = None if other.channel_sum is None else other.channel_sum.copy()
                 self.channel_min = other.channel_min.copy()
                 self.channel_max = other.channel_max.copy()
             else:
                 np.maximum(self.channel_absmax, other.channel_absmax, out=self.channel_absmax)
                 self.channel_abssum += other.channel_abssum
+                self.channel_sum = (None if self.channel_sum is None or other.channel_sum is None
+                                    else self.channel_sum + other.channel_sum)
                 np.minimum(self.channel_min, other.channel_min, out=self.channel_min)
                 np.maximum(self.channel_max, other.channel_max, out=self.channel_max)
         if other.hessian is not None:
@@ -323,7 +331,7 @@ class TensorStats:
     # -- (de)serialization helpers --------------------------------------------------------
     _SCALARS = ("channels", "histogram", "hessian_enabled", "max_rows", "axis", "bins",
                 "min", "max", "count", "nonfinite", "zeros", "rows")
-    _ARRAYS = ("channel_absmax", "channel_abssum", "channel_min", "channel_max", "hessian", "row_sample",
+    _ARRAYS = ("channel_absmax", "channel_abssum", "channel_sum", "channel_min", "channel_max", "hessian", "row_sample",
                "row_priority")
 
     def _meta(self) -> dict:

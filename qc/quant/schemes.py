@@ -180,6 +180,8 @@ def pipeline(opts: QuantOptions) -> str:
     block = opts.block_size or 32
     act = activation_dtype(opts, s)
     method = opts.calib_method or "minmax"
+    if _requantizes_conv(opts, s):
+        passes.append("equalize")
     if needs_calibration(opts):
         collect = []
         if algo == "gptq":
@@ -188,6 +190,8 @@ def pipeline(opts: QuantOptions) -> str:
             collect.append("rows=512")
         if (s.calibrated or s.dynamic) and not opts.activation_pairs:
             collect.append("activation-pairs=false")
+        if _requantizes_conv(opts, s):
+            collect.append("output-ops=Conv")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
     bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
     passes.extend(outlier_passes(opts, s))
@@ -197,7 +201,23 @@ def pipeline(opts: QuantOptions) -> str:
         qw.append(f"block-size={block}")
     if opts.exclude:
         qw.append(f"exclude={opts.exclude}")
-    passes.append("quantize-weights{" + ",".join(qw) + "}")
+    conv7 = _conv_weights_7bit(opts, s, ops)
+    if _requantizes_conv(opts, s) and granularity in ("tensor", "channel") and algo == "rtn":
+        # the Conv weights' rounding error, as the quantize-weights below rounds them
+        sym = "true" if conv7 else str(_weight_symmetric(opts, s)).lower()
+        bc = [f"bits={7 if conv7 else bits}", f"granularity={granularity}", f"symmetric={sym}",
+              f"dtype={'i8' if conv7 else weight_dtype(opts, s)}"]
+        bc += [f"exclude={opts.exclude}"] if opts.exclude else []
+        passes.append("bias-correction{" + ",".join(bc) + "}")
+    if conv7:
+        rest = ",".join(o for o in ops.split(",") if o != "Conv")
+        qw[qw.index(f"ops={ops}")] = f"ops={rest}"
+        if rest:
+            passes.append("quantize-weights{" + ",".join(qw) + "}")
+        c7 = ["bits=7", f"granularity={granularity}", "symmetric=true", "dtype=i8", f"algo={algo}", "ops=Conv"]
+        passes.append("quantize-weights{" + ",".join(c7 + [f"exclude={opts.exclude}"] * bool(opts.exclude)) + "}")
+    else:
+        passes.append("quantize-weights{" + ",".join(qw) + "}")
     if per_token(opts, s):
         passes.append("dynamic-per-token")  # the ops it does not take keep the per-tensor form below
     if act is not None:
@@ -211,6 +231,9 @@ def pipeline(opts: QuantOptions) -> str:
         if opts.exclude:
             qa.append(f"exclude={opts.exclude}")
         passes.append("insert-qdq{" + ",".join(qa) + "}")
+        if _requantizes_conv(opts, s):
+            rq = [f"dtype={act}", f"method={method}"] + ([f"exclude={opts.exclude}"] if opts.exclude else [])
+            passes.append("requantize-outputs{" + ",".join(rq) + "}")
         passes.append("fold-qdq")
     if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
         lower = ["accuracy-level=4"] if s.name == "w4a8" else []
@@ -222,6 +245,21 @@ def pipeline(opts: QuantOptions) -> str:
     passes.append("dce")
     return ",".join(passes)
 
+
+
+def _conv_weights_7bit(opts: QuantOptions, s: Scheme, ops: str) -> bool:
+    """Conv weights int8 with 7-bit codes (-63..63) where ``weight_dtype`` would store them u8 (x86
+    without VNNI, u8 activations): onnxruntime's u8 x u8 QLinearConv is many times slower than its
+    u8 x s8 one there (MobileNet-v2: 13x FP32's latency, benchmarks/cnn_w8a8.py), and 7-bit codes keep
+    the u8 x s8 pairwise int16 sums from saturating (onnxruntime's ``reduce_range`` advice)."""
+    return (s.weight_bits == 8 and "Conv" in ops.split(",") and (opts.weights or s.weights) != "block"
+            and weight_dtype(opts, s) == "u8" and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8")
+
+
+def _requantizes_conv(opts: QuantOptions, s: Scheme) -> bool:
+    """Static schemes quantizing Convs give each Conv an output QuantizeLinear (requantize-outputs):
+    the Conv, its Relu / Clip and the requantization are then one integer unit."""
+    return s.calibrated and s.activations is not None and "Conv" in (opts.ops or DEFAULT_OPS).split(",")
 
 
 OUTLIER_CHOICES = ("none", "split", "smooth", "both")

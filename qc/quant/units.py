@@ -21,6 +21,7 @@ the passes and the backends: this module imports only qc.ir, qc.errors and numpy
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,11 +193,45 @@ def _lowest_code(q: Op) -> bool:
     return int(a.reshape(())) == (np.iinfo(a.dtype).min if np.issubdtype(a.dtype, np.integer) else 1)
 
 
+def _clip_bounds(op: Op) -> tuple[float, float] | None:
+    """(lo, hi) of a Clip with constant (or absent) bounds, else None."""
+    if len(op.operands) == 1 and (op.attr("min", None) is not None or op.attr("max", None) is not None):
+        return float(op.attr("min", -np.inf)), float(op.attr("max", np.inf))  # opset < 11
+    bounds = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        v = op.operands[i] if len(op.operands) > i else None
+        c = const_array(v) if v is not None else None
+        if v is not None and (c is None or c.size != 1):
+            return None
+        bounds.append(default if c is None else float(np.asarray(c, np.float32).reshape(-1)[0]))
+    return bounds[0], bounds[1]
+
+
+def clip_exact(q: Op, lo: float, hi: float) -> bool:
+    """Is ``Q(Clip(x, lo, hi)) == Q(x)`` for every x: lo quantizes to the lowest code and hi to the
+    highest (Q is monotone), so that the QuantizeLinear's own clamp does the Clip's work?"""
+    s = const_array(q.operands[1]) if len(q.operands) > 1 else None
+    zp = q.operands[2] if len(q.operands) > 2 else None
+    z = const_array(zp) if zp is not None else np.zeros((), np.uint8)
+    if s is None or z is None or s.size != 1 or z.size != 1 or not np.issubdtype(z.dtype, np.integer):
+        return False
+    info = np.iinfo(z.dtype)
+    s0, z0 = float(np.asarray(s, np.float32).reshape(())), int(z.reshape(()))
+    if s0 <= 0:
+        return False
+
+    def code(x: float) -> float:
+        return x if math.isinf(x) else float(np.rint(np.float32(x) / np.float32(s0))) + z0
+
+    return code(lo) <= info.min and code(hi) >= info.max
+
+
 def output_quantize(res: Value | None, graph: Graph | None = None) -> Op | None:
     """The QuantizeLinear that quantizes ``res``, directly or through ops that onnxruntime moves it
-    across (MaxPool, Reshape, ...), or a Relu that it removes because the zero point is the lowest code.
+    across (MaxPool, Reshape, ...), or a Relu / constant Clip that it removes because the Clip's
+    bounds quantize to the lowest and highest codes (a Relu's: the zero point is the lowest code).
     With ``graph``: only ops of that graph, each reading the value once, as its first input."""
-    v, relu = res, False
+    v, relu, clip = res, False, (-np.inf, np.inf)
     while v is not None:
         users = v.users()
         if (len(users) != 1 or users[0].domain not in ("", "ai.onnx")
@@ -206,9 +241,16 @@ def output_quantize(res: Value | None, graph: Graph | None = None) -> Op | None:
         if graph is not None and (u.graph is not graph or v.uses() != ((u, 0),)):
             return None
         if u.op_type == "QuantizeLinear":
-            return u if not relu or _lowest_code(u) else None
+            if relu and not _lowest_code(u):
+                return None
+            return u if clip == (-np.inf, np.inf) or clip_exact(u, *clip) else None
         if u.op_type == "Relu":
             relu = True
+        elif u.op_type == "Clip":
+            b = _clip_bounds(u)
+            if b is None:
+                return None
+            clip = (max(clip[0], b[0]), min(clip[1], b[1]))
         elif u.op_type not in _Q_TRANSPARENT:
             return None
         v = u.results[0] if u.results else None
