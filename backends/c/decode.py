@@ -73,7 +73,8 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
             }}
             {call};
             for (t = 0; t < CHUNK; ++t) {{
-                if ((all || i + t == n - 1) && !put(chunk_logits + (size_t)t * VOCAB, sizeof(float), VOCAB)) return 0;
+                if (write && (all || i + t == n - 1)
+                    && !put(chunk_logits + (size_t)t * VOCAB, sizeof(float), VOCAB)) return 0;
             }}
             (void)poss;
             i += CHUNK;
