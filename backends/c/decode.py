@@ -77,6 +77,7 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
                     && !put(chunk_logits + (size_t)t * VOCAB, sizeof(float), VOCAB)) return 0;
             }}
             (void)poss;
+            memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
             i += CHUNK;
             past += CHUNK;
             continue;
