@@ -37,6 +37,7 @@ from . import (  # noqa: F401
     quantize_kv_cache,
     quantize_weights,
     remove_identity,
+    rotate,
     smooth_quant,
     split_outliers,
     to_fp16,
