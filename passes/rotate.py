@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qc.errors import QCError
 from qc.ir.core import Graph, Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.tensor import Tensor
@@ -14,10 +15,11 @@ from qc.pm import Pass, PassContext, register_pass
 
 from . import _fuse as F
 from . import _hadamard as H
-from ._scaling import NameTable
+from ._scaling import NameTable, first_op, matmuls_by_input
 from ._util import const_array, constant_consts, is_default_domain, lift_constant_weights, opsets_for
 
 NORM_DOMAINS = ("", "ai.onnx", "qc")
+ONLINE = ("down", "all", "none")
 
 
 @dataclass
@@ -74,8 +76,15 @@ class Rotate(Pass):
 
     seed: int = 0
     """seed of the random signs of Q (same seed, same model)"""
-    online: bool = True
-    """an online Hadamard before the MLP down projection, its inverse folded into the weight"""
+    online: str = "down"
+    """online Hadamards (their inverse folded into the weights) before: "down" the MLP down
+    projection, "all" also every other linear whose input is not rotated (attention output
+    projection; every linear of a stream left alone, e.g. a post-norm encoder), or "none"
+    """
+
+    def validate(self) -> None:
+        if self.online not in ONLINE:
+            raise QCError(f"rotate: online must be one of {', '.join(ONLINE)}, got '{self.online}'")
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         lifted = lift_constant_weights(module, {"MatMul"}) > 0
@@ -87,6 +96,7 @@ class Rotate(Pass):
         report = ctx.cache.setdefault("rotate", [])
         changed = lifted
         claimed: set[int] = set()
+        done: set[int] = set()   # MatMuls whose input is rotated already
         for op in list(graph):
             if op.graph is not graph or id(op) in claimed or not _is_table(op, constants):
                 continue
@@ -97,7 +107,8 @@ class Rotate(Pass):
                 continue
             claimed.update(id(t) for t in region.tables)
             q, how = H.randomized_hadamard(region.d, self.seed)
-            onlines = self._apply(graph, region, q, constants, names, shared)
+            onlines = self._apply(graph, region, q, constants, names, shared, done)
+            done.update(id(op) for op, _ in region.readers)
             report.append({"hidden": region.d, "rotation": how, "tables": [t.name for t in region.tables],
                            "readers": [r.name for r, _ in region.readers],
                            "writers": [w.name for w, _, _ in region.writers], "online": onlines})
@@ -106,10 +117,34 @@ class Rotate(Pass):
                            f"{len(region.writers)} writing linears, {len(onlines)} online Hadamard(s)"
                            + (f" ({onlines[0]['how']})" if onlines else ""))
             changed = True
+        if self.online == "all":
+            changed |= self._online_inputs(module, done, names, shared, ctx)
         return changed
 
+    def _online_inputs(self, module: Module, done: set[int], names: NameTable, shared: dict[str, Value],
+                       ctx: PassContext) -> bool:
+        """An online Hadamard before every other group of MatMuls with constant weights reading one input."""
+        graph = module.graph
+        count, hows = 0, set()
+        order = {id(op): i for i, op in enumerate(graph)}
+        ours = {id(v) for v in shared.values()}
+        for ops in matmuls_by_input(module):
+            if any(id(op) in done or id(op.operands[1]) in ours for op in ops):
+                continue
+            weights = [const_array(op.operands[1]).astype(np.float64) for op in ops]
+            online = _online_hadamard(graph, ops[0].operands[0], ops, first_op(graph, ops, order), names, shared)
+            if online is None:
+                continue
+            for op, w in zip(ops, weights):
+                _replace_const(graph, op, 1, online[0].T @ w, names)
+            count += 1
+            hows.add(online[1])
+        if count:
+            ctx.remark(None, f"{count} online Hadamard(s) before the other linears: {', '.join(sorted(hows))}")
+        return count > 0
+
     def _apply(self, graph: Graph, r: Region, q: np.ndarray, constants: set[int], names: NameTable,
-               shared: dict[str, Value]) -> list[dict]:
+               shared: dict[str, Value], done: set[int]) -> list[dict]:
         for t in r.tables:
             _replace_const(graph, t, 0, const_array(t.operands[0]).astype(np.float64) @ q, names)
         for op, index in r.offsets:
@@ -119,10 +154,11 @@ class Rotate(Pass):
         onlines = []
         for mm, bias, bias_index in r.writers:
             w = const_array(mm.operands[1]).astype(np.float64)
-            if self.online and w.shape[0] != r.d:
-                online = _online_hadamard(graph, mm, names, shared)
+            if self.online != "none" and w.shape[0] != r.d:
+                online = _online_hadamard(graph, mm.operands[0], [mm], mm, names, shared)
                 if online is not None:
                     w = online[0].T @ w
+                    done.add(id(mm))
                     onlines.append({"op": mm.name, "size": w.shape[0], "how": online[1]})
             _replace_const(graph, mm, 1, w @ q, names)
             if bias is not None:
@@ -325,13 +361,15 @@ def _drop_if_unused(graph: Graph, v: Value) -> None:
         _drop_if_unused(graph, src)
 
 
-def _online_hadamard(graph: Graph, mm: Op, names: NameTable, shared: dict[str, Value]) -> tuple[np.ndarray, str] | None:
-    """Insert ``%a.h = %a H`` before ``mm`` (its input ``%a`` [..., K]); H and how it is built."""
-    a = mm.operands[0]
+def _online_hadamard(graph: Graph, a: Value, consumers: list[Op], anchor: Op, names: NameTable,
+                     shared: dict[str, Value]) -> tuple[np.ndarray, str] | None:
+    """Make ``consumers`` read ``%a.h = %a H`` (inserted before ``anchor``; ``%a`` [..., K]);
+    H and how it is built."""
     t = a.type
-    if not isinstance(t, TensorType) or t.shape is None or len(t.shape) < 2:
+    if not isinstance(t, TensorType) or t.shape is None or len(t.shape) < 2 or not isinstance(t.shape[-1], int):
         return None
-    k = int(const_array(mm.operands[1]).shape[0])
+    k = int(t.shape[-1])
+    mm = anchor
     lead = tuple(t.shape[:-1])
     keep = [0] * len(lead)
     fs = H.factors(k)
@@ -340,7 +378,8 @@ def _online_hadamard(graph: Graph, mm: Op, names: NameTable, shared: dict[str, V
         mat = _shared_const(graph, names, shared, f"rotate.dense{k}", h)
         out = Value(names.fresh(f"{a.name}.h"), t)
         graph.insert_before(mm, Op("MatMul", [a, mat], results=[out], name=f"{out.name}/MatMul"))
-        mm.set_operand(0, out)
+        for c in consumers:
+            c.set_operand(0, out)
         return h, f"dense random orthogonal {k}x{k} (no Hadamard of order {k} here)"
     x = a
     for j, f in enumerate(fs):
@@ -364,7 +403,8 @@ def _online_hadamard(graph: Graph, mm: Op, names: NameTable, shared: dict[str, V
                          np.array(keep + [k], np.int64))
     out = Value(names.fresh(f"{a.name}.h"), t)
     graph.insert_before(mm, Op("Reshape", [x, back], results=[out], name=f"{out.name}/Reshape"))
-    mm.set_operand(0, out)
+    for c in consumers:
+        c.set_operand(0, out)
     return H.normalized(fs), "Hadamard " + " x ".join(map(str, fs)) + " online"
 
 

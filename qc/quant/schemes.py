@@ -33,6 +33,7 @@ class QuantOptions:
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
     smooth_alpha: float = 0.5
+    rotate: bool = False                # rotate the residual stream first (the rotate pass)
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
     kv_cache_dtype: str = "float32"     # KV-cache decoders: float32 | int8 (quantize-kv-cache)
     target_features: tuple[str, ...] = ()
@@ -168,6 +169,8 @@ def pipeline(opts: QuantOptions) -> str:
     """The pipeline string for ``opts`` (the default optimization pipeline first)."""
     s = scheme(opts.scheme)
     passes = [OPTIMIZATION_PIPELINE]
+    if opts.rotate:
+        passes.append("rotate")   # before calibrate: the statistics are those of the rotated activations
     if s.name == "fp16":
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS
