@@ -20,6 +20,9 @@ from ._util import const_array, constant_consts, is_default_domain, lift_constan
 
 NORM_DOMAINS = ("", "ai.onnx", "qc")
 ONLINE = ("down", "all", "none")
+ONLINE_OP = "rotate.hadamard"
+"""The name every op of an online Hadamard ends with (quantization schemes exclude them: the
+Hadamard's input still has its outliers, its output is what gets quantized)."""
 
 
 @dataclass
@@ -377,7 +380,7 @@ def _online_hadamard(graph: Graph, a: Value, consumers: list[Op], anchor: Op, na
         h = H.random_orthogonal(k, np.random.default_rng(k))
         mat = _shared_const(graph, names, shared, f"rotate.dense{k}", h)
         out = Value(names.fresh(f"{a.name}.h"), t)
-        graph.insert_before(mm, Op("MatMul", [a, mat], results=[out], name=f"{out.name}/MatMul"))
+        graph.insert_before(mm, Op("MatMul", [a, mat], results=[out], name=f"{out.name}/{ONLINE_OP}"))
         for c in consumers:
             c.set_operand(0, out)
         return h, f"dense random orthogonal {k}x{k} (no Hadamard of order {k} here)"
@@ -388,7 +391,7 @@ def _online_hadamard(graph: Graph, a: Value, consumers: list[Op], anchor: Op, na
         shape = _shared_const(graph, names, shared, "rotate.shape." + "x".join(map(str, keep + list(dims))),
                               np.array(keep + list(dims), np.int64))
         xr = Value(names.fresh(f"{a.name}.h{j}.in"), TensorType(t.dtype, lead + dims))
-        graph.insert_before(mm, Op("Reshape", [x, shape], results=[xr], name=f"{xr.name}/Reshape"))
+        graph.insert_before(mm, Op("Reshape", [x, shape], results=[xr], name=f"{xr.name}/{ONLINE_OP}"))
         hf = H.hadamard(f).astype(np.float64) / np.sqrt(f)
         xo = Value(names.fresh(f"{a.name}.h{j}"), TensorType(t.dtype, lead + dims))
         if right > 1:
@@ -397,12 +400,12 @@ def _online_hadamard(graph: Graph, a: Value, consumers: list[Op], anchor: Op, na
         else:
             mat = _shared_const(graph, names, shared, f"rotate.h{f}", hf)
             operands = [xr, mat]
-        graph.insert_before(mm, Op("MatMul", operands, results=[xo], name=f"{xo.name}/MatMul"))
+        graph.insert_before(mm, Op("MatMul", operands, results=[xo], name=f"{xo.name}/{ONLINE_OP}"))
         x = xo
     back = _shared_const(graph, names, shared, f"rotate.shape.{'x'.join(map(str, keep))}x{k}",
                          np.array(keep + [k], np.int64))
     out = Value(names.fresh(f"{a.name}.h"), t)
-    graph.insert_before(mm, Op("Reshape", [x, back], results=[out], name=f"{out.name}/Reshape"))
+    graph.insert_before(mm, Op("Reshape", [x, back], results=[out], name=f"{out.name}/{ONLINE_OP}"))
     for c in consumers:
         c.set_operand(0, out)
     return H.normalized(fs), "Hadamard " + " x ".join(map(str, fs)) + " online"

@@ -165,9 +165,15 @@ def needs_opset(opts: QuantOptions) -> int:
     return 13
 
 
+ROTATE_ONLINE_OPS = r"rotate\.hadamard$"
+"""The ops of rotate's online Hadamards (passes/rotate.py ONLINE_OP): left float, their output is quantized."""
+
+
 def pipeline(opts: QuantOptions) -> str:
     """The pipeline string for ``opts`` (the default optimization pipeline first)."""
     s = scheme(opts.scheme)
+    if opts.rotate:
+        opts = replace(opts, exclude=f"{opts.exclude}|{ROTATE_ONLINE_OPS}" if opts.exclude else ROTATE_ONLINE_OPS)
     passes = [OPTIMIZATION_PIPELINE]
     if opts.rotate:
         passes.append("rotate")   # before calibrate: the statistics are those of the rotated activations
@@ -243,10 +249,11 @@ def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
                       + (" and --outliers split to dyn8" if choice != "split" or s.name not in DYNAMIC_SPLIT else "")
                       + f", not {s.name}", hint="its activations are not calibrated")
     out = []
+    exclude = f",exclude={opts.exclude}" if opts.rotate else ""
     if choice in ("smooth", "both"):
-        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}}}")
+        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}{exclude}}}")
     if choice in ("split", "both"):
-        split = [f"mode={opts.outlier_mode}"]
+        split = [f"mode={opts.outlier_mode}"] + ([exclude[1:]] if exclude else [])
         split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
                      else f"max-fraction={opts.outlier_fraction:g}")
         out.append("split-outliers{" + ",".join(split) + "}")
