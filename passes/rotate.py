@@ -376,18 +376,22 @@ def _online_hadamard(graph: Graph, a: Value, consumers: list[Op], anchor: Op, na
     lead = tuple(t.shape[:-1])
     keep = [0] * len(lead)
     fs = H.factors(k)
-    if fs is None:
-        h = H.random_orthogonal(k, np.random.default_rng(k))
-        mat = _shared_const(graph, names, shared, f"rotate.dense{k}", h)
+    if fs is None or len(fs) == 1:
+        if fs is None:
+            h, key = H.random_orthogonal(k, np.random.default_rng(k)), f"rotate.dense{k}"
+            how = f"dense random orthogonal {k}x{k} online (no Hadamard of order {k} here)"
+        else:
+            h, key, how = H.normalized(fs), f"rotate.h{k}", f"Hadamard {k} online"
+        mat = _shared_const(graph, names, shared, key, h)
         out = Value(names.fresh(f"{a.name}.h"), t)
         graph.insert_before(mm, Op("MatMul", [a, mat], results=[out], name=f"{out.name}/{ONLINE_OP}"))
         for c in consumers:
             c.set_operand(0, out)
-        return h, f"dense random orthogonal {k}x{k} (no Hadamard of order {k} here)"
+        return h, how
     x = a
     for j, f in enumerate(fs):
         left, right = int(np.prod(fs[:j], dtype=np.int64)), int(np.prod(fs[j + 1:], dtype=np.int64))
-        dims = (left, f, right) if right > 1 else (left, f)
+        dims = ((left,) if left > 1 else ()) + (f,) + ((right,) if right > 1 else ())
         shape = _shared_const(graph, names, shared, "rotate.shape." + "x".join(map(str, keep + list(dims))),
                               np.array(keep + list(dims), np.int64))
         xr = Value(names.fresh(f"{a.name}.h{j}.in"), TensorType(t.dtype, lead + dims))
