@@ -163,8 +163,12 @@ def test_layernorm_stream_is_left_alone_with_a_remark():
 def test_bad_option_and_pipeline():
     with pytest.raises(QCError, match="online must be one of down, all, none"):
         PassManager.parse("rotate{online=some}")
-    spec = pipeline(QuantOptions("w8a8", rotate=True, outliers="none"))
-    assert spec.index("rotate") < spec.index("calibrate") and "smooth-quant" not in spec and "split-outliers" not in spec
+    spec = pipeline(QuantOptions("w8a8", rotate="down", outliers="none"))
+    assert spec.index("rotate{online=down}") < spec.index("calibrate")
+    assert "smooth-quant" not in spec and "split-outliers" not in spec
+    assert "quantize-weights{" in spec and spec.count(r"exclude=rotate\.hadamard$") == 2   # weights and insert-qdq
+    with pytest.raises(QCError, match="unknown rotate online Hadamards 'some'"):
+        pipeline(QuantOptions("w8a8", rotate="some"))
 
 
 def test_cli_rotate_needs_quant(qc_cli, tmp_path):
@@ -172,3 +176,19 @@ def test_cli_rotate_needs_quant(qc_cli, tmp_path):
     onnx.save(layernorm_block(), path)
     r = qc_cli("compile", path, "--target", "x86-avx2", "--rotate", "-o", str(tmp_path / "out.onnx"))
     assert r.returncode == 2 and "--rotate is a step of quantization" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_w8a8_keeps_the_online_hadamards_float_and_quantizes_their_output(smollm2_path, tmp_path):
+    ids = np.random.default_rng(2).integers(0, 49152, (4, 1, 16)).astype(np.int64)
+    np.savez(tmp_path / "calib.npz", input_ids=ids)
+    ctx = PassContext(calibration_data=from_npz(str(tmp_path / "calib.npz")), quiet=True)
+    module = qc.import_onnx(onnx.load(smollm2_path))
+    PassManager.parse(pipeline(QuantOptions("w8a8", rotate="down", outliers="none")), ctx=ctx).run(module)
+    out = qc.export_onnx(module)
+    producers = {o: n for n in out.graph.node for o in n.output}
+    hadamards = [n for n in out.graph.node if n.name.endswith("rotate.hadamard") and n.op_type == "MatMul"]
+    assert len(hadamards) == 2 * 3     # 1536 = 12 x 32 x 4 per layer
+    for n in hadamards:
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input), n.name
+    down = next(n for n in out.graph.node if n.name == "/model/layers/0/mlp/down_proj/MatMul")
+    assert [producers[i].op_type for i in down.input] == ["DequantizeLinear", "DequantizeLinear"]

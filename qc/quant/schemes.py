@@ -33,7 +33,7 @@ class QuantOptions:
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
     smooth_alpha: float = 0.5
-    rotate: bool = False                # rotate the residual stream first (the rotate pass)
+    rotate: str = ""                    # rotate first (the rotate pass); its online Hadamards: down | all | none
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
     kv_cache_dtype: str = "float32"     # KV-cache decoders: float32 | int8 (quantize-kv-cache)
     target_features: tuple[str, ...] = ()
@@ -176,7 +176,9 @@ def pipeline(opts: QuantOptions) -> str:
         opts = replace(opts, exclude=f"{opts.exclude}|{ROTATE_ONLINE_OPS}" if opts.exclude else ROTATE_ONLINE_OPS)
     passes = [OPTIMIZATION_PIPELINE]
     if opts.rotate:
-        passes.append("rotate")   # before calibrate: the statistics are those of the rotated activations
+        if opts.rotate not in ("down", "all", "none"):
+            raise QCError(f"unknown rotate online Hadamards '{opts.rotate}'", hint="one of down, all, none")
+        passes.append(f"rotate{{online={opts.rotate}}}")   # before calibrate: the rotated activations' statistics
     if s.name == "fp16":
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS
