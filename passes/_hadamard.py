@@ -8,7 +8,7 @@ random orthogonal matrix (:func:`random_orthogonal`).
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -27,7 +27,7 @@ def _jacobsthal(q: int) -> np.ndarray:
     return chi[idx]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _paley(n: int) -> np.ndarray | None:
     """An order-n Hadamard matrix (entries +-1) from a Paley construction, or None."""
     q = n - 1
@@ -49,7 +49,7 @@ def _paley(n: int) -> np.ndarray | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def hadamard(n: int) -> np.ndarray:
     """The order-n Hadamard matrix (+-1 entries, not normalized) for n a power of two or a
     Paley order; raises ValueError otherwise."""

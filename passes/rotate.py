@@ -312,7 +312,8 @@ def _writer(r: Region, add: Op, index: int, constants: set[int], where: str) -> 
     if not F.only_used_by(u, add):
         raise NotRotated(f"{where}: %{u.name} is added to the stream and read elsewhere")
     p = u.producer
-    if p is not None and p.graph is add.graph and _is_table(p, constants) and const_array(p.operands[0]).shape[1] == r.d:
+    if p is not None and p.graph is add.graph and _is_table(p, constants) \
+            and const_array(p.operands[0]).shape[1] == r.d:
         r.tables.append(p)
         return
     bias, bias_index = None, 0
