@@ -74,6 +74,11 @@ METHODS = {
                     {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none", "calib_method": "mse"}}),
     "qc-w8a8-rr": ("qc --quant w8a8 --outliers none --reduce-range (7-bit int8 weights)", {"kind": "qc", "quant": {
         "scheme": "w8a8", "outliers": "none", "reduce_range": True}}),
+    "qc-w8a8-rotate": ("qc --quant w8a8 --rotate --outliers none (residual stream rotated, no float16 columns)",
+                       {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none", "rotate": "down"}}),
+    "qc-w8a8-rotate-all": ("qc --quant w8a8 --rotate all --outliers none (also an online Hadamard before every "
+                           "other linear: post-norm encoders)",
+                           {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none", "rotate": "all"}}),
     "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "quant": {"scheme": "dyn8"}}),
     "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "quant": {
         "scheme": "dyn8", "reduce_range": True}}),

@@ -42,6 +42,7 @@ from . import (  # noqa: F401
     quantize_weights,
     remove_identity,
     requantize_outputs,
+    rotate,
     smooth_quant,
     split_outliers,
     to_fp16,

@@ -301,6 +301,11 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="budget / error modes: at most this fraction of columns in float16 (default %(default)s)")
     q.add_argument("--smooth-alpha", type=float, default=0.5, metavar="A",
                    help="SmoothQuant migration strength (default %(default)s)")
+    q.add_argument("--rotate", nargs="?", const="down", choices=("down", "all", "none"), metavar="ONLINE",
+                   help="rotate the residual stream of pre-norm decoders by a randomized Hadamard matrix first "
+                   "(QuaRot; the rotate pass), so that activations lose their outliers, e.g. with --outliers none; "
+                   "ONLINE: where online Hadamards go, 'down' (the MLP down projection, the default), 'all' (also "
+                   "every other linear whose input is not rotated: post-norm encoders) or 'none'")
     q.add_argument("--reduce-range", action="store_true", help="8-bit weights with 7-bit codes (faster u8 x s8 "
                    "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
     q.add_argument("--kv-cache-dtype", choices=("float32", "int8"), default="float32",
@@ -442,6 +447,9 @@ def cmd_compile(args) -> int:
         raise QCError("--report describes a quantized model", hint="add --quant SCHEME")
     if args.accuracy and args.quant is None:
         raise QCError("--accuracy needs --quant SCHEME")
+    if getattr(args, "rotate", None) and args.quant is None:
+        raise QCError("--rotate is a step of quantization", hint="add --quant SCHEME, or rotate the float "
+                      "model with `qc opt MODEL -p rotate -o OUT.onnx`")
     quant = _quant_options(args, target) if args.quant else None
     pipeline = None if quant is not None else _pipeline_spec(args)
     if quant is not None and args.pipeline is not None:

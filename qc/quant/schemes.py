@@ -33,6 +33,7 @@ class QuantOptions:
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
     smooth_alpha: float = 0.5
+    rotate: str = ""                    # rotate first (the rotate pass); its online Hadamards: down | all | none
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
     kv_cache_dtype: str = "float32"     # KV-cache decoders: float32 | int8 (quantize-kv-cache)
     target_features: tuple[str, ...] = ()
@@ -164,10 +165,20 @@ def needs_opset(opts: QuantOptions) -> int:
     return 13
 
 
+ROTATE_ONLINE_OPS = r"rotate\.hadamard$"
+"""The ops of rotate's online Hadamards (passes/rotate.py ONLINE_OP): left float, their output is quantized."""
+
+
 def pipeline(opts: QuantOptions) -> str:
     """The pipeline string for ``opts`` (the default optimization pipeline first)."""
     s = scheme(opts.scheme)
+    if opts.rotate:
+        opts = replace(opts, exclude=f"{opts.exclude}|{ROTATE_ONLINE_OPS}" if opts.exclude else ROTATE_ONLINE_OPS)
     passes = [OPTIMIZATION_PIPELINE]
+    if opts.rotate:
+        if opts.rotate not in ("down", "all", "none"):
+            raise QCError(f"unknown rotate online Hadamards '{opts.rotate}'", hint="one of down, all, none")
+        passes.append(f"rotate{{online={opts.rotate}}}")   # before calibrate: the rotated activations' statistics
     if s.name == "fp16":
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS
@@ -278,10 +289,11 @@ def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
                       + (" and --outliers split to dyn8" if choice != "split" or s.name not in DYNAMIC_SPLIT else "")
                       + f", not {s.name}", hint="its activations are not calibrated")
     out = []
+    exclude = f",exclude={opts.exclude}" if opts.rotate else ""
     if choice in ("smooth", "both"):
-        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}}}")
+        out.append(f"smooth-quant{{alpha={opts.smooth_alpha:g}{exclude}}}")
     if choice in ("split", "both"):
-        split = [f"mode={opts.outlier_mode}"]
+        split = [f"mode={opts.outlier_mode}"] + ([exclude[1:]] if exclude else [])
         split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
                      else f"max-fraction={opts.outlier_fraction:g}")
         out.append("split-outliers{" + ",".join(split) + "}")
