@@ -64,8 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "out", "bench"))
     args = p.parse_args(argv)
 
-    import qc.models
     from vs_ort import build_fp32, calibration_data
+
+    import qc.models
 
     os.makedirs(args.out, exist_ok=True)
     fp32 = build_fp32(args.model, args.out)
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
           f"tokens of the calibration text; {len(names)} linears")
     shown = sorted(names, key=lambda n: -before[n][1])[:args.rows] if args.rows else names
     width = max(len(n) for n in shown)
-    print(f"{'linear (its activation)':<{width}}  {'max|x| before':>13}  {'after':>9}  {'crest before':>12}  {'after':>7}")
+    print(f"{'linear (its activation)':<{width}}  {'max|x| before':>13}  {'after':>9}  "
+          f"{'crest before':>12}  {'after':>7}")
     for n in shown:
         (mb, cb), (ma, ca) = before[n], after[n]
         print(f"{n:<{width}}  {mb:13.4g}  {ma:9.4g}  {cb:12.1f}  {ca:7.1f}")
