@@ -396,7 +396,7 @@ def test_cli_emit_c_errors(tmp_path, capsys):
     assert "input 'x' has no static shape; give it one with --shape x=Nx2" in capsys.readouterr().err
     assert main(["compile", str(tmp_path / "m.onnx"), "--target", "x86-avx2", "-o", str(tmp_path / "m2.onnx"),
                  "--shape", "x=3x2"]) == 2
-    assert "--shape and --emit-harness describe C output; add --emit c" in capsys.readouterr().err
+    assert "--shape, --max-context and --emit-harness describe C output; add --emit c" in capsys.readouterr().err
     assert main(["compile", str(tmp_path / "m.onnx"), "--target", "cortex-a76", "-o", str(tmp_path / "c3"),
                  "--shape", "x=3by2"]) == 2
     assert "--shape: cannot read 'x=3by2'; write NAME=AxB" in capsys.readouterr().err

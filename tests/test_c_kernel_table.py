@@ -3,6 +3,8 @@ the gemm variant comes from the table; the loader checks c_kernel; the lowering 
 each other without a cycle."""
 from __future__ import annotations
 
+import re
+
 import ast
 from pathlib import Path
 
@@ -55,7 +57,8 @@ def test_c_kernel_is_checked_by_the_loader(tmp_path):
     with pytest.raises(QCError, match=rf"bad.toml:{line}: kernels.cpu\[\d+\].c_kernel: 'gemm s8' is not a C kernel"):
         load_target(str(bad))
     onnx_target = tmp_path / "onnx.toml"
-    onnx_target.write_text(base.replace('backend = "c"', 'backend = "onnx"'))
+    no_compiler = re.sub(r"\[compiler\]\n(?:[^\[\n].*\n)*", "", base)  # a [compiler] allows --emit c
+    onnx_target.write_text(no_compiler.replace('backend = "c"', 'backend = "onnx"'))
     with pytest.raises(QCError, match=r"c_kernel: names a C kernel, but the target's backend is 'onnx'"):
         load_target(str(onnx_target))
 

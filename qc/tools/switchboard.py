@@ -31,15 +31,18 @@ _QUANTIZE = ("QuantizeLinear", "DynamicQuantizeLinear")
 
 
 class SnapshotWeights(Instrument):
-    """Keeps the main graph's float consts as they are just before ``quantize-weights`` runs."""
+    """Keeps the main graph's float consts as they are just before ``quantize-weights`` runs (the
+    first time: a scheme may run it twice, e.g. MatMul weights then 7-bit Conv weights, and the
+    second must not replace the float weights the first one quantized)."""
 
     def __init__(self) -> None:
         self.consts: dict[str, Tensor] = {}
 
     def before_pass(self, p, module: Module, index: int) -> None:
         if p.name == "quantize-weights":
-            self.consts = {name: v.const for name, v in module.graph.consts.items()
-                           if isinstance(v.const, Tensor) and v.const.dtype in (DType.f32, DType.f16)}
+            for name, v in module.graph.consts.items():
+                if isinstance(v.const, Tensor) and v.const.dtype in (DType.f32, DType.f16):
+                    self.consts.setdefault(name, v.const)
 
 
 @dataclass
