@@ -3,9 +3,8 @@ the gemm variant comes from the table; the loader checks c_kernel; the lowering 
 each other without a cycle."""
 from __future__ import annotations
 
-import re
-
 import ast
+import re
 from pathlib import Path
 
 import pytest

@@ -168,7 +168,7 @@ def test_bad_option_and_pipeline():
     spec = pipeline(QuantOptions("w8a8", rotate="down", outliers="none"))
     assert spec.index("rotate{online=down}") < spec.index("calibrate")
     assert "smooth-quant" not in spec and "split-outliers" not in spec
-    assert "quantize-weights{" in spec and spec.count(r"exclude=rotate\.hadamard$") == 4  # weights, bias, qdq, requantize
+    assert "quantize-weights{" in spec and spec.count(r"exclude=rotate\.hadamard$") == 4  # 4 passes
     with pytest.raises(QCError, match="unknown rotate online Hadamards 'some'"):
         pipeline(QuantOptions("w8a8", rotate="some"))
 
