@@ -203,12 +203,18 @@ def mobilenetv2(out: Path, width: float = 0.5, hw: int = 128, seed: int = SEED) 
             x, cin = h, cout
     last = 1280 if width <= 1.0 else _divisible(1280 * width)
     x = b.conv_bn(x, cin, last, 1, 1, 1, True)
+    return classifier(b, x, last, "mobilenetv2", hw, out, seed)
+
+
+def classifier(b: _Builder, x: str, channels: int, name: str, hw: int, out: Path, seed: int) -> Path:
+    """End a CNN body *x* of *channels* with GlobalAveragePool, Flatten and a 1000-class Gemm
+    (random He weights), recalibrate its BatchNorms on one image, check and save it to *out*."""
     b.nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
                 helper.make_node("Flatten", ["gap"], ["flat"]),
-                helper.make_node("Gemm", ["flat", b.const("fc_w", _he(b.rng, (1000, last))),
+                helper.make_node("Gemm", ["flat", b.const("fc_w", _he(b.rng, (1000, channels))),
                                           b.const("fc_b", b.rng.uniform(-0.1, 0.1, 1000).astype(np.float32))],
                                  ["logits"], transB=1)]
-    g = helper.make_graph(b.nodes, "mobilenetv2",
+    g = helper.make_graph(b.nodes, name,
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
                           [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cnn_models import _Builder, _he, calibration, cnn_model, recalibrate_batchnorm
+from cnn_models import _Builder, calibration, classifier, cnn_model
 
 SEED = 0
 
@@ -44,20 +44,7 @@ def resnet(out: Path, hw: int = 96, widths: tuple[int, ...] = (32, 64, 128, 256)
             y = b.name("add")
             b.nodes.append(helper.make_node("Add", [h, skip], [y]))
             x, cin = relu(y), cout
-    b.nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
-                helper.make_node("Flatten", ["gap"], ["flat"]),
-                helper.make_node("Gemm", ["flat", b.const("fc_w", _he(b.rng, (1000, cin))),
-                                          b.const("fc_b", b.rng.uniform(-0.1, 0.1, 1000).astype(np.float32))],
-                                 ["logits"], transB=1)]
-    g = helper.make_graph(b.nodes, "resnet",
-                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], b.inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    recalibrate_batchnorm(model, "input", calibration((1, 3, hw, hw), 1, seed + 1)[0])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(out))
-    return out
+    return classifier(b, x, cin, "resnet", hw, out, seed)
 
 
 def smollm2_mlp(out: Path, tokens: int = 16, hidden: int = 576, inner: int = 1536, seed: int = SEED) -> Path:

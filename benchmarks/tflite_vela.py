@@ -83,20 +83,13 @@ def _outputs(float_path, model, lowering, sample):
     of the TFLite (LiteRT, dequantized, back in the ONNX layout)."""
     import onnxruntime as ort
 
-    from qc.backends.tflite.check import interpreter, quantize_input
-    from qc.backends.tflite.schema import serialize
+    from qc.backends.tflite.check import run_tflite
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ref = ort.InferenceSession(str(float_path), so).run(None, sample)[0]
     qdq = ort.InferenceSession(model.SerializeToString(), so).run(None, sample)[0]
-    g = lowering.out
-    it = interpreter(serialize(g))
-    for d, i in zip(it.get_input_details(), g.inputs):
-        t = g.tensors[i]
-        s, zp = d["quantization"]
-        it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4))
-    it.invoke()
+    it = run_tflite(lowering, sample)
     d = it.get_output_details()[0]
     s, zp = d["quantization"]
     out = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s

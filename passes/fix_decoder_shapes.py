@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
+
 from qc.errors import QCError
 from qc.ir.core import Module
 from qc.onnx.kv_layout import KVLayout, recognize_module
@@ -10,8 +12,6 @@ from qc.pm import Pass, PassContext, register_pass
 
 from .bind_inputs import BindInputs
 from .fix_shapes import FixShapes
-
-FLOAT_CACHE = 1  # onnx.TensorProto.FLOAT
 
 
 @register_pass("fix-decoder-shapes")
@@ -74,7 +74,7 @@ def decoder_layout(module: Module) -> KVLayout:
         raise QCError("the model has no key/value cache (no past_key_values.* inputs with present.* outputs)",
                       hint="the C decode runtime is for KV-cache decoders; compile a plain model with --shape")
     for pair in layout.pairs:
-        if pair.past.elem_type != FLOAT_CACHE or pair.kind not in ("key", "value"):
+        if pair.past.elem_type != onnx.TensorProto.FLOAT or pair.kind not in ("key", "value"):
             raise QCError(f"cache input '{pair.past.name}' is not a float32 key or value",
                           hint="the C decode runtime keeps a float32 cache: compile without --kv-cache-dtype int8")
         if any(not isinstance(d, int) for i, d in enumerate(pair.past.dims) if i not in (0, pair.seq_axis)):

@@ -106,9 +106,10 @@ def _check_causal(mask: Value, n: int, s: int, op: Op) -> None:
         raise QCError("the attention mask over the KV cache is not a constant after fix-decoder-shapes: it "
                       "depends on more than the attention mask and the shapes", where=where,
                       hint="the C decode runtime serves causal masks over the whole cache")
-    m = np.broadcast_to(mask.const.numpy(), (1, 1, s, n)).reshape(s, n) if mask.const.numpy().ndim <= 4 else None
-    if m is None:
-        raise QCError("the attention mask is not [batch, heads, seq, total]", where=where)
+    try:
+        m = np.broadcast_to(mask.const.numpy(), (1, 1, s, n)).reshape(s, n)
+    except ValueError:
+        raise QCError("the attention mask does not broadcast to [1, 1, seq, total]", where=where) from None
     visible = np.arange(n)[None, :] <= (n - s) + np.arange(s)[:, None]
     if not (np.all(m[visible] == 0.0) and np.all(m[~visible] <= MASKED)):
         hidden = int(np.count_nonzero(m[visible] != 0.0))

@@ -18,6 +18,7 @@ natively or under the target's qemu and implements qc.tools.generate's Stepper p
 from __future__ import annotations
 
 import os
+import platform
 import struct
 import subprocess
 from collections.abc import Sequence
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from qc.errors import QCError
+from qc.passes.fuse_cached_attention import ROLE_PREFIX
 
+from .emit import PROFILE_HOOK
 from .lowering import Lowered
-
-ROLE_PREFIX = "qc.decode."
 
 
 def decode_roles(metadata: Sequence[tuple[str, str]]) -> dict[str, str]:
@@ -101,21 +102,8 @@ static float kv_cache[({P}_KV_CACHE_BYTES + 3u) / 4u + 4u];
 static float logits[{P}_OUTPUT0_ELEMS];
 static int64_t ids[1], pos[1] = {{0}};
 
-#if defined(QC_PROFILE) && defined(__aarch64__)
-/* benchmarks/arm/insn_count.c's marker: a failing write(-1, 0, 0) with x3 = "qcMARK", x4 = label */
-static void mark(unsigned long label)
-{{
-    register long x0 __asm__("x0") = -1;
-    register long x1 __asm__("x1") = 0;
-    register long x2 __asm__("x2") = 0;
-    register unsigned long x3 __asm__("x3") = 0x71634d41524bul;
-    register unsigned long x4 __asm__("x4") = label;
-    register long x8 __asm__("x8") = 64;
-    __asm__ volatile("svc #0" : "+r"(x0) : "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x8) : "memory");
-}}
-#else
-#define mark(label) ((void)0)
-#endif
+{PROFILE_HOOK}
+#define mark(label) QC_PROF(label)  /* benchmarks/arm/insn_count.c's marker, with -DQC_PROFILE */
 
 static int put(const void *data, size_t size, size_t count)
 {{
@@ -224,8 +212,6 @@ def open_stepper(out_dir: str, *, build: bool = True) -> CStepper:
             raise QCError(f"make harness failed: {done.stderr.strip()[-2000:]}", where=out_dir)
     runner: list[str] = []
     env: dict[str, str] = {}
-    import platform
-
     if "aarch64" in cc and platform.machine() not in ("aarch64", "arm64"):
         runner = list(report.get("qemu") or ["qemu-aarch64"])
         env["QEMU_LD_PREFIX"] = "/usr/aarch64-linux-gnu"

@@ -72,6 +72,10 @@ class IntTables:
             self.names[key] = f"{self.prefix}_k{len(self.names)}"
         return self.names[key]
 
+    def define(self, ctype: str, values: tuple[int, ...], name: str) -> None:
+        """Declare the table *name* of *values* (for code that refers to it by name)."""
+        self.names[(ctype, tuple(int(v) for v in values))] = name
+
     def declarations(self) -> str:
         return "".join(f"static const {ct} {name}[{len(vals)}] = {{{', '.join(map(str, vals))}}};\n"
                        for (ct, vals), name in self.names.items())
@@ -209,7 +213,7 @@ def model_c(low: Lowered, prefix: str, headers: list[str], threads: int | None =
     body = render_calls(low.calls, tables, tasks)
     if low.cache_slots:
         offs = cache_slot_offsets(low)[:-1]
-        tables.names[("long", tuple(offs))] = f"{prefix}_cache_offsets"
+        tables.define("long", tuple(offs), f"{prefix}_cache_offsets")
     out += ["#include <math.h>", "#include <stddef.h>", "", PROFILE_HOOK,
             f"extern const uint64_t {weights or prefix}_weights[];", "",
             "/* shapes, strides and offsets of the calls below */",

@@ -81,9 +81,8 @@ def _to_tflite_layout(ref: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return ref.reshape(shape)
 
 
-def end_to_end(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.ndarray]) -> list[Mismatch]:
-    """Each output of the TFLite model against qc's ONNX (int8 outputs as integers, float
-    outputs in steps of the TFLite output's scale)."""
+def run_tflite(lowering: Lowering, sample: dict[str, np.ndarray]) -> Any:
+    """LiteRT's interpreter of the lowered TFLite, invoked on *sample* (quantized to its inputs)."""
     g = lowering.out
     it = interpreter(serialize(g))
     for d, i in zip(it.get_input_details(), g.inputs):
@@ -91,6 +90,14 @@ def end_to_end(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.
         s, zp = d["quantization"]
         it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4))
     it.invoke()
+    return it
+
+
+def end_to_end(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.ndarray]) -> list[Mismatch]:
+    """Each output of the TFLite model against qc's ONNX (int8 outputs as integers, float
+    outputs in steps of the TFLite output's scale)."""
+    g = lowering.out
+    it = run_tflite(lowering, sample)
     sess = _ort(model, [])
     feeds = {i.name for i in sess.get_inputs()}
     refs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: v for k, v in sample.items()
