@@ -3,8 +3,9 @@ the accuracy of each scheme through the decode path.
 
     python benchmarks/generate.py --exact          # cached greedy == recomputed greedy, 5 prompts x 64 tokens
     python benchmarks/generate.py --speed          # decode tokens/s at 16, 256 and 1024 tokens of context
-    python benchmarks/generate.py --schemes        # w8a8 / dyn8 / w4a8, float and int8 cache: perplexity
-                                                   # in one pass vs through the decode path
+    python benchmarks/generate.py --schemes        # w8a8 / dyn8 / w4a8, float and int8 cache, and
+                                                   # onnxruntime's quantizers: perplexity in one pass
+                                                   # vs through the decode path
     python benchmarks/generate.py --all --work DIR --json OUT.json
 
 Models are SmolLM2-135M-Instruct as ``qc models build smollm2-135m --kv-cache`` writes it,
@@ -26,6 +27,10 @@ PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
            "Explain what a compiler does in two sentences.", "List three uses of a raspberry pi.",
            "Tell me a short story about a robot who learns to paint.")
 SCHEMES = ("w8a8", "dyn8", "w4a8")
+# onnxruntime.quantization on the same KV-cache model (benchmarks/vs_ort.py's workers)
+ORT_METHODS = {"ort-dynamic-channel": {"kind": "dynamic", "per_channel": True},
+               "ort-static-channel": {"kind": "static", "per_channel": True},
+               "ort-int4-b32": {"kind": "int4", "block_size": 32}}
 
 
 def build(work: Path) -> Path:
@@ -102,11 +107,50 @@ def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int) -
         rows[name] = {"one_pass": one_pass, "decode": decode, "decode_vs_one_pass": decode / one_pass - 1}
         print(f"  {name:10s} perplexity {one_pass:8.3f} one pass, {decode:8.3f} decode path "
               f"({100 * (decode / one_pass - 1):+.2f}%)", flush=True)
+    calib = None
+    for name, kwargs in ORT_METHODS.items():
+        import vs_ort
+
+        path = work / f"smollm2-kv-{name}.onnx"
+        if kwargs["kind"] == "static" and calib is None:
+            calib = kv_calibration_npz(model, work, samples)
+        if not path.exists():
+            done = vs_ort.run_worker(dict(kwargs, fp32=str(model), output=str(path), calib=calib), timeout=3600)
+            if "error" in done:
+                rows[name] = {"error": done["error"]}
+                print(f"  {name:10s} failed: {done['error']}", flush=True)
+                continue
+        one_pass = metrics.perplexity(str(path), ids, progress=False)
+        decode = metrics.decode_perplexity(str(path), ids, progress=False)
+        rows[name] = {"one_pass": one_pass, "decode": decode, "decode_vs_one_pass": decode / one_pass - 1}
+        print(f"  {name:10s} perplexity {one_pass:8.3f} one pass, {decode:8.3f} decode path "
+              f"({100 * (decode / one_pass - 1):+.2f}%)", flush=True)
     for s in SCHEMES:
         rows[f"{s}-kv8"]["kv8_cost"] = rows[f"{s}-kv8"]["decode"] / rows[s]["decode"] - 1
         print(f"  {s}: int8 KV cache costs {100 * rows[f'{s}-kv8']['kv8_cost']:+.2f}% perplexity (decode path)")
     return {"windows": windows, "seq_len": seq_len, "calibration_windows": samples, "text": "default eval text",
             "rows": rows}
+
+
+def kv_calibration_npz(model: Path, work: Path, samples: int, seq_len: int = 128) -> str:
+    """The calibration feeds qc's text calibration uses for a KV-cache decoder (per window of
+    ``licenses``, a prefill and 4 decode steps against the float cache: qc.calib.data.kv_from_text),
+    written as ``{i}/{input}`` arrays for onnxruntime's quantize_static."""
+    path = work / f"kv-calib-{samples}x{seq_len}.npz"
+    if not path.exists():
+        import onnx
+
+        from qc.calib.data import kv_from_text
+        from qc.models import smollm2
+        from qc.onnx.kv_layout import recognize
+        from qc.onnx.reader import import_model
+
+        proto = onnx.load(str(model))
+        data = kv_from_text(import_model(proto), recognize(proto), "licenses", smollm2.tokenizer(),
+                            seq_len=seq_len, samples=samples)
+        arrays = {f"{i}/{k}": v for i in range(len(data)) for k, v in data.sample(i).items()}
+        np.savez(path, **arrays)
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,19 +118,17 @@ def worker(spec: dict) -> None:
             quantize_static,
         )
 
-        data = dict(np.load(spec["calib"]))
+        feeds = calibration_feeds(spec["calib"])
 
         class Reader(CalibrationDataReader):
             def __init__(self):
                 self.i = 0
-                self.n = len(next(iter(data.values())))
 
             def get_next(self):
-                if self.i >= self.n:
+                if self.i >= len(feeds):
                     return None
-                feed = {k: v[self.i:self.i + 1] for k, v in data.items()}
                 self.i += 1
-                return feed
+                return feeds[self.i - 1]
 
             def rewind(self):
                 self.i = 0
@@ -162,6 +160,21 @@ def worker(spec: dict) -> None:
     else:
         raise SystemExit(f"unknown method kind {kind}")
     print(json.dumps({"quantize_s": time.perf_counter() - t0}))
+
+
+def calibration_feeds(path: str) -> list[dict[str, np.ndarray]]:
+    """The feeds of a calibration .npz: arrays named after the model inputs with a leading sample
+    axis (one shape for all samples), or ``{i}/{input}`` arrays, one per sample (samples of
+    different shapes: a KV-cache decoder's prefills and decode steps)."""
+    data = dict(np.load(path))
+    if all("/" in k for k in data):
+        feeds: dict[int, dict[str, np.ndarray]] = {}
+        for key, array in data.items():
+            index, name = key.split("/", 1)
+            feeds.setdefault(int(index), {})[name] = array
+        return [feeds[i] for i in sorted(feeds)]
+    count = len(next(iter(data.values())))
+    return [{k: v[i:i + 1] for k, v in data.items()} for i in range(count)]
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
