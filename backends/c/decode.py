@@ -14,6 +14,10 @@ requests:
 
 Positions are the cache slots (past_len + i): batch 1, no padding. ``CStepper`` runs the harness
 natively or under the target's qemu and implements qc.tools.generate's Stepper protocol.
+
+A Cortex-M target has no stdin: its harness is the firmware ``harness N ID...`` (greedy
+generation, the ids printed over semihosting), linked with ``mps3-an547-flash.ld`` (weights in
+flash, the arena and the cache in SRAM .bss); ``run_firmware`` runs it under qemu-system-arm.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import platform
 import struct
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +43,15 @@ def decode_roles(metadata: Sequence[tuple[str, str]]) -> dict[str, str]:
     return {k[len(ROLE_PREFIX):]: v for k, v in metadata if k.startswith(ROLE_PREFIX)}
 
 
-def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lowered | None = None) -> str:
+def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lowered | None = None, *,
+                     firmware: bool = False) -> str:
     """harness.c: the step server above, for the lowered decoder *low* (one token per step) and,
-    with *chunk*, ``prefill_run`` for whole chunks of ``chunk.step_tokens`` tokens."""
+    with *chunk*, ``prefill_run`` for whole chunks of ``chunk.step_tokens`` tokens. *firmware*
+    (Cortex-M: no stdin) writes, instead of the server, a main that generates greedily from the
+    command line: ``harness N ID...`` prefills the ids and prints N argmax tokens (what the
+    server's ``--bench`` does)."""
     P = prefix.upper()
+    main = _FIRMWARE_MAIN if firmware else _SERVER_MAIN.replace("{P}", P)
     if low.step_tokens != 1:
         raise QCError(f"the step harness needs a one-token step (this model takes {low.step_tokens})")
     args = []
@@ -129,14 +139,14 @@ static int run_tokens(const int64_t *tokens, long n, long past, int write, int a
     return 1;
 }}
 
-/* harness --bench N ID...: prefill the prompt ids between marks 1 and 2, then decode N tokens
- * greedily, marking after each (3 ..), as benchmarks/arm/llama_driver.c does; prints the ids */
-static int bench(int argc, char **argv)
+/* Prefill the prompt ids between marks 1 and 2, then decode n tokens greedily (argmax), marking
+ * after each (3 ..), as benchmarks/arm/llama_driver.c does; prints the ids, comma-separated */
+static int greedy(long n, char **text, long count)
 {{
-    long n = atol(argv[2]), past = argc - 3, i, k, best;
-    int64_t *prompt = (int64_t *)malloc(sizeof(int64_t) * (size_t)(argc > 3 ? argc - 3 : 1));
-    if (argc < 4 || n < 0 || past + n > (long){P}_MAX_CONTEXT || prompt == NULL) return 2;
-    for (i = 3; i < argc; ++i) prompt[i - 3] = atol(argv[i]);
+    static int64_t prompt[{P}_MAX_CONTEXT];
+    long past = count, i, k, best;
+    if (count < 1 || n < 0 || past + n > (long){P}_MAX_CONTEXT) return 2;
+    for (i = 0; i < count; ++i) prompt[i] = atol(text[i]);
     mark(1u);
     run_tokens(prompt, past, 0, 0, 0);
     mark(2u);
@@ -147,42 +157,73 @@ static int bench(int argc, char **argv)
         run_tokens(prompt, 1, past, 0, 0);
         mark((unsigned long)(3 + k));
     }}
-    free(prompt);
-    return 0;
+    return fflush(stdout) == 0 ? 0 : 4;
 }}
 
-int main(int argc, char **argv)
-{{
+{main}"""
+
+
+_SERVER_MAIN = """int main(int argc, char **argv)
+{
     int32_t head[2];
     long past = 0;
-    if (argc > 2 && strcmp(argv[1], "--bench") == 0) return bench(argc, argv);
-    if (argc > 1) {{
+    if (argc > 3 && strcmp(argv[1], "--bench") == 0) return greedy(atol(argv[2]), argv + 3, argc - 3);
+    if (argc > 1) {
         fprintf(stderr, "usage: %s  (steps over stdin/stdout)  |  %s --bench N ID...\\n", argv[0], argv[0]);
         return 2;
-    }}
-    while (fread(head, sizeof head[0], 2, stdin) == 2) {{
+    }
+    while (fread(head, sizeof head[0], 2, stdin) == 2) {
         int32_t n = head[0], all = head[1] & 1, reply[2];
         int64_t *tokens;
         if (n == 0) break;
-        if (n < 0) {{
+        if (n < 0) {
             past = 0;
             continue;
-        }}
+        }
         tokens = (int64_t *)malloc((size_t)n * sizeof *tokens);
         if (tokens == NULL || fread(tokens, sizeof *tokens, (size_t)n, stdin) != (size_t)n) return 3;
         reply[0] = past + n > (long){P}_MAX_CONTEXT;
         reply[1] = reply[0] ? 0 : (all ? n : 1);
         if (!put(reply, sizeof reply[0], 2)) return 4;
-        if (!reply[0]) {{
+        if (!reply[0]) {
             if (!run_tokens(tokens, n, past, 1, all)) return 4;
             past += n;
-        }}
+        }
         free(tokens);
         fflush(stdout);
-    }}
+    }
     return 0;
-}}
+}
 """
+"""The step server's main (hosts and Cortex-A: stdin / stdout; ``{P}`` is the prefix in capitals)."""
+
+_FIRMWARE_MAIN = """/* The Cortex-M firmware: harness N ID... (the command line from semihosting, or the board's
+ * loader) decodes N tokens after the prompt ids and prints them; exit code 0, 2 on bad arguments */
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s N ID...\\n", argc > 0 ? argv[0] : "harness");
+        return 2;
+    }
+    return greedy(atol(argv[1]), argv + 2, argc - 2);
+}
+"""
+"""The bare-metal main (no stdin to serve steps on): greedy generation from the command line."""
+
+
+def run_firmware(binary: str | os.PathLike, cpu: str, prompt: Sequence[int], new_tokens: int, *,
+                 timeout: float = 120.0) -> list[int]:
+    """Run a Cortex-M decode firmware (``harness N ID...``, built by runner.build_model) under
+    qemu-system-arm on *cpu*'s machine: the *new_tokens* greedy token ids it prints after *prompt*."""
+    from . import toolchain
+
+    done = toolchain.run(Path(binary), "cortex-m", cpu, [str(int(new_tokens)), *(str(int(t)) for t in prompt)],
+                         timeout=timeout)
+    if done.returncode != 0:
+        raise QCError(f"the C decoder firmware exited with {done.returncode}: {(done.stderr or done.stdout)[-2000:]}",
+                      where=str(binary))
+    line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    return [int(t) for t in line.split(",")] if new_tokens else []
 
 
 def open_stepper(out_dir: str, *, build: bool = True) -> CStepper:

@@ -48,16 +48,28 @@ class MachineM:
     machine: str
     flags: tuple[str, ...]
     linker_script: str
+    flash_script: str | None = None
+    """The board's own memories (code, constants in flash, data in SRAM), for the C decode
+    runtime's firmware; None: it links with linker_script too."""
+
+    def script(self, firmware: bool = False) -> str:
+        """The linker script of a harness (``firmware``: the C decode runtime's)."""
+        return (self.flash_script or self.linker_script) if firmware else self.linker_script
 
     @property
     def ram_bytes(self) -> int:
         """The RAM region of the linker script: weights, data, the arena and the stack share it."""
-        import re
+        return region_bytes(self.linker_script)["RAM"]
 
-        text = (CORTEX_M / self.linker_script).read_text()
-        m = re.search(r"^\s*RAM\s*\(rwx\)\s*:.*LENGTH\s*=\s*(\d+)\s*([KM]?)", text, re.M)
-        assert m, f"{self.linker_script} has no RAM region"
-        return int(m.group(1)) << {"": 0, "K": 10, "M": 20}[m.group(2)]
+
+def region_bytes(linker_script: str) -> dict[str, int]:
+    """{region name: LENGTH in bytes} of a linker script's MEMORY block (runtime/cortex_m)."""
+    import re
+
+    text = (CORTEX_M / linker_script).read_text()
+    units = {"": 0, "K": 10, "M": 20}
+    return {m.group(1): int(m.group(2)) << units[m.group(3)]
+            for m in re.finditer(r"^\s*(\w+)\s*\(\w+\)\s*:.*LENGTH\s*=\s*(\d+)\s*([KM]?)", text, re.M)}
 
 
 CORTEX_M_CPUS = {
@@ -66,7 +78,7 @@ CORTEX_M_CPUS = {
                           "mps2-an386.ld"),
     "cortex-m55": MachineM("cortex-m55", "mps3-an547",
                            ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-                           "mps3-an547.ld"),
+                           "mps3-an547.ld", "mps3-an547-flash.ld"),
 }
 _BY_MACHINE = {m.machine: m for m in CORTEX_M_CPUS.values()}
 
@@ -164,13 +176,14 @@ def _tools_or_error(kind: str) -> Tools:
 
 
 def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
-          extra_flags: Sequence[str] = (), include_dirs: Sequence[Path] = ()) -> Path:
+          extra_flags: Sequence[str] = (), include_dirs: Sequence[Path] = (), *, firmware: bool = False) -> Path:
     """Compile and link *sources* into the executable *out* (C99, -Wall -Wextra -Werror, -O2,
     FP contraction off: the kernels' fused multiply-adds are explicit).
 
     *cpu* selects the instruction set (see cpu_flags); flags in *extra_flags* come last, so a
-    target's own -mcpu/-march wins. runtime/ is always on the include path. Raises QCError with
-    the compiler's output on failure.
+    target's own -mcpu/-march wins. runtime/ is always on the include path. *firmware*: a
+    Cortex-M program links with its machine's device layout (``MachineM.script``). Raises
+    QCError with the compiler's output on failure.
     """
     tools = _tools_or_error(kind)
     out = Path(out)
@@ -183,7 +196,7 @@ def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
         m = machine_for(cpu or "")
         cmd += ["-ffunction-sections", "-fdata-sections", "--specs=nano.specs",
                 "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-                "-Wl,--no-warn-rwx-segments", "-T", str(CORTEX_M / m.linker_script)]
+                "-Wl,--no-warn-rwx-segments", "-T", str(CORTEX_M / m.script(firmware))]
         srcs.append(str(CORTEX_M / "startup.c"))
     cmd += [*extra_flags, f"-I{RUNTIME}", *[f"-I{d}" for d in include_dirs], *srcs, "-o", str(out)]
     cmd.append("-lm")

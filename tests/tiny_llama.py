@@ -1,0 +1,45 @@
+"""A tiny random-weight Llama decoder in SmolLM2's ONNX layout (qc.models.smollm2.make_model with
+its own LlamaConfig): grouped-query attention with Reshape-grouped queries, cached rotary tables,
+the Optimum KV-cache inputs, so the C decode runtime's passes see what they see on SmolLM2.
+
+    write(path, kv_cache=True)   # vocab 512, hidden 128, 2 layers, 4 query / 2 key-value heads
+
+Its float32 weights are 1.7 MB (fits 2 MB of flash), int8 about 0.45 MB.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from qc.models.smollm2 import LlamaConfig, make_model
+
+CONFIG = LlamaConfig(layers=2, hidden=128, intermediate=256, heads=4, kv_heads=2, head_dim=32, rope_theta=10000.0,
+                     rms_eps=1e-5, vocab=512, context_length=256)
+
+
+def weights(config: LlamaConfig = CONFIG, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights under the GGUF names and shapes ([out, in]) that make_model reads; the
+    embeddings are unit-scale and the projections 1/sqrt(fan-in), so the logits spread and greedy
+    decoding wanders over the vocabulary instead of settling on one token."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def gain(n: int) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    h, kv = config.hidden, config.kv_heads * config.head_dim
+    w = {"token_embd.weight": rng.standard_normal((config.vocab, h)).astype(np.float32),
+         "output_norm.weight": gain(h), "output.weight": matrix(config.vocab, h)}
+    for i in range(config.layers):
+        p = f"blk.{i}."
+        w |= {p + "attn_norm.weight": gain(h), p + "ffn_norm.weight": gain(h),
+              p + "attn_q.weight": matrix(h, h), p + "attn_k.weight": matrix(kv, h), p + "attn_v.weight": matrix(kv, h),
+              p + "attn_output.weight": matrix(h, h), p + "ffn_gate.weight": matrix(config.intermediate, h),
+              p + "ffn_up.weight": matrix(config.intermediate, h), p + "ffn_down.weight": matrix(h, config.intermediate)}
+    return w
+
+
+def write(path: str, *, kv_cache: bool = True, config: LlamaConfig = CONFIG, seed: int = 0) -> None:
+    onnx.save(make_model(weights(config, seed), kv_cache=kv_cache, config=config), path)
