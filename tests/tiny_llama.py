@@ -43,3 +43,35 @@ def weights(config: LlamaConfig = CONFIG, seed: int = 0) -> dict[str, np.ndarray
 
 def write(path: str, *, kv_cache: bool = True, config: LlamaConfig = CONFIG, seed: int = 0) -> None:
     onnx.save(make_model(weights(config, seed), kv_cache=kv_cache, config=config), path)
+
+
+def calibration(model_path: str, out_dir: str, *, windows: int = 4, seq: int = 20, steps: int = 4,
+                seed: int = 1) -> str:
+    """A --calib directory (one .npz per sample) for the KV-cache model at *model_path*, as
+    ``--calib-text`` makes them for SmolLM2 (qc.calib.data.kv_from_text): per window of *seq*
+    random token ids, its prefill (empty cache) and *steps* one-token decode steps against the
+    cache onnxruntime wrote for the float model."""
+    import os
+
+    import onnxruntime as ort
+
+    model = onnx.load(model_path)
+    layers = sum(1 for i in model.graph.input if i.name.startswith("past_key_values.") and i.name.endswith(".key"))
+    dims = [d.dim_value for d in model.graph.input[3].type.tensor_type.shape.dim]  # [batch, kv_heads, past, d]
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    presents = [f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    for w in range(windows):
+        ids = rng.integers(0, int(model.graph.output[0].type.tensor_type.shape.dim[2].dim_value), seq)
+        cache = [np.zeros((1, dims[1], 0, dims[3]), np.float32) for _ in presents]
+        start = 0
+        for j, end in enumerate([seq - steps, *range(seq - steps + 1, seq + 1)]):
+            feed = {"input_ids": ids[None, start:end].astype(np.int64),
+                    "attention_mask": np.ones((1, end), np.int64),
+                    "position_ids": np.arange(start, end, dtype=np.int64)[None],
+                    **{p.replace("present", "past_key_values"): c for p, c in zip(presents, cache)}}
+            np.savez(os.path.join(out_dir, f"w{w}-{j}.npz"), **feed)
+            cache = session.run(presents, feed)
+            start = end
+    return out_dir

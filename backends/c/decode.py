@@ -17,7 +17,8 @@ natively or under the target's qemu and implements qc.tools.generate's Stepper p
 
 A Cortex-M target has no stdin: its harness is the firmware ``harness N ID...`` (greedy
 generation, the ids printed over semihosting), linked with ``mps3-an547-flash.ld`` (weights in
-flash, the arena and the cache in SRAM .bss); ``run_firmware`` runs it under qemu-system-arm.
+flash, the arena and the cache in SRAM .bss); ``firmware_generate`` / ``firmware_argmax`` run it
+under qemu-system-arm.
 """
 from __future__ import annotations
 
@@ -47,11 +48,11 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
                      firmware: bool = False) -> str:
     """harness.c: the step server above, for the lowered decoder *low* (one token per step) and,
     with *chunk*, ``prefill_run`` for whole chunks of ``chunk.step_tokens`` tokens. *firmware*
-    (Cortex-M: no stdin) writes, instead of the server, a main that generates greedily from the
-    command line: ``harness N ID...`` prefills the ids and prints N argmax tokens (what the
-    server's ``--bench`` does)."""
+    (Cortex-M: no stdin) writes, instead of the server, a main that works from its command line:
+    ``harness N ID...`` prefills the ids and prints N greedy tokens (the server's ``--bench``),
+    ``harness --argmax ID...`` the argmax after each id."""
     P = prefix.upper()
-    main = _FIRMWARE_MAIN if firmware else _SERVER_MAIN.replace("{P}", P)
+    main = (_FIRMWARE_MAIN if firmware else _SERVER_MAIN).replace("{P}", P)
     if low.step_tokens != 1:
         raise QCError(f"the step harness needs a one-token step (this model takes {low.step_tokens})")
     args = []
@@ -84,8 +85,7 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
             }}
             {call};
             for (t = 0; t < CHUNK; ++t) {{
-                if (write && (all || i + t == n - 1)
-                    && !put(chunk_logits + (size_t)t * VOCAB, sizeof(float), VOCAB)) return 0;
+                if (emit && (all || i + t == n - 1) && !emit(chunk_logits + (size_t)t * VOCAB)) return 0;
             }}
             (void)poss;
             memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
@@ -115,15 +115,17 @@ static int64_t ids[1], pos[1] = {{0}};
 {PROFILE_HOOK}
 #define mark(label) QC_PROF(label)  /* benchmarks/arm/insn_count.c's marker, with -DQC_PROFILE */
 
-static int put(const void *data, size_t size, size_t count)
+static long argmax(const float *row)
 {{
-    return fwrite(data, size, count, stdout) == count;
+    long best = 0, i;
+    for (i = 1; i < (long)VOCAB; ++i) best = row[i] > row[best] ? i : best;
+    return best;
 }}
 
 /* Append tokens[0..n) after the past tokens in the cache ({C} per prefill_run while a whole
- * chunk is left, then one per {prefix}_run); writes the logits of every token (all) or of the
- * last; 0 when stdout fails */
-static int run_tokens(const int64_t *tokens, long n, long past, int write, int all)
+ * chunk is left, then one per {prefix}_run); hands emit (unless NULL) the logits of every token
+ * (all) or of the last; 0 when emit fails */
+static int run_tokens(const int64_t *tokens, long n, long past, int (*emit)(const float *row), int all)
 {{
     long i = 0, t;
     (void)t;
@@ -132,7 +134,7 @@ static int run_tokens(const int64_t *tokens, long n, long past, int write, int a
         pos[0] = past;
         (void)pos;
         {step};
-        if (write && (all || i == n - 1) && !put(logits, sizeof logits[0], VOCAB)) return 0;
+        if (emit && (all || i == n - 1) && !emit(logits)) return 0;
         ++i;
         ++past;
     }}
@@ -148,13 +150,13 @@ static int greedy(long n, char **text, long count)
     if (count < 1 || n < 0 || past + n > (long){P}_MAX_CONTEXT) return 2;
     for (i = 0; i < count; ++i) prompt[i] = atol(text[i]);
     mark(1u);
-    run_tokens(prompt, past, 0, 0, 0);
+    run_tokens(prompt, past, 0, NULL, 0);
     mark(2u);
     for (k = 0; k < n; ++k, ++past) {{
-        for (best = 0, i = 1; i < (long)VOCAB; ++i) best = logits[i] > logits[best] ? i : best;
+        best = argmax(logits);
         printf("%ld%s", best, k + 1 < n ? "," : "\\n");
         prompt[0] = best;
-        run_tokens(prompt, 1, past, 0, 0);
+        run_tokens(prompt, 1, past, NULL, 0);
         mark((unsigned long)(3 + k));
     }}
     return fflush(stdout) == 0 ? 0 : 4;
@@ -163,7 +165,17 @@ static int greedy(long n, char **text, long count)
 {main}"""
 
 
-_SERVER_MAIN = """int main(int argc, char **argv)
+_SERVER_MAIN = """static int put(const void *data, size_t size, size_t count)
+{
+    return fwrite(data, size, count, stdout) == count;
+}
+
+static int put_row(const float *row)
+{
+    return put(row, sizeof *row, VOCAB);
+}
+
+int main(int argc, char **argv)
 {
     int32_t head[2];
     long past = 0;
@@ -186,7 +198,7 @@ _SERVER_MAIN = """int main(int argc, char **argv)
         reply[1] = reply[0] ? 0 : (all ? n : 1);
         if (!put(reply, sizeof reply[0], 2)) return 4;
         if (!reply[0]) {
-            if (!run_tokens(tokens, n, past, 1, all)) return 4;
+            if (!run_tokens(tokens, n, past, put_row, all)) return 4;
             past += n;
         }
         free(tokens);
@@ -197,12 +209,30 @@ _SERVER_MAIN = """int main(int argc, char **argv)
 """
 """The step server's main (hosts and Cortex-A: stdin / stdout; ``{P}`` is the prefix in capitals)."""
 
-_FIRMWARE_MAIN = """/* The Cortex-M firmware: harness N ID... (the command line from semihosting, or the board's
- * loader) decodes N tokens after the prompt ids and prints them; exit code 0, 2 on bad arguments */
+_FIRMWARE_MAIN = """static long printed;
+
+static int print_argmax(const float *row)
+{
+    return printf("%s%ld", printed++ ? "," : "", argmax(row)) > 0;
+}
+
+/* The Cortex-M firmware (its command line from semihosting):
+ *   harness N ID...          prefill the ids, then print N greedy (argmax) tokens
+ *   harness --argmax ID...   feed the ids as given (teacher-forced), print the argmax after each
+ * exit code 0; 2 on bad arguments or when the ids and N pass {P}_MAX_CONTEXT */
 int main(int argc, char **argv)
 {
+    static int64_t tokens[{P}_MAX_CONTEXT];
+    long n = argc - 2, i;
+    if (argc > 2 && strcmp(argv[1], "--argmax") == 0) {
+        if (n > (long){P}_MAX_CONTEXT) return 2;
+        for (i = 0; i < n; ++i) tokens[i] = atol(argv[2 + i]);
+        run_tokens(tokens, n, 0, print_argmax, 1);
+        printf("\\n");
+        return fflush(stdout) == 0 ? 0 : 4;
+    }
     if (argc < 3) {
-        fprintf(stderr, "usage: %s N ID...\\n", argc > 0 ? argv[0] : "harness");
+        fprintf(stderr, "usage: %s N ID...  |  %s --argmax ID...\\n", argv[0], argv[0]);
         return 2;
     }
     return greedy(atol(argv[1]), argv + 2, argc - 2);
@@ -211,19 +241,27 @@ int main(int argc, char **argv)
 """The bare-metal main (no stdin to serve steps on): greedy generation from the command line."""
 
 
-def run_firmware(binary: str | os.PathLike, cpu: str, prompt: Sequence[int], new_tokens: int, *,
-                 timeout: float = 120.0) -> list[int]:
-    """Run a Cortex-M decode firmware (``harness N ID...``, built by runner.build_model) under
-    qemu-system-arm on *cpu*'s machine: the *new_tokens* greedy token ids it prints after *prompt*."""
+def firmware_generate(binary: str | os.PathLike, cpu: str, prompt: Sequence[int], new_tokens: int, *,
+                      timeout: float = 120.0) -> list[int]:
+    """Run a Cortex-M decode firmware (built by runner.build_model) under qemu-system-arm on
+    *cpu*'s machine: ``harness N ID...``, the *new_tokens* greedy token ids after *prompt*."""
+    return _firmware_ids(binary, cpu, [str(int(new_tokens)), *(str(int(t)) for t in prompt)], timeout)
+
+
+def firmware_argmax(binary: str | os.PathLike, cpu: str, ids: Sequence[int], *, timeout: float = 120.0) -> list[int]:
+    """``harness --argmax ID...``: the argmax of the logits after each of *ids* (teacher-forced)."""
+    return _firmware_ids(binary, cpu, ["--argmax", *(str(int(t)) for t in ids)], timeout)
+
+
+def _firmware_ids(binary: str | os.PathLike, cpu: str, args: list[str], timeout: float) -> list[int]:
     from . import toolchain
 
-    done = toolchain.run(Path(binary), "cortex-m", cpu, [str(int(new_tokens)), *(str(int(t)) for t in prompt)],
-                         timeout=timeout)
+    done = toolchain.run(Path(binary), "cortex-m", cpu, args, timeout=timeout)
     if done.returncode != 0:
         raise QCError(f"the C decoder firmware exited with {done.returncode}: {(done.stderr or done.stdout)[-2000:]}",
                       where=str(binary))
-    line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return [int(t) for t in line.split(",")] if new_tokens else []
+    lines = done.stdout.strip().splitlines()
+    return [int(t) for t in lines[-1].split(",")] if lines else []
 
 
 def open_stepper(out_dir: str, *, build: bool = True) -> CStepper:

@@ -207,6 +207,26 @@ def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
     return out
 
 
+_UNALLOCATED = (".debug", ".comment", ".ARM.attributes", ".stab")
+
+
+def section_bytes(binary: Path) -> dict[str, int]:
+    """{section: bytes} of a Cortex-M ELF's allocated sections (.text, .rodata, .data, .bss, ...),
+    from arm-none-eabi-size -A: what the program puts in the linker script's regions."""
+    tools = _tools_or_error("cortex-m")
+    size = str(Path(tools.cc).with_name(Path(tools.cc).name.replace("gcc", "size")))
+    proc = subprocess.run([size, "-A", "-d", str(binary)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise QCError(f"{size} failed: {proc.stderr.strip()}", where=str(binary))
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if (len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit() and int(parts[1]) > 0
+                and not parts[0].startswith(_UNALLOCATED)):
+            out[parts[0]] = int(parts[1])
+    return out
+
+
 def run_command(binary: Path, kind: str, cpu: str | None, args: Sequence[str] = ()) -> list[str]:
     """The command line that runs *binary* for *kind* (see run)."""
     tools = _tools_or_error(kind)
