@@ -1,0 +1,126 @@
+"""The C decode runtime on a Cortex-M55: a tiny random-weight Llama (tests/tiny_llama.py, 2 layers,
+GQA, 1.7 MB of float32 weights) compiled with --target cortex-m55 --max-context, linked for qemu's
+mps3-an547 board with the weights in flash and the arena and KV cache in SRAM, run under
+qemu-system-arm: its greedy tokens against onnxruntime's on the same ONNX (the C output's
+model.onnx, graph optimizations off), float32 and w8a8."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tiny_llama
+from conftest import run_qc
+from qc.backends.c import toolchain
+from qc.backends.c.decode import firmware_argmax, firmware_generate
+from qc.backends.c.runner import build_model, load_report
+from qc.errors import QCError
+from qc.tools.generate import OrtStepper, Sampler, generate
+
+CPU = "cortex-m55"
+CONTEXT = 64
+NEW = 24
+# a short prompt (one-token steps only) and one longer than a prefill chunk (16): prefill_run, then steps
+PROMPTS = ([1, 5, 9, 200], [int(t) for t in np.random.default_rng(7).integers(0, tiny_llama.CONFIG.vocab, 18)])
+FLASH = 2 << 20
+
+
+@pytest.fixture(scope="module")
+def tiny_kv(tmp_path_factory):
+    toolchain.require_tools("cortex-m")
+    path = str(tmp_path_factory.mktemp("m55") / "tiny-kv.onnx")
+    tiny_llama.write(path)
+    return path
+
+
+def _firmware(kv: str, out: str, *quant: str):
+    done = run_qc("compile", kv, "--target", CPU, "-o", out, "--emit-harness", "--max-context", str(CONTEXT), *quant)
+    assert done.returncode == 0, done.stderr
+    assert "decode runtime: KV cache" in done.stdout
+    with open(os.path.join(out, "report.json")) as f:
+        assert "decode" in json.load(f)
+    report = load_report(out)
+    return report, build_model(report, "cortex-m", CPU)
+
+
+@pytest.fixture(scope="module")
+def fp32_fw(tiny_kv, tmp_path_factory):
+    return _firmware(tiny_kv, str(tmp_path_factory.mktemp("fp32") / "c"))
+
+
+def _onnxruntime(report) -> OrtStepper:
+    return OrtStepper.load(os.path.join(report["out_dir"], "model.onnx"), optimize=False)
+
+
+def _greedy(ort: OrtStepper, prompt: list[int]) -> list[int]:
+    ort.reset()
+    return generate(ort, prompt, NEW, Sampler()).generated_ids
+
+
+def _forced(ort: OrtStepper, ids: list[int]) -> np.ndarray:
+    """onnxruntime's logits after each of *ids*, fed at once through the cache."""
+    ort.reset()
+    return ort.step(ids, all_logits=True)
+
+
+def test_the_firmware_fits_2_mb_of_flash_with_the_cache_in_sram(fp32_fw):
+    report, exe = fp32_fw
+    decode = report["decode"]
+    # 2 layers x (key, value) x 2 kv heads x 64 slots x 32 floats
+    assert decode["kv_cache_bytes"] == 2 * 2 * 2 * CONTEXT * 32 * 4
+    sections = toolchain.section_bytes(exe)
+    flash, ram = sections[".rodata"] + sections.get(".data", 0), sections.get(".data", 0) + sections[".bss"]
+    print(f"cortex-m55 fp32 firmware: code {sections['.text']} bytes (ITCM), flash {flash} bytes (weights "
+          f"{report['weight_bytes']}), static RAM {ram} bytes (arena + KV cache {decode['ram_bytes']})")
+    assert report["weight_bytes"] <= sections[".rodata"] and flash + sections[".text"] <= FLASH
+    # .bss holds the arena and the cache, the prefill chunk's logits and the harness's own buffers; no weights
+    chunk_logits = 4 * decode["prefill_chunk"] * decode["vocab"]
+    assert decode["ram_bytes"] + chunk_logits <= ram < decode["ram_bytes"] + chunk_logits + (16 << 10)
+
+
+def test_fp32_firmware_greedy_tokens_equal_onnxruntime_under_qemu(fp32_fw):
+    report, exe = fp32_fw
+    ort = _onnxruntime(report)
+    for prompt in PROMPTS:
+        want = _greedy(ort, prompt)
+        assert len(set(want)) > NEW // 2  # the random model does not settle on one token
+        assert firmware_generate(exe, CPU, prompt, NEW) == want
+        ids = prompt + want
+        assert firmware_argmax(exe, CPU, ids) == _forced(ort, ids).argmax(1).tolist()
+
+
+def test_the_firmware_refuses_more_tokens_than_the_cache_holds(fp32_fw):
+    _, exe = fp32_fw
+    with pytest.raises(QCError, match="exited with 2"):
+        firmware_generate(exe, CPU, PROMPTS[0], CONTEXT)
+
+
+def test_w8a8_firmware_agrees_with_onnxruntime_on_the_quantized_model(tiny_kv, tmp_path):
+    """The C's int8 kernels round differently from onnxruntime's QDQ float emulation, so a near tie
+    in the logits can go either way: every teacher-forced disagreement must be one (the C's token
+    within 0.05 of onnxruntime's top logit, whose spread is about 1), and free-running greedy
+    tokens must equal onnxruntime's up to the first of them."""
+    calib = tiny_llama.calibration(tiny_kv, str(tmp_path / "calib"))
+    report, exe = _firmware(tiny_kv, str(tmp_path / "w8a8"), "--quant", "w8a8", "--calib", calib)
+    assert "gemm s8 (mve)" in report["kernels"]
+    assert toolchain.section_bytes(exe)[".rodata"] < FLASH // 2
+    ort = _onnxruntime(report)
+    same = total = 0
+    for prompt in PROMPTS:
+        want = _greedy(ort, prompt)
+        ids = prompt + want
+        logits = _forced(ort, ids)[len(prompt) - 1:]
+        got = np.array(firmware_argmax(exe, CPU, ids)[len(prompt) - 1:])
+        differ = np.nonzero(got != logits.argmax(1))[0]
+        for i in differ:
+            assert logits[i].max() - logits[i][got[i]] < 0.05, f"position {i}: not a near tie"
+        same += len(got) - len(differ)
+        total += len(got)
+        first = int(differ[0]) if len(differ) else NEW
+        generated = firmware_generate(exe, CPU, prompt, NEW)
+        print(f"w8a8 prompt of {len(prompt)}: greedy tokens equal onnxruntime's for {first} of {NEW}")
+        assert generated[:first] == want[:first] and (first < NEW or generated == want)
+    print(f"w8a8: {same}/{total} teacher-forced argmax agree")
+    assert same / total >= 0.9
