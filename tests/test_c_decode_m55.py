@@ -65,16 +65,24 @@ def _forced(ort: OrtStepper, ids: list[int]) -> np.ndarray:
     return ort.step(ids, all_logits=True)
 
 
+def _memory(report, exe, name: str) -> tuple[int, int, int]:
+    """(code, flash, static RAM) bytes of the linked firmware, printed."""
+    sections = toolchain.section_bytes(exe)
+    data = sections.get(".data", 0)
+    code, flash, ram = sections[".text"], sections[".rodata"] + data, data + sections[".bss"]
+    print(f"cortex-m55 {name} firmware: code {code} bytes (ITCM), flash {flash} bytes (weights "
+          f"{report['weight_bytes']}), static RAM {ram} bytes (arena + KV cache {report['decode']['ram_bytes']})")
+    assert report["weight_bytes"] <= sections[".rodata"]
+    return code, flash, ram
+
+
 def test_the_firmware_fits_2_mb_of_flash_with_the_cache_in_sram(fp32_fw):
     report, exe = fp32_fw
     decode = report["decode"]
     # 2 layers x (key, value) x 2 kv heads x 64 slots x 32 floats
     assert decode["kv_cache_bytes"] == 2 * 2 * 2 * CONTEXT * 32 * 4
-    sections = toolchain.section_bytes(exe)
-    flash, ram = sections[".rodata"] + sections.get(".data", 0), sections.get(".data", 0) + sections[".bss"]
-    print(f"cortex-m55 fp32 firmware: code {sections['.text']} bytes (ITCM), flash {flash} bytes (weights "
-          f"{report['weight_bytes']}), static RAM {ram} bytes (arena + KV cache {decode['ram_bytes']})")
-    assert report["weight_bytes"] <= sections[".rodata"] and flash + sections[".text"] <= FLASH
+    code, flash, ram = _memory(report, exe, "fp32")
+    assert code + flash <= FLASH
     # .bss holds the arena and the cache, the prefill chunk's logits and the harness's own buffers; no weights
     chunk_logits = 4 * decode["prefill_chunk"] * decode["vocab"]
     assert decode["ram_bytes"] + chunk_logits <= ram < decode["ram_bytes"] + chunk_logits + (16 << 10)
@@ -105,7 +113,8 @@ def test_w8a8_firmware_agrees_with_onnxruntime_on_the_quantized_model(tiny_kv, t
     calib = tiny_llama.calibration(tiny_kv, str(tmp_path / "calib"))
     report, exe = _firmware(tiny_kv, str(tmp_path / "w8a8"), "--quant", "w8a8", "--calib", calib)
     assert "gemm s8 (mve)" in report["kernels"]
-    assert toolchain.section_bytes(exe)[".rodata"] < FLASH // 2
+    code, flash, _ = _memory(report, exe, "w8a8")
+    assert code + flash < FLASH // 2
     ort = _onnxruntime(report)
     same = total = 0
     for prompt in PROMPTS:
@@ -124,3 +133,12 @@ def test_w8a8_firmware_agrees_with_onnxruntime_on_the_quantized_model(tiny_kv, t
         assert generated[:first] == want[:first] and (first < NEW or generated == want)
     print(f"w8a8: {same}/{total} teacher-forced argmax agree")
     assert same / total >= 0.9
+
+
+def test_a_decoder_over_the_boards_sram_or_flash_is_refused_before_building(fp32_fw):
+    report, _ = fp32_fw
+    big_cache = {**report, "decode": {**report["decode"], "ram_bytes": 4 << 20}}
+    with pytest.raises(QCError, match="needs 4456448 bytes of RAM .* more than the 4194304 of qemu's mps3-an547"):
+        build_model(big_cache, "cortex-m", CPU)
+    with pytest.raises(QCError, match="weights \\(9437184 bytes\\) do not fit the 8388608 bytes of flash"):
+        build_model({**report, "weight_bytes": 9 << 20}, "cortex-m", CPU)

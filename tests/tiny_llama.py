@@ -34,10 +34,11 @@ def weights(config: LlamaConfig = CONFIG, seed: int = 0) -> dict[str, np.ndarray
          "output_norm.weight": gain(h), "output.weight": matrix(config.vocab, h)}
     for i in range(config.layers):
         p = f"blk.{i}."
+        ffn = config.intermediate
         w |= {p + "attn_norm.weight": gain(h), p + "ffn_norm.weight": gain(h),
               p + "attn_q.weight": matrix(h, h), p + "attn_k.weight": matrix(kv, h), p + "attn_v.weight": matrix(kv, h),
-              p + "attn_output.weight": matrix(h, h), p + "ffn_gate.weight": matrix(config.intermediate, h),
-              p + "ffn_up.weight": matrix(config.intermediate, h), p + "ffn_down.weight": matrix(h, config.intermediate)}
+              p + "attn_output.weight": matrix(h, h), p + "ffn_gate.weight": matrix(ffn, h),
+              p + "ffn_up.weight": matrix(ffn, h), p + "ffn_down.weight": matrix(h, ffn)}
     return w
 
 
