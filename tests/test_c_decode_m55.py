@@ -142,3 +142,22 @@ def test_a_decoder_over_the_boards_sram_or_flash_is_refused_before_building(fp32
         build_model(big_cache, "cortex-m", CPU)
     with pytest.raises(QCError, match="weights \\(9437184 bytes\\) do not fit the 8388608 bytes of flash"):
         build_model({**report, "weight_bytes": 9 << 20}, "cortex-m", CPU)
+
+
+def test_qc_generate_on_the_cortex_m_directory_points_to_the_firmware(fp32_fw):
+    report, _ = fp32_fw
+    done = run_qc("generate", report["out_dir"], "--prompt-ids", "1,5", "--max-new-tokens", "2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "harness is a firmware" in done.stderr and "harness N ID..." in done.stderr
+
+
+def test_the_same_firmware_runs_on_a_cortex_m4(tiny_kv, tmp_path):
+    """cortex-m4 (mps2-an386) has no device layout: its firmware links with the board's one script."""
+    out = str(tmp_path / "m4")
+    done = run_qc("compile", tiny_kv, "--target", "cortex-m4", "-o", out, "--emit-harness", "--max-context",
+                  str(CONTEXT))
+    assert done.returncode == 0, done.stderr
+    report = load_report(out)
+    exe = build_model(report, "cortex-m", "cortex-m4")
+    want = _greedy(_onnxruntime(report), PROMPTS[1])
+    assert firmware_generate(exe, "cortex-m4", PROMPTS[1], NEW) == want

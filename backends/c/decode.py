@@ -283,8 +283,9 @@ def open_stepper(out_dir: str, *, build: bool = True) -> CStepper:
         raise QCError("the C output has no step harness", where=out_dir, hint="compile it again with --emit-harness")
     cc = str(report.get("cc") or _makefile_cc(out_dir))
     if "none-eabi" in cc:
-        raise QCError("qc generate runs the C decode runtime of Cortex-A and host targets; a Cortex-M build "
-                      "runs its harness under qemu-system-arm (tests/test_c_decode.py)", where=out_dir)
+        raise QCError("qc generate runs the C decode runtime of Cortex-A and host targets; a Cortex-M build's "
+                      "harness is a firmware that generates greedily from its command line", where=out_dir,
+                      hint="run it under qemu-system-arm: harness N ID... (docs/c-backend.md, 'On a Cortex-M')")
     if build:
         done = subprocess.run(["make", "-s", "-C", out_dir, "harness"], capture_output=True, text=True)
         if done.returncode != 0:
