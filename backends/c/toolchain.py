@@ -6,7 +6,8 @@ Cortex-M (qemu-system-arm with semihosting).
     proc = run(exe, "cortex-m", "cortex-m55", [str(infile), str(outfile)], timeout=60)
 
 Cortex-M programs get a startup (runtime/cortex_m/startup.c: own stack, CP10/CP11 enabled,
-argv from semihosting, faults exit with 0xF0 | fault) and a linker script per QEMU machine;
+argv from semihosting, faults exit with 0xF0 | fault) and a linker script per QEMU machine (plus,
+for the C decode runtime's firmware on mps3-an547, the board's own memories: weights in flash);
 newlib + rdimon give them fopen/fread/fwrite/printf on host files and the exit code. Paths
 passed to Cortex-M programs must be absolute and contain no spaces.
 """
