@@ -110,7 +110,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         if low.cache_slots:
             from .decode import decode_harness_c, decode_roles
 
-            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk)
+            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk, firmware=bare_metal(target))
         else:
             text = harness_c(low, prefix, threads)
         E.write_text(out / "harness.c", text)
@@ -125,7 +125,7 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     if threads is not None:
         macros = macros + [THREADS_MACRO]
     sources = E.source_files(files)
-    ldflags, extra = _cortex_m_harness(target, out) if harness else ([], [])
+    ldflags, extra = _cortex_m_harness(target, out, bool(low.cache_slots)) if harness else ([], [])
     files += extra
     pthread = ["-pthread"] if threads is not None else []
     E.write_text(out / "Makefile", E.makefile(prefix, sources, cc, flags + macros + pthread, harness, ldflags,
@@ -184,14 +184,21 @@ def check_threads(target, threads: int | None) -> None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise QCError(f"--threads must be a whole number >= 1 (got {threads!r})")
+    name = getattr(target, "name", "")
+    if bare_metal(target):
+        raise QCError(f"--threads is for Cortex-A targets: '{name}' is a Cortex-M target (bare metal, no "
+                      "threads), whose C code is single-threaded", hint="drop --threads for this target")
+
+
+def bare_metal(target) -> bool:
+    """Whether *target* is a Cortex-M one (a bare-metal compiler or -mcpu=cortex-m*): no OS, no
+    threads, no stdin."""
     from .toolchain import CORTEX_M_CPUS
 
     cc = getattr(target, "cc", None) or ""
     flags = tuple(getattr(target, "cflags", ()) or ())
-    name = getattr(target, "name", "")
-    if name in CORTEX_M_CPUS or "none-eabi" in cc or any(f.startswith("-mcpu=cortex-m") for f in flags):
-        raise QCError(f"--threads is for Cortex-A targets: '{name}' is a Cortex-M target (bare metal, no "
-                      "threads), whose C code is single-threaded", hint="drop --threads for this target")
+    return (getattr(target, "name", "") in CORTEX_M_CPUS or "none-eabi" in cc
+            or any(f.startswith("-mcpu=cortex-m") for f in flags))
 
 
 def check_static_shapes(module: Module) -> None:
@@ -227,9 +234,11 @@ def format_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cortex_m_harness(target, out: Path) -> tuple[list[str], list[str]]:
+def _cortex_m_harness(target, out: Path, decode: bool = False) -> tuple[list[str], list[str]]:
     """For a Cortex-M target: the startup and linker script that boot the harness on its qemu
-    machine with semihosting (copied next to it), and the link flags. Else nothing."""
+    machine with semihosting (copied next to it), and the link flags. Else nothing. *decode*: the
+    C decode runtime's firmware, linked with the machine's device layout (weights in flash) where
+    it has one (``MachineM.script``)."""
     import shutil
 
     from .toolchain import CORTEX_M, CORTEX_M_CPUS
@@ -237,7 +246,8 @@ def _cortex_m_harness(target, out: Path) -> tuple[list[str], list[str]]:
     m = CORTEX_M_CPUS.get(getattr(target, "name", ""))
     if m is None:
         return [], []
-    for name in ("startup.c", m.linker_script):
+    script = m.script(decode)
+    for name in ("startup.c", script):
         shutil.copyfile(CORTEX_M / name, out / name)
     return (["--specs=nano.specs", "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-             "-Wl,--no-warn-rwx-segments", "-T", m.linker_script], ["startup.c", m.linker_script])
+             "-Wl,--no-warn-rwx-segments", "-T", script], ["startup.c", script])

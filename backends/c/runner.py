@@ -31,7 +31,8 @@ def build_model(report: dict, kind: str = "host", cpu: str | None = None, *, exe
     if report["incbin"]:
         flags.append(f"-Wa,-I{out}")
     name = exe or out / f"harness-{kind}{'-' + cpu if cpu else ''}"
-    return toolchain.build(sources, Path(name), kind, cpu, extra_flags=flags, include_dirs=[out])
+    return toolchain.build(sources, Path(name), kind, cpu, extra_flags=flags, include_dirs=[out],
+                           firmware="decode" in report)
 
 
 # the harness's own RAM: stack, newlib's heap and semihosting buffers (a generous bound)
@@ -44,6 +45,9 @@ def _check_board_ram(report: dict, cpu: str | None) -> None:
     from qc.errors import QCError
 
     m = toolchain.machine_for(cpu or "")
+    if "decode" in report:
+        _check_firmware_memory(report, m)
+        return
     io = sum(int(np.prod(shape)) * np.dtype(DType.parse(dt).numpy).itemsize
              for _, dt, shape in report["inputs"] + report["outputs"])
     need = report["arena_bytes"] + report["weight_bytes"] + io + _HARNESS_RAM
@@ -53,6 +57,24 @@ def _check_board_ram(report: dict, cpu: str | None) -> None:
                       f"the {m.ram_bytes} of qemu's {m.machine} board", where=report["out_dir"],
                       hint="it would not run there: compile it with smaller --shape or --quant w8a8, or run it "
                            "on a board with more RAM")
+
+
+def _check_firmware_memory(report: dict, m: toolchain.MachineM) -> None:
+    """The C decode runtime's firmware: the weights in the device layout's FLASH region (or its
+    RAM when it has none), the arena and the cache (report "decode" "ram_bytes") in its RAM."""
+    from qc.errors import QCError
+
+    regions = toolchain.region_bytes(m.script(firmware=True))
+    ram = report["decode"]["ram_bytes"] + _HARNESS_RAM + (0 if "FLASH" in regions else report["weight_bytes"])
+    if ram > regions["RAM"]:
+        raise QCError(f"the decoder needs {ram} bytes of RAM (arena and KV cache {report['decode']['ram_bytes']}, "
+                      f"harness {_HARNESS_RAM}{'' if 'FLASH' in regions else ', weights'}), more than the "
+                      f"{regions['RAM']} of qemu's {m.machine} board", where=report["out_dir"],
+                      hint="compile it with a smaller --max-context or --prefill-chunk")
+    if "FLASH" in regions and report["weight_bytes"] > regions["FLASH"]:
+        raise QCError(f"the decoder's weights ({report['weight_bytes']} bytes) do not fit the "
+                      f"{regions['FLASH']} bytes of flash of qemu's {m.machine} board", where=report["out_dir"],
+                      hint="quantize it (--quant w8a8 or w4a8)")
 
 
 def run_model(exe: Path, report: dict, inputs: Mapping[str, np.ndarray], kind: str = "host",

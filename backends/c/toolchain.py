@@ -6,7 +6,8 @@ Cortex-M (qemu-system-arm with semihosting).
     proc = run(exe, "cortex-m", "cortex-m55", [str(infile), str(outfile)], timeout=60)
 
 Cortex-M programs get a startup (runtime/cortex_m/startup.c: own stack, CP10/CP11 enabled,
-argv from semihosting, faults exit with 0xF0 | fault) and a linker script per QEMU machine;
+argv from semihosting, faults exit with 0xF0 | fault) and a linker script per QEMU machine (plus,
+for the C decode runtime's firmware on mps3-an547, the board's own memories: weights in flash);
 newlib + rdimon give them fopen/fread/fwrite/printf on host files and the exit code. Paths
 passed to Cortex-M programs must be absolute and contain no spaces.
 """
@@ -48,16 +49,28 @@ class MachineM:
     machine: str
     flags: tuple[str, ...]
     linker_script: str
+    flash_script: str | None = None
+    """The board's own memories (code, constants in flash, data in SRAM), for the C decode
+    runtime's firmware; None: it links with linker_script too."""
+
+    def script(self, firmware: bool = False) -> str:
+        """The linker script of a harness (``firmware``: the C decode runtime's)."""
+        return (self.flash_script or self.linker_script) if firmware else self.linker_script
 
     @property
     def ram_bytes(self) -> int:
         """The RAM region of the linker script: weights, data, the arena and the stack share it."""
-        import re
+        return region_bytes(self.linker_script)["RAM"]
 
-        text = (CORTEX_M / self.linker_script).read_text()
-        m = re.search(r"^\s*RAM\s*\(rwx\)\s*:.*LENGTH\s*=\s*(\d+)\s*([KM]?)", text, re.M)
-        assert m, f"{self.linker_script} has no RAM region"
-        return int(m.group(1)) << {"": 0, "K": 10, "M": 20}[m.group(2)]
+
+def region_bytes(linker_script: str) -> dict[str, int]:
+    """{region name: LENGTH in bytes} of a linker script's MEMORY block (runtime/cortex_m)."""
+    import re
+
+    text = (CORTEX_M / linker_script).read_text()
+    units = {"": 0, "K": 10, "M": 20}
+    return {m.group(1): int(m.group(2)) << units[m.group(3)]
+            for m in re.finditer(r"^\s*(\w+)\s*\(\w+\)\s*:.*LENGTH\s*=\s*(\d+)\s*([KM]?)", text, re.M)}
 
 
 CORTEX_M_CPUS = {
@@ -66,7 +79,7 @@ CORTEX_M_CPUS = {
                           "mps2-an386.ld"),
     "cortex-m55": MachineM("cortex-m55", "mps3-an547",
                            ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-                           "mps3-an547.ld"),
+                           "mps3-an547.ld", "mps3-an547-flash.ld"),
 }
 _BY_MACHINE = {m.machine: m for m in CORTEX_M_CPUS.values()}
 
@@ -164,13 +177,14 @@ def _tools_or_error(kind: str) -> Tools:
 
 
 def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
-          extra_flags: Sequence[str] = (), include_dirs: Sequence[Path] = ()) -> Path:
+          extra_flags: Sequence[str] = (), include_dirs: Sequence[Path] = (), *, firmware: bool = False) -> Path:
     """Compile and link *sources* into the executable *out* (C99, -Wall -Wextra -Werror, -O2,
     FP contraction off: the kernels' fused multiply-adds are explicit).
 
     *cpu* selects the instruction set (see cpu_flags); flags in *extra_flags* come last, so a
-    target's own -mcpu/-march wins. runtime/ is always on the include path. Raises QCError with
-    the compiler's output on failure.
+    target's own -mcpu/-march wins. runtime/ is always on the include path. *firmware*: a
+    Cortex-M program links with its machine's device layout (``MachineM.script``). Raises
+    QCError with the compiler's output on failure.
     """
     tools = _tools_or_error(kind)
     out = Path(out)
@@ -183,7 +197,7 @@ def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
         m = machine_for(cpu or "")
         cmd += ["-ffunction-sections", "-fdata-sections", "--specs=nano.specs",
                 "--specs=rdimon.specs", "-nostartfiles", "-Wl,--gc-sections",
-                "-Wl,--no-warn-rwx-segments", "-T", str(CORTEX_M / m.linker_script)]
+                "-Wl,--no-warn-rwx-segments", "-T", str(CORTEX_M / m.script(firmware))]
         srcs.append(str(CORTEX_M / "startup.c"))
     cmd += [*extra_flags, f"-I{RUNTIME}", *[f"-I{d}" for d in include_dirs], *srcs, "-o", str(out)]
     cmd.append("-lm")
@@ -191,6 +205,26 @@ def build(sources: Sequence[Path], out: Path, kind: str, cpu: str | None = None,
     if proc.returncode != 0:
         raise QCError(f"C compilation failed ({kind}, cpu {cpu}):\n{' '.join(cmd)}\n{proc.stderr}",
                       where=str(sources[0]) if sources else None)
+    return out
+
+
+_UNALLOCATED = (".debug", ".comment", ".ARM.attributes", ".stab")
+
+
+def section_bytes(binary: Path) -> dict[str, int]:
+    """{section: bytes} of a Cortex-M ELF's allocated sections (.text, .rodata, .data, .bss, ...),
+    from arm-none-eabi-size -A: what the program puts in the linker script's regions."""
+    tools = _tools_or_error("cortex-m")
+    size = str(Path(tools.cc).with_name(Path(tools.cc).name.replace("gcc", "size")))
+    proc = subprocess.run([size, "-A", "-d", str(binary)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise QCError(f"{size} failed: {proc.stderr.strip()}", where=str(binary))
+    out = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if (len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit() and int(parts[1]) > 0
+                and not parts[0].startswith(_UNALLOCATED)):
+            out[parts[0]] = int(parts[1])
     return out
 
 

@@ -446,16 +446,23 @@ def _constants(g: _Graph, config: LlamaConfig, kv_cache: bool = False) -> None:
         g.const(name, np.float32(value))
 
 
-def make_model(weights: Weights, layers: int | None = None, *, kv_cache: bool = False) -> ModelProto:
+def make_model(weights: Weights, layers: int | None = None, *, kv_cache: bool = False,
+               config: LlamaConfig | None = None) -> ModelProto:
     """The ONNX ``ModelProto``: ``input_ids`` int64 [batch, seq] -> ``logits`` float32 [batch, seq, vocab].
 
     ``kv_cache`` writes the layout that Hugging Face Optimum and onnxruntime-genai export: inputs
     ``input_ids``, ``attention_mask`` [batch, past + seq], ``position_ids`` [batch, seq] and
     ``past_key_values.{i}.key|value`` [batch, kv_heads, past, head_dim]; outputs ``logits`` and
     ``present.{i}.key|value`` [batch, kv_heads, past + seq, head_dim].
+
+    ``config`` builds the same architecture at other sizes (default: the GGUF's), from *weights*
+    under the GGUF names and shapes (e.g. random ones for a tiny test decoder).
     """
-    config = load_config()
-    count = _layer_count(layers)
+    own = config is None
+    if config is None:
+        config, count = load_config(), _layer_count(layers)
+    else:
+        count = config.layers if layers is None else layers
     g = _Graph()
     for name, array in _hf_weights(weights, count, config).items():
         g.const(name, array)
@@ -492,7 +499,9 @@ def make_model(weights: Weights, layers: int | None = None, *, kv_cache: bool = 
     graph = helper.make_graph(g.nodes, "smollm2", inputs, outputs, initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qc.models.smollm2")
     model.doc_string = (f"SmolLM2-135M-Instruct, {count} of {config.layers} layers, float32 weights dequantized "
-                        f"from {GGUF_FILE}. MatMul weights are stored [in, out] (transposed Hugging Face tensors).")
+                        f"from {GGUF_FILE}" if own else
+                        f"A Llama decoder in SmolLM2's layout: {count} layers, hidden {config.hidden}, vocab "
+                        f"{config.vocab}") + ". MatMul weights are stored [in, out] (transposed Hugging Face tensors)."
     return model
 
 
