@@ -96,7 +96,18 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """quantize_rows_ref's arrays as qc_quantize_q8b32 stores them for the variant. i8mm: per row
     pair and block, 64 bytes = for each 8 k the 8 of the first row then the 8 of the second (an
-    odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]; else as they are."""
+    odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]. dotprod: tiles of 8
+    rows (the last one M % 8), block-major within a tile (row 8t + i, block b at index
+    8t * blocks + b * r + i, r the tile's rows). Portable: as they are."""
+    if layout(variant) == "dotprod":
+        M, nb = sa.shape
+        q3 = qa.reshape(M, nb, BLOCK)
+        tiles = [(t, min(8, M - t)) for t in range(0, M, 8)]
+
+        def tiled(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([x[t:t + r].swapaxes(0, 1).reshape(-1) for t, r in tiles]) if M else x.reshape(-1)
+
+        return tiled(q3), tiled(sa), tiled(suma)
     if layout(variant) != "i8mm":
         return qa, sa, suma
     M, nb = sa.shape
