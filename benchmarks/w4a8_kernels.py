@@ -44,17 +44,17 @@ static void *load(const char *path, size_t n) {
 #define MARK() syscall(SYS_getpid)
 int main(int argc, char **argv) {
     int M, N, K;
-    if (argc < 13) return 2;
+    if (argc < 14) return 2;
     M = atoi(argv[1]); N = atoi(argv[2]); K = atoi(argv[3]);
-    int nb = (K + 31) / 32, G = (N + 3) / 4;
-    size_t wlen = (size_t)atol(argv[4]), s8len = (size_t)atol(argv[5]);
+    int nb = (K + 31) / 32;
+    size_t wlen = (size_t)atol(argv[4]), s8len = (size_t)atol(argv[5]), nws = (size_t)atol(argv[13]);
     float *A = load(argv[6], (size_t)M * K * 4);
     uint8_t *W = load(argv[7], wlen);
-    float *ws = load(argv[8], (size_t)G * nb * 16);
+    float *ws = load(argv[8], nws * 4);
     int8_t *W8 = load(argv[9], s8len), *A8 = malloc((size_t)M * K);
     uint8_t *W4 = load(argv[10], (size_t)K * N / 2), *Z4 = load(argv[11], (size_t)nb * N / 2);
     float *S4 = load(argv[12], (size_t)nb * N * 4);
-    int8_t *zp = argc > 13 ? load(argv[13], (size_t)G * nb * 4) : NULL;
+    int8_t *zp = argc > 14 ? load(argv[14], nws) : NULL;
     /* room for every variant's layout (i8mm: row pairs, sa / suma twice) */
     int8_t *qa = malloc((size_t)(M + 1) * nb * 32);
     float *sa = malloc((size_t)(M + 1) * nb * 8), *out = malloc((size_t)M * N * 4), *scale = malloc((size_t)N * 4);
@@ -103,8 +103,9 @@ def measure(M: int, N: int, K: int, cpu: str, work: Path, zero_points: bool = Fa
     if not exe.exists():
         srcs = sorted(toolchain.RUNTIME.glob("qc_gemm_s*.c")) + [toolchain.RUNTIME / "qc_quant.c"]
         toolchain.build([src, *srcs], exe, "aarch64", cpu, extra_flags=packing.variant_macros(variant))
-    res = count([str(exe), str(M), str(N), str(K), str(len(packed)), str(len(w8)),
-                 *(str(work / f"{k}.bin") for k in names)],
+    paths = [str(work / f"{k}.bin") for k in names]
+    res = count([str(exe), str(M), str(N), str(K), str(len(packed)), str(len(w8)), *paths[:7], str(ws.size),
+                 *paths[7:]],
                 cpu=cpu, marksys=SYS_GETPID)
     if res["returncode"] != 0:
         raise RuntimeError(res["stderr"])

@@ -67,73 +67,48 @@ static void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const float 
     }
 }
 
-/* one row whose block b is at qa + 32 r b, sa[r b], suma[r b] (r: the rows of its tile), 4 groups
-   (16 columns) per step and two blocks at a time (one 8-byte zero-point load, one SXTL, SMULL and
-   SMULL2 for both). The chain of column group c, block b + j (j = 0, 1): */
-#define QC_COL(acc, c, j) do { \
-        int32x4_t d_ = hz ? (j ? vmull_high_lane_s16(z2[c], nu, 1) : vmull_lane_s16(vget_low_s16(z2[c]), nu, 0)) \
-                          : vdupq_n_s32(0); \
-        d_ = qc_s4a8_dot(d_, w + (c) * gs + 64 * (b + j), a##j.val[0], a##j.val[1]); \
-        acc = QC_ACC(acc, d_, vmulq_n_f32(sw[c].val[j], f##j)); \
+/* one row whose block b is at qa + 32 r b, sa[r b], suma[r b] (r: the rows of its tile), one
+   super-group (16 columns) per step: per block, the 4 groups' weights, scales (one 64-byte load)
+   and zero points (one 16-byte load, two SXTL) */
+#define QC_COL(c, zc) do { \
+        const int32x4_t d_ = qc_s4a8_dot(zc, w + 256 * b + 64 * (c), a.val[0], a.val[1]); \
+        acc##c = QC_ACC(acc##c, d_, vmulq_n_f32(sw.val[c], f)); \
     } while (0)
-#define QC_COLS(j) do { QC_COL(acc0, 0, j); QC_COL(acc1, 1, j); QC_COL(acc2, 2, j); QC_COL(acc3, 3, j); } while (0)
 
 QC_INLINE void qc_s4a8_row_z(const int hz, int N, int nb, int r, const int8_t *qa, const float *sa,
                              const int32_t *suma, const uint8_t *Wp, const float *ws, const int8_t *wzp,
                              const float *bias, float *out)
 {
-    const int G = (N + 3) / 4, nb2 = nb & ~1;
-    const size_t gs = (size_t)nb * 64, ss = (size_t)nb * 4;
-    int g, b, c;
-    for (g = 0; g + 4 <= G; g += 4) {
-        const uint8_t *w = Wp + (size_t)g * gs;
-        const float *s = ws + (size_t)g * ss;
-        const int8_t *z = hz ? wzp + (size_t)g * ss : NULL;
+    const int S = (N + 15) / 16;
+    int sg, b;
+    for (sg = 0; sg < S; ++sg) {
+        const uint8_t *w = Wp + (size_t)sg * nb * 256;
+        const float *s = ws + (size_t)sg * nb * 16;
+        const int8_t *z = hz ? wzp + (size_t)sg * nb * 16 : NULL;
         float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        for (b = 0; b < nb2; b += 2) {
-            const int8x16x2_t a0 = vld1q_s8_x2(qa + (size_t)32 * r * b), a1 = vld1q_s8_x2(qa + (size_t)32 * r * (b + 1));
-            const float f0 = sa[(size_t)r * b], f1 = sa[(size_t)r * (b + 1)];
-            int16x4_t nu = vdup_n_s16(0);
-            int16x8_t z2[4];
-            float32x4x2_t sw[4];
-            for (c = 0; c < 4; ++c) {
-                sw[c] = vld1q_f32_x2(s + c * ss + 4 * b);
-                z2[c] = hz ? vmovl_s8(vld1_s8(z + c * ss + 4 * b)) : vdupq_n_s16(0);
-            }
-            if (hz) {
-                nu = vset_lane_s16((int16_t)-suma[(size_t)r * (b + 1)], vdup_n_s16((int16_t)-suma[(size_t)r * b]), 1);
-            }
-            QC_COLS(0);
-            QC_COLS(1);
-        }
-        if (b < nb) { /* an odd last block */
-            const int8x16x2_t a0 = vld1q_s8_x2(qa + (size_t)32 * r * b);
-            const float f0 = sa[(size_t)r * b];
-            const int16x4_t nu = vdup_n_s16((int16_t)-suma[(size_t)r * b]);
-            int16x8_t z2[4];
-            float32x4x2_t sw[4];
-            for (c = 0; c < 4; ++c) {
-                sw[c].val[0] = vld1q_f32(s + c * ss + 4 * b);
-                z2[c] = hz ? vcombine_s16(qc_s4a8_zp(z + c * ss + 4 * b), vdup_n_s16(0)) : vdupq_n_s16(0);
-            }
-            QC_COLS(0);
-        }
-        qc_s4a8_store(out, 4 * g, N, acc0, bias);
-        qc_s4a8_store(out, 4 * g + 4, N, acc1, bias);
-        qc_s4a8_store(out, 4 * g + 8, N, acc2, bias);
-        qc_s4a8_store(out, 4 * g + 12, N, acc3, bias);
-    }
-    for (; g < G; ++g) {
-        const uint8_t *w = Wp + (size_t)g * gs;
-        const float *s = ws + (size_t)g * ss;
-        const int8_t *z = hz ? wzp + (size_t)g * ss : NULL;
-        float32x4_t acc = vdupq_n_f32(0.0f);
         for (b = 0; b < nb; ++b) {
-            int32x4_t d = hz ? vmull_n_s16(qc_s4a8_zp(z + 4 * b), (int16_t)-suma[(size_t)r * b]) : vdupq_n_s32(0);
-            d = qc_s4a8_dot(d, w + 64 * b, vld1q_s8(qa + (size_t)32 * r * b), vld1q_s8(qa + (size_t)32 * r * b + 16));
-            acc = QC_ACC(acc, d, vmulq_n_f32(vld1q_f32(s + 4 * b), sa[(size_t)r * b]));
+            const int8x16x2_t a = vld1q_s8_x2(qa + (size_t)32 * r * b);
+            const float f = sa[(size_t)r * b];
+            const float32x4x4_t sw = vld1q_f32_x4(s + 16 * b);
+            int32x4_t z0 = vdupq_n_s32(0), z1 = z0, z2 = z0, z3 = z0;
+            if (hz) {
+                const int8x16_t zz = vld1q_s8(z + 16 * b);
+                const int16x8_t z01 = vmovl_s8(vget_low_s8(zz)), z23 = vmovl_high_s8(zz);
+                const int16x8_t nu = vdupq_n_s16((int16_t)-suma[(size_t)r * b]);
+                z0 = vmull_s16(vget_low_s16(z01), vget_low_s16(nu));
+                z1 = vmull_high_s16(z01, nu);
+                z2 = vmull_s16(vget_low_s16(z23), vget_low_s16(nu));
+                z3 = vmull_high_s16(z23, nu);
+            }
+            QC_COL(0, z0);
+            QC_COL(1, z1);
+            QC_COL(2, z2);
+            QC_COL(3, z3);
         }
-        qc_s4a8_store(out, 4 * g, N, acc, bias);
+        qc_s4a8_store(out, 16 * sg, N, acc0, bias);
+        qc_s4a8_store(out, 16 * sg + 4, N, acc1, bias);
+        qc_s4a8_store(out, 16 * sg + 8, N, acc2, bias);
+        qc_s4a8_store(out, 16 * sg + 12, N, acc3, bias);
     }
 }
 
@@ -170,23 +145,24 @@ QC_INLINE void qc_s4a8_tile(const int R, const int hz, int N, int nb, int r, con
                             const int32_t *suma, const uint8_t *Wp, const float *ws, const int8_t *wzp,
                             const float *bias, float *out)
 {
-    const int G = (N + 3) / 4;
+    const int G = (N + 15) / 16 * 4;
     int g, b;
     for (g = 0; g < G; ++g) {
-        const uint8_t *w = Wp + (size_t)g * nb * 64;
-        const float *s = ws + (size_t)g * nb * 4;
-        const int8_t *z = hz ? wzp + (size_t)g * nb * 4 : NULL;
+        const size_t t = (size_t)(g / 4) * nb * 4 + (size_t)(g % 4); /* block b: t + 4 b */
+        const uint8_t *w = Wp + t * 64;
+        const float *s = ws + t * 4;
+        const int8_t *z = hz ? wzp + t * 4 : NULL;
         float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
         float32x4_t acc4 = acc0, acc5 = acc0, acc6 = acc0, acc7 = acc0;
         for (b = 0; b < nb; ++b) {
-            const uint8x16x4_t v = vld1q_u8_x4(w + 64 * b);
+            const uint8x16x4_t v = vld1q_u8_x4(w + 256 * b);
             const int8x16_t l0 = QC_LO(v.val[0]), h0 = QC_HI(v.val[0]), l1 = QC_LO(v.val[1]), h1 = QC_HI(v.val[1]);
             const int8x16_t l2 = QC_LO(v.val[2]), h2 = QC_HI(v.val[2]), l3 = QC_LO(v.val[3]), h3 = QC_HI(v.val[3]);
-            const float32x4_t wv = vld1q_f32(s + 4 * b);
+            const float32x4_t wv = vld1q_f32(s + 16 * b);
             const int8_t *q = qa + (size_t)32 * r * b;
             const float *f = sa + (size_t)r * b;
             const int32_t *u = suma + (size_t)r * b;
-            const int16x4_t z16 = hz ? qc_s4a8_zp(z + 4 * b) : vdup_n_s16(0);
+            const int16x4_t z16 = hz ? qc_s4a8_zp(z + 16 * b) : vdup_n_s16(0);
             const float32x4_t f0 = vld1q_f32(f);
             if (R == 8) {
                 const float32x4_t f1 = vld1q_f32(f + 4);
