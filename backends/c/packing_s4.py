@@ -19,9 +19,9 @@ nibbles: ``v & 0xF0``, both 16 x the value; the kernels shift the int32 sums rig
 - i8mm (SMMLA): vector v = 2h + p holds in its low nibbles P_{p,h} and in its high nibbles
   P_{p,h+2}, where P_{p,j} is 8 k (8j..8j+7) of column 2p then the same 8 k of column 2p + 1.
 
-Scales and zero points are (group, block, 4) arrays (dotprod: super-group, block, group, 4); the SDOT / SMMLA layouts store 16 * zp' (their
-int32 sums are 16 x the products until the float conversion divides by 16, exactly). Everything
-is deterministic.
+Scales and zero points are (group, block, 4) arrays (dotprod: super-group, block, group, 4); the
+SDOT / SMMLA layouts store 16 * zp' (their int32 sums are 16 x the products until the float
+conversion divides by 16, exactly). Everything is deterministic.
 """
 from __future__ import annotations
 
