@@ -49,12 +49,11 @@ int main(int argc, char **argv) {
     cases = word();
     for (i = 0; i < cases; ++i) {
         int M = word(), N = word(), K = word(), hz = word(), hb = word(), wlen = word();
-        int nqa = word(), nsa = word();
-        int nb = (K + 31) / 32, G = (N + 3) / 4;
+        int nqa = word(), nsa = word(), nws = word();
         float *A = take((size_t)M * K * 4);
         uint8_t *W = take((size_t)wlen);
-        float *ws = take((size_t)G * nb * 16);
-        int8_t *zp = hz ? take((size_t)G * nb * 4) : NULL;
+        float *ws = take((size_t)nws * 4);
+        int8_t *zp = hz ? take((size_t)nws) : NULL;
         float *bias = hb ? take((size_t)N * 4) : NULL;
         int8_t *qa = malloc((size_t)nqa);
         float *sa = malloc((size_t)nsa * 4), *out = malloc((size_t)M * N * 4 + 4);
@@ -109,7 +108,7 @@ def _cases(variant: str):
             a, q, s, z, b = _case(rng, M, N, K, asym, bias=(i + asym) % 2 == 0)
             packed, ws, wzp = pack_s4a8(q, s, z, variant)
             nqa, nsa, _ = scratch_elems(M, K, variant)
-            data += struct.pack("<8i", M, N, K, int(asym), int(b is not None), len(packed), nqa, nsa)
+            data += struct.pack("<9i", M, N, K, int(asym), int(b is not None), len(packed), nqa, nsa, ws.size)
             data += a.tobytes() + packed + ws.tobytes() + (wzp.tobytes() if wzp is not None else b"")
             data += b.tobytes() if b is not None else b""
             qa, sa, suma = activation_layout(*quantize_rows_ref(a), variant)
@@ -156,7 +155,7 @@ def test_packing_holds_every_weight_once(variant):
     rng = np.random.default_rng(3)
     q = rng.integers(0, 16, (BLOCK, 4)).astype(np.uint8)
     packed, _, _ = pack_s4a8(q, np.ones((1, 4), np.float32), None, variant)
-    b = np.frombuffer(packed, np.uint8).reshape(4, 16)
+    b = np.frombuffer(packed, np.uint8)[:64].reshape(4, 16)   # dotprod: group 0 of a super-group
     nib = np.stack([b & 15, b >> 4], axis=1).astype(np.int16)   # v, half, byte
     nib = np.where(nib > 7, nib - 16, nib).reshape(-1)
     assert np.array_equal(nib, (q.T.reshape(-1).astype(np.int16) - 8)[order])

@@ -12,13 +12,16 @@ nibbles: ``v & 0xF0``, both 16 x the value; the kernels shift the int32 sums rig
   byte j holding k = j (low nibble) and k = j + 16 (high nibble) of the block.
 - dotprod (SDOT): 16-byte vector v (0..3) holds in its low nibbles operand O_v and in its high
   nibbles O_{v+4}, where byte 4c + i of O_g is k = 4g + i of column c (SDOT by element: lane g
-  of the activation's k 0..15, or lane g - 4 of its k 16..31).
+  of the activation's k 0..15, or lane g - 4 of its k 16..31). The groups come in super-groups
+  of 4 (16 columns, N padded to 16): per super-group and block, the 4 groups' 64 bytes one after
+  the other (256 bytes), and their scales and zero points (16 each), so that a decode step over
+  16 columns reads each block's weights, scales and zero points from one place.
 - i8mm (SMMLA): vector v = 2h + p holds in its low nibbles P_{p,h} and in its high nibbles
   P_{p,h+2}, where P_{p,j} is 8 k (8j..8j+7) of column 2p then the same 8 k of column 2p + 1.
 
-Scales and zero points are (group, block, 4) arrays; the SDOT / SMMLA layouts store 16 * zp' (their
-int32 sums are 16 x the products until the float conversion divides by 16, exactly). Everything
-is deterministic.
+Scales and zero points are (group, block, 4) arrays (dotprod: super-group, block, group, 4); the
+SDOT / SMMLA layouts store 16 * zp' (their int32 sums are 16 x the products until the float
+conversion divides by 16, exactly). Everything is deterministic.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from qc.errors import QCError
 
 BLOCK = 32
 GROUP = 4
+SUPER = 4   # dotprod: groups per super-group
 
 
 def layout(variant: str) -> str:
@@ -54,16 +58,24 @@ def _order(lay: str) -> np.ndarray:
     return idx
 
 
+def groups(N: int, variant: str) -> int:
+    """Column groups of 4 the packed weights hold: N / 4 rounded up; the dotprod layout in whole
+    super-groups of 4 groups (16 columns)."""
+    G = -(-N // GROUP)
+    return -(-G // SUPER) * SUPER if layout(variant) == "dotprod" else G
+
+
 def pack_s4a8(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, variant: str
               ) -> tuple[bytes, np.ndarray, np.ndarray | None]:
-    """(packed nibbles, scales (G, blocks, 4) float32, zp' or 16 zp' (G, blocks, 4) int8 or None) for the
-    K x N uint4 weights *q* (values 0..15, uint8), *scales* (blocks x N) and zero points
-    (blocks x N uint8, None = 8 everywhere)."""
+    """(packed nibbles, scales float32, zp' or 16 zp' int8 or None) for the K x N uint4 weights *q*
+    (values 0..15, uint8), *scales* (blocks x N) and zero points (blocks x N uint8, None = 8
+    everywhere). Scales and zero points are (G, blocks, 4) arrays, the dotprod layout's
+    (G / 4, blocks, 4, 4): super-group, block, group, column, as its nibble tiles."""
     q = np.asarray(q)
     if q.ndim != 2 or q.dtype != np.uint8 or (q.size and q.max() > 15):
         raise QCError(f"pack_s4a8 expects K x N uint8 values 0..15, got {q.dtype} {q.shape}")
     K, N = q.shape
-    nb, G = -(-K // BLOCK), -(-N // GROUP)
+    nb, G = -(-K // BLOCK), groups(N, variant)
     s = np.zeros((G * GROUP, nb * BLOCK), np.int16)
     s[:N, :K] = q.T.astype(np.int16) - 8
     tiles = s.reshape(G, GROUP, nb, BLOCK).transpose(0, 2, 1, 3).reshape(G, nb, GROUP * BLOCK)
@@ -72,13 +84,19 @@ def pack_s4a8(q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None, variant:
     packed = nib[:, :, :, 0, :] | (nib[:, :, :, 1, :] << 4)
     sc = np.zeros((nb, G * GROUP), np.float32)
     sc[:, :N] = np.asarray(scales, np.float32).reshape(nb, N)
+    sc = sc.reshape(nb, G, GROUP).transpose(1, 0, 2)
     zq = None
     if zp is not None:
         zq = np.zeros((nb, G * GROUP), np.int8)
         zq[:, :N] = (np.asarray(zp).reshape(nb, N).astype(np.int16) - 8) * (1 if layout(variant) == "portable" else 16)
-        zq = np.ascontiguousarray(zq.reshape(nb, G, GROUP).transpose(1, 0, 2))
-    return (np.ascontiguousarray(packed).tobytes(), np.ascontiguousarray(sc.reshape(nb, G, GROUP).transpose(1, 0, 2)),
-            zq)
+        zq = zq.reshape(nb, G, GROUP).transpose(1, 0, 2)
+    if layout(variant) == "dotprod":   # (G, nb, ...) -> (G / 4, nb, 4, ...)
+        def sup(x: np.ndarray) -> np.ndarray:
+            return x.reshape(G // SUPER, SUPER, nb, *x.shape[2:]).swapaxes(1, 2)
+        packed, sc = sup(packed), sup(sc)
+        zq = None if zq is None else sup(zq)
+    return (np.ascontiguousarray(packed).tobytes(), np.ascontiguousarray(sc),
+            None if zq is None else np.ascontiguousarray(zq))
 
 
 def scratch_elems(M: int, K: int, variant: str) -> tuple[int, int, int]:
@@ -96,7 +114,18 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """quantize_rows_ref's arrays as qc_quantize_q8b32 stores them for the variant. i8mm: per row
     pair and block, 64 bytes = for each 8 k the 8 of the first row then the 8 of the second (an
-    odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]; else as they are."""
+    odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]. dotprod: tiles of 8
+    rows (the last one M % 8), block-major within a tile (row 8t + i, block b at index
+    8t * blocks + b * r + i, r the tile's rows). Portable: as they are."""
+    if layout(variant) == "dotprod":
+        M, nb = sa.shape
+        q3 = qa.reshape(M, nb, BLOCK)
+        tiles = [(t, min(8, M - t)) for t in range(0, M, 8)]
+
+        def tiled(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([x[t:t + r].swapaxes(0, 1).reshape(-1) for t, r in tiles]) if M else x.reshape(-1)
+
+        return tiled(q3), tiled(sa), tiled(suma)
     if layout(variant) != "i8mm":
         return qa, sa, suma
     M, nb = sa.shape

@@ -11,13 +11,15 @@
 #define QC_S4A8_BLOCK 32
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
-static void qc_s4a8_quantize_block(const float *x, int n, int8_t *q, float *scale, int32_t *sum)
+/* the block in registers throughout (arrays of vectors went through the stack) */
+#define QC_Q8(v) vcvtnq_s32_f32(vmulq_n_f32(v, inv)) /* round to nearest, ties to even */
+static inline __attribute__((always_inline)) void qc_s4a8_quantize_block(const float *x, int n, int8_t *q,
+                                                                          float *scale, int32_t *sum)
 {
     float buf[QC_S4A8_BLOCK];
-    float32x4_t v[8], mx;
-    int32x4_t i[8];
+    float32x4x4_t lo, hi;
+    float32x4_t mx;
     int16x8_t h0, h1, h2, h3;
-    int8x16_t q0, q1;
     float amax, inv;
     int j;
     if (n < QC_S4A8_BLOCK) { /* the last, partial block: zero padded (zeros change no maximum) */
@@ -26,25 +28,21 @@ static void qc_s4a8_quantize_block(const float *x, int n, int8_t *q, float *scal
         }
         x = buf;
     }
-    for (j = 0; j < 8; ++j) {
-        v[j] = vld1q_f32(x + 4 * j);
-    }
-    mx = vmaxq_f32(vmaxq_f32(vmaxq_f32(vabsq_f32(v[0]), vabsq_f32(v[1])), vmaxq_f32(vabsq_f32(v[2]), vabsq_f32(v[3]))),
-                   vmaxq_f32(vmaxq_f32(vabsq_f32(v[4]), vabsq_f32(v[5])), vmaxq_f32(vabsq_f32(v[6]), vabsq_f32(v[7]))));
+    lo = vld1q_f32_x4(x);
+    hi = vld1q_f32_x4(x + 16);
+    mx = vmaxq_f32(vmaxq_f32(vmaxq_f32(vabsq_f32(lo.val[0]), vabsq_f32(lo.val[1])),
+                             vmaxq_f32(vabsq_f32(lo.val[2]), vabsq_f32(lo.val[3]))),
+                   vmaxq_f32(vmaxq_f32(vabsq_f32(hi.val[0]), vabsq_f32(hi.val[1])),
+                             vmaxq_f32(vabsq_f32(hi.val[2]), vabsq_f32(hi.val[3]))));
     amax = vmaxvq_f32(mx);
     *scale = amax / 127.0f;
     inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-    for (j = 0; j < 8; ++j) {
-        i[j] = vcvtnq_s32_f32(vmulq_n_f32(v[j], inv)); /* round to nearest, ties to even */
-    }
-    h0 = vcombine_s16(vmovn_s32(i[0]), vmovn_s32(i[1]));
-    h1 = vcombine_s16(vmovn_s32(i[2]), vmovn_s32(i[3]));
-    h2 = vcombine_s16(vmovn_s32(i[4]), vmovn_s32(i[5]));
-    h3 = vcombine_s16(vmovn_s32(i[6]), vmovn_s32(i[7]));
-    q0 = vcombine_s8(vmovn_s16(h0), vmovn_s16(h1));
-    q1 = vcombine_s8(vmovn_s16(h2), vmovn_s16(h3));
-    vst1q_s8(q, q0);
-    vst1q_s8(q + 16, q1);
+    h0 = vcombine_s16(vmovn_s32(QC_Q8(lo.val[0])), vmovn_s32(QC_Q8(lo.val[1])));
+    h1 = vcombine_s16(vmovn_s32(QC_Q8(lo.val[2])), vmovn_s32(QC_Q8(lo.val[3])));
+    h2 = vcombine_s16(vmovn_s32(QC_Q8(hi.val[0])), vmovn_s32(QC_Q8(hi.val[1])));
+    h3 = vcombine_s16(vmovn_s32(QC_Q8(hi.val[2])), vmovn_s32(QC_Q8(hi.val[3])));
+    vst1q_s8(q, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+    vst1q_s8(q + 16, vcombine_s8(vmovn_s16(h2), vmovn_s16(h3)));
     *sum = vaddlvq_s16(vaddq_s16(vaddq_s16(h0, h1), vaddq_s16(h2, h3)));
 }
 #else
@@ -106,6 +104,24 @@ void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int3
             }
             sa[t * 4 + 2 * h] = sa[t * 4 + 2 * h + 1] = scale;
             suma[t * 4 + 2 * h] = suma[t * 4 + 2 * h + 1] = sum;
+        }
+    }
+}
+#elif defined(QC_KERNEL_DOTPROD)
+/* Tiles of 8 rows (the last one r = M % 8 rows), block-major within a tile: row 8t + i and
+   block b at index 8t * blocks + b * r + i (32 bytes of qa, one sa and one suma each), so that
+   the SDOT kernel loads a block of all a tile's rows from one place. A tile starts at row 8t
+   of the row-major index, so a slice of whole tiles is the same layout at the same offset. */
+void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int32_t *suma)
+{
+    const int nb = (K + QC_S4A8_BLOCK - 1) / QC_S4A8_BLOCK;
+    int m, b;
+    for (m = 0; m < M; ++m) {
+        const int t0 = m & ~7, r = M - t0 < 8 ? M - t0 : 8;
+        for (b = 0; b < nb; ++b) {
+            const int k0 = b * QC_S4A8_BLOCK, n = K - k0 < QC_S4A8_BLOCK ? K - k0 : QC_S4A8_BLOCK;
+            const size_t i = (size_t)t0 * nb + (size_t)b * r + (size_t)(m - t0);
+            qc_s4a8_quantize_block(A + (size_t)m * K + k0, n, qa + i * QC_S4A8_BLOCK, sa + i, suma + i);
         }
     }
 }

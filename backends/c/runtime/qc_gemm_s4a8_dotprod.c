@@ -1,10 +1,14 @@
 /* qc_gemm_s4a8 with SDOT (QC_KERNEL_DOTPROD; packing_s4 "dotprod" layout): per group of 4
-   columns and block of 32 k, four 16-byte loads give the eight SDOT operands (v << 4 and
+   columns and block of 32 k, one 64-byte load gives the eight SDOT operands (v << 4 and
    v & 0xF0, 16 x the nibbles); SDOT by element multiplies them with 4 k of an activation row.
    The int32 sums stay 16 x the products (zero points are packed as 16 zp') until SCVTF with 4
-   fraction bits divides by 16 exactly. Tiles of 4 rows x 4 columns; single rows (M = 1 decode,
-   M % 4 tails) take 8 columns at a time and stream the weights once. Bit-exact with the portable
-   qc_gemm_s4a8 (same int32 sums, same float32 steps). */
+   fraction bits divides by 16 exactly. One SDOT chain per row, block and group, started at
+   -16 zp' * suma (one SMULL) instead of zero, so the zero point costs no extra instruction in
+   the chain. The activations come in qc_quantize_q8b32's dotprod layout (tiles of 8 rows,
+   block-major within a tile): tiles of 8 rows x 4 columns unpack each weight block once for 8
+   rows and load the 8 rows' scales and sums as vectors; a last partial tile takes 4 rows, then
+   single rows; a single row (M = 1 decode) takes 4 groups (16 columns) per step. Bit-exact with
+   the portable qc_gemm_s4a8 (same int32 sums, same float32 steps). */
 #include "qc_kernels.h"
 
 #if defined(QC_KERNEL_DOTPROD) && !defined(QC_KERNEL_I8MM)
@@ -14,33 +18,40 @@
 #include <arm_neon.h>
 #include <string.h>
 
+#define QC_INLINE static inline __attribute__((always_inline))
+/* gcc's first scheduling pass interleaves the tile's 8 SDOT chains and spills the accumulators */
+#if defined(__GNUC__) && !defined(__clang__)
+#define QC_NO_SCHED1 __attribute__((optimize("no-schedule-insns")))
+#else
+#define QC_NO_SCHED1
+#endif
 #define QC_LO(v) vreinterpretq_s8_u8(vshlq_n_u8(v, 4))
 #define QC_HI(v) vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)))
 
-/* 16 x the int32 sums of one row's block (a0: k 0..15, a1: k 16..31) with one group */
-static inline int32x4_t qc_s4a8_dot(const uint8_t *w, int8x16_t a0, int8x16_t a1)
+/* d + 16 x the sums of one row's block (a0: k 0..15, a1: k 16..31) with one group: one chain */
+QC_INLINE int32x4_t qc_s4a8_dot(int32x4_t d, const uint8_t *w, int8x16_t a0, int8x16_t a1)
 {
     const uint8x16x4_t v = vld1q_u8_x4(w);
-    int32x4_t s0 = vdotq_laneq_s32(vdupq_n_s32(0), QC_LO(v.val[0]), a0, 0);
-    int32x4_t s1 = vdotq_laneq_s32(vdupq_n_s32(0), QC_HI(v.val[0]), a1, 0);
-    s0 = vdotq_laneq_s32(s0, QC_LO(v.val[1]), a0, 1);
-    s1 = vdotq_laneq_s32(s1, QC_HI(v.val[1]), a1, 1);
-    s0 = vdotq_laneq_s32(s0, QC_LO(v.val[2]), a0, 2);
-    s1 = vdotq_laneq_s32(s1, QC_HI(v.val[2]), a1, 2);
-    s0 = vdotq_laneq_s32(s0, QC_LO(v.val[3]), a0, 3);
-    s1 = vdotq_laneq_s32(s1, QC_HI(v.val[3]), a1, 3);
-    return vaddq_s32(s0, s1);
+    d = vdotq_laneq_s32(d, QC_LO(v.val[0]), a0, 0);
+    d = vdotq_laneq_s32(d, QC_HI(v.val[0]), a1, 0);
+    d = vdotq_laneq_s32(d, QC_LO(v.val[1]), a0, 1);
+    d = vdotq_laneq_s32(d, QC_HI(v.val[1]), a1, 1);
+    d = vdotq_laneq_s32(d, QC_LO(v.val[2]), a0, 2);
+    d = vdotq_laneq_s32(d, QC_HI(v.val[2]), a1, 2);
+    d = vdotq_laneq_s32(d, QC_LO(v.val[3]), a0, 3);
+    return vdotq_laneq_s32(d, QC_HI(v.val[3]), a1, 3);
 }
 
-static inline int32x4_t qc_s4a8_zp(const int8_t *zp)
+/* the 4 values 16 zp' of one (group, block), int16 */
+QC_INLINE int16x4_t qc_s4a8_zp(const int8_t *zp)
 {
     int32_t z4;
     memcpy(&z4, zp, 4);
-    return vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(z4)))));
+    return vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(z4))));
 }
 
-/* acc + float(d / 16) * (sa * ws): the portable code's float32 steps */
-#define QC_ACC(acc, d, sa, ws) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), vmulq_n_f32(ws, sa)))
+/* acc + float(d / 16) * sw, sw = ws * sa: the portable code's float32 steps */
+#define QC_ACC(acc, d, sw) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), sw))
 
 static void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const float *bias)
 {
@@ -56,91 +67,149 @@ static void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const float 
     }
 }
 
-/* one row, groups g0 .. G-1, two groups per step where there are two */
-static void qc_s4a8_row(int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma, const uint8_t *Wp,
-                        const float *ws, const int8_t *wzp, const float *bias, float *out)
+/* one row whose block b is at qa + 32 r b, sa[r b], suma[r b] (r: the rows of its tile), one
+   super-group (16 columns) per step: per block, the 4 groups' weights, scales (one 64-byte load)
+   and zero points (one 16-byte load, two SXTL) */
+#define QC_COL(c, zc) do { \
+        const int32x4_t d_ = qc_s4a8_dot(zc, w + 256 * b + 64 * (c), a.val[0], a.val[1]); \
+        acc##c = QC_ACC(acc##c, d_, vmulq_n_f32(sw.val[c], f)); \
+    } while (0)
+
+QC_INLINE void qc_s4a8_row_z(const int hz, int N, int nb, int r, const int8_t *qa, const float *sa,
+                             const int32_t *suma, const uint8_t *Wp, const float *ws, const int8_t *wzp,
+                             const float *bias, float *out)
 {
-    const int G = (N + 3) / 4;
-    const size_t gs = (size_t)nb * 64;
-    int g, b;
-    for (g = 0; g + 2 <= G; g += 2) {
-        const uint8_t *w = Wp + (size_t)g * gs;
-        const float *s = ws + (size_t)g * nb * 4;
-        const int8_t *z = wzp ? wzp + (size_t)g * nb * 4 : NULL;
-        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+    const int S = (N + 15) / 16;
+    int sg, b;
+    for (sg = 0; sg < S; ++sg) {
+        const uint8_t *w = Wp + (size_t)sg * nb * 256;
+        const float *s = ws + (size_t)sg * nb * 16;
+        const int8_t *z = hz ? wzp + (size_t)sg * nb * 16 : NULL;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
         for (b = 0; b < nb; ++b) {
-            const int8x16_t a0 = vld1q_s8(qa + 32 * b), a1 = vld1q_s8(qa + 32 * b + 16);
-            int32x4_t d0 = qc_s4a8_dot(w + 64 * b, a0, a1), d1 = qc_s4a8_dot(w + gs + 64 * b, a0, a1);
-            if (z) {
-                d0 = vmlsq_n_s32(d0, qc_s4a8_zp(z + 4 * b), suma[b]);
-                d1 = vmlsq_n_s32(d1, qc_s4a8_zp(z + (size_t)nb * 4 + 4 * b), suma[b]);
+            const int8x16x2_t a = vld1q_s8_x2(qa + (size_t)32 * r * b);
+            const float f = sa[(size_t)r * b];
+            const float32x4x4_t sw = vld1q_f32_x4(s + 16 * b);
+            int32x4_t z0 = vdupq_n_s32(0), z1 = z0, z2 = z0, z3 = z0;
+            if (hz) {
+                const int8x16_t zz = vld1q_s8(z + 16 * b);
+                const int16x8_t z01 = vmovl_s8(vget_low_s8(zz)), z23 = vmovl_high_s8(zz);
+                const int16x8_t nu = vdupq_n_s16((int16_t)-suma[(size_t)r * b]);
+                z0 = vmull_s16(vget_low_s16(z01), vget_low_s16(nu));
+                z1 = vmull_high_s16(z01, nu);
+                z2 = vmull_s16(vget_low_s16(z23), vget_low_s16(nu));
+                z3 = vmull_high_s16(z23, nu);
             }
-            acc0 = QC_ACC(acc0, d0, sa[b], vld1q_f32(s + 4 * b));
-            acc1 = QC_ACC(acc1, d1, sa[b], vld1q_f32(s + (size_t)nb * 4 + 4 * b));
+            QC_COL(0, z0);
+            QC_COL(1, z1);
+            QC_COL(2, z2);
+            QC_COL(3, z3);
         }
-        qc_s4a8_store(out, 4 * g, N, acc0, bias);
-        qc_s4a8_store(out, 4 * g + 4, N, acc1, bias);
-    }
-    for (; g < G; ++g) {
-        const uint8_t *w = Wp + (size_t)g * gs;
-        const float *s = ws + (size_t)g * nb * 4;
-        const int8_t *z = wzp ? wzp + (size_t)g * nb * 4 : NULL;
-        float32x4_t acc = vdupq_n_f32(0.0f);
-        for (b = 0; b < nb; ++b) {
-            int32x4_t d = qc_s4a8_dot(w + 64 * b, vld1q_s8(qa + 32 * b), vld1q_s8(qa + 32 * b + 16));
-            if (z) {
-                d = vmlsq_n_s32(d, qc_s4a8_zp(z + 4 * b), suma[b]);
-            }
-            acc = QC_ACC(acc, d, sa[b], vld1q_f32(s + 4 * b));
-        }
-        qc_s4a8_store(out, 4 * g, N, acc, bias);
+        qc_s4a8_store(out, 16 * sg, N, acc0, bias);
+        qc_s4a8_store(out, 16 * sg + 4, N, acc1, bias);
+        qc_s4a8_store(out, 16 * sg + 8, N, acc2, bias);
+        qc_s4a8_store(out, 16 * sg + 12, N, acc3, bias);
     }
 }
 
-/* 16 x the sums of one row with the unpacked operands: one SDOT chain */
-#define QC_DOT_ROW(p) \
-    vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32( \
-    vdotq_laneq_s32(vdotq_laneq_s32(vdupq_n_s32(0), l0, a0_##p, 0), h0, a1_##p, 0), l1, a0_##p, 1), h1, a1_##p, 1), \
-    l2, a0_##p, 2), h2, a1_##p, 2), l3, a0_##p, 3), h3, a1_##p, 3)
-
-static void qc_s4a8_rows4(int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma, const uint8_t *Wp,
-                          const float *ws, const int8_t *wzp, const float *bias, float *out)
+QC_NO_SCHED1 static void qc_s4a8_row(int N, int nb, int r, const int8_t *qa, const float *sa, const int32_t *suma,
+                        const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out)
 {
-    const int G = (N + 3) / 4;
-    const size_t as = (size_t)nb * 32;
+    if (wzp) {
+        qc_s4a8_row_z(1, N, nb, r, qa, sa, suma, Wp, ws, wzp, bias, out);
+    } else {
+        qc_s4a8_row_z(0, N, nb, r, qa, sa, suma, Wp, ws, wzp, bias, out);
+    }
+}
+
+/* one row i of a tile: the chain started at -16 zp' * suma (lane i of nu = -suma) or at zero,
+   the block's 8 SDOT with the unpacked weights, then acc_i += float(d / 16) * (ws * sa) */
+#define QC_DOT_ROW(d, a0, a1) \
+    vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32( \
+    vdotq_laneq_s32(vdotq_laneq_s32(d, l0, a0, 0), h0, a1, 0), l1, a0, 1), h1, a1, 1), \
+    l2, a0, 2), h2, a1, 2), l3, a0, 3), h3, a1, 3)
+#define QC_TROW(acc, a0, a1, z0, sv, lane) \
+    acc = QC_ACC(acc, QC_DOT_ROW(z0, a0, a1), vmulq_laneq_f32(wv, sv, lane))
+/* rows i and j = i + 1: their 64 activation bytes in one load */
+#define QC_TPAIR(i, j, zi, zj, sv, lane) do { \
+        const int8x16x4_t a_ = vld1q_s8_x4(q + 32 * (i)); \
+        QC_TROW(acc##i, a_.val[0], a_.val[1], zi, sv, lane); \
+        QC_TROW(acc##j, a_.val[2], a_.val[3], zj, sv, (lane) + 1); \
+    } while (0)
+#define QC_Z8(i) (hz ? vmull_laneq_s16(z16, nu, i) : vdupq_n_s32(0))
+#define QC_Z4(i) (hz ? vmull_lane_s16(z16, nu4, i) : vdupq_n_s32(0))
+
+/* rows 0..R-1 (R = 8 or 4) of a tile of r rows (block b of row i at qa + 32 (r b + i), sa / suma
+   [r b + i]): each group's block unpacked once for the R rows */
+QC_INLINE void qc_s4a8_tile(const int R, const int hz, int N, int nb, int r, const int8_t *qa, const float *sa,
+                            const int32_t *suma, const uint8_t *Wp, const float *ws, const int8_t *wzp,
+                            const float *bias, float *out)
+{
+    const int G = (N + 15) / 16 * 4;
     int g, b;
     for (g = 0; g < G; ++g) {
-        const uint8_t *w = Wp + (size_t)g * nb * 64;
-        const float *s = ws + (size_t)g * nb * 4;
-        const int8_t *z = wzp ? wzp + (size_t)g * nb * 4 : NULL;
-        const int8_t *q0 = qa, *q1 = qa + as, *q2 = qa + 2 * as, *q3 = qa + 3 * as;
+        const size_t t = (size_t)(g / 4) * nb * 4 + (size_t)(g % 4); /* block b: t + 4 b */
+        const uint8_t *w = Wp + t * 64;
+        const float *s = ws + t * 4;
+        const int8_t *z = hz ? wzp + t * 4 : NULL;
         float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        float32x4_t acc4 = acc0, acc5 = acc0, acc6 = acc0, acc7 = acc0;
         for (b = 0; b < nb; ++b) {
-            const uint8x16x4_t v = vld1q_u8_x4(w + 64 * b);
+            const uint8x16x4_t v = vld1q_u8_x4(w + 256 * b);
             const int8x16_t l0 = QC_LO(v.val[0]), h0 = QC_HI(v.val[0]), l1 = QC_LO(v.val[1]), h1 = QC_HI(v.val[1]);
             const int8x16_t l2 = QC_LO(v.val[2]), h2 = QC_HI(v.val[2]), l3 = QC_LO(v.val[3]), h3 = QC_HI(v.val[3]);
-            const int8x16_t a0_0 = vld1q_s8(q0 + 32 * b), a1_0 = vld1q_s8(q0 + 32 * b + 16);
-            const int8x16_t a0_1 = vld1q_s8(q1 + 32 * b), a1_1 = vld1q_s8(q1 + 32 * b + 16);
-            const int8x16_t a0_2 = vld1q_s8(q2 + 32 * b), a1_2 = vld1q_s8(q2 + 32 * b + 16);
-            const int8x16_t a0_3 = vld1q_s8(q3 + 32 * b), a1_3 = vld1q_s8(q3 + 32 * b + 16);
-            const float32x4_t wv = vld1q_f32(s + 4 * b);
-            int32x4_t d0 = QC_DOT_ROW(0), d1 = QC_DOT_ROW(1), d2 = QC_DOT_ROW(2), d3 = QC_DOT_ROW(3);
-            if (z) {
-                const int32x4_t zv = qc_s4a8_zp(z + 4 * b);
-                d0 = vmlsq_n_s32(d0, zv, suma[b]);
-                d1 = vmlsq_n_s32(d1, zv, suma[nb + b]);
-                d2 = vmlsq_n_s32(d2, zv, suma[2 * nb + b]);
-                d3 = vmlsq_n_s32(d3, zv, suma[3 * nb + b]);
+            const float32x4_t wv = vld1q_f32(s + 16 * b);
+            const int8_t *q = qa + (size_t)32 * r * b;
+            const float *f = sa + (size_t)r * b;
+            const int32_t *u = suma + (size_t)r * b;
+            const int16x4_t z16 = hz ? qc_s4a8_zp(z + 16 * b) : vdup_n_s16(0);
+            const float32x4_t f0 = vld1q_f32(f);
+            if (R == 8) {
+                const float32x4_t f1 = vld1q_f32(f + 4);
+                const int16x8_t nu = hz ? vnegq_s16(vmovn_high_s32(vmovn_s32(vld1q_s32(u)), vld1q_s32(u + 4)))
+                                        : vdupq_n_s16(0);
+                (void)nu;
+                QC_TPAIR(0, 1, QC_Z8(0), QC_Z8(1), f0, 0);
+                QC_TPAIR(2, 3, QC_Z8(2), QC_Z8(3), f0, 2);
+                QC_TPAIR(4, 5, QC_Z8(4), QC_Z8(5), f1, 0);
+                QC_TPAIR(6, 7, QC_Z8(6), QC_Z8(7), f1, 2);
+            } else {
+                const int16x4_t nu4 = hz ? vneg_s16(vmovn_s32(vld1q_s32(u))) : vdup_n_s16(0);
+                (void)nu4;
+                QC_TPAIR(0, 1, QC_Z4(0), QC_Z4(1), f0, 0);
+                QC_TPAIR(2, 3, QC_Z4(2), QC_Z4(3), f0, 2);
             }
-            acc0 = QC_ACC(acc0, d0, sa[b], wv);
-            acc1 = QC_ACC(acc1, d1, sa[nb + b], wv);
-            acc2 = QC_ACC(acc2, d2, sa[2 * nb + b], wv);
-            acc3 = QC_ACC(acc3, d3, sa[3 * nb + b], wv);
         }
         qc_s4a8_store(out, 4 * g, N, acc0, bias);
         qc_s4a8_store(out + N, 4 * g, N, acc1, bias);
         qc_s4a8_store(out + 2 * (size_t)N, 4 * g, N, acc2, bias);
         qc_s4a8_store(out + 3 * (size_t)N, 4 * g, N, acc3, bias);
+        if (R == 8) {
+            qc_s4a8_store(out + 4 * (size_t)N, 4 * g, N, acc4, bias);
+            qc_s4a8_store(out + 5 * (size_t)N, 4 * g, N, acc5, bias);
+            qc_s4a8_store(out + 6 * (size_t)N, 4 * g, N, acc6, bias);
+            qc_s4a8_store(out + 7 * (size_t)N, 4 * g, N, acc7, bias);
+        }
+    }
+}
+
+QC_NO_SCHED1 static void qc_s4a8_tile8(int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma, const uint8_t *Wp,
+                          const float *ws, const int8_t *wzp, const float *bias, float *out)
+{
+    if (wzp) {
+        qc_s4a8_tile(8, 1, N, nb, 8, qa, sa, suma, Wp, ws, wzp, bias, out);
+    } else {
+        qc_s4a8_tile(8, 0, N, nb, 8, qa, sa, suma, Wp, ws, wzp, bias, out);
+    }
+}
+
+QC_NO_SCHED1 static void qc_s4a8_tile4(int N, int nb, int r, const int8_t *qa, const float *sa, const int32_t *suma,
+                          const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out)
+{
+    if (wzp) {
+        qc_s4a8_tile(4, 1, N, nb, r, qa, sa, suma, Wp, ws, wzp, bias, out);
+    } else {
+        qc_s4a8_tile(4, 0, N, nb, r, qa, sa, suma, Wp, ws, wzp, bias, out);
     }
 }
 
@@ -148,14 +217,23 @@ void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const 
                   const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out)
 {
     const int nb = (K + 31) / 32;
-    int m = 0;
-    for (; m + 4 <= M; m += 4) {
-        const size_t i = (size_t)m * nb;
-        qc_s4a8_rows4(N, nb, qa + i * 32, sa + i, suma + i, Wp, ws, wzp, bias, out + (size_t)m * N);
-    }
-    for (; m < M; ++m) {
-        const size_t i = (size_t)m * nb;
-        qc_s4a8_row(N, nb, qa + i * 32, sa + i, suma + i, Wp, ws, wzp, bias, out + (size_t)m * N);
+    int t, i;
+    for (t = 0; t < M; t += 8) {
+        const int r = M - t < 8 ? M - t : 8;
+        const size_t o = (size_t)t * nb;
+        float *y = out + (size_t)t * N;
+        if (r == 8) {
+            qc_s4a8_tile8(N, nb, qa + o * 32, sa + o, suma + o, Wp, ws, wzp, bias, y);
+            continue;
+        }
+        i = 0;
+        if (r >= 4) {
+            qc_s4a8_tile4(N, nb, r, qa + o * 32, sa + o, suma + o, Wp, ws, wzp, bias, y);
+            i = 4;
+        }
+        for (; i < r; ++i) {
+            qc_s4a8_row(N, nb, r, qa + (o + i) * 32, sa + o + i, suma + o + i, Wp, ws, wzp, bias, y + (size_t)i * N);
+        }
     }
 }
 #endif
