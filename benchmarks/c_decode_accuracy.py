@@ -15,6 +15,11 @@ kernels):
   the C's argmax equals onnxruntime's (every step sees the same history);
 - perplexity through the decode path (one token per step through the cache) on ``--windows``
   windows of the default evaluation text, C against onnxruntime.
+
+The same greedy and teacher-forced figures for onnxruntime against itself (optimizations on vs
+off) show how far two correct runtimes of one quantized model drift apart: a quantized decoder
+turns float rounding differences (summation order, float16 accumulation, exp) into one-step
+code flips that grow through the layers.
 """
 from __future__ import annotations
 
@@ -74,9 +79,32 @@ def compare(directory: Path, new_tokens: int, windows: int, seq_len: int) -> dic
                   f"{total} tokens (first divergence {first}), teacher-forced {100 * forced / total:.1f}%, "
                   f"decode-path perplexity C {c_ppl:.3f} vs {ort_ppl:.3f} ({100 * (c_ppl / ort_ppl - 1):+.2f}%)",
                   flush=True)
+        out["ort_on_vs_off"] = _ort_self(directory, prompts, new_tokens)
         return out
     finally:
         c.close()
+
+
+def _ort_self(directory: Path, prompts: list[list[int]], new_tokens: int) -> dict:
+    from qc.tools.generate import OrtStepper, generate
+
+    off = OrtStepper.load(str(directory / "model.onnx"), optimize=False)
+    on = OrtStepper.load(str(directory / "model.onnx"), optimize=True)
+    same = forced = total = 0
+    for ids in prompts:
+        want = generate(off, ids, new_tokens).generated_ids
+        got = generate(on, ids, new_tokens).generated_ids
+        same += sum(a == b for a, b in zip(got, want))
+        total += len(want)
+        history = ids + want[:-1]
+        off.reset()
+        on.reset()
+        a = off.step(history, all_logits=True)[len(ids) - 1:]
+        b = on.step(history, all_logits=True)[len(ids) - 1:]
+        forced += int((a.argmax(1) == b.argmax(1)).sum())
+    print(f"  {directory.name}: onnxruntime optimizations on vs off: greedy {100 * same / total:.1f}%, "
+          f"teacher-forced {100 * forced / total:.1f}%", flush=True)
+    return {"greedy_same": same / total, "teacher_forced_same": forced / total}
 
 
 def main(argv: list[str] | None = None) -> int:
