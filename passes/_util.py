@@ -90,6 +90,19 @@ def output_users(v: Value) -> list[Graph]:
     return [user for user, _ in v.uses() if isinstance(user, Graph)]
 
 
+OUTLIER_SUFFIX = ".outliers"
+"""split-outliers names the weight rows of a MatMul's outlier part ``@W.outliers``"""
+
+
+def is_outlier_part(op: Op) -> bool:
+    """The outlier part of a MatMul that split-outliers made (a float16 or float32 weight named
+    ``@W.outliers``): the quantizing passes leave it in float."""
+    if op.op_type != "MatMul" or len(op.operands) < 2:
+        return False
+    w = op.operands[1]
+    return w is not None and w.const is not None and w.name.endswith(OUTLIER_SUFFIX)
+
+
 def is_any_output(v: Value) -> bool:
     return any(isinstance(user, Graph) for user, _ in v.uses())
 

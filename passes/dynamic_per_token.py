@@ -11,7 +11,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import const_array, constant_consts, erase_op, is_any_output, is_default_domain
+from ._util import const_array, constant_consts, erase_op, is_any_output, is_default_domain, is_outlier_part
 
 TINY = np.float32(1e-30)  # an all-zero row keeps a positive scale (its codes are all 0)
 
@@ -52,7 +52,7 @@ class DynamicPerToken(Pass):
         opset = module.opset("") or 13
         changed = False
         for op in graph.ops:
-            if op.graph is not graph or not is_default_domain(op) or op.op_type != "MatMul":
+            if op.graph is not graph or not is_default_domain(op) or op.op_type != "MatMul" or is_outlier_part(op):
                 continue
             dq = _weight_dq(op, constants)
             if dq is None:

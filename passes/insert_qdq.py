@@ -13,7 +13,7 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-from ._util import compile_regex, opsets_for
+from ._util import compile_regex, is_outlier_part, opsets_for
 
 ACTIVATION_DTYPES = ("u8", "i8", "u16", "i16", "u4", "i4")
 
@@ -159,6 +159,8 @@ class InsertQDQ(Pass):
             if any(op.operands[i] is not None and op.operands[i].const is not None
                    and op.operands[i].const.dtype is DType.f16 for i in positions):
                 continue  # a float16 weight: the float16 part of split-outliers stays float16
+            if is_outlier_part(op):
+                continue  # split-outliers{dtype=f32}: the outlier part stays float32
             if (not self.activation_pairs and op.op_type == "MatMul"
                     and not any(is_weight(op.operands[i]) for i in positions)):
                 ctx.remark(op, "both operands are activations; left float (activation-pairs = false)")

@@ -21,6 +21,7 @@ from ._util import (
     constant_consts,
     graphs,
     is_default_domain,
+    is_outlier_part,
     lift_constant_weights,
     opsets_for,
     parent_ops,
@@ -274,7 +275,7 @@ class QuantizeWeights(Pass):
                 continue
             weight = op.operands[1]
             data = const_array(weight, constants)
-            if data is None or weight.const.dtype is not DType.f32 or data.ndim != 2:
+            if data is None or weight.const.dtype is not DType.f32 or data.ndim != 2 or is_outlier_part(op):
                 continue
             label = op.name or (op.results[0].name if op.results and op.results[0] is not None else "")
             if exclude is not None and exclude.search(label):

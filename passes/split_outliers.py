@@ -16,10 +16,11 @@ from qc.pm import Pass, PassContext, register_pass
 from qc.quant.outliers import OutlierSplit
 
 from ._scaling import matmuls_by_input
-from ._util import compile_regex
+from ._util import OUTLIER_SUFFIX, compile_regex
 from .insert_qdq import learned_dequantize
 
 MODES = ("threshold", "budget", "error")
+DTYPES = ("f16", "f32")
 _FLOAT16 = 10
 _FLOAT = 1
 
@@ -55,6 +56,19 @@ class SplitOutliers(Pass):
                                            %y.rest = onnx.MatMul(%x.rest, @w.rest)                     : W[R, :]
                                            %y = onnx.Add(%y.rest, %y.outliers)
 
+    ``dtype = f32`` keeps the outlier part in float32 instead, for targets whose runtime has no
+    float16 GEMM (onnxruntime's CPU provider on x86 runs a float16 MatMul through a slow generic
+    path, and the rounding of its float16 sums depends on the kernel and the row count)::
+
+        %y = onnx.MatMul(%x, @w)       ->  %x.outliers = onnx.Gather(%x, @x.outlier_cols) {axis = -1}
+                                           %y.outliers = onnx.MatMul(%x.outliers, @w.outliers)        : W[O, :] in f32
+                                           %x.rest = onnx.Gather(%x, @x.rest_cols) {axis = -1}
+                                           %y.rest = onnx.MatMul(%x.rest, @w.rest)
+                                           %y = onnx.Add(%y.rest, %y.outliers)
+
+    The passes that quantize (``quantize-weights``, ``insert-qdq``, ``dynamic-per-token``) leave a
+    MatMul whose weight is named ``@w.outliers`` alone.
+
     The MatMuls reading one activation (q, k and v) share its Gathers. ``%x.rest`` gets
     calibration statistics of its own (the range of the rest columns, from the per-feature
     minima and maxima), so ``quantize-weights`` and ``insert-qdq`` after this pass make the
@@ -84,8 +98,12 @@ class SplitOutliers(Pass):
     """budget and error modes: at most this fraction of each activation's columns in float16"""
     exclude: str = ""
     """regex: MatMuls whose name matches are not split"""
+    dtype: str = "f16"
+    """the outlier part's float type: f16 (LLM.int8()) or f32 (targets without a float16 GEMM)"""
 
     def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise QCError(f"split-outliers: dtype must be f16 or f32, got '{self.dtype}'")
         if self.mode not in MODES:
             raise QCError(f"split-outliers: unknown mode '{self.mode}'", hint="one of " + ", ".join(MODES))
         if not 0.0 < self.max_fraction <= 1.0:
@@ -236,12 +254,14 @@ class SplitOutliers(Pass):
 
         cols_o = graph.add_const(f"{x.name}.outlier_cols", Tensor.from_array(columns.astype(np.int64)))
         cols_r = graph.add_const(f"{x.name}.rest_cols", Tensor.from_array(rest.astype(np.int64)))
+        half = self.dtype == "f16"
         x_o = Value(f"{x.name}.outliers", narrowed(DType.f32, columns.size))
-        x_o16 = Value(f"{x.name}.outliers.f16", narrowed(DType.f16, columns.size))
+        x_o16 = Value(f"{x.name}.outliers.f16", narrowed(DType.f16, columns.size)) if half else x_o
         x_r = Value(f"{x.name}.rest", narrowed(DType.f32, rest.size))
-        prologue = [Op("Gather", [x, cols_o], results=[x_o], attrs={"axis": -1}, name=f"{x.name}.gather_outliers"),
-                    Op("Cast", [x_o], results=[x_o16], attrs={"to": _FLOAT16}, name=f"{x.name}.to_f16"),
-                    Op("Gather", [x, cols_r], results=[x_r], attrs={"axis": -1}, name=f"{x.name}.gather_rest")]
+        prologue = [Op("Gather", [x, cols_o], results=[x_o], attrs={"axis": -1}, name=f"{x.name}.gather_outliers")]
+        if half:
+            prologue.append(Op("Cast", [x_o], results=[x_o16], attrs={"to": _FLOAT16}, name=f"{x.name}.to_f16"))
+        prologue.append(Op("Gather", [x, cols_r], results=[x_r], attrs={"axis": -1}, name=f"{x.name}.gather_rest"))
         for op in prologue:
             graph.insert_before(first, op)
         calib.tensors[x_r.name] = _rest_stats(stats, rest)
@@ -250,15 +270,19 @@ class SplitOutliers(Pass):
             data = w.const.numpy()
             y = op.results[0]
             yshape = y.type.shape if isinstance(y.type, TensorType) else None
-            w_o = graph.add_const(f"{w.name}.outliers", Tensor.from_array(data[columns].astype(np.float16)))
+            rows = data[columns].astype(np.float16 if half else np.float32)
+            w_o = graph.add_const(f"{w.name}{OUTLIER_SUFFIX}", Tensor.from_array(rows))
             w_r = graph.add_const(f"{w.name}.rest", Tensor.from_array(np.ascontiguousarray(data[rest])))
-            y_o16 = Value(f"{y.name}.outliers.f16", TensorType(DType.f16, yshape))
             y_o = Value(f"{y.name}.outliers", TensorType(DType.f32, yshape))
             y_r = Value(f"{y.name}.rest", TensorType(DType.f32, yshape))
             base = op.name or y.name
-            new = [Op("MatMul", [x_o16, w_o], results=[y_o16], name=f"{base}.outliers"),
-                   Op("Cast", [y_o16], results=[y_o], attrs={"to": _FLOAT}, name=f"{base}.outliers_to_f32"),
-                   Op("MatMul", [x_r, w_r], results=[y_r], name=f"{base}.rest")]
+            if half:
+                y_o16 = Value(f"{y.name}.outliers.f16", TensorType(DType.f16, yshape))
+                new = [Op("MatMul", [x_o16, w_o], results=[y_o16], name=f"{base}.outliers"),
+                       Op("Cast", [y_o16], results=[y_o], attrs={"to": _FLOAT}, name=f"{base}.outliers_to_f32")]
+            else:
+                new = [Op("MatMul", [x_o, w_o], results=[y_o], name=f"{base}.outliers")]
+            new.append(Op("MatMul", [x_r, w_r], results=[y_r], name=f"{base}.rest"))
             for n in new:
                 graph.insert_before(op, n)
             total = Op("Add", [y_r, y_o], name=f"{base}.sum", results=[Value(y.name + ".sum", y.type)])

@@ -140,6 +140,39 @@ def test_fold_and_kernel_bit_identical_on_the_host(quantized, tmp_path, monkeypa
         assert np.abs(g - r).max() <= 5e-3 * scale and np.abs(g - r).mean() <= 1e-3 * scale
 
 
+def test_float32_outlier_form_is_one_kernel_call_and_matches_onnxruntime(tmp_path, monkeypatch):
+    """--outlier-dtype float32: the chain is Gather + MatMul (float32 rows) + Add, lowered to
+    qc_outlier_acc_f32 with the same epilogue folds; the fused C equals the unfused C within float32
+    rounding and onnxruntime on the same ONNX within the int8 steps, as the float16 form does."""
+    import dataclasses
+
+    import qc
+
+    toolchain.require_tools("host")
+    src = _model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=np.stack([_x(rng) for _ in range(8)]))
+    res = qc.compile(str(src), target="cortex-a76", quant=dataclasses.replace(QUANT, outlier_dtype="float32"),
+                     calibration=str(tmp_path / "calib.npz"), holdout=0, emit="onnx")
+    assert "dtype=f32" in res.pipeline
+    res.write(str(tmp_path / "q32.onnx"))
+    q32 = onnx.load(str(tmp_path / "q32.onnx"))
+    assert not any(n.op_type == "Cast" for n in q32.graph.node)
+    assert {t.data_type for t in q32.graph.initializer if t.name.endswith(".outliers")} == {TP.FLOAT}
+    x = _x(np.random.default_rng(11))
+    got = {}
+    for name, fuse in (("fused", True), ("plain", False)):
+        rep = _emit(tmp_path / "q32.onnx", tmp_path / name, monkeypatch, fold=True, fuse=fuse, variant="portable")
+        if fuse:
+            assert _outlier_calls(rep) == {k.replace("f16", "f32"): v for k, v in FOLDED.items()}, rep["kernels"]
+        got[name] = run_model(build_model(rep, "host"), rep, {"x": x}, "host")
+    refs = ort_session(str(tmp_path / "q32.onnx")).run(None, {"x": x})
+    for f, p, r in zip(got["fused"], got["plain"], refs):
+        scale = np.abs(r).max()
+        np.testing.assert_allclose(f, p, rtol=1e-5, atol=1e-5 * scale)
+        assert np.abs(f - r).max() <= 5e-3 * scale and np.abs(f - r).mean() <= 1e-3 * scale
+
+
 def test_qc_compile_cortex_a76_under_qemu_matches_unfused(quantized, tmp_path, monkeypatch):
     """qc compile --emit c for cortex-a76 (dotprod, native float16) under qemu: the bytes of the
     unfused C built the same way, and the folded ONNX still matches onnxruntime on the unfolded one."""

@@ -61,6 +61,29 @@ def test_budget_mode_moves_the_planted_columns_to_float16():
     assert np.all(np.abs(y - x @ W) <= bound)
 
 
+def test_float32_outliers_keep_the_float_model_and_stay_float_through_quantization():
+    """dtype=f32: no Cast, the outlier rows stay float32, so the split model is the float model up
+    to float32 summation order; quantize-weights, insert-qdq and dynamic-per-token leave the
+    outlier MatMul in float (its weight is named @w.outliers) and quantize the rest."""
+    module, _ = compile_with("split-outliers{mode=budget,max-fraction=0.04,dtype=f32}", activations(4))
+    consts = {n: v.const.numpy() for n, v in module.graph.consts.items()}
+    assert consts["w.outliers"].dtype == np.float32 and consts["w.rest"].shape == (K - 2, N)
+    assert not any(op.op_type == "Cast" for op in module.graph)
+    x = activations(1)[0]
+    (y,) = ort_session(qc.export_onnx(module)).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ W, rtol=1e-5, atol=1e-4)
+    for quantize in ("quantize-weights,insert-qdq{dtype=u8}", "quantize-weights,dynamic-per-token,"
+                     "insert-qdq{dtype=u8,dynamic=true}"):
+        module, _ = compile_with("split-outliers{mode=budget,max-fraction=0.04,dtype=f32}," + quantize, activations(4))
+        outlier = next(op for op in module.graph if op.name == "proj.outliers")
+        assert outlier.op_type == "MatMul"
+        assert outlier.operands[1].name == "w.outliers" and outlier.operands[0].producer.op_type == "Gather"
+        assert any(v.name == "w.rest.q" for v in module.graph.consts.values()) or "MatMulInteger" in {
+            op.op_type for op in module.graph}
+    with pytest.raises(QCError, match="dtype must be f16 or f32"):
+        compile_with("split-outliers{dtype=f8}", activations(1))
+
+
 def test_error_of_the_split_int8_model_is_bounded_by_the_int8_scales():
     calib = activations(8)
     pipeline = "split-outliers{mode=budget,max-fraction=0.04},quantize-weights,insert-qdq{dtype=u8}"

@@ -49,14 +49,28 @@ class OutlierUnit:
     rest: Value        # y.rest, the Add's other operand
     x: Value           # the Gather's input
     cols: np.ndarray   # outlier columns of x's last axis
-    weight: Value      # the float16 constant [ncols, N]
-    chain: tuple[Op, ...]  # Gather, Cast f16, MatMul, Cast f32
+    weight: Value      # the float16 (or float32) constant [ncols, N]
+    chain: tuple[Op, ...]  # Gather, Cast f16, MatMul, Cast f32 (float32 form: Gather, MatMul)
     bias_add: Op | None = None     # Add(y, b) after the chain's Add
     bias: Value | None = None      # b: N float32 values
     gelu: Op | None = None         # the Gelu after it (or after the chain's Add)
     act: str = "QC_OUTL_NONE"
     scale_mul: Op | None = None    # Mul(., s) last (smooth-quant's scale of the next layer's input)
     scale: Value | None = None     # s: N float32 values
+
+    @property
+    def half(self) -> bool:
+        return len(self.chain) == 4
+
+    @property
+    def computed(self) -> tuple[Op, ...]:
+        """the ops only this unit reads: MatMul (and its Cast back to float32)"""
+        return self.chain[2:] if self.half else self.chain[1:]
+
+    @property
+    def prologue(self) -> tuple[Op, ...]:
+        """the ops readers may share (q, k and v): Cast f16 then Gather, innermost first"""
+        return self.chain[1::-1] if self.half else self.chain[:1]
 
     @property
     def tail(self) -> list[Op]:
@@ -138,18 +152,28 @@ def _match(lw: Lowering, add: Op, outputs: set[int]) -> OutlierUnit | None:
 
 
 def _chain(lw: Lowering, add: Op, yo: Value, rest: Value, outputs: set[int]) -> OutlierUnit | None:
+    if not _only_reader(yo, add, outputs):
+        return None
     back = _producer(yo, "Cast")
-    if back is None or back.attr("to", 0) != _FLOAT or not _only_reader(yo, add, outputs):
-        return None
-    mm = _producer(back.operands[0], "MatMul")
-    if mm is None or not _only_reader(back.operands[0], back, outputs):
-        return None
-    xo16, w = mm.operands
-    if w is None or w.const is None or w.const.dtype != DType.f16 or len(w.const.shape) != 2:
-        return None
-    to16 = _producer(xo16, "Cast")
-    gather = _producer(to16.operands[0], "Gather") if to16 is not None and to16.attr("to", 0) == _FLOAT16 else None
-    if gather is None:
+    if back is None:  # the float32 form: Gather, MatMul with a float32 @w.outliers
+        mm = _producer(yo, "MatMul")
+        if mm is None or mm.operands[1] is None or mm.operands[1].const is None \
+                or mm.operands[1].const.dtype != DType.f32 or not mm.operands[1].name.endswith(".outliers"):
+            return None
+        to16, gather = None, _producer(mm.operands[0], "Gather")
+    else:
+        if back.attr("to", 0) != _FLOAT:
+            return None
+        mm = _producer(back.operands[0], "MatMul")
+        if mm is None or not _only_reader(back.operands[0], back, outputs):
+            return None
+        if mm.operands[1] is None or mm.operands[1].const is None or mm.operands[1].const.dtype != DType.f16:
+            return None
+        to16 = _producer(mm.operands[0], "Cast")
+        gather = _producer(to16.operands[0], "Gather") if to16 is not None and to16.attr("to", 0) == _FLOAT16 \
+            else None
+    w = mm.operands[1]
+    if gather is None or w is None or w.const is None or len(w.const.shape) != 2:
         return None
     x, idx = gather.operands
     if idx is None or idx.const is None or lw.dtype(x) != DType.f32 or lw.dtype(rest) != DType.f32:
@@ -164,7 +188,8 @@ def _chain(lw: Lowering, add: Op, yo: Value, rest: Value, outputs: set[int]) -> 
     if cols.size != w.const.shape[0] or cols.size == 0 or np.any((cols < 0) | (cols >= k)) \
             or lw.shape(rest) != out or lw.shape(yo) != out or out != (*xshape[:-1], n):
         return None
-    return OutlierUnit(rest, x, cols, w, (gather, to16, mm, back))
+    chain = (gather, mm) if to16 is None or back is None else (gather, to16, mm, back)
+    return OutlierUnit(rest, x, cols, w, chain)
 
 
 def plan_outliers(lw: Lowering) -> None:
@@ -178,10 +203,10 @@ def plan_outliers(lw: Lowering) -> None:
         if unit is not None:
             unit = _with_tail(lw, op, unit, outputs)
             units[id(op)] = unit
-            lw.consumed.update(id(o) for o in (*unit.chain[2:], *unit.tail))
+            lw.consumed.update(id(o) for o in (*unit.computed, *unit.tail))
     lw.outlier_units = units  # type: ignore[attr-defined]
     for unit in units.values():  # the Gather and Cast f16, when every reader is consumed
-        for op in unit.chain[1::-1]:
+        for op in unit.prologue:
             r = op.results[0]
             if id(r) not in outputs and all(id(u) in lw.consumed for u in r.users()):
                 lw.consumed.add(id(op))
@@ -209,13 +234,14 @@ def _lower(lw: Lowering, add: Op, u: OutlierUnit) -> None:
     n = u.weight.const.shape[1]
     m = math.prod(xshape[:-1])
     cols = lw.weight(u.cols.astype(np.int32))
-    w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # exact: no conversion per row of x
+    w32 = lw.weight(u.weight.const.numpy().astype(np.float32))  # float16 widened exactly: no conversion per row
     scratch = lw.scratch(DType.f32, 4 * int(u.cols.size))
     bias = Ptr(lw.buf(u.bias)) if u.bias is not None else Raw("NULL")
     scale = Ptr(lw.buf(u.scale)) if u.scale is not None else Raw("NULL")
-    label = "outlier acc f16" + (" + bias" if u.bias is not None else "") \
+    kernel = "qc_outlier_acc_f16" if u.half else "qc_outlier_acc_f32"
+    label = f"outlier acc {'f16' if u.half else 'f32'}" + (" + bias" if u.bias is not None else "") \
         + {"QC_OUTL_NONE": "", "QC_OUTL_GELU": " + gelu", "QC_OUTL_GELU_TANH": " + gelu_tanh"}[u.act] \
         + (" * scale" if u.scale is not None else "")
-    lw.call(add, "qc_outlier_acc_f16", [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
+    lw.call(add, kernel, [m, n, int(u.cols.size), Ptr(lw.buf(u.x)), int(xshape[-1]), Ptr(cols),
                                         Ptr(w32), Ptr(rest), bias, Raw(u.act), scale,
                                         Ptr(y, const=False), Ptr(scratch, const=False)], label)

@@ -32,6 +32,7 @@ class QuantOptions:
     outlier_mode: str = "budget"        # split-outliers mode: threshold | budget | error
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
+    outlier_dtype: str = "float16"      # split-outliers' outlier part: float16 | float32
     smooth_alpha: float = 0.5
     rotate: str = ""                    # rotate first (the rotate pass); its online Hadamards: down | all | none
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
@@ -274,6 +275,7 @@ def _requantizes_conv(opts: QuantOptions, s: Scheme) -> bool:
 
 
 OUTLIER_CHOICES = ("none", "split", "smooth", "both")
+OUTLIER_DTYPES = ("float16", "float32")
 DEFAULT_OUTLIERS = "both"
 DYNAMIC_SPLIT = ("dyn8",)   # dynamic schemes that take float16 outlier columns (from calibration data)
 
@@ -296,5 +298,9 @@ def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
         split = [f"mode={opts.outlier_mode}"] + ([exclude[1:]] if exclude else [])
         split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
                      else f"max-fraction={opts.outlier_fraction:g}")
+        if opts.outlier_dtype not in OUTLIER_DTYPES:
+            raise QCError(f"unknown --outlier-dtype '{opts.outlier_dtype}'", hint="float16 or float32")
+        if opts.outlier_dtype == "float32":
+            split.append("dtype=f32")
         out.append("split-outliers{" + ",".join(split) + "}")
     return out

@@ -216,6 +216,11 @@ enum qc_outl_act { QC_OUTL_NONE = 0, QC_OUTL_GELU = 1, QC_OUTL_GELU_TANH = 2 };
 void qc_outlier_acc_f16(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
                         const float *W, const float *y_in, const float *bias, int act, const float *scale,
                         float *y, float *scratch);
+/* split-outliers{dtype=f32}: the same without the binary16 roundings (a[k] = x[m * ldx + cols[k]],
+   the sum added as it is; W: the float32 rows); equal to Gather, MatMul, Add within float32 rounding */
+void qc_outlier_acc_f32(int M, int N, int ncols, const float *x, int ldx, const int32_t *cols,
+                        const float *W, const float *y_in, const float *bias, int act, const float *scale,
+                        float *y, float *scratch);
 
 #ifdef __cplusplus
 }
