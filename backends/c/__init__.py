@@ -102,15 +102,22 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     out = Path(out_dir)
     info = E.emit(low, out, prefix, arena, incbin=incbin, threads=threads)
     files = list(info["files"])
-    chunk, chunk_arena = None, 0
+    chunk, chunk_arena, last, last_arena = None, 0, None, 0
     if prefill is not None:
+        from .last_rows import slice_last_row
+
         chunk, chunk_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table)
         files += ["prefill.h", "prefill.c"]
+        if slice_last_row(prefill, chunk.step_tokens):  # in place: prefill_run is written
+            last, last_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table,
+                                                "prefill_last")
+            files += ["prefill_last.h", "prefill_last.c"]
     if harness:
         if low.cache_slots:
             from .decode import decode_harness_c, decode_roles
 
-            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk, firmware=bare_metal(target))
+            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk, last,
+                                    firmware=bare_metal(target))
         else:
             text = harness_c(low, prefix, threads)
         E.write_text(out / "harness.c", text)
@@ -143,8 +150,9 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         report["decode"] = {"max_context": low.max_context, "step_tokens": low.step_tokens,
                             "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
                             "vocab": low.outputs[0].size // low.step_tokens,
-                            "ram_bytes": max(arena, chunk_arena) + E.cache_slot_offsets(low)[-1] * 4,
-                            "prefill_chunk": chunk.step_tokens if chunk else 1, "prefill_arena_bytes": chunk_arena}
+                            "ram_bytes": max(arena, chunk_arena, last_arena) + E.cache_slot_offsets(low)[-1] * 4,
+                            "prefill_chunk": chunk.step_tokens if chunk else 1, "prefill_arena_bytes": chunk_arena,
+                            "prefill_last_row": last is not None, "prefill_last_arena_bytes": last_arena}
     if threads is not None:
         report["threads"] = threads
         report["split_calls"] = sum(c.split is not None for c in low.calls)
@@ -155,9 +163,10 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 THREADS_MACRO = "-DQC_THREADS=1"
 
 
-def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table):
-    """Lower *module* (the decoder prepared for a chunk of tokens) and write prefill.h / prefill.c,
-    reading *step*'s weights (they must be the same bytes in the same order) and cache."""
+def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table,
+                     name: str = "prefill"):
+    """Lower *module* (the decoder prepared for a chunk of tokens) and write NAME.h / NAME.c
+    (``NAME_run``), reading *step*'s weights (they must be the same bytes in the same order) and cache."""
     from . import emit as E
     from .lower import Lowering, lower
     from .memplan import plan
@@ -172,8 +181,8 @@ def _prefill_program(module: Module, step, out: Path, prefix: str, target, featu
         raise QCError("the prefill program's KV cache differs from the decode step's")
     E.layout_weights(low.weights)  # the same offsets as the step's blob
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if any(c.fn not in E.ops_functions() for c in low.calls if c.fn) else [])
-    E.write_text(out / "prefill.h", E.model_h(low, "prefill", arena, 0))
-    E.write_text(out / "prefill.c", E.model_c(low, "prefill", headers, weights=prefix))
+    E.write_text(out / f"{name}.h", E.model_h(low, name, arena, 0))
+    E.write_text(out / f"{name}.c", E.model_c(low, name, headers, weights=prefix))
     return low, arena
 
 
