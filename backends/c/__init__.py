@@ -174,12 +174,15 @@ def _prefill_program(module: Module, step, out: Path, prefix: str, target, featu
     check_static_shapes(module)
     low = lower(Lowering(module, features, variant, table))
     arena = plan(low.calls, low.arena_buffers)
-    if [w.data for w in low.weights] != [w.data for w in step.weights]:
-        raise QCError("the prefill program's constants differ from the decode step's: they cannot share "
-                      "one weight blob", hint="compile with --prefill-chunk 1")
+    at = {w.data: w.offset for w in step.weights}  # the step's blob, laid out by E.emit
+    missing = [w for w in low.weights if w.data not in at]
+    if missing:
+        raise QCError(f"the {name} program's constants differ from the decode step's (first: "
+                      f"'{missing[0].name}'): they cannot share one weight blob", hint="compile with --prefill-chunk 1")
     if low.cache_slots != step.cache_slots or low.max_context != step.max_context:
-        raise QCError("the prefill program's KV cache differs from the decode step's")
-    E.layout_weights(low.weights)  # the same offsets as the step's blob
+        raise QCError(f"the {name} program's KV cache differs from the decode step's")
+    for w in low.weights:  # the same bytes at the same offsets as in the step's blob
+        w.offset = at[w.data]
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if any(c.fn not in E.ops_functions() for c in low.calls if c.fn) else [])
     E.write_text(out / f"{name}.h", E.model_h(low, name, arena, 0))
     E.write_text(out / f"{name}.c", E.model_c(low, name, headers, weights=prefix))

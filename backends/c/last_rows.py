@@ -29,26 +29,47 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 
 ROW_WISE = {("com.microsoft", "MatMulNBits"), ("qc", "AddRMSNormalization"), ("qc", "RMSNormalization"),
-            ("qc", "SiLUMul"), ("qc", "SiLU"), ("", "Add"), ("", "Mul")}
-"""Ops whose rows along the token axis are computed independently (elementwise ones only with
-operands that have no token axis of their own: constants of rank <= 1), besides MatMul by a
-constant matrix."""
+            ("qc", "SiLUMul"), ("qc", "SiLU"), ("", "Add"), ("", "Mul"), ("", "Cast"), ("", "MatMul"),
+            ("", "QuantizeLinear"), ("", "DequantizeLinear"), ("", "Gather")}
+"""Ops whose rows along the token axis are computed independently, when their other operands are
+weights (constants, or ops of constants such as a weight's DequantizeLinear) with no token axis:
+elementwise ones and (de)quantization with weights of rank <= 1 on the last axis, Gather of
+constant columns (the last axis), MatMul by a weight matrix."""
+
+
+def _weight(v: Value, seq: int, depth: int = 3) -> bool:
+    if v.is_const:
+        return True
+    p = v.producer
+    return depth > 0 and p is not None and not _seq_shaped(v, seq) and bool(p.present_operands()) \
+        and all(_weight(u, seq, depth - 1) for u in p.present_operands())
+
+
+def _rank(v: Value) -> int:
+    t = v.type
+    return len(t.shape) if isinstance(t, TensorType) and t.shape is not None else -1
 
 
 def _row_wise(op: Op, seq: int) -> bool:
-    if (op.domain, op.op_type) == ("", "MatMul"):  # x [1, S, K] @ a constant W [K, N]
-        w = op.operands[1] if len(op.operands) == 2 else None
-        return w is not None and w.is_const and len(w.data().shape) == 2 and _seq_shaped(op.operands[0], seq) \
-            and _seq_shaped(op.results[0], seq)
-    if (op.domain, op.op_type) not in ROW_WISE:
+    kind = (op.domain, op.op_type)
+    if kind not in ROW_WISE or not all(_seq_shaped(r, seq) for r in op.present_results()):
         return False
-    for v in op.present_operands():
-        if v.is_const:
-            if op.op_type in ("Add", "Mul") and len(v.data().shape) > 1:
-                return False
-        elif not _seq_shaped(v, seq):
+    x, *rest = op.operands
+    if x is None or not _seq_shaped(x, seq):
+        return False
+    if kind[1] in ("MatMul", "Gather"):
+        if len(op.operands) != 2 or rest[0] is None or not _weight(rest[0], seq):
             return False
-    return all(_seq_shaped(r, seq) for r in op.present_results())
+        return _rank(rest[0]) == 2 if kind[1] == "MatMul" else op.attr("axis", 0) in (-1, 2)
+    if kind[1] in ("QuantizeLinear", "DequantizeLinear") and op.attr("axis", 1) not in (-1, 2) and \
+            any(v is not None and _rank(v) != 0 for v in rest):
+        return False
+    for v in rest:
+        if v is None or _seq_shaped(v, seq):
+            continue
+        if not _weight(v, seq) or (kind[0] == "" and kind[1] not in ("MatMul", "Gather") and _rank(v) > 1):
+            return False
+    return True
 
 
 def _seq_shaped(v: Value, seq: int) -> bool:
@@ -84,7 +105,7 @@ def slice_last_row(module: Module, seq: int) -> int:
                           for k, a in (("starts", seq - 1), ("ends", seq), ("axes", 1)))
     for op in ops:
         for i, v in enumerate(op.operands):
-            if v is None or v.is_const or (v.producer is not None and id(v.producer) in tail):
+            if v is None or not _seq_shaped(v, seq) or (v.producer is not None and id(v.producer) in tail):
                 continue
             if id(v) not in cut:
                 assert isinstance(v.type, TensorType) and v.type.shape is not None
