@@ -12,7 +12,9 @@ requests:
               (status 0; 1: the cache would pass MODEL_MAX_CONTEXT, nothing computed;
               rows: n with flags bit 0, else 1: the last token's)
 
-Positions are the cache slots (past_len + i): batch 1, no padding. ``CStepper`` runs the harness
+Whole chunks of a step's tokens go through ``prefill_run`` (flags bit 0: every row's logits) or
+``prefill_last_run`` (the chunk's last row's only, last_rows.py); the rest one by one through
+``model_run``. Positions are the cache slots (past_len + i): batch 1, no padding. ``CStepper`` runs the harness
 natively or under the target's qemu and implements qc.tools.generate's Stepper protocol.
 
 A Cortex-M target has no stdin: its harness is the firmware ``harness N ID...`` (greedy
