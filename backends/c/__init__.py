@@ -77,7 +77,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     and splits the big calls (``split.plan``); None writes the single-threaded code. *prefill*:
     for the C decode runtime, the same decoder prepared for a chunk of tokens per step
     (``c_decode_pipeline(N, chunk)``), written as ``prefill_run`` beside ``model_run`` with the
-    same weights and cache (docs/c-backend.md, "KV-cache decoders")."""
+    same weights and cache, then rewritten in place by ``last_rows.slice_last_row`` and written as
+    ``prefill_last_run`` (the chunk's last row's logits only; docs/c-backend.md, "KV-cache decoders")."""
     from . import emit as E
     from .harness import harness_c
     from .lower import Lowering, lower
@@ -108,9 +109,10 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 
         chunk, chunk_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table)
         files += ["prefill.h", "prefill.c"]
-        if slice_last_row(prefill, chunk.step_tokens):  # in place: prefill_run is written
+        tail = slice_last_row(prefill, chunk.step_tokens)  # in place: prefill_run is written
+        if tail:
             last, last_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table,
-                                                "prefill_last")
+                                                "prefill_last", tail)
             files += ["prefill_last.h", "prefill_last.c"]
     if harness:
         if low.cache_slots:
@@ -164,15 +166,20 @@ THREADS_MACRO = "-DQC_THREADS=1"
 
 
 def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table,
-                     name: str = "prefill"):
+                     name: str = "prefill", tail: set[str] | None = None):
     """Lower *module* (the decoder prepared for a chunk of tokens) and write NAME.h / NAME.c
-    (``NAME_run``), reading *step*'s weights (they must be the same bytes in the same order) and cache."""
+    (``NAME_run``), reading *step*'s weights (the same bytes at the step's offsets) and cache; the
+    calls of *tail* (``last_rows.slice_last_row``'s ops) skipped when logits is NULL (``guard_tail``)."""
     from . import emit as E
     from .lower import Lowering, lower
     from .memplan import plan
 
     check_static_shapes(module)
     low = lower(Lowering(module, features, variant, table))
+    if tail:
+        from .last_rows import guard_tail
+
+        guard_tail(low, tail)
     arena = plan(low.calls, low.arena_buffers)
     at = {w.data: w.offset for w in step.weights}  # the step's blob, laid out by E.emit
     missing = [w for w in low.weights if w.data not in at]

@@ -89,8 +89,8 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
                     if (emit && !emit(chunk_logits + (size_t)t * VOCAB)) return 0;
                 }}
                 memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
-            }} else {{   /* the last row's logits only */
-                prefill_last_run({chunk_args}, logits, arena, kv_cache, past);
+            }} else {{   /* the last row's logits only, and none before the last chunk */
+                prefill_last_run({chunk_args}, i + CHUNK == n ? logits : NULL, arena, kv_cache, past);
                 if (emit && i + CHUNK == n && !emit(logits)) return 0;
             }}
 """

@@ -18,7 +18,9 @@ value the tail reads from outside it is sliced to its last row::
 For SmolLM2 that is the last layer's o_proj, its MLP, the final norm and the LM head. Row-wise
 ops compute each row alone, so the last row's logits are the all-rows program's last row, bit
 for bit (the kernels' M = 1 path rounds as their tiles do; tests/test_c_decode.py checks it).
-The cache writes (CachedAttention) stay whole: attention is never in the tail.
+The cache writes (CachedAttention) stay whole: attention is never in the tail. ``guard_tail``
+then lets a caller that wants no logits at all (a chunk before the prompt's last) skip the tail
+by passing ``logits = NULL``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import numpy as np
 from qc.ir.core import Module, Op, Value
 from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
+
+from .lowering import Call, Lowered, node_name
 
 ROW_WISE = {("com.microsoft", "MatMulNBits"), ("qc", "AddRMSNormalization"), ("qc", "RMSNormalization"),
             ("qc", "SiLUMul"), ("qc", "SiLU"), ("", "Add"), ("", "Mul"), ("", "Cast"), ("", "MatMul"),
@@ -78,16 +82,17 @@ def _seq_shaped(v: Value, seq: int) -> bool:
         and t.shape[0] == 1 and t.shape[1] == seq
 
 
-def slice_last_row(module: Module, seq: int) -> int:
+def slice_last_row(module: Module, seq: int) -> set[str]:
     """Rewrite *module* (a decoder step of *seq* tokens, one output: the logits ``[1, seq, V]``)
-    as above; returns the number of ops in the tail (at least the LM head), or 0, changing
-    nothing, when the logits are not made by a row-wise op."""
+    as above; returns the C schedule's node names (``node_name``) of the tail and its Slices
+    (``guard_tail``'s), or an empty set, changing nothing, when the logits are not made by a
+    row-wise op."""
     g = module.graph
     if len(g.outputs) != 1 or seq < 2:
-        return 0
+        return set()
     head = g.outputs[0].producer
     if head is None or head.graph is not g or not _row_wise(head, seq):
-        return 0
+        return set()
     tail: set[int] = {id(head)}
     grew = True
     while grew:  # add producers all of whose results feed only the tail
@@ -101,6 +106,7 @@ def slice_last_row(module: Module, seq: int) -> int:
                 grew = True
     ops = [op for op in g.ops if id(op) in tail]
     cut: dict[int, Value] = {}
+    names = set()
     starts, ends, axes = (g.add_const(f"last_row.{k}", Tensor.from_array(np.array([a], np.int64)))
                           for k, a in (("starts", seq - 1), ("ends", seq), ("axes", 1)))
     for op in ops:
@@ -110,12 +116,28 @@ def slice_last_row(module: Module, seq: int) -> int:
             if id(v) not in cut:
                 assert isinstance(v.type, TensorType) and v.type.shape is not None
                 sliced = Value(f"{v.name}.last_row", v.type.with_shape((1, 1, *v.type.shape[2:])))
-                g.insert_before(op, Op("Slice", [v, starts, ends, axes], results=[sliced],
-                                       name=f"{v.name}/last_row"))
+                names.add(node_name(g.insert_before(op, Op("Slice", [v, starts, ends, axes], results=[sliced],
+                                                           name=f"{v.name}/last_row"))))
                 cut[id(v)] = sliced
             op.set_operand(i, cut[id(v)])
     for op in ops:
         for r in op.present_results():
             assert isinstance(r.type, TensorType) and r.type.shape is not None
             r.type = r.type.with_shape((1, 1, *r.type.shape[2:]))
-    return len(ops)
+    return names | {node_name(op) for op in ops}
+
+
+def guard_tail(low: Lowered, names: set[str]) -> bool:
+    """Put the lowered calls of the tail (*names*, ``slice_last_row``'s) in ``if (logits != NULL)``
+    when they are the schedule's last calls: a chunk before the prompt's last needs no logits and
+    skips the tail (its only result is the logits). Whether it did."""
+    tail = [i for i, c in enumerate(low.calls) if c.node.rsplit(" (", 1)[0] in names]
+    if not tail or len(low.outputs) != 1:
+        return False
+    k = tail[0]
+    if any(c.block or c.node.rsplit(" (", 1)[0] not in names for c in low.calls[k:]):
+        return False
+    out = low.outputs[0].name
+    low.calls.insert(k, Call("", [], "the last row's logits (if)", "", text=f"if ({out} != NULL) {{{{", block=1))
+    low.calls.append(Call("", [], "the last row's logits (end if)", "", text="}}", block=-1))
+    return True
