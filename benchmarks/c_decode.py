@@ -49,7 +49,7 @@ def build(scheme: str, work: Path, context: int, profile: bool = False) -> Path:
            "--quiet")
     flags = next(line.split("=", 1)[1].strip() for line in (out / "Makefile").read_text().splitlines()
                  if line.startswith("CFLAGS ="))
-    for f in ("model.o", "prefill.o", "prefill_last.o", "libmodel.a", "harness.o"):  # with or without the per-call marks
+    for f in ("model.o", "prefill.o", "prefill_last.o", "libmodel.a", "harness.o"):  # with or without the marks
         (out / f).unlink(missing_ok=True)
     subprocess.run(["make", "-s", "-C", str(out), "libmodel.a"] + ([f"CFLAGS={flags} -DQC_PROFILE"] if profile else []),
                    check=True)

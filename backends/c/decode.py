@@ -101,7 +101,7 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
             }}
             memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
 """
-        chunk_decl = (f'#include "prefill.h"\n' + ('#include "prefill_last.h"\n' if last is not None else "")
+        chunk_decl = ('#include "prefill.h"\n' + ('#include "prefill_last.h"\n' if last is not None else "")
                       + f"#define CHUNK {C}\n#define ARENA_BYTES {arena}\n"
                       "static int64_t idss[CHUNK], poss[CHUNK] = {0};\n"
                       "static float chunk_logits[PREFILL_OUTPUT0_ELEMS];\n")
