@@ -10,10 +10,11 @@ Each qc row compiles the KV-cache SmolLM2 (`qc models build smollm2-135m --kv-ca
 `qc compile --target cortex-a76 --quant SCHEME --calib-text licenses --samples 8 --emit-harness
 --max-context 256` (prefill chunks of 16), builds the step harness with harness.c alone under
 -DQC_PROFILE (the marks; the model's own per-call marks stay off) and runs `harness --bench N
-PROMPT...`: prefill between marks 1 and 2, then N greedy steps. Weight bytes per token are the
+PROMPT...`: prefill between marks 1 and 2 (`prefill_last_run` per chunk: the last token's
+logits only, as llama.cpp), then N greedy steps. Weight bytes per token are the
 bytes of the GEMM weights each decode step reads (report.json's weight blob less the float
 embedding table, of which a step reads one row); cache bytes per token from report.json.
-`--profile` builds model.c and prefill.c with -DQC_PROFILE as well (a mark before each kernel
+`--profile` builds model.c and prefill*.c with -DQC_PROFILE as well (a mark before each kernel
 call, labelled by its index) and prints the counts per kernel per prefill / decode token.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def build(scheme: str, work: Path, context: int, profile: bool = False) -> Path:
            "--quiet")
     flags = next(line.split("=", 1)[1].strip() for line in (out / "Makefile").read_text().splitlines()
                  if line.startswith("CFLAGS ="))
-    for f in ("model.o", "prefill.o", "libmodel.a", "harness.o"):  # with or without the per-call marks
+    for f in ("model.o", "prefill.o", "prefill_last.o", "libmodel.a", "harness.o"):  # with or without the marks
         (out / f).unlink(missing_ok=True)
     subprocess.run(["make", "-s", "-C", str(out), "libmodel.a"] + ([f"CFLAGS={flags} -DQC_PROFILE"] if profile else []),
                    check=True)
@@ -94,7 +95,8 @@ def profile(out: Path, prompt: list[int], decode_tokens: int, cpu: str = "cortex
     res = arm_speed.count([str(out / "harness"), "--bench", str(decode_tokens), *map(str, prompt)], cpu=cpu)
     if res["returncode"] != 0 or res.get("lost_marks"):
         raise RuntimeError(f"harness exited with {res['returncode']} ({res.get('lost_marks')} marks lost)")
-    pre_names, dec_names = _call_kernels(out / "prefill.c"), _call_kernels(out / "model.c")
+    pre = out / "prefill_last.c"  # the greedy prompt wants the last token's logits only
+    pre_names, dec_names = _call_kernels(pre if pre.exists() else out / "prefill.c"), _call_kernels(out / "model.c")
     pre_end, dec_end = max(pre_names), max(dec_names)
     marks = res["marks"]
     assert marks[0]["label"] == 1, marks[0]

@@ -55,8 +55,9 @@ def test_fp32_greedy_tokens_equal_onnxruntime_under_qemu(smol_kv, fp32_c):
     decode = report["decode"]
     # 2 layers x (key, value) x 3 kv heads x 128 slots x 64 floats
     assert decode["kv_cache_bytes"] == 2 * 2 * 3 * CONTEXT * 64 * 4
-    assert decode["prefill_chunk"] == 16
-    assert decode["ram_bytes"] == max(report["arena_bytes"], decode["prefill_arena_bytes"]) + decode["kv_cache_bytes"]
+    assert decode["prefill_chunk"] == 16 and decode["prefill_last_row"]
+    assert decode["ram_bytes"] == max(report["arena_bytes"], decode["prefill_arena_bytes"],
+                                      decode["prefill_last_arena_bytes"]) + decode["kv_cache_bytes"]
     ort = OrtStepper.load(os.path.join(out, "model.onnx"), optimize=False)
     with open_stepper(out) as c:
         for prompt in PROMPTS:
@@ -67,6 +68,28 @@ def test_fp32_greedy_tokens_equal_onnxruntime_under_qemu(smol_kv, fp32_c):
         ids = list(PROMPTS[0]) + [7, 8, 9]
         np.testing.assert_allclose(c.step(ids, all_logits=True), ort.step(ids, all_logits=True), atol=2e-3, rtol=0)
         assert c.cache_length == len(ids)
+        _check_last_row_mode(c, ort, [(t * 7919) % 49152 for t in range(1, 36)], atol=2e-3)
+
+
+def _check_last_row_mode(c, ort, ids: list[int], atol: float) -> None:
+    """Two prefill chunks and 3 single steps: the last-row mode (prefill_last_run, the default
+    step) gives the all-rows mode's last row bit for bit, near onnxruntime's, and leaves the same
+    cache (the next step's logits are equal)."""
+    assert len(ids) > 32
+    c.reset()
+    ort.reset()
+    every, want = c.step(ids, all_logits=True), ort.step(ids, all_logits=True)
+    after_every = c.step([5])
+    c.reset()
+    last = c.step(ids)
+    assert last.shape == (1, every.shape[1]) and c.cache_length == len(ids)
+    np.testing.assert_array_equal(last[0], every[-1])
+    np.testing.assert_allclose(last[0], want[-1], atol=atol, rtol=0)
+    np.testing.assert_array_equal(c.step([5]), after_every)
+    c.reset()
+    chunks = c.step(ids[:32])  # whole chunks only: the last row comes from prefill_last_run itself
+    c.reset()
+    np.testing.assert_array_equal(chunks[0], c.step(ids[:32], all_logits=True)[-1])
 
 
 def test_the_cache_length_is_enforced(fp32_c):
@@ -98,7 +121,8 @@ def test_quantized_c_decoder_agrees_with_onnxruntime(smol_kv, tmp_path, scheme):
     differently from onnxruntime's QDQ float emulation; benchmarks/README.md has the figures)."""
     out = str(tmp_path / scheme)
     calib = ("--calib-text", "licenses", "--samples", "2", "--seq-len", "32", "--holdout", "0")
-    _compile(smol_kv, out, "--quant", scheme, *calib)
+    report = _compile(smol_kv, out, "--quant", scheme, *calib)
+    assert report["decode"]["prefill_last_row"] and "prefill_last.c" in report["files"]
     ort = OrtStepper.load(os.path.join(out, "model.onnx"), optimize=False)
     same = total = 0
     with open_stepper(out) as c:
@@ -114,6 +138,7 @@ def test_quantized_c_decoder_agrees_with_onnxruntime(smol_kv, tmp_path, scheme):
         c.reset()
         nll_ort, n = decode_nll(ort, ids)
         nll_c, _ = decode_nll(c, ids)
+        _check_last_row_mode(c, ort, ids[:40], atol=1.0)
     ratio = float(np.exp(nll_c / n) / np.exp(nll_ort / n))
     print(f"{scheme}: {same}/{total} argmax agree, decode-path perplexity C / onnxruntime {ratio:.4f}")
     assert same / total >= 0.8, f"{same}/{total} tokens agree"

@@ -77,7 +77,8 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     and splits the big calls (``split.plan``); None writes the single-threaded code. *prefill*:
     for the C decode runtime, the same decoder prepared for a chunk of tokens per step
     (``c_decode_pipeline(N, chunk)``), written as ``prefill_run`` beside ``model_run`` with the
-    same weights and cache (docs/c-backend.md, "KV-cache decoders")."""
+    same weights and cache, then rewritten in place by ``last_rows.slice_last_row`` and written as
+    ``prefill_last_run`` (the chunk's last row's logits only; docs/c-backend.md, "KV-cache decoders")."""
     from . import emit as E
     from .harness import harness_c
     from .lower import Lowering, lower
@@ -102,15 +103,23 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
     out = Path(out_dir)
     info = E.emit(low, out, prefix, arena, incbin=incbin, threads=threads)
     files = list(info["files"])
-    chunk, chunk_arena = None, 0
+    chunk, chunk_arena, last, last_arena = None, 0, None, 0
     if prefill is not None:
+        from .last_rows import slice_last_row
+
         chunk, chunk_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table)
         files += ["prefill.h", "prefill.c"]
+        tail = slice_last_row(prefill, chunk.step_tokens)  # in place: prefill_run is written
+        if tail:
+            last, last_arena = _prefill_program(prefill, low, out, prefix, target, features, lw.variant, table,
+                                                "prefill_last", tail)
+            files += ["prefill_last.h", "prefill_last.c"]
     if harness:
         if low.cache_slots:
             from .decode import decode_harness_c, decode_roles
 
-            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk, firmware=bare_metal(target))
+            text = decode_harness_c(low, prefix, decode_roles(module.metadata), chunk, last,
+                                    firmware=bare_metal(target))
         else:
             text = harness_c(low, prefix, threads)
         E.write_text(out / "harness.c", text)
@@ -143,8 +152,9 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
         report["decode"] = {"max_context": low.max_context, "step_tokens": low.step_tokens,
                             "kv_cache_bytes": E.cache_slot_offsets(low)[-1] * 4,
                             "vocab": low.outputs[0].size // low.step_tokens,
-                            "ram_bytes": max(arena, chunk_arena) + E.cache_slot_offsets(low)[-1] * 4,
-                            "prefill_chunk": chunk.step_tokens if chunk else 1, "prefill_arena_bytes": chunk_arena}
+                            "ram_bytes": max(arena, chunk_arena, last_arena) + E.cache_slot_offsets(low)[-1] * 4,
+                            "prefill_chunk": chunk.step_tokens if chunk else 1, "prefill_arena_bytes": chunk_arena,
+                            "prefill_last_row": last is not None, "prefill_last_arena_bytes": last_arena}
     if threads is not None:
         report["threads"] = threads
         report["split_calls"] = sum(c.split is not None for c in low.calls)
@@ -155,25 +165,34 @@ def emit_c(module: Module, out_dir: str | Path, target, *, harness: bool = False
 THREADS_MACRO = "-DQC_THREADS=1"
 
 
-def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table):
-    """Lower *module* (the decoder prepared for a chunk of tokens) and write prefill.h / prefill.c,
-    reading *step*'s weights (they must be the same bytes in the same order) and cache."""
+def _prefill_program(module: Module, step, out: Path, prefix: str, target, features, variant, table,
+                     name: str = "prefill", tail: set[str] | None = None):
+    """Lower *module* (the decoder prepared for a chunk of tokens) and write NAME.h / NAME.c
+    (``NAME_run``), reading *step*'s weights (the same bytes at the step's offsets) and cache; the
+    calls of *tail* (``last_rows.slice_last_row``'s ops) skipped when logits is NULL (``guard_tail``)."""
     from . import emit as E
     from .lower import Lowering, lower
     from .memplan import plan
 
     check_static_shapes(module)
     low = lower(Lowering(module, features, variant, table))
+    if tail:
+        from .last_rows import guard_tail
+
+        guard_tail(low, tail)
     arena = plan(low.calls, low.arena_buffers)
-    if [w.data for w in low.weights] != [w.data for w in step.weights]:
-        raise QCError("the prefill program's constants differ from the decode step's: they cannot share "
-                      "one weight blob", hint="compile with --prefill-chunk 1")
+    at = {w.data: w.offset for w in step.weights}  # the step's blob, laid out by E.emit
+    missing = [w for w in low.weights if w.data not in at]
+    if missing:
+        raise QCError(f"the {name} program's constants differ from the decode step's (first: "
+                      f"'{missing[0].name}'): they cannot share one weight blob", hint="compile with --prefill-chunk 1")
     if low.cache_slots != step.cache_slots or low.max_context != step.max_context:
-        raise QCError("the prefill program's KV cache differs from the decode step's")
-    E.layout_weights(low.weights)  # the same offsets as the step's blob
+        raise QCError(f"the {name} program's KV cache differs from the decode step's")
+    for w in low.weights:  # the same bytes at the same offsets as in the step's blob
+        w.offset = at[w.data]
     headers = ["qc_ops.h"] + (["qc_kernels.h"] if any(c.fn not in E.ops_functions() for c in low.calls if c.fn) else [])
-    E.write_text(out / "prefill.h", E.model_h(low, "prefill", arena, 0))
-    E.write_text(out / "prefill.c", E.model_c(low, "prefill", headers, weights=prefix))
+    E.write_text(out / f"{name}.h", E.model_h(low, name, arena, 0))
+    E.write_text(out / f"{name}.c", E.model_c(low, name, headers, weights=prefix))
     return low, arena
 
 

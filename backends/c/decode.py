@@ -12,7 +12,9 @@ requests:
               (status 0; 1: the cache would pass MODEL_MAX_CONTEXT, nothing computed;
               rows: n with flags bit 0, else 1: the last token's)
 
-Positions are the cache slots (past_len + i): batch 1, no padding. ``CStepper`` runs the harness
+Whole chunks of a step's tokens go through ``prefill_run`` (flags bit 0: every row's logits) or
+``prefill_last_run`` (the chunk's last row's only, last_rows.py); the rest one by one through
+``model_run``. Positions are the cache slots (past_len + i): batch 1, no padding. ``CStepper`` runs the harness
 natively or under the target's qemu and implements qc.tools.generate's Stepper protocol.
 
 A Cortex-M target has no stdin: its harness is the firmware ``harness N ID...`` (greedy
@@ -44,13 +46,15 @@ def decode_roles(metadata: Sequence[tuple[str, str]]) -> dict[str, str]:
     return {k[len(ROLE_PREFIX):]: v for k, v in metadata if k.startswith(ROLE_PREFIX)}
 
 
-def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lowered | None = None, *,
-                     firmware: bool = False) -> str:
+def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lowered | None = None,
+                     last: Lowered | None = None, *, firmware: bool = False) -> str:
     """harness.c: the step server above, for the lowered decoder *low* (one token per step) and,
-    with *chunk*, ``prefill_run`` for whole chunks of ``chunk.step_tokens`` tokens. *firmware*
-    (Cortex-M: no stdin) writes, instead of the server, a main that works from its command line:
-    ``harness N ID...`` prefills the ids and prints N greedy tokens (the server's ``--bench``),
-    ``harness --argmax ID...`` the argmax after each id."""
+    with *chunk*, ``prefill_run`` for whole chunks of ``chunk.step_tokens`` tokens (every row's
+    logits: flags bit 0) and, with *last*, ``prefill_last_run`` for the chunks of a step that wants
+    the last token's logits only (backends/c/last_rows.py). *firmware* (Cortex-M: no stdin) writes,
+    instead of the server, a main that works from its command line: ``harness N ID...`` prefills
+    the ids and prints N greedy tokens (the server's ``--bench``), ``harness --argmax ID...`` the
+    argmax after each id."""
     P = prefix.upper()
     main = (_FIRMWARE_MAIN if firmware else _SERVER_MAIN).replace("{P}", P)
     if low.step_tokens != 1:
@@ -71,24 +75,42 @@ def decode_harness_c(low: Lowered, prefix: str, roles: dict[str, str], chunk: Lo
     step = f"{prefix}_run({', '.join(args + ['logits', 'arena', 'kv_cache', 'past'])})"
     C = chunk.step_tokens if chunk is not None else 1
     if chunk is not None:
-        if chunk.input_names != low.input_names:
-            raise QCError("the prefill program's inputs differ from the decode step's")
-        call = f"prefill_run({', '.join([a + 's' for a in args] + ['chunk_logits', 'arena', 'kv_cache', 'past'])})"
-        chunk_decl = (f'#include "prefill.h"\n#define CHUNK {C}\n#define ARENA_BYTES (PREFILL_ARENA_BYTES > '
-                      f'{P}_ARENA_BYTES ? PREFILL_ARENA_BYTES : {P}_ARENA_BYTES)\n'
+        for p in (chunk, last):
+            if p is not None and p.input_names != low.input_names:
+                raise QCError("the prefill program's inputs differ from the decode step's")
+        chunk_args = ", ".join(a + "s" for a in args)
+        call = f"prefill_run({chunk_args}, chunk_logits, arena, kv_cache, past)"
+        arena = f"(PREFILL_ARENA_BYTES > {P}_ARENA_BYTES ? PREFILL_ARENA_BYTES : {P}_ARENA_BYTES)"
+        if last is not None:
+            arena = f"(PREFILL_LAST_ARENA_BYTES > {arena} ? PREFILL_LAST_ARENA_BYTES : {arena})"
+            rows = f"""            if (all) {{
+                {call};
+                for (t = 0; t < CHUNK; ++t) {{
+                    if (emit && !emit(chunk_logits + (size_t)t * VOCAB)) return 0;
+                }}
+                memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
+            }} else {{   /* the last row's logits only, and none before the last chunk */
+                prefill_last_run({chunk_args}, i + CHUNK == n ? logits : NULL, arena, kv_cache, past);
+                if (emit && i + CHUNK == n && !emit(logits)) return 0;
+            }}
+"""
+        else:
+            rows = f"""            {call};
+            for (t = 0; t < CHUNK; ++t) {{
+                if (emit && (all || i + t == n - 1) && !emit(chunk_logits + (size_t)t * VOCAB)) return 0;
+            }}
+            memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
+"""
+        chunk_decl = ('#include "prefill.h"\n' + ('#include "prefill_last.h"\n' if last is not None else "")
+                      + f"#define CHUNK {C}\n#define ARENA_BYTES {arena}\n"
                       "static int64_t idss[CHUNK], poss[CHUNK] = {0};\n"
                       "static float chunk_logits[PREFILL_OUTPUT0_ELEMS];\n")
-        chunk_run = f"""        if (n - i >= CHUNK) {{   /* a whole chunk: one prefill_run */
+        chunk_run = f"""        if (n - i >= CHUNK) {{   /* a whole chunk: one prefill_run (or prefill_last_run) */
             for (t = 0; t < CHUNK; ++t) {{
                 idss[t] = tokens[i + t];
                 poss[t] = past + t;
             }}
-            {call};
-            for (t = 0; t < CHUNK; ++t) {{
-                if (emit && (all || i + t == n - 1) && !emit(chunk_logits + (size_t)t * VOCAB)) return 0;
-            }}
-            (void)poss;
-            memcpy(logits, chunk_logits + (size_t)(CHUNK - 1) * VOCAB, sizeof(float) * VOCAB);
+{rows}            (void)poss;
             i += CHUNK;
             past += CHUNK;
             continue;

@@ -30,7 +30,9 @@ from qc.onnx.kv_layout import KVLayout, Port, recognize
 
 
 class Stepper(Protocol):
-    """A decoder with a cache: ``step`` appends tokens and returns their logits ``[n, vocab]``."""
+    """A decoder with a cache: ``step`` appends tokens and returns their logits, ``[n, vocab]``
+    with ``all_logits``, else the last token's ``[1, vocab]`` (which a runtime may compute alone:
+    the C decode runtime's ``prefill_last_run``)."""
 
     def reset(self) -> None: ...
 
