@@ -57,8 +57,8 @@ class SplitOutliers(Pass):
                                            %y = onnx.Add(%y.rest, %y.outliers)
 
     ``dtype = f32`` keeps the outlier part in float32 instead, for targets whose runtime has no
-    float16 GEMM (onnxruntime's CPU provider on x86 runs a float16 MatMul through a slow generic
-    path, and the rounding of its float16 sums depends on the kernel and the row count)::
+    float16 GEMM (onnxruntime's CPU provider on x86 runs a float16 MatMul through a generic path
+    whose float16 sums round differently by kernel and row count, and differently from qc's C)::
 
         %y = onnx.MatMul(%x, @w)       ->  %x.outliers = onnx.Gather(%x, @x.outlier_cols) {axis = -1}
                                            %y.outliers = onnx.MatMul(%x.outliers, @w.outliers)        : W[O, :] in f32
