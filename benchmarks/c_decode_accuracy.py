@@ -34,77 +34,76 @@ PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
 
 
 def compare(directory: Path, new_tokens: int, windows: int, seq_len: int) -> dict:
-    import math
-
     from qc.backends.c.decode import open_stepper
     from qc.data import text as textdata
     from qc.models import smollm2
-    from qc.tools.generate import OrtStepper, decode_nll, generate
+    from qc.tools.generate import OrtStepper, generate
 
     tok = smollm2.tokenizer()
     prompts = [tok.encode(smollm2.chat_prompt(p)).ids for p in PROMPTS]
     texts = textdata.token_windows(textdata.resolve_text(None), tok, seq_len, samples=windows)
     c = open_stepper(str(directory))
     try:
-        c_greedy = [generate(c, ids, new_tokens).generated_ids for ids in prompts]
-        nll, count = 0.0, 0
-        for window in texts:
-            value, n = decode_nll(c, [int(t) for t in window])
-            nll, count = nll + value, count + n
-        c_ppl = math.exp(nll / count)
+        c_greedy = [generate(c, ids, new_tokens).generated_ids for ids in prompts]  # once, for both settings
+        c_ppl = _decode_perplexity(c, texts)
         out: dict = {"c_decode_perplexity": c_ppl}
         for opt in ("off", "on"):
             ort = OrtStepper.load(str(directory / "model.onnx"), optimize=opt == "on")
-            same = forced = total = 0
-            first = []
-            for ids, got in zip(prompts, c_greedy):
-                want = generate(ort, ids, new_tokens).generated_ids
-                same += sum(a == b for a, b in zip(got, want))
-                total += len(want)
-                first.append(next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want)))
-                history = ids + want[:-1]
-                ort.reset()
-                c.reset()
-                a = ort.step(history, all_logits=True)[len(ids) - 1:]
-                b = c.step(history, all_logits=True)[len(ids) - 1:]
-                forced += int((a.argmax(1) == b.argmax(1)).sum())
-            nll, count = 0.0, 0
-            for window in texts:
-                value, n = decode_nll(ort, [int(t) for t in window])
-                nll, count = nll + value, count + n
-            ort_ppl = math.exp(nll / count)
-            out[opt] = {"greedy_same": same / total, "first_divergence": first, "teacher_forced_same": forced / total,
-                        "ort_decode_perplexity": ort_ppl, "c_vs_ort_perplexity": c_ppl / ort_ppl - 1}
-            print(f"  {directory.name} vs onnxruntime (optimizations {opt}): greedy {100 * same / total:.1f}% of "
-                  f"{total} tokens (first divergence {first}), teacher-forced {100 * forced / total:.1f}%, "
+            agree = _agreement(ort, c, prompts, new_tokens, c_greedy)
+            ort_ppl = _decode_perplexity(ort, texts)
+            out[opt] = dict(agree, ort_decode_perplexity=ort_ppl, c_vs_ort_perplexity=c_ppl / ort_ppl - 1)
+            print(f"  {directory.name} vs onnxruntime (optimizations {opt}): greedy "
+                  f"{100 * agree['greedy_same']:.1f}% of {agree['tokens']} tokens (first divergence "
+                  f"{agree['first_divergence']}), teacher-forced {100 * agree['teacher_forced_same']:.1f}%, "
                   f"decode-path perplexity C {c_ppl:.3f} vs {ort_ppl:.3f} ({100 * (c_ppl / ort_ppl - 1):+.2f}%)",
                   flush=True)
-        out["ort_on_vs_off"] = _ort_self(directory, prompts, new_tokens)
+        path = str(directory / "model.onnx")
+        self_agree = _agreement(OrtStepper.load(path, optimize=False), OrtStepper.load(path, optimize=True), prompts,
+                                new_tokens)
+        print(f"  {directory.name}: onnxruntime optimizations on vs off: greedy "
+              f"{100 * self_agree['greedy_same']:.1f}%, teacher-forced "
+              f"{100 * self_agree['teacher_forced_same']:.1f}%", flush=True)
+        out["ort_on_vs_off"] = self_agree
         return out
     finally:
         c.close()
 
 
-def _ort_self(directory: Path, prompts: list[list[int]], new_tokens: int) -> dict:
-    from qc.tools.generate import OrtStepper, generate
+def _agreement(ref, other, prompts: list[list[int]], new_tokens: int,
+               other_greedy: list[list[int]] | None = None) -> dict:
+    """Greedy tokens of ``other`` against ``ref``'s (each from its own history; ``other_greedy``:
+    already generated), and ``other``'s argmax along ``ref``'s greedy continuation."""
+    from qc.tools.generate import generate
 
-    off = OrtStepper.load(str(directory / "model.onnx"), optimize=False)
-    on = OrtStepper.load(str(directory / "model.onnx"), optimize=True)
     same = forced = total = 0
-    for ids in prompts:
-        want = generate(off, ids, new_tokens).generated_ids
-        got = generate(on, ids, new_tokens).generated_ids
+    first = []
+    for index, ids in enumerate(prompts):
+        want = generate(ref, ids, new_tokens).generated_ids
+        got = other_greedy[index] if other_greedy is not None else generate(other, ids, new_tokens).generated_ids
         same += sum(a == b for a, b in zip(got, want))
         total += len(want)
+        first.append(next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want)))
         history = ids + want[:-1]
-        off.reset()
-        on.reset()
-        a = off.step(history, all_logits=True)[len(ids) - 1:]
-        b = on.step(history, all_logits=True)[len(ids) - 1:]
+        ref.reset()
+        other.reset()
+        a = ref.step(history, all_logits=True)[len(ids) - 1:]
+        b = other.step(history, all_logits=True)[len(ids) - 1:]
         forced += int((a.argmax(1) == b.argmax(1)).sum())
-    print(f"  {directory.name}: onnxruntime optimizations on vs off: greedy {100 * same / total:.1f}%, "
-          f"teacher-forced {100 * forced / total:.1f}%", flush=True)
-    return {"greedy_same": same / total, "teacher_forced_same": forced / total}
+    return {"greedy_same": same / total, "first_divergence": first, "teacher_forced_same": forced / total,
+            "tokens": total}
+
+
+def _decode_perplexity(stepper, texts) -> float:
+    """Perplexity through the decode path (qc.tools.metrics.decode_perplexity for any stepper)."""
+    import math
+
+    from qc.tools.generate import decode_nll
+
+    nll, count = 0.0, 0
+    for window in texts:
+        value, n = decode_nll(stepper, [int(t) for t in window])
+        nll, count = nll + value, count + n
+    return math.exp(nll / count)
 
 
 def main(argv: list[str] | None = None) -> int:

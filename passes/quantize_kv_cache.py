@@ -109,8 +109,11 @@ def _quantize_pair(module: Module, pair: CachePair, names: NameTable, opset: int
         groups = head // group
     keep = [0] * (len(shape) - 1) if shape else [0, 0, 0]
 
+    def shape_const(suffix: str, dims: list[int]) -> Value:
+        return const(f"{suffix}.shape", np.array(dims, np.int64))
+
     def reshape(x: Value, dims: list[int], suffix: str) -> Value:
-        return op("Reshape", [x, const(f"{suffix}.shape", np.array(dims, np.int64))], suffix)
+        return op("Reshape", [x, shape_const(suffix, dims)], suffix)
 
     grouped = new if groups == 1 else reshape(new, keep + [groups, group], "grouped")
     magnitude = op("Abs", [grouped], "abs")
@@ -141,9 +144,6 @@ def _quantize_pair(module: Module, pair: CachePair, names: NameTable, opset: int
 
     def fresh(suffix: str) -> Value:
         return Value(names.fresh(f"{base}.{suffix}"))
-
-    def shape_const(suffix: str, dims: list[int]) -> Value:
-        return const(f"{suffix}.shape", np.array(dims, np.int64))
 
     dequant_cast = fresh("dequantized_codes")
     after = [Op("Concat", [past_scale, scale], results=[present_scale], attrs={"axis": concat.attr("axis")},
