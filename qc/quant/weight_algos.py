@@ -202,8 +202,9 @@ def _dequantize_kn(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, granularity
 
 
 # -- scale / clip search -------------------------------------------------------------------------
-SEARCH_STEPS = 24          # clip ratios 1.0, ..., SEARCH_MIN_RATIO (evenly spaced)
-SEARCH_MIN_RATIO = 0.5
+SEARCH_STEPS = 16          # clip ratios 1.0, ..., SEARCH_MIN_RATIO (evenly spaced)
+SEARCH_MIN_RATIO = 0.55
+SEARCH_REFITS = 2          # symmetric grids: least-squares scale refits of the best candidate
 
 
 def _groups(w: np.ndarray, granularity: str, block_size: int) -> np.ndarray:
@@ -213,12 +214,23 @@ def _groups(w: np.ndarray, granularity: str, block_size: int) -> np.ndarray:
     return w.reshape(1, *w.shape)
 
 
+def _codes(g: np.ndarray, scale: np.ndarray, zp: np.ndarray, grid: IntGrid) -> np.ndarray:
+    """``q - zp`` (float64) for the groups ``g`` [G, rows, N] and parameters [G, N] (as :func:`quantize_with`)."""
+    z = zp[:, None, :].astype(np.float64)
+    q = np.round(g / scale.astype(np.float64)[:, None, :])
+    q += z
+    np.clip(q, grid.storage_min, grid.storage_max, out=q)
+    q -= z
+    return q
+
+
 def _weighted_error(g: np.ndarray, d: np.ndarray, scale: np.ndarray, zp: np.ndarray, grid: IntGrid) -> np.ndarray:
     """``sum_k d_k (w - dq(q(w)))^2`` per (group, column) for parameters [G, N]."""
-    s = scale.astype(np.float64)[:, None, :]
-    z = zp[:, None, :]
-    q = np.clip(np.round(g / s) + z, grid.storage_min, grid.storage_max)
-    return np.sum(d * (g - (q - z) * s) ** 2, axis=1)
+    e = _codes(g, scale, zp, grid)
+    e *= scale.astype(np.float64)[:, None, :]
+    e -= g
+    e *= e
+    return np.einsum("grn,gr->gn", e, d[:, :, 0])
 
 
 def search_groups(g: np.ndarray, d: np.ndarray, grid: IntGrid, steps: int = SEARCH_STEPS,
@@ -230,24 +242,25 @@ def search_groups(g: np.ndarray, d: np.ndarray, grid: IntGrid, steps: int = SEAR
     lo, hi = g.min(axis=1, initial=0.0), g.max(axis=1, initial=0.0)
     best_s, best_z = params_from_range(lo, hi, grid)
     best_err = _weighted_error(g, d, best_s, best_z, grid)
-    for r in np.linspace(1.0, min_ratio, max(2, steps)):
-        s, z = params_from_range(lo * r, hi * r, grid)
-        candidates = [(s, z)]
-        if grid.symmetric:
-            # the least-squares scale for the codes of ``s``: argmin_t sum d (w - t q)^2 (llama.cpp's make_qx_quants)
-            q = np.clip(np.round(g / s.astype(np.float64)[:, None, :]) + z[:, None, :], grid.storage_min,
-                        grid.storage_max) - z[:, None, :]
-            num, den = np.sum(d * g * q, axis=1), np.sum(d * q * q, axis=1)
+
+    def consider(s: np.ndarray, z: np.ndarray) -> None:
+        nonlocal best_s, best_z, best_err
+        err = _weighted_error(g, d, s, z, grid)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s, best_z = np.where(better, s, best_s), np.where(better, z, best_z)
+
+    for r in np.linspace(1.0, min_ratio, max(2, steps))[1:]:
+        consider(*params_from_range(lo * r, hi * r, grid))
+    if grid.symmetric:
+        # the least-squares scale for the best candidate's codes: argmin_t sum d (w - t q)^2 (llama.cpp's make_qx_quants)
+        for _ in range(SEARCH_REFITS):
+            q = _codes(g, best_s, best_z, grid)
+            dq = d * q
+            num, den = np.sum(dq * g, axis=1), np.sum(dq * q, axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                t = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-            t32 = t.astype(np.float32)
-            ok = t32 >= np.finfo(np.float32).tiny
-            candidates.append((np.where(ok, t32, s).astype(np.float32), z))
-        for cs, cz in candidates:
-            err = _weighted_error(g, d, cs, cz, grid)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_s, best_z = np.where(better, cs, best_s), np.where(better, cz, best_z)
+                t = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
+            consider(np.where(t >= np.finfo(np.float32).tiny, t, best_s).astype(np.float32), best_z)
     return best_s.astype(np.float32), best_z.astype(np.int64)
 
 
@@ -259,9 +272,9 @@ def search_params(w: np.ndarray, grid: IntGrid, granularity: str, block_size: in
     [K] (the diagonal of ``H = X^T X``, i.e. ``E[x_k^2]`` up to a constant; None: all 1).
 
     Candidates, for clip ratios ``r`` from 1 down to ``min_ratio`` (``steps`` of them): the
-    range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search), and, on
-    symmetric grids, the weighted least-squares scale for that candidate's codes (llama.cpp's
-    ``make_qx_quants``). Every candidate is scored on the codes it gives itself, so the result
+    range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search); then, on
+    symmetric grids, the weighted least-squares scale for the best candidate's codes, twice
+    (llama.cpp's ``make_qx_quants``). Every candidate is scored on the codes it gives itself, so the result
     is exactly what :func:`quantize_with` produces from it. ``r = 1`` is round-to-nearest and wins
     ties: the weighted error is never above RTN's. Per tensor: RTN's parameters.
     """
