@@ -115,6 +115,12 @@ class QuantizeWeights(Pass):
       When ``alpha = 0`` (``s = 1``, plain rounding) wins the search, nothing is inserted.
       Main-graph ops only: a weight read inside a subgraph is rounded to nearest (a remark says so).
     - ``awq+gptq``: AWQ's scaling, then GPTQ on ``diag(s) W`` with the Hessian of ``x / s``.
+    - ``act-order = true`` (GPTQ): inputs in order of decreasing ``H[k, k]``; block scales fixed
+      up front from the original rows, in their natural layout (static groups).
+    - ``search = true`` (with any algo; needs the Hessians): each block's (channel's) scale and zero
+      point minimize ``sum_k H[k, k] (w_k - dq(q(w_k)))^2`` over clip ratios and least-squares
+      refits (``weight_algos.search_params``) instead of the plain range's; never worse than RTN's
+      range on that weighted error. The summary names it: ``"w u4 block32 asym awq+gptq+act-order+search"``.
 
     Left alone (with a remark where useful): op types other than MatMul and Gemm (even when
     listed in ``ops``), ops whose name matches

@@ -204,7 +204,7 @@ def _dequantize_kn(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, granularity
 # -- scale / clip search -------------------------------------------------------------------------
 SEARCH_STEPS = 16          # clip ratios 1.0, ..., SEARCH_MIN_RATIO (evenly spaced)
 SEARCH_MIN_RATIO = 0.55
-SEARCH_REFITS = 2          # symmetric grids: least-squares scale refits of the best candidate
+SEARCH_REFITS = 2          # least-squares refits of the best candidate's scale (and zero point)
 
 
 def _groups(w: np.ndarray, granularity: str, block_size: int) -> np.ndarray:
@@ -252,15 +252,31 @@ def search_groups(g: np.ndarray, d: np.ndarray, grid: IntGrid, steps: int = SEAR
 
     for r in np.linspace(1.0, min_ratio, max(2, steps))[1:]:
         consider(*params_from_range(lo * r, hi * r, grid))
-    if grid.symmetric:
-        # the least-squares scale for the best candidate's codes: argmin_t sum d (w - t q)^2 (llama.cpp's make_qx_quants)
-        for _ in range(SEARCH_REFITS):
-            q = _codes(g, best_s, best_z, grid)
-            dq = d * q
-            num, den = np.sum(dq * g, axis=1), np.sum(dq * q, axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
-            consider(np.where(t >= np.finfo(np.float32).tiny, t, best_s).astype(np.float32), best_z)
+    tiny = np.finfo(np.float32).tiny
+    for _ in range(SEARCH_REFITS):
+        # weighted least squares for the best candidate's codes (llama.cpp's make_qx_quants):
+        # symmetric argmin_t sum d (w - t q)^2; asymmetric argmin_(t, b) sum d (w - t q - b)^2 with the
+        # zero point then rounded to the integer -b / t
+        q = _codes(g, best_s, best_z, grid)
+        if not grid.symmetric:
+            q += best_z[:, None, :]
+        dq = d * q
+        sqq, sqw = np.sum(dq * q, axis=1), np.sum(dq * g, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if grid.symmetric:
+                t = np.where(sqq > 0, sqw / np.where(sqq > 0, sqq, 1.0), 0.0)
+                z = best_z
+            else:
+                sd, sq, sw = np.sum(d, axis=1), np.sum(dq, axis=1), np.sum(d * g, axis=1)
+                det = sqq * sd - sq * sq
+                ok = det > 1e-12 * np.maximum(sqq * sd, tiny)
+                safe = np.where(ok, det, 1.0)
+                t = np.where(ok, (sqw * sd - sq * sw) / safe, 0.0)
+                b = np.where(ok, (sqq * sw - sq * sqw) / safe, 0.0)
+                z = np.where(t > 0, np.clip(np.round(-b / np.where(t > 0, t, 1.0)), grid.storage_min,
+                                            grid.storage_max), best_z).astype(np.int64)
+        t = t.astype(np.float32)
+        consider(np.where(t >= tiny, t, best_s).astype(np.float32), np.where(t >= tiny, z, best_z))
     return best_s.astype(np.float32), best_z.astype(np.int64)
 
 
@@ -272,9 +288,9 @@ def search_params(w: np.ndarray, grid: IntGrid, granularity: str, block_size: in
     [K] (the diagonal of ``H = X^T X``, i.e. ``E[x_k^2]`` up to a constant; None: all 1).
 
     Candidates, for clip ratios ``r`` from 1 down to ``min_ratio`` (``steps`` of them): the
-    range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search); then, on
-    symmetric grids, the weighted least-squares scale for the best candidate's codes, twice
-    (llama.cpp's ``make_qx_quants``). Every candidate is scored on the codes it gives itself, so the result
+    range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search); then, twice,
+    the weighted least-squares scale for the best candidate's codes (llama.cpp's
+    ``make_qx_quants``; asymmetric: scale and offset, the zero point rounded to an integer). Every candidate is scored on the codes it gives itself, so the result
     is exactly what :func:`quantize_with` produces from it. ``r = 1`` is round-to-nearest and wins
     ties: the weighted error is never above RTN's. Per tensor: RTN's parameters.
     """
