@@ -68,6 +68,14 @@ METHODS = {
                                                                   "activation": "int8"}),
     "ort-int4-b32": ("MatMulNBits int4 sym block 32 (RTN)", {"kind": "int4", "block_size": 32}),
     "ort-int4-b128": ("MatMulNBits int4 sym block 128 (RTN)", {"kind": "int4", "block_size": 128}),
+    "ort-int4-b32-asym": ("MatMulNBits int4 asymmetric block 32 (RTN, a zero point per block)",
+                          {"kind": "int4", "block_size": 32, "symmetric": False}),
+    "ort-int4-b32-a4": ("MatMulNBits int4 sym block 32 (RTN), accuracy_level 4 (int8 activations: W4A8)",
+                        {"kind": "int4", "block_size": 32, "accuracy_level": 4}),
+    "ort-int4-hqq": ("MatMulNBits int4 block 32, HQQ (HQQWeightOnlyQuantConfig; imports torch)",
+                     {"kind": "int4", "block_size": 32, "algo": "hqq"}),
+    "ort-int4-gptq": ("MatMulNBits int4 block 32, GPTQ with act-order (GPTQWeightOnlyQuantConfig; needs "
+                      "neural_compressor and torch)", {"kind": "int4", "block_size": 32, "algo": "gptq"}),
     "qc-w8a8": ("qc compile --quant w8a8 --outliers none (static, per-channel weights)",
                 {"kind": "qc", "quant": {"scheme": "w8a8", "outliers": "none"}}),
     "qc-w8a8-mse": ("qc --quant w8a8 --outliers none --calib-method mse",
@@ -82,9 +90,39 @@ METHODS = {
     "qc-dyn8": ("qc compile --quant dyn8", {"kind": "qc", "quant": {"scheme": "dyn8"}}),
     "qc-dyn8-rr": ("qc --quant dyn8 --reduce-range (7-bit int8 weights)", {"kind": "qc", "quant": {
         "scheme": "dyn8", "reduce_range": True}}),
-    "qc-w4-rtn-sym": ("qc --quant w4 --symmetric (block 32, RTN: onnxruntime's int4 configuration)",
-                      {"kind": "qc", "quant": {"scheme": "w4", "weight_symmetric": True}}),
-    "qc-w4-rtn": ("qc --quant w4 (block 32, asymmetric, RTN)", {"kind": "qc", "quant": {"scheme": "w4"}}),
+    "qc-w4": ("qc --quant w4 with calibration data: the default (block 32; INT4_CALIBRATED in qc/quant/schemes.py)",
+              {"kind": "qc", "quant": {"scheme": "w4"}}),
+    "qc-w4a8": ("qc --quant w4a8 with calibration data: the default weights, int8 activations per block",
+                {"kind": "qc", "quant": {"scheme": "w4a8"}}),
+    "qc-w4-rtn-sym": ("qc --quant w4 --weight-algo rtn --symmetric (block 32, RTN: onnxruntime's int4 configuration)",
+                      {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "rtn", "weight_symmetric": True}}),
+    "qc-w4-rtn": ("qc --quant w4 --weight-algo rtn (block 32, asymmetric, RTN)",
+                  {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "rtn"}}),
+    "qc-w4-search": ("qc --quant w4 --weight-algo rtn --weight-search (asymmetric, clip search)",
+                     {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "rtn", "weight_search": True}}),
+    "qc-w4-search-sym": ("qc --quant w4 --weight-algo rtn --weight-search --symmetric (scale search)",
+                         {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "rtn", "weight_search": True,
+                                                  "weight_symmetric": True}}),
+    "qc-w4-gptq-act": ("qc --quant w4 --weight-algo gptq --act-order (asymmetric)",
+                       {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "gptq", "act_order": True}}),
+    "qc-w4-gptq-search": ("qc --quant w4 --weight-algo gptq --weight-search (asymmetric)",
+                          {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "gptq", "weight_search": True}}),
+    "qc-w4-awq-gptq": ("qc --quant w4 --weight-algo awq+gptq (asymmetric)",
+                       {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq+gptq"}}),
+    "qc-w4-awq-search": ("qc --quant w4 --weight-algo awq --weight-search (asymmetric)",
+                         {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq", "weight_search": True}}),
+    "qc-w4-awq-gptq-search": ("qc --quant w4 --weight-algo awq+gptq --weight-search (asymmetric)",
+                              {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq+gptq",
+                                                       "weight_search": True}}),
+    "qc-w4-awq-gptq-search-act": ("qc --quant w4 --weight-algo awq+gptq --weight-search --act-order (asymmetric)",
+                                  {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq+gptq",
+                                                           "weight_search": True, "act_order": True}}),
+    "qc-w4-gptq-search-sym": ("qc --quant w4 --weight-algo gptq --weight-search --symmetric",
+                              {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "gptq", "weight_search": True,
+                                                       "weight_symmetric": True}}),
+    "qc-w4-awq-gptq-search-sym": ("qc --quant w4 --weight-algo awq+gptq --weight-search --symmetric",
+                                  {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "awq+gptq",
+                                                           "weight_search": True, "weight_symmetric": True}}),
     "qc-w4-gptq": ("qc --quant w4 --weight-algo gptq (block 32, asymmetric)",
                    {"kind": "qc", "quant": {"scheme": "w4", "weight_algo": "gptq"}}),
     "qc-w4-awq": ("qc --quant w4 --weight-algo awq (block 32, asymmetric)",
@@ -110,29 +148,9 @@ def worker(spec: dict) -> None:
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=spec["per_channel"],
                          reduce_range=spec.get("reduce_range", False), weight_type=QuantType.QInt8)
     elif kind == "static":
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        feeds = calibration_feeds(spec["calib"])
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.i = 0
-
-            def get_next(self):
-                if self.i >= len(feeds):
-                    return None
-                self.i += 1
-                return feeds[self.i - 1]
-
-            def rewind(self):
-                self.i = 0
-
+        Reader = calibration_reader(spec["calib"])
         act = QuantType.QInt8 if spec.get("activation") == "int8" else QuantType.QUInt8
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
                         per_channel=spec["per_channel"], reduce_range=spec.get("reduce_range", False),
@@ -142,9 +160,22 @@ def worker(spec: dict) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         model = onnx.load(src)
-        config = DefaultWeightOnlyQuantConfig(block_size=spec["block_size"], is_symmetric=True)
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=spec["block_size"], is_symmetric=True,
-                                         algo_config=config)
+        algo = spec.get("algo", "default")
+        if algo == "hqq":
+            from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+            config = HQQWeightOnlyQuantConfig(block_size=spec["block_size"], bits=4)
+        elif algo == "gptq":
+            from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
+
+            config = GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration_reader(spec["calib"])(),
+                                               block_size=spec["block_size"], actorder=True)
+        else:
+            config = DefaultWeightOnlyQuantConfig(block_size=spec["block_size"], is_symmetric=spec.get("symmetric", True),
+                                                  accuracy_level=spec.get("accuracy_level"))
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=spec["block_size"],
+                                         is_symmetric=spec.get("symmetric", True),
+                                         accuracy_level=spec.get("accuracy_level"), algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(dst, use_external_data_format=False)
     elif kind == "qc":
@@ -175,6 +206,28 @@ def calibration_feeds(path: str) -> list[dict[str, np.ndarray]]:
         return [feeds[i] for i in sorted(feeds)]
     count = len(next(iter(data.values())))
     return [{k: v[i:i + 1] for k, v in data.items()} for i in range(count)]
+
+
+def calibration_reader(path: str):
+    """An onnxruntime CalibrationDataReader class over the samples of a --calib .npz, one at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    feeds = calibration_feeds(path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(feeds):
+                return None
+            self.i += 1
+            return feeds[self.i - 1]
+
+        def rewind(self):
+            self.i = 0
+
+    return Reader
 
 
 def run_worker(spec: dict, timeout: float) -> dict:

@@ -116,6 +116,12 @@ class QuantizeWeights(Pass):
       When ``alpha = 0`` (``s = 1``, plain rounding) wins the search, nothing is inserted.
       Main-graph ops only: a weight read inside a subgraph is rounded to nearest (a remark says so).
     - ``awq+gptq``: AWQ's scaling, then GPTQ on ``diag(s) W`` with the Hessian of ``x / s``.
+    - ``act-order = true`` (GPTQ): inputs in order of decreasing ``H[k, k]``; block scales fixed
+      up front from the original rows, in their natural layout (static groups).
+    - ``search = true`` (with any algo; needs the Hessians): each block's (channel's) scale and zero
+      point minimize ``sum_k H[k, k] (w_k - dq(q(w_k)))^2`` over clip ratios and least-squares
+      refits (``weight_algos.search_params``) instead of the plain range's; never worse than RTN's
+      range on that weighted error. The summary names it: ``"w u4 block32 asym awq+gptq+act-order+search"``.
 
     Left alone (with a remark where useful): op types other than MatMul and Gemm (even when
     listed in ``ops``), ops whose name matches
@@ -161,6 +167,8 @@ class QuantizeWeights(Pass):
     """GPTQ: quantize inputs in order of decreasing activation energy"""
     awq_grid: int = 20
     """AWQ: alpha values tried in [0, 1)"""
+    search: bool = False
+    """search each block's (channel's) scale / clip for the least error weighted by the input's mean x^2 (needs hessians)"""
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self, module: Module, ctx: PassContext) -> bool:
@@ -251,12 +259,12 @@ class QuantizeWeights(Pass):
                           hint=f"pass --upgrade-opset {max(need, 21 if need > 13 else 13)}")
 
     def _calibration(self, ctx: PassContext):
-        if self.algo == "rtn":
+        if self.algo == "rtn" and not self.search:
             return None
         calib = ctx.calibration
         if calib is None:
-            needs = GPTQ_NEEDS if self.algo == "gptq" else AWQ_NEEDS
-            raise QCError(needs.format(algo=self.algo), hint="qc compile adds calibrate when given --calib data")
+            needs = GPTQ_NEEDS if self.algo in ("gptq", "rtn") else AWQ_NEEDS
+            raise QCError(needs.format(algo=self.algo + (",search=true" if self.search else "")), hint="qc compile adds calibrate when given --calib data")
         return calib
 
     # -- matching ------------------------------------------------------------------------------
@@ -401,17 +409,23 @@ class QuantizeWeights(Pass):
         target = w if job.awq_scale is None else job.awq_scale[:, None] * w
         hessian = self._hessian(job, calib, k)
         use_gptq = "gptq" in self.algo and hessian is not None   # None: a transA Gemm, no statistics apply
-        algo = "+".join(a for a, on in (("awq", job.awq_scale is not None), ("gptq", use_gptq)) if on) or "rtn"
+        search = self.search and hessian is not None
+        algo = "+".join(a for a, on in (("awq", job.awq_scale is not None), ("gptq", use_gptq),
+                                        ("act-order", use_gptq and self.act_order), ("search", search)) if on) or "rtn"
         bits, signed = self._code_bits(storage), storage.name.startswith("i")
+        h = None if hessian is None else hessian if job.awq_scale is None else \
+            hessian / np.outer(job.awq_scale, job.awq_scale)
         if use_gptq:
-            h = hessian if job.awq_scale is None else hessian / np.outer(job.awq_scale, job.awq_scale)
             try:
                 q, scale, zp = algos.gptq(target, h, bits, self.granularity, self.block_size, self.symmetric, signed,
-                                          damp=self.damp, act_order=self.act_order)
+                                          damp=self.damp, act_order=self.act_order, search=search)
             except np.linalg.LinAlgError as e:
                 raise QCError(f"GPTQ cannot invert the Hessian of the input of @{job.weight.name}: {e}",
                               where=describe(job.uses[0].op), hint="raise quantize-weights{damp=...} (default 0.01), "
                               "or keep this op out of GPTQ (--weight-algo rtn, or --exclude it)") from None
+        elif search:
+            q, scale, zp = algos.quantize_search(target, np.diag(h), bits, self.granularity, self.block_size,
+                                                 self.symmetric, signed)
         else:
             q, scale, zp = algos.quantize_rtn(target, bits, self.granularity, self.block_size, self.symmetric, signed)
         dq = _dequantize_kn(q, scale, zp, self.granularity, self.block_size)
@@ -430,7 +444,7 @@ class QuantizeWeights(Pass):
 
     def _hessian(self, job: _WeightJob, calib, k: int) -> np.ndarray | None:
         """The summed Hessian of the job's activations (None without statistics or for transA Gemms)."""
-        if calib is None or "gptq" not in self.algo and "awq" not in self.algo:
+        if calib is None or "gptq" not in self.algo and "awq" not in self.algo and not self.search:
             return None
         total, seen = None, set()
         for use in job.uses:
@@ -442,7 +456,7 @@ class QuantizeWeights(Pass):
             stats = calib.tensors.get(use.x.name)
             h = getattr(stats, "hessian", None)
             if h is None:
-                if "gptq" not in self.algo:
+                if "gptq" not in self.algo and not self.search:
                     return None
                 raise QCError(GPTQ_NEEDS.format(algo=self.algo), where=f"%{use.x.name} (read by {describe(use.op)})")
             if h.shape != (k, k):

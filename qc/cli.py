@@ -275,8 +275,15 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="quantize: " + ", ".join(SCHEMES) + " (runs the scheme's pipeline instead of --pipeline)")
     q.add_argument("--weights", choices=("tensor", "channel", "block"), help="weight granularity (scheme default)")
     q.add_argument("--block-size", type=int, metavar="N", help="weights per block for --weights block (default 32)")
-    q.add_argument("--weight-algo", choices=("rtn", "gptq", "awq"), help="weight rounding: round-to-nearest (default), "
-                   "GPTQ (Hessian error compensation) or AWQ (activation-aware scales); gptq/awq calibrate")
+    q.add_argument("--weight-algo", choices=("rtn", "gptq", "awq", "awq+gptq"),
+                   help="weight rounding: round-to-nearest, GPTQ (Hessian error compensation), AWQ "
+                        "(activation-aware scales) or AWQ then GPTQ; default rtn, for int4 with calibration "
+                        "data awq+gptq with --weight-search and --act-order (the best measured)")
+    q.add_argument("--weight-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="search each block's scale / clip for the least error weighted by the input's "
+                        "mean x^2 (needs calibration data)")
+    q.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: quantize inputs in order of decreasing mean x^2 (block scales stay in place)")
     sym = q.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="weight_symmetric", action="store_const", const=True,
                      help="symmetric weights (zero point 0; default for 8-bit)")

@@ -118,7 +118,9 @@ def _quant_options(args, target):
     if args.samples < 1 or args.seq_len < 2:
         raise QCError(f"--samples must be >= 1 and --seq-len >= 2 (got {args.samples} and {args.seq_len})")
     return QuantOptions(scheme=args.quant, weights=args.weights, weight_symmetric=args.weight_symmetric,
-                        weight_algo=args.weight_algo, block_size=args.block_size, activations=args.activations,
+                        weight_algo=args.weight_algo, weight_search=getattr(args, "weight_search", None),
+                        act_order=getattr(args, "act_order", None), block_size=args.block_size,
+                        activations=args.activations,
                         calib_method=args.calib_method, ops=args.quant_ops, exclude=args.exclude,
                         form=args.format, activation_pairs=args.activation_pairs,
                         reduce_range=args.reduce_range, outliers=args.outliers, outlier_mode=args.outlier_mode,

@@ -547,6 +547,7 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         if data is None and schemes.needs_calibration(opts):
             raise QCError(f"--quant {opts.scheme}"
                           + (f" with --weight-algo {opts.weight_algo}" if opts.weight_algo else "")
+                          + (" with --weight-search" if opts.weight_search and not opts.weight_algo else "")
                           + " needs calibration data", where=source,
                           hint="give --calib DATA.npz or --calib-text FILE --tokenizer T")
         if data is not None:

@@ -19,7 +19,9 @@ class QuantOptions:
     scheme: str
     weights: str | None = None          # tensor | channel | block
     weight_symmetric: bool | None = None
-    weight_algo: str | None = None      # rtn | gptq | awq
+    weight_algo: str | None = None      # rtn | gptq | awq | awq+gptq (None: rtn, or INT4_CALIBRATED with data)
+    weight_search: bool | None = None   # per-block scale / clip search weighted by E[x^2] (needs calibration)
+    act_order: bool | None = None       # GPTQ: inputs in order of decreasing E[x^2] (static groups)
     block_size: int | None = None       # 32 | 64 | 128
     activations: str | None = None      # int8 | uint8 | int16 | uint16 | int4 | uint4
     calib_method: str | None = None     # minmax | percentile | entropy | mse
@@ -136,9 +138,15 @@ def activation_dtype(opts: QuantOptions, s: Scheme) -> str | None:
     return _ACT_DTYPES[name]
 
 
+WEIGHT_ALGOS = ("rtn", "gptq", "awq", "awq+gptq")
+# The 4-bit default given calibration data (with_calibration): the best of the measured
+# combinations on SmolLM2 and MiniLM (docs/quantization.md, "int4 with calibration data").
+INT4_CALIBRATED = {"weight_algo": "awq+gptq", "weight_search": True, "act_order": True}
+
+
 def needs_calibration(opts: QuantOptions) -> bool:
     s = scheme(opts.scheme)
-    return (s.calibrated or (opts.weight_algo or "rtn") in ("gptq", "awq")
+    return (s.calibrated or (opts.weight_algo or "rtn") != "rtn" or bool(opts.weight_search)
             or (s.dynamic and (opts.outliers or "none") != "none"))
 
 
@@ -148,7 +156,10 @@ def with_calibration(opts: QuantOptions) -> QuantOptions:
     data) unless ``--outliers`` says otherwise."""
     s = scheme(opts.scheme)
     if s.name in DYNAMIC_SPLIT and opts.outliers is None:
-        return replace(opts, outliers="split")
+        opts = replace(opts, outliers="split")
+    if s.weight_bits == 4 and opts.weight_algo is None:
+        fill = {k: v for k, v in INT4_CALIBRATED.items() if getattr(opts, k) is None}
+        opts = replace(opts, **fill)
     return opts
 
 
@@ -184,8 +195,8 @@ def pipeline(opts: QuantOptions) -> str:
         return ",".join(passes + ["to-fp16", "dce"])
     ops = opts.ops or DEFAULT_OPS
     algo = opts.weight_algo or "rtn"
-    if algo not in ("rtn", "gptq", "awq"):
-        raise QCError(f"unknown weight algorithm '{algo}'", hint="one of rtn, gptq, awq")
+    if algo not in WEIGHT_ALGOS:
+        raise QCError(f"unknown weight algorithm '{algo}'", hint="one of " + ", ".join(WEIGHT_ALGOS))
     granularity = opts.weights or s.weights
     if granularity not in ("tensor", "channel", "block"):
         raise QCError(f"unknown weight granularity '{granularity}'", hint="one of tensor, channel, block")
@@ -196,9 +207,9 @@ def pipeline(opts: QuantOptions) -> str:
         passes.append("equalize")
     if needs_calibration(opts):
         collect = []
-        if algo == "gptq":
+        if "gptq" in algo or opts.weight_search:
             collect.append("hessian=true")
-        if algo == "awq":
+        if "awq" in algo:
             collect.append("rows=512")
         if (s.calibrated or s.dynamic) and not opts.activation_pairs:
             collect.append("activation-pairs=false")
@@ -211,6 +222,10 @@ def pipeline(opts: QuantOptions) -> str:
           f"dtype={weight_dtype(opts, s)}", f"algo={algo}", f"ops={ops}"]
     if granularity == "block":
         qw.append(f"block-size={block}")
+    if opts.weight_search:
+        qw.append("search=true")
+    if opts.act_order and "gptq" in algo:
+        qw.append("act-order=true")
     if opts.exclude:
         qw.append(f"exclude={opts.exclude}")
     conv7 = _conv_weights_7bit(opts, s, ops)

@@ -201,6 +201,124 @@ def _dequantize_kn(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, granularity
     return dequantize(q, scale, zp, axis, block_size if granularity == "block" else None)
 
 
+# -- scale / clip search -------------------------------------------------------------------------
+SEARCH_STEPS = 16          # clip ratios 1.0, ..., SEARCH_MIN_RATIO (evenly spaced)
+SEARCH_MIN_RATIO = 0.55
+SEARCH_REFITS = 2          # least-squares refits of the best candidate's scale (and zero point)
+
+
+def _groups(w: np.ndarray, granularity: str, block_size: int) -> np.ndarray:
+    """``w`` [K, N] as [G, rows, N]: one group per block (zero rows padded), or one group of all K rows."""
+    if granularity == "block":
+        return _pad_rows(w, block_size).reshape(-1, block_size, w.shape[1])
+    return w.reshape(1, *w.shape)
+
+
+def _codes(g: np.ndarray, scale: np.ndarray, zp: np.ndarray, grid: IntGrid) -> np.ndarray:
+    """``q - zp`` (float64) for the groups ``g`` [G, rows, N] and parameters [G, N] (as :func:`quantize_with`)."""
+    z = zp[:, None, :].astype(np.float64)
+    q = np.round(g / scale.astype(np.float64)[:, None, :])
+    q += z
+    np.clip(q, grid.storage_min, grid.storage_max, out=q)
+    q -= z
+    return q
+
+
+def _weighted_error(g: np.ndarray, d: np.ndarray, scale: np.ndarray, zp: np.ndarray, grid: IntGrid) -> np.ndarray:
+    """``sum_k d_k (w - dq(q(w)))^2`` per (group, column) for parameters [G, N]."""
+    e = _codes(g, scale, zp, grid)
+    e *= scale.astype(np.float64)[:, None, :]
+    e -= g
+    e *= e
+    return np.einsum("grn,gr->gn", e, d[:, :, 0])
+
+
+def search_groups(g: np.ndarray, d: np.ndarray, grid: IntGrid, steps: int = SEARCH_STEPS,
+                  min_ratio: float = SEARCH_MIN_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """The searched (scale, zero point) [G, N] of the groups ``g`` [G, rows, N] with the row
+    weights ``d`` [G, rows, 1] (see :func:`search_params`)."""
+    g = np.asarray(g, np.float64)
+    d = np.broadcast_to(np.asarray(d, np.float64), g.shape[:2] + (1,))
+    lo, hi = g.min(axis=1, initial=0.0), g.max(axis=1, initial=0.0)
+    best_s, best_z = params_from_range(lo, hi, grid)
+    best_err = _weighted_error(g, d, best_s, best_z, grid)
+
+    def consider(s: np.ndarray, z: np.ndarray) -> None:
+        nonlocal best_s, best_z, best_err
+        err = _weighted_error(g, d, s, z, grid)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s, best_z = np.where(better, s, best_s), np.where(better, z, best_z)
+
+    for r in np.linspace(1.0, min_ratio, max(2, steps))[1:]:
+        consider(*params_from_range(lo * r, hi * r, grid))
+    tiny = np.finfo(np.float32).tiny
+    for _ in range(SEARCH_REFITS):
+        # weighted least squares for the best candidate's codes (llama.cpp's make_qx_quants):
+        # symmetric argmin_t sum d (w - t q)^2; asymmetric argmin_(t, b) sum d (w - t q - b)^2 with the
+        # zero point then rounded to the integer -b / t
+        q = _codes(g, best_s, best_z, grid)
+        if not grid.symmetric:
+            q += best_z[:, None, :]
+        dq = d * q
+        sqq, sqw = np.sum(dq * q, axis=1), np.sum(dq * g, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if grid.symmetric:
+                t = np.where(sqq > 0, sqw / np.where(sqq > 0, sqq, 1.0), 0.0)
+                z = best_z
+            else:
+                sd, sq, sw = np.sum(d, axis=1), np.sum(dq, axis=1), np.sum(d * g, axis=1)
+                det = sqq * sd - sq * sq
+                ok = det > 1e-12 * np.maximum(sqq * sd, tiny)
+                safe = np.where(ok, det, 1.0)
+                t = np.where(ok, (sqw * sd - sq * sw) / safe, 0.0)
+                b = np.where(ok, (sqq * sw - sq * sqw) / safe, 0.0)
+                z = np.where(t > 0, np.clip(np.round(-b / np.where(t > 0, t, 1.0)), grid.storage_min,
+                                            grid.storage_max), best_z).astype(np.int64)
+        t = t.astype(np.float32)
+        consider(np.where(t >= tiny, t, best_s).astype(np.float32), np.where(t >= tiny, z, best_z))
+    return best_s.astype(np.float32), best_z.astype(np.int64)
+
+
+def search_params(w: np.ndarray, grid: IntGrid, granularity: str, block_size: int = 32,
+                  importance: np.ndarray | None = None, steps: int = SEARCH_STEPS,
+                  min_ratio: float = SEARCH_MIN_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) of ``w`` [K, N] in ONNX shapes, each block's (or channel's) chosen to
+    minimize the activation-weighted error ``sum_k d_k (w_k - dq(q(w_k)))^2``, ``d = importance``
+    [K] (the diagonal of ``H = X^T X``, i.e. ``E[x_k^2]`` up to a constant; None: all 1).
+
+    Candidates, for clip ratios ``r`` from 1 down to ``min_ratio`` (``steps`` of them): the
+    range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search); then, twice,
+    the weighted least-squares scale for the best candidate's codes (llama.cpp's
+    ``make_qx_quants``; asymmetric: scale and offset, the zero point rounded to an integer). Every candidate is scored on the codes it gives itself, so the result
+    is exactly what :func:`quantize_with` produces from it. ``r = 1`` is round-to-nearest and wins
+    ties: the weighted error is never above RTN's. Per tensor: RTN's parameters.
+    """
+    w = np.asarray(w, np.float64)
+    if granularity == "tensor":
+        return find_params(w, grid, granularity, block_size)
+    k = w.shape[0]
+    d = np.ones(k) if importance is None else np.asarray(importance, np.float64).reshape(-1)
+    if d.shape != (k,):
+        raise ValueError(f"importance must have {k} entries, got {d.shape}")
+    dg = _groups(d[:, None], granularity, block_size)
+    scale, zp = search_groups(_groups(w, granularity, block_size), dg, grid, steps, min_ratio)
+    return (scale, zp) if granularity == "block" else (scale[0], zp[0])
+
+
+def quantize_search(w: np.ndarray, importance: np.ndarray | None, bits: int = 4, granularity: Granularity = "block",
+                    block_size: int = 32, symmetric: bool = True,
+                    signed: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round to nearest with the scales of :func:`search_params`; returns as :func:`quantize_rtn`."""
+    w = _check_weight(w)
+    _check_granularity(granularity, block_size)
+    grid = IntGrid(bits, symmetric, signed)
+    scale, zp = search_params(w, grid, granularity, block_size, importance)
+    q = quantize_with(w, expand_params(scale, w.shape, granularity, block_size),
+                      expand_params(zp, w.shape, granularity, block_size), grid)
+    return q.astype(grid.int_dtype), scale, zp.astype(grid.int_dtype)
+
+
 # -- GPTQ --------------------------------------------------------------------------------------------
 def _inverse_hessian_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damp * mean(diag H) * I)^-1`` (``U^T U``); damping grows until it is PD."""
@@ -220,7 +338,7 @@ def _inverse_hessian_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
 
 def gptq(w: np.ndarray, h: np.ndarray, bits: int = 8, granularity: Granularity = "channel", block_size: int = 32,
          symmetric: bool = True, signed: bool = True, damp: float = 0.01, act_order: bool = False,
-         lazy_block: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         lazy_block: int = 128, search: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
     Pre-trained Transformers"): quantize the rows of ``w`` [K, N] one input feature at a time and
     spread each row's rounding error over the rows not yet quantized, weighted by the inverse
@@ -242,6 +360,8 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int = 8, granularity: Granularity =
       With ``act_order`` (rows in order of decreasing ``H[k, k]``) a quantization block's rows are
       visited out of order, so all block parameters are computed up front from ``w`` ("static
       groups"): the groups still follow the original row order, as ONNX block-wise layouts need.
+    - ``search``: each scale / zero point is :func:`search_params`'s (the clip / scale search,
+      weighted by ``diag H``) instead of the plain range's.
 
     Returns ``(q, scale, zero_point)`` exactly as :func:`quantize_rtn`.
     """
@@ -261,7 +381,11 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int = 8, granularity: Granularity =
     work[dead, :] = 0.0
 
     static = granularity != "block" or act_order
-    scale, zp = find_params(work, grid, granularity, block_size) if static else (None, None)
+    diag = np.diag(h).copy()
+    scale, zp = None, None
+    if static:
+        scale, zp = (search_params(work, grid, granularity, block_size, diag) if search
+                     else find_params(work, grid, granularity, block_size))
     if granularity == "block":
         if static:
             scale_rows = expand_params(scale, work.shape, "block", block_size).astype(np.float64)
@@ -292,8 +416,12 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int = 8, granularity: Granularity =
                 group = original // block_size
                 if not static and original % block_size == 0:
                     rows = block[i: i + block_size]
-                    scale[group], zp[group] = params_from_range(rows.min(axis=0, initial=0.0),
-                                                                rows.max(axis=0, initial=0.0), grid)
+                    if search:
+                        s_g, z_g = search_groups(rows[None], diag[row: row + len(rows)][None, :, None], grid)
+                        scale[group], zp[group] = s_g[0], z_g[0]
+                    else:
+                        scale[group], zp[group] = params_from_range(rows.min(axis=0, initial=0.0),
+                                                                    rows.max(axis=0, initial=0.0), grid)
                 s = scale[group].astype(np.float64) if not static else scale_rows[original]
                 z = zp[group] if not static else zp_rows[original]
             else:
