@@ -136,3 +136,23 @@ def matmuls_by_input(module: Module, exclude: re.Pattern | None = None) -> list[
             continue
         groups.setdefault(id(x), []).append(op)
     return list(groups.values())
+
+
+def divided_stats(stats, s: np.ndarray):
+    """The calibration statistics of ``x / s`` (per feature) from those of ``x`` (per-feature
+    statistics needed), without a histogram."""
+    from qc.calib.stats import TensorStats
+
+    out = TensorStats(channels=True, histogram=False, axis=stats.axis)
+    out.channel_min = (stats.channel_min / s).astype(np.float32)
+    out.channel_max = (stats.channel_max / s).astype(np.float32)
+    out.channel_absmax = (stats.channel_absmax / s).astype(np.float32)
+    out.channel_abssum = stats.channel_abssum / s
+    out.min, out.max = float(out.channel_min.min()), float(out.channel_max.max())
+    out.rows, out.count = stats.rows, stats.count
+    if stats.hessian is not None:
+        inv = 1.0 / s.astype(np.float64)
+        out.hessian_enabled, out.hessian = True, stats.hessian * np.outer(inv, inv)
+    if stats.row_sample is not None:
+        out.max_rows, out.row_sample, out.row_priority = stats.max_rows, stats.row_sample / s, stats.row_priority
+    return out

@@ -19,15 +19,16 @@ class FoldOutlierGather(Pass):
     """fold-outlier-gather: quantize the whole activation instead of a Gather of its rest columns.
 
     ``split-outliers`` gives the int8 part ``x.rest = Gather(x, rest)``, a copy of almost all of
-    x. With W' = W_rest scattered back to K rows, zero at the other (outlier) columns, the int32
-    accumulations are the same: the outlier columns meet zero weights whatever they quantize to,
+    x. With W' = W_rest scattered back to K rows, zero (the zero point's code) at the other
+    (outlier) columns, the int32 accumulations are the same: the outlier columns meet zero
+    weights whatever they quantize to,
     and the zero-point term ``-zp_x * sum_k W'[k]`` is the same sum::
 
         %x.rest = onnx.Gather(%x, @rest) {axis = -1}         %x.rest.q = onnx.QuantizeLinear(%x, @s, @z)
         %x.rest.q = onnx.QuantizeLinear(%x.rest, @s, @z)  -> %x.rest.dq = onnx.DequantizeLinear(%x.rest.q, @s, @z)
         %x.rest.dq = onnx.DequantizeLinear(%x.rest.q, ...)   %w.dq = onnx.DequantizeLinear(@w.q.full, @ws, @wz)
         %w.dq = onnx.DequantizeLinear(@w.q, @ws, @wz)        %y = onnx.MatMul(%x.rest.dq, %w.dq)
-        %y = onnx.MatMul(%x.rest.dq, %w.dq)                  : @w.q.full[K, N], rows @rest = @w.q, others 0
+        %y = onnx.MatMul(%x.rest.dq, %w.dq)                  : @w.q.full[K, N], rows @rest = @w.q, others @wz
 
     The quantization parameters stay (the activation's scale still covers the rest columns only;
     the outlier columns saturate and meet zeros). Applies when every reader of the Gather is a
@@ -149,10 +150,14 @@ def _drop_const(graph: Graph, v: Value) -> None:
 
 
 def _full_weight(graph: Graph, wdq: Op, cols: np.ndarray, k: int) -> Value:
-    """A DequantizeLinear like wdq, of its weight scattered to k rows (zero rows elsewhere)."""
+    """A DequantizeLinear like wdq, of its weight scattered to k rows (rows that dequantize to zero
+    elsewhere: the zero point's code)."""
     w = wdq.operands[0]
     data = w.const.numpy()
+    zp = wdq.operands[2].const.numpy() if len(wdq.operands) > 2 and wdq.operands[2].const is not None else None
     full = np.zeros((k, data.shape[1]), data.dtype)
+    if zp is not None:
+        full[:] = zp.reshape(-1)      # a zero weight is the zero point's code (u8 weights: 128)
     full[cols] = data
     wt = w.type if isinstance(w.type, TensorType) else TensorType(w.const.dtype, tuple(data.shape))
     wide = graph.add_const(f"{w.name}.full", Tensor.from_array(full, w.const.dtype),

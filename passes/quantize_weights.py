@@ -14,7 +14,7 @@ from qc.ir.types import QuantParams, TensorType
 from qc.pm import Pass, PassContext, register_pass
 from qc.quant import weight_algos as algos
 
-from ._scaling import NameTable, describe, divide_input, first_op
+from ._scaling import NameTable, describe, divide_input, divided_stats, first_op
 from ._util import (
     ancestor_in,
     const_array,
@@ -168,7 +168,8 @@ class QuantizeWeights(Pass):
     awq_grid: int = 20
     """AWQ: alpha values tried in [0, 1)"""
     search: bool = False
-    """search each block's (channel's) scale / clip for the least error weighted by the input's mean x^2 (needs hessians)"""
+    """search each block's (channel's) scale / clip for the least error weighted by the input's
+    mean x^2 (needs hessians)"""
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self, module: Module, ctx: PassContext) -> bool:
@@ -198,11 +199,18 @@ class QuantizeWeights(Pass):
                 if not any(job is m for m in main):
                     for use in job.uses:
                         ctx.remark(use.op, f"inside a subgraph: awq scaling is not applied to @{job.weight.name}")
-            self._apply_awq(graph, main, calib, storage, constant_consts(module), names, ctx)
+            rescaled = self._apply_awq(graph, main, calib, storage, constant_consts(module), names, ctx)
+        else:
+            rescaled = {}
         for job in jobs:
             home = homes.graph_of(job.weight)
             order = {id(op): i for i, op in enumerate(home)}
             self._quantize_job(home, job, storage, calib, names, order, homes, ctx)
+        for name, stats in rescaled.items():     # after the jobs: GPTQ reads x's own statistics
+            if stats is None:
+                calib.tensors.pop(name, None)    # x's range no longer holds and cannot be rescaled
+            else:
+                calib.tensors[name] = stats
         return True
 
     # -- options -------------------------------------------------------------------------------
@@ -264,7 +272,8 @@ class QuantizeWeights(Pass):
         calib = ctx.calibration
         if calib is None:
             needs = GPTQ_NEEDS if self.algo in ("gptq", "rtn") else AWQ_NEEDS
-            raise QCError(needs.format(algo=self.algo + (",search=true" if self.search else "")), hint="qc compile adds calibrate when given --calib data")
+            raise QCError(needs.format(algo=self.algo + (",search=true" if self.search else "")),
+                          hint="qc compile adds calibrate when given --calib data")
         return calib
 
     # -- matching ------------------------------------------------------------------------------
@@ -367,7 +376,10 @@ class QuantizeWeights(Pass):
 
     # -- AWQ -----------------------------------------------------------------------------------
     def _apply_awq(self, graph: Graph, jobs: list[_WeightJob], calib, storage: DType, constants: set[int],
-                   names: NameTable, ctx: PassContext) -> None:
+                   names: NameTable, ctx: PassContext) -> dict[str, object]:
+        """Scale the jobs' inputs; returns the statistics of each scaled activation ``x / s`` (None
+        without per-feature statistics of x) for the passes after this one (insert-qdq's ranges)."""
+        rescaled: dict[str, object] = {}
         by_input: dict[int, list[_WeightJob]] = {}
         order = {id(op): i for i, op in enumerate(graph)}
         for job in jobs:
@@ -397,9 +409,12 @@ class QuantizeWeights(Pass):
             for job in group:
                 job.awq_scale = s
             how = divide_input(graph, x, s, consumers, constants, names, suffix="awq", order=order)
+            scaled = consumers[0].operands[0]     # x / s: a new Mul's result, or x itself (folded)
+            rescaled[scaled.name] = divided_stats(stats, s) if stats.channel_min is not None else None
             ratio = float(s.max() / s.min())
             for op in consumers:
                 ctx.remark(op, f"awq: %{x.name} / s ({how}; s spans {ratio:.3g}x over {k} inputs)")
+        return rescaled
 
     # -- quantizing one weight -----------------------------------------------------------------
     def _quantize_job(self, graph: Graph, job: _WeightJob, storage: DType, calib, names: NameTable,

@@ -11,7 +11,7 @@ from qc.ir.core import Module
 from qc.ir.tensor import Tensor
 from qc.pm import Pass, PassContext, register_pass
 
-from ._scaling import NameTable, divide_input, matmuls_by_input
+from ._scaling import NameTable, divide_input, divided_stats, matmuls_by_input
 from ._util import compile_regex, constant_consts, lift_constant_weights
 from .insert_qdq import learned_dequantize
 
@@ -90,7 +90,7 @@ class SmoothQuant(Pass):
                 if not w.uses() and graph.consts.get(w.name) is w:
                     graph.remove_const(w)
             smoothed = ops[0].operands[0]
-            calib.tensors[smoothed.name] = _divided(stats, s)
+            calib.tensors[smoothed.name] = divided_stats(stats, s)
             ctx.remark(ops[0], f"%{x.name} / s ({how}; alpha {self.alpha:g}): "
                                f"max |x| {float(stats.channel_absmax.max()):.4g} "
                                f"-> {float(calib.tensors[smoothed.name].channel_absmax.max()):.4g}, "
@@ -104,22 +104,3 @@ class SmoothQuant(Pass):
         s = a ** self.alpha / np.maximum(w_absmax, 1e-5) ** (1.0 - self.alpha)
         s = np.where((act_absmax > 0) & (w_absmax > 0), s, 1.0)
         return np.clip(s, 1e-5, 1e5).astype(np.float32)
-
-
-def _divided(stats, s: np.ndarray):
-    """The statistics of ``x / s`` (per feature), without a histogram."""
-    from qc.calib.stats import TensorStats
-
-    out = TensorStats(channels=True, histogram=False, axis=stats.axis)
-    out.channel_min = (stats.channel_min / s).astype(np.float32)
-    out.channel_max = (stats.channel_max / s).astype(np.float32)
-    out.channel_absmax = (stats.channel_absmax / s).astype(np.float32)
-    out.channel_abssum = stats.channel_abssum / s
-    out.min, out.max = float(out.channel_min.min()), float(out.channel_max.max())
-    out.rows, out.count = stats.rows, stats.count
-    if stats.hessian is not None:
-        inv = 1.0 / s.astype(np.float64)
-        out.hessian_enabled, out.hessian = True, stats.hessian * np.outer(inv, inv)
-    if stats.row_sample is not None:
-        out.max_rows, out.row_sample, out.row_priority = stats.max_rows, stats.row_sample / s, stats.row_priority
-    return out

@@ -126,11 +126,12 @@ class SplitOutliers(Pass):
                 continue
             self._rewrite(module, x, ops, columns, rest, stats, calib)
             absmax = stats.channel_absmax
+            kind = "float16" if self.dtype == "f16" else "float32"
             split = Split(x.name, [op.name or op.results[0].name for op in ops], [int(c) for c in columns],
                           int(stats.features), self.mode, plan.reason, float(absmax[columns].min()),
-                          float(absmax[rest].max()))
+                          float(absmax[rest].max()), kind)
             splits.append(split)
-            ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to float16 ({plan.reason}); "
+            ctx.remark(ops[0], f"%{x.name}: {len(columns)} of {stats.features} columns to {kind} ({plan.reason}); "
                                f"int8 part now spans max |x| {split.rest_absmax:.4g} "
                                f"instead of {float(absmax.max()):.4g}")
             changed = True

@@ -306,9 +306,9 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="threshold mode: columns whose max |x| reaches X (default %(default)s, LLM.int8's)")
     q.add_argument("--outlier-fraction", type=float, default=0.01, metavar="F",
                    help="budget / error modes: at most this fraction of columns in float16 (default %(default)s)")
-    q.add_argument("--outlier-dtype", choices=("float16", "float32"), default="float16",
-                   help="the float type of split-outliers' outlier part (default %(default)s; float32 where the "
-                        "runtime has no float16 GEMM, e.g. onnxruntime's x86 CPU provider)")
+    q.add_argument("--outlier-dtype", choices=("float16", "float32"),
+                   help="the float type of split-outliers' outlier part (default: float32 on x86 targets, whose "
+                        "onnxruntime CPU provider has no float16 GEMM; float16 elsewhere)")
     q.add_argument("--smooth-alpha", type=float, default=0.5, metavar="A",
                    help="SmoothQuant migration strength (default %(default)s)")
     q.add_argument("--rotate", nargs="?", const="down", choices=("down", "all", "none"), metavar="ONLINE",

@@ -125,7 +125,7 @@ def _quant_options(args, target):
                         form=args.format, activation_pairs=args.activation_pairs,
                         reduce_range=args.reduce_range, outliers=args.outliers, outlier_mode=args.outlier_mode,
                         outlier_threshold=args.outlier_threshold, outlier_fraction=args.outlier_fraction,
-                        outlier_dtype=getattr(args, "outlier_dtype", "float16"),
+                        outlier_dtype=getattr(args, "outlier_dtype", None),
                         smooth_alpha=args.smooth_alpha, rotate=getattr(args, "rotate", None) or "",
                         kv_cache_dtype=getattr(args, "kv_cache_dtype", "float32"),
                         target_features=tuple(target.features))

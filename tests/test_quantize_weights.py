@@ -285,7 +285,8 @@ def test_gptq_lowers_output_error_on_correlated_inputs(options):
     for x in (x_cal, x_test):
         err_gptq, err_rtn = output_error(q_gptq, model, {"x": x}), output_error(q_rtn, model, {"x": x})
         assert err_gptq < 0.9 * err_rtn, (err_gptq, err_rtn)
-    assert next(op for op in module.graph if op.op_type == "MatMul").meta["qc.quant"].endswith("gptq")
+    summary = next(op for op in module.graph if op.op_type == "MatMul").meta["qc.quant"]
+    assert summary.endswith("gptq+act-order" if "act-order=true" in options else "gptq"), summary
     assert any("relative (rtn" in r for r in ctx.remarks)
 
 
@@ -355,6 +356,32 @@ def test_awq_inserts_a_mul_when_x_is_a_graph_input_and_never_loses_to_rtn():
     _, q_rtn, _ = run_pass(model, "quantize-weights{bits=4,granularity=block}")
     assert output_error(q_awq, model, {"x": x}) < output_error(q_rtn, model, {"x": x})
     assert any("relative (rtn" in r for r in ctx.remarks)      # with a Hessian the remark compares
+
+
+def test_awq_rescales_the_calibration_ranges_of_the_scaled_activation():
+    """Static activation schemes (w4a4) quantize x / s after AWQ: its range is x's divided per
+    feature, for a new Mul's result and for x itself when the division is folded into the norm."""
+    rng = np.random.default_rng(5)
+    k = 64
+    x = rng.standard_normal((256, k)).astype(np.float32)
+    x[:, :4] *= 20.0
+    model = matmul_model(k, 32, w=(rng.standard_normal((k, 32)) * 0.05).astype(np.float32))
+    _, q, ctx = run_pass(model, "quantize-weights{bits=4,granularity=block,algo=awq+gptq}",
+                         PassContext(calibration=calibration({"x": x}, hessian=True, rows=256)))
+    inv_s = initializers(q)["x.awq_inv_scale"]
+    scaled = ctx.calibration.tensors["x.awq"]
+    np.testing.assert_allclose([scaled.min, scaled.max], [(x * inv_s).min(), (x * inv_s).max()], rtol=1e-5)
+    assert ctx.calibration.tensors["x"].max == pytest.approx(float(x.max()))   # x itself is unchanged
+
+    gamma = np.ones(128, np.float32)
+    gamma[:6] = 25.0
+    norm_model, _ = rmsnorm_block(128, rng, gamma)
+    h = rng.standard_normal((256, 128)).astype(np.float32)
+    _, folded, ctx = run_pass(norm_model, "quantize-weights{bits=4,granularity=block,algo=awq}",
+                              PassContext(calibration=calibration({"x": reference_x(h, gamma)}, hessian=False,
+                                                                  rows=128)))
+    x_after = reference_x(h, initializers(folded)["gamma.awq"])
+    np.testing.assert_allclose(ctx.calibration.tensors["x"].max, x_after.max(), rtol=1e-4)
 
 
 def test_awq_plus_gptq_beats_both_alone_or_ties():

@@ -16,3 +16,4 @@ class OutlierSplit:
     reason: str
     outlier_absmax: float
     rest_absmax: float
+    dtype: str = "float16"      # the outlier part's float type: float16 | float32

@@ -34,7 +34,7 @@ class QuantOptions:
     outlier_mode: str = "budget"        # split-outliers mode: threshold | budget | error
     outlier_threshold: float = 6.0      # threshold mode
     outlier_fraction: float = 0.01      # budget / error modes: most columns per matmul in float16
-    outlier_dtype: str = "float16"      # split-outliers' outlier part: float16 | float32
+    outlier_dtype: str | None = None    # split-outliers' outlier part: float16 | float32 (None: by target)
     smooth_alpha: float = 0.5
     rotate: str = ""                    # rotate first (the rotate pass); its online Hadamards: down | all | none
     act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
@@ -262,6 +262,8 @@ def pipeline(opts: QuantOptions) -> str:
             rq = [f"dtype={act}", f"method={method}"] + ([f"exclude={opts.exclude}"] if opts.exclude else [])
             passes.append("requantize-outputs{" + ",".join(rq) + "}")
         passes.append("fold-qdq")
+        if folds_outlier_gather(opts, s):
+            passes.append("fold-outlier-gather")
     if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
         lower = ["accuracy-level=4"] if s.name == "w4a8" else []
         passes.append("lower-qop" + ("{" + ",".join(lower) + "}" if lower else ""))
@@ -295,6 +297,21 @@ DEFAULT_OUTLIERS = "both"
 DYNAMIC_SPLIT = ("dyn8",)   # dynamic schemes that take float16 outlier columns (from calibration data)
 
 
+def outlier_dtype(opts: QuantOptions) -> str:
+    """The outlier part's float type: ``--outlier-dtype``, else float32 on x86 (onnxruntime's x86 CPU
+    provider has no float16 GEMM: it would run a float16 MatMul through a slow generic path) and
+    float16 elsewhere (LLM.int8()'s choice; Arm's float16 arithmetic)."""
+    return opts.outlier_dtype or ("float32" if _x86(opts) else "float16")
+
+
+def folds_outlier_gather(opts: QuantOptions, s: Scheme) -> bool:
+    """x86 static schemes with float outlier columns run ``fold-outlier-gather`` after fold-qdq: the
+    int8 part quantizes the whole activation (zero weight rows at the outlier columns) instead of
+    a Gather copying nearly all of it; the C backend's preparation pipeline runs the same pass."""
+    choice = opts.outliers or (DEFAULT_OUTLIERS if s.calibrated else "none")
+    return _x86(opts) and s.calibrated and activation_dtype(opts, s) is not None and choice in ("split", "both")
+
+
 def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
     """smooth-quant and / or split-outliers for static schemes, after calibrate; split-outliers
     for dyn8 given calibration data (``with_calibration``)."""
@@ -313,9 +330,10 @@ def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:
         split = [f"mode={opts.outlier_mode}"] + ([exclude[1:]] if exclude else [])
         split.append(f"threshold={opts.outlier_threshold:g}" if opts.outlier_mode == "threshold"
                      else f"max-fraction={opts.outlier_fraction:g}")
-        if opts.outlier_dtype not in OUTLIER_DTYPES:
-            raise QCError(f"unknown --outlier-dtype '{opts.outlier_dtype}'", hint="float16 or float32")
-        if opts.outlier_dtype == "float32":
+        dtype = outlier_dtype(opts)
+        if dtype not in OUTLIER_DTYPES:
+            raise QCError(f"unknown --outlier-dtype '{dtype}'", hint="float16 or float32")
+        if dtype == "float32":
             split.append("dtype=f32")
         out.append("split-outliers{" + ",".join(split) + "}")
     return out

@@ -79,16 +79,18 @@ def quantized_ops(module: Module) -> dict[str, int]:
 
 
 def outlier_report(splits: list, candidate_columns: int = 0) -> dict[str, Any] | None:
-    """Per activation: how many columns went to float16 and why (from split-outliers);
+    """Per activation: how many columns went to float16 (float32) and why (from split-outliers);
     ``candidate_columns``: all columns of the activations split-outliers looked at."""
     if not splits:
         return None
-    layers = [{"activation": sp.activation, "ops": sp.ops, "float16_columns": len(sp.columns), "features": sp.features,
+    layers = [{"activation": sp.activation, "ops": sp.ops, "float_columns": len(sp.columns), "features": sp.features,
                "columns": sp.columns, "mode": sp.mode, "reason": sp.reason,
                "smallest_outlier_absmax": sp.outlier_absmax, "rest_absmax": sp.rest_absmax} for sp in splits]
     kept = sum(len(sp.columns) for sp in splits)
     total = max(candidate_columns, sum(sp.features for sp in splits))
-    return {"float16_columns": kept, "columns": total, "fraction": kept / total if total else 0.0, "layers": layers}
+    dtypes = sorted({sp.dtype for sp in splits})
+    return {"float_columns": kept, "dtype": "/".join(dtypes), "columns": total,
+            "fraction": kept / total if total else 0.0, "layers": layers}
 
 
 def build_report(*, scheme: str, pipeline: str, input_path: str, output_path: str, module: Module,
@@ -147,12 +149,12 @@ def format_report(r: dict[str, Any], per_layer: bool = False) -> str:
                      + (f" (from cache {c['cache']})" if c.get("cached") else ""))
     o = r.get("outliers")
     if o:
-        lines.append(f"  outliers: {o['float16_columns']} of {o['columns']} activation columns in float16 "
+        lines.append(f"  outliers: {o['float_columns']} of {o['columns']} activation columns in {o['dtype']} "
                      f"({100 * o['fraction']:.2f}%), in {len(o['layers'])} activations"
                      + ("" if per_layer else " (--report lists them)"))
         if per_layer:
             for layer in o["layers"]:
-                lines.append(f"    %{layer['activation']} -> {', '.join(layer['ops'])}: {layer['float16_columns']} of "
+                lines.append(f"    %{layer['activation']} -> {', '.join(layer['ops'])}: {layer['float_columns']} of "
                              f"{layer['features']} ({layer['reason']}); int8 part max |x| {layer['rest_absmax']:.4g}")
     a = r.get("accuracy")
     if a:
