@@ -33,6 +33,7 @@ from . import (  # noqa: F401
     fuse_rope,
     fuse_silu,
     fuse_silu_mul,
+    guard_int8_rows,
     inline_if,
     insert_qdq,
     legalize,

@@ -126,6 +126,7 @@ def _rewrite(graph: Graph, gather: Op, cols: np.ndarray, k: int, units: list[tup
     x, r = gather.operands[0], gather.results[0]
     for q in r.users():
         q.set_operand(0, x)
+        q.meta["qc.read_columns"] = [int(c) for c in cols]   # the others saturate and meet zero weights
         _widened(q.results[0], k)
         for dq in q.results[0].users():
             _widened(dq.results[0], k)

@@ -421,7 +421,9 @@ class _Lowerer:
         if not self._replace(g, op, new, y, what):
             return False
         if u.act_dq is not None:
-            self.ctx.remark(new, "w4a8: DynamicQuantizeLinear dropped; accuracy_level 4 quantizes the input per block")
+            self.ctx.remark(new, "w4a8: DynamicQuantizeLinear dropped; accuracy_level 4 quantizes the input to "
+                            "int8 in onnxruntime (per block; per row on arm64 for weights without zero points: "
+                            "guard-int8-rows)")
         self._cleanup(g, [w.dq, u.act_dq, u.act_dynamic], [w.q_value, w.scale_value, w.zp_value])
         return True
 

@@ -191,8 +191,10 @@ def _build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--shape", default="", metavar="NAME=AxB,...",
                      help="shapes of the model inputs for the MAC and copy estimates (as qc compile --shape); "
                           "without it each dynamic dimension counts as 1, and the report lists them")
-    chk.add_argument("--calib", metavar="DATA.npz", help="Ethos-U targets, a quantized model: calibration samples "
-                     "for the ranges of the float tensors the TFLite requantizes (Vela then checks the placement)")
+    chk.add_argument("--calib", metavar="DATA.npz", help="samples of the model inputs: on Ethos-U targets, for a "
+                     "quantized model, the ranges of the float tensors the TFLite requantizes (Vela then checks "
+                     "the placement); where the runtime quantizes MatMulNBits' A per row, its rows are checked "
+                     "for outlier features (the int8-rows-outliers guardrail)")
     chk.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", parents=[common], help="measure a model: perplexity, SQNR and cosine vs a reference")
@@ -653,6 +655,11 @@ def cmd_check(args) -> int:
     memory = estimate(target, module, assumed_dims=bool(assumed))
     if memory is not None:
         report["memory"] = memory
+    from .tools import guardrails
+
+    row_ops = guardrails.int8_row_ops(module, target)
+    if row_ops:
+        report["int8_rows"] = _int8_rows_check(args, module, target, row_ops)
     if target.vela is not None and any(op.qualified_type == "onnx.QuantizeLinear" for op in module.walk()):
         report["vela"] = _vela_check(args, module, target, report)
     elif target.vela is not None:
@@ -670,6 +677,13 @@ def cmd_check(args) -> int:
     else:
         sys.stdout.write(format_placement(report, units=not args.brief))
         sys.stdout.writelines(f"{line}\n" for line in (memory or {}).get("lines", ()))
+        rows = report.get("int8_rows")
+        if rows and "not_run" in rows:
+            sys.stdout.write(f"int8 rows: not checked: {rows['not_run']}\n")
+        elif rows:
+            sys.stdout.write(f"int8 rows: {len(rows['ops'])} MatMulNBits with A quantized per row on this target's "
+                             f"runtime, checked on {rows['samples']} samples: {len(rows['warnings'])} warned\n")
+            sys.stdout.writelines(f"{line}\n" for line in guardrails.format_warnings(rows["warnings"], True))
         if "vela" in report and "not_run" in report["vela"]:
             sys.stdout.write(f"vela: not run: {report['vela']['not_run']}\n")
         elif "vela" in report:
@@ -679,17 +693,50 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _calib_feeds(args, module) -> list:
+    """The ``--calib`` samples as feeds of the module ([] without --calib)."""
+    if not args.calib:
+        return []
+    from .calib.data import load_inputs
+
+    data = load_inputs(module, lambda: None, npz=args.calib, text=None, samples=None, seq_len=0,
+                       flags=("--calib", "--calib-text"))
+    return list(data.feeds(module)) if data is not None else []
+
+
+def _int8_rows_check(args, module, target, row_ops) -> dict:
+    """The ``int8-rows-outliers`` guardrail on a compiled model: its MatMulNBits inputs observed
+    in onnxruntime on the --calib samples (up to 512 rows each)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from .onnx.evaluator import module_session
+    from .tools import guardrails
+
+    names = [op.name or op.results[0].name for op in row_ops]
+    feeds = _calib_feeds(args, module)
+    if not feeds:
+        return {"ops": names, "not_run": f"{len(names)} MatMulNBits run with A quantized to int8 per row on "
+                                         f"{target.onnx.runtime}; give --calib DATA.npz to check their rows "
+                                         "for outlier features"}
+    values = list({op.operands[0].name: op.operands[0] for op in row_ops}.values())
+    session = module_session(module, extra_outputs=values)
+    rows: dict[str, list] = {v.name: [] for v in values}
+    for feed in feeds:
+        for v, x in zip(values, session.run([v.name for v in values], feed)):
+            if sum(len(r) for r in rows[v.name]) < 512:
+                rows[v.name].append(np.asarray(x, np.float32).reshape(-1, x.shape[-1]))
+    stats = {name: SimpleNamespace(row_sample=np.concatenate(r)[:512]) for name, r in rows.items()}
+    warnings = [w.as_dict() for w in guardrails.int8_rows(module, stats, target)]
+    return {"ops": names, "samples": len(feeds), "warnings": warnings}
+
+
 def _vela_check(args, module, target, report) -> dict:
     """Vela's placement of the quantized model (the truth) beside qc's table (backends/tflite)."""
     from .backends.tflite import vela_check
 
-    samples = []
-    if args.calib:
-        from .calib.data import load_inputs
-
-        data = load_inputs(module, lambda: None, npz=args.calib, text=None, samples=None, seq_len=0,
-                           flags=("--calib", "--calib-text"))
-        samples = list(data.feeds(module)) if data is not None else []
+    samples = _calib_feeds(args, module)
     try:
         return vela_check(module, target, samples, report["placement"], source=args.model)
     except QCError as e:

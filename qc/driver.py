@@ -498,6 +498,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             raise QCError("give either --quant or -p, not both", hint="--quant runs the scheme's pipeline; "
                           "`qc passes` shows it, and -p runs an edited copy")
         spec = schemes.pipeline(opts)
+        if emit != "c" and "lower-qop" in spec and getattr(tgt.onnx, "nbits_int8_rows", "none") != "none":
+            spec += ",guard-int8-rows"      # the runtime's per-row int8 A: float A where rows would coarsen
         upgrade_opset = max(upgrade_opset or 0, schemes.needs_opset(opts))
     else:
         spec = named_pipelines()["default"][0] if pipeline is None else pipeline

@@ -1,6 +1,7 @@
 """Guardrail warnings in the compile report (qc.quant.guardrails): each one is triggered by a
 small model built here, and absent when its condition does not hold."""
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -257,3 +258,111 @@ def test_a_scheme_that_quantizes_does_not_warn_nothing_quantized(tmp_path):
     for scheme in ("dyn8", "w8", "w4", "fp16"):
         _, warnings = compile_report(tmp_path, mlp(tmp_path / "m.onnx"), "--quant", scheme)
         assert "nothing-quantized" not in codes(warnings), (scheme, warnings)
+
+
+# -- int8 rows: MatMulNBits accuracy_level 4 on onnxruntime arm64 ------------------------------------
+def outlier_rows(n=24, k=64, feature=5, factor=100.0):
+    x = RNG.standard_normal((n, 1, 16, k)).astype(np.float32)
+    x[..., feature] *= factor
+    return x
+
+
+def accuracy_levels(path):
+    return {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level")
+            for n in onnx.load(path).graph.node if n.op_type == "MatMulNBits"}
+
+
+@pytest.mark.parametrize("target,weights,outliers,fixed", [
+    ("cortex-a76", "--symmetric", True, True), ("cortex-a76", "--asymmetric", True, False),
+    ("x86-avx2", "--symmetric", True, False), ("cortex-a76", "--symmetric", False, False)])
+def test_guard_int8_rows_keeps_a_float_where_the_runtime_quantizes_a_per_row(tmp_path, target, weights, outliers,
+                                                                            fixed):
+    """qc compile --emit onnx runs guard-int8-rows on such targets: the MatMulNBits whose
+    calibrated rows an outlier feature dominates get accuracy_level 1, with a remark, and the
+    guardrail has nothing left to warn about; elsewhere every node keeps accuracy_level 4."""
+    data = calib(tmp_path, outlier_rows(factor=100.0 if outliers else 1.0))
+    stdout, warnings = compile_report(tmp_path, mlp(tmp_path / "m.onnx"), "--target", target, "--emit", "onnx",
+                                      "--quant", "w4a8", weights, "--calib", data, "--remarks")
+    assert not [w for w in warnings if w["code"] == "int8-rows-outliers"], warnings
+    levels = accuracy_levels(tmp_path / "out.onnx")
+    assert levels == ({"up": 1, "down": 4} if fixed else {"up": 4, "down": 4}), levels   # 'down' reads Relu(h)
+    assert ("accuracy_level 1 (A in float)" in stdout) == fixed
+    assert (",guard-int8-rows" in stdout) == (target == "cortex-a76")      # the pipeline line
+
+
+def test_int8_rows_outliers_warning_names_the_matmul_its_rows_and_the_fixes(tmp_path):
+    """The guardrail itself, on a model with accuracy_level 4 everywhere (compiled for x86, whose
+    runtime quantizes A per block) judged for cortex-a76 with row statistics of its input."""
+    from qc.targets import load_target
+
+    out = str(tmp_path / "q.onnx")
+    r = run_qc("compile", mlp(tmp_path / "m.onnx"), "--target", "x86-avx2", "--quant", "w4a8", "--symmetric", "-o", out)
+    assert r.returncode == 0, r.stderr
+    module = import_onnx(onnx.load(out))
+    rows = {"x": SimpleNamespace(row_sample=outlier_rows(n=2)[:, 0].reshape(-1, 64))}
+    warned = guardrails.int8_rows(module, rows, load_target("cortex-a76"))
+    assert [w.layer for w in warned] == ["up"]
+    assert re.search(r"per row over K = 64; in \d+ of 32 calibration rows an outlier feature", warned[0].what)
+    assert "--asymmetric" in warned[0].to_do and "KleidiAI" in warned[0].why
+    assert not guardrails.int8_rows(module, rows, load_target("x86-avx2"))
+    plain = {"x": SimpleNamespace(row_sample=outlier_rows(n=2, factor=1.0)[:, 0].reshape(-1, 64))}
+    assert not guardrails.int8_rows(module, plain, load_target("cortex-a76"))
+
+
+def test_int8_rows_guardrail_matches_onnxruntime_arm64(tmp_path):
+    """The target-table fact behind the guardrail (cortex-a76's onnx.nbits_int8_rows = "symmetric"),
+    on onnxruntime's arm64 build under qemu: with one feature 300x the rest, accuracy_level 4 loses
+    far more against accuracy_level 1 (float A, the same int4 weights) for symmetric weights than
+    for weights with zero points, which onnxruntime quantizes per block as on x86."""
+    import subprocess
+
+    from test_arm_speed import _ort_lib
+
+    oa = _ort_lib()
+    x_cal = outlier_rows(n=4, k=576, feature=7, factor=1.0)
+    model = mlp(tmp_path / "m.onnx", k=576)
+    gaps = {}
+    for weights in ("--symmetric", "--asymmetric"):
+        out = tmp_path / f"q{weights}.onnx"
+        r = run_qc("compile", model, "--target", "cortex-a76", "--emit", "onnx", "--quant", "w4a8", weights,
+                   "--weight-algo", "rtn", "--calib", calib(tmp_path, x_cal), "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        level1 = onnx.load(out)
+        for node in level1.graph.node:
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = 1
+        onnx.save(level1, tmp_path / "level1.onnx")
+        for factor in (1.0, 300.0):
+            x = outlier_rows(n=1, k=576, feature=7, factor=factor)[0]
+            cmd, files = oa.argv(tmp_path / "level1.onnx", {"x": x}, [("y", np.zeros((1, 16, 64), np.float32))], 1,
+                                 tmp_path / "w1")
+            subprocess.run(["qemu-aarch64", *cmd], check=True, capture_output=True)
+            ref = np.fromfile(files[0], np.float32)
+            cmd, files = oa.argv(out, {"x": x}, [("y", ref)], 1, tmp_path / "w4")
+            subprocess.run(["qemu-aarch64", *cmd], check=True, capture_output=True)
+            y = np.fromfile(files[0], np.float32)
+            gaps[weights, factor] = 10 * np.log10(np.sum(ref ** 2) / np.sum((y - ref) ** 2))
+    loss = {w: gaps[w, 1.0] - gaps[w, 300.0] for w in ("--symmetric", "--asymmetric")}
+    assert loss["--symmetric"] > loss["--asymmetric"] + 4.0, gaps
+
+
+def test_qc_check_finds_int8_row_outliers_in_a_compiled_model(tmp_path):
+    """qc check of a compiled model (no calibration statistics inside it) observes the MatMulNBits
+    inputs on --calib samples in onnxruntime; without --calib it says what it could not check."""
+    model = mlp(tmp_path / "m.onnx")
+    q = str(tmp_path / "q.onnx")
+    r = run_qc("compile", model, "--target", "cortex-a76", "--emit", "onnx", "--quant", "w4a8", "--symmetric", "-o", q)
+    assert r.returncode == 0, r.stderr
+    data = calib(tmp_path, outlier_rows(n=4))
+    r = run_qc("check", q, "--target", "cortex-a76", "--calib", data, "--report-json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    assert "int8 rows: 2 MatMulNBits with A quantized per row on this target's runtime, checked on 4 samples: " \
+           "1 warned" in r.stdout
+    assert "up: the runtime quantizes %x to int8 per row over K = 64" in r.stdout
+    with open(tmp_path / "c.json") as f:
+        assert [w["layer"] for w in json.load(f)["int8_rows"]["warnings"]] == ["up"]
+    r = run_qc("check", q, "--target", "cortex-a76")
+    assert "int8 rows: not checked: 2 MatMulNBits run with A quantized to int8 per row" in r.stdout
+    r = run_qc("check", q, "--target", "x86-avx2")
+    assert r.returncode == 0 and "int8 rows" not in r.stdout

@@ -86,6 +86,11 @@ class OnnxLimits:
     max_ir_version: int | None
     max_opset: int | None
     source: str
+    nbits_int8_rows: str = "none"
+    """which com.microsoft.MatMulNBits with accuracy_level 4 the runtime computes with A quantized
+    to int8 per row over the whole K (one scale per row, not per block): "none", "symmetric"
+    (weights without zero points: onnxruntime arm64's KleidiAI kernels) or "all"; the
+    guardrail ``int8-rows-outliers`` reads it"""
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,8 @@ _MEMORY = {"ram": int, "flash": int, "ram_range": list, "flash_range": list, "en
            "note": str}
 _MEMORY_REQUIRED = ("ram", "flash", "source")
 _VELA = {"accelerator_config": str, "system_config": str, "memory_mode": str, "source": str}
-_ONNX = {"runtime": str, "max_ir_version": int, "max_opset": int, "source": str}
+_ONNX = {"runtime": str, "max_ir_version": int, "max_opset": int, "source": str, "nbits_int8_rows": str,
+         "nbits_int8_rows_source": str}
 _KERNEL = {"op": str, "act": str, "weight": str, "out": str, "granularity": str, "zero_point": str,
            "const_weight": bool, "cost": (int, float), "status": str, "source": str, "c_kernel": str}
 _KERNEL_REQUIRED = ("op", "act", "weight", "out", "cost", "source")
@@ -380,5 +386,11 @@ def _onnx(table: dict | None, fail, check_keys) -> OnnxLimits | None:
     for k, lowest in (("max_ir_version", 3), ("max_opset", 7)):
         if k in table and (isinstance(table[k], bool) or table[k] < lowest):
             fail(f"onnx.{k}", f"must be an integer of at least {lowest}, got {table[k]!r}")
+    rows = table.get("nbits_int8_rows", "none")
+    if rows not in NBITS_INT8_ROWS:
+        fail("onnx.nbits_int8_rows", f"must be one of {', '.join(NBITS_INT8_ROWS)}, got {rows!r}")
     return OnnxLimits(runtime=table["runtime"], max_ir_version=table.get("max_ir_version"),
-                      max_opset=table.get("max_opset"), source=table["source"])
+                      max_opset=table.get("max_opset"), source=table["source"], nbits_int8_rows=rows)
+
+
+NBITS_INT8_ROWS = ("none", "symmetric", "all")
