@@ -171,7 +171,8 @@ def worker(spec: dict) -> None:
             config = GPTQWeightOnlyQuantConfig(calibration_data_reader=calibration_reader(spec["calib"])(),
                                                block_size=spec["block_size"], actorder=True)
         else:
-            config = DefaultWeightOnlyQuantConfig(block_size=spec["block_size"], is_symmetric=spec.get("symmetric", True),
+            config = DefaultWeightOnlyQuantConfig(block_size=spec["block_size"],
+                                                  is_symmetric=spec.get("symmetric", True),
                                                   accuracy_level=spec.get("accuracy_level"))
         quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=spec["block_size"],
                                          is_symmetric=spec.get("symmetric", True),

@@ -168,7 +168,8 @@ class QuantizeWeights(Pass):
     awq_grid: int = 20
     """AWQ: alpha values tried in [0, 1)"""
     search: bool = False
-    """search each block's (channel's) scale / clip for the least error weighted by the input's mean x^2 (needs hessians)"""
+    """search each block's (channel's) scale / clip for the least error weighted by the input's
+    mean x^2 (needs hessians)"""
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self, module: Module, ctx: PassContext) -> bool:
@@ -264,7 +265,8 @@ class QuantizeWeights(Pass):
         calib = ctx.calibration
         if calib is None:
             needs = GPTQ_NEEDS if self.algo in ("gptq", "rtn") else AWQ_NEEDS
-            raise QCError(needs.format(algo=self.algo + (",search=true" if self.search else "")), hint="qc compile adds calibrate when given --calib data")
+            raise QCError(needs.format(algo=self.algo + (",search=true" if self.search else "")),
+                          hint="qc compile adds calibrate when given --calib data")
         return calib
 
     # -- matching ------------------------------------------------------------------------------

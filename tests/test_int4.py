@@ -157,7 +157,8 @@ def calibration(x: np.ndarray, rows: int = 0) -> CalibrationStats:
 
 
 def compile_w4(w: np.ndarray, x: np.ndarray, options: str):
-    """quantize-weights{bits=4,...} then lower-qop on calibration stats of x: (module before lowering, model, summary)."""
+    """quantize-weights{bits=4,...} then lower-qop on calibration stats of x: (module before
+    lowering, model, summary)."""
     ctx = PassContext(calibration=calibration(x, rows=512))
     module = qc.import_onnx(matmul_model(w))
     PassManager.parse(f"quantize-weights{{bits=4,{options}}}", ctx=ctx).run(module)

@@ -290,9 +290,10 @@ def search_params(w: np.ndarray, grid: IntGrid, granularity: str, block_size: in
     Candidates, for clip ratios ``r`` from 1 down to ``min_ratio`` (``steps`` of them): the
     range ``[r min, r max]`` through :func:`params_from_range` (AWQ's clip search); then, twice,
     the weighted least-squares scale for the best candidate's codes (llama.cpp's
-    ``make_qx_quants``; asymmetric: scale and offset, the zero point rounded to an integer). Every candidate is scored on the codes it gives itself, so the result
-    is exactly what :func:`quantize_with` produces from it. ``r = 1`` is round-to-nearest and wins
-    ties: the weighted error is never above RTN's. Per tensor: RTN's parameters.
+    ``make_qx_quants``; asymmetric: scale and offset, the zero point rounded to an integer).
+    Every candidate is scored on the codes it gives itself, so the result is exactly what
+    :func:`quantize_with` produces from it. ``r = 1`` is round-to-nearest and wins ties: the
+    weighted error is never above RTN's. Per tensor: RTN's parameters.
     """
     w = np.asarray(w, np.float64)
     if granularity == "tensor":
