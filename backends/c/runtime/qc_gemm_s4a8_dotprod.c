@@ -5,10 +5,13 @@
    fraction bits divides by 16 exactly. One SDOT chain per row, block and group, started at
    -16 zp' * suma (one SMULL) instead of zero, so the zero point costs no extra instruction in
    the chain. The activations come in qc_quantize_q8b32's dotprod layout (tiles of 8 rows,
-   block-major within a tile): tiles of 8 rows x 4 columns unpack each weight block once for 8
-   rows and load the 8 rows' scales and sums as vectors; a last partial tile takes 4 rows, then
-   single rows; a single row (M = 1 decode) takes 4 groups (16 columns) per step. Bit-exact with
-   the portable qc_gemm_s4a8 (same int32 sums, same float32 steps). */
+   block-major within a tile): two whole tiles at a time (16 rows, a prefill chunk) x 4 columns
+   unpack each weight block once for 16 rows, one row's 32 activation bytes per load (16
+   accumulators + 8 operands + the row's registers fill the 32 vector registers); a last tile
+   of 8 rows x 4 columns loads its 8 rows' activations in pairs and scales and sums as vectors; a
+   last partial tile takes 4 rows, then single rows; a single row (M = 1 decode) takes 4 groups
+   (16 columns) per step. Bit-exact with the portable qc_gemm_s4a8 (same int32 sums, same
+   float32 steps). */
 #include "qc_kernels.h"
 
 #if defined(QC_KERNEL_DOTPROD) && !defined(QC_KERNEL_I8MM)
@@ -53,17 +56,23 @@ QC_INLINE int16x4_t qc_s4a8_zp(const int8_t *zp)
 /* acc + float(d / 16) * sw, sw = ws * sa: the portable code's float32 steps */
 #define QC_ACC(acc, d, sw) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), sw))
 
-static void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const float *bias)
+static void qc_s4a8_store_tail(float *o, int n0, int N, float32x4_t acc, const float *bias)
 {
     float t[4];
     int c;
-    if (n0 + 4 <= N) {
-        vst1q_f32(o + n0, bias ? vaddq_f32(acc, vld1q_f32(bias + n0)) : acc);
-        return;
-    }
     vst1q_f32(t, acc);
     for (c = 0; n0 + c < N; ++c) {
         o[n0 + c] = bias ? t[c] + bias[n0 + c] : t[c];
+    }
+}
+
+/* columns n0..n0+3 of a row (those < N) = acc (+ bias) */
+QC_INLINE void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const float *bias)
+{
+    if (n0 + 4 <= N) {
+        vst1q_f32(o + n0, bias ? vaddq_f32(acc, vld1q_f32(bias + n0)) : acc);
+    } else {
+        qc_s4a8_store_tail(o, n0, N, acc, bias);
     }
 }
 
@@ -213,6 +222,95 @@ QC_NO_SCHED1 static void qc_s4a8_tile4(int N, int nb, int r, const int8_t *qa, c
     }
 }
 
+/* rows 0..15 of two whole 8-row tiles (the second's blocks at q1 / f1 / u1): each group's block
+   unpacked once for 16 rows; one row at a time (its 32 activation bytes in one load) so that the
+   16 accumulators, the 8 operands and the row's registers fit the 32 vector registers */
+#define QC_T16ROW(acc, q, fv, lane, nv) do { \
+        const int8x16_t a0_ = vld1q_s8((q) + 32 * (lane)), a1_ = vld1q_s8((q) + 32 * (lane) + 16); \
+        acc = QC_ACC(acc, QC_DOT_ROW(hz ? vmull_laneq_s16(z16, nv, lane) : vdupq_n_s32(0), a0_, a1_), \
+                     vmulq_laneq_f32(wv, fv, (lane) & 3)); \
+    } while (0)
+
+QC_INLINE void qc_s4a8_tile16_z(const int hz, int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma,
+                                const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out)
+{
+    const int G = (N + 15) / 16 * 4;
+    const int8_t *qa1 = qa + (size_t)8 * nb * 32;
+    const float *sa1 = sa + (size_t)8 * nb;
+    const int32_t *suma1 = suma + (size_t)8 * nb;
+    int g, b;
+    for (g = 0; g < G; ++g) {
+        const size_t t = (size_t)(g / 4) * nb * 4 + (size_t)(g % 4); /* block b: t + 4 b */
+        const uint8_t *w = Wp + t * 64;
+        const float *s = ws + t * 4;
+        const int8_t *z = hz ? wzp + t * 4 : NULL;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        float32x4_t acc4 = acc0, acc5 = acc0, acc6 = acc0, acc7 = acc0;
+        float32x4_t acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0;
+        float32x4_t acc12 = acc0, acc13 = acc0, acc14 = acc0, acc15 = acc0;
+        for (b = 0; b < nb; ++b) {
+            const uint8x16x4_t v = vld1q_u8_x4(w + 256 * b);
+            const int8x16_t l0 = QC_LO(v.val[0]), h0 = QC_HI(v.val[0]), l1 = QC_LO(v.val[1]), h1 = QC_HI(v.val[1]);
+            const int8x16_t l2 = QC_LO(v.val[2]), h2 = QC_HI(v.val[2]), l3 = QC_LO(v.val[3]), h3 = QC_HI(v.val[3]);
+            const float32x4_t wv = vld1q_f32(s + 16 * b);
+            const int16x4_t z16 = hz ? qc_s4a8_zp(z + 16 * b) : vdup_n_s16(0);
+            const int8_t *q0 = qa + (size_t)256 * b, *q1 = qa1 + (size_t)256 * b;
+            const float *f0 = sa + (size_t)8 * b, *f1 = sa1 + (size_t)8 * b;
+            const int32_t *u0 = suma + (size_t)8 * b, *u1 = suma1 + (size_t)8 * b;
+            int16x8_t nu = hz ? vnegq_s16(vmovn_high_s32(vmovn_s32(vld1q_s32(u0)), vld1q_s32(u0 + 4)))
+                              : vdupq_n_s16(0);
+            float32x4_t fv = vld1q_f32(f0);
+            QC_T16ROW(acc0, q0, fv, 0, nu);
+            QC_T16ROW(acc1, q0, fv, 1, nu);
+            QC_T16ROW(acc2, q0, fv, 2, nu);
+            QC_T16ROW(acc3, q0, fv, 3, nu);
+            fv = vld1q_f32(f0 + 4);
+            QC_T16ROW(acc4, q0, fv, 4, nu);
+            QC_T16ROW(acc5, q0, fv, 5, nu);
+            QC_T16ROW(acc6, q0, fv, 6, nu);
+            QC_T16ROW(acc7, q0, fv, 7, nu);
+            nu = hz ? vnegq_s16(vmovn_high_s32(vmovn_s32(vld1q_s32(u1)), vld1q_s32(u1 + 4))) : vdupq_n_s16(0);
+            fv = vld1q_f32(f1);
+            QC_T16ROW(acc8, q1, fv, 0, nu);
+            QC_T16ROW(acc9, q1, fv, 1, nu);
+            QC_T16ROW(acc10, q1, fv, 2, nu);
+            QC_T16ROW(acc11, q1, fv, 3, nu);
+            fv = vld1q_f32(f1 + 4);
+            QC_T16ROW(acc12, q1, fv, 4, nu);
+            QC_T16ROW(acc13, q1, fv, 5, nu);
+            QC_T16ROW(acc14, q1, fv, 6, nu);
+            QC_T16ROW(acc15, q1, fv, 7, nu);
+        }
+        qc_s4a8_store(out, 4 * g, N, acc0, bias);
+        qc_s4a8_store(out + (size_t)N, 4 * g, N, acc1, bias);
+        qc_s4a8_store(out + 2 * (size_t)N, 4 * g, N, acc2, bias);
+        qc_s4a8_store(out + 3 * (size_t)N, 4 * g, N, acc3, bias);
+        qc_s4a8_store(out + 4 * (size_t)N, 4 * g, N, acc4, bias);
+        qc_s4a8_store(out + 5 * (size_t)N, 4 * g, N, acc5, bias);
+        qc_s4a8_store(out + 6 * (size_t)N, 4 * g, N, acc6, bias);
+        qc_s4a8_store(out + 7 * (size_t)N, 4 * g, N, acc7, bias);
+        qc_s4a8_store(out + 8 * (size_t)N, 4 * g, N, acc8, bias);
+        qc_s4a8_store(out + 9 * (size_t)N, 4 * g, N, acc9, bias);
+        qc_s4a8_store(out + 10 * (size_t)N, 4 * g, N, acc10, bias);
+        qc_s4a8_store(out + 11 * (size_t)N, 4 * g, N, acc11, bias);
+        qc_s4a8_store(out + 12 * (size_t)N, 4 * g, N, acc12, bias);
+        qc_s4a8_store(out + 13 * (size_t)N, 4 * g, N, acc13, bias);
+        qc_s4a8_store(out + 14 * (size_t)N, 4 * g, N, acc14, bias);
+        qc_s4a8_store(out + 15 * (size_t)N, 4 * g, N, acc15, bias);
+    }
+}
+
+QC_NO_SCHED1 static void qc_s4a8_tile16(int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma,
+                                        const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias,
+                                        float *out)
+{
+    if (wzp) {
+        qc_s4a8_tile16_z(1, N, nb, qa, sa, suma, Wp, ws, wzp, bias, out);
+    } else {
+        qc_s4a8_tile16_z(0, N, nb, qa, sa, suma, Wp, ws, wzp, bias, out);
+    }
+}
+
 void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const int32_t *suma,
                   const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out)
 {
@@ -222,6 +320,11 @@ void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const 
         const int r = M - t < 8 ? M - t : 8;
         const size_t o = (size_t)t * nb;
         float *y = out + (size_t)t * N;
+        if (M - t >= 16) {
+            qc_s4a8_tile16(N, nb, qa + o * 32, sa + o, suma + o, Wp, ws, wzp, bias, y);
+            t += 8;
+            continue;
+        }
         if (r == 8) {
             qc_s4a8_tile8(N, nb, qa + o * 32, sa + o, suma + o, Wp, ws, wzp, bias, y);
             continue;
