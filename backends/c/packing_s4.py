@@ -163,11 +163,26 @@ def quantize_rows_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return q.reshape(M, nb * BLOCK), scale, q.astype(np.int32).sum(axis=2).astype(np.int32)
 
 
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """fmaf(a, b, c) elementwise on float32 arrays: a * b + c rounded once to float32 (C's fmaf,
+    NEON's FMLA). a * b is exact in float64; the float64 sum s is made round-to-odd with its
+    exact error (TwoSum), which makes the final rounding to float32 the single correct one
+    (round-to-odd at 53 >= 24 + 2 bits, then to nearest: no double rounding)."""
+    a, b, c = (np.asarray(x, np.float32).astype(np.float64) for x in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)
+    even = (s.view(np.int64) & 1) == 0
+    s = np.where((e != 0) & even, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
 def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None,
                     bias: np.ndarray | None = None) -> np.ndarray:
     """The output of qc_quantize_q8b32 + qc_gemm_s4a8, bit for bit: per block the exact int32
-    d = sum_k qa * (q - zp), then acc = acc + float(d) * (sa * ws) in block order (float32, no
-    fused multiply-add), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
+    d = sum_k qa * (q - zp), then acc = fmaf(float(d), sa * ws, acc) in block order (float32,
+    one fused multiply-add: FMLA), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
     qa, sa, _ = quantize_rows_ref(a)
     K, N = q.shape
     nb = sa.shape[1]
@@ -178,7 +193,7 @@ def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.nda
     acc = np.zeros((a.shape[0], N), np.float32)
     for b in range(nb):
         d = qa[:, b * BLOCK:(b + 1) * BLOCK].astype(np.int64) @ w[b * BLOCK:(b + 1) * BLOCK]
-        acc = (acc + d.astype(np.float32) * (sa[:, b:b + 1] * ws[b][None, :]).astype(np.float32)).astype(np.float32)
+        acc = fma_f32(d.astype(np.float32), (sa[:, b:b + 1] * ws[b][None, :]).astype(np.float32), acc)
     if bias is not None:
         acc = (acc + np.asarray(bias, np.float32)[None, :]).astype(np.float32)
     return acc

@@ -4,6 +4,8 @@
    qc_gemm_s4a8_i8mm.c). Layouts and the arithmetic: backends/c/packing_s4.py, docs/c-kernels.md. */
 #include "qc_kernels.h"
 
+#include <math.h>
+
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 #endif
@@ -166,7 +168,7 @@ void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const 
                     if (wzp) {
                         d -= wzp[t * 4 + c] * suma[(size_t)m * nb + b];
                     }
-                    acc[c] = acc[c] + (float)d * (s * ws[t * 4 + c]);
+                    acc[c] = fmaf((float)d, s * ws[t * 4 + c], acc[c]); /* the SIMD kernels' FMLA */
                 }
             }
             for (c = 0; c < 4 && 4 * g + c < N; ++c) {

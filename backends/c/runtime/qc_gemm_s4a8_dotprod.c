@@ -53,8 +53,8 @@ QC_INLINE int16x4_t qc_s4a8_zp(const int8_t *zp)
     return vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(z4))));
 }
 
-/* acc + float(d / 16) * sw, sw = ws * sa: the portable code's float32 steps */
-#define QC_ACC(acc, d, sw) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), sw))
+/* fmaf(float(d / 16), sw, acc), sw = ws * sa: the portable code's float32 steps */
+#define QC_ACC(acc, d, sw) vfmaq_f32(acc, vcvtq_n_f32_s32(d, 4), sw)
 
 static void qc_s4a8_store_tail(float *o, int n0, int N, float32x4_t acc, const float *bias)
 {

@@ -23,8 +23,8 @@
 #define QC_MMLA(lA, hA, lB, hB, c0, c1, c2, c3) \
     vmmlaq_s32(vmmlaq_s32(vmmlaq_s32(vmmlaq_s32(vdupq_n_s32(0), c0, lA), c2, hA), c1, lB), c3, hB)
 
-/* acc + float(d / 16) * scale (scale = sa * ws): the portable code's float32 steps */
-#define QC_ACC(acc, d, scale) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), scale))
+/* fmaf(float(d / 16), scale, acc) (scale = sa * ws): the portable code's float32 steps */
+#define QC_ACC(acc, d, scale) vfmaq_f32(acc, vcvtq_n_f32_s32(d, 4), scale)
 
 /* [c0 c1 c2 c3] of a pair's first row from its two 2 x 2 tiles */
 #define QC_ROW0(d0, d1) vreinterpretq_s32_s64(vzip1q_s64(vreinterpretq_s64_s32(d0), vreinterpretq_s64_s32(d1)))
