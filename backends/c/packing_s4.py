@@ -181,8 +181,8 @@ def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None,
                     bias: np.ndarray | None = None) -> np.ndarray:
     """The output of qc_quantize_q8b32 + qc_gemm_s4a8, bit for bit: per block the exact int32
-    d = sum_k qa * (q - zp), then acc = fmaf(float(d), sa * ws, acc) in block order (float32,
-    one fused multiply-add: FMLA), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
+    d = sum_k qa * (q - zp), then acc = fmaf(float(d) * ws, sa, acc) in block order (float32:
+    a product, then one fused multiply-add, FMLA), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
     qa, sa, _ = quantize_rows_ref(a)
     K, N = q.shape
     nb = sa.shape[1]
@@ -193,7 +193,7 @@ def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.nda
     acc = np.zeros((a.shape[0], N), np.float32)
     for b in range(nb):
         d = qa[:, b * BLOCK:(b + 1) * BLOCK].astype(np.int64) @ w[b * BLOCK:(b + 1) * BLOCK]
-        acc = fma_f32(d.astype(np.float32), (sa[:, b:b + 1] * ws[b][None, :]).astype(np.float32), acc)
+        acc = fma_f32((d.astype(np.float32) * ws[b][None, :]).astype(np.float32), sa[:, b:b + 1], acc)
     if bias is not None:
         acc = (acc + np.asarray(bias, np.float32)[None, :]).astype(np.float32)
     return acc

@@ -168,7 +168,7 @@ void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const 
                     if (wzp) {
                         d -= wzp[t * 4 + c] * suma[(size_t)m * nb + b];
                     }
-                    acc[c] = fmaf((float)d, s * ws[t * 4 + c], acc[c]); /* the SIMD kernels' FMLA */
+                    acc[c] = fmaf((float)d * ws[t * 4 + c], s, acc[c]); /* the SIMD kernels' FMUL, FMLA */
                 }
             }
             for (c = 0; c < 4 && 4 * g + c < N; ++c) {

@@ -48,13 +48,15 @@ QC_INLINE int32x4_t qc_s4a8_dot(int32x4_t d, const uint8_t *w, int8x16_t a0, int
 /* the 4 values 16 zp' of one (group, block), int16 */
 QC_INLINE int16x4_t qc_s4a8_zp(const int8_t *zp)
 {
-    int32_t z4;
+    uint32_t z4;
     memcpy(&z4, zp, 4);
-    return vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(z4))));
+    return vget_low_s16(vmovl_s8(vcreate_s8((uint64_t)z4))); /* LDR S, SXTL (vdup_n_s32 added a DUP) */
 }
 
-/* fmaf(float(d / 16), sw, acc), sw = ws * sa: the portable code's float32 steps */
-#define QC_ACC(acc, d, sw) vfmaq_f32(acc, vcvtq_n_f32_s32(d, 4), sw)
+/* fmaf(float(d / 16) * ws, sa, acc): the portable code's float32 steps (SCVTF, FMUL, FMLA; sa
+   a scalar, or lane l of the vector sv) */
+#define QC_ACC(acc, d, wv, sa) vfmaq_n_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), wv), sa)
+#define QC_ACC_LANE(acc, d, wv, sv, l) vfmaq_laneq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), wv), sv, l)
 
 static void qc_s4a8_store_tail(float *o, int n0, int N, float32x4_t acc, const float *bias)
 {
@@ -81,7 +83,7 @@ QC_INLINE void qc_s4a8_store(float *o, int n0, int N, float32x4_t acc, const flo
    and zero points (one 16-byte load, two SXTL) */
 #define QC_COL(c, zc) do { \
         const int32x4_t d_ = qc_s4a8_dot(zc, w + 256 * b + 64 * (c), a.val[0], a.val[1]); \
-        acc##c = QC_ACC(acc##c, d_, vmulq_n_f32(sw.val[c], f)); \
+        acc##c = QC_ACC(acc##c, d_, sw.val[c], f); \
     } while (0)
 
 QC_INLINE void qc_s4a8_row_z(const int hz, int N, int nb, int r, const int8_t *qa, const float *sa,
@@ -132,13 +134,13 @@ QC_NO_SCHED1 static void qc_s4a8_row(int N, int nb, int r, const int8_t *qa, con
 }
 
 /* one row i of a tile: the chain started at -16 zp' * suma (lane i of nu = -suma) or at zero,
-   the block's 8 SDOT with the unpacked weights, then acc_i += float(d / 16) * (ws * sa) */
+   the block's 8 SDOT with the unpacked weights, then acc_i = fmaf(float(d / 16) * ws, sa, acc_i) */
 #define QC_DOT_ROW(d, a0, a1) \
     vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32(vdotq_laneq_s32( \
     vdotq_laneq_s32(vdotq_laneq_s32(d, l0, a0, 0), h0, a1, 0), l1, a0, 1), h1, a1, 1), \
     l2, a0, 2), h2, a1, 2), l3, a0, 3), h3, a1, 3)
 #define QC_TROW(acc, a0, a1, z0, sv, lane) \
-    acc = QC_ACC(acc, QC_DOT_ROW(z0, a0, a1), vmulq_laneq_f32(wv, sv, lane))
+    acc = QC_ACC_LANE(acc, QC_DOT_ROW(z0, a0, a1), wv, sv, lane)
 /* rows i and j = i + 1: their 64 activation bytes in one load */
 #define QC_TPAIR(i, j, zi, zj, sv, lane) do { \
         const int8x16x4_t a_ = vld1q_s8_x4(q + 32 * (i)); \
@@ -227,8 +229,8 @@ QC_NO_SCHED1 static void qc_s4a8_tile4(int N, int nb, int r, const int8_t *qa, c
    16 accumulators, the 8 operands and the row's registers fit the 32 vector registers */
 #define QC_T16ROW(acc, q, fv, lane, nv) do { \
         const int8x16_t a0_ = vld1q_s8((q) + 32 * (lane)), a1_ = vld1q_s8((q) + 32 * (lane) + 16); \
-        acc = QC_ACC(acc, QC_DOT_ROW(hz ? vmull_laneq_s16(z16, nv, lane) : vdupq_n_s32(0), a0_, a1_), \
-                     vmulq_laneq_f32(wv, fv, (lane) & 3)); \
+        acc = QC_ACC_LANE(acc, QC_DOT_ROW(hz ? vmull_laneq_s16(z16, nv, lane) : vdupq_n_s32(0), a0_, a1_), \
+                          wv, fv, (lane) & 3); \
     } while (0)
 
 QC_INLINE void qc_s4a8_tile16_z(const int hz, int N, int nb, const int8_t *qa, const float *sa, const int32_t *suma,
@@ -249,9 +251,11 @@ QC_INLINE void qc_s4a8_tile16_z(const int hz, int N, int nb, const int8_t *qa, c
         float32x4_t acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0;
         float32x4_t acc12 = acc0, acc13 = acc0, acc14 = acc0, acc15 = acc0;
         for (b = 0; b < nb; ++b) {
-            const uint8x16x4_t v = vld1q_u8_x4(w + 256 * b);
-            const int8x16_t l0 = QC_LO(v.val[0]), h0 = QC_HI(v.val[0]), l1 = QC_LO(v.val[1]), h1 = QC_HI(v.val[1]);
-            const int8x16_t l2 = QC_LO(v.val[2]), h2 = QC_HI(v.val[2]), l3 = QC_LO(v.val[3]), h3 = QC_HI(v.val[3]);
+            /* two LDP, not one LD1 of 4 consecutive registers: that pinned v28-v31 and spilled 2 accumulators */
+            const uint8x16_t v0 = vld1q_u8(w + 256 * b), v1 = vld1q_u8(w + 256 * b + 16);
+            const uint8x16_t v2 = vld1q_u8(w + 256 * b + 32), v3 = vld1q_u8(w + 256 * b + 48);
+            const int8x16_t l0 = QC_LO(v0), h0 = QC_HI(v0), l1 = QC_LO(v1), h1 = QC_HI(v1);
+            const int8x16_t l2 = QC_LO(v2), h2 = QC_HI(v2), l3 = QC_LO(v3), h3 = QC_HI(v3);
             const float32x4_t wv = vld1q_f32(s + 16 * b);
             const int16x4_t z16 = hz ? qc_s4a8_zp(z + 16 * b) : vdup_n_s16(0);
             const int8_t *q0 = qa + (size_t)256 * b, *q1 = qa1 + (size_t)256 * b;
