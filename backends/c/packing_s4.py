@@ -116,7 +116,9 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
     pair and block, 64 bytes = for each 8 k the 8 of the first row then the 8 of the second (an
     odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]. dotprod: tiles of 8
     rows (the last one M % 8), block-major within a tile (row 8t + i, block b at index
-    8t * blocks + b * r + i, r the tile's rows). Portable: as they are."""
+    8t * blocks + b * r + i, r the tile's rows); suma negated as int16 in the first half of the
+    tile's words (int16 index 2 * 8t * blocks + b * r + i), the second half zero. Portable: as
+    they are."""
     if layout(variant) == "dotprod":
         M, nb = sa.shape
         q3 = qa.reshape(M, nb, BLOCK)
@@ -125,7 +127,10 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
         def tiled(x: np.ndarray) -> np.ndarray:
             return np.concatenate([x[t:t + r].swapaxes(0, 1).reshape(-1) for t, r in tiles]) if M else x.reshape(-1)
 
-        return tiled(q3), tiled(sa), tiled(suma)
+        nu = np.zeros(2 * M * nb, np.int16)
+        for t, r in tiles:
+            nu[2 * t * nb:2 * t * nb + r * nb] = -suma[t:t + r].T.reshape(-1)
+        return tiled(q3), tiled(sa), nu.view(np.int32)
     if layout(variant) != "i8mm":
         return qa, sa, suma
     M, nb = sa.shape
