@@ -250,17 +250,17 @@ QC_INLINE void qc_s4a8_tile16_z(const int hz, int N, int nb, const int8_t *qa, c
         float32x4_t acc4 = acc0, acc5 = acc0, acc6 = acc0, acc7 = acc0;
         float32x4_t acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0;
         float32x4_t acc12 = acc0, acc13 = acc0, acc14 = acc0, acc15 = acc0;
-        for (b = 0; b < nb; ++b) {
+        const int8_t *q0 = qa, *q1 = qa1;
+        const float *f0 = sa, *f1 = sa1;
+        const int16_t *u0 = nv, *u1 = nv1;
+        /* every pointer steps once per block (post-indexed loads), no shared index */
+        for (b = nb; b > 0; --b, w += 256, s += 16, q0 += 256, q1 += 256, f0 += 8, f1 += 8, u0 += 8, u1 += 8) {
             /* two LDP, not one LD1 of 4 consecutive registers: that pinned v28-v31 and spilled 2 accumulators */
-            const uint8x16_t v0 = vld1q_u8(w + 256 * b), v1 = vld1q_u8(w + 256 * b + 16);
-            const uint8x16_t v2 = vld1q_u8(w + 256 * b + 32), v3 = vld1q_u8(w + 256 * b + 48);
+            const uint8x16_t v0 = vld1q_u8(w), v1 = vld1q_u8(w + 16), v2 = vld1q_u8(w + 32), v3 = vld1q_u8(w + 48);
             const int8x16_t l0 = QC_LO(v0), h0 = QC_HI(v0), l1 = QC_LO(v1), h1 = QC_HI(v1);
             const int8x16_t l2 = QC_LO(v2), h2 = QC_HI(v2), l3 = QC_LO(v3), h3 = QC_HI(v3);
-            const float32x4_t wv = vld1q_f32(s + 16 * b);
-            const int16x4_t z16 = hz ? qc_s4a8_zp(z + 16 * b) : vdup_n_s16(0);
-            const int8_t *q0 = qa + (size_t)256 * b, *q1 = qa1 + (size_t)256 * b;
-            const float *f0 = sa + (size_t)8 * b, *f1 = sa1 + (size_t)8 * b;
-            const int16_t *u0 = nv + (size_t)8 * b, *u1 = nv1 + (size_t)8 * b;
+            const float32x4_t wv = vld1q_f32(s);
+            const int16x4_t z16 = hz ? qc_s4a8_zp(z) : vdup_n_s16(0);
             int16x8_t nu = hz ? vld1q_s16(u0) : vdupq_n_s16(0);
             float32x4_t fv = vld1q_f32(f0);
             QC_T16ROW(acc0, q0, fv, 0, nu);
@@ -283,6 +283,9 @@ QC_INLINE void qc_s4a8_tile16_z(const int hz, int N, int nb, const int8_t *qa, c
             QC_T16ROW(acc13, q1, fv, 5, nu);
             QC_T16ROW(acc14, q1, fv, 6, nu);
             QC_T16ROW(acc15, q1, fv, 7, nu);
+            if (hz) {
+                z += 16;
+            }
         }
         if (4 * g + 4 <= N) { /* one pointer down the rows (16 row pointers went to the stack) */
             float *o = out + 4 * g;
