@@ -35,7 +35,7 @@ CALIB = 8
 def models(tmp_path_factory):
     out = tmp_path_factory.mktemp("npu_models")
     built = {}
-    for name in ("mobilenetv2", "resnet", "smollm2_mlp"):
+    for name in ("mobilenetv2", "resnet", "smollm2_mlp", "minilm"):
         path, samples = build(name, out, samples=CALIB + 1)
         built[name] = (path, samples, calibration_npz(samples[:CALIB], out / f"{name}_calib.npz"))
     return built
@@ -48,13 +48,20 @@ def _compile(models, name, target, tmp_path):
     return result, onnx.load(oracle), samples
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2", "resnet", "smollm2_mlp"])
-def test_each_tflite_operator_matches_onnxruntime(models, name, tmp_path):
+@pytest.mark.parametrize("name,layernorm", [("mobilenetv2", "float"), ("resnet", "float"), ("smollm2_mlp", "float"),
+                                            ("minilm", "float"), ("minilm", "int8")])
+def test_each_tflite_operator_matches_onnxruntime(models, name, layernorm, tmp_path):
     """Every operator of qc's TFLite, run alone in LiteRT on onnxruntime's int8 inputs, gives
     onnxruntime's int8 output within 1 LSB on < 2% of the elements (a float output within one
-    step of the TFLite output's scale)."""
+    step of the TFLite output's scale). MiniLM (its last sample, the one checked, padded):
+    GATHER, BATCH_MATMUL, SOFTMAX, GELU, SUM, MAXIMUM, the float32 ops through the QUANTIZE
+    after them, and with ``layernorm="int8"`` the int8 LayerNorm's MEAN, MUL, RSQRT."""
     _, model, samples = _compile(models, name, "ethos-u55", tmp_path)
-    lowering = to_tflite(model, samples[:CALIB])
+    lowering = to_tflite(model, samples[:CALIB], layernorm=layernorm)
+    if name == "minilm":
+        ops = {o.op for o in lowering.out.ops}
+        assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "GELU", "SUM", "MAXIMUM", "FULLY_CONNECTED"} <= ops, ops
+        assert ("RSQRT" in ops) == (layernorm == "int8"), ops
     rows = per_op(model, lowering, samples[CALIB])
     assert len(rows) >= len([o for o in lowering.out.ops if o.op in ("CONV_2D", "DEPTHWISE_CONV_2D",
                                                                       "FULLY_CONNECTED")])
@@ -209,3 +216,48 @@ def test_no_placement_claim_the_output_does_not_realize(target, tmp_path):
             assert placement["vela"]["npu_operators"] > 0 and "Vela's split" in real["note"]
         else:
             assert t.backend == "onnx" and "onnxruntime places the nodes" in real["note"]
+
+
+MINILM_FLOAT_COSINE = 0.9   # measured 0.93-0.95 (benchmarks/README.md, "MiniLM through Vela")
+
+
+@pytest.mark.parametrize("target", ["ethos-u55", "ethos-u65"])
+def test_minilm_through_tflite_and_vela(models, target, tmp_path):
+    """all-MiniLM-L6-v2 (batch 1, seq 128, the calibration samples' shape) through qc compile
+    for an Ethos-U: the TFLite, Vela's output and its NPU share (every MAC on the NPU: the 36
+    FULLY_CONNECTED and 12 BATCH_MATMUL). LiteRT's sentence embedding on a padded sample against
+    qc's ONNX in onnxruntime and the float model: cosine >= 0.9 (int8 FC outputs per tensor
+    and TFLite's roundings; each operator alone is exact, above)."""
+    path, samples, calib = models["minilm"]
+    out = tmp_path / "minilm.tflite"
+    report = tmp_path / "report.json"
+    p = run_qc("compile", str(path), "--target", target, "--quant", "w8a8", "--calib", str(calib),
+               "-o", str(out), "--report-json", str(report))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "minilm_vela.tflite").is_file()
+    assert "inputs input_ids 1x128 int32, attention_mask 1x128" in p.stdout
+    vela = json.loads(report.read_text())["placement"]["vela"]
+    assert vela["npu_mac_share"] >= 0.99 and vela["npu_operators"] > vela["cpu_operators"]
+    assert re.search(r"MACs: [\d,]+ on the NPU, 0 on the CPU \(100.0% on the NPU\)", p.stdout)
+    if target != "ethos-u55":
+        return
+    import onnxruntime as ort
+
+    from qc.backends.tflite.check import run_tflite
+
+    model = onnx.load(str(tmp_path / "minilm.qdq.onnx"))
+    lowering = to_tflite(model, samples[:CALIB])
+    sample = samples[CALIB]
+    assert sample["attention_mask"].sum() < sample["attention_mask"].size
+    it = run_tflite(lowering, sample)
+    got = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}["sentence_embedding"]
+    qdq = ort.InferenceSession(str(tmp_path / "minilm.qdq.onnx"), providers=["CPUExecutionProvider"])
+    flt = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref_q = qdq.run(["sentence_embedding"], sample)[0]
+    ref_f = flt.run(["sentence_embedding"], sample)[0]
+
+    def cos(a, b):
+        return float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cos(ref_q, ref_f) > 0.98
+    assert cos(got, ref_q) >= MINILM_FLOAT_COSINE and cos(got, ref_f) >= MINILM_FLOAT_COSINE

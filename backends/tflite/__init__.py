@@ -58,11 +58,14 @@ def tensor_ranges(model: onnx.ModelProto, names: Sequence[str],
     return {k: (lo[k], hi[k]) for k in lo}
 
 
-def to_tflite(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] = ()) -> Lowering:
-    """The lowering of ``model`` (``.out``: the TFLite graph; ``.requantized``, ``.biases``: what
-    :func:`onnx_twin` needs)."""
+def to_tflite(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] = (), *,
+              layernorm: str = "float") -> Lowering:
+    """The lowering of ``model`` (``.out``: the TFLite graph; ``.requantized``, ``.biases``,
+    ``.rewrites``: what :func:`onnx_twin` needs). ``layernorm``: ``"float"`` lowers a decomposed
+    LayerNorm and the residual Add before it to float32 ops; ``"int8"`` to int8 MEAN, SUB, MUL,
+    RSQRT and ADD (TFLite's converter; every op on the NPU, and a much coarser LayerNorm)."""
     ranges = tensor_ranges(model, float_tensors_without_q(model), samples)
-    lowering = Lowering(model, ranges)
+    lowering = Lowering(model, ranges, layernorm=layernorm)
     lowering.run()
     return lowering
 
