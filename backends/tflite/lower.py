@@ -751,8 +751,8 @@ class Lowering:
         """sqrt(v) read by Div(x, sqrt(v)) (a LayerNorm): RSQRT, and the Div a MUL (TFLite's int8
         LayerNorm); otherwise a float32 SQRT."""
         readers = self.consumers.get(n.output[0], [])
-        if not self._is_float(n.input[0]) and readers and all(r.op_type == "Div" and r.input[1] == n.output[0] and r.input[0] != n.output[0]
-                           for r in readers) and n.input[0] in self.ranges:
+        divides = readers and all(r.op_type == "Div" and r.input[1] == n.output[0] != r.input[0] for r in readers)
+        if not self._is_float(n.input[0]) and divides and n.input[0] in self.ranges:
             lo, hi = self.ranges[self.name(n.input[0])]
             lo = max(lo, 1e-12)
             q = range_quant(1.0 / np.sqrt(hi), 1.0 / np.sqrt(lo))

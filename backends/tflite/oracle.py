@@ -25,7 +25,9 @@ def onnx_twin(model: onnx.ModelProto, lowering: Lowering) -> onnx.ModelProto:
     for node_name, (bias, q, s) in sorted(lowering.biases.items()):
         for n in g.node:
             # Conv / Gemm(x, w, b), or the Add(MatMul, b) that FULLY_CONNECTED took in as its bias
-            if n.output[0] != node_name or bias not in n.input or (n.op_type != "Add" and list(n.input).index(bias) != 2):
+            if n.output[0] != node_name or bias not in n.input:
+                continue
+            if n.op_type != "Add" and list(n.input).index(bias) != 2:
                 continue
             qn, sn, dq = f"{bias}.{node_name}.i32", f"{bias}.{node_name}.scale", f"{bias}.{node_name}.dq"
             inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(s, sn)]
