@@ -138,7 +138,9 @@ def _outputs(float_path, model, lowering, sample):
     first = lowering.out.tensors[lowering.out.outputs[0]].name
     d = next(d for d in it.get_output_details() if d["name"] == first)
     s, zp = d["quantization"]
-    out = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s
+    out = it.get_tensor(d["index"]).astype(np.float32)
+    if s:  # an int8 output (a float32 one, after float32 ops, is as it is)
+        out = (out - zp) * s
     if out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
     return ref, qdq, out.reshape(ref.shape)

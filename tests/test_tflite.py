@@ -62,6 +62,9 @@ def test_each_tflite_operator_matches_onnxruntime(models, name, layernorm, tmp_p
         ops = {o.op for o in lowering.out.ops}
         assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "GELU", "SUM", "MAXIMUM", "FULLY_CONNECTED"} <= ops, ops
         assert ("RSQRT" in ops) == (layernorm == "int8"), ops
+        wide = [o for o in lowering.out.ops if o.op == "FULLY_CONNECTED"
+                and lowering.out.tensors[o.inputs[0]].dtype == "int16"]
+        assert len(wide) == (12 if layernorm == "float" else 0)  # the projections into the residual stream
     rows = per_op(model, lowering, samples[CALIB])
     assert len(rows) >= len([o for o in lowering.out.ops if o.op in ("CONV_2D", "DEPTHWISE_CONV_2D",
                                                                       "FULLY_CONNECTED")])
@@ -218,16 +221,17 @@ def test_no_placement_claim_the_output_does_not_realize(target, tmp_path):
             assert t.backend == "onnx" and "onnxruntime places the nodes" in real["note"]
 
 
-MINILM_FLOAT_COSINE = 0.9   # measured 0.93-0.95 (benchmarks/README.md, "MiniLM through Vela")
+MINILM_COSINE = 0.98   # measured 0.985-0.993 (benchmarks/README.md, tflite_vela.py on all-MiniLM-L6-v2)
 
 
 @pytest.mark.parametrize("target", ["ethos-u55", "ethos-u65"])
 def test_minilm_through_tflite_and_vela(models, target, tmp_path):
     """all-MiniLM-L6-v2 (batch 1, seq 128, the calibration samples' shape) through qc compile
     for an Ethos-U: the TFLite, Vela's output and its NPU share (every MAC on the NPU: the 36
-    FULLY_CONNECTED and 12 BATCH_MATMUL). LiteRT's sentence embedding on a padded sample against
-    qc's ONNX in onnxruntime and the float model: cosine >= 0.9 (int8 FC outputs per tensor
-    and TFLite's roundings; each operator alone is exact, above)."""
+    FULLY_CONNECTED, 12 of them 16x8, and 12 BATCH_MATMUL). LiteRT's sentence embedding on a
+    padded sample against qc's ONNX in onnxruntime and the float model: cosine >= 0.98 (not
+    within one step end to end: the int8 FC outputs qc's ONNX keeps in float; each operator
+    alone is, above)."""
     path, samples, calib = models["minilm"]
     out = tmp_path / "minilm.tflite"
     report = tmp_path / "report.json"
@@ -260,4 +264,4 @@ def test_minilm_through_tflite_and_vela(models, target, tmp_path):
         return float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert cos(ref_q, ref_f) > 0.98
-    assert cos(got, ref_q) >= MINILM_FLOAT_COSINE and cos(got, ref_f) >= MINILM_FLOAT_COSINE
+    assert cos(got, ref_q) >= MINILM_COSINE and cos(got, ref_f) >= MINILM_COSINE

@@ -422,13 +422,46 @@ class Lowering:
         s_x, _ = self.quant_of(a_name, n.name, n.op_type)
         y, act = self.fused_activation(n.output[0])
         out_shape = self.shape(y)
-        out = self.new_act(y, out_shape, False, node=n)
         cout = q.shape[0]
         s_full = np.broadcast_to(s_w, (cout,)).astype(np.float32)
         wt = self.out.const(n.name + ".weight", q.copy(), Quant(s_full, np.zeros(cout, np.int64), 0))
-        bias = self._bias(bias_from, s_x, s_full, cout)
         opts = {"FusedActivationFunction": act, "KeepNumDims": len(out_shape) > 2}
+        if self._wide_output(y):
+            self._fc16(n, a, s_x, y, wt, s_full, bias_from, opts)
+            return
+        out = self.new_act(y, out_shape, False, node=n)
+        bias = self._bias(bias_from, s_x, s_full, cout)
         self.emit("FULLY_CONNECTED", [a.tensor, wt, bias], [out.tensor], ("FullyConnectedOptions", opts), n.name)
+
+    def _wide_output(self, y: str) -> bool:
+        """A FULLY_CONNECTED output that only float32 ops read (the residual Add before a float32
+        LayerNorm) is int16: int8 per tensor over the outlier features' range would lose the rest."""
+        readers = self.consumers.get(y, [])
+
+        def before_layernorm(r: onnx.NodeProto) -> bool:
+            return r.op_type == "Add" and any(c.op_type == "ReduceMean" for c in self.consumers.get(r.output[0], []))
+
+        return (self.layernorm == "float" and y in self.ranges and y not in self.outputs and bool(readers)
+                and all(before_layernorm(r) for r in readers))
+
+    def _fc16(self, n: onnx.NodeProto, a: _Act, s_x: float, y: str, wt: int, s_w: np.ndarray,
+              bias_from: onnx.NodeProto, opts: dict[str, Any]) -> None:
+        """TFLite's 16x8 FULLY_CONNECTED: the int8 input QUANTIZEd to int16 (scale s_x / 128, exact),
+        int64 bias, an int16 output over the calibration range (zero points 0)."""
+        t = self.out.tensors[a.tensor]
+        s16 = s_x / 128.0
+        x16 = self.out.add(TflTensor(t.name + ".int16", t.shape, "int16", quant=Quant.tensor(s16, 0)))
+        self.emit("QUANTIZE", [a.tensor], [x16], None, n.name)
+        lo, hi = self.ranges[y]
+        s_y = max(abs(lo), abs(hi), 1e-30) / 32767.0
+        out = self.out.add(TflTensor(y, self.shape(y), "int16", quant=Quant.tensor(s_y, 0)))
+        self.acts[y] = _Act(out, False)
+        cout = s_w.shape[0]
+        b = self.consts.get(bias_from.input[2]) if len(bias_from.input) > 2 and bias_from.input[2] else None
+        s_b = (s16 * s_w.astype(np.float64)) * np.ones(cout)
+        qb = np.round((np.zeros(cout) if b is None else b.astype(np.float64).reshape(-1)) / s_b).astype(np.int64)
+        bias = self.out.const(f"{n.name}.bias", qb, Quant(s_b.astype(np.float32), np.zeros(cout, np.int64)))
+        self.emit("FULLY_CONNECTED", [x16, wt, bias], [out], ("FullyConnectedOptions", opts), n.name)
 
     def _op_Gemm(self, n: onnx.NodeProto) -> None:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
