@@ -562,6 +562,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             data, held = split_holdout(data, holdout, module)
             imitated = data  # what the report's generated inputs imitate: the model as read
             ctx.calibration_data = data.without(bind or ())
+            if emit == "tflite" and shapes:
+                _check_sample_shapes(module, ctx.calibration_data, shapes)
             if emit == "tflite" and not shapes:
                 sample_shapes = _dynamic_input_shapes(module, ctx.calibration_data)
                 if sample_shapes:  # TFLite is static: the calibration samples' shapes (--shape sets others)
@@ -615,6 +617,19 @@ def _dynamic_input_shapes(module: Module, data: CalibrationData) -> dict[str, tu
                 and not all(is_static_dim(d) for d in t.shape):
             out[v.name] = tuple(int(d) for d in sample[v.name].shape)
     return out
+
+
+def _check_sample_shapes(module: Module, data: CalibrationData, shapes: Mapping[str, Sequence[int]]) -> None:
+    """TFLite output: the static shapes (--shape) must be those of the calibration samples, which
+    the TFLite backend runs through the fixed-shape model for its ranges."""
+    have = _dynamic_input_shapes(module, data)
+    for name, dims in shapes.items():
+        if name in have and tuple(have[name]) != tuple(int(d) for d in dims):
+            given = "x".join(map(str, dims))
+            raise QCError(f"--shape {name}={given} differs from the calibration samples' "
+                          f"{'x'.join(map(str, have[name]))}",
+                          hint=f"calibrate with samples of that shape (--seq-len {dims[-1]} with --calib-text), "
+                          "or leave out --shape: the TFLite model then takes the samples' shape")
 
 
 def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Sequence[int]] | None) -> None:

@@ -265,3 +265,26 @@ def test_minilm_through_tflite_and_vela(models, target, tmp_path):
 
     assert cos(ref_q, ref_f) > 0.98
     assert cos(got, ref_q) >= MINILM_COSINE and cos(got, ref_f) >= MINILM_COSINE
+
+
+def test_tflite_static_shapes_from_shape_or_the_samples(tmp_path):
+    """A model with a symbolic dimension: --shape fixes it for the TFLite model, without it the
+    calibration samples' shape does; a --shape that differs from the samples is an error."""
+    rng = np.random.RandomState(0)
+    w = numpy_helper.from_array(rng.randn(8, 4).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "dyn",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "d.onnx"))
+    np.savez(tmp_path / "d.npz", x=rng.randn(8, 3, 8).astype(np.float32))
+    for extra, rows in (((), 3), (("--shape", "x=3x8"), 3)):
+        out = tmp_path / f"d{len(extra)}.tflite"
+        p = run_qc("compile", str(tmp_path / "d.onnx"), "--target", "ethos-u55", "--quant", "w8a8", "--calib",
+                   str(tmp_path / "d.npz"), "-o", str(out), *extra)
+        assert p.returncode == 0, p.stderr
+        assert f"inputs x {rows}x8" in p.stdout
+    p = run_qc("compile", str(tmp_path / "d.onnx"), "--target", "ethos-u55", "--quant", "w8a8", "--calib",
+               str(tmp_path / "d.npz"), "-o", str(tmp_path / "e.tflite"), "--shape", "x=5x8")
+    assert p.returncode == 2 and "--shape x=5x8 differs from the calibration samples' 3x8" in p.stderr
