@@ -175,9 +175,12 @@ class Lowering:
             return self.acts[x]
         if x in self.consts:
             return self._const_act(x, node)
-        if x in self.floats:  # back to int8 after float32 ops
+        if x in self.floats:  # back to int8 after float32 ops: the QUANTIZE belongs to x's producer
             out = self.new_act(x, self.shape(x), False, node=node)
+            reader, p = self.current, self.producer.get(x)
+            self.current = (p.name or p.output[0]) if p is not None else reader
             self.emit("QUANTIZE", [self.floats[x]], [out.tensor], None)
+            self.current = reader
             return out
         raise Unsupported(node.name or node.output[0], node.op_type, f"input '{x}' is not produced by a lowered op")
 
