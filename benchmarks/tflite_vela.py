@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * float(np.median([m.over_one for m in ops])):.2f}%")
             if name == "minilm":
                 _sentences(path, model, lowering)
+                _bias_only(model, lowering, samples[n])
     return 0
 
 
@@ -113,6 +114,28 @@ def _sentences(float_path, model, lowering, seq: int = 128) -> None:
     print(f"minilm       sentence embedding cosine on {len(SENTENCES)} sentences (mean, min): LiteRT vs float "
           f"{np.mean(cos_t):.4f}, {min(cos_t):.4f}; onnxruntime on qc's ONNX vs float {np.mean(cos_q):.4f}, "
           f"{min(cos_q):.4f}; LiteRT vs qc's ONNX {np.mean(cos_tq):.4f}, {min(cos_tq):.4f}")
+
+
+def _bias_only(model, lowering, sample) -> None:
+    """onnxruntime on qc's ONNX against onnxruntime on its twin with only TFLite's int32 biases
+    (no requantization point): how far rounding the biases alone moves the outputs, in the steps
+    end_to_end uses for a float32 output (max |x| / 127)."""
+    from qc.backends.tflite import onnx_twin
+    from qc.backends.tflite.check import _compare, _ort
+
+    kept = lowering.requantized
+    lowering.requantized = {}
+    try:
+        twin = onnx_twin(model, lowering)
+    finally:
+        lowering.requantized = kept
+    names = [o.name for o in model.graph.output]
+    ref = _ort(model, []).run(names, sample)
+    got = _ort(twin, []).run(names, sample)
+    for name, r, g in zip(names, ref, got):
+        step = max(float(np.abs(r).max()), 1e-30) / 127.0
+        print(f"minilm       onnxruntime, qc's ONNX vs its int32 biases alone: "
+              f"{_compare(name, 'output', g / step, r / step).row()}  cosine {_cos(g.ravel(), r.ravel()):.4f}")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
