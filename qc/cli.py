@@ -318,8 +318,10 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    "(QuaRot; the rotate pass), so that activations lose their outliers, e.g. with --outliers none; "
                    "ONLINE: where online Hadamards go, 'down' (the MLP down projection, the default), 'all' (also "
                    "every other linear whose input is not rotated: post-norm encoders) or 'none'")
-    q.add_argument("--reduce-range", action="store_true", help="8-bit weights with 7-bit codes (faster u8 x s8 "
-                   "kernels on x86 without VNNI; default there: uint8 weights, all 8 bits)")
+    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="8-bit weights with 7-bit codes, for onnxruntime's fast u8 x s8 kernels on x86 without VNNI "
+                        "(the static schemes' default there; --no-reduce-range: uint8 weights, all 8 bits, "
+                        "about FP32's speed)")
     q.add_argument("--kv-cache-dtype", choices=("float32", "int8"), default="float32",
                    help="KV-cache decoders: the cache's element type; int8 keeps a float32 scale per token "
                         "and head beside it (quantize-kv-cache)")

@@ -72,9 +72,10 @@ int main(int argc, char **argv) {
 }
 """
 
-# (M, N, K): M = 1 (GEMV) and M > 1 off the 4-row tiles, N off the 4-column groups, K off 32
+# (M, N, K): M = 1 (GEMV) and M > 1 off the 4-row tiles, N off the 4-column groups, K off 32;
+# 21 = a 16-row tile (dotprod), a 4-row tile and a single row
 SHAPES = [(1, 1, 32), (1, 7, 64), (1, 33, 100), (2, 4, 1), (3, 5, 33), (4, 8, 64), (5, 13, 96),
-          (8, 17, 31), (7, 6, 130), (32, 12, 160)]
+          (8, 17, 31), (7, 6, 130), (32, 12, 160), (21, 18, 70)]
 
 # (kind, cpu the binary is compiled for, variant, qemu cpus it must run on)
 CONFIGS = [

@@ -100,6 +100,7 @@ def test_outlier_dtype_follows_the_target_unless_given():
     assert schemes.outlier_dtype(QuantOptions("w8a8", target_features=arm)) == "float16"
     assert schemes.outlier_dtype(QuantOptions("w8a8", outlier_dtype="float16", target_features=x86)) == "float16"
     arm_pipeline = schemes.pipeline(QuantOptions("w8a8", target_features=arm))
-    assert "dtype=f32" not in arm_pipeline and "fold-outlier-gather" not in arm_pipeline
+    assert "dtype=f32" not in arm_pipeline and "fold-qdq,fold-outlier-gather" in arm_pipeline
+    assert "fold-outlier-gather" not in schemes.pipeline(QuantOptions("w8a8", outliers="smooth", target_features=arm))
     dyn = schemes.pipeline(schemes.with_calibration(replace(QuantOptions("dyn8"), target_features=x86)))
     assert "fold-outlier-gather" not in dyn                              # dynamic: no Q/DQ pair to fold

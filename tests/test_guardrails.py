@@ -190,10 +190,12 @@ def test_u8_activations_with_8bit_int8_weights_warn_on_x86_without_vnni(tmp_path
         == ["x86-u8s8-saturation"]
 
 
-def test_qc_own_w8a8_on_x86_does_not_warn_about_saturation(tmp_path):
-    """qc stores uint8 weights next to uint8 activations on x86 without VNNI (u8 x u8 kernels)."""
+@pytest.mark.parametrize("extra", [[], ["--no-reduce-range"]])
+def test_qc_own_w8a8_on_x86_does_not_warn_about_saturation(tmp_path, extra):
+    """qc's weights next to uint8 activations on x86 without VNNI: int8 with 7-bit codes by default,
+    uint8 (u8 x u8 kernels) with --no-reduce-range; neither saturates."""
     data = calib(tmp_path, RNG.standard_normal((20, 1, 16, 64)).astype(np.float32))
-    _, warnings = compile_report(tmp_path, mlp(tmp_path / "m.onnx"), "--quant", "w8a8", "--calib", data)
+    _, warnings = compile_report(tmp_path, mlp(tmp_path / "m.onnx"), "--quant", "w8a8", "--calib", data, *extra)
     assert warnings == [], warnings
 
 

@@ -21,11 +21,16 @@ def test_every_scheme_parses_into_registered_passes(name):
     PassManager.parse(spec)
 
 
-def test_x86_without_vnni_keeps_uint8_on_both_sides():
+def test_x86_without_vnni_defaults_to_7bit_int8_weights_for_static_schemes():
+    """onnxruntime's fast u8 x s8 kernels with 7-bit weight codes by default; --no-reduce-range
+    keeps uint8 on both sides (all 8 bits); dyn8 keeps its per-token int8 weights."""
     p = passes(QuantOptions("w8a8", ops="MatMul,Gemm", target_features=X86))
-    assert "dtype=u8" in p["quantize-weights"] and "dtype=u8" in p["insert-qdq"]
-    rr = passes(QuantOptions("w8a8", reduce_range=True, target_features=X86))
-    assert "bits=7" in rr["quantize-weights"] and "dtype=i8" in rr["quantize-weights"]
+    assert "bits=7" in p["quantize-weights"] and "dtype=i8" in p["quantize-weights"] and "dtype=u8" in p["insert-qdq"]
+    full = passes(QuantOptions("w8a8", reduce_range=False, ops="MatMul,Gemm", target_features=X86))
+    assert "bits=8" in full["quantize-weights"] and "dtype=u8" in full["quantize-weights"]
+    dyn = passes(QuantOptions("dyn8", ops="MatMul,Gemm", target_features=X86))
+    assert "bits=8" in dyn["quantize-weights"] and "dynamic-per-token" in dyn
+    assert "bits=8" in passes(QuantOptions("w8a8", target_features=ARM))["quantize-weights"]
 
 
 def test_arm_uses_int8_on_both_sides():
@@ -66,16 +71,20 @@ def test_unknown_choices_are_errors():
 def test_static_schemes_close_integer_conv_units():
     """w8a8 with Convs: equalize before calibrating (the Conv results observed too), bias correction
     right before the Conv weights are rounded, with their options, and an output QuantizeLinear per Conv;
-    on x86 without VNNI the Conv weights are int8 with 7-bit codes, the other weights u8."""
+    on x86 without VNNI all weights are int8 with 7-bit codes (with --no-reduce-range the Conv
+    weights keep them, the other weights are u8)."""
     spec = pipeline(QuantOptions("w8a8", target_features=X86))
     names = [p.name for p in PassManager.parse(spec).passes]
     assert names.index("equalize") < names.index("calibrate") < names.index("bias-correction")
     assert names[names.index("bias-correction") + 1] == "quantize-weights"
     assert names.index("insert-qdq") + 1 == names.index("requantize-outputs") < names.index("fold-qdq")
     assert "output-ops=Conv" in spec and "requantize-outputs{dtype=u8,method=minmax}" in spec
+    assert ("bias-correction{bits=7,granularity=channel,symmetric=true,dtype=i8},quantize-weights{bits=7,"
+            "granularity=channel,symmetric=true,dtype=i8,algo=rtn,ops=MatMul,Gemm,Conv}") in spec
+    full = pipeline(QuantOptions("w8a8", reduce_range=False, target_features=X86))
     assert ("bias-correction{bits=7,granularity=channel,symmetric=true,dtype=i8},"
             "quantize-weights{bits=8,granularity=channel,symmetric=true,dtype=u8,algo=rtn,ops=MatMul,Gemm},"
-            "quantize-weights{bits=7,granularity=channel,symmetric=true,dtype=i8,algo=rtn,ops=Conv}") in spec
+            "quantize-weights{bits=7,granularity=channel,symmetric=true,dtype=i8,algo=rtn,ops=Conv}") in full
     arm = pipeline(QuantOptions("w8a8", target_features=ARM))
     assert "bias-correction{bits=8,granularity=channel,symmetric=true,dtype=i8},quantize-weights{bits=8," in arm
     assert "requantize-outputs{dtype=i8" in arm

@@ -116,7 +116,9 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
     pair and block, 64 bytes = for each 8 k the 8 of the first row then the 8 of the second (an
     odd M's last pair has a zero second row), sa / suma as [r0 r0 r1 r1]. dotprod: tiles of 8
     rows (the last one M % 8), block-major within a tile (row 8t + i, block b at index
-    8t * blocks + b * r + i, r the tile's rows). Portable: as they are."""
+    8t * blocks + b * r + i, r the tile's rows); suma negated as int16 in the first half of the
+    tile's words (int16 index 2 * 8t * blocks + b * r + i), the second half zero. Portable: as
+    they are."""
     if layout(variant) == "dotprod":
         M, nb = sa.shape
         q3 = qa.reshape(M, nb, BLOCK)
@@ -125,7 +127,10 @@ def activation_layout(qa: np.ndarray, sa: np.ndarray, suma: np.ndarray, variant:
         def tiled(x: np.ndarray) -> np.ndarray:
             return np.concatenate([x[t:t + r].swapaxes(0, 1).reshape(-1) for t, r in tiles]) if M else x.reshape(-1)
 
-        return tiled(q3), tiled(sa), tiled(suma)
+        nu = np.zeros(2 * M * nb, np.int16)
+        for t, r in tiles:
+            nu[2 * t * nb:2 * t * nb + r * nb] = -suma[t:t + r].T.reshape(-1)
+        return tiled(q3), tiled(sa), nu.view(np.int32)
     if layout(variant) != "i8mm":
         return qa, sa, suma
     M, nb = sa.shape
@@ -163,11 +168,26 @@ def quantize_rows_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return q.reshape(M, nb * BLOCK), scale, q.astype(np.int32).sum(axis=2).astype(np.int32)
 
 
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """fmaf(a, b, c) elementwise on float32 arrays: a * b + c rounded once to float32 (C's fmaf,
+    NEON's FMLA). a * b is exact in float64; the float64 sum s is made round-to-odd with its
+    exact error (TwoSum), which makes the final rounding to float32 the single correct one
+    (round-to-odd at 53 >= 24 + 2 bits, then to nearest: no double rounding)."""
+    a, b, c = (np.asarray(x, np.float32).astype(np.float64) for x in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)
+    even = (s.view(np.int64) & 1) == 0
+    s = np.where((e != 0) & even, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
 def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.ndarray | None,
                     bias: np.ndarray | None = None) -> np.ndarray:
     """The output of qc_quantize_q8b32 + qc_gemm_s4a8, bit for bit: per block the exact int32
-    d = sum_k qa * (q - zp), then acc = acc + float(d) * (sa * ws) in block order (float32, no
-    fused multiply-add), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
+    d = sum_k qa * (q - zp), then acc = fmaf(float(d) * ws, sa, acc) in block order (float32:
+    a product, then one fused multiply-add, FMLA), then + bias. *q* K x N uint4 values, *scales* / *zp* blocks x N."""
     qa, sa, _ = quantize_rows_ref(a)
     K, N = q.shape
     nb = sa.shape[1]
@@ -178,7 +198,7 @@ def matmul_s4a8_ref(a: np.ndarray, q: np.ndarray, scales: np.ndarray, zp: np.nda
     acc = np.zeros((a.shape[0], N), np.float32)
     for b in range(nb):
         d = qa[:, b * BLOCK:(b + 1) * BLOCK].astype(np.int64) @ w[b * BLOCK:(b + 1) * BLOCK]
-        acc = (acc + d.astype(np.float32) * (sa[:, b:b + 1] * ws[b][None, :]).astype(np.float32)).astype(np.float32)
+        acc = fma_f32((d.astype(np.float32) * ws[b][None, :]).astype(np.float32), sa[:, b:b + 1], acc)
     if bias is not None:
         acc = (acc + np.asarray(bias, np.float32)[None, :]).astype(np.float32)
     return acc

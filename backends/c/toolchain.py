@@ -28,8 +28,8 @@ KINDS = ("host", "aarch64", "cortex-m")
 WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Werror")
 # FP contraction stays off (and is said so, whatever the -std): the kernels write their fused
 # multiply-adds out (vfmaq / fmaf) where the reference allows them, so every target and the host
-# compute the same bits; code that must match an unfused reference (RoPE, the W4A8 block sums)
-# would otherwise be fused on aarch64 and not on x86 (docs/c-kernels.md, "FP contraction").
+# compute the same bits; code that must match an unfused reference (RoPE) would otherwise be
+# fused on aarch64 and not on x86 (docs/c-kernels.md, "FP contraction").
 FP_FLAGS = ("-ffp-contract=off",)
 
 # qemu-aarch64 -cpu model -> compiler flags that use every feature the model has.

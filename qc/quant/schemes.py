@@ -29,7 +29,7 @@ class QuantOptions:
     exclude: str = ""                   # regex on op names
     form: str = "qdq"                   # qdq | qop
     activation_pairs: bool = False      # also quantize activation x activation MatMuls (attention)
-    reduce_range: bool = False          # 7-bit codes in 8-bit weights (onnxruntime's x86 advice)
+    reduce_range: bool | None = None    # 7-bit codes in 8-bit weights (None: reduces_range's default)
     outliers: str | None = None         # none | split | smooth | both (static schemes)
     outlier_mode: str = "budget"        # split-outliers mode: threshold | budget | error
     outlier_threshold: float = 6.0      # threshold mode
@@ -83,19 +83,31 @@ def scheme(name: str) -> Scheme:
 def weight_dtype(opts: QuantOptions, s: Scheme) -> str:
     """The weight storage type.
 
-    8-bit weights next to u8 activations are stored u8 (zero point 128 when symmetric) on x86
-    CPUs without VNNI: onnxruntime's u8 x s8 kernels add pairs of products in int16 there and
-    saturate on full-range int8 weights, while its u8 x u8 kernels do not. ``reduce_range``
-    picks onnxruntime's own remedy instead: int8 weights with 7-bit codes (-63..63), which its
-    faster u8 x s8 kernels take without saturating.
+    On x86 CPUs without VNNI onnxruntime's u8 x s8 kernels add pairs of products in int16 and
+    saturate on full-range int8 weights; its u8 x u8 kernels do not, but run at about FP32's speed.
+    With ``reduces_range`` (the default of the static schemes there) 8-bit weights are int8 with
+    7-bit codes (-63..63), onnxruntime's own remedy, which its fast u8 x s8 kernels take without
+    saturating; without it (``--no-reduce-range``) they are stored u8 (zero point 128 when
+    symmetric), all 8 bits, next to u8 activations.
     """
     bits = s.weight_bits
     symmetric = _weight_symmetric(opts, s)
-    if bits == 8 and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8" and not opts.reduce_range:
+    if bits == 8 and _x86_without_vnni(opts) and activation_dtype(opts, s) == "u8" and not reduces_range(opts, s):
         return "u8"
     if bits == 4:
         return "i4" if symmetric else "u4"
     return "i8" if symmetric else "u8"
+
+
+def reduces_range(opts: QuantOptions, s: Scheme) -> bool:
+    """7-bit codes in 8-bit weights: ``--reduce-range`` / ``--no-reduce-range``, else on for the
+    static schemes with uint8 activations on x86 without VNNI. Measured there (benchmarks/README.md,
+    "x86 defaults"): SmolLM2 w8a8 0.54x FP32's latency instead of 0.85x for +0.7% perplexity,
+    MiniLM 0.57x instead of 0.97x for mean cosine 0.9984 instead of 0.9989."""
+    if opts.reduce_range is not None:
+        return opts.reduce_range
+    return (s.calibrated and s.weight_bits == 8 and _x86_without_vnni(opts)
+            and activation_dtype(opts, s) == "u8")
 
 
 ACT_GRANULARITIES = ("token", "tensor")
@@ -109,7 +121,7 @@ def per_token(opts: QuantOptions, s: Scheme) -> bool:
         raise QCError(f"unknown activation granularity '{g}'", hint="one of " + ", ".join(ACT_GRANULARITIES))
     if g == "token" and s.name != "dyn8":
         raise QCError(f"per-token activations apply to dyn8, not {s.name}")
-    return g == "token" and _weight_symmetric(opts, s) and not opts.reduce_range and opts.form != "qop"
+    return g == "token" and _weight_symmetric(opts, s) and not reduces_range(opts, s) and opts.form != "qop"
 
 
 def _weight_symmetric(opts: QuantOptions, s: Scheme) -> bool:
@@ -216,7 +228,7 @@ def pipeline(opts: QuantOptions) -> str:
         if _requantizes_conv(opts, s):
             collect.append("output-ops=Conv")
         passes.append(f"calibrate{{method={method},ops={ops}" + "".join("," + c for c in collect) + "}")
-    bits = s.weight_bits - 1 if opts.reduce_range and s.weight_bits == 8 else s.weight_bits
+    bits = s.weight_bits - 1 if reduces_range(opts, s) and s.weight_bits == 8 else s.weight_bits
     passes.extend(outlier_passes(opts, s))
     qw = [f"bits={bits}", f"granularity={granularity}", f"symmetric={str(_weight_symmetric(opts, s)).lower()}",
           f"dtype={weight_dtype(opts, s)}", f"algo={algo}", f"ops={ops}"]
@@ -305,11 +317,13 @@ def outlier_dtype(opts: QuantOptions) -> str:
 
 
 def folds_outlier_gather(opts: QuantOptions, s: Scheme) -> bool:
-    """x86 static schemes with float outlier columns run ``fold-outlier-gather`` after fold-qdq: the
+    """Static schemes with float outlier columns run ``fold-outlier-gather`` after fold-qdq: the
     int8 part quantizes the whole activation (zero weight rows at the outlier columns) instead of
-    a Gather copying nearly all of it; the C backend's preparation pipeline runs the same pass."""
+    a Gather copying nearly all of it (the C backend's preparation pipeline runs the same pass).
+    MiniLM 1x128 w8a8 in onnxruntime's arm64 build: 340.9 M guest instructions with the Gather,
+    238.6 M without (benchmarks/README.md); SmolLM2 on x86: 1.17x FP32's latency -> 0.88x."""
     choice = opts.outliers or (DEFAULT_OUTLIERS if s.calibrated else "none")
-    return _x86(opts) and s.calibrated and activation_dtype(opts, s) is not None and choice in ("split", "both")
+    return s.calibrated and activation_dtype(opts, s) is not None and choice in ("split", "both")
 
 
 def outlier_passes(opts: QuantOptions, s: Scheme) -> list[str]:

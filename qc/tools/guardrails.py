@@ -233,8 +233,8 @@ def _u8s8_saturation(module: Module, features: set[str]) -> list[Guardrail]:
             "x86-u8s8-saturation", _name(op),
             f"uint8 activations x int8 weights with codes up to |{peak}| (more than 7 bits) on an x86 target "
             "without VNNI", ORT_VNNI,
-            "train the weights with 7-bit codes (QAT with reduce_range; for qc's own quantization --reduce-range "
-            "does it, and by default qc stores uint8 weights on this target, which do not saturate), use int8 "
+            "train the weights with 7-bit codes (QAT with reduce_range; qc's own quantization does it by default "
+            "on this target, and --no-reduce-range stores uint8 weights, which do not saturate either), use int8 "
             "activations, or run on a VNNI or Arm target"))
     return out
 

@@ -4,6 +4,8 @@
    qc_gemm_s4a8_i8mm.c). Layouts and the arithmetic: backends/c/packing_s4.py, docs/c-kernels.md. */
 #include "qc_kernels.h"
 
+#include <math.h>
+
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 #endif
@@ -109,19 +111,25 @@ void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int3
 }
 #elif defined(QC_KERNEL_DOTPROD)
 /* Tiles of 8 rows (the last one r = M % 8 rows), block-major within a tile: row 8t + i and
-   block b at index 8t * blocks + b * r + i (32 bytes of qa, one sa and one suma each), so that
-   the SDOT kernel loads a block of all a tile's rows from one place. A tile starts at row 8t
-   of the row-major index, so a slice of whole tiles is the same layout at the same offset. */
+   block b at index 8t * blocks + b * r + i (32 bytes of qa, one sa each), so that the SDOT
+   kernel loads a block of all a tile's rows from one place. The sums go negated, as int16
+   (|suma| <= 32 * 127), into the first half of the tile's suma words: int16 index
+   2 * 8t * blocks + b * r + i; the second half is zero. A tile starts at row 8t of the
+   row-major index, so a slice of whole tiles is the same layout at the same offset. */
 void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int32_t *suma)
 {
     const int nb = (K + QC_S4A8_BLOCK - 1) / QC_S4A8_BLOCK;
+    int16_t *nu = (int16_t *)suma;
     int m, b;
     for (m = 0; m < M; ++m) {
         const int t0 = m & ~7, r = M - t0 < 8 ? M - t0 : 8;
         for (b = 0; b < nb; ++b) {
             const int k0 = b * QC_S4A8_BLOCK, n = K - k0 < QC_S4A8_BLOCK ? K - k0 : QC_S4A8_BLOCK;
             const size_t i = (size_t)t0 * nb + (size_t)b * r + (size_t)(m - t0);
-            qc_s4a8_quantize_block(A + (size_t)m * K + k0, n, qa + i * QC_S4A8_BLOCK, sa + i, suma + i);
+            int32_t sum;
+            qc_s4a8_quantize_block(A + (size_t)m * K + k0, n, qa + i * QC_S4A8_BLOCK, sa + i, &sum);
+            nu[(size_t)t0 * nb + i] = (int16_t)-sum;
+            nu[(size_t)t0 * nb + (size_t)r * nb + i] = 0;
         }
     }
 }
@@ -166,7 +174,7 @@ void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const 
                     if (wzp) {
                         d -= wzp[t * 4 + c] * suma[(size_t)m * nb + b];
                     }
-                    acc[c] = acc[c] + (float)d * (s * ws[t * 4 + c]);
+                    acc[c] = fmaf((float)d * ws[t * 4 + c], s, acc[c]); /* the SIMD kernels' FMUL, FMLA */
                 }
             }
             for (c = 0; c < 4 && 4 * g + c < N; ++c) {

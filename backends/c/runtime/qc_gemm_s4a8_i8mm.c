@@ -23,8 +23,8 @@
 #define QC_MMLA(lA, hA, lB, hB, c0, c1, c2, c3) \
     vmmlaq_s32(vmmlaq_s32(vmmlaq_s32(vmmlaq_s32(vdupq_n_s32(0), c0, lA), c2, hA), c1, lB), c3, hB)
 
-/* acc + float(d / 16) * scale (scale = sa * ws): the portable code's float32 steps */
-#define QC_ACC(acc, d, scale) vaddq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), scale))
+/* fmaf(float(d / 16) * ws, sa, acc): the portable code's float32 steps (SCVTF, FMUL, FMLA) */
+#define QC_ACC(acc, d, wv, sv) vfmaq_f32(acc, vmulq_f32(vcvtq_n_f32_s32(d, 4), wv), sv)
 
 /* [c0 c1 c2 c3] of a pair's first row from its two 2 x 2 tiles */
 #define QC_ROW0(d0, d1) vreinterpretq_s32_s64(vzip1q_s64(vreinterpretq_s64_s32(d0), vreinterpretq_s64_s32(d1)))
@@ -78,14 +78,14 @@ static void qc_s4a8_row(int N, int nb, const int8_t *qa, const float *sa, const 
             if (z) {
                 d = vmlsq_n_s32(d, qc_s4a8_zp4(z + 4 * b), suma[4 * b]);
             }
-            acc0 = QC_ACC(acc0, d, vmulq_n_f32(vld1q_f32(s + 4 * b), sa[4 * b]));
+            acc0 = QC_ACC(acc0, d, vld1q_f32(s + 4 * b), vdupq_n_f32(sa[4 * b]));
             if (two) {
                 QC_PAIR(w + gs + 64 * b, qa + 64 * b, t0, t1);
                 d = QC_ROW0(t0, t1);
                 if (z) {
                     d = vmlsq_n_s32(d, qc_s4a8_zp4(z + zs + 4 * b), suma[4 * b]);
                 }
-                acc1 = QC_ACC(acc1, d, vmulq_n_f32(vld1q_f32(s + zs + 4 * b), sa[4 * b]));
+                acc1 = QC_ACC(acc1, d, vld1q_f32(s + zs + 4 * b), vdupq_n_f32(sa[4 * b]));
             }
         }
         qc_s4a8_store(out, 4 * g, N, acc0, bias);
@@ -111,7 +111,7 @@ static void qc_s4a8_pairs(int N, int nb, const int8_t *q0, const float *s0, cons
             const uint8x16x4_t v = vld1q_u8_x4(w + 64 * b);
             const int8x16_t l0 = QC_LO(v.val[0]), h0 = QC_HI(v.val[0]), l1 = QC_LO(v.val[1]), h1 = QC_HI(v.val[1]);
             const int8x16_t l2 = QC_LO(v.val[2]), h2 = QC_HI(v.val[2]), l3 = QC_LO(v.val[3]), h3 = QC_HI(v.val[3]);
-            /* sa * ws in the 2 x 2 layout: [sa0 sa0 sa1 sa1] x [w0 w1 w0 w1] and x [w2 w3 w2 w3] */
+            /* ws in the 2 x 2 layout: [w0 w1 w0 w1] and [w2 w3 w2 w3] (sa: [sa0 sa0 sa1 sa1]) */
             const float32x4_t wv = vld1q_f32(s + 4 * b);
             const float32x4_t w01 = vcombine_f32(vget_low_f32(wv), vget_low_f32(wv));
             const float32x4_t w23 = vcombine_f32(vget_high_f32(wv), vget_high_f32(wv));
@@ -128,8 +128,8 @@ static void qc_s4a8_pairs(int N, int nb, const int8_t *q0, const float *s0, cons
                     d0 = vmlsq_s32(d0, z01, u);
                     d1 = vmlsq_s32(d1, z23, u);
                 }
-                f00 = QC_ACC(f00, d0, vmulq_f32(sp, w01));
-                f01 = QC_ACC(f01, d1, vmulq_f32(sp, w23));
+                f00 = QC_ACC(f00, d0, w01, sp);
+                f01 = QC_ACC(f01, d1, w23, sp);
             }
             if (q2) {
                 const int8_t *q = q2 + 64 * b;
@@ -141,8 +141,8 @@ static void qc_s4a8_pairs(int N, int nb, const int8_t *q0, const float *s0, cons
                     d0 = vmlsq_s32(d0, z01, u);
                     d1 = vmlsq_s32(d1, z23, u);
                 }
-                f10 = QC_ACC(f10, d0, vmulq_f32(sp, w01));
-                f11 = QC_ACC(f11, d1, vmulq_f32(sp, w23));
+                f10 = QC_ACC(f10, d0, w01, sp);
+                f11 = QC_ACC(f11, d1, w23, sp);
             }
         }
         qc_s4a8_store(o0, 4 * g, N, vcombine_f32(vget_low_f32(f00), vget_low_f32(f01)), bias);
