@@ -4,6 +4,7 @@
   BatchNormalization, Relu and a residual Add, 1x1/2 projection shortcuts, GlobalAveragePool,
   Flatten, Gemm to 1000 classes), random He weights, 1x3x96x96; the batch norms recalibrated
   on one random image as in cnn_models.py.
+- ``minilm``: all-MiniLM-L6-v2 (qc models build minilm-l6), token windows of the licence texts.
 - ``smollm2_mlp``: SmolLM2-135M's MLP block with random weights of its shapes (hidden 576,
   intermediate 1536): down(silu(gate(x)) * up(x)), x 1x16x576; SiLU as x * Sigmoid(x).
 
@@ -83,10 +84,28 @@ def build(name: str, out_dir: Path, samples: int = 8) -> tuple[Path, list[dict[s
         path = smollm2_mlp(out_dir / "smollm2_mlp.onnx")
         rng = np.random.RandomState(SEED + 2)
         return path, [{"x": rng.randn(1, 16, 576).astype(np.float32)} for _ in range(samples)]
+    if name == "minilm":
+        return minilm(out_dir / "minilm.onnx", samples)
     raise ValueError(f"unknown model {name}")
 
 
+def minilm(out: Path, samples: int, seq_len: int = 128, pad: int = 32) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """all-MiniLM-L6-v2 (float, from its installed package) and windows of the built-in licence
+    texts (as --calib-text licenses); the last sample is padded (its last ``pad`` tokens masked)."""
+    from qc.calib.data import from_text
+    from qc.data.text import load_tokenizer, resolve_text
+    from qc.models import minilm as minilm_model
+
+    minilm_model.build_onnx(str(out))
+    data = from_text(resolve_text("licenses"), load_tokenizer("minilm-l6"), seq_len=seq_len, samples=samples,
+                     input_names=["input_ids", "attention_mask"])
+    feeds = [{k: np.asarray(v).reshape(1, seq_len) for k, v in s.items()} for s in data]
+    last = feeds[-1]
+    last["input_ids"][:, -pad:] = 0
+    last["attention_mask"][:, -pad:] = 0
+    return out, feeds
+
+
 def calibration_npz(samples: list[dict[str, np.ndarray]], path: Path) -> Path:
-    name = next(iter(samples[0]))
-    np.savez(path, **{name: np.stack([s[name] for s in samples])})
+    np.savez(path, **{name: np.stack([s[name] for s in samples]) for name in samples[0]})
     return path

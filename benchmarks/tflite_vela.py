@@ -1,6 +1,7 @@
 """Issue 19's figures: qc's int8 TFLite through Arm's Vela, and LiteRT against onnxruntime.
 
     python benchmarks/tflite_vela.py [--models mobilenetv2,resnet,smollm2_mlp] [--targets ethos-u55,ethos-u65]
+    python benchmarks/tflite_vela.py --models minilm --calib-samples 16
 
 For each model and Ethos-U target: `qc compile --quant w8a8 --emit tflite` (8 calibration samples),
 then Vela's summary (operators and MACs on the NPU, cycles, SRAM, flash) and how qc's table and
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mobilenetv2,resnet,smollm2_mlp")
     ap.add_argument("--targets", default="ethos-u55,ethos-u65")
+    ap.add_argument("--calib-samples", type=int, default=8, help="calibration samples (MiniLM: 16, as "
+                    "--calib-text licenses --samples 16)")
     args = ap.parse_args(argv)
     import qc
     from qc.backends.tflite import onnx_twin, to_tflite
@@ -36,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qc-tflite-bench-") as tmp:
         work = Path(tmp)
         for name in args.models.split(","):
-            path, samples = build(name, work, samples=9)
-            calib = calibration_npz(samples[:8], work / f"{name}_calib.npz")
+            n = args.calib_samples
+            path, samples = build(name, work, samples=n + 1)
+            calib = calibration_npz(samples[:n], work / f"{name}_calib.npz")
             for target in args.targets.split(","):
                 result = qc.compile(str(path), target=target, quant="w8a8", calibration=str(calib), emit="tflite",
                                     holdout=0)
@@ -55,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"qc table vs Vela: {len(diff)} of {v['units']} units differ")
                 result.close()
             model = onnx.load(oracle)
-            lowering = to_tflite(model, samples[:8])
-            e2e = end_to_end(model, lowering, samples[8])
-            twin = end_to_end(onnx_twin(model, lowering), lowering, samples[8])
-            ops = per_op(model, lowering, samples[8])
+            lowering = to_tflite(model, samples[:n])
+            e2e = end_to_end(model, lowering, samples[n])
+            twin = end_to_end(onnx_twin(model, lowering), lowering, samples[n])
+            ops = per_op(model, lowering, samples[n])
             worst = max(ops, key=lambda m: m.over_one)
-            ref, qdq, tfl = _outputs(path, model, lowering, samples[8])
+            ref, qdq, tfl = _outputs(path, model, lowering, samples[n])
             print(f"{name:<12} SQNR against the float model: onnxruntime on qc's ONNX {_sqnr(ref, qdq):.2f} dB, "
                   f"LiteRT on qc's TFLite {_sqnr(ref, tfl):.2f} dB")
             for m in e2e:
@@ -71,7 +75,71 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<12} LiteRT vs onnxruntime, per operator ({len(ops)} compared): worst "
                   f"{worst.row()}; median >1 LSB "
                   f"{100 * float(np.median([m.over_one for m in ops])):.2f}%")
+            if name == "minilm":
+                _sentences(path, model, lowering)
+                _bias_only(model, lowering, samples[n])
     return 0
+
+
+SENTENCES = ["The cat sits on the mat.", "A man is playing a guitar on the stage.",
+             "Quantization maps floating-point values to small integers.",
+             "The weather in Lisbon is sunny today.", "Neural processing units accelerate inference on devices.",
+             "She reads a book in the garden every evening."]
+
+
+def _sentences(float_path, model, lowering, seq: int = 128) -> None:
+    """Cosine of LiteRT's (and onnxruntime's on qc's ONNX) sentence embedding against the float
+    model's, on SENTENCES (each [CLS] ... [SEP], padded to ``seq`` with the mask 0)."""
+    import onnxruntime as ort
+
+    from qc.backends.tflite.check import run_tflite
+    from qc.data.text import load_tokenizer
+
+    tok = load_tokenizer("minilm-l6")
+    flt = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    qdq = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    cos_t, cos_q, cos_tq = [], [], []
+    for text in SENTENCES:
+        ids = tok.encode(text).ids[:seq]
+        feed = {"input_ids": np.zeros((1, seq), np.int64), "attention_mask": np.zeros((1, seq), np.int64)}
+        feed["input_ids"][0, :len(ids)] = ids
+        feed["attention_mask"][0, :len(ids)] = 1
+        f = flt.run(["sentence_embedding"], feed)[0].ravel()
+        q = qdq.run(["sentence_embedding"], feed)[0].ravel()
+        it = run_tflite(lowering, feed)
+        t = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}["sentence_embedding"].ravel()
+        cos_t.append(_cos(t, f))
+        cos_q.append(_cos(q, f))
+        cos_tq.append(_cos(t, q))
+    print(f"minilm       sentence embedding cosine on {len(SENTENCES)} sentences (mean, min): LiteRT vs float "
+          f"{np.mean(cos_t):.4f}, {min(cos_t):.4f}; onnxruntime on qc's ONNX vs float {np.mean(cos_q):.4f}, "
+          f"{min(cos_q):.4f}; LiteRT vs qc's ONNX {np.mean(cos_tq):.4f}, {min(cos_tq):.4f}")
+
+
+def _bias_only(model, lowering, sample) -> None:
+    """onnxruntime on qc's ONNX against onnxruntime on its twin with only TFLite's int32 biases
+    (no requantization point): how far rounding the biases alone moves the outputs, in the steps
+    end_to_end uses for a float32 output (max |x| / 127)."""
+    from qc.backends.tflite import onnx_twin
+    from qc.backends.tflite.check import _compare, _ort
+
+    kept = lowering.requantized
+    lowering.requantized = {}
+    try:
+        twin = onnx_twin(model, lowering)
+    finally:
+        lowering.requantized = kept
+    names = [o.name for o in model.graph.output]
+    ref = _ort(model, []).run(names, sample)
+    got = _ort(twin, []).run(names, sample)
+    for name, r, g in zip(names, ref, got):
+        step = max(float(np.abs(r).max()), 1e-30) / 127.0
+        print(f"minilm       onnxruntime, qc's ONNX vs its int32 biases alone: "
+              f"{_compare(name, 'output', g / step, r / step).row()}  cosine {_cos(g.ravel(), r.ravel()):.4f}")
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
@@ -90,9 +158,12 @@ def _outputs(float_path, model, lowering, sample):
     ref = ort.InferenceSession(str(float_path), so).run(None, sample)[0]
     qdq = ort.InferenceSession(model.SerializeToString(), so).run(None, sample)[0]
     it = run_tflite(lowering, sample)
-    d = it.get_output_details()[0]
+    first = lowering.out.tensors[lowering.out.outputs[0]].name
+    d = next(d for d in it.get_output_details() if d["name"] == first)
     s, zp = d["quantization"]
-    out = (it.get_tensor(d["index"]).astype(np.float32) - zp) * s
+    out = it.get_tensor(d["index"]).astype(np.float32)
+    if s:  # an int8 output (a float32 one, after float32 ops, is as it is)
+        out = (out - zp) * s
     if out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
     return ref, qdq, out.reshape(ref.shape)

@@ -443,7 +443,7 @@ def cmd_compile(args) -> int:
     target = load_target(args.target)  # an unknown target or a bad option fails before the model is read
     kind = driver.output_kind(args.output, target, args.emit)
     driver.check_output_path(args.output, kind)
-    if kind != "c" and (args.shape or args.emit_harness or args.max_context is not None):
+    if kind != "c" and (args.emit_harness or args.max_context is not None or (args.shape and kind != "tflite")):
         raise QCError("--shape, --max-context and --emit-harness describe C output",
                       hint="add --emit c (or -o a directory)")
     if args.shape and args.max_context is not None:
@@ -478,7 +478,7 @@ def cmd_compile(args) -> int:
             return run_accuracy(args, spec, module, ctx, make_pm, holdout, lambda a: _eval_tokenizer(a, encoder=False))
 
     shapes = None
-    if kind == "c":
+    if kind in ("c", "tflite"):
         from .backends.c import parse_shapes
 
         shapes = parse_shapes(args.shape)
@@ -530,8 +530,10 @@ def _print_compile(args, result, onnx_path: str) -> None:
     if result.tflite_report is not None:
         r = result.tflite_report
         out.write(f"tflite: {r['operators']} operators ("
-                  + ", ".join(f"{n} x {k}" for k, n in r["by_type"].items()) + "), int8 NHWC inputs "
-                  + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in r["inputs"]) + "\n")
+                  + ", ".join(f"{n} x {k}" for k, n in r["by_type"].items()) + "), "
+                  + ("int8 NHWC inputs " if r.get("nhwc", True) else "inputs ")
+                  + ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}"
+                              + ("" if i["dtype"] == "int8" else f" {i['dtype']}") for i in r["inputs"]) + "\n")
     if result.vela is not None:
         from .backends.tflite.vela import format_vela
 

@@ -207,6 +207,10 @@ def target_passes(fallback: str, emit: Emit, shapes: Mapping[str, Sequence[int]]
         from qc.backends.c.prepare import c_decode_pipeline
 
         tail.append(c_decode_pipeline(max_context) if max_context else c_prepare_pipeline(shapes or {}))
+    elif emit == "tflite":
+        from qc.backends.tflite import tflite_prepare_pipeline
+
+        tail.append(tflite_prepare_pipeline(shapes or {}))
     return tail
 
 
@@ -484,8 +488,8 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
         if quant is None:
             raise QCError("--emit tflite writes an int8 TFLite model, from a quantized one",
                           hint="add --quant w8a8 and calibration data (--calib DATA.npz)")
-    if emit != "c" and shapes:
-        raise QCError("static input shapes describe C output", hint="add --emit c")
+    if emit not in ("c", "tflite") and shapes:
+        raise QCError("static input shapes describe C or TFLite output", hint="add --emit c")
     opts = quant_options(quant, tgt)
     if emit == "tflite" and opts is not None and opts.outliers is None:
         opts = dataclasses.replace(opts, outliers="none")  # int8 throughout: no float16 columns, no smoothing Mul
@@ -558,6 +562,15 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
             data, held = split_holdout(data, holdout, module)
             imitated = data  # what the report's generated inputs imitate: the model as read
             ctx.calibration_data = data.without(bind or ())
+            if emit == "tflite" and shapes:
+                _check_sample_shapes(module, ctx.calibration_data, shapes)
+            if emit == "tflite" and not shapes:
+                sample_shapes = _dynamic_input_shapes(module, ctx.calibration_data)
+                if sample_shapes:  # TFLite is static: the calibration samples' shapes (--shape sets others)
+                    shapes = sample_shapes
+                    full_spec = compile_pipeline(spec, target_passes(fallback, emit, shapes, decode_context))
+                    pm_all = PassManager.parse(full_spec, verify_each=verify_each, ctx=ctx)
+                    pm_all.instruments = list(instruments) + extra
     t0 = time.perf_counter()
     accuracy = None
     if search is not None:
@@ -588,6 +601,35 @@ def compile(model: ModelSource, *, target: str | Target = "x86-avx2", quant: Qua
     if emit == "c" and tgt.memory is not None and tgt.memory.enforce:
         _check_budget(result, fallback, shapes)
     return result
+
+
+def _dynamic_input_shapes(module: Module, data: CalibrationData) -> dict[str, tuple[int, ...]]:
+    """The shapes of the first calibration sample for the inputs whose shapes are not static."""
+    from qc.ir.types import TensorType, is_static_dim
+
+    sample = next(iter(data.feeds(module)), None)
+    if sample is None:
+        return {}
+    out = {}
+    for v in module.graph.inputs:
+        t = v.type
+        if v.const is None and isinstance(t, TensorType) and v.name in sample \
+                and not all(is_static_dim(d) for d in t.shape):
+            out[v.name] = tuple(int(d) for d in sample[v.name].shape)
+    return out
+
+
+def _check_sample_shapes(module: Module, data: CalibrationData, shapes: Mapping[str, Sequence[int]]) -> None:
+    """TFLite output: the static shapes (--shape) must be those of the calibration samples, which
+    the TFLite backend runs through the fixed-shape model for its ranges."""
+    have = _dynamic_input_shapes(module, data)
+    for name, dims in shapes.items():
+        if name in have and tuple(have[name]) != tuple(int(d) for d in dims):
+            given = "x".join(map(str, dims))
+            raise QCError(f"--shape {name}={given} differs from the calibration samples' "
+                          f"{'x'.join(map(str, have[name]))}",
+                          hint=f"calibrate with samples of that shape (--seq-len {dims[-1]} with --calib-text), "
+                          "or leave out --shape: the TFLite model then takes the samples' shape")
 
 
 def _check_budget(result: CompileResult, fallback: str, shapes: Mapping[str, Sequence[int]] | None) -> None:

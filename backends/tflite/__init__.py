@@ -10,7 +10,7 @@ int8 range from the calibration samples (``samples``), measured on that ONNX in 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from .oracle import onnx_twin
 from .schema import TflGraph, serialize
 
 __all__ = ["Lowering", "Unsupported", "emit_tflite", "lower", "onnx_twin", "serialize", "tensor_ranges", "tflite_bytes",
-           "to_tflite", "vela_check"]
+           "tflite_prepare_pipeline", "to_tflite", "vela_check"]
 
 
 def tensor_ranges(model: onnx.ModelProto, names: Sequence[str],
@@ -58,11 +58,14 @@ def tensor_ranges(model: onnx.ModelProto, names: Sequence[str],
     return {k: (lo[k], hi[k]) for k in lo}
 
 
-def to_tflite(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] = ()) -> Lowering:
-    """The lowering of ``model`` (``.out``: the TFLite graph; ``.requantized``, ``.biases``: what
-    :func:`onnx_twin` needs)."""
+def to_tflite(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] = (), *,
+              layernorm: str = "float") -> Lowering:
+    """The lowering of ``model`` (``.out``: the TFLite graph; ``.requantized``, ``.biases``,
+    ``.rewrites``: what :func:`onnx_twin` needs). ``layernorm``: ``"float"`` lowers a decomposed
+    LayerNorm and the residual Add before it to float32 ops; ``"int8"`` to int8 MEAN, SUB, MUL,
+    RSQRT and ADD (TFLite's converter; every op on the NPU, and a much coarser LayerNorm)."""
     ranges = tensor_ranges(model, float_tensors_without_q(model), samples)
-    lowering = Lowering(model, ranges)
+    lowering = Lowering(model, ranges, layernorm=layernorm)
     lowering.run()
     return lowering
 
@@ -70,6 +73,10 @@ def to_tflite(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] =
 def tflite_bytes(model: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]] = ()) -> tuple[bytes, TflGraph]:
     graph = to_tflite(model, samples).out
     return serialize(graph), graph
+
+
+def _is_nhwc(graph: TflGraph) -> bool:
+    return any(o.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D") for o in graph.ops)
 
 
 def emit_tflite(module: Module, path: str, *, samples: Sequence[dict[str, np.ndarray]] = (),
@@ -104,6 +111,7 @@ def graph_report(graph: TflGraph) -> dict[str, Any]:
                 "zero_point": int(q.zero_point[0]) if q is not None else None}
 
     return {"operators": len(graph.ops), "by_type": dict(sorted(ops.items())), "tensors": len(graph.tensors),
+            "nhwc": _is_nhwc(graph),
             "inputs": [io(i) for i in graph.inputs], "outputs": [io(i) for i in graph.outputs],
             "ops": [{"op": o.op, "node": o.source, "output": graph.tensors[o.outputs[0]].name} for o in graph.ops]}
 
@@ -127,3 +135,13 @@ def vela_check(module: Module, target: Any, samples: Sequence[dict[str, np.ndarr
     v["units"] = len(units)
     v["disagreements"] = compare_placement(units, report["ops"], v)
     return v
+
+
+def tflite_prepare_pipeline(shapes: Mapping[str, Sequence[int]]) -> str:
+    """The passes that give the TFLite backend static shapes (TFLite tensors have fixed shapes):
+    ``fix-shapes`` for the inputs and the shape arithmetic folded to a fixpoint, as for C, without
+    the C backend's fusions (the lowering maps the ONNX ops one by one, so every TFLite tensor
+    has its ONNX twin)."""
+    from qc.backends.c.prepare import FOLD_ROUND, MAX_ROUNDS, fix_shapes_spec
+
+    return f"{fix_shapes_spec(shapes)},fixpoint{{max-rounds={MAX_ROUNDS}}}({FOLD_ROUND})"

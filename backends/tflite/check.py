@@ -74,9 +74,10 @@ def _compare(name: str, op: str, got: np.ndarray, ref: np.ndarray) -> Mismatch:
     return Mismatch(name, op, int(d.size), float((d > 1 + 1e-6).mean()), float((d > 1e-6).mean()), float(d.max()))
 
 
-def _to_tflite_layout(ref: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """An ONNX activation in the TFLite tensor's layout: every 4-D activation is NHWC there."""
-    if ref.ndim == 4 and len(shape) == 4:
+def _to_tflite_layout(ref: np.ndarray, shape: tuple[int, ...], nhwc: bool = True) -> np.ndarray:
+    """An ONNX activation in the TFLite tensor's layout: every 4-D activation is NHWC there
+    (``nhwc``: not in a graph without convolutions, Lowering.plain)."""
+    if nhwc and ref.ndim == 4 and len(shape) == 4:
         return ref.transpose(NCHW_TO_NHWC)
     return ref.reshape(shape)
 
@@ -88,7 +89,10 @@ def run_tflite(lowering: Lowering, sample: dict[str, np.ndarray]) -> Any:
     for d, i in zip(it.get_input_details(), g.inputs):
         t = g.tensors[i]
         s, zp = d["quantization"]
-        it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4))
+        if t.dtype == "int32":  # token ids
+            it.set_tensor(d["index"], sample[t.name].reshape(t.shape).astype(np.int32))
+            continue
+        it.set_tensor(d["index"], quantize_input(sample[t.name], s, zp, len(t.shape) == 4 and not lowering.plain))
     it.invoke()
     return it
 
@@ -97,6 +101,7 @@ def end_to_end(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.
     """Each output of the TFLite model against qc's ONNX (int8 outputs as integers, float
     outputs in steps of the TFLite output's scale)."""
     g = lowering.out
+    nhwc = not lowering.plain
     it = run_tflite(lowering, sample)
     sess = _ort(model, [])
     feeds = {i.name for i in sess.get_inputs()}
@@ -106,9 +111,12 @@ def end_to_end(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.
     for d, i in zip(it.get_output_details(), g.outputs):
         t = g.tensors[i]
         got = it.get_tensor(d["index"]).astype(np.float64)
-        ref = _to_tflite_layout(refs[t.name], t.shape)
+        ref = _to_tflite_layout(refs[t.name], t.shape, nhwc)
         if ref.dtype == np.float32:
             s, zp = d["quantization"]
+            if t.dtype == "float32":  # a float32 TFLite output: in steps of int8 over its range
+                s, zp = max(float(np.abs(ref).max()), 1e-30) / 127.0, 0
+                got = got / s
             got, ref = got - zp, ref.astype(np.float64) / s
         out.append(_compare(t.name, "output", got, ref))
     return out
@@ -118,9 +126,10 @@ def per_op(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.ndar
     """Every TFLite operator run alone in LiteRT on onnxruntime's int8 inputs (the twin's),
     its output against onnxruntime's (see the module docstring)."""
     g = lowering.out
+    nhwc = not lowering.plain
     twin = onnx_twin(model, lowering)
     q_of = {n.input[0]: n.output[0] for n in twin.graph.node if n.op_type == "QuantizeLinear"}
-    wanted = {t.name: q_of[t.name] for t in g.tensors if t.data is None and t.name in q_of}
+    wanted = {t.name: q_of[t.name] for t in g.tensors if t.data is None and t.name in q_of and t.dtype == "int8"}
     outputs = {o.name for o in model.graph.output}
     sess = _ort(twin, [(q, onnx.TensorProto.INT8) for q in wanted.values()]
                 + [(o, onnx.TensorProto.FLOAT) for o in outputs])
@@ -130,7 +139,10 @@ def per_op(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.ndar
     values: dict[int, np.ndarray] = {}
     for i in g.inputs:
         t = g.tensors[i]
-        values[i] = _to_tflite_layout(ort_vals[wanted[t.name]], t.shape)
+        if t.name in wanted:
+            values[i] = _to_tflite_layout(ort_vals[wanted[t.name]], t.shape, nhwc)
+        else:  # token ids, a mask: the values themselves
+            values[i] = sample[t.name].reshape(t.shape).astype(t.dtype)
     result = []
     for op in g.ops:
         sub = TflGraph()
@@ -144,17 +156,22 @@ def per_op(model: onnx.ModelProto, lowering: Lowering, sample: dict[str, np.ndar
         it = interpreter(serialize(sub))
         for d, i in zip(it.get_input_details(), [i for i in op.inputs if g.tensors[i].data is None]):
             t = g.tensors[i]
-            ref = ort_vals.get(wanted.get(t.name, ""))
-            it.set_tensor(d["index"], _to_tflite_layout(ref, t.shape) if ref is not None else values[i])
+            ref = ort_vals.get(wanted.get(t.name, "")) if t.dtype == "int8" else None
+            it.set_tensor(d["index"], _to_tflite_layout(ref, t.shape, nhwc) if ref is not None else values[i])
         it.invoke()
         for d, i in zip(it.get_output_details(), op.outputs):
             t = g.tensors[i]
             values[i] = it.get_tensor(d["index"])
-            if t.name in wanted:
-                ref = _to_tflite_layout(ort_vals[wanted[t.name]], t.shape)
+            if t.name in wanted and t.dtype == "int8":
+                ref = _to_tflite_layout(ort_vals[wanted[t.name]], t.shape, nhwc)
                 result.append(_compare(t.name, op.op, values[i], ref))
             elif t.name in outputs:
-                s, zp = float(t.quant.scale[0]), int(t.quant.zero_point[0])
-                ref = _to_tflite_layout(ort_vals[t.name], t.shape).astype(np.float64) / s
-                result.append(_compare(t.name, op.op, values[i].astype(np.float64) - zp, ref))
+                got = values[i].astype(np.float64)
+                if t.quant is None:  # a float32 output: in steps of int8 over its range
+                    s, zp = max(float(np.abs(ort_vals[t.name]).max()), 1e-30) / 127.0, 0
+                    got = got / s
+                else:
+                    s, zp = float(t.quant.scale[0]), int(t.quant.zero_point[0])
+                ref = _to_tflite_layout(ort_vals[t.name], t.shape, nhwc).astype(np.float64) / s
+                result.append(_compare(t.name, op.op, got - zp, ref))
     return result

@@ -188,10 +188,15 @@ def compare_placement(units: list[dict[str, Any]], tflite_ops: list[dict[str, An
             continue
         why = u.get("reason") or ""
         if u["to"] == "cpu" and dev == "npu":
-            because = ("the TFLite backend requantizes the unit's float output (from the next "
-                       "QuantizeLinear or the calibration range), and Vela runs it on the NPU"
-                       if "float32" in " ".join(u.get("dtypes", [])) or "no kernel" in why
-                       else "Vela supports it on the NPU; qc's table has no entry")
+            dtypes = u.get("dtypes") or []
+            if dtypes and all(d == "float32" for d in dtypes):  # a float unit (attention's MatMul)
+                because = ("the TFLite backend quantizes the float unit to int8 (calibration ranges), "
+                           "and Vela runs it on the NPU")
+            elif "float32" in " ".join(dtypes) or "no kernel" in why:
+                because = ("the TFLite backend requantizes the unit's float output (from the next "
+                           "QuantizeLinear or the calibration range), and Vela runs it on the NPU")
+            else:
+                because = "Vela supports it on the NPU; qc's table has no entry"
         else:
             because = "Vela leaves the operator on the CPU (" + ", ".join(
                 sorted({op["op"] for op in vela["cpu"] if op["output"] in
