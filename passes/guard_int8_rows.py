@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from qc.ir.core import Module
 from qc.pm import Pass, PassContext, register_pass
-from qc.quant.outliers import MIN_ROW_LEVELS, row_levels
+from qc.quant.outliers import MIN_ROW_LEVELS, int8_row_ops, row_levels
 from qc.targets import load_target
 
 
@@ -40,18 +40,13 @@ class GuardInt8Rows(Pass):
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         target = ctx.require_target("guard-int8-rows", self.target)
-        mode = getattr(target.onnx, "nbits_int8_rows", "none")
         calib = ctx.calibration
-        if mode == "none" or calib is None:
+        if calib is None:
             return False
         changed = False
-        for op in module.graph:
-            if op.op_type != "MatMulNBits" or op.domain != "com.microsoft" or op.attr("accuracy_level", 0) != 4:
-                continue
-            if mode == "symmetric" and len(op.operands) > 3 and op.operands[3] is not None:
-                continue
+        for op in int8_row_ops(module, target):
             a = op.operands[0]
-            levels = row_levels(calib.tensors.get(a.name)) if a is not None else None
+            levels = row_levels(calib.tensors.get(a.name))
             if levels is None or not (levels < self.min_levels).any():
                 continue
             op.set_attr("accuracy_level", 1)

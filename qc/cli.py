@@ -659,9 +659,10 @@ def cmd_check(args) -> int:
     memory = estimate(target, module, assumed_dims=bool(assumed))
     if memory is not None:
         report["memory"] = memory
+    from .quant.outliers import int8_row_ops
     from .tools import guardrails
 
-    row_ops = guardrails.int8_row_ops(module, target)
+    row_ops = int8_row_ops(module, target)
     if row_ops:
         report["int8_rows"] = _int8_rows_check(args, module, target, row_ops)
     if target.vela is not None and any(op.qualified_type == "onnx.QuantizeLinear" for op in module.walk()):

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from qc.ir.core import Module, Op
+
 
 @dataclass
 class OutlierSplit:
@@ -47,3 +49,15 @@ def row_levels(stats: Any | None) -> np.ndarray | None:
     if not keep.any():
         return None
     return 127.0 * np.sqrt(np.mean(rest[keep] ** 2, axis=1)) / peak[keep]
+
+
+def int8_row_ops(module: Module, target: Any | None) -> list[Op]:
+    """The MatMulNBits ops whose A the target's runtime quantizes to int8 per row (accuracy_level 4;
+    the target's ``onnx.nbits_int8_rows``: all of them, or those without zero points)."""
+    mode = getattr(getattr(target, "onnx", None), "nbits_int8_rows", "none")
+    if mode == "none":
+        return []
+    return [op for op in module.graph
+            if op.op_type == "MatMulNBits" and op.domain == "com.microsoft" and op.attr("accuracy_level", 0) == 4
+            and op.operands[0] is not None
+            and (mode == "all" or len(op.operands) < 4 or op.operands[3] is None)]

@@ -19,7 +19,7 @@ import numpy as np
 from qc.ir.core import Module, Op, Value
 from qc.ir.dtypes import DType
 from qc.ir.types import TensorType
-from qc.quant.outliers import MIN_ROW_LEVELS, row_levels
+from qc.quant.outliers import MIN_ROW_LEVELS, int8_row_ops, row_levels
 
 OUTLIER_FACTOR = 20.0
 """max |x| over the median per-feature max |x| above which a per-tensor activation scale is
@@ -260,18 +260,6 @@ def _int4_blocks(module: Module) -> list[Guardrail]:
         out.append(Guardrail("int4-large-blocks", layer, what, INT4_BLOCKS,
                              f"--block-size 32, 64 or 128 (at most {MAX_INT4_BLOCK}) with --weights block"))
     return out
-
-
-def int8_row_ops(module: Module, target: Any | None) -> list[Op]:
-    """The MatMulNBits ops whose A the target's runtime quantizes to int8 per row (accuracy_level 4;
-    the target's ``onnx.nbits_int8_rows``: all of them, or those without zero points)."""
-    mode = getattr(getattr(target, "onnx", None), "nbits_int8_rows", "none")
-    if mode == "none":
-        return []
-    return [op for op in module.graph
-            if op.op_type == "MatMulNBits" and op.domain == "com.microsoft" and op.attr("accuracy_level", 0) == 4
-            and op.operands[0] is not None
-            and (mode == "all" or len(op.operands) < 4 or op.operands[3] is None)]
 
 
 def int8_rows(module: Module, stats_by_name: Mapping[str, Any], target: Any | None) -> list[Guardrail]:
