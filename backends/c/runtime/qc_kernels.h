@@ -139,6 +139,19 @@ void qc_quantize_q8b32(int M, int K, const float *A, int8_t *qa, float *sa, int3
 void qc_gemm_s4a8(int M, int N, int K, const int8_t *qa, const float *sa, const int32_t *suma,
                   const uint8_t *Wp, const float *ws, const int8_t *wzp, const float *bias, float *out);
 
+/* ---- W4A8 per token (qc_gemm_s4a8r.c): one activation scale per row, integer block scales ---- */
+
+/* Per row m: sa[m] = max(max |x|, 1e-30) / 127, qa = round half to even (x / sa) per block of 32
+   (the last one zero padded), nu = -(sum of the block's qa) as int16; qa and nu in tiles of 8 rows,
+   block-major within a tile (row 8t + i, block b at index 8t * blocks + b * r + i). */
+void qc_quantize_q8r(int M, int K, const float *A, int8_t *qa, float *sa, int16_t *nu);
+
+/* out[m][n] = (float(D) * ws[n]) * sa[m] (+ bias[n]), D = sum_b wsi[b][n] * sum_k qa[m][k] *
+   (q[k][n] - zp[b][n]) in int32 (exact for K <= 8192). Wp, wsi, wzp, ws packed by
+   backends/c/packing_s4r.py pack_s4a8r. */
+void qc_gemm_s4a8r(int M, int N, int K, const int8_t *qa, const float *sa, const int16_t *nu, const uint8_t *Wp,
+                   const int32_t *wsi, const int8_t *wzp, const float *ws, const float *bias, float *out);
+
 /* ---- int8 depthwise convolution (qc_conv_s8.c; backends/c/lower_conv_s8.py) ---- */
 
 /* Row stride of the zero-point-padded plane the depthwise kernel builds in its scratch. */
