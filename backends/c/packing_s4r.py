@@ -129,7 +129,8 @@ def matmul_s4a8r_ref(a: np.ndarray, q: np.ndarray, ws: np.ndarray, wsi: np.ndarr
     d = qa.astype(np.int64) @ w
     if d.size and np.abs(d).max() >= 2 ** 31:
         raise QCError(f"W4A8 per token: an int32 sum overflows (K = {K})")
-    out = ((d.astype(np.float32) * np.asarray(ws, np.float32)[None, :]).astype(np.float32) * sa[:, None]).astype(np.float32)
+    cols = (d.astype(np.float32) * np.asarray(ws, np.float32)[None, :]).astype(np.float32)
+    out = (cols * sa[:, None]).astype(np.float32)
     if bias is not None:
         out = (out + np.asarray(bias, np.float32)[None, :]).astype(np.float32)
-    return out
+    return np.asarray(out, np.float32)
