@@ -31,7 +31,9 @@ import arm_speed
 import llama_cpp
 
 ROOT = arm_speed.ROOT
-PAIRS = {"w8a8": "Q8_0", "w4a8": "Q4_0"}
+PAIRS = {"w8a8": "Q8_0", "w4a8": "Q4_0", "w4a8-token": "Q4_0"}
+"""qc's scheme -> llama.cpp's type of the same weight width; w4a8-token is ``--quant w4a8
+--act-granularity token`` (one activation scale per token, qc_gemm_s4a8r)."""
 
 
 def qc(*args: str) -> None:
@@ -44,7 +46,8 @@ def build(scheme: str, work: Path, context: int, profile: bool = False) -> Path:
         qc("models", "build", "smollm2-135m", "--kv-cache", "-o", str(kv))
     out = work / f"c-{scheme}"
     if not (out / "report.json").exists():
-        qc("compile", str(kv), "--target", "cortex-a76", "--quant", scheme, "--calib-text", "licenses",
+        quant = ["--quant", "w4a8", "--act-granularity", "token"] if scheme == "w4a8-token" else ["--quant", scheme]
+        qc("compile", str(kv), "--target", "cortex-a76", *quant, "--calib-text", "licenses",
            "--samples", "8", "--holdout", "0", "-o", str(out), "--emit-harness", "--max-context", str(context),
            "--quiet")
     flags = next(line.split("=", 1)[1].strip() for line in (out / "Makefile").read_text().splitlines()

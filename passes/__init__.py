@@ -29,6 +29,7 @@ from . import (  # noqa: F401
     fuse_cached_attention,
     fuse_gelu,
     fuse_layernorm,
+    fuse_matmul_nbits_rows,
     fuse_rmsnorm,
     fuse_rope,
     fuse_silu,
@@ -47,6 +48,7 @@ from . import (  # noqa: F401
     smooth_quant,
     split_outliers,
     to_fp16,
+    w4a8_per_token,
 )
 
 register_pipeline(

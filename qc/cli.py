@@ -322,6 +322,10 @@ def _add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="8-bit weights with 7-bit codes, for onnxruntime's fast u8 x s8 kernels on x86 without VNNI "
                         "(the static schemes' default there; --no-reduce-range: uint8 weights, all 8 bits, "
                         "about FP32's speed)")
+    q.add_argument("--act-granularity", choices=("token", "tensor", "block"), default=None,
+                   help="dyn8: one activation scale per token (default) or per tensor; w4a8: per block of 32 "
+                        "(default; onnxruntime's accuracy_level 4) or per token with integer block scales "
+                        "(w4a8-per-token; the C kernel sums in int32 across K)")
     q.add_argument("--kv-cache-dtype", choices=("float32", "int8"), default="float32",
                    help="KV-cache decoders: the cache's element type; int8 keeps a float32 scale per token "
                         "and head beside it (quantize-kv-cache)")

@@ -128,6 +128,7 @@ def _quant_options(args, target):
                         outlier_dtype=getattr(args, "outlier_dtype", None),
                         smooth_alpha=args.smooth_alpha, rotate=getattr(args, "rotate", None) or "",
                         kv_cache_dtype=getattr(args, "kv_cache_dtype", "float32"),
+                        act_granularity=getattr(args, "act_granularity", None),
                         target_features=tuple(target.features))
 
 

@@ -163,3 +163,33 @@ def test_reference_refuses_an_overflowing_sum():
     nb = -(-K // BLOCK)
     with pytest.raises(Exception, match="overflows"):
         matmul_s4a8r_ref(a, q, np.ones(N, np.float32), np.full((nb, N), 127), np.zeros((nb, N), np.uint8))
+
+
+@pytest.mark.parametrize("target,cpu", [("cortex-a76", "cortex-a76"), ("armv8.6-i8mm", "max")])
+def test_mlp_w4a8_per_token_matches_onnxruntime_under_qemu(tmp_path, target, cpu):
+    """--quant w4a8 --act-granularity token: the C (qc_gemm_s4a8r, through fuse-matmul-nbits-rows)
+    matches onnxruntime on the emitted model.onnx (the chain and MatMulNBits accuracy_level 1) to
+    float32 rounding, in 16-row tiles and single rows."""
+    import onnx
+
+    import qc
+    from qc.backends.c.runner import build_model, load_report, run_model
+    from qc.onnx.evaluator import ort_session
+    from qc.quant.schemes import QuantOptions
+    from test_c_w4a8 import _mlp
+
+    toolchain.require_tools("aarch64")
+    src = _mlp(tmp_path / "m.onnx")
+    qc.compile(str(src), target=target, quant=QuantOptions("w4a8", act_granularity="token")).write(
+        str(tmp_path / "c"), harness=True)
+    report = load_report(tmp_path / "c")
+    assert report["kernels"].get("gemm s4a8 per row") == 2, report["kernels"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "c" / "model.onnx")).graph.node]
+    assert ops.count("Round") == 2 and ops.count("MatMulNBits") == 2
+    x = np.random.RandomState(1).randn(1, 16, 64).astype(np.float32)
+    x[0, 3] = 0
+    exe = build_model(report, "aarch64", cpu)
+    (y,) = run_model(exe, report, {"x": x}, "aarch64", cpu, timeout=120)
+    ref = ort_session(str(tmp_path / "c" / "model.onnx")).run(None, {"x": x})[0]
+    err = np.abs(y - ref).max() / np.abs(ref).max()
+    assert err < 1e-5, err

@@ -46,6 +46,9 @@ C_KERNELS: dict[str, CKernel] = {k.name: k for k in [
     *(CKernel("qc_gemm_s4a8" + ("" if v == "portable" else "_" + v), (("MatMulNBits", "float32", "int4"),),
               note="W4A8: int8 activations quantized per row and block of 32 at run time")
       for v in ("portable", "dotprod", "i8mm")),
+    # qc.MatMulNBitsRows (fuse-matmul-nbits-rows of w4a8-per-token's form): one source for every variant
+    CKernel("qc_gemm_s4a8r", (("MatMulNBits", "float32", "int4"),),
+            note="W4A8 per token: int8 activations with one scale per row, integer block scales, int32 across K"),
 ]}
 """Every C kernel a kernel-table entry may name, by name."""
 

@@ -32,7 +32,8 @@ from qc.ir.types import TensorType
 
 from .lowering import Call, Lowered, node_name
 
-ROW_WISE = {("com.microsoft", "MatMulNBits"), ("qc", "AddRMSNormalization"), ("qc", "RMSNormalization"),
+ROW_WISE = {("com.microsoft", "MatMulNBits"), ("qc", "MatMulNBitsRows"), ("qc", "AddRMSNormalization"),
+            ("qc", "RMSNormalization"),
             ("qc", "SiLUMul"), ("qc", "SiLU"), ("", "Add"), ("", "Mul"), ("", "Cast"), ("", "MatMul"),
             ("", "QuantizeLinear"), ("", "DequantizeLinear"), ("", "Gather")}
 """Ops whose rows along the token axis are computed independently, when their other operands are

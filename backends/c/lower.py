@@ -24,7 +24,7 @@ from qc.errors import QCError
 from qc.ir import Graph, Op, TensorType, Value
 from qc.ir.printer import format_type
 
-from . import lower_control, lower_ops, lower_resize, lower_rnn  # noqa: F401 - register their handlers
+from . import lower_control, lower_ops, lower_resize, lower_rnn, lower_w4  # noqa: F401 - register their handlers
 from .lower_fused import plan_views
 from .lower_outliers import match_outliers, plan_outliers
 from .lower_quant import match_unit, plan_units  # importing it registers the Q / DQ handlers

@@ -25,8 +25,10 @@ import numpy as np
 from qc.ir import DType, Op
 
 from .lower_ops import binary
-from .lowering import Lowering, Ptr, Raw, unsupported
+from .lowering import Lowering, Ptr, Raw, handler, unsupported
 from .packing_s4 import BLOCK, pack_s4a8, scratch_elems
+from .packing_s4r import factor_scales, pack_s4a8r
+from .packing_s4r import scratch_elems as scratch_elems_r
 
 W4A8_VARIANTS = ("dotprod", "i8mm")
 
@@ -109,3 +111,34 @@ def _lower_weight_only(lw: Lowering, op: Op, M: int, N: int, K: int, block: int,
                                      Ptr(lw.weight(np.frombuffer(pack_s4(q, lw.variant), np.uint8))),
                                      Ptr(lw.weight(s)), Ptr(lw.weight(np.frombuffer(pack_s4_zero_points(z), np.uint8))),
                                      block, Ptr(y, const=False)], "matmul f32 x s4")
+
+
+@handler("MatMulNBitsRows", domain="qc")
+def lower_matmul_nbits_rows(lw: Lowering, op: Op) -> None:
+    """qc.MatMulNBitsRows (fuse-matmul-nbits-rows) -> qc_quantize_q8r + qc_gemm_s4a8r: A per
+    row, the block scales as ws x wsi, the int32 sums across K (docs/c-kernels.md "W4A8 per
+    token")."""
+    K, N, block = op.attr("K"), op.attr("N"), op.attr("block_size")
+    if lw.dtype(op.operands[0]) != DType.f32 or block % BLOCK:
+        raise unsupported(op, f"{lw.dtype(op.operands[0])} activations, block {block}")
+    q, s, z = _weights(op, K, N, block)
+    blocks = -(-K // BLOCK)
+    s32 = np.repeat(s, block // BLOCK, axis=0)[:blocks]
+    z32 = None if z is None else np.repeat(z, block // BLOCK, axis=0)[:blocks]
+    factored = factor_scales(s32)
+    if factored is None:
+        raise unsupported(op, "block scales that do not factor as ws x wsi")
+    packed, wsi, wzp, ws = pack_s4a8r(q, factored[0], factored[1], z32)
+    a = op.operands[0]
+    M = math.prod(lw.shape(a)[:-1])
+    nqa, nsa, nnu = scratch_elems_r(M, K)
+    qa = lw.scratch(DType.i8, nqa)
+    sa = lw.scratch(DType.f32, nsa)
+    nu = lw.scratch(DType.i16, nnu)
+    lw.call(op, "qc_quantize_q8r", [M, K, Ptr(lw.buf(a)), Ptr(qa, const=False), Ptr(sa, const=False),
+                                    Ptr(nu, const=False)], "quantize q8 per row")
+    bias = op.operands[5] if len(op.operands) > 5 else None
+    barg = Raw("NULL") if bias is None else Ptr(lw.buf(bias))
+    lw.call(op, "qc_gemm_s4a8r", [M, N, K, Ptr(qa), Ptr(sa), Ptr(nu), Ptr(lw.weight(np.frombuffer(packed, np.uint8))),
+                                  Ptr(lw.weight(wsi)), Ptr(lw.weight(wzp)), Ptr(lw.weight(ws)), barg,
+                                  Ptr(lw.out(op), const=False)], "gemm s4a8 per row")

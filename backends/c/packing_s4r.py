@@ -18,37 +18,17 @@ from __future__ import annotations
 import numpy as np
 
 from qc.errors import QCError
+from qc.quant.scales import factor_scales
 
 from .packing_s4 import BLOCK, _order
+
+__all__ = ["factor_scales", "pack_s4a8r", "matmul_s4a8r_ref", "quantize_token_ref", "activation_layout",
+           "scratch_elems"]
 
 SUPER_COLS = 16
 MAX_K = 8192
 """The largest K whose int32 sum is exact: blocks * 127 * 32 * 15 * 127 < 2^31."""
 TINY = np.float32(1e-30)
-
-
-def factor_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(ws N float32, wsi blocks x N int32 in 1..127) with ws[n] * wsi[b][n] == scales[b][n]
-    exactly in float32, for *scales* blocks x N; None when some column has no such factoring.
-    Per column, ws is the largest candidate max(scales) / k, k = 127 .. 1, that divides every
-    scale into an integer."""
-    s = np.asarray(scales, np.float32)
-    nb, N = s.shape
-    top = s.max(axis=0)
-    ws = np.zeros(N, np.float32)
-    wsi = np.zeros((nb, N), np.int32)
-    done = np.zeros(N, bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for k in range(127, 0, -1):
-            cand = (top / np.float32(k)).astype(np.float32)
-            i = np.rint(s / cand).astype(np.float32)
-            ok = ~done & (cand > 0) & np.all((i >= 1) & (i <= 127) & ((cand * i).astype(np.float32) == s), axis=0)
-            ws[ok] = cand[ok]
-            wsi[:, ok] = i[:, ok].astype(np.int32)
-            done |= ok
-            if done.all():
-                return ws, wsi
-    return None
 
 
 def pack_s4a8r(q: np.ndarray, ws: np.ndarray, wsi: np.ndarray, zp: np.ndarray | None

@@ -7,7 +7,8 @@ It is made of ordinary passes (``fix-shapes``, ``fold-outlier-gather``, ``propag
     propagate-shapes,fold-outlier-gather
     then, until fold-shapes reports no change (at most 16 rounds):
         propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes
-    then once: fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,
+    then once: fuse-matmul-nbits-rows,fuse-layernorm,fuse-add-layernorm,
+    fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,
     fuse-rope,fuse-attention,dce
 
 The fusions run last, on static shapes; the C backend has kernels for what they produce
@@ -28,7 +29,8 @@ from qc.ir import Module
 FOLD_ROUND = "propagate-shapes,fold-constants{max-size=4096},inline-if,dce,propagate-shapes,fold-shapes"
 """One round of the folding group; it repeats until its last pass, fold-shapes, changes nothing."""
 MAX_ROUNDS = 16
-FUSE = ("fuse-layernorm,fuse-add-layernorm,fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,fuse-rope,"
+FUSE = ("fuse-matmul-nbits-rows,fuse-layernorm,fuse-add-layernorm,"
+        "fuse-rmsnorm,fuse-add-rmsnorm,fuse-gelu,fuse-silu,fuse-silu-mul,fuse-rope,"
         "fuse-attention,dce")
 """The fusions the C backend has kernels for, run once after the folding group."""
 OUTLIER_FOLD = "propagate-shapes,fold-outlier-gather"

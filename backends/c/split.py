@@ -218,6 +218,22 @@ def _gemm_s4a8(a: list) -> Split:
     return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, {3: nq, 4: ns, 5: ns, 10: N})
 
 
+@splitter("qc_quantize_q8r")
+def _quantize_q8r(a: list) -> Split:
+    # (M, K, A, qa, sa, nu): rows, in granules of 8 (whole tiles of the layout)
+    M, K = a[0], a[1]
+    nb = -(-K // 32)
+    return Split(M, ROW_GRANULE, 8 * M * K, {0: 1}, {2: K, 3: nb * 32, 4: 1, 5: nb})
+
+
+@splitter("qc_gemm_s4a8r")
+def _gemm_s4a8r(a: list) -> Split:
+    # (M, N, K, qa, sa, nu, Wp, wsi, wzp, ws, bias, out): rows of the activations and out
+    M, N, K = a[0], a[1], a[2]
+    nb = -(-K // 32)
+    return Split(M, ROW_GRANULE, M * N * K // 4, {0: 1}, {3: nb * 32, 4: 1, 5: nb, 11: N})
+
+
 # qc_unary_f32's ops by cost per element (about instructions; libm calls cost more)
 _CHEAP_UNARY = {"QC_NEG", "QC_ABS", "QC_RELU", "QC_CLIP", "QC_LEAKYRELU", "QC_HARDSIGMOID", "QC_HARDSWISH",
                 "QC_FLOOR", "QC_CEIL", "QC_ROUND", "QC_SIGN", "QC_NOT", "QC_RECIP", "QC_SQRT",

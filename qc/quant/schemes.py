@@ -37,7 +37,7 @@ class QuantOptions:
     outlier_dtype: str | None = None    # split-outliers' outlier part: float16 | float32 (None: by target)
     smooth_alpha: float = 0.5
     rotate: str = ""                    # rotate first (the rotate pass); its online Hadamards: down | all | none
-    act_granularity: str | None = None  # dyn8: token (one scale per row, default) | tensor
+    act_granularity: str | None = None  # dyn8: token (default) | tensor; w4a8: block (default) | token
     kv_cache_dtype: str = "float32"     # KV-cache decoders: float32 | int8 (quantize-kv-cache)
     target_features: tuple[str, ...] = ()
 
@@ -116,12 +116,29 @@ ACT_GRANULARITIES = ("token", "tensor")
 def per_token(opts: QuantOptions, s: Scheme) -> bool:
     """dyn8's activations one scale per row (``dynamic-per-token``), unless ``act_granularity``
     is "tensor" (DynamicQuantizeLinear, one scale per tensor) or the weights are not symmetric int8."""
+    if s.name == "w4a8":
+        return False   # its per-token form is w4a8_per_token's
     g = opts.act_granularity or ("token" if s.name == "dyn8" else "tensor")
     if g not in ACT_GRANULARITIES:
         raise QCError(f"unknown activation granularity '{g}'", hint="one of " + ", ".join(ACT_GRANULARITIES))
     if g == "token" and s.name != "dyn8":
-        raise QCError(f"per-token activations apply to dyn8, not {s.name}")
+        raise QCError(f"per-token activations apply to dyn8 and w4a8, not {s.name}")
     return g == "token" and _weight_symmetric(opts, s) and not reduces_range(opts, s) and opts.form != "qop"
+
+
+W4A8_GRANULARITIES = ("block", "token")
+
+
+def w4a8_per_token(opts: QuantOptions, s: Scheme) -> bool:
+    """w4a8 with ``--act-granularity token``: one activation scale per row and block scales as
+    ws x wsi (the ``w4a8-per-token`` pass, after lower-qop); the default, "block", leaves A to
+    MatMulNBits' accuracy_level 4 (per block of 32)."""
+    if s.name != "w4a8":
+        return False
+    g = opts.act_granularity or "block"
+    if g not in W4A8_GRANULARITIES:
+        raise QCError(f"unknown w4a8 activation granularity '{g}'", hint="one of " + ", ".join(W4A8_GRANULARITIES))
+    return g == "token"
 
 
 def _weight_symmetric(opts: QuantOptions, s: Scheme) -> bool:
@@ -279,6 +296,8 @@ def pipeline(opts: QuantOptions) -> str:
     if opts.form == "qop" or s.dynamic or s.weight_bits == 4 and act is None:
         lower = ["accuracy-level=4"] if s.name == "w4a8" else []
         passes.append("lower-qop" + ("{" + ",".join(lower) + "}" if lower else ""))
+        if w4a8_per_token(opts, s):
+            passes.append("w4a8-per-token")
     if opts.kv_cache_dtype == "int8":
         passes.append("quantize-kv-cache")
     elif opts.kv_cache_dtype != "float32":
