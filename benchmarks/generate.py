@@ -3,9 +3,10 @@ the accuracy of each scheme through the decode path.
 
     python benchmarks/generate.py --exact          # cached greedy == recomputed greedy, 5 prompts x 64 tokens
     python benchmarks/generate.py --speed          # decode tokens/s at 16, 256 and 1024 tokens of context
-    python benchmarks/generate.py --schemes        # w8a8 / dyn8 / w4a8, float and int8 cache, and
-                                                   # onnxruntime's quantizers: perplexity in one pass
-                                                   # vs through the decode path
+    python benchmarks/generate.py --schemes        # w8a8 / dyn8 / w4a8 / w4a8-token, float and int8
+                                                   # cache, and onnxruntime's quantizers: perplexity
+                                                   # in one pass vs through the decode path
+    python benchmarks/generate.py --schemes --only w4a8-token   # those rows only (FP32 beside them)
     python benchmarks/generate.py --all --work DIR --json OUT.json
 
 Models are SmolLM2-135M-Instruct as ``qc models build smollm2-135m --kv-cache`` writes it,
@@ -26,7 +27,9 @@ import numpy as np
 PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
            "Explain what a compiler does in two sentences.", "List three uses of a raspberry pi.",
            "Tell me a short story about a robot who learns to paint.")
-SCHEMES = ("w8a8", "dyn8", "w4a8")
+# qc's schemes: name -> qc compile flags
+SCHEMES = {"w8a8": ["--quant", "w8a8"], "dyn8": ["--quant", "dyn8"], "w4a8": ["--quant", "w4a8"],
+           "w4a8-token": ["--quant", "w4a8", "--act-granularity", "token"]}
 # onnxruntime.quantization on the same KV-cache model (benchmarks/vs_ort.py's workers)
 ORT_METHODS = {"ort-dynamic-channel": {"kind": "dynamic", "per_channel": True},
                "ort-static-channel": {"kind": "static", "per_channel": True},
@@ -83,7 +86,8 @@ def speed(model: Path, contexts: tuple[int, ...] = (16, 256, 1024), steps: int =
     return {"decode_tokens_per_s": best, "threads": 1, "steps": steps}
 
 
-def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int) -> dict:
+def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int,
+            only: list[str] | None = None) -> dict:
     """Per scheme and cache type (qc's, calibrated on `licenses`, and onnxruntime's quantizers):
     perplexity on the evaluation text in one pass and through the decode path, with onnxruntime's
     graph optimizations off (the QDQ arithmetic as written, in float) and on (its fused integer
@@ -95,10 +99,12 @@ def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int) -
     ids = textdata.token_windows(textdata.resolve_text(None), tok, seq_len, samples=windows)
     qc_bin = str(Path(sys.executable).parent / "qc")
     rows: dict[str, dict] = {"fp32": evaluate(model, ids, "fp32")}
-    for scheme in SCHEMES:
+    for scheme, flags in SCHEMES.items():
+        if only and scheme not in only:
+            continue
         path = work / f"smollm2-kv-{scheme}.onnx"
         if not path.exists():
-            subprocess.run([qc_bin, "compile", str(model), "--target", "x86-avx2", "--quant", scheme, "--calib-text",
+            subprocess.run([qc_bin, "compile", str(model), "--target", "x86-avx2", *flags, "--calib-text",
                             "licenses", "--samples", str(samples), "-o", str(path)], check=True,
                            stdout=subprocess.DEVNULL)
         rows[scheme] = evaluate(path, ids, scheme)
@@ -114,6 +120,8 @@ def schemes(model: Path, work: Path, windows: int, seq_len: int, samples: int) -
             print(f"  {scheme}: int8 KV cache costs {100 * cost:+.2f}% perplexity (decode path, optimizations {opt})")
     calib = None
     for name, kwargs in ORT_METHODS.items():
+        if only and name not in only:
+            continue
         import vs_ort
 
         path = work / f"smollm2-kv-{name}.onnx"
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=8, help="evaluation windows (default %(default)s)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--samples", type=int, default=16, help="calibration windows (default %(default)s)")
+    p.add_argument("--only", nargs="+", choices=[*SCHEMES, *ORT_METHODS],
+                   help="--schemes: these qc schemes and onnxruntime methods only (default: all)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         result["speed"] = speed(model)
     if args.schemes or args.all:
         print(f"perplexity, {args.windows} windows x {args.seq_len} tokens:")
-        result["schemes"] = schemes(model, args.work, args.windows, args.seq_len, args.samples)
+        result["schemes"] = schemes(model, args.work, args.windows, args.seq_len, args.samples, args.only)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
