@@ -11,9 +11,8 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
+from ._row_scale import build_row_codes
 from ._util import const_array, constant_consts, erase_op, is_any_output, is_default_domain, is_outlier_part
-
-TINY = np.float32(1e-30)  # an all-zero row keeps a positive scale (its codes are all 0)
 
 
 @register_pass("dynamic-per-token")
@@ -95,7 +94,6 @@ def _rewrite(graph: Graph, mm: Op, dq: Op, opset: int) -> None:
     x, y = mm.operands[0], mm.results[0]
     xt = x.type
     assert isinstance(xt, TensorType) and xt.shape is not None
-    rows = (*xt.shape[:-1], 1)
     yt = y.type if isinstance(y.type, TensorType) else TensorType(DType.f32, None)
     n = f"{x.name}.{y.name}" if y.name else x.name
 
@@ -105,16 +103,8 @@ def _rewrite(graph: Graph, mm: Op, dq: Op, opset: int) -> None:
                                    name=f"{mm.name}:{name}" if mm.name else ""))
         return v
 
-    ab = add("Abs", [x], f"{n}.abs", DType.f32, xt.shape)
-    if opset >= 18:
-        amax = add("ReduceMax", [ab, _const(graph, f"{n}.axes", np.array([-1], np.int64))], f"{n}.amax",
-                   DType.f32, rows, keepdims=1)
-    else:
-        amax = add("ReduceMax", [ab], f"{n}.amax", DType.f32, rows, axes=[-1], keepdims=1)
-    floor = add("Max", [amax, _const(graph, f"{n}.tiny", np.array(TINY))], f"{n}.amax.pos", DType.f32, rows)
-    s = add("Div", [floor, _const(graph, f"{n}.qmax", np.array(127, np.float32))], f"{n}.s", DType.f32, rows)
-    scaled = add("Div", [x, s], f"{n}.scaled", DType.f32, xt.shape)
-    rounded = add("Round", [scaled], f"{n}.round", DType.f32, xt.shape)
+    chain = build_row_codes(graph, mm, x, opset, n, mm.name)
+    s, rounded = chain.scale, chain.codes
     wq, wscale = dq.operands[0], dq.operands[1]
     wzp = dq.operands[2] if len(dq.operands) > 2 else None  # @w.q's quant type names it
     if wq.type.dtype is DType.u8:  # u8 x u8 (x86 without VNNI): codes + 128, zero points 128

@@ -11,7 +11,8 @@ from qc.pm import Pass, PassContext, register_pass
 from qc.quant.scales import factor_scales
 
 from . import _fuse as F
-from ._util import constant_consts
+from ._row_scale import match_row_codes
+from ._util import const_array, constant_consts, is_default_domain
 
 MAX_K = 8192
 """The largest K whose integer sum, blocks * 127 * 32 * 15 * 127, stays exact in int32."""
@@ -20,18 +21,20 @@ MAX_K = 8192
 @register_pass("fuse-matmul-nbits-rows")
 @dataclass(frozen=True)
 class FuseMatMulNBitsRows(Pass):
-    """fuse-matmul-nbits-rows: ``w4a8-per-token``'s chain and the MatMulNBits it feeds as one op::
+    """fuse-matmul-nbits-rows: ``w4a8-per-token``'s form, the per-row int8 codes of %x times
+    4-bit weights with integer block scales and the per-column and per-row scales after, as one
+    op::
 
         %s = onnx.Div(onnx.Max(onnx.ReduceMax(onnx.Abs(%x)) {axes = [-1], keepdims = 1}, 1e-30), 127)
-        %xq = onnx.Mul(onnx.Round(onnx.Div(%x, %s)), %s)
-        %y = com.microsoft.MatMulNBits(%xq, @B, @S[, @Z, , @bias]) {accuracy_level = 1, bits = 4, ...}
-            ->  %y = qc.MatMulNBitsRows(%x, @B, @S[, @Z, , @bias]) {K, N, block_size}
+        %acc = com.microsoft.MatMulNBits(onnx.Round(onnx.Div(%x, %s)), @B, @wsi[, @Z]) {accuracy_level = 1, ...}
+        %y = onnx.Mul(onnx.Mul(%acc, @ws), %s)
+            ->  %y = qc.MatMulNBitsRows(%x, @B, @S[, @Z]) {K, N, block_size}      @S = @ws x @wsi
 
     ``qc.MatMulNBitsRows`` (domain ``qc``) is the MatMulNBits of %x quantized to int8 with one
-    scale per row, as the chain computes it. It applies when the block size is a multiple of 32,
-    K <= 8192 and the scales factor as ws[n] x wsi[b][n] (``qc.quant.scales.factor_scales``):
+    scale per row (passes/_row_scale.py). It applies when the block size is a multiple of 32,
+    K <= 8192 and @S factors exactly as ws[n] x wsi[b][n] (``qc.quant.scales.factor_scales``):
     the C kernel ``qc_gemm_s4a8r`` then sums in int32 across K. The chain stays while anything
-    else reads %xq (dce removes it once nothing does).
+    else reads its values (dce removes it once nothing does).
     """
 
     def run(self, module: Module, ctx: PassContext) -> bool:
@@ -39,65 +42,55 @@ class FuseMatMulNBitsRows(Pass):
         graph = module.graph
         changed = False
         for op in list(graph.ops):
-            if op.graph is not graph or op.domain != "com.microsoft" or op.op_type != "MatMulNBits":
+            if op.graph is not graph or not is_default_domain(op) or op.op_type != "Mul" or len(op.operands) != 2:
                 continue
-            x = _chain_input(op.operands[0], constants)
-            if x is None or not _fits(op):
+            match = _match(op, constants)
+            if match is None:
                 continue
-            fused = Op("MatMulNBitsRows", [x, *op.operands[1:]], domain=F.QC_DOMAIN, results=0,
-                       attrs={"K": op.attr("K"), "N": op.attr("N"), "block_size": op.attr("block_size")})
+            mnb, cols, x, scales = match
+            rest = list(mnb.operands[3:4])
+            fused = Op("MatMulNBitsRows", [x, mnb.operands[1], graph.add_const(f"{mnb.operands[2].name}.s", scales),
+                                           *rest], domain=F.QC_DOMAIN, results=0,
+                       attrs={"K": mnb.attr("K"), "N": mnb.attr("N"), "block_size": mnb.attr("block_size")})
             F.ensure_domain(module)
-            F.apply(op, fused, [])
+            F.apply(op, fused, [cols, mnb])
             changed = True
         return changed
 
 
-def _chain_input(v: Value | None, constants: set[int]) -> Value | None:
-    """The %x of ``Mul(Round(Div(%x, %s)), %s)`` with %s the chain's per-row scale, else None."""
-    mul = F.producer(v, "Mul")
-    if mul is None or len(mul.operands) != 2:
-        return None
-    for r, s in (mul.operands, tuple(reversed(mul.operands))):
-        rnd = F.producer(r, "Round")
-        div = F.producer(rnd.operands[0], "Div") if rnd is not None else None
-        if div is None or div.operands[1] is not s:
+def _match(tail: Op, constants: set[int]) -> tuple[Op, Op, Value, Tensor] | None:
+    """(the MatMulNBits, the Mul by @ws, %x, @ws x @wsi as MatMulNBits' scales) of the form above
+    ending in *tail*, else None."""
+    for c, s in (tail.operands, tuple(reversed(tail.operands))):
+        cols = F.producer(c, "Mul")
+        if cols is None or len(cols.operands) != 2 or not F.only_used_by(c, tail):
             continue
-        x = div.operands[0]
-        scale = F.producer(s, "Div")
-        if scale is None or not F.is_f32_const(scale.operands[1], constants, 127):
-            continue
-        mx = F.producer(scale.operands[0], "Max")
-        if mx is None or len(mx.operands) != 2:
-            continue
-        for a, t in (mx.operands, tuple(reversed(mx.operands))):
-            red = F.producer(a, "ReduceMax")
-            ab = F.producer(red.operands[0], "Abs") if red is not None else None
-            if red is None or ab is None or ab.operands[0] is not x or not F.is_f32_const(t, constants, 1e-30) \
-                    or red.attr("keepdims", 1) != 1 or not _last_axis(red, constants):
+        for acc, ws in (cols.operands, tuple(reversed(cols.operands))):
+            mnb = acc.producer if acc is not None else None
+            if mnb is None or mnb.domain != "com.microsoft" or mnb.op_type != "MatMulNBits" \
+                    or not F.only_used_by(acc, cols) or not _fits(mnb):
                 continue
-            return x
+            chain = match_row_codes(mnb.operands[0], constants)
+            w = const_array(ws, constants)
+            N = mnb.attr("N")
+            if chain is None or chain.scale is not s or w is None or w.dtype != np.float32 or w.size != N \
+                    or any(d != 1 for d in w.shape[:-1]):
+                continue
+            wsi = mnb.operands[2].const.numpy()
+            scales = (w.reshape(N, 1) * wsi.reshape(N, -1)).astype(np.float32)
+            if factor_scales(scales.T) is None:
+                continue
+            return mnb, cols, chain.x, Tensor.from_array(scales.reshape(wsi.shape))
     return None
-
-
-def _last_axis(red: Op, constants: set[int]) -> bool:
-    axes = red.attr("axes")
-    if axes is None and len(red.operands) > 1 and red.operands[1] is not None:
-        c = red.operands[1].const
-        axes = c.numpy().reshape(-1).tolist() if isinstance(c, Tensor) else None
-    rank = len(F.static_shape(red.operands[0]) or ())
-    return axes is not None and len(axes) == 1 and rank > 0 and int(axes[0]) % rank == rank - 1
 
 
 def _fits(op: Op) -> bool:
     K, N, bs = op.attr("K"), op.attr("N"), op.attr("block_size")
     if op.attr("bits", 4) != 4 or op.attr("accuracy_level", 0) != 1 or bs % 32 or K > MAX_K:
         return False
-    if len(op.operands) > 4 and op.operands[4] is not None:
+    if any(v is not None for v in op.operands[4:]):  # g_idx; a bias would be scaled by ws x s
         return False
     s = op.operands[2].const if op.operands[2] is not None else None
     if not isinstance(s, Tensor) or not isinstance(op.operands[1].const if op.operands[1] else None, Tensor):
         return False
-    scales = s.numpy()
-    if scales.dtype != np.float32:
-        return False
-    return factor_scales(scales.reshape(N, -(-K // bs)).T) is not None
+    return s.numpy().dtype == np.float32 and s.numpy().size == N * -(-K // bs)

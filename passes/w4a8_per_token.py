@@ -11,7 +11,8 @@ from qc.ir.tensor import Tensor
 from qc.ir.types import TensorType
 from qc.pm import Pass, PassContext, register_pass
 
-TINY = np.float32(1e-30)  # an all-zero row keeps a positive scale (its codes are all 0)
+from ._row_scale import RowCodes, build_row_codes
+
 SIGNIFICANT_BITS = 16     # of the per-column scale ws: ws * wsi (wsi <= 127, 7 bits) is exact in float32
 
 
@@ -24,24 +25,29 @@ class W4A8PerToken(Pass):
     A 4-bit MatMulNBits with accuracy_level 4 (onnxruntime quantizes A per block of 32) and
     constant weights::
 
-        %y = com.microsoft.MatMulNBits(%x, @B, @S[, @Z]) {accuracy_level = 4, bits = 4, ...}
+        %y = com.microsoft.MatMulNBits(%x, @B, @S[, @Z[, , @bias]]) {accuracy_level = 4, bits = 4, ...}
       ->
-        %x.s = onnx.Div(onnx.Max(onnx.ReduceMax(onnx.Abs(%x)) {axes = [-1], keepdims = 1}, 1e-30), 127)
-        %x.pt = onnx.Mul(onnx.Round(onnx.Div(%x, %x.s)), %x.s)          one chain per %x, shared
-        %y = com.microsoft.MatMulNBits(%x.pt, @B', @S'[, @Z]) {accuracy_level = 1, ...}
+        %x.pt.s = onnx.Div(onnx.Max(onnx.ReduceMax(onnx.Abs(%x)) {axes = [-1], keepdims = 1}, 1e-30), 127)
+        %x.pt.round = onnx.Round(onnx.Div(%x, %x.pt.s))             one chain per %x, shared
+        %y.acc = com.microsoft.MatMulNBits(%x.pt.round, @B', @wsi[, @Z]) {accuracy_level = 1, ...}
+        %y = onnx.Mul(onnx.Mul(%y.acc, @ws), %x.pt.s)                   [then onnx.Add(.., @bias)]
 
-    @S' = ws[n] * wsi[b][n]: ws = max_b S[b][n] / 127 rounded up to 16 significant bits, wsi =
-    ceil(S / ws) in 1..127, so the product is exact in float32 and no block's range shrinks; @B'
-    re-rounds the codes against @S' with the zero points kept. accuracy_level 1 makes onnxruntime
-    compute the product of the per-token codes in float32, what the integer kernel computes
-    exactly. SmolLM2-135M: perplexity 24.166 -> 24.547 (docs/c-kernels.md). Left alone: other
-    accuracy levels and widths, non-constant weights, g_idx, inputs without a static last axis.
+    @S = ws[n] * wsi[b][n]: ws = max_b S[b][n] / 127 rounded up to 16 significant bits, wsi =
+    ceil(S / ws) in 1..127, so no block's range shrinks; @B' re-rounds the codes against ws x wsi
+    with the zero points kept. MatMulNBits then multiplies integer codes by integer weights
+    (q - z) * wsi: every product and partial sum is an integer, exact in float32 below 2^24 in
+    any order of summation, so onnxruntime computes the integer kernel's int32 sum D and the
+    same (D * ws) * s, and one row gives what many rows give (its one-row and many-row kernels
+    sum in different orders: with float codes the decode path drifted +0.3-0.7% in perplexity
+    from the one-pass result). SmolLM2-135M: perplexity 24.166 -> 24.547 (docs/c-kernels.md).
+    Left alone: other accuracy levels and widths, non-constant weights, g_idx, inputs without a
+    static last axis.
     """
 
     def run(self, module: Module, ctx: PassContext) -> bool:
         graph = module.graph
         opset = module.opset("") or 13
-        chains: dict[int, Value] = {}
+        chains: dict[int, RowCodes] = {}
         changed = False
         for op in list(graph.ops):
             if op.graph is not graph or not _applies(op):
@@ -49,17 +55,41 @@ class W4A8PerToken(Pass):
             x, b, s = op.operands[0], op.operands[1], op.operands[2]
             assert x is not None and b is not None and s is not None  # _applies
             if id(x) not in chains:
-                chains[id(x)] = _chain(graph, op, x, opset)
-            codes, scales = _two_level(op)
+                chains[id(x)] = build_row_codes(graph, op, x, opset, f"{x.name}.pt")
+            chain = chains[id(x)]
+            codes, wsi, ws = _two_level(op)
             operands = list(op.operands)
-            operands[0] = chains[id(x)]
+            bias = operands[5] if len(operands) > 5 else None
+            operands[0] = chain.codes
             operands[1] = graph.add_const(b.name + ".pt", Tensor.from_array(codes, DType.u8))
-            operands[2] = graph.add_const(s.name + ".pt", Tensor.from_array(scales, DType.f32))
-            op.set_operands(operands)
+            operands[2] = graph.add_const(f"{s.name}.wsi", Tensor.from_array(wsi, DType.f32))
+            op.set_operands(operands[:4])
             op.set_attr("accuracy_level", 1)
-            ctx.remark(op, f"%{x.name}: A per token, block scales ws x wsi (accuracy_level 1)")
+            ctx.remark(op, f"%{x.name}: A per token, integer block scales wsi, x ws x s after (accuracy_level 1)")
+            _scale_output(graph, op, graph.add_const(f"{s.name}.ws", Tensor.from_array(ws)), chain.scale,
+                          bias)
             changed = True
         return changed
+
+
+def _scale_output(graph: Graph, op: Op, ws: Value, s: Value, bias: Value | None) -> None:
+    """%y = MatMulNBits(..) -> %y.acc = MatMulNBits(..); %y = Mul(Mul(%y.acc, @ws), %s)[ + @bias]."""
+    acc = op.results[0]
+    assert acc is not None
+    y = Value(acc.name, acc.type)
+    acc.replace_all_uses_with(y)
+    acc.name = f"{acc.name}.acc"
+    base = y.name or acc.name
+
+    def after(anchor: Op, op_type: str, operands: list[Value | None], result: Value) -> Op:
+        return graph.insert_after(anchor, Op(op_type, operands, results=[result]))
+
+    cols = after(op, "Mul", [acc, ws], Value(f"{base}.cols", acc.type))
+    if bias is None:
+        after(cols, "Mul", [cols.results[0], s], y)
+        return
+    scaled = after(cols, "Mul", [cols.results[0], s], Value(f"{base}.scaled", acc.type))
+    after(scaled, "Add", [scaled.results[0], bias], y)
 
 
 def _const(v: Value | None) -> np.ndarray | None:
@@ -82,8 +112,9 @@ def _applies(op: Op) -> bool:
                                                                                          and z.dtype == np.uint8))
 
 
-def _two_level(op: Op) -> tuple[np.ndarray, np.ndarray]:
-    """(@B', @S') in MatMulNBits' layouts ([N, blocks, bs / 2] uint8, [N * blocks] float32 as @S)."""
+def _two_level(op: Op) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(@B', @wsi, @ws): @B' and @wsi in MatMulNBits' layouts ([N, blocks, bs / 2] uint8, float32
+    integers shaped as @S), @ws float32 [N]."""
     K, N, bs = op.attr("K"), op.attr("N"), op.attr("block_size")
     nb = -(-K // bs)
     b = _const(op.operands[1])
@@ -102,31 +133,5 @@ def _two_level(op: Op) -> tuple[np.ndarray, np.ndarray]:
     s2 = (ws[:, None] * wsi).astype(np.float32)
     q2 = np.clip(np.rint(w / s2[:, :, None]) + z[:, :, None], 0, 15).astype(np.uint8).reshape(N, -1)
     packed = (q2[:, 0::2] | (q2[:, 1::2] << 4)).reshape(b.shape)
-    return np.ascontiguousarray(packed), s2.reshape(s_in.shape)
+    return np.ascontiguousarray(packed), wsi.astype(np.float32).reshape(s_in.shape), ws
 
-
-def _chain(graph: Graph, anchor: Op, x: Value, opset: int) -> Value:
-    xt = x.type
-    assert isinstance(xt, TensorType) and xt.shape is not None
-    rows = (*xt.shape[:-1], 1)
-    n = x.name
-
-    def add(op_type: str, operands: list[Value | None], name: str, shape, **attrs) -> Value:
-        v = Value(name, TensorType(DType.f32, shape))
-        graph.insert_before(anchor, Op(op_type, operands, results=[v], attrs=attrs or None))
-        return v
-
-    def const(name: str, array: np.ndarray) -> Value:
-        return graph.add_const(name, Tensor.from_array(array))
-
-    ab = add("Abs", [x], f"{n}.pt.abs", xt.shape)
-    if opset >= 18:
-        amax = add("ReduceMax", [ab, const(f"{n}.pt.axes", np.array([-1], np.int64))], f"{n}.pt.amax", rows,
-                   keepdims=1)
-    else:
-        amax = add("ReduceMax", [ab], f"{n}.pt.amax", rows, axes=[-1], keepdims=1)
-    floor = add("Max", [amax, const(f"{n}.pt.tiny", np.array(TINY))], f"{n}.pt.amax.pos", rows)
-    s = add("Div", [floor, const(f"{n}.pt.qmax", np.array(127, np.float32))], f"{n}.pt.s", rows)
-    scaled = add("Div", [x, s], f"{n}.pt.scaled", xt.shape)
-    rounded = add("Round", [scaled], f"{n}.pt.round", xt.shape)
-    return add("Mul", [rounded, s], f"{n}.pt", xt.shape)

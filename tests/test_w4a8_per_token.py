@@ -1,6 +1,7 @@
-"""w4a8-per-token: onnxruntime runs the rewritten MatMulNBits as the numpy model of the integer
-kernel (backends/c/packing_s4r.py) to float32 rounding, its scales factor exactly as ws x wsi,
-one chain serves every MatMulNBits of the same input, and other MatMulNBits are left alone."""
+"""w4a8-per-token: onnxruntime computes the rewritten MatMulNBits bit for bit as the numpy model of
+the integer kernel (backends/c/packing_s4r.py), one row at a time as in one batch, its block
+scales are the integers wsi and ws x wsi stays exact, one chain serves every MatMulNBits of the
+same input, and other MatMulNBits are left alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import qc
-from qc.backends.c.packing_s4r import factor_scales, matmul_s4a8r_ref
+from qc.backends.c.packing_s4r import matmul_s4a8r_ref
 
 K, N, BS = 96, 20, 32
 
@@ -28,8 +29,8 @@ def _model(level: int) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMulNBits", ["x", f"B{i}", f"S{i}", f"Z{i}"], [f"y{i}"],
                                       domain="com.microsoft", K=K, N=N, bits=4, block_size=BS,
                                       accuracy_level=level if i == 0 else 0))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [3, K])],
-                          [helper.make_tensor_value_info(f"y{i}", TP.FLOAT, [3, N]) for i in range(2)], inits)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, ["M", K])],
+                          [helper.make_tensor_value_info(f"y{i}", TP.FLOAT, ["M", N]) for i in range(2)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
                              ir_version=10)
 
@@ -49,17 +50,20 @@ def test_onnxruntime_computes_the_integer_kernels_result():
     assert levels == [1, 0]                                  # the level-0 node is left alone
     assert [n.op_type for n in out.graph.node].count("Round") == 1
     init = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    b, s, zp = (init[i] for i in nodes[0].input[1:4])
-    factored = factor_scales(s.reshape(N, -1).T)
-    assert factored is not None
-    ws, wsi = factored
-    assert wsi.max() == 127 and wsi.min() >= 1
+    b, wsi, zp = (init[i] for i in nodes[0].input[1:4])
+    assert np.array_equal(wsi, np.rint(wsi)) and wsi.max() == 127 and wsi.min() >= 1
+    (cols,) = [n for n in out.graph.node if n.op_type == "Mul" and nodes[0].output[0] in n.input]
+    ws = next(init[i] for i in cols.input if i in init)
+    wsi = wsi.reshape(N, -1).T
+    assert np.array_equal((ws[None, :] * wsi).astype(np.float32) / ws[None, :], wsi)   # ws x wsi exact
     q = np.stack([b & 15, b >> 4], -1).reshape(N, K).T.astype(np.uint8)
     z = np.stack([zp & 15, zp >> 4], -1).reshape(N, -1)[:, :K // BS].T
     x = np.random.default_rng(1).standard_normal((3, K)).astype(np.float32) * 3
     x[2] = 0
     got = _run(out, x)[0]
     want = matmul_s4a8r_ref(x, q, ws, wsi, z)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, want)                 # integer products and sums: exact in float32
+    rows = np.concatenate([_run(out, x[i:i + 1])[0] for i in range(3)])
+    np.testing.assert_array_equal(rows, got)                 # one row at a time gives the batch's result
     before = _run(_model(4), x)[0]
     assert np.abs(got - before).max() < 0.05 * np.abs(before).max()   # the same product, re-quantized

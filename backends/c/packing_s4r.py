@@ -70,8 +70,8 @@ def scratch_elems(M: int, K: int) -> tuple[int, int, int]:
 
 def quantize_token_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """qc_quantize_q8r in row-major order: (q M x blocks*32 int8, zero padded; scale M float32;
-    block sums M x blocks int32). The ONNX of ``w4a8-per-token``: s = Max(ReduceMax(Abs(x)),
-    1e-30) / 127, q = Round(x / s) (ties to even), float32 throughout."""
+    block sums M x blocks int32). The chain of ``w4a8-per-token`` (passes/_row_scale.py): s =
+    Max(ReduceMax(Abs(x)), 1e-30) / 127, q = Round(x / s) (ties to even), float32 throughout."""
     a = np.asarray(a, np.float32)
     M, K = a.shape
     nb = -(-K // BLOCK)
