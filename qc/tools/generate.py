@@ -147,6 +147,16 @@ def decode_nll(stepper: Stepper, ids: Sequence[int], prefill: int = 1) -> tuple[
     return total, len(ids) - prefill
 
 
+def window_nll(stepper: Stepper, ids: Sequence[int]) -> np.ndarray:
+    """-log p(token) of ``ids[1:]``, all predicted in one step from an empty cache (the
+    one-pass counterpart of :func:`decode_nll`), float64 ``[len(ids) - 1]``."""
+    if len(ids) < 2:
+        raise QCError(f"need at least 2 tokens (got {len(ids)})")
+    stepper.reset()
+    logits = stepper.step(list(ids), all_logits=True)
+    return np.array([_nll(logits[i], ids[i + 1]) for i in range(len(ids) - 1)])
+
+
 def _nll(logits: np.ndarray, target: int) -> float:
     z = logits.astype(np.float64)
     top = z.max()
